@@ -1,0 +1,313 @@
+"""Run OSUM on audio: every task from one command, structured results, batches, long audio and scores.
+
+    python infer.py audio.wav --task srwt --srt          # timed words, and audio.srt next to the audio
+    python infer.py clips/ --task ser --json > out.jsonl # a directory, one JSON object per file
+    python infer.py test.jsonl --task asr --score-only   # wenet list {"key","wav","txt"}: WER/CER only
+    python infer.py audio.wav --prompt "请描述这段音频。"   # any prompt instead of a task
+
+Files are decoded in batches of similar length and printed in input order. Audio longer than 30 s is cut at quiet
+points into windows that are decoded together and joined. A file that cannot be read is reported and skipped
+(exit code 1 at the end); a usage problem stops at once with one line (exit code 2).
+"""
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import soundfile
+import torch
+
+from osum_min.audio import HOP, SAMPLE_RATE, AudioError, load_audio, log_mel, pad_features
+from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING
+from osum_min.model import OSUM
+from osum_min.progress import Progress
+from osum_min.scoring import Scorer
+from osum_min.tasks import TASKS, Result, Task, Word, free_prompt_task, join_windows, parse
+from osum_min.tokenizer import Tokenizer, TokenizerError
+from osum_min.windows import split_windows
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+GET_WEIGHTS = ("get them with `python convert.py --download`, or convert the original's checkpoint with "
+               "`python convert.py infer.pt --tokenizer QWEN2_TOKENIZER_DIR --out weights/osum`")
+
+
+class UsageError(ValueError):
+    """A problem with the command itself: reported in one line, exit code 2."""
+
+
+@dataclass
+class Item:
+    path: str
+    key: str
+    reference: str | None = None  # the list's `txt`, when scoring
+    seconds: float = 0.0  # from the file header, for length-sorted batching
+
+
+@dataclass
+class Decoded:
+    windows: list[tuple[int, int]]  # sample ranges covering the audio
+    ids: list[list[int]] = field(default_factory=list)  # new tokens per window
+    decode_seconds: float = 0.0  # this file's share of the batches it was decoded in
+
+
+def read_list(path: Path) -> list[Item]:
+    """One audio path per line, or wenet raw jsonl `{"key", "wav", "txt"}`; relative paths may be relative to the list."""
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        entry = {"wav": line.strip()}
+        if line.lstrip().startswith("{"):
+            try:
+                entry = json.loads(line)
+                entry["wav"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UsageError(f"{path}:{number}: not a wenet list line (JSON with a \"wav\" field)") from None
+        wav = Path(entry["wav"])
+        if not wav.is_absolute() and not wav.exists() and (path.parent / wav).exists():
+            wav = path.parent / wav
+        items.append(Item(str(wav), str(entry.get("key", wav)), entry.get("txt")))
+    return items
+
+
+def collect_inputs(paths: list[str]) -> list[Item]:
+    items = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            items += [Item(str(p), str(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
+        elif not path.exists():
+            raise UsageError(f"{name}: no such file or directory")
+        elif path.suffix.lower() in AUDIO_SUFFIXES:
+            items.append(Item(name, name))
+        else:
+            try:
+                items += read_list(path)
+            except UnicodeDecodeError:
+                raise UsageError(f"{name}: neither audio (by its suffix) nor a text list of audio files") from None
+    for item in items:
+        try:
+            item.seconds = soundfile.info(item.path).duration
+        except Exception:  # noqa: BLE001  unreadable files sort anywhere; load_audio names the problem later
+            item.seconds = 0.0
+    return items
+
+
+def decode_files(model: OSUM, items: list[Item], prompt_ids: list[int], settings: dict, batch_size: int,
+                 on_token=None):
+    """Yield (index, Decoded or AudioError) per item, longest first. Each group of `batch_size` files is loaded,
+    cut into <= 30 s windows, and its windows are decoded `batch_size` at a time, sorted by length."""
+    order = sorted(range(len(items)), key=lambda i: -items[i].seconds)
+    for group_start in range(0, len(order), batch_size):
+        decoded, windows = {}, []  # windows: (item index, window number, features (T, 80))
+        for index in order[group_start:group_start + batch_size]:
+            try:
+                wav = load_audio(items[index].path)
+            except AudioError as err:
+                yield index, err
+                continue
+            decoded[index] = Decoded(split_windows(wav, model.config.max_mel_frames * HOP / SAMPLE_RATE))
+            windows += [(index, n, log_mel(wav[s:e])) for n, (s, e) in enumerate(decoded[index].windows)]
+            decoded[index].ids = [[] for _ in decoded[index].windows]
+        windows.sort(key=lambda w: -len(w[2]))
+        for chunk_start in range(0, len(windows), batch_size):
+            chunk = windows[chunk_start:chunk_start + batch_size]
+            mel, mel_lens = pad_features([features for _, _, features in chunk])  # (B, T, 80), (B,)
+            started = time.perf_counter()
+            outputs = model.generate(mel, mel_lens, [prompt_ids] * len(chunk), on_token=on_token, **settings)
+            share = (time.perf_counter() - started) / len(chunk)
+            for (index, number, _), ids in zip(chunk, outputs):
+                decoded[index].ids[number] = ids
+                decoded[index].decode_seconds += share
+        yield from decoded.items()
+
+
+def decoding_settings(args, eos_id: int) -> dict:
+    """DEFAULT_DECODING (beam 4, penalty 1.05, no sampling) or the original's beam-sample, then the flags."""
+    base = ORIGINAL_DECODING if args.original_decoding else DEFAULT_DECODING
+    flags = {"num_beams": args.beams, "do_sample": args.sample or None, "temperature": args.temperature,
+             "top_k": args.top_k, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
+             "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    if args.stream:
+        if (args.beams or 1) > 1:
+            raise UsageError("--stream prints tokens as they come, which beam search cannot: use --beams 1")
+        flags["num_beams"] = 1
+    return asdict(replace(base, eos_token_id=eos_id, **{k: v for k, v in flags.items() if v is not None}))
+
+
+def load(args) -> tuple[OSUM, Tokenizer | None]:
+    weights = Path(args.weights)
+    if not (weights / "config.json").is_file():
+        raise UsageError(f"no OSUM weights in {weights}/: {GET_WEIGHTS}")
+    try:
+        tokenizer = Tokenizer.from_pretrained(weights)
+    except TokenizerError:
+        tokenizer = None
+    if tokenizer is None and not (args.prompt_ids and args.ids):
+        raise UsageError(f"{weights}/ has no tokenizer: pass --prompt-ids and --ids, or convert with --tokenizer DIR")
+    try:
+        model = OSUM.from_pretrained(weights, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UsageError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
+    return model, tokenizer
+
+
+def subtitles(words: list[Word], vtt: bool, max_chars: int = 42, max_gap: float = 1.0) -> str:
+    """SRT or WebVTT cues of consecutive timed words: a new cue after `max_chars` or a pause over `max_gap` s."""
+    cues, cue = [], []
+    for word in (w for w in words if w.start is not None or w.end is not None):
+        last_end = cue[-1].end if cue else None
+        if cue and (len(" ".join(w.text for w in cue + [word])) > max_chars
+                    or (None not in (last_end, word.start) and word.start - last_end > max_gap)):
+            cues.append(cue)
+            cue = []
+        cue.append(word)
+    cues += [cue] if cue else []
+
+    def clock(seconds: float) -> str:
+        millis = round(seconds * 1000)
+        return f"{millis // 3600000:02d}:{millis // 60000 % 60:02d}:{millis // 1000 % 60:02d}" \
+               f"{'.' if vtt else ','}{millis % 1000:03d}"
+
+    blocks = ["WEBVTT"] if vtt else []
+    for number, cue in enumerate(cues, 1):
+        start = next(t for w in cue for t in (w.start, w.end) if t is not None)
+        end = next(t for w in reversed(cue) for t in (w.end, w.start) if t is not None)
+        text = " ".join(w.text for w in cue)
+        blocks.append(f"{clock(start)} --> {clock(end)}\n{text}" if vtt else f"{number}\n{clock(start)} --> {clock(end)}\n{text}")
+    return "\n\n".join(blocks) + "\n"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="*", help="audio files, directories, or lists (paths or wenet jsonl)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--task", default="asr", help="one of --list-tasks (default asr)")
+    what.add_argument("--prompt", help="free prompt text instead of a task")
+    what.add_argument("--prompt-ids", help="prompt as comma-separated token ids (debugging, tokenizer-less models)")
+    parser.add_argument("--list-tasks", action="store_true", help="print the task table and exit")
+    parser.add_argument("--ids", action="store_true", help="print generated token ids instead of text")
+    parser.add_argument("--json", action="store_true", help="one JSON object per file")
+    parser.add_argument("--srt", nargs="?", const="", metavar="DIR", help="srwt: write FILE.srt (next to the audio or in DIR)")
+    parser.add_argument("--vtt", nargs="?", const="", metavar="DIR", help="srwt: write FILE.vtt likewise")
+    parser.add_argument("--score-only", action="store_true", help="print only the WER/CER and label accuracy summary")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--stream", action="store_true", help="print tokens as they come (one file, --beams 1)")
+    decoding = parser.add_argument_group("decoding (default: beam 4, repetition penalty 1.05, no sampling)")
+    decoding.add_argument("--beams", type=int)
+    decoding.add_argument("--sample", action="store_true")
+    decoding.add_argument("--temperature", type=float)
+    decoding.add_argument("--top-k", type=int)
+    decoding.add_argument("--top-p", type=float)
+    decoding.add_argument("--repetition-penalty", type=float)
+    decoding.add_argument("--max-new-tokens", type=int)
+    decoding.add_argument("--seed", type=int)
+    decoding.add_argument("--original-decoding", action="store_true", help="the original's beam-sample (top-k 5, top-p 0.9)")
+    parser.add_argument("--weights", default="weights/osum")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
+    return parser.parse_args(argv)
+
+
+def resolve_task(args) -> Task:
+    if args.prompt is not None or args.prompt_ids:
+        return free_prompt_task(args.prompt or args.prompt_ids)
+    if args.task not in TASKS:
+        raise UsageError(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)} (or --prompt TEXT)")
+    if (args.srt is not None or args.vtt is not None) and TASKS[args.task].output != "srwt":
+        raise UsageError("--srt/--vtt need --task srwt (the only task with timestamps)")
+    return TASKS[args.task]
+
+
+def prompt_ids_for(args, task: Task, tokenizer: Tokenizer | None) -> list[int]:
+    if not args.prompt_ids:
+        return tokenizer.encode(task.prompt)
+    try:
+        return [int(token) for token in args.prompt_ids.split(",")]
+    except ValueError:
+        raise UsageError(f"--prompt-ids {args.prompt_ids!r}: expected comma-separated integers") from None
+
+
+def report(item: Item, decoded: Decoded, task: Task, tokenizer, args) -> tuple[Result | None, dict]:
+    """The parsed result (None without a tokenizer) and the JSON record of one file."""
+    offsets = [start / SAMPLE_RATE for start, _ in decoded.windows]
+    result = None
+    if tokenizer is not None:
+        result = join_windows(task, [parse(task, tokenizer.decode(ids)) for ids in decoded.ids], offsets)
+    record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}), "task": task.name,
+              "prompt": task.prompt, **(result.to_json() if result else {}),
+              "audio_s": round(decoded.windows[-1][1] / SAMPLE_RATE, 3), "decode_s": round(decoded.decode_seconds, 3)}
+    if len(decoded.windows) > 1:
+        record["windows"] = [[round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)] for s, e in decoded.windows]
+    if args.ids:
+        record["ids"] = decoded.ids[0] if len(decoded.ids) == 1 else decoded.ids
+    return result, record
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list_tasks:
+        for task in TASKS.values():
+            print(f"{task.name:22} {task.tag:38} {task.prompt}")
+        return 0
+    try:
+        task = resolve_task(args)
+        items = collect_inputs(args.inputs)
+        if not items:
+            raise UsageError("no audio files given (pass files, directories or a list)")
+        if args.stream and len(items) > 1:
+            raise UsageError("--stream decodes one file at a time: give one file")
+        model, tokenizer = load(args)
+        prompt_ids = prompt_ids_for(args, task, tokenizer)
+        settings = decoding_settings(args, model.config.eod_id)
+    except UsageError as err:
+        print(f"infer.py: error: {err}", file=sys.stderr)
+        return 2
+
+    on_token = None
+    if args.stream:
+        stream = tokenizer.stream_decoder() if tokenizer and not args.ids else None
+        on_token = lambda row, token: print(stream.push(token) if stream else f"{token} ", end="", flush=True)  # noqa: E731
+    scorer = Scorer(task) if tokenizer and any(item.reference is not None for item in items) else None
+    failures, pending, next_to_print = 0, {}, 0
+    progress = Progress(len(items), "files") if len(items) > 3 and not args.stream else None
+    for index, outcome in decode_files(model, items, prompt_ids, settings, args.batch_size, on_token):
+        if progress:
+            progress.update()
+        if isinstance(outcome, AudioError):
+            failures += 1
+            print(f"infer.py: skipped {outcome}", file=sys.stderr)
+            pending[index] = json.dumps({"file": items[index].path, "error": str(outcome)}) if args.json else None
+        else:
+            result, record = report(items[index], outcome, task, tokenizer, args)
+            if scorer and items[index].reference is not None:
+                scorer.add(items[index].reference, result)
+            if result and result.words is not None:
+                for wanted, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt")):
+                    if wanted is not None:
+                        out = Path(wanted or Path(items[index].path).parent) / (Path(items[index].path).stem + suffix)
+                        out.write_text(subtitles(result.words, vtt=suffix == ".vtt"), encoding="utf-8")
+            text = " | ".join(" ".join(map(str, ids)) for ids in outcome.ids) if args.ids else result.to_text()
+            line = json.dumps(record, ensure_ascii=False) if args.json else \
+                text if len(items) == 1 else f"{items[index].key}\t{text}"
+            pending[index] = None if args.score_only or args.stream else line
+        while next_to_print in pending:
+            line = pending.pop(next_to_print)
+            if line is not None:
+                print(line, flush=True)
+            next_to_print += 1
+    if progress:
+        progress.close()
+    if args.stream:
+        print()
+    if scorer:
+        print(json.dumps({"summary": scorer.summary()}) if args.json else "\n".join(scorer.lines()))
+    return 2 if failures == len(items) else 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

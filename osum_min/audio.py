@@ -1,0 +1,162 @@
+"""Audio file -> 16 kHz mono waveform -> OSUM's log-mel features (LAYOUT.md §6), without torchaudio or librosa.
+
+The original loads with torchaudio, averages channels, resamples with torchaudio's windowed-sinc `Resample` and
+uses a librosa Slaney mel filter bank. Each of those is rebuilt here so the numbers match without the libraries.
+"""
+import functools
+import math
+import os
+import re
+
+import numpy as np
+import soundfile
+import torch
+
+SAMPLE_RATE = 16000
+HOP = 160  # 10 ms
+N_FFT = 400  # 25 ms
+N_MELS = 80
+MIN_SAMPLES = N_FFT  # one analysis window; reflect padding of the STFT needs more than N_FFT // 2 samples
+
+# torchaudio.transforms.Resample defaults
+LOWPASS_FILTER_WIDTH = 6
+ROLLOFF = 0.99
+
+# libsndfile notes a WAV whose header promises more data than the file holds as "data : 32000 (should be 15978)".
+_SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_STREAMING_DATA_SIZE = 0xFFFFFFFF  # written by tools that stream a wav and never patch its header
+
+
+class AudioError(ValueError):
+    """An audio input we refuse; the message is one line naming the file and the problem."""
+
+    def __init__(self, source: str, problem: str):
+        super().__init__(" ".join(f"{source}: {problem}".split()))
+
+
+def _source_name(path_or_file) -> str:
+    if isinstance(path_or_file, (str, os.PathLike)):
+        return os.fspath(path_or_file)
+    return getattr(path_or_file, "name", None) or f"<{type(path_or_file).__name__}>"
+
+
+def _read(path_or_file, name: str) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 as libsndfile scales it (int16 / 32768, uint8 (x-128)/128, ...), like torchaudio."""
+    if isinstance(path_or_file, (str, os.PathLike)):
+        if os.path.isdir(path_or_file):
+            raise AudioError(name, "is a directory, not an audio file")
+        if not os.path.exists(path_or_file):
+            raise AudioError(name, "no such file")
+    try:
+        with soundfile.SoundFile(path_or_file) as audio:
+            declared_frames = audio.frames
+            for declared, present in _SHORT_DATA_CHUNK.findall(audio.extra_info):
+                if int(present) < int(declared) and int(declared) != _STREAMING_DATA_SIZE:
+                    raise AudioError(name, f"truncated: the header promises {declared} bytes of audio, the file holds {present}")
+            samples = audio.read(dtype="float32", always_2d=True)
+            sample_rate = audio.samplerate
+    except soundfile.SoundFileError as err:
+        problem = getattr(err, "error_string", str(err))  # libsndfile's words, without the file name again
+        raise AudioError(name, f"not a readable audio file ({problem})") from None
+    if len(samples) < declared_frames:
+        raise AudioError(name, f"truncated: the header promises {declared_frames} frames, only {len(samples)} could be decoded")
+    return samples, sample_rate
+
+
+def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Read any soundfile-readable audio (path or file-like) as a (samples,) float32 mono waveform at `sample_rate`."""
+    name = _source_name(path_or_file)
+    samples, file_rate = _read(path_or_file, name)
+    if samples.size == 0:
+        raise AudioError(name, "contains no audio samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(name, "contains NaN or infinite samples")
+    wav = torch.from_numpy(samples).T.mean(dim=0)  # (C, N) -> (N,), the channel mean in float32 like the original
+    wav = resample(wav, file_rate, sample_rate)
+    if len(wav) < MIN_SAMPLES * sample_rate // SAMPLE_RATE:
+        raise AudioError(name, f"too short: {len(wav) / sample_rate * 1000:.1f} ms; features need at least "
+                               f"{MIN_SAMPLES * 1000 // SAMPLE_RATE} ms")
+    return wav
+
+
+@functools.lru_cache(maxsize=16)
+def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
+    """torchaudio's sinc_interp_hann kernel for already gcd-reduced rates: (new_rate, 1, 2*width + orig_rate).
+
+    Row `phase` holds the taps for outputs `phase, phase + new_rate, ...`; built in float64, then cast to float32.
+    Like torchaudio, the output phases -j/new_rate are computed in float32 before joining the float64 grid.
+    """
+    base_rate = min(orig_rate, new_rate) * ROLLOFF  # low-pass below the smaller Nyquist frequency
+    width = math.ceil(LOWPASS_FILTER_WIDTH * orig_rate / base_rate)  # input samples each side of an output
+    input_offsets = torch.arange(-width, width + orig_rate, dtype=torch.float64)[None, None] / orig_rate
+    output_phases = torch.arange(0, -new_rate, -1, dtype=torch.float32)[:, None, None] / new_rate
+    t = output_phases + input_offsets  # (new_rate, 1, 2*width + orig_rate), float64
+    t = (t * base_rate).clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
+    window = torch.cos(t * math.pi / LOWPASS_FILTER_WIDTH / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.tensor(1.0, dtype=torch.float64), t.sin() / t)
+    return (kernel * window * (base_rate / orig_rate)).to(torch.float32), width
+
+
+def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """Windowed-sinc resampling of (..., samples), equal to torchaudio.functional.resample's defaults."""
+    if orig_rate == new_rate:
+        return wav
+    gcd = math.gcd(orig_rate, new_rate)
+    orig_rate, new_rate = orig_rate // gcd, new_rate // gcd
+    kernel, width = _sinc_kernel(orig_rate, new_rate)
+    batch_shape, length = wav.shape[:-1], wav.shape[-1]
+    padded = torch.nn.functional.pad(wav.reshape(-1, 1, length), (width, width + orig_rate))  # (B, 1, N + pads)
+    out = torch.nn.functional.conv1d(padded, kernel.to(wav), stride=orig_rate)  # (B, new_rate, blocks)
+    out = out.transpose(1, 2).reshape(len(padded), -1)  # interleave the phases: (B, blocks * new_rate)
+    target_length = math.ceil(new_rate * length / orig_rate)
+    return out[:, :target_length].reshape(*batch_shape, -1)
+
+
+def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's scale (librosa, htk=False): 200/3 Hz per mel below 1 kHz, logarithmic above."""
+    linear = hz / (200.0 / 3)
+    log_step = math.log(6.4) / 27.0
+    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / log_step, linear)
+
+
+def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    log_step = math.log(6.4) / 27.0
+    return np.where(mel >= 15.0, 1000.0 * np.exp(log_step * (mel - 15.0)), mel * (200.0 / 3))
+
+
+@functools.lru_cache(maxsize=4)
+def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """(n_mels, n_fft//2 + 1) triangles on the Slaney mel scale, area-normalised: librosa.filters.mel's defaults.
+
+    Like librosa, the triangles are rounded to float32 before the float64 area norm, and the product again.
+    """
+    fft_hz = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
+    edges_mel = np.linspace(_hz_to_slaney_mel(np.array(0.0)), _hz_to_slaney_mel(np.array(sample_rate / 2)), n_mels + 2)
+    edges_hz = _slaney_mel_to_hz(edges_mel)  # (n_mels + 2,) left edge, centre, right edge of each triangle
+    spacing = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - fft_hz[None, :]
+    rising = -ramps[:-2] / spacing[:-1, None]
+    falling = ramps[2:] / spacing[1:, None]
+    triangles = np.maximum(0, np.minimum(rising, falling)).astype(np.float32)
+    area_norm = 2.0 / (edges_hz[2:] - edges_hz[:-2])
+    return torch.from_numpy((triangles * area_norm[:, None]).astype(np.float32))
+
+
+def log_mel(wav: torch.Tensor) -> torch.Tensor:
+    """(samples,) 16 kHz waveform -> (samples // 160, 80) OSUM log-mel features, on the waveform's device."""
+    if wav.ndim != 1 or len(wav) < MIN_SAMPLES:
+        raise ValueError(f"log_mel wants a 1-D waveform of at least {MIN_SAMPLES} samples, got shape {tuple(wav.shape)}")
+    window = torch.hann_window(N_FFT, device=wav.device, dtype=wav.dtype)
+    spectrum = torch.stft(wav, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True)
+    power = spectrum[:, :-1].abs() ** 2  # (201, frames): the last frame is dropped, as in the original
+    mel = mel_filters().to(device=wav.device, dtype=wav.dtype) @ power  # (80, frames)
+    log_spec = mel.clamp(min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)  # per-utterance dynamic range of 80 dB
+    return ((log_spec + 4.0) / 4.0).T  # (frames, 80)
+
+
+def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(T_i, 80)] -> (B, T_max, 80) zero-padded and (B,) int32 lengths; order kept (the dataset sorts longest first)."""
+    lengths = torch.tensor([len(f) for f in feats], dtype=torch.int32)
+    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True, padding_value=0.0), lengths

@@ -1,0 +1,167 @@
+"""OSUM: Whisper encoder -> adaptor -> Qwen2 (LoRA), joined the way the original assembles its sequences.
+
+Inference builds, per item, [prompt, speech bos, speech, speech eos] as `inputs_embeds` and decodes a batch with
+left padding, so a batch gives exactly what each item gives alone (the original decodes one clip at a time).
+Training (`loss`) reproduces the original's sequence layout, padding placement and position ids (LAYOUT.md §7).
+"""
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adaptor import ADAPTOR_PRESETS, Adaptor, AdaptorConfig
+from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
+from .generate import GenerationConfig, generate
+from .qwen2 import PRESETS as LLM_PRESETS
+from .qwen2 import Qwen2, Qwen2Config
+from .weights import load_weights
+
+IGNORE_ID = -100
+
+
+@dataclass
+class OSUMConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
+    llm: Qwen2Config = field(default_factory=lambda: LLM_PRESETS["qwen2-7b"])
+    speech_token_num: int = 4097  # the original's speech bos/eos are rows speech_token_num + 0 and + 1
+    eod_id: int = 151643  # appended to every label; the original's hard-coded decoding eos
+    max_mel_frames: int = 3000  # 30 s: the encoder's positional table ends there
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "OSUMConfig":
+        return cls(encoder=EncoderConfig(**data["encoder"]), adaptor=AdaptorConfig(**data["adaptor"]),
+                   llm=Qwen2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["llm"].items()}),
+                   **{k: v for k, v in data.items() if k not in ("encoder", "adaptor", "llm")})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+OSUM_PRESETS = {
+    "osum": OSUMConfig(),  # the released model
+    "osum-qwen2.5-0.5b": OSUMConfig(adaptor=AdaptorConfig(llm_dim=896), llm=LLM_PRESETS["qwen2.5-0.5b"]),
+    "tiny": OSUMConfig(  # fixture-sized, for tests and CPU experiments
+        encoder=EncoderConfig(dim=64, heads=4, ff_dim=128, layers=2),
+        adaptor=AdaptorConfig(dim=64, heads=4, ff_dim=256, layers=2, llm_dim=64),
+        llm=Qwen2Config(vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                        num_kv_heads=2, lora_rank=8, lora_alpha=32, lora_dropout=0.1),
+        eod_id=1000),
+}
+ENCODER_PRESETS, ADAPTOR_PRESETS  # noqa: B018  (re-exported for train.py's --preset building)
+
+
+class OSUM(nn.Module):
+    def __init__(self, config: OSUMConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = WhisperEncoder(config.encoder)
+        self.adaptor = Adaptor(config.adaptor)
+        self.llm = Qwen2(config.llm)
+        self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.hidden_size))  # rows: speech bos, eos
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, dtype=None, merge_lora: bool = True) -> "OSUM":
+        """A converted directory -> model in eval mode with LoRA merged. dtype: bf16 on CUDA, fp32 on CPU."""
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{directory}: no config.json (convert a checkpoint with convert.py first)")
+        config = OSUMConfig.from_dict(json.loads(config_path.read_text()))
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        with torch.device("meta"):
+            model = cls(config)
+        load_weights(model, directory, device=device, dtype=dtype)
+        if merge_lora:
+            model.llm.merge_lora()
+        return model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.speech_bos_eos.device
+
+    def embed_speech(self, mel: torch.Tensor, mel_lens: torch.Tensor, original_mask_rule: bool = True):
+        """mel (B, T, 80) zero-padded, mel_lens (B,) -> speech_embeds (B, S, H), speech_lens (B,).
+
+        original_mask_rule=True equals the original's get_embedding_from_wav on a padded batch (LAYOUT.md §9.1);
+        False makes each item's embeddings independent of the batch it is in.
+        """
+        dtype = self.speech_bos_eos.dtype
+        mel_lens = mel_lens.to(self.device)
+        x, lengths = self.encoder(mel.to(self.device, dtype), mel_lens, original_mask_rule)
+        return self.adaptor(x, lengths)
+
+    def _speech_sequences(self, mel, mel_lens, prompt_ids, original_mask_rule):
+        """Per item: the embeddings of [prompt, speech bos, speech, speech eos], unpadded, in a list."""
+        speech_embeds, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule)
+        bos, eos = self.speech_bos_eos[:, None, :].to(speech_embeds.dtype)
+        items = []
+        for row, prompt in enumerate(prompt_ids):
+            prompt_embeds = self.llm.embed_tokens(torch.as_tensor(prompt, dtype=torch.long, device=self.device))
+            items.append(torch.cat([prompt_embeds.to(speech_embeds.dtype), bos,
+                                    speech_embeds[row, : speech_lens[row]], eos]))  # (P + 1 + S + 1, H)
+        return items
+
+    @torch.inference_mode()
+    def generate(self, mel, mel_lens, prompt_ids, on_token=None, return_scores=False, **settings):
+        """Decode a batch: new token ids per item (ending with eos where hit). settings: GenerationConfig fields.
+
+        Items are left-padded to a common length with per-row masks and positions, so a batch gives exactly
+        what each item gives alone; the original's mask rule is off here for the same reason.
+        """
+        settings.setdefault("eos_token_id", self.config.eod_id)
+        config = GenerationConfig(**settings)
+        items = self._speech_sequences(mel, mel_lens, prompt_ids, original_mask_rule=False)
+        length = max(item.shape[0] for item in items)
+        inputs_embeds = items[0].new_zeros(len(items), length, items[0].shape[1])  # (B, L, H)
+        attention_mask = torch.zeros(len(items), length, dtype=torch.long, device=self.device)
+        for row, item in enumerate(items):
+            inputs_embeds[row, length - item.shape[0]:] = item
+            attention_mask[row, length - item.shape[0]:] = 1
+        return generate(self.llm, inputs_embeds, attention_mask, config, on_token=on_token,
+                        return_scores=return_scores)
+
+    def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
+        """The original's training loss: token-level mean cross-entropy over all label tokens in the batch.
+
+        Layout per row (LAYOUT.md §7): prompt (right-padded with eod), bos, speech (padded), eos, labels
+        (right-padded); masked slots get position id 1, valid ones cumsum(mask) - 1.
+        """
+        speech_embeds, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule=True)
+        batch, max_speech, _ = speech_embeds.shape
+        max_prompt = max(len(p) for p in prompt_ids)
+        max_label = max(len(lab) for lab in labels)
+        device = self.device
+
+        def pad_ids(rows, width, fill):
+            out = torch.full((batch, width), fill, dtype=torch.long, device=device)
+            mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+            for row, ids in enumerate(rows):
+                out[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+                mask[row, : len(ids)] = 1
+            return out, mask
+
+        # the original fills prompt padding with the eod id and label padding with 0; both slots are masked
+        # out of attention and loss, so any in-vocabulary id gives the same numbers
+        prompt, prompt_mask = pad_ids(prompt_ids, max_prompt, 0)
+        label_ids, label_mask = pad_ids(labels, max_label, 0)
+        speech_mask = (torch.arange(max_speech, device=device)[None, :] < speech_lens[:, None]).long()
+        ones = torch.ones(batch, 1, dtype=torch.long, device=device)
+        bos, eos = (row.expand(batch, 1, -1).to(speech_embeds.dtype) for row in self.speech_bos_eos[:, None, :])
+        embed = self.llm.embed_tokens
+        inputs_embeds = torch.cat([embed(prompt).to(speech_embeds.dtype), bos, speech_embeds, eos,
+                                   embed(label_ids).to(speech_embeds.dtype)], dim=1)  # (B, L, H)
+        attention_mask = torch.cat([prompt_mask, ones, speech_mask, ones, label_mask], dim=1)  # (B, L)
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        targets = torch.full_like(attention_mask, IGNORE_ID)
+        targets[:, -max_label:] = label_ids.masked_fill(label_mask == 0, IGNORE_ID)
+
+        hidden = self.llm.forward_hidden(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                         position_ids=position_ids)  # (B, L, H)
+        predicts = targets[:, 1:] != IGNORE_ID  # position t predicts token t + 1
+        logits = self.llm.lm_head(hidden[:, :-1][predicts]).float()  # (N_label_tokens, V)
+        return F.cross_entropy(logits, targets[:, 1:][predicts])

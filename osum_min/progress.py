@@ -1,0 +1,73 @@
+"""A dependency-free progress bar for long work (downloads, conversion, batch inference, training).
+
+Writes one carriage-return-updated line to stderr with done/total, rate and ETA; when stderr is not a terminal
+(CI logs, files) it prints a plain line at most every `interval` seconds instead, so logs stay readable.
+"""
+import sys
+import time
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _fmt_amount(value: float, unit: str) -> str:
+    if unit != "B":
+        return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+    for prefix in ("", "K", "M", "G", "T"):
+        if abs(value) < 1024 or prefix == "T":
+            return f"{value:.1f}{prefix}B" if prefix else f"{value:.0f}B"
+        value /= 1024
+    return f"{value}B"
+
+
+class Progress:
+    """`with Progress(total, "converting", unit="B") as bar: bar.update(n)`; `total=None` if unknown."""
+
+    def __init__(self, total: float | None, desc: str = "", unit: str = "", interval: float = 2.0,
+                 stream=None, initial: float = 0):
+        self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.done = initial
+        self.initial = initial
+        self.start = time.monotonic()
+        self.last_print = 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def update(self, amount: float = 1) -> None:
+        self.done += amount
+        now = time.monotonic()
+        if now - self.last_print >= (0.1 if self.tty else self.interval):
+            self.last_print = now
+            self._print(end="\r" if self.tty else "\n")
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = (self.done - self.initial) / elapsed
+        parts = [self.desc] if self.desc else []
+        if self.total:
+            parts.append(f"{100 * self.done / self.total:5.1f}% {_fmt_amount(self.done, self.unit)}"
+                         f"/{_fmt_amount(self.total, self.unit)}")
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta_text = _fmt_seconds(eta) if eta != float("inf") else "?"
+        else:
+            parts.append(_fmt_amount(self.done, self.unit))
+            eta_text = None
+        parts.append(f"{_fmt_amount(rate, self.unit)}/s")
+        parts.append(f"elapsed {_fmt_seconds(elapsed)}" + (f" eta {eta_text}" if eta_text else ""))
+        return " | ".join(parts)
+
+    def _print(self, end: str) -> None:
+        print(self.line(), end=end, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        self._print(end="\n")

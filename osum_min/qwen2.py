@@ -1,0 +1,330 @@
+"""Qwen2 decoder (OSUM's LLM) with LoRA adapters and a static, preallocated KV cache.
+
+Math follows Hugging Face `Qwen2ForCausalLM` so logits agree to float32 noise: RMSNorm in float32, rotate-half
+RoPE, grouped-query attention with q/k/v bias, SwiGLU MLP. The KV cache is gpt-fast style: fixed
+(B, n_kv_heads, max_len, head_dim) buffers written at explicit slots, so decoding never reallocates.
+"""
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model (missing/unexpected keys, bad files)."""
+
+
+@dataclass
+class Qwen2Config:
+    vocab_size: int = 151936
+    hidden_size: int = 896
+    intermediate_size: int = 4864
+    num_layers: int = 24
+    num_heads: int = 14
+    num_kv_heads: int = 2
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768
+    lora_rank: int = 0  # 0 = no LoRA
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple = LORA_TARGETS
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf(cls, config: dict, **overrides) -> "Qwen2Config":
+        """Read a Hugging Face Qwen2 `config.json` dict; `overrides` set fields HF does not carry (LoRA)."""
+        hf_names = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
+                    "intermediate_size": "intermediate_size", "num_layers": "num_hidden_layers",
+                    "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads",
+                    "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps",
+                    "tie_word_embeddings": "tie_word_embeddings",
+                    "max_position_embeddings": "max_position_embeddings"}
+        values = {ours: config[theirs] for ours, theirs in hf_names.items() if theirs in config}
+        if "rope_theta" not in config and "rope_theta" in (config.get("rope_parameters") or {}):
+            values["rope_theta"] = config["rope_parameters"]["rope_theta"]  # transformers >= 5 layout
+        values.setdefault("num_kv_heads", values.get("num_heads", cls.num_kv_heads))
+        values.update(overrides)
+        return cls(**values)
+
+
+_QWEN2_SMALL = dict(vocab_size=151936, num_kv_heads=2, tie_word_embeddings=True)
+PRESETS = {
+    "qwen2-7b": Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+                            num_heads=28, num_kv_heads=4, max_position_embeddings=131072,
+                            lora_rank=8, lora_alpha=32.0, lora_dropout=0.1),
+    "qwen2-0.5b": Qwen2Config(hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
+                              max_position_embeddings=131072, **_QWEN2_SMALL),
+    "qwen2.5-0.5b": Qwen2Config(hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
+                                max_position_embeddings=32768, **_QWEN2_SMALL),
+    "qwen2-1.5b": Qwen2Config(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
+                              max_position_embeddings=131072, **_QWEN2_SMALL),
+    "qwen2.5-1.5b": Qwen2Config(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
+                                max_position_embeddings=32768, **_QWEN2_SMALL),
+}
+
+
+class LoRALinear(nn.Linear):
+    """nn.Linear plus a low-rank update: base(x) + (alpha/r) * B(A(dropout(x))), mergeable into the weight."""
+
+    def __init__(self, in_features, out_features, bias, rank, alpha, dropout):
+        super().__init__(in_features, out_features, bias=bias)
+        self.scaling = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))  # (out, r): zero, so training starts at base
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default
+        self.lora_dropout = nn.Dropout(dropout)
+        self.merged = False
+
+    def forward(self, x):
+        out = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return out
+        return out + self.scaling * F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+
+    def _delta(self):
+        return (self.scaling * (self.lora_B.float() @ self.lora_A.float())).to(self.weight.dtype)
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            self.weight += self._delta()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.weight -= self._delta()
+            self.merged = False
+
+
+def _linear(cfg: Qwen2Config, name: str, d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
+    if cfg.lora_rank > 0 and name in cfg.lora_targets:
+        return LoRALinear(d_in, d_out, bias, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    return nn.Linear(d_in, d_out, bias=bias)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
+    """cos/sin tables (B, 1, L, head_dim) for rotate-half RoPE at the given positions, computed in float32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
+    angles = position_ids.float()[..., None] * inv_freq  # (B, L, head_dim/2)
+    angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, L, head_dim)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Qwen2Config):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = _linear(cfg, "q_proj", cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True)
+        self.k_proj = _linear(cfg, "k_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.v_proj = _linear(cfg, "v_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.o_proj = _linear(cfg, "o_proj", cfg.num_heads * cfg.head_dim, cfg.hidden_size)
+        self.k_cache = self.v_cache = None  # (B, n_kv_heads, max_len, head_dim) once set up
+
+    def forward(self, x, cos, sin, mask, cache_pos):
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache_pos is not None:
+            self.k_cache.index_copy_(2, cache_pos, k)
+            self.v_cache.index_copy_(2, cache_pos, v)
+            k, v = self.k_cache, self.v_cache  # (B, Hkv, max_len, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                             enable_gqa=self.n_heads != self.n_kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Qwen2Config):
+        super().__init__()
+        self.gate_proj = _linear(cfg, "gate_proj", cfg.hidden_size, cfg.intermediate_size)
+        self.up_proj = _linear(cfg, "up_proj", cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = _linear(cfg, "down_proj", cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Qwen2Config):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache_pos):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def attention_mask_for(key_mask, query_slots, num_key_slots: int):
+    """Boolean SDPA mask (B|1, 1, L, S): causal over slots, AND the 0/1 key mask (B, S) if given.
+
+    A query row that may see no key at all (left padding) is opened to every key, as transformers does, so it
+    yields finite garbage instead of NaN; its output is never used.
+    """
+    key_slots = torch.arange(num_key_slots, device=query_slots.device)
+    allowed = (key_slots[None, :] <= query_slots[:, None])[None, None]  # (1, 1, L, S)
+    if key_mask is not None:
+        allowed = allowed & key_mask.bool()[:, None, None, :]  # (B, 1, L, S)
+    return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+class Qwen2(nn.Module):
+    def __init__(self, cfg: Qwen2Config):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache_pos=None):
+        """Logits (B, L, V). Without a cache `attention_mask` is a (B, L) key mask; with one, (B, max_len) over slots."""
+        return self.lm_head(self.forward_hidden(input_ids, inputs_embeds, attention_mask, position_ids, cache_pos))
+
+    def forward_hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+                       cache_pos=None):
+        """Final-normed hidden states (B, L, H); the caller applies `lm_head` where it needs logits."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, H)
+        B, L, _ = x.shape
+        if cache_pos is None:
+            query_slots, num_slots = torch.arange(L, device=x.device), L
+        else:
+            query_slots, num_slots = cache_pos, self.layers[0].self_attn.k_cache.shape[2]
+        if position_ids is None:
+            position_ids = query_slots[None].expand(B, L)
+        mask = None
+        if attention_mask is not None or cache_pos is not None:
+            mask = attention_mask_for(attention_mask, query_slots, num_slots)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache_pos)
+        return self.norm(x)
+
+    # KV cache -------------------------------------------------------------------------------------------------
+    def setup_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None):
+        weight = self.embed_tokens.weight
+        shape = (batch_size, self.config.num_kv_heads, max_len, self.config.head_dim)
+        for layer in self.layers:
+            attn = layer.self_attn
+            attn.k_cache = torch.zeros(shape, device=device or weight.device, dtype=dtype or weight.dtype)
+            attn.v_cache = torch.zeros_like(attn.k_cache)
+
+    def reorder_kv_cache(self, index):
+        """Row b of the new cache is row index[b] of the old one (beam reordering, or expanding items to beams)."""
+        for layer in self.layers:
+            attn = layer.self_attn
+            attn.k_cache, attn.v_cache = attn.k_cache.index_select(0, index), attn.v_cache.index_select(0, index)
+
+    def clear_kv_cache(self):
+        for layer in self.layers:
+            layer.self_attn.k_cache = layer.self_attn.v_cache = None
+
+    # LoRA -----------------------------------------------------------------------------------------------------
+    def merge_lora(self):
+        """Fold every adapter into its base weight (inference speed); idempotent."""
+        for module in self.modules():
+            if isinstance(module, LoRALinear):
+                module.merge()
+
+    def unmerge_lora(self):
+        for module in self.modules():
+            if isinstance(module, LoRALinear):
+                module.unmerge()
+
+
+# Hugging Face / peft keys -> ours. Applied in order; keys that end up outside our module tree map to None.
+HF_KEY_RULES = (
+    (r"^base_model\.model\.", ""),  # peft wrapper
+    (r"^model\.", ""),  # Qwen2ForCausalLM.model
+    (r"\.base_layer\.", "."),  # peft >= 0.7 wraps the frozen linear
+    (r"\.lora_([AB])\.default\.weight$", r".lora_\1"),  # peft adapter named "default"
+)
+OUR_KEY = re.compile(r"(embed_tokens\.weight|norm\.weight|lm_head\.weight"
+                     r"|layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight"
+                     r"|layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.(weight|bias|lora_A|lora_B))")
+
+
+def hf_key_to_ours(key: str) -> str | None:
+    for pattern, replacement in HF_KEY_RULES:
+        key = re.sub(pattern, replacement, key)
+    return key if OUR_KEY.fullmatch(key) else None
+
+
+def load_state_dict_strict(model: Qwen2, state: dict, source: str) -> Qwen2:
+    """`load_state_dict(assign=True)` that fails with one line naming what is missing or unexpected."""
+    expected = set(model.state_dict())
+    if model.config.tie_word_embeddings:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        expected.discard("lm_head.weight")
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: {len(missing)} missing keys {missing[:4]}, "
+                              f"{len(unexpected)} unexpected keys {unexpected[:4]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    return model
+
+
+def load_hf_checkpoint(directory, dtype=None, **config_overrides) -> Qwen2:
+    """A Hugging Face Qwen2 checkpoint directory (config.json + safetensors shards) as a Qwen2, loaded strictly."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        config = Qwen2Config.from_hf(json.loads((directory / "config.json").read_text()), **config_overrides)
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"{directory / 'config.json'}: cannot read a Qwen2 config ({err})") from None
+    index = directory / "model.safetensors.index.json"
+    shards = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()
+              else sorted(p.name for p in directory.glob("*.safetensors")))
+    if not shards:
+        raise CheckpointError(f"{directory}: no *.safetensors files")
+    state = {}
+    for shard in shards:
+        for key, tensor in load_file(directory / shard).items():
+            ours = hf_key_to_ours(key)
+            if ours is not None:
+                state[ours] = tensor if dtype is None else tensor.to(dtype)
+    with torch.device("meta"):
+        model = Qwen2(config)
+    return load_state_dict_strict(model, state, str(directory)).eval()

@@ -1,0 +1,135 @@
+"""Our weight files: safetensors, streamed tensor by tensor, sharded above a size, loaded strictly.
+
+We write the safetensors format ourselves (8-byte header length, JSON header, raw bytes) so that converting a
+15 GB checkpoint never holds more than one converted tensor in memory; the `safetensors` package reads it.
+"""
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+                      torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8"}
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+class WeightsError(ValueError):
+    """A weight file or directory that does not match the model: one line, naming the file and the keys."""
+
+
+def _describe(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} key(s): {shown}" + (", ..." if len(keys) > limit else "")
+
+
+def _write_shard(path: Path, entries: list[tuple[str, torch.Size, torch.dtype, Callable]], metadata: dict):
+    header, offset = {"__metadata__": metadata}, 0
+    for name, shape, dtype, _ in entries:
+        nbytes = shape.numel() * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset,
+                                                                                                    offset + nbytes]}
+        offset += nbytes
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)  # keep the data 8-byte aligned
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+        for name, shape, dtype, produce in entries:
+            tensor = produce().contiguous()
+            if tensor.shape != shape or tensor.dtype != dtype:
+                raise WeightsError(f"{path}: {name} produced {tuple(tensor.shape)} {tensor.dtype}, "
+                                   f"declared {tuple(shape)} {dtype}")
+            f.write(tensor.cpu().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    os.replace(tmp, path)
+
+
+def save_weights(directory, entries: Iterable[tuple[str, torch.Size, torch.dtype, Callable[[], torch.Tensor]]],
+                 max_shard_bytes: int = 5 * 2**30, metadata: dict | None = None, progress=None) -> list[Path]:
+    """Write (name, shape, dtype, produce) entries; `produce()` makes one tensor only when it is written.
+
+    Above max_shard_bytes the weights are split into model-0000N-of-0000M.safetensors plus an index, as
+    Hugging Face does.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shards, current, size = [], [], 0
+    for entry in entries:
+        nbytes = entry[1].numel() * entry[2].itemsize
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += nbytes
+    shards.append(current)
+    metadata = {"format": "pt", **(metadata or {})}
+    if len(shards) == 1:
+        names = [WEIGHTS_NAME]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        counted = [(n, s, d, _counting(p, progress, s.numel() * d.itemsize)) for n, s, d, p in shard]
+        _write_shard(directory / name, counted, metadata)
+    if len(shards) > 1:
+        weight_map = {entry[0]: name for name, shard in zip(names, shards) for entry in shard}
+        (directory / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+    return [directory / name for name in names]
+
+
+def _counting(produce, progress, nbytes):
+    if progress is None:
+        return produce
+
+    def wrapped():
+        tensor = produce()
+        progress.update(nbytes)
+        return tensor
+    return wrapped
+
+
+def weight_files(directory) -> list[Path]:
+    directory = Path(directory)
+    index = directory / INDEX_NAME
+    if index.is_file():
+        return [directory / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (directory / WEIGHTS_NAME).is_file():
+        return [directory / WEIGHTS_NAME]
+    raise WeightsError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
+
+
+def load_weights(model: torch.nn.Module, directory, device=None, dtype=None) -> None:
+    """Fill every parameter and buffer of `model` (built on the meta device) from a directory, strictly.
+
+    Floating tensors are cast to `dtype` one at a time, so peak memory stays at about one copy of the weights.
+    """
+    expected = dict(model.state_dict())
+    seen = set()
+    for path in weight_files(directory):
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+        with handle:
+            loaded = {}
+            for name in handle.keys():
+                if name not in expected:
+                    continue
+                tensor = handle.get_tensor(name)
+                if tensor.shape != expected[name].shape:
+                    raise WeightsError(f"{path}: {name} has shape {tuple(tensor.shape)}, the config says "
+                                       f"{tuple(expected[name].shape)}")
+                if tensor.is_floating_point() and dtype is not None:
+                    tensor = tensor.to(dtype)
+                loaded[name] = tensor.to(device) if device is not None else tensor
+            unexpected = [name for name in handle.keys() if name not in expected]
+        if unexpected:
+            raise WeightsError(f"{path}: unexpected {_describe(unexpected)}")
+        model.load_state_dict(loaded, strict=False, assign=True)
+        seen.update(loaded)
+    missing = [name for name in expected if name not in seen]
+    if missing:
+        raise WeightsError(f"{directory}: missing {_describe(missing)}")

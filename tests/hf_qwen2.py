@@ -1,0 +1,38 @@
+"""Reference twin for the Qwen2 tests: the same random weights in transformers' Qwen2ForCausalLM + peft LoRA and in ours."""
+import pytest
+import torch
+
+from osum_min.qwen2 import LORA_TARGETS, Qwen2, Qwen2Config, hf_key_to_ours, load_state_dict_strict
+
+TINY = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                   rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=512,
+                   lora_rank=8, lora_alpha=32.0, lora_dropout=0.1)
+
+
+def hf_config(cfg: Qwen2Config):
+    transformers = pytest.importorskip("transformers")
+    return transformers.Qwen2Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
+        max_position_embeddings=cfg.max_position_embeddings, initializer_range=0.1, use_sliding_window=False)
+
+
+def peft_twin(cfg: Qwen2Config = TINY, seed: int = 0, lora_b_std: float = 0.05):
+    """(transformers + peft model, our Qwen2) with identical random weights and non-zero LoRA B, both in eval."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(seed)
+    hf = transformers.Qwen2ForCausalLM(hf_config(cfg))
+    hf = peft.get_peft_model(hf, peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, target_modules=list(LORA_TARGETS),
+                                                 task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * lora_b_std)
+    ours = Qwen2(cfg)
+    state = {hf_key_to_ours(k): v for k, v in hf.state_dict().items() if hf_key_to_ours(k)}
+    load_state_dict_strict(ours, {k: v.clone() for k, v in state.items()}, "peft twin")
+    return hf.eval(), ours.eval()

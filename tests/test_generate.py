@@ -1,0 +1,159 @@
+"""Decoding equals transformers' generate (greedy, beam, penalties, eos), batches equal rows alone, sampling is sound."""
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_qwen2 import peft_twin
+from osum_min.generate import ORIGINAL_DECODING, GenerationConfig, generate
+from test_qwen2 import FIXTURE, fixture_llm
+
+NEVER = 10**6  # an eos id outside the vocabulary: runs last max_new_tokens
+
+
+@pytest.fixture(scope="module")
+def twin():
+    hf, ours = peft_twin(seed=7)
+    embeds = torch.randn(1, 9, ours.config.hidden_size, generator=torch.Generator().manual_seed(11))
+    return hf, ours, embeds
+
+
+def hf_generate(hf, embeds, **kwargs):
+    out = hf.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                      do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True, **kwargs)
+    return out
+
+
+def trim(rows, eos):
+    """HF pads finished rows; cut after the first eos like ours."""
+    cut = []
+    for row in rows:
+        end = next((i + 1 for i, token in enumerate(row) if token == eos), len(row))
+        cut.append(row[:end])
+    return cut
+
+
+@pytest.mark.parametrize("num_beams,penalty", [(1, 1.0), (1, 1.05), (4, 1.0), (4, 1.05)])
+def test_ids_and_beam_scores_equal_transformers(twin, num_beams, penalty):
+    hf, ours, embeds = twin
+    returned = num_beams  # all beams, to compare every sequences_score
+    theirs = hf_generate(hf, embeds, max_new_tokens=12, num_beams=num_beams, repetition_penalty=penalty,
+                         num_return_sequences=returned, eos_token_id=NEVER)
+    config = GenerationConfig(max_new_tokens=12, num_beams=num_beams, repetition_penalty=penalty,
+                              num_return_sequences=returned, eos_token_id=NEVER)
+    mine, scores = generate(ours, embeds, None, config, return_scores=True)
+    assert mine == theirs.sequences.tolist()
+    if num_beams > 1:
+        assert (torch.tensor(scores) - theirs.sequences_scores).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_eos_hit_midway_stops_like_transformers(twin, num_beams):
+    hf, ours, embeds = twin
+    greedy = generate(ours, embeds, None, GenerationConfig(max_new_tokens=12, eos_token_id=NEVER))[0]
+    eos = greedy[4]  # a token greedy produces at step 5
+    theirs = hf_generate(hf, embeds, max_new_tokens=12, num_beams=num_beams, num_return_sequences=num_beams,
+                         eos_token_id=eos)
+    mine, scores = generate(ours, embeds, None, GenerationConfig(max_new_tokens=12, num_beams=num_beams,
+                                                                 num_return_sequences=num_beams, eos_token_id=eos),
+                            return_scores=True)
+    assert mine == trim(theirs.sequences.tolist(), eos)
+    assert any(seq[-1] == eos and len(seq) < 12 for seq in mine)  # the eos really was hit mid-way
+    if num_beams > 1:
+        assert (torch.tensor(scores) - theirs.sequences_scores).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("config", [GenerationConfig(max_new_tokens=10, eos_token_id=[NEVER, 3]),
+                                    GenerationConfig(max_new_tokens=10, num_beams=4, repetition_penalty=1.05,
+                                                     num_return_sequences=2, eos_token_id=NEVER)])
+def test_batch_of_different_lengths_equals_each_alone(twin, config):
+    _, ours, _ = twin
+    generator = torch.Generator().manual_seed(5)
+    prompts = [torch.randn(n, ours.config.hidden_size, generator=generator) for n in (7, 3, 5)]
+    longest = max(len(p) for p in prompts)
+    embeds = torch.zeros(len(prompts), longest, ours.config.hidden_size)
+    mask = torch.zeros(len(prompts), longest, dtype=torch.long)
+    for row, prompt in enumerate(prompts):  # left padding
+        embeds[row, longest - len(prompt):], mask[row, longest - len(prompt):] = prompt, 1
+    batched = generate(ours, embeds, mask, config)
+    alone = [seq for prompt in prompts for seq in generate(ours, prompt[None], None, config)]
+    assert batched == alone
+
+
+def test_streaming_callback_sees_every_token(twin):
+    _, ours, embeds = twin
+    streamed = []
+    ids = generate(ours, embeds, None, GenerationConfig(max_new_tokens=8, eos_token_id=NEVER),
+                   on_token=lambda row, token: streamed.append((row, token)))
+    assert streamed == [(0, token) for token in ids[0]]
+
+
+def test_fixture_a_generation_reproduced():
+    expected = load_file(FIXTURE / "expected.safetensors")
+    model = fixture_llm()
+    embeds = expected["generate_inputs_embeds"][None]
+    greedy = generate(model, embeds, None, GenerationConfig(max_new_tokens=16, eos_token_id=151643))[0]
+    with torch.no_grad():  # step logits through the KV cache, as generate feeds them
+        model.setup_kv_cache(1, 60)
+        logits = [model(inputs_embeds=embeds, cache_pos=torch.arange(44))[:, -1]]
+        for t, token in enumerate(greedy[:15]):
+            logits.append(model(input_ids=torch.tensor([[token]]), cache_pos=torch.tensor([44 + t]))[:, -1])
+        model.clear_kv_cache()
+    assert (torch.cat(logits) - expected["generate_greedy_step_logits"]).abs().max() < 1e-3
+    model.merge_lora()  # as inference runs it
+    for name, beams, penalty in [("greedy", 1, 1.0), ("greedy_rep1.05", 1, 1.05), ("beam4", 4, 1.0),
+                                 ("beam4_rep1.05", 4, 1.05)]:
+        config = GenerationConfig(max_new_tokens=16, num_beams=beams, repetition_penalty=penalty,
+                                  eos_token_id=151643)
+        assert generate(model, embeds, None, config)[0] == expected[f"generate_{name}_ids"].tolist(), name
+        if beams > 1:
+            config.num_return_sequences = 4
+            sequences, scores = generate(model, embeds, None, config, return_scores=True)
+            assert sequences == expected[f"generate_{name}_all_returned_sequences"].tolist(), name
+            assert (torch.tensor(scores) - expected[f"generate_{name}_sequences_scores"]).abs().max() < 1e-4
+    for name, beams in [("greedy", 1), ("beam4", 4)]:
+        config = GenerationConfig(max_new_tokens=16, num_beams=beams, eos_token_id=514)
+        assert generate(model, embeds, None, config)[0] == expected[f"generate_{name}_eos_ids"].tolist(), name
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(twin):
+    _, ours, embeds = twin
+    sample = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=20, top_p=0.9, temperature=0.8,
+                              repetition_penalty=1.05, eos_token_id=NEVER, seed=123, num_return_sequences=3)
+    assert generate(ours, embeds, None, sample) == generate(ours, embeds, None, sample)
+    sample.seed = 124
+    assert generate(ours, embeds, None, sample) != generate(ours, embeds, None, GenerationConfig(**{
+        **sample.__dict__, "seed": 123}))
+    greedy = generate(ours, embeds, None, GenerationConfig(max_new_tokens=10, eos_token_id=NEVER))
+    top1 = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=1, eos_token_id=NEVER, seed=0)
+    assert generate(ours, embeds, None, top1) == greedy
+    beam_sample = GenerationConfig(**{**ORIGINAL_DECODING.__dict__, "max_new_tokens": 10, "seed": 9})
+    assert generate(ours, embeds, None, beam_sample) == generate(ours, embeds, None, beam_sample)
+
+
+def chi_square_critical(df: int, z: float) -> float:
+    """Wilson-Hilferty approximation of the chi-square quantile whose normal score is z."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def test_sampled_frequencies_match_softmax(twin):
+    """Pearson chi-square at level 0.001 (z = 3.09) on 20,000 first-token draws at temperature 1, no filtering."""
+    _, ours, embeds = twin
+    with torch.no_grad():
+        probs = ours(inputs_embeds=embeds)[0, -1].float().softmax(-1)
+    counts = torch.zeros_like(probs)
+    for seed in range(5):
+        config = GenerationConfig(max_new_tokens=1, do_sample=True, num_return_sequences=4000, eos_token_id=None,
+                                  seed=seed)
+        for (token,) in generate(ours, embeds, None, config):
+            counts[token] += 1
+    expected = probs * counts.sum()
+    big = expected >= 5  # pool the rare tokens into one bin so every bin expects >= 5
+    observed_bins = torch.cat([counts[big], counts[~big].sum()[None]])
+    expected_bins = torch.cat([expected[big], expected[~big].sum()[None]])
+    statistic = ((observed_bins - expected_bins) ** 2 / expected_bins).sum().item()
+    assert statistic < chi_square_critical(len(expected_bins) - 1, z=3.09)
+    # and the test can fail: the same draws against a flattened distribution are rejected
+    flat = torch.full_like(expected_bins, counts.sum().item() / len(expected_bins))
+    assert ((observed_bins - flat) ** 2 / flat).sum().item() > chi_square_critical(len(expected_bins) - 1, z=3.09)

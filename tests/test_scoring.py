@@ -1,0 +1,60 @@
+"""WER/CER and label accuracy on hand-made cases whose answers are counted by hand."""
+import pytest
+
+from osum_min.scoring import Edits, Scorer, edit_distance, scoring_units
+from osum_min.tasks import TASKS, parse
+
+
+@pytest.mark.parametrize("reference, hypothesis, edits", [
+    ("the cat sat", "the cat sat", Edits(0, 0, 0)),
+    ("the cat sat", "the bat sat", Edits(1, 0, 0)),
+    ("the cat sat on the mat", "the cat on mat", Edits(0, 2, 0)),
+    ("a b", "x a b y", Edits(0, 0, 2)),
+    ("a b c d", "b x d e", Edits(1, 1, 1)),  # del a, sub c->x, ins e
+    ("", "a b", Edits(0, 0, 2)),
+    ("a b", "", Edits(0, 2, 0)),
+])
+def test_edit_distance(reference, hypothesis, edits):
+    assert edit_distance(reference.split(), hypothesis.split()) == edits
+
+
+def test_units_split_mixed_scripts():
+    assert scoring_units("我爱python编程, don't stop!") == ["我", "爱", "python", "编", "程", "don't", "stop"]
+    assert scoring_units("Hello,   world.") == ["Hello", "world"]
+
+
+def test_wer_english_with_normalisation():
+    scorer = Scorer(TASKS["asr"])
+    scorer.add("The cat sat on the mat.", parse(TASKS["asr"], "the cat sat on a mat"))  # 1 sub / 6
+    scorer.add("Hello world", parse(TASKS["asr"], "HELLO big world"))  # 1 ins / 2 (case is normalised away)
+    summary = scorer.summary()
+    assert scorer.metric == "wer"
+    assert (summary["substitutions"], summary["deletions"], summary["insertions"]) == (1, 0, 1)
+    assert summary["reference_units"] == 8 and summary["wer"] == pytest.approx(25.0)
+
+
+def test_cer_mixed_mandarin_english():
+    scorer = Scorer(TASKS["asr"])
+    # reference units: 我 爱 python 编 程 (5); hypothesis: 我 python 编 成 (del 爱, sub 程->成)
+    scorer.add("我 爱 Python 编程", parse(TASKS["asr"], "我python编成"))
+    assert scorer.metric == "cer"
+    assert scorer.summary()["cer"] == pytest.approx(40.0)
+    assert scorer.lines()[0].startswith("CER 40.00% (2 errors / 5 units")
+
+
+def test_label_accuracy_and_transcript_from_tagged_references():
+    task = TASKS["asr+age+gender"]
+    scorer = Scorer(task)
+    scorer.add("你好<ADULT><Female>", parse(task, "你好<adult><female>"))
+    scorer.add("再见<child><male>", parse(task, "再见<adult><male>"))
+    scorer.add("谢谢<old><female>", parse(task, "谢谢"))  # labels missing: both wrong
+    summary = scorer.summary()
+    assert summary["cer"] == 0.0 and summary["reference_units"] == 6  # the tags are not part of the transcript
+    assert summary["age_accuracy"] == pytest.approx(100 / 3, abs=0.01)
+    assert summary["gender_accuracy"] == pytest.approx(200 / 3, abs=0.01)
+
+
+def test_style_references_are_mapped_to_classes():
+    scorer = Scorer(TASKS["ssr"])
+    scorer.add("从前 <小说>", parse(TASKS["ssr"], "从前<有声书>"))  # raw corpus style 小说 -> class 有声书
+    assert scorer.summary()["style_accuracy"] == 100.0

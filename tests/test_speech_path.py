@@ -1,0 +1,84 @@
+"""Encoder and adaptor against fixture_a (the original's own outputs), number for number.
+
+Tolerance: 1e-4 max-abs, the fixture README's suggestion for float32 (we observe about 1e-6).
+"""
+import pytest
+import torch
+
+from osum_min.adaptor import Adaptor, interleaved_sinusoids
+from osum_min.encoder import WhisperEncoder, whisper_sinusoids
+from osum_min.model import OSUM
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model(fixture_weights) -> OSUM:
+    return OSUM.from_pretrained(fixture_weights, device="cpu")
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def test_positional_tables_equal_the_checkpoint_buffers():
+    state = torch.load("tests/fixtures/fixture_a/infer.pt", weights_only=True)
+    assert max_diff(whisper_sinusoids(1500, 64), state["encoder.embed.pos_enc.pe"][0]) < 1e-6
+    # float32 rounding of large angles (sin of ~400 rad) costs ~1e-5; 30 s of audio reaches row 375
+    assert max_diff(interleaved_sinusoids(400, 64), state["speech_transformer.embed.pos_enc.pe"][0, :400]) < 5e-5
+
+
+@torch.no_grad()
+def test_single_item_intermediates(model, expected):
+    feats = expected["feats"][None]
+    encoder_out, lengths = model.encoder(feats, torch.tensor([276]))
+    assert lengths.tolist() == [int(expected["encoder_mask"].sum())] == [138]
+    assert max_diff(encoder_out[0], expected["encoder_out"]) < ATOL
+    down, down_lens = model.adaptor.downsample(encoder_out, lengths)
+    assert down_lens.tolist() == [int(expected["down_sample_2_mask"].sum())]
+    assert max_diff(down[0], expected["down_sample_2_out"]) < ATOL
+    transformed, _ = model.adaptor.transform(encoder_out, lengths)
+    assert max_diff(transformed[0], expected["speech_transformer_out"]) < ATOL
+    speech_embeds, speech_lens = model.embed_speech(feats, torch.tensor([276]))
+    assert speech_lens.tolist() == [35]
+    assert max_diff(speech_embeds[0], expected["speech_embeds"]) < ATOL
+
+
+@torch.no_grad()
+def test_batch_reproduces_the_original_mask_rule(model, expected):
+    """The original drops the last frame of the odd-length item (219) in an even-length (276) batch."""
+    speech_embeds, speech_lens = model.embed_speech(expected["batch_feats"], expected["batch_feats_lengths"])
+    assert speech_lens.tolist() == expected["batch_speech_mask"].sum(1).tolist() == [35, 28]
+    for row, n in enumerate(speech_lens.tolist()):
+        assert max_diff(speech_embeds[row, :n], expected["batch_speech_embeds"][row, :n]) < ATOL
+    # the quirk is real: with the rule, item 1 differs from item 1 alone by ~2.5e-3
+    assert max_diff(speech_embeds[1, :28], expected["batch_item1_alone_speech_embeds"]) > 1e-3
+
+
+@torch.no_grad()
+def test_batch_without_the_rule_equals_each_item_alone(model, expected):
+    speech_embeds, speech_lens = model.embed_speech(expected["batch_feats"], expected["batch_feats_lengths"],
+                                                    original_mask_rule=False)
+    assert max_diff(speech_embeds[0, :35], expected["batch_item0_alone_speech_embeds"]) < ATOL
+    assert max_diff(speech_embeds[1, :28], expected["batch_item1_alone_speech_embeds"]) < ATOL
+    alone, _ = model.embed_speech(expected["batch_feats"][1:, :219], torch.tensor([219]))
+    assert max_diff(speech_embeds[1, :28], alone[0]) < 1e-5
+
+
+def test_too_long_input_is_refused_with_a_clear_error(model):
+    with pytest.raises(ValueError, match="30 s"):
+        model.encoder(torch.zeros(1, 3002, 80), torch.tensor([3002]))
+
+
+def test_modules_run_in_bf16(model, expected):
+    encoder = WhisperEncoder(model.config.encoder).to(torch.bfloat16)
+    encoder.load_state_dict(model.encoder.state_dict())
+    adaptor = Adaptor(model.config.adaptor).to(torch.bfloat16)
+    adaptor.load_state_dict(model.adaptor.state_dict())
+    with torch.no_grad():
+        x, lengths = encoder(expected["feats"][None].bfloat16(), torch.tensor([276]))
+        speech_embeds, _ = adaptor(x, lengths)
+    assert speech_embeds.dtype == torch.bfloat16
+    # bf16 keeps ~3 significant digits; a broken norm or cast would be off by far more
+    scale = expected["speech_embeds"].abs().max().item()
+    assert max_diff(speech_embeds[0], expected["speech_embeds"]) < 0.05 * scale

@@ -1,0 +1,54 @@
+"""Long-audio windows: the 53 s LibriVox Sonnet 1 reading is cut once, in a pause, and tiled exactly."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from osum_min.audio import HOP, SAMPLE_RATE, load_audio
+from osum_min.windows import frame_energy, split_windows
+
+SONNET = Path(__file__).parent / ".assets" / "sonnet1.wav"
+
+
+def assert_exact_cover(windows, total, max_samples):
+    assert windows[0][0] == 0 and windows[-1][1] == total
+    assert all(end == next_start for (_, end), (next_start, _) in zip(windows, windows[1:]))
+    assert all(0 < end - start <= max_samples for start, end in windows)
+
+
+def test_sonnet_is_cut_once_at_a_pause():
+    if not SONNET.exists():
+        pytest.skip("tests/.assets/sonnet1.wav missing (run python tests/assets.py)")
+    wav = load_audio(SONNET)
+    assert 53.0 < len(wav) / SAMPLE_RATE < 53.5
+    windows = split_windows(wav)
+    assert len(windows) == 2
+    assert_exact_cover(windows, len(wav), 30 * SAMPLE_RATE)
+    cut = windows[0][1]
+    assert 25 * SAMPLE_RATE <= cut <= 30 * SAMPLE_RATE
+    energy = frame_energy(wav)
+    # The cut is in a pause: quieter than 95% of the recording's 100 ms stretches and under 5% of the median.
+    assert (energy < energy[cut // HOP]).float().mean() < 0.05
+    assert energy[cut // HOP] < 0.05 * energy.median()
+
+
+def test_synthetic_cut_finds_the_silence():
+    generator = torch.Generator().manual_seed(0)
+    wav = 0.3 * torch.randn(70 * SAMPLE_RATE, generator=generator)
+    silences = [(27 * SAMPLE_RATE, 27 * SAMPLE_RATE + 4000), (52 * SAMPLE_RATE, 52 * SAMPLE_RATE + 4000)]
+    for start, end in silences:
+        wav[start:end] = 0
+    windows = split_windows(wav)
+    assert_exact_cover(windows, len(wav), 30 * SAMPLE_RATE)
+    assert len(windows) == 3
+    for (start, end), (_, cut) in zip(silences, windows):
+        assert start <= cut <= end  # inside the 0.25 s of silence
+
+
+def test_short_audio_is_one_window_and_no_sliver_at_the_end():
+    assert split_windows(torch.zeros(30 * SAMPLE_RATE)) == [(0, 30 * SAMPLE_RATE)]
+    wav = torch.ones(30 * SAMPLE_RATE + 10)
+    wav[-100:] = 0  # the quietest point would leave a 10-sample last window
+    windows = split_windows(wav)
+    assert_exact_cover(windows, len(wav), 30 * SAMPLE_RATE)
+    assert windows[-1][1] - windows[-1][0] >= SAMPLE_RATE
