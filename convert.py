@@ -196,6 +196,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="output directory (default weights/osum)")
     parser.add_argument("--download", action="store_true", help="fetch the released model first (needs internet)")
     parser.add_argument("--hub-url", help="hub base URL (default $OSUM_HUB_URL or https://huggingface.co)")
+    parser.add_argument("--download-dir", type=Path, default=Path("weights/download"),
+                        help="where --download keeps the original files (partial files resume from here)")
     parser.add_argument("--to-original", type=Path, metavar="DIR", help="export our DIR to the original's layout")
     args = parser.parse_args(argv)
     try:
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
         out = args.out or Path("weights/osum")
         if args.download:
             from osum_min.hub import fetch_release
-            args.checkpoint, args.tokenizer = fetch_release(Path("weights/download"), base_url=args.hub_url)
+            args.checkpoint, args.tokenizer = fetch_release(args.download_dir, base_url=args.hub_url)
         if args.checkpoint is None:
             parser.error("give a checkpoint, --download or --to-original")
         if not args.checkpoint.is_file():

@@ -55,7 +55,7 @@ class Decoded:
 
 
 def read_list(path: Path) -> list[Item]:
-    """One audio path per line, or wenet raw jsonl `{"key", "wav", "txt"}`; relative paths may be relative to the list."""
+    """One audio path per line, or wenet raw jsonl `{"key", "wav", "txt"}`; paths may be relative to the list."""
     items = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -178,7 +178,8 @@ def subtitles(words: list[Word], vtt: bool, max_chars: int = 42, max_gap: float 
         start = next(t for w in cue for t in (w.start, w.end) if t is not None)
         end = next(t for w in reversed(cue) for t in (w.end, w.start) if t is not None)
         text = " ".join(w.text for w in cue)
-        blocks.append(f"{clock(start)} --> {clock(end)}\n{text}" if vtt else f"{number}\n{clock(start)} --> {clock(end)}\n{text}")
+        cue_text = f"{clock(start)} --> {clock(end)}\n{text}"
+        blocks.append(cue_text if vtt else f"{number}\n{cue_text}")
     return "\n\n".join(blocks) + "\n"
 
 
@@ -192,7 +193,8 @@ def parse_args(argv):
     parser.add_argument("--list-tasks", action="store_true", help="print the task table and exit")
     parser.add_argument("--ids", action="store_true", help="print generated token ids instead of text")
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
-    parser.add_argument("--srt", nargs="?", const="", metavar="DIR", help="srwt: write FILE.srt (next to the audio or in DIR)")
+    parser.add_argument("--srt", nargs="?", const="", metavar="DIR",
+                        help="srwt: write FILE.srt (next to the audio or in DIR)")
     parser.add_argument("--vtt", nargs="?", const="", metavar="DIR", help="srwt: write FILE.vtt likewise")
     parser.add_argument("--score-only", action="store_true", help="print only the WER/CER and label accuracy summary")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -206,7 +208,8 @@ def parse_args(argv):
     decoding.add_argument("--repetition-penalty", type=float)
     decoding.add_argument("--max-new-tokens", type=int)
     decoding.add_argument("--seed", type=int)
-    decoding.add_argument("--original-decoding", action="store_true", help="the original's beam-sample (top-k 5, top-p 0.9)")
+    decoding.add_argument("--original-decoding", action="store_true",
+                          help="the original's beam-sample (top-k 5, top-p 0.9)")
     parser.add_argument("--weights", default="weights/osum")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
@@ -237,7 +240,12 @@ def report(item: Item, decoded: Decoded, task: Task, tokenizer, args) -> tuple[R
     offsets = [start / SAMPLE_RATE for start, _ in decoded.windows]
     result = None
     if tokenizer is not None:
-        result = join_windows(task, [parse(task, tokenizer.decode(ids)) for ids in decoded.ids], offsets)
+        # The LLM's vocabulary is padded past the tokenizer's (151936 vs 151646 for Qwen2-7B): such ids have no text.
+        results = [parse(task, tokenizer.decode([i for i in ids if i < len(tokenizer)])) for ids in decoded.ids]
+        for window_result, ids in zip(results, decoded.ids):
+            if any(i >= len(tokenizer) for i in ids):
+                window_result.issues.append("ids beyond the tokenizer's vocabulary were dropped")
+        result = join_windows(task, results, offsets)
     record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}), "task": task.name,
               "prompt": task.prompt, **(result.to_json() if result else {}),
               "audio_s": round(decoded.windows[-1][1] / SAMPLE_RATE, 3), "decode_s": round(decoded.decode_seconds, 3)}
@@ -261,6 +269,7 @@ def main(argv=None) -> int:
             raise UsageError("no audio files given (pass files, directories or a list)")
         if args.stream and len(items) > 1:
             raise UsageError("--stream decodes one file at a time: give one file")
+        args.batch_size = 1 if args.stream else args.batch_size  # long audio: stream the windows one after another
         model, tokenizer = load(args)
         prompt_ids = prompt_ids_for(args, task, tokenizer)
         settings = decoding_settings(args, model.config.eod_id)
@@ -271,7 +280,8 @@ def main(argv=None) -> int:
     on_token = None
     if args.stream:
         stream = tokenizer.stream_decoder() if tokenizer and not args.ids else None
-        on_token = lambda row, token: print(stream.push(token) if stream else f"{token} ", end="", flush=True)  # noqa: E731
+        on_token = lambda row, token: print(  # noqa: E731
+            (stream.push(token) if token < len(tokenizer) else "") if stream else f"{token} ", end="", flush=True)
     scorer = Scorer(task) if tokenizer and any(item.reference is not None for item in items) else None
     failures, pending, next_to_print = 0, {}, 0
     progress = Progress(len(items), "files") if len(items) > 3 and not args.stream else None
@@ -303,7 +313,7 @@ def main(argv=None) -> int:
     if progress:
         progress.close()
     if args.stream:
-        print()
+        print(stream.finish() if stream else "")
     if scorer:
         print(json.dumps({"summary": scorer.summary()}) if args.json else "\n".join(scorer.lines()))
     return 2 if failures == len(items) else 1 if failures else 0

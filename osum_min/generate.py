@@ -94,6 +94,21 @@ class CachedDecoder:
         return logits[:, -1].float()
 
 
+class GenerationError(ValueError):
+    """Decoding settings or inputs that cannot work together."""
+
+
+def check(cfg: GenerationConfig, inputs_embeds, attention_mask):
+    if cfg.max_new_tokens < 1 or cfg.num_beams < 1 or cfg.num_return_sequences < 1:
+        raise GenerationError(f"max_new_tokens, num_beams and num_return_sequences must be >= 1: {cfg}")
+    most = cfg.num_beams if cfg.num_beams > 1 else None if cfg.do_sample else 1
+    if most is not None and cfg.num_return_sequences > most:
+        raise GenerationError(f"num_return_sequences={cfg.num_return_sequences} needs sampling or as many beams")
+    if attention_mask.shape != inputs_embeds.shape[:2]:
+        raise GenerationError(f"attention_mask {tuple(attention_mask.shape)} does not match inputs_embeds "
+                              f"{tuple(inputs_embeds.shape)}")
+
+
 def _generator(cfg: GenerationConfig, device):
     return None if cfg.seed is None else torch.Generator(device=device).manual_seed(cfg.seed)
 
@@ -210,9 +225,8 @@ def generate(model: Qwen2, inputs_embeds, attention_mask=None, config: Generatio
     B, L, _ = inputs_embeds.shape
     if attention_mask is None:
         attention_mask = torch.ones(B, L, dtype=torch.long, device=inputs_embeds.device)
+    check(config, inputs_embeds, attention_mask)
     beam = config.num_beams > 1
-    if config.num_return_sequences > (config.num_beams if beam else 1 if not config.do_sample else float("inf")):
-        raise ValueError(f"num_return_sequences={config.num_return_sequences} needs sampling or as many beams")
     copies = config.num_beams if beam else config.num_return_sequences
     inputs_embeds = inputs_embeds.to(model.embed_tokens.weight.dtype)
     try:

@@ -17,7 +17,7 @@ from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from .generate import GenerationConfig, generate
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
-from .weights import load_weights
+from .weights import load_weights, save_weights
 
 IGNORE_ID = -100
 
@@ -79,6 +79,17 @@ class OSUM(nn.Module):
         if merge_lora:
             model.llm.merge_lora()
         return model.eval()
+
+    def save_pretrained(self, directory) -> None:
+        """Write config.json + safetensors that from_pretrained reads, with LoRA stored unmerged."""
+        was_merged = any(getattr(module, "merged", False) for module in self.llm.modules())
+        self.llm.unmerge_lora()
+        directory = Path(directory)
+        save_weights(directory, [(name, t.shape, t.dtype, lambda t=t: t.detach())
+                                 for name, t in self.state_dict().items()])
+        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+        if was_merged:
+            self.llm.merge_lora()
 
     @property
     def device(self) -> torch.device:

@@ -161,9 +161,13 @@ class Attention(nn.Module):
             self.k_cache.index_copy_(2, cache_pos, k)
             self.v_cache.index_copy_(2, cache_pos, v)
             k, v = self.k_cache, self.v_cache  # (B, Hkv, max_len, hd)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                             enable_gqa=self.n_heads != self.n_kv_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+        if L == 1:  # decoding: the query heads sharing a KV head become rows of one query (no KV copy, fast)
+            q = q.view(B, self.n_kv_heads, self.n_heads // self.n_kv_heads, self.head_dim)  # (B, Hkv, H/Hkv, hd)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                 enable_gqa=self.n_heads != self.n_kv_heads)
+        return self.o_proj(out.reshape(B, self.n_heads, L, self.head_dim).transpose(1, 2).reshape(B, L, -1))
 
 
 class MLP(nn.Module):
@@ -250,10 +254,17 @@ class Qwen2(nn.Module):
             attn.v_cache = torch.zeros_like(attn.k_cache)
 
     def reorder_kv_cache(self, index):
-        """Row b of the new cache is row index[b] of the old one (beam reordering, or expanding items to beams)."""
+        """Row b of the new cache is row index[b] of the old one (beam reordering, or expanding items to beams).
+
+        Same batch size: rewritten in place, so the buffers keep their identity (torch.compile, no reallocation).
+        """
         for layer in self.layers:
             attn = layer.self_attn
-            attn.k_cache, attn.v_cache = attn.k_cache.index_select(0, index), attn.v_cache.index_select(0, index)
+            if index.numel() == attn.k_cache.shape[0]:
+                attn.k_cache.copy_(attn.k_cache.index_select(0, index))
+                attn.v_cache.copy_(attn.v_cache.index_select(0, index))
+            else:
+                attn.k_cache, attn.v_cache = attn.k_cache.index_select(0, index), attn.v_cache.index_select(0, index)
 
     def clear_kv_cache(self):
         for layer in self.layers:

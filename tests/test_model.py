@@ -169,3 +169,11 @@ def test_config_round_trips(fixture_weights):
     config = OSUMConfig.from_dict(json.loads((fixture_weights / "config.json").read_text()))
     assert json.loads(json.dumps(config.to_dict())) == json.loads((fixture_weights / "config.json").read_text())
     assert config.llm.lora_rank == 8 and config.adaptor.ff_dim == 2560 and config.encoder.layers == 2
+
+
+def test_save_pretrained_round_trips(model, tmp_path, expected):
+    model.save_pretrained(tmp_path / "saved")
+    again = OSUM.from_pretrained(tmp_path / "saved", device="cpu")
+    assert run(again, expected, **GREEDY) == expected["generate_greedy_ids"].tolist()
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name

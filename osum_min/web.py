@@ -1,0 +1,263 @@
+"""A web page in front of the inference pipeline (`python infer.py --web`): every task of `tasks.py` in the browser.
+
+The page does what `infer.py` does for one file: audio (upload or microphone) cut into <= 30 s windows, the
+windows decoded as a batch, each window's text parsed for the task and the windows joined. The model is loaded
+once; gradio's queue runs one request at a time, because one model must not decode two batches at once. Every
+problem (unreadable upload, bad prompt ids, missing weights) comes back as one line on the page and the server
+keeps serving. gradio is an optional extra (`pip install .[demo]`), imported only here and only when called.
+"""
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .audio import HOP, SAMPLE_RATE, AudioError, load_audio, log_mel, pad_features
+from .generate import DEFAULT_DECODING
+from .model import OSUM
+from .tasks import TASKS, Result, Task, free_prompt_task, join_windows, parse
+from .tokenizer import Tokenizer, TokenizerError
+from .windows import split_windows
+
+REPO = Path(__file__).resolve().parent.parent
+# Short clips that ship with the repository (and the test recordings when tests/assets.py has fetched them).
+EXAMPLE_CLIPS = [(REPO / "tests/fixtures/fixture_a/audio.wav", "asr"),
+                 (REPO / "tests/fixtures/fixture_a/audio_batch_item1.wav", "ser"),
+                 (REPO / "tests/.assets/arctic_a0007.wav", "srwt"),
+                 (REPO / "tests/.assets/sonnet1.wav", "asr")]  # 53 s: two windows
+FREE_PROMPT = "prompt"
+
+
+class DemoUnavailable(ValueError):
+    """The web demo cannot start (its optional extra is missing)."""
+
+
+def import_gradio():
+    try:
+        import gradio
+    except ImportError:
+        raise DemoUnavailable("the web demo needs gradio: pip install .[demo]") from None
+    return gradio
+
+
+@dataclass
+class Transcription:
+    """One clip through the pipeline: its windows, new ids per window and the joined result (None without a
+    tokenizer: then the ids are the output)."""
+    windows: list[tuple[int, int]]  # sample ranges covering the audio
+    ids: list[list[int]]
+    result: Result | None
+    decode_seconds: float
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.windows[-1][1] / SAMPLE_RATE
+
+    def record(self, task: Task) -> dict:
+        """The fields of infer.py's `--json` line (plus `ids`)."""
+        out = {"task": task.name, "prompt": task.prompt, **(self.result.to_json() if self.result else {}),
+               "audio_s": round(self.audio_seconds, 3), "decode_s": round(self.decode_seconds, 3),
+               "ids": self.ids[0] if len(self.ids) == 1 else self.ids}
+        if len(self.windows) > 1:
+            out["windows"] = [[round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)] for s, e in self.windows]
+        return out
+
+
+def parse_windows(task: Task, tokenizer: Tokenizer, ids: list[list[int]], offsets: list[float]) -> Result:
+    """Decode each window's ids, parse them for the task and join the windows. Ids past the tokenizer's
+    vocabulary (the LLM's is padded: 151936 vs 151646 for Qwen2-7B) have no text and are dropped, with a note."""
+    results = []
+    for window_ids in ids:
+        result = parse(task, tokenizer.decode([i for i in window_ids if i < len(tokenizer)]))
+        if any(i >= len(tokenizer) for i in window_ids):
+            result.issues.append("ids beyond the tokenizer's vocabulary were dropped")
+        results.append(result)
+    return join_windows(task, results, offsets)
+
+
+def transcribe(model: OSUM, tokenizer: Tokenizer | None, wav: torch.Tensor, task: Task, prompt_ids: list[int],
+               settings: dict, batch_size: int = 8, on_batch=None) -> Transcription:
+    """(samples,) 16 kHz waveform -> Transcription; `on_batch(done, total)` after each batch of windows."""
+    windows = split_windows(wav, model.config.max_mel_frames * HOP / SAMPLE_RATE)
+    features = [log_mel(wav[start:end]) for start, end in windows]  # [(T_i, 80)]
+    ids, decode_seconds = [], 0.0
+    for first in range(0, len(features), batch_size):
+        mel, mel_lens = pad_features(features[first:first + batch_size])  # (B, T, 80), (B,)
+        started = time.perf_counter()
+        ids += model.generate(mel, mel_lens, [prompt_ids] * len(mel), **settings)
+        decode_seconds += time.perf_counter() - started
+        if on_batch:
+            on_batch(len(ids), len(features))
+    result = None
+    if tokenizer is not None:
+        result = parse_windows(task, tokenizer, ids, [start / SAMPLE_RATE for start, _ in windows])
+    return Transcription(windows, ids, result, decode_seconds)
+
+
+def decoding(eos_id: int, beams: int, sample: bool, temperature: float, top_k: int, top_p: float,
+             repetition_penalty: float, max_new_tokens: int, seed: int | None) -> dict:
+    """The page's decoding settings as GenerationConfig fields; defaults are infer.py's (beam 4, penalty 1.05)."""
+    return asdict(replace(DEFAULT_DECODING, eos_token_id=eos_id, num_beams=int(beams), do_sample=bool(sample),
+                          temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                          repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
+                          seed=None if seed in (None, "") else int(seed)))
+
+
+def parse_prompt_ids(text: str) -> list[int]:
+    try:
+        return [int(token) for token in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise ValueError(f"prompt ids {text!r}: expected comma-separated integers") from None
+
+
+def srt_file(words, audio_path: str, folder: Path) -> str | None:
+    """Write the timed words as SRT next to nothing the user owns: a per-server temporary folder."""
+    from infer import subtitles  # shared with the command line's --srt
+
+    if not any(w.start is not None or w.end is not None for w in words):
+        return None
+    path = folder / f"{Path(audio_path).stem}.srt"
+    path.write_text(subtitles(words, vtt=False), encoding="utf-8")
+    return str(path)
+
+
+def load(weights_dir, device=None, dtype=None) -> tuple[OSUM, Tokenizer | None]:
+    """Model and tokenizer from a converted directory; a directory without a tokenizer gives None (ids mode)."""
+    try:
+        tokenizer = Tokenizer.from_pretrained(weights_dir)
+    except TokenizerError:
+        tokenizer = None
+    return OSUM.from_pretrained(weights_dir, device=device, dtype=dtype), tokenizer
+
+
+def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE_CLIPS, batch_size: int = 8,
+               unavailable: str | None = None):
+    """The page as gradio Blocks. model None: every request answers `unavailable` (e.g. why weights are missing).
+    Without a tokenizer the page runs in debugging mode: prompt ids in, token ids out."""
+    gr = import_gradio()
+    subtitle_folder = Path(tempfile.mkdtemp(prefix="osum_web_"))
+    task_choices = [(f"{task.name}  {task.tag}", task.name) for task in TASKS.values()]
+    task_choices.append(("free prompt", FREE_PROMPT))
+
+    def run(audio_path, task_name, prompt_text, prompt_ids_text, beams, sample, temperature, top_k, top_p,
+            repetition_penalty, max_new_tokens, seed, progress=gr.Progress()):
+        """-> status, text, parsed (highlighted), words table, SRT file, ids, JSON record."""
+        empty = ("", [], None, None, "", None)
+        try:
+            if model is None:
+                raise ValueError(unavailable or "no model loaded")
+            if not audio_path:
+                raise ValueError("no audio: upload a file or record from the microphone")
+            task = TASKS.get(task_name) or free_prompt_task(prompt_text or "")
+            if prompt_text and prompt_text.strip() and task_name != FREE_PROMPT:
+                task = replace(task, prompt=prompt_text.strip())
+            given_ids = bool(prompt_ids_text and prompt_ids_text.strip())
+            if given_ids:
+                prompt_ids = parse_prompt_ids(prompt_ids_text)
+            elif tokenizer is None:
+                raise ValueError("this model has no tokenizer: give the prompt as token ids (Debugging)")
+            elif not task.prompt.strip():
+                raise ValueError("free prompt: type the prompt text")
+            else:
+                prompt_ids = tokenizer.encode(task.prompt)
+            try:
+                wav = load_audio(audio_path)
+            except AudioError as err:  # name the upload, not gradio's cache folder
+                raise ValueError(str(err).replace(audio_path, Path(audio_path).name)) from None
+            settings = decoding(model.config.eod_id, beams, sample, temperature, top_k, top_p, repetition_penalty,
+                                max_new_tokens, seed)
+            out = transcribe(model, tokenizer, wav, task, prompt_ids, settings, batch_size,
+                             on_batch=lambda done, total: progress((done, total), desc="windows"))
+        except ValueError as err:
+            return (f"**Error:** {err}", *empty)
+        except Exception as err:  # noqa: BLE001  the page shows one line; the server log keeps the traceback
+            traceback.print_exc()
+            return (f"**Error:** {type(err).__name__}: {' '.join(str(err).split())}", *empty)
+
+        ids_text = " | ".join(" ".join(map(str, window)) for window in out.ids)
+        record = {**out.record(task), **({"prompt_ids": prompt_ids} if given_ids else {})}
+        status = (f"{out.audio_seconds:.2f} s of audio in {len(out.windows)} window{'s' * (len(out.windows) > 1)}, "
+                  f"decoded in {out.decode_seconds:.2f} s (real-time factor "
+                  f"{out.decode_seconds / out.audio_seconds:.3f})")
+        result = out.result
+        if result is None:
+            return status + " · no tokenizer: token ids only", ids_text, [], None, None, ids_text, record
+        if result.issues:
+            status += "  \n**Parser notes:** " + "; ".join(result.issues)
+        parsed = [(result.transcript or "", None)] if result.transcript else []
+        parsed += [(label, kind + " (unknown)" if kind in result.unknown_labels else kind)
+                   for kind, label in result.labels.items()]
+        parsed += [(result.reply, "reply")] if result.reply is not None else []
+        words = [[w.text, w.start, w.end] for w in result.words] if result.words is not None else None
+        srt = srt_file(result.words, audio_path, subtitle_folder) if result.words else None
+        return (status, result.raw, parsed, gr.Dataframe(words, visible=words is not None),
+                gr.File(srt, visible=srt is not None), ids_text, record)
+
+    with gr.Blocks(title="OSUM", analytics_enabled=False) as demo:
+        gr.Markdown("# OSUM\nSpeech understanding: transcripts, timed words, emotion, style, gender, age, events "
+                    "and spoken chat. Audio over 30 s is cut into windows at quiet points.")
+        if unavailable:
+            gr.Markdown(f"**The model is not available:** {unavailable}")
+        with gr.Row():
+            with gr.Column():
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
+                task = gr.Dropdown(task_choices, value="asr", label="Task", elem_id="task")
+                prompt = gr.Textbox(TASKS["asr"].prompt, label="Prompt (the task's; edit it, or choose free prompt)",
+                                    lines=2, elem_id="prompt")
+                with gr.Accordion("Decoding settings", open=False):
+                    beams = gr.Slider(1, 8, value=DEFAULT_DECODING.num_beams, step=1, label="Beams")
+                    sample = gr.Checkbox(DEFAULT_DECODING.do_sample, label="Sampling")
+                    temperature = gr.Slider(0.05, 2.0, value=DEFAULT_DECODING.temperature, label="Temperature")
+                    top_k = gr.Slider(0, 100, value=DEFAULT_DECODING.top_k, step=1, label="Top-k (0 = off)")
+                    top_p = gr.Slider(0.05, 1.0, value=DEFAULT_DECODING.top_p, label="Top-p")
+                    penalty = gr.Slider(1.0, 2.0, value=DEFAULT_DECODING.repetition_penalty, label="Repetition penalty")
+                    max_new = gr.Slider(1, 1000, value=DEFAULT_DECODING.max_new_tokens, step=1, label="Max new tokens")
+                    seed = gr.Number(None, precision=0, label="Seed (sampling; empty = random)")
+                with gr.Accordion("Debugging", open=tokenizer is None):
+                    prompt_ids = gr.Textbox(label="Prompt token ids (comma-separated; replace the prompt text)",
+                                            placeholder="17,230,511,42,901,7,333", elem_id="prompt_ids")
+                run_button = gr.Button("Run", variant="primary", elem_id="run")
+            with gr.Column():
+                status = gr.Markdown(elem_id="status")
+                text = gr.Textbox(label="Model output", lines=3, elem_id="text")
+                parsed = gr.HighlightedText(label="Parsed: transcript and labels", elem_id="parsed")
+                words = gr.Dataframe(headers=["word", "start (s)", "end (s)"], label="Timed words",
+                                     elem_id="words", visible=False)
+                srt = gr.File(label="Subtitles (SRT)", elem_id="srt", visible=False)
+                with gr.Accordion("Token ids and JSON", open=tokenizer is None):
+                    ids = gr.Textbox(label="Generated token ids", elem_id="ids")
+                    json_record = gr.JSON(label="JSON (as infer.py --json)")
+        clips = [[str(path), name] for path, name in examples if Path(path).is_file()]
+        if clips:
+            gr.Examples(clips, inputs=[audio, task], label="Examples")
+        task.change(lambda name: "" if name == FREE_PROMPT else TASKS[name].prompt, task, prompt, api_visibility="private")
+        run_button.click(run, [audio, task, prompt, prompt_ids, beams, sample, temperature, top_k, top_p, penalty,
+                               max_new, seed], [status, text, parsed, words, srt, ids, json_record], api_name="transcribe")
+    return demo
+
+
+def launch(demo, host: str = "127.0.0.1", port: int = 7860, examples=EXAMPLE_CLIPS, block: bool = True):
+    """Queue requests one at a time (one model) and serve; system fonts only, so the page needs no network."""
+    gr = import_gradio()
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    demo.queue(default_concurrency_limit=1)
+    return demo.launch(server_name=host, server_port=port, theme=theme, prevent_thread_lock=not block,
+                       allowed_paths=sorted({str(Path(path).parent) for path, _ in examples}), footer_links=["api"])
+
+
+def serve(weights_dir, host: str = "127.0.0.1", port: int = 7860, device=None, dtype=None,
+          examples=EXAMPLE_CLIPS, batch_size: int = 8) -> int:
+    """Load once and serve until interrupted. Weights that cannot be loaded still give a page, which says why."""
+    import_gradio()
+    model, tokenizer, problem = None, None, None
+    try:
+        model, tokenizer = load(weights_dir, device, dtype)
+    except (OSError, ValueError, RuntimeError) as err:
+        problem = f"cannot load {weights_dir}: {' '.join(str(err).split())}"
+        print(f"osum web: {problem}", file=sys.stderr)
+    launch(build_demo(model, tokenizer, examples, batch_size, problem), host, port, examples)
+    return 0

