@@ -3,8 +3,9 @@
 Both get the same random weights (the same seed builds the same parameters in the same order; the run checks it by
 comparing their outputs) and the same log-mel of the first 30 s of tests/.assets/sonnet1.wav (seeded noise if the
 asset is missing). Each implementation runs in its own child process, so each peak RSS (ru_maxrss: weights,
-activations and the Python/torch runtime) is its own. Timings are the median of `--runs` forwards after one
-warm-up, under torch.inference_mode, with the same thread count.
+activations and the Python/torch runtime, for whisper also its package's imports) is its own. The children take
+turns forward by forward, so a change of load on the machine hits all of them alike; timings are the median of
+`--runs` forwards per clip after one warm-up, under torch.inference_mode, with the same thread count.
 
 OSUM does not pad to 30 s, so a 5 s clip costs us 250 frames; openai-whisper always pads the mel to 3000 frames.
 
@@ -12,7 +13,6 @@ OSUM does not pad to 30 s, so a 5 s clip costs us 250 frames; openai-whisper alw
 """
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -33,6 +33,7 @@ from osum_min.progress import Progress  # noqa: E402
 RECORDING = ROOT / "tests" / ".assets" / "sonnet1.wav"
 WHISPER_FRAMES = 3000
 SEED = 0
+CLIPS = {"30s": 30, "5s": 5}  # name -> seconds of audio
 # child name -> what it runs; each child times every clip it is given
 CHILDREN = {
     "whisper": "openai-whisper AudioEncoder (pads every clip to 30 s)",
@@ -41,29 +42,14 @@ CHILDREN = {
 }
 
 
-def clip_mels(out_dir: Path) -> dict[str, Path]:
+def write_mels(out_dir: Path) -> None:
     """The 30 s and 5 s log-mels, written once so every child reads the same input."""
     if RECORDING.exists():
         wav = load_audio(RECORDING)[: 30 * SAMPLE_RATE]
     else:
         wav = 0.1 * torch.randn(30 * SAMPLE_RATE, generator=torch.Generator().manual_seed(SEED))
-    paths = {}
-    for name, seconds in (("30s", 30), ("5s", 5)):
-        paths[name] = out_dir / f"mel_{name}.pt"
-        torch.save(log_mel(wav[: seconds * SAMPLE_RATE])[None], paths[name])  # (1, frames, 80)
-    return paths
-
-
-def median_seconds(forward, runs: int, desc: str) -> float:
-    times = []
-    with Progress(runs + 1, desc, interval=10.0) as bar:
-        for run in range(runs + 1):
-            start = time.perf_counter()
-            forward()
-            if run:  # the first forward warms up allocator and kernels
-                times.append(time.perf_counter() - start)
-            bar.update()
-    return statistics.median(times)
+    for name, seconds in CLIPS.items():
+        torch.save(log_mel(wav[: seconds * SAMPLE_RATE])[None], out_dir / f"mel_{name}.pt")  # (1, frames, 80)
 
 
 def build(child: str):
@@ -92,63 +78,87 @@ def build(child: str):
 
 
 @torch.inference_mode()
-def run_child(child: str, mels: dict[str, Path], runs: int, threads: int, out_dir: Path) -> dict:
+def serve(child: str, mel_dir: Path, threads: int) -> None:
+    """Child: build, warm up, then time one forward per clip name read from stdin; 'quit' reports peak RSS."""
     torch.set_num_threads(threads)
     encode, timed = build(child)
-    inputs = {name: torch.load(path) for name, path in mels.items()}
-    torch.save(encode(inputs["30s"]), out_dir / f"{child}_encoder_out.pt")  # (1, 1500, 1024)
-    seconds = {name: median_seconds(lambda: timed(mel), runs, f"{child} {name}") for name, mel in inputs.items()}
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    mels = {name: torch.load(mel_dir / f"mel_{name}.pt") for name in CLIPS}
+    torch.save(encode(mels["30s"]), mel_dir / f"{child}_encoder_out.pt")  # (1, 1500, 1024); also a warm-up
+    for mel in mels.values():
+        timed(mel)
+    print("ready", flush=True)
+    for clip in sys.stdin:
+        if clip.strip() == "quit":
+            break
+        start = time.perf_counter()
+        timed(mels[clip.strip()])
+        print(time.perf_counter() - start, flush=True)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)  # KiB -> MiB
 
 
-def spawn(child: str, args, tmp: Path) -> dict:
-    command = [sys.executable, __file__, "--child", child, "--tmp", str(tmp), "--runs", str(args.runs),
-               "--threads", str(args.threads)]
-    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # progress goes to stderr
-    return json.loads(done.stdout.splitlines()[-1])
+def measure(args, mel_dir: Path) -> tuple[dict, dict]:
+    """Round-robin the children forward by forward, so a load change on the machine hits all of them alike.
+
+    Returns ({child: {clip: median seconds}}, {child: peak RSS MiB})."""
+    children = {child: subprocess.Popen([sys.executable, __file__, "--child", child, "--tmp", str(mel_dir),
+                                         "--threads", str(args.threads)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                for child in CHILDREN}
+    for child, process in children.items():
+        if process.stdout.readline().strip() != "ready":
+            sys.exit(f"bench child {child} failed to start")
+    times = {child: {clip: [] for clip in CLIPS} for child in CHILDREN}
+    with Progress(args.runs * len(CLIPS) * len(CHILDREN), "timed forwards", interval=10.0) as bar:
+        for _ in range(args.runs):
+            for clip in CLIPS:
+                for child, process in children.items():
+                    process.stdin.write(clip + "\n")
+                    process.stdin.flush()
+                    times[child][clip].append(float(process.stdout.readline()))
+                    bar.update()
+    peaks = {}
+    for child, process in children.items():
+        process.stdin.write("quit\n")
+        process.stdin.flush()
+        peaks[child] = float(process.stdout.readline())
+        process.wait()
+    return {c: {clip: statistics.median(t) for clip, t in by_clip.items()} for c, by_clip in times.items()}, peaks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="timed forwards per clip, after one warm-up")
+    parser.add_argument("--runs", type=int, default=3, help="timed forwards per clip and implementation")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        mels = {name: args.tmp / f"mel_{name}.pt" for name in ("30s", "5s")}
-        print(json.dumps(run_child(args.child, mels, args.runs, args.threads, args.tmp)))
-        return
+        return serve(args.child, args.tmp, args.threads)
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        clip_mels(tmp)
+        write_mels(tmp)
         print(f"Whisper-medium encoder, CPU float32, torch {torch.__version__}, {args.threads} threads, "
-              f"median of {args.runs} after 1 warm-up; input: "
+              f"median of {args.runs} turns after 1 warm-up; input: "
               f"{RECORDING.name if RECORDING.exists() else 'seeded noise'}", flush=True)
-        results = {child: spawn(child, args, tmp) for child in CHILDREN}
+        seconds, peaks = measure(args, tmp)
         outputs = {child: torch.load(tmp / f"{child}_encoder_out.pt") for child in ("whisper", "ours_encoder")}
     same_weights_diff = (outputs["whisper"] - outputs["ours_encoder"]).abs().max().item()
 
     for child, description in CHILDREN.items():
-        r = results[child]
-        print(f"{description:52s} 30 s: {r['seconds']['30s']:6.2f} s   5 s: {r['seconds']['5s']:6.2f} s   "
-              f"peak RSS {r['peak_rss_mb']:6.0f} MB")
-    whisper, encoder, full = (results[c] for c in CHILDREN)
-    ratios = {
-        "speedup_30s_ours_encoder_over_whisper": whisper["seconds"]["30s"] / encoder["seconds"]["30s"],
-        "speedup_30s_ours_encoder_adaptor_over_whisper": whisper["seconds"]["30s"] / full["seconds"]["30s"],
-        "speedup_5s_ours_encoder_over_whisper": whisper["seconds"]["5s"] / encoder["seconds"]["5s"],
-        "speedup_5s_ours_encoder_adaptor_over_whisper": whisper["seconds"]["5s"] / full["seconds"]["5s"],
-        "peak_rss_ratio_ours_encoder_over_whisper": encoder["peak_rss_mb"] / whisper["peak_rss_mb"],
-    }
+        print(f"{description:52s} 30 s: {seconds[child]['30s']:6.2f} s   5 s: {seconds[child]['5s']:6.2f} s   "
+              f"peak RSS {peaks[child]:5.0f} MiB")
+    ratios = {f"speedup_{clip}_{child}_over_whisper": seconds["whisper"][clip] / seconds[child][clip]
+              for child in ("ours_encoder", "ours_encoder_adaptor") for clip in CLIPS}
+    ratios.update({f"peak_rss_ratio_{child}_over_whisper": peaks[child] / peaks["whisper"]
+                   for child in ("ours_encoder", "ours_encoder_adaptor")})
     for name, value in ratios.items():
         print(f"{name}: {value:.3f}")
     print(f"encoder outputs, ours vs whisper (same weights, 30 s): max-abs difference {same_weights_diff:.1e}")
     figures = {"threads": args.threads, "runs": args.runs, "encoder_outputs_max_abs_diff": same_weights_diff}
     for child in CHILDREN:
-        figures.update({f"{child}_{clip}_seconds": round(s, 3) for clip, s in results[child]["seconds"].items()})
-        figures[f"{child}_peak_rss_mb"] = round(results[child]["peak_rss_mb"])
+        figures.update({f"{child}_{clip}_seconds": round(t, 3) for clip, t in seconds[child].items()})
+        figures[f"{child}_peak_rss_mib"] = round(peaks[child])
     figures.update({name: round(value, 3) for name, value in ratios.items()})
     print(json.dumps(figures))
 

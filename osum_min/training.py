@@ -27,12 +27,14 @@ class TrainingError(ValueError):
     """A training setup that cannot work (bad option, missing checkpoint, tokenizer/model mismatch): one line."""
 
 
-# The original's `fire_module` options -> which of our parameters train. The base LLM always stays frozen, as
-# peft freezes it; "llm" means its LoRA adapters (or, for a model built without LoRA, the whole LLM).
+# The original's `fire_module` options -> which of our parameters train. The base LLM stays frozen, as peft
+# freezes it; "llm" means its LoRA adapters (or, for a model built without LoRA, the whole LLM). "all" is ours:
+# every weight, for a model trained from scratch, whose random LLM is worth nothing frozen.
 MODULE_PATTERNS = {
     "link": r"adaptor\..*|speech_bos_eos",
     "encoder": r"encoder\..*",
     "lora": r"llm\..*\.lora_[AB]",
+    "everything": r".*",
 }
 FIRE_MODULES = {
     "link": ("link",),
@@ -40,6 +42,7 @@ FIRE_MODULES = {
     "llm": ("lora",),
     "link_and_encoder": ("link", "encoder"),
     "link_and_encoder_and_lora": ("link", "encoder", "lora"),
+    "all": ("everything",),
 }
 
 

