@@ -24,7 +24,8 @@ from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING
 from osum_min.model import OSUM
 from osum_min.progress import Progress
 from osum_min.scoring import Scorer
-from osum_min.tasks import TASKS, Result, Task, Word, free_prompt_task, join_windows, parse
+from osum_min.subtitles import subtitles
+from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_windows
 from osum_min.tokenizer import Tokenizer, TokenizerError
 from osum_min.windows import split_windows
 
@@ -156,33 +157,6 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
     return model, tokenizer
 
 
-def subtitles(words: list[Word], vtt: bool, max_chars: int = 42, max_gap: float = 1.0) -> str:
-    """SRT or WebVTT cues of consecutive timed words: a new cue after `max_chars` or a pause over `max_gap` s."""
-    cues, cue = [], []
-    for word in (w for w in words if w.start is not None or w.end is not None):
-        last_end = cue[-1].end if cue else None
-        if cue and (len(" ".join(w.text for w in cue + [word])) > max_chars
-                    or (None not in (last_end, word.start) and word.start - last_end > max_gap)):
-            cues.append(cue)
-            cue = []
-        cue.append(word)
-    cues += [cue] if cue else []
-
-    def clock(seconds: float) -> str:
-        millis = round(seconds * 1000)
-        return f"{millis // 3600000:02d}:{millis // 60000 % 60:02d}:{millis // 1000 % 60:02d}" \
-               f"{'.' if vtt else ','}{millis % 1000:03d}"
-
-    blocks = ["WEBVTT"] if vtt else []
-    for number, cue in enumerate(cues, 1):
-        start = next(t for w in cue for t in (w.start, w.end) if t is not None)
-        end = next(t for w in reversed(cue) for t in (w.end, w.start) if t is not None)
-        text = " ".join(w.text for w in cue)
-        cue_text = f"{clock(start)} --> {clock(end)}\n{text}"
-        blocks.append(cue_text if vtt else f"{number}\n{cue_text}")
-    return "\n\n".join(blocks) + "\n"
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="audio files, directories, or lists (paths or wenet jsonl)")
@@ -210,6 +184,9 @@ def parse_args(argv):
     decoding.add_argument("--seed", type=int)
     decoding.add_argument("--original-decoding", action="store_true",
                           help="the original's beam-sample (top-k 5, top-p 0.9)")
+    parser.add_argument("--web", action="store_true", help="serve the web demo (pip install .[demo]) instead")
+    parser.add_argument("--host", default="127.0.0.1", help="--web: address to listen on")
+    parser.add_argument("--port", type=int, default=7860, help="--web: port")
     parser.add_argument("--weights", default="weights/osum")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
@@ -238,14 +215,7 @@ def prompt_ids_for(args, task: Task, tokenizer: Tokenizer | None) -> list[int]:
 def report(item: Item, decoded: Decoded, task: Task, tokenizer, args) -> tuple[Result | None, dict]:
     """The parsed result (None without a tokenizer) and the JSON record of one file."""
     offsets = [start / SAMPLE_RATE for start, _ in decoded.windows]
-    result = None
-    if tokenizer is not None:
-        # The LLM's vocabulary is padded past the tokenizer's (151936 vs 151646 for Qwen2-7B): such ids have no text.
-        results = [parse(task, tokenizer.decode([i for i in ids if i < len(tokenizer)])) for ids in decoded.ids]
-        for window_result, ids in zip(results, decoded.ids):
-            if any(i >= len(tokenizer) for i in ids):
-                window_result.issues.append("ids beyond the tokenizer's vocabulary were dropped")
-        result = join_windows(task, results, offsets)
+    result = parse_windows(task, tokenizer, decoded.ids, offsets) if tokenizer is not None else None
     record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}), "task": task.name,
               "prompt": task.prompt, **(result.to_json() if result else {}),
               "audio_s": round(decoded.windows[-1][1] / SAMPLE_RATE, 3), "decode_s": round(decoded.decode_seconds, 3)}
@@ -262,6 +232,14 @@ def main(argv=None) -> int:
         for task in TASKS.values():
             print(f"{task.name:22} {task.tag:38} {task.prompt}")
         return 0
+    if args.web:
+        from osum_min.web import DemoUnavailable, serve
+        try:
+            return serve(args.weights, host=args.host, port=args.port, device=args.device,
+                         dtype=DTYPES[args.dtype] if args.dtype else None, batch_size=args.batch_size)
+        except DemoUnavailable as err:
+            print(f"infer.py: error: {err}", file=sys.stderr)
+            return 2
     try:
         task = resolve_task(args)
         items = collect_inputs(args.inputs)

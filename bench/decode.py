@@ -56,7 +56,8 @@ def weight_bytes_per_step(model: Qwen2) -> int:
 
 
 class PeakMemory:
-    """Peak memory while a block runs: CUDA allocator peak, or process RSS sampled every 2 ms on CPU."""
+    """Memory a block needs beyond what was held before it (KV cache, activations, temporaries): the CUDA
+    allocator's peak, or on CPU the process RSS sampled every 2 ms (both models' weights are resident throughout)."""
 
     def __init__(self, device):
         self.cuda = torch.device(device).type == "cuda"
@@ -64,9 +65,11 @@ class PeakMemory:
     def __enter__(self):
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
             return self
         import psutil
-        self.process, self.peak, self.running = psutil.Process(), 0, True
+        self.process, self.running = psutil.Process(), True
+        self.start = self.peak = self.process.memory_info().rss
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
         return self
@@ -82,6 +85,7 @@ class PeakMemory:
         else:
             self.running = False
             self.thread.join()
+        self.extra = self.peak - self.start
 
 
 def measure(run, new_tokens: int, final_norm, steps_per_s_ceiling: float, device) -> dict:
@@ -104,7 +108,7 @@ def measure(run, new_tokens: int, final_norm, steps_per_s_ceiling: float, device
     decode_tok_s = (new_tokens - 1) / (total_s - prefill_s)
     return {"prefill_s": round(prefill_s, 3), "decode_tok_s": round(decode_tok_s, 2),
             "e2e_tok_s": round(new_tokens / total_s, 2), "roofline_fraction": round(decode_tok_s / steps_per_s_ceiling, 3),
-            "peak_mem_gib": round(memory.peak / 2**30, 2)}
+            "peak_extra_mem_mib": round(memory.extra / 2**20)}
 
 
 def build_models(args, dtype):

@@ -338,3 +338,15 @@ def join_windows(task: Task, results: list[Result], offsets: list[float]) -> Res
                 joined.unknown_labels.append(kind)
     joined.issues = [f"window {i}: {issue}" for i, r in enumerate(results) for issue in r.issues]
     return joined
+
+
+def parse_windows(task: Task, tokenizer, ids: list[list[int]], offsets: list[float]) -> Result:
+    """Decode each window's ids, parse them for the task and join the windows. Ids past the tokenizer's
+    vocabulary (the LLM's is padded: 151936 vs 151646 for Qwen2-7B) have no text and are dropped, with a note."""
+    results = []
+    for window_ids in ids:
+        result = parse(task, tokenizer.decode([i for i in window_ids if i < len(tokenizer)]))
+        if any(i >= len(tokenizer) for i in window_ids):
+            result.issues.append("ids beyond the tokenizer's vocabulary were dropped")
+        results.append(result)
+    return join_windows(task, results, offsets)

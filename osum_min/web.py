@@ -18,7 +18,8 @@ import torch
 from .audio import HOP, SAMPLE_RATE, AudioError, load_audio, log_mel, pad_features
 from .generate import DEFAULT_DECODING
 from .model import OSUM
-from .tasks import TASKS, Result, Task, free_prompt_task, join_windows, parse
+from .subtitles import subtitles
+from .tasks import TASKS, Result, Task, free_prompt_task, parse_windows
 from .tokenizer import Tokenizer, TokenizerError
 from .windows import split_windows
 
@@ -66,18 +67,6 @@ class Transcription:
         return out
 
 
-def parse_windows(task: Task, tokenizer: Tokenizer, ids: list[list[int]], offsets: list[float]) -> Result:
-    """Decode each window's ids, parse them for the task and join the windows. Ids past the tokenizer's
-    vocabulary (the LLM's is padded: 151936 vs 151646 for Qwen2-7B) have no text and are dropped, with a note."""
-    results = []
-    for window_ids in ids:
-        result = parse(task, tokenizer.decode([i for i in window_ids if i < len(tokenizer)]))
-        if any(i >= len(tokenizer) for i in window_ids):
-            result.issues.append("ids beyond the tokenizer's vocabulary were dropped")
-        results.append(result)
-    return join_windows(task, results, offsets)
-
-
 def transcribe(model: OSUM, tokenizer: Tokenizer | None, wav: torch.Tensor, task: Task, prompt_ids: list[int],
                settings: dict, batch_size: int = 8, on_batch=None) -> Transcription:
     """(samples,) 16 kHz waveform -> Transcription; `on_batch(done, total)` after each batch of windows."""
@@ -114,8 +103,7 @@ def parse_prompt_ids(text: str) -> list[int]:
 
 
 def srt_file(words, audio_path: str, folder: Path) -> str | None:
-    """Write the timed words as SRT next to nothing the user owns: a per-server temporary folder."""
-    from infer import subtitles  # shared with the command line's --srt
+    """The timed words as an SRT file for download, in the server's temporary folder (None without times)."""
 
     if not any(w.start is not None or w.end is not None for w in words):
         return None
@@ -145,7 +133,6 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
     def run(audio_path, task_name, prompt_text, prompt_ids_text, beams, sample, temperature, top_k, top_p,
             repetition_penalty, max_new_tokens, seed, progress=gr.Progress()):
         """-> status, text, parsed (highlighted), words table, SRT file, ids, JSON record."""
-        empty = ("", [], None, None, "", None)
         try:
             if model is None:
                 raise ValueError(unavailable or "no model loaded")
@@ -172,10 +159,10 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
             out = transcribe(model, tokenizer, wav, task, prompt_ids, settings, batch_size,
                              on_batch=lambda done, total: progress((done, total), desc="windows"))
         except ValueError as err:
-            return (f"**Error:** {err}", *empty)
+            return page(f"**Error:** {err}")
         except Exception as err:  # noqa: BLE001  the page shows one line; the server log keeps the traceback
             traceback.print_exc()
-            return (f"**Error:** {type(err).__name__}: {' '.join(str(err).split())}", *empty)
+            return page(f"**Error:** {type(err).__name__}: {' '.join(str(err).split())}")
 
         ids_text = " | ".join(" ".join(map(str, window)) for window in out.ids)
         record = {**out.record(task), **({"prompt_ids": prompt_ids} if given_ids else {})}
@@ -184,7 +171,7 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
                   f"{out.decode_seconds / out.audio_seconds:.3f})")
         result = out.result
         if result is None:
-            return status + " · no tokenizer: token ids only", ids_text, [], None, None, ids_text, record
+            return page(status + " · no tokenizer: token ids only", ids_text, ids=ids_text, record=record)
         if result.issues:
             status += "  \n**Parser notes:** " + "; ".join(result.issues)
         parsed = [(result.transcript or "", None)] if result.transcript else []
@@ -193,8 +180,12 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
         parsed += [(result.reply, "reply")] if result.reply is not None else []
         words = [[w.text, w.start, w.end] for w in result.words] if result.words is not None else None
         srt = srt_file(result.words, audio_path, subtitle_folder) if result.words else None
-        return (status, result.raw, parsed, gr.Dataframe(words, visible=words is not None),
-                gr.File(srt, visible=srt is not None), ids_text, record)
+        return page(status, result.raw, parsed, words, srt, ids_text, record)
+
+    def page(status, text="", parsed=(), words=None, srt=None, ids="", record=None):
+        """Every output of a request; the words table and the SRT file show only when there are timed words."""
+        return (status, text, list(parsed), gr.Dataframe(words, visible=words is not None),
+                gr.File(srt, visible=srt is not None), ids, record)
 
     with gr.Blocks(title="OSUM", analytics_enabled=False) as demo:
         gr.Markdown("# OSUM\nSpeech understanding: transcripts, timed words, emotion, style, gender, age, events "

@@ -14,6 +14,7 @@ from osum_min.audio import SAMPLE_RATE, load_audio, log_mel, pad_features
 from osum_min.model import OSUM
 from osum_min.tasks import TASKS, Word, parse
 from osum_min.tokenizer import AddedToken, Tokenizer
+from osum_min.subtitles import subtitles
 
 PROMPT = "17,230,511,42,901,7,333"
 GREEDY_16 = ["--prompt-ids", PROMPT, "--ids", "--beams", "1", "--repetition-penalty", "1.0", "--max-new-tokens", "16"]
@@ -174,9 +175,9 @@ def test_long_audio_is_windowed_decoded_and_joined(capsys, fixture_weights, tmp_
 
 def test_subtitles():
     words = [Word("hello", 0.3, 0.7), Word("world", 0.8, 1.2), Word("again", 3.0, 3.5), Word("untimed", None, None)]
-    srt = infer.subtitles(words, vtt=False)
+    srt = subtitles(words, vtt=False)
     assert srt == "1\n00:00:00,300 --> 00:00:01,200\nhello world\n\n2\n00:00:03,000 --> 00:00:03,500\nagain\n"
-    vtt = infer.subtitles(words, vtt=True)
+    vtt = subtitles(words, vtt=True)
     assert vtt.startswith("WEBVTT\n\n00:00:00.300 --> 00:00:01.200\nhello world")
 
 

@@ -5,6 +5,7 @@ parsed fields (labels, timed words, SRT) reach the page, and headless Chromium u
 The server runs in a subprocess on 127.0.0.1 through `osum_min.web.serve`, the function `infer.py --web` calls.
 """
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -15,18 +16,20 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 
 import infer
 from conftest import FIXTURE_A, ROOT
-from osum_min.audio import load_audio, log_mel, pad_features
+from osum_min.audio import SAMPLE_RATE, load_audio, log_mel, pad_features
 from osum_min.model import OSUM
 from osum_min.tokenizer import Tokenizer
 from test_infer import weights_with_tokenizer  # noqa: F401  (a fixture: the tiny model with a byte tokenizer)
 
 gradio = pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed")
-from osum_min.web import build_demo  # noqa: E402
+from osum_min.web import DemoUnavailable, build_demo  # noqa: E402
 
 AUDIO = FIXTURE_A / "audio.wav"
 PROMPT_IDS = [17, 230, 511, 42, 901, 7, 333]
@@ -117,6 +120,25 @@ def test_corrupt_upload_is_a_message_and_the_server_keeps_serving(client, tmp_pa
     assert [int(token) for token in ids.split()] == expected["generate_greedy_ids"].tolist()
 
 
+def test_long_audio_is_windowed_like_infer(fixture_weights, tmp_path, capsys):
+    """40 s of speech and pauses: two windows, with the same cut and the same ids per window as infer.py --json."""
+    speech = load_audio(AUDIO).numpy()
+    pause = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    long_audio = tmp_path / "long.wav"
+    soundfile.write(long_audio, np.concatenate([speech, pause] * 11)[: 40 * SAMPLE_RATE], SAMPLE_RATE)
+    demo = build_demo(OSUM.from_pretrained(fixture_weights, device="cpu"), None)
+    status, *_, record = demo(str(long_audio), "asr", "", ",".join(map(str, PROMPT_IDS)), *GREEDY_16.values(), None,
+                              api_name="transcribe")
+    assert "in 2 windows" in status
+    assert infer.main([str(long_audio), "--weights", str(fixture_weights), "--json", "--prompt-ids",
+                       ",".join(map(str, PROMPT_IDS)), "--ids", "--beams", "1", "--repetition-penalty", "1.0",
+                       "--max-new-tokens", "16"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    page = record.model_dump()
+    assert page["windows"] == cli["windows"] and len(page["windows"]) == 2
+    assert page["ids"] == cli["ids"] and page["ids"][0] != page["ids"][1]
+
+
 class ScriptedModel:
     """The fixture model's config with a fixed answer, so the page's parsed fields can be checked exactly."""
 
@@ -134,11 +156,11 @@ def run_page(demo, task: str, audio=AUDIO) -> list:
 def test_labels_and_timed_words_reach_the_page(weights_with_tokenizer):  # noqa: F811
     tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
     model = OSUM.from_pretrained(weights_with_tokenizer, device="cpu")
-    answer = lambda text: tokenizer.encode(text) + [model.config.eod_id]  # noqa: E731
+    answer = lambda text: tokenizer.encode(text) + [tokenizer.eod_id]  # noqa: E731
 
     demo = build_demo(ScriptedModel(model, answer("hello<happy>")), tokenizer)
     status, text, parsed, *_ = run_page(demo, "ser")
-    assert text == "hello<happy>" and "Error" not in status
+    assert text == "hello<happy>" and "Error" not in status and "Parser notes" not in status
     assert [(item["token"], item["class_or_confidence"]) for item in parsed] == [("hello", None), ("happy", "emotion")]
 
     demo = build_demo(ScriptedModel(model, answer("hello<glad>")), tokenizer)
@@ -164,6 +186,12 @@ def test_missing_weights_and_missing_input_are_messages(weights_with_tokenizer):
     assert status.startswith("**Error:** no audio")
     status, *_ = demo(str(AUDIO), "asr", "", "1,x", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe")
     assert status == "**Error:** prompt ids '1,x': expected comma-separated integers"
+
+
+def test_missing_gradio_is_a_one_line_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
+    with pytest.raises(DemoUnavailable, match=r"^the web demo needs gradio: pip install \.\[demo\]$"):
+        build_demo(None, None)
 
 
 @contextlib.contextmanager
@@ -222,7 +250,7 @@ def test_browser_shows_timed_words_and_subtitles(weights_with_tokenizer):  # noq
 
     tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
     model = OSUM.from_pretrained(weights_with_tokenizer, device="cpu")
-    answer = tokenizer.encode("hello<0.1, 0.5> world<0.6, 0.9>") + [model.config.eod_id]
+    answer = tokenizer.encode("hello<0.1, 0.5> world<0.6, 0.9>") + [tokenizer.eod_id]
     demo = build_demo(ScriptedModel(model, answer), tokenizer)
     _, url, _ = launch(demo, port=free_port(), block=False)
     try:
