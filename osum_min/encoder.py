@@ -40,6 +40,10 @@ def whisper_state_dict(whisper_state: dict) -> dict:
     return {key[len("encoder."):]: value for key, value in whisper_state.items() if key.startswith("encoder.")}
 
 
+class EncoderInputError(ValueError):
+    """Input the encoder cannot take (longer than its positional table)."""
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 so the model runs in bf16 without losing the statistics."""
 
@@ -112,14 +116,14 @@ class WhisperEncoder(nn.Module):
         original's batched numbers; turn it off to make every item independent of its batch.
         """
         padded_len = mel.shape[1]
+        if (padded_len + 1) // 2 > self.config.max_positions:
+            raise EncoderInputError(f"encoder input of {padded_len} mel frames is longer than the model's "
+                                    f"{2 * self.config.max_positions} (30 s); split long audio into windows")
         x = F.gelu(self.conv1(mel.transpose(1, 2)))  # (B, dim, T)
         if not original_mask_rule:
             # conv1 turns zero padding into gelu(bias), which conv2 would mix into an odd item's last frame
             x = x * lengths_to_mask(mel_lens, padded_len)[:, None, :].to(x.dtype)
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, ceil(T/2), dim)
-        if x.shape[1] > self.positional_embedding.shape[0]:
-            raise ValueError(f"encoder input of {padded_len} mel frames is longer than the model's "
-                             f"{2 * self.positional_embedding.shape[0]} (30 s); split long audio into windows")
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
         odd_shift = padded_len % 2 if original_mask_rule else 1
         lengths = (mel_lens.to(torch.long) + odd_shift) // 2

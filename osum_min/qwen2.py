@@ -52,8 +52,13 @@ class Qwen2Config:
                     "tie_word_embeddings": "tie_word_embeddings",
                     "max_position_embeddings": "max_position_embeddings"}
         values = {ours: config[theirs] for ours, theirs in hf_names.items() if theirs in config}
-        if "rope_theta" not in config and "rope_theta" in (config.get("rope_parameters") or {}):
-            values["rope_theta"] = config["rope_parameters"]["rope_theta"]  # transformers >= 5 layout
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}  # transformers >= 5 / older
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise CheckpointError(f"Qwen2 config: RoPE scaling {rope} is not supported (plain RoPE only)")
+        if config.get("use_sliding_window"):
+            raise CheckpointError("Qwen2 config: use_sliding_window=true is not supported (full attention only)")
+        if "rope_theta" in rope:
+            values["rope_theta"] = rope["rope_theta"]
         values.setdefault("num_kv_heads", values.get("num_heads", cls.num_kv_heads))
         values.update(overrides)
         return cls(**values)
@@ -75,7 +80,25 @@ PRESETS = {
 }
 
 
-class LoRALinear(nn.Linear):
+def linear(x, weight, bias=None):
+    """F.linear, except for a handful of rows on CPU (decoding): there BLAS serves F.linear with a single-threaded
+    GEMV or a transposed GEMM that stream the weight at a fraction of the memory bandwidth, while weight @ x^T
+    (one row duplicated to make it a GEMM) runs multi-threaded and 1.5-3x faster (bench/decode.py)."""
+    rows = x.numel() // x.shape[-1]
+    if x.device.type != "cpu" or rows > 8:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1])
+    flat = flat.repeat(2, 1) if rows == 1 else flat
+    out = (weight @ flat.T).T[:rows].reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
+    return out if bias is None else out + bias
+
+
+class Linear(nn.Linear):
+    def forward(self, x):
+        return linear(x, self.weight, self.bias)
+
+
+class LoRALinear(Linear):
     """nn.Linear plus a low-rank update: base(x) + (alpha/r) * B(A(dropout(x))), mergeable into the weight."""
 
     def __init__(self, in_features, out_features, bias, rank, alpha, dropout):
@@ -88,7 +111,7 @@ class LoRALinear(nn.Linear):
         self.merged = False
 
     def forward(self, x):
-        out = F.linear(x, self.weight, self.bias)
+        out = linear(x, self.weight, self.bias)
         if self.merged:
             return out
         return out + self.scaling * F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
@@ -112,7 +135,7 @@ class LoRALinear(nn.Linear):
 def _linear(cfg: Qwen2Config, name: str, d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
     if cfg.lora_rank > 0 and name in cfg.lora_targets:
         return LoRALinear(d_in, d_out, bias, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
-    return nn.Linear(d_in, d_out, bias=bias)
+    return Linear(d_in, d_out, bias=bias)
 
 
 class RMSNorm(nn.Module):
@@ -214,7 +237,7 @@ class Qwen2(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self):

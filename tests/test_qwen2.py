@@ -103,6 +103,15 @@ def test_hf_key_to_ours_accepts_hf_and_both_peft_forms():
     assert hf_key_to_ours("speaker_head.weight") is None
 
 
+def test_config_from_hf_reads_both_rope_layouts_and_refuses_what_it_cannot_run():
+    assert Qwen2Config.from_hf({"rope_theta": 5e5}).rope_theta == 5e5
+    assert Qwen2Config.from_hf({"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}).rope_theta == 5e5
+    with pytest.raises(CheckpointError, match="RoPE scaling"):
+        Qwen2Config.from_hf({"rope_scaling": {"type": "yarn", "factor": 4.0}})
+    with pytest.raises(CheckpointError, match="sliding_window"):
+        Qwen2Config.from_hf({"use_sliding_window": True})
+
+
 def test_presets_have_the_published_parameter_counts():
     published = {"qwen2-7b": 7_615_616_512, "qwen2-0.5b": 494_032_768, "qwen2.5-0.5b": 494_032_768,
                  "qwen2-1.5b": 1_543_714_304, "qwen2.5-1.5b": 1_543_714_304}
