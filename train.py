@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         model = OSUM.from_pretrained(init_dir, device="cpu", dtype=torch.float32, merge_lora=False)
     else:
         model = build_model(args.preset, args.encoder_init, args.llm_init,
-                            vocab_size=None if args.llm_init else len(tokenizer))
+                            vocab_size=None if args.llm_init else len(tokenizer), eod_id=tokenizer.eod_id)
         if main_process:
             model.save_pretrained(init_dir)
     if len(tokenizer) > model.config.llm.vocab_size:

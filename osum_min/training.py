@@ -42,6 +42,7 @@ FIRE_MODULES = {
     "llm": ("lora",),
     "link_and_encoder": ("link", "encoder"),
     "link_and_encoder_and_lora": ("link", "encoder", "lora"),
+    "link_and_lora": ("link", "lora"),  # adaptor + LoRA on pretrained parts (the GPU recipe)
     "all": ("everything",),
 }
 
@@ -89,10 +90,11 @@ def warmup_lr(warmup_steps: int):
 
 
 def build_model(preset: str, encoder_init: str | None = None, llm_init: str | None = None,
-                vocab_size: int | None = None) -> OSUM:
+                vocab_size: int | None = None, eod_id: int | None = None) -> OSUM:
     """A new OSUM at a preset size, with its encoder and/or LLM taken from pretrained checkpoints if given.
 
-    The encoder's and LLM's sizes follow their checkpoints; the adaptor is resized to join them.
+    The encoder's and LLM's sizes follow their checkpoints; the adaptor is resized to join them. eod_id: the
+    tokenizer's end-of-document id, which ends every label and stops decoding.
     """
     if preset not in OSUM_PRESETS:
         raise TrainingError(f"--preset {preset!r}: choose one of {', '.join(OSUM_PRESETS)}")
@@ -114,6 +116,8 @@ def build_model(preset: str, encoder_init: str | None = None, llm_init: str | No
         config = replace(config, llm=llm.config, eod_id=151643)
     elif vocab_size is not None:
         config = replace(config, llm=replace(config.llm, vocab_size=vocab_size))
+    if eod_id is not None:
+        config = replace(config, eod_id=eod_id)
     config = replace(config, adaptor=replace(config.adaptor, dim=config.encoder.dim,
                                              llm_dim=config.llm.hidden_size))
     model = OSUM(config)

