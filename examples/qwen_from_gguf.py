@@ -39,9 +39,15 @@ def export_hf_directory(out: Path, cache: Path) -> Path:
     import torch
     import transformers
 
+    from safetensors.torch import save_file
+
     path = gguf_file(cache)
     model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    model.save_pretrained(out)  # config.json + model.safetensors
+    # transformers will not save_pretrained a model loaded from a GGUF: write its two files ourselves
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.to_json_file(out / "config.json")
+    save_file({name: tensor.detach().clone() for name, tensor in model.state_dict().items()},
+              out / "model.safetensors", metadata={"format": "pt"})
     return out
 
 
