@@ -23,9 +23,6 @@ class AdaptorConfig:
     max_positions: int = 5000
 
 
-ADAPTOR_PRESETS = {"osum": AdaptorConfig()}
-
-
 class CausalConvSubsampling4(nn.Module):
     """Left-padded k=3 convolutions with strides 1, 2, 2: each output sees only current and past frames, so
     right padding in a batch never leaks into valid frames."""

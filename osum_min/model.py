@@ -5,15 +5,15 @@ left padding, so a batch gives exactly what each item gives alone (the original 
 Training (`loss`) reproduces the original's sequence layout, padding placement and position ids (LAYOUT.md §7).
 """
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adaptor import ADAPTOR_PRESETS, Adaptor, AdaptorConfig
-from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
+from .adaptor import Adaptor, AdaptorConfig
+from .encoder import EncoderConfig, WhisperEncoder
 from .generate import GenerationConfig, generate
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
@@ -43,7 +43,8 @@ class OSUMConfig:
 
 OSUM_PRESETS = {
     "osum": OSUMConfig(),  # the released model
-    "osum-qwen2.5-0.5b": OSUMConfig(adaptor=AdaptorConfig(llm_dim=896), llm=LLM_PRESETS["qwen2.5-0.5b"]),
+    "osum-qwen2.5-0.5b": OSUMConfig(adaptor=AdaptorConfig(llm_dim=896),  # with OSUM's LoRA
+                                    llm=replace(LLM_PRESETS["qwen2.5-0.5b"], lora_rank=8, lora_dropout=0.1)),
     "tiny": OSUMConfig(  # fixture-sized, for tests and CPU experiments
         encoder=EncoderConfig(dim=64, heads=4, ff_dim=128, layers=2),
         adaptor=AdaptorConfig(dim=64, heads=4, ff_dim=256, layers=2, llm_dim=64),
@@ -51,7 +52,6 @@ OSUM_PRESETS = {
                         num_kv_heads=2, lora_rank=8, lora_alpha=32, lora_dropout=0.1),
         eod_id=1000),
 }
-ENCODER_PRESETS, ADAPTOR_PRESETS  # noqa: B018  (re-exported for train.py's --preset building)
 
 
 class OSUM(nn.Module):

@@ -34,6 +34,7 @@ MODULE_PATTERNS = {
     "link": r"adaptor\..*|speech_bos_eos",
     "encoder": r"encoder\..*",
     "lora": r"llm\..*\.lora_[AB]",
+    "llm_all": r"llm\..*",
     "everything": r".*",
 }
 FIRE_MODULES = {
@@ -43,6 +44,7 @@ FIRE_MODULES = {
     "link_and_encoder": ("link", "encoder"),
     "link_and_encoder_and_lora": ("link", "encoder", "lora"),
     "link_and_lora": ("link", "lora"),  # adaptor + LoRA on pretrained parts (the GPU recipe)
+    "link_and_llm": ("link", "llm_all"),  # adaptor + the whole LLM, encoder frozen (an LLM trained from scratch)
     "all": ("everything",),
 }
 

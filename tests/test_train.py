@@ -117,6 +117,7 @@ EXPECTED_TRAINABLE = {  # fire_module -> which top-level groups train (our names
     "link_and_encoder": {"adaptor", "speech_bos_eos", "encoder"},
     "link_and_encoder_and_lora": {"adaptor", "speech_bos_eos", "encoder", "lora"},
     "link_and_lora": {"adaptor", "speech_bos_eos", "lora"},
+    "link_and_llm": {"adaptor", "speech_bos_eos", "lora", "llm"},
     "all": {"adaptor", "speech_bos_eos", "encoder", "lora", "llm"},
 }
 
@@ -132,7 +133,7 @@ def test_fire_module_trains_exactly_the_named_parts(fire_module):
     assert set(names) == expected and names
     assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
     base_llm_trains = any(p.requires_grad for name, p in model.llm.named_parameters() if ".lora_" not in name)
-    assert base_llm_trains == (fire_module == "all")
+    assert base_llm_trains == (fire_module in ("all", "link_and_llm"))
 
 
 def test_export_round_trips_and_matches_the_original_layout(fixture_weights, tmp_path):
@@ -186,7 +187,7 @@ def test_short_run_learns(tmp_path):
 @pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
     """The GPU recipe's smoke test on the CPU: real Whisper tiny.en encoder + real Qwen2.5-0.5B (dequantised
-    GGUF), adaptor + LoRA trained for 3 steps with finite losses."""
+    GGUF), adaptor + LoRA trained for 3 steps: finite losses, and the LoRA adapters moved."""
     if os.environ.get("OSUM_TEST_GGUF") != "1":
         pytest.skip("opt-in: set OSUM_TEST_GGUF=1 to download ~478 MB of real Qwen2.5-0.5B GGUF weights")
     pytest.importorskip("gguf")
@@ -210,3 +211,6 @@ def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
                        "--device", "cpu"]) == 0
     losses = [record["loss"] for record in log_records(out)]
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses), losses
+    final = OSUM.from_pretrained(out / "final", device="cpu", merge_lora=False)
+    lora_b = [p for name, p in final.llm.named_parameters() if name.endswith("lora_B")]
+    assert lora_b and any(bool(p.any()) for p in lora_b)  # the adapters exist and moved from their zero init
