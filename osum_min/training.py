@@ -112,10 +112,10 @@ def build_model(preset: str, encoder_init: str | None = None, llm_init: str | No
                                                        layers=dims["n_audio_layer"]))
         encoder_state = whisper_state_dict(checkpoint["model_state_dict"])
     if llm_init:
+        llm = load_hf_checkpoint(llm_init, dtype=torch.float32)  # the base weights, strictly; adapters are new
         lora = config.llm
-        llm = load_hf_checkpoint(llm_init, dtype=torch.float32, lora_rank=lora.lora_rank,
-                                 lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout)
-        config = replace(config, llm=llm.config, eod_id=151643)
+        config = replace(config, eod_id=151643, llm=replace(llm.config, lora_rank=lora.lora_rank,
+                                                            lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout))
     elif vocab_size is not None:
         config = replace(config, llm=replace(config.llm, vocab_size=vocab_size))
     if eod_id is not None:
@@ -126,9 +126,10 @@ def build_model(preset: str, encoder_init: str | None = None, llm_init: str | No
     if encoder_state is not None:
         model.encoder.load_state_dict(encoder_state)
     if llm is not None:
-        lora_init = {name: tensor for name, tensor in model.llm.state_dict().items() if ".lora_" in name}
-        llm.load_state_dict(lora_init, strict=False, assign=True)  # load_hf_checkpoint leaves LoRA on meta
-        model.llm = llm.train()
+        missing, unexpected = model.llm.load_state_dict(llm.state_dict(), strict=False)
+        if unexpected or any(".lora_" not in name for name in missing):
+            raise TrainingError(f"{llm_init}: does not fit the LLM config (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]})")
     return model
 
 
