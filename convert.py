@@ -21,7 +21,7 @@ from osum_min.encoder import EncoderConfig
 from osum_min.model import OSUM, OSUMConfig
 from osum_min.progress import Progress
 from osum_min.qwen2 import Qwen2Config, hf_key_to_ours
-from osum_min.weights import WeightsError, save_weights
+from osum_min.weights import WeightsError, describe_keys, save_weights
 
 RELEASED_CONFIG = Path(__file__).parent / "tests" / "fixtures" / "released_config.json"
 
@@ -120,37 +120,35 @@ def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None)
                 raise WeightsError(f"{key} and {mapped[ours]} both map to {ours}")
             mapped[ours] = key
     if unknown:
-        raise WeightsError(f"unexpected {_count(unknown)} (not in convert.py's key table)")
+        raise WeightsError(f"unexpected {describe_keys(unknown)} (not in convert.py's key table)")
     missing = [name for name in expected if name not in mapped]
     if missing:
-        raise WeightsError(f"missing {_count(missing)} (no source key maps to them)")
+        raise WeightsError(f"missing {describe_keys(missing)} (no source key maps to them)")
     bos_row = config.speech_token_num
+
+    def select(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The part of a source tensor our model keeps: a view, so taking it costs no memory."""
+        if name.endswith("positional_embedding"):
+            return tensor[0]  # (1, T, D) buffer -> (T, D)
+        if name == "speech_bos_eos":
+            return tensor[bos_row: bos_row + 2]  # the speech bos and eos rows only
+        return tensor
 
     def produce(name, key):
         def make():
-            tensor = source[key]
-            if name.endswith("positional_embedding"):
-                tensor = tensor[0]
-            elif name == "speech_bos_eos":
-                tensor = tensor[bos_row: bos_row + 2]
+            tensor = select(name, source[key])
             return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
         return make
 
     entries = []
     for name, target in expected.items():
         key = mapped[name]
-        shape = source[key].shape
-        shape = shape[1:] if name.endswith("positional_embedding") else shape
-        shape = torch.Size([2, shape[1]]) if name == "speech_bos_eos" else shape
-        if shape != target.shape or (name == "speech_bos_eos" and source[key].shape[0] < bos_row + 2):
+        shape = select(name, source[key]).shape
+        if shape != target.shape:
             raise WeightsError(f"{key}: shape {tuple(source[key].shape)} does not fit {name} "
                                f"{tuple(target.shape)} from the config")
         entries.append((name, shape, dtype or source[key].dtype, produce(name, key)))
     return entries
-
-
-def _count(keys: list[str]) -> str:
-    return f"{len(keys)} key(s): {', '.join(keys[:5])}" + (", ..." if len(keys) > 5 else "")
 
 
 def load_checkpoint(path: Path) -> dict:

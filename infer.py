@@ -25,8 +25,8 @@ from osum_min.model import OSUM
 from osum_min.progress import Progress
 from osum_min.scoring import Scorer
 from osum_min.subtitles import subtitles
-from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_windows
-from osum_min.tokenizer import Tokenizer, TokenizerError
+from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids, parse_windows
+from osum_min.tokenizer import Tokenizer, tokenizer_or_none
 from osum_min.windows import split_windows
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
@@ -144,10 +144,7 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
     weights = Path(args.weights)
     if not (weights / "config.json").is_file():
         raise UsageError(f"no OSUM weights in {weights}/: {GET_WEIGHTS}")
-    try:
-        tokenizer = Tokenizer.from_pretrained(weights)
-    except TokenizerError:
-        tokenizer = None
+    tokenizer = tokenizer_or_none(weights)
     if tokenizer is None and not (args.prompt_ids and args.ids):
         raise UsageError(f"{weights}/ has no tokenizer: pass --prompt-ids and --ids, or convert with --tokenizer DIR")
     try:
@@ -207,9 +204,9 @@ def prompt_ids_for(args, task: Task, tokenizer: Tokenizer | None) -> list[int]:
     if not args.prompt_ids:
         return tokenizer.encode(task.prompt)
     try:
-        return [int(token) for token in args.prompt_ids.split(",")]
-    except ValueError:
-        raise UsageError(f"--prompt-ids {args.prompt_ids!r}: expected comma-separated integers") from None
+        return parse_prompt_ids(args.prompt_ids)
+    except ValueError as err:
+        raise UsageError(f"--prompt-ids: {err}") from None
 
 
 def report(item: Item, decoded: Decoded, task: Task, tokenizer, args) -> tuple[Result | None, dict]:

@@ -350,3 +350,11 @@ def parse_windows(task: Task, tokenizer, ids: list[list[int]], offsets: list[flo
             result.issues.append("ids beyond the tokenizer's vocabulary were dropped")
         results.append(result)
     return join_windows(task, results, offsets)
+
+
+def parse_prompt_ids(text: str) -> list[int]:
+    """A prompt given as comma-separated token ids (debugging, models without a tokenizer)."""
+    try:
+        return [int(token) for token in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise ValueError(f"prompt ids {text!r}: expected comma-separated integers") from None

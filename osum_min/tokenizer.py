@@ -281,6 +281,15 @@ _SPACES_AROUND_OPEN = re.compile(r"\s*<\s*")
 _SPACES_AROUND_CLOSE = re.compile(r"\s*>\s*")
 
 
+
+def tokenizer_or_none(directory) -> Tokenizer | None:
+    """The tokenizer saved beside converted weights, or None for a model without one (prompt and output as ids)."""
+    try:
+        return Tokenizer.from_pretrained(directory)
+    except TokenizerError:
+        return None
+
+
 def process_text(text: str) -> str:
     """OSUM's `process_text`: drop spaces around CJK ideographs (U+4E00..U+9FFF only), lower-case everything, drop
     spaces around `<` and `>`. The order matters and is the original's."""

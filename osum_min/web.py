@@ -19,8 +19,8 @@ from .audio import HOP, SAMPLE_RATE, AudioError, load_audio, log_mel, pad_featur
 from .generate import DEFAULT_DECODING
 from .model import OSUM
 from .subtitles import subtitles
-from .tasks import TASKS, Result, Task, free_prompt_task, parse_windows
-from .tokenizer import Tokenizer, TokenizerError
+from .tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids, parse_windows
+from .tokenizer import Tokenizer, tokenizer_or_none
 from .windows import split_windows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,13 +95,6 @@ def decoding(eos_id: int, beams: int, sample: bool, temperature: float, top_k: i
                           seed=None if seed in (None, "") else int(seed)))
 
 
-def parse_prompt_ids(text: str) -> list[int]:
-    try:
-        return [int(token) for token in text.replace(" ", "").split(",")]
-    except ValueError:
-        raise ValueError(f"prompt ids {text!r}: expected comma-separated integers") from None
-
-
 def srt_file(words, audio_path: str, folder: Path) -> str | None:
     """The timed words as an SRT file for download, in the server's temporary folder (None without times)."""
 
@@ -114,11 +107,7 @@ def srt_file(words, audio_path: str, folder: Path) -> str | None:
 
 def load(weights_dir, device=None, dtype=None) -> tuple[OSUM, Tokenizer | None]:
     """Model and tokenizer from a converted directory; a directory without a tokenizer gives None (ids mode)."""
-    try:
-        tokenizer = Tokenizer.from_pretrained(weights_dir)
-    except TokenizerError:
-        tokenizer = None
-    return OSUM.from_pretrained(weights_dir, device=device, dtype=dtype), tokenizer
+    return OSUM.from_pretrained(weights_dir, device=device, dtype=dtype), tokenizer_or_none(weights_dir)
 
 
 def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE_CLIPS, batch_size: int = 8,

@@ -22,7 +22,8 @@ class WeightsError(ValueError):
     """A weight file or directory that does not match the model: one line, naming the file and the keys."""
 
 
-def _describe(keys: list[str], limit: int = 5) -> str:
+def describe_keys(keys: list[str], limit: int = 5) -> str:
+    """'N key(s): a, b, ...' for one-line errors about missing or unexpected keys."""
     shown = ", ".join(keys[:limit])
     return f"{len(keys)} key(s): {shown}" + (", ..." if len(keys) > limit else "")
 
@@ -127,9 +128,9 @@ def load_weights(model: torch.nn.Module, directory, device=None, dtype=None) -> 
                 loaded[name] = tensor.to(device) if device is not None else tensor
             unexpected = [name for name in handle.keys() if name not in expected]
         if unexpected:
-            raise WeightsError(f"{path}: unexpected {_describe(unexpected)}")
+            raise WeightsError(f"{path}: unexpected {describe_keys(unexpected)}")
         model.load_state_dict(loaded, strict=False, assign=True)
         seen.update(loaded)
     missing = [name for name in expected if name not in seen]
     if missing:
-        raise WeightsError(f"{directory}: missing {_describe(missing)}")
+        raise WeightsError(f"{directory}: missing {describe_keys(missing)}")
