@@ -3,6 +3,7 @@
     python train.py --train-data LIST [--dev-data LIST] (--init DIR | --preset NAME [--encoder-init CKPT]
                     [--llm-init DIR]) [--tokenizer DIR] --out DIR [--max-steps N] [--resume]
     torchrun --nproc_per_node 8 train.py ...          # DistributedDataParallel, data sharded per rank
+    torchrun --nproc_per_node 8 train.py --fsdp ...   # FSDP: weights, gradients and optimizer state sharded
 
 LIST: a wenet raw jsonl, a shard list, or a data mix (yaml/json: name -> path + weight). Defaults are the
 original's (LAYOUT.md §10): fire_module link_and_encoder_and_lora, AdamW lr 5e-5 betas (0.9, 0.99) eps 1e-6
@@ -22,14 +23,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
 
 from osum_min import data
 from osum_min.model import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer
 from osum_min.training import (FIRE_MODULES, PerItemLoss, TrainingError, TrainingForward, append_jsonl, build_model,
-                               checkpoints, evaluate, freeze_for, load_checkpoint, rng_states, save_checkpoint,
-                               set_rng_states, trainable_table, warmup_lr)
+                               checkpoints, evaluate, freeze_for, full_tensor, load_checkpoint, rng_states,
+                               save_checkpoint, set_rng_states, shard_model, trainable_table, warmup_lr)
 
 
 def parse_args(argv):
@@ -64,7 +68,11 @@ def parse_args(argv):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="with torchrun: shard the model over the ranks (FSDP2), for an LLM too big for one device")
     args = parser.parse_args(argv)
+    if args.fsdp and args.dev_data:
+        parser.error("--fsdp: periodic evaluation is not supported; score the final model with infer.py")
     if args.init and (args.encoder_init or args.llm_init):
         parser.error("--encoder-init/--llm-init build a new model: use them with --preset, not --init")
     return args
@@ -111,7 +119,13 @@ def main(argv=None) -> int:
     model.train()
     trainable = freeze_for(model, args.fire_module)
     say(trainable_table(model))
-    model.to(device)
+    wrapper = TrainingForward(model)
+    if args.fsdp:
+        if not distributed:
+            raise TrainingError("--fsdp shards the model over processes: start train.py with torchrun")
+        shard_model(wrapper, init_device_mesh(device.type, (world,)))  # moves each rank's shards to the device
+    else:
+        model.to(device)
     per_item_loss = PerItemLoss(model)
 
     prompts = json.loads(args.prompts.read_text()) if args.prompts else {}
@@ -121,7 +135,8 @@ def main(argv=None) -> int:
     dataset = data.SpeechDataset(args.train_data, tokenizer, config, train=True, seed=args.seed, rank=rank,
                                  world_size=world, eod_id=model.config.eod_id)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01,
+                                  fused=True)  # one kernel per step: 10x faster than the loop on CPU
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lr(args.warmup_steps))
     step, positions = 0, [(0, 0)] * world  # per rank: (epoch, batches consumed in that epoch)
     if args.resume and checkpoints(args.out):
@@ -129,15 +144,17 @@ def main(argv=None) -> int:
         state = load_checkpoint(path)
         if len(state["positions"]) != world:
             raise TrainingError(f"{path}: saved with {len(state['positions'])} processes, resuming with {world}")
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
+        full_state = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(wrapper, {f"model.{name}": tensor for name, tensor in state["model"].items()},
+                             options=full_state)
+        set_optimizer_state_dict(wrapper, optimizer, state["optimizer"], options=full_state)
         scheduler.load_state_dict(state["scheduler"])
         step, positions = state["step"], state["positions"]
         set_rng_states(state["rng"][rank])
         say(f"resumed from {path} at step {step}")
-    forward = TrainingForward(model)
-    if distributed:
-        forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda"
+    forward = wrapper
+    if distributed and not args.fsdp:
+        forward = torch.nn.parallel.DistributedDataParallel(wrapper, device_ids=[device] if device.type == "cuda"
                                                             else None)
     use_bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -169,9 +186,12 @@ def main(argv=None) -> int:
             all_positions, all_rng = [None] * world, [None] * world
             dist.all_gather_object(all_positions, position)
             dist.all_gather_object(all_rng, rng)
+        # whole tensors, whether sharded (FSDP) or not: every rank takes part in gathering them, rank 0 keeps them
+        trained = {name: full_tensor(model.get_parameter(name).detach()).cpu() for name in trainable}
+        optimizer_state = get_optimizer_state_dict(wrapper, optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
         if main_process:
-            state = {"model": {name: model.get_parameter(name).detach().cpu() for name in trainable},
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            state = {"model": trained, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
                      "positions": all_positions, "rng": all_rng, "args": vars(args)}
             say(f"saved {save_checkpoint(args.out, step, state, args.keep_last)}")
 
@@ -198,7 +218,10 @@ def main(argv=None) -> int:
             global_tokens = reduce([local_tokens])[0]
             loss_sum = 0.0
             for index, batch in enumerate(micro):
-                sync = nullcontext() if not distributed or index == len(micro) - 1 else forward.no_sync()
+                last = index == len(micro) - 1
+                if args.fsdp:
+                    forward.set_requires_gradient_sync(last)
+                sync = forward.no_sync() if distributed and not args.fsdp and not last else nullcontext()
                 with sync, autocast:
                     loss = forward(batch["mel"].to(device), batch["mel_lens"].to(device), batch["prompt_ids"],
                                    batch["labels"])
@@ -211,7 +234,7 @@ def main(argv=None) -> int:
                     window["task_loss"][task] = window["task_loss"].get(task, 0.0) + item_loss
                     window["task_tokens"][task] = window["task_tokens"].get(task, 0) + len(labels)
             loss_sum, samples = reduce([loss_sum, sum(len(batch["keys"]) for batch in micro)])
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, args.grad_clip).item()
+            grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(parameters, args.grad_clip)).item()
             step += 1
             if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                 bad_steps += 1
@@ -260,8 +283,11 @@ def main(argv=None) -> int:
     finally:
         if progress:
             progress.close()
+    final_state = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) \
+        if args.fsdp else None  # gathered from the shards, on rank 0
     if main_process:
-        model.save_pretrained(args.out / "final")
+        model.save_pretrained(args.out / "final", final_state and {name.removeprefix("model."): tensor
+                                                                    for name, tensor in final_state.items()})
         tokenizer.save(args.out / "final")
         say(f"wrote {args.out / 'final'}")
     if distributed:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adaptor import Adaptor, AdaptorConfig
-from .encoder import EncoderConfig, WhisperEncoder
+from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from .generate import GenerationConfig, generate
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
@@ -51,6 +51,10 @@ OSUM_PRESETS = {
         llm=Qwen2Config(vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                         num_kv_heads=2, lora_rank=8, lora_alpha=32, lora_dropout=0.1),
         eod_id=1000),
+    "small": OSUMConfig(  # the CPU experiment: a Whisper tiny(.en) encoder, a 4x256 LLM trained whole (no LoRA)
+        encoder=ENCODER_PRESETS["whisper-tiny"],
+        adaptor=AdaptorConfig(dim=384, heads=4, ff_dim=1024, layers=2, llm_dim=256),
+        llm=Qwen2Config(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=8, num_kv_heads=2)),
 }
 
 
@@ -80,13 +84,15 @@ class OSUM(nn.Module):
             model.llm.merge_lora()
         return model.eval()
 
-    def save_pretrained(self, directory) -> None:
-        """Write config.json + safetensors that from_pretrained reads, with LoRA stored unmerged."""
+    def save_pretrained(self, directory, state_dict: dict | None = None) -> None:
+        """Write config.json + safetensors that from_pretrained reads, with LoRA stored unmerged.
+
+        state_dict: the weights to write instead of the module's own (an FSDP run gathers them from the shards)."""
         was_merged = any(getattr(module, "merged", False) for module in self.llm.modules())
         self.llm.unmerge_lora()
         directory = Path(directory)
         save_weights(directory, [(name, t.shape, t.dtype, lambda t=t: t.detach())
-                                 for name, t in self.state_dict().items()])
+                                 for name, t in (state_dict or self.state_dict()).items()])
         (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         if was_merged:
             self.llm.merge_lora()

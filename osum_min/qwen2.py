@@ -236,6 +236,9 @@ class Qwen2(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # Qwen2's initializer_range, not PyTorch's N(0, 1): in a model trained from scratch, unit-size token
+        # embeddings drown the speech embeddings in the residual stream and the LLM learns to listen far later
+        nn.init.normal_(self.embed_tokens.weight, std=0.02)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)

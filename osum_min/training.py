@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 from . import data
 from .encoder import EncoderConfig, whisper_state_dict
@@ -142,6 +144,19 @@ class TrainingForward(nn.Module):
 
     def forward(self, mel, mel_lens, prompt_ids, labels):
         return self.model.loss(mel, mel_lens, prompt_ids, labels)
+
+
+def shard_model(wrapper: TrainingForward, mesh) -> None:
+    """FSDP2: each encoder block and LLM layer is a unit of its own, gathered only while it runs; the rest (embeddings,
+    lm_head, adaptor, norms) is the root unit, gathered for the whole forward."""
+    for block in [*wrapper.model.encoder.blocks, *wrapper.model.llm.layers]:
+        fully_shard(block, mesh=mesh)
+    fully_shard(wrapper, mesh=mesh)
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind an FSDP shard (a collective: every rank must call it); a plain tensor as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 class PerItemLoss:

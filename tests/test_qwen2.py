@@ -121,6 +121,14 @@ def test_presets_have_the_published_parameter_counts():
 
 
 @torch.no_grad()
+def test_new_model_token_embeddings_start_at_qwen2_initializer_range():
+    """A model trained from scratch starts its token embeddings at N(0, 0.02), as Qwen2 does; PyTorch's N(0, 1)
+    made the CPU experiment's LLM ignore the audio for hundreds of steps (README, the experiment)."""
+    torch.manual_seed(0)
+    weight = Qwen2(TINY).embed_tokens.weight
+    assert abs(weight.mean().item()) < 2e-3 and 0.018 < weight.std().item() < 0.022
+
+
 def test_load_hf_checkpoint_sharded_and_strict(tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = Qwen2Config(**{**TINY.__dict__, "lora_rank": 0, "tie_word_embeddings": True})

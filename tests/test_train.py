@@ -78,9 +78,11 @@ def test_warmup_lr_is_the_original_formula():
         assert 5e-5 * factor(step - 1) == pytest.approx(5e-5 * 8000 ** 0.5 * min(step ** -0.5, step * 8000 ** -1.5))
 
 
-def test_torchrun_two_processes_equal_one(corpus, tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
     """gloo, 2 ranks x 2 micro-batches x 2 clips vs 1 process x 1 batch x 8 clips per step (the whole corpus):
-    same losses and parameters after 3 steps. LoRA dropout off and no augmentation, since ranks draw their own masks."""
+    same losses and parameters after 3 steps, with DistributedDataParallel and with FSDP (its checkpoint gathered
+    from the shards). LoRA dropout off and no augmentation, since ranks draw their own masks."""
     config = OSUM_PRESETS["tiny"]
     torch.manual_seed(0)
     model = OSUM(replace(config, llm=replace(config.llm, lora_dropout=0.0, vocab_size=EOD + 1)))
@@ -91,11 +93,13 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path):
     model.save_pretrained(tmp_path / "init")
     common = ["--init", str(tmp_path / "init"), "--max-steps", "3", "--no-augment"]
     single = run_args(corpus, tmp_path / "single", *common, "--batch-frames", "800", "--accum-grad", "1")
-    double = run_args(corpus, tmp_path / "double", *common, "--batch-frames", "200", "--accum-grad", "2")
+    double = run_args(corpus, tmp_path / "double", *common, "--batch-frames", "200", "--accum-grad", "2",
+                      *(["--fsdp", "--save-every", "2"] if sharding == "fsdp" else []))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(ROOT / "train.py"), *single], check=True, timeout=300, env=env,
                    capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(29517 + (sharding == "fsdp"))]
     result = subprocess.run([*torchrun, str(ROOT / "train.py"), *double], timeout=300, env=env, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -108,6 +112,11 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path):
     assert not torch.equal(first["llm.layers.0.self_attn.q_proj.lora_A"], init["llm.layers.0.self_attn.q_proj.lora_A"])
     for name in first:
         torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-6)
+    if sharding == "fsdp":  # the step-2 checkpoint holds whole tensors and a whole optimizer state, not shards
+        state = torch.load(tmp_path / "double" / "step_00000002.pt", weights_only=False)
+        lora_a = "llm.layers.0.self_attn.q_proj.lora_A"
+        assert state["model"][lora_a].shape == first[lora_a].shape
+        assert state["optimizer"]["state"][f"model.{lora_a}"]["exp_avg"].shape == first[lora_a].shape
 
 
 EXPECTED_TRAINABLE = {  # fire_module -> which top-level groups train (our names; LAYOUT.md §10 for the last)
@@ -182,6 +191,33 @@ def test_short_run_learns(tmp_path):
     assert losses[-1] < 0.6 * losses[0], losses
     # labels end with, and decoding stops at, the tokenizer's <|endoftext|>, not the tiny preset's id
     assert OSUM.from_pretrained(out / "final", device="cpu").config.eod_id == 151643
+
+
+def median_pitch_hz(wav: np.ndarray, sample_rate: int = 16000) -> float:
+    """Autocorrelation pitch of the voiced 64 ms frames (60-400 Hz), median over the clip."""
+    pitches = []
+    for start in range(0, len(wav) - 1024, 512):
+        frame = wav[start:start + 1024] - wav[start:start + 1024].mean()
+        if np.abs(frame).max() < 0.05:
+            continue
+        correlation = np.correlate(frame, frame, "full")[1023:]
+        low, high = sample_rate // 400, sample_rate // 60
+        pitches.append(sample_rate / (low + np.argmax(correlation[low:high])))
+    return float(np.median(pitches))
+
+
+@pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_corpus_voices_sound_like_their_gender(tmp_path):
+    """espeak-ng silently ignores a voice variant on some voice names (en-gb+f3 speaks the default male voice): each
+    of the recipe's female voices must pitch above 150 Hz and each male voice below 130 Hz."""
+    sys.path.insert(0, str(ROOT / "examples" / "asr_gender"))
+    import make_corpus
+
+    pitches = {}
+    for voice, gender in make_corpus.VOICES:
+        make_corpus.speak("the quick brown fox jumps over the lazy dog", voice, 170, 50, tmp_path / "clip.wav")
+        pitches[voice] = (gender, median_pitch_hz(soundfile.read(tmp_path / "clip.wav")[0]))
+    assert all(hz > 150 if gender == "female" else hz < 130 for gender, hz in pitches.values()), pitches
 
 
 @pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")

@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from osum_min.audio import load_audio  # noqa: E402  (resamples espeak's 22.05 kHz to 16 kHz)
 from osum_min.progress import Progress  # noqa: E402
 
-VOICES = [("en-us+f1", "female"), ("en-us+f2", "female"), ("en-gb+f3", "female"), ("en-us+f4", "female"),
-          ("en-gb+f5", "female"), ("en-us+m1", "male"), ("en-gb+m2", "male"), ("en-us+m3", "male"),
+# espeak-ng ignores a +variant on "en-gb" (it resolves to a voice without variants) and speaks its default male
+# voice: the British voices here are named by dialect (en-gb-x-rp, en-029, en-gb-scotland), where variants apply.
+VOICES = [("en-us+f1", "female"), ("en-us+f2", "female"), ("en-gb-x-rp+f3", "female"), ("en-us+f4", "female"),
+          ("en-029+f5", "female"), ("en-us+m1", "male"), ("en-gb-x-rp+m2", "male"), ("en-us+m3", "male"),
           ("en-gb-scotland+m4", "male"), ("en-us+m7", "male")]
 WORDS = {
     "adjective": "big small red green blue old young happy quiet loud bright dark warm cold soft hard quick slow "
