@@ -145,9 +145,8 @@ def main(argv=None) -> int:
         if len(state["positions"]) != world:
             raise TrainingError(f"{path}: saved with {len(state['positions'])} processes, resuming with {world}")
         full_state = StateDictOptions(full_state_dict=True, strict=False)
-        set_model_state_dict(wrapper, {f"model.{name}": tensor for name, tensor in state["model"].items()},
-                             options=full_state)
-        set_optimizer_state_dict(wrapper, optimizer, state["optimizer"], options=full_state)
+        set_model_state_dict(model, state["model"], options=full_state)
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full_state)
         scheduler.load_state_dict(state["scheduler"])
         step, positions = state["step"], state["positions"]
         set_rng_states(state["rng"][rank])
@@ -187,12 +186,13 @@ def main(argv=None) -> int:
             dist.all_gather_object(all_positions, position)
             dist.all_gather_object(all_rng, rng)
         # whole tensors, whether sharded (FSDP) or not: every rank takes part in gathering them, rank 0 keeps them
-        trained = {name: full_tensor(model.get_parameter(name).detach()).cpu() for name in trainable}
-        optimizer_state = get_optimizer_state_dict(wrapper, optimizer, options=StateDictOptions(
+        trained = {name: full_tensor(model.get_parameter(name).detach()) for name in trainable}
+        optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
             full_state_dict=True, cpu_offload=True))
         if main_process:
-            state = {"model": trained, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
-                     "positions": all_positions, "rng": all_rng, "args": vars(args)}
+            state = {"model": {name: tensor.cpu() for name, tensor in trained.items()}, "optimizer": optimizer_state,
+                     "scheduler": scheduler.state_dict(), "step": step, "positions": all_positions, "rng": all_rng,
+                     "args": vars(args)}
             say(f"saved {save_checkpoint(args.out, step, state, args.keep_last)}")
 
     def reduce(values: list[float]) -> list[float]:
@@ -283,11 +283,10 @@ def main(argv=None) -> int:
     finally:
         if progress:
             progress.close()
-    final_state = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) \
+    final_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) \
         if args.fsdp else None  # gathered from the shards, on rank 0
     if main_process:
-        model.save_pretrained(args.out / "final", final_state and {name.removeprefix("model."): tensor
-                                                                    for name, tensor in final_state.items()})
+        model.save_pretrained(args.out / "final", final_state)
         tokenizer.save(args.out / "final")
         say(f"wrote {args.out / 'final'}")
     if distributed:

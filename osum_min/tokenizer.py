@@ -281,7 +281,6 @@ _SPACES_AROUND_OPEN = re.compile(r"\s*<\s*")
 _SPACES_AROUND_CLOSE = re.compile(r"\s*>\s*")
 
 
-
 def tokenizer_or_none(directory) -> Tokenizer | None:
     """The tokenizer saved beside converted weights, or None for a model without one (prompt and output as ids)."""
     try:
