@@ -25,6 +25,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
 from osum_min.generate import GenerationConfig, generate  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
+from osum_min.linear import use_input_major_weights  # noqa: E402
 from osum_min.qwen2 import PRESETS, Qwen2  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -119,7 +120,8 @@ def measure(run, new_tokens: int, final_norm, ceilings: dict, device) -> dict:
 
 
 def build_models(args, dtype):
-    """(ours merged, transformers + peft unmerged or None) with identical random weights."""
+    """(ours merged and laid out as OSUM.from_pretrained does, transformers + peft unmerged or None) with identical
+    random weights."""
     cfg = replace(PRESETS[SIZES[args.size]], lora_rank=8, lora_alpha=32.0, lora_dropout=0.0)
     if args.no_reference:
         torch.manual_seed(0)
@@ -130,11 +132,11 @@ def build_models(args, dtype):
                 if "lora_B" in name:
                     param.normal_(0, 0.05)
         ours.merge_lora()
-        return ours, None
+        return use_input_major_weights(ours), None
     from hf_qwen2 import peft_twin
     hf, ours = peft_twin(cfg)
     ours.merge_lora()
-    return ours.to(args.device, dtype), hf.to(args.device, dtype)
+    return use_input_major_weights(ours.to(args.device, dtype)), hf.to(args.device, dtype)
 
 
 def main():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoder import LayerNorm, ResidualAttentionBlock, lengths_to_mask
+from .linear import Linear
 
 
 @dataclass
@@ -55,14 +56,14 @@ class Adaptor(nn.Module):
         super().__init__()
         self.config = config
         self.downsample = CausalConvSubsampling4(config.dim)
-        self.input_proj = nn.Linear(config.dim, config.dim)
+        self.input_proj = Linear(config.dim, config.dim)
         self.input_ln = LayerNorm(config.dim)
         self.register_buffer("positional_embedding", interleaved_sinusoids(config.max_positions, config.dim))
         self.blocks = nn.ModuleList(
             ResidualAttentionBlock(config.dim, config.heads, config.ff_dim, activation=nn.ReLU, key_bias=True)
             for _ in range(config.layers))
         self.ln_post = LayerNorm(config.dim)
-        self.proj = nn.Linear(config.dim, config.llm_dim)
+        self.proj = Linear(config.dim, config.llm_dim)
 
     def transform(self, x: torch.Tensor, lengths: torch.Tensor):
         """Encoder output (B, T, dim) -> the 4-block transformer's output (B, T', dim) and lengths (B,)."""

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
+
 
 @dataclass
 class EncoderConfig:
@@ -56,10 +58,10 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, dim: int, heads: int, key_bias: bool):
         super().__init__()
         self.heads = heads
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim, bias=key_bias)
-        self.value = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+        self.query = Linear(dim, dim)
+        self.key = Linear(dim, dim, bias=key_bias)
+        self.value = Linear(dim, dim)
+        self.out = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         batch, time, dim = x.shape
@@ -78,7 +80,7 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.attn = MultiHeadAttention(dim, heads, key_bias)
         self.attn_ln = LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, ff_dim), activation(), nn.Linear(ff_dim, dim))
+        self.mlp = nn.Sequential(Linear(dim, ff_dim), activation(), Linear(ff_dim, dim))
         self.mlp_ln = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:

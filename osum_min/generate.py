@@ -207,7 +207,7 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int)
         done = [done[b] or finished[b].cannot_improve(best_possible[b]) for b in range(batch_size)]
         if all(done) or length == cfg.max_new_tokens:
             break
-        decoder.model.reorder_kv_cache(rows)
+        decoder.model.reorder_kv_cache(rows, length=decoder.prompt_len + t)
         logits = decoder.step(running[:, t], t)
     best = [h for item in finished for h in item.hypotheses[:cfg.num_return_sequences]]
     return [tokens for _, tokens in best], [score for score, _ in best]

@@ -15,6 +15,7 @@ from torch import nn
 from .adaptor import Adaptor, AdaptorConfig
 from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from .generate import GenerationConfig, generate
+from .linear import use_input_major_weights
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
 from .weights import load_weights, save_weights
@@ -69,7 +70,10 @@ class OSUM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, device=None, dtype=None, merge_lora: bool = True) -> "OSUM":
-        """A converted directory -> model in eval mode with LoRA merged. dtype: bf16 on CUDA, fp32 on CPU."""
+        """A converted directory -> model in eval mode. dtype: bf16 on CUDA, fp32 on CPU.
+
+        merge_lora=True readies it for inference: LoRA merged and, on CPU, weights laid out for oneDNN (linear.py).
+        False keeps the weights as trained, for training."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
@@ -82,6 +86,7 @@ class OSUM(nn.Module):
         load_weights(model, directory, device=device, dtype=dtype)
         if merge_lora:
             model.llm.merge_lora()
+            use_input_major_weights(model)
         return model.eval()
 
     def save_pretrained(self, directory, state_dict: dict | None = None) -> None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear, linear
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")
 
 
@@ -78,25 +80,6 @@ PRESETS = {
     "qwen2.5-1.5b": Qwen2Config(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
                                 max_position_embeddings=32768, **_QWEN2_SMALL),
 }
-
-
-def linear(x, weight, bias=None):
-    """F.linear, except for up to 64 rows on CPU (decoding, beams, batches of beams): there BLAS serves F.linear
-    with a single-threaded GEMV or a transposed GEMM that stream the weight at a fraction of the memory bandwidth,
-    while weight @ x^T (one row duplicated to make it a GEMM) runs multi-threaded: measured over a 0.5B layer
-    stack on 2 cores, 1 row 18 -> 32 GB/s, 4 rows 11 -> 28, 32 rows 6.3 -> 8.3 (bench/decode.py)."""
-    rows = x.numel() // x.shape[-1]
-    if x.device.type != "cpu" or rows > 64:
-        return F.linear(x, weight, bias)
-    flat = x.reshape(rows, x.shape[-1])
-    flat = flat.repeat(2, 1) if rows == 1 else flat
-    out = (weight @ flat.T).T[:rows].reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
-    return out if bias is None else out + bias
-
-
-class Linear(nn.Linear):
-    def forward(self, x):
-        return linear(x, self.weight, self.bias)
 
 
 class LoRALinear(Linear):
@@ -280,18 +263,24 @@ class Qwen2(nn.Module):
             attn.k_cache = torch.zeros(shape, device=device or weight.device, dtype=dtype or weight.dtype)
             attn.v_cache = torch.zeros_like(attn.k_cache)
 
-    def reorder_kv_cache(self, index):
+    def reorder_kv_cache(self, index, length: int | None = None):
         """Row b of the new cache is row index[b] of the old one (beam reordering, or expanding items to beams).
 
-        Same batch size: rewritten in place, so the buffers keep their identity (torch.compile, no reallocation).
+        Same batch size: only the rows that change are rewritten, in place, and only their first `length` slots
+        (those written so far), so a beam step copies little and the buffers keep their identity.
         """
+        attn = self.layers[0].self_attn
+        if index.numel() != attn.k_cache.shape[0]:
+            for layer in self.layers:
+                attn = layer.self_attn
+                attn.k_cache, attn.v_cache = attn.k_cache.index_select(0, index), attn.v_cache.index_select(0, index)
+            return
+        moved = (index != torch.arange(index.numel(), device=index.device)).nonzero()[:, 0]
+        sources, slots = index[moved], slice(0, length)
         for layer in self.layers:
             attn = layer.self_attn
-            if index.numel() == attn.k_cache.shape[0]:
-                attn.k_cache.copy_(attn.k_cache.index_select(0, index))
-                attn.v_cache.copy_(attn.v_cache.index_select(0, index))
-            else:
-                attn.k_cache, attn.v_cache = attn.k_cache.index_select(0, index), attn.v_cache.index_select(0, index)
+            attn.k_cache[moved, :, slots] = attn.k_cache[sources, :, slots]
+            attn.v_cache[moved, :, slots] = attn.v_cache[sources, :, slots]
 
     def clear_kv_cache(self):
         for layer in self.layers:

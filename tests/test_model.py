@@ -171,6 +171,13 @@ def test_config_round_trips(fixture_weights):
     assert config.llm.lora_rank == 8 and config.adaptor.ff_dim == 2560 and config.encoder.layers == 2
 
 
+def test_only_inference_loading_lays_weights_out_for_onednn(model, fixture_weights):
+    up = model.llm.layers[0].mlp.up_proj.weight  # (out, in) stored input-major
+    assert up.stride() == (1, up.shape[0])
+    trainable = OSUM.from_pretrained(fixture_weights, device="cpu", merge_lora=False)
+    assert all(p.is_contiguous() for p in trainable.parameters())
+
+
 def test_save_pretrained_round_trips(model, tmp_path, expected):
     model.save_pretrained(tmp_path / "saved")
     again = OSUM.from_pretrained(tmp_path / "saved", device="cpu")

@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-batches", type=int, default=1000)
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    model = OSUM.from_pretrained(args.run / "final", device="cpu", merge_lora=False)
+    model = OSUM.from_pretrained(args.run / "final", device="cpu")
     tokenizer = Tokenizer.from_pretrained(args.run / "final")
     results = {split: evaluate(model, args.data / f"{split}.jsonl", tokenizer, DataConfig(max_frames_in_batch=8000),
                                args.max_batches) for split in ("dev", "test")}
