@@ -10,7 +10,7 @@ do. oneDNN's linear is the same math, and on the Qwen2-0.5B stack it gives
 oneDNN has no backward, so it serves inference only; when a gradient is needed (or the dtype is not float32, or the
 torch build lacks oneDNN) small inputs take `weight @ x.T`, which BLAS runs as a multi-threaded GEMM streaming the
 weight (one row is duplicated to make it a GEMM), where F.linear's GEMV is single-threaded. Results equal F.linear
-to float32 rounding; other devices take F.linear.
+to float32 rounding; other devices, and torch.compile, take F.linear.
 """
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ def _needs_grad(*tensors) -> bool:
 
 
 def linear(x, weight, bias=None):
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():  # inductor picks its own CPU kernels
         return F.linear(x, weight, bias)
     if ONEDNN and weight.dtype == torch.float32 and not _needs_grad(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")

@@ -1,4 +1,6 @@
 """osum_min.linear: every CPU path (weight @ x.T, oneDNN, F.linear) gives F.linear's numbers and its gradients."""
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,3 +58,11 @@ def test_input_major_weights_change_the_layout_not_the_numbers():
     assert net[0].weight.shape == (96, 40) and net[0].weight.stride() == (1, 96)
     assert net[2].weight.shape == (8, 96) and net[2].weight.stride() == (1, 8)
     assert half.weight.is_contiguous()  # bf16: left as it is
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_torch_compile_traces_through_linear():
+    layer = use_input_major_weights(Linear(40, 96).eval())  # bench/decode.py --compile compiles such a model
+    x = torch.randn(3, 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.compile(layer, dynamic=False)(x), layer(x), rtol=1e-5, atol=1e-5)
