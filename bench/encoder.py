@@ -25,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from osum_min.adaptor import ADAPTOR_PRESETS, Adaptor  # noqa: E402
+from osum_min.adaptor import Adaptor, AdaptorConfig  # noqa: E402
 from osum_min.audio import SAMPLE_RATE, load_audio, log_mel  # noqa: E402
 from osum_min.encoder import ENCODER_PRESETS, WhisperEncoder  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
@@ -70,7 +70,7 @@ def build(child: str):
         return encoder(mel, torch.tensor([mel.shape[1]]))[0]
     if child == "ours_encoder":
         return encode, encode
-    adaptor = Adaptor(ADAPTOR_PRESETS["osum"]).eval()
+    adaptor = Adaptor(AdaptorConfig()).eval()  # the released sizes
 
     def speech_path(mel):
         return adaptor(*encoder(mel, torch.tensor([mel.shape[1]])))[0]
