@@ -12,22 +12,21 @@ points into windows that are decoded together and joined. A file that cannot be 
 import argparse
 import json
 import sys
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import soundfile
 import torch
 
-from osum_min.audio import HOP, SAMPLE_RATE, AudioError, load_audio, log_mel, pad_features
+from osum_min.audio import AudioError, load_audio
 from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING
 from osum_min.model import OSUM
 from osum_min.progress import Progress
 from osum_min.scoring import Scorer
 from osum_min.subtitles import subtitles
-from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids, parse_windows
+from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
 from osum_min.tokenizer import Tokenizer, tokenizer_or_none
-from osum_min.windows import split_windows
+from osum_min.windows import Decoded, decode_waveforms
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -46,13 +45,6 @@ class Item:
     key: str
     reference: str | None = None  # the list's `txt`, when scoring
     seconds: float = 0.0  # from the file header, for length-sorted batching
-
-
-@dataclass
-class Decoded:
-    windows: list[tuple[int, int]]  # sample ranges covering the audio
-    ids: list[list[int]] = field(default_factory=list)  # new tokens per window
-    decode_seconds: float = 0.0  # this file's share of the batches it was decoded in
 
 
 def read_list(path: Path) -> list[Item]:
@@ -100,31 +92,17 @@ def collect_inputs(paths: list[str]) -> list[Item]:
 
 def decode_files(model: OSUM, items: list[Item], prompt_ids: list[int], settings: dict, batch_size: int,
                  on_token=None):
-    """Yield (index, Decoded or AudioError) per item, longest first. Each group of `batch_size` files is loaded,
-    cut into <= 30 s windows, and its windows are decoded `batch_size` at a time, sorted by length."""
+    """Yield (index, Decoded or AudioError) per item, longest first: each group of `batch_size` files is loaded and
+    its windows decoded `batch_size` at a time."""
     order = sorted(range(len(items)), key=lambda i: -items[i].seconds)
     for group_start in range(0, len(order), batch_size):
-        decoded, windows = {}, []  # windows: (item index, window number, features (T, 80))
+        waves = {}
         for index in order[group_start:group_start + batch_size]:
             try:
-                wav = load_audio(items[index].path)
+                waves[index] = load_audio(items[index].path)
             except AudioError as err:
                 yield index, err
-                continue
-            decoded[index] = Decoded(split_windows(wav, model.config.max_mel_frames * HOP / SAMPLE_RATE))
-            windows += [(index, n, log_mel(wav[s:e])) for n, (s, e) in enumerate(decoded[index].windows)]
-            decoded[index].ids = [[] for _ in decoded[index].windows]
-        windows.sort(key=lambda w: -len(w[2]))
-        for chunk_start in range(0, len(windows), batch_size):
-            chunk = windows[chunk_start:chunk_start + batch_size]
-            mel, mel_lens = pad_features([features for _, _, features in chunk])  # (B, T, 80), (B,)
-            started = time.perf_counter()
-            outputs = model.generate(mel, mel_lens, [prompt_ids] * len(chunk), on_token=on_token, **settings)
-            share = (time.perf_counter() - started) / len(chunk)
-            for (index, number, _), ids in zip(chunk, outputs):
-                decoded[index].ids[number] = ids
-                decoded[index].decode_seconds += share
-        yield from decoded.items()
+        yield from zip(waves, decode_waveforms(model, list(waves.values()), prompt_ids, settings, batch_size, on_token))
 
 
 def decoding_settings(args, eos_id: int) -> dict:
@@ -211,15 +189,9 @@ def prompt_ids_for(args, task: Task, tokenizer: Tokenizer | None) -> list[int]:
 
 def report(item: Item, decoded: Decoded, task: Task, tokenizer, args) -> tuple[Result | None, dict]:
     """The parsed result (None without a tokenizer) and the JSON record of one file."""
-    offsets = [start / SAMPLE_RATE for start, _ in decoded.windows]
-    result = parse_windows(task, tokenizer, decoded.ids, offsets) if tokenizer is not None else None
-    record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}), "task": task.name,
-              "prompt": task.prompt, **(result.to_json() if result else {}),
-              "audio_s": round(decoded.windows[-1][1] / SAMPLE_RATE, 3), "decode_s": round(decoded.decode_seconds, 3)}
-    if len(decoded.windows) > 1:
-        record["windows"] = [[round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)] for s, e in decoded.windows]
-    if args.ids:
-        record["ids"] = decoded.ids[0] if len(decoded.ids) == 1 else decoded.ids
+    result = decoded.parse(task, tokenizer)
+    record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}),
+              **decoded.record(task, result, with_ids=args.ids)}
     return result, record
 
 

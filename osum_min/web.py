@@ -8,20 +8,19 @@ keeps serving. gradio is an optional extra (`pip install .[demo]`), imported onl
 """
 import sys
 import tempfile
-import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from .audio import HOP, SAMPLE_RATE, AudioError, load_audio, log_mel, pad_features
+from .audio import AudioError, load_audio
 from .generate import DEFAULT_DECODING
 from .model import OSUM
 from .subtitles import subtitles
-from .tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids, parse_windows
+from .tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
 from .tokenizer import Tokenizer, tokenizer_or_none
-from .windows import split_windows
+from .windows import Decoded, decode_waveforms
 
 REPO = Path(__file__).resolve().parent.parent
 # Short clips that ship with the repository (and the test recordings when tests/assets.py has fetched them).
@@ -44,46 +43,12 @@ def import_gradio():
     return gradio
 
 
-@dataclass
-class Transcription:
-    """One clip through the pipeline: its windows, new ids per window and the joined result (None without a
-    tokenizer: then the ids are the output)."""
-    windows: list[tuple[int, int]]  # sample ranges covering the audio
-    ids: list[list[int]]
-    result: Result | None
-    decode_seconds: float
-
-    @property
-    def audio_seconds(self) -> float:
-        return self.windows[-1][1] / SAMPLE_RATE
-
-    def record(self, task: Task) -> dict:
-        """The fields of infer.py's `--json` line (plus `ids`)."""
-        out = {"task": task.name, "prompt": task.prompt, **(self.result.to_json() if self.result else {}),
-               "audio_s": round(self.audio_seconds, 3), "decode_s": round(self.decode_seconds, 3),
-               "ids": self.ids[0] if len(self.ids) == 1 else self.ids}
-        if len(self.windows) > 1:
-            out["windows"] = [[round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)] for s, e in self.windows]
-        return out
-
-
 def transcribe(model: OSUM, tokenizer: Tokenizer | None, wav: torch.Tensor, task: Task, prompt_ids: list[int],
-               settings: dict, batch_size: int = 8, on_batch=None) -> Transcription:
-    """(samples,) 16 kHz waveform -> Transcription; `on_batch(done, total)` after each batch of windows."""
-    windows = split_windows(wav, model.config.max_mel_frames * HOP / SAMPLE_RATE)
-    features = [log_mel(wav[start:end]) for start, end in windows]  # [(T_i, 80)]
-    ids, decode_seconds = [], 0.0
-    for first in range(0, len(features), batch_size):
-        mel, mel_lens = pad_features(features[first:first + batch_size])  # (B, T, 80), (B,)
-        started = time.perf_counter()
-        ids += model.generate(mel, mel_lens, [prompt_ids] * len(mel), **settings)
-        decode_seconds += time.perf_counter() - started
-        if on_batch:
-            on_batch(len(ids), len(features))
-    result = None
-    if tokenizer is not None:
-        result = parse_windows(task, tokenizer, ids, [start / SAMPLE_RATE for start, _ in windows])
-    return Transcription(windows, ids, result, decode_seconds)
+               settings: dict, batch_size: int = 8, on_batch=None) -> tuple[Decoded, Result | None]:
+    """(samples,) 16 kHz waveform -> its decoded windows and the joined result (None without a tokenizer: then the
+    ids are the output); `on_batch(done, total)` after each batch of windows."""
+    decoded = decode_waveforms(model, [wav], prompt_ids, settings, batch_size, on_batch=on_batch)[0]
+    return decoded, decoded.parse(task, tokenizer)
 
 
 def decoding(eos_id: int, beams: int, sample: bool, temperature: float, top_k: int, top_p: float,
@@ -145,8 +110,8 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
                 raise ValueError(str(err).replace(audio_path, Path(audio_path).name)) from None
             settings = decoding(model.config.eod_id, beams, sample, temperature, top_k, top_p, repetition_penalty,
                                 max_new_tokens, seed)
-            out = transcribe(model, tokenizer, wav, task, prompt_ids, settings, batch_size,
-                             on_batch=lambda done, total: progress((done, total), desc="windows"))
+            out, result = transcribe(model, tokenizer, wav, task, prompt_ids, settings, batch_size,
+                                     on_batch=lambda done, total: progress((done, total), desc="windows"))
         except ValueError as err:
             return page(f"**Error:** {err}")
         except Exception as err:  # noqa: BLE001  the page shows one line; the server log keeps the traceback
@@ -154,11 +119,10 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
             return page(f"**Error:** {type(err).__name__}: {' '.join(str(err).split())}")
 
         ids_text = " | ".join(" ".join(map(str, window)) for window in out.ids)
-        record = {**out.record(task), **({"prompt_ids": prompt_ids} if given_ids else {})}
+        record = {**out.record(task, result, with_ids=True), **({"prompt_ids": prompt_ids} if given_ids else {})}
         status = (f"{out.audio_seconds:.2f} s of audio in {len(out.windows)} window{'s' * (len(out.windows) > 1)}, "
                   f"decoded in {out.decode_seconds:.2f} s (real-time factor "
                   f"{out.decode_seconds / out.audio_seconds:.3f})")
-        result = out.result
         if result is None:
             return page(status + " · no tokenizer: token ids only", ids_text, ids=ids_text, record=record)
         if result.issues:

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from osum_min.audio import HOP, SAMPLE_RATE, load_audio
-from osum_min.windows import frame_energy, split_windows
+from osum_min.audio import HOP, SAMPLE_RATE, load_audio, log_mel
+from osum_min.windows import decode_waveforms, frame_energy, split_windows
 
 SONNET = Path(__file__).parent / ".assets" / "sonnet1.wav"
 
@@ -52,3 +52,31 @@ def test_short_audio_is_one_window_and_no_sliver_at_the_end():
     windows = split_windows(wav)
     assert_exact_cover(windows, len(wav), 30 * SAMPLE_RATE)
     assert windows[-1][1] - windows[-1][0] >= SAMPLE_RATE
+
+
+class LengthEcho:
+    """A stand-in for OSUM: each window's 'tokens' are its mel length, and the batches are recorded."""
+    config = type("Config", (), {"max_mel_frames": 3000})
+
+    def __init__(self):
+        self.batches = []
+
+    def generate(self, mel, mel_lens, prompt_ids, on_token=None, **settings):
+        self.batches.append(mel_lens.tolist())
+        return [[int(n)] for n in mel_lens]
+
+
+def test_windows_batch_longest_first_alone_in_time_order_and_come_back_to_their_waveform():
+    generator = torch.Generator().manual_seed(0)
+    long_wav = 0.3 * torch.randn(70 * SAMPLE_RATE, generator=generator)  # three windows, the last the shortest
+    long_wav[24 * SAMPLE_RATE:24 * SAMPLE_RATE + 4000] = 0
+    waves = [long_wav, 0.3 * torch.randn(12 * SAMPLE_RATE, generator=generator)]
+    batched, alone = LengthEcho(), LengthEcho()
+    by_batch = decode_waveforms(batched, waves, [1], {}, batch_size=8)
+    by_one = decode_waveforms(alone, waves, [1], {}, batch_size=1)
+    assert [len(d.windows) for d in by_batch] == [3, 1]
+    assert batched.batches[0] == sorted(batched.batches[0], reverse=True)  # one batch, longest first
+    window_frames = [[log_mel(wav[s:e]).shape[0] for s, e in d.windows] for d, wav in zip(by_one, waves)]
+    assert alone.batches == [[n] for frames in window_frames for n in frames]  # time order, for --stream
+    for decoded in (by_batch, by_one):
+        assert [[ids[0] for ids in d.ids] for d in decoded] == window_frames
