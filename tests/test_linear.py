@@ -22,7 +22,7 @@ def test_linear_equals_f_linear_for_every_row_count(rows, bias):
 
 
 @pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
-def test_onednn_serves_inference_and_gradients_still_flow(monkeypatch):
+def test_onednn_serves_inference_and_training(monkeypatch):
     calls = []
     original = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(linear_module.torch.ops.mkldnn, "_linear_pointwise",
@@ -32,10 +32,26 @@ def test_onednn_serves_inference_and_gradients_still_flow(monkeypatch):
     with torch.no_grad():
         layer(x)
     assert calls == [(3, 8, 40)]
-    out = layer(x.requires_grad_())  # training: autograd needs F.linear or the matmul path
-    out.sum().backward()
-    assert len(calls) == 1
-    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(3, 8, 40), rtol=1e-5, atol=1e-5)
+    layer(x.requires_grad_()).sum().backward()  # forward, grad_x, grad_weight: all oneDNN
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("trained", ["all", "input only (frozen layer)", "layer only"])
+def test_onednn_gradients_equal_f_linear(trained):
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 40).transpose(0, 1)  # (9, 2, 40), not contiguous
+    weight, bias = torch.randn(96, 40), torch.randn(96)
+    grad_out = torch.randn(9, 2, 96)
+    leaves = {"all": (x, weight, bias), "input only (frozen layer)": (x,), "layer only": (weight, bias)}[trained]
+    grads = []
+    for function in (linear, F.linear):
+        inputs = [t.detach().clone().requires_grad_(any(t is leaf for leaf in leaves)) for t in (x, weight, bias)]
+        function(*inputs).backward(grad_out)
+        grads.append([t.grad for t in inputs])
+    for ours, theirs in zip(*grads):
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_and_meta_inputs():
