@@ -13,6 +13,7 @@ decoding: steps/s <= bandwidth / bytes of weights read per step (the roofline). 
     python bench/decode.py --size 7b --device cuda --dtype bf16   # ours only, HBM roofline
 """
 import argparse
+import copy
 import json
 import sys
 import threading
@@ -180,10 +181,14 @@ def main():
         runs[f"ours_{label}"] = ours_run(ours, beams), ours.norm
         if hf is not None:
             runs[f"hf_{label}"] = hf_run(beams), hf.get_base_model().model.norm
-    if args.compile:
-        compiled = torch.compile(ours, dynamic=False)  # generate calls it for the decode steps
+    if args.compile:  # compiled code runs MKL, not oneDNN (linear.py): give it the usual weight layout
+        plain = copy.deepcopy(ours)
+        for module in plain.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.data = module.weight.data.contiguous()
+        compiled = torch.compile(plain, dynamic=False)  # generate calls it for the decode steps
         for beams, label in [(1, "greedy"), (4, "beam4")]:
-            runs[f"ours_compiled_{label}"] = ours_run(compiled, beams), ours.norm
+            runs[f"ours_compiled_{label}"] = ours_run(compiled, beams), plain.norm
     results = {}
     with torch.inference_mode(), Progress(len(runs) * (args.repeats + 1), "timing runs") as bar:
         for name, (run, _) in runs.items():  # warm-up; compiled runs at full length, as the cache size is baked in

@@ -55,7 +55,7 @@ def linear(x, weight, bias=None):
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
         return OneDNNLinear.apply(x, weight, bias) if needs_grad else _onednn(x, weight, bias)
     rows = x.numel() // x.shape[-1]
-    if rows > 64:  # a GEMM big enough for MKL's own blocking
+    if rows > 64 or not weight.is_contiguous():  # a GEMM big enough for MKL's own blocking, or input-major weights
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     flat = flat.repeat(2, 1) if rows == 1 else flat
@@ -73,7 +73,8 @@ def use_input_major_weights(module: nn.Module) -> nn.Module:
     """Store every float32 CPU Linear weight input-major: the same (out, in) tensor, with strides (1, out).
 
     oneDNN streams that layout faster still. Qwen2-0.5B decode step, GB/s of weights, as above: 1 row 32 -> 45,
-    4 rows 26 -> 36, 8 rows 20 -> 34, 32 rows 12 -> 16. For inference: optimizers and FSDP expect the usual layout.
+    4 rows 26 -> 36, 8 rows 20 -> 34, 32 rows 12 -> 16. For eager inference only: optimizers and FSDP expect the
+    usual layout, and MKL (what torch.compile uses here) streams it 2-4x slower.
     """
     for layer in module.modules():
         weight = getattr(layer, "weight", None)
