@@ -75,7 +75,7 @@ class CachedDecoder:
         # Slots after the prompt are all real; the causal rule hides the ones not written yet.
         self.slot_mask = F.pad(mask, (0, max_new_tokens), value=1)  # (B, L + max_new)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, L)
-        hidden = model.forward_hidden(inputs_embeds=inputs_embeds, attention_mask=self.slot_mask,
+        hidden = model.forward_hidden(inputs_embeds=inputs_embeds, attention_mask=mask,
                                       position_ids=positions, cache_pos=torch.arange(L, device=mask.device))
         self.first_logits = model.lm_head(hidden[:, -1]).float()  # (B, V): lm_head on the last position only
         self.real_tokens = mask.sum(-1)  # (B,)
@@ -89,8 +89,8 @@ class CachedDecoder:
         """Logits (N, V) after feeding `tokens` (N,) as generated token number t (0-based)."""
         cache_pos = torch.tensor([self.prompt_len + t], device=tokens.device)
         positions = (self.real_tokens + t)[:, None]  # (N, 1)
-        logits = self.model(input_ids=tokens[:, None], attention_mask=self.slot_mask, position_ids=positions,
-                            cache_pos=cache_pos)
+        logits = self.model(input_ids=tokens[:, None], attention_mask=self.slot_mask[:, :self.prompt_len + t + 1],
+                            position_ids=positions, cache_pos=cache_pos)  # attention reads the slots written
         return logits[:, -1].float()
 
 

@@ -167,7 +167,8 @@ class Attention(nn.Module):
         if cache_pos is not None:
             self.k_cache.index_copy_(2, cache_pos, k)
             self.v_cache.index_copy_(2, cache_pos, v)
-            k, v = self.k_cache, self.v_cache  # (B, Hkv, max_len, hd)
+            slots = mask.shape[-1]  # the first S slots: those written so far, or all of them
+            k, v = self.k_cache[:, :, :slots], self.v_cache[:, :, :slots]  # (B, Hkv, S, hd)
         if L == 1:  # decoding: the query heads sharing a KV head become rows of one query (no KV copy, fast)
             q = q.view(B, self.n_kv_heads, self.n_heads // self.n_kv_heads, self.head_dim)  # (B, Hkv, H/Hkv, hd)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
@@ -232,7 +233,8 @@ class Qwen2(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache_pos=None):
-        """Logits (B, L, V). Without a cache `attention_mask` is a (B, L) key mask; with one, (B, max_len) over slots."""
+        """Logits (B, L, V). Without a cache `attention_mask` is a (B, L) key mask. With one, it is (B, S) over the
+        first S cache slots (S <= max_len), and attention reads only those (decoding passes the slots written)."""
         return self.lm_head(self.forward_hidden(input_ids, inputs_embeds, attention_mask, position_ids, cache_pos))
 
     def forward_hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
@@ -243,7 +245,8 @@ class Qwen2(nn.Module):
         if cache_pos is None:
             query_slots, num_slots = torch.arange(L, device=x.device), L
         else:
-            query_slots, num_slots = cache_pos, self.layers[0].self_attn.k_cache.shape[2]
+            query_slots = cache_pos
+            num_slots = self.layers[0].self_attn.k_cache.shape[2] if attention_mask is None else attention_mask.shape[1]
         if position_ids is None:
             position_ids = query_slots[None].expand(B, L)
         mask = None

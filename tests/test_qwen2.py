@@ -53,16 +53,21 @@ def test_logits_equal_transformers_peft():
 
 
 @torch.no_grad()
-def test_kv_cache_step_by_step_equals_full_forward():
+@pytest.mark.parametrize("slots", ["all", "written"])
+def test_kv_cache_step_by_step_equals_full_forward(slots):
     _, ours = peft_twin()
     ids, mask, positions = padded_batch()
     full = ours(input_ids=ids, attention_mask=mask, position_ids=positions)
     ours.setup_kv_cache(2, 20)
     slot_mask = torch.nn.functional.pad(mask, (0, 8), value=1)
-    steps = [ours(input_ids=ids[:, :4], attention_mask=slot_mask, position_ids=positions[:, :4],
+
+    def seen(end):  # the mask over every slot of the cache, or over the slots written once `end` is
+        return slot_mask if slots == "all" else slot_mask[:, :end]
+
+    steps = [ours(input_ids=ids[:, :4], attention_mask=seen(4), position_ids=positions[:, :4],
                   cache_pos=torch.arange(4))]
     for t in range(4, 12):
-        steps.append(ours(input_ids=ids[:, t:t + 1], attention_mask=slot_mask, position_ids=positions[:, t:t + 1],
+        steps.append(ours(input_ids=ids[:, t:t + 1], attention_mask=seen(t + 1), position_ids=positions[:, t:t + 1],
                           cache_pos=torch.tensor([t])))
     ours.clear_kv_cache()
     valid = mask.bool()
