@@ -82,7 +82,7 @@ def test_warmup_lr_is_the_original_formula():
 def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
     """gloo, 2 ranks x 2 micro-batches x 2 clips vs 1 process x 1 batch x 8 clips per step (the whole corpus):
     same losses and parameters after 3 steps, with DistributedDataParallel and with FSDP (its checkpoint gathered
-    from the shards). LoRA dropout off and no augmentation, since ranks draw their own masks."""
+    from the shards, and an FSDP run resumed from it after step 2). LoRA dropout off and no augmentation, since ranks draw their own masks."""
     config = OSUM_PRESETS["tiny"]
     torch.manual_seed(0)
     model = OSUM(replace(config, llm=replace(config.llm, lora_dropout=0.0, vocab_size=EOD + 1)))
@@ -117,6 +117,17 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
         lora_a = "llm.layers.0.self_attn.q_proj.lora_A"
         assert state["model"][lora_a].shape == first[lora_a].shape
         assert state["optimizer"]["state"][lora_a]["exp_avg"].shape == first[lora_a].shape
+        resumed = run_args(corpus, tmp_path / "resumed", *common, "--batch-frames", "200", "--accum-grad", "2",
+                           "--fsdp")  # 2 steps, then --resume for the third: loads the whole tensors into shards
+        for extra in (["--max-steps", "2"], ["--max-steps", "3", "--resume"]):
+            result = subprocess.run([*torchrun, str(ROOT / "train.py"), *resumed, *extra], timeout=300, env=env,
+                                    capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr[-2000:]
+        np.testing.assert_allclose([r["loss"] for r in log_records(tmp_path / "resumed")], [r["loss"] for r in one],
+                                   rtol=1e-5)
+        third = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
+        for name in first:
+            torch.testing.assert_close(third[name], first[name], rtol=1e-4, atol=1e-6)
 
 
 EXPECTED_TRAINABLE = {  # fire_module -> which top-level groups train (our names; LAYOUT.md §10 for the last)
