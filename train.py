@@ -290,6 +290,7 @@ def main(argv=None) -> int:
         tokenizer.save(args.out / "final")
         say(f"wrote {args.out / 'final'}")
     if distributed:
+        dist.barrier()  # rank 0 has written OUT/final: tear gloo down together, not while a peer still talks
         dist.destroy_process_group()
     return 0
 
