@@ -191,7 +191,7 @@ def main():
             runs[f"ours_compiled_{label}"] = ours_run(compiled, beams), plain.norm
     results = {}
     with torch.inference_mode(), Progress(len(runs) * (args.repeats + 1), "timing runs") as bar:
-        for name, (run, _) in runs.items():  # warm-up; compiled runs at full length, as the cache size is baked in
+        for name, (run, _) in runs.items():  # warm-up; compiled runs at full length, so both compiles happen here
             run(args.new_tokens if "compiled" in name else 3)
             bar.update()
         for _ in range(args.repeats):  # interleaved; keep each one's best run, other load on the machine is noise

@@ -72,7 +72,7 @@ class CachedDecoder:
         self.model, self.prompt_len = model, L
         mask = attention_mask.long()
         model.setup_kv_cache(B, L + max_new_tokens, device=inputs_embeds.device)
-        # Slots after the prompt are all real; the causal rule hides the ones not written yet.
+        # Slots after the prompt are all real; each step passes the mask of the slots written so far.
         self.slot_mask = F.pad(mask, (0, max_new_tokens), value=1)  # (B, L + max_new)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, L)
         hidden = model.forward_hidden(inputs_embeds=inputs_embeds, attention_mask=mask,

@@ -82,7 +82,8 @@ def test_warmup_lr_is_the_original_formula():
 def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
     """gloo, 2 ranks x 2 micro-batches x 2 clips vs 1 process x 1 batch x 8 clips per step (the whole corpus):
     same losses and parameters after 3 steps, with DistributedDataParallel and with FSDP (its checkpoint gathered
-    from the shards, and an FSDP run resumed from it after step 2). LoRA dropout off and no augmentation, since ranks draw their own masks."""
+    from the shards, and an FSDP run resumed from it after step 2). LoRA dropout off and no augmentation, since
+    ranks draw their own masks."""
     config = OSUM_PRESETS["tiny"]
     torch.manual_seed(0)
     model = OSUM(replace(config, llm=replace(config.llm, lora_dropout=0.0, vocab_size=EOD + 1)))
