@@ -1,8 +1,8 @@
 """Decoding for the Qwen2 decoder: greedy, sampling, beam search and beam-sample, with transformers' semantics.
 
-The prompt arrives as embeddings (OSUM feeds speech), left-padded with a 0/1 mask. Each item is prefilled once
-into the static KV cache, which is then copied to its beams or samples, and every decode step feeds one token per
-row. Position ids are the count of real tokens before a slot, so left padding never shifts them, and a row in a
+The prompt arrives as embeddings (OSUM feeds speech), left-padded with a 0/1 mask. Each item is prefilled once,
+alone, into the static KV cache, which its beams or samples then share (kv_cache.py), and every decode step feeds
+one token per row. Position ids are the count of real tokens before a slot, so left padding never shifts them, and a row in a
 batch decodes exactly as it would alone. Outputs hold the new tokens only, ending with the eos when one was hit.
 """
 from dataclasses import dataclass
@@ -65,23 +65,28 @@ def warp_scores(scores, cfg: GenerationConfig, min_tokens_to_keep: int):
 
 
 class CachedDecoder:
-    """Prefill once per item, copy the cache to `copies` rows per item, then feed one token per row per step."""
+    """Prefill each item alone, share its cache with `copies` rows, then feed one token per row per step."""
 
     def __init__(self, model: Qwen2, inputs_embeds, attention_mask, max_new_tokens: int, copies: int):
         B, L, _ = inputs_embeds.shape
         self.model, self.prompt_len = model, L
         mask = attention_mask.long()
-        model.setup_kv_cache(B, L + max_new_tokens, device=inputs_embeds.device)
+        self.real_tokens = mask.sum(-1)  # (B,)
+        model.setup_kv_cache(B, L if copies > 1 else L + max_new_tokens, device=inputs_embeds.device)
+        last_hidden = []
+        for row, real in enumerate(self.real_tokens.tolist()):  # no compute spent on another item's padding
+            with model.kv_cache_rows(slice(row, row + 1)):
+                hidden = model.forward_hidden(inputs_embeds=inputs_embeds[row:row + 1, L - real:],
+                                              attention_mask=mask[row:row + 1],
+                                              position_ids=torch.arange(real, device=mask.device)[None],
+                                              cache_pos=torch.arange(L - real, L, device=mask.device))
+            last_hidden.append(hidden[:, -1])
+        self.first_logits = model.lm_head(torch.cat(last_hidden)).float()  # (B, V): the last position only
         # Slots after the prompt are all real; each step passes the mask of the slots written so far.
         self.slot_mask = F.pad(mask, (0, max_new_tokens), value=1)  # (B, L + max_new)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, L)
-        hidden = model.forward_hidden(inputs_embeds=inputs_embeds, attention_mask=mask,
-                                      position_ids=positions, cache_pos=torch.arange(L, device=mask.device))
-        self.first_logits = model.lm_head(hidden[:, -1]).float()  # (B, V): lm_head on the last position only
-        self.real_tokens = mask.sum(-1)  # (B,)
         if copies > 1:
+            model.share_kv_prompt(copies, max_new_tokens)
             rows = torch.arange(B, device=mask.device).repeat_interleave(copies)
-            model.reorder_kv_cache(rows)
             self.slot_mask, self.real_tokens = self.slot_mask[rows], self.real_tokens[rows]
             self.first_logits = self.first_logits[rows]
 

@@ -117,15 +117,17 @@ class OSUM(nn.Module):
         x, lengths = self.encoder(mel.to(self.device, dtype), mel_lens, original_mask_rule)
         return self.adaptor(x, lengths)
 
-    def _speech_sequences(self, mel, mel_lens, prompt_ids, original_mask_rule):
-        """Per item: the embeddings of [prompt, speech bos, speech, speech eos], unpadded, in a list."""
-        speech_embeds, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule)
-        bos, eos = self.speech_bos_eos[:, None, :].to(speech_embeds.dtype)
+    def _speech_sequences(self, mel, mel_lens, prompt_ids):
+        """Per item: the embeddings of [prompt, speech bos, speech, speech eos], unpadded, in a list. Each item is
+        encoded alone, so no compute goes to another item's padding and a batch gives what each item gives alone."""
+        bos, eos = self.speech_bos_eos[:, None, :]
         items = []
         for row, prompt in enumerate(prompt_ids):
+            frames = int(mel_lens[row])
+            speech_embeds, _ = self.embed_speech(mel[row:row + 1, :frames], mel_lens[row:row + 1],
+                                                 original_mask_rule=False)  # (1, S, H)
             prompt_embeds = self.llm.embed_tokens(torch.as_tensor(prompt, dtype=torch.long, device=self.device))
-            items.append(torch.cat([prompt_embeds.to(speech_embeds.dtype), bos,
-                                    speech_embeds[row, : speech_lens[row]], eos]))  # (P + 1 + S + 1, H)
+            items.append(torch.cat([prompt_embeds.to(bos.dtype), bos, speech_embeds[0], eos]))  # (P + 1 + S + 1, H)
         return items
 
     @torch.inference_mode()
@@ -133,11 +135,11 @@ class OSUM(nn.Module):
         """Decode a batch: new token ids per item (ending with eos where hit). settings: GenerationConfig fields.
 
         Items are left-padded to a common length with per-row masks and positions, so a batch gives exactly
-        what each item gives alone; the original's mask rule is off here for the same reason.
+        what each item gives alone.
         """
         settings.setdefault("eos_token_id", self.config.eod_id)
         config = GenerationConfig(**settings)
-        items = self._speech_sequences(mel, mel_lens, prompt_ids, original_mask_rule=False)
+        items = self._speech_sequences(mel, mel_lens, prompt_ids)
         length = max(item.shape[0] for item in items)
         inputs_embeds = items[0].new_zeros(len(items), length, items[0].shape[1])  # (B, L, H)
         attention_mask = torch.zeros(len(items), length, dtype=torch.long, device=self.device)

@@ -1,12 +1,13 @@
 """Qwen2 decoder (OSUM's LLM) with LoRA adapters and a static, preallocated KV cache.
 
 Math follows Hugging Face `Qwen2ForCausalLM` so logits agree to float32 noise: RMSNorm in float32, rotate-half
-RoPE, grouped-query attention with q/k/v bias, SwiGLU MLP. The KV cache is gpt-fast style: fixed
+RoPE, grouped-query attention with q/k/v bias, SwiGLU MLP. The KV cache (kv_cache.py) is gpt-fast style: fixed
 (B, n_kv_heads, max_len, head_dim) buffers written at explicit slots, so decoding never reallocates.
 """
 import json
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kv_cache import KVCache
 from .linear import Linear, linear
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")
@@ -156,7 +158,7 @@ class Attention(nn.Module):
         self.k_proj = _linear(cfg, "k_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
         self.v_proj = _linear(cfg, "v_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
         self.o_proj = _linear(cfg, "o_proj", cfg.num_heads * cfg.head_dim, cfg.hidden_size)
-        self.k_cache = self.v_cache = None  # (B, n_kv_heads, max_len, head_dim) once set up
+        self.kv_cache: KVCache | None = None
 
     def forward(self, x, cos, sin, mask, cache_pos):
         B, L, _ = x.shape
@@ -164,12 +166,12 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache_pos is not None:
-            self.k_cache.index_copy_(2, cache_pos, k)
-            self.v_cache.index_copy_(2, cache_pos, v)
-            slots = mask.shape[-1]  # the first S slots: those written so far, or all of them
-            k, v = self.k_cache[:, :, :slots], self.v_cache[:, :, :slots]  # (B, Hkv, S, hd)
-        if L == 1:  # decoding: the query heads sharing a KV head become rows of one query (no KV copy, fast)
+        shared_prompt = cache_pos is not None and self.kv_cache.prompt_k is not None  # beams sharing one prompt
+        if cache_pos is not None:  # attention reads the first S slots: those written so far, or all of them
+            k, v = self.kv_cache.update(cache_pos, k, v, num_slots=mask.shape[-1])  # (B, Hkv, S - P, hd)
+        if shared_prompt:
+            out = self.kv_cache.attend_with_prompt(q, k, v, mask)
+        elif L == 1:  # decoding: the query heads sharing a KV head become rows of one query (no KV copy, fast)
             q = q.view(B, self.n_kv_heads, self.n_heads // self.n_kv_heads, self.head_dim)  # (B, Hkv, H/Hkv, hd)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         else:
@@ -246,7 +248,8 @@ class Qwen2(nn.Module):
             query_slots, num_slots = torch.arange(L, device=x.device), L
         else:
             query_slots = cache_pos
-            num_slots = self.layers[0].self_attn.k_cache.shape[2] if attention_mask is None else attention_mask.shape[1]
+            num_slots = self.layers[0].self_attn.kv_cache.num_slots if attention_mask is None \
+                else attention_mask.shape[1]
         if position_ids is None:
             position_ids = query_slots[None].expand(B, L)
         mask = None
@@ -257,37 +260,39 @@ class Qwen2(nn.Module):
             x = layer(x, cos, sin, mask, cache_pos)
         return self.norm(x)
 
-    # KV cache -------------------------------------------------------------------------------------------------
+    # KV cache (osum_min/kv_cache.py) ------------------------------------------------------------------------
     def setup_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None):
         weight = self.embed_tokens.weight
-        shape = (batch_size, self.config.num_kv_heads, max_len, self.config.head_dim)
         for layer in self.layers:
-            attn = layer.self_attn
-            attn.k_cache = torch.zeros(shape, device=device or weight.device, dtype=dtype or weight.dtype)
-            attn.v_cache = torch.zeros_like(attn.k_cache)
+            layer.self_attn.kv_cache = KVCache.empty(batch_size, self.config.num_kv_heads, max_len,
+                                                     self.config.head_dim, device or weight.device,
+                                                     dtype or weight.dtype)
 
-    def reorder_kv_cache(self, index, length: int | None = None):
-        """Row b of the new cache is row index[b] of the old one (beam reordering, or expanding items to beams).
+    @contextmanager
+    def kv_cache_rows(self, rows: slice):
+        """Inside, the model sees only these rows of its cache (to prefill one item alone); writes land in it."""
+        caches = [layer.self_attn.kv_cache for layer in self.layers]
+        for layer, cache in zip(self.layers, caches):
+            layer.self_attn.kv_cache = cache.rows(rows)
+        try:
+            yield
+        finally:
+            for layer, cache in zip(self.layers, caches):
+                layer.self_attn.kv_cache = cache
 
-        Same batch size: only the rows that change are rewritten, in place, and only their first `length` slots
-        (those written so far), so a beam step copies little and the buffers keep their identity.
-        """
-        attn = self.layers[0].self_attn
-        if index.numel() != attn.k_cache.shape[0]:
-            for layer in self.layers:
-                attn = layer.self_attn
-                attn.k_cache, attn.v_cache = attn.k_cache.index_select(0, index), attn.v_cache.index_select(0, index)
-            return
-        moved = (index != torch.arange(index.numel(), device=index.device)).nonzero()[:, 0]
-        sources, slots = index[moved], slice(0, length)
+    def share_kv_prompt(self, copies: int, new_slots: int):
+        """The cached prompts are shared by `copies` consecutive rows each (beams), which get `new_slots` slots."""
         for layer in self.layers:
-            attn = layer.self_attn
-            attn.k_cache[moved, :, slots] = attn.k_cache[sources, :, slots]
-            attn.v_cache[moved, :, slots] = attn.v_cache[sources, :, slots]
+            layer.self_attn.kv_cache.share_prompt(copies, new_slots)
+
+    def reorder_kv_cache(self, index, length: int):
+        """Row b of the cache becomes row index[b] (beam reordering), for the slots below `length` written so far."""
+        for layer in self.layers:
+            layer.self_attn.kv_cache.reorder(index, length)
 
     def clear_kv_cache(self):
         for layer in self.layers:
-            layer.self_attn.k_cache = layer.self_attn.v_cache = None
+            layer.self_attn.kv_cache = None
 
     # LoRA -----------------------------------------------------------------------------------------------------
     def merge_lora(self):

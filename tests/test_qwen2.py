@@ -74,6 +74,44 @@ def test_kv_cache_step_by_step_equals_full_forward(slots):
     assert (torch.cat(steps, 1)[valid] - full[valid]).abs().max() < 1e-5
 
 
+
+@torch.no_grad()
+@pytest.mark.parametrize("shared", [True, False])
+def test_beam_cache_steps_and_reorders_equal_full_forwards(shared):
+    """Beams decoding through the cache, reordered midway, against a forward without cache over each row's whole
+    history. shared: each item's prompt is kept once for its beams (share_kv_prompt); else every beam has a copy."""
+    _, ours = peft_twin()
+    ids, mask, positions = padded_batch()
+    copies, steps = 3, 5
+    rows = torch.arange(2).repeat_interleave(copies)
+    slot_mask = torch.nn.functional.pad(mask, (0, steps), value=1)[rows]  # (6, 12 + steps)
+    new_ids = torch.randint(0, TINY.vocab_size, (steps, 6), generator=torch.Generator().manual_seed(5))
+    reorders = {1: [2, 0, 0, 5, 3, 4], 2: [1, 1, 2, 3, 3, 3], 4: [0, 1, 2, 4, 4, 5]}
+    if shared:
+        ours.setup_kv_cache(2, 12)
+        ours(input_ids=ids, attention_mask=mask, position_ids=positions, cache_pos=torch.arange(12))
+        ours.share_kv_prompt(copies, steps)
+        cache = ours.layers[0].self_attn.kv_cache
+        assert cache.prompt_k.shape[0] == 2 and cache.k.shape[:3] == (6, TINY.num_kv_heads, steps)
+    else:
+        ours.setup_kv_cache(6, 12 + steps)
+        ours(input_ids=ids[rows], attention_mask=mask[rows], position_ids=positions[rows], cache_pos=torch.arange(12))
+    histories = [[] for _ in rows]
+    for t in range(steps):
+        if t in reorders:
+            ours.reorder_kv_cache(torch.tensor(reorders[t]), length=12 + t)
+            histories = [list(histories[source]) for source in reorders[t]]
+        for history, token in zip(histories, new_ids[t].tolist()):
+            history.append(token)
+        stepped = ours(input_ids=new_ids[t][:, None], attention_mask=slot_mask[:, :12 + t + 1],
+                       position_ids=(positions[rows, -1:] + 1 + t), cache_pos=torch.tensor([12 + t]))[:, -1]
+        whole = torch.cat([ids[rows], torch.tensor(histories)], 1)  # (6, 12 + t + 1)
+        whole_positions = torch.cat([positions[rows], positions[rows, -1:] + torch.arange(1, t + 2)], 1)
+        full = ours(input_ids=whole, attention_mask=slot_mask[:, :12 + t + 1], position_ids=whole_positions)[:, -1]
+        assert (stepped - full).abs().max() < 1e-5, t
+    ours.clear_kv_cache()
+
+
 @torch.no_grad()
 def test_merge_and_unmerge_lora():
     _, ours = peft_twin()
