@@ -72,14 +72,14 @@ class CachedDecoder:
         self.model, self.prompt_len = model, L
         mask = attention_mask.long()
         self.real_tokens = mask.sum(-1)  # (B,)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, L)
         model.setup_kv_cache(B, L if copies > 1 else L + max_new_tokens, device=inputs_embeds.device)
         last_hidden = []
-        for row, real in enumerate(self.real_tokens.tolist()):  # no compute spent on another item's padding
+        for row, first in enumerate(mask.argmax(-1).tolist()):  # from its first real slot: no compute on padding
             with model.kv_cache_rows(slice(row, row + 1)):
-                hidden = model.forward_hidden(inputs_embeds=inputs_embeds[row:row + 1, L - real:],
-                                              attention_mask=mask[row:row + 1],
-                                              position_ids=torch.arange(real, device=mask.device)[None],
-                                              cache_pos=torch.arange(L - real, L, device=mask.device))
+                hidden = model.forward_hidden(inputs_embeds=inputs_embeds[row:row + 1, first:],
+                                              attention_mask=mask[row:row + 1], position_ids=positions[row:row + 1, first:],
+                                              cache_pos=torch.arange(first, L, device=mask.device))
             last_hidden.append(hidden[:, -1])
         self.first_logits = model.lm_head(torch.cat(last_hidden)).float()  # (B, V): the last position only
         # Slots after the prompt are all real; each step passes the mask of the slots written so far.

@@ -81,6 +81,20 @@ def test_batch_of_different_lengths_equals_each_alone(twin, config):
     assert batched == alone
 
 
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_masked_slots_inside_the_prompt_are_as_if_absent(twin, num_beams):
+    """A 0 inside the mask (not only left padding) hides that slot: the same as leaving the token out, since
+    position ids count real tokens only."""
+    _, ours, _ = twin
+    config = GenerationConfig(max_new_tokens=8, num_beams=num_beams, eos_token_id=NEVER)
+    prompt = torch.randn(2, 9, ours.config.hidden_size, generator=torch.Generator().manual_seed(6))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :2] = mask[0, 4:6] = mask[1, 7] = 0
+    holes = generate(ours, prompt, mask, config)
+    absent = [generate(ours, prompt[row, mask[row].bool()][None], None, config)[0] for row in range(2)]
+    assert holes == absent
+
 def test_streaming_callback_sees_every_token(twin):
     _, ours, embeds = twin
     streamed = []
