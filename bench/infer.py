@@ -5,8 +5,10 @@ Qwen2 decoding) with a random-weight OSUM: Whisper-tiny-sized encoder and adapto
 (24 layers, hidden 896, vocabulary 151936). Decoding is infer.py's default (beam 4, repetition penalty 1.05) with
 eos disabled, so every clip decodes exactly `--new-tokens` tokens and both batch sizes do the same work. 64 tokens is
 a transcript's length for the clips' mean of 17.5 s (speech runs at ~3.5 Qwen2 tokens/s in English and Mandarin);
-SRWT's timestamps make outputs longer. Token ids only (a random model has no tokenizer); the outputs of the two runs
-are checked equal.
+SRWT's `<start, end>` marks make its outputs ~10x longer (`--new-tokens 400`, infer.py's cap). Token ids only (a
+random model has no tokenizer). The two runs do the same math per clip, but decode steps round differently with
+the number of rows, so on a near-tie beam search can take another path: the clips whose ids differ are counted, with
+the token where they part.
 
     python bench/infer.py                      # CPU, ~3 min on 2 cores
     python bench/infer.py --beams 1            # greedy
@@ -51,6 +53,10 @@ def write_clips(directory: Path, count: int, seed: int) -> list[Path]:
     return paths
 
 
+def first_difference(a: list[int], b: list[int]) -> int:
+    return next((t for t, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def run(model, items, settings, batch_size: int) -> tuple[float, dict]:
     outputs = {}
     started = time.perf_counter()
@@ -86,22 +92,26 @@ def main() -> int:
         run(model, items[:1], settings, 1)  # warm-up: allocator, kernels
         seconds_1, outputs_1 = run(model, items, settings, 1)
         seconds_8, outputs_8 = run(model, items, settings, 8)
-    same = outputs_1 == outputs_8
+    parted = {index: first_difference(sum(outputs_1[index], []), sum(outputs_8[index], []))
+              for index in outputs_1 if outputs_1[index] != outputs_8[index]}  # clip -> the token where they part
     figures = {
         "clips": args.clips, "audio_seconds": round(audio_seconds, 1), "new_tokens": args.new_tokens,
         "beams": args.beams, "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
         "llm": "random Qwen2-0.5B-sized (24x896, vocab 151936)", "encoder": "random Whisper-tiny-sized (4x384)",
         "batch1_files_per_s": round(args.clips / seconds_1, 3), "batch8_files_per_s": round(args.clips / seconds_8, 3),
         "batch1_rtf": round(seconds_1 / audio_seconds, 4), "batch8_rtf": round(seconds_8 / audio_seconds, 4),
-        "batch8_over_batch1_throughput": round(seconds_1 / seconds_8, 2), "outputs_identical": same,
+        "batch8_over_batch1_throughput": round(seconds_1 / seconds_8, 2),
+        "clips_with_identical_ids": args.clips - len(parted), "first_differing_token_per_clip": parted,
     }
     print(f"{args.clips} clips, {audio_seconds:.0f} s of audio, {args.new_tokens} new tokens, beam {args.beams}, "
           f"{args.device} {args.dtype}, {torch.get_num_threads()} threads")
     print(f"batch 1: {seconds_1:7.1f} s  {figures['batch1_files_per_s']:.3f} files/s  RTF {figures['batch1_rtf']:.4f}")
     print(f"batch 8: {seconds_8:7.1f} s  {figures['batch8_files_per_s']:.3f} files/s  RTF {figures['batch8_rtf']:.4f}")
-    print(f"batch 8 / batch 1 throughput: {figures['batch8_over_batch1_throughput']:.2f}x; outputs identical: {same}")
+    print(f"batch 8 / batch 1 throughput: {figures['batch8_over_batch1_throughput']:.2f}x; identical ids for "
+          f"{args.clips - len(parted)} of {args.clips} clips" + (f" (clip: token where they part {parted})" if parted
+                                                                  else ""))
     print(json.dumps(figures))
-    return 0 if same else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 The prompt arrives as embeddings (OSUM feeds speech), left-padded with a 0/1 mask. Each item is prefilled once,
 alone, into the static KV cache, which its beams or samples then share (kv_cache.py), and every decode step feeds
-one token per row. Position ids are the count of real tokens before a slot, so left padding never shifts them, and a row in a
-batch decodes exactly as it would alone. Outputs hold the new tokens only, ending with the eos when one was hit.
+one token per row. Position ids are the count of real tokens before a slot, so left padding never shifts them, and a
+row in a batch is the same math as alone. Only rounding differs (kernels block sums by the number of rows), which
+can, rarely, tip a near-tie in beam search the other way. Outputs hold the new tokens only, ending with the eos
+when one was hit.
 """
 from dataclasses import dataclass
 
@@ -78,7 +80,8 @@ class CachedDecoder:
         for row, first in enumerate(mask.argmax(-1).tolist()):  # from its first real slot: no compute on padding
             with model.kv_cache_rows(slice(row, row + 1)):
                 hidden = model.forward_hidden(inputs_embeds=inputs_embeds[row:row + 1, first:],
-                                              attention_mask=mask[row:row + 1], position_ids=positions[row:row + 1, first:],
+                                              attention_mask=mask[row:row + 1],
+                                              position_ids=positions[row:row + 1, first:],
                                               cache_pos=torch.arange(first, L, device=mask.device))
             last_hidden.append(hidden[:, -1])
         self.first_logits = model.lm_head(torch.cat(last_hidden)).float()  # (B, V): the last position only

@@ -1,7 +1,7 @@
 """OSUM: Whisper encoder -> adaptor -> Qwen2 (LoRA), joined the way the original assembles its sequences.
 
 Inference builds, per item, [prompt, speech bos, speech, speech eos] as `inputs_embeds` and decodes a batch with
-left padding, so a batch gives exactly what each item gives alone (the original decodes one clip at a time).
+left padding, each item the same math as alone (the original decodes one clip at a time).
 Training (`loss`) reproduces the original's sequence layout, padding placement and position ids (LAYOUT.md §7).
 """
 import json
@@ -134,8 +134,8 @@ class OSUM(nn.Module):
     def generate(self, mel, mel_lens, prompt_ids, on_token=None, return_scores=False, **settings):
         """Decode a batch: new token ids per item (ending with eos where hit). settings: GenerationConfig fields.
 
-        Items are left-padded to a common length with per-row masks and positions, so a batch gives exactly
-        what each item gives alone.
+        Items are left-padded to a common length with per-row masks and positions, so each is the same math as alone
+        (to float rounding: see generate.py).
         """
         settings.setdefault("eos_token_id", self.config.eod_id)
         config = GenerationConfig(**settings)
