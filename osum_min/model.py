@@ -1,7 +1,7 @@
 """OSUM: Whisper encoder -> adaptor -> Qwen2 (LoRA), joined the way the original assembles its sequences.
 
 Inference builds, per item, [prompt, speech bos, speech, speech eos] as `inputs_embeds` and decodes a batch with
-left padding, each item the same math as alone (the original decodes one clip at a time).
+left padding, each item doing the same math as it would alone (the original decodes one clip at a time).
 Training (`loss`) reproduces the original's sequence layout, padding placement and position ids (LAYOUT.md §7).
 """
 import json
