@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .kv_cache import KVCache, bucket
 from .qwen2 import Qwen2
 
 ENDOFTEXT = 151643  # Qwen2's <|endoftext|>, OSUM's hard-coded eos
@@ -35,6 +36,8 @@ class GenerationConfig:
         eos = self.eos_token_id
         return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
+
+EOS_CHECK_EVERY = 8  # greedy and sampling off the CPU: steps between checks that every row has ended
 
 # The original's hard-coded decoding: beam search with sampling (transformers' "beam-sample"), not deterministic.
 ORIGINAL_DECODING = GenerationConfig(max_new_tokens=400, num_beams=4, do_sample=True, top_k=5, top_p=0.9,
@@ -66,40 +69,121 @@ def warp_scores(scores, cfg: GenerationConfig, min_tokens_to_keep: int):
     return scores
 
 
+@dataclass
+class StepInputs:
+    """Everything a decode step reads, as device tensors of fixed shapes for a whole call: the same function serves
+    every step, so it can be compiled and captured once."""
+    kv_cache: KVCache
+    tokens: torch.Tensor  # (R,) the tokens fed this step
+    t: torch.Tensor  # () their number among the new tokens (0-based): own slot t, position real_tokens + t
+    real_tokens: torch.Tensor  # (R,) real prompt tokens per row
+    prompt_mask: torch.Tensor  # (R, P) bool: the prompt slots a row may see
+
+    @classmethod
+    def empty(cls, model: Qwen2, items: int, copies: int, prompt_slots: int, new_slots: int) -> "StepInputs":
+        device, rows = model.embed_tokens.weight.device, items * copies
+        return cls(model.empty_kv_cache(items, copies, prompt_slots, new_slots),
+                   torch.zeros(rows, dtype=torch.long, device=device), torch.zeros((), dtype=torch.long, device=device),
+                   torch.zeros(rows, dtype=torch.long, device=device),
+                   torch.zeros(rows, prompt_slots, dtype=torch.bool, device=device))
+
+
+def decode_step(model: Qwen2, inputs: StepInputs):
+    """Logits (R, V) after feeding `inputs.tokens` as new token number `inputs.t`; no host synchronisation."""
+    rows, new_slots = inputs.tokens.shape[0], inputs.kv_cache.k.shape[3]
+    written = (torch.arange(new_slots, device=inputs.t.device) <= inputs.t).expand(rows, new_slots)  # (R, S)
+    key_mask = torch.cat([inputs.prompt_mask, written], dim=1)  # (R, P + S)
+    return model.decode(inputs.tokens, (inputs.real_tokens + inputs.t)[:, None], key_mask, inputs.kv_cache,
+                        inputs.t.view(1))
+
+
+class CompiledDecodeStep:
+    """`decode_step` through torch.compile, with dynamic shapes so one compilation serves every call. On CUDA the
+    step of each cache shape is also captured as a CUDA graph: one launch per token instead of ~20 per layer. A
+    graph reads its inputs (the KV cache included) at fixed addresses, so each shape keeps its `StepInputs` between
+    calls; the `MAX_SHAPES` most recently used are kept."""
+
+    MAX_SHAPES = 4
+
+    def __init__(self):
+        self.compiled = torch.compile(decode_step, dynamic=True)
+        self.shapes = {}  # KVCache.shape -> [StepInputs, CUDA graph or None, its logits]
+        self.pool = None
+
+    def inputs_for(self, model: Qwen2, items: int, copies: int, prompt_slots: int, new_slots: int) -> StepInputs:
+        key = (items, items * copies, prompt_slots, new_slots)
+        entry = self.shapes.pop(key, None) or [StepInputs.empty(model, items, copies, prompt_slots, new_slots),
+                                               None, None]
+        if len(self.shapes) >= self.MAX_SHAPES:
+            del self.shapes[next(iter(self.shapes))]  # the least recently used
+        self.shapes[key] = entry
+        return entry[0]
+
+    def __call__(self, model: Qwen2, inputs: StepInputs):
+        if inputs.tokens.device.type != "cuda":
+            return self.compiled(model, inputs)
+        entry = self.shapes[inputs.kv_cache.shape]
+        if entry[1] is None:
+            entry[1:] = self._capture(model, inputs)
+        entry[1].replay()
+        return entry[2]
+
+    def _capture(self, model: Qwen2, inputs: StepInputs):
+        """Warm up on a side stream (compiling on first use), then record one step. The warm-up writes the own slot
+        `inputs.t`, which the real step then overwrites before anything reads it."""
+        self.pool = self.pool or torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.compiled(model, inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            logits = self.compiled(model, inputs)
+        return graph, logits
+
+
+def compile_decoding(model: Qwen2) -> Qwen2:
+    """From now on `generate` runs this model's decode steps compiled (and on CUDA as CUDA graphs)."""
+    model.compiled_decode_step = CompiledDecodeStep()
+    return model
+
+
 class CachedDecoder:
-    """Prefill each item alone, share its cache with `copies` rows, then feed one token per row per step."""
+    """Prefill each item alone into a static cache its `copies` rows share, then feed one token per row per step."""
 
     def __init__(self, model: Qwen2, inputs_embeds, attention_mask, max_new_tokens: int, copies: int):
         B, L, _ = inputs_embeds.shape
-        self.model, self.prompt_len = model, L
-        mask = attention_mask.long()
-        self.real_tokens = mask.sum(-1)  # (B,)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, L)
-        model.setup_kv_cache(B, L if copies > 1 else L + max_new_tokens, device=inputs_embeds.device)
+        prompt_slots, new_slots = bucket(L), bucket(max_new_tokens)
+        pad = prompt_slots - L
+        mask = F.pad(attention_mask.long(), (pad, 0))  # (B, P): left padding up to the bucket
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, P)
+        self.model, self.compiled = model, model.compiled_decode_step
+        self.inputs = (self.compiled.inputs_for(model, B, copies, prompt_slots, new_slots) if self.compiled
+                       else StepInputs.empty(model, B, copies, prompt_slots, new_slots))
         last_hidden = []
-        for row, first in enumerate(mask.argmax(-1).tolist()):  # from its first real slot: no compute on padding
-            with model.kv_cache_rows(slice(row, row + 1)):
-                hidden = model.forward_hidden(inputs_embeds=inputs_embeds[row:row + 1, first:],
-                                              attention_mask=mask[row:row + 1],
-                                              position_ids=positions[row:row + 1, first:],
-                                              cache_pos=torch.arange(first, L, device=mask.device))
+        for item, first in enumerate(mask.argmax(-1).tolist()):  # from its first real slot: no compute on padding
+            hidden = model.prefill(inputs_embeds[item:item + 1, first - pad:], mask[item:item + 1],
+                                   positions[item:item + 1, first:], self.inputs.kv_cache, item,
+                                   torch.arange(first, prompt_slots, device=mask.device))
             last_hidden.append(hidden[:, -1])
-        self.first_logits = model.lm_head(torch.cat(last_hidden)).float()  # (B, V): the last position only
-        # Slots after the prompt are all real; each step passes the mask of the slots written so far.
-        self.slot_mask = F.pad(mask, (0, max_new_tokens), value=1)  # (B, L + max_new)
-        if copies > 1:
-            model.share_kv_prompt(copies, max_new_tokens)
-            rows = torch.arange(B, device=mask.device).repeat_interleave(copies)
-            self.slot_mask, self.real_tokens = self.slot_mask[rows], self.real_tokens[rows]
-            self.first_logits = self.first_logits[rows]
+        rows = torch.arange(B, device=mask.device).repeat_interleave(copies)
+        self.first_logits = model.lm_head(torch.cat(last_hidden)).float()[rows]  # (R, V): the last position only
+        self.inputs.real_tokens.copy_(mask.sum(-1)[rows])
+        self.inputs.prompt_mask.copy_(mask.bool()[rows])
+        self.inputs.t.zero_()
 
-    def step(self, tokens, t: int):
-        """Logits (N, V) after feeding `tokens` (N,) as generated token number t (0-based)."""
-        cache_pos = torch.tensor([self.prompt_len + t], device=tokens.device)
-        positions = (self.real_tokens + t)[:, None]  # (N, 1)
-        logits = self.model(input_ids=tokens[:, None], attention_mask=self.slot_mask[:, :self.prompt_len + t + 1],
-                            position_ids=positions, cache_pos=cache_pos)  # attention reads the slots written
-        return logits[:, -1].float()
+    def step(self, tokens):
+        """Logits (R, V) after feeding `tokens` (R,) as the next new token; the step counter stays on the device."""
+        self.inputs.tokens.copy_(tokens)
+        logits = self.compiled(self.model, self.inputs) if self.compiled else decode_step(self.model, self.inputs)
+        self.inputs.t += 1
+        return logits
+
+    def reorder(self, rows, written: int):
+        """Row b continues row rows[b] (beam search); `written` own slots hold tokens so far."""
+        self.inputs.kv_cache.reorder(rows, written)
 
 
 class GenerationError(ValueError):
@@ -136,6 +220,9 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token):
     tokens = torch.zeros(N, cfg.max_new_tokens, dtype=torch.long, device=device)
     log_prob_sums = torch.zeros(N, device=device)
     finished = torch.zeros(N, dtype=torch.bool, device=device)
+    # Asking the device whether every row has ended waits for it; off the CPU, ask every few tokens only (the extra
+    # steps' tokens come after an eos and are cut).
+    check_every = 1 if device.type == "cpu" or on_token is not None else EOS_CHECK_EVERY
     for t in range(cfg.max_new_tokens):
         scores = apply_repetition_penalty(logits, tokens[:, :t], cfg.repetition_penalty)
         if cfg.do_sample:
@@ -149,9 +236,9 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token):
             for row in (~finished).nonzero()[:, 0].tolist():
                 on_token(row, int(next_tokens[row]))
         finished |= torch.isin(next_tokens, eos)
-        if bool(finished.all()) or t + 1 == cfg.max_new_tokens:
+        if t + 1 == cfg.max_new_tokens or (t + 1) % check_every == 0 and bool(finished.all()):
             break
-        logits = decoder.step(next_tokens, t)
+        logits = decoder.step(next_tokens)
     sequences = [_cut_at_eos(row, cfg.eos_ids()) for row in tokens[:, :t + 1].tolist()]
     return sequences, log_prob_sums.tolist()
 
@@ -177,10 +264,11 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int)
     K, logits = cfg.num_beams, decoder.first_logits
     N, V, device = logits.shape[0], logits.shape[1], logits.device
     eos = torch.tensor(cfg.eos_ids(), dtype=torch.long, device=device)
-    candidates_per_item = max(2, 1 + len(eos)) * K
+    C = max(2, 1 + len(eos)) * K  # candidates per item
     generator = _generator(cfg, device)
     item_offset = torch.arange(batch_size, device=device)[:, None] * K  # (B, 1)
-    running = torch.zeros(N, cfg.max_new_tokens, dtype=torch.long, device=device)
+    running = torch.zeros(N, cfg.max_new_tokens, dtype=torch.long, device=device)  # for the repetition penalty
+    histories = [[] for _ in range(N)]  # the same tokens on the host, for the hypotheses that finish
     running_scores = torch.full((batch_size, K), -1e9, device=device)
     running_scores[:, 0] = 0  # the K copies are identical: start from one
     finished = [FinishedBeams(K) for _ in range(batch_size)]
@@ -191,32 +279,35 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int)
             log_probs = warp_scores(log_probs, cfg, min_tokens_to_keep=len(eos) + 1)
         total = (log_probs + running_scores.view(N, 1)).view(batch_size, K * V)
         if cfg.do_sample:
-            picked = torch.multinomial(total.softmax(-1), candidates_per_item, generator=generator)
+            picked = torch.multinomial(total.softmax(-1), C, generator=generator)
             scores, order = total.gather(1, picked).sort(descending=True)
             picked = picked.gather(1, order)
         else:
-            scores, picked = total.topk(candidates_per_item)  # (B, 2K)
-        source_row, token = picked // V + item_offset, picked % V  # (B, 2K)
+            scores, picked = total.topk(C)  # (B, C)
+        source_row, token = picked // V + item_offset, picked % V  # (B, C)
         length = t + 1
         ends = torch.isin(token, eos) | (length == cfg.max_new_tokens)
-        normalised = (scores / length ** cfg.length_penalty).tolist()
-        history, sources, tokens, ended = running[:, :t].tolist(), source_row.tolist(), token.tolist(), ends.tolist()
-        for b in range(batch_size):
-            for rank in range(K):  # only the top K candidates may finish
-                if not done[b] and ended[b][rank]:
-                    finished[b].add(normalised[b][rank], history[sources[b][rank]] + [tokens[b][rank]])
         # The best K candidates that did not end continue.
-        open_scores = scores - 1e9 * ends.float()
-        running_scores, keep = open_scores.topk(K)  # (B, K)
+        running_scores, keep = (scores - 1e9 * ends.float()).topk(K)  # (B, K)
         rows = source_row.gather(1, keep).view(N)
         running = running[rows]
         running[:, t] = token.gather(1, keep).view(N)
-        best_possible = (running_scores[:, 0] / length ** cfg.length_penalty).tolist()
-        done = [done[b] or finished[b].cannot_improve(best_possible[b]) for b in range(batch_size)]
+        # The step's one transfer to the host: each candidate's normalised score, row, token and end, the kept ones,
+        # and each item's best running score (whole numbers are exact in float64).
+        host = torch.cat([x.double() for x in (scores / length ** cfg.length_penalty, source_row, token, ends, keep,
+                                               running_scores[:, :1] / length ** cfg.length_penalty)], 1).tolist()
+        for b, values in enumerate(host):
+            normalised, sources, tokens, ended = (values[i * C:(i + 1) * C] for i in range(4))
+            for rank in range(K):  # only the top K candidates may finish
+                if not done[b] and ended[rank]:
+                    finished[b].add(normalised[rank], histories[int(sources[rank])] + [int(tokens[rank])])
+            kept = [int(c) for c in values[4 * C:4 * C + K]]
+            histories[b * K:(b + 1) * K] = [histories[int(sources[c])] + [int(tokens[c])] for c in kept]
+            done[b] = done[b] or finished[b].cannot_improve(values[-1])
         if all(done) or length == cfg.max_new_tokens:
             break
-        decoder.model.reorder_kv_cache(rows, length=decoder.prompt_len + t)
-        logits = decoder.step(running[:, t], t)
+        decoder.reorder(rows, written=t)
+        logits = decoder.step(running[:, t])
     best = [h for item in finished for h in item.hypotheses[:cfg.num_return_sequences]]
     return [tokens for _, tokens in best], [score for score, _ in best]
 
@@ -237,12 +328,9 @@ def generate(model: Qwen2, inputs_embeds, attention_mask=None, config: Generatio
     beam = config.num_beams > 1
     copies = config.num_beams if beam else config.num_return_sequences
     inputs_embeds = inputs_embeds.to(model.embed_tokens.weight.dtype)
-    try:
-        decoder = CachedDecoder(model, inputs_embeds, attention_mask, config.max_new_tokens, copies)
-        if beam:
-            sequences, scores = _beam_search(decoder, config, B)
-        else:
-            sequences, scores = _greedy_or_sample(decoder, config, on_token)
-    finally:
-        model.clear_kv_cache()
+    decoder = CachedDecoder(model, inputs_embeds, attention_mask, config.max_new_tokens, copies)
+    if beam:
+        sequences, scores = _beam_search(decoder, config, B)
+    else:
+        sequences, scores = _greedy_or_sample(decoder, config, on_token)
     return (sequences, scores) if return_scores else sequences

@@ -1,13 +1,13 @@
 """Qwen2 decoder (OSUM's LLM) with LoRA adapters and a static, preallocated KV cache.
 
 Math follows Hugging Face `Qwen2ForCausalLM` so logits agree to float32 noise: RMSNorm in float32, rotate-half
-RoPE, grouped-query attention with q/k/v bias, SwiGLU MLP. The KV cache (kv_cache.py) is gpt-fast style: fixed
-(B, n_kv_heads, max_len, head_dim) buffers written at explicit slots, so decoding never reallocates.
+RoPE, grouped-query attention with q/k/v bias, SwiGLU MLP. Three ways through the layers: a whole sequence without
+a cache (training), one item's prompt into the static KV cache (kv_cache.py, plain storage), and one decode step of
+fixed shapes over that cache, which generate.py can compile and capture as a CUDA graph.
 """
 import json
 import math
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,33 +151,59 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: Qwen2Config):
+    def __init__(self, cfg: Qwen2Config, layer_index: int):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.layer_index = layer_index  # this layer's share of the KV cache
         self.q_proj = _linear(cfg, "q_proj", cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True)
         self.k_proj = _linear(cfg, "k_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
         self.v_proj = _linear(cfg, "v_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
         self.o_proj = _linear(cfg, "o_proj", cfg.num_heads * cfg.head_dim, cfg.hidden_size)
-        self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask, cache_pos):
+    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None, slots=None, item: int | None = None):
+        """Without a cache: attention over x itself (training, full forwards). With one, `item` given: prefill that
+        item's prompt at cache slots `slots`; `item` None: decode one new token per row at own slot `slots`."""
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        shared_prompt = cache_pos is not None and self.kv_cache.prompt_k is not None  # beams sharing one prompt
-        if cache_pos is not None:  # attention reads the first S slots: those written so far, or all of them
-            k, v = self.kv_cache.update(cache_pos, k, v, num_slots=mask.shape[-1])  # (B, Hkv, S - P, hd)
-        if shared_prompt:
-            out = self.kv_cache.attend_with_prompt(q, k, v, mask)
-        elif L == 1:  # decoding: the query heads sharing a KV head become rows of one query (no KV copy, fast)
-            q = q.view(B, self.n_kv_heads, self.n_heads // self.n_kv_heads, self.head_dim)  # (B, Hkv, H/Hkv, hd)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        gqa = self.n_heads != self.n_kv_heads
+        if kv_cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+        elif item is not None:
+            k, v = kv_cache.write_prompt(self.layer_index, item, slots, k, v)  # (1, Hkv, P, hd)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                 enable_gqa=self.n_heads != self.n_kv_heads)
+            out = attend_new_token(q, *kv_cache.write_new(self.layer_index, slots, k, v), mask)
         return self.o_proj(out.reshape(B, self.n_heads, L, self.head_dim).transpose(1, 2).reshape(B, L, -1))
+
+
+def attend_new_token(q, prompt_k, prompt_v, k, v, mask):
+    """One decode step's attention: each row's query against its item's prompt and its own slots, one softmax over
+    both, in float32. The prompt part is one matmul per item whose rows are all its rows' query heads.
+
+    q (R, H, 1, hd); prompt_k, prompt_v (items, Hkv, P, hd); k, v (R, Hkv, S, hd); mask (R, 1, 1, P + S) boolean
+    -> (R, Hkv, H/Hkv, hd).
+    """
+    items, n_kv_heads, P, head_dim = prompt_k.shape
+    R, H = q.shape[:2]
+    copies, group = R // items, H // n_kv_heads
+
+    def per_item(x):  # (R, Hkv, G, X) -> (items, Hkv, copies * G, X)
+        return x.reshape(items, copies, n_kv_heads, group, -1).transpose(1, 2).reshape(items, n_kv_heads, -1,
+                                                                                          x.shape[-1])
+
+    def per_row(x):  # the inverse
+        return x.reshape(items, n_kv_heads, copies, group, -1).transpose(1, 2).reshape(R, n_kv_heads, group,
+                                                                                          x.shape[-1])
+
+    q = q.float().reshape(R, n_kv_heads, group, head_dim) * head_dim ** -0.5
+    prompt_scores = per_row(per_item(q) @ prompt_k.float().transpose(2, 3))  # (R, Hkv, G, P)
+    scores = torch.cat([prompt_scores, q @ k.float().transpose(2, 3)], dim=-1)  # (R, Hkv, G, P + S)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    out = per_row(per_item(weights[..., :P]) @ prompt_v.float()) + weights[..., P:] @ v.float()
+    return out.to(k.dtype)
 
 
 class MLP(nn.Module):
@@ -192,15 +218,15 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: Qwen2Config):
+    def __init__(self, cfg: Qwen2Config, index: int):
         super().__init__()
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, index)
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache_pos):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos)
+    def forward(self, x, cos, sin, mask, kv_cache=None, slots=None, item=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, slots, item)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -225,74 +251,53 @@ class Qwen2(nn.Module):
         # Qwen2's initializer_range, not PyTorch's N(0, 1): in a model trained from scratch, unit-size token
         # embeddings drown the speech embeddings in the residual stream and the LLM learns to listen far later
         nn.init.normal_(self.embed_tokens.weight, std=0.02)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, index) for index in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
+        self.compiled_decode_step = None  # generate.compile_decoding sets it
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache_pos=None):
-        """Logits (B, L, V). Without a cache `attention_mask` is a (B, L) key mask. With one, it is (B, S) over the
-        first S cache slots (S <= max_len), and attention reads only those (decoding passes the slots written)."""
-        return self.lm_head(self.forward_hidden(input_ids, inputs_embeds, attention_mask, position_ids, cache_pos))
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None):
+        """Logits (B, L, V) of a whole sequence, no cache; `attention_mask` is a (B, L) 0/1 key mask."""
+        return self.lm_head(self.forward_hidden(input_ids, inputs_embeds, attention_mask, position_ids))
 
-    def forward_hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                       cache_pos=None):
+    def forward_hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None):
         """Final-normed hidden states (B, L, H); the caller applies `lm_head` where it needs logits."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, H)
         B, L, _ = x.shape
-        if cache_pos is None:
-            query_slots, num_slots = torch.arange(L, device=x.device), L
-        else:
-            query_slots = cache_pos
-            num_slots = self.layers[0].self_attn.kv_cache.num_slots if attention_mask is None \
-                else attention_mask.shape[1]
+        slots = torch.arange(L, device=x.device)
         if position_ids is None:
-            position_ids = query_slots[None].expand(B, L)
-        mask = None
-        if attention_mask is not None or cache_pos is not None:
-            mask = attention_mask_for(attention_mask, query_slots, num_slots)
+            position_ids = slots[None].expand(B, L)
+        mask = None if attention_mask is None else attention_mask_for(attention_mask, slots, L)
+        return self._layers(x, position_ids, mask)
+
+    def prefill(self, inputs_embeds, key_mask, position_ids, kv_cache: KVCache, item: int, slots):
+        """One item's prompt embeddings (1, L, H) into its cache at prompt slots `slots` (L,), attending over the
+        prompt slots allowed by `key_mask` (1, P) -> final-normed hidden states (1, L, H)."""
+        mask = attention_mask_for(key_mask, slots, key_mask.shape[1])
+        return self._layers(inputs_embeds, position_ids, mask, kv_cache, slots, item)
+
+    def decode(self, tokens, position_ids, key_mask, kv_cache: KVCache, slot):
+        """One new token per row: tokens (R,) at own slot `slot` (1,), positions (R, 1), over the prompt and own
+        slots allowed by `key_mask` (R, P + S) -> float32 logits (R, V). Every shape is fixed for a whole call."""
+        x = self.embed_tokens(tokens[:, None])  # (R, 1, H)
+        hidden = self._layers(x, position_ids, key_mask[:, None, None, :], kv_cache, slot)
+        return self.lm_head(hidden[:, 0]).float()
+
+    def _layers(self, x, position_ids, mask, kv_cache=None, slots=None, item=None):
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache_pos)
+            x = layer(x, cos, sin, mask, kv_cache, slots, item)
         return self.norm(x)
 
-    # KV cache (osum_min/kv_cache.py) ------------------------------------------------------------------------
-    def setup_kv_cache(self, batch_size: int, max_len: int, device=None, dtype=None):
-        weight = self.embed_tokens.weight
-        for layer in self.layers:
-            layer.self_attn.kv_cache = KVCache.empty(batch_size, self.config.num_kv_heads, max_len,
-                                                     self.config.head_dim, device or weight.device,
-                                                     dtype or weight.dtype)
-
-    @contextmanager
-    def kv_cache_rows(self, rows: slice):
-        """Inside, the model sees only these rows of its cache (to prefill one item alone); writes land in it."""
-        caches = [layer.self_attn.kv_cache for layer in self.layers]
-        for layer, cache in zip(self.layers, caches):
-            layer.self_attn.kv_cache = cache.rows(rows)
-        try:
-            yield
-        finally:
-            for layer, cache in zip(self.layers, caches):
-                layer.self_attn.kv_cache = cache
-
-    def share_kv_prompt(self, copies: int, new_slots: int):
-        """The cached prompts are shared by `copies` consecutive rows each (beams), which get `new_slots` slots."""
-        for layer in self.layers:
-            layer.self_attn.kv_cache.share_prompt(copies, new_slots)
-
-    def reorder_kv_cache(self, index, length: int):
-        """Row b of the cache becomes row index[b] (beam reordering), for the slots below `length` written so far."""
-        for layer in self.layers:
-            layer.self_attn.kv_cache.reorder(index, length)
-
-    def clear_kv_cache(self):
-        for layer in self.layers:
-            layer.self_attn.kv_cache = None
+    def empty_kv_cache(self, items: int, copies: int, prompt_slots: int, new_slots: int) -> KVCache:
+        weight, cfg = self.embed_tokens.weight, self.config
+        return KVCache.empty(cfg.num_layers, items, copies, cfg.num_kv_heads, prompt_slots, new_slots, cfg.head_dim,
+                             weight.device, weight.dtype)
 
     # LoRA -----------------------------------------------------------------------------------------------------
     def merge_lora(self):

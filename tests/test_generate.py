@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_qwen2 import peft_twin
-from osum_min.generate import ORIGINAL_DECODING, GenerationConfig, GenerationError, generate
+from osum_min.generate import ORIGINAL_DECODING, CachedDecoder, GenerationConfig, GenerationError, generate
 from test_qwen2 import FIXTURE, fixture_llm
 
 NEVER = 10**6  # an eos id outside the vocabulary: runs last max_new_tokens
@@ -117,11 +117,8 @@ def test_fixture_a_generation_reproduced():
     embeds = expected["generate_inputs_embeds"][None]
     greedy = generate(model, embeds, None, GenerationConfig(max_new_tokens=16, eos_token_id=151643))[0]
     with torch.no_grad():  # step logits through the KV cache, as generate feeds them
-        model.setup_kv_cache(1, 60)
-        logits = [model(inputs_embeds=embeds, cache_pos=torch.arange(44))[:, -1]]
-        for t, token in enumerate(greedy[:15]):
-            logits.append(model(input_ids=torch.tensor([[token]]), cache_pos=torch.tensor([44 + t]))[:, -1])
-        model.clear_kv_cache()
+        decoder = CachedDecoder(model, embeds, torch.ones(embeds.shape[:2], dtype=torch.long), 16, copies=1)
+        logits = [decoder.first_logits] + [decoder.step(torch.tensor([token])) for token in greedy[:15]]
     assert (torch.cat(logits) - expected["generate_greedy_step_logits"]).abs().max() < 1e-3
     model.merge_lora()  # as inference runs it
     for name, beams, penalty in [("greedy", 1, 1.0), ("greedy_rep1.05", 1, 1.05), ("beam4", 4, 1.0),

@@ -9,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from hf_qwen2 import TINY, hf_config, peft_twin
+from osum_min.generate import CachedDecoder
+from osum_min.kv_cache import bucket
 from osum_min.qwen2 import (PRESETS, CheckpointError, LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours, load_hf_checkpoint,
                             load_state_dict_strict)
 
@@ -53,33 +55,22 @@ def test_logits_equal_transformers_peft():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("slots", ["all", "written"])
-def test_kv_cache_step_by_step_equals_full_forward(slots):
+def test_kv_cache_step_by_step_equals_full_forward():
+    """An 8-token prompt (a hole in row 0, left padding in row 1) prefilled per item into the static cache, then
+    four tokens fed one step at a time, against one forward over the whole sequence."""
     _, ours = peft_twin()
     ids, mask, positions = padded_batch()
     full = ours(input_ids=ids, attention_mask=mask, position_ids=positions)
-    ours.setup_kv_cache(2, 20)
-    slot_mask = torch.nn.functional.pad(mask, (0, 8), value=1)
-
-    def seen(end):  # the mask over every slot of the cache, or over the slots written once `end` is
-        return slot_mask if slots == "all" else slot_mask[:, :end]
-
-    steps = [ours(input_ids=ids[:, :4], attention_mask=seen(4), position_ids=positions[:, :4],
-                  cache_pos=torch.arange(4))]
-    for t in range(4, 12):
-        steps.append(ours(input_ids=ids[:, t:t + 1], attention_mask=seen(t + 1), position_ids=positions[:, t:t + 1],
-                          cache_pos=torch.tensor([t])))
-    ours.clear_kv_cache()
-    valid = mask.bool()
-    assert (torch.cat(steps, 1)[valid] - full[valid]).abs().max() < 1e-5
-
+    decoder = CachedDecoder(ours, ours.embed_tokens(ids[:, :8]), mask[:, :8], max_new_tokens=4, copies=1)
+    steps = [decoder.first_logits] + [decoder.step(ids[:, t]) for t in range(8, 11)]
+    assert (torch.stack(steps, 1) - full[:, 7:11]).abs().max() < 1e-5
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("shared", [True, False])
 def test_beam_cache_steps_and_reorders_equal_full_forwards(shared):
     """Beams decoding through the cache, reordered midway, against a forward without cache over each row's whole
-    history. shared: each item's prompt is kept once for its beams (share_kv_prompt); else every beam has a copy."""
+    history. shared: each item's prompt is kept once for its 3 beams; else each beam is an item of its own."""
     _, ours = peft_twin()
     ids, mask, positions = padded_batch()
     copies, steps = 3, 5
@@ -88,28 +79,22 @@ def test_beam_cache_steps_and_reorders_equal_full_forwards(shared):
     new_ids = torch.randint(0, TINY.vocab_size, (steps, 6), generator=torch.Generator().manual_seed(5))
     reorders = {1: [2, 0, 0, 5, 3, 4], 2: [1, 1, 2, 3, 3, 3], 4: [0, 1, 2, 4, 4, 5]}
     if shared:
-        ours.setup_kv_cache(2, 12)
-        ours(input_ids=ids, attention_mask=mask, position_ids=positions, cache_pos=torch.arange(12))
-        ours.share_kv_prompt(copies, steps)
-        cache = ours.layers[0].self_attn.kv_cache
-        assert cache.prompt_k.shape[0] == 2 and cache.k.shape[:3] == (6, TINY.num_kv_heads, steps)
+        decoder = CachedDecoder(ours, ours.embed_tokens(ids), mask, steps, copies)
+        assert decoder.inputs.kv_cache.shape == (2, 6, bucket(12), bucket(steps))
     else:
-        ours.setup_kv_cache(6, 12 + steps)
-        ours(input_ids=ids[rows], attention_mask=mask[rows], position_ids=positions[rows], cache_pos=torch.arange(12))
+        decoder = CachedDecoder(ours, ours.embed_tokens(ids[rows]), mask[rows], steps, copies=1)
     histories = [[] for _ in rows]
     for t in range(steps):
         if t in reorders:
-            ours.reorder_kv_cache(torch.tensor(reorders[t]), length=12 + t)
+            decoder.reorder(torch.tensor(reorders[t]), written=t)
             histories = [list(histories[source]) for source in reorders[t]]
         for history, token in zip(histories, new_ids[t].tolist()):
             history.append(token)
-        stepped = ours(input_ids=new_ids[t][:, None], attention_mask=slot_mask[:, :12 + t + 1],
-                       position_ids=(positions[rows, -1:] + 1 + t), cache_pos=torch.tensor([12 + t]))[:, -1]
+        stepped = decoder.step(new_ids[t])
         whole = torch.cat([ids[rows], torch.tensor(histories)], 1)  # (6, 12 + t + 1)
         whole_positions = torch.cat([positions[rows], positions[rows, -1:] + torch.arange(1, t + 2)], 1)
         full = ours(input_ids=whole, attention_mask=slot_mask[:, :12 + t + 1], position_ids=whole_positions)[:, -1]
         assert (stepped - full).abs().max() < 1e-5, t
-    ours.clear_kv_cache()
 
 
 @torch.no_grad()
