@@ -14,7 +14,7 @@ from torch import nn
 
 from .adaptor import Adaptor, AdaptorConfig
 from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
-from .generate import GenerationConfig, generate
+from .generate import GenerationConfig, fast_decoding, generate
 from .linear import use_input_major_weights
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
@@ -69,11 +69,14 @@ class OSUM(nn.Module):
         self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.hidden_size))  # rows: speech bos, eos
 
     @classmethod
-    def from_pretrained(cls, directory, device=None, dtype=None, merge_lora: bool = True) -> "OSUM":
+    def from_pretrained(cls, directory, device=None, dtype=None, merge_lora: bool = True,
+                        compile: bool | None = None) -> "OSUM":
         """A converted directory -> model in eval mode. dtype: bf16 on CUDA, fp32 on CPU.
 
         merge_lora=True readies it for inference: LoRA merged and, on CPU, weights laid out for oneDNN (linear.py).
-        False keeps the weights as trained, for training."""
+        False keeps the weights as trained, for training. Decode steps (generate.fast_decoding): by default CUDA
+        graphs on CUDA, eager on the CPU; compile=True also runs them through torch.compile (on the CPU the weights
+        then keep the usual layout, which compiled code streams faster); compile=False: eager everywhere."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
@@ -86,7 +89,10 @@ class OSUM(nn.Module):
         load_weights(model, directory, device=device, dtype=dtype)
         if merge_lora:
             model.llm.merge_lora()
-            use_input_major_weights(model)
+            if not compile:
+                use_input_major_weights(model)
+        if compile or compile is None and device.type == "cuda":
+            fast_decoding(model.llm, compile=bool(compile))
         return model.eval()
 
     def save_pretrained(self, directory, state_dict: dict | None = None) -> None:

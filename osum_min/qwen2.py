@@ -49,13 +49,7 @@ class Qwen2Config:
     @classmethod
     def from_hf(cls, config: dict, **overrides) -> "Qwen2Config":
         """Read a Hugging Face Qwen2 `config.json` dict; `overrides` set fields HF does not carry (LoRA)."""
-        hf_names = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
-                    "intermediate_size": "intermediate_size", "num_layers": "num_hidden_layers",
-                    "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads",
-                    "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps",
-                    "tie_word_embeddings": "tie_word_embeddings",
-                    "max_position_embeddings": "max_position_embeddings"}
-        values = {ours: config[theirs] for ours, theirs in hf_names.items() if theirs in config}
+        values = {ours: config[theirs] for ours, theirs in HF_CONFIG_NAMES.items() if theirs in config}
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}  # transformers >= 5 / older
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise CheckpointError(f"Qwen2 config: RoPE scaling {rope} is not supported (plain RoPE only)")
@@ -66,6 +60,16 @@ class Qwen2Config:
         values.setdefault("num_kv_heads", values.get("num_heads", cls.num_kv_heads))
         values.update(overrides)
         return cls(**values)
+
+    def to_hf(self) -> dict:
+        """The Hugging Face `Qwen2Config` fields of this model (plain RoPE, full attention)."""
+        return {theirs: getattr(self, ours) for ours, theirs in HF_CONFIG_NAMES.items()} | {"use_sliding_window": False}
+
+
+HF_CONFIG_NAMES = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
+                   "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+                   "num_kv_heads": "num_key_value_heads", "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps",
+                   "tie_word_embeddings": "tie_word_embeddings", "max_position_embeddings": "max_position_embeddings"}
 
 
 _QWEN2_SMALL = dict(vocab_size=151936, num_kv_heads=2, tie_word_embeddings=True)
@@ -255,7 +259,7 @@ class Qwen2(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
-        self.compiled_decode_step = None  # generate.compile_decoding sets it
+        self.fast_decode_step = None  # generate.fast_decoding sets it
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:

@@ -11,11 +11,7 @@ TINY = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_la
 
 def hf_config(cfg: Qwen2Config):
     transformers = pytest.importorskip("transformers")
-    return transformers.Qwen2Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
-        max_position_embeddings=cfg.max_position_embeddings, initializer_range=0.1, use_sliding_window=False)
+    return transformers.Qwen2Config(**cfg.to_hf(), initializer_range=0.1)
 
 
 def peft_twin(cfg: Qwen2Config = TINY, seed: int = 0, lora_b_std: float = 0.05):

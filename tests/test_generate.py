@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from hf_qwen2 import peft_twin
-from osum_min.generate import ORIGINAL_DECODING, CachedDecoder, GenerationConfig, GenerationError, generate
+from osum_min.generate import (ORIGINAL_DECODING, CachedDecoder, GenerationConfig, GenerationError, decode_step,
+                             fast_decoding, generate)
 from test_qwen2 import FIXTURE, fixture_llm
 
 NEVER = 10**6  # an eos id outside the vocabulary: runs last max_new_tokens
@@ -178,3 +179,24 @@ def test_sampled_frequencies_match_softmax(twin):
     # and the test can fail: the same draws against a flattened distribution are rejected
     flat = torch.full_like(expected_bins, counts.sum().item() / len(expected_bins))
     assert ((observed_bins - flat) ** 2 / flat).sum().item() > chi_square_critical(len(expected_bins) - 1, z=3.09)
+
+
+def test_compiled_decoding_gives_the_eager_ids(twin):
+    """torch.compile'd decode steps (inductor on the CPU) choose the same tokens as eager ones: greedy with a
+    repetition penalty, beam search, seeded sampling, on a left-padded batch."""
+    _, ours, _ = twin
+    embeds = torch.randn(2, 9, ours.config.hidden_size, generator=torch.Generator().manual_seed(12))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :4] = 0
+    configs = [GenerationConfig(max_new_tokens=10, repetition_penalty=1.05, eos_token_id=NEVER),
+               GenerationConfig(max_new_tokens=10, num_beams=4, repetition_penalty=1.05, num_return_sequences=2,
+                                eos_token_id=NEVER),
+               GenerationConfig(max_new_tokens=10, do_sample=True, top_k=20, num_return_sequences=2,
+                                eos_token_id=NEVER, seed=3)]
+    eager = [generate(ours, embeds, mask, config) for config in configs]
+    fast_decoding(ours, compile=True)
+    try:
+        assert [generate(ours, embeds, mask, config) for config in configs] == eager
+        assert ours.fast_decode_step.step is not decode_step  # it really was compiled
+    finally:
+        ours.fast_decode_step = None
