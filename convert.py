@@ -53,7 +53,7 @@ KEY_TABLE = [
     ("speech_token_emded.weight", "speech_bos_eos"),  # rows speech_token_num + (0, 1) only
     ("llama_model.{hf}", "llm.{hf}"),  # Qwen2 (peft-wrapped): qwen2.hf_key_to_ours maps the rest
 ]
-# Keys in the original's checkpoint that carry nothing the model uses (LAYOUT.md §3d), dropped by name.
+# Keys in the original's checkpoint that carry nothing the model uses (docs/original.md §3d), dropped by name.
 DROPPED = [
     ("ln_speech.{p}", "constructed but never called"),
     ("speaker_head.{p}", "unused speaker classifier"),

@@ -2,7 +2,7 @@
 
 Inference builds, per item, [prompt, speech bos, speech, speech eos] as `inputs_embeds` and decodes a batch with
 left padding, each item doing the same math as it would alone (the original decodes one clip at a time).
-Training (`loss`) reproduces the original's sequence layout, padding placement and position ids (LAYOUT.md §7).
+Training (`loss`) reproduces the original's sequence layout, padding placement and position ids (docs/original.md §7).
 """
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -109,7 +109,7 @@ class OSUM(nn.Module):
     def embed_speech(self, mel: torch.Tensor, mel_lens: torch.Tensor, original_mask_rule: bool = True):
         """mel (B, T, 80) zero-padded, mel_lens (B,) -> speech_embeds (B, S, H), speech_lens (B,).
 
-        original_mask_rule=True equals the original's get_embedding_from_wav on a padded batch (LAYOUT.md §9.1);
+        original_mask_rule=True equals the original's get_embedding_from_wav on a padded batch (docs/original.md §9.1);
         False makes each item's embeddings independent of the batch it is in.
         """
         dtype = self.speech_bos_eos.dtype
@@ -152,7 +152,7 @@ class OSUM(nn.Module):
     def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
         """The original's training loss: token-level mean cross-entropy over all label tokens in the batch.
 
-        Layout per row (LAYOUT.md §7): prompt (right-padded with eod), bos, speech (padded), eos, labels
+        Layout per row (docs/original.md §7): prompt (right-padded with eod), bos, speech (padded), eos, labels
         (right-padded); masked slots get position id 1, valid ones cumsum(mask) - 1.
         """
         speech_embeds, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule=True)
