@@ -21,6 +21,7 @@ from osum_min.encoder import EncoderConfig
 from osum_min.model import OSUM, OSUMConfig
 from osum_min.progress import Progress
 from osum_min.qwen2 import Qwen2Config, hf_key_to_ours
+from osum_min.tokenizer import EOD_ID, Tokenizer
 from osum_min.weights import WeightsError, describe_keys, save_weights
 
 RELEASED_CONFIG = Path(__file__).parent / "tests" / "fixtures" / "released_config.json"
@@ -101,7 +102,7 @@ def config_from_original(original: dict) -> OSUMConfig:
                               heads=enc["attention_heads"], ff_dim=enc["linear_units"], layers=enc["num_blocks"]),
         adaptor=AdaptorConfig(dim=enc["output_size"], llm_dim=llm["hidden_size"]),
         llm=llm_config, speech_token_num=original.get("speech_token_num", 4097),
-        eod_id=original.get("eod_id", 151643))
+        eod_id=original.get("eod_id", EOD_ID))
 
 
 def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None):
@@ -176,7 +177,6 @@ def convert(checkpoint: Path, out: Path, original_config: dict, dtype: torch.dty
         save_weights(out, entries, progress=bar)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
     if tokenizer_dir is not None:
-        from osum_min.tokenizer import Tokenizer
         Tokenizer.from_pretrained(tokenizer_dir).save(out / "tokenizer.tiktoken")
     return config
 

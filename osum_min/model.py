@@ -18,6 +18,7 @@ from .generate import GenerationConfig, generate
 from .linear import use_input_major_weights
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
+from .tokenizer import EOD_ID
 from .weights import load_weights, save_weights
 
 IGNORE_ID = -100
@@ -29,7 +30,7 @@ class OSUMConfig:
     adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
     llm: Qwen2Config = field(default_factory=lambda: LLM_PRESETS["qwen2-7b"])
     speech_token_num: int = 4097  # the original's speech bos/eos are rows speech_token_num + 0 and + 1
-    eod_id: int = 151643  # appended to every label; the original's hard-coded decoding eos
+    eod_id: int = EOD_ID  # appended to every label; the original's hard-coded decoding eos
     max_mel_frames: int = 3000  # 30 s: the encoder's positional table ends there
 
     @classmethod
