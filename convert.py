@@ -21,6 +21,7 @@ from osum_min.encoder import EncoderConfig
 from osum_min.model import OSUM, OSUMConfig
 from osum_min.progress import Progress
 from osum_min.qwen2 import Qwen2Config, hf_key_to_ours
+from osum_min.tokenizer import EOD_ID, Tokenizer
 from osum_min.weights import WeightsError, describe_keys, save_weights
 
 RELEASED_CONFIG = Path(__file__).parent / "tests" / "fixtures" / "released_config.json"
@@ -53,7 +54,7 @@ KEY_TABLE = [
     ("speech_token_emded.weight", "speech_bos_eos"),  # rows speech_token_num + (0, 1) only
     ("llama_model.{hf}", "llm.{hf}"),  # Qwen2 (peft-wrapped): qwen2.hf_key_to_ours maps the rest
 ]
-# Keys in the original's checkpoint that carry nothing the model uses (LAYOUT.md §3d), dropped by name.
+# Keys in the original's checkpoint that carry nothing the model uses (docs/original.md §3d), dropped by name.
 DROPPED = [
     ("ln_speech.{p}", "constructed but never called"),
     ("speaker_head.{p}", "unused speaker classifier"),
@@ -101,7 +102,7 @@ def config_from_original(original: dict) -> OSUMConfig:
                               heads=enc["attention_heads"], ff_dim=enc["linear_units"], layers=enc["num_blocks"]),
         adaptor=AdaptorConfig(dim=enc["output_size"], llm_dim=llm["hidden_size"]),
         llm=llm_config, speech_token_num=original.get("speech_token_num", 4097),
-        eod_id=original.get("eod_id", 151643))
+        eod_id=original.get("eod_id", EOD_ID))
 
 
 def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None):
@@ -176,7 +177,6 @@ def convert(checkpoint: Path, out: Path, original_config: dict, dtype: torch.dty
         save_weights(out, entries, progress=bar)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
     if tokenizer_dir is not None:
-        from osum_min.tokenizer import Tokenizer
         Tokenizer.from_pretrained(tokenizer_dir).save(out / "tokenizer.tiktoken")
     return config
 

@@ -6,7 +6,7 @@
     torchrun --nproc_per_node 8 train.py --fsdp ...   # FSDP: weights, gradients and optimizer state sharded
 
 LIST: a wenet raw jsonl, a shard list, or a data mix (yaml/json: name -> path + weight). Defaults are the
-original's (LAYOUT.md §10): fire_module link_and_encoder_and_lora, AdamW lr 5e-5 betas (0.9, 0.99) eps 1e-6
+original's (docs/original.md §10): fire_module link_and_encoder_and_lora, AdamW lr 5e-5 betas (0.9, 0.99) eps 1e-6
 wd 0.01, WarmupLR 8000 steps, grad clip 5, accum 4. One optimizer step minimises the token-level mean loss over
 all label tokens of its micro-batches on all ranks, so N ranks equal one process given the same global batch.
 """

@@ -1,7 +1,7 @@
 """OSUM's adaptor ("link"): encoder frames (50/s) -> speech embeddings (12.5/s) in the LLM's width.
 
 Three causal stride-(1, 2, 2) convolutions (GxlConv1dSubsampling4), a 4-block transformer (wenet defaults:
-ReLU, key bias, x·√d plus interleaved sinusoids) and a linear projection to the LLM width (LAYOUT.md §3).
+ReLU, key bias, x·√d plus interleaved sinusoids) and a linear projection to the LLM width (docs/original.md §3).
 """
 import math
 from dataclasses import dataclass

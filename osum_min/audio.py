@@ -1,4 +1,4 @@
-"""Audio file -> 16 kHz mono waveform -> OSUM's log-mel features (LAYOUT.md §6), without torchaudio or librosa.
+"""Audio file -> 16 kHz mono waveform -> OSUM's log-mel features (docs/original.md §6), without torchaudio or librosa.
 
 The original loads with torchaudio, averages channels, resamples with torchaudio's windowed-sinc `Resample` and
 uses a librosa Slaney mel filter bank. Each of those is rebuilt here so the numbers match without the libraries.

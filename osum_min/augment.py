@@ -1,4 +1,4 @@
-"""OSUM's training augmentation on log-mel features: wenet's `spec_aug` and `spec_sub` (LAYOUT.md §10).
+"""OSUM's training augmentation on log-mel features: wenet's `spec_aug` and `spec_sub` (docs/original.md §10).
 
 Both draw from a `random.Random` passed in, so a dataset worker's augmentation is a pure function of its seed.
 Masked values are set to 0.0, the same value the batch padding uses; there is no time warping.

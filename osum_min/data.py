@@ -1,4 +1,4 @@
-"""Training batches for `OSUM.loss` from OSUM's data formats (osum_min/data_formats.py; LAYOUT.md §7, §8, §10).
+"""Training batches for `OSUM.loss` from OSUM's data formats (osum_min/data_formats.py; docs/original.md §7, §8, §10).
 
 A mix weights its lists: a weight n repeats its list n times per epoch; a weight below 1 takes a random share
 int(len * w) of it, drawn anew each epoch (the original draws it once); a weight like 2.5 gives 2 copies plus a
@@ -38,7 +38,7 @@ DEFAULT_TASK = "<TRANSCRIBE>"  # for samples without a task when filter_no_extra
 
 @dataclass
 class DataConfig:
-    """The original's training `dataset_conf` (LAYOUT.md §10). Lengths are in 10 ms feature frames."""
+    """The original's training `dataset_conf` (docs/original.md §10). Lengths are in 10 ms feature frames."""
     max_frames_in_batch: int = 3900  # dynamic batching: batch size x longest item, after padding
     batch_size: int | None = None  # set: static batches of this many samples instead
     max_length: int = 2900

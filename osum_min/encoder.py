@@ -3,7 +3,7 @@
 Mathematically this is openai-whisper's AudioEncoder, so we use whisper's parameter names: a Whisper checkpoint
 loads with `WHISPER_KEYS` and the OSUM checkpoint through convert.py's table. Two things differ from Whisper:
 OSUM never pads the mel to 30 s, and it masks padded frames in a batch, with the original's quirky mask rule
-(LAYOUT.md §9.1) available for reproducing its training loss.
+(docs/original.md §9.1) available for reproducing its training loss.
 """
 import math
 from dataclasses import dataclass
@@ -114,7 +114,7 @@ class WhisperEncoder(nn.Module):
         """mel (B, T, n_mels) zero-padded -> (B, ceil(T/2), dim) and valid lengths (B,).
 
         original_mask_rule: wenet cuts the frame mask as mask[(T+1) % 2 :: 2] with T the *padded* length, so an
-        odd-length item in an even-length batch loses its last frame (LAYOUT.md §9.1). Keep it to reproduce the
+        odd-length item in an even-length batch loses its last frame (docs/original.md §9.1). Keep it to reproduce the
         original's batched numbers; turn it off to make every item independent of its batch.
         """
         padded_len = mel.shape[1]

@@ -1,7 +1,7 @@
 """Export our weights back to the original's `infer.pt` layout, so a model trained here runs in the original code.
 
 The inverse of convert.py's key table: peft's wrapped names (`.base_layer`, `lora_A.default.weight`), the
-`(1, T, D)` sinusoid buffers, and the keys the original carries but never uses (LAYOUT.md §3d) filled with
+`(1, T, D)` sinusoid buffers, and the keys the original carries but never uses (docs/original.md §3d) filled with
 neutral values: `ln_speech` ones/zeros, `speaker_head` zeros, `speech_token_emded` zeros except the bos/eos rows.
 A `*_config.json` in the original's vocabulary is written next to the checkpoint, for `convert.py --config`.
 """

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .kv_cache import KVCache, bucket
 from .qwen2 import Qwen2
 
-ENDOFTEXT = 151643  # Qwen2's <|endoftext|>, OSUM's hard-coded eos
+from .tokenizer import EOD_ID as ENDOFTEXT  # Qwen2's <|endoftext|>, OSUM's hard-coded eos
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Inference builds, per item, [prompt, speech bos, speech, speech eos] as `inputs_embeds` and decodes a batch with
 left padding, each item doing the same math as it would alone (the original decodes one clip at a time).
-Training (`loss`) reproduces the original's sequence layout, padding placement and position ids (LAYOUT.md §7).
+Training (`loss`) reproduces the original's sequence layout, padding placement and position ids (docs/original.md §7).
 """
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +18,7 @@ from .generate import GenerationConfig, fast_decoding, generate
 from .linear import use_input_major_weights
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
+from .tokenizer import EOD_ID
 from .weights import load_weights, save_weights
 
 IGNORE_ID = -100
@@ -29,7 +30,7 @@ class OSUMConfig:
     adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
     llm: Qwen2Config = field(default_factory=lambda: LLM_PRESETS["qwen2-7b"])
     speech_token_num: int = 4097  # the original's speech bos/eos are rows speech_token_num + 0 and + 1
-    eod_id: int = 151643  # appended to every label; the original's hard-coded decoding eos
+    eod_id: int = EOD_ID  # appended to every label; the original's hard-coded decoding eos
     max_mel_frames: int = 3000  # 30 s: the encoder's positional table ends there
 
     @classmethod
@@ -115,7 +116,7 @@ class OSUM(nn.Module):
     def embed_speech(self, mel: torch.Tensor, mel_lens: torch.Tensor, original_mask_rule: bool = True):
         """mel (B, T, 80) zero-padded, mel_lens (B,) -> speech_embeds (B, S, H), speech_lens (B,).
 
-        original_mask_rule=True equals the original's get_embedding_from_wav on a padded batch (LAYOUT.md §9.1);
+        original_mask_rule=True equals the original's get_embedding_from_wav on a padded batch (docs/original.md §9.1);
         False makes each item's embeddings independent of the batch it is in.
         """
         dtype = self.speech_bos_eos.dtype
@@ -158,7 +159,7 @@ class OSUM(nn.Module):
     def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
         """The original's training loss: token-level mean cross-entropy over all label tokens in the batch.
 
-        Layout per row (LAYOUT.md §7): prompt (right-padded with eod), bos, speech (padded), eos, labels
+        Layout per row (docs/original.md §7): prompt (right-padded with eod), bos, speech (padded), eos, labels
         (right-padded); masked slots get position id 1, valid ones cumsum(mask) - 1.
         """
         speech_embeds, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule=True)

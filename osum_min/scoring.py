@@ -50,7 +50,7 @@ def edit_distance(reference: list[str], hypothesis: list[str]) -> Edits:
 
 
 def normalise(text: str) -> str:
-    """The original's label normalisation (LAYOUT.md §7), applied to references and hypotheses alike."""
+    """The original's label normalisation (docs/original.md §8), applied to references and hypotheses alike."""
     return map_style_tags(process_text(text))
 
 

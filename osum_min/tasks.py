@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-# Label sets from the prompts (LAYOUT.md §8); labels are lower-cased by the original's `process_text`.
+# Label sets from the prompts (docs/original.md §8); labels are lower-cased by the original's `process_text`.
 LABEL_SETS = {
     "emotion": ("sad", "anger", "neutral", "happy", "surprise", "fear", "disgust", "other"),
     "event": ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other"),
@@ -121,7 +121,7 @@ class Task:
         return PARAPHRASES.get(self.tag, (self.prompt,))
 
 
-# Single tasks use the fixed prompts of the original's gradio demo (LAYOUT.md §8); combined tags have none there,
+# Single tasks use the fixed prompts of the original's gradio demo (docs/original.md §8); combined tags have none there,
 # so they use their first paraphrase.
 TASKS = {task.name: task for task in (
     Task("asr", "<TRANSCRIBE>", "执行语音识别任务，将音频转换为文字。"),
@@ -263,7 +263,7 @@ def _times(tag: str) -> tuple[float, ...] | None:
 
 
 def parse_timed(task: Task, raw: str) -> Result:
-    """SRWT. Likely form `word<start, end>` per word (LAYOUT.md §8); also boundary marks `<t0>word<t1>word<t2>`.
+    """SRWT. Likely form `word<start, end>` per word (docs/original.md §8); also boundary marks `<t0>word<t1>word<t2>`.
     Drifts are repaired where the meaning is clear: a missing end becomes the next word's start, text without
     times becomes an untimed word. Tags that are not times stay in the text."""
     pieces = _TAG.split(raw)  # text, tag, text, tag, ..., text

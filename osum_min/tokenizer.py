@@ -31,6 +31,7 @@ QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 151643, 151644, 151645
 EOD_TOKEN = "<|endoftext|>"
+EOD_ID = 151643  # its id: OSUM appends it to every label, fills padded prompt slots with it, stops decoding on it
 RANK_FILE_NAME = "tokenizer.tiktoken"
 
 

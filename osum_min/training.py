@@ -23,6 +23,7 @@ from .model import OSUM, OSUM_PRESETS
 from .qwen2 import load_hf_checkpoint
 from .scoring import Scorer, edit_distance, normalise
 from .tasks import TASKS, free_prompt_task, parse
+from .tokenizer import EOD_ID
 
 
 class TrainingError(ValueError):
@@ -116,7 +117,7 @@ def build_model(preset: str, encoder_init: str | None = None, llm_init: str | No
     if llm_init:
         llm = load_hf_checkpoint(llm_init, dtype=torch.float32)  # the base weights, strictly; adapters are new
         lora = config.llm
-        config = replace(config, eod_id=151643, llm=replace(llm.config, lora_rank=lora.lora_rank,
+        config = replace(config, eod_id=EOD_ID, llm=replace(llm.config, lora_rank=lora.lora_rank,
                                                             lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout))
     elif vocab_size is not None:
         config = replace(config, llm=replace(config.llm, vocab_size=vocab_size))

@@ -6,7 +6,7 @@ import pytest
 from osum_min.tasks import LABEL_SETS, PARAPHRASES, TASKS, Result, Word, free_prompt_task, join_windows, parse
 
 PROMPT_CONFIG = Path(__file__).parent / "fixtures" / "prompt_config.yaml"
-# LAYOUT.md §8: the gradio demo's fixed prompts, our defaults for the single tasks.
+# docs/original.md §8: the gradio demo's fixed prompts, our defaults for the single tasks.
 FIXED_PROMPTS = {
     "asr": "执行语音识别任务，将音频转换为文字。",
     "srwt": "请转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，时间范围用<>括起来。",

@@ -131,7 +131,7 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
             torch.testing.assert_close(third[name], first[name], rtol=1e-4, atol=1e-6)
 
 
-EXPECTED_TRAINABLE = {  # fire_module -> which top-level groups train (our names; LAYOUT.md §10 for the last)
+EXPECTED_TRAINABLE = {  # fire_module -> which top-level groups train (our names; docs/original.md §10 for the last)
     "link": {"adaptor", "speech_bos_eos"},
     "encoder": {"encoder"},
     "llm": {"lora"},
