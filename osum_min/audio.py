@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import re
+from fractions import Fraction
 
 import numpy as np
 import soundfile
@@ -21,6 +22,10 @@ MIN_SAMPLES = N_FFT  # one analysis window; reflect padding of the STFT needs mo
 # torchaudio.transforms.Resample defaults
 LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99
+# A file rate outside this range is a broken header, not audio (1 Hz once turned a 4 KB file into 2000 s).
+MIN_FILE_RATE, MAX_FILE_RATE = 1000, 384000
+# Largest resampling kernel, in taps (8 MB while built in float64); every common rate fits (44.1 kHz: 76 000).
+MAX_KERNEL_TAPS = 1 << 20
 
 # libsndfile notes a WAV whose header promises more data than the file holds as "data : 32000 (should be 15978)".
 _SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -71,6 +76,9 @@ def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
         raise AudioError(name, "contains no audio samples")
     if not np.isfinite(samples).all():
         raise AudioError(name, "contains NaN or infinite samples")
+    if not MIN_FILE_RATE <= file_rate <= MAX_FILE_RATE:
+        raise AudioError(name, f"implausible sample rate {file_rate} Hz in the header "
+                               f"(expected {MIN_FILE_RATE} to {MAX_FILE_RATE} Hz)")
     wav = torch.from_numpy(samples).T.mean(dim=0)  # (C, N) -> (N,), the channel mean in float32 like the original
     wav = resample(wav, file_rate, sample_rate)
     if len(wav) < MIN_SAMPLES * sample_rate // SAMPLE_RATE:
@@ -79,15 +87,42 @@ def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     return wav
 
 
+def _kernel_width(orig_rate: int, new_rate: int) -> int:
+    """Input samples each side of an output: the sinc's zero crossings up to LOWPASS_FILTER_WIDTH."""
+    return math.ceil(LOWPASS_FILTER_WIDTH * orig_rate / (min(orig_rate, new_rate) * ROLLOFF))
+
+
+def _kernel_taps(orig_rate: int, new_rate: int) -> int:
+    return new_rate * (2 * _kernel_width(orig_rate, new_rate) + orig_rate)
+
+
+def resampling_ratio(orig_rate: int, new_rate: int) -> tuple[int, int]:
+    """(orig, new) rates the kernel is built for: orig_rate / new_rate reduced by their gcd, exactly as torchaudio,
+    when that kernel has at most MAX_KERNEL_TAPS taps (every common rate); else the nearest fraction whose kernel does.
+
+    The kernel holds new * (orig + 2 * width) taps and each output costs orig + 2 * width of them, so an exact
+    44101 -> 16000 Hz kernel would need 706 M taps (a 5.6 GB float64 grid). The approximation resamples as if the
+    file's rate were off by a few parts per million (44101 Hz: 1.6 ppm), far less than a sound card's clock error.
+    """
+    gcd = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // gcd, new_rate // gcd
+    limit = new
+    while _kernel_taps(orig, new) > MAX_KERNEL_TAPS:
+        limit = limit * 9 // 10
+        ratio = Fraction(orig_rate, new_rate).limit_denominator(limit)
+        orig, new = ratio.numerator, ratio.denominator
+    return orig, new
+
+
 @functools.lru_cache(maxsize=16)
 def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
-    """torchaudio's sinc_interp_hann kernel for already gcd-reduced rates: (new_rate, 1, 2*width + orig_rate).
+    """torchaudio's sinc_interp_hann kernel for already reduced rates: (new_rate, 1, 2*width + orig_rate).
 
     Row `phase` holds the taps for outputs `phase, phase + new_rate, ...`; built in float64, then cast to float32.
     Like torchaudio, the output phases -j/new_rate are computed in float32 before joining the float64 grid.
     """
     base_rate = min(orig_rate, new_rate) * ROLLOFF  # low-pass below the smaller Nyquist frequency
-    width = math.ceil(LOWPASS_FILTER_WIDTH * orig_rate / base_rate)  # input samples each side of an output
+    width = _kernel_width(orig_rate, new_rate)
     input_offsets = torch.arange(-width, width + orig_rate, dtype=torch.float64)[None, None] / orig_rate
     output_phases = torch.arange(0, -new_rate, -1, dtype=torch.float32)[:, None, None] / new_rate
     t = output_phases + input_offsets  # (new_rate, 1, 2*width + orig_rate), float64
@@ -99,11 +134,11 @@ def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
 
 
 def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Windowed-sinc resampling of (..., samples), equal to torchaudio.functional.resample's defaults."""
+    """Windowed-sinc resampling of (..., samples), equal to torchaudio.functional.resample's defaults for every
+    rate pair whose kernel is small (see resampling_ratio); memory and time grow with the audio, not the rates."""
     if orig_rate == new_rate:
         return wav
-    gcd = math.gcd(orig_rate, new_rate)
-    orig_rate, new_rate = orig_rate // gcd, new_rate // gcd
+    orig_rate, new_rate = resampling_ratio(orig_rate, new_rate)
     kernel, width = _sinc_kernel(orig_rate, new_rate)
     batch_shape, length = wav.shape[:-1], wav.shape[-1]
     padded = torch.nn.functional.pad(wav.reshape(-1, 1, length), (width, width + orig_rate))  # (B, 1, N + pads)
