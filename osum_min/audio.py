@@ -7,7 +7,6 @@ import functools
 import math
 import os
 import re
-from fractions import Fraction
 
 import numpy as np
 import soundfile
@@ -24,7 +23,7 @@ LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99
 # A file rate outside this range is a broken header, not audio (1 Hz once turned a 4 KB file into 2000 s).
 MIN_FILE_RATE, MAX_FILE_RATE = 1000, 384000
-# Largest resampling kernel, in taps (8 MB while built in float64); every common rate fits (44.1 kHz: 76 000).
+# Largest polyphase resampling kernel, in taps (8 MB while built in float64): every common rate fits.
 MAX_KERNEL_TAPS = 1 << 20
 
 # libsndfile notes a WAV whose header promises more data than the file holds as "data : 32000 (should be 15978)".
@@ -96,27 +95,9 @@ def _kernel_taps(orig_rate: int, new_rate: int) -> int:
     return new_rate * (2 * _kernel_width(orig_rate, new_rate) + orig_rate)
 
 
-def resampling_ratio(orig_rate: int, new_rate: int) -> tuple[int, int]:
-    """(orig, new) rates the kernel is built for: orig_rate / new_rate reduced by their gcd, exactly as torchaudio,
-    when that kernel has at most MAX_KERNEL_TAPS taps (every common rate); else the nearest fraction whose kernel does.
-
-    The kernel holds new * (orig + 2 * width) taps and each output costs orig + 2 * width of them, so an exact
-    44101 -> 16000 Hz kernel would need 706 M taps (a 5.6 GB float64 grid). The approximation resamples as if the
-    file's rate were off by a few parts per million (44101 Hz: 1.6 ppm), far less than a sound card's clock error.
-    """
-    gcd = math.gcd(orig_rate, new_rate)
-    orig, new = orig_rate // gcd, new_rate // gcd
-    limit = new
-    while _kernel_taps(orig, new) > MAX_KERNEL_TAPS:
-        limit = limit * 9 // 10
-        ratio = Fraction(orig_rate, new_rate).limit_denominator(limit)
-        orig, new = ratio.numerator, ratio.denominator
-    return orig, new
-
-
 @functools.lru_cache(maxsize=16)
 def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
-    """torchaudio's sinc_interp_hann kernel for already reduced rates: (new_rate, 1, 2*width + orig_rate).
+    """torchaudio's sinc_interp_hann kernel for gcd-reduced rates: (new_rate, 1, 2*width + orig_rate).
 
     Row `phase` holds the taps for outputs `phase, phase + new_rate, ...`; built in float64, then cast to float32.
     Like torchaudio, the output phases -j/new_rate are computed in float32 before joining the float64 grid.
@@ -134,11 +115,18 @@ def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
 
 
 def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Windowed-sinc resampling of (..., samples), equal to torchaudio.functional.resample's defaults for every
-    rate pair whose kernel is small (see resampling_ratio); memory and time grow with the audio, not the rates."""
+    """Windowed-sinc resampling of (..., samples), equal to torchaudio.functional.resample's defaults.
+
+    torchaudio's polyphase kernel has new x (orig + 2 width) taps for the gcd-reduced rates: fine for every common
+    rate (44.1 kHz -> 16 kHz: 76 000), 706 M taps for 44101 Hz. Rate pairs above MAX_KERNEL_TAPS evaluate the same
+    formula per output sample instead, so memory and time follow the audio's length whatever the rates.
+    """
     if orig_rate == new_rate:
         return wav
-    orig_rate, new_rate = resampling_ratio(orig_rate, new_rate)
+    gcd = math.gcd(orig_rate, new_rate)
+    orig_rate, new_rate = orig_rate // gcd, new_rate // gcd
+    if _kernel_taps(orig_rate, new_rate) > MAX_KERNEL_TAPS:
+        return _resample_per_output(wav, orig_rate, new_rate)
     kernel, width = _sinc_kernel(orig_rate, new_rate)
     batch_shape, length = wav.shape[:-1], wav.shape[-1]
     padded = torch.nn.functional.pad(wav.reshape(-1, 1, length), (width, width + orig_rate))  # (B, 1, N + pads)
@@ -146,6 +134,40 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     out = out.transpose(1, 2).reshape(len(padded), -1)  # interleave the phases: (B, blocks * new_rate)
     target_length = math.ceil(new_rate * length / orig_rate)
     return out[:, :target_length].reshape(*batch_shape, -1)
+
+
+@functools.lru_cache(maxsize=4)
+def _phase_taps(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
+    """The same windowed sinc for gcd-reduced rates, only its 2 width + 1 non-zero taps per output phase:
+    (new_rate, 2 width + 1) float32, tap k of phase j weighing input j * orig // new - width + k of its block.
+    The offsets i/orig - j/new are exact integers over orig * new (torchaudio rounds j/new to float32)."""
+    base_rate = min(orig_rate, new_rate) * ROLLOFF
+    width = _kernel_width(orig_rate, new_rate)
+    phases = torch.arange(new_rate)[:, None]  # (new, 1)
+    inputs = phases * orig_rate // new_rate + torch.arange(-width, width + 1)  # (new, 2 width + 1)
+    t = (inputs * new_rate - phases * orig_rate).double() / (orig_rate * new_rate)
+    t = (t * base_rate).clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
+    window = torch.cos(t * math.pi / LOWPASS_FILTER_WIDTH / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.tensor(1.0, dtype=torch.float64), t.sin() / t)
+    return (kernel * window * (base_rate / orig_rate)).to(torch.float32), width
+
+
+def _resample_per_output(wav: torch.Tensor, orig_rate: int, new_rate: int, chunk: int = 16384) -> torch.Tensor:
+    """resample for gcd-reduced rates with a huge polyphase kernel: each output gathers its 2 width + 1 inputs and
+    its phase's taps, `chunk` outputs at a time; memory new x (2 width + 1) taps plus one chunk."""
+    kernel, width = _phase_taps(orig_rate, new_rate)
+    batch_shape, length = wav.shape[:-1], wav.shape[-1]
+    padded = torch.nn.functional.pad(wav.reshape(-1, length), (width, width + 1))  # (B, N + 2 width + 1)
+    taps = torch.arange(2 * width + 1)
+    kernel = kernel.to(wav)
+    target_length = math.ceil(new_rate * length / orig_rate)
+    out = []
+    for start in range(0, target_length, chunk):
+        outputs = torch.arange(start, min(start + chunk, target_length))  # (C,)
+        inputs = (outputs * orig_rate // new_rate)[:, None] + taps  # (C, 2 width + 1) in padded coordinates
+        out.append((padded[:, inputs] * kernel[outputs % new_rate]).sum(-1))  # (B, C)
+    return torch.cat(out, dim=1).reshape(*batch_shape, -1)
 
 
 def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
