@@ -10,10 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
-from osum_min.audio import MAX_KERNEL_TAPS, SAMPLE_RATE, AudioError, load_audio, resampling_ratio
+import infer
+from conftest import FIXTURE_A
+from osum_min.audio import MAX_KERNEL_TAPS, SAMPLE_RATE, AudioError, _kernel_taps, _resample_per_output, load_audio, resample
+from test_audio import brute_force_resample
+from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
+AUDIO = FIXTURE_A / "audio.wav"
+PROMPT = "17,230,511,42,901,7,333"
 ODD_RATES = (44101, 11127, 22254)  # gcd with 16000 is 1, 1 and 2: exact kernels of 706 M, 178 M and 89 M taps
 
 
@@ -25,18 +32,26 @@ def tone(rate: int, seconds: float = 1.0) -> np.ndarray:
 # ---------------------------------------------------------------- audio: sample rates
 
 @pytest.mark.parametrize("rate", ODD_RATES)
-def test_odd_rate_is_resampled_through_a_small_kernel(tmp_path, rate):
-    orig, new = resampling_ratio(rate, SAMPLE_RATE)
-    assert new * orig <= MAX_KERNEL_TAPS  # the kernel is new x (orig + 2 width) taps
-    treated_as = orig / new * SAMPLE_RATE
-    assert abs(treated_as / rate - 1) <= 1e-5  # the rate the file is resampled as: within 10 ppm of its own
+def test_odd_rate_follows_the_windowed_sinc_formula(tmp_path, rate):
+    assert _kernel_taps(*(r // math.gcd(rate, SAMPLE_RATE) for r in (rate, SAMPLE_RATE))) > MAX_KERNEL_TAPS
+    x = np.random.default_rng(0).uniform(-1, 1, 2000).astype(np.float32)  # full-scale white noise
+    y = resample(torch.from_numpy(x), rate, SAMPLE_RATE)
+    assert len(y) == math.ceil(len(x) * SAMPLE_RATE / rate)
+    outputs = [0, 1, 2, 7, 101, len(y) // 2, len(y) - 2, len(y) - 1]
+    exact = brute_force_resample(x.astype(np.float64), rate, SAMPLE_RATE, outputs)
+    assert np.abs(y[outputs].numpy() - exact).max() <= 5e-7  # float32 kernel and sums; observed <= 1.2e-7
     soundfile.write(tmp_path / "tone.wav", tone(rate), rate, subtype="FLOAT")
     wav = load_audio(tmp_path / "tone.wav")
-    assert abs(len(wav) - SAMPLE_RATE) <= 1
-    # the 440 Hz tone comes out at 440 * treated_as / rate Hz (off by < 1 mHz), away from the padding's ringing
-    middle = np.arange(200, SAMPLE_RATE - 200)
-    expected = 0.5 * np.sin(2 * np.pi * 440 * treated_as / rate * middle / SAMPLE_RATE)
-    assert np.abs(wav[middle].numpy() - expected).max() <= 2e-3
+    middle = slice(200, SAMPLE_RATE - 200)  # a 440 Hz tone stays one, away from the zero padding's ringing
+    assert len(wav) == SAMPLE_RATE and np.abs(wav[middle].numpy() - tone(SAMPLE_RATE)[middle]).max() <= 2e-3
+
+
+def test_per_output_resampling_equals_the_polyphase_kernel():
+    x = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (2, 3000)).astype(np.float32))
+    for orig, new in ((441, 160), (160, 441), (3, 1)):
+        polyphase = resample(x, orig * 100, new * 100)
+        assert _kernel_taps(orig, new) <= MAX_KERNEL_TAPS
+        assert (polyphase - _resample_per_output(x, orig, new)).abs().max() <= 3e-5  # float32 phases: 1.6e-5
 
 
 MEASURE = """
@@ -93,3 +108,79 @@ def test_edge_rates_are_accepted(tmp_path):
     for rate in (1000, 384000):
         write_wav_header_rate(tmp_path / "edge.wav", rate, frames=rate // 2)
         assert len(load_audio(tmp_path / "edge.wav")) == math.ceil(rate // 2 * SAMPLE_RATE / rate)
+
+
+# ---------------------------------------------------------------- infer.py: flags and lists
+
+def run_infer(capsys, *argv) -> tuple[int, list[str], str]:
+    """infer.main's exit code (a flag refused by argparse exits through SystemExit), stdout lines, stderr."""
+    try:
+        code = infer.main([str(a) for a in argv])
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "-1"], "--batch-size must be at least 1"),  # decoded nothing, exit 0
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--beams", "0"], "--beams must be at least 1"),
+    (["--temperature", "0", "--sample"], "--temperature must be above 0"),
+    (["--top-p", "0", "--sample"], "--top-p must be in (0, 1]"),
+    (["--repetition-penalty", "nan"], "--repetition-penalty must be above 0"),
+    (["--device", "gpu"], "not a torch device"),
+    (["--web", "--batch-size", "0"], "--batch-size must be at least 1"),
+])
+def test_bad_flag_values_exit_2_in_one_line(capsys, fixture_weights, flags, message):
+    code, lines, err = run_infer(capsys, AUDIO, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids", *flags)
+    assert code == 2 and lines == []
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_cuda_device_without_cuda_exits_2_in_one_line(capsys, fixture_weights, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only torch, also on a GPU machine
+    code, lines, err = run_infer(capsys, AUDIO, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids",
+                                 "--device", "cuda")
+    assert code == 2 and lines == []
+    assert len(err.strip().splitlines()) == 1 and "--device cuda: this torch" in err and "no CUDA device" in err
+
+
+def test_bad_list_lines_are_skipped_counted_and_the_rest_decoded(capsys, fixture_weights, tmp_path):
+    listing = tmp_path / "test.jsonl"
+    listing.write_text("\n".join([json.dumps({"key": "good0", "wav": str(AUDIO)}),
+                                  json.dumps({"key": "bad_wav", "wav": 123}),
+                                  json.dumps({"key": "bad_txt", "wav": str(AUDIO), "txt": 123}),
+                                  json.dumps({"key": "no_wav"}),
+                                  "{not json",
+                                  json.dumps({"key": "good1", "wav": str(AUDIO), "txt": "hello"})]) + "\n")
+    code, lines, err = run_infer(capsys, listing, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids",
+                                 "--beams", "1", "--max-new-tokens", "4", "--json")
+    assert code == 1 and "Traceback" not in err
+    records = [json.loads(line) for line in lines]
+    assert [r.get("key") for r in records if "error" not in r] == ["good0", "good1"]
+    assert [r["file"] for r in records if "error" in r] == [f"{listing}:{n}" for n in (2, 3, 4, 5)]
+    skipped = [line for line in err.splitlines() if line.startswith("infer.py: skipped")]
+    assert len(skipped) == 4
+    assert '"wav" is 123, not a path' in skipped[0] and '"txt" is 123, not text' in skipped[1]
+    assert '"wav" is null' in skipped[2] and "not a wenet list line" in skipped[3]
+
+
+def test_the_score_summary_counts_skipped_files(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+    listing = tmp_path / "test.jsonl"
+    listing.write_text("\n".join([json.dumps({"key": "good", "wav": str(AUDIO), "txt": "hello"}),
+                                  json.dumps({"key": "bad_txt", "wav": str(AUDIO), "txt": 123}),
+                                  json.dumps({"key": "absent", "wav": str(tmp_path / "absent.wav"), "txt": "hi"})]))
+    flags = ["--weights", weights_with_tokenizer, "--beams", "1", "--max-new-tokens", "4", "--score-only"]
+    code, lines, err = run_infer(capsys, listing, *flags)
+    assert code == 1 and "over 1 files" in lines[0] and lines[-1].startswith("2 files skipped")
+    code, lines, err = run_infer(capsys, listing, *flags, "--json")
+    assert json.loads(lines[-1])["summary"]["skipped"] == 2
+
+
+def test_a_text_file_that_is_not_an_audio_list_is_one_line(capsys, fixture_weights):
+    code, lines, err = run_infer(capsys, ROOT / "README.md", "--weights", fixture_weights, "--prompt-ids", PROMPT,
+                                 "--ids")
+    assert code == 2 and lines == []
+    assert len(err.strip().splitlines()) == 1 and "README.md: not a list of audio files" in err
