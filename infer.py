@@ -279,6 +279,8 @@ def main(argv=None) -> int:
         model, tokenizer = load(args)
         prompt_ids = prompt_ids_for(args, task, tokenizer)
         settings = decoding_settings(args, model.config.eod_id)
+        if problem := model.config.prompt_length_problem(len(prompt_ids), settings["max_new_tokens"]):
+            raise UsageError(problem)
     except UsageError as err:
         print(f"infer.py: error: {err}", file=sys.stderr)
         return 2

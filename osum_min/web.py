@@ -110,6 +110,8 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
                 raise ValueError(str(err).replace(audio_path, Path(audio_path).name)) from None
             settings = decoding(model.config.eod_id, beams, sample, temperature, top_k, top_p, repetition_penalty,
                                 max_new_tokens, seed)
+            if problem := model.config.prompt_length_problem(len(prompt_ids), settings["max_new_tokens"]):
+                raise ValueError(problem)
             out, result = transcribe(model, tokenizer, wav, task, prompt_ids, settings, batch_size,
                                      on_batch=lambda done, total: progress((done, total), desc="windows"))
         except ValueError as err:

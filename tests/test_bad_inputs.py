@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import torch
 
 import infer
 from conftest import FIXTURE_A
-from osum_min.audio import MAX_KERNEL_TAPS, SAMPLE_RATE, AudioError, _kernel_taps, _resample_per_output, load_audio, resample
+from osum_min.audio import (MAX_KERNEL_TAPS, SAMPLE_RATE, AudioError, _kernel_taps, _resample_per_output,
+                             load_audio, resample)
+from osum_min.model import OSUM
+from osum_min.tokenizer import Tokenizer
 from test_audio import brute_force_resample
 from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
 
@@ -184,3 +188,35 @@ def test_a_text_file_that_is_not_an_audio_list_is_one_line(capsys, fixture_weigh
                                  "--ids")
     assert code == 2 and lines == []
     assert len(err.strip().splitlines()) == 1 and "README.md: not a list of audio files" in err
+
+
+# ---------------------------------------------------------------- prompts
+
+LONG_PROMPT = "speech " * 15000  # 105 000 characters: took 12.8 GB and 103 s on the tiny model
+
+
+def test_a_prompt_beyond_the_model_is_refused_before_decoding(capsys, weights_with_tokenizer):  # noqa: F811
+    start = time.perf_counter()
+    code, lines, err = run_infer(capsys, AUDIO, "--weights", weights_with_tokenizer, "--prompt", LONG_PROMPT,
+                                 "--max-new-tokens", "16")
+    seconds = time.perf_counter() - start
+    assert code == 2 and lines == []
+    assert len(err.strip().splitlines()) == 1 and "this model takes at most 1655 (2048 positions" in err, err
+    assert seconds <= 20  # tokenising and refusing; observed about 1 s (load included)
+
+
+def test_the_prompt_limit_is_the_positions_left(weights_with_tokenizer):  # noqa: F811
+    config = OSUM.from_pretrained(weights_with_tokenizer, device="cpu").config
+    assert config.prompt_length_problem(2048 - 377 - 400, 400) is None  # 30 s of speech: 375 + bos + eos
+    assert "at most 1271" in config.prompt_length_problem(2048 - 377 - 400 + 1, 400)
+
+
+def test_the_web_demo_refuses_a_prompt_beyond_the_model(weights_with_tokenizer):  # noqa: F811
+    pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
+    from osum_min.web import build_demo
+
+    model = OSUM.from_pretrained(weights_with_tokenizer, device="cpu")
+    demo = build_demo(model, Tokenizer.from_pretrained(weights_with_tokenizer))
+    status, *_ = demo(str(AUDIO), "prompt", LONG_PROMPT, "", 1, False, 1.0, 0, 1.0, 1.0, 16, None,
+                      api_name="transcribe")
+    assert status.startswith("**Error:** the prompt is") and "this model takes at most 1655" in status
