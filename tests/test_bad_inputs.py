@@ -1,9 +1,12 @@
 """A corpus of bad inputs (issue 16): each one gets a one-line refusal or is skipped and counted, never a traceback,
 a silent no-op or an unbounded cost. The next bad input found belongs here, under the part of the pipeline it hits."""
+import hashlib
+import http.server
 import json
 import math
 import subprocess
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -15,8 +18,10 @@ import torch
 
 import infer
 from conftest import FIXTURE_A
+from osum_min import hub
 from osum_min.audio import (MAX_KERNEL_TAPS, SAMPLE_RATE, AudioError, _kernel_taps, _resample_per_output,
                              load_audio, resample)
+from osum_min.hub import DownloadError
 from osum_min.model import OSUM
 from osum_min.tokenizer import Tokenizer
 from test_audio import brute_force_resample
@@ -220,3 +225,93 @@ def test_the_web_demo_refuses_a_prompt_beyond_the_model(weights_with_tokenizer):
     status, *_ = demo(str(AUDIO), "prompt", LONG_PROMPT, "", 1, False, 1.0, 0, 1.0, 1.0, 16, None,
                       api_name="transcribe")
     assert status.startswith("**Error:** the prompt is") and "this model takes at most 1655" in status
+
+
+# ---------------------------------------------------------------- convert.py --download: what the hub sends
+
+CHECKPOINT = (FIXTURE_A / "infer.pt").read_bytes()
+HTML_ERROR = b"<!DOCTYPE html>\n<html><body><h1>503 Service Unavailable</h1></body></html>\n"
+
+
+class HubHandler(http.server.BaseHTTPRequestHandler):
+    """server.routes[path] = (status, headers, body, cut): the body sent with those headers and no Content-Length
+    unless given, cut to `cut` bytes; a 'Location' header makes it a redirect."""
+
+    def do_GET(self):
+        status, headers, body, cut = self.server.routes[self.path]
+        self.server.requests.append(self.path)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body[:cut])
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub_server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    httpd.daemon_threads, httpd.routes, httpd.requests = True, {}, []
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def serve(server, path: str, body: bytes, cut: int | None = None, length: bool = True, **headers):
+    headers = {**({"Content-Length": str(len(body[:cut]))} if length else {}), **headers}
+    server.routes[path] = (200, headers, body, cut)
+    return f"{server.url}{path}"
+
+
+@pytest.mark.parametrize("name, body, cut, length, problem", [
+    ("infer.pt", HTML_ERROR, None, True, "the server sent an HTML page, not infer.pt"),
+    ("infer.pt", CHECKPOINT, len(CHECKPOINT) // 2, False, "not a torch checkpoint (a zip archive), or cut short"),
+    ("infer.pt", np.random.default_rng(0).bytes(4096), None, True, "not a torch checkpoint"),
+    ("tokenizer.json", b'{"model": {"vocab": {"a": 0', None, False, "tokenizer.json is not JSON, or cut short"),
+    ("vocab.json", np.random.default_rng(1).bytes(4096), None, True, "vocab.json is not JSON"),
+    ("merges.txt", HTML_ERROR, None, True, "the server sent an HTML page, not merges.txt"),
+    ("merges.txt", b"#version: 0.2\n\xc4\xa0 t\n", None, False, "no size or hash from the server"),
+])
+def test_download_never_promotes_a_bad_file(hub_server, tmp_path, name, body, cut, length, problem):
+    url = serve(hub_server, f"/{name}", body, cut, length)
+    with pytest.raises(DownloadError) as err:
+        hub.download(url, tmp_path / name, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and url in message and problem in message, message
+    assert f"deleted {tmp_path / name}.part" in message and list(tmp_path.iterdir()) == []
+
+
+def test_the_hubs_size_and_sha256_are_checked(hub_server, tmp_path):
+    """Hugging Face sends the LFS size and sha256 as X-Linked-Size / X-Linked-Etag on its redirect to storage."""
+    storage = serve(hub_server, "/storage/infer.pt", CHECKPOINT[:-1] + bytes([CHECKPOINT[-1] ^ 1]))
+    hub_server.routes["/resolve/infer.pt"] = (302, {"Location": storage, "Content-Length": "0",
+                                                    "X-Linked-Size": str(len(CHECKPOINT)),
+                                                    "X-Linked-Etag": f'"{hashlib.sha256(CHECKPOINT).hexdigest()}"'},
+                                              b"", None)
+    with pytest.raises(DownloadError) as err:  # a zip still, same size, one bit flipped
+        hub.download(f"{hub_server.url}/resolve/infer.pt", tmp_path / "infer.pt", progress=False)
+    assert "sha256" in str(err.value) and list(tmp_path.iterdir()) == []
+    serve(hub_server, "/storage/infer.pt", CHECKPOINT)
+    assert hub.download(f"{hub_server.url}/resolve/infer.pt", tmp_path / "infer.pt",
+                        progress=False).read_bytes() == CHECKPOINT
+
+
+def test_a_bad_file_left_by_an_older_run_is_fetched_again(hub_server, tmp_path):
+    (tmp_path / "infer.pt").write_bytes(HTML_ERROR)  # what --download kept before
+    url = serve(hub_server, "/infer.pt", CHECKPOINT)
+    assert hub.download(url, tmp_path / "infer.pt", progress=False).read_bytes() == CHECKPOINT
+    assert hub_server.requests == ["/infer.pt"]
+
+
+def test_a_redirect_loop_is_one_line(hub_server, tmp_path):
+    hub_server.routes["/loop"] = (302, {"Location": "/loop", "Content-Length": "0"}, b"", None)
+    with pytest.raises(DownloadError) as err:
+        hub.download(f"{hub_server.url}/loop", tmp_path / "infer.pt", progress=False)
+    assert "\n" not in str(err.value) and "infinite loop" in str(err.value)

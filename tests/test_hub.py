@@ -141,7 +141,7 @@ def test_http_404_gives_one_line_error(server, tmp_path):
 
 
 def test_fetch_release_uses_env_override(server, tmp_path, monkeypatch):
-    tokenizer_bytes = {f.filename: f"fake {f.filename}".encode() for f in hub.TOKENIZER_FILES}
+    tokenizer_bytes = {f.filename: f'{{"fake": "{f.filename}"}}'.encode() for f in hub.TOKENIZER_FILES}  # JSON and text
     server.files = {"/ASLP-lab/OSUM/resolve/main/infer.pt": PAYLOAD}
     server.files |= {f"/Qwen/Qwen2-7B-Instruct/resolve/main/{name}": body for name, body in tokenizer_bytes.items()}
     monkeypatch.setenv(hub.HUB_URL_ENV, server.url + "/")
