@@ -2,12 +2,17 @@
 a silent no-op or an unbounded cost. The next bad input found belongs here, under the part of the pipeline it hits."""
 import hashlib
 import http.server
+import io
 import json
 import math
+import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import wave
 from pathlib import Path
 
@@ -18,11 +23,12 @@ import torch
 
 import infer
 from conftest import FIXTURE_A
-from osum_min import hub
+from osum_min import hub, progress
 from osum_min.audio import (MAX_KERNEL_TAPS, SAMPLE_RATE, AudioError, _kernel_taps, _resample_per_output,
                              load_audio, resample)
 from osum_min.hub import DownloadError
 from osum_min.model import OSUM
+from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer
 from test_audio import brute_force_resample
 from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
@@ -315,3 +321,68 @@ def test_a_redirect_loop_is_one_line(hub_server, tmp_path):
     with pytest.raises(DownloadError) as err:
         hub.download(f"{hub_server.url}/loop", tmp_path / "infer.pt", progress=False)
     assert "\n" not in str(err.value) and "infinite loop" in str(err.value)
+
+
+# ---------------------------------------------------------------- the web demo's files
+
+def test_the_web_demo_serves_only_its_clips_and_deletes_uploads_on_close():
+    pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
+    gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed")
+    from osum_min.web import build_demo, launch
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo = build_demo(None, None, unavailable="no model in this test")
+    launch(demo, port=port, examples=[(AUDIO, "asr")], block=False)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert urllib.request.urlopen(f"{url}/gradio_api/file={AUDIO}").status == 200  # an example clip
+        with pytest.raises(urllib.error.HTTPError) as refused:  # its neighbour in the same folder
+            urllib.request.urlopen(f"{url}/gradio_api/file={FIXTURE_A / 'infer.pt'}")
+        assert refused.value.code == 403
+        client = gradio_client.Client(url + "/", verbose=False, download_files=False)
+        status, *_ = client.predict(gradio_client.handle_file(str(AUDIO)), "asr", "", "", 1, False, 1.0, 0, 1.0, 1.0,
+                                    16, None, api_name="/transcribe")
+        assert status == "**Error:** no model in this test"
+        uploads = set(demo.upload_file_set)
+        assert uploads and all(Path(upload).exists() for upload in uploads)
+    finally:
+        demo.close()
+    assert not any(Path(upload).exists() for upload in uploads)
+
+
+SUBTITLE_FOLDER = """
+import tempfile
+made, mkdtemp = [], tempfile.mkdtemp
+tempfile.mkdtemp = lambda *args, **kwargs: made.append(mkdtemp(*args, **kwargs)) or made[-1]
+from osum_min.web import build_demo
+demo = build_demo(None, None, unavailable="none")
+print(made[0])
+"""
+
+
+def test_the_web_demo_removes_its_subtitle_folder():
+    pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
+    done = subprocess.run([sys.executable, "-c", SUBTITLE_FOLDER], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("osum_web_") and not folder.exists()
+
+
+# ---------------------------------------------------------------- progress bars
+
+def test_no_eta_until_the_rate_is_measured(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    bar = Progress(8_000_000, "converting", unit="B", stream=io.StringIO())
+    clock[0] += 0.5  # a slow first tensor: 32 KB in half a second would say 02:04
+    bar.update(32_000)
+    assert bar.line().endswith("eta ?")
+    for _ in range(3):
+        clock[0] += 0.25
+        bar.update(1_000_000)
+    assert bar.line().endswith("eta 00:02")  # 3.03 MB in 1.25 s: 4.97 MB left at 2.4 MB/s
+    bar.update(4_968_000)
+    assert bar.line().endswith("eta 00:00")
