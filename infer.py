@@ -168,6 +168,8 @@ def device_problem(name: str | None) -> str | None:
         return f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu"
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         return f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {name}: this torch sees no Apple GPU; use --device cpu"
     return None
 
 

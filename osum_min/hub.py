@@ -176,7 +176,8 @@ def _transfer(url: str, part: Path, offset: int, expected_size: int | None, prog
                         bar.update(len(chunk))
         except (OSError, http.client.HTTPException) as err:
             raise DownloadError(f"{url}: transfer interrupted after {part.stat().st_size} bytes "
-                                f"({type(err).__name__}: {err}); run again to resume from {part}") from None
+                                f"({type(err).__name__}: {err}); run again to resume from {part} "
+                                f"(delete it to start over)") from None
         finally:
             if bar:
                 bar.close()
@@ -220,7 +221,8 @@ def _verify(url: str, part: Path, total: int | None, sha256: str | None) -> None
     """Size first (a short file is kept for resuming), then the hash (a wrong file is deleted)."""
     size = part.stat().st_size
     if total is not None and size < total:
-        raise DownloadError(f"{url}: connection closed after {size} of {total} bytes; run again to resume from {part}")
+        raise DownloadError(f"{url}: connection closed after {size} of {total} bytes; run again to resume from {part} "
+                            f"(delete it to start over)")
     if total is not None and size > total:
         part.unlink()
         raise DownloadError(f"{url}: got {size} bytes, expected {total}; deleted {part}")

@@ -146,6 +146,8 @@ def run_infer(capsys, *argv) -> tuple[int, list[str], str]:
     (["--top-p", "0", "--sample"], "--top-p must be in (0, 1]"),
     (["--repetition-penalty", "nan"], "--repetition-penalty must be above 0"),
     (["--device", "gpu"], "not a torch device"),
+    pytest.param(["--device", "mps"], "--device mps: this torch sees no Apple GPU",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="an Apple GPU is present")),
     (["--web", "--batch-size", "0"], "--batch-size must be at least 1"),
 ])
 def test_bad_flag_values_exit_2_in_one_line(capsys, fixture_weights, flags, message):
@@ -292,6 +294,15 @@ def test_download_never_promotes_a_bad_file(hub_server, tmp_path, name, body, cu
     message = str(err.value)
     assert "\n" not in message and url in message and problem in message, message
     assert f"deleted {tmp_path / name}.part" in message and list(tmp_path.iterdir()) == []
+
+
+def test_a_cut_transfer_says_what_to_delete(hub_server, tmp_path):
+    hub_server.routes["/infer.pt"] = (200, {"Content-Length": str(len(CHECKPOINT))}, CHECKPOINT, 1000)
+    with pytest.raises(DownloadError) as err:
+        hub.download(f"{hub_server.url}/infer.pt", tmp_path / "infer.pt", progress=False)
+    part = tmp_path / "infer.pt.part"
+    assert "\n" not in str(err.value) and f"resume from {part} (delete it to start over)" in str(err.value)
+    assert part.stat().st_size == 1000 and not (tmp_path / "infer.pt").exists()
 
 
 def test_the_hubs_size_and_sha256_are_checked(hub_server, tmp_path):
