@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +30,7 @@ from osum_min.model import OSUM
 from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer
 from test_audio import brute_force_resample
+from test_hub import local_server
 from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,15 +261,9 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hub_server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
-    httpd.daemon_threads, httpd.routes, httpd.requests = True, {}, []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with local_server(HubHandler) as httpd:
+        httpd.routes, httpd.requests = {}, []
+        yield httpd
 
 
 def serve(server, path: str, body: bytes, cut: int | None = None, length: bool = True, **headers):
