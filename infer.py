@@ -45,25 +45,37 @@ class Item:
     key: str
     reference: str | None = None  # the list's `txt`, when scoring
     seconds: float = 0.0  # from the file header, for length-sorted batching
+    problem: str | None = None  # a list line we cannot use: skipped and counted like an unreadable file
+
+
+def list_entry(path: Path, number: int, line: str) -> Item:
+    """One line of a list: a path, or wenet jsonl {"key", "wav", "txt"}; a bad line gives an Item with its problem."""
+    where = f"{path}:{number}"
+    entry = {"wav": line.strip()}
+    if line.lstrip().startswith("{"):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            return Item(where, where, problem="not a wenet list line (JSON with a \"wav\" field)")
+        if not isinstance(entry, dict):
+            return Item(where, where, problem="not a wenet list line (a JSON object with a \"wav\" field)")
+    if not isinstance(entry.get("wav"), str) or not entry["wav"].strip():
+        return Item(where, where, problem=f"\"wav\" is {json.dumps(entry.get('wav'))[:40]}, not a path")
+    if not isinstance(entry.get("txt"), (str, type(None))):
+        return Item(where, where, problem=f"\"txt\" is {json.dumps(entry['txt'])[:40]}, not text")
+    wav = Path(entry["wav"])
+    if not wav.is_absolute() and not wav.exists() and (path.parent / wav).exists():
+        wav = path.parent / wav
+    return Item(str(wav), str(entry.get("key", wav)), entry.get("txt"))
 
 
 def read_list(path: Path) -> list[Item]:
-    """One audio path per line, or wenet raw jsonl `{"key", "wav", "txt"}`; paths may be relative to the list."""
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        entry = {"wav": line.strip()}
-        if line.lstrip().startswith("{"):
-            try:
-                entry = json.loads(line)
-                entry["wav"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UsageError(f"{path}:{number}: not a wenet list line (JSON with a \"wav\" field)") from None
-        wav = Path(entry["wav"])
-        if not wav.is_absolute() and not wav.exists() and (path.parent / wav).exists():
-            wav = path.parent / wav
-        items.append(Item(str(wav), str(entry.get("key", wav)), entry.get("txt")))
+    """One audio path per line, or wenet raw jsonl; paths may be relative to the list. A list none of whose lines
+    names an existing file is refused as a whole (`infer.py README.md`), rather than skipped line by line."""
+    items = [list_entry(path, number, line)
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    if items and not any(item.problem is None and Path(item.path).exists() for item in items):
+        raise UsageError(f"{path}: not a list of audio files (none of its {len(items)} lines names an existing file)")
     return items
 
 
@@ -90,6 +102,12 @@ def collect_inputs(paths: list[str]) -> list[Item]:
     return items
 
 
+def load_item(item: Item) -> torch.Tensor:
+    if item.problem is not None:
+        raise AudioError(item.path, item.problem)
+    return load_audio(item.path)
+
+
 def decode_files(model: OSUM, items: list[Item], prompt_ids: list[int], settings: dict, batch_size: int,
                  on_token=None):
     """Yield (index, Decoded or AudioError) per item, longest first: each group of `batch_size` files is loaded and
@@ -99,7 +117,7 @@ def decode_files(model: OSUM, items: list[Item], prompt_ids: list[int], settings
         waves = {}
         for index in order[group_start:group_start + batch_size]:
             try:
-                waves[index] = load_audio(items[index].path)
+                waves[index] = load_item(items[index])
             except AudioError as err:
                 yield index, err
         yield from zip(waves, decode_waveforms(model, list(waves.values()), prompt_ids, settings, batch_size, on_token))
@@ -133,8 +151,48 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
     return model, tokenizer
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse reporting a bad flag like every other usage error: one line, exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def device_problem(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name}: not a torch device (cpu, cuda or cuda:N)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu"
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        return f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {name}: this torch sees no Apple GPU; use --device cpu"
+    return None
+
+
+def flag_problem(args) -> str | None:
+    """What is wrong with a number on the command line, found before anything is loaded (None: nothing)."""
+    for flag, value in (("--batch-size", args.batch_size), ("--beams", args.beams),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            return f"{flag} must be at least 1, got {value}"
+    if args.temperature is not None and not args.temperature > 0:
+        return f"--temperature must be above 0 (sampling divides the scores by it), got {args.temperature}"
+    if args.top_k is not None and args.top_k < 0:
+        return f"--top-k must be 0 (off) or more, got {args.top_k}"
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        return f"--top-p must be in (0, 1], got {args.top_p}"
+    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
+        return f"--repetition-penalty must be above 0, got {args.repetition_penalty}"
+    return device_problem(args.device)
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="infer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="audio files, directories, or lists (paths or wenet jsonl)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--task", default="asr", help="one of --list-tasks (default asr)")
@@ -169,7 +227,10 @@ def parse_args(argv):
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
                         help="decode steps through torch.compile (warm-up: see README); default: CUDA graphs on "
                              "CUDA, eager on CPU; --no-compile: eager everywhere")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if problem := flag_problem(args):
+        parser.error(problem)
+    return args
 
 
 def resolve_task(args) -> Task:
@@ -224,6 +285,8 @@ def main(argv=None) -> int:
         model, tokenizer = load(args)
         prompt_ids = prompt_ids_for(args, task, tokenizer)
         settings = decoding_settings(args, model.config.eod_id)
+        if problem := model.config.prompt_length_problem(len(prompt_ids), settings["max_new_tokens"]):
+            raise UsageError(problem)
     except UsageError as err:
         print(f"infer.py: error: {err}", file=sys.stderr)
         return 2
@@ -241,6 +304,8 @@ def main(argv=None) -> int:
             progress.update()
         if isinstance(outcome, AudioError):
             failures += 1
+            if scorer:
+                scorer.skipped += 1
             print(f"infer.py: skipped {outcome}", file=sys.stderr)
             pending[index] = json.dumps({"file": items[index].path, "error": str(outcome)}) if args.json else None
         else:

@@ -21,6 +21,10 @@ MIN_SAMPLES = N_FFT  # one analysis window; reflect padding of the STFT needs mo
 # torchaudio.transforms.Resample defaults
 LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99
+# A file rate outside this range is a broken header, not audio (1 Hz once turned a 4 KB file into 2000 s).
+MIN_FILE_RATE, MAX_FILE_RATE = 1000, 384000
+# Largest polyphase resampling kernel, in taps (8 MB while built in float64): every common rate fits.
+MAX_KERNEL_TAPS = 1 << 20
 
 # libsndfile notes a WAV whose header promises more data than the file holds as "data : 32000 (should be 15978)".
 _SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -71,6 +75,9 @@ def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
         raise AudioError(name, "contains no audio samples")
     if not np.isfinite(samples).all():
         raise AudioError(name, "contains NaN or infinite samples")
+    if not MIN_FILE_RATE <= file_rate <= MAX_FILE_RATE:
+        raise AudioError(name, f"implausible sample rate {file_rate} Hz in the header "
+                               f"(expected {MIN_FILE_RATE} to {MAX_FILE_RATE} Hz)")
     wav = torch.from_numpy(samples).T.mean(dim=0)  # (C, N) -> (N,), the channel mean in float32 like the original
     wav = resample(wav, file_rate, sample_rate)
     if len(wav) < MIN_SAMPLES * sample_rate // SAMPLE_RATE:
@@ -79,15 +86,24 @@ def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     return wav
 
 
+def _kernel_width(orig_rate: int, new_rate: int) -> int:
+    """Input samples each side of an output: the sinc's zero crossings up to LOWPASS_FILTER_WIDTH."""
+    return math.ceil(LOWPASS_FILTER_WIDTH * orig_rate / (min(orig_rate, new_rate) * ROLLOFF))
+
+
+def _kernel_taps(orig_rate: int, new_rate: int) -> int:
+    return new_rate * (2 * _kernel_width(orig_rate, new_rate) + orig_rate)
+
+
 @functools.lru_cache(maxsize=16)
 def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
-    """torchaudio's sinc_interp_hann kernel for already gcd-reduced rates: (new_rate, 1, 2*width + orig_rate).
+    """torchaudio's sinc_interp_hann kernel for gcd-reduced rates: (new_rate, 1, 2*width + orig_rate).
 
     Row `phase` holds the taps for outputs `phase, phase + new_rate, ...`; built in float64, then cast to float32.
     Like torchaudio, the output phases -j/new_rate are computed in float32 before joining the float64 grid.
     """
     base_rate = min(orig_rate, new_rate) * ROLLOFF  # low-pass below the smaller Nyquist frequency
-    width = math.ceil(LOWPASS_FILTER_WIDTH * orig_rate / base_rate)  # input samples each side of an output
+    width = _kernel_width(orig_rate, new_rate)
     input_offsets = torch.arange(-width, width + orig_rate, dtype=torch.float64)[None, None] / orig_rate
     output_phases = torch.arange(0, -new_rate, -1, dtype=torch.float32)[:, None, None] / new_rate
     t = output_phases + input_offsets  # (new_rate, 1, 2*width + orig_rate), float64
@@ -99,11 +115,18 @@ def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
 
 
 def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Windowed-sinc resampling of (..., samples), equal to torchaudio.functional.resample's defaults."""
+    """Windowed-sinc resampling of (..., samples), equal to torchaudio.functional.resample's defaults.
+
+    torchaudio's polyphase kernel has new x (orig + 2 width) taps for the gcd-reduced rates: fine for every common
+    rate (44.1 kHz -> 16 kHz: 76 000), 706 M taps for 44101 Hz. Rate pairs above MAX_KERNEL_TAPS evaluate the same
+    formula per output sample instead, so memory and time follow the audio's length whatever the rates.
+    """
     if orig_rate == new_rate:
         return wav
     gcd = math.gcd(orig_rate, new_rate)
     orig_rate, new_rate = orig_rate // gcd, new_rate // gcd
+    if _kernel_taps(orig_rate, new_rate) > MAX_KERNEL_TAPS:
+        return _resample_per_output(wav, orig_rate, new_rate)
     kernel, width = _sinc_kernel(orig_rate, new_rate)
     batch_shape, length = wav.shape[:-1], wav.shape[-1]
     padded = torch.nn.functional.pad(wav.reshape(-1, 1, length), (width, width + orig_rate))  # (B, 1, N + pads)
@@ -111,6 +134,40 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     out = out.transpose(1, 2).reshape(len(padded), -1)  # interleave the phases: (B, blocks * new_rate)
     target_length = math.ceil(new_rate * length / orig_rate)
     return out[:, :target_length].reshape(*batch_shape, -1)
+
+
+@functools.lru_cache(maxsize=4)
+def _phase_taps(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
+    """The same windowed sinc for gcd-reduced rates, only its 2 width + 1 non-zero taps per output phase:
+    (new_rate, 2 width + 1) float32, tap k of phase j weighing input j * orig // new - width + k of its block.
+    The offsets i/orig - j/new are exact integers over orig * new (torchaudio rounds j/new to float32)."""
+    base_rate = min(orig_rate, new_rate) * ROLLOFF
+    width = _kernel_width(orig_rate, new_rate)
+    phases = torch.arange(new_rate)[:, None]  # (new, 1)
+    inputs = phases * orig_rate // new_rate + torch.arange(-width, width + 1)  # (new, 2 width + 1)
+    t = (inputs * new_rate - phases * orig_rate).double() / (orig_rate * new_rate)
+    t = (t * base_rate).clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
+    window = torch.cos(t * math.pi / LOWPASS_FILTER_WIDTH / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.tensor(1.0, dtype=torch.float64), t.sin() / t)
+    return (kernel * window * (base_rate / orig_rate)).to(torch.float32), width
+
+
+def _resample_per_output(wav: torch.Tensor, orig_rate: int, new_rate: int, chunk: int = 16384) -> torch.Tensor:
+    """resample for gcd-reduced rates with a huge polyphase kernel: each output gathers its 2 width + 1 inputs and
+    its phase's taps, `chunk` outputs at a time; memory new x (2 width + 1) taps plus one chunk."""
+    kernel, width = _phase_taps(orig_rate, new_rate)
+    batch_shape, length = wav.shape[:-1], wav.shape[-1]
+    padded = torch.nn.functional.pad(wav.reshape(-1, length), (width, width + 1))  # (B, N + 2 width + 1)
+    taps = torch.arange(2 * width + 1)
+    kernel = kernel.to(wav)
+    target_length = math.ceil(new_rate * length / orig_rate)
+    out = []
+    for start in range(0, target_length, chunk):
+        outputs = torch.arange(start, min(start + chunk, target_length))  # (C,)
+        inputs = (outputs * orig_rate // new_rate)[:, None] + taps  # (C, 2 width + 1) in padded coordinates
+        out.append((padded[:, inputs] * kernel[outputs % new_rate]).sum(-1))  # (B, C)
+    return torch.cat(out, dim=1).reshape(*batch_shape, -1)
 
 
 def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:

@@ -2,15 +2,22 @@
 
 Stdlib only (urllib), because the checkpoint is ~15 GB and a dropped connection must not cost the whole
 transfer: bytes land in `DEST.part`, a rerun continues it with a `Range` request, and only a file that passes
-its size and sha256 checks is renamed to DEST. Any failure is one line naming the URL and what went wrong.
+its checks is renamed to DEST: the size (ours, else the hub's X-Linked-Size, else Content-Length), the sha256 (ours,
+else the hub's X-Linked-Etag) and the content (`content_problem`: an HTML error page served with 200, random bytes
+or a body cut short without a length must not become a file every later run reuses). Any failure is one line
+naming the URL and what went wrong.
 """
+import codecs
 import errno
 import hashlib
 import http.client
+import json
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,6 +28,7 @@ DEFAULT_HUB_URL = "https://huggingface.co"
 HUB_URL_ENV = "OSUM_HUB_URL"
 CHUNK_BYTES = 1 << 20
 OFFLINE_ERRNOS = {errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH}
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class DownloadError(ValueError):
@@ -69,7 +77,7 @@ def download(url: str, dest_path, *, expected_size: int | None = None, sha256: s
     """Download URL to DEST_PATH, resuming DEST.part; skips the transfer if DEST already passes the checks."""
     dest = Path(dest_path)
     if dest.exists() and (expected_size is None or dest.stat().st_size == expected_size) \
-            and (sha256 is None or _sha256_of(dest) == sha256.lower()):
+            and (sha256 is None or _sha256_of(dest) == sha256.lower()) and content_problem(dest, dest.name) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -78,22 +86,77 @@ def download(url: str, dest_path, *, expected_size: int | None = None, sha256: s
         part.unlink()
         offset = 0
     if expected_size is None or offset < expected_size:
-        total = _transfer(url, part, offset, expected_size, progress, timeout)
+        total, hub_sha256 = _transfer(url, part, offset, expected_size, progress, timeout)
     else:
-        total = expected_size  # a previous run got every byte but stopped before verifying
-    _verify(url, part, total, sha256)
+        total, hub_sha256 = expected_size, None  # a previous run got every byte but stopped before verifying
+    _verify(url, part, total, sha256 or hub_sha256)
+    if problem := content_problem(part, dest.name):
+        part.unlink()
+        raise DownloadError(f"{url}: {problem}; deleted {part}")
+    if total is None and sha256 is None and hub_sha256 is None and dest.suffix not in PROVEN_COMPLETE:
+        part.unlink()
+        raise DownloadError(f"{url}: no size or hash from the server to check {dest.name} against, and its content "
+                            f"cannot show it is complete; deleted {part}")
     os.replace(part, dest)
     return dest
 
 
+class _HubMetadata(urllib.request.HTTPRedirectHandler):
+    """Keeps the X-Linked-Size and X-Linked-Etag (the LFS sha256) that the Hugging Face hub sends on its redirect
+    to the file's storage, where urllib would drop them."""
+
+    def __init__(self):
+        self.linked = {}
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.linked |= {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-linked-")}
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def hub_size_and_sha256(headers: dict) -> tuple[int | None, str | None]:
+    """The full file's size and sha256 from the hub's X-Linked-* headers (lower-case names), where given."""
+    size = headers.get("x-linked-size", "")
+    digest = headers.get("x-linked-etag", "").strip().removeprefix("W/").strip('"').lower()
+    return (int(size) if size.isdigit() else None), (digest if SHA256_HEX.match(digest) else None)
+
+
+# Suffixes whose content check shows the file is whole (a zip's central directory is at its end, JSON must close).
+PROVEN_COMPLETE = {".pt", ".json"}
+
+
+def content_problem(path: Path, name: str) -> str | None:
+    """Why the bytes at PATH cannot be the file NAME (None if they can): torch checkpoints are zip archives, JSON
+    must parse, and no file of the release is an HTML page (what a proxy or hub error page served with 200 is)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+        return f"the server sent an HTML page, not {name}"
+    if name.endswith(".pt") and not zipfile.is_zipfile(path):
+        return f"not a torch checkpoint (a zip archive), or cut short: starts with {head[:8]!r}"
+    if name.endswith(".json"):
+        try:
+            json.loads(path.read_bytes())
+        except ValueError as err:
+            return f"{name} is not JSON, or cut short ({type(err).__name__}: {str(err)[:60]})"
+    if name.endswith(".txt"):
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at byte 512 is fine
+        except UnicodeDecodeError:
+            return f"{name} is not UTF-8 text: starts with {head[:8]!r}"
+    return None
+
+
 def _transfer(url: str, part: Path, offset: int, expected_size: int | None, progress: bool,
-              timeout: float) -> int | None:
-    """Append the missing bytes to PART (or rewrite it if the server ignores Range); returns the full size if known."""
-    response = _open(url, offset, timeout)
+              timeout: float) -> tuple[int | None, str | None]:
+    """Append the missing bytes to PART (or rewrite it if the server ignores Range); returns the full size if known
+    and the hub's sha256 if given."""
+    response, linked = _open(url, offset, timeout)
     if response is None:  # 416: what we hold is not a prefix the server can continue
         part.unlink()
         offset = 0
-        response = _open(url, 0, timeout)
+        response, linked = _open(url, 0, timeout)
+    hub_size, hub_sha256 = hub_size_and_sha256(linked | {k.lower(): v for k, v in response.headers.items()})
+    expected_size = expected_size if expected_size is not None else hub_size
     with response:
         if response.status != 206:
             offset = 0  # the server sent the whole file: start over rather than append it to the prefix
@@ -113,22 +176,27 @@ def _transfer(url: str, part: Path, offset: int, expected_size: int | None, prog
                         bar.update(len(chunk))
         except (OSError, http.client.HTTPException) as err:
             raise DownloadError(f"{url}: transfer interrupted after {part.stat().st_size} bytes "
-                                f"({type(err).__name__}: {err}); run again to resume from {part}") from None
+                                f"({type(err).__name__}: {err}); run again to resume from {part} "
+                                f"(delete it to start over)") from None
         finally:
             if bar:
                 bar.close()
-    return total
+    return total, hub_sha256
 
 
 def _open(url: str, offset: int, timeout: float):
-    """The server's response to a GET from OFFSET; None if it refuses the range (HTTP 416)."""
+    """The server's response to a GET from OFFSET (None if it refuses the range: HTTP 416) and the X-Linked-*
+    headers of the redirects on the way."""
     headers = {"User-Agent": "osum-min", **({"Range": f"bytes={offset}-"} if offset else {})}
+    metadata = _HubMetadata()
     try:
-        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = urllib.request.build_opener(metadata).open(urllib.request.Request(url, headers=headers),
+                                                              timeout=timeout)
+        return response, metadata.linked
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:
-            return None
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+            return None, metadata.linked
+        raise DownloadError(f"{url}: HTTP {err.code} {' '.join(str(err.reason).split())}") from None
     except urllib.error.URLError as err:
         raise DownloadError(f"{url}: {network_failure(url, err.reason)}") from None
     except (OSError, http.client.HTTPException) as err:  # timeouts and resets that urllib does not wrap
@@ -153,7 +221,8 @@ def _verify(url: str, part: Path, total: int | None, sha256: str | None) -> None
     """Size first (a short file is kept for resuming), then the hash (a wrong file is deleted)."""
     size = part.stat().st_size
     if total is not None and size < total:
-        raise DownloadError(f"{url}: connection closed after {size} of {total} bytes; run again to resume from {part}")
+        raise DownloadError(f"{url}: connection closed after {size} of {total} bytes; run again to resume from {part} "
+                            f"(delete it to start over)")
     if total is not None and size > total:
         part.unlink()
         raise DownloadError(f"{url}: got {size} bytes, expected {total}; deleted {part}")

@@ -42,6 +42,18 @@ class OSUMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def prompt_length_problem(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
+        """Why a prompt of this many tokens does not fit (None if it does): the LLM's positions must hold it, the
+        longest window's speech (30 s: max_mel_frames / 8 embeddings, speech bos and eos) and the answer. Checked
+        before decoding, since a prompt far beyond them costs memory quadratic in its length before failing."""
+        speech = -(-self.max_mel_frames // 8) + 2
+        limit = self.llm.max_position_embeddings - speech - max_new_tokens
+        if prompt_tokens <= limit:
+            return None
+        return (f"the prompt is {prompt_tokens} tokens; this model takes at most {limit} "
+                f"({self.llm.max_position_embeddings} positions, less {speech} for 30 s of speech and "
+                f"{max_new_tokens} for the answer)")
+
 
 OSUM_PRESETS = {
     "osum": OSUMConfig(),  # the released model

@@ -6,6 +6,11 @@ Writes one carriage-return-updated line to stderr with done/total, rate and ETA;
 import sys
 import time
 
+# An ETA from the first update or two extrapolates start-up costs (an 8 MB conversion first read 04:02): it shows
+# once the rate rests on this many updates and seconds.
+ETA_MIN_UPDATES = 3
+ETA_MIN_SECONDS = 1.0
+
 
 def _fmt_seconds(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -34,6 +39,7 @@ class Progress:
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self.done = initial
         self.initial = initial
+        self.updates = 0
         self.start = time.monotonic()
         self.last_print = 0.0
 
@@ -45,6 +51,7 @@ class Progress:
 
     def update(self, amount: float = 1) -> None:
         self.done += amount
+        self.updates += 1
         now = time.monotonic()
         if now - self.last_print >= (0.1 if self.tty else self.interval):
             self.last_print = now
@@ -57,8 +64,9 @@ class Progress:
         if self.total:
             parts.append(f"{100 * self.done / self.total:5.1f}% {_fmt_amount(self.done, self.unit)}"
                          f"/{_fmt_amount(self.total, self.unit)}")
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            eta_text = _fmt_seconds(eta) if eta != float("inf") else "?"
+            measured = self.updates >= ETA_MIN_UPDATES and elapsed >= ETA_MIN_SECONDS and rate > 0
+            eta_text = "00:00" if self.done >= self.total else \
+                _fmt_seconds((self.total - self.done) / rate) if measured else "?"
         else:
             parts.append(_fmt_amount(self.done, self.unit))
             eta_text = None

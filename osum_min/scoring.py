@@ -64,6 +64,7 @@ class Scorer:
     label_hits: dict[str, int] = field(default_factory=dict)
     label_totals: dict[str, int] = field(default_factory=dict)
     utterances: int = 0
+    skipped: int = 0  # files of the list that could not be read or scored: not in the rates above
 
     def add(self, reference_text: str, hypothesis: Result) -> None:
         reference = parse(self.task, normalise(reference_text))
@@ -86,7 +87,7 @@ class Scorer:
         return "cer" if self.cjk else "wer"
 
     def summary(self) -> dict:
-        out = {"utterances": self.utterances}
+        out = {"utterances": self.utterances, "skipped": self.skipped}
         if self.reference_units:
             out[self.metric] = round(100 * self.edits.errors / self.reference_units, 2)
             out.update(substitutions=self.edits.substitutions, deletions=self.edits.deletions,
@@ -104,4 +105,7 @@ class Scorer:
                          f"{self.edits.deletions} del, {self.edits.insertions} ins) over {self.utterances} files")
         lines += [f"{kind} accuracy {summary[f'{kind}_accuracy']:.2f}% ({self.label_hits[kind]}/{total})"
                   for kind, total in self.label_totals.items()]
+        if self.skipped:
+            lines.append(f"{self.skipped} file{'s' * (self.skipped > 1)} skipped (unreadable or a bad list line): "
+                         f"not scored")
         return lines

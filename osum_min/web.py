@@ -6,9 +6,11 @@ once; gradio's queue runs one request at a time, because one model must not deco
 problem (unreadable upload, bad prompt ids, missing weights) comes back as one line on the page and the server
 keeps serving. gradio is an optional extra (`pip install .[demo]`), imported only here and only when called.
 """
+import shutil
 import sys
 import tempfile
 import traceback
+import weakref
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -29,6 +31,7 @@ EXAMPLE_CLIPS = [(REPO / "tests/fixtures/fixture_a/audio.wav", "asr"),
                  (REPO / "tests/.assets/arctic_a0007.wav", "srwt"),
                  (REPO / "tests/.assets/sonnet1.wav", "asr")]  # 53 s: two windows
 FREE_PROMPT = "prompt"
+CACHE_SECONDS = 3600
 
 
 class DemoUnavailable(ValueError):
@@ -110,6 +113,8 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
                 raise ValueError(str(err).replace(audio_path, Path(audio_path).name)) from None
             settings = decoding(model.config.eod_id, beams, sample, temperature, top_k, top_p, repetition_penalty,
                                 max_new_tokens, seed)
+            if problem := model.config.prompt_length_problem(len(prompt_ids), settings["max_new_tokens"]):
+                raise ValueError(problem)
             out, result = transcribe(model, tokenizer, wav, task, prompt_ids, settings, batch_size,
                                      on_batch=lambda done, total: progress((done, total), desc="windows"))
         except ValueError as err:
@@ -140,7 +145,8 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
         return (status, text, list(parsed), gr.Dataframe(words, visible=words is not None),
                 gr.File(srt, visible=srt is not None), ids, record)
 
-    with gr.Blocks(title="OSUM", analytics_enabled=False) as demo:
+    # uploads and result files: those older than an hour are deleted every hour, all of them when the server closes
+    with gr.Blocks(title="OSUM", analytics_enabled=False, delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
         gr.Markdown("# OSUM\nSpeech understanding: transcripts, timed words, emotion, style, gender, age, events "
                     "and spoken chat. Audio over 30 s is cut into windows at quiet points.")
         if unavailable:
@@ -180,17 +186,20 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
         task.change(lambda name: "" if name == FREE_PROMPT else TASKS[name].prompt, task, prompt, api_visibility="private")
         run_button.click(run, [audio, task, prompt, prompt_ids, beams, sample, temperature, top_k, top_p, penalty,
                                max_new, seed], [status, text, parsed, words, srt, ids, json_record], api_name="transcribe")
+    weakref.finalize(demo, shutil.rmtree, subtitle_folder, ignore_errors=True)  # with the page, or at exit
     return demo
 
 
 def launch(demo, host: str = "127.0.0.1", port: int = 7860, examples=EXAMPLE_CLIPS, block: bool = True):
-    """Queue requests one at a time (one model) and serve; system fonts only, so the page needs no network."""
+    """Queue requests one at a time (one model) and serve; system fonts only, so the page needs no network.
+    Only the example clips themselves are served from disk, not the folders they are in."""
     gr = import_gradio()
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
     demo.queue(default_concurrency_limit=1)
     return demo.launch(server_name=host, server_port=port, theme=theme, prevent_thread_lock=not block,
-                       allowed_paths=sorted({str(Path(path).parent) for path, _ in examples}), footer_links=["api"])
+                       allowed_paths=sorted(str(path) for path, _ in examples if Path(path).is_file()),
+                       footer_links=["api"])
 
 
 def serve(weights_dir, host: str = "127.0.0.1", port: int = 7860, device=None, dtype=None,

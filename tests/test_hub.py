@@ -3,6 +3,7 @@
 The server serves the fixture checkpoint (10.8 MB) and can cut a transfer short, ignore Range, or serve other bytes,
 so every path of `download` runs for real over a socket; nothing leaves the machine.
 """
+import contextlib
 import hashlib
 import http.server
 import socket
@@ -47,11 +48,11 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FileHandler)
+@contextlib.contextmanager
+def local_server(handler):
+    """HANDLER served on 127.0.0.1 (a free port, `server.url`) from a thread, stopped on leaving."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
-    httpd.files, httpd.requests, httpd.cut_after, httpd.ignore_range = {"/infer.pt": PAYLOAD}, [], None, False
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -60,6 +61,13 @@ def server():
     httpd.server_close()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def server():
+    with local_server(FileHandler) as httpd:
+        httpd.files, httpd.requests, httpd.cut_after, httpd.ignore_range = {"/infer.pt": PAYLOAD}, [], None, False
+        yield httpd
 
 
 def assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
@@ -141,7 +149,7 @@ def test_http_404_gives_one_line_error(server, tmp_path):
 
 
 def test_fetch_release_uses_env_override(server, tmp_path, monkeypatch):
-    tokenizer_bytes = {f.filename: f"fake {f.filename}".encode() for f in hub.TOKENIZER_FILES}
+    tokenizer_bytes = {f.filename: f'{{"fake": "{f.filename}"}}'.encode() for f in hub.TOKENIZER_FILES}  # valid files
     server.files = {"/ASLP-lab/OSUM/resolve/main/infer.pt": PAYLOAD}
     server.files |= {f"/Qwen/Qwen2-7B-Instruct/resolve/main/{name}": body for name, body in tokenizer_bytes.items()}
     monkeypatch.setenv(hub.HUB_URL_ENV, server.url + "/")
