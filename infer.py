@@ -18,6 +18,7 @@ from pathlib import Path
 import soundfile
 import torch
 
+from osum_min import ranks
 from osum_min.audio import AudioError, load_audio
 from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING
 from osum_min.model import OSUM
@@ -282,6 +283,10 @@ def main(argv=None) -> int:
         if args.stream and len(items) > 1:
             raise UsageError("--stream decodes one file at a time: give one file")
         args.batch_size = 1 if args.stream else args.batch_size  # long audio: stream the windows one after another
+        rank, world_size, _ = ranks.world()
+        if world_size > 1 and args.stream:
+            raise UsageError("--stream prints one file as it decodes: run it in one process, not torchrun")
+        args.device = ranks.start(args.device)
         model, tokenizer = load(args)
         prompt_ids = prompt_ids_for(args, task, tokenizer)
         settings = decoding_settings(args, model.config.eod_id)
@@ -298,8 +303,24 @@ def main(argv=None) -> int:
             (stream.push(token) if token < len(tokenizer) else "") if stream else f"{token} ", end="", flush=True)
     scorer = Scorer(task) if tokenizer and any(item.reference is not None for item in items) else None
     failures, pending, next_to_print = 0, {}, 0
-    progress = Progress(len(items), "files") if len(items) > 3 and not args.stream else None
-    for index, outcome in decode_files(model, items, prompt_ids, settings, args.batch_size, on_token):
+    share = ranks.balanced_share([item.seconds for item in items], rank, world_size)
+    progress = Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}") \
+        if len(share) > 3 and not args.stream and rank == 0 else None
+    outcomes = ((share[i], outcome) for i, outcome in decode_files(model, [items[j] for j in share], prompt_ids,
+                                                                    settings, args.batch_size, on_token))
+    if world_size > 1:  # every rank decodes its share; rank 0 reports them all, as one process would
+        mine = []
+        for pair in outcomes:
+            mine.append(pair)
+            if progress:
+                progress.update()
+        if progress:
+            progress.close()
+        outcomes, progress = ranks.gather_outcomes(mine), None
+        if rank != 0:
+            ranks.finish()
+            return 0
+    for index, outcome in outcomes:
         if progress:
             progress.update()
         if isinstance(outcome, AudioError):
@@ -332,6 +353,7 @@ def main(argv=None) -> int:
         print(stream.finish() if stream else "")
     if scorer:
         print(json.dumps({"summary": scorer.summary()}) if args.json else "\n".join(scorer.lines()))
+    ranks.finish()
     return 2 if failures == len(items) else 1 if failures else 0
 
 

@@ -36,6 +36,7 @@ class AudioError(ValueError):
 
     def __init__(self, source: str, problem: str):
         super().__init__(" ".join(f"{source}: {problem}".split()))
+        self.source, self.problem = source, problem
 
 
 def _source_name(path_or_file) -> str:

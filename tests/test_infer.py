@@ -183,3 +183,42 @@ def test_subtitles():
 def test_list_tasks(capsys):
     code, lines, _ = run(capsys, "--list-tasks")
     assert code == 0 and len(lines) == 12 and lines[1].startswith("srwt")
+
+
+def test_torchrun_two_ranks_equal_one_process(tmp_path, weights_with_tokenizer):
+    """Two gloo ranks share the files by length; rank 0 prints every result in input order and scores all of them,
+    the same as one process; a bad file is reported once and the exit code is still 1."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    clips = [*AUDIO, FIXTURE_A / "audio_batch_item1.wav", tmp_path / "empty.wav"]
+    lines = [json.dumps({"key": f"utt{i}", "wav": str(clip), "txt": "ab cd"}) for i, clip in enumerate(clips)]
+    (tmp_path / "list.jsonl").write_text("\n".join(lines) + "\n")
+    root = Path(infer.__file__).resolve().parent
+    args = [str(root / "infer.py"), str(tmp_path / "list.jsonl"), "--weights", str(weights_with_tokenizer),
+            "--max-new-tokens", "6", "--batch-size", "2"]
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(port)]
+
+    def both(*extra):
+        one = subprocess.run([sys.executable, *args, *extra], capture_output=True, text=True, timeout=300)
+        two = subprocess.run([*torchrun, *args, *extra], capture_output=True, text=True, timeout=300)
+        assert one.returncode == two.returncode == 1, two.stderr[-2000:]
+        for run in (one, two):
+            assert [line for line in run.stderr.splitlines() if "skipped" in line] == \
+                [line for line in one.stderr.splitlines() if "skipped" in line] and "empty.wav" in run.stderr
+        return one.stdout, two.stdout
+
+    one, two = both("--json")
+    drop_timing = [{k: v for k, v in json.loads(line).items() if k != "decode_s"} for line in one.splitlines()]
+    assert [{k: v for k, v in json.loads(line).items() if k != "decode_s"} for line in two.splitlines()] == drop_timing
+    assert [record.get("key") for record in drop_timing[:4]] == [f"utt{i}" for i in range(4)]  # input order
+    assert drop_timing[4]["error"].startswith(str(tmp_path / "empty.wav")) and drop_timing[5]["summary"]["skipped"]
+    one, two = both("--score-only")
+    assert one == two and one.strip()
