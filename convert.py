@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from osum_min.model import OSUMConfig
-from osum_min.original import (RELEASED_CONFIG, config_from_original, convert_entries,  # noqa: F401  (tests use
-                                load_checkpoint, map_key, read_original_config)         # convert.map_key etc.)
+from osum_min.original import RELEASED_CONFIG, convert_entries, load_checkpoint, read_original_config
+from osum_min.original import config_from_original, map_key  # noqa: F401  (tests call them as convert.*)
 from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer, TokenizerError, check_fits, eod_outside_vocabulary
 from osum_min.weights import WeightsError, replacing_directory, save_weights
@@ -49,7 +49,8 @@ def vocabulary_problems(config: OSUMConfig, config_path, tokenizer: Tokenizer | 
             check_fits(tokenizer, config.llm.vocab_size, tokenizer_path)
         except TokenizerError as err:
             problems.append(str(err))
-    return problems + list(filter(None, [eod_outside_vocabulary(config.eod_id, config.llm.vocab_size, config_path)]))
+    eod_problem = eod_outside_vocabulary(config.eod_id, config.llm.vocab_size, config_path)
+    return problems + ([eod_problem] if eod_problem else [])
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, "keep": None}

@@ -101,7 +101,7 @@ def replacing_directory(out):
     """`with replacing_directory(out) as new:` write a model into `new`, a fresh directory beside `out`; on success
     `new` replaces `out` as a whole, on any exception it is removed and `out` stays as it was. Between the two
     renames `out` is briefly absent (its old files wait in `.OUT.old-PID`), never a mix of two models."""
-    out = Path(out)
+    out = Path(out).resolve() if Path(out).is_symlink() else Path(out)  # a link keeps pointing at the model
     if out.exists() and not out.is_dir():
         raise WeightsError(f"{out}: exists and is not a directory")
     foreign = sorted(name for name in os.listdir(out) if not MODEL_FILES.fullmatch(name)) if out.is_dir() else []

@@ -228,10 +228,11 @@ def test_an_undecodable_id_never_stops_training_evaluation(tmp_path):
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     (tmp_path / "prompts.json").write_text(json.dumps({"<TEST>": ["say it"]}))
     Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", 1000, True)]).save(tmp_path / "b.tok")
-    code = train.main(["--train-data", str(tmp_path / "data.jsonl"), "--dev-data", str(tmp_path / "data.jsonl"),
-                       "--tokenizer", str(tmp_path / "b.tok"), "--prompts", str(tmp_path / "prompts.json"),
-                       "--preset", "tiny", "--out", str(tmp_path / "out"), "--max-steps", "1", "--num-workers", "0",
-                       "--eval-batches", "1", "--accum-grad", "1", "--no-augment", "--device", "cpu"])
+    with pytest.warns(UserWarning, match="outside this tokenizer's vocabulary"):
+        code = train.main(["--train-data", str(tmp_path / "data.jsonl"), "--dev-data", str(tmp_path / "data.jsonl"),
+                           "--tokenizer", str(tmp_path / "b.tok"), "--prompts", str(tmp_path / "prompts.json"),
+                           "--preset", "tiny", "--out", str(tmp_path / "out"), "--max-steps", "1", "--num-workers",
+                           "0", "--eval-batches", "1", "--accum-grad", "1", "--no-augment", "--device", "cpu"])
     assert code == 0 and (tmp_path / "out" / "final" / "model.safetensors").is_file()
 
 
@@ -305,7 +306,17 @@ def test_an_old_format_checkpoint_converts(fixture_weights, tmp_path, capsys):
     assert (tmp_path / "o" / "model.safetensors").read_bytes() == (fixture_weights / "model.safetensors").read_bytes()
 
 
-def test_a_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_a_symlinked_out_keeps_pointing_at_the_new_model(fixture_weights, tmp_path, capsys):
+    shutil.copytree(fixture_weights, tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    code, _, err = run_convert(capsys, FIXTURE_A / "infer.pt", "--config", CONFIG_A, "--dtype", "bf16",
+                               "--out", tmp_path / "link")
+    assert code == 0, err
+    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert load_file(tmp_path / "real" / "model.safetensors")["speech_bos_eos"].dtype == torch.bfloat16
+
+
+def test_a_full_disk_leaves_no_partial_file(tmp_path):
     def full():
         raise OSError(28, "No space left on device")
     entries = [("a", torch.Size([4]), torch.float32, lambda: torch.ones(4)), ("b", torch.Size([4]), torch.float32, full)]
