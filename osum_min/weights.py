@@ -22,8 +22,8 @@ SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-MODEL_FILES = re.compile(r"config\.json|tokenizer\.tiktoken|model\.safetensors(\.index\.json)?|"
-                         + SHARD_NAME.pattern + r"|.*\.tmp")  # what a model directory we write holds
+MODEL_FILES = re.compile(r"(config\.json|tokenizer\.tiktoken|model\.safetensors(\.index\.json)?|"
+                         + SHARD_NAME.pattern + r")(\.tmp)?")  # what a model directory we write holds
 
 
 class WeightsError(ValueError):
@@ -148,6 +148,8 @@ def weight_files(directory) -> list[Path]:
             named = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise WeightsError(f"{index}: not a safetensors index (JSON with a weight_map)") from None
+        if not all(isinstance(name, str) and SHARD_NAME.fullmatch(name) for name in named):
+            raise WeightsError(f"{index}: names files that are not shards model-NNNNN-of-NNNNN.safetensors")
         problems = [f"{WEIGHTS_NAME} beside the index"] if (directory / WEIGHTS_NAME).exists() else []
         problems += [f"the index names missing {name}" for name in named if not (directory / name).is_file()]
         problems += [f"{name} is not in the index" for name in shards if name not in named]

@@ -160,6 +160,9 @@ def test_the_loader_refuses_a_directory_whose_files_disagree(fixture_weights, tm
             OSUM.from_pretrained(directory, device="cpu")
         assert str(directory) in str(caught.value) and "different writes" in str(caught.value), case
         assert len(str(caught.value).splitlines()) == 1
+    (source / weights.INDEX_NAME).write_text(json.dumps({"weight_map": {"w": "../elsewhere.safetensors"}}))
+    with pytest.raises(WeightsError, match="names files that are not shards"):
+        weight_files(source)
 
 
 def test_save_weights_removes_an_earlier_writes_files(tmp_path):
