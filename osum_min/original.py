@@ -121,6 +121,10 @@ REQUIRED = {"encoder_conf": ("output_size", "attention_heads", "linear_units", "
                            "intermediate_size", "vocab_size")}
 
 
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def config_from_original(original: dict) -> OSUMConfig:
     """Our dataclass configs from the original's vocabulary (yaml keys + encoder_conf + llm_config).
 
@@ -134,6 +138,9 @@ def config_from_original(original: dict) -> OSUMConfig:
         absent = [key for key in keys if key not in original[section]]
         if absent:
             raise ValueError(f"{section} lacks {', '.join(absent)}")
+        wrong = [key for key in keys if not _is_size(original[section][key])]
+        if wrong:
+            raise ValueError(f"{section}.{wrong[0]} is {original[section][wrong[0]]!r}, not a positive whole number")
     enc, llm, adaptor = original["encoder_conf"], original["llm_config"], original.get("adaptor_conf", {})
     defaults = AdaptorConfig()
     try:

@@ -243,7 +243,9 @@ def test_an_undecodable_id_never_stops_training_evaluation(tmp_path):
 
 @pytest.mark.parametrize("text, reason", [("{}", "no encoder_conf"), ("[1, 2]", "a JSON list"),
                                           ("{not json", "not valid JSON"), ('{"encoder_conf": {}, "llm_config": {}}',
-                                                                            "encoder_conf lacks output_size")])
+                                                                            "encoder_conf lacks output_size"),
+                                          (CONFIG_A.read_text().replace('"output_size": 64', '"output_size": "64"'),
+                                           "encoder_conf.output_size is '64', not a positive whole number")])
 def test_bad_original_configs_are_one_line_naming_the_file(tmp_path, capsys, text, reason):
     (tmp_path / "cfg.json").write_text(text)
     code, _, err = run_convert(capsys, FIXTURE_A / "infer.pt", "--config", tmp_path / "cfg.json", "--out", tmp_path / "o")
