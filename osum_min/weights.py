@@ -5,6 +5,7 @@ We write the safetensors format ourselves (8-byte header length, JSON header, ra
 A directory's files must agree (one model.safetensors, or exactly the shards its index names): a mix of two
 writes is refused, and `replacing_directory` swaps a whole new directory in so that no mix is ever left behind.
 """
+import glob
 import json
 import os
 import re
@@ -100,7 +101,8 @@ def save_weights(directory, entries: Iterable[tuple[str, torch.Size, torch.dtype
 def replacing_directory(out):
     """`with replacing_directory(out) as new:` write a model into `new`, a fresh directory beside `out`; on success
     `new` replaces `out` as a whole, on any exception it is removed and `out` stays as it was. Between the two
-    renames `out` is briefly absent (its old files wait in `.OUT.old-PID`), never a mix of two models."""
+    renames `out` is briefly absent (the old model waits in `.OUT.old-PID`; a run killed there is put right by
+    the next), never a mix of two models."""
     out = Path(out).resolve() if Path(out).is_symlink() else Path(out)  # a link keeps pointing at the model
     if out.exists() and not out.is_dir():
         raise WeightsError(f"{out}: exists and is not a directory")
@@ -108,9 +110,8 @@ def replacing_directory(out):
     if foreign:
         raise WeightsError(f"{out}: holds files that are not a model's ({', '.join(foreign[:3])}); replacing it "
                            "would delete them: choose an empty or new --out")
+    _clear_leftovers(out)
     new, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("new", "old"))
-    for leftover in (new, old):  # from a killed run of a process with the same id
-        shutil.rmtree(leftover, ignore_errors=True)
     new.mkdir(parents=True)
     try:
         yield new
@@ -123,6 +124,32 @@ def replacing_directory(out):
         shutil.rmtree(old)
     else:
         os.replace(new, out)
+
+
+def _clear_leftovers(out: Path) -> None:
+    """What a killed replacing_directory left beside `out` (a model's size each): a new directory is removed; an old
+    model moved aside just before the kill is put back when `out` is missing, removed otherwise."""
+    for leftover in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        kind, _, pid = leftover.name[len(out.name) + 2:].partition("-")
+        if kind not in ("new", "old") or not pid.isdigit() or _running(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(leftover, out)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether another process with this id runs (ours is not writing yet: its leftovers are from a dead one)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _counting(produce, progress, nbytes):

@@ -131,6 +131,29 @@ def test_conversion_refuses_to_replace_a_folder_with_other_files(tmp_path, capsy
     assert code == 2 and one_line(err) and "notes.txt" in err and (tmp_path / "notes.txt").is_file()
 
 
+def a_dead_process_id() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
+def test_a_conversion_killed_between_the_renames_is_put_right_by_the_next(fixture_weights, tmp_path):
+    """kill -9 leaves `.osum.old-PID` (the old model) and `.osum.new-PID` (maybe partial), and no `osum`."""
+    pid = a_dead_process_id()
+    shutil.copytree(fixture_weights, tmp_path / f".osum.old-{pid}")
+    (tmp_path / f".osum.new-{pid}").mkdir()
+    (tmp_path / f".osum.new-{pid}" / "model.safetensors.tmp").write_bytes(b"partial")
+    with pytest.raises(RuntimeError), replacing_directory(tmp_path / "osum"):
+        raise RuntimeError("this conversion fails too")
+    assert [p.name for p in tmp_path.iterdir()] == ["osum"] and digest(tmp_path / "osum") == digest(fixture_weights)
+
+
 def mixed_directories(root: Path, source: Path) -> dict[str, Path]:
     """Directories holding the files of two writes, each as a stale conversion would leave them."""
     cases = {}
