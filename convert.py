@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from osum_min.model import OSUMConfig
-from osum_min.original import RELEASED_CONFIG, convert_entries, load_checkpoint, read_original_config
+from osum_min.original import (RELEASED_CONFIG, ConfigMismatch, convert_entries, load_checkpoint,
+                               read_original_config)
 from osum_min.original import config_from_original, map_key  # noqa: F401  (tests call them as convert.*)
 from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer, TokenizerError, check_fits, eod_outside_vocabulary
@@ -30,7 +31,8 @@ def convert(checkpoint: Path, out: Path, config: OSUMConfig, dtype: torch.dtype 
     try:
         entries = convert_entries(source, config, dtype)
     except WeightsError as err:
-        hint = f"; is {config_path} this checkpoint's config? (--config)" if config_path else ""
+        config_hint = isinstance(err, ConfigMismatch) and config_path is not None
+        hint = f"; is {config_path} this checkpoint's config? (--config)" if config_hint else ""
         raise WeightsError(f"{checkpoint}: {err}{hint}") from None
     total = sum(shape.numel() * dt.itemsize for _, shape, dt, _ in entries)
     with replacing_directory(out) as new, Progress(total, "converting", unit="B") as bar:

@@ -23,6 +23,10 @@ from .weights import WeightsError, describe_keys
 RELEASED_CONFIG = Path(__file__).with_name("released_config.json")
 PEFT_PREFIX = "llama_model.base_model.model."
 
+class ConfigMismatch(WeightsError):
+    """The checkpoint's tensors are not the ones the config describes (missing keys, other shapes)."""
+
+
 # The original's names -> ours. {i} is a block index, {p} is "weight" or "bias".
 BLOCK_TABLE = [
     ("encoders.{i}.self_attn.linear_q.{p}", "blocks.{i}.attn.query.{p}"),
@@ -245,7 +249,7 @@ def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None)
         raise WeightsError(f"unexpected {describe_keys(unknown)} (not in original.py's key table)")
     missing = [name for name in expected if name not in mapped]
     if missing:
-        raise WeightsError(f"missing {describe_keys(missing)} (no source key maps to them)")
+        raise ConfigMismatch(f"missing {describe_keys(missing)} (no source key maps to them)")
     bos_row = config.speech_token_num
 
     def select(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -267,7 +271,7 @@ def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None)
         key = mapped[name]
         shape = select(name, source[key]).shape
         if shape != target.shape:
-            raise WeightsError(f"{key}: shape {tuple(source[key].shape)} does not fit {name} "
+            raise ConfigMismatch(f"{key}: shape {tuple(source[key].shape)} does not fit {name} "
                                f"{tuple(target.shape)} from the config")
         entries.append((name, shape, dtype or source[key].dtype, produce(name, key)))
     return entries

@@ -371,3 +371,6 @@ def test_export_on_a_full_disk_leaves_no_partial_file(fixture_weights, tmp_path,
 def test_the_released_config_on_a_small_checkpoint_hints_at_config(tmp_path, capsys):
     code, _, err = run_convert(capsys, FIXTURE_A / "infer.pt", "--out", tmp_path / "o")
     assert code == 2 and one_line(err) and "missing 954 key(s)" in err and "--config" in err
+    torch.save({"not.a.key": torch.ones(1)}, tmp_path / "foreign.pt")
+    code, _, err = run_convert(capsys, tmp_path / "foreign.pt", "--out", tmp_path / "o")  # no config could map it
+    assert code == 2 and one_line(err) and "unexpected 1 key(s): not.a.key" in err and "--config" not in err
