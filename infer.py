@@ -26,7 +26,7 @@ from osum_min.progress import Progress
 from osum_min.scoring import Scorer
 from osum_min.subtitles import subtitles
 from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
-from osum_min.tokenizer import Tokenizer, tokenizer_or_none
+from osum_min.tokenizer import RANK_FILE_NAME, Tokenizer, check_fits, eod_outside_vocabulary, tokenizer_or_none
 from osum_min.windows import Decoded, decode_waveforms
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
@@ -34,6 +34,12 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 GET_WEIGHTS = ("get them with `python convert.py --download`, or convert the original's checkpoint with "
                "`python convert.py infer.pt --tokenizer QWEN2_TOKENIZER_DIR --out weights/osum`")
+ROOT = Path(__file__).resolve().parent
+# The web demo's example clips: the repository's short recordings, and two more once tests/assets.py fetched them.
+WEB_EXAMPLES = [(ROOT / "tests/fixtures/fixture_a/audio.wav", "asr"),
+                (ROOT / "tests/fixtures/fixture_a/audio_batch_item1.wav", "ser"),
+                (ROOT / "tests/.assets/arctic_a0007.wav", "srwt"),
+                (ROOT / "tests/.assets/sonnet1.wav", "asr")]  # 53 s: two windows
 
 
 class UsageError(ValueError):
@@ -147,8 +153,13 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
     try:
         model = OSUM.from_pretrained(weights, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None,
                                      compile=args.compile)
+        if tokenizer is not None:
+            check_fits(tokenizer, model.config.llm.vocab_size, weights / RANK_FILE_NAME)
     except (OSError, ValueError, RuntimeError) as err:
         raise UsageError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
+    eod_problem = eod_outside_vocabulary(model.config.eod_id, model.config.llm.vocab_size, weights / "config.json")
+    if tokenizer is not None and eod_problem:  # text output that never ends; a model of ids (a fixture) is meant so
+        print(f"infer.py: warning: {eod_problem}", file=sys.stderr)
     return model, tokenizer
 
 
@@ -271,7 +282,8 @@ def main(argv=None) -> int:
         from osum_min.web import DemoUnavailable, serve
         try:
             return serve(args.weights, host=args.host, port=args.port, device=args.device,
-                         dtype=DTYPES[args.dtype] if args.dtype else None, batch_size=args.batch_size)
+                         dtype=DTYPES[args.dtype] if args.dtype else None, examples=WEB_EXAMPLES,
+                         batch_size=args.batch_size)
         except DemoUnavailable as err:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2

@@ -70,8 +70,10 @@ def make_checkpoint(path: Path, llm_layers: int) -> None:
 
 def step_convert(workdir: Path, llm_layers: int) -> dict:
     import convert
-    config = json.loads((ROOT / "tests/fixtures/released_config.json").read_text())
+    from osum_min.original import RELEASED_CONFIG, config_from_original
+    config = json.loads(RELEASED_CONFIG.read_text())
     config["llm_config"]["num_hidden_layers"] = llm_layers
+    config = config_from_original(config)
     largest = max(_numel(shape) for shape in layout(llm_layers).values()) * 2  # bf16
     seconds, peak = measure(lambda: convert.convert(workdir / "infer.pt", workdir / "osum", config, dtype=None))
     return {"convert_seconds": seconds, "convert_peak_anon_bytes": peak, "largest_tensor_bytes": largest}

@@ -39,6 +39,19 @@ class OSUMConfig:
                    llm=Qwen2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["llm"].items()}),
                    **{k: v for k, v in data.items() if k not in ("encoder", "adaptor", "llm")})
 
+    @classmethod
+    def from_file(cls, path) -> "OSUMConfig":
+        """A config.json as convert.py and save_pretrained write it; one line naming the file when it is not one."""
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls.from_dict(data)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        except KeyError as err:
+            raise ValueError(f"{path}: not an osum-min config.json (no {err} field)") from None
+        except (TypeError, AttributeError, ValueError) as err:
+            raise ValueError(f"{path}: not an osum-min config.json ({err})") from None
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -94,7 +107,7 @@ class OSUM(nn.Module):
         config_path = directory / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{directory}: no config.json (convert a checkpoint with convert.py first)")
-        config = OSUMConfig.from_dict(json.loads(config_path.read_text()))
+        config = OSUMConfig.from_file(config_path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         with torch.device("meta"):

@@ -345,7 +345,7 @@ def parse_windows(task: Task, tokenizer, ids: list[list[int]], offsets: list[flo
     vocabulary (the LLM's is padded: 151936 vs 151646 for Qwen2-7B) have no text and are dropped, with a note."""
     results = []
     for window_ids in ids:
-        result = parse(task, tokenizer.decode([i for i in window_ids if i < len(tokenizer)]))
+        result = parse(task, tokenizer.decode([i for i in window_ids if i < len(tokenizer)], placeholders=True))
         if any(i >= len(tokenizer) for i in window_ids):
             result.issues.append("ids beyond the tokenizer's vocabulary were dropped")
         results.append(result)

@@ -21,6 +21,7 @@ import codecs
 import json
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,7 +170,7 @@ class StreamDecoder:
 
     def push(self, token_id: int) -> str:
         """Text completed by this token ('' while a character is still incomplete)."""
-        return self.utf8.decode(self.tokenizer.decode_bytes([token_id], self.skip_special))
+        return self.utf8.decode(self.tokenizer.decode_bytes([token_id], self.skip_special, placeholders=True))
 
     def finish(self) -> str:
         """Flush what is left at the end of the stream (an incomplete character becomes U+FFFD)."""
@@ -257,19 +258,33 @@ class Tokenizer:
             return self.encoding.encode(text, allowed_special=set(self.added_ids), disallowed_special=())
         return self.encoding.encode_ordinary(text)
 
-    def decode_bytes(self, ids, skip_special: bool = True) -> bytes:
+    def decode_bytes(self, ids, skip_special: bool = True, placeholders: bool = False) -> bytes:
+        """Ids to bytes. An id outside this vocabulary raises TokenizerError, or with `placeholders` becomes the text
+        `<|id:N|>` (a model whose vocabulary is larger than its tokenizer's can generate one)."""
         ids = [int(token_id) for token_id in ids]
         added_ids = set(self.added_ids.values())
         unknown = [token_id for token_id in ids if not 0 <= token_id < len(self.ranks) and token_id not in added_ids]
-        if unknown:
+        if unknown and not placeholders:
             raise TokenizerError(f"token id {unknown[0]} is outside this vocabulary ({len(self)} ids)")
         if skip_special:
             ids = [token_id for token_id in ids if token_id not in self.special_ids]
-        return self.encoding.decode_bytes(ids)
+        if not unknown:
+            return self.encoding.decode_bytes(ids)
+        warnings.warn(f"token id {unknown[0]} is outside this tokenizer's vocabulary ({len(self)} ids): decoded as "
+                      f"<|id:{unknown[0]}|>", stacklevel=2)
+        unknown, pieces, run = set(unknown), [], []
+        for token_id in ids + [None]:  # runs of known ids decode together, so multi-token characters stay whole
+            if token_id is None or token_id in unknown:
+                pieces.append(self.encoding.decode_bytes(run))
+                pieces.append(b"" if token_id is None else f"<|id:{token_id}|>".encode())
+                run = []
+            else:
+                run.append(token_id)
+        return b"".join(pieces)
 
-    def decode(self, ids, skip_special: bool = True) -> str:
+    def decode(self, ids, skip_special: bool = True, placeholders: bool = False) -> str:
         """Ids to text; a UTF-8 character cut by the ends of `ids` becomes U+FFFD (stream with `stream_decoder`)."""
-        return self.decode_bytes(ids, skip_special).decode("utf-8", errors="replace")
+        return self.decode_bytes(ids, skip_special, placeholders).decode("utf-8", errors="replace")
 
     def stream_decoder(self, skip_special: bool = True) -> StreamDecoder:
         return StreamDecoder(self, skip_special)
@@ -288,6 +303,21 @@ def tokenizer_or_none(directory) -> Tokenizer | None:
         return Tokenizer.from_pretrained(directory)
     except TokenizerError:
         return None
+
+
+def check_fits(tokenizer: Tokenizer, vocab_size: int, name) -> None:
+    """A tokenizer with ids past the model's vocabulary would index outside its embeddings: one line, both sizes."""
+    if len(tokenizer) > vocab_size:
+        raise TokenizerError(f"{name}: the tokenizer has {len(tokenizer)} ids, the model's vocabulary {vocab_size}; "
+                             "use the tokenizer the model was trained with")
+
+
+def eod_outside_vocabulary(eod_id: int, vocab_size: int, name) -> str | None:
+    """Why a model whose end-of-document id it can never produce is unusable with text, or None when it fits."""
+    if 0 <= eod_id < vocab_size:
+        return None
+    return (f"{name}: the model's eod_id {eod_id} lies outside its vocabulary of {vocab_size} ids, so decoding never "
+            "stops before the token limit and fine-tuning cannot use it as a label")
 
 
 def process_text(text: str) -> str:

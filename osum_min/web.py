@@ -21,15 +21,9 @@ from .generate import DEFAULT_DECODING
 from .model import OSUM
 from .subtitles import subtitles
 from .tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
-from .tokenizer import Tokenizer, tokenizer_or_none
+from .tokenizer import RANK_FILE_NAME, Tokenizer, check_fits, tokenizer_or_none
 from .windows import Decoded, decode_waveforms
 
-REPO = Path(__file__).resolve().parent.parent
-# Short clips that ship with the repository (and the test recordings when tests/assets.py has fetched them).
-EXAMPLE_CLIPS = [(REPO / "tests/fixtures/fixture_a/audio.wav", "asr"),
-                 (REPO / "tests/fixtures/fixture_a/audio_batch_item1.wav", "ser"),
-                 (REPO / "tests/.assets/arctic_a0007.wav", "srwt"),
-                 (REPO / "tests/.assets/sonnet1.wav", "asr")]  # 53 s: two windows
 FREE_PROMPT = "prompt"
 CACHE_SECONDS = 3600
 
@@ -75,12 +69,16 @@ def srt_file(words, audio_path: str, folder: Path) -> str | None:
 
 def load(weights_dir, device=None, dtype=None) -> tuple[OSUM, Tokenizer | None]:
     """Model and tokenizer from a converted directory; a directory without a tokenizer gives None (ids mode)."""
-    return OSUM.from_pretrained(weights_dir, device=device, dtype=dtype), tokenizer_or_none(weights_dir)
+    model, tokenizer = OSUM.from_pretrained(weights_dir, device=device, dtype=dtype), tokenizer_or_none(weights_dir)
+    if tokenizer is not None:
+        check_fits(tokenizer, model.config.llm.vocab_size, Path(weights_dir) / RANK_FILE_NAME)
+    return model, tokenizer
 
 
-def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE_CLIPS, batch_size: int = 8,
+def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), batch_size: int = 8,
                unavailable: str | None = None):
     """The page as gradio Blocks. model None: every request answers `unavailable` (e.g. why weights are missing).
+    examples: (audio path, task name) pairs offered under the page, those that exist (infer.py gives the repository's).
     Without a tokenizer the page runs in debugging mode: prompt ids in, token ids out."""
     gr = import_gradio()
     subtitle_folder = Path(tempfile.mkdtemp(prefix="osum_web_"))
@@ -190,7 +188,7 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=EXAMPLE
     return demo
 
 
-def launch(demo, host: str = "127.0.0.1", port: int = 7860, examples=EXAMPLE_CLIPS, block: bool = True):
+def launch(demo, host: str = "127.0.0.1", port: int = 7860, examples=(), block: bool = True):
     """Queue requests one at a time (one model) and serve; system fonts only, so the page needs no network.
     Only the example clips themselves are served from disk, not the folders they are in."""
     gr = import_gradio()
@@ -203,7 +201,7 @@ def launch(demo, host: str = "127.0.0.1", port: int = 7860, examples=EXAMPLE_CLI
 
 
 def serve(weights_dir, host: str = "127.0.0.1", port: int = 7860, device=None, dtype=None,
-          examples=EXAMPLE_CLIPS, batch_size: int = 8) -> int:
+          examples=(), batch_size: int = 8) -> int:
     """Load once and serve until interrupted. Weights that cannot be loaded still give a page, which says why."""
     import_gradio()
     model, tokenizer, problem = None, None, None

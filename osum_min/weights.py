@@ -2,11 +2,17 @@
 
 We write the safetensors format ourselves (8-byte header length, JSON header, raw bytes) so that converting a
 15 GB checkpoint never holds more than one converted tensor in memory; the `safetensors` package reads it.
+A directory's files must agree (one model.safetensors, or exactly the shards its index names): a mix of two
+writes is refused, and `replacing_directory` swaps a whole new directory in so that no mix is ever left behind.
 """
+import glob
 import json
 import os
+import re
+import shutil
 import struct
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +22,9 @@ SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16
                       torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8"}
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+MODEL_FILES = re.compile(r"(config\.json|tokenizer\.tiktoken|model\.safetensors(\.index\.json)?|"
+                         + SHARD_NAME.pattern + r")(\.tmp)?")  # what a model directory we write holds
 
 
 class WeightsError(ValueError):
@@ -38,14 +47,18 @@ def _write_shard(path: Path, entries: list[tuple[str, torch.Size, torch.dtype, C
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)  # keep the data 8-byte aligned
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
-        for name, shape, dtype, produce in entries:
-            tensor = produce().contiguous()
-            if tensor.shape != shape or tensor.dtype != dtype:
-                raise WeightsError(f"{path}: {name} produced {tuple(tensor.shape)} {tensor.dtype}, "
-                                   f"declared {tuple(shape)} {dtype}")
-            f.write(tensor.cpu().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+            for name, shape, dtype, produce in entries:
+                tensor = produce().contiguous()
+                if tensor.shape != shape or tensor.dtype != dtype:
+                    raise WeightsError(f"{path}: {name} produced {tuple(tensor.shape)} {tensor.dtype}, "
+                                       f"declared {tuple(shape)} {dtype}")
+                f.write(tensor.cpu().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    except BaseException:  # a full disk, an interrupt: no partial file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -78,7 +91,65 @@ def save_weights(directory, entries: Iterable[tuple[str, torch.Size, torch.dtype
     if len(shards) > 1:
         weight_map = {entry[0]: name for name, shard in zip(names, shards) for entry in shard}
         (directory / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+    keep = set(names) | ({INDEX_NAME} if len(shards) > 1 else set())
+    for stale in {WEIGHTS_NAME, INDEX_NAME, *filter(SHARD_NAME.fullmatch, os.listdir(directory))} - keep:
+        (directory / stale).unlink(missing_ok=True)  # an earlier write's files would disagree with these
     return [directory / name for name in names]
+
+
+@contextmanager
+def replacing_directory(out):
+    """`with replacing_directory(out) as new:` write a model into `new`, a fresh directory beside `out`; on success
+    `new` replaces `out` as a whole, on any exception it is removed and `out` stays as it was. Between the two
+    renames `out` is briefly absent (the old model waits in `.OUT.old-PID`; a run killed there is put right by
+    the next), never a mix of two models."""
+    out = Path(out).resolve() if Path(out).is_symlink() else Path(out)  # a link keeps pointing at the model
+    if out.exists() and not out.is_dir():
+        raise WeightsError(f"{out}: exists and is not a directory")
+    foreign = sorted(name for name in os.listdir(out) if not MODEL_FILES.fullmatch(name)) if out.is_dir() else []
+    if foreign:
+        raise WeightsError(f"{out}: holds files that are not a model's ({', '.join(foreign[:3])}); replacing it "
+                           "would delete them: choose an empty or new --out")
+    _clear_leftovers(out)
+    new, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("new", "old"))
+    new.mkdir(parents=True)
+    try:
+        yield new
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if out.is_dir():
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, out)
+
+
+def _clear_leftovers(out: Path) -> None:
+    """What a killed replacing_directory left beside `out` (a model's size each): a new directory is removed; an old
+    model moved aside just before the kill is put back when `out` is missing, removed otherwise."""
+    for leftover in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        kind, _, pid = leftover.name[len(out.name) + 2:].partition("-")
+        if kind not in ("new", "old") or not pid.isdigit() or _running(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(leftover, out)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether another process with this id runs (ours is not writing yet: its leftovers are from a dead one)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _counting(produce, progress, nbytes):
@@ -93,11 +164,30 @@ def _counting(produce, progress, nbytes):
 
 
 def weight_files(directory) -> list[Path]:
+    """The safetensors files of a model directory, after checking that they agree with each other: one line
+    naming the directory and the disagreement (a leftover index, a shard the index does not name, a missing one)."""
     directory = Path(directory)
     index = directory / INDEX_NAME
+    shards = sorted(name for name in os.listdir(directory) if SHARD_NAME.fullmatch(name)) if directory.is_dir() \
+        else []
     if index.is_file():
-        return [directory / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        try:
+            named = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise WeightsError(f"{index}: not a safetensors index (JSON with a weight_map)") from None
+        if not all(isinstance(name, str) and SHARD_NAME.fullmatch(name) for name in named):
+            raise WeightsError(f"{index}: names files that are not shards model-NNNNN-of-NNNNN.safetensors")
+        problems = [f"{WEIGHTS_NAME} beside the index"] if (directory / WEIGHTS_NAME).exists() else []
+        problems += [f"the index names missing {name}" for name in named if not (directory / name).is_file()]
+        problems += [f"{name} is not in the index" for name in shards if name not in named]
+        if problems:
+            raise WeightsError(f"{directory}: files from different writes ({'; '.join(problems[:3])}); "
+                               "convert or save into it again")
+        return [directory / name for name in named]
     if (directory / WEIGHTS_NAME).is_file():
+        if shards:
+            raise WeightsError(f"{directory}: files from different writes ({WEIGHTS_NAME} beside shards "
+                               f"{', '.join(shards[:3])} and no index); convert or save into it again")
         return [directory / WEIGHTS_NAME]
     raise WeightsError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
 
