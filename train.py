@@ -2,6 +2,7 @@
 
     python train.py --train-data LIST [--dev-data LIST] (--init DIR | --preset NAME [--encoder-init CKPT]
                     [--llm-init DIR]) [--tokenizer DIR] --out DIR [--max-steps N] [--resume]
+                    [--frozen-dtype bf16|fp32] [--grad-checkpoint]
     torchrun --nproc_per_node 8 train.py ...          # DistributedDataParallel, data sharded per rank
     torchrun --nproc_per_node 8 train.py --fsdp ...   # FSDP: weights, gradients and optimizer state sharded
 
@@ -9,6 +10,7 @@ LIST: a wenet raw jsonl, a shard list, or a data mix (yaml/json: name -> path + 
 original's (LAYOUT.md §10): fire_module link_and_encoder_and_lora, AdamW lr 5e-5 betas (0.9, 0.99) eps 1e-6
 wd 0.01, WarmupLR 8000 steps, grad clip 5, accum 4. One optimizer step minimises the token-level mean loss over
 all label tokens of its micro-batches on all ranks, so N ranks equal one process given the same global batch.
+Ctrl-C stops at the end of the step with a checkpoint that --resume continues exactly.
 """
 import argparse
 import importlib.util
@@ -30,10 +32,10 @@ from osum_min.evaluation import evaluate
 from osum_min.model import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer
+from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng_states, write_checkpoint
 from osum_min.training import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequest, TrainingError, append_jsonl,
-                               build_model, full_tensor, gradient_sync, make_optimizer, newest_checkpoint,
-                               peak_memory_gib, restore, rng_states, set_rng_states, setup_model, shard_model,
-                               trainable_table, trim_log, write_checkpoint)
+                               build_model, full_tensor, gradient_sync, make_optimizer, peak_memory_gib, setup_model,
+                               shard_model, trainable_table, trim_log)
 
 
 def parse_args(argv):
@@ -147,9 +149,9 @@ def main(argv=None) -> int:
     found = newest_checkpoint(args.out, say) if args.resume else None
     if found:
         step, position = restore(found[1], model, optimizer, scheduler, rank, world)
-        if main_process:
-            trim_log(log_path, step)  # a crash after this checkpoint logged steps that now run again
         say(f"resumed from {found[0]} at step {step}")
+    if args.resume and main_process:
+        trim_log(log_path, step)  # a crash after the checkpoint logged steps that now run again
     batches = data.BatchStream(dataset, args.num_workers, position)
     trained_model = model
     if distributed and not args.fsdp:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from osum_min import training
+from osum_min import checkpoints
 from osum_min.training import TrainingError
 from test_train import corpus, log_records, run_args  # noqa: F401 (corpus is a fixture)
 
@@ -51,7 +51,7 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(corpus, tmp_path):  # no
 def test_a_stop_at_any_point_resumes_exactly(corpus, tmp_path, monkeypatch, straight, point):  # noqa: F811
     """Ctrl-C while a step logs, saves or evaluates: the run stops at a step boundary with a checkpoint that holds
     the data position and RNG states of its weights; --resume then gives the uninterrupted run's losses."""
-    target, name = {"logging": (train, "append_jsonl"), "save": (training, "save_checkpoint"),
+    target, name = {"logging": (train, "append_jsonl"), "save": (checkpoints, "save_checkpoint"),
                     "evaluation": (train, "evaluate")}[point]
     original, calls = getattr(target, name), []
 
