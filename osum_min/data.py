@@ -31,8 +31,8 @@ from .data_formats import DataError, DataSource, is_mix, make_shards, read_data_
 from .tasks import PARAPHRASES
 from .tokenizer import map_style_tags, process_text
 
-__all__ = ["BatchStream", "DataConfig", "DataError", "DataSource", "SpeechDataset", "make_loader", "make_shards", "read_data_list",
-           "read_data_mix"]
+__all__ = ["BatchStream", "DataConfig", "DataError", "DataSource", "SpeechDataset", "make_loader", "make_shards",
+           "read_data_list", "read_data_mix"]
 
 log = logging.getLogger(__name__)
 DEFAULT_TASK = "<TRANSCRIBE>"  # for samples without a task when filter_no_extra_info is off

@@ -12,8 +12,7 @@ from osum_min import checkpoints
 from osum_min.training import TrainingError
 from test_train import corpus, log_records, run_args  # noqa: F401 (corpus is a fixture)
 
-STEPS = ["--preset", "tiny", "--max-steps", "8", "--save-every", "3", "--keep-last", "0"]
-DEV = ["--eval-every", "2", "--eval-batches", "1"]
+STEPS = ["--preset", "tiny", "--max-steps", "6", "--save-every", "3", "--keep-last", "0"]
 
 
 def losses(out) -> list[tuple[int, float]]:
@@ -22,9 +21,9 @@ def losses(out) -> list[tuple[int, float]]:
 
 @pytest.fixture(scope="module")
 def straight(corpus, tmp_path_factory):  # noqa: F811
-    """The uninterrupted run that interrupted ones must equal."""
+    """The uninterrupted run that interrupted ones must equal (without evaluation: it must not change training)."""
     out = tmp_path_factory.mktemp("straight")
-    assert train.main(run_args(corpus, out, *STEPS, "--dev-data", str(corpus / "train.jsonl"), *DEV)) == 0
+    assert train.main(run_args(corpus, out, *STEPS)) == 0
     return losses(out)
 
 
@@ -49,8 +48,9 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(corpus, tmp_path):  # no
 
 @pytest.mark.parametrize("point", ["logging", "save", "evaluation"])
 def test_a_stop_at_any_point_resumes_exactly(corpus, tmp_path, monkeypatch, straight, point):  # noqa: F811
-    """Ctrl-C while a step logs, saves or evaluates: the run stops at a step boundary with a checkpoint that holds
-    the data position and RNG states of its weights; --resume then gives the uninterrupted run's losses."""
+    """Ctrl-C while a step logs, saves or evaluates (2 dev clips at steps 4 and 6): the run stops at a step boundary
+    with a checkpoint that holds the data position and RNG states of its weights; --resume then gives the
+    uninterrupted run's losses."""
     target, name = {"logging": (train, "append_jsonl"), "save": (checkpoints, "save_checkpoint"),
                     "evaluation": (train, "evaluate")}[point]
     original, calls = getattr(target, name), []
@@ -64,31 +64,37 @@ def test_a_stop_at_any_point_resumes_exactly(corpus, tmp_path, monkeypatch, stra
 
     monkeypatch.setattr(target, name, interrupted)
     out = tmp_path / "run"
-    arguments = run_args(corpus, out, *STEPS, "--dev-data", str(corpus / "train.jsonl"), *DEV)
+    arguments = run_args(corpus, out, *STEPS)
+    if point == "evaluation":
+        dev = tmp_path / "dev.jsonl"
+        dev.write_text("".join(json.dumps({**json.loads(line), "wav": str(corpus / f"clip{index}.wav")}) + "\n"
+                               for index, line in enumerate((corpus / "train.jsonl").read_text().splitlines()[:2])))
+        arguments += ["--dev-data", str(dev), "--eval-every", "4", "--eval-batches", "1"]
     assert train.main(arguments) == 130
-    stopped_at = len(losses(out))
-    assert 0 < stopped_at < 8
+    assert len(losses(out)) == {"logging": 2, "save": 3, "evaluation": 4}[point]
     monkeypatch.undo()
     assert train.main(arguments + ["--resume"]) == 0
     assert losses(out) == straight
+    if point == "evaluation":
+        assert [record["step"] for record in log_records(out) if "eval" in record] == [4, 6]
 
 
-def test_a_crash_keeps_one_log_record_per_step_and_passes_over_a_truncated_checkpoint(corpus, tmp_path, capsys):  # noqa: F811,E501
-    """kill -9 after step 8 was logged but before its checkpoint, with step 6's checkpoint cut short and the log's
-    last line half written: --resume warns, continues from step 3, and the log lists each step once."""
-    out = tmp_path / "run"
-    assert train.main(run_args(corpus, out, *STEPS)) == 0
+def test_a_crash_logs_each_step_once_and_passes_over_a_truncated_checkpoint(corpus, tmp_path, capsys):  # noqa: F811
+    """kill -9 after step 6 was logged but before its checkpoint, with step 4's checkpoint cut short and the log's
+    last line half written: --resume warns, continues from step 2, and the log lists each step once."""
+    out, steps = tmp_path / "run", [*STEPS, "--save-every", "2"]
+    assert train.main(run_args(corpus, out, *steps)) == 0
     uninterrupted = losses(out)
-    (out / "step_00000008.pt").unlink()
-    sixth = out / "step_00000006.pt"
-    sixth.write_bytes(sixth.read_bytes()[: sixth.stat().st_size // 2])
+    (out / "step_00000006.pt").unlink()
+    fourth = out / "step_00000004.pt"
+    fourth.write_bytes(fourth.read_bytes()[: fourth.stat().st_size // 2])
     with open(out / "train_log.jsonl", "a") as f:
-        f.write('{"step": 9, "lo')
+        f.write('{"step": 7, "lo')
     capsys.readouterr()
-    assert train.main(run_args(corpus, out, *STEPS, "--resume")) == 0
+    assert train.main(run_args(corpus, out, *steps, "--resume")) == 0
     printed = capsys.readouterr().out
-    assert "warning" in printed and "step_00000006.pt" in printed and "step_00000003.pt at step 3" in printed
-    assert losses(out) == uninterrupted and [step for step, _ in losses(out)] == list(range(1, 9))
+    assert "warning" in printed and "step_00000004.pt" in printed and "step_00000002.pt at step 2" in printed
+    assert losses(out) == uninterrupted and [step for step, _ in losses(out)] == list(range(1, 7))
 
 
 def test_bad_transcripts_are_skipped_counted_and_named(corpus, tmp_path, caplog):  # noqa: F811
