@@ -28,11 +28,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 
 from osum_min import data
+from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng_states, write_checkpoint
 from osum_min.evaluation import evaluate
 from osum_min.model import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer
-from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng_states, write_checkpoint
 from osum_min.training import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequest, TrainingError, append_jsonl,
                                build_model, full_tensor, gradient_sync, make_optimizer, peak_memory_gib, setup_model,
                                shard_model, trainable_table, trim_log)
@@ -69,12 +69,12 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (default: on for CUDA)")
+                        help="bf16 autocast (default: on for CUDA and with --frozen-dtype bf16)")
     parser.add_argument("--frozen-dtype", choices=FROZEN_DTYPES,
                         help="how the weights that do not train are stored (default: bf16 on CUDA, fp32 on CPU); "
                              "trainable ones keep float32 master weights and optimizer state")
     parser.add_argument("--grad-checkpoint", action="store_true",
-                        help="recompute each encoder block and LLM layer in backward: less memory, ~1/3 more compute")
+                        help="recompute each encoder block and LLM layer in backward: less memory, one more forward pass")
     parser.add_argument("--fsdp", action="store_true",
                         help="with torchrun: shard the model over the ranks (FSDP2), for an LLM too big for one device")
     args = parser.parse_args(argv)
