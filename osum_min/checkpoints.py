@@ -39,6 +39,7 @@ def set_rng_states(states: dict) -> None:
 
 CHECKPOINT_NAME = re.compile(r"step_(\d+)\.pt")
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "step", "positions", "rng"}
+TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 def save_checkpoint(out: Path, step: int, state: dict, keep_last: int) -> Path:
@@ -85,13 +86,15 @@ def load_checkpoint(path: Path) -> dict:
     (a crafted pickle that would run code) is refused, and nothing in it runs."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        raise TrainingError(f"{path}: refused: it holds a Python object ({found.group(1) if found else 'not a tensor'}"
-                            f"), not only tensors and plain data; a train.py checkpoint never does") from None
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise TrainingError(f"{path}: not a readable training checkpoint ({str(err).splitlines()[0][:120]})") \
-            from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        found = re.search(r"GLOBAL (\S+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if found:
+            raise TrainingError(f"{path}: refused: it holds a Python object ({found.group(1)}), not only tensors and "
+                                f"plain data; a train.py checkpoint never does") from None
+        if isinstance(err, pickle.UnpicklingError):  # torch's own lines around the cause advise weights_only=False
+            lines = [line for line in lines if not line.startswith(TORCH_ADVICE)] or [type(err).__name__]
+        raise TrainingError(f"{path}: not a readable training checkpoint ({lines[0]})") from None
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
         raise TrainingError(f"{path}: not a train.py checkpoint (no {', '.join(sorted(CHECKPOINT_KEYS))})")
     return state

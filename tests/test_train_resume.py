@@ -43,7 +43,7 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(corpus, tmp_path):  # no
         train.main(run_args(corpus, out, *STEPS, "--resume"))
     assert not marker.exists()
     message = str(error.value)
-    assert "\n" not in message and "step_00000004.pt" in message and "refused" in message, message
+    assert "\n" not in message and "step_00000004.pt" in message and "refused" in message and "system" in message
 
 
 @pytest.mark.parametrize("point", ["logging", "save", "evaluation"])
