@@ -2,6 +2,7 @@
 
     python train.py --train-data LIST [--dev-data LIST] (--init DIR | --preset NAME [--encoder-init CKPT]
                     [--llm-init DIR]) [--tokenizer DIR] --out DIR [--max-steps N] [--resume]
+                    [--frozen-dtype bf16|fp32] [--grad-checkpoint]
     torchrun --nproc_per_node 8 train.py ...          # DistributedDataParallel, data sharded per rank
     torchrun --nproc_per_node 8 train.py --fsdp ...   # FSDP: weights, gradients and optimizer state sharded
 
@@ -9,6 +10,7 @@ LIST: a wenet raw jsonl, a shard list, or a data mix (yaml/json: name -> path + 
 original's (docs/original.md §10): fire_module link_and_encoder_and_lora, AdamW lr 5e-5 betas (0.9, 0.99) eps 1e-6
 wd 0.01, WarmupLR 8000 steps, grad clip 5, accum 4. One optimizer step minimises the token-level mean loss over
 all label tokens of its micro-batches on all ranks, so N ranks equal one process given the same global batch.
+Ctrl-C stops at the end of the step with a checkpoint that --resume continues exactly.
 """
 import argparse
 import importlib.util
@@ -17,23 +19,23 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 
 from osum_min import data
+from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng_states, write_checkpoint
+from osum_min.evaluation import evaluate
 from osum_min.model import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer
-from osum_min.training import (FIRE_MODULES, PerItemLoss, TrainingError, TrainingForward, append_jsonl, build_model,
-                               checkpoints, evaluate, freeze_for, full_tensor, load_checkpoint, rng_states,
-                               save_checkpoint, set_rng_states, shard_model, trainable_table, warmup_lr)
+from osum_min.training import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequest, TrainingError, append_jsonl,
+                               build_model, full_tensor, gradient_sync, make_optimizer, peak_memory_gib, setup_model,
+                               shard_model, trainable_table, trim_log)
 
 
 def parse_args(argv):
@@ -67,10 +69,20 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (default: on for CUDA)")
+                        help="bf16 autocast (default: on for CUDA and with --frozen-dtype bf16)")
+    parser.add_argument("--frozen-dtype", choices=FROZEN_DTYPES,
+                        help="how the weights that do not train are stored (default: bf16 on CUDA, fp32 on CPU); "
+                             "trainable ones keep float32 master weights and optimizer state")
+    parser.add_argument("--grad-checkpoint", action="store_true",
+                        help="recompute each encoder block and LLM layer in backward: less memory, one more forward pass")
     parser.add_argument("--fsdp", action="store_true",
                         help="with torchrun: shard the model over the ranks (FSDP2), for an LLM too big for one device")
     args = parser.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.frozen_dtype = args.frozen_dtype or ("bf16" if cuda else "fp32")
+    args.bf16 = (cuda or args.frozen_dtype == "bf16") if args.bf16 is None else args.bf16
+    if args.frozen_dtype == "bf16" and not args.bf16:
+        parser.error("--frozen-dtype bf16 computes under bf16 autocast: drop --no-bf16 or use --frozen-dtype fp32")
     if args.fsdp and args.dev_data:
         parser.error("--fsdp: periodic evaluation is not supported; score the final model with infer.py")
     if args.init and (args.encoder_init or args.llm_init):
@@ -116,17 +128,14 @@ def main(argv=None) -> int:
             model.save_pretrained(init_dir)
     if len(tokenizer) > model.config.llm.vocab_size:
         raise TrainingError(f"tokenizer has {len(tokenizer)} ids, the model's vocabulary {model.config.llm.vocab_size}")
-    model.train()
-    trainable = freeze_for(model, args.fire_module)
+    trainable = setup_model(model, args.fire_module, FROZEN_DTYPES[args.frozen_dtype], args.grad_checkpoint)
     say(trainable_table(model))
-    wrapper = TrainingForward(model)
     if args.fsdp:
         if not distributed:
             raise TrainingError("--fsdp shards the model over processes: start train.py with torchrun")
-        shard_model(wrapper, init_device_mesh(device.type, (world,)))  # moves each rank's shards to the device
+        shard_model(model, init_device_mesh(device.type, (world,)))  # moves each rank's shards to the device
     else:
         model.to(device)
-    per_item_loss = PerItemLoss(model)
 
     prompts = json.loads(args.prompts.read_text()) if args.prompts else {}
     config = replace(data.DataConfig(), max_frames_in_batch=args.batch_frames,
@@ -134,66 +143,21 @@ def main(argv=None) -> int:
                      **({"spec_aug": False, "spec_sub": False} if args.no_augment else {}))
     dataset = data.SpeechDataset(args.train_data, tokenizer, config, train=True, seed=args.seed, rank=rank,
                                  world_size=world, eod_id=model.config.eod_id)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01,
-                                  fused=True)  # one kernel per step: 10x faster than the loop on CPU
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lr(args.warmup_steps))
-    step, positions = 0, [(0, 0)] * world  # per rank: (epoch, batches consumed in that epoch)
-    if args.resume and checkpoints(args.out):
-        path = checkpoints(args.out)[-1]
-        state = load_checkpoint(path)
-        if len(state["positions"]) != world:
-            raise TrainingError(f"{path}: saved with {len(state['positions'])} processes, resuming with {world}")
-        full_state = StateDictOptions(full_state_dict=True, strict=False)
-        set_model_state_dict(model, state["model"], options=full_state)
-        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full_state)
-        scheduler.load_state_dict(state["scheduler"])
-        step, positions = state["step"], state["positions"]
-        set_rng_states(state["rng"][rank])
-        say(f"resumed from {path} at step {step}")
-    forward = wrapper
+    optimizer, scheduler = make_optimizer(model, args.lr, args.warmup_steps)
+    step, position = 0, (0, 0)  # this rank's (epoch, batches consumed in that epoch)
+    log_path = args.out / "train_log.jsonl"
+    found = newest_checkpoint(args.out, say) if args.resume else None
+    if found:
+        step, position = restore(found[1], model, optimizer, scheduler, rank, world)
+        say(f"resumed from {found[0]} at step {step}")
+    if args.resume and main_process:
+        trim_log(log_path, step)  # a crash after the checkpoint logged steps that now run again
+    batches = data.BatchStream(dataset, args.num_workers, position)
+    trained_model = model
     if distributed and not args.fsdp:
-        forward = torch.nn.parallel.DistributedDataParallel(wrapper, device_ids=[device] if device.type == "cuda"
-                                                            else None)
-    use_bf16 = device.type == "cuda" if args.bf16 is None else args.bf16
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    epoch, consumed = positions[rank]
-
-    def epoch_batches():
-        """This rank's batches from its saved position on; a new epoch starts when one runs out."""
-        nonlocal epoch, consumed
-        while True:
-            dataset.set_epoch(epoch)
-            with torch.random.fork_rng(devices=[]):  # a new DataLoader iterator draws a seed from torch's RNG:
-                loader = iter(data.make_loader(dataset, args.num_workers))  # keep it out of the training stream
-            for _ in range(consumed):  # resume: the order is a pure function of (seed, epoch, rank, world)
-                next(loader, None)
-            produced = 0
-            for batch in loader:
-                produced += 1
-                consumed += 1
-                yield batch
-            if produced == 0 and consumed == 0:
-                raise TrainingError(f"{args.train_data}: no usable samples for rank {rank}")
-            epoch, consumed = epoch + 1, 0
-
-    def write_checkpoint(position, rng):
-        """Everything a resume needs, at a step boundary: `position` and `rng` as they were when it was reached."""
-        all_positions, all_rng = [position], [rng]
-        if distributed:
-            all_positions, all_rng = [None] * world, [None] * world
-            dist.all_gather_object(all_positions, position)
-            dist.all_gather_object(all_rng, rng)
-        # whole tensors, whether sharded (FSDP) or not: every rank takes part in gathering them, rank 0 keeps them
-        trained = {name: full_tensor(model.get_parameter(name).detach()) for name in trainable}
-        optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
-            full_state_dict=True, cpu_offload=True))
-        if main_process:
-            state = {"model": {name: tensor.cpu() for name, tensor in trained.items()}, "optimizer": optimizer_state,
-                     "scheduler": scheduler.state_dict(), "step": step, "positions": all_positions, "rng": all_rng,
-                     "args": vars(args)}
-            say(f"saved {save_checkpoint(args.out, step, state, args.keep_last)}")
+        trained_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     def reduce(values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -201,84 +165,73 @@ def main(argv=None) -> int:
             dist.all_reduce(tensor)
         return tensor.tolist()
 
-    batches = epoch_batches()
-    log_path = args.out / "train_log.jsonl"
-    def new_window():
-        return {"steps": 0, "loss": 0.0, "tokens": 0, "samples": 0, "task_loss": {}, "task_tokens": {},
-                "start": time.time()}
+    def save(step):
+        path = write_checkpoint(args.out, step, model, optimizer, scheduler, trainable, batches.position, vars(args),
+                                args.keep_last)
+        say(f"saved {path}")
+        return step
 
     skipped_by_worker = {}  # this pass's count of unreadable samples, as each DataLoader worker last reported it
-    window, bad_steps, step_start = new_window(), 0, ((epoch, consumed), rng_states())
+    window, bad_steps, saved_step = LossWindow(time.time), 0, step
     progress = Progress(args.max_steps, "training", initial=step, interval=30) if main_process else None
     try:
-        while step < args.max_steps:
-            step_start = ((epoch, consumed), rng_states())
-            micro = [next(batches) for _ in range(args.accum_grad)]
-            local_tokens = sum(len(row) for batch in micro for row in batch["labels"])
-            global_tokens = reduce([local_tokens])[0]
-            loss_sum = 0.0
-            for index, batch in enumerate(micro):
-                last = index == len(micro) - 1
-                if args.fsdp:
-                    forward.set_requires_gradient_sync(last)
-                sync = forward.no_sync() if distributed and not args.fsdp and not last else nullcontext()
-                with sync, autocast:
-                    loss = forward(batch["mel"].to(device), batch["mel_lens"].to(device), batch["prompt_ids"],
-                                   batch["labels"])
-                skipped_by_worker[batch["worker"]] = batch["skipped"]
-                tokens = sum(len(row) for row in batch["labels"])
-                (loss * (tokens * world / global_tokens)).backward()  # DDP averages over ranks
-                loss_sum += loss.item() * tokens
-                for task, item_loss, labels in zip(batch["tasks"], per_item_loss.sums(batch["labels"]),
-                                                   batch["labels"]):
-                    window["task_loss"][task] = window["task_loss"].get(task, 0.0) + item_loss
-                    window["task_tokens"][task] = window["task_tokens"].get(task, 0) + len(labels)
-            loss_sum, samples = reduce([loss_sum, sum(len(batch["keys"]) for batch in micro)])
-            grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(parameters, args.grad_clip)).item()
-            step += 1
-            if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-                bad_steps += 1
+        with StopRequest(say) as stop:
+            while step < args.max_steps:
+                micro = [next(batches) for _ in range(args.accum_grad)]
+                global_tokens = reduce([sum(len(row) for batch in micro for row in batch["labels"])])[0]
+                loss_sum = 0.0
+                for index, batch in enumerate(micro):
+                    with gradient_sync(trained_model, index == len(micro) - 1), autocast:
+                        output = trained_model(batch["mel"].to(device), batch["mel_lens"].to(device),
+                                               batch["prompt_ids"], batch["labels"])
+                    tokens = sum(len(row) for row in batch["labels"])
+                    (output.loss * (tokens * world / global_tokens)).backward()  # DDP averages over ranks
+                    loss_sum += output.loss.item() * tokens
+                    window.add_items(batch["tasks"], output.item_losses.tolist(), batch["labels"])
+                    skipped_by_worker[batch["worker"]] = batch["skipped"]
+                loss_sum, samples = reduce([loss_sum, sum(len(batch["keys"]) for batch in micro)])
+                grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(trained_model.parameters(),
+                                                                       args.grad_clip)).item()
+                step += 1
+                if math.isfinite(loss_sum) and math.isfinite(grad_norm):
+                    bad_steps = 0
+                    lr = scheduler.get_last_lr()[0]  # the rate this step uses
+                    optimizer.step()
+                    scheduler.step()
+                    window.add_step(loss_sum, global_tokens, samples)
+                else:
+                    bad_steps += 1
+                    say(f"warning: step {step}: loss {loss_sum / global_tokens} grad norm {grad_norm}, step skipped")
+                    if bad_steps >= args.max_bad_steps:
+                        raise TrainingError(f"{bad_steps} non-finite steps in a row at step {step}: stopping")
                 optimizer.zero_grad(set_to_none=True)
-                say(f"warning: step {step}: loss {loss_sum / global_tokens} grad norm {grad_norm}, step skipped")
-                if bad_steps >= args.max_bad_steps:
-                    raise TrainingError(f"{bad_steps} non-finite steps in a row at step {step}: stopping")
-                continue
-            bad_steps = 0
-            lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            window["steps"] += 1
-            window["loss"] += loss_sum
-            window["tokens"] += global_tokens
-            window["samples"] += samples
-            if progress:
-                progress.update()
-            if main_process and (step % args.log_every == 0 or step == args.max_steps):
-                elapsed = time.time() - window["start"]
-                record = {"step": step, "loss": window["loss"] / window["tokens"],
-                          "task_loss": {task: total / window["task_tokens"][task]
-                                        for task, total in window["task_loss"].items()},
-                          "lr": lr, "grad_norm": grad_norm,
-                          "samples_per_s": window["samples"] / elapsed, "tokens_per_s": window["tokens"] / elapsed,
-                          "eta_s": (args.max_steps - step) * elapsed / window["steps"],
-                          "epoch": epoch, "skipped_samples": sum(skipped_by_worker.values())}
-                append_jsonl(log_path, record)
-                say(" ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-                             for key, value in record.items() if key != "task_loss"),
-                    " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items()))
-                window = new_window()
-            if step % args.save_every == 0 or step == args.max_steps:
-                write_checkpoint((epoch, consumed), rng_states())
-            if main_process and args.dev_data and ((args.eval_every and step % args.eval_every == 0)
-                                                   or step == args.max_steps):
-                scores = evaluate(model, args.dev_data, tokenizer, config, args.eval_batches)
-                append_jsonl(log_path, {"step": step, "eval": scores})
-                say(f"eval step {step}: {json.dumps(scores)}")
+                if progress:
+                    progress.update()
+                if main_process and window.steps and (step % args.log_every == 0 or step == args.max_steps):
+                    record = {**window.record(step, args.max_steps), "lr": lr, "grad_norm": grad_norm,
+                              "epoch": batches.epoch, "skipped_samples": sum(skipped_by_worker.values()),
+                              "peak_memory_gib": round(peak_memory_gib(device), 3)}
+                    append_jsonl(log_path, record)
+                    say(" ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                                 for key, value in record.items() if key != "task_loss"),
+                        " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items()))
+                    window = LossWindow(time.time)
+                if step % args.save_every == 0 or step == args.max_steps:
+                    saved_step = save(step)
+                if main_process and args.dev_data and ((args.eval_every and step % args.eval_every == 0)
+                                                       or step == args.max_steps):
+                    training_rng = rng_states()  # so that evaluating never changes what training draws next
+                    with autocast:
+                        scores = evaluate(model, args.dev_data, tokenizer, config, args.eval_batches)
+                    set_rng_states(training_rng)
+                    append_jsonl(log_path, {"step": step, "eval": scores})
+                    say(f"eval step {step}: {json.dumps(scores)}")
+                if step < args.max_steps and reduce([float(stop.requested)])[0]:  # all ranks stop at one step
+                    if saved_step != step:
+                        save(step)
+                    return 130
     except KeyboardInterrupt:
-        say("interrupted: saving a checkpoint of the last finished step")
-        optimizer.zero_grad(set_to_none=True)
-        write_checkpoint(*step_start)
+        say(f"interrupted again: stopped without a checkpoint; --resume continues from step {saved_step}")
         return 130
     finally:
         if progress:
@@ -288,7 +241,7 @@ def main(argv=None) -> int:
     if main_process:
         model.save_pretrained(args.out / "final", final_state)
         tokenizer.save(args.out / "final")
-        say(f"wrote {args.out / 'final'}")
+        say(f"wrote {args.out / 'final'}; peak memory {peak_memory_gib(device):.2f} GiB")
     if distributed:
         dist.barrier()  # rank 0 has written OUT/final: tear gloo down together, not while a peer still talks
         dist.destroy_process_group()

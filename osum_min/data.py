@@ -18,9 +18,11 @@ copies of the dataset, so every batch also carries its worker's counts for the c
 """
 import logging
 import random
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .audio import HOP, log_mel, pad_features
@@ -29,11 +31,12 @@ from .data_formats import DataError, DataSource, is_mix, make_shards, read_data_
 from .tasks import PARAPHRASES
 from .tokenizer import map_style_tags, process_text
 
-__all__ = ["DataConfig", "DataError", "DataSource", "SpeechDataset", "make_loader", "make_shards", "read_data_list",
-           "read_data_mix"]
+__all__ = ["BatchStream", "DataConfig", "DataError", "DataSource", "SpeechDataset", "make_loader", "make_shards",
+           "read_data_list", "read_data_mix"]
 
 log = logging.getLogger(__name__)
 DEFAULT_TASK = "<TRANSCRIBE>"  # for samples without a task when filter_no_extra_info is off
+MAX_CHARS_PER_TOKEN = 32  # a longer transcript cannot fit token_max_length: skipped before it is tokenised
 
 
 @dataclass
@@ -142,16 +145,24 @@ class SpeechDataset(IterableDataset):
     def _prepare(self, sample: dict, rng: random.Random) -> dict | None:
         """Prompt, label, filters, features and augmentation for one sample; None when a filter drops it."""
         config = self.config
-        if "txt" not in sample:
-            raise DataError("no transcript (txt)")
-        task = (sample.get("task") or "").strip().replace("><", "> <")  # the tag may be written without spaces
-        if (not task and config.filter_no_extra_info) or "<none>" in sample["txt"].lower():
+        text, task = sample.get("txt"), sample.get("task") or ""
+        if text is None:
+            raise DataError("no transcript (txt missing or null)")
+        if not isinstance(text, str) or not isinstance(task, str):
+            raise DataError(f"txt and task must be strings, not {type(text).__name__} and {type(task).__name__}")
+        task = task.strip().replace("><", "> <")  # the tag may be written without spaces
+        if (not task and config.filter_no_extra_info) or "<none>" in text.lower():
             return None
+        if not text.strip():
+            raise DataError("empty transcript (txt): the label would be the end token alone")
+        if len(text) > MAX_CHARS_PER_TOKEN * config.token_max_length:
+            raise DataError(f"transcript of {len(text)} characters, far beyond token_max_length "
+                            f"{config.token_max_length}")
         task = task or DEFAULT_TASK
         if task not in self.prompts:
             raise DataError(f"unknown task {task!r} (neither in prompt_config.yaml nor in DataConfig.prompts)")
         prompt_ids = self._encode_prompt(rng.choice(self.prompts[task]))
-        text = map_style_tags(sample["txt"]) if "<STYLE>" in task else sample["txt"]
+        text = map_style_tags(text) if "<STYLE>" in task else text
         labels = list(self.tokenizer.encode(process_text(text))) + [self.eod_id]
         audio = sample["audio"]
         crop = config.caption_max_frames * HOP
@@ -228,4 +239,47 @@ def make_loader(dataset: SpeechDataset, num_workers: int = 0, pin_memory: bool =
     """The dataset batches itself (batch_size=None). Workers are started anew each epoch, so `set_epoch` reaches
     them; their batches arrive in turn, worker 0 first, which keeps the order a function of num_workers."""
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=_ignore_interrupts if num_workers else None)
+
+
+def _ignore_interrupts(worker: int) -> None:
+    """Ctrl-C reaches the workers too; the training process decides when to stop (train.py), so they carry on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class BatchStream:
+    """This rank's batches, epoch after epoch, from a saved position on: `position` is (epoch, batches consumed in
+    it), which a checkpoint stores. The order is a pure function of (seed, epoch, rank, world, num_workers), so a
+    resumed stream skips the batches consumed and continues exactly as an uninterrupted one."""
+
+    def __init__(self, dataset: SpeechDataset, num_workers: int = 0, position: tuple[int, int] = (0, 0)):
+        self.dataset, self.num_workers = dataset, num_workers
+        self.epoch, self.consumed = position
+        self._batches = self._epochs()
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.consumed
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._batches)
+
+    def _epochs(self):
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            with torch.random.fork_rng(devices=[]):  # a new DataLoader iterator draws a seed from torch's RNG:
+                loader = iter(make_loader(self.dataset, self.num_workers))  # keep it out of the training stream
+            for _ in range(self.consumed):
+                next(loader, None)
+            produced = 0
+            for batch in loader:
+                produced += 1
+                self.consumed += 1
+                yield batch
+            if produced == 0 and self.consumed == 0:
+                raise DataError(f"{', '.join(source.name for source in self.dataset.sources)}: no usable samples "
+                                f"for rank {self.dataset.rank}")
+            self.epoch, self.consumed = self.epoch + 1, 0

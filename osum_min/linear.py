@@ -50,8 +50,10 @@ class OneDNNLinear(torch.autograd.Function):
 def linear(x, weight, bias=None):
     if x.device.type != "cpu":
         return F.linear(x, weight, bias)
-    # inductor lowers the oneDNN op only for frozen weights, so torch.compile traces the paths below
-    if ONEDNN and weight.dtype == torch.float32 and not torch.compiler.is_compiling():
+    # inductor lowers the oneDNN op only for frozen weights, so torch.compile traces the paths below; autocast
+    # (training with --frozen-dtype bf16) casts only F.linear's inputs
+    if ONEDNN and weight.dtype == torch.float32 and not torch.compiler.is_compiling() \
+            and not torch.is_autocast_enabled("cpu"):
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
         return OneDNNLinear.apply(x, weight, bias) if needs_grad else _onednn(x, weight, bias)
     rows = x.numel() // x.shape[-1]

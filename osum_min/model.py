@@ -2,11 +2,12 @@
 
 Inference builds, per item, [prompt, speech bos, speech, speech eos] as `inputs_embeds` and decodes a batch with
 left padding, each item doing the same math as it would alone (the original decodes one clip at a time).
-Training (`loss`) reproduces the original's sequence layout, padding placement and position ids (docs/original.md §7).
+Training (`forward`) reproduces the original's sequence layout, padding placement and position ids (docs/original.md §7).
 """
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,12 @@ from .tokenizer import EOD_ID
 from .weights import load_weights, save_weights
 
 IGNORE_ID = -100
+
+
+class TrainingOutput(NamedTuple):
+    """What `OSUM.forward` gives training: the loss to minimise and, for per-task logging, each item's share."""
+    loss: torch.Tensor  # () token-level mean cross-entropy over all label tokens of the batch
+    item_losses: torch.Tensor  # (B,) each item's summed label-token loss, detached
 
 
 @dataclass
@@ -181,8 +188,9 @@ class OSUM(nn.Module):
         return generate(self.llm, inputs_embeds, attention_mask, config, on_token=on_token,
                         return_scores=return_scores)
 
-    def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
-        """The original's training loss: token-level mean cross-entropy over all label tokens in the batch.
+    def forward(self, mel, mel_lens, prompt_ids, labels) -> TrainingOutput:
+        """The original's training loss on a batch: token-level mean cross-entropy over all label tokens, and each
+        item's summed loss. mel (B, T, 80) zero-padded, mel_lens (B,), prompt_ids and labels: B lists of ids.
 
         Layout per row (docs/original.md §7): prompt (right-padded with eod), bos, speech (padded), eos, labels
         (right-padded); masked slots get position id 1, valid ones cumsum(mask) - 1.
@@ -220,4 +228,11 @@ class OSUM(nn.Module):
                                          position_ids=position_ids)  # (B, L, H)
         predicts = targets[:, 1:] != IGNORE_ID  # position t predicts token t + 1
         logits = self.llm.lm_head(hidden[:, :-1][predicts]).float()  # (N_label_tokens, V)
-        return F.cross_entropy(logits, targets[:, 1:][predicts])
+        token_losses = F.cross_entropy(logits, targets[:, 1:][predicts], reduction="none")  # (N_label_tokens,)
+        rows = predicts.nonzero()[:, 0]  # each label token's row
+        item_losses = torch.zeros(batch, device=device).index_add_(0, rows, token_losses.detach())  # (B,)
+        return TrainingOutput(token_losses.mean(), item_losses)
+
+    def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
+        """The training loss alone: `forward(...).loss`."""
+        return self(mel, mel_lens, prompt_ids, labels).loss

@@ -1,28 +1,25 @@
-"""The pieces of train.py that are not the loop: building the model, freezing, the schedule and checkpoints.
-
-Checkpoints hold only what training changes (trainable tensors, optimizer, scheduler, data position, RNG states,
-step); the frozen weights come from the model's init directory, so a checkpoint of a 7B run stays small.
+"""The pieces of train.py that are not the loop: the model's setup for training (which weights train, in which
+dtype, with activation checkpointing, and what that costs in memory), the schedule, sharding and logging.
+Checkpoints are osum_min/checkpoints.py's.
 """
 import json
-import os
-import random
 import re
+import resource
+import signal
+import threading
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.utils.checkpoint import checkpoint
 
-from . import data
 from .encoder import EncoderConfig, whisper_state_dict
 from .model import OSUM, OSUM_PRESETS
 from .qwen2 import load_hf_checkpoint
-from .scoring import Scorer, edit_distance, normalise
-from .tasks import TASKS, free_prompt_task, parse
 from .tokenizer import EOD_ID
 
 
@@ -50,6 +47,7 @@ FIRE_MODULES = {
     "link_and_llm": ("link", "llm_all"),  # adaptor + the whole LLM, encoder frozen (an LLM trained from scratch)
     "all": ("everything",),
 }
+FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def freeze_for(model: OSUM, fire_module: str) -> list[str]:
@@ -68,17 +66,63 @@ def freeze_for(model: OSUM, fire_module: str) -> list[str]:
     return names
 
 
+def checkpoint_activations(model: OSUM) -> None:
+    """Each encoder block and LLM layer keeps only its inputs for backward and recomputes the rest there
+    (torch.utils.checkpoint replays the dropout masks, so the gradients are the same). Without grad (evaluation,
+    decoding) a block runs as usual."""
+    for block in [*model.encoder.blocks, *model.llm.layers]:
+        def run(*inputs, forward=block.forward):
+            return checkpoint(forward, *inputs, use_reentrant=False) if torch.is_grad_enabled() else forward(*inputs)
+        block.forward = run
+
+
+def setup_model(model: OSUM, fire_module: str, frozen_dtype: torch.dtype = torch.float32,
+                grad_checkpoint: bool = False) -> list[str]:
+    """Ready a float32 model for training: freeze by `fire_module` and store the frozen weights in `frozen_dtype`
+    (trainable ones stay float32 master weights, so the optimizer state is float32 too); returns the trainable names.
+
+    bf16 frozen weights halve the frozen LLM's memory; they need bf16 autocast, which every matmul runs in anyway.
+    """
+    trainable = freeze_for(model, fire_module)
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            parameter.data = parameter.data.to(frozen_dtype)
+    if grad_checkpoint:
+        checkpoint_activations(model)
+    model.train()
+    return trainable
+
+
+def make_optimizer(model: nn.Module, lr: float, warmup_steps: int):
+    """The original's AdamW (betas 0.9/0.99, eps 1e-6, wd 0.01) over the trainable parameters, and its WarmupLR."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99),
+                                  eps=1e-6, weight_decay=0.01, fused=True)  # one kernel per step: 10x on CPU
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lr(warmup_steps))
+
+
 def trainable_table(model: nn.Module) -> str:
-    """Trainable / total parameter counts per top-level module (the LLM split into base and LoRA)."""
+    """Per top-level module (the LLM split into base and LoRA): trainable / total parameters and the MiB that
+    training holds for them: weights, gradients and AdamW's two moments (of the trainable ones, in their dtype)."""
     rows = {}
     for name, parameter in model.named_parameters():
         group = name.split(".")[0] + (" (lora)" if ".lora_" in name else "")
-        trained, total = rows.get(group, (0, 0))
-        rows[group] = (trained + parameter.numel() * parameter.requires_grad, total + parameter.numel())
-    lines = [f"{'module':<16}{'trainable':>14}{'total':>14}"]
-    lines += [f"{group:<16}{trained:>14,}{total:>14,}" for group, (trained, total) in rows.items()]
-    trained, total = (sum(column) for column in zip(*rows.values()))
-    return "\n".join(lines + [f"{'all':<16}{trained:>14,}{total:>14,}"])
+        trained = parameter.numel() * parameter.requires_grad
+        counts = (trained, parameter.numel(), parameter.numel() * parameter.element_size(),
+                  trained * parameter.element_size(), 2 * trained * parameter.element_size())
+        rows[group] = tuple(a + b for a, b in zip(rows.get(group, (0,) * 5), counts))
+    rows["all"] = tuple(sum(column) for column in zip(*rows.values()))
+    lines = [f"{'module':<16}{'trainable':>14}{'total':>15}{'weights MiB':>13}{'grads MiB':>11}{'adam MiB':>11}"]
+    lines += [f"{group:<16}{trained:>14,}{total:>15,}" + "".join(f"{size / 2**20:>{width},.1f}" for size, width in
+                                                                  zip(sizes, (13, 11, 11)))
+              for group, (trained, total, *sizes) in rows.items()]
+    return "\n".join(lines)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """The device's peak: CUDA's allocator peak, or on CPU the process's peak resident size (Linux reports KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
 
 
 def warmup_lr(warmup_steps: int):
@@ -106,14 +150,14 @@ def build_model(preset: str, encoder_init: str | None = None, llm_init: str | No
     config = OSUM_PRESETS[preset]
     encoder_state = llm = None
     if encoder_init:
-        checkpoint = torch.load(encoder_init, map_location="cpu", weights_only=True)
-        if "dims" not in checkpoint or "model_state_dict" not in checkpoint:
+        checkpoint_state = torch.load(encoder_init, map_location="cpu", weights_only=True)
+        if "dims" not in checkpoint_state or "model_state_dict" not in checkpoint_state:
             raise TrainingError(f"{encoder_init}: not an openai-whisper checkpoint (no dims/model_state_dict)")
-        dims = checkpoint["dims"]
+        dims = checkpoint_state["dims"]
         config = replace(config, encoder=EncoderConfig(n_mels=dims["n_mels"], dim=dims["n_audio_state"],
                                                        heads=dims["n_audio_head"], ff_dim=4 * dims["n_audio_state"],
                                                        layers=dims["n_audio_layer"]))
-        encoder_state = whisper_state_dict(checkpoint["model_state_dict"])
+        encoder_state = whisper_state_dict(checkpoint_state["model_state_dict"])
     if llm_init:
         llm = load_hf_checkpoint(llm_init, dtype=torch.float32)  # the base weights, strictly; adapters are new
         lora = config.llm
@@ -136,23 +180,12 @@ def build_model(preset: str, encoder_init: str | None = None, llm_init: str | No
     return model
 
 
-class TrainingForward(nn.Module):
-    """`forward` = `model.loss`, so DistributedDataParallel (which hooks `forward`) can wrap the model."""
-
-    def __init__(self, model: OSUM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, mel, mel_lens, prompt_ids, labels):
-        return self.model.loss(mel, mel_lens, prompt_ids, labels)
-
-
-def shard_model(wrapper: TrainingForward, mesh) -> None:
+def shard_model(model: OSUM, mesh) -> None:
     """FSDP2: each encoder block and LLM layer is a unit of its own, gathered only while it runs; the rest (embeddings,
     lm_head, adaptor, norms) is the root unit, gathered for the whole forward."""
-    for block in [*wrapper.model.encoder.blocks, *wrapper.model.llm.layers]:
+    for block in [*model.encoder.blocks, *model.llm.layers]:
         fully_shard(block, mesh=mesh)
-    fully_shard(wrapper, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -160,106 +193,76 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-class PerItemLoss:
-    """Reads the label-token logits `model.loss` sends through lm_head and returns each item's summed loss.
-
-    `model.loss` gives one batch mean; per-task logging needs per-item sums, which this recomputes (no grad) from
-    the same logits: lm_head sees exactly the label positions, in row order.
-    """
-
-    def __init__(self, model: OSUM):
-        self.logits = None
-        model.llm.lm_head.register_forward_hook(self._keep)
-
-    def _keep(self, module, inputs, output):
-        self.logits = output.detach()
-
-    @torch.no_grad()
-    def sums(self, labels: list[list[int]]) -> list[float]:
-        targets = torch.as_tensor([token for row in labels for token in row], device=self.logits.device)
-        losses = F.cross_entropy(self.logits.float(), targets, reduction="none")  # (N_label_tokens,)
-        return [chunk.sum().item() for chunk in losses.split([len(row) for row in labels])]
+def gradient_sync(model: nn.Module, enabled: bool):
+    """Micro-batches before the last of a step skip the gradient all-reduce (DDP) or reduce-scatter (FSDP)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
+    elif isinstance(model, nn.parallel.DistributedDataParallel) and not enabled:
+        return model.no_sync()
+    return nullcontext()
 
 
-TASKS_BY_TAG = {task.tag: task for task in TASKS.values()}
+class StopRequest:
+    """Ctrl-C asks the loop to stop at the next step boundary, where a checkpoint matches the weights exactly; a
+    second Ctrl-C stops at once (KeyboardInterrupt), without a checkpoint."""
+
+    def __init__(self, say=print):
+        self.requested, self.say, self.previous = False, say, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.say("interrupted: stopping after this step with a checkpoint (Ctrl-C again: stop now, without one)")
 
 
-def character_error_rate(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(character edits, reference characters), spaces ignored: the CER the experiment reports for English."""
-    reference, hypothesis = (list(text.replace(" ", "")) for text in (reference, hypothesis))
-    return edit_distance(reference, hypothesis).errors, len(reference)
+class LossWindow:
+    """Sums since the last log record: the token-level mean loss overall and per task, and the throughput."""
+
+    def __init__(self, clock):
+        self.clock, self.start = clock, clock()
+        self.steps = self.tokens = self.samples = 0
+        self.loss, self.task_loss, self.task_tokens = 0.0, {}, {}
+
+    def add_items(self, tasks: list[str], item_losses: list[float], labels: list[list[int]]) -> None:
+        for task, item_loss, label in zip(tasks, item_losses, labels):
+            self.task_loss[task] = self.task_loss.get(task, 0.0) + item_loss
+            self.task_tokens[task] = self.task_tokens.get(task, 0) + len(label)
+
+    def add_step(self, loss_sum: float, tokens: int, samples: int) -> None:
+        self.steps, self.loss, self.tokens, self.samples = (self.steps + 1, self.loss + loss_sum,
+                                                            self.tokens + tokens, self.samples + samples)
+
+    def record(self, step: int, max_steps: int) -> dict:
+        elapsed = self.clock() - self.start
+        return {"step": step, "loss": self.loss / self.tokens,
+                "task_loss": {task: total / self.task_tokens[task] for task, total in self.task_loss.items()},
+                "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed,
+                "eta_s": (max_steps - step) * elapsed / self.steps}
 
 
-@torch.no_grad()
-def evaluate(model: OSUM, dev_data, tokenizer, config, max_batches: int, max_new_tokens: int = 100) -> dict:
-    """Dev loss, and greedy decoding scored per task: WER and label accuracy (scoring.Scorer) plus CER."""
-    was_training = model.training
-    model.eval()
-    dataset = data.SpeechDataset(dev_data, tokenizer, config, train=False, eod_id=model.config.eod_id)
-    scorers, char_counts, loss_sum, tokens = {}, {}, 0.0, 0
-    for index, batch in enumerate(dataset):
-        if index >= max_batches:
-            break
-        mel, mel_lens = batch["mel"].to(model.device), batch["mel_lens"]
-        count = sum(len(row) for row in batch["labels"])
-        loss_sum += model.loss(mel, mel_lens, batch["prompt_ids"], batch["labels"]).item() * count
-        tokens += count
-        outputs = model.generate(mel, mel_lens, batch["prompt_ids"], max_new_tokens=max_new_tokens)
-        for tag, labels, output in zip(batch["tasks"], batch["labels"], outputs):
-            task = TASKS_BY_TAG.get(tag) or free_prompt_task(tag)
-            hypothesis = parse(task, normalise(tokenizer.decode(output, placeholders=True)))  # never stops a run
-            reference = tokenizer.decode(labels)
-            scorers.setdefault(task.name, Scorer(task)).add(reference, hypothesis)
-            errors, length = character_error_rate(parse(task, normalise(reference)).transcript or "",
-                                                  hypothesis.transcript or "")
-            previous = char_counts.get(task.name, (0, 0))
-            char_counts[task.name] = (previous[0] + errors, previous[1] + length)
-    model.train(was_training)
-    scores = {"loss": loss_sum / max(tokens, 1)}
-    for name, scorer in scorers.items():
-        errors, length = char_counts[name]
-        scores[name] = {**scorer.summary(), "cer": round(100 * errors / max(length, 1), 2)}
-    return scores
-
-
-def rng_states() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-CHECKPOINT_NAME = re.compile(r"step_(\d+)\.pt")
-
-
-def save_checkpoint(out: Path, step: int, state: dict, keep_last: int) -> Path:
-    """Write out/step_N.pt atomically (temp file, then rename) and delete all but the newest `keep_last`."""
-    path = out / f"step_{step:08d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    for old in checkpoints(out)[:-keep_last] if keep_last > 0 else []:
-        old.unlink()
-    return path
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """Finished checkpoints in step order (a .tmp left by a crash is not one)."""
-    return sorted(path for path in Path(out).glob("step_*.pt") if CHECKPOINT_NAME.fullmatch(path.name))
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise TrainingError(f"{path}: not a readable training checkpoint ({str(err).splitlines()[0][:120]})") \
-            from None
+def trim_log(path: Path, step: int) -> None:
+    """Drop the records of steps after `step` (run again after a resume) and a last line cut short by a crash."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    path.write_text("".join(kept))
 
 
 def append_jsonl(path: Path, record: dict) -> None:

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from osum_min.data import DataConfig  # noqa: E402
 from osum_min.model import OSUM  # noqa: E402
 from osum_min.tokenizer import Tokenizer  # noqa: E402
-from osum_min.training import evaluate  # noqa: E402
+from osum_min.evaluation import evaluate  # noqa: E402
 
 
 def plot(log_path: Path, png: Path) -> bool:
