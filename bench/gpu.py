@@ -37,6 +37,7 @@ from osum_min.generate import DEFAULT_DECODING, GenerationConfig, fast_decoding,
 from osum_min.model import OSUM, OSUM_PRESETS  # noqa: E402
 from osum_min.qwen2 import Qwen2, hf_key_to_ours, load_state_dict_strict  # noqa: E402
 
+SECTIONS = ("llm", "osum", "inference", "training")
 PROMPT = [17, 230, 511, 42, 901, 7, 333, 18, 64, 5, 250, 99, 12, 640, 77, 3, 402, 88, 21, 1]  # 20 prompt tokens
 
 
@@ -224,7 +225,12 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: the same code, in seconds")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per figure after a warm-up; best kept")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}"
+                        " (to split the check over two runs)")
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        parser.error(f"--only: unknown sections {sorted(only - set(SECTIONS))}")
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         print("bench/gpu.py: error: no CUDA device (use --smoke on the CPU)", file=sys.stderr)
@@ -241,16 +247,19 @@ def main() -> int:
         print(json.dumps(bench.figures))
         return 1
     hf, ours = pair
-    bench.section("llm_batch1", llm_alone, hf, ours, new_tokens, 300 if not args.smoke else 30, args.repeats)
+    if "llm" in only:
+        bench.section("llm_batch1", llm_alone, hf, ours, new_tokens, 300 if not args.smoke else 30, args.repeats)
     del hf, pair
     bench.free()
     model = speech_model(config, ours, device, dtype)
-    bench.section("osum", whole_osum, model, clip_frames, new_tokens)
-    for quantize in (False, True):
+    if "osum" in only:
+        bench.section("osum", whole_osum, model, clip_frames, new_tokens)
+    for quantize in (False, True) if "inference" in only else ():
         bench.section("inference_batch1", inference_memory, model, clip_frames, new_tokens, quantize)
     del model, ours
     bench.free()
-    bench.section("training", training, args.smoke)
+    if "training" in only:
+        bench.section("training", training, args.smoke)
     bench.figures["total_s"] = round(time.perf_counter() - bench.started, 1)
     print(json.dumps(bench.figures))
     return 0

@@ -1,11 +1,13 @@
 """Decoding for the Qwen2 decoder: greedy, sampling, beam search and beam-sample, with transformers' semantics.
 
 The prompt arrives as embeddings (OSUM feeds speech), left-padded with a 0/1 mask. Each item is prefilled once,
-alone, into the static KV cache, which its beams or samples then share (kv_cache.py), and every decode step feeds
-one token per row. Position ids are the count of real tokens before a slot, so left padding never shifts them, and a
-row in a batch is the same math as alone. Only rounding differs (kernels block sums by the number of rows), which
-can, rarely, tip a near-tie in beam search the other way. Outputs hold the new tokens only, ending with the eos
-when one was hit.
+alone, into the static KV cache, which its beams or samples then share (kv_cache.py). Then every decode step feeds
+one token per row through one function of device tensors whose shapes are fixed for the whole call (`decode_step`),
+so it can be captured as a CUDA graph and compiled (`fast_decoding`); the host waits for the device once per step in
+beam search, and every few steps in greedy decoding and sampling. Position ids are the count of real tokens before a
+slot, so left padding never shifts them, and a row in a batch is the same math as alone. Only rounding differs
+(kernels block sums by the number of rows), which can, rarely, tip a near-tie in beam search the other way. Outputs
+hold the new tokens only, ending with the eos when one was hit.
 """
 import warnings
 from dataclasses import dataclass

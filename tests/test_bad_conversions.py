@@ -254,12 +254,13 @@ def test_an_undecodable_id_never_stops_training_evaluation(tmp_path):
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     (tmp_path / "prompts.json").write_text(json.dumps({"<TEST>": ["say it"]}))
     Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", 1000, True)]).save(tmp_path / "b.tok")
-    with pytest.warns(UserWarning, match="outside this tokenizer's vocabulary"):
-        code = train.main(["--train-data", str(tmp_path / "data.jsonl"), "--dev-data", str(tmp_path / "data.jsonl"),
-                           "--tokenizer", str(tmp_path / "b.tok"), "--prompts", str(tmp_path / "prompts.json"),
-                           "--preset", "tiny", "--out", str(tmp_path / "out"), "--max-steps", "1", "--num-workers",
-                           "0", "--eval-batches", "1", "--accum-grad", "1", "--no-augment", "--device", "cpu"])
+    code = train.main(["--train-data", str(tmp_path / "data.jsonl"), "--dev-data", str(tmp_path / "data.jsonl"),
+                       "--tokenizer", str(tmp_path / "b.tok"), "--prompts", str(tmp_path / "prompts.json"),
+                       "--preset", "tiny", "--out", str(tmp_path / "out"), "--max-steps", "1", "--num-workers",
+                       "0", "--eval-batches", "1", "--accum-grad", "1", "--no-augment", "--device", "cpu"])
     assert code == 0 and (tmp_path / "out" / "final" / "model.safetensors").is_file()
+    records = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert any(record.get("eval", record).get("undecodable_outputs", 0) > 0 for record in records)  # counted
 
 
 # --- issue 16.10: configs -----------------------------------------------------------------------------------------
