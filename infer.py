@@ -126,7 +126,8 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
     if tokenizer is None and not (args.prompt_ids and args.ids):
         raise UsageError(f"{weights}/ has no tokenizer: pass --prompt-ids and --ids, or convert with --tokenizer DIR")
     try:
-        model = OSUM.from_pretrained(weights, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
+        model = OSUM.from_pretrained(weights, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None,
+                                     quantize=args.quantize)
     except (OSError, ValueError, RuntimeError) as err:
         raise UsageError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
     return model, tokenizer
@@ -165,6 +166,8 @@ def parse_args(argv):
     parser.add_argument("--weights", default="weights/osum")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="int8: LLM linears stored as int8 (a quarter of fp32, half of bf16; see README)")
     return parser.parse_args(argv)
 
 

@@ -16,6 +16,7 @@ from .adaptor import Adaptor, AdaptorConfig
 from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from .generate import GenerationConfig, generate
 from .linear import use_input_major_weights
+from .quantize import quantize_int8
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
 from .weights import load_weights, save_weights
@@ -69,11 +70,17 @@ class OSUM(nn.Module):
         self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.hidden_size))  # rows: speech bos, eos
 
     @classmethod
-    def from_pretrained(cls, directory, device=None, dtype=None, merge_lora: bool = True) -> "OSUM":
+    def from_pretrained(cls, directory, device=None, dtype=None, merge_lora: bool = True,
+                        quantize: str | None = None) -> "OSUM":
         """A converted directory -> model in eval mode. dtype: bf16 on CUDA, fp32 on CPU.
 
         merge_lora=True readies it for inference: LoRA merged and, on CPU, weights laid out for oneDNN (linear.py).
-        False keeps the weights as trained, for training."""
+        False keeps the weights as trained, for training. quantize="int8" (inference only) stores every LLM linear
+        as int8 (quantize.py), loading on the CPU first so the device never holds the float LLM."""
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize={quantize!r}: the only quantisation is 'int8'")
+        if quantize and not merge_lora:
+            raise ValueError(f"quantize={quantize!r} is for inference: it needs merge_lora=True")
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
@@ -83,9 +90,12 @@ class OSUM(nn.Module):
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         with torch.device("meta"):
             model = cls(config)
-        load_weights(model, directory, device=device, dtype=dtype)
+        load_weights(model, directory, device="cpu" if quantize else device, dtype=dtype)
         if merge_lora:
             model.llm.merge_lora()
+            if quantize:
+                quantize_int8(model.llm, device=device)
+                model.to(device)
             use_input_major_weights(model)
         return model.eval()
 
