@@ -2,8 +2,9 @@
 
 A Qwen2-0.5B-sized LLM with random weights (qwen2-0.5b preset), laid out as OSUM.from_pretrained does, greedy at
 batch 1 after a `--prefix`-position embedding prompt. Decode tokens/s excludes the prefill: the time of a 1-token
-run is subtracted from an N-token one. int8 decodes through `_weight_int8pack_mm`; `int8_dequant` forces the
-other CPU path (dequantise each weight to float32, then oneDNN) at every row count, to show which is faster here.
+run is subtracted from an N-token one. Then one decode-step matmul (1 row) through the model's largest MLP layer and
+its lm_head: Int8Linear (dequantised in blocks) against torch's `_weight_int8pack_mm` and float32, the figures
+quantize.py's choice of CPU path rests on.
 
     python bench/quantize.py                   # ~1-2 minutes on 2 idle cores
 """
@@ -39,6 +40,31 @@ def decode_seconds(model, embeds, new_tokens: int) -> float:
     return timed(new_tokens) - timed(1)
 
 
+def matmul_ms(layer, x, repeats: int = 20) -> float:
+    """Best milliseconds of layer(x) over repeats."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        layer(x)
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times[1:])
+
+
+def one_row_matmuls(float_model, quantized) -> dict:
+    """ms per 1-row matmul: float32 (oneDNN), Int8Linear, and `_weight_int8pack_mm` on the same int8 weight."""
+    figures = {}
+    for name in ("layers.0.mlp.gate_proj", "lm_head"):
+        layer = quantized.get_submodule(name)
+        x = torch.randn(1, layer.in_features)
+        label = name.split(".")[-1]
+        figures[f"{label}_fp32_ms"] = round(matmul_ms(float_model.get_submodule(name), x), 3)
+        figures[f"{label}_int8_ms"] = round(matmul_ms(layer, x), 3)
+        if hasattr(torch, "_weight_int8pack_mm"):
+            pack = lambda x, layer=layer: torch._weight_int8pack_mm(x, layer.weight_int8, layer.scale)  # noqa: E731
+            figures[f"{label}_int8pack_ms"] = round(matmul_ms(pack, x), 3)
+    return figures
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="qwen2-0.5b")
@@ -58,20 +84,17 @@ def main():
         quantized = quantize.quantize_int8(copy.deepcopy(model))
         figures.update(int8_weight_bytes=model_bytes(quantized),
                        int8_linear_bytes=quantize.linear_weight_bytes(quantized))
-        pack_max_rows = quantize.PACK_MAX_ROWS
-        runs = {"fp32": (model, pack_max_rows), "int8": (quantized, pack_max_rows),
-                "int8_dequant": (quantized, 0)}  # 0: every row count through the dequantised path
+        runs = {"fp32": model, "int8": quantized}
         best = {}
         for repeat in range(args.repeats + 1):  # interleaved, best kept: other load on the machine is noise
-            for name, (net, rows) in runs.items():
-                quantize.PACK_MAX_ROWS = rows
+            for name, net in runs.items():
                 seconds = decode_seconds(net, embeds, args.new_tokens if repeat else 2)  # repeat 0: warm-up
                 if repeat:
                     best[name] = min(best.get(name, float("inf")), seconds)
                     print(f"repeat {repeat} {name}: {(args.new_tokens - 1) / seconds:.2f} tok/s", flush=True)
+        figures.update(one_row_matmuls(model, quantized))
     figures.update({f"{name}_tok_s": round((args.new_tokens - 1) / seconds, 2) for name, seconds in best.items()})
     figures["int8_over_fp32_speed"] = round(figures["int8_tok_s"] / figures["fp32_tok_s"], 3)
-    figures["int8_dequant_over_fp32_speed"] = round(figures["int8_dequant_tok_s"] / figures["fp32_tok_s"], 3)
     figures["int8_over_fp32_bytes"] = round(figures["int8_weight_bytes"] / figures["fp32_weight_bytes"], 3)
     figures["int8_over_fp32_linear_bytes"] = round(figures["int8_linear_bytes"] / figures["fp32_linear_bytes"], 3)
     print(json.dumps(figures))

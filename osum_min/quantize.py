@@ -6,12 +6,13 @@ the weight is dequantised inside the matmul:
 
 - CUDA, and anything under torch.compile: `F.linear(x, weight_int8.to(x.dtype)) * scale`, the form gpt-fast's
   WeightOnlyInt8Linear uses, which inductor fuses into one kernel that streams the int8 weight.
-- CPU eager, at most PACK_MAX_ROWS rows (decoding): torch's `_weight_int8pack_mm`, which reads the int8 weight
-  directly, with no float copy of it. Above that (prefill) the same dequantised F.linear form, one weight at a
-  time: the pack kernel runs row by row (200 rows through a 4864x896 layer: 430 ms, against 50 ms dequantised).
+- CPU eager: the same, a block of DEQUANT_BLOCK weights at a time (16 MB of float32), so only one block is ever
+  float and the allocator reuses it. torch's `_weight_int8pack_mm` reads int8 directly but, measured here on one
+  thread, runs a 4864x896 layer at 1 row in 3.5 ms against 0.8 ms dequantised (lm_head 151936x896: 111 vs 35 ms),
+  and it goes row by row: 200 rows take 15x longer.
 
-On CPU this is a memory option, not a speed one: float32 GEMV through oneDNN (linear.py) streams weights faster
-than either int8 path (figures in README.md, from bench/quantize.py).
+On CPU this is a memory option, not a speed one: float32 decoding through oneDNN (linear.py) is as fast or faster
+(figures in README.md, from bench/quantize.py).
 """
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,7 @@ from torch import nn
 from .linear import linear
 from .qwen2 import LoRALinear, Qwen2
 
-PACK_MAX_ROWS = 8  # CPU: rows up to which `_weight_int8pack_mm` serves (decoding batches and beams)
-PACK_DTYPES = (torch.float32, torch.bfloat16)
-HAS_PACK = hasattr(torch, "_weight_int8pack_mm")
+DEQUANT_BLOCK = 2**22  # CPU: weights dequantised at a time (under glibc's 32 MB mmap threshold: memory is reused)
 QUANTIZE_ROWS = 8192  # output channels quantised at a time, bounding the float copy (the 7B's lm_head: 152064)
 
 
@@ -60,16 +59,12 @@ class Int8Linear(nn.Module):
         return self.weight_int8.to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x):
-        scale = self.scale.to(x.dtype)
-        rows = x.numel() // self.in_features
-        if x.device.type == "cpu" and not torch.compiler.is_compiling() and HAS_PACK and rows <= PACK_MAX_ROWS \
-                and x.dtype in PACK_DTYPES:
-            flat = x.reshape(rows, self.in_features)  # the op takes 2-D input only
-            out = torch._weight_int8pack_mm(flat, self.weight_int8, scale).reshape(*x.shape[:-1], self.out_features)
-        elif x.device.type == "cpu" and not torch.compiler.is_compiling():
-            out = linear(x, self.weight_int8.to(x.dtype)) * scale  # oneDNN for float32 (linear.py)
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+            blocks = self.weight_int8.split(max(1, DEQUANT_BLOCK // self.in_features))  # (rows, in) each
+            out = torch.cat([linear(x, block.to(x.dtype)) for block in blocks], dim=-1)  # oneDNN for float32
         else:
-            out = F.linear(x, self.weight_int8.to(x.dtype)) * scale  # (..., out): what inductor fuses
+            out = F.linear(x, self.weight_int8.to(x.dtype))  # (..., out): what inductor fuses
+        out = out * self.scale.to(x.dtype)
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:

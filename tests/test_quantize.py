@@ -14,7 +14,7 @@ import infer
 from conftest import FIXTURE_A
 from hf_qwen2 import TINY
 from osum_min.model import OSUM
-from osum_min.quantize import PACK_MAX_ROWS, Int8Linear, linear_weight_bytes, quantize_int8
+from osum_min.quantize import DEQUANT_BLOCK, Int8Linear, linear_weight_bytes, quantize_int8
 from osum_min.qwen2 import LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours, load_state_dict_strict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,15 +30,16 @@ def models(fixture_weights):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("rows", [1, PACK_MAX_ROWS, 3 * PACK_MAX_ROWS])  # the pack kernel, and the dequantised path
-def test_int8_linear_is_the_rounded_weight_times_its_scale(rows):
-    layer = torch.nn.Linear(96, 40)
+@pytest.mark.parametrize("rows", [1, 20])
+@pytest.mark.parametrize("shape", [(40, 96), (DEQUANT_BLOCK // 1024 + 3, 1024)])  # one block, two on CPU
+def test_int8_linear_is_the_rounded_weight_times_its_scale(rows, shape):
+    layer = torch.nn.Linear(shape[1], shape[0])
     quantized = Int8Linear.from_linear(layer)
-    assert quantized.weight_int8.dtype == torch.int8 and quantized.scale.shape == (40,)
+    assert quantized.weight_int8.dtype == torch.int8 and quantized.scale.shape == shape[:1]
     assert quantized.weight_int8.abs().amax(dim=1).eq(127).all()  # each row's largest weight maps to +-127
     error = (quantized.dequantized_weight() - layer.weight).abs()
     assert (error <= quantized.scale[:, None] / 2 * (1 + 1e-5)).all()  # round to nearest
-    x = torch.randn(rows, 96)
+    x = torch.randn(rows, shape[1])
     expected = F.linear(x, quantized.dequantized_weight(), layer.bias)
     torch.testing.assert_close(quantized(x), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(quantized(x.bfloat16()).float(), expected, rtol=2e-2, atol=5e-2)
@@ -111,7 +112,7 @@ def test_torch_compile_equals_eager():
     """Compiled, the layer takes the F.linear(x, int8.to(dtype)) * scale form (what inductor fuses on CUDA)."""
     torch.manual_seed(0)
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 48))
-    x = torch.randn(2, 3, 64)  # 6 rows: eager runs the pack kernel
+    x = torch.randn(2, 3, 64)
     with torch.inference_mode():
         torch.testing.assert_close(torch.compile(layer, dynamic=False)(x), layer(x), rtol=1e-5, atol=1e-5)
 
