@@ -33,12 +33,13 @@ def models(fixture_weights):
 @pytest.mark.parametrize("rows", [1, 20])
 @pytest.mark.parametrize("shape", [(40, 96), (DEQUANT_BLOCK // 1024 + 3, 1024)])  # one block, two on CPU
 def test_int8_linear_is_the_rounded_weight_times_its_scale(rows, shape):
+    torch.manual_seed(rows)
     layer = torch.nn.Linear(shape[1], shape[0])
     quantized = Int8Linear.from_linear(layer)
     assert quantized.weight_int8.dtype == torch.int8 and quantized.scale.shape == shape[:1]
     assert quantized.weight_int8.abs().amax(dim=1).eq(127).all()  # each row's largest weight maps to +-127
     error = (quantized.dequantized_weight() - layer.weight).abs()
-    assert (error <= quantized.scale[:, None] / 2 * (1 + 1e-5)).all()  # round to nearest
+    assert (error <= quantized.scale[:, None] * (0.5 + 1e-4)).all()  # round to nearest (+ float32 rounding)
     x = torch.randn(rows, shape[1])
     expected = F.linear(x, quantized.dequantized_weight(), layer.bias)
     torch.testing.assert_close(quantized(x), expected, rtol=1e-5, atol=1e-5)
