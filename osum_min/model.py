@@ -16,7 +16,7 @@ from .adaptor import Adaptor, AdaptorConfig
 from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from .generate import GenerationConfig, generate
 from .linear import use_input_major_weights
-from .quantize import quantize_int8
+from .quantize import Int8Linear, quantize_int8
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
 from .weights import load_weights, save_weights
@@ -103,6 +103,8 @@ class OSUM(nn.Module):
         """Write config.json + safetensors that from_pretrained reads, with LoRA stored unmerged.
 
         state_dict: the weights to write instead of the module's own (an FSDP run gathers them from the shards)."""
+        if any(isinstance(module, Int8Linear) for module in self.llm.modules()):
+            raise ValueError(f"{directory}: an int8-quantised model is not saved (quantize when loading instead)")
         was_merged = any(getattr(module, "merged", False) for module in self.llm.modules())
         self.llm.unmerge_lora()
         directory = Path(directory)

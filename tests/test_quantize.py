@@ -88,7 +88,9 @@ def test_every_llm_linear_is_int8_at_under_30_percent_of_float32(models):
     assert ratio <= 0.30, ratio
 
 
-def test_quantize_rejects_what_it_cannot_do(fixture_weights):
+def test_quantize_rejects_what_it_cannot_do(fixture_weights, models, tmp_path):
+    with pytest.raises(ValueError, match="int8-quantised model is not saved"):
+        models[1].save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="only quantisation is 'int8'"):
         OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int4")
     with pytest.raises(ValueError, match="needs merge_lora=True"):
