@@ -48,9 +48,10 @@ class Int8Linear(nn.Module):
         for start in range(0, weight.shape[0], QUANTIZE_ROWS):
             rows = weight[start:start + QUANTIZE_ROWS].to(device, torch.float32)  # (n, in)
             # round the scale to its stored dtype first, so the int8 values fit the scale actually used
-            row_scale = (rows.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny).to(weight.dtype)
+            row_scale = (rows.abs().amax(dim=1) / 127).to(weight.dtype)
             scale[start:start + QUANTIZE_ROWS] = row_scale
-            weight_int8[start:start + QUANTIZE_ROWS] = (rows / row_scale.float()[:, None]).round().clamp(-127, 127)
+            divisor = row_scale.float().clamp_min(torch.finfo(torch.float32).tiny)[:, None]  # an all-zero row stays 0
+            weight_int8[start:start + QUANTIZE_ROWS] = (rows / divisor).round().clamp(-127, 127)
         bias = None if layer.bias is None else layer.bias.detach().to(device)
         return cls(weight_int8, scale, bias)
 

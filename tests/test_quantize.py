@@ -47,6 +47,16 @@ def test_int8_linear_is_the_rounded_weight_times_its_scale(rows, shape):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_an_all_zero_row_quantises_to_zero(dtype):
+    layer = torch.nn.Linear(8, 3, bias=False).to(dtype)
+    layer.weight[1] = 0
+    quantized = Int8Linear.from_linear(layer)
+    assert quantized.scale.dtype == dtype and quantized.weight_int8[1].eq(0).all()
+    assert quantized.dequantized_weight().isfinite().all()
+
+
+@torch.no_grad()
 def test_lora_is_merged_before_quantising():
     torch.manual_seed(0)
     layer = LoRALinear(64, 32, bias=True, rank=4, alpha=8.0, dropout=0.0).eval()
