@@ -152,7 +152,7 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
         raise UsageError(f"{weights}/ has no tokenizer: pass --prompt-ids and --ids, or convert with --tokenizer DIR")
     try:
         model = OSUM.from_pretrained(weights, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None,
-                                     compile=args.compile)
+                                     compile=args.compile, quantize=args.quantize)
         if tokenizer is not None:
             check_fits(tokenizer, model.config.llm.vocab_size, weights / RANK_FILE_NAME)
     except (OSError, ValueError, RuntimeError) as err:
@@ -239,6 +239,8 @@ def parse_args(argv):
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
                         help="decode steps through torch.compile (warm-up: see README); default: CUDA graphs on "
                              "CUDA, eager on CPU; --no-compile: eager everywhere")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="int8: LLM linears stored as int8 (a quarter of fp32, half of bf16; see README)")
     args = parser.parse_args(argv)
     if problem := flag_problem(args):
         parser.error(problem)

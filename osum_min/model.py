@@ -17,6 +17,7 @@ from .adaptor import Adaptor, AdaptorConfig
 from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from .generate import GenerationConfig, fast_decoding, generate
 from .linear import use_input_major_weights
+from .quantize import Int8Linear, quantize_int8
 from .qwen2 import PRESETS as LLM_PRESETS
 from .qwen2 import Qwen2, Qwen2Config
 from .tokenizer import EOD_ID
@@ -103,13 +104,19 @@ class OSUM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, device=None, dtype=None, merge_lora: bool = True,
-                        compile: bool | None = None) -> "OSUM":
+                        compile: bool | None = None, quantize: str | None = None) -> "OSUM":
         """A converted directory -> model in eval mode. dtype: bf16 on CUDA, fp32 on CPU.
 
         merge_lora=True readies it for inference: LoRA merged and, on CPU, weights laid out for oneDNN (linear.py).
         False keeps the weights as trained, for training. Decode steps (generate.fast_decoding): by default CUDA
         graphs on CUDA, eager on the CPU; compile=True also runs them through torch.compile (on the CPU the weights
-        then keep the usual layout, which compiled code streams faster); compile=False: eager everywhere."""
+        then keep the usual layout, which compiled code streams faster); compile=False: eager everywhere.
+        quantize="int8" (inference only) stores every LLM linear as int8 (quantize.py), loading on the CPU first so
+        the device never holds the float LLM; on CUDA it compiles by default."""
+        if quantize not in (None, "int8"):
+            raise ValueError(f"quantize={quantize!r}: the only quantisation is 'int8'")
+        if quantize and not merge_lora:
+            raise ValueError(f"quantize={quantize!r} is for inference: it needs merge_lora=True")
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
@@ -119,11 +126,16 @@ class OSUM(nn.Module):
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         with torch.device("meta"):
             model = cls(config)
-        load_weights(model, directory, device=device, dtype=dtype)
+        load_weights(model, directory, device="cpu" if quantize else device, dtype=dtype)
         if merge_lora:
             model.llm.merge_lora()
+            if quantize:
+                quantize_int8(model.llm, device=device)
+                model.to(device)
             if not compile:
                 use_input_major_weights(model)
+        if compile is None and quantize and device.type == "cuda":
+            compile = True  # eager int8 dequantises whole weights each step: only compiled code fuses it away
         if compile or compile is None and device.type == "cuda":
             fast_decoding(model.llm, compile=bool(compile))
         return model.eval()
@@ -132,6 +144,8 @@ class OSUM(nn.Module):
         """Write config.json + safetensors that from_pretrained reads, with LoRA stored unmerged.
 
         state_dict: the weights to write instead of the module's own (an FSDP run gathers them from the shards)."""
+        if any(isinstance(module, Int8Linear) for module in self.llm.modules()):
+            raise ValueError(f"{directory}: an int8-quantised model is not saved (quantize when loading instead)")
         was_merged = any(getattr(module, "merged", False) for module in self.llm.modules())
         self.llm.unmerge_lora()
         directory = Path(directory)
