@@ -17,17 +17,26 @@ def test_bench_script_starts(script):
     assert "usage:" in run.stdout
 
 
-def test_train_memory_smoke_runs_without_soundfile():
-    """bench/gpu.py calls bench/train_memory.py's train_figures: its imports must not pull in soundfile, and the
-    tiny-size run prints one JSON line with every configuration's step time and peak memory."""
+def test_gpu_check_smoke_runs_every_section_without_soundfile():
+    """bench/gpu.py, the unattended device check, runs the same code on the CPU at tiny sizes: every section gives
+    its figures (no `*_error` key), and its import chain (with bench/train_memory.py and quantize.py, which it calls)
+    does without soundfile, which the GPU image may lack."""
     bench = BENCH[0].parent
-    imports = subprocess.run([sys.executable, "-c", "import sys, train_memory; print('soundfile' in sys.modules)"],
-                             capture_output=True, text=True, timeout=120, cwd=bench)
+    imports = subprocess.run([sys.executable, "-c", "import sys, gpu, train_memory, osum_min.quantize; "
+                              "print('soundfile' in sys.modules)"], capture_output=True, text=True, timeout=120,
+                             cwd=bench)
     assert imports.stdout.strip() == "False", imports.stderr[-2000:]
-    run = subprocess.run([sys.executable, str(bench / "train_memory.py"), "--smoke"], capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run([sys.executable, str(bench / "gpu.py"), "--smoke"], capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not [key for key in figures if key.endswith("_error")], figures
+    llm = figures["llm_batch1"]
+    assert all(llm[f"{who}_{how}_tok_s"] > 0 for who in ("hf", "ours_eager", "ours_compiled")
+               for how in ("greedy", "beam4")), llm
+    assert figures["osum"]["batch1_s_per_file"] > 0 and figures["osum"]["batch8_files_per_s"] > 0
+    assert figures["inference_batch1"]["int8_e2e_tok_s"] > 0 and figures["inference_batch1"]["bf16_e2e_tok_s"] > 0
     names = ["released_fp32_frozen", "released_bf16_frozen", "released_bf16_frozen_ckpt", "link_and_lora_bf16_frozen",
              "link_and_lora_bf16_frozen_ckpt"]
-    assert all(figures[f"{name}_step_s"] > 0 and figures[f"{name}_peak_gib"] > 0 for name in names), figures
+    training = figures["training"]
+    assert all(training[f"{name}_step_s"] > 0 and training[f"{name}_peak_gib"] > 0 for name in names), training
