@@ -32,7 +32,7 @@ from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng
 from osum_min.evaluation import evaluate
 from osum_min.model import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
-from osum_min.tokenizer import Tokenizer
+from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary
 from osum_min.training import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequest, TrainingError, append_jsonl,
                                build_model, full_tensor, gradient_sync, make_optimizer, peak_memory_gib, setup_model,
                                shard_model, trainable_table, trim_log)
@@ -128,6 +128,8 @@ def main(argv=None) -> int:
             model.save_pretrained(init_dir)
     if len(tokenizer) > model.config.llm.vocab_size:
         raise TrainingError(f"tokenizer has {len(tokenizer)} ids, the model's vocabulary {model.config.llm.vocab_size}")
+    if problem := eod_outside_vocabulary(model.config.eod_id, model.config.llm.vocab_size, init_dir / "config.json"):
+        raise TrainingError(problem)  # every label ends with the eod id: it would index outside the embeddings
     trainable = setup_model(model, args.fire_module, FROZEN_DTYPES[args.frozen_dtype], args.grad_checkpoint)
     say(trainable_table(model))
     if args.fsdp:

@@ -243,6 +243,18 @@ def test_tokenizer_placeholders_keep_the_known_text():
         assert tokenizer.decode(ids, placeholders=True) == "ab<|id:5000|>é"
 
 
+def test_fine_tuning_a_model_whose_eod_lies_outside_its_vocabulary_is_one_line(tmp_path, fixture_weights):
+    """fixture_a (1024 ids, eod 151643) would end every label with an id past its embeddings (an IndexError deep in
+    torch before): train.py refuses it up front, naming the config and both numbers."""
+    import train
+    from osum_min.training import TrainingError
+    Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", 1000, True)]).save(tmp_path / "b.tok")
+    with pytest.raises(TrainingError, match=r"config.json: the model's eod_id 151643 lies outside its vocabulary of "
+                                            r"1024 ids"):
+        train.main(["--train-data", str(tmp_path / "none.jsonl"), "--init", str(fixture_weights), "--tokenizer",
+                    str(tmp_path / "b.tok"), "--out", str(tmp_path / "out"), "--device", "cpu"])
+
+
 def test_an_undecodable_id_never_stops_training_evaluation(tmp_path):
     """A tiny model decodes ids 256..999 that a byte tokenizer lacks; the run still ends with OUT/final."""
     import train
