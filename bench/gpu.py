@@ -62,6 +62,7 @@ class Bench:
             return None
 
     def free(self):
+        torch._dynamo.reset()  # compiled code can keep a freed model's weights alive
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
