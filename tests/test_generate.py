@@ -200,3 +200,26 @@ def test_compiled_decoding_gives_the_eager_ids(twin):
         assert ours.fast_decode_step.step is not decode_step  # it really was compiled
     finally:
         ours.fast_decode_step = None
+
+
+def test_kept_step_inputs_serve_later_calls_like_fresh_ones(twin):
+    """A fast decode step keeps each shape's cache between calls (CUDA graphs read fixed addresses): a later call
+    whose prompt fills fewer of the same slots must not see the earlier call's keys, and the least recently used
+    shape is dropped beyond MAX_SHAPES."""
+    _, ours, _ = twin
+    generator = torch.Generator().manual_seed(13)
+    long_prompt, short_prompt = (torch.randn(1, n, ours.config.hidden_size, generator=generator) for n in (40, 9))
+    configs = [GenerationConfig(max_new_tokens=6, repetition_penalty=1.05, eos_token_id=NEVER),
+               GenerationConfig(max_new_tokens=6, num_beams=3, eos_token_id=NEVER)]
+    eager = [generate(ours, prompt, None, config) for config in configs for prompt in (long_prompt, short_prompt)]
+    fast_decoding(ours, compile=False)
+    try:
+        kept = [generate(ours, prompt, None, config) for config in configs for prompt in (long_prompt, short_prompt)]
+        assert kept == eager
+        shapes = ours.fast_decode_step.shapes
+        assert list(shapes) == [(1, 1, 64, 64), (1, 3, 64, 64)]  # one per shape, reused by the shorter prompt
+        for rows in range(2, 6):
+            generate(ours, short_prompt.expand(rows, -1, -1), None, configs[0])
+        assert len(shapes) == ours.fast_decode_step.MAX_SHAPES and (1, 1, 64, 64) not in shapes
+    finally:
+        ours.fast_decode_step = None
