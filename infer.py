@@ -12,7 +12,7 @@ points into windows that are decoded together and joined. A file that cannot be 
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import soundfile
@@ -20,7 +20,7 @@ import torch
 
 from osum_min import ranks
 from osum_min.audio import AudioError, load_audio
-from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING
+from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
 from osum_min.model import OSUM
 from osum_min.progress import Progress
 from osum_min.scoring import Scorer
@@ -115,7 +115,7 @@ def load_item(item: Item) -> torch.Tensor:
     return load_audio(item.path)
 
 
-def decode_files(model: OSUM, items: list[Item], prompt_ids: list[int], settings: dict, batch_size: int,
+def decode_files(model: OSUM, items: list[Item], prompt_ids: list[int], decoding: GenerationConfig, batch_size: int,
                  on_token=None):
     """Yield (index, Decoded or AudioError) per item, longest first: each group of `batch_size` files is loaded and
     its windows decoded `batch_size` at a time."""
@@ -127,10 +127,10 @@ def decode_files(model: OSUM, items: list[Item], prompt_ids: list[int], settings
                 waves[index] = load_item(items[index])
             except AudioError as err:
                 yield index, err
-        yield from zip(waves, decode_waveforms(model, list(waves.values()), prompt_ids, settings, batch_size, on_token))
+        yield from zip(waves, decode_waveforms(model, list(waves.values()), prompt_ids, decoding, batch_size, on_token))
 
 
-def decoding_settings(args, eos_id: int) -> dict:
+def decoding_config(args, eos_id: int) -> GenerationConfig:
     """DEFAULT_DECODING (beam 4, penalty 1.05, no sampling) or the original's beam-sample, then the flags."""
     base = ORIGINAL_DECODING if args.original_decoding else DEFAULT_DECODING
     flags = {"num_beams": args.beams, "do_sample": args.sample or None, "temperature": args.temperature,
@@ -140,7 +140,7 @@ def decoding_settings(args, eos_id: int) -> dict:
         if (args.beams or 1) > 1:
             raise UsageError("--stream prints tokens as they come, which beam search cannot: use --beams 1")
         flags["num_beams"] = 1
-    return asdict(replace(base, eos_token_id=eos_id, **{k: v for k, v in flags.items() if v is not None}))
+    return replace(base, eos_token_id=eos_id, **{k: v for k, v in flags.items() if v is not None})
 
 
 def load(args) -> tuple[OSUM, Tokenizer | None]:
@@ -303,8 +303,8 @@ def main(argv=None) -> int:
         args.device = ranks.start(args.device)
         model, tokenizer = load(args)
         prompt_ids = prompt_ids_for(args, task, tokenizer)
-        settings = decoding_settings(args, model.config.eod_id)
-        if problem := model.config.prompt_length_problem(len(prompt_ids), settings["max_new_tokens"]):
+        decoding = decoding_config(args, model.config.eod_id)
+        if problem := model.config.prompt_length_problem(len(prompt_ids), decoding.max_new_tokens):
             raise UsageError(problem)
     except UsageError as err:
         print(f"infer.py: error: {err}", file=sys.stderr)
@@ -321,7 +321,7 @@ def main(argv=None) -> int:
     progress = Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}") \
         if len(share) > 3 and not args.stream and rank == 0 else None
     outcomes = ((share[i], outcome) for i, outcome in decode_files(model, [items[j] for j in share], prompt_ids,
-                                                                    settings, args.batch_size, on_token))
+                                                                    decoding, args.batch_size, on_token))
     if world_size > 1:  # every rank decodes its share; rank 0 reports them all, as one process would
         mine = []
         for pair in outcomes:

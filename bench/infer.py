@@ -19,7 +19,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +57,11 @@ def first_difference(a: list[int], b: list[int]) -> int:
     return next((t for t, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def run(model, items, settings, batch_size: int) -> tuple[float, dict]:
+def run(model, items, decoding, batch_size: int) -> tuple[float, dict]:
     outputs = {}
     started = time.perf_counter()
     with Progress(len(items), f"batch {batch_size}") as bar:
-        for index, decoded in infer.decode_files(model, items, [17, 230, 511, 42, 901, 7, 333], settings, batch_size):
+        for index, decoded in infer.decode_files(model, items, [17, 230, 511, 42, 901, 7, 333], decoding, batch_size):
             outputs[index] = decoded.ids
             bar.update()
     return time.perf_counter() - started, outputs
@@ -84,14 +84,13 @@ def main() -> int:
     model = OSUM(config)
     torch.nn.init.normal_(model.speech_bos_eos, std=0.02)
     model = use_input_major_weights(model.to(args.device, dtype).eval())  # as OSUM.from_pretrained does
-    settings = asdict(replace(DEFAULT_DECODING, max_new_tokens=args.new_tokens, num_beams=args.beams,
-                              eos_token_id=None))
+    decoding = replace(DEFAULT_DECODING, max_new_tokens=args.new_tokens, num_beams=args.beams, eos_token_id=None)
     with tempfile.TemporaryDirectory() as tmp:
         items = infer.collect_inputs([str(p) for p in write_clips(Path(tmp), args.clips, seed=0)])
         audio_seconds = sum(item.seconds for item in items)
-        run(model, items[:1], settings, 1)  # warm-up: allocator, kernels
-        seconds_1, outputs_1 = run(model, items, settings, 1)
-        seconds_8, outputs_8 = run(model, items, settings, 8)
+        run(model, items[:1], decoding, 1)  # warm-up: allocator, kernels
+        seconds_1, outputs_1 = run(model, items, decoding, 1)
+        seconds_8, outputs_8 = run(model, items, decoding, 8)
     parted = {index: first_difference(sum(outputs_1[index], []), sum(outputs_8[index], []))
               for index in outputs_1 if outputs_1[index] != outputs_8[index]}  # clip -> the token where they part
     figures = {

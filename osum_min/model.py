@@ -184,14 +184,15 @@ class OSUM(nn.Module):
         return items
 
     @torch.inference_mode()
-    def generate(self, mel, mel_lens, prompt_ids, on_token=None, return_scores=False, **settings):
-        """Decode a batch: new token ids per item (ending with eos where hit). settings: GenerationConfig fields.
+    def generate(self, mel, mel_lens, prompt_ids, config: GenerationConfig | None = None, on_token=None,
+                 return_scores=False, **settings):
+        """Decode a batch: new token ids per item (ending with eos where hit). `config` (default: GenerationConfig's
+        defaults with this model's eod as eos), with any GenerationConfig fields in `settings` replaced.
 
         Items are left-padded to a common length with per-row masks and positions, so each is the same math as alone
         (to float rounding: see generate.py).
         """
-        settings.setdefault("eos_token_id", self.config.eod_id)
-        config = GenerationConfig(**settings)
+        config = replace(config or GenerationConfig(eos_token_id=self.config.eod_id), **settings)
         items = self._speech_sequences(mel, mel_lens, prompt_ids)
         length = max(item.shape[0] for item in items)
         inputs_embeds = items[0].new_zeros(len(items), length, items[0].shape[1])  # (B, L, H)

@@ -11,13 +11,13 @@ import sys
 import tempfile
 import traceback
 import weakref
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .audio import AudioError, load_audio
-from .generate import DEFAULT_DECODING
+from .generate import DEFAULT_DECODING, GenerationConfig
 from .model import OSUM
 from .subtitles import subtitles
 from .tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
@@ -41,20 +41,20 @@ def import_gradio():
 
 
 def transcribe(model: OSUM, tokenizer: Tokenizer | None, wav: torch.Tensor, task: Task, prompt_ids: list[int],
-               settings: dict, batch_size: int = 8, on_batch=None) -> tuple[Decoded, Result | None]:
+               config: GenerationConfig, batch_size: int = 8, on_batch=None) -> tuple[Decoded, Result | None]:
     """(samples,) 16 kHz waveform -> its decoded windows and the joined result (None without a tokenizer: then the
     ids are the output); `on_batch(done, total)` after each batch of windows."""
-    decoded = decode_waveforms(model, [wav], prompt_ids, settings, batch_size, on_batch=on_batch)[0]
+    decoded = decode_waveforms(model, [wav], prompt_ids, config, batch_size, on_batch=on_batch)[0]
     return decoded, decoded.parse(task, tokenizer)
 
 
 def decoding(eos_id: int, beams: int, sample: bool, temperature: float, top_k: int, top_p: float,
-             repetition_penalty: float, max_new_tokens: int, seed: int | None) -> dict:
-    """The page's decoding settings as GenerationConfig fields; defaults are infer.py's (beam 4, penalty 1.05)."""
-    return asdict(replace(DEFAULT_DECODING, eos_token_id=eos_id, num_beams=int(beams), do_sample=bool(sample),
-                          temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                          repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
-                          seed=None if seed in (None, "") else int(seed)))
+             repetition_penalty: float, max_new_tokens: int, seed: int | None) -> GenerationConfig:
+    """The page's decoding settings; defaults are infer.py's (beam 4, penalty 1.05)."""
+    return replace(DEFAULT_DECODING, eos_token_id=eos_id, num_beams=int(beams), do_sample=bool(sample),
+                   temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                   repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
+                   seed=None if seed in (None, "") else int(seed))
 
 
 def srt_file(words, audio_path: str, folder: Path) -> str | None:
@@ -109,11 +109,11 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), bat
                 wav = load_audio(audio_path)
             except AudioError as err:  # name the upload, not gradio's cache folder
                 raise ValueError(str(err).replace(audio_path, Path(audio_path).name)) from None
-            settings = decoding(model.config.eod_id, beams, sample, temperature, top_k, top_p, repetition_penalty,
+            config = decoding(model.config.eod_id, beams, sample, temperature, top_k, top_p, repetition_penalty,
                                 max_new_tokens, seed)
-            if problem := model.config.prompt_length_problem(len(prompt_ids), settings["max_new_tokens"]):
+            if problem := model.config.prompt_length_problem(len(prompt_ids), config.max_new_tokens):
                 raise ValueError(problem)
-            out, result = transcribe(model, tokenizer, wav, task, prompt_ids, settings, batch_size,
+            out, result = transcribe(model, tokenizer, wav, task, prompt_ids, config, batch_size,
                                      on_batch=lambda done, total: progress((done, total), desc="windows"))
         except ValueError as err:
             return page(f"**Error:** {err}")

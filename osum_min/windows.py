@@ -80,10 +80,10 @@ class Decoded:
         return record
 
 
-def decode_waveforms(model, waves: list[torch.Tensor], prompt_ids: list[int], settings: dict, batch_size: int,
+def decode_waveforms(model, waves: list[torch.Tensor], prompt_ids: list[int], config, batch_size: int,
                      on_token=None, on_batch=None) -> list[Decoded]:
     """Each (samples,) 16 kHz waveform cut into windows; all windows decoded `batch_size` at a time through
-    `model.generate` (OSUM) with `settings`. Batches take windows longest first, so little is padding; one at a
+    `model.generate` (OSUM) with `config` (a GenerationConfig). Batches take windows longest first, so little is padding; one at a
     time they go in time order, so streamed tokens (`on_token`) read in order. `on_batch(done, total)` after each."""
     decoded = [Decoded(split_windows(wav, model.config.max_mel_frames * HOP / SAMPLE_RATE)) for wav in waves]
     windows = []  # (Decoded, window number, features (T, 80))
@@ -96,7 +96,7 @@ def decode_waveforms(model, waves: list[torch.Tensor], prompt_ids: list[int], se
         chunk = windows[first:first + batch_size]
         mel, mel_lens = pad_features([features for _, _, features in chunk])  # (B, T, 80), (B,)
         started = time.perf_counter()
-        outputs = model.generate(mel, mel_lens, [prompt_ids] * len(chunk), on_token=on_token, **settings)
+        outputs = model.generate(mel, mel_lens, [prompt_ids] * len(chunk), config=config, on_token=on_token)
         share = (time.perf_counter() - started) / len(chunk)
         for (item, number, _), ids in zip(chunk, outputs):
             item.ids[number] = ids
