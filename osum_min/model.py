@@ -18,8 +18,7 @@ from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from .generate import GenerationConfig, fast_decoding, generate
 from .linear import use_input_major_weights
 from .quantize import Int8Linear, quantize_int8
-from .qwen2 import PRESETS as LLM_PRESETS
-from .qwen2 import Qwen2, Qwen2Config
+from .qwen2 import LLM_PRESETS, Qwen2, Qwen2Config
 from .tokenizer import EOD_ID, RANK_FILE_NAME, Tokenizer, check_fits
 from .weights import load_weights, save_weights
 
