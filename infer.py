@@ -19,17 +19,16 @@ import soundfile
 import torch
 
 from osum_min import ranks
-from osum_min.audio import AudioError, load_audio
+from osum_min.audio import AUDIO_SUFFIXES, AudioError, load_audio
 from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
-from osum_min.model import OSUM
+from osum_min.model import OSUM, load_for_inference
 from osum_min.progress import Progress
 from osum_min.scoring import Scorer
 from osum_min.subtitles import subtitles
 from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
-from osum_min.tokenizer import RANK_FILE_NAME, Tokenizer, check_fits, eod_outside_vocabulary, tokenizer_or_none
+from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
 from osum_min.windows import Decoded, decode_waveforms
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 GET_WEIGHTS = ("get them with `python convert.py --download`, or convert the original's checkpoint with "
@@ -151,10 +150,9 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
     if tokenizer is None and not (args.prompt_ids and args.ids):
         raise UsageError(f"{weights}/ has no tokenizer: pass --prompt-ids and --ids, or convert with --tokenizer DIR")
     try:
-        model = OSUM.from_pretrained(weights, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None,
-                                     compile=args.compile, quantize=args.quantize)
-        if tokenizer is not None:
-            check_fits(tokenizer, model.config.llm.vocab_size, weights / RANK_FILE_NAME)
+        model = load_for_inference(weights, tokenizer, device=args.device,
+                                   dtype=DTYPES[args.dtype] if args.dtype else None, compile=args.compile,
+                                   quantize=args.quantize)
     except (OSError, ValueError, RuntimeError) as err:
         raise UsageError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
     eod_problem = eod_outside_vocabulary(model.config.eod_id, model.config.llm.vocab_size, weights / "config.json")

@@ -27,7 +27,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from osum_min.generate import GenerationConfig, fast_decoding, generate  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
 from osum_min.linear import use_input_major_weights  # noqa: E402
-from osum_min.qwen2 import PRESETS, Qwen2  # noqa: E402
+from osum_min.qwen2 import LLM_PRESETS, Qwen2  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SIZES = {"0.5b": "qwen2-0.5b", "7b": "qwen2-7b"}
@@ -123,7 +123,7 @@ def measure(run, new_tokens: int, final_norm, ceilings: dict, device) -> dict:
 def build_models(args, dtype):
     """(ours merged and laid out as OSUM.from_pretrained does, transformers + peft unmerged or None) with identical
     random weights."""
-    cfg = replace(PRESETS[SIZES[args.size]], lora_rank=8, lora_alpha=32.0, lora_dropout=0.0)
+    cfg = replace(LLM_PRESETS[SIZES[args.size]], lora_rank=8, lora_alpha=32.0, lora_dropout=0.0)
     if args.no_reference:
         torch.manual_seed(0)
         with torch.device(args.device):

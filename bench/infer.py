@@ -35,7 +35,7 @@ from osum_min.generate import DEFAULT_DECODING  # noqa: E402
 from osum_min.linear import use_input_major_weights  # noqa: E402
 from osum_min.model import OSUM, OSUMConfig  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
-from osum_min.qwen2 import PRESETS  # noqa: E402
+from osum_min.qwen2 import LLM_PRESETS  # noqa: E402
 
 
 def write_clips(directory: Path, count: int, seed: int) -> list[Path]:
@@ -79,7 +79,7 @@ def main() -> int:
     torch.manual_seed(0)
     encoder = ENCODER_PRESETS["whisper-tiny"]
     config = OSUMConfig(encoder=encoder, adaptor=AdaptorConfig(dim=encoder.dim, llm_dim=896),
-                        llm=PRESETS["qwen2-0.5b"])
+                        llm=LLM_PRESETS["qwen2-0.5b"])
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = OSUM(config)
     torch.nn.init.normal_(model.speech_bos_eos, std=0.02)

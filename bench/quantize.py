@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from osum_min import quantize  # noqa: E402
 from osum_min.generate import GenerationConfig, generate  # noqa: E402
 from osum_min.linear import use_input_major_weights  # noqa: E402
-from osum_min.qwen2 import PRESETS, Qwen2  # noqa: E402
+from osum_min.qwen2 import LLM_PRESETS, Qwen2  # noqa: E402
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -67,7 +67,7 @@ def one_row_matmuls(float_model, quantized) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="qwen2-0.5b")
+    parser.add_argument("--preset", choices=sorted(LLM_PRESETS), default="qwen2-0.5b")
     parser.add_argument("--prefix", type=int, default=16, help="prompt embedding positions")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each; the best is kept")
@@ -76,7 +76,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = use_input_major_weights(Qwen2(PRESETS[args.preset]).eval())
+    model = use_input_major_weights(Qwen2(LLM_PRESETS[args.preset]).eval())
     embeds = torch.randn(1, args.prefix, model.config.hidden_size)
     figures = {"preset": args.preset, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens}
     with torch.inference_mode():

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from hf_qwen2 import peft_twin  # noqa: E402
-from osum_min.qwen2 import PRESETS  # noqa: E402
+from osum_min.qwen2 import LLM_PRESETS  # noqa: E402
 
 
 def main():
@@ -37,7 +37,7 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = replace(PRESETS["qwen2-0.5b"], num_layers=args.layers, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1)
+    config = replace(LLM_PRESETS["qwen2-0.5b"], num_layers=args.layers, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1)
     hf, ours = peft_twin(config, lora_b_std=0.0)
     hf.train(), ours.train()
     for name, parameter in ours.named_parameters():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import LayerNorm, ResidualAttentionBlock, lengths_to_mask
+from .encoder import LayerNorm, ResidualAttentionBlock, key_padding_mask
 from .linear import Linear
 
 
@@ -70,7 +70,7 @@ class Adaptor(nn.Module):
         x, lengths = self.downsample(x, lengths)
         x = self.input_ln(self.input_proj(x)) * math.sqrt(self.config.dim)
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
-        key_mask = None if bool((lengths >= x.shape[1]).all()) else lengths_to_mask(lengths, x.shape[1])
+        key_mask = key_padding_mask(lengths, x.shape[1])
         for block in self.blocks:
             x = block(x, key_mask)
         return self.ln_post(x), lengths

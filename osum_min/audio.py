@@ -17,6 +17,8 @@ HOP = 160  # 10 ms
 N_FFT = 400  # 25 ms
 N_MELS = 80
 MIN_SAMPLES = N_FFT  # one analysis window; reflect padding of the STFT needs more than N_FFT // 2 samples
+# Files taken as audio by their name (infer.py walks directories with it); anything libsndfile reads also loads.
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
 
 # torchaudio.transforms.Resample defaults
 LOWPASS_FILTER_WIDTH = 6

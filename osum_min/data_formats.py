@@ -21,7 +21,7 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = ("wav", "flac", "mp3", "ogg", "opus", "sph")
+AUDIO_MEMBERS = ("wav", "flac", "mp3", "ogg", "opus", "sph")  # audio members of a shard sample, first found is used
 INFO_FIELDS = ("txt", "task", "lang", "speaker", "emotion", "gender", "duration")  # text members of a shard sample
 
 
@@ -208,9 +208,9 @@ def _tar_groups(path: str):
 
 def _shard_sample(group: dict, shard: str) -> dict:
     """Bytes of one shard key -> {key, txt, task, ..., audio}."""
-    suffix = next((s for s in AUDIO_SUFFIXES if s in group), None)
+    suffix = next((s for s in AUDIO_MEMBERS if s in group), None)
     if suffix is None:
-        raise DataError(f"no audio member ({', '.join(AUDIO_SUFFIXES)})")
+        raise DataError(f"no audio member ({', '.join(AUDIO_MEMBERS)})")
     sample = {name: group[name].decode("utf-8").strip() for name in INFO_FIELDS if name in group}
     audio = io.BytesIO(group[suffix])
     audio.name = f"{shard}:{group['key']}.{suffix}"  # load_audio names its source in errors

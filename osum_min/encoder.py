@@ -99,6 +99,12 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]  # (B, T) True = valid
 
 
+def key_padding_mask(lengths: torch.Tensor, time: int) -> torch.Tensor | None:
+    """(B, time) True = attend, for the encoder's and the adaptor's attention; None when no item is padded, so
+    attention runs without a mask."""
+    return None if bool((lengths >= time).all()) else lengths_to_mask(lengths, time)
+
+
 class WhisperEncoder(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -129,7 +135,7 @@ class WhisperEncoder(nn.Module):
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
         odd_shift = padded_len % 2 if original_mask_rule else 1
         lengths = (mel_lens.to(torch.long) + odd_shift) // 2
-        key_mask = None if bool((lengths >= x.shape[1]).all()) else lengths_to_mask(lengths, x.shape[1])
+        key_mask = key_padding_mask(lengths, x.shape[1])
         for block in self.blocks:
             x = block(x, key_mask)
         return self.ln_post(x), lengths

@@ -1,17 +1,14 @@
 """nn.Linear with a faster CPU path: the same float32 math, served by oneDNN instead of MKL.
 
 torch sends float32 F.linear on CPU to MKL, which on the 2 AMD EPYC cores we measured runs far below what they can
-do. oneDNN's linear is the same math, and on the Qwen2-0.5B stack it gives
+do. oneDNN's linear is the same math: as fast for one row, and faster for the several rows of beam search and
+batches and for the hundreds of a prefill (README, "oneDNN linears", has the figures).
 
-    decode step, rows      1     4     8    32       prefill, 231 rows
-    MKL (weight @ x.T)    31    21    11    6.9      1.14 s (145 GFLOP/s)
-    oneDNN                32    25    23   12        0.43 s (390 GFLOP/s)      GB/s of weights streamed per step
-
-oneDNN's op has no backward, so training goes through `OneDNNLinear`, whose backward is two more oneDNN linears
-(forward + backward of a 512-token batch through a 4864x896 layer: 78 -> 34 ms). Where oneDNN cannot serve (another
-dtype, under torch.compile, a torch build without it), small inputs take `weight @ x.T`, which BLAS runs as a
-multi-threaded GEMM streaming the weight (one row is duplicated to make it a GEMM), where F.linear's GEMV is
-single-threaded. Results equal F.linear to float32 rounding; other devices take F.linear.
+oneDNN's op has no backward, so training goes through `OneDNNLinear`, whose backward is two more oneDNN linears,
+again faster than MKL's. Where oneDNN cannot serve (another dtype, under torch.compile, a torch build without it),
+small inputs take `weight @ x.T`, which BLAS runs as a multi-threaded GEMM streaming the weight (one row is
+duplicated to make it a GEMM), where F.linear's GEMV is single-threaded. Results equal F.linear to float32
+rounding; other devices take F.linear.
 """
 import torch
 import torch.nn.functional as F
@@ -74,9 +71,9 @@ class Linear(nn.Linear):
 def use_input_major_weights(module: nn.Module) -> nn.Module:
     """Store every float32 CPU Linear weight input-major: the same (out, in) tensor, with strides (1, out).
 
-    oneDNN streams that layout faster still. Qwen2-0.5B decode step, GB/s of weights, as above: 1 row 32 -> 45,
-    4 rows 26 -> 36, 8 rows 20 -> 34, 32 rows 12 -> 16. For eager inference only: optimizers and FSDP expect the
-    usual layout, and MKL (what torch.compile uses here) streams it 2-4x slower.
+    oneDNN streams that layout faster still, at every decode batch size (README, "oneDNN linears"). For eager
+    inference only: optimizers and FSDP expect the usual layout, and MKL (what torch.compile uses here) streams it
+    several times slower.
     """
     for layer in module.modules():
         weight = getattr(layer, "weight", None)

@@ -18,9 +18,8 @@ from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from .generate import GenerationConfig, fast_decoding, generate
 from .linear import use_input_major_weights
 from .quantize import Int8Linear, quantize_int8
-from .qwen2 import PRESETS as LLM_PRESETS
-from .qwen2 import Qwen2, Qwen2Config
-from .tokenizer import EOD_ID
+from .qwen2 import LLM_PRESETS, Qwen2, Qwen2Config
+from .tokenizer import EOD_ID, RANK_FILE_NAME, Tokenizer, check_fits
 from .weights import load_weights, save_weights
 
 IGNORE_ID = -100
@@ -251,3 +250,13 @@ class OSUM(nn.Module):
     def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
         """The training loss alone: `forward(...).loss`."""
         return self(mel, mel_lens, prompt_ids, labels).loss
+
+
+def load_for_inference(directory, tokenizer: Tokenizer | None, device=None, dtype=None, compile: bool | None = None,
+                       quantize: str | None = None) -> OSUM:
+    """`OSUM.from_pretrained` for infer.py and the web page, refusing a tokenizer (`tokenizer_or_none(directory)`,
+    None: ids only) with ids past the model's vocabulary, which would index outside its embeddings."""
+    model = OSUM.from_pretrained(directory, device=device, dtype=dtype, compile=compile, quantize=quantize)
+    if tokenizer is not None:
+        check_fits(tokenizer, model.config.llm.vocab_size, Path(directory) / RANK_FILE_NAME)
+    return model

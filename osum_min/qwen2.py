@@ -73,7 +73,7 @@ HF_CONFIG_NAMES = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "in
 
 
 _QWEN2_SMALL = dict(vocab_size=151936, num_kv_heads=2, tie_word_embeddings=True)
-PRESETS = {
+LLM_PRESETS = {
     "qwen2-7b": Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
                             num_heads=28, num_kv_heads=4, max_position_embeddings=131072,
                             lora_rank=8, lora_alpha=32.0, lora_dropout=0.1),
@@ -122,7 +122,8 @@ class LoRALinear(Linear):
             self.merged = False
 
 
-def _linear(cfg: Qwen2Config, name: str, d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
+def _projection(cfg: Qwen2Config, name: str, d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
+    """The layer's `name` projection: a LoRALinear where the config puts LoRA, else a plain Linear."""
     if cfg.lora_rank > 0 and name in cfg.lora_targets:
         return LoRALinear(d_in, d_out, bias, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
     return Linear(d_in, d_out, bias=bias)
@@ -159,10 +160,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.layer_index = layer_index  # this layer's share of the KV cache
-        self.q_proj = _linear(cfg, "q_proj", cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True)
-        self.k_proj = _linear(cfg, "k_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
-        self.v_proj = _linear(cfg, "v_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
-        self.o_proj = _linear(cfg, "o_proj", cfg.num_heads * cfg.head_dim, cfg.hidden_size)
+        self.q_proj = _projection(cfg, "q_proj", cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True)
+        self.k_proj = _projection(cfg, "k_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.v_proj = _projection(cfg, "v_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.o_proj = _projection(cfg, "o_proj", cfg.num_heads * cfg.head_dim, cfg.hidden_size)
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None, slots=None, item: int | None = None):
         """Without a cache: attention over x itself (training, full forwards). With one, `item` given: prefill that
@@ -213,9 +214,9 @@ def attend_new_token(q, prompt_k, prompt_v, k, v, mask):
 class MLP(nn.Module):
     def __init__(self, cfg: Qwen2Config):
         super().__init__()
-        self.gate_proj = _linear(cfg, "gate_proj", cfg.hidden_size, cfg.intermediate_size)
-        self.up_proj = _linear(cfg, "up_proj", cfg.hidden_size, cfg.intermediate_size)
-        self.down_proj = _linear(cfg, "down_proj", cfg.intermediate_size, cfg.hidden_size)
+        self.gate_proj = _projection(cfg, "gate_proj", cfg.hidden_size, cfg.intermediate_size)
+        self.up_proj = _projection(cfg, "up_proj", cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = _projection(cfg, "down_proj", cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

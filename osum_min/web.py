@@ -18,10 +18,10 @@ import torch
 
 from .audio import AudioError, load_audio
 from .generate import DEFAULT_DECODING, GenerationConfig
-from .model import OSUM
+from .model import OSUM, load_for_inference
 from .subtitles import subtitles
 from .tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
-from .tokenizer import RANK_FILE_NAME, Tokenizer, check_fits, tokenizer_or_none
+from .tokenizer import Tokenizer, tokenizer_or_none
 from .windows import Decoded, decode_waveforms
 
 FREE_PROMPT = "prompt"
@@ -65,14 +65,6 @@ def srt_file(words, audio_path: str, folder: Path) -> str | None:
     path = folder / f"{Path(audio_path).stem}.srt"
     path.write_text(subtitles(words, vtt=False), encoding="utf-8")
     return str(path)
-
-
-def load(weights_dir, device=None, dtype=None) -> tuple[OSUM, Tokenizer | None]:
-    """Model and tokenizer from a converted directory; a directory without a tokenizer gives None (ids mode)."""
-    model, tokenizer = OSUM.from_pretrained(weights_dir, device=device, dtype=dtype), tokenizer_or_none(weights_dir)
-    if tokenizer is not None:
-        check_fits(tokenizer, model.config.llm.vocab_size, Path(weights_dir) / RANK_FILE_NAME)
-    return model, tokenizer
 
 
 def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), batch_size: int = 8,
@@ -206,7 +198,8 @@ def serve(weights_dir, host: str = "127.0.0.1", port: int = 7860, device=None, d
     import_gradio()
     model, tokenizer, problem = None, None, None
     try:
-        model, tokenizer = load(weights_dir, device, dtype)
+        found = tokenizer_or_none(weights_dir)  # None: the page runs on token ids
+        model, tokenizer = load_for_inference(weights_dir, found, device, dtype), found  # both, or neither
     except (OSError, ValueError, RuntimeError) as err:
         problem = f"cannot load {weights_dir}: {' '.join(str(err).split())}"
         print(f"osum web: {problem}", file=sys.stderr)

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from hf_qwen2 import TINY, hf_config, peft_twin
 from osum_min.generate import CachedDecoder
 from osum_min.kv_cache import bucket
-from osum_min.qwen2 import (PRESETS, CheckpointError, LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours, load_hf_checkpoint,
-                            load_state_dict_strict)
+from osum_min.qwen2 import (LLM_PRESETS, CheckpointError, LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours,
+                            load_hf_checkpoint, load_state_dict_strict)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fixture_a"
 ASSETS = Path(__file__).parent / ".assets"
@@ -143,9 +143,9 @@ def test_presets_have_the_published_parameter_counts():
                  "qwen2-1.5b": 1_543_714_304, "qwen2.5-1.5b": 1_543_714_304}
     for name, count in published.items():
         with torch.device("meta"):
-            model = Qwen2(Qwen2Config(**{**PRESETS[name].__dict__, "lora_rank": 0}))
+            model = Qwen2(Qwen2Config(**{**LLM_PRESETS[name].__dict__, "lora_rank": 0}))
         assert sum(p.numel() for p in model.parameters()) == count, name
-    assert PRESETS["qwen2-7b"].lora_rank == 8 and PRESETS["qwen2-7b"].head_dim == 128
+    assert LLM_PRESETS["qwen2-7b"].lora_rank == 8 and LLM_PRESETS["qwen2-7b"].head_dim == 128
 
 
 @torch.no_grad()
