@@ -123,6 +123,8 @@ class OSUM(nn.Module):
         config = OSUMConfig.from_file(config_path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        if compile is None and quantize and device.type == "cuda":
+            compile = True  # eager int8 dequantises whole weights each step: only compiled code fuses it away
         with torch.device("meta"):
             model = cls(config)
         load_weights(model, directory, device="cpu" if quantize else device, dtype=dtype)
@@ -133,8 +135,6 @@ class OSUM(nn.Module):
                 model.to(device)
             if not compile:
                 use_input_major_weights(model)
-        if compile is None and quantize and device.type == "cuda":
-            compile = True  # eager int8 dequantises whole weights each step: only compiled code fuses it away
         if compile or compile is None and device.type == "cuda":
             fast_decoding(model.llm, compile=bool(compile))
         return model.eval()
