@@ -92,7 +92,7 @@ def load_checkpoint(path: Path) -> dict:
         if found:
             raise TrainingError(f"{path}: refused: it holds a Python object ({found.group(1)}), not only tensors and "
                                 f"plain data; a train.py checkpoint never does") from None
-        if isinstance(err, pickle.UnpicklingError):  # torch's own lines around the cause advise weights_only=False
+        if isinstance(err, pickle.UnpicklingError):  # drop torch's advice to turn the safety off
             lines = [line for line in lines if not line.startswith(TORCH_ADVICE)] or [type(err).__name__]
         raise TrainingError(f"{path}: not a readable training checkpoint ({lines[0]})") from None
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):

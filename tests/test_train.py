@@ -114,7 +114,7 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
     for name in first:
         torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-6)
     if sharding == "fsdp":  # the step-2 checkpoint holds whole tensors and a whole optimizer state, not shards
-        state = torch.load(tmp_path / "double" / "step_00000002.pt", weights_only=False)
+        state = torch.load(tmp_path / "double" / "step_00000002.pt", weights_only=True)  # tensors and plain data
         lora_a = "llm.layers.0.self_attn.q_proj.lora_A"
         assert state["model"][lora_a].shape == first[lora_a].shape
         assert state["optimizer"]["state"][lora_a]["exp_avg"].shape == first[lora_a].shape
