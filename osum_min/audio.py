@@ -98,6 +98,17 @@ def _kernel_taps(orig_rate: int, new_rate: int) -> int:
     return new_rate * (2 * _kernel_width(orig_rate, new_rate) + orig_rate)
 
 
+def _windowed_sinc(t: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """torchaudio's sinc_interp_hann taps (float32) at the float64 offsets `t` of inputs from their output, in
+    seconds at the gcd-reduced rates; low-passed below the smaller Nyquist frequency."""
+    base_rate = min(orig_rate, new_rate) * ROLLOFF
+    t = (t * base_rate).clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
+    window = torch.cos(t * math.pi / LOWPASS_FILTER_WIDTH / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.tensor(1.0, dtype=torch.float64), t.sin() / t)
+    return (kernel * window * (base_rate / orig_rate)).to(torch.float32)
+
+
 @functools.lru_cache(maxsize=16)
 def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
     """torchaudio's sinc_interp_hann kernel for gcd-reduced rates: (new_rate, 1, 2*width + orig_rate).
@@ -105,16 +116,11 @@ def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
     Row `phase` holds the taps for outputs `phase, phase + new_rate, ...`; built in float64, then cast to float32.
     Like torchaudio, the output phases -j/new_rate are computed in float32 before joining the float64 grid.
     """
-    base_rate = min(orig_rate, new_rate) * ROLLOFF  # low-pass below the smaller Nyquist frequency
     width = _kernel_width(orig_rate, new_rate)
     input_offsets = torch.arange(-width, width + orig_rate, dtype=torch.float64)[None, None] / orig_rate
     output_phases = torch.arange(0, -new_rate, -1, dtype=torch.float32)[:, None, None] / new_rate
     t = output_phases + input_offsets  # (new_rate, 1, 2*width + orig_rate), float64
-    t = (t * base_rate).clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
-    window = torch.cos(t * math.pi / LOWPASS_FILTER_WIDTH / 2) ** 2
-    t = t * math.pi
-    kernel = torch.where(t == 0, torch.tensor(1.0, dtype=torch.float64), t.sin() / t)
-    return (kernel * window * (base_rate / orig_rate)).to(torch.float32), width
+    return _windowed_sinc(t, orig_rate, new_rate), width
 
 
 def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
@@ -144,16 +150,11 @@ def _phase_taps(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
     """The same windowed sinc for gcd-reduced rates, only its 2 width + 1 non-zero taps per output phase:
     (new_rate, 2 width + 1) float32, tap k of phase j weighing input j * orig // new - width + k of its block.
     The offsets i/orig - j/new are exact integers over orig * new (torchaudio rounds j/new to float32)."""
-    base_rate = min(orig_rate, new_rate) * ROLLOFF
     width = _kernel_width(orig_rate, new_rate)
     phases = torch.arange(new_rate)[:, None]  # (new, 1)
     inputs = phases * orig_rate // new_rate + torch.arange(-width, width + 1)  # (new, 2 width + 1)
     t = (inputs * new_rate - phases * orig_rate).double() / (orig_rate * new_rate)
-    t = (t * base_rate).clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
-    window = torch.cos(t * math.pi / LOWPASS_FILTER_WIDTH / 2) ** 2
-    t = t * math.pi
-    kernel = torch.where(t == 0, torch.tensor(1.0, dtype=torch.float64), t.sin() / t)
-    return (kernel * window * (base_rate / orig_rate)).to(torch.float32), width
+    return _windowed_sinc(t, orig_rate, new_rate), width
 
 
 def _resample_per_output(wav: torch.Tensor, orig_rate: int, new_rate: int, chunk: int = 16384) -> torch.Tensor:
