@@ -36,6 +36,7 @@ from osum_min.encoder import WhisperEncoder  # noqa: E402
 from osum_min.generate import DEFAULT_DECODING, GenerationConfig, fast_decoding, generate  # noqa: E402
 from osum_min.model import OSUM, OSUM_PRESETS  # noqa: E402
 from osum_min.qwen2 import Qwen2, hf_key_to_ours, load_state_dict_strict  # noqa: E402
+from osum_min.training import peak_memory_gib  # noqa: E402
 
 SECTIONS = ("llm", "osum", "inference", "training")
 PROMPT = [17, 230, 511, 42, 901, 7, 333, 18, 64, 5, 250, 99, 12, 640, 77, 3, 402, 88, 21, 1]  # 20 prompt tokens
@@ -213,7 +214,7 @@ def inference_memory(bench, model: OSUM, clip_frames: int, new_tokens: int, quan
     figures = bench.figures.setdefault("inference_batch1", {})
     figures[f"{label}_e2e_tok_s"] = round(new_tokens / (time.perf_counter() - started), 1)
     if device.type == "cuda":
-        figures[f"{label}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        figures[f"{label}_peak_gib"] = round(peak_memory_gib(device), 2)
 
 
 def training(bench, smoke: bool):
