@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from .kv_cache import KVCache, bucket
 from .qwen2 import Qwen2
-
-from .tokenizer import EOD_ID as ENDOFTEXT  # Qwen2's <|endoftext|>, OSUM's hard-coded eos
+from .tokenizer import EOD_ID  # Qwen2's <|endoftext|>, OSUM's hard-coded eos
 
 
 @dataclass
@@ -32,7 +31,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     length_penalty: float = 1.0
     num_return_sequences: int = 1
-    eos_token_id: int | list[int] | None = ENDOFTEXT
+    eos_token_id: int | list[int] | None = EOD_ID
     seed: int | None = None  # None: draw from torch's global generator
 
     def eos_ids(self) -> list[int]:
@@ -44,9 +43,9 @@ EOS_CHECK_EVERY = 8  # greedy and sampling off the CPU: steps between checks tha
 
 # The original's hard-coded decoding: beam search with sampling (transformers' "beam-sample"), not deterministic.
 ORIGINAL_DECODING = GenerationConfig(max_new_tokens=400, num_beams=4, do_sample=True, top_k=5, top_p=0.9,
-                                     repetition_penalty=1.05, eos_token_id=ENDOFTEXT)
+                                     repetition_penalty=1.05, eos_token_id=EOD_ID)
 # The same beam width and penalty without sampling, so a transcript is reproducible.
-DEFAULT_DECODING = GenerationConfig(max_new_tokens=400, num_beams=4, repetition_penalty=1.05, eos_token_id=ENDOFTEXT)
+DEFAULT_DECODING = GenerationConfig(max_new_tokens=400, num_beams=4, repetition_penalty=1.05, eos_token_id=EOD_ID)
 
 
 def apply_repetition_penalty(scores, generated, penalty: float):
