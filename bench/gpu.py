@@ -35,8 +35,9 @@ from osum_min.adaptor import Adaptor  # noqa: E402
 from osum_min.encoder import WhisperEncoder  # noqa: E402
 from osum_min.generate import DEFAULT_DECODING, GenerationConfig, fast_decoding, generate  # noqa: E402
 from osum_min.model import OSUM, OSUM_PRESETS  # noqa: E402
-from osum_min.qwen2 import Qwen2, hf_key_to_ours, load_state_dict_strict  # noqa: E402
+from osum_min.qwen2 import Qwen2, hf_key_to_ours  # noqa: E402
 from osum_min.training import peak_memory_gib  # noqa: E402
+from osum_min.weights import load_state_dict_strict  # noqa: E402
 
 SECTIONS = ("llm", "osum", "inference", "training")
 PROMPT = [17, 230, 511, 42, 901, 7, 333, 18, 64, 5, 250, 99, 12, 640, 77, 3, 402, 88, 21, 1]  # 20 prompt tokens

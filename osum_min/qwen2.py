@@ -17,12 +17,9 @@ from torch import nn
 
 from .kv_cache import KVCache
 from .linear import Linear, linear
+from .weights import WeightsError, load_state_dict_strict
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model (missing/unexpected keys, bad files)."""
 
 
 @dataclass
@@ -52,9 +49,9 @@ class Qwen2Config:
         values = {ours: config[theirs] for ours, theirs in HF_CONFIG_NAMES.items() if theirs in config}
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}  # transformers >= 5 / older
         if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise CheckpointError(f"Qwen2 config: RoPE scaling {rope} is not supported (plain RoPE only)")
+            raise WeightsError(f"Qwen2 config: RoPE scaling {rope} is not supported (plain RoPE only)")
         if config.get("use_sliding_window"):
-            raise CheckpointError("Qwen2 config: use_sliding_window=true is not supported (full attention only)")
+            raise WeightsError("Qwen2 config: use_sliding_window=true is not supported (full attention only)")
         if "rope_theta" in rope:
             values["rope_theta"] = rope["rope_theta"]
         values.setdefault("num_kv_heads", values.get("num_heads", cls.num_kv_heads))
@@ -259,12 +256,9 @@ class Qwen2(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, index) for index in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.tie_weights()
-        self.fast_decode_step = None  # generate.fast_decoding sets it
-
-    def tie_weights(self):
-        if self.config.tie_word_embeddings:
+        if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        self.fast_decode_step = None  # generate.fast_decoding sets it
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None):
         """Logits (B, L, V) of a whole sequence, no cache; `attention_mask` is a (B, L) 0/1 key mask."""
@@ -335,21 +329,6 @@ def hf_key_to_ours(key: str) -> str | None:
     return key if OUR_KEY.fullmatch(key) else None
 
 
-def load_state_dict_strict(model: Qwen2, state: dict, source: str) -> Qwen2:
-    """`load_state_dict(assign=True)` that fails with one line naming what is missing or unexpected."""
-    expected = set(model.state_dict())
-    if model.config.tie_word_embeddings:
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-        expected.discard("lm_head.weight")
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: {len(missing)} missing keys {missing[:4]}, "
-                              f"{len(unexpected)} unexpected keys {unexpected[:4]}")
-    model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    return model
-
-
 def load_hf_checkpoint(directory, dtype=None, **config_overrides) -> Qwen2:
     """A Hugging Face Qwen2 checkpoint directory (config.json + safetensors shards) as a Qwen2, loaded strictly."""
     from safetensors.torch import load_file
@@ -358,12 +337,12 @@ def load_hf_checkpoint(directory, dtype=None, **config_overrides) -> Qwen2:
     try:
         config = Qwen2Config.from_hf(json.loads((directory / "config.json").read_text()), **config_overrides)
     except (OSError, json.JSONDecodeError, TypeError) as err:
-        raise CheckpointError(f"{directory / 'config.json'}: cannot read a Qwen2 config ({err})") from None
+        raise WeightsError(f"{directory / 'config.json'}: cannot read a Qwen2 config ({err})") from None
     index = directory / "model.safetensors.index.json"
     shards = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()
               else sorted(p.name for p in directory.glob("*.safetensors")))
     if not shards:
-        raise CheckpointError(f"{directory}: no *.safetensors files")
+        raise WeightsError(f"{directory}: no *.safetensors files")
     state = {}
     for shard in shards:
         for key, tensor in load_file(directory / shard).items():

@@ -21,6 +21,7 @@ from .encoder import EncoderConfig, whisper_state_dict
 from .model import OSUM, OSUM_PRESETS
 from .qwen2 import load_hf_checkpoint
 from .tokenizer import EOD_ID
+from .weights import load_state_dict_strict
 
 
 class TrainingError(ValueError):
@@ -171,12 +172,9 @@ def build_model(preset: str, encoder_init: str | None = None, llm_init: str | No
                                              llm_dim=config.llm.hidden_size))
     model = OSUM(config)
     if encoder_state is not None:
-        model.encoder.load_state_dict(encoder_state)
+        load_state_dict_strict(model.encoder, encoder_state, encoder_init)
     if llm is not None:
-        missing, unexpected = model.llm.load_state_dict(llm.state_dict(), strict=False)
-        if unexpected or any(".lora_" not in name for name in missing):
-            raise TrainingError(f"{llm_init}: does not fit the LLM config (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
+        load_state_dict_strict(model.llm, llm.state_dict(), llm_init, new=lambda name: ".lora_" in name)
     return model
 
 

@@ -192,35 +192,49 @@ def weight_files(directory) -> list[Path]:
     raise WeightsError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
 
 
+def load_state_dict_strict(module: torch.nn.Module, state: dict, source: str,
+                           new: Callable[[str], bool] = lambda name: False) -> torch.nn.Module:
+    """The one strict load: `state` fills every tensor of `module` with one of the same shape, or it fails in one
+    line naming `source` and the keys. Tensors are assigned, not copied, so a module built on the meta device
+    costs nothing. `new(name)` names tensors the state may lack because they start fresh (a new run's LoRA).
+    A tensor shared under two names (tied embeddings) is filled once, under its first name."""
+    targets = module.state_dict(keep_vars=True)
+    first_name, tied = {}, {}
+    for name, tensor in targets.items():
+        if first_name.setdefault(id(tensor), name) != name:
+            tied[name] = first_name[id(tensor)]
+    unexpected = [name for name in state if name not in targets]
+    if unexpected:
+        raise WeightsError(f"{source}: unexpected {describe_keys(unexpected)}")
+    missing = [name for name in targets if name not in state and name not in tied and not new(name)]
+    if missing:
+        raise WeightsError(f"{source}: missing {describe_keys(missing)}")
+    for name, tensor in state.items():
+        if tensor.shape != targets[name].shape:
+            raise WeightsError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model's is "
+                               f"{tuple(targets[name].shape)}")
+    module.load_state_dict({name: t for name, t in state.items() if name not in tied}, strict=False, assign=True)
+    for name, shared in tied.items():  # assigning replaced the shared tensor: its other names follow
+        owner, _, attribute = name.rpartition(".")
+        setattr(module.get_submodule(owner), attribute, module.get_parameter(shared))
+    return module
+
+
 def load_weights(model: torch.nn.Module, directory, device=None, dtype=None) -> None:
     """Fill every parameter and buffer of `model` (built on the meta device) from a directory, strictly.
 
     Floating tensors are cast to `dtype` one at a time, so peak memory stays at about one copy of the weights.
     """
-    expected = dict(model.state_dict())
-    seen = set()
+    state = {}
     for path in weight_files(directory):
         try:
             handle = safe_open(str(path), framework="pt", device="cpu")
         except Exception as err:  # safetensors raises its own error types for truncated or foreign files
             raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
         with handle:
-            loaded = {}
             for name in handle.keys():
-                if name not in expected:
-                    continue
                 tensor = handle.get_tensor(name)
-                if tensor.shape != expected[name].shape:
-                    raise WeightsError(f"{path}: {name} has shape {tuple(tensor.shape)}, the config says "
-                                       f"{tuple(expected[name].shape)}")
                 if tensor.is_floating_point() and dtype is not None:
                     tensor = tensor.to(dtype)
-                loaded[name] = tensor.to(device) if device is not None else tensor
-            unexpected = [name for name in handle.keys() if name not in expected]
-        if unexpected:
-            raise WeightsError(f"{path}: unexpected {describe_keys(unexpected)}")
-        model.load_state_dict(loaded, strict=False, assign=True)
-        seen.update(loaded)
-    missing = [name for name in expected if name not in seen]
-    if missing:
-        raise WeightsError(f"{directory}: missing {describe_keys(missing)}")
+                state[name] = tensor.to(device) if device is not None else tensor
+    load_state_dict_strict(model, state, str(directory))

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from osum_min.qwen2 import LORA_TARGETS, Qwen2, Qwen2Config, hf_key_to_ours, load_state_dict_strict
+from osum_min.qwen2 import LORA_TARGETS, Qwen2, Qwen2Config, hf_key_to_ours
+from osum_min.weights import load_state_dict_strict
 
 TINY = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                    rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=512,

@@ -15,7 +15,8 @@ from conftest import FIXTURE_A
 from hf_qwen2 import TINY
 from osum_min.model import OSUM
 from osum_min.quantize import DEQUANT_BLOCK, Int8Linear, linear_weight_bytes, quantize_int8
-from osum_min.qwen2 import LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours, load_state_dict_strict
+from osum_min.qwen2 import LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours
+from osum_min.weights import load_state_dict_strict
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / ".assets"

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from hf_qwen2 import TINY, hf_config, peft_twin
 from osum_min.generate import CachedDecoder
 from osum_min.kv_cache import bucket
-from osum_min.qwen2 import (LLM_PRESETS, CheckpointError, LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours,
-                            load_hf_checkpoint, load_state_dict_strict)
+from osum_min.qwen2 import LLM_PRESETS, LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours, load_hf_checkpoint
+from osum_min.weights import WeightsError, load_state_dict_strict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fixture_a"
 ASSETS = Path(__file__).parent / ".assets"
@@ -132,9 +132,9 @@ def test_hf_key_to_ours_accepts_hf_and_both_peft_forms():
 def test_config_from_hf_reads_both_rope_layouts_and_refuses_what_it_cannot_run():
     assert Qwen2Config.from_hf({"rope_theta": 5e5}).rope_theta == 5e5
     assert Qwen2Config.from_hf({"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}).rope_theta == 5e5
-    with pytest.raises(CheckpointError, match="RoPE scaling"):
+    with pytest.raises(WeightsError, match="RoPE scaling"):
         Qwen2Config.from_hf({"rope_scaling": {"type": "yarn", "factor": 4.0}})
-    with pytest.raises(CheckpointError, match="sliding_window"):
+    with pytest.raises(WeightsError, match="sliding_window"):
         Qwen2Config.from_hf({"use_sliding_window": True})
 
 
@@ -168,13 +168,36 @@ def test_load_hf_checkpoint_sharded_and_strict(tmp_path):
     assert ours.config.tie_word_embeddings and ours.lm_head.weight is ours.embed_tokens.weight
     ids, _, _ = padded_batch()
     assert (ours(input_ids=ids) - hf(input_ids=ids).logits).abs().max() < 1e-4
-    with pytest.raises(CheckpointError, match=r"1 missing keys \['layers.1.mlp.up_proj.weight'\]"):
+    with pytest.raises(WeightsError, match=r"test: missing 1 key\(s\): layers.1.mlp.up_proj.weight$"):
         state = {k: v for k, v in ours.state_dict().items() if k != "layers.1.mlp.up_proj.weight"}
         load_state_dict_strict(Qwen2(cfg), state, "test")
-    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
+    with pytest.raises(WeightsError, match="no \\*.safetensors"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.json").write_text((tmp_path / "config.json").read_text())
         load_hf_checkpoint(tmp_path / "empty")
+
+
+def test_strict_load_ties_shared_weights_allows_only_new_adapters_and_names_what_does_not_fit():
+    cfg = Qwen2Config(**{**TINY.__dict__, "tie_word_embeddings": True})
+    torch.manual_seed(2)
+    state = Qwen2(cfg).state_dict()
+    with torch.device("meta"):
+        empty = Qwen2(cfg)
+    loaded = load_state_dict_strict(empty, state, "s")
+    assert loaded.lm_head.weight is loaded.embed_tokens.weight and torch.equal(loaded.lm_head.weight,
+                                                                               state["embed_tokens.weight"])
+    base = {name: tensor for name, tensor in state.items() if ".lora_" not in name}
+    with pytest.raises(WeightsError, match=r"^s: missing \d+ key\(s\): layers.0.self_attn.q_proj.lora_A"):
+        load_state_dict_strict(Qwen2(cfg), base, "s")
+    fresh = Qwen2(cfg)
+    adapter = fresh.layers[0].self_attn.q_proj.lora_A.clone()
+    load_state_dict_strict(fresh, base, "s", new=lambda name: ".lora_" in name)
+    assert torch.equal(fresh.layers[0].self_attn.q_proj.lora_A, adapter)  # the new adapter keeps its init
+    assert torch.equal(fresh.norm.weight, state["norm.weight"])
+    with pytest.raises(WeightsError, match=r"^s: unexpected 1 key\(s\): extra$"):
+        load_state_dict_strict(Qwen2(cfg), {**state, "extra": torch.zeros(1)}, "s")
+    with pytest.raises(WeightsError, match=r"^s: norm.weight has shape \(3,\), the model's is \(64,\)$"):
+        load_state_dict_strict(Qwen2(cfg), {**state, "norm.weight": torch.zeros(3)}, "s")
 
 
 @torch.no_grad()
