@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(args)
     init_dir = Path(args.init) if args.init else args.out / "init"
     if args.init or (args.resume and (init_dir / "config.json").is_file()):
-        model = OSUM.from_pretrained(init_dir, device="cpu", dtype=torch.float32, merge_lora=False)
+        model = OSUM.from_pretrained(init_dir, device="cpu", dtype=torch.float32, for_training=True)
     else:
         model = build_model(args.preset, args.encoder_init, args.llm_init,
                             vocab_size=None if args.llm_init else len(tokenizer), eod_id=tokenizer.eod_id)

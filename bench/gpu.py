@@ -93,7 +93,8 @@ def reference_and_ours(cfg, device, dtype):
 
 
 def speech_model(config, llm: Qwen2, device, dtype) -> OSUM:
-    """A random OSUM around an LLM already built (the encoder and adaptor built on the device)."""
+    """A random OSUM around an LLM already built (the encoder and adaptor built on the device), readied for
+    inference as from_pretrained does by default."""
     with torch.device("meta"):
         model = OSUM(replace(config, llm=llm.config))
     with torch.device(device):
@@ -101,7 +102,7 @@ def speech_model(config, llm: Qwen2, device, dtype) -> OSUM:
         model.adaptor = Adaptor(config.adaptor).to(dtype)
         model.speech_bos_eos = torch.nn.Parameter(torch.randn(2, llm.config.hidden_size, dtype=dtype) * 0.02)
     model.llm = llm
-    return model.eval()
+    return model.eval().prepare_for_inference(device)
 
 
 def llm_alone(bench, hf, ours, new_tokens, prefix, repeats):
@@ -155,8 +156,6 @@ def llm_alone(bench, hf, ours, new_tokens, prefix, repeats):
 
 def whole_osum(bench, model: OSUM, clip_frames: int, new_tokens: int):
     device, figures = bench.device, bench.figures.setdefault("osum", {})
-    if device.type == "cuda":  # what from_pretrained gives by default
-        fast_decoding(model.llm, compile=False)
     generator = torch.Generator(device=device).manual_seed(0)
     mel = torch.randn(8, clip_frames, 80, device=device, generator=generator)  # 8 clips of 10 s
     mel_lens = torch.full((8,), clip_frames, device=device)

@@ -32,7 +32,6 @@ from osum_min.adaptor import AdaptorConfig  # noqa: E402
 from osum_min.audio import SAMPLE_RATE  # noqa: E402
 from osum_min.encoder import ENCODER_PRESETS  # noqa: E402
 from osum_min.generate import DEFAULT_DECODING  # noqa: E402
-from osum_min.linear import use_input_major_weights  # noqa: E402
 from osum_min.model import OSUM, OSUMConfig  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
 from osum_min.qwen2 import LLM_PRESETS  # noqa: E402
@@ -83,7 +82,7 @@ def main() -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = OSUM(config)
     torch.nn.init.normal_(model.speech_bos_eos, std=0.02)
-    model = use_input_major_weights(model.to(args.device, dtype).eval())  # as OSUM.from_pretrained does
+    model = model.to(args.device, dtype).eval().prepare_for_inference(args.device)  # as OSUM.from_pretrained does
     decoding = replace(DEFAULT_DECODING, max_new_tokens=args.new_tokens, num_beams=args.beams, eos_token_id=None)
     with tempfile.TemporaryDirectory() as tmp:
         items = infer.collect_inputs([str(p) for p in write_clips(Path(tmp), args.clips, seed=0)])

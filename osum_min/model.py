@@ -102,20 +102,15 @@ class OSUM(nn.Module):
         self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.hidden_size))  # rows: speech bos, eos
 
     @classmethod
-    def from_pretrained(cls, directory, device=None, dtype=None, merge_lora: bool = True,
+    def from_pretrained(cls, directory, device=None, dtype=None, for_training: bool = False,
                         compile: bool | None = None, quantize: str | None = None) -> "OSUM":
-        """A converted directory -> model in eval mode. dtype: bf16 on CUDA, fp32 on CPU.
-
-        merge_lora=True readies it for inference: LoRA merged and, on CPU, weights laid out for oneDNN (linear.py).
-        False keeps the weights as trained, for training. Decode steps (generate.fast_decoding): by default CUDA
-        graphs on CUDA, eager on the CPU; compile=True also runs them through torch.compile (on the CPU the weights
-        then keep the usual layout, which compiled code streams faster); compile=False: eager everywhere.
-        quantize="int8" (inference only) stores every LLM linear as int8 (quantize.py), loading on the CPU first so
-        the device never holds the float LLM; on CUDA it compiles by default."""
+        """A converted directory -> model in eval mode, readied for inference (`prepare_for_inference`) unless
+        for_training=True, which keeps the weights as trained (LoRA apart, the usual layout) for an optimizer or
+        FSDP. dtype: bf16 on CUDA, fp32 on CPU."""
         if quantize not in (None, "int8"):
             raise ValueError(f"quantize={quantize!r}: the only quantisation is 'int8'")
-        if quantize and not merge_lora:
-            raise ValueError(f"quantize={quantize!r} is for inference: it needs merge_lora=True")
+        if for_training and (quantize or compile):
+            raise ValueError("compile and quantize are for inference: not with for_training=True")
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
@@ -123,21 +118,31 @@ class OSUM(nn.Module):
         config = OSUMConfig.from_file(config_path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        if compile is None and quantize and device.type == "cuda":
-            compile = True  # eager int8 dequantises whole weights each step: only compiled code fuses it away
         with torch.device("meta"):
             model = cls(config)
         load_weights(model, directory, device="cpu" if quantize else device, dtype=dtype)
-        if merge_lora:
-            model.llm.merge_lora()
-            if quantize:
-                quantize_int8(model.llm, device=device)
-                model.to(device)
-            if not compile:
-                use_input_major_weights(model)
-        if compile or compile is None and device.type == "cuda":
-            fast_decoding(model.llm, compile=bool(compile))
+        if not for_training:
+            model.prepare_for_inference(device, compile, quantize)
         return model.eval()
+
+    def prepare_for_inference(self, device, compile: bool | None = None, quantize: str | None = None) -> "OSUM":
+        """LoRA merged into the weights, then for the device's fastest decoding: with quantize="int8" every LLM
+        linear stored as int8 (quantize.py; the weights then move from the CPU to `device`, so the device never
+        holds the float LLM); on the CPU, weights laid out input-major for oneDNN (linear.py) unless compiled code
+        streams them; decode steps (generate.fast_decoding) as CUDA graphs on CUDA, through torch.compile too with
+        compile=True (int8 on CUDA compiles by default), eager with compile=False."""
+        device = torch.device(device)
+        if compile is None and quantize and device.type == "cuda":
+            compile = True  # eager int8 dequantises whole weights each step: only compiled code fuses it away
+        self.llm.merge_lora()
+        if quantize:
+            quantize_int8(self.llm, device=device)
+            self.to(device)
+        if not compile:
+            use_input_major_weights(self)
+        if compile or compile is None and device.type == "cuda":
+            fast_decoding(self.llm, compile=bool(compile))
+        return self
 
     def save_pretrained(self, directory, state_dict: dict | None = None) -> None:
         """Write config.json + safetensors that from_pretrained reads, with LoRA stored unmerged.

@@ -82,7 +82,7 @@ def test_fixture_batch_collates_and_gives_the_original_loss(tmp_path, expected, 
     assert torch.allclose(batch["mel"], expected["batch_feats"], atol=1e-4)
     assert batch["prompt_ids"] == [[i for i in row if i != -1] for row in expected["batch_prompt"].tolist()]
     assert batch["labels"] == [[i for i in row if i != -100] for row in expected["batch_target"].tolist()]
-    model = OSUM.from_pretrained(fixture_weights, device="cpu", merge_lora=False)
+    model = OSUM.from_pretrained(fixture_weights, device="cpu", for_training=True)
     with torch.no_grad():
         loss = model.loss(batch["mel"], batch["mel_lens"], batch["prompt_ids"], batch["labels"])
     assert abs(loss.item() - expected["batch_loss"].item()) < 1e-4  # 7.3029351

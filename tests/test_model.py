@@ -67,7 +67,7 @@ def fixture_batch(expected):
 
 
 def test_loss_equals_the_original_training_loss(fixture_weights, expected):
-    model = OSUM.from_pretrained(fixture_weights, device="cpu", merge_lora=False)
+    model = OSUM.from_pretrained(fixture_weights, device="cpu", for_training=True)
     with torch.no_grad():
         loss = model.loss(*fixture_batch(expected))
     assert abs(loss.item() - expected["batch_loss"].item()) < 1e-4  # 7.3029351
@@ -174,7 +174,7 @@ def test_config_round_trips(fixture_weights):
 def test_only_inference_loading_lays_weights_out_for_onednn(model, fixture_weights):
     up = model.llm.layers[0].mlp.up_proj.weight  # (out, in) stored input-major
     assert up.stride() == (1, up.shape[0])
-    trainable = OSUM.from_pretrained(fixture_weights, device="cpu", merge_lora=False)
+    trainable = OSUM.from_pretrained(fixture_weights, device="cpu", for_training=True)
     assert all(p.is_contiguous() for p in trainable.parameters())
 
 

@@ -104,8 +104,8 @@ def test_quantize_rejects_what_it_cannot_do(fixture_weights, models, tmp_path):
         models[1].save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="only quantisation is 'int8'"):
         OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int4")
-    with pytest.raises(ValueError, match="needs merge_lora=True"):
-        OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int8", merge_lora=False)
+    with pytest.raises(ValueError, match="for inference: not with for_training=True"):
+        OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int8", for_training=True)
 
 
 def test_infer_cli_quantize_int8_equals_the_quantised_model(capsys, fixture_weights, models, expected):

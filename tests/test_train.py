@@ -259,6 +259,6 @@ def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
                        "--device", "cpu"]) == 0
     losses = [record["loss"] for record in log_records(out)]
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses), losses
-    final = OSUM.from_pretrained(out / "final", device="cpu", merge_lora=False)
+    final = OSUM.from_pretrained(out / "final", device="cpu", for_training=True)
     lora_b = [p for name, p in final.llm.named_parameters() if name.endswith("lora_B")]
     assert lora_b and any(bool(p.any()) for p in lora_b)  # the adapters exist and moved from their zero init
