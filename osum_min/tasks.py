@@ -341,13 +341,13 @@ def join_windows(task: Task, results: list[Result], offsets: list[float]) -> Res
 
 
 def parse_windows(task: Task, tokenizer, ids: list[list[int]], offsets: list[float]) -> Result:
-    """Decode each window's ids, parse them for the task and join the windows. Ids past the tokenizer's
-    vocabulary (the LLM's is padded: 151936 vs 151646 for Qwen2-7B) have no text and are dropped, with a note."""
+    """Decode each window's ids, parse them for the task and join the windows. An id the tokenizer has no text for
+    shows as `<|id:N|>` (Tokenizer.decode_bytes), with a note."""
     results = []
     for window_ids in ids:
-        result = parse(task, tokenizer.decode([i for i in window_ids if i < len(tokenizer)], placeholders=True))
-        if any(i >= len(tokenizer) for i in window_ids):
-            result.issues.append("ids beyond the tokenizer's vocabulary were dropped")
+        result = parse(task, tokenizer.decode(window_ids, placeholders=True))
+        if tokenizer.unknown_ids(window_ids):
+            result.issues.append("ids outside the tokenizer's vocabulary, shown as <|id:N|>")
         results.append(result)
     return join_windows(task, results, offsets)
 

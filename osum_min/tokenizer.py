@@ -258,12 +258,17 @@ class Tokenizer:
             return self.encoding.encode(text, allowed_special=set(self.added_ids), disallowed_special=())
         return self.encoding.encode_ordinary(text)
 
+    def unknown_ids(self, ids) -> list[int]:
+        """The ids this tokenizer has no text for (a model's vocabulary is often larger: 152064 vs 151646 for
+        Qwen2-7B, so a model can generate one)."""
+        added_ids = set(self.added_ids.values())
+        return [int(i) for i in ids if not 0 <= int(i) < len(self.ranks) and int(i) not in added_ids]
+
     def decode_bytes(self, ids, skip_special: bool = True, placeholders: bool = False) -> bytes:
         """Ids to bytes. An id outside this vocabulary raises TokenizerError, or with `placeholders` becomes the text
-        `<|id:N|>` (a model whose vocabulary is larger than its tokenizer's can generate one)."""
+        `<|id:N|>`, so the output shows where the model said something the tokenizer cannot spell."""
         ids = [int(token_id) for token_id in ids]
-        added_ids = set(self.added_ids.values())
-        unknown = [token_id for token_id in ids if not 0 <= token_id < len(self.ranks) and token_id not in added_ids]
+        unknown = self.unknown_ids(ids)
         if unknown and not placeholders:
             raise TokenizerError(f"token id {unknown[0]} is outside this vocabulary ({len(self)} ids)")
         if skip_special:

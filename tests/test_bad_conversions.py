@@ -243,6 +243,17 @@ def test_tokenizer_placeholders_keep_the_known_text():
         assert tokenizer.decode(ids, placeholders=True) == "ab<|id:5000|>é"
 
 
+def test_an_id_past_the_tokenizer_shows_in_the_joined_windows_as_when_streamed():
+    """One policy for ids the tokenizer lacks: the parsed, windowed result shows them as the stream does."""
+    from osum_min.tasks import TASKS, parse_windows
+    tokenizer = byte_tokenizer(eod=299, pairs=43)
+    ids = tokenizer.encode("ab") + [5000] + tokenizer.encode(" cd")
+    with pytest.warns(UserWarning, match="5000"):
+        result = parse_windows(TASKS["asr"], tokenizer, [ids, tokenizer.encode("ef")], [0.0, 30.0])
+    assert result.transcript == "ab<|id:5000|> cd ef"
+    assert result.issues == ["window 0: ids outside the tokenizer's vocabulary, shown as <|id:N|>"]
+
+
 def test_fine_tuning_a_model_whose_eod_lies_outside_its_vocabulary_is_one_line(tmp_path, fixture_weights):
     """fixture_a (1024 ids, eod 151643) would end every label with an id past its embeddings (an IndexError deep in
     torch before): train.py refuses it up front, naming the config and both numbers."""
