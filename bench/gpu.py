@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import measure, measure_bandwidth, sync, weight_bytes_per_step  # noqa: E402
+from decode import measure, measure_bandwidth, sync, weight_bytes_per_step  # noqa: E402  (puts tests/ on the path)
+from hf_qwen2 import peft_twin  # noqa: E402
 from osum_min.adaptor import Adaptor  # noqa: E402
 from osum_min.encoder import WhisperEncoder  # noqa: E402
 from osum_min.generate import DEFAULT_DECODING, GenerationConfig, fast_decoding, generate  # noqa: E402
 from osum_min.model import OSUM, OSUM_PRESETS  # noqa: E402
-from osum_min.qwen2 import Qwen2, hf_key_to_ours  # noqa: E402
+from osum_min.qwen2 import Qwen2  # noqa: E402
 from osum_min.training import peak_memory_gib  # noqa: E402
-from osum_min.weights import load_state_dict_strict  # noqa: E402
 
 SECTIONS = ("llm", "osum", "inference", "training")
 PROMPT = [17, 230, 511, 42, 901, 7, 333, 18, 64, 5, 250, 99, 12, 640, 77, 3, 402, 88, 21, 1]  # 20 prompt tokens
@@ -73,22 +73,8 @@ class Bench:
 
 def reference_and_ours(cfg, device, dtype):
     """(transformers + peft with non-zero LoRA B, ours with the same weights and LoRA merged), built on the device."""
-    import peft
-    import transformers
-    from osum_min.qwen2 import LORA_TARGETS
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = transformers.Qwen2ForCausalLM._from_config(transformers.Qwen2Config(**cfg.to_hf()), dtype=dtype)
-    hf = peft.get_peft_model(hf, peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                 target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")).eval()
-    with torch.no_grad():
-        for name, param in hf.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
-    with torch.device("meta"):
-        ours = Qwen2(replace(cfg, lora_dropout=0.0))
-    state = {hf_key_to_ours(k): v.clone() for k, v in hf.state_dict().items() if hf_key_to_ours(k)}
-    load_state_dict_strict(ours, state, "transformers + peft twin").eval().merge_lora()
+    hf, ours = peft_twin(replace(cfg, lora_dropout=0.0), device=device, dtype=dtype)
+    ours.merge_lora()
     return hf, ours
 
 

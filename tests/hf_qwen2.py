@@ -15,12 +15,21 @@ def hf_config(cfg: Qwen2Config):
     return transformers.Qwen2Config(**cfg.to_hf(), initializer_range=0.1)
 
 
-def peft_twin(cfg: Qwen2Config = TINY, seed: int = 0, lora_b_std: float = 0.05):
-    """(transformers + peft model, our Qwen2) with identical random weights and non-zero LoRA B, both in eval."""
+def peft_twin(cfg: Qwen2Config = TINY, seed: int = 0, lora_b_std: float = 0.05, device="cpu",
+              dtype: torch.dtype = torch.float32):
+    """(transformers + peft model, our Qwen2) with identical random weights and non-zero LoRA B, both in eval, built
+    on `device` in `dtype` (bench/gpu.py builds the released 7B on the GPU this way; ours is never materialised
+    apart from the reference's weights)."""
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
     torch.manual_seed(seed)
-    hf = transformers.Qwen2ForCausalLM(hf_config(cfg))
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # transformers builds its weights in the default dtype
+    try:
+        with torch.device(device):
+            hf = transformers.Qwen2ForCausalLM(hf_config(cfg))
+    finally:
+        torch.set_default_dtype(default_dtype)
     hf = peft.get_peft_model(hf, peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                                                  lora_dropout=cfg.lora_dropout, target_modules=list(LORA_TARGETS),
                                                  task_type="CAUSAL_LM"))
@@ -29,7 +38,8 @@ def peft_twin(cfg: Qwen2Config = TINY, seed: int = 0, lora_b_std: float = 0.05):
         for name, param in hf.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * lora_b_std)
-    ours = Qwen2(cfg)
+    with torch.device("meta"):
+        ours = Qwen2(cfg)
     state = {hf_key_to_ours(k): v for k, v in hf.state_dict().items() if hf_key_to_ours(k)}
     load_state_dict_strict(ours, {k: v.clone() for k, v in state.items()}, "peft twin")
     return hf.eval(), ours.eval()
