@@ -47,11 +47,12 @@ class OSUMConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "OSUMConfig":
         """The dict `to_dict` writes; an "llm" section with the old field names (OLD_LLM_NAMES) reads the same."""
+        encoder, adaptor = EncoderConfig(**data["encoder"]), AdaptorConfig(**data["adaptor"])
         llm = {OLD_LLM_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in data["llm"].items()}
         if twice := [f"{old}/{new}" for old, new in OLD_LLM_NAMES.items() if old in data["llm"] and new in data["llm"]]:
             raise ValueError(f"the llm section names a field by both its old and its new name ({', '.join(twice)})")
-        return cls(encoder=EncoderConfig(**data["encoder"]), adaptor=AdaptorConfig(**data["adaptor"]),
-                   llm=Qwen2Config(**llm), **{k: v for k, v in data.items() if k not in ("encoder", "adaptor", "llm")})
+        return cls(encoder=encoder, adaptor=adaptor, llm=Qwen2Config(**llm),
+                   **{k: v for k, v in data.items() if k not in ("encoder", "adaptor", "llm")})
 
     @classmethod
     def from_file(cls, path) -> "OSUMConfig":
