@@ -192,7 +192,7 @@ def test_a_config_json_with_the_old_llm_names_loads_as_the_new_one(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [({"hidden_sizes": 64}, "unexpected keyword argument 'hidden_sizes'"),
-                                            ({"hidden_size": 64}, "by both its old and its new name (hidden_size/dim)")])
+                                            ({"hidden_size": 64}, "its old and its new name (hidden_size/dim)")])
 def test_a_config_json_with_an_unknown_or_doubled_llm_field_is_refused_in_one_line(tmp_path, extra, message):
     written = NEW_STYLE.to_dict()
     (tmp_path / "config.json").write_text(json.dumps({**written, "llm": {**written["llm"], **extra}}))
