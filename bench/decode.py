@@ -58,7 +58,7 @@ def sync(device):
 def weight_bytes_per_step(model: Qwen2) -> int:
     """Every parameter is read once per decode step, except the embedding table (one row) unless tied to lm_head."""
     params = {id(p): p for p in model.parameters()}
-    if not model.config.tie_word_embeddings:
+    if not model.config.tie_embeddings:
         params.pop(id(model.embed_tokens.weight))
     return sum(p.numel() * p.element_size() for p in params.values())
 
@@ -165,7 +165,7 @@ def main():
     print(f"{args.size} {args.dtype} on {device} ({torch.get_num_threads()} threads): {step_bytes / 2**30:.2f} GiB of "
           f"weights per step; copy {bandwidth['copy'] / 1e9:.1f} GB/s -> roofline {ceilings['copy']:.2f} steps/s, "
           f"read {bandwidth['read'] / 1e9:.1f} GB/s -> {ceilings['read']:.2f} steps/s", flush=True)
-    embeds = torch.randn(1, args.prefix, ours.config.hidden_size, device=device, dtype=dtype)
+    embeds = torch.randn(1, args.prefix, ours.config.dim, device=device, dtype=dtype)
     mask = torch.ones(1, args.prefix, dtype=torch.long, device=device)
 
     def ours_run(model, beams):

@@ -86,7 +86,7 @@ def speech_model(config, llm: Qwen2, device, dtype) -> OSUM:
     with torch.device(device):
         model.encoder = WhisperEncoder(config.encoder).to(dtype)
         model.adaptor = Adaptor(config.adaptor).to(dtype)
-        model.speech_bos_eos = torch.nn.Parameter(torch.randn(2, llm.config.hidden_size, dtype=dtype) * 0.02)
+        model.speech_bos_eos = torch.nn.Parameter(torch.randn(2, llm.config.dim, dtype=dtype) * 0.02)
     model.llm = llm
     return model.eval().prepare_for_inference(device)
 
@@ -99,7 +99,7 @@ def llm_alone(bench, hf, ours, new_tokens, prefix, repeats):
     bench.figures["roofline"] = {"read_bandwidth_gb_s": round(bandwidth / 1e9, 1),
                                  "weight_gib_per_step": round(step_bytes / 2**30, 2),
                                  "read_roofline_steps_s": round(roofline, 1)}
-    embeds = torch.randn(1, prefix, ours.config.hidden_size, device=device, dtype=ours.embed_tokens.weight.dtype)
+    embeds = torch.randn(1, prefix, ours.config.dim, device=device, dtype=ours.embed_tokens.weight.dtype)
     mask = torch.ones(1, prefix, dtype=torch.long, device=device)
 
     def ours_run(beams):
@@ -165,7 +165,7 @@ def whole_osum(bench, model: OSUM, clip_frames: int, new_tokens: int):
     greedy = {**settings, "num_beams": 1}
     step_ms = {}
     with torch.inference_mode():
-        embeds = torch.randn(1, 150, model.llm.config.hidden_size, device=device, dtype=model.speech_bos_eos.dtype)
+        embeds = torch.randn(1, 150, model.llm.config.dim, device=device, dtype=model.speech_bos_eos.dtype)
         fast, model.llm.fast_decode_step = model.llm.fast_decode_step, None  # eager, as the issue ran it
         for name, run in [("osum", lambda n: model.generate(mel[:1], mel_lens[:1], [PROMPT],
                                                             **{**greedy, "max_new_tokens": n})),

@@ -77,7 +77,7 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = use_input_major_weights(Qwen2(LLM_PRESETS[args.preset]).eval())
-    embeds = torch.randn(1, args.prefix, model.config.hidden_size)
+    embeds = torch.randn(1, args.prefix, model.config.dim)
     figures = {"preset": args.preset, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens}
     with torch.inference_mode():
         figures.update(fp32_weight_bytes=model_bytes(model), fp32_linear_bytes=quantize.linear_weight_bytes(model))

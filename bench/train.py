@@ -37,13 +37,13 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = replace(LLM_PRESETS["qwen2-0.5b"], num_layers=args.layers, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1)
+    config = replace(LLM_PRESETS["qwen2-0.5b"], layers=args.layers, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1)
     hf, ours = peft_twin(config, lora_b_std=0.0)
     hf.train(), ours.train()
     for name, parameter in ours.named_parameters():
         parameter.requires_grad_(".lora_" in name)
     generator = torch.Generator().manual_seed(0)
-    inputs_embeds = torch.randn(args.batch, args.length, config.hidden_size, generator=generator) * 0.02
+    inputs_embeds = torch.randn(args.batch, args.length, config.dim, generator=generator) * 0.02
     targets = torch.full((args.batch, args.length), -100)
     targets[:, -args.label_tokens:] = torch.randint(0, config.vocab_size, (args.batch, args.label_tokens),
                                                     generator=generator)

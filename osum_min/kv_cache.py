@@ -23,16 +23,16 @@ def bucket(slots: int) -> int:
 
 @dataclass
 class KVCache:
-    prompt_k: list[torch.Tensor]  # per layer (items, n_kv_heads, P, head_dim)
+    prompt_k: list[torch.Tensor]  # per layer (items, kv_heads, P, head_dim)
     prompt_v: list[torch.Tensor]
-    k: list[torch.Tensor]  # per layer (items * copies, n_kv_heads, S, head_dim): each row's own slots for new tokens
+    k: list[torch.Tensor]  # per layer (items * copies, kv_heads, S, head_dim): each row's own slots for new tokens
     v: list[torch.Tensor]
 
     @classmethod
-    def empty(cls, layers: int, items: int, copies: int, n_kv_heads: int, prompt_slots: int, new_slots: int,
+    def empty(cls, layers: int, items: int, copies: int, kv_heads: int, prompt_slots: int, new_slots: int,
               head_dim: int, device, dtype) -> "KVCache":
         def zeros(rows, slots):
-            return [torch.zeros(rows, n_kv_heads, slots, head_dim, device=device, dtype=dtype) for _ in range(layers)]
+            return [torch.zeros(rows, kv_heads, slots, head_dim, device=device, dtype=dtype) for _ in range(layers)]
         return cls(zeros(items, prompt_slots), zeros(items, prompt_slots), zeros(items * copies, new_slots),
                    zeros(items * copies, new_slots))
 
@@ -42,16 +42,16 @@ class KVCache:
         return self.prompt_k[0].shape[0], self.k[0].shape[0], self.prompt_k[0].shape[2], self.k[0].shape[2]
 
     def write_prompt(self, layer: int, item: int, slots, k, v):
-        """Write one item's prompt k, v (1, n_kv_heads, L, hd) at `slots` (L,); return its whole prompt
-        (1, n_kv_heads, P, hd), keys and values."""
+        """Write one item's prompt k, v (1, kv_heads, L, hd) at `slots` (L,); return its whole prompt
+        (1, kv_heads, P, hd), keys and values."""
         prompt_k, prompt_v = self.prompt_k[layer][item:item + 1], self.prompt_v[layer][item:item + 1]
         prompt_k.index_copy_(2, slots, k)
         prompt_v.index_copy_(2, slots, v)
         return prompt_k, prompt_v
 
     def write_new(self, layer: int, slot, k, v):
-        """Write each row's new k, v (rows, n_kv_heads, 1, hd) at own slot `slot` (1,); return the layer's prompts
-        (items, n_kv_heads, P, hd) and own slots (rows, n_kv_heads, S, hd), keys and values."""
+        """Write each row's new k, v (rows, kv_heads, 1, hd) at own slot `slot` (1,); return the layer's prompts
+        (items, kv_heads, P, hd) and own slots (rows, kv_heads, S, hd), keys and values."""
         self.k[layer].index_copy_(2, slot, k)
         self.v[layer].index_copy_(2, slot, v)
         return self.prompt_k[layer], self.prompt_v[layer], self.k[layer], self.v[layer]

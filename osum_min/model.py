@@ -23,6 +23,10 @@ from .tokenizer import EOD_ID, RANK_FILE_NAME, Tokenizer, check_fits
 from .weights import load_weights, save_weights
 
 IGNORE_ID = -100
+# Directories converted before Qwen2Config took our names used Hugging Face's in config.json's "llm"; they still load.
+OLD_LLM_NAMES = {"hidden_size": "dim", "intermediate_size": "ff_dim", "num_layers": "layers", "num_heads": "heads",
+                 "num_kv_heads": "kv_heads", "rms_norm_eps": "norm_eps", "tie_word_embeddings": "tie_embeddings",
+                 "max_position_embeddings": "max_positions"}
 
 
 class TrainingOutput(NamedTuple):
@@ -42,8 +46,12 @@ class OSUMConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "OSUMConfig":
-        return cls(encoder=EncoderConfig(**data["encoder"]), adaptor=AdaptorConfig(**data["adaptor"]),
-                   llm=Qwen2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["llm"].items()}),
+        """The dict `to_dict` writes; an "llm" section with the old field names (OLD_LLM_NAMES) reads the same."""
+        encoder, adaptor = EncoderConfig(**data["encoder"]), AdaptorConfig(**data["adaptor"])
+        llm = {OLD_LLM_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in data["llm"].items()}
+        if twice := [f"{old}/{new}" for old, new in OLD_LLM_NAMES.items() if old in data["llm"] and new in data["llm"]]:
+            raise ValueError(f"the llm section names a field by both its old and its new name ({', '.join(twice)})")
+        return cls(encoder=encoder, adaptor=adaptor, llm=Qwen2Config(**llm),
                    **{k: v for k, v in data.items() if k not in ("encoder", "adaptor", "llm")})
 
     @classmethod
@@ -67,11 +75,11 @@ class OSUMConfig:
         longest window's speech (30 s: max_mel_frames / 8 embeddings, speech bos and eos) and the answer. Checked
         before decoding, since a prompt far beyond them costs memory quadratic in its length before failing."""
         speech = -(-self.max_mel_frames // 8) + 2
-        limit = self.llm.max_position_embeddings - speech - max_new_tokens
+        limit = self.llm.max_positions - speech - max_new_tokens
         if prompt_tokens <= limit:
             return None
         return (f"the prompt is {prompt_tokens} tokens; this model takes at most {limit} "
-                f"({self.llm.max_position_embeddings} positions, less {speech} for 30 s of speech and "
+                f"({self.llm.max_positions} positions, less {speech} for 30 s of speech and "
                 f"{max_new_tokens} for the answer)")
 
 
@@ -82,13 +90,13 @@ OSUM_PRESETS = {
     "tiny": OSUMConfig(  # fixture-sized, for tests and CPU experiments
         encoder=EncoderConfig(dim=64, heads=4, ff_dim=128, layers=2),
         adaptor=AdaptorConfig(dim=64, heads=4, ff_dim=256, layers=2, llm_dim=64),
-        llm=Qwen2Config(vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                        num_kv_heads=2, lora_rank=8, lora_alpha=32, lora_dropout=0.1),
+        llm=Qwen2Config(vocab_size=1024, dim=64, ff_dim=128, layers=2, heads=4, kv_heads=2,
+                        lora_rank=8, lora_alpha=32, lora_dropout=0.1),
         eod_id=1000),
     "small": OSUMConfig(  # the CPU experiment: a Whisper tiny(.en) encoder, a 4x256 LLM trained whole (no LoRA)
         encoder=ENCODER_PRESETS["whisper-tiny"],
         adaptor=AdaptorConfig(dim=384, heads=4, ff_dim=1024, layers=2, llm_dim=256),
-        llm=Qwen2Config(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=8, num_kv_heads=2)),
+        llm=Qwen2Config(dim=256, ff_dim=768, layers=4, heads=8, kv_heads=2)),
 }
 
 
@@ -99,7 +107,7 @@ class OSUM(nn.Module):
         self.encoder = WhisperEncoder(config.encoder)
         self.adaptor = Adaptor(config.adaptor)
         self.llm = Qwen2(config.llm)
-        self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.hidden_size))  # rows: speech bos, eos
+        self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.dim))  # rows: speech bos, eos
 
     @classmethod
     def from_pretrained(cls, directory, device=None, dtype=None, for_training: bool = False,

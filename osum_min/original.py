@@ -188,12 +188,7 @@ def original_config(config: OSUMConfig) -> dict:
                          "num_blocks": config.adaptor.layers},
         "speech_token_num": config.speech_token_num, "eod_id": config.eod_id, "use_lora": llm.lora_rank > 0,
         "lora_rank": llm.lora_rank or 8, "lora_alpha": llm.lora_alpha, "lora_dropout": llm.lora_dropout,
-        "llm_config": {"model_type": "qwen2", "hidden_size": llm.hidden_size, "num_hidden_layers": llm.num_layers,
-                       "num_attention_heads": llm.num_heads, "num_key_value_heads": llm.num_kv_heads,
-                       "intermediate_size": llm.intermediate_size, "vocab_size": llm.vocab_size,
-                       "rope_theta": llm.rope_theta, "rms_norm_eps": llm.rms_norm_eps,
-                       "tie_word_embeddings": llm.tie_word_embeddings,
-                       "max_position_embeddings": llm.max_position_embeddings},
+        "llm_config": {"model_type": "qwen2", **llm.to_hf()},
     }
 
 
@@ -295,8 +290,8 @@ def original_state_dict(model: OSUM) -> dict[str, torch.Tensor]:
     prefix = PEFT_PREFIX if config.llm.lora_rank > 0 else "llama_model."
     state["embed_tokens.weight"] = state[prefix + "model.embed_tokens.weight"]
     state["lm_head.weight"] = state[prefix + "lm_head.weight"]
-    dim, hidden, dtype = config.encoder.dim, config.llm.hidden_size, model.speech_bos_eos.dtype
+    dim, llm_dim, dtype = config.encoder.dim, config.llm.dim, model.speech_bos_eos.dtype
     state["ln_speech.weight"], state["ln_speech.bias"] = torch.ones(dim, dtype=dtype), torch.zeros(dim, dtype=dtype)
-    state["speaker_head.weight"] = torch.zeros(config.speech_token_num, hidden, dtype=dtype)
+    state["speaker_head.weight"] = torch.zeros(config.speech_token_num, llm_dim, dtype=dtype)
     state["speaker_head.bias"] = torch.zeros(config.speech_token_num, dtype=dtype)
     return state

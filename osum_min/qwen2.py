@@ -25,15 +25,15 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"
 @dataclass
 class Qwen2Config:
     vocab_size: int = 151936
-    hidden_size: int = 896
-    intermediate_size: int = 4864
-    num_layers: int = 24
-    num_heads: int = 14
-    num_kv_heads: int = 2
+    dim: int = 896
+    ff_dim: int = 4864
+    layers: int = 24
+    heads: int = 14
+    kv_heads: int = 2
     rope_theta: float = 1_000_000.0
-    rms_norm_eps: float = 1e-6
-    tie_word_embeddings: bool = False
-    max_position_embeddings: int = 32768
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    max_positions: int = 32768
     lora_rank: int = 0  # 0 = no LoRA
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
@@ -41,7 +41,7 @@ class Qwen2Config:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.dim // self.heads
 
     @classmethod
     def from_hf(cls, config: dict, **overrides) -> "Qwen2Config":
@@ -54,7 +54,7 @@ class Qwen2Config:
             raise WeightsError("Qwen2 config: use_sliding_window=true is not supported (full attention only)")
         if "rope_theta" in rope:
             values["rope_theta"] = rope["rope_theta"]
-        values.setdefault("num_kv_heads", values.get("num_heads", cls.num_kv_heads))
+        values.setdefault("kv_heads", values.get("heads", cls.kv_heads))
         values.update(overrides)
         return cls(**values)
 
@@ -63,25 +63,20 @@ class Qwen2Config:
         return {theirs: getattr(self, ours) for ours, theirs in HF_CONFIG_NAMES.items()} | {"use_sliding_window": False}
 
 
-HF_CONFIG_NAMES = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
-                   "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-                   "num_kv_heads": "num_key_value_heads", "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps",
-                   "tie_word_embeddings": "tie_word_embeddings", "max_position_embeddings": "max_position_embeddings"}
+HF_CONFIG_NAMES = {"vocab_size": "vocab_size", "dim": "hidden_size", "ff_dim": "intermediate_size",
+                   "layers": "num_hidden_layers", "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
+                   "rope_theta": "rope_theta", "norm_eps": "rms_norm_eps", "tie_embeddings": "tie_word_embeddings",
+                   "max_positions": "max_position_embeddings"}
 
 
-_QWEN2_SMALL = dict(vocab_size=151936, num_kv_heads=2, tie_word_embeddings=True)
+_QWEN2_SMALL = dict(vocab_size=151936, kv_heads=2, tie_embeddings=True)
 LLM_PRESETS = {
-    "qwen2-7b": Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
-                            num_heads=28, num_kv_heads=4, max_position_embeddings=131072,
-                            lora_rank=8, lora_alpha=32.0, lora_dropout=0.1),
-    "qwen2-0.5b": Qwen2Config(hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
-                              max_position_embeddings=131072, **_QWEN2_SMALL),
-    "qwen2.5-0.5b": Qwen2Config(hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
-                                max_position_embeddings=32768, **_QWEN2_SMALL),
-    "qwen2-1.5b": Qwen2Config(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
-                              max_position_embeddings=131072, **_QWEN2_SMALL),
-    "qwen2.5-1.5b": Qwen2Config(hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
-                                max_position_embeddings=32768, **_QWEN2_SMALL),
+    "qwen2-7b": Qwen2Config(vocab_size=152064, dim=3584, ff_dim=18944, layers=28, heads=28, kv_heads=4,
+                            max_positions=131072, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1),
+    "qwen2-0.5b": Qwen2Config(dim=896, ff_dim=4864, layers=24, heads=14, max_positions=131072, **_QWEN2_SMALL),
+    "qwen2.5-0.5b": Qwen2Config(dim=896, ff_dim=4864, layers=24, heads=14, max_positions=32768, **_QWEN2_SMALL),
+    "qwen2-1.5b": Qwen2Config(dim=1536, ff_dim=8960, layers=28, heads=12, max_positions=131072, **_QWEN2_SMALL),
+    "qwen2.5-1.5b": Qwen2Config(dim=1536, ff_dim=8960, layers=28, heads=12, max_positions=32768, **_QWEN2_SMALL),
 }
 
 
@@ -155,22 +150,22 @@ def apply_rope(x, cos, sin):
 class Attention(nn.Module):
     def __init__(self, cfg: Qwen2Config, layer_index: int):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         self.layer_index = layer_index  # this layer's share of the KV cache
-        self.q_proj = _projection(cfg, "q_proj", cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True)
-        self.k_proj = _projection(cfg, "k_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
-        self.v_proj = _projection(cfg, "v_proj", cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
-        self.o_proj = _projection(cfg, "o_proj", cfg.num_heads * cfg.head_dim, cfg.hidden_size)
+        self.q_proj = _projection(cfg, "q_proj", cfg.dim, cfg.heads * cfg.head_dim, bias=True)
+        self.k_proj = _projection(cfg, "k_proj", cfg.dim, cfg.kv_heads * cfg.head_dim, bias=True)
+        self.v_proj = _projection(cfg, "v_proj", cfg.dim, cfg.kv_heads * cfg.head_dim, bias=True)
+        self.o_proj = _projection(cfg, "o_proj", cfg.heads * cfg.head_dim, cfg.dim)
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None, slots=None, item: int | None = None):
         """Without a cache: attention over x itself (training, full forwards). With one, `item` given: prefill that
         item's prompt at cache slots `slots`; `item` None: decode one new token per row at own slot `slots`."""
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
-        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        k = self.k_proj(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
+        v = self.v_proj(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        gqa = self.n_heads != self.n_kv_heads
+        gqa = self.heads != self.kv_heads
         if kv_cache is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
         elif item is not None:
@@ -178,7 +173,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         else:
             out = attend_new_token(q, *kv_cache.write_new(self.layer_index, slots, k, v), mask)
-        return self.o_proj(out.reshape(B, self.n_heads, L, self.head_dim).transpose(1, 2).reshape(B, L, -1))
+        return self.o_proj(out.reshape(B, self.heads, L, self.head_dim).transpose(1, 2).reshape(B, L, -1))
 
 
 def attend_new_token(q, prompt_k, prompt_v, k, v, mask):
@@ -188,19 +183,17 @@ def attend_new_token(q, prompt_k, prompt_v, k, v, mask):
     q (R, H, 1, hd); prompt_k, prompt_v (items, Hkv, P, hd); k, v (R, Hkv, S, hd); mask (R, 1, 1, P + S) boolean
     -> (R, Hkv, H/Hkv, hd).
     """
-    items, n_kv_heads, P, head_dim = prompt_k.shape
+    items, kv_heads, P, head_dim = prompt_k.shape
     R, H = q.shape[:2]
-    copies, group = R // items, H // n_kv_heads
+    copies, group = R // items, H // kv_heads
 
     def per_item(x):  # (R, Hkv, G, X) -> (items, Hkv, copies * G, X)
-        return x.reshape(items, copies, n_kv_heads, group, -1).transpose(1, 2).reshape(items, n_kv_heads, -1,
-                                                                                          x.shape[-1])
+        return x.reshape(items, copies, kv_heads, group, -1).transpose(1, 2).reshape(items, kv_heads, -1, x.shape[-1])
 
     def per_row(x):  # the inverse
-        return x.reshape(items, n_kv_heads, copies, group, -1).transpose(1, 2).reshape(R, n_kv_heads, group,
-                                                                                          x.shape[-1])
+        return x.reshape(items, kv_heads, copies, group, -1).transpose(1, 2).reshape(R, kv_heads, group, x.shape[-1])
 
-    q = q.float().reshape(R, n_kv_heads, group, head_dim) * head_dim ** -0.5
+    q = q.float().reshape(R, kv_heads, group, head_dim) * head_dim ** -0.5
     prompt_scores = per_row(per_item(q) @ prompt_k.float().transpose(2, 3))  # (R, Hkv, G, P)
     scores = torch.cat([prompt_scores, q @ k.float().transpose(2, 3)], dim=-1)  # (R, Hkv, G, P + S)
     weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
@@ -211,9 +204,9 @@ def attend_new_token(q, prompt_k, prompt_v, k, v, mask):
 class MLP(nn.Module):
     def __init__(self, cfg: Qwen2Config):
         super().__init__()
-        self.gate_proj = _projection(cfg, "gate_proj", cfg.hidden_size, cfg.intermediate_size)
-        self.up_proj = _projection(cfg, "up_proj", cfg.hidden_size, cfg.intermediate_size)
-        self.down_proj = _projection(cfg, "down_proj", cfg.intermediate_size, cfg.hidden_size)
+        self.gate_proj = _projection(cfg, "gate_proj", cfg.dim, cfg.ff_dim)
+        self.up_proj = _projection(cfg, "up_proj", cfg.dim, cfg.ff_dim)
+        self.down_proj = _projection(cfg, "down_proj", cfg.ff_dim, cfg.dim)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -224,8 +217,8 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(cfg, index)
         self.mlp = MLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
 
     def forward(self, x, cos, sin, mask, kv_cache=None, slots=None, item=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, slots, item)
@@ -249,14 +242,14 @@ class Qwen2(nn.Module):
     def __init__(self, cfg: Qwen2Config):
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         # Qwen2's initializer_range, not PyTorch's N(0, 1): in a model trained from scratch, unit-size token
         # embeddings drown the speech embeddings in the residual stream and the LLM learns to listen far later
         nn.init.normal_(self.embed_tokens.weight, std=0.02)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, index) for index in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
+        self.layers = nn.ModuleList(DecoderLayer(cfg, index) for index in range(cfg.layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.fast_decode_step = None  # generate.fast_decoding sets it
 
@@ -295,7 +288,7 @@ class Qwen2(nn.Module):
 
     def empty_kv_cache(self, items: int, copies: int, prompt_slots: int, new_slots: int) -> KVCache:
         weight, cfg = self.embed_tokens.weight, self.config
-        return KVCache.empty(cfg.num_layers, items, copies, cfg.num_kv_heads, prompt_slots, new_slots, cfg.head_dim,
+        return KVCache.empty(cfg.layers, items, copies, cfg.kv_heads, prompt_slots, new_slots, cfg.head_dim,
                              weight.device, weight.dtype)
 
     # LoRA -----------------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def build_model(preset: str, encoder_init: str | None = None, llm_init: str | No
     if eod_id is not None:
         config = replace(config, eod_id=eod_id)
     config = replace(config, adaptor=replace(config.adaptor, dim=config.encoder.dim,
-                                             llm_dim=config.llm.hidden_size))
+                                             llm_dim=config.llm.dim))
     model = OSUM(config)
     if encoder_state is not None:
         load_state_dict_strict(model.encoder, encoder_state, encoder_init)

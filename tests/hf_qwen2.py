@@ -5,8 +5,8 @@ import torch
 from osum_min.qwen2 import LORA_TARGETS, Qwen2, Qwen2Config, hf_key_to_ours
 from osum_min.weights import load_state_dict_strict
 
-TINY = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                   rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=512,
+TINY = Qwen2Config(vocab_size=256, dim=64, ff_dim=128, layers=2, heads=4, kv_heads=2,
+                   rope_theta=10000.0, norm_eps=1e-6, max_positions=512,
                    lora_rank=8, lora_alpha=32.0, lora_dropout=0.1)
 
 

@@ -16,7 +16,7 @@ NEVER = 10**6  # an eos id outside the vocabulary: runs last max_new_tokens
 @pytest.fixture(scope="module")
 def twin():
     hf, ours = peft_twin(seed=7)
-    embeds = torch.randn(1, 9, ours.config.hidden_size, generator=torch.Generator().manual_seed(11))
+    embeds = torch.randn(1, 9, ours.config.dim, generator=torch.Generator().manual_seed(11))
     return hf, ours, embeds
 
 
@@ -71,9 +71,9 @@ def test_eos_hit_midway_stops_like_transformers(twin, num_beams):
 def test_batch_of_different_lengths_equals_each_alone(twin, config):
     _, ours, _ = twin
     generator = torch.Generator().manual_seed(5)
-    prompts = [torch.randn(n, ours.config.hidden_size, generator=generator) for n in (7, 3, 5)]
+    prompts = [torch.randn(n, ours.config.dim, generator=generator) for n in (7, 3, 5)]
     longest = max(len(p) for p in prompts)
-    embeds = torch.zeros(len(prompts), longest, ours.config.hidden_size)
+    embeds = torch.zeros(len(prompts), longest, ours.config.dim)
     mask = torch.zeros(len(prompts), longest, dtype=torch.long)
     for row, prompt in enumerate(prompts):  # left padding
         embeds[row, longest - len(prompt):], mask[row, longest - len(prompt):] = prompt, 1
@@ -89,7 +89,7 @@ def test_masked_slots_inside_the_prompt_are_as_if_absent(twin, num_beams):
     position ids count real tokens only."""
     _, ours, _ = twin
     config = GenerationConfig(max_new_tokens=8, num_beams=num_beams, eos_token_id=NEVER)
-    prompt = torch.randn(2, 9, ours.config.hidden_size, generator=torch.Generator().manual_seed(6))
+    prompt = torch.randn(2, 9, ours.config.dim, generator=torch.Generator().manual_seed(6))
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[0, :2] = mask[0, 4:6] = mask[1, 7] = 0
     holes = generate(ours, prompt, mask, config)
@@ -185,7 +185,7 @@ def test_compiled_decoding_gives_the_eager_ids(twin):
     """torch.compile'd decode steps (inductor on the CPU) choose the same tokens as eager ones: greedy with a
     repetition penalty, beam search, seeded sampling, on a left-padded batch."""
     _, ours, _ = twin
-    embeds = torch.randn(2, 9, ours.config.hidden_size, generator=torch.Generator().manual_seed(12))
+    embeds = torch.randn(2, 9, ours.config.dim, generator=torch.Generator().manual_seed(12))
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[1, :4] = 0
     configs = [GenerationConfig(max_new_tokens=10, repetition_penalty=1.05, eos_token_id=NEVER),
@@ -208,7 +208,7 @@ def test_kept_step_inputs_serve_later_calls_like_fresh_ones(twin):
     shape is dropped beyond MAX_SHAPES."""
     _, ours, _ = twin
     generator = torch.Generator().manual_seed(13)
-    long_prompt, short_prompt = (torch.randn(1, n, ours.config.hidden_size, generator=generator) for n in (40, 9))
+    long_prompt, short_prompt = (torch.randn(1, n, ours.config.dim, generator=generator) for n in (40, 9))
     configs = [GenerationConfig(max_new_tokens=6, repetition_penalty=1.05, eos_token_id=NEVER),
                GenerationConfig(max_new_tokens=6, num_beams=3, eos_token_id=NEVER)]
     eager = [generate(ours, prompt, None, config) for config in configs for prompt in (long_prompt, short_prompt)]

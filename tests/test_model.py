@@ -3,13 +3,16 @@
 Tolerances: speech embeddings 1e-4, loss 1e-4 (fixture README); generated ids exact; beam scores 1e-4.
 """
 import csv
+import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 import convert
 from conftest import FIXTURE_A, FIXTURES
-from osum_min.model import OSUM, OSUMConfig
+from osum_min.model import OLD_LLM_NAMES, OSUM, OSUM_PRESETS, OSUMConfig
+from osum_min.qwen2 import Qwen2Config
 
 PROMPT = [17, 230, 511, 42, 901, 7, 333]
 GREEDY = dict(num_beams=1, repetition_penalty=1.0, max_new_tokens=16)
@@ -98,7 +101,6 @@ def released_layout(peft_form: str) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("peft_form", ["new", "old"])
 def test_every_released_key_maps_to_a_tensor_of_the_same_shape(peft_form):
-    import json
     layout = released_layout(peft_form)
     assert len(layout) == 1128
     config = convert.config_from_original(json.loads((FIXTURES / "released_config.json").read_text()))
@@ -158,17 +160,46 @@ def test_from_pretrained_refuses_a_weights_file_that_does_not_fit(fixture_weight
     from osum_min.weights import WeightsError
     broken = tmp_path / "broken"
     shutil.copytree(fixture_weights, broken)
-    config = (broken / "config.json").read_text().replace('"num_layers": 2', '"num_layers": 3')
-    (broken / "config.json").write_text(config)
+    config = json.loads((broken / "config.json").read_text())
+    config["llm"]["layers"] = 3
+    (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(WeightsError, match="missing .* llm.layers.2"):
         OSUM.from_pretrained(broken, device="cpu")
 
 
 def test_config_round_trips(fixture_weights):
-    import json
     config = OSUMConfig.from_dict(json.loads((fixture_weights / "config.json").read_text()))
     assert json.loads(json.dumps(config.to_dict())) == json.loads((fixture_weights / "config.json").read_text())
     assert config.llm.lora_rank == 8 and config.adaptor.ff_dim == 2560 and config.encoder.layers == 2
+
+
+# An "llm" section as convert.py wrote it before Qwen2Config took our field names (Hugging Face's then).
+OLD_STYLE_LLM = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
+                 "num_kv_heads": 2, "rope_theta": 10000.0, "rms_norm_eps": 1e-05, "tie_word_embeddings": True,
+                 "max_position_embeddings": 512, "lora_rank": 8, "lora_alpha": 32, "lora_dropout": 0.1,
+                 "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]}
+NEW_STYLE = replace(OSUM_PRESETS["tiny"], llm=Qwen2Config(
+    vocab_size=1024, dim=64, ff_dim=128, layers=2, heads=4, kv_heads=2, rope_theta=10000.0, norm_eps=1e-05,
+    tie_embeddings=True, max_positions=512, lora_rank=8, lora_alpha=32, lora_dropout=0.1))
+
+
+def test_a_config_json_with_the_old_llm_names_loads_as_the_new_one(tmp_path):
+    written = NEW_STYLE.to_dict()
+    assert not set(written["llm"]) & set(OLD_LLM_NAMES) and "dim" in written["llm"]  # writes only the new names
+    (tmp_path / "new.json").write_text(json.dumps(written))
+    (tmp_path / "old.json").write_text(json.dumps({**written, "llm": OLD_STYLE_LLM}))
+    assert OSUMConfig.from_file(tmp_path / "old.json") == OSUMConfig.from_file(tmp_path / "new.json") == NEW_STYLE
+
+
+@pytest.mark.parametrize("extra, message", [({"hidden_sizes": 64}, "unexpected keyword argument 'hidden_sizes'"),
+                                            ({"hidden_size": 64}, "its old and its new name (hidden_size/dim)")])
+def test_a_config_json_with_an_unknown_or_doubled_llm_field_is_refused_in_one_line(tmp_path, extra, message):
+    written = NEW_STYLE.to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({**written, "llm": {**written["llm"], **extra}}))
+    with pytest.raises(ValueError) as refused:
+        OSUMConfig.from_file(tmp_path / "config.json")
+    assert message in str(refused.value) and str(tmp_path / "config.json") in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1
 
 
 def test_only_inference_loading_lays_weights_out_for_onednn(model, fixture_weights):

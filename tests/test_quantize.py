@@ -92,7 +92,7 @@ def test_every_llm_linear_is_int8_at_under_30_percent_of_float32(models):
     plain, quantized = models
     linears = [m for m in quantized.llm.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
     assert linears and all(isinstance(m, Int8Linear) for m in linears)
-    assert len(linears) == 7 * quantized.config.llm.num_layers + 1  # q k v o gate up down per layer, lm_head
+    assert len(linears) == 7 * quantized.config.llm.layers + 1  # q k v o gate up down per layer, lm_head
     assert all(m.weight_int8.is_contiguous() for m in linears)  # use_input_major_weights leaves int8 alone
     assert isinstance(quantized.encoder.blocks[0].mlp[0], torch.nn.Linear)  # the encoder stays float
     ratio = linear_weight_bytes(quantized.llm) / linear_weight_bytes(plain.llm)
@@ -133,7 +133,7 @@ def test_torch_compile_equals_eager():
 
 @torch.no_grad()
 def test_quantize_int8_of_a_tied_qwen2_keeps_float_embeddings():
-    cfg = Qwen2Config(**{**TINY.__dict__, "tie_word_embeddings": True})
+    cfg = Qwen2Config(**{**TINY.__dict__, "tie_embeddings": True})
     model = Qwen2(cfg).eval()
     ids = torch.randint(0, cfg.vocab_size, (1, 9))
     reference = model(input_ids=ids)

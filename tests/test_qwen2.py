@@ -159,13 +159,13 @@ def test_new_model_token_embeddings_start_at_qwen2_initializer_range():
 
 def test_load_hf_checkpoint_sharded_and_strict(tmp_path):
     transformers = pytest.importorskip("transformers")
-    cfg = Qwen2Config(**{**TINY.__dict__, "lora_rank": 0, "tie_word_embeddings": True})
+    cfg = Qwen2Config(**{**TINY.__dict__, "lora_rank": 0, "tie_embeddings": True})
     torch.manual_seed(1)
     hf = transformers.Qwen2ForCausalLM(hf_config(cfg)).eval()
     hf.save_pretrained(tmp_path, max_shard_size="20KB")  # several shards plus an index json
     assert (tmp_path / "model.safetensors.index.json").exists()
     ours = load_hf_checkpoint(tmp_path)
-    assert ours.config.tie_word_embeddings and ours.lm_head.weight is ours.embed_tokens.weight
+    assert ours.config.tie_embeddings and ours.lm_head.weight is ours.embed_tokens.weight
     ids, _, _ = padded_batch()
     assert (ours(input_ids=ids) - hf(input_ids=ids).logits).abs().max() < 1e-4
     with pytest.raises(WeightsError, match=r"test: missing 1 key\(s\): layers.1.mlp.up_proj.weight$"):
@@ -178,7 +178,7 @@ def test_load_hf_checkpoint_sharded_and_strict(tmp_path):
 
 
 def test_strict_load_ties_shared_weights_allows_only_new_adapters_and_names_what_does_not_fit():
-    cfg = Qwen2Config(**{**TINY.__dict__, "tie_word_embeddings": True})
+    cfg = Qwen2Config(**{**TINY.__dict__, "tie_embeddings": True})
     torch.manual_seed(2)
     state = Qwen2(cfg).state_dict()
     with torch.device("meta"):
