@@ -12,22 +12,23 @@ points into windows that are decoded together and joined. A file that cannot be 
 import argparse
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import soundfile
 import torch
 
 from osum_min import ranks
-from osum_min.audio import AUDIO_SUFFIXES, AudioError, load_audio
+from osum_min.audio import AudioError
+from osum_min.data_formats import DataError
 from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
+from osum_min.inputs import Item, collect_inputs, decode_files
 from osum_min.model import OSUM, load_for_inference
 from osum_min.progress import Progress
 from osum_min.scoring import Scorer
 from osum_min.subtitles import subtitles
 from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
 from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
-from osum_min.windows import Decoded, decode_waveforms
+from osum_min.windows import Decoded
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -43,90 +44,6 @@ WEB_EXAMPLES = [(ROOT / "tests/fixtures/fixture_a/audio.wav", "asr"),
 
 class UsageError(ValueError):
     """A problem with the command itself: reported in one line, exit code 2."""
-
-
-@dataclass
-class Item:
-    path: str
-    key: str
-    reference: str | None = None  # the list's `txt`, when scoring
-    seconds: float = 0.0  # from the file header, for length-sorted batching
-    problem: str | None = None  # a list line we cannot use: skipped and counted like an unreadable file
-
-
-def list_entry(path: Path, number: int, line: str) -> Item:
-    """One line of a list: a path, or wenet jsonl {"key", "wav", "txt"}; a bad line gives an Item with its problem."""
-    where = f"{path}:{number}"
-    entry = {"wav": line.strip()}
-    if line.lstrip().startswith("{"):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            return Item(where, where, problem="not a wenet list line (JSON with a \"wav\" field)")
-        if not isinstance(entry, dict):
-            return Item(where, where, problem="not a wenet list line (a JSON object with a \"wav\" field)")
-    if not isinstance(entry.get("wav"), str) or not entry["wav"].strip():
-        return Item(where, where, problem=f"\"wav\" is {json.dumps(entry.get('wav'))[:40]}, not a path")
-    if not isinstance(entry.get("txt"), (str, type(None))):
-        return Item(where, where, problem=f"\"txt\" is {json.dumps(entry['txt'])[:40]}, not text")
-    wav = Path(entry["wav"])
-    if not wav.is_absolute() and not wav.exists() and (path.parent / wav).exists():
-        wav = path.parent / wav
-    return Item(str(wav), str(entry.get("key", wav)), entry.get("txt"))
-
-
-def read_list(path: Path) -> list[Item]:
-    """One audio path per line, or wenet raw jsonl; paths may be relative to the list. A list none of whose lines
-    names an existing file is refused as a whole (`infer.py README.md`), rather than skipped line by line."""
-    items = [list_entry(path, number, line)
-             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-    if items and not any(item.problem is None and Path(item.path).exists() for item in items):
-        raise UsageError(f"{path}: not a list of audio files (none of its {len(items)} lines names an existing file)")
-    return items
-
-
-def collect_inputs(paths: list[str]) -> list[Item]:
-    items = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            items += [Item(str(p), str(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
-        elif not path.exists():
-            raise UsageError(f"{name}: no such file or directory")
-        elif path.suffix.lower() in AUDIO_SUFFIXES:
-            items.append(Item(name, name))
-        else:
-            try:
-                items += read_list(path)
-            except UnicodeDecodeError:
-                raise UsageError(f"{name}: neither audio (by its suffix) nor a text list of audio files") from None
-    for item in items:
-        try:
-            item.seconds = soundfile.info(item.path).duration
-        except Exception:  # noqa: BLE001  unreadable files sort anywhere; load_audio names the problem later
-            item.seconds = 0.0
-    return items
-
-
-def load_item(item: Item) -> torch.Tensor:
-    if item.problem is not None:
-        raise AudioError(item.path, item.problem)
-    return load_audio(item.path)
-
-
-def decode_files(model: OSUM, items: list[Item], prompt_ids: list[int], decoding: GenerationConfig, batch_size: int,
-                 on_token=None):
-    """Yield (index, Decoded or AudioError) per item, longest first: each group of `batch_size` files is loaded and
-    its windows decoded `batch_size` at a time."""
-    order = sorted(range(len(items)), key=lambda i: -items[i].seconds)
-    for group_start in range(0, len(order), batch_size):
-        waves = {}
-        for index in order[group_start:group_start + batch_size]:
-            try:
-                waves[index] = load_item(items[index])
-            except AudioError as err:
-                yield index, err
-        yield from zip(waves, decode_waveforms(model, list(waves.values()), prompt_ids, decoding, batch_size, on_token))
 
 
 def decoding_config(args, eos_id: int) -> GenerationConfig:
@@ -304,7 +221,7 @@ def main(argv=None) -> int:
         decoding = decoding_config(args, model.config.eod_id)
         if problem := model.config.prompt_length_problem(len(prompt_ids), decoding.max_new_tokens):
             raise UsageError(problem)
-    except UsageError as err:
+    except (UsageError, DataError) as err:
         print(f"infer.py: error: {err}", file=sys.stderr)
         return 2
 
@@ -312,7 +229,7 @@ def main(argv=None) -> int:
     if args.stream:
         stream = tokenizer.stream_decoder() if tokenizer and not args.ids else None
         on_token = lambda row, token: print(  # noqa: E731
-            (stream.push(token) if token < len(tokenizer) else "") if stream else f"{token} ", end="", flush=True)
+            stream.push(token) if stream else f"{token} ", end="", flush=True)
     scorer = Scorer(task) if tokenizer and any(item.reference is not None for item in items) else None
     failures, pending, next_to_print = 0, {}, 0
     share = ranks.balanced_share([item.seconds for item in items], rank, world_size)

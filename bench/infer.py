@@ -27,11 +27,11 @@ import soundfile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import infer  # noqa: E402
 from osum_min.adaptor import AdaptorConfig  # noqa: E402
 from osum_min.audio import SAMPLE_RATE  # noqa: E402
 from osum_min.encoder import ENCODER_PRESETS  # noqa: E402
 from osum_min.generate import DEFAULT_DECODING  # noqa: E402
+from osum_min.inputs import collect_inputs, decode_files  # noqa: E402
 from osum_min.model import OSUM, OSUMConfig  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
 from osum_min.qwen2 import LLM_PRESETS  # noqa: E402
@@ -60,7 +60,7 @@ def run(model, items, decoding, batch_size: int) -> tuple[float, dict]:
     outputs = {}
     started = time.perf_counter()
     with Progress(len(items), f"batch {batch_size}") as bar:
-        for index, decoded in infer.decode_files(model, items, [17, 230, 511, 42, 901, 7, 333], decoding, batch_size):
+        for index, decoded in decode_files(model, items, [17, 230, 511, 42, 901, 7, 333], decoding, batch_size):
             outputs[index] = decoded.ids
             bar.update()
     return time.perf_counter() - started, outputs
@@ -85,7 +85,7 @@ def main() -> int:
     model = model.to(args.device, dtype).eval().prepare_for_inference(args.device)  # as OSUM.from_pretrained does
     decoding = replace(DEFAULT_DECODING, max_new_tokens=args.new_tokens, num_beams=args.beams, eos_token_id=None)
     with tempfile.TemporaryDirectory() as tmp:
-        items = infer.collect_inputs([str(p) for p in write_clips(Path(tmp), args.clips, seed=0)])
+        items = collect_inputs([str(p) for p in write_clips(Path(tmp), args.clips, seed=0)])
         audio_seconds = sum(item.seconds for item in items)
         run(model, items[:1], decoding, 1)  # warm-up: allocator, kernels
         seconds_1, outputs_1 = run(model, items, decoding, 1)

@@ -37,7 +37,7 @@ class DataSource:
     weight: float = 1.0
 
 
-def _resolve(name: str, base: Path) -> str:
+def resolve_listed_path(name: str, base: Path) -> str:
     """A relative path is taken from the list's folder when it exists there, else as written (the original reads
     it from the working directory)."""
     candidate = base / name
@@ -57,7 +57,7 @@ def read_data_list(path) -> list[dict]:
         if not line:
             continue
         if not line.startswith("{"):
-            items.append({"shard": _resolve(line, path.parent)})
+            items.append({"shard": resolve_listed_path(line, path.parent)})
             continue
         try:
             item = json.loads(line)
@@ -65,7 +65,7 @@ def read_data_list(path) -> list[dict]:
             raise DataError(f"{path}:{number}: not a JSON object ({err.msg})") from None
         if not isinstance(item, dict) or "key" not in item or "wav" not in item:
             raise DataError(f"{path}:{number}: a raw sample needs \"key\" and \"wav\", got {line[:80]!r}")
-        items.append({**item, "wav": _resolve(str(item["wav"]), path.parent)})
+        items.append({**item, "wav": resolve_listed_path(str(item["wav"]), path.parent)})
     return items
 
 
@@ -101,7 +101,7 @@ def read_data_mix(path) -> list[DataSource]:
     for name, entry in table.items():
         try:
             weight = float(entry.get("weight", 1))
-            list_path = _resolve(str(entry["path"]), path.parent)
+            list_path = resolve_listed_path(str(entry["path"]), path.parent)
         except (AttributeError, KeyError, TypeError, ValueError):
             raise DataError(f"{path}: entry {name!r} needs a `path` and a numeric `weight`, got {entry!r}") from None
         if weight < 0:
