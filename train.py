@@ -33,7 +33,7 @@ from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary
 from osum_min.training import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequest, TrainingError, append_jsonl,
                                build_model, log_line, make_optimizer, optimization_step, peak_memory_gib, setup_model,
-                               shard_model, trainable_table, trim_log)
+                               shard_model, sum_over_ranks, trainable_table, trim_log)
 
 
 def parse_args(argv):
@@ -131,6 +131,7 @@ def prepare_model(args, tokenizer: Tokenizer, rank: int, world: int,
 
 
 def data_config(args) -> data.DataConfig:
+    """The batches' settings from the flags: frames per batch, extra prompts, augmentation on or off."""
     prompts = json.loads(args.prompts.read_text()) if args.prompts else {}
     return replace(data.DataConfig(), max_frames_in_batch=args.batch_frames,
                    prompts={tag: tuple(paraphrases) for tag, paraphrases in prompts.items()},
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
                     set_rng_states(training_rng)
                     append_jsonl(log_path, {"step": step, "eval": scores})
                     say(f"eval step {step}: {json.dumps(scores)}")
-                if step < args.max_steps and ranks.sum_over_ranks([float(stop.requested)], device)[0]:
+                if step < args.max_steps and sum_over_ranks([float(stop.requested)], device)[0]:
                     if saved_step != step:  # all ranks stop at one step, with a checkpoint of it
                         save(args, step, model, optimizer, scheduler, trainable, batches.position)
                     return 130

@@ -46,14 +46,6 @@ def start_training(device: str) -> tuple[int, int, torch.device]:
     return rank, size, device
 
 
-def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    """Each value summed over all ranks (float64, so token counts stay exact); the values themselves in one process."""
-    summed = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(summed)
-    return summed.tolist()
-
-
 def balanced_share(seconds: list[float], rank: int, size: int) -> list[int]:
     """The indices of the files this rank decodes: longest first, each to the rank with the least audio so far
     (ties to the lower rank), so ranks finish together."""

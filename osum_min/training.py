@@ -22,7 +22,6 @@ from torch.utils.checkpoint import checkpoint
 from .encoder import EncoderConfig, whisper_state_dict
 from .model import OSUM, OSUM_PRESETS
 from .qwen2 import load_hf_checkpoint
-from .ranks import sum_over_ranks
 from .tokenizer import EOD_ID
 
 
@@ -260,6 +259,14 @@ def log_line(record: dict) -> str:
     figures = " ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
                        for key, value in record.items() if key != "task_loss")
     return figures + " " + " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items())
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over all ranks (float64, so token counts stay exact); the values themselves in one process."""
+    summed = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(summed)
+    return summed.tolist()
 
 
 @dataclass
