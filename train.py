@@ -15,27 +15,25 @@ Ctrl-C stops at the end of the step with a checkpoint that --resume continues ex
 import argparse
 import importlib.util
 import json
-import math
-import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
+from torch.nn.parallel import DistributedDataParallel
 
-from osum_min import data
+from osum_min import data, ranks
 from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng_states, write_checkpoint
 from osum_min.evaluation import evaluate
 from osum_min.model import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
 from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary
 from osum_min.training import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequest, TrainingError, append_jsonl,
-                               build_model, full_tensor, gradient_sync, make_optimizer, peak_memory_gib, setup_model,
-                               shard_model, trainable_table, trim_log)
+                               build_model, log_line, make_optimizer, optimization_step, peak_memory_gib, setup_model,
+                               shard_model, sum_over_ranks, trainable_table, trim_log)
 
 
 def parse_args(argv):
@@ -101,48 +99,64 @@ def load_tokenizer(args) -> Tokenizer:
     return Tokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if distributed else (0, 1)
-    device = torch.device(args.device)
-    if distributed:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    main_process = rank == 0
-    say = print if main_process else (lambda *a, **k: None)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-
-    # Model: the frozen weights always come from a directory (a new model's are written once to OUT/init).
-    tokenizer = load_tokenizer(args)
+def prepare_model(args, tokenizer: Tokenizer, rank: int, world: int,
+                  device: torch.device) -> tuple[OSUM, torch.nn.Module, list[str]]:
+    """The model ready to train on this rank's device: (the model, what runs forward and backward: the model or its
+    DDP wrapper, the trainable parameter names). The frozen weights always come from a directory (a new model's are
+    written once to OUT/init), so a checkpoint need hold only the trained ones."""
     init_dir = Path(args.init) if args.init else args.out / "init"
     if args.init or (args.resume and (init_dir / "config.json").is_file()):
         model = OSUM.from_pretrained(init_dir, device="cpu", dtype=torch.float32, for_training=True)
     else:
         model = build_model(args.preset, args.encoder_init, args.llm_init,
                             vocab_size=None if args.llm_init else len(tokenizer), eod_id=tokenizer.eod_id)
-        if main_process:
+        if rank == 0:
             model.save_pretrained(init_dir)
     if len(tokenizer) > model.config.llm.vocab_size:
         raise TrainingError(f"tokenizer has {len(tokenizer)} ids, the model's vocabulary {model.config.llm.vocab_size}")
     if problem := eod_outside_vocabulary(model.config.eod_id, model.config.llm.vocab_size, init_dir / "config.json"):
         raise TrainingError(problem)  # every label ends with the eod id: it would index outside the embeddings
     trainable = setup_model(model, args.fire_module, FROZEN_DTYPES[args.frozen_dtype], args.grad_checkpoint)
-    say(trainable_table(model))
+    if rank == 0:
+        print(trainable_table(model))
     if args.fsdp:
-        if not distributed:
+        if world == 1:
             raise TrainingError("--fsdp shards the model over processes: start train.py with torchrun")
         shard_model(model, init_device_mesh(device.type, (world,)))  # moves each rank's shards to the device
-    else:
-        model.to(device)
+        return model, model, trainable
+    model.to(device)
+    if world == 1:
+        return model, model, trainable
+    return model, DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None), trainable
 
+
+def data_config(args) -> data.DataConfig:
+    """The batches' settings from the flags: frames per batch, extra prompts, augmentation on or off."""
     prompts = json.loads(args.prompts.read_text()) if args.prompts else {}
-    config = replace(data.DataConfig(), max_frames_in_batch=args.batch_frames,
-                     prompts={tag: tuple(paraphrases) for tag, paraphrases in prompts.items()},
-                     **({"spec_aug": False, "spec_sub": False} if args.no_augment else {}))
+    return replace(data.DataConfig(), max_frames_in_batch=args.batch_frames,
+                   prompts={tag: tuple(paraphrases) for tag, paraphrases in prompts.items()},
+                   **({"spec_aug": False, "spec_sub": False} if args.no_augment else {}))
+
+
+def save(args, step: int, model, optimizer, scheduler, trainable: list[str], position: tuple[int, int]) -> int:
+    """OUT/step_N.pt (every rank takes part, rank 0 writes and says so); returns the step saved."""
+    path = write_checkpoint(args.out, step, model, optimizer, scheduler, trainable, position, vars(args),
+                            args.keep_last)
+    if path:
+        print(f"saved {path}")
+    return step
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank, world, device = ranks.start_training(args.device)
+    main_process = rank == 0
+    say = print if main_process else (lambda *a, **k: None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args)
+    model, trained_model, trainable = prepare_model(args, tokenizer, rank, world, device)
+    config = data_config(args)
     dataset = data.SpeechDataset(args.train_data, tokenizer, config, train=True, seed=args.seed, rank=rank,
                                  world_size=world, eod_id=model.config.eod_id)
     optimizer, scheduler = make_optimizer(model, args.lr, args.warmup_steps)
@@ -155,23 +169,7 @@ def main(argv=None) -> int:
     if args.resume and main_process:
         trim_log(log_path, step)  # a crash after the checkpoint logged steps that now run again
     batches = data.BatchStream(dataset, args.num_workers, position)
-    trained_model = model
-    if distributed and not args.fsdp:
-        trained_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-
-    def reduce(values: list[float]) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        if distributed:
-            dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def save(step):
-        path = write_checkpoint(args.out, step, model, optimizer, scheduler, trainable, batches.position, vars(args),
-                                args.keep_last)
-        say(f"saved {path}")
-        return step
 
     skipped_by_worker = {}  # this pass's count of unreadable samples, as each DataLoader worker last reported it
     window, bad_steps, saved_step = LossWindow(time.time), 0, step
@@ -180,46 +178,27 @@ def main(argv=None) -> int:
         with StopRequest(say) as stop:
             while step < args.max_steps:
                 micro = [next(batches) for _ in range(args.accum_grad)]
-                global_tokens = reduce([sum(len(row) for batch in micro for row in batch["labels"])])[0]
-                loss_sum = 0.0
-                for index, batch in enumerate(micro):
-                    with gradient_sync(trained_model, index == len(micro) - 1), autocast:
-                        output = trained_model(batch["mel"].to(device), batch["mel_lens"].to(device),
-                                               batch["prompt_ids"], batch["labels"])
-                    tokens = sum(len(row) for row in batch["labels"])
-                    (output.loss * (tokens * world / global_tokens)).backward()  # DDP averages over ranks
-                    loss_sum += output.loss.item() * tokens
-                    window.add_items(batch["tasks"], output.item_losses.tolist(), batch["labels"])
-                    skipped_by_worker[batch["worker"]] = batch["skipped"]
-                loss_sum, samples = reduce([loss_sum, sum(len(batch["keys"]) for batch in micro)])
-                grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(trained_model.parameters(),
-                                                                       args.grad_clip)).item()
+                figures = optimization_step(trained_model, micro, optimizer, scheduler, window, args.grad_clip,
+                                            autocast, device)
+                skipped_by_worker.update((batch["worker"], batch["skipped"]) for batch in micro)
                 step += 1
-                if math.isfinite(loss_sum) and math.isfinite(grad_norm):
-                    bad_steps = 0
-                    lr = scheduler.get_last_lr()[0]  # the rate this step uses
-                    optimizer.step()
-                    scheduler.step()
-                    window.add_step(loss_sum, global_tokens, samples)
-                else:
-                    bad_steps += 1
-                    say(f"warning: step {step}: loss {loss_sum / global_tokens} grad norm {grad_norm}, step skipped")
+                bad_steps = 0 if figures.lr is not None else bad_steps + 1
+                if bad_steps:
+                    say(f"warning: step {step}: loss {figures.loss_sum / figures.tokens} grad norm "
+                        f"{figures.grad_norm}, step skipped")
                     if bad_steps >= args.max_bad_steps:
                         raise TrainingError(f"{bad_steps} non-finite steps in a row at step {step}: stopping")
-                optimizer.zero_grad(set_to_none=True)
                 if progress:
                     progress.update()
                 if main_process and window.steps and (step % args.log_every == 0 or step == args.max_steps):
-                    record = {**window.record(step, args.max_steps), "lr": lr, "grad_norm": grad_norm,
+                    record = {**window.record(step, args.max_steps), "grad_norm": figures.grad_norm,
                               "epoch": batches.epoch, "skipped_samples": sum(skipped_by_worker.values()),
                               "peak_memory_gib": round(peak_memory_gib(device), 3)}
                     append_jsonl(log_path, record)
-                    say(" ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-                                 for key, value in record.items() if key != "task_loss"),
-                        " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items()))
+                    say(log_line(record))
                     window = LossWindow(time.time)
                 if step % args.save_every == 0 or step == args.max_steps:
-                    saved_step = save(step)
+                    saved_step = save(args, step, model, optimizer, scheduler, trainable, batches.position)
                 if main_process and args.dev_data and ((args.eval_every and step % args.eval_every == 0)
                                                        or step == args.max_steps):
                     training_rng = rng_states()  # so that evaluating never changes what training draws next
@@ -228,9 +207,9 @@ def main(argv=None) -> int:
                     set_rng_states(training_rng)
                     append_jsonl(log_path, {"step": step, "eval": scores})
                     say(f"eval step {step}: {json.dumps(scores)}")
-                if step < args.max_steps and reduce([float(stop.requested)])[0]:  # all ranks stop at one step
-                    if saved_step != step:
-                        save(step)
+                if step < args.max_steps and sum_over_ranks([float(stop.requested)], device)[0]:
+                    if saved_step != step:  # all ranks stop at one step, with a checkpoint of it
+                        save(args, step, model, optimizer, scheduler, trainable, batches.position)
                     return 130
     except KeyboardInterrupt:
         say(f"interrupted again: stopped without a checkpoint; --resume continues from step {saved_step}")
@@ -244,9 +223,7 @@ def main(argv=None) -> int:
         model.save_pretrained(args.out / "final", final_state)
         tokenizer.save(args.out / "final")
         say(f"wrote {args.out / 'final'}; peak memory {peak_memory_gib(device):.2f} GiB")
-    if distributed:
-        dist.barrier()  # rank 0 has written OUT/final: tear gloo down together, not while a peer still talks
-        dist.destroy_process_group()
+    ranks.finish()  # rank 0 has written OUT/final: tear gloo down together, not while a peer still talks
     return 0
 
 

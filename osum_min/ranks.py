@@ -1,7 +1,8 @@
-"""Inference over many processes (torchrun, one node or many): each rank decodes a length-balanced share of the
-files, and rank 0 gathers every result, so that it reports them exactly as one process would.
+"""Many processes under torchrun (one node or many), for inference and training.
 
-Only file indices, token ids and error lines cross between ranks, as JSON over gloo (CPU), whatever device decodes.
+Inference: each rank decodes a length-balanced share of the files, and rank 0 gathers every result, so that it
+reports them exactly as one process would. Only file indices, token ids and error lines cross between ranks, as JSON
+over gloo (CPU), whatever device decodes. Training: gradients and the step's sums cross on the device (NCCL on CUDA).
 """
 import json
 import os
@@ -29,6 +30,20 @@ def start(device: str | None) -> str | None:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return f"cuda:{local_rank % torch.cuda.device_count()}"
     return device
+
+
+def start_training(device: str) -> tuple[int, int, torch.device]:
+    """Join torchrun's process group for training and return (rank, world size, this rank's device): on CUDA each
+    rank takes its GPU by LOCAL_RANK and the collectives run there (NCCL), on CPU over gloo."""
+    rank, size, local_rank = world()
+    device = torch.device(device)
+    if size == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, size, device
 
 
 def balanced_share(seconds: list[float], rank: int, size: int) -> list[int]:

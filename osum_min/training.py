@@ -1,17 +1,19 @@
 """The pieces of train.py that are not the loop: the model's setup for training (which weights train, in which
-dtype, with activation checkpointing, and what that costs in memory), the schedule, sharding and logging.
-Checkpoints are osum_min/checkpoints.py's.
+dtype, with activation checkpointing, and what that costs in memory), the schedule, sharding, one optimizer step
+and logging. Checkpoints are osum_min/checkpoints.py's.
 """
 import json
+import math
 import re
 import resource
 import signal
 import threading
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
@@ -224,28 +226,85 @@ class StopRequest:
 
 
 class LossWindow:
-    """Sums since the last log record: the token-level mean loss overall and per task, and the throughput."""
+    """Sums since the last log record: the token-level mean loss overall and per task, the throughput, and the
+    learning rate of the last step taken."""
 
     def __init__(self, clock):
         self.clock, self.start = clock, clock()
         self.steps = self.tokens = self.samples = 0
-        self.loss, self.task_loss, self.task_tokens = 0.0, {}, {}
+        self.loss, self.task_loss, self.task_tokens, self.lr = 0.0, {}, {}, None
 
     def add_items(self, tasks: list[str], item_losses: list[float], labels: list[list[int]]) -> None:
         for task, item_loss, label in zip(tasks, item_losses, labels):
             self.task_loss[task] = self.task_loss.get(task, 0.0) + item_loss
             self.task_tokens[task] = self.task_tokens.get(task, 0) + len(label)
 
-    def add_step(self, loss_sum: float, tokens: int, samples: int) -> None:
+    def add_step(self, loss_sum: float, tokens: int, samples: int, lr: float) -> None:
         self.steps, self.loss, self.tokens, self.samples = (self.steps + 1, self.loss + loss_sum,
                                                             self.tokens + tokens, self.samples + samples)
+        self.lr = lr
 
     def record(self, step: int, max_steps: int) -> dict:
         elapsed = self.clock() - self.start
         return {"step": step, "loss": self.loss / self.tokens,
                 "task_loss": {task: total / self.task_tokens[task] for task, total in self.task_loss.items()},
                 "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed,
-                "eta_s": (max_steps - step) * elapsed / self.steps}
+                "eta_s": (max_steps - step) * elapsed / self.steps, "lr": self.lr}
+
+
+def log_line(record: dict) -> str:
+    """A log record as the line train.py prints: each figure to 4 significant digits, then each task's loss."""
+    figures = " ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                       for key, value in record.items() if key != "task_loss")
+    return figures + " " + " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items())
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over all ranks (float64, so token counts stay exact); the values themselves in one process."""
+    summed = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(summed)
+    return summed.tolist()
+
+
+@dataclass
+class StepFigures:
+    """One optimizer step, summed over all ranks: token losses, label tokens, samples; the gradient norm before
+    clipping; the learning rate it stepped with (None: loss or norm not finite, so the step was skipped)."""
+    loss_sum: float
+    tokens: float
+    samples: float
+    grad_norm: float
+    lr: float | None
+
+
+def optimization_step(model: nn.Module, micro_batches: list[dict], optimizer, scheduler, window: LossWindow,
+                      grad_clip: float, autocast, device: torch.device) -> StepFigures:
+    """Forward and backward over the micro-batches, then one clipped optimizer step unless the loss or the gradient
+    norm is not finite; the window gets every item's loss and the step's sums.
+
+    Each micro-batch's mean loss is weighted by its share of the label tokens on all ranks, so the step minimises the
+    token-level mean loss over all of them: N ranks equal one process given the same global batch."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    tokens = sum_over_ranks([sum(len(row) for batch in micro_batches for row in batch["labels"])], device)[0]
+    loss_sum = 0.0
+    for index, batch in enumerate(micro_batches):
+        with gradient_sync(model, index == len(micro_batches) - 1), autocast:
+            output = model(batch["mel"].to(device), batch["mel_lens"].to(device), batch["prompt_ids"], batch["labels"])
+        batch_tokens = sum(len(row) for row in batch["labels"])
+        (output.loss * (batch_tokens * world / tokens)).backward()  # DDP averages over ranks
+        loss_sum += output.loss.item() * batch_tokens
+        window.add_items(batch["tasks"], output.item_losses.tolist(), batch["labels"])
+    loss_sum, samples = sum_over_ranks([loss_sum, sum(len(batch["keys"]) for batch in micro_batches)], device)
+    grad_norm = full_tensor(nn.utils.clip_grad_norm_(model.parameters(), grad_clip)).item()
+    lr = None
+    if math.isfinite(loss_sum) and math.isfinite(grad_norm):
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
+        optimizer.step()
+        scheduler.step()
+        window.add_step(loss_sum, tokens, samples, lr)
+    optimizer.zero_grad(set_to_none=True)
+    return StepFigures(loss_sum, tokens, samples, grad_norm, lr)
 
 
 def trim_log(path: Path, step: int) -> None:
