@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     log_path = args.out / "train_log.jsonl"
     found = newest_checkpoint(args.out, say) if args.resume else None
     if found:
-        step, position = restore(found[1], model, optimizer, scheduler, rank, world)
+        step, position = restore(found, model, optimizer, scheduler, rank, world)
         say(f"resumed from {found[0]} at step {step}")
     if args.resume and main_process:
         trim_log(log_path, step)  # a crash after the checkpoint logged steps that now run again

@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optim
                                                      set_optimizer_state_dict)
 
 from .training import TrainingError, full_tensor
+from .weights import describe_keys
 
 
 def rng_states() -> dict:
@@ -114,11 +115,17 @@ def newest_checkpoint(out: Path, say=print) -> tuple[Path, dict] | None:
     return None
 
 
-def restore(state: dict, model: nn.Module, optimizer, scheduler, rank: int, world: int) -> tuple[int, tuple]:
-    """Load a checkpoint's trained tensors (into shards under FSDP), optimizer, scheduler and this rank's RNG
-    states; returns (step, this rank's data position)."""
+def restore(checkpoint: tuple[Path, dict], model: nn.Module, optimizer, scheduler, rank: int,
+            world: int) -> tuple[int, tuple]:
+    """Load a checkpoint's (path, state) trained tensors (into shards under FSDP), optimizer, scheduler and this
+    rank's RNG states; returns (step, this rank's data position)."""
+    path, state = checkpoint
     if len(state["positions"]) != world:
-        raise TrainingError(f"checkpoint saved with {len(state['positions'])} processes, resuming with {world}")
+        raise TrainingError(f"{path}: saved with {len(state['positions'])} processes, resuming with {world}")
+    trainable = sorted(name for name, parameter in model.named_parameters() if parameter.requires_grad)
+    if sorted(state["model"]) != trainable:  # set_model_state_dict below is not strict: a mismatch would pass unseen
+        raise TrainingError(f"{path}: trained {describe_keys(sorted(state['model']))}; this run trains "
+                            f"{describe_keys(trainable)}: resume with the --fire-module it was saved with")
     full_state = StateDictOptions(full_state_dict=True, strict=False)
     set_model_state_dict(model, state["model"], options=full_state)
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full_state)

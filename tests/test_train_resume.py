@@ -114,3 +114,14 @@ def test_bad_transcripts_are_skipped_counted_and_named(corpus, tmp_path, caplog)
     assert len(reasons) == len(bad) and any("null" in reason for reason in reasons)
     assert any("empty transcript" in reason for reason in reasons)
     assert any("1048576 characters" in reason for reason in reasons)
+
+
+def test_resuming_with_other_trainable_parts_is_refused_in_one_line(corpus, tmp_path):  # noqa: F811
+    """The checkpoint holds only what trained; resuming a run that trains other parts would load them silently."""
+    out = tmp_path / "run"
+    assert train.main(run_args(corpus, out, "--preset", "tiny", "--max-steps", "1", "--fire-module", "link")) == 0
+    with pytest.raises(TrainingError) as error:
+        train.main(run_args(corpus, out, "--preset", "tiny", "--max-steps", "2", "--fire-module", "llm", "--resume"))
+    message = str(error.value)
+    assert "\n" not in message and "step_00000001.pt" in message and "trained" in message
+    assert "adaptor." in message and ".lora_A" in message and "--fire-module" in message
