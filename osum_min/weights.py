@@ -192,27 +192,31 @@ def weight_files(directory) -> list[Path]:
     raise WeightsError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
 
 
-def load_state_dict_strict(module: torch.nn.Module, state: dict, source: str,
-                           new: Callable[[str], bool] = lambda name: False) -> torch.nn.Module:
-    """The one strict load: `state` fills every tensor of `module` with one of the same shape, or it fails in one
-    line naming `source` and the keys. Tensors are assigned, not copied, so a module built on the meta device
-    costs nothing. `new(name)` names tensors the state may lack because they start fresh (a new run's LoRA).
-    A tensor shared under two names (tied embeddings) is filled once, under its first name."""
+def check_state(module: torch.nn.Module, shapes: dict[str, torch.Size], source: str,
+                new: Callable[[str], bool] = lambda name: False) -> dict[str, str]:
+    """The one strict rule: tensors of these names and shapes fill every tensor of `module`, or it fails in one line
+    naming `source` and the keys. `new(name)` names tensors that may be absent because they start fresh (a new run's
+    LoRA). Returns the tied names {name: the first name of the tensor it shares} (tied embeddings), which are
+    filled through their first name and need no tensor of their own."""
     targets = module.state_dict(keep_vars=True)
     first_name, tied = {}, {}
     for name, tensor in targets.items():
         if first_name.setdefault(id(tensor), name) != name:
             tied[name] = first_name[id(tensor)]
-    unexpected = [name for name in state if name not in targets]
+    unexpected = [name for name in shapes if name not in targets]
     if unexpected:
         raise WeightsError(f"{source}: unexpected {describe_keys(unexpected)}")
-    missing = [name for name in targets if name not in state and name not in tied and not new(name)]
+    missing = [name for name in targets if name not in shapes and name not in tied and not new(name)]
     if missing:
         raise WeightsError(f"{source}: missing {describe_keys(missing)}")
-    for name, tensor in state.items():
-        if tensor.shape != targets[name].shape:
-            raise WeightsError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model's is "
-                               f"{tuple(targets[name].shape)}")
+    for name, shape in shapes.items():
+        if shape != targets[name].shape:
+            raise WeightsError(f"{source}: {name} has shape {tuple(shape)}, the model's is {tuple(targets[name].shape)}")
+    return tied
+
+
+def _assign(module: torch.nn.Module, state: dict, tied: dict[str, str]) -> torch.nn.Module:
+    """Put checked tensors in place (no copy: a module built on the meta device costs nothing); tied names follow."""
     module.load_state_dict({name: t for name, t in state.items() if name not in tied}, strict=False, assign=True)
     for name, shared in tied.items():  # assigning replaced the shared tensor: its other names follow
         owner, _, attribute = name.rpartition(".")
@@ -220,21 +224,40 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict, source: str,
     return module
 
 
+def load_state_dict_strict(module: torch.nn.Module, state: dict, source: str,
+                           new: Callable[[str], bool] = lambda name: False) -> torch.nn.Module:
+    """`state` into `module` under `check_state`'s rule, assigned rather than copied."""
+    return _assign(module, state, check_state(module, {name: t.shape for name, t in state.items()}, source, new))
+
+
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+
+
 def load_weights(model: torch.nn.Module, directory, device=None, dtype=None) -> None:
     """Fill every parameter and buffer of `model` (built on the meta device) from a directory, strictly.
 
-    Floating tensors are cast to `dtype` one at a time, so peak memory stays at about one copy of the weights.
+    The names and shapes are checked from the files' headers before any tensor is read, so a directory that does
+    not fit fails at once; floating tensors are cast to `dtype` one at a time, so peak memory stays at about one
+    copy of the weights; a tied name's stored copy is never read.
     """
+    files = weight_files(directory)
+    shapes = {}
+    for path in files:
+        with _open(path) as handle:
+            shapes.update((name, torch.Size(handle.get_slice(name).get_shape())) for name in handle.keys())
+    tied = check_state(model, shapes, str(directory))
     state = {}
-    for path in weight_files(directory):
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as err:  # safetensors raises its own error types for truncated or foreign files
-            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
-        with handle:
+    for path in files:
+        with _open(path) as handle:
             for name in handle.keys():
+                if name in tied:
+                    continue
                 tensor = handle.get_tensor(name)
                 if tensor.is_floating_point() and dtype is not None:
                     tensor = tensor.to(dtype)
                 state[name] = tensor.to(device) if device is not None else tensor
-    load_state_dict_strict(model, state, str(directory))
+    _assign(model, state, tied)

@@ -167,6 +167,61 @@ def test_from_pretrained_refuses_a_weights_file_that_does_not_fit(fixture_weight
         OSUM.from_pretrained(broken, device="cpu")
 
 
+
+class HeadersOnly:
+    """safe_open that lets a test see every tensor read: names and shapes come from the header, tensors are counted."""
+    read: list[str] = []
+
+    def __init__(self, *args, **kwargs):
+        from safetensors import safe_open
+        self.handle = safe_open(*args, **kwargs)
+
+    def __enter__(self):
+        self.handle.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.handle.__exit__(*exc)
+
+    def keys(self):
+        return self.handle.keys()
+
+    def get_slice(self, name):
+        return self.handle.get_slice(name)
+
+    def get_tensor(self, name):
+        HeadersOnly.read.append(name)
+        return self.handle.get_tensor(name)
+
+
+def test_a_directory_that_does_not_fit_is_refused_before_any_tensor_is_read(fixture_weights, tmp_path, monkeypatch):
+    import shutil
+    from osum_min import weights
+    broken = tmp_path / "broken"
+    shutil.copytree(fixture_weights, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["llm"]["layers"] = 3
+    (broken / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(weights, "safe_open", HeadersOnly)
+    HeadersOnly.read = []
+    with pytest.raises(weights.WeightsError, match="missing .* llm.layers.2"):
+        OSUM.from_pretrained(broken, device="cpu")
+    assert HeadersOnly.read == []
+
+
+def test_tied_embeddings_stay_one_tensor_through_save_and_load(tmp_path, monkeypatch):
+    from osum_min import weights
+    tiny = OSUM_PRESETS["tiny"]
+    torch.manual_seed(0)
+    model = OSUM(replace(tiny, llm=replace(tiny.llm, tie_embeddings=True)))
+    model.save_pretrained(tmp_path)
+    monkeypatch.setattr(weights, "safe_open", HeadersOnly)
+    HeadersOnly.read = []
+    loaded = OSUM.from_pretrained(tmp_path, device="cpu", for_training=True)
+    assert loaded.llm.lm_head.weight is loaded.llm.embed_tokens.weight
+    assert torch.equal(loaded.llm.embed_tokens.weight, model.llm.embed_tokens.weight)
+    assert "llm.lm_head.weight" not in HeadersOnly.read and "llm.embed_tokens.weight" in HeadersOnly.read
+
 def test_config_round_trips(fixture_weights):
     config = OSUMConfig.from_dict(json.loads((fixture_weights / "config.json").read_text()))
     assert json.loads(json.dumps(config.to_dict())) == json.loads((fixture_weights / "config.json").read_text())
