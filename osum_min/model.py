@@ -29,6 +29,11 @@ OLD_LLM_NAMES = {"hidden_size": "dim", "intermediate_size": "ff_dim", "num_layer
                  "max_position_embeddings": "max_positions"}
 
 
+def check_quantize(quantize: str | None) -> None:
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize={quantize!r}: the only quantisation is 'int8'")
+
+
 class TrainingOutput(NamedTuple):
     """What `OSUM.forward` gives training: the loss to minimise and, for per-task logging, each item's share."""
     loss: torch.Tensor  # () token-level mean cross-entropy over all label tokens of the batch
@@ -115,8 +120,7 @@ class OSUM(nn.Module):
         """A converted directory -> model in eval mode, readied for inference (`prepare_for_inference`) unless
         for_training=True, which keeps the weights as trained (LoRA apart, the usual layout) for an optimizer or
         FSDP. dtype: bf16 on CUDA, fp32 on CPU."""
-        if quantize not in (None, "int8"):
-            raise ValueError(f"quantize={quantize!r}: the only quantisation is 'int8'")
+        check_quantize(quantize)  # before loading, not after
         if for_training and (quantize or compile):
             raise ValueError("compile and quantize are for inference: not with for_training=True")
         directory = Path(directory)
@@ -139,6 +143,7 @@ class OSUM(nn.Module):
         holds the float LLM); on the CPU, weights laid out input-major for oneDNN (linear.py) unless compiled code
         streams them; decode steps (generate.fast_decoding) as CUDA graphs on CUDA, through torch.compile too with
         compile=True (int8 on CUDA compiles by default), eager with compile=False."""
+        check_quantize(quantize)
         device = torch.device(device)
         if compile is None and quantize and device.type == "cuda":
             compile = True  # eager int8 dequantises whole weights each step: only compiled code fuses it away

@@ -104,6 +104,8 @@ def test_quantize_rejects_what_it_cannot_do(fixture_weights, models, tmp_path):
         models[1].save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="only quantisation is 'int8'"):
         OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int4")
+    with pytest.raises(ValueError, match="only quantisation is 'int8'"):  # not int8 under another name
+        OSUM.from_pretrained(fixture_weights, device="cpu", for_training=True).prepare_for_inference("cpu", None, "int4")
     with pytest.raises(ValueError, match="for inference: not with for_training=True"):
         OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int8", for_training=True)
 
