@@ -140,25 +140,26 @@ def llm_alone(bench, hf, ours, new_tokens, prefix, repeats):
     ours.fast_decode_step = None
 
 
+def seconds_of(run, device) -> float:
+    """Wall seconds of `run()`, the device's queued work included."""
+    sync(device)
+    started = time.perf_counter()
+    run()
+    sync(device)
+    return time.perf_counter() - started
+
+
 def whole_osum(bench, model: OSUM, clip_frames: int, new_tokens: int):
     device, figures = bench.device, bench.figures.setdefault("osum", {})
     generator = torch.Generator(device=device).manual_seed(0)
     mel = torch.randn(8, clip_frames, 80, device=device, generator=generator)  # 8 clips of 10 s
     mel_lens = torch.full((8,), clip_frames, device=device)
     settings = {**DEFAULT_DECODING.__dict__, "max_new_tokens": new_tokens, "eos_token_id": None}
-
-    def seconds(run) -> float:
-        sync(device)
-        started = time.perf_counter()
-        run()
-        sync(device)
-        return time.perf_counter() - started
-
     model.generate(mel[:1], mel_lens[:1], [PROMPT], **settings)  # warm-up (the graphs of these shapes)
     model.generate(mel, mel_lens, [PROMPT] * 8, **settings)
-    alone = [seconds(lambda i=i: model.generate(mel[i:i + 1], mel_lens[i:i + 1], [PROMPT], **settings))
+    alone = [seconds_of(lambda i=i: model.generate(mel[i:i + 1], mel_lens[i:i + 1], [PROMPT], **settings), device)
              for i in range(4)]
-    together = seconds(lambda: model.generate(mel, mel_lens, [PROMPT] * 8, **settings))
+    together = seconds_of(lambda: model.generate(mel, mel_lens, [PROMPT] * 8, **settings), device)
     figures.update({"clip_s": clip_frames / 100, "new_tokens": new_tokens, "decoding": "beam 4, penalty 1.05",
                     "batch1_s_per_file": round(min(alone), 3), "batch8_files_per_s": round(8 / together, 2),
                     "batch8_over_batch1_throughput": round(min(alone) * 8 / together, 2)})
@@ -173,7 +174,7 @@ def whole_osum(bench, model: OSUM, clip_frames: int, new_tokens: int):
                                                            GenerationConfig(max_new_tokens=n, repetition_penalty=1.05,
                                                                             eos_token_id=None)))]:
             run(2)
-            short, full = seconds(lambda: run(2)), seconds(lambda: run(new_tokens))
+            short, full = seconds_of(lambda: run(2), device), seconds_of(lambda: run(new_tokens), device)
             step_ms[name] = round((full - short) / (new_tokens - 2) * 1000, 2)
         model.llm.fast_decode_step = fast
     figures.update({"eager_greedy_penalty_ms_per_step_osum": step_ms["osum"],
@@ -185,20 +186,15 @@ def inference_memory(bench, model: OSUM, clip_frames: int, new_tokens: int, quan
     gives them by default, or int8 weights compiled (torch.compile fuses their dequantisation into the matmul)."""
     device, label = bench.device, "int8" if quantize else "bf16"
     if quantize:
-        from osum_min.quantize import quantize_int8
-        quantize_int8(model.llm)
-        fast_decoding(model.llm, compile=True)
+        model.prepare_for_inference(device, compile=True, quantize="int8")
     bench.free()
     mel = torch.randn(1, clip_frames, 80, device=device)
     mel_lens = torch.tensor([clip_frames], device=device)
     settings = {"max_new_tokens": new_tokens, "eos_token_id": None}
     model.generate(mel, mel_lens, [PROMPT], **settings)  # warm-up and compile
-    sync(device)
-    started = time.perf_counter()
-    model.generate(mel, mel_lens, [PROMPT], **settings)
-    sync(device)
+    seconds = seconds_of(lambda: model.generate(mel, mel_lens, [PROMPT], **settings), device)
     figures = bench.figures.setdefault("inference_batch1", {})
-    figures[f"{label}_e2e_tok_s"] = round(new_tokens / (time.perf_counter() - started), 1)
+    figures[f"{label}_e2e_tok_s"] = round(new_tokens / seconds, 1)
     if device.type == "cuda":
         figures[f"{label}_peak_gib"] = round(peak_memory_gib(device), 2)
 
