@@ -11,6 +11,7 @@ points into windows that are decoded together and joined. A file that cannot be 
 """
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,17 +19,16 @@ from pathlib import Path
 import torch
 
 from osum_min import ranks
-from osum_min.audio import AudioError
 from osum_min.data_formats import DataError
 from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
-from osum_min.inputs import Item, collect_inputs, decode_files
+from osum_min.inputs import Item, collect_inputs
 from osum_min.model import OSUM, load_for_inference
+from osum_min.pipeline import Answer, Pipeline, Request, RequestError
 from osum_min.progress import Progress
 from osum_min.scoring import Scorer
-from osum_min.subtitles import subtitles
-from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
+from osum_min.subtitles import subtitle_paths, subtitles
+from osum_min.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
 from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
-from osum_min.windows import Decoded
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -163,30 +163,84 @@ def parse_args(argv):
 
 
 def resolve_task(args) -> Task:
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError("--prompt is empty: give some prompt text, or a --task")
+    subtitles_wanted = args.srt is not None or args.vtt is not None
     if args.prompt is not None or args.prompt_ids:
+        if subtitles_wanted:
+            raise UsageError("--srt/--vtt need --task srwt (a free prompt has no timestamps to write)")
         return free_prompt_task(args.prompt or args.prompt_ids)
     if args.task not in TASKS:
         raise UsageError(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)} (or --prompt TEXT)")
-    if (args.srt is not None or args.vtt is not None) and TASKS[args.task].output != "srwt":
+    if subtitles_wanted and TASKS[args.task].output != "srwt":
         raise UsageError("--srt/--vtt need --task srwt (the only task with timestamps)")
     return TASKS[args.task]
 
 
-def prompt_ids_for(args, task: Task, tokenizer: Tokenizer | None) -> list[int]:
+def given_prompt_ids(args) -> list[int] | None:
     if not args.prompt_ids:
-        return tokenizer.encode(task.prompt)
+        return None
     try:
         return parse_prompt_ids(args.prompt_ids)
     except ValueError as err:
         raise UsageError(f"--prompt-ids: {err}") from None
 
 
-def report(item: Item, decoded: Decoded, task: Task, tokenizer, args) -> tuple[Result | None, dict]:
-    """The parsed result (None without a tokenizer) and the JSON record of one file."""
-    result = decoded.parse(task, tokenizer)
-    record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}),
-              **decoded.record(task, result, with_ids=args.ids)}
-    return result, record
+def check_combinations(args, items: list[Item]) -> None:
+    """Flags that cannot do what they say with these inputs, refused before anything is loaded."""
+    if args.json and args.stream:
+        raise UsageError("--json and --stream: choose one (--stream prints tokens as they come, not JSON)")
+    if args.score_only and not any(item.reference is not None for item in items):
+        raise UsageError("--score-only needs references: a wenet list whose lines have \"txt\"")
+    for flag, folder in (("--srt", args.srt), ("--vtt", args.vtt)):
+        if folder and not Path(folder).is_dir():
+            raise UsageError(f"{flag} {folder}: no such folder")
+        if folder and not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {folder}: the folder is not writable")
+
+
+def one_line(text: str) -> str:
+    """A key or text in the `key<TAB>text` output, with tabs and line breaks escaped so one file is one line."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def write_subtitles(answer: Answer, paths: list[Path | None]) -> str | None:
+    """Write this file's subtitles as soon as it is decoded; a failed write is this file's problem only."""
+    for path in paths:
+        if path is None or answer.result is None or answer.result.words is None:
+            continue
+        try:
+            path.write_text(subtitles(answer.result.words, vtt=path.suffix == ".vtt"), encoding="utf-8")
+        except OSError as err:
+            return f"{path}: cannot write ({err.strerror or err})"
+    return None
+
+
+def decode_share(pipeline: Pipeline, items: list[Item], requests: list[Request], share: list[int], on_token):
+    """(index, Answer) for this rank's share of the files; a bad list line is an error without decoding."""
+    good = [i for i in share if items[i].problem is None]
+    for i in share:
+        if items[i].problem is not None:
+            yield i, Answer(items[i].path, requests[i].task, error=RequestError(items[i].path, items[i].problem))
+    for j, answer in pipeline.run([requests[i] for i in good], on_token):
+        yield good[j], answer
+
+
+def gathered(pipeline: Pipeline, requests: list[Request], prompt_ids: list[int], outcomes, progress):
+    """Every rank's answers at rank 0 (None elsewhere): the ranks send ids, rank 0 parses them."""
+    mine = []
+    for index, answer in outcomes:
+        mine.append((index, answer.error or answer.decoded))
+        if progress:
+            progress.update()
+    if progress:
+        progress.close()
+    pairs = ranks.gather_outcomes(mine)
+    if ranks.world()[0] != 0:
+        return None
+    return [(index, Answer(requests[index].label, requests[index].task, error=outcome)
+             if isinstance(outcome, RequestError) else pipeline.answer(requests[index], prompt_ids, outcome))
+            for index, outcome in pairs]
 
 
 def main(argv=None) -> int:
@@ -206,9 +260,11 @@ def main(argv=None) -> int:
             return 2
     try:
         task = resolve_task(args)
+        given_ids = given_prompt_ids(args)
         items = collect_inputs(args.inputs)
         if not items:
             raise UsageError("no audio files given (pass files, directories or a list)")
+        check_combinations(args, items)
         if args.stream and len(items) > 1:
             raise UsageError("--stream decodes one file at a time: give one file")
         args.batch_size = 1 if args.stream else args.batch_size  # long audio: stream the windows one after another
@@ -217,10 +273,15 @@ def main(argv=None) -> int:
             raise UsageError("--stream prints one file as it decodes: run it in one process, not torchrun")
         args.device = ranks.start(args.device)
         model, tokenizer = load(args)
-        prompt_ids = prompt_ids_for(args, task, tokenizer)
+        if args.score_only and tokenizer is None:
+            raise UsageError(f"--score-only scores text, and {args.weights}/ has no tokenizer")
+        pipeline = Pipeline(model, tokenizer, args.batch_size)
         decoding = decoding_config(args, model.config.eod_id)
-        if problem := model.config.prompt_length_problem(len(prompt_ids), decoding.max_new_tokens):
-            raise UsageError(problem)
+        requests = [Request(item.path, task=task, prompt_ids=given_ids, config=decoding) for item in items]
+        try:
+            prompt_ids = pipeline.prompt_ids(requests[0])  # the same for every file: checked once, as a usage error
+        except RequestError as err:
+            raise UsageError(err.problem if given_ids is None else f"--prompt-ids: {err.problem}") from None
     except (UsageError, DataError) as err:
         print(f"infer.py: error: {err}", file=sys.stderr)
         return 2
@@ -228,48 +289,46 @@ def main(argv=None) -> int:
     on_token = None
     if args.stream:
         stream = tokenizer.stream_decoder() if tokenizer and not args.ids else None
-        on_token = lambda row, token: print(  # noqa: E731
+        on_token = lambda index, token: print(  # noqa: E731
             stream.push(token) if stream else f"{token} ", end="", flush=True)
-    scorer = Scorer(task) if tokenizer and any(item.reference is not None for item in items) else None
+    scorer = Scorer(task) if args.score_only or tokenizer and any(item.reference is not None for item in items) \
+        else None
+    paths = [item.path for item in items]
+    subtitle_files = [subtitle_paths(paths, folder, suffix) if folder is not None else [None] * len(items)
+                      for folder, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt"))]
     failures, pending, next_to_print = 0, {}, 0
     share = ranks.balanced_share([item.seconds for item in items], rank, world_size)
     progress = Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}") \
         if len(share) > 3 and not args.stream and rank == 0 else None
-    outcomes = ((share[i], outcome) for i, outcome in decode_files(model, [items[j] for j in share], prompt_ids,
-                                                                    decoding, args.batch_size, on_token))
+    outcomes = decode_share(pipeline, items, requests, share, on_token)
     if world_size > 1:  # every rank decodes its share; rank 0 reports them all, as one process would
-        mine = []
-        for pair in outcomes:
-            mine.append(pair)
-            if progress:
-                progress.update()
-        if progress:
-            progress.close()
-        outcomes, progress = ranks.gather_outcomes(mine), None
-        if rank != 0:
+        outcomes, progress = gathered(pipeline, requests, prompt_ids, outcomes, progress), None
+        if outcomes is None:
             ranks.finish()
             return 0
-    for index, outcome in outcomes:
+    for index, answer in outcomes:
         if progress:
             progress.update()
-        if isinstance(outcome, AudioError):
+        problem = str(answer.error) if answer.error else write_subtitles(answer, [f[index] for f in subtitle_files])
+        if scorer and answer.error:
+            scorer.skipped += 1
+        elif scorer and items[index].reference is not None:
+            scorer.add(items[index].reference, answer.result)
+        if answer.error:
             failures += 1
-            if scorer:
-                scorer.skipped += 1
-            print(f"infer.py: skipped {outcome}", file=sys.stderr)
-            pending[index] = json.dumps({"file": items[index].path, "error": str(outcome)}) if args.json else None
+            print(f"infer.py: skipped {answer.error}", file=sys.stderr)
+            pending[index] = json.dumps({"file": items[index].path, "error": str(answer.error)}, ensure_ascii=False) \
+                if args.json else None
         else:
-            result, record = report(items[index], outcome, task, tokenizer, args)
-            if scorer and items[index].reference is not None:
-                scorer.add(items[index].reference, result)
-            if result and result.words is not None:
-                for wanted, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt")):
-                    if wanted is not None:
-                        out = Path(wanted or Path(items[index].path).parent) / (Path(items[index].path).stem + suffix)
-                        out.write_text(subtitles(result.words, vtt=suffix == ".vtt"), encoding="utf-8")
-            text = " | ".join(" ".join(map(str, ids)) for ids in outcome.ids) if args.ids else result.to_text()
+            if problem:
+                failures += 1
+                print(f"infer.py: {problem}", file=sys.stderr)
+            record = {"file": items[index].path, **({"key": items[index].key} if items[index].key != items[index].path
+                                                     else {}), **answer.to_json(with_ids=args.ids)}
+            text = " | ".join(" ".join(map(str, ids)) for ids in answer.decoded.ids) if args.ids \
+                else answer.result.to_text()
             line = json.dumps(record, ensure_ascii=False) if args.json else \
-                text if len(items) == 1 else f"{items[index].key}\t{text}"
+                text if len(items) == 1 else f"{one_line(items[index].key)}\t{one_line(text)}"
             pending[index] = None if args.score_only or args.stream else line
         while next_to_print in pending:
             line = pending.pop(next_to_print)
