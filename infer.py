@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -243,6 +243,90 @@ def gathered(pipeline: Pipeline, requests: list[Request], prompt_ids: list[int],
             for index, outcome in pairs]
 
 
+@dataclass
+class Run:
+    """A checked command with its model loaded: the files, one request each, and the pipeline that decodes them."""
+    task: Task
+    items: list[Item]
+    requests: list[Request]
+    pipeline: Pipeline
+    prompt_ids: list[int]
+
+
+def prepare(args) -> Run:
+    """Everything a usage error can stop, before any audio is decoded."""
+    task = resolve_task(args)
+    given_ids = given_prompt_ids(args)
+    items = collect_inputs(args.inputs)
+    if not items:
+        raise UsageError("no audio files given (pass files, directories or a list)")
+    check_combinations(args, items)
+    if args.stream and len(items) > 1:
+        raise UsageError("--stream decodes one file at a time: give one file")
+    args.batch_size = 1 if args.stream else args.batch_size  # long audio: stream the windows one after another
+    if ranks.world()[1] > 1 and args.stream:
+        raise UsageError("--stream prints one file as it decodes: run it in one process, not torchrun")
+    args.device = ranks.start(args.device)
+    model, tokenizer = load(args)
+    if args.score_only and tokenizer is None:
+        raise UsageError(f"--score-only scores text, and {args.weights}/ has no tokenizer")
+    pipeline = Pipeline(model, tokenizer, args.batch_size)
+    decoding = decoding_config(args, model.config.eod_id)
+    requests = [Request(item.path, task=task, prompt_ids=given_ids, config=decoding) for item in items]
+    try:
+        prompt_ids = pipeline.prompt_ids(requests[0])  # the same for every file: checked once, as a usage error
+    except RequestError as err:
+        raise UsageError(err.problem if given_ids is None else f"--prompt-ids: {err.problem}") from None
+    return Run(task, items, requests, pipeline, prompt_ids)
+
+
+class Report:
+    """Each answer as it comes: scored, its subtitles written, its line printed in input order."""
+
+    def __init__(self, args, run: Run):
+        self.args, self.items, self.failures, self.pending, self.next_to_print = args, run.items, 0, {}, 0
+        has_references = any(item.reference is not None for item in run.items)
+        self.scorer = Scorer(run.task) if args.score_only or run.pipeline.tokenizer and has_references else None
+        paths = [item.path for item in run.items]
+        self.subtitle_files = [subtitle_paths(paths, folder, suffix) if folder is not None else [None] * len(paths)
+                               for folder, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt"))]
+
+    def add(self, index: int, answer: Answer) -> None:
+        args, item = self.args, self.items[index]
+        if answer.error:
+            self.failures += 1
+            print(f"infer.py: skipped {answer.error}", file=sys.stderr)
+            if self.scorer:
+                self.scorer.skipped += 1
+            line = json.dumps({"file": item.path, "error": str(answer.error)}, ensure_ascii=False) if args.json \
+                else None
+        else:
+            if problem := write_subtitles(answer, [files[index] for files in self.subtitle_files]):
+                self.failures += 1
+                print(f"infer.py: {problem}", file=sys.stderr)
+            if self.scorer and item.reference is not None:
+                self.scorer.add(item.reference, answer.result)
+            record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}),
+                      **answer.to_json(with_ids=args.ids)}
+            text = " | ".join(" ".join(map(str, ids)) for ids in answer.decoded.ids) if args.ids \
+                else answer.result.to_text()
+            line = json.dumps(record, ensure_ascii=False) if args.json else \
+                text if len(self.items) == 1 else f"{one_line(item.key)}\t{one_line(text)}"
+            line = None if args.score_only or args.stream else line
+        self.pending[index] = line
+        while self.next_to_print in self.pending:
+            line = self.pending.pop(self.next_to_print)
+            if line is not None:
+                print(line, flush=True)
+            self.next_to_print += 1
+
+    def finish(self) -> int:
+        """Print the scores; the exit code: 0 all decoded, 1 some failed, 2 none decoded."""
+        if self.scorer:
+            print(json.dumps({"summary": self.scorer.summary()}) if self.args.json else "\n".join(self.scorer.lines()))
+        return 2 if self.failures == len(self.items) else 1 if self.failures else 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.list_tasks:
@@ -259,90 +343,38 @@ def main(argv=None) -> int:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
     try:
-        task = resolve_task(args)
-        given_ids = given_prompt_ids(args)
-        items = collect_inputs(args.inputs)
-        if not items:
-            raise UsageError("no audio files given (pass files, directories or a list)")
-        check_combinations(args, items)
-        if args.stream and len(items) > 1:
-            raise UsageError("--stream decodes one file at a time: give one file")
-        args.batch_size = 1 if args.stream else args.batch_size  # long audio: stream the windows one after another
-        rank, world_size, _ = ranks.world()
-        if world_size > 1 and args.stream:
-            raise UsageError("--stream prints one file as it decodes: run it in one process, not torchrun")
-        args.device = ranks.start(args.device)
-        model, tokenizer = load(args)
-        if args.score_only and tokenizer is None:
-            raise UsageError(f"--score-only scores text, and {args.weights}/ has no tokenizer")
-        pipeline = Pipeline(model, tokenizer, args.batch_size)
-        decoding = decoding_config(args, model.config.eod_id)
-        requests = [Request(item.path, task=task, prompt_ids=given_ids, config=decoding) for item in items]
-        try:
-            prompt_ids = pipeline.prompt_ids(requests[0])  # the same for every file: checked once, as a usage error
-        except RequestError as err:
-            raise UsageError(err.problem if given_ids is None else f"--prompt-ids: {err.problem}") from None
+        run = prepare(args)
     except (UsageError, DataError) as err:
         print(f"infer.py: error: {err}", file=sys.stderr)
         return 2
 
-    on_token = None
+    on_token, stream = None, None
     if args.stream:
-        stream = tokenizer.stream_decoder() if tokenizer and not args.ids else None
+        stream = run.pipeline.tokenizer.stream_decoder() if run.pipeline.tokenizer and not args.ids else None
         on_token = lambda index, token: print(  # noqa: E731
             stream.push(token) if stream else f"{token} ", end="", flush=True)
-    scorer = Scorer(task) if args.score_only or tokenizer and any(item.reference is not None for item in items) \
-        else None
-    paths = [item.path for item in items]
-    subtitle_files = [subtitle_paths(paths, folder, suffix) if folder is not None else [None] * len(items)
-                      for folder, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt"))]
-    failures, pending, next_to_print = 0, {}, 0
-    share = ranks.balanced_share([item.seconds for item in items], rank, world_size)
+    rank, world_size, _ = ranks.world()
+    share = ranks.balanced_share([item.seconds for item in run.items], rank, world_size)
     progress = Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}") \
         if len(share) > 3 and not args.stream and rank == 0 else None
-    outcomes = decode_share(pipeline, items, requests, share, on_token)
+    outcomes = decode_share(run.pipeline, run.items, run.requests, share, on_token)
     if world_size > 1:  # every rank decodes its share; rank 0 reports them all, as one process would
-        outcomes, progress = gathered(pipeline, requests, prompt_ids, outcomes, progress), None
+        outcomes, progress = gathered(run.pipeline, run.requests, run.prompt_ids, outcomes, progress), None
         if outcomes is None:
             ranks.finish()
             return 0
+    report = Report(args, run)
     for index, answer in outcomes:
+        report.add(index, answer)
         if progress:
             progress.update()
-        problem = str(answer.error) if answer.error else write_subtitles(answer, [f[index] for f in subtitle_files])
-        if scorer and answer.error:
-            scorer.skipped += 1
-        elif scorer and items[index].reference is not None:
-            scorer.add(items[index].reference, answer.result)
-        if answer.error:
-            failures += 1
-            print(f"infer.py: skipped {answer.error}", file=sys.stderr)
-            pending[index] = json.dumps({"file": items[index].path, "error": str(answer.error)}, ensure_ascii=False) \
-                if args.json else None
-        else:
-            if problem:
-                failures += 1
-                print(f"infer.py: {problem}", file=sys.stderr)
-            record = {"file": items[index].path, **({"key": items[index].key} if items[index].key != items[index].path
-                                                     else {}), **answer.to_json(with_ids=args.ids)}
-            text = " | ".join(" ".join(map(str, ids)) for ids in answer.decoded.ids) if args.ids \
-                else answer.result.to_text()
-            line = json.dumps(record, ensure_ascii=False) if args.json else \
-                text if len(items) == 1 else f"{one_line(items[index].key)}\t{one_line(text)}"
-            pending[index] = None if args.score_only or args.stream else line
-        while next_to_print in pending:
-            line = pending.pop(next_to_print)
-            if line is not None:
-                print(line, flush=True)
-            next_to_print += 1
     if progress:
         progress.close()
     if args.stream:
         print(stream.finish() if stream else "")
-    if scorer:
-        print(json.dumps({"summary": scorer.summary()}) if args.json else "\n".join(scorer.lines()))
+    code = report.finish()
     ranks.finish()
-    return 2 if failures == len(items) else 1 if failures else 0
+    return code
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import weakref
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
 from .generate import DEFAULT_DECODING, GenerationConfig
 from .model import OSUM, load_for_inference
