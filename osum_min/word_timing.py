@@ -36,8 +36,10 @@ def _report(message: str, problems: list[str] | None) -> None:
 
 def read_textgrid(path: Path) -> list[Word]:
     """The words of a TextGrid's words tier(s), in time order; silence intervals dropped."""
-    from praatio import textgrid  # the `eval` extra; only reference reading needs it
-
+    try:
+        from praatio import textgrid  # the `eval` extra; only TextGrid references need it
+    except ImportError:
+        raise TimingError(f"{path}: reading TextGrids needs praatio: pip install .[eval]") from None
     try:
         grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False)
     except Exception as err:  # praatio reports malformed files as IndexError, ValueError, its own errors...
