@@ -37,13 +37,18 @@ def _report(message: str, problems: list[str] | None) -> None:
 def read_textgrid(path: Path) -> list[Word]:
     """The words of a TextGrid's words tier(s), in time order; silence intervals dropped."""
     try:
-        from praatio import textgrid  # the `eval` extra; only TextGrid references need it
+        from praatio import (
+            textgrid,  # the `eval` extra; only TextGrid references need it
+        )
     except ImportError:
         raise TimingError(f"{path}: reading TextGrids needs praatio: pip install .[eval]") from None
+    from praatio.utilities.errors import PraatioException
+
     try:
         grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False)
-    except Exception as err:  # praatio reports malformed files as IndexError, ValueError, its own errors...
-        raise TimingError(f"{path}: not a readable TextGrid ({type(err).__name__}: {err})") from None
+    # praatio reports a malformed file as whatever its parser stumbles on (IndexError, ValueError...) or its own error
+    except (PraatioException, IndexError, KeyError, ValueError, OSError) as err:
+        raise TimingError(f"{path}: not a readable TextGrid ({type(err).__name__}: {' '.join(str(err).split())})") from None
     tiers = [name for name in grid.tierNames if _WORDS_TIER.fullmatch(name)]
     if not tiers:
         raise TimingError(f"{path}: no \"words\" tier (tiers: {', '.join(grid.tierNames) or 'none'})")
@@ -54,22 +59,22 @@ def read_textgrid(path: Path) -> list[Word]:
 
 
 def _json_words(line: str) -> tuple[str, list[Word]]:
-    """One JSONL line -> (key, words); ValueError says what is wrong with it."""
+    """One JSONL line -> (key, words); a TimingError says what is wrong with it (read_jsonl adds where)."""
     try:
         entry = json.loads(line)
     except json.JSONDecodeError:
-        raise ValueError("not JSON") from None
+        raise TimingError("not JSON") from None
     if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or not isinstance(entry.get("words"), list):
-        raise ValueError('expected {"key": "...", "words": [{"word", "start", "end"}, ...]}')
+        raise TimingError('expected {"key": "...", "words": [{"word", "start", "end"}, ...]}')
     words = []
     for number, item in enumerate(entry["words"], 1):
         times = [item.get(side) if isinstance(item, dict) else None for side in ("start", "end")]
         if not isinstance(item, dict) or not isinstance(item.get("word"), str):
-            raise ValueError(f"word {number} is not {{\"word\": text, \"start\": s, \"end\": s}}")
+            raise TimingError(f"word {number} is not {{\"word\": text, \"start\": s, \"end\": s}}")
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times):
-            raise ValueError(f"word {number} ({item['word']!r}): start and end must be numbers (seconds)")
+            raise TimingError(f"word {number} ({item['word']!r}): start and end must be numbers (seconds)")
         if not 0 <= times[0] <= times[1]:
-            raise ValueError(f"word {number} ({item['word']!r}): times {times[0]}, {times[1]} are not 0 <= start <= end")
+            raise TimingError(f"word {number} ({item['word']!r}): times {times[0]}, {times[1]} are not 0 <= start <= end")
         words.append(Word(item["word"], float(times[0]), float(times[1])))
     return entry["key"], words
 
@@ -85,7 +90,7 @@ def read_jsonl(path: Path, problems: list[str] | None = None) -> dict[str, list[
             continue
         try:
             key, words = _json_words(line)
-        except ValueError as err:
+        except TimingError as err:
             _report(f"{path}:{number}: {err}", problems)
             continue
         if key in references:
@@ -170,6 +175,7 @@ class TimingScorer:
 
     def add(self, reference_words: list[Word], result: Result) -> None:
         ref = _units(reference_words)
+        # a result of another task has no words: its transcript counts for WER, untimed
         hyp = _units(result.words if result.words is not None else [Word(result.transcript or "", None, None)])
         path = align([u for u, *_ in ref], [u for u, *_ in hyp])
         subs = sum(i is not None and j is not None and ref[i][0] != hyp[j][0] for i, j in path)

@@ -12,7 +12,13 @@ import soundfile
 
 from osum_min.scoring import Edits, edit_distance
 from osum_min.tasks import TASKS, Result, Word, parse
-from osum_min.word_timing import TimingError, TimingScorer, align, read_word_times, score_timing
+from osum_min.word_timing import (
+    TimingError,
+    TimingScorer,
+    align,
+    read_word_times,
+    score_timing,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
