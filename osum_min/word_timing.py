@@ -36,19 +36,17 @@ def _report(message: str, problems: list[str] | None) -> None:
 
 def read_textgrid(path: Path) -> list[Word]:
     """The words of a TextGrid's words tier(s), in time order; silence intervals dropped."""
-    try:
-        from praatio import (
-            textgrid,  # the `eval` extra; only TextGrid references need it
-        )
+    try:  # the `eval` extra; only TextGrid references need it
+        from praatio import textgrid
+        from praatio.utilities.errors import PraatioException
     except ImportError:
         raise TimingError(f"{path}: reading TextGrids needs praatio: pip install .[eval]") from None
-    from praatio.utilities.errors import PraatioException
-
     try:
         grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False)
     # praatio reports a malformed file as whatever its parser stumbles on (IndexError, ValueError...) or its own error
     except (PraatioException, IndexError, KeyError, ValueError, OSError) as err:
-        raise TimingError(f"{path}: not a readable TextGrid ({type(err).__name__}: {' '.join(str(err).split())})") from None
+        problem = " ".join(f"{type(err).__name__}: {err}".split())
+        raise TimingError(f"{path}: not a readable TextGrid ({problem})") from None
     tiers = [name for name in grid.tierNames if _WORDS_TIER.fullmatch(name)]
     if not tiers:
         raise TimingError(f"{path}: no \"words\" tier (tiers: {', '.join(grid.tierNames) or 'none'})")
@@ -74,7 +72,8 @@ def _json_words(line: str) -> tuple[str, list[Word]]:
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times):
             raise TimingError(f"word {number} ({item['word']!r}): start and end must be numbers (seconds)")
         if not 0 <= times[0] <= times[1]:
-            raise TimingError(f"word {number} ({item['word']!r}): times {times[0]}, {times[1]} are not 0 <= start <= end")
+            raise TimingError(f"word {number} ({item['word']!r}): times {times[0]}, {times[1]} are not "
+                              "0 <= start <= end")
         words.append(Word(item["word"], float(times[0]), float(times[1])))
     return entry["key"], words
 

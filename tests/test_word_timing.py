@@ -286,8 +286,8 @@ def test_references_mark_the_spoken_words(spoken):
     for path in (out / "long", out / "short" / "utt.TextGrid", out / "utt.jsonl"):
         read = read_word_times(path)["utt"]
         assert [w.text for w in read] == SPOKEN
-        assert [t for w in read for t in (w.start, w.end)] == pytest.approx([t for w in words for t in (w.start, w.end)],
-                                                                            abs=1e-9)
+        times = [t for w in words for t in (w.start, w.end)]
+        assert [t for w in read for t in (w.start, w.end)] == pytest.approx(times, abs=1e-9)
     inside = np.zeros(len(audio), bool)
     for word in words:
         first, last = round(word.start * 16000), round(word.end * 16000) - 1
