@@ -22,7 +22,7 @@ class InputError(Exception):
 def read_key_text(path: Path) -> dict[str, str]:
     """`key text` lines (UTF-8, a BOM tolerated): key -> text; blank lines skipped, a later key replaces an earlier."""
     try:
-        content = path.read_bytes().decode("utf-8-sig")
+        content = Path(path).read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -145,3 +145,20 @@ CN_TN = {
 def test_cn_tn_text_norm(text):
     from osum_min.normalizers import text_norm
     assert text_norm(text) == CN_TN[text]
+
+
+@pytest.mark.parametrize("pair", ["en", "zh", "mix"])
+def test_scorer_of_infer_and_training_gives_the_same_figure(pair):
+    """Scorer (infer.py --score-only, train.py's dev scoring) normalises labels the original's way first; on these
+    transcripts that changes nothing compute-wer.py counts, so it reports compute-wer.py's figure."""
+    from osum_min.scoring import Scorer
+    from osum_min.tasks import TASKS, parse
+    refs, hyps = key_text(FIXTURES / f"{pair}.ref"), key_text(FIXTURES / f"{pair}.hyp")
+    scorer = Scorer(TASKS["asr"], protocol="osum")
+    for key in refs:
+        if key in hyps:
+            scorer.add(refs[key], parse(TASKS["asr"], hyps[key]))
+    summary, expected = scorer.summary(), FIGURES["osum"][f"{pair}:compute-wer.py"]["Overall"]
+    assert summary[scorer.metric] == pytest.approx(expected["percent"], abs=1e-9)
+    assert (summary["reference_units"], summary["substitutions"], summary["deletions"], summary["insertions"]) == (
+        expected["N"], expected["S"], expected["D"], expected["I"])
