@@ -137,11 +137,16 @@ class Edits:
         return self.substitutions + self.deletions + self.insertions
 
 
+def _total_counts(references: list[list[str]], hypotheses: list[list[str]]) -> np.ndarray:
+    """Correct, substituted, deleted, inserted over all pairs of string units."""
+    vocabulary = {}
+    ids = [[vocabulary.setdefault(unit, len(vocabulary)) for unit in units] for units in references + hypotheses]
+    return alignment_counts(ids[:len(references)], ids[len(references):], len(vocabulary)).sum(axis=0)
+
+
 def edit_distance(reference: list[str], hypothesis: list[str]) -> Edits:
     """One pair's substitutions, deletions and insertions, ties broken as compute-wer.py breaks them."""
-    vocabulary = {}
-    ids = [[vocabulary.setdefault(unit, len(vocabulary)) for unit in units] for units in (reference, hypothesis)]
-    _, subs, dels, ins = (int(x) for x in alignment_counts([ids[0]], [ids[1]], len(vocabulary)).sum(axis=0))
+    _, subs, dels, ins = (int(x) for x in _total_counts([reference], [hypothesis]))
     return Edits(subs, dels, ins)
 
 
@@ -266,10 +271,7 @@ def score_texts(refs: dict[str, str], hyps: dict[str, str], protocol: str = "osu
         raise ValueError("qwen2-audio's wer needs a language (en, zh, yue, fr, ...): its normaliser follows it")
     ref_units, hyp_units = normalizers.qwen2_audio_units([refs[k] for k in refs], [hyps.get(k, "") for k in refs],
                                                          language)
-    vocabulary = {}
-    encode = lambda units: [vocabulary.setdefault(u, len(vocabulary)) for u in units]  # noqa: E731
-    counts = alignment_counts([encode(u) for u in ref_units], [encode(u) for u in hyp_units], len(vocabulary))
-    overall = _line(counts.sum(axis=0))
+    overall = _line(_total_counts(ref_units, hyp_units))
     return {**head, "language": language, "value": overall.pop("percent"), **overall, "utterances": len(refs)}
 
 
