@@ -38,16 +38,20 @@ class FileError(ValueError):
         super().__init__(" ".join(f"{self.path}: {problem}".split()))
 
 
+def _a(what: str) -> str:
+    return f"{'an' if what[0] in 'aeiou' else 'a'} {what}"
+
+
 def os_problem(err: OSError) -> str:
     return _OS_PROBLEMS.get(err.errno) or err.strerror or type(err).__name__
 
 
 def _kind_problem(mode: int, what: str, directory: bool) -> str | None:
     if directory:
-        return None if stat.S_ISDIR(mode) else f"not a directory; expected a {what}"
+        return None if stat.S_ISDIR(mode) else f"not a directory; expected {_a(what)}"
     if stat.S_ISDIR(mode):
-        return f"is a directory, not a {what}"
-    return next((f"{kind}, not a {what}" for test, kind in _KINDS if test(mode)), None)
+        return f"is a directory, not {_a(what)}"
+    return next((f"{kind}, not {_a(what)}" for test, kind in _KINDS if test(mode)), None)
 
 
 def check_file(path, what: str, directory: bool = False) -> os.stat_result:
@@ -72,7 +76,7 @@ def open_file(path, what: str, max_bytes: int | None = None) -> int:
     info = os.fstat(fd)
     problem = _kind_problem(info.st_mode, what, False)  # swapped since check_file
     if problem is None and max_bytes is not None and info.st_size > max_bytes:
-        problem = f"{info.st_size / 2**20:.1f} MiB, more than a {what} may be ({max_bytes / 2**20:.0f} MiB)"
+        problem = f"{info.st_size / 2**20:.1f} MiB, more than {_a(what)} may be ({max_bytes / 2**20:.0f} MiB)"
     if problem:
         os.close(fd)
         raise FileError(path, problem)
@@ -88,11 +92,11 @@ def read_text(path, what: str, max_bytes: int) -> str:
     except OSError as err:
         raise FileError(path, f"cannot read: {os_problem(err)}") from None
     if len(data) > max_bytes:  # it grew since the check
-        raise FileError(path, f"more than a {what} may be ({max_bytes / 2**20:.0f} MiB)")
+        raise FileError(path, f"more than {_a(what)} may be ({max_bytes / 2**20:.0f} MiB)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise FileError(path, f"not UTF-8 text at byte {err.start}: not a {what}") from None
+        raise FileError(path, f"not UTF-8 text at byte {err.start}: not {_a(what)}") from None
 
 
 def parse_json(text: str, where):
