@@ -16,6 +16,8 @@ from pathlib import Path
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KB; tokenizer.json 7 MB
 MAX_LIST_BYTES = 1 << 30  # a list of ten million jsonl lines; not a checkpoint given by mistake, nor /dev/zero
 
+READ_CHUNK = 1 << 20
+
 # os.strerror's words would be right but vague where a user mistyped a path.
 _OS_PROBLEMS = {errno.ENOENT: "no such file or directory", errno.ELOOP: "a symbolic link loop",
                 errno.ENAMETOOLONG: "file name too long (a path component over 255 bytes)",
@@ -86,11 +88,15 @@ def open_file(path, what: str, max_bytes: int | None = None) -> int:
 def read_text(path, what: str, max_bytes: int) -> str:
     """A text file read whole, bounded; UTF-8 with or without a byte-order mark."""
     fd = open_file(path, what, max_bytes)
+    chunks, size = [], 0
     try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(max_bytes + 1)
+        with os.fdopen(fd, "rb") as f:  # in chunks: f.read(max_bytes + 1) would allocate all of max_bytes
+            while size <= max_bytes and (chunk := f.read(min(READ_CHUNK, max_bytes + 1 - size))):
+                chunks.append(chunk)
+                size += len(chunk)
     except OSError as err:
         raise FileError(path, f"cannot read: {os_problem(err)}") from None
+    data = b"".join(chunks)
     if len(data) > max_bytes:  # it grew since the check
         raise FileError(path, f"more than {_a(what)} may be ({max_bytes / 2**20:.0f} MiB)")
     try:
