@@ -85,8 +85,8 @@ def open_file(path, what: str, max_bytes: int | None = None) -> int:
     return fd
 
 
-def read_text(path, what: str, max_bytes: int) -> str:
-    """A text file read whole, bounded; UTF-8 with or without a byte-order mark."""
+def read_bytes(path, what: str, max_bytes: int) -> bytes:
+    """A regular file read whole, at most max_bytes."""
     fd = open_file(path, what, max_bytes)
     chunks, size = [], 0
     try:
@@ -96,9 +96,14 @@ def read_text(path, what: str, max_bytes: int) -> str:
                 size += len(chunk)
     except OSError as err:
         raise FileError(path, f"cannot read: {os_problem(err)}") from None
-    data = b"".join(chunks)
-    if len(data) > max_bytes:  # it grew since the check
+    if size > max_bytes:  # it grew since the check
         raise FileError(path, f"more than {_a(what)} may be ({max_bytes / 2**20:.0f} MiB)")
+    return b"".join(chunks)
+
+
+def read_text(path, what: str, max_bytes: int) -> str:
+    """A text file read whole, bounded; UTF-8 with or without a byte-order mark."""
+    data = read_bytes(path, what, max_bytes)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
