@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 from conftest import FIXTURE_A  # noqa: E402
 from osum_min.audio import AudioError, load_audio  # noqa: E402
 from osum_min.data_formats import DataError, read_data_list  # noqa: E402
-from osum_min.inputs import collect_inputs, load_item  # noqa: E402
+from osum_min.inputs import collect_inputs  # noqa: E402
 from osum_min.model import OSUMConfig  # noqa: E402
 from osum_min.original import read_original_config  # noqa: E402
 
@@ -107,7 +107,10 @@ def test_random_lists_are_items_or_one_line(lines, bom):
     items = check_outcome(lambda: collect_inputs([str(listing)]), DataError, listing)
     event(f"{len(items)} items" if isinstance(items, list) else "list refused")
     for item in items if isinstance(items, list) else []:
-        check_outcome(lambda: load_item(item), AudioError, "")  # the item's own path or list line leads its message
+        if item.problem is not None:  # a line that names no file: reported as that item's error
+            assert "\n" not in item.problem and item.path.startswith(f"{listing}:")
+        else:
+            check_outcome(lambda: load_audio(item.path), AudioError, "")  # its message starts with its path
     check_outcome(lambda: read_data_list(listing), DataError, listing)
 
 

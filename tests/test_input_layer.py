@@ -22,7 +22,7 @@ from osum_min.audio import AudioError, load_audio, log_mel
 from osum_min.checkpoints import save_checkpoint
 from osum_min.data_formats import DataError, read_data_list
 from osum_min.files import FileError, open_file
-from osum_min.inputs import collect_inputs, load_item
+from osum_min.inputs import collect_inputs
 from osum_min.model import OSUMConfig
 from osum_min.training import TrainingError
 
@@ -133,7 +133,7 @@ def test_a_name_over_255_bytes_is_that_items_error(fixture_weights, tmp_path):
     assert [item.path for item in items] == [str(AUDIO), str(tmp_path / LONG_NAME), str(tmp_path / LONG_NAME)]
     for item in items[1:]:
         with pytest.raises(AudioError, match="file name too long"):
-            load_item(item)
+            load_audio(item.path)
     done = infer_subprocess(fixture_weights, listing)
     assert done.returncode == 1 and len(done.stdout.splitlines()) == 1
     assert len(one_error_line(done.stderr)) == 1 and "file name too long" in done.stderr
