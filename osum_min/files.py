@@ -1,8 +1,8 @@
 """Where a path becomes an input (audio, list, config, checkpoint) or a written file: one rule for all of them.
 
-An input must be a regular file (or a directory where one is expected): a FIFO, a device or a socket would block
-a read or never end it. Files are opened without blocking and checked again on the open descriptor, so a file
-swapped for a FIFO between the check and the open is refused too. Text read whole is bounded in size and decoded
+An input must be a regular file (folders are walked by their readers): a FIFO, a device or a socket would block a
+read or never end it. Files are opened without blocking and checked again on the open descriptor, so a file swapped
+for a FIFO between the check and the open is refused too. Text read whole is bounded in size and decoded
 as UTF-8 with or without a byte-order mark; JSON nested past Python's recursion limit is one more bad input.
 Every failure, whatever exception the layer below raises, is a FileError: one line naming the path and the problem.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KB; tokenizer.json 7 MB
 MAX_LIST_BYTES = 1 << 30  # a list of ten million jsonl lines; not a checkpoint given by mistake, nor /dev/zero
 
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 20  # read_bytes' step: memory follows the file, not the bound
 
 # os.strerror's words would be right but vague where a user mistyped a path.
 _OS_PROBLEMS = {errno.ENOENT: "no such file or directory", errno.ELOOP: "a symbolic link loop",
@@ -48,22 +48,20 @@ def os_problem(err: OSError) -> str:
     return _OS_PROBLEMS.get(err.errno) or err.strerror or type(err).__name__
 
 
-def _kind_problem(mode: int, what: str, directory: bool) -> str | None:
-    if directory:
-        return None if stat.S_ISDIR(mode) else f"not a directory; expected {_a(what)}"
+def _kind_problem(mode: int, what: str) -> str | None:
     if stat.S_ISDIR(mode):
         return f"is a directory, not {_a(what)}"
     return next((f"{kind}, not {_a(what)}" for test, kind in _KINDS if test(mode)), None)
 
 
-def check_file(path, what: str, directory: bool = False) -> os.stat_result:
-    """The path's stat when it is a regular file (a directory with directory=True); else FileError saying what it
-    is: missing, a directory, a FIFO, a device, a symbolic link loop, a name too long, ..."""
+def check_file(path, what: str) -> os.stat_result:
+    """The path's stat when it is a regular file; else FileError saying what it is: missing, a directory, a FIFO,
+    a device, a symbolic link loop, a name too long, ..."""
     try:
         info = os.stat(path)
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the name
         raise FileError(path, os_problem(err) if isinstance(err, OSError) else str(err)) from None
-    if problem := _kind_problem(info.st_mode, what, directory):
+    if problem := _kind_problem(info.st_mode, what):
         raise FileError(path, problem)
     return info
 
@@ -76,7 +74,7 @@ def open_file(path, what: str, max_bytes: int | None = None) -> int:
     except (OSError, ValueError) as err:
         raise FileError(path, os_problem(err) if isinstance(err, OSError) else str(err)) from None
     info = os.fstat(fd)
-    problem = _kind_problem(info.st_mode, what, False)  # swapped since check_file
+    problem = _kind_problem(info.st_mode, what)  # swapped since check_file
     if problem is None and max_bytes is not None and info.st_size > max_bytes:
         problem = f"{info.st_size / 2**20:.1f} MiB, more than {_a(what)} may be ({max_bytes / 2**20:.0f} MiB)"
     if problem:

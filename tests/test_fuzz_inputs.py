@@ -25,7 +25,10 @@ from osum_min.model import OSUMConfig  # noqa: E402
 from osum_min.original import read_original_config  # noqa: E402
 
 def fuzz(examples: int):
-    return settings(max_examples=examples, derandomize=True, deadline=5000, database=None, suppress_health_check=[HealthCheck.too_slow])
+    """The same `examples` cases every run, each within 5 s (a hang fails, it does not stall CI)."""
+    return settings(max_examples=examples, derandomize=True, deadline=5000, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
 
 MAX_PEAK_BYTES = 64 * 2**20  # a 4 KB input never needs more, whatever its header promises
 WORK = Path(tempfile.mkdtemp(prefix="osum_fuzz_"))  # hypothesis reruns examples: a folder outside tmp_path

@@ -20,7 +20,7 @@ from conftest import FIXTURE_A
 from osum_min import files
 from osum_min.audio import AudioError, load_audio, log_mel
 from osum_min.checkpoints import save_checkpoint
-from osum_min.data_formats import DataError, read_data_list
+from osum_min.data_formats import DataError, read_data_list, read_samples
 from osum_min.files import FileError, open_file
 from osum_min.inputs import collect_inputs
 from osum_min.model import OSUMConfig
@@ -179,6 +179,11 @@ def test_samples_far_beyond_full_scale_are_refused_not_decoded_as_zeros(fixture_
         load_audio(tmp_path / "loud.wav")
     done = infer_subprocess(fixture_weights, tmp_path / "loud.wav")  # printed `0 0 0 0`, exit 0, before
     assert done.returncode == 2 and done.stdout == "" and "samples up to 1e+18" in done.stderr
+    skipped = []  # training: the clip is skipped and counted, not a NaN loss that skips its whole batch
+    assert list(read_samples([{"key": "loud", "wav": str(tmp_path / "loud.wav")}], lambda *s: skipped.append(s))) == []
+    assert [(key, str(problem)) for key, _, problem in skipped] == [("loud", str(AudioError(
+        tmp_path / "loud.wav", "samples up to 1e+18, not audio (full scale is 1; beyond 1e+12 the log-mel features "
+                               "overflow)")))]
     with pytest.raises(AudioError, match="^clip: its log-mel features are not finite"):
         log_mel(torch.from_numpy(1e18 * np.sin(2 * np.pi * 440 * t)).float(), "clip")
 
