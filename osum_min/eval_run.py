@@ -7,6 +7,7 @@ last line, and decodes only the rest. At the end the records are rewritten in th
 interrupted run ends with the files of an uninterrupted one. Records hold no timings for that reason.
 """
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -119,6 +120,8 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, prompt_
                 record = Record(subset.name, utterance.key, reference, error=str(answer.error)) if answer.error else \
                     Record(subset.name, utterance.key, reference,
                            scored_hypothesis(answer.result, answer.decoded.ids, subset))
+                if record.error:
+                    print(f"eval.py: skipped {record.error}", file=sys.stderr)
                 sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
                 sink.flush()
                 progress.update()
