@@ -1,7 +1,7 @@
 """WER/CER and label accuracy on hand-made cases whose answers are counted by hand."""
 import pytest
 
-from osum_min.scoring import Edits, Scorer, edit_distance, scoring_units
+from osum_min.scoring import Edits, Scorer, edit_distance, osum_tokens
 from osum_min.tasks import TASKS, parse
 
 
@@ -18,19 +18,23 @@ def test_edit_distance(reference, hypothesis, edits):
     assert edit_distance(reference.split(), hypothesis.split()) == edits
 
 
-def test_units_split_mixed_scripts():
-    assert scoring_units("我爱python编程, don't stop!") == ["我", "爱", "python", "编", "程", "don't", "stop"]
-    assert scoring_units("Hello,   world.") == ["Hello", "world"]
+def test_units_split_mixed_scripts_as_compute_wer():
+    """compute-wer.py --char=1: CJK characters one by one, Latin runs upper-cased and kept with their ASCII
+    punctuation, a token-initial `!,?` and CJK punctuation dropped, tags stripped; compute-cer.py spells alphanumerics."""
+    assert osum_tokens("我爱python编程, don't stop!") == ["我", "爱", "PYTHON", "编", "程", "DON'T", "STOP!"]
+    assert osum_tokens("Hello,   world. <unk>你好。") == ["HELLO,", "WORLD.", "你", "好"]
+    assert osum_tokens("42nd 街", split_alnum=True) == ["4", "2", "N", "D", "街"]
 
 
 def test_wer_english_with_normalisation():
     scorer = Scorer(TASKS["asr"])
-    scorer.add("The cat sat on the mat.", parse(TASKS["asr"], "the cat sat on a mat"))  # 1 sub / 6
+    # compute-wer.py keeps the full stop of `mat.`: the->a and mat.->mat are 2 sub / 6
+    scorer.add("The cat sat on the mat.", parse(TASKS["asr"], "the cat sat on a mat"))
     scorer.add("Hello world", parse(TASKS["asr"], "HELLO big world"))  # 1 ins / 2 (case is normalised away)
     summary = scorer.summary()
     assert scorer.metric == "wer"
-    assert (summary["substitutions"], summary["deletions"], summary["insertions"]) == (1, 0, 1)
-    assert summary["reference_units"] == 8 and summary["wer"] == pytest.approx(25.0)
+    assert (summary["substitutions"], summary["deletions"], summary["insertions"]) == (2, 0, 1)
+    assert summary["reference_units"] == 8 and summary["wer"] == pytest.approx(37.5)
 
 
 def test_cer_mixed_mandarin_english():
