@@ -59,7 +59,10 @@ def run(args) -> int:
     out = args.out or Path("runs") / args.bench
     out.mkdir(parents=True, exist_ok=True)
     device = ranks.start(args.device)
-    model = load_for_inference(weights, tokenizer, device=device)
+    try:
+        model = load_for_inference(weights, tokenizer, device=device)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise LayoutError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
     flags = {"num_beams": args.beams, "max_new_tokens": args.max_new_tokens}
     config = replace(DEFAULT_DECODING, eos_token_id=model.config.eod_id,
                      **{k: v for k, v in flags.items() if v is not None})
@@ -83,6 +86,9 @@ def main(argv=None) -> int:
     except LayoutError as err:
         print(f"eval.py: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("eval.py: interrupted: the same command resumes where this run stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
