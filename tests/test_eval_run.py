@@ -260,3 +260,25 @@ def test_weights_without_a_tokenizer_are_refused(capsys, fixture_weights, tmp_pa
     data, _ = librispeech(tmp_path / "data")
     code, _, err = run(capsys, "librispeech", data, fixture_weights, tmp_path / "out")
     assert code == 2 and "tokenizer" in err
+
+
+def test_torchrun_two_ranks_write_the_files_of_one_process(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+    """Each rank appends its share to its own records file; rank 0 merges them into the files one process writes."""
+    import socket
+    import subprocess
+    import sys
+
+    data, _ = wenet(tmp_path / "data")
+    assert run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "one", "--batch-size", "1")[0] == 0
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(port), str(ROOT / "eval.py"), "run", "wenet", str(data),
+                          "--weights", str(weights_with_tokenizer), "--out", str(tmp_path / "two"), *FAST,
+                          "--batch-size", "1"], capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == \
+        ["hyp.txt", "records.jsonl", "ref.txt", "results.json", "results.md"]
+    for name in ("records.jsonl", "hyp.txt", "ref.txt", "results.json", "results.md"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
