@@ -279,4 +279,7 @@ def read_benchmark(bench: str, data: Path, **overrides) -> list[Subset]:
     if not any(subset.utterances for subset in subsets):
         raise LayoutError(f"{data}: the {bench} layout is there but names no utterance")
     given = {name: value for name, value in overrides.items() if value is not None}
+    if "prompt" in given:  # the flag's prompt, not each line's own
+        for subset in subsets:
+            subset.utterances = [replace(u, prompt=None) for u in subset.utterances]
     return [replace(subset, defaults=replace(subset.defaults, **given)) for subset in subsets]

@@ -146,8 +146,9 @@ def finish(bench: str, subsets: list[Subset], out: Path, limit=None) -> dict:
     for path in out.glob("records.rank*.jsonl"):  # now in records.jsonl
         path.unlink()
     by_subset = {s.name: s for s in subsets}
-    (out / "ref.txt").write_text("".join(f"{r.key} {r.ref}\n" for r in ordered), encoding="utf-8")
-    (out / "hyp.txt").write_text("".join(f"{r.key} {r.hyp}\n" for r in ordered if r.error is None), encoding="utf-8")
+    (out / "ref.txt").write_text("".join(f"{r.key} {one_line(r.ref)}\n" for r in ordered), encoding="utf-8")
+    (out / "hyp.txt").write_text("".join(f"{r.key} {one_line(r.hyp)}\n" for r in ordered if r.error is None),
+                                 encoding="utf-8")
     published, rows = published_rows(bench), []
     for name in dict.fromkeys(r.subset for r in ordered):
         mine = [r for r in ordered if r.subset == name]
@@ -165,6 +166,11 @@ def finish(bench: str, subsets: list[Subset], out: Path, limit=None) -> dict:
     return results
 
 
+def one_line(text: str) -> str:
+    """A text on one `key text` line: line breaks and runs of spaces as one space (no scorer counts spacing)."""
+    return " ".join(text.split())
+
+
 def table(rows: list[dict]) -> str:
     """The seed's table shape: task, dataset, metric, ours, and the published OSUM and Qwen2-Audio figures."""
     lines = ["| task | dataset | metric | ours | OSUM (published) | Qwen2-Audio (published) | utterances | failed |",
@@ -172,7 +178,8 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         ours = "–" if row["value"] is None else f"{row['value']:.2f}"
         published = row["published"]
-        lines.append(f"| {row['prompt'] and 'prompt' or row['task']} | {row['bench']} {row['subset']} | "
+        task = published.get("task", "prompt") if row["prompt"] else row["task"]  # covost2: s2tt by its prompt
+        lines.append(f"| {task} | {row['bench']} {row['subset']} | "
                      f"{row['metric']} ({row['protocol']}) | {ours} | {published.get('osum', '–')} | "
                      f"{published.get('qwen2_audio', '–')} | {row['utterances']} | {len(row['failed'])} |")
     return "\n".join(lines) + "\n\nPublished figures: osum_min/published.json (its `sources`).\n"
