@@ -1,7 +1,10 @@
 """WER/CER and label accuracy on hand-made cases whose answers are counted by hand."""
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from osum_min.scoring import Edits, Scorer, edit_distance, osum_tokens
+from osum_min.scoring import Edits, Scorer, alignment_counts, edit_distance, osum_tokens
 from osum_min.tasks import TASKS, parse
 
 
@@ -62,3 +65,48 @@ def test_style_references_are_mapped_to_classes():
     scorer = Scorer(TASKS["ssr"])
     scorer.add("从前 <小说>", parse(TASKS["ssr"], "从前<有声书>"))  # raw corpus style 小说 -> class 有声书
     assert scorer.summary()["style_accuracy"] == 100.0
+
+
+def reference_alignment(reference: list[str], hypothesis: list[str]) -> list[tuple[str, str]]:
+    """compute-wer.py's alignment restated cell by cell in plain Python (the oracle for the numpy engine, and the
+    pure-Python speed reference of bench/score.py): costs 1/1/1, a cell takes deletion, then insertion, then the
+    diagonal, each only when strictly cheaper; the path is read back from the last cell. Returns (operation, token):
+    C, S, D on the reference token, I on the hypothesis token."""
+    rows, cols = len(reference) + 1, len(hypothesis) + 1
+    dist = [[0] * cols for _ in range(rows)]
+    move = [["I"] * cols for _ in range(rows)]
+    for i in range(1, rows):
+        dist[i][0], move[i][0] = i, "D"
+    for j in range(cols):
+        dist[0][j] = j
+    for i in range(1, rows):
+        for j in range(1, cols):
+            best, how = dist[i - 1][j] + 1, "D"
+            if dist[i][j - 1] + 1 < best:
+                best, how = dist[i][j - 1] + 1, "I"
+            same = reference[i - 1] == hypothesis[j - 1]
+            if dist[i - 1][j - 1] + (not same) < best:
+                best, how = dist[i - 1][j - 1] + (not same), "C" if same else "S"
+            dist[i][j], move[i][j] = best, how
+    steps, i, j = [], rows - 1, cols - 1
+    while i or j:
+        how = move[i][j]
+        steps.append((how, hypothesis[j - 1] if how == "I" else reference[i - 1]))
+        i, j = i - (how != "I"), j - (how not in "D")
+    return steps[::-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcd"), max_size=9), min_size=1, max_size=6),
+       st.lists(st.lists(st.sampled_from("abcde"), max_size=9), min_size=6, max_size=6))
+def test_numpy_alignment_books_every_token_as_the_reference_alignment(references, hypotheses):
+    """Many pairs aligned together (tiny chunks too) book C/S/D/I per token exactly as the cell-by-cell rule does."""
+    hypotheses = hypotheses[:len(references)]
+    vocabulary = {unit: k for k, unit in enumerate("abcde")}
+    expected = np.zeros((5, 4), np.int64)
+    for reference, hypothesis in zip(references, hypotheses):
+        for how, token in reference_alignment(reference, hypothesis):
+            expected[vocabulary[token], "CSDI".index(how)] += 1
+    ids = [[[vocabulary[u] for u in units] for units in side] for side in (references, hypotheses)]
+    for cells in (4_000_000, 30):
+        assert (alignment_counts(ids[0], ids[1], 5, cells_per_chunk=cells) == expected).all()
