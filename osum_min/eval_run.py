@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import soundfile
+import torch.distributed as dist
 
 from . import ranks
 from .benchmarks import Subset, Utterance
@@ -50,25 +51,24 @@ def scored_reference(text: str, task: Task, subset: Subset) -> str:
     return text
 
 
-def scored_hypothesis(result: Result | None, ids: list[list[int]], subset: Subset) -> str:
-    """The hypothesis likewise: the first label, or the transcript (a tokenizer-less model: its ids)."""
-    if result is None:
-        return " | ".join(" ".join(map(str, window)) for window in ids)
+def scored_hypothesis(result: Result, subset: Subset) -> str:
+    """The hypothesis likewise: its first label, or its transcript."""
     if subset.defaults.metric == "acc":
         label = next(iter(result.labels.values()), "")
         return f"<{label}>" if subset.defaults.protocol == "osum" else label
     return result.transcript or ""
 
 
-def read_records(out: Path) -> dict[tuple[str, str], Record]:
+def read_records(out: Path, repair: bool = True) -> dict[tuple[str, str], Record]:
     """The records of earlier runs, by (subset, key), a decoded one before a failed one; a torn last line (a killed
-    run) is cut off its file."""
+    run) is ignored, and with `repair` cut off its file."""
     records = {}
     for path in sorted(out.glob("records*.jsonl")):
         data = path.read_bytes()
         if data and not data.endswith(b"\n"):
             data = data[:data.rfind(b"\n") + 1]
-            path.write_bytes(data)
+            if repair:
+                path.write_bytes(data)
         for line in data.decode("utf-8").splitlines():
             record = Record(**json.loads(line))
             if record.error is None or (record.subset, record.key) not in records:
@@ -85,7 +85,7 @@ def seconds(utterance: Utterance) -> float:
         return 0.0
 
 
-def request(subset: Subset, utterance: Utterance, config, prompt_ids) -> Request:
+def request(subset: Subset, utterance: Utterance, config) -> Request:
     """A path, or a segment's samples (WenetSpeech's opus files hold many utterances)."""
     audio, rate = utterance.audio, None
     if utterance.start is not None:
@@ -96,15 +96,23 @@ def request(subset: Subset, utterance: Utterance, config, prompt_ids) -> Request
             audio = audio.mean(axis=1)
         except Exception as err:  # noqa: BLE001  reported as this utterance's problem by the pipeline
             audio, rate = f"{utterance.audio} [{utterance.start}-{utterance.end} s]: {err}".encode(), None
-    return Request(audio, rate, task=subset_task(subset, utterance), prompt_ids=prompt_ids, config=config,
+    return Request(audio, rate, task=subset_task(subset, utterance), config=config,
                    name=f"{utterance.key} ({utterance.audio})")
 
 
-def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, prompt_ids=None, limit=None) -> int:
+def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=None) -> int:
     """Decode what earlier runs left (at most `limit` utterances of the set, counted from its start), this rank's
     share of it, appending a record per utterance. Returns how many this rank decoded."""
     rank, size, _ = ranks.world()
-    done = {key for key, record in read_records(out).items() if record.error is None}  # a failed clip: tried again
+    # A failed clip is tried again. Every rank reads the same records before any rank appends, so all agree on the
+    # shares; rank 0 alone cuts a torn last line, first.
+    if size > 1 and rank != 0:
+        dist.barrier()
+    done = {key for key, record in read_records(out, repair=rank == 0).items() if record.error is None}
+    if size > 1:
+        if rank == 0:
+            dist.barrier()
+        dist.barrier()
     wanted = [(s, u) for s in subsets for u in s.utterances][:limit]
     todo = [(s, u) for s, u in wanted if (s.name, u.key) not in done]
     share = [todo[i] for i in ranks.balanced_share([seconds(u) for _, u in todo], rank, size)]
@@ -113,13 +121,13 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, prompt_
     with open(out / name, "a", encoding="utf-8") as sink:
         for first in range(0, len(share), CHUNK):
             chunk = share[first:first + CHUNK]
-            requests = [request(s, u, config, prompt_ids) for s, u in chunk]
+            requests = [request(s, u, config) for s, u in chunk]
             for index, answer in pipeline.run(requests):
                 subset, utterance = chunk[index]
                 reference = scored_reference(utterance.reference, requests[index].task, subset)
                 record = Record(subset.name, utterance.key, reference, error=str(answer.error)) if answer.error else \
                     Record(subset.name, utterance.key, reference,
-                           scored_hypothesis(answer.result, answer.decoded.ids, subset))
+                           scored_hypothesis(answer.result, subset))
                 if record.error:
                     print(f"eval.py: skipped {record.error}", file=sys.stderr)
                 sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
