@@ -14,6 +14,7 @@ as a table and, last, one JSON line: `value` (a percentage, or the BLEU score) a
 records.jsonl, results.json and results.md in OUT (docs/evaluation.md, "Public test sets").
 """
 import argparse
+import importlib.util
 import json
 import sys
 from dataclasses import replace
@@ -144,6 +145,10 @@ def run_benchmark(args) -> int:
             raise LayoutError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     subsets = read_benchmark(args.bench, args.data, task=args.task, prompt=args.prompt, protocol=args.protocol,
                              metric=args.metric, language=args.language)
+    extras = [name for name in ("whisper", "zhconv", "sacrebleu") if importlib.util.find_spec(name) is None]
+    if extras and any(s.defaults.protocol == "qwen2-audio" or s.defaults.metric == "bleu" for s in subsets):
+        raise LayoutError(f"the qwen2-audio protocol and BLEU need the [eval] extra (pip install -e '.[eval]'): "
+                          f"{', '.join(extras)} missing")
     weights = Path(args.weights)
     tokenizer = tokenizer_or_none(weights) if (weights / "config.json").is_file() else None
     if tokenizer is None:

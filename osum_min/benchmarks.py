@@ -211,8 +211,13 @@ def vocalsound(root: Path) -> list[Subset]:
     return [Subset("test", Defaults(task="ved", metric="acc"), utterances)]
 
 
-def source_defaults(source: str) -> Defaults:
-    """How Qwen2-Audio's evaluation scores a `source` of its jsonl (eval_audio/EVALUATION.md)."""
+LANGUAGE_TOKEN = re.compile(r"(?:^|_)(en|zh|yue|fr|de|ja|es|it)(?:_|$)")
+
+
+def source_defaults(source: str, list_name: str) -> Defaults:
+    """How Qwen2-Audio's eval_audio scripts score a `source` of the list `list_name` (`cv15_asr_en_eval`, ...): the
+    language is the list's (its ds_collections), BLEU for CoVoST2 (zh tokens for a Chinese target), exact match for
+    MELD and VocalSound."""
     name = source.lower()
     if "covost" in name:
         target = name.rsplit("_", 1)[-1].split("-")[0]
@@ -220,14 +225,16 @@ def source_defaults(source: str) -> Defaults:
                         bleu_tokenize="zh" if target == "zh" else "13a")
     if "meld" in name or "vocalsound" in name:
         return Defaults(metric="acc", protocol="qwen2-audio")
-    language = next((code for marker, code in (("librispeech", "en"), ("aishell", "zh"), ("wenetspeech", "zh"))
-                     if marker in name), name.rsplit("_", 1)[-1])
+    both = f"{list_name} {name}".lower()
+    token = LANGUAGE_TOKEN.search(list_name.lower()) or LANGUAGE_TOKEN.search(name)
+    language = "en" if "librispeech" in both else "zh" if "aishell" in both else token.group(1) if token else None
     return Defaults(protocol="qwen2-audio", language=language)
 
 
 def qwen2_audio_jsonl(path: Path) -> list[Subset]:
-    """Qwen2-Audio's eval jsonl: `{"audio", "prompt", "source", "gt"}` a line (audio relative to the list), each
-    line decoded with its own prompt and scored per `source`."""
+    """Qwen2-Audio's eval jsonl (eval_audio/evaluate_*.py): `{"audio", "prompt", "source", "gt"}` a line (audio
+    relative to the list), each line decoded with its own prompt (Qwen's scripts put the audio tokens before it; a
+    prompt that carries them has them removed) and scored per `source`."""
     subsets = {}
     for number, line in enumerate(_lines(path), 1):
         try:
@@ -236,7 +243,7 @@ def qwen2_audio_jsonl(path: Path) -> list[Subset]:
         except (json.JSONDecodeError, KeyError, TypeError):
             raise LayoutError(f"{path}:{number}: not a Qwen2-Audio eval line {{\"audio\", \"prompt\", \"source\", "
                               f"\"gt\"}}") from None
-        subset = subsets.setdefault(source, Subset(source, source_defaults(source)))
+        subset = subsets.setdefault(source, Subset(source, source_defaults(source, path.stem)))
         subset.utterances.append(Utterance(f"{source}-{number:06d}", str(path.parent / audio), reference,
                                            prompt=QWEN2_AUDIO_PROMPT.sub("", prompt)))
     return list(subsets.values())
@@ -282,4 +289,9 @@ def read_benchmark(bench: str, data: Path, **overrides) -> list[Subset]:
     if "prompt" in given:  # the flag's prompt, not each line's own
         for subset in subsets:
             subset.utterances = [replace(u, prompt=None) for u in subset.utterances]
-    return [replace(subset, defaults=replace(subset.defaults, **given)) for subset in subsets]
+    subsets = [replace(subset, defaults=replace(subset.defaults, **given)) for subset in subsets]
+    for subset in subsets:
+        if subset.defaults.protocol == "qwen2-audio" and subset.defaults.metric == "wer" and not subset.defaults.language:
+            raise LayoutError(f"{data}: {subset.name}: the qwen2-audio protocol's normaliser follows the language, "
+                              f"and none is known for it: pass --language (en, zh, yue, fr, ...)")
+    return subsets

@@ -227,6 +227,27 @@ def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
 
+def test_ctrl_c_then_the_same_command_finishes_the_run(capsys, weights_with_tokenizer, tmp_path, monkeypatch):  # noqa: F811
+    data, expected = aishell1(tmp_path / "data")
+    assert run(capsys, "aishell1", data, weights_with_tokenizer, tmp_path / "whole", "--batch-size", "1")[0] == 0
+    original_run = eval_run.Pipeline.run
+
+    def interrupted_run(self, requests, *args, **kwargs):
+        for index, answer in original_run(self, requests, *args, **kwargs):
+            yield index, answer
+            raise KeyboardInterrupt  # after the first utterance's record is written
+
+    monkeypatch.setattr(eval_run.Pipeline, "run", interrupted_run)
+    out = tmp_path / "resumed"
+    code, _, err = run(capsys, "aishell1", data, weights_with_tokenizer, out, "--batch-size", "1")
+    assert code == 130 and "resumes" in err and len(records(out)) == 1 and not (out / "results.json").exists()
+    monkeypatch.setattr(eval_run.Pipeline, "run", original_run)
+    assert run(capsys, "aishell1", data, weights_with_tokenizer, out, "--batch-size", "1")[0] == 0
+    assert len(records(out)) == len(expected)
+    for name in ("records.jsonl", "hyp.txt", "ref.txt", "results.json", "results.md"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
 def test_a_missing_clip_is_reported_and_counted_and_the_rest_is_decoded(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
     data, expected = librispeech(tmp_path / "data")
     (data / "1089/134686/1089-134686-0001.flac").unlink()
@@ -254,6 +275,17 @@ def test_a_transcript_file_of_the_wrong_shape_is_refused(capsys, weights_with_to
     text(data / "test.tsv", "client_id\tfile\tsentence\n")
     code, _, err = run(capsys, "commonvoice", data, weights_with_tokenizer, tmp_path / "out")
     assert code == 2 and "test.tsv" in err and "path" in err
+
+
+def test_a_qwen2_audio_list_without_a_known_language_asks_for_one(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+    write(tmp_path / "a.wav", 0)
+    text(tmp_path / "eval.jsonl", json.dumps({"audio": "a.wav", "prompt": "Transcribe:", "source": "mystery",
+                                              "gt": "hello"}) + "\n")
+    code, _, err = run(capsys, "qwen2-audio", tmp_path / "eval.jsonl", weights_with_tokenizer, tmp_path / "out")
+    assert code == 2 and "mystery" in err and "--language" in err
+    code, _, err = run(capsys, "qwen2-audio", tmp_path / "eval.jsonl", weights_with_tokenizer, tmp_path / "out",
+                       "--language", "en")
+    assert code == 0, err
 
 
 def test_weights_without_a_tokenizer_are_refused(capsys, fixture_weights, tmp_path):
