@@ -60,8 +60,12 @@ def _token_pattern() -> re.Pattern:
     letters = _char_class([code for code, cat in enumerate(categories) if cat == "Lo"])
     skipped = _char_class(sorted({code for code, cat in enumerate(categories) if cat in ("Zs", "Cn")}
                                  | {ord(c) for c in _PUNCTS + _SPACES}))
-    ascii_run = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x21-\x7f]"  # ASCII less compute-wer.py's four spaces
-    return re.compile(f"[{letters}]|<(?:(?!>){ascii_run})*>?|[^{skipped}{letters}<]{ascii_run}*")
+    ascii_run = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x21-\x7f]*"  # ASCII less compute-wer.py's four spaces
+    # ASCII starts first, and the big non-ASCII classes only behind a cheap look-ahead: re tests code points
+    # beyond U+FFFF of a class one range at a time, so a space tried against them would cost hundreds of tests.
+    return re.compile(f"<[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x21-\\x3d\\x3f-\\x7f]*>?"
+                      f"|[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x22-\\x2b\\x2d-\\x3b\\x3d-\\x3e\\x40-\\x7f]{ascii_run}"
+                      f"|(?=[^\\x00-\\x7f])(?:[{letters}]|[^{skipped}{letters}]{ascii_run})")
 
 
 def osum_tokens(text: str, split_alnum: bool = False) -> list[str]:
@@ -95,24 +99,31 @@ def default_cluster(word: str) -> str:
 def alignment_counts(references: list[list[int]], hypotheses: list[list[int]], vocabulary: int,
                      cells_per_chunk: int = 4_000_000) -> np.ndarray:
     """(vocabulary, 4) counts of correct, substituted, deleted, inserted per token id, over every pair, booked as
-    compute-wer.py books them. Pairs of similar length are aligned together in numpy: the distance table row by row
-    (a row's insertions are a running minimum), then every pair's path back from its last cell at once."""
-    codes = []
-    order = sorted(range(len(references)), key=lambda k: max(len(references[k]), len(hypotheses[k])))
-    start = 0
+    compute-wer.py books them."""
+    lengths = [len(units) for units in references + hypotheses]
+    flat = np.fromiter((unit for units in references + hypotheses for unit in units), np.int64, sum(lengths))
+    starts = np.cumsum([0] + lengths[:-1], dtype=np.int64)
+    lengths, pairs = np.array(lengths, np.int64), len(references)
+    return _counts(flat, (starts[:pairs], lengths[:pairs]), (starts[pairs:], lengths[pairs:]), vocabulary,
+                   cells_per_chunk)
+
+
+def _counts(flat: np.ndarray, references, hypotheses, vocabulary: int, cells_per_chunk: int = 4_000_000):
+    """alignment_counts on token ids laid end to end: `references` and `hypotheses` are (starts, lengths) into
+    `flat`. Pairs of similar length are aligned together in numpy: the distance table row by row (a row's insertions
+    are a running minimum), then every pair's path back from its last cell at once."""
+    longest = np.maximum(references[1], hypotheses[1])
+    order = np.argsort(longest, kind="stable")
+    codes, start = [np.zeros(0, np.int64)], 0
     while start < len(order):
-        stop, rows, cols = start, 0, 0
-        while stop < len(order):
-            k = order[stop]
-            r, c = max(rows, len(references[k])), max(cols, len(hypotheses[k]))
-            if stop > start and (stop - start + 1) * (r + 1) * (c + 1) > cells_per_chunk:
-                break
-            rows, cols, stop = r, c, stop + 1
-        codes.append(_align_chunk([references[k] for k in order[start:stop]],
-                                  [hypotheses[k] for k in order[start:stop]], rows, cols))
+        stop = start + max(1, cells_per_chunk // (int(longest[order[start]]) + 1) ** 2)
+        stop = min(len(order), start + max(1, cells_per_chunk // (int(longest[order[min(stop, len(order)) - 1]])
+                                                                  + 1) ** 2))
+        chunk = order[start:stop]
+        codes.append(_align_chunk(flat, references[0][chunk], references[1][chunk], hypotheses[0][chunk],
+                                  hypotheses[1][chunk]))
         start = stop
-    codes = np.concatenate(codes) if codes else np.zeros(0, np.int64)
-    return np.bincount(codes, minlength=4 * vocabulary).reshape(vocabulary, 4)
+    return np.bincount(np.concatenate(codes), minlength=4 * vocabulary).reshape(vocabulary, 4)
 
 
 @dataclass
@@ -126,33 +137,37 @@ class Edits:
         return self.substitutions + self.deletions + self.insertions
 
 
+def _total_counts(references: list[list[str]], hypotheses: list[list[str]]) -> np.ndarray:
+    """Correct, substituted, deleted, inserted over all pairs of string units."""
+    vocabulary = {}
+    ids = [[vocabulary.setdefault(unit, len(vocabulary)) for unit in units] for units in references + hypotheses]
+    return alignment_counts(ids[:len(references)], ids[len(references):], len(vocabulary)).sum(axis=0)
+
+
 def edit_distance(reference: list[str], hypothesis: list[str]) -> Edits:
     """One pair's substitutions, deletions and insertions, ties broken as compute-wer.py breaks them."""
-    vocabulary = {}
-    ids = [[vocabulary.setdefault(unit, len(vocabulary)) for unit in units] for units in (reference, hypothesis)]
-    _, subs, dels, ins = (int(x) for x in alignment_counts([ids[0]], [ids[1]], len(vocabulary)).sum(axis=0))
+    _, subs, dels, ins = (int(x) for x in _total_counts([reference], [hypothesis]))
     return Edits(subs, dels, ins)
 
 
-def _padded(sequences: list[list[int]], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
-    out = np.full((len(sequences), width), pad, np.int64)  # (P, width)
-    out[np.arange(width) < lengths[:, None]] = np.fromiter(
-        (unit for sequence in sequences for unit in sequence), np.int64, int(lengths.sum()))
-    return out, lengths
+def _padded(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad: int) -> np.ndarray:
+    span = np.arange(max(int(lengths.max()), 1))
+    taken = flat[np.minimum(starts[:, None] + span, len(flat) - 1)] if len(flat) else 0
+    return np.where(span < lengths[:, None], taken, pad)  # (P, longest)
 
 
-def _align_chunk(references, hypotheses, rows: int, cols: int) -> np.ndarray:
+def _align_chunk(flat, ref_starts, i, hyp_starts, j) -> np.ndarray:
     """token id * 4 + operation (0 correct, 1 substitution, 2 deletion, 3 insertion) for every step of every pair."""
-    ref, i = _padded(references, max(rows, 1), -1)  # (P, N); padding never equals a token or the other padding
-    hyp, j = _padded(hypotheses, max(cols, 1), -2)  # (P, M)
-    pairs, span = np.arange(len(references)), np.arange(cols + 1)
-    dist = np.empty((len(references), rows + 1, cols + 1), np.int32)  # (P, N+1, M+1)
+    ref = _padded(flat, ref_starts, i, -1)  # (P, N); padding never equals a token or the other padding
+    hyp = _padded(flat, hyp_starts, j, -2)  # (P, M)
+    rows, cols = int(i.max()), int(j.max())
+    pairs, span = np.arange(len(i)), np.arange(cols + 1)
+    dist = np.empty((len(i), rows + 1, cols + 1), np.int32)  # (P, N+1, M+1)
     dist[:, 0, :] = span
     for row in range(1, rows + 1):
         previous = dist[:, row - 1, :]
         best = np.minimum(previous[:, :-1] + (ref[:, row - 1:row] != hyp[:, :cols]), previous[:, 1:] + 1)
-        best = np.concatenate([np.full((len(references), 1), row, np.int32), best], axis=1)  # (P, M+1)
+        best = np.concatenate([np.full((len(i), 1), row, np.int32), best], axis=1)  # (P, M+1)
         dist[:, row, :] = np.minimum.accumulate(best - span, axis=1) + span
     steps = []
     for _ in range(rows + cols):
@@ -183,12 +198,16 @@ def osum_error_rate(refs: dict[str, str], hyps: dict[str, str], split_alnum: boo
     """compute-wer.py --char=1 (`split_alnum`: compute-cer.py): keys of both files only, in the reference's order.
     Overall counts at the top level, then one line per script class in the order the original prints them."""
     keys = [key for key in refs if key in hyps]
-    vocabulary, ref_ids, hyp_ids = {}, [], []
+    words, lengths = [], []  # per utterance its hypothesis then its reference: the order the original meets words
     for key in keys:
-        lab, rec = osum_tokens(refs[key], split_alnum), osum_tokens(hyps[key], split_alnum)
-        hyp_ids.append([vocabulary.setdefault(w, len(vocabulary)) for w in rec])
-        ref_ids.append([vocabulary.setdefault(w, len(vocabulary)) for w in lab])
-    counts = alignment_counts(ref_ids, hyp_ids, len(vocabulary))
+        rec, lab = osum_tokens(hyps[key], split_alnum), osum_tokens(refs[key], split_alnum)
+        words += rec
+        words += lab
+        lengths += (len(rec), len(lab))
+    vocabulary = {word: index for index, word in enumerate(dict.fromkeys(words))}
+    flat = np.fromiter(map(vocabulary.__getitem__, words), np.int64, len(words))
+    starts, lengths = np.cumsum([0] + lengths[:-1], dtype=np.int64), np.array(lengths, np.int64)
+    counts = _counts(flat, (starts[1::2], lengths[1::2]), (starts[0::2], lengths[0::2]), len(vocabulary))
     clusters = {}
     for word, index in vocabulary.items():  # insertion order: the order the original first meets each class
         clusters.setdefault(default_cluster(word), []).append(index)
@@ -252,10 +271,7 @@ def score_texts(refs: dict[str, str], hyps: dict[str, str], protocol: str = "osu
         raise ValueError("qwen2-audio's wer needs a language (en, zh, yue, fr, ...): its normaliser follows it")
     ref_units, hyp_units = normalizers.qwen2_audio_units([refs[k] for k in refs], [hyps.get(k, "") for k in refs],
                                                          language)
-    vocabulary = {}
-    encode = lambda units: [vocabulary.setdefault(u, len(vocabulary)) for u in units]  # noqa: E731
-    counts = alignment_counts([encode(u) for u in ref_units], [encode(u) for u in hyp_units], len(vocabulary))
-    overall = _line(counts.sum(axis=0))
+    overall = _line(_total_counts(ref_units, hyp_units))
     return {**head, "language": language, "value": overall.pop("percent"), **overall, "utterances": len(refs)}
 
 

@@ -3,6 +3,7 @@ tests/fixtures/scoring (a copy of shared/osum_reference/scoring, whose README sa
 OSUM's compute-wer.py --char=1, compute-cer.py and compute-acc.py as percentages to 0.01 with N, C, S, D, I exact;
 Qwen2-Audio's compute_wer as a fraction to 1e-6; sacrebleu's BLEU to 0.01."""
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,25 @@ def test_scorer_of_infer_and_training_gives_the_same_figure(pair):
     assert summary[scorer.metric] == pytest.approx(expected["percent"], abs=1e-9)
     assert (summary["reference_units"], summary["substitutions"], summary["deletions"], summary["insertions"]) == (
         expected["N"], expected["S"], expected["D"], expected["I"])
+
+
+@pytest.mark.parametrize("language", ["en", "zh", "yue", "fr"])
+def test_scorer_with_the_qwen2_audio_protocol_gives_its_figure(language):
+    """Scorer(protocol='qwen2-audio'): the given language's normaliser; without one, CJK references mean `zh`."""
+    for module in ("whisper", "zhconv", "sacrebleu"):
+        pytest.importorskip(module, reason="the [eval] extra")
+    from osum_min.scoring import Scorer
+    from osum_min.tasks import TASKS, parse
+    refs, hyps = qwen_rows(f"qwen2_audio_asr_{language}.jsonl")
+    for given in {language, None} if language in ("en", "zh") else {language}:
+        scorer = Scorer(TASKS["asr"], protocol="qwen2-audio", language=given)
+        for key in refs:
+            scorer.add(refs[key], parse(TASKS["asr"], hyps[key]))
+        assert scorer.summary()[scorer.metric] == pytest.approx(100 * FIGURES["qwen2_audio"][f"wer_{language}"],
+                                                                abs=0.005)
+
+
+def test_missing_eval_extra_is_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # as if the [eval] extra were not installed
+    code, out = run_score(capsys, FIXTURES / "en.ref", FIXTURES / "en.hyp", "--metric", "bleu")
+    assert code == 2 and len(out) == 1 and "[eval]" in out[0]

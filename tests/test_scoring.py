@@ -1,4 +1,6 @@
 """WER/CER and label accuracy on hand-made cases whose answers are counted by hand."""
+import unicodedata
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -110,3 +112,44 @@ def test_numpy_alignment_books_every_token_as_the_reference_alignment(references
     ids = [[[vocabulary[u] for u in units] for units in side] for side in (references, hypotheses)]
     for cells in (4_000_000, 30):
         assert (alignment_counts(ids[0], ids[1], 5, cells_per_chunk=cells) == expected).all()
+
+
+def reference_tokens(text: str, split_alnum: bool = False) -> list[str]:
+    """compute-wer.py's characterize + normalize (compute-cer.py's with `split_alnum`) restated character by
+    character, the oracle for osum_tokens' single regex."""
+    tokens, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char in "!,?、。！，；？：「」︰『』《》" or unicodedata.category(char) in ("Zs", "Cn") or char in " \t\r\n":
+            i += 1
+        elif unicodedata.category(char) == "Lo":
+            tokens.append(char)
+            i += 1
+        else:
+            stop, j = ">" if char == "<" else " ", i + 1
+            while j < len(text) and ord(text[j]) < 128 and text[j] not in " \t\r\n" and text[j] != stop:
+                j += 1
+            j += j < len(text) and text[j] == ">"
+            tokens.append(text[i:j])
+            i = j
+    units = []
+    for token in tokens:
+        token, kept = token.upper(), ""
+        depth = False
+        for c in token:  # stripoff_tags: from `<` to the next `>`
+            if depth:
+                depth = c != ">"
+            elif c == "<":
+                depth = True
+            else:
+                kept += c
+        if kept:
+            units += list(kept) if split_alnum and kept.isalnum() else [kept]
+    return units
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from("ab Z1.,!?'<>-_\t\n你好。，“”éßı\u3000\u00a0\U00020000\U0001f600\u0378ﬁ") | st.characters(),
+               max_size=30), st.booleans())
+def test_osum_tokens_equal_the_character_by_character_rule(text, split_alnum):
+    assert osum_tokens(text, split_alnum) == reference_tokens(text, split_alnum)
