@@ -129,6 +129,8 @@ def add_run(commands):
     run.add_argument("--max-new-tokens", type=int)
     for flag in ("task", "prompt", "protocol", "metric", "language"):
         run.add_argument(f"--{flag}", help="instead of the set's default")
+    run.add_argument("--word-times", type=Path, help="srwt: reference word times (a TextGrid, a folder of them, or "
+                     "JSONL) instead of the times written in the references")
     run.set_defaults(run=run_command)
 
 
@@ -149,6 +151,13 @@ def run_benchmark(args) -> int:
     if extras and any(s.defaults.protocol == "qwen2-audio" or s.defaults.metric == "bleu" for s in subsets):
         raise LayoutError(f"the qwen2-audio protocol and BLEU need the [eval] extra (pip install -e '.[eval]'): "
                           f"{', '.join(extras)} missing")
+    word_times = None
+    if args.word_times is not None:
+        from osum_min.word_timing import TimingError, read_word_times
+        try:
+            word_times = read_word_times(args.word_times)
+        except TimingError as err:
+            raise LayoutError(str(err)) from None
     weights = Path(args.weights)
     tokenizer = tokenizer_or_none(weights) if (weights / "config.json").is_file() else None
     if tokenizer is None:
@@ -168,7 +177,7 @@ def run_benchmark(args) -> int:
     ranks.finish()  # every rank's records are written
     if rank != 0:
         return 0
-    results = finish(args.bench, subsets, out, args.limit)
+    results = finish(args.bench, subsets, out, args.limit, word_times)
     print((out / "results.md").read_text(encoding="utf-8"), end="")
     return 1 if any(row["failed"] for row in results["rows"]) else 0
 

@@ -32,6 +32,7 @@ class Record:
     ref: str
     hyp: str | None = None
     error: str | None = None
+    timed: list[str] | None = None  # SRWT: [reference, hypothesis] with their word times, for the timing error
 
 
 def subset_task(subset: Subset, utterance: Utterance) -> Task:
@@ -126,8 +127,9 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
                 subset, utterance = chunk[index]
                 reference = scored_reference(utterance.reference, requests[index].task, subset)
                 record = Record(subset.name, utterance.key, reference, error=str(answer.error)) if answer.error else \
-                    Record(subset.name, utterance.key, reference,
-                           scored_hypothesis(answer.result, subset))
+                    Record(subset.name, utterance.key, reference, scored_hypothesis(answer.result, subset),
+                           timed=[utterance.reference, answer.result.to_text()] if answer.result.words is not None
+                           else None)
                 if record.error:
                     print(f"eval.py: skipped {record.error}", file=sys.stderr)
                 sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
@@ -142,7 +144,21 @@ def published_rows(bench: str) -> dict[str, dict]:
             if row["bench"] == bench}
 
 
-def finish(bench: str, subsets: list[Subset], out: Path, limit=None) -> dict:
+def timing(records: list[Record], word_times: dict | None) -> dict | None:
+    """SRWT's word-time error (osum_min/word_timing.py) against `word_times` (read_word_times: a TextGrid or JSONL)
+    or, without them, the times written in the references; None where no reference has times."""
+    timed = {r.key: r.timed for r in records if r.timed}
+    if not timed:
+        return None
+    from .word_timing import score_timing  # praatio, where TextGrids are read, is the [eval] extra's
+    written = {key: parse(TASKS["srwt"], reference).words for key, (reference, _) in timed.items()}
+    references = word_times or {key: words for key, words in written.items() if any(w.start is not None for w in words)}
+    if not references:
+        return None
+    return score_timing(references, {key: parse(TASKS["srwt"], hypothesis) for key, (_, hypothesis) in timed.items()})
+
+
+def finish(bench: str, subsets: list[Subset], out: Path, limit=None, word_times: dict | None = None) -> dict:
     """Rank 0, after every rank is done: the records in the set's order, the text files, the scores, the table."""
     from .scoring import score_texts  # the [eval] extra's scorers, outside inference's imports
     records = read_records(out)
@@ -168,6 +184,8 @@ def finish(bench: str, subsets: list[Subset], out: Path, limit=None) -> dict:
         rows.append({"bench": bench, "subset": name, **asdict(defaults), "utterances": len(mine),
                      "failed": [{"key": r.key, "error": r.error} for r in mine if r.error is not None],
                      "value": score.get("value"), "score": score, "published": published.get(name, {})})
+        if word_timing := timing(mine, word_times):
+            rows[-1]["timing"] = word_timing
     results = {"bench": bench, "rows": rows}
     (out / "results.json").write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     (out / "results.md").write_text(table(rows), encoding="utf-8")

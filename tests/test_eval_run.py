@@ -194,6 +194,22 @@ def test_every_utterance_of_the_layout_is_decoded_and_scored(bench, capsys, weig
     assert table.splitlines()[0].startswith("| task | dataset | metric | ours |") and len(table.splitlines()) >= 3
 
 
+def test_srwt_rows_carry_the_word_time_error(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+    data, _ = wenet(tmp_path / "data")
+    assert run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "out")[0] == 0
+    rows = {row["subset"]: row for row in json.loads((tmp_path / "out/results.json").read_text())["rows"]}
+    assert "timing" not in rows["asr"] and rows["srwt"]["timing"]["utterances"] == 1
+    assert rows["srwt"]["timing"]["reference_units"] == 2  # 你, 好: the reference's words, times stripped
+    references = tmp_path / "times.jsonl"
+    text(references, json.dumps({"key": "u2", "words": [{"word": "你好", "start": 0.1, "end": 0.6}]}) + "\n")
+    assert run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "out2", "--word-times", str(references))[0] == 0
+    rows = {row["subset"]: row for row in json.loads((tmp_path / "out2/results.json").read_text())["rows"]}
+    assert rows["srwt"]["timing"]["utterances"] == 1
+    text(references, "not json\n")
+    code, _, err = run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "out3", "--word-times", str(references))
+    assert code == 2 and "times.jsonl" in err
+
+
 def test_published_figures_reach_the_table(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
     data, _ = librispeech(tmp_path / "data")
     code, table, _ = run(capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "out")
