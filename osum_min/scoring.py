@@ -117,11 +117,11 @@ def _counts(flat: np.ndarray, references, hypotheses, vocabulary: int, cells_per
     are a running minimum), then every pair's path back from its last cell at once."""
     longest = np.maximum(references[1], hypotheses[1])
     order = np.argsort(longest, kind="stable")
+    fitting = lambda k: max(1, cells_per_chunk // (int(longest[order[k]]) + 1) ** 2)  # noqa: E731  pairs per table
     codes, start = [np.zeros(0, np.int64)], 0
     while start < len(order):
-        stop = start + max(1, cells_per_chunk // (int(longest[order[start]]) + 1) ** 2)
-        stop = min(len(order), start + max(1, cells_per_chunk // (int(longest[order[min(stop, len(order)) - 1]])
-                                                                  + 1) ** 2))
+        stop = min(len(order), start + fitting(start))
+        stop = min(stop, start + fitting(stop - 1))  # the chunk's longest pair sets its table's size
         chunk = order[start:stop]
         codes.append(_align_chunk(flat, references[0][chunk], references[1][chunk], hypotheses[0][chunk],
                                   hypotheses[1][chunk]))
