@@ -291,7 +291,8 @@ def read_benchmark(bench: str, data: Path, **overrides) -> list[Subset]:
             subset.utterances = [replace(u, prompt=None) for u in subset.utterances]
     subsets = [replace(subset, defaults=replace(subset.defaults, **given)) for subset in subsets]
     for subset in subsets:
-        if subset.defaults.protocol == "qwen2-audio" and subset.defaults.metric == "wer" and not subset.defaults.language:
+        rules = subset.defaults
+        if rules.protocol == "qwen2-audio" and rules.metric == "wer" and not rules.language:
             raise LayoutError(f"{data}: {subset.name}: the qwen2-audio protocol's normaliser follows the language, "
                               f"and none is known for it: pass --language (en, zh, yue, fr, ...)")
     return subsets

@@ -7,6 +7,7 @@ last line, and decodes only the rest. At the end the records are rewritten in th
 interrupted run ends with the files of an uninterrupted one. Records hold no timings for that reason.
 """
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from .progress import Progress
 from .tasks import TASKS, Result, Task, free_prompt_task, parse
 
 PUBLISHED = Path(__file__).with_name("published.json")
+FIRST_TAG = re.compile(r"<([^<>]*)>")
 CHUNK = 256  # requests handed to the pipeline at a time: segments are read into memory, so never a whole set
 
 
@@ -45,17 +47,18 @@ def scored_reference(text: str, task: Task, subset: Subset) -> str:
     transcript without time tags or reply."""
     metric, protocol = subset.defaults.metric, subset.defaults.protocol
     if metric == "acc":
-        label = text[text.index("<") + 1:text.index(">", text.index("<"))] if "<" in text and ">" in text else text
-        return f"<{label.strip()}>" if protocol == "osum" else label.strip()
+        tag = FIRST_TAG.search(text)
+        label = (tag.group(1) if tag else text).strip()
+        return f"<{label}>" if protocol == "osum" else label
     if metric in ("wer", "cer") and task.output != "text":
         return parse(task, text).transcript or ""
     return text
 
 
-def scored_hypothesis(result: Result, subset: Subset) -> str:
-    """The hypothesis likewise: its first label, or its transcript."""
+def scored_hypothesis(result: Result, task: Task, subset: Subset) -> str:
+    """The hypothesis likewise: its first label (a free prompt's whole answer), or its transcript."""
     if subset.defaults.metric == "acc":
-        label = next(iter(result.labels.values()), "")
+        label = next(iter(result.labels.values()), "") if task.labels else (result.transcript or "").strip()
         return f"<{label}>" if subset.defaults.protocol == "osum" else label
     return result.transcript or ""
 
@@ -125,11 +128,14 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
             requests = [request(s, u, config) for s, u in chunk]
             for index, answer in pipeline.run(requests):
                 subset, utterance = chunk[index]
-                reference = scored_reference(utterance.reference, requests[index].task, subset)
-                record = Record(subset.name, utterance.key, reference, error=str(answer.error)) if answer.error else \
-                    Record(subset.name, utterance.key, reference, scored_hypothesis(answer.result, subset),
-                           timed=[utterance.reference, answer.result.to_text()] if answer.result.words is not None
-                           else None)
+                task = requests[index].task
+                record = Record(subset.name, utterance.key, scored_reference(utterance.reference, task, subset))
+                if answer.error:
+                    record.error = str(answer.error)
+                else:
+                    record.hyp = scored_hypothesis(answer.result, task, subset)
+                    if answer.result.words is not None:
+                        record.timed = [utterance.reference, answer.result.to_text()]
                 if record.error:
                     print(f"eval.py: skipped {record.error}", file=sys.stderr)
                 sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
