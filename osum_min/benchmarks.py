@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .data_formats import resolve_listed_path
 from .tasks import TASKS
 
 QWEN2_AUDIO_PROMPT = re.compile(r"^(<\|audio_bos\|><\|AUDIO\|><\|audio_eos\|>)")
@@ -63,8 +64,9 @@ def _lines(path: Path) -> list[str]:
 
 
 def _key_text(line: str) -> tuple[str, str]:
-    key, _, text = line.strip().partition(" ")
-    return key, text.strip()
+    """`KEY TEXT` with a space or a tab after the key (kaldi files use either)."""
+    key, *text = line.split(maxsplit=1)
+    return key, text[0].strip() if text else ""
 
 
 def _tsv(path: Path, columns: tuple[str, ...]) -> list[dict]:
@@ -137,8 +139,7 @@ def wenetspeech(root: Path) -> list[Subset]:
 def common_voice(root: Path) -> list[Subset]:
     """cv-corpus-N/LANG: test.tsv (`path`, `sentence`) and clips/*.mp3; the language is the folder's name."""
     rows = _tsv(root / "test.tsv", ("path", "sentence"))
-    language = root.name.split("-")[0].lower()
-    language = {"zh": "zh", "yue": "yue"}.get(language, language)
+    language = root.name.split("-")[0].lower()  # zh-CN -> zh
     utterances = [Utterance(Path(row["path"]).stem, str(root / "clips" / row["path"]), row["sentence"]) for row in rows]
     return [Subset(f"test-{root.name}", Defaults(protocol="qwen2-audio", language=language), utterances)]
 
@@ -232,9 +233,10 @@ def source_defaults(source: str, list_name: str) -> Defaults:
 
 
 def qwen2_audio_jsonl(path: Path) -> list[Subset]:
-    """Qwen2-Audio's eval jsonl (eval_audio/evaluate_*.py): `{"audio", "prompt", "source", "gt"}` a line (audio
-    relative to the list), each line decoded with its own prompt (Qwen's scripts put the audio tokens before it; a
-    prompt that carries them has them removed) and scored per `source`."""
+    """Qwen2-Audio's eval jsonl (eval_audio/evaluate_*.py): `{"audio", "prompt", "source", "gt"}` a line (a relative
+    audio path from the list's folder where it is there, else as written), each line decoded with its own prompt
+    (Qwen's scripts put the audio tokens before it; a prompt that carries them has them removed) and scored per
+    `source`."""
     subsets = {}
     for number, line in enumerate(_lines(path), 1):
         try:
@@ -244,7 +246,7 @@ def qwen2_audio_jsonl(path: Path) -> list[Subset]:
             raise LayoutError(f"{path}:{number}: not a Qwen2-Audio eval line {{\"audio\", \"prompt\", \"source\", "
                               f"\"gt\"}}") from None
         subset = subsets.setdefault(source, Subset(source, source_defaults(source, path.stem)))
-        subset.utterances.append(Utterance(f"{source}-{number:06d}", str(path.parent / audio), reference,
+        subset.utterances.append(Utterance(f"{source}-{number:06d}", resolve_listed_path(audio, path.parent), reference,
                                            prompt=QWEN2_AUDIO_PROMPT.sub("", prompt)))
     return list(subsets.values())
 
@@ -268,8 +270,7 @@ def wenet_jsonl(path: Path) -> list[Subset]:
             raise LayoutError(f"{path}:{number}: task {row.get('task')!r} is none of OSUM's tags or task names")
         metric = "acc" if TASKS[task].labels and task != "asr" else "wer"
         subset = subsets.setdefault(task, Subset(task, Defaults(task=task, metric=metric)))
-        wav_path = Path(wav) if Path(wav).is_absolute() else path.parent / wav
-        subset.utterances.append(Utterance(key, str(wav_path), text))
+        subset.utterances.append(Utterance(key, resolve_listed_path(wav, path.parent), text))
     return list(subsets.values())
 
 

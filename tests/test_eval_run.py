@@ -60,7 +60,7 @@ def aishell1(root):
 
 def aishell2(root):
     folder = root / "AISHELL-2" / "iOS" / "test"
-    text(folder / "wav.scp", "IT0011W0001 wav/T0055G0013S0001.wav\nIT0011W0002 wav/T0055G0013S0002.wav\n")
+    text(folder / "wav.scp", "IT0011W0001\twav/T0055G0013S0001.wav\nIT0011W0002\twav/T0055G0013S0002.wav\n")  # tabs
     text(folder / "trans.txt", "IT0011W0001 换一首歌\nIT0011W0002 几点了\n")
     write(folder / "wav/T0055G0013S0001.wav", 0)
     write(folder / "wav/T0055G0013S0002.wav", 2)
