@@ -127,8 +127,9 @@ def add_run(commands):
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--beams", type=int, help="default: beam 4, repetition penalty 1.05 (infer.py's decoding)")
     run.add_argument("--max-new-tokens", type=int)
-    for flag in ("task", "prompt", "protocol", "metric", "language"):
-        run.add_argument(f"--{flag}", help="instead of the set's default")
+    for flag, choices in (("task", None), ("prompt", None), ("protocol", PROTOCOLS), ("metric", METRICS),
+                          ("language", None)):
+        run.add_argument(f"--{flag}", choices=choices, help="instead of the set's default")
     run.add_argument("--word-times", type=Path, help="srwt: reference word times (a TextGrid, a folder of them, or "
                      "JSONL) instead of the times written in the references")
     run.set_defaults(run=run_command)
