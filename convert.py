@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from osum_min.files import check_file
 from osum_min.model import OSUMConfig
 from osum_min.original import (RELEASED_CONFIG, ConfigMismatch, convert_entries, load_checkpoint,
                                read_original_config)
@@ -85,8 +86,7 @@ def main(argv=None) -> int:
             args.checkpoint, args.tokenizer = fetch_release(args.download_dir, base_url=args.hub_url)
         if args.checkpoint is None:
             parser.error("give a checkpoint, --download or --to-original")
-        if not args.checkpoint.is_file():
-            raise WeightsError(f"{args.checkpoint}: no such file")
+        check_file(args.checkpoint, "checkpoint file")  # a folder, a FIFO, a link loop: said as such
         config = read_original_config(args.config)
         tokenizer = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
         problems = vocabulary_problems(config, args.config, tokenizer, args.tokenizer)

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from osum_min import data, ranks
 from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng_states, write_checkpoint
 from osum_min.evaluation import evaluate
+from osum_min.files import read_json
 from osum_min.model import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
 from osum_min.scoring import PROTOCOLS
@@ -135,7 +136,7 @@ def prepare_model(args, tokenizer: Tokenizer, rank: int, world: int,
 
 def data_config(args) -> data.DataConfig:
     """The batches' settings from the flags: frames per batch, extra prompts, augmentation on or off."""
-    prompts = json.loads(args.prompts.read_text()) if args.prompts else {}
+    prompts = read_json(args.prompts, "prompts file") if args.prompts else {}
     return replace(data.DataConfig(), max_frames_in_batch=args.batch_frames,
                    prompts={tag: tuple(paraphrases) for tag, paraphrases in prompts.items()},
                    **({"spec_aug": False, "spec_sub": False} if args.no_augment else {}))

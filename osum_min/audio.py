@@ -12,6 +12,8 @@ import numpy as np
 import soundfile
 import torch
 
+from .files import FileError, open_file
+
 SAMPLE_RATE = 16000
 HOP = 160  # 10 ms
 N_FFT = 400  # 25 ms
@@ -27,18 +29,22 @@ ROLLOFF = 0.99
 MIN_FILE_RATE, MAX_FILE_RATE = 1000, 384000
 # Largest polyphase resampling kernel, in taps (8 MB while built in float64): every common rate fits.
 MAX_KERNEL_TAPS = 1 << 20
+READ_BLOCK_FRAMES = 1 << 20
+# Float files store samples at full scale 1 (int32-scaled floats reach 2e9); from about 1e17 a frame's power
+# spectrum overflows float32 and every log-mel value is NaN (issue 23). Far above anything recorded, far below that.
+MAX_SAMPLE_MAGNITUDE = 1e12
 
 # libsndfile notes a WAV whose header promises more data than the file holds as "data : 32000 (should be 15978)".
 _SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _STREAMING_DATA_SIZE = 0xFFFFFFFF  # written by tools that stream a wav and never patch its header
 
 
-class AudioError(ValueError):
+class AudioError(FileError):
     """An audio input we refuse; the message is one line naming the file and the problem."""
 
     def __init__(self, source: str, problem: str):
-        super().__init__(" ".join(f"{source}: {problem}".split()))
-        self.source, self.problem = source, problem
+        super().__init__(source, problem)
+        self.source = self.path
 
 
 def _source_name(path_or_file) -> str:
@@ -47,37 +53,64 @@ def _source_name(path_or_file) -> str:
     return getattr(path_or_file, "name", None) or f"<{type(path_or_file).__name__}>"
 
 
+def _read_frames(audio: soundfile.SoundFile) -> np.ndarray:
+    """(frames, channels) float32, block by block: memory follows the audio actually there, not the header's
+    frame count, and formats libsndfile cannot seek in (G.721 .au) read too."""
+    blocks = []
+    while len(block := audio.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)):
+        blocks.append(block)
+    return np.concatenate(blocks) if blocks else np.zeros((0, audio.channels), np.float32)
+
+
 def _read(path_or_file, name: str) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 as libsndfile scales it (int16 / 32768, uint8 (x-128)/128, ...), like torchaudio."""
+    """(frames, channels) float32 as libsndfile scales it (int16 / 32768, uint8 (x-128)/128, ...), like torchaudio.
+    A path is opened through osum_min.files (a regular file, never a FIFO or device); whatever soundfile or numpy
+    raise for a file they cannot read becomes an AudioError."""
+    fd = None
     if isinstance(path_or_file, (str, os.PathLike)):
-        if os.path.isdir(path_or_file):
-            raise AudioError(name, "is a directory, not an audio file")
-        if not os.path.exists(path_or_file):
-            raise AudioError(name, "no such file")
+        try:
+            fd = open_file(path_or_file, "audio file")
+        except FileError as err:
+            raise AudioError(name, err.problem) from None
     try:
-        with soundfile.SoundFile(path_or_file) as audio:
+        with soundfile.SoundFile(path_or_file if fd is None else fd, closefd=False) as audio:
             declared_frames = audio.frames
             for declared, present in _SHORT_DATA_CHUNK.findall(audio.extra_info):
                 if int(present) < int(declared) and int(declared) != _STREAMING_DATA_SIZE:
                     raise AudioError(name, f"truncated: the header promises {declared} bytes of audio, the file holds {present}")
-            samples = audio.read(dtype="float32", always_2d=True)
+            samples = _read_frames(audio)
             sample_rate = audio.samplerate
+    except AudioError:
+        raise
     except soundfile.SoundFileError as err:
         problem = getattr(err, "error_string", str(err))  # libsndfile's words, without the file name again
         raise AudioError(name, f"not a readable audio file ({problem})") from None
+    except Exception as err:  # noqa: BLE001  soundfile and numpy raise ValueError, MemoryError, ... for odd files
+        raise AudioError(name, f"not a readable audio file ({type(err).__name__}: {err})") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
     if len(samples) < declared_frames:
         raise AudioError(name, f"truncated: the header promises {declared_frames} frames, only {len(samples)} could be decoded")
     return samples, sample_rate
+
+
+def check_samples(samples: np.ndarray, name: str) -> None:
+    """Samples the features can be computed from: some, all finite, none beyond MAX_SAMPLE_MAGNITUDE."""
+    if samples.size == 0:
+        raise AudioError(name, "contains no audio samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(name, "contains NaN or infinite samples")
+    if (peak := float(np.abs(samples).max())) > MAX_SAMPLE_MAGNITUDE:
+        raise AudioError(name, f"samples up to {peak:.3g}, not audio (full scale is 1; beyond "
+                               f"{MAX_SAMPLE_MAGNITUDE:.0e} the log-mel features overflow)")
 
 
 def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Read any soundfile-readable audio (path or file-like) as a (samples,) float32 mono waveform at `sample_rate`."""
     name = _source_name(path_or_file)
     samples, file_rate = _read(path_or_file, name)
-    if samples.size == 0:
-        raise AudioError(name, "contains no audio samples")
-    if not np.isfinite(samples).all():
-        raise AudioError(name, "contains NaN or infinite samples")
+    check_samples(samples, name)
     if not MIN_FILE_RATE <= file_rate <= MAX_FILE_RATE:
         raise AudioError(name, f"implausible sample rate {file_rate} Hz in the header "
                                f"(expected {MIN_FILE_RATE} to {MAX_FILE_RATE} Hz)")
@@ -87,6 +120,21 @@ def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
         raise AudioError(name, f"too short: {len(wav) / sample_rate * 1000:.1f} ms; features need at least "
                                f"{MIN_SAMPLES * 1000 // SAMPLE_RATE} ms")
     return wav
+
+
+def header_seconds(path) -> float:
+    """A file's duration from its header, for sorting by length; 0.0 for anything load_audio will refuse."""
+    try:
+        fd = open_file(path, "audio file")
+    except FileError:
+        return 0.0
+    try:
+        with soundfile.SoundFile(fd, closefd=False) as audio:
+            return audio.frames / audio.samplerate
+    except Exception:  # noqa: BLE001  unreadable files sort anywhere; load_audio names the problem later
+        return 0.0
+    finally:
+        os.close(fd)
 
 
 def _kernel_width(orig_rate: int, new_rate: int) -> int:
@@ -204,8 +252,9 @@ def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAM
     return torch.from_numpy((triangles * area_norm[:, None]).astype(np.float32))
 
 
-def log_mel(wav: torch.Tensor) -> torch.Tensor:
-    """(samples,) 16 kHz waveform -> (samples // 160, 80) OSUM log-mel features, on the waveform's device."""
+def log_mel(wav: torch.Tensor, source: str = "<waveform>") -> torch.Tensor:
+    """(samples,) 16 kHz waveform -> (samples // 160, 80) OSUM log-mel features, on the waveform's device.
+    Features that are not finite (samples the checks of load_audio never saw) are an AudioError naming `source`."""
     if wav.ndim != 1 or len(wav) < MIN_SAMPLES:
         raise ValueError(f"log_mel wants a 1-D waveform of at least {MIN_SAMPLES} samples, got shape {tuple(wav.shape)}")
     window = torch.hann_window(N_FFT, device=wav.device, dtype=wav.dtype)
@@ -213,6 +262,8 @@ def log_mel(wav: torch.Tensor) -> torch.Tensor:
     power = spectrum[:, :-1].abs() ** 2  # (201, frames): the last frame is dropped, as in the original
     mel = mel_filters().to(device=wav.device, dtype=wav.dtype) @ power  # (80, frames)
     log_spec = mel.clamp(min=1e-10).log10()
+    if not torch.isfinite(log_spec).all():
+        raise AudioError(source, "its log-mel features are not finite (samples far beyond full scale?)")
     log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)  # per-utterance dynamic range of 80 dB
     return ((log_spec + 4.0) / 4.0).T  # (frames, 80)
 

@@ -4,7 +4,6 @@ A checkpoint holds only what training changes (trainable tensors, optimizer, sch
 and RNG states, step), all of it tensors and plain data, so it loads with `torch.load(weights_only=True)`, which
 runs no code. The frozen weights come from the model's init directory, so a checkpoint of a 7B run stays small.
 """
-import os
 import pickle
 import random
 import re
@@ -17,6 +16,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
+from .files import FileError, atomic_write, check_file
 from .training import TrainingError, full_tensor
 from .weights import describe_keys
 
@@ -44,14 +44,14 @@ TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the d
 
 
 def save_checkpoint(out: Path, step: int, state: dict, keep_last: int) -> Path:
-    """Write out/step_N.pt atomically (temp file synced to disk, then rename); delete all but the newest keep_last."""
+    """Write out/step_N.pt atomically (temp file synced to disk, then rename); delete all but the newest keep_last.
+    A full disk is one line naming the checkpoint, and its partial .tmp is removed."""
     path = out / f"step_{step:08d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path) as f:
+            torch.save(state, f)
+    except FileError as err:
+        raise TrainingError(str(err)) from None
     for old in checkpoints(out)[:-keep_last] if keep_last > 0 else []:
         old.unlink()
     return path
@@ -85,6 +85,10 @@ def checkpoints(out: Path) -> list[Path]:
 def load_checkpoint(path: Path) -> dict:
     """A train.py checkpoint, unpickled with weights_only=True: a file holding anything but tensors and plain data
     (a crafted pickle that would run code) is refused, and nothing in it runs."""
+    try:
+        check_file(path, "training checkpoint")
+    except FileError as err:
+        raise TrainingError(str(err)) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files

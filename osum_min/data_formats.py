@@ -6,8 +6,8 @@ list has one tar path a line; a tar holds, per key, KEY.wav|flac|..., KEY.txt, K
 same table as JSON); `SpeechDataset` applies the weights (see osum_min/data.py).
 """
 import io
-import json
 import logging
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ import soundfile
 import torch
 
 from .audio import MIN_SAMPLES, SAMPLE_RATE, load_audio
+from .files import MAX_CONFIG_BYTES, MAX_LIST_BYTES, FileError, open_file, parse_json, read_json, read_text
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -40,17 +41,17 @@ class DataSource:
 def resolve_listed_path(name: str, base: Path) -> str:
     """A relative path is taken from the list's folder when it exists there, else as written (the original reads
     it from the working directory)."""
-    candidate = base / name
-    return str(candidate) if not Path(name).is_absolute() and candidate.exists() else name
+    candidate = base / name  # os.path.exists: False, not an OSError, for a name too long (load_audio names it)
+    return str(candidate) if not Path(name).is_absolute() and os.path.exists(candidate) else name
 
 
 def read_data_list(path) -> list[dict]:
     """Raw jsonl lines become sample dicts; any other line is a tar shard path, read as `{"shard": path}`."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read data list ({err})") from None
+        lines = read_text(path, "data list", MAX_LIST_BYTES).splitlines()
+    except FileError as err:
+        raise DataError(f"{err.path}: cannot read data list ({err.problem})") from None
     items = []
     for number, line in enumerate(lines, start=1):
         line = line.strip()
@@ -60,9 +61,9 @@ def read_data_list(path) -> list[dict]:
             items.append({"shard": resolve_listed_path(line, path.parent)})
             continue
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not a JSON object ({err.msg})") from None
+            item = parse_json(line, f"{path}:{number}")
+        except FileError as err:
+            raise DataError(str(err)) from None
         if not isinstance(item, dict) or "key" not in item or "wav" not in item:
             raise DataError(f"{path}:{number}: a raw sample needs \"key\" and \"wav\", got {line[:80]!r}")
         items.append({**item, "wav": resolve_listed_path(str(item["wav"]), path.parent)})
@@ -91,10 +92,10 @@ def read_data_mix(path) -> list[DataSource]:
     """The original's data yaml (or the same table as JSON): name -> {path: list file, weight: number}."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        table = json.loads(text) if path.suffix == ".json" else _parse_mix_yaml(text, path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: cannot read data mix ({err})") from None
+        text = read_text(path, "data mix", MAX_CONFIG_BYTES)
+        table = parse_json(text, path) if path.suffix == ".json" else _parse_mix_yaml(text, path)
+    except FileError as err:
+        raise DataError(f"{err.path}: cannot read data mix ({err.problem})") from None
     if not isinstance(table, dict) or not table:
         raise DataError(f"{path}: a data mix is a table name -> {{path, weight}}")
     sources = []
@@ -117,8 +118,8 @@ def is_mix(path: Path) -> bool:
     if path.suffix != ".json":
         return False
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        table = read_json(path, "data mix")
+    except FileError:
         return False
     return isinstance(table, dict) and all(isinstance(entry, dict) and "path" in entry for entry in table.values())
 
@@ -191,7 +192,7 @@ def make_shards(jsonl_path, out_dir, samples_per_shard: int = 1000) -> Path:
 
 def _tar_groups(path: str):
     """A tar's members grouped by key (the name up to its last dot), in stream order, as wenet's tar reader."""
-    with tarfile.open(path, "r|*") as tar:
+    with os.fdopen(open_file(path, "tar shard"), "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         group = {}
         for member in tar:
             if not member.isfile():
@@ -235,6 +236,9 @@ def read_samples(items: list[dict], on_skip):
             try:
                 group = next(groups)
             except StopIteration:
+                break
+            except FileError as err:
+                on_skip("(shard)", shard, err.problem)
                 break
             except (OSError, EOFError, tarfile.TarError) as err:
                 on_skip("(rest of shard)", shard, f"unreadable tar ({err})")

@@ -12,6 +12,7 @@ import torch
 
 from .model import OSUM, OSUMConfig
 from .original import original_config, original_state_dict
+from .files import atomic_write
 from .weights import WeightsError, load_weights
 
 
@@ -25,13 +26,8 @@ def export_original(our_dir, out_path) -> Path:
         model = OSUM(OSUMConfig.from_file(config_path))
     load_weights(model, our_dir, device="cpu")  # each tensor keeps its stored dtype
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
-    try:
-        torch.save(original_state_dict(model), tmp)
-    except BaseException:  # a full disk, an interrupt: no partial file stays behind
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(out_path)
+    with atomic_write(out_path) as f:  # a full disk, an interrupt: no partial file stays behind
+        torch.save(original_state_dict(model), f)
     config_path = out_path.with_name(out_path.stem + "_config.json")
     config_path.write_text(json.dumps(original_config(model.config), indent=1))
     return out_path

@@ -15,6 +15,7 @@ from torch import nn
 
 from .adaptor import Adaptor, AdaptorConfig
 from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
+from .files import read_json
 from .generate import GenerationConfig, fast_decoding, generate
 from .linear import use_input_major_weights
 from .quantize import Int8Linear, quantize_int8
@@ -62,11 +63,9 @@ class OSUMConfig:
     @classmethod
     def from_file(cls, path) -> "OSUMConfig":
         """A config.json as convert.py and save_pretrained write it; one line naming the file when it is not one."""
+        data = read_json(path, "config.json")  # a FileError (a ValueError) in one line
         try:
-            data = json.loads(Path(path).read_text())
             return cls.from_dict(data)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
         except KeyError as err:
             raise ValueError(f"{path}: not an osum-min config.json (no {err} field)") from None
         except (TypeError, AttributeError, ValueError) as err:

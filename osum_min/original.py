@@ -6,7 +6,7 @@ disagrees with the config. The same table, read backwards, writes our model in t
 The released model's config ships with the package (`released_config.json`), in the original's vocabulary: the
 training yaml's top-level keys and `encoder_conf`, plus the Qwen2 `config.json` under `llm_config`.
 """
-import json
+import os
 import pickle
 import re
 import struct
@@ -19,6 +19,7 @@ from .encoder import EncoderConfig
 from .model import OSUM, OSUMConfig
 from .qwen2 import Qwen2Config, hf_key_to_ours
 from .tokenizer import EOD_ID
+from .files import FileError, open_file, read_json
 from .weights import WeightsError, describe_keys
 
 RELEASED_CONFIG = Path(__file__).with_name("released_config.json")
@@ -168,11 +169,11 @@ def config_from_original(original: dict) -> OSUMConfig:
 def read_original_config(path) -> OSUMConfig:
     """A config file in the original's vocabulary -> our config; one line naming the file when it is not one."""
     try:
-        return config_from_original(json.loads(Path(path).read_text()))
-    except json.JSONDecodeError as err:
-        raise WeightsError(f"{path}: not valid JSON ({err})") from None
-    except UnicodeDecodeError:
-        raise WeightsError(f"{path}: not a text file") from None
+        data = read_json(path, "config file")
+    except FileError as err:
+        raise WeightsError(str(err)) from None
+    try:
+        return config_from_original(data)
     except ValueError as err:
         raise WeightsError(f"{path}: not an OSUM config: {err}") from None
 
@@ -200,8 +201,11 @@ def _is_safetensors(head: bytes) -> bool:
 def load_checkpoint(path: Path) -> dict:
     """The original's checkpoint as a state dict of tensors: torch.save's zip archive (memory-mapped) or its older
     pickle format, read with weights_only=True so nothing in the file can run code. One line for anything else."""
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with os.fdopen(open_file(path, "checkpoint file"), "rb") as f:
+            head = f.read(16)
+    except FileError as err:
+        raise WeightsError(str(err)) from None
     if not head:
         raise WeightsError(f"{path}: an empty file (0 bytes), not a PyTorch checkpoint")
     if _is_safetensors(head):

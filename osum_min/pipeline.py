@@ -17,7 +17,7 @@ import numpy as np
 import soundfile
 import torch
 
-from .audio import HOP, SAMPLE_RATE, AudioError, load_audio, log_mel, pad_features
+from .audio import HOP, SAMPLE_RATE, AudioError, header_seconds, load_audio, log_mel, pad_features
 from .generate import DEFAULT_DECODING, GenerationConfig
 from .model import OSUM
 from .tasks import TASKS, Result, Task
@@ -122,17 +122,17 @@ def load_request_audio(request: Request, max_seconds: float | None = None) -> to
     return wav
 
 
-def header_seconds(request: Request) -> float:
+def request_seconds(request: Request) -> float:
     """The audio's duration without decoding it (0 where unknown): the batches' length order."""
     audio = request.audio
-    try:
-        if isinstance(audio, (np.ndarray, torch.Tensor)):
-            return audio.shape[-1] / request.sample_rate if request.sample_rate else 0.0
-        if isinstance(audio, (bytes, bytearray, memoryview)):
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        return audio.shape[-1] / request.sample_rate if request.sample_rate else 0.0
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        try:
             return soundfile.info(io.BytesIO(bytes(audio))).duration
-        return soundfile.info(audio).duration if os.path.isfile(audio) else 0.0  # never open a FIFO or a device
-    except Exception:  # noqa: BLE001  unreadable audio sorts anywhere; loading it names the problem
-        return 0.0
+        except Exception:  # noqa: BLE001  unreadable audio sorts anywhere; loading it names the problem
+            return 0.0
+    return header_seconds(audio)  # never opens a FIFO or a device
 
 
 class _Stream:
@@ -240,7 +240,7 @@ class Pipeline:
             key = (index,) if config.do_sample else repr(config)  # sampled rows draw from one generator per batch
             groups.setdefault(key, (config, []))[1].append((index, prompt_ids))
         for config, members in groups.values():
-            members.sort(key=lambda member: -header_seconds(requests[member[0]]))
+            members.sort(key=lambda member: -request_seconds(requests[member[0]]))
             for first in range(0, len(members), self.batch_size):
                 loaded = []  # (index, prompt ids, waveform)
                 for index, prompt_ids in members[first:first + self.batch_size]:

@@ -18,7 +18,6 @@ A file without added-token lines (such as qwen.tiktoken) gets Qwen2's three spec
 """
 import base64
 import codecs
-import json
 import re
 import unicodedata
 import warnings
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tiktoken
+
+from .files import MAX_CONFIG_BYTES, FileError, read_bytes, read_json, read_text
 
 # Qwen2's pre-tokenizer (tokenizer.json's Split regex; also PAT_STR of Qwen1's tiktoken tokenizer).
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -82,17 +83,17 @@ def ranks_from_vocab_merges(vocab: dict[str, int], merges: list[tuple[str, str]]
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TokenizerError(f"{path}: cannot read JSON ({err})") from None
+        return read_json(path, "tokenizer file")
+    except FileError as err:
+        raise TokenizerError(str(err)) from None
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
     """merges.txt, one `left right` pair a line; LF or CRLF line endings, optional `#version` header."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise TokenizerError(f"{path}: cannot read merges ({err})") from None
+        lines = read_text(path, "merges file", MAX_CONFIG_BYTES).splitlines()
+    except FileError as err:
+        raise TokenizerError(str(err)) from None
     merges = []
     for number, line in enumerate(lines, start=1):
         if not line or (number == 1 and line.startswith("#version")):
@@ -139,9 +140,9 @@ def read_rank_file(path: Path) -> tuple[dict[bytes, int], list[AddedToken] | Non
     """Our `tokenizer.tiktoken` or Qwen's `qwen.tiktoken` (see the module docstring for the format)."""
     ranks, added = {}, []
     try:
-        lines = Path(path).read_bytes().splitlines()
-    except OSError as err:
-        raise TokenizerError(f"{path}: cannot read rank file ({err})") from None
+        lines = read_bytes(path, "rank file", MAX_CONFIG_BYTES).splitlines()
+    except FileError as err:
+        raise TokenizerError(str(err)) from None
     for number, line in enumerate(lines, start=1):
         fields = line.split()
         try:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .files import FileError, atomic_write, write_problem
+
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
                       torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8"}
 WEIGHTS_NAME = "model.safetensors"
@@ -46,20 +48,14 @@ def _write_shard(path: Path, entries: list[tuple[str, torch.Size, torch.dtype, C
         offset += nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)  # keep the data 8-byte aligned
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
-            for name, shape, dtype, produce in entries:
-                tensor = produce().contiguous()
-                if tensor.shape != shape or tensor.dtype != dtype:
-                    raise WeightsError(f"{path}: {name} produced {tuple(tensor.shape)} {tensor.dtype}, "
-                                       f"declared {tuple(shape)} {dtype}")
-                f.write(tensor.cpu().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    except BaseException:  # a full disk, an interrupt: no partial file stays behind
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_write(path) as f:  # a full disk, an interrupt: no partial file stays behind
+        f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+        for name, shape, dtype, produce in entries:
+            tensor = produce().contiguous()
+            if tensor.shape != shape or tensor.dtype != dtype:
+                raise WeightsError(f"{path}: {name} produced {tuple(tensor.shape)} {tensor.dtype}, "
+                                   f"declared {tuple(shape)} {dtype}")
+            f.write(tensor.cpu().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
 def save_weights(directory, entries: Iterable[tuple[str, torch.Size, torch.dtype, Callable[[], torch.Tensor]]],
@@ -115,8 +111,10 @@ def replacing_directory(out):
     new.mkdir(parents=True)
     try:
         yield new
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(new, ignore_errors=True)
+        if isinstance(err, (OSError, FileError)):  # a full disk names --out, not the hidden folder beside it
+            raise WeightsError(f"{out}: cannot write the model ({write_problem(err)}); {out} is as it was") from None
         raise
     if out.is_dir():
         os.replace(out, old)

@@ -236,7 +236,7 @@ def test_bad_tokenizer_inputs(tmp_path, qwen_files):
     with pytest.raises(TokenizerError, match="no tokenizer found"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(TokenizerError, match="cannot read JSON"):
+    with pytest.raises(TokenizerError, match="tokenizer.json: not valid JSON"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"model": {"type": "WordPiece", "vocab": {}, "merges": []}}')
     with pytest.raises(TokenizerError, match="not a Qwen2 byte-level BPE"):

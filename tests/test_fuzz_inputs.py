@@ -1,0 +1,151 @@
+"""Fuzzing the input layer (issue 23): random bytes and mutated headers of real audio files as audio, random lines
+as lists, random JSON as configs. Every case ends in a result or a one-line error of the layer's class, within a
+time bound (hypothesis' deadline) and a memory bound (tracemalloc's peak, which sees numpy's buffers), never
+another exception. Derandomized: the same examples every run."""
+import json
+import os
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+hypothesis = pytest.importorskip("hypothesis", reason="the fuzz test needs hypothesis (pip install -e .[test])")
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from conftest import FIXTURE_A  # noqa: E402
+from osum_min.audio import AudioError, load_audio  # noqa: E402
+from osum_min.data_formats import DataError, read_data_list  # noqa: E402
+from osum_min.inputs import collect_inputs  # noqa: E402
+from osum_min.model import OSUMConfig  # noqa: E402
+from osum_min.original import read_original_config  # noqa: E402
+
+def fuzz(examples: int):
+    """The same `examples` cases every run, each within 5 s (a hang fails, it does not stall CI)."""
+    return settings(max_examples=examples, derandomize=True, deadline=5000, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+MAX_PEAK_BYTES = 64 * 2**20  # a 4 KB input never needs more, whatever its header promises
+WORK = Path(tempfile.mkdtemp(prefix="osum_fuzz_"))  # hypothesis reruns examples: a folder outside tmp_path
+
+
+def real_files() -> dict[str, bytes]:
+    """Small real recordings in the formats libsndfile reads, as bytes to mutate."""
+    t = np.arange(1600) / 8000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    found = {}
+    for name, fmt, subtype in [("wav", "WAV", "PCM_16"), ("float.wav", "WAV", "FLOAT"), ("flac", "FLAC", "PCM_16"),
+                               ("ogg", "OGG", "VORBIS"), ("au", "AU", "PCM_16"), ("g721.au", "AU", "G721_32"),
+                               ("aiff", "AIFF", "PCM_24"), ("w64", "W64", "PCM_U8")]:
+        path = WORK / f"real.{name}"
+        soundfile.write(path, tone, 8000, format=fmt, subtype=subtype)
+        found[name] = path.read_bytes()
+    return found
+
+
+REAL = real_files()
+
+
+@st.composite
+def mutated_audio(draw) -> bytes:
+    """A real file with bytes of its header overwritten, then perhaps cut short or grown."""
+    data = bytearray(REAL[draw(st.sampled_from(sorted(REAL)))])
+    for _ in range(draw(st.integers(1, 6))):
+        position = draw(st.integers(0, min(63, len(data) - 1)))
+        data[position] = draw(st.sampled_from([0, 1, 0x7F, 0x80, 0xFF, draw(st.integers(0, 255))]))
+    data = data[:draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+    return bytes(data) + draw(st.binary(max_size=64))
+
+
+def check_outcome(run, error_class, source):
+    """run() returns, or raises error_class in one line naming `source`; its memory peak stays bounded."""
+    tracemalloc.start()
+    try:
+        return run()
+    except error_class as err:
+        message = str(err)
+        assert "\n" not in message and message.startswith(str(source)), message
+        return err
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < MAX_PEAK_BYTES, f"{peak / 2**20:.0f} MiB"
+
+
+@fuzz(1500)
+@given(data=st.one_of(mutated_audio(), st.binary(max_size=4096)), suffix=st.sampled_from([".wav", ".au", ".bin"]))
+def test_random_and_mutated_audio_is_a_waveform_or_one_line(data, suffix):
+    path = WORK / f"clip{suffix}"
+    path.write_bytes(data)
+    outcome = check_outcome(lambda: load_audio(path), AudioError, path)
+    event("decoded" if isinstance(outcome, torch.Tensor) else f"refused: {outcome.problem.split(' (')[0][:40]}")
+    if isinstance(outcome, torch.Tensor):
+        assert outcome.ndim == 1 and len(outcome) >= 400 and torch.isfinite(outcome).all()
+
+
+SPECIAL_PATHS = ["/dev/zero", "/dev/urandom", str(WORK), str(WORK / "fifo.wav"), str(WORK / ("x" * 300 + ".wav")),
+                 str(FIXTURE_A / "audio.wav"), str(WORK / "loop.wav"), "", "\ufeff", "a\x00b.wav"]
+os.mkfifo(WORK / "fifo.wav")
+os.symlink(WORK / "loop.wav", WORK / "loop.wav")
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(),
+                           lambda children: st.lists(children, max_size=4)
+                           | st.dictionaries(st.sampled_from(["key", "wav", "txt", "x"]) | st.text(), children,
+                                             max_size=4), max_leaves=20)
+LIST_LINES = st.one_of(st.text(max_size=80), st.sampled_from(SPECIAL_PATHS),
+                       st.builds(lambda key, wav: json.dumps({"key": key, "wav": wav}), JSON_VALUES,
+                                 st.sampled_from(SPECIAL_PATHS) | JSON_VALUES),
+                       JSON_VALUES.map(json.dumps), st.integers(1, 200_000).map(lambda n: "{" * n))
+
+
+@fuzz(300)
+@given(lines=st.lists(LIST_LINES, max_size=6), bom=st.booleans())
+def test_random_lists_are_items_or_one_line(lines, bom):
+    listing = WORK / "list.jsonl"
+    listing.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
+    items = check_outcome(lambda: collect_inputs([str(listing)]), DataError, listing)
+    event(f"{len(items)} items" if isinstance(items, list) else "list refused")
+    for item in items if isinstance(items, list) else []:
+        if item.problem is not None:  # a line that names no file: reported as that item's error
+            assert "\n" not in item.problem and item.path.startswith(f"{listing}:")
+        else:
+            check_outcome(lambda: load_audio(item.path), AudioError, "")  # its message starts with its path
+    check_outcome(lambda: read_data_list(listing), DataError, listing)
+
+
+def mutate(config, draw):
+    """The config with one value, anywhere in it, replaced by random JSON."""
+    if isinstance(config, dict) and config and draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(config)))
+        return {**config, key: mutate(config[key], draw)}
+    return draw(JSON_VALUES)
+
+
+@st.composite
+def configs(draw, base: dict):
+    return draw(st.one_of(st.just(base).map(lambda b: mutate(b, draw)), JSON_VALUES,
+                          st.integers(1, 200_000).map(lambda n: "[" * n + "]" * n)))
+
+
+ORIGINAL = json.loads((FIXTURE_A / "osum_config.json").read_text())
+OURS = OSUMConfig().to_dict()
+
+
+@fuzz(600)
+@given(original=configs(ORIGINAL), ours=configs(OURS))
+def test_random_configs_are_configs_or_one_line(original, ours):
+    for data, read in ((original, read_original_config), (ours, OSUMConfig.from_file)):
+        path = WORK / "config.json"
+        path.write_text(data if isinstance(data, str) else json.dumps(data))
+        outcome = check_outcome(lambda: read(path), ValueError, path)
+        event(f"{read.__name__}: {'read' if isinstance(outcome, OSUMConfig) else 'refused'}")
+        assert isinstance(outcome, (OSUMConfig, ValueError))
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_the_unmutated_recordings_load(name):
+    assert 3200 <= len(load_audio(WORK / f"real.{name}")) <= 3400  # 0.2 s at 16 kHz (G.721 pads a block)
