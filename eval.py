@@ -2,17 +2,34 @@
 
     python eval.py score REF HYP [--protocol osum|qwen2-audio] [--metric wer|cer|acc|bleu] [--language LANG]
                                  [--bleu-tokenize 13a|zh] [--confusion-png PATH]
+    python eval.py run BENCH DATA_DIR [--weights DIR] [--out DIR] [--limit N] [--task T] [--prompt P] ...
+    torchrun --nproc_per_node 8 eval.py run aishell2 AISHELL-2/iOS --out runs/a2-ios
 
 `score` scores a hypothesis file against a reference file, both in the original's `key text` form (a line with only a
 key is an empty text), by the rules of the original tools (docs/evaluation.md, "Scoring"). It prints the tool's lines
 as a table and, last, one JSON line: `value` (a percentage, or the BLEU score) and for wer/cer the counts N C S D I.
+
+`run` decodes a public test set by name, read in its publisher's layout, through the same request path as infer.py
+(batches, long audio, every device), resumes where an interrupted run stopped, and writes hyp.txt, ref.txt,
+records.jsonl, results.json and results.md in OUT (docs/evaluation.md, "Public test sets").
 """
 import argparse
+import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from osum_min import ranks
+from osum_min.benchmarks import READERS, LayoutError, read_benchmark
+from osum_min.generate import DEFAULT_DECODING
 from osum_min.scoring import METRICS, PROTOCOLS, score_texts
+from osum_min.tasks import TASKS
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class InputError(Exception):
@@ -99,8 +116,86 @@ def score(args) -> int:
     return 0
 
 
+def add_run(commands):
+    run = commands.add_parser("run", help="decode and score a public test set by name")
+    run.add_argument("bench", choices=sorted(READERS))
+    run.add_argument("data", type=Path, help="the set's folder (or list file) in its official layout")
+    run.add_argument("--weights", default="weights/osum")
+    run.add_argument("--out", type=Path, help="default runs/BENCH")
+    run.add_argument("--limit", type=int, help="only the first N utterances")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    run.add_argument("--beams", type=int, help="default: beam 4, repetition penalty 1.05 (infer.py's decoding)")
+    run.add_argument("--max-new-tokens", type=int)
+    for flag, choices in (("task", None), ("prompt", None), ("protocol", PROTOCOLS), ("metric", METRICS),
+                          ("language", None)):
+        run.add_argument(f"--{flag}", choices=choices, help="instead of the set's default")
+    run.add_argument("--word-times", type=Path, help="srwt: reference word times (a TextGrid, a folder of them, or "
+                     "JSONL) instead of the times written in the references")
+    run.set_defaults(run=run_command)
+
+
+def run_benchmark(args) -> int:
+    from osum_min.eval_run import decode, finish
+    from osum_min.model import load_for_inference
+    from osum_min.pipeline import Pipeline
+    from osum_min.tokenizer import tokenizer_or_none
+
+    if args.task is not None and args.task not in TASKS:
+        raise LayoutError(f"--task {args.task}: choose one of {', '.join(TASKS)}")
+    for flag in ("limit", "batch_size", "beams", "max_new_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise LayoutError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    subsets = read_benchmark(args.bench, args.data, task=args.task, prompt=args.prompt, protocol=args.protocol,
+                             metric=args.metric, language=args.language)
+    extras = [name for name in ("whisper", "zhconv", "sacrebleu") if importlib.util.find_spec(name) is None]
+    if extras and any(s.defaults.protocol == "qwen2-audio" or s.defaults.metric == "bleu" for s in subsets):
+        raise LayoutError(f"the qwen2-audio protocol and BLEU need the [eval] extra (pip install -e '.[eval]'): "
+                          f"{', '.join(extras)} missing")
+    word_times = None
+    if args.word_times is not None:
+        from osum_min.word_timing import TimingError, read_word_times
+        try:
+            word_times = read_word_times(args.word_times)
+        except TimingError as err:
+            raise LayoutError(str(err)) from None
+    weights = Path(args.weights)
+    tokenizer = tokenizer_or_none(weights) if (weights / "config.json").is_file() else None
+    if tokenizer is None:
+        raise LayoutError(f"{weights}/: no OSUM weights with a tokenizer (see `python convert.py --help`)")
+    out = args.out or Path("runs") / args.bench
+    out.mkdir(parents=True, exist_ok=True)
+    device = ranks.start(args.device)
+    try:
+        model = load_for_inference(weights, tokenizer, device=device)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise LayoutError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
+    flags = {"num_beams": args.beams, "max_new_tokens": args.max_new_tokens}
+    config = replace(DEFAULT_DECODING, eos_token_id=model.config.eod_id,
+                     **{k: v for k, v in flags.items() if v is not None})
+    decode(Pipeline(model, tokenizer, args.batch_size), subsets, out, config, limit=args.limit)
+    rank = ranks.world()[0]
+    ranks.finish()  # every rank's records are written
+    if rank != 0:
+        return 0
+    results = finish(args.bench, subsets, out, args.limit, word_times)
+    print((out / "results.md").read_text(encoding="utf-8"), end="")
+    return 1 if any(row["failed"] for row in results["rows"]) else 0
+
+
+def run_command(args) -> int:
+    try:
+        return run_benchmark(args)
+    except LayoutError as err:
+        print(f"eval.py: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eval.py: interrupted: the same command resumes where this run stopped", file=sys.stderr)
+        return 130
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     scoring = commands.add_parser("score", help="score a hypothesis file against a reference file")
     scoring.add_argument("ref", type=Path, help="reference, `key text` lines")
@@ -111,6 +206,7 @@ def main(argv=None) -> int:
     scoring.add_argument("--bleu-tokenize", choices=("13a", "zh"))
     scoring.add_argument("--confusion-png", type=Path, help="acc (osum): also draw the confusion matrix here")
     scoring.set_defaults(run=score)
+    add_run(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

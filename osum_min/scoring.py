@@ -36,6 +36,9 @@ _NEUTRAL_PREFIXES = ("AMPERSAND", "APOSTROPHE", "COMMERCIAL AT", "DEGREE CELSIUS
 _TAG = re.compile(r"<[^>]*>?")  # compute-wer.py's stripoff_tags: from `<` to the next `>` (or the end)
 _FIRST_TAG = re.compile(r"<.*?>")  # compute-acc.py's do_get_first_tag_from_str
 _CJK = re.compile(f"[{CJK_CHARS}]")
+# One CJK character, or one run of other letters/digits/apostrophes; punctuation and spacing never count. The units
+# of SRWT word matching (word_timing.py), not of the protocols' error rates.
+_UNIT = re.compile(f"[{CJK_CHARS}]|[^\\W_{CJK_CHARS}]+(?:'[^\\W_{CJK_CHARS}]+)*")
 
 
 def _char_class(codes: list[int]) -> str:
@@ -273,6 +276,10 @@ def score_texts(refs: dict[str, str], hyps: dict[str, str], protocol: str = "osu
                                                          language)
     overall = _line(_total_counts(ref_units, hyp_units))
     return {**head, "language": language, "value": overall.pop("percent"), **overall, "utterances": len(refs)}
+
+
+def scoring_units(text: str) -> list[str]:
+    return _UNIT.findall(text)
 
 
 def normalise(text: str) -> str:
