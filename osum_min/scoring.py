@@ -153,6 +153,16 @@ def edit_distance(reference: list[str], hypothesis: list[str]) -> Edits:
     return Edits(subs, dels, ins)
 
 
+def edit_operations(reference: list[str], hypothesis: list[str]) -> list[int]:
+    """One pair's edit path from the first units to the last, as operations (0 correct, 1 substitution, 2 deletion,
+    3 insertion): the path compute-wer.py walks back, so its counts are `edit_distance`'s."""
+    vocabulary = {}
+    ids = [vocabulary.setdefault(unit, len(vocabulary)) for unit in reference + hypothesis]
+    codes = _align_chunk(np.array(ids, np.int64), np.array([0]), np.array([len(reference)]),
+                         np.array([len(reference)]), np.array([len(hypothesis)]))
+    return (codes[::-1] % 4).tolist()
+
+
 def _padded(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad: int) -> np.ndarray:
     span = np.arange(max(int(lengths.max()), 1))
     taken = flat[np.minimum(starts[:, None] + span, len(flat) - 1)] if len(flat) else 0

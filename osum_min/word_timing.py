@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from osum_min.scoring import Edits, normalise, scoring_units
+from osum_min.scoring import Edits, edit_operations, normalise, scoring_units
 from osum_min.tasks import CJK_CHARS, Result, Word
 
 TOLERANCES_MS = (100, 200)
@@ -128,32 +128,13 @@ def _units(words: list[Word]) -> list[tuple[str, float | None, float | None]]:
 
 
 def align(reference: list[str], hypothesis: list[str]) -> list[tuple[int | None, int | None]]:
-    """Index pairs along a minimum edit path: (i, j) a hit or substitution, (i, None) a deletion, (None, j) an
-    insertion. Ties break as `scoring.edit_distance`'s do (fewest substitutions, then fewest deletions), so the
-    path's S/D/I are its counts."""
-    # cost[i][j]: (errors, subs, dels, ins) aligning reference[:i] with hypothesis[:j]; (len(ref)+1, len(hyp)+1)
-    cost = [[(j, 0, 0, j) for j in range(len(hypothesis) + 1)]]
-    for i, ref_unit in enumerate(reference, 1):
-        row = [(i, 0, i, 0)]
-        for j, hyp_unit in enumerate(hypothesis, 1):
-            row.append(min(_moves(cost[i - 1][j - 1], cost[i - 1][j], row[j - 1], ref_unit != hyp_unit)))
-        cost.append(row)
-    path, i, j = [], len(reference), len(hypothesis)
-    while i or j:
-        moves = _moves(cost[i - 1][j - 1] if i and j else None, cost[i - 1][j] if i else None,
-                       cost[i][j - 1] if j else None, i and j and reference[i - 1] != hypothesis[j - 1])
-        step = next(k for k, move in enumerate(moves) if move == cost[i][j])  # 0 diagonal, 1 deletion, 2 insertion
-        path.append((i - 1 if step < 2 else None, j - 1 if step != 1 else None))
-        i, j = i - (step < 2), j - (step != 1)
-    return path[::-1]
-
-
-def _moves(diagonal, up, left, substitution):
-    """The three ways into a cell (None where that neighbour is off the table), as (errors, subs, dels, ins)."""
-    infinite = (math.inf,) * 4
-    return ((diagonal[0] + substitution, diagonal[1] + substitution, *diagonal[2:]) if diagonal else infinite,
-            (up[0] + 1, up[1], up[2] + 1, up[3]) if up else infinite,
-            (left[0] + 1, *left[1:3], left[3] + 1) if left else infinite)
+    """Index pairs along scoring's edit path: (i, j) a hit or substitution, (i, None) a deletion, (None, j) an
+    insertion; the path's S/D/I are `scoring.edit_distance`'s counts."""
+    path, i, j = [], 0, 0
+    for operation in edit_operations(reference, hypothesis):
+        path.append((i if operation != 3 else None, j if operation != 2 else None))
+        i, j = i + (operation != 3), j + (operation != 2)
+    return path
 
 
 @dataclass
