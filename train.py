@@ -15,6 +15,7 @@ Ctrl-C stops at the end of the step with a checkpoint that --resume continues ex
 import argparse
 import importlib.util
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -76,6 +77,8 @@ def parse_args(argv):
     parser.add_argument("--fsdp", action="store_true",
                         help="with torchrun: shard the model over the ranks (FSDP2), for an LLM too big for one device")
     args = parser.parse_args(argv)
+    if problem := numeric_flag_problem(args):
+        parser.error(problem)
     cuda = args.device.startswith("cuda")
     args.frozen_dtype = args.frozen_dtype or ("bf16" if cuda else "fp32")
     args.bf16 = (cuda or args.frozen_dtype == "bf16") if args.bf16 is None else args.bf16
@@ -86,6 +89,25 @@ def parse_args(argv):
     if args.init and (args.encoder_init or args.llm_init):
         parser.error("--encoder-init/--llm-init build a new model: use them with --preset, not --init")
     return args
+
+
+# The whole-number flags' lowest values (0 for --eval-every and --keep-last means off / keep all).
+LOWEST = {"max_steps": 1, "warmup_steps": 0, "accum_grad": 1, "batch_frames": 1, "log_every": 1, "save_every": 1,
+          "keep_last": 0, "eval_every": 0, "eval_batches": 1, "max_bad_steps": 1, "num_workers": 0}
+
+
+def numeric_flag_problem(args) -> str | None:
+    """A number on the command line out of range, found before anything loads (None: none). A --log-every of 0
+    would divide by zero at the first step, a NaN --lr train nothing: each is refused here instead."""
+    for name, lowest in LOWEST.items():
+        if getattr(args, name) < lowest:
+            return f"--{name.replace('_', '-')} must be at least {lowest}, got {getattr(args, name)}"
+    for name in ("lr", "grad_clip"):
+        if not 0 < getattr(args, name) < math.inf:
+            return f"--{name.replace('_', '-')} must be a finite number above 0, got {getattr(args, name)}"
+    if not -2**63 <= args.seed < 2**64:  # torch.manual_seed's range
+        return f"--seed must be from {-2**63} to {2**64 - 1}, got {args.seed}"
+    return None
 
 
 def load_tokenizer(args) -> Tokenizer:
