@@ -12,24 +12,24 @@ points into windows that are decoded together and joined. A file that cannot be 
 import argparse
 import json
 import math
+import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from osum_min import ranks
-from osum_min.audio import AudioError
 from osum_min.data_formats import DataError
 from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
-from osum_min.inputs import Item, collect_inputs, decode_files
+from osum_min.inputs import Item, collect_inputs
 from osum_min.model import OSUM, load_for_inference
+from osum_min.pipeline import Answer, Pipeline, Request, RequestError
 from osum_min.progress import Progress
 from osum_min.scoring import Scorer
-from osum_min.subtitles import subtitles
-from osum_min.tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
+from osum_min.subtitles import subtitle_paths, subtitles
+from osum_min.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
 from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
-from osum_min.windows import Decoded
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -176,30 +176,168 @@ def parse_args(argv):
 
 
 def resolve_task(args) -> Task:
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError("--prompt is empty: give some prompt text, or a --task")
+    subtitles_wanted = args.srt is not None or args.vtt is not None
     if args.prompt is not None or args.prompt_ids:
+        if subtitles_wanted:
+            raise UsageError("--srt/--vtt need --task srwt (a free prompt has no timestamps to write)")
         return free_prompt_task(args.prompt or args.prompt_ids)
     if args.task not in TASKS:
         raise UsageError(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)} (or --prompt TEXT)")
-    if (args.srt is not None or args.vtt is not None) and TASKS[args.task].output != "srwt":
+    if subtitles_wanted and TASKS[args.task].output != "srwt":
         raise UsageError("--srt/--vtt need --task srwt (the only task with timestamps)")
     return TASKS[args.task]
 
 
-def prompt_ids_for(args, task: Task, tokenizer: Tokenizer | None) -> list[int]:
+def given_prompt_ids(args) -> list[int] | None:
     if not args.prompt_ids:
-        return tokenizer.encode(task.prompt)
+        return None
     try:
         return parse_prompt_ids(args.prompt_ids)
     except ValueError as err:
         raise UsageError(f"--prompt-ids: {err}") from None
 
 
-def report(item: Item, decoded: Decoded, task: Task, tokenizer, args) -> tuple[Result | None, dict]:
-    """The parsed result (None without a tokenizer) and the JSON record of one file."""
-    result = decoded.parse(task, tokenizer)
-    record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}),
-              **decoded.record(task, result, with_ids=args.ids)}
-    return result, record
+def check_combinations(args, items: list[Item]) -> None:
+    """Flags that cannot do what they say with these inputs, refused before anything is loaded."""
+    if args.json and args.stream:
+        raise UsageError("--json and --stream: choose one (--stream prints tokens as they come, not JSON)")
+    if args.score_only and not any(item.reference is not None for item in items):
+        raise UsageError("--score-only needs references: a wenet list whose lines have \"txt\"")
+    for flag, folder in (("--srt", args.srt), ("--vtt", args.vtt)):
+        if folder and not Path(folder).is_dir():
+            raise UsageError(f"{flag} {folder}: no such folder")
+        if folder and not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {folder}: the folder is not writable")
+
+
+def one_line(text: str) -> str:
+    """A key or text in the `key<TAB>text` output, with tabs and line breaks escaped so one file is one line."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def write_subtitles(answer: Answer, paths: list[Path | None]) -> str | None:
+    """Write this file's subtitles as soon as it is decoded; a failed write is this file's problem only."""
+    for path in paths:
+        if path is None or answer.result is None or answer.result.words is None:
+            continue
+        try:
+            path.write_text(subtitles(answer.result.words, vtt=path.suffix == ".vtt"), encoding="utf-8")
+        except OSError as err:
+            return f"{path}: cannot write ({err.strerror or err})"
+    return None
+
+
+def decode_share(pipeline: Pipeline, items: list[Item], requests: list[Request], share: list[int], on_token):
+    """(index, Answer) for this rank's share of the files; a bad list line is an error without decoding."""
+    good = [i for i in share if items[i].problem is None]
+    for i in share:
+        if items[i].problem is not None:
+            yield i, Answer(items[i].path, requests[i].task, error=RequestError(items[i].path, items[i].problem))
+    for j, answer in pipeline.run([requests[i] for i in good], on_token):
+        yield good[j], answer
+
+
+def gathered(pipeline: Pipeline, requests: list[Request], prompt_ids: list[int], outcomes, progress):
+    """Every rank's answers at rank 0 (None elsewhere): the ranks send ids, rank 0 parses them."""
+    mine = []
+    for index, answer in outcomes:
+        mine.append((index, answer.error or answer.decoded))
+        if progress:
+            progress.update()
+    if progress:
+        progress.close()
+    pairs = ranks.gather_outcomes(mine)
+    if ranks.world()[0] != 0:
+        return None
+    return [(index, Answer(requests[index].label, requests[index].task, error=outcome)
+             if isinstance(outcome, RequestError) else pipeline.answer(requests[index], prompt_ids, outcome))
+            for index, outcome in pairs]
+
+
+@dataclass
+class Run:
+    """A checked command with its model loaded: the files, one request each, and the pipeline that decodes them."""
+    task: Task
+    items: list[Item]
+    requests: list[Request]
+    pipeline: Pipeline
+    prompt_ids: list[int]
+
+
+def prepare(args) -> Run:
+    """Everything a usage error can stop, before any audio is decoded."""
+    task = resolve_task(args)
+    given_ids = given_prompt_ids(args)
+    items = collect_inputs(args.inputs)
+    if not items:
+        raise UsageError("no audio files given (pass files, directories or a list)")
+    check_combinations(args, items)
+    if args.stream and len(items) > 1:
+        raise UsageError("--stream decodes one file at a time: give one file")
+    args.batch_size = 1 if args.stream else args.batch_size  # long audio: stream the windows one after another
+    if ranks.world()[1] > 1 and args.stream:
+        raise UsageError("--stream prints one file as it decodes: run it in one process, not torchrun")
+    args.device = ranks.start(args.device)
+    model, tokenizer = load(args)
+    if args.score_only and tokenizer is None:
+        raise UsageError(f"--score-only scores text, and {args.weights}/ has no tokenizer")
+    pipeline = Pipeline(model, tokenizer, args.batch_size)
+    decoding = decoding_config(args, model.config.eod_id)
+    requests = [Request(item.path, task=task, prompt_ids=given_ids, config=decoding) for item in items]
+    try:
+        prompt_ids = pipeline.prompt_ids(requests[0])  # the same for every file: checked once, as a usage error
+    except RequestError as err:
+        raise UsageError(err.problem if given_ids is None else f"--prompt-ids: {err.problem}") from None
+    return Run(task, items, requests, pipeline, prompt_ids)
+
+
+class Report:
+    """Each answer as it comes: scored, its subtitles written, its line printed in input order."""
+
+    def __init__(self, args, run: Run):
+        self.args, self.items, self.failures, self.pending, self.next_to_print = args, run.items, 0, {}, 0
+        has_references = any(item.reference is not None for item in run.items)
+        self.scorer = Scorer(run.task) if args.score_only or run.pipeline.tokenizer and has_references else None
+        paths = [item.path for item in run.items]
+        self.subtitle_files = [subtitle_paths(paths, folder, suffix) if folder is not None else [None] * len(paths)
+                               for folder, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt"))]
+
+    def add(self, index: int, answer: Answer) -> None:
+        args, item = self.args, self.items[index]
+        if answer.error:
+            self.failures += 1
+            print(f"infer.py: skipped {answer.error}", file=sys.stderr)
+            if self.scorer:
+                self.scorer.skipped += 1
+            line = json.dumps({"file": item.path, "error": str(answer.error)}, ensure_ascii=False) if args.json \
+                else None
+        else:
+            if problem := write_subtitles(answer, [files[index] for files in self.subtitle_files]):
+                self.failures += 1
+                print(f"infer.py: {problem}", file=sys.stderr)
+            if self.scorer and item.reference is not None:
+                self.scorer.add(item.reference, answer.result)
+            record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}),
+                      **answer.to_json(with_ids=args.ids)}
+            text = " | ".join(" ".join(map(str, ids)) for ids in answer.decoded.ids) if args.ids \
+                else answer.result.to_text()
+            line = json.dumps(record, ensure_ascii=False) if args.json else \
+                text if len(self.items) == 1 else f"{one_line(item.key)}\t{one_line(text)}"
+            line = None if args.score_only or args.stream else line
+        self.pending[index] = line
+        while self.next_to_print in self.pending:
+            line = self.pending.pop(self.next_to_print)
+            if line is not None:
+                print(line, flush=True)
+            self.next_to_print += 1
+
+    def finish(self) -> int:
+        """Print the scores; the exit code: 0 all decoded, 1 some failed, 2 none decoded."""
+        if self.scorer:
+            print(json.dumps({"summary": self.scorer.summary()}) if self.args.json else "\n".join(self.scorer.lines()))
+        return 2 if self.failures == len(self.items) else 1 if self.failures else 0
 
 
 def main(argv=None) -> int:
@@ -218,85 +356,38 @@ def main(argv=None) -> int:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
     try:
-        task = resolve_task(args)
-        items = collect_inputs(args.inputs)
-        if not items:
-            raise UsageError("no audio files given (pass files, directories or a list)")
-        if args.stream and len(items) > 1:
-            raise UsageError("--stream decodes one file at a time: give one file")
-        args.batch_size = 1 if args.stream else args.batch_size  # long audio: stream the windows one after another
-        rank, world_size, _ = ranks.world()
-        if world_size > 1 and args.stream:
-            raise UsageError("--stream prints one file as it decodes: run it in one process, not torchrun")
-        args.device = ranks.start(args.device)
-        model, tokenizer = load(args)
-        prompt_ids = prompt_ids_for(args, task, tokenizer)
-        decoding = decoding_config(args, model.config.eod_id)
-        if problem := model.config.prompt_length_problem(len(prompt_ids), decoding.max_new_tokens):
-            raise UsageError(problem)
+        run = prepare(args)
     except (UsageError, DataError) as err:
         print(f"infer.py: error: {err}", file=sys.stderr)
         return 2
 
-    on_token = None
+    on_token, stream = None, None
     if args.stream:
-        stream = tokenizer.stream_decoder() if tokenizer and not args.ids else None
-        on_token = lambda row, token: print(  # noqa: E731
+        stream = run.pipeline.tokenizer.stream_decoder() if run.pipeline.tokenizer and not args.ids else None
+        on_token = lambda index, token: print(  # noqa: E731
             stream.push(token) if stream else f"{token} ", end="", flush=True)
-    scorer = Scorer(task) if tokenizer and any(item.reference is not None for item in items) else None
-    failures, pending, next_to_print = 0, {}, 0
-    share = ranks.balanced_share([item.seconds for item in items], rank, world_size)
+    rank, world_size, _ = ranks.world()
+    share = ranks.balanced_share([item.seconds for item in run.items], rank, world_size)
     progress = Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}") \
         if len(share) > 3 and not args.stream and rank == 0 else None
-    outcomes = ((share[i], outcome) for i, outcome in decode_files(model, [items[j] for j in share], prompt_ids,
-                                                                    decoding, args.batch_size, on_token))
+    outcomes = decode_share(run.pipeline, run.items, run.requests, share, on_token)
     if world_size > 1:  # every rank decodes its share; rank 0 reports them all, as one process would
-        mine = []
-        for pair in outcomes:
-            mine.append(pair)
-            if progress:
-                progress.update()
-        if progress:
-            progress.close()
-        outcomes, progress = ranks.gather_outcomes(mine), None
-        if rank != 0:
+        outcomes, progress = gathered(run.pipeline, run.requests, run.prompt_ids, outcomes, progress), None
+        if outcomes is None:
             ranks.finish()
             return 0
-    for index, outcome in outcomes:
+    report = Report(args, run)
+    for index, answer in outcomes:
+        report.add(index, answer)
         if progress:
             progress.update()
-        if isinstance(outcome, AudioError):
-            failures += 1
-            if scorer:
-                scorer.skipped += 1
-            print(f"infer.py: skipped {outcome}", file=sys.stderr)
-            pending[index] = json.dumps({"file": items[index].path, "error": str(outcome)}) if args.json else None
-        else:
-            result, record = report(items[index], outcome, task, tokenizer, args)
-            if scorer and items[index].reference is not None:
-                scorer.add(items[index].reference, result)
-            if result and result.words is not None:
-                for wanted, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt")):
-                    if wanted is not None:
-                        out = Path(wanted or Path(items[index].path).parent) / (Path(items[index].path).stem + suffix)
-                        out.write_text(subtitles(result.words, vtt=suffix == ".vtt"), encoding="utf-8")
-            text = " | ".join(" ".join(map(str, ids)) for ids in outcome.ids) if args.ids else result.to_text()
-            line = json.dumps(record, ensure_ascii=False) if args.json else \
-                text if len(items) == 1 else f"{items[index].key}\t{text}"
-            pending[index] = None if args.score_only or args.stream else line
-        while next_to_print in pending:
-            line = pending.pop(next_to_print)
-            if line is not None:
-                print(line, flush=True)
-            next_to_print += 1
     if progress:
         progress.close()
     if args.stream:
         print(stream.finish() if stream else "")
-    if scorer:
-        print(json.dumps({"summary": scorer.summary()}) if args.json else "\n".join(scorer.lines()))
+    code = report.finish()
     ranks.finish()
-    return 2 if failures == len(items) else 1 if failures else 0
+    return code
 
 
 if __name__ == "__main__":

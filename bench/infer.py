@@ -31,8 +31,9 @@ from osum_min.adaptor import AdaptorConfig  # noqa: E402
 from osum_min.audio import SAMPLE_RATE  # noqa: E402
 from osum_min.encoder import ENCODER_PRESETS  # noqa: E402
 from osum_min.generate import DEFAULT_DECODING  # noqa: E402
-from osum_min.inputs import collect_inputs, decode_files  # noqa: E402
+from osum_min.inputs import collect_inputs  # noqa: E402
 from osum_min.model import OSUM, OSUMConfig  # noqa: E402
+from osum_min.pipeline import Pipeline, Request  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
 from osum_min.qwen2 import LLM_PRESETS  # noqa: E402
 
@@ -60,8 +61,9 @@ def run(model, items, decoding, batch_size: int) -> tuple[float, dict]:
     outputs = {}
     started = time.perf_counter()
     with Progress(len(items), f"batch {batch_size}") as bar:
-        for index, decoded in decode_files(model, items, [17, 230, 511, 42, 901, 7, 333], decoding, batch_size):
-            outputs[index] = decoded.ids
+        requests = [Request(item.path, prompt_ids=[17, 230, 511, 42, 901, 7, 333], config=decoding) for item in items]
+        for index, answer in Pipeline(model, None, batch_size).run(requests):
+            outputs[index] = answer.decoded.ids
             bar.update()
     return time.perf_counter() - started, outputs
 

@@ -1,17 +1,13 @@
 """The files a run decodes: audio paths, folders and lists (one path a line, or wenet raw jsonl
-`{"key", "wav", "txt"}`), loaded and decoded in batches of similar length, longest first."""
+`{"key", "wav", "txt"}`), each with its duration from the header (pipeline.py decodes them longest first)."""
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile
-import torch
 
-from .audio import AUDIO_SUFFIXES, AudioError, load_audio
+from .audio import AUDIO_SUFFIXES
 from .data_formats import DataError, resolve_listed_path
-from .generate import GenerationConfig
-from .model import OSUM
-from .windows import decode_waveforms
 
 
 @dataclass
@@ -75,24 +71,3 @@ def collect_inputs(paths: list[str]) -> list[Item]:
         except Exception:  # noqa: BLE001  unreadable files sort anywhere; load_audio names the problem later
             item.seconds = 0.0
     return items
-
-
-def load_item(item: Item) -> torch.Tensor:
-    if item.problem is not None:
-        raise AudioError(item.path, item.problem)
-    return load_audio(item.path)
-
-
-def decode_files(model: OSUM, items: list[Item], prompt_ids: list[int], decoding: GenerationConfig, batch_size: int,
-                 on_token=None):
-    """Yield (index, Decoded or AudioError) per item, longest first: each group of `batch_size` files is loaded and
-    its windows decoded `batch_size` at a time."""
-    order = sorted(range(len(items)), key=lambda i: -items[i].seconds)
-    for group_start in range(0, len(order), batch_size):
-        waves = {}
-        for index in order[group_start:group_start + batch_size]:
-            try:
-                waves[index] = load_item(items[index])
-            except AudioError as err:
-                yield index, err
-        yield from zip(waves, decode_waveforms(model, list(waves.values()), prompt_ids, decoding, batch_size, on_token))

@@ -11,7 +11,7 @@ from dataclasses import asdict
 import torch
 import torch.distributed as dist
 
-from .audio import AudioError
+from .pipeline import RequestError
 from .windows import Decoded
 
 
@@ -57,16 +57,16 @@ def balanced_share(seconds: list[float], rank: int, size: int) -> list[int]:
     return sorted(shares[rank])
 
 
-def gather_outcomes(outcomes: list[tuple[int, Decoded | AudioError]]):
-    """Every rank's (index, Decoded or AudioError) pairs at rank 0, in rank order (an empty list elsewhere)."""
+def gather_outcomes(outcomes: list[tuple[int, Decoded | RequestError]]):
+    """Every rank's (index, Decoded or RequestError) pairs at rank 0, in rank order (an empty list elsewhere)."""
     rank, size, _ = world()
-    mine = json.dumps([[index, {"source": o.source, "problem": o.problem} if isinstance(o, AudioError) else asdict(o)]
-                       for index, o in outcomes])
+    mine = json.dumps([[index, {"name": o.name, "problem": o.problem, "kind": o.kind}
+                        if isinstance(o, RequestError) else asdict(o)] for index, o in outcomes])
     gathered = [None] * size if rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
     if rank != 0:
         return []
-    return [(index, AudioError(**fields) if "problem" in fields else Decoded(**fields))
+    return [(index, RequestError(**fields) if "problem" in fields else Decoded(**fields))
             for text in gathered for index, fields in json.loads(text)]
 
 

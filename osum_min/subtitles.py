@@ -1,5 +1,26 @@
 """SRT and WebVTT subtitles from SRWT's timed words (shared by infer.py --srt/--vtt and the web demo)."""
+import os
+from collections import defaultdict
+from pathlib import Path
+
 from .tasks import Word
+
+
+def subtitle_paths(audio_paths: list[str], folder: str, suffix: str) -> list[Path]:
+    """Where each file's subtitles go: next to its audio, or in `folder`. Files of one name from different folders
+    are told apart by their paths below the folder they share (x/a.wav, y/a.wav -> x_a.srt, y_a.srt), never
+    written over each other."""
+    paths = [Path(folder or Path(audio).parent) / (Path(audio).stem + suffix) for audio in audio_paths]
+    sharing = defaultdict(list)  # subtitle path -> the audio files that would write it
+    for path, audio in zip(paths, audio_paths):
+        sharing[path].append(os.path.abspath(audio))
+    renamed = []
+    for path, audio in zip(paths, audio_paths):
+        if len(set(sharing[path])) > 1:
+            below = Path(os.path.relpath(os.path.abspath(audio), os.path.commonpath(sharing[path])))
+            path = path.with_name("_".join(below.with_suffix(suffix).parts))
+        renamed.append(path)
+    return renamed
 
 
 def subtitles(words: list[Word], vtt: bool, max_chars: int = 42, max_gap: float = 1.0) -> str:

@@ -1,7 +1,8 @@
 """A web page in front of the inference pipeline (`python infer.py --web`): every task of `tasks.py` in the browser.
 
-The page does what `infer.py` does for one file: audio (upload or microphone) cut into <= 30 s windows, the
-windows decoded as a batch, each window's text parsed for the task and the windows joined. The model is loaded
+The page does what `infer.py` does for one file, through the same request path (pipeline.py): audio (upload or
+microphone) cut into <= 30 s windows, the windows decoded as a batch, each window's text parsed for the task and the
+windows joined. The model is loaded
 once; gradio's queue runs one request at a time, because one model must not decode two batches at once. Every
 problem (unreadable upload, bad prompt ids, missing weights) comes back as one line on the page and the server
 keeps serving. gradio is an optional extra (`pip install .[demo]`), imported only here and only when called.
@@ -14,15 +15,13 @@ import weakref
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
-from .audio import AudioError, load_audio
 from .generate import DEFAULT_DECODING, GenerationConfig
 from .model import OSUM, load_for_inference
+from .pipeline import Pipeline, Request
 from .subtitles import subtitles
-from .tasks import TASKS, Result, Task, free_prompt_task, parse_prompt_ids
+from .tasks import TASKS, free_prompt_task, parse_prompt_ids
 from .tokenizer import Tokenizer, tokenizer_or_none
-from .windows import Decoded, decode_waveforms
 
 FREE_PROMPT = "prompt"
 CACHE_SECONDS = 3600
@@ -38,14 +37,6 @@ def import_gradio():
     except ImportError:
         raise DemoUnavailable("the web demo needs gradio: pip install .[demo]") from None
     return gradio
-
-
-def transcribe(model: OSUM, tokenizer: Tokenizer | None, wav: torch.Tensor, task: Task, prompt_ids: list[int],
-               config: GenerationConfig, batch_size: int = 8, on_batch=None) -> tuple[Decoded, Result | None]:
-    """(samples,) 16 kHz waveform -> its decoded windows and the joined result (None without a tokenizer: then the
-    ids are the output); `on_batch(done, total)` after each batch of windows."""
-    decoded = decode_waveforms(model, [wav], prompt_ids, config, batch_size, on_batch=on_batch)[0]
-    return decoded, decoded.parse(task, tokenizer)
 
 
 def decoding(eos_id: int, beams: int, sample: bool, temperature: float, top_k: int, top_p: float,
@@ -89,24 +80,20 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), bat
             if prompt_text and prompt_text.strip() and task_name != FREE_PROMPT:
                 task = replace(task, prompt=prompt_text.strip())
             given_ids = bool(prompt_ids_text and prompt_ids_text.strip())
-            if given_ids:
-                prompt_ids = parse_prompt_ids(prompt_ids_text)
-            elif tokenizer is None:
+            if not given_ids and tokenizer is None:
                 raise ValueError("this model has no tokenizer: give the prompt as token ids (Debugging)")
-            elif not task.prompt.strip():
+            if not given_ids and not task.prompt.strip():
                 raise ValueError("free prompt: type the prompt text")
-            else:
-                prompt_ids = tokenizer.encode(task.prompt)
-            try:
-                wav = load_audio(audio_path)
-            except AudioError as err:  # name the upload, not gradio's cache folder
-                raise ValueError(str(err).replace(audio_path, Path(audio_path).name)) from None
             config = decoding(model.config.eod_id, beams, sample, temperature, top_k, top_p, repetition_penalty,
-                                max_new_tokens, seed)
-            if problem := model.config.prompt_length_problem(len(prompt_ids), config.max_new_tokens):
-                raise ValueError(problem)
-            out, result = transcribe(model, tokenizer, wav, task, prompt_ids, config, batch_size,
-                                     on_batch=lambda done, total: progress((done, total), desc="windows"))
+                              max_new_tokens, seed)
+            ids = parse_prompt_ids(prompt_ids_text) if given_ids else None
+            request = Request(audio_path, task=task, prompt_ids=ids, config=config,
+                              name=Path(audio_path).name)  # name the upload, not gradio's cache folder
+            [(_, answer)] = Pipeline(model, tokenizer, batch_size).run(
+                [request], on_batch=lambda done, total: progress((done, total), desc="windows"))
+            if answer.error:
+                raise ValueError(answer.error.problem if answer.error.kind == "prompt" else str(answer.error))
+            out, result = answer.decoded, answer.result
         except ValueError as err:
             return page(f"**Error:** {err}")
         except Exception as err:  # noqa: BLE001  the page shows one line; the server log keeps the traceback
@@ -114,7 +101,7 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), bat
             return page(f"**Error:** {type(err).__name__}: {' '.join(str(err).split())}")
 
         ids_text = " | ".join(" ".join(map(str, window)) for window in out.ids)
-        record = {**out.record(task, result, with_ids=True), **({"prompt_ids": prompt_ids} if given_ids else {})}
+        record = {**answer.to_json(with_ids=True), **({"prompt_ids": answer.prompt_ids} if given_ids else {})}
         status = (f"{out.audio_seconds:.2f} s of audio in {len(out.windows)} window{'s' * (len(out.windows) > 1)}, "
                   f"decoded in {out.decode_seconds:.2f} s (real-time factor "
                   f"{out.decode_seconds / out.audio_seconds:.3f})")

@@ -1,17 +1,16 @@
-"""Long audio: cut waveforms into windows the model can take (at most 30 s), at quiet points, and decode them.
+"""Long audio: cut waveforms into windows the model can take (at most 30 s), at quiet points, and join them.
 
 OSUM's encoder has a 30 s positional table and the original silently truncates longer input. We cut instead, each
 cut at the quietest stretch (lowest short-time energy) of the few seconds before the 30 s limit, so a cut rarely
 falls inside a word. The windows tile the audio exactly: nothing dropped, nothing decoded twice. The windows of
-many waveforms are decoded together in batches of similar length (infer.py's files, the web page's one clip).
+many waveforms are decoded together in batches of similar length by pipeline.py.
 """
-import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from osum_min.audio import HOP, SAMPLE_RATE, log_mel, pad_features
+from osum_min.audio import HOP, SAMPLE_RATE
 from osum_min.tasks import parse_windows
 
 
@@ -53,9 +52,11 @@ def split_windows(wav: torch.Tensor, max_seconds: float = 30.0, search_seconds: 
 
 @dataclass
 class Decoded:
-    """One waveform through the model: its windows, the new token ids of each, and its share of decoding time."""
+    """One waveform through the model: its windows, the new token ids and score of each, and its share of
+    decoding time."""
     windows: list[tuple[int, int]]  # sample ranges covering the audio
     ids: list[list[int]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)  # generate's return_scores per window (NaN: the model failed)
     decode_seconds: float = 0.0
 
     @property
@@ -68,39 +69,3 @@ class Decoded:
         if tokenizer is None:
             return None
         return parse_windows(task, tokenizer, self.ids, [start / SAMPLE_RATE for start, _ in self.windows])
-
-    def record(self, task, result, with_ids: bool) -> dict:
-        """infer.py's `--json` fields for a task and its parsed Result (None without a tokenizer)."""
-        record = {"task": task.name, "prompt": task.prompt, **(result.to_json() if result else {}),
-                  "audio_s": round(self.audio_seconds, 3), "decode_s": round(self.decode_seconds, 3)}
-        if len(self.windows) > 1:
-            record["windows"] = [[round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)] for s, e in self.windows]
-        if with_ids:
-            record["ids"] = self.ids[0] if len(self.ids) == 1 else self.ids
-        return record
-
-
-def decode_waveforms(model, waves: list[torch.Tensor], prompt_ids: list[int], config, batch_size: int,
-                     on_token=None, on_batch=None) -> list[Decoded]:
-    """Each (samples,) 16 kHz waveform cut into windows; all windows decoded `batch_size` at a time through
-    `model.generate` (OSUM) with `config` (a GenerationConfig). Batches take windows longest first, so little is padding; one at a
-    time they go in time order, so streamed tokens (`on_token`) read in order. `on_batch(done, total)` after each."""
-    decoded = [Decoded(split_windows(wav, model.config.max_mel_frames * HOP / SAMPLE_RATE)) for wav in waves]
-    windows = []  # (Decoded, window number, features (T, 80))
-    for item, wav in zip(decoded, waves):
-        item.ids = [[] for _ in item.windows]
-        windows += [(item, number, log_mel(wav[start:end])) for number, (start, end) in enumerate(item.windows)]
-    if batch_size > 1:
-        windows.sort(key=lambda window: -len(window[2]))
-    for first in range(0, len(windows), batch_size):
-        chunk = windows[first:first + batch_size]
-        mel, mel_lens = pad_features([features for _, _, features in chunk])  # (B, T, 80), (B,)
-        started = time.perf_counter()
-        outputs = model.generate(mel, mel_lens, [prompt_ids] * len(chunk), config=config, on_token=on_token)
-        share = (time.perf_counter() - started) / len(chunk)
-        for (item, number, _), ids in zip(chunk, outputs):
-            item.ids[number] = ids
-            item.decode_seconds += share
-        if on_batch:
-            on_batch(first + len(chunk), len(windows))
-    return decoded

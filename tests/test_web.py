@@ -145,8 +145,9 @@ class ScriptedModel:
     def __init__(self, model: OSUM, answer: list[int]):
         self.config, self.answer = model.config, answer
 
-    def generate(self, mel, mel_lens, prompt_ids, **settings):
-        return [self.answer] * len(mel)
+    def generate(self, mel, mel_lens, prompt_ids, return_scores=False, **settings):
+        ids = [self.answer] * len(mel)
+        return (ids, [0.0] * len(ids)) if return_scores else ids
 
 
 def run_page(demo, task: str, audio=AUDIO) -> list:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from osum_min.audio import HOP, SAMPLE_RATE, load_audio, log_mel
-from osum_min.windows import decode_waveforms, frame_energy, split_windows
+from osum_min.pipeline import decode_waveforms
+from osum_min.windows import frame_energy, split_windows
 
 SONNET = Path(__file__).parent / ".assets" / "sonnet1.wav"
 
@@ -61,9 +62,10 @@ class LengthEcho:
     def __init__(self):
         self.batches = []
 
-    def generate(self, mel, mel_lens, prompt_ids, on_token=None, **settings):
+    def generate(self, mel, mel_lens, prompt_ids, on_token=None, return_scores=False, **settings):
         self.batches.append(mel_lens.tolist())
-        return [[int(n)] for n in mel_lens]
+        ids = [[int(n)] for n in mel_lens]
+        return (ids, [0.0] * len(ids)) if return_scores else ids
 
 
 def test_windows_batch_longest_first_alone_in_time_order_and_come_back_to_their_waveform():
@@ -72,8 +74,8 @@ def test_windows_batch_longest_first_alone_in_time_order_and_come_back_to_their_
     long_wav[24 * SAMPLE_RATE:24 * SAMPLE_RATE + 4000] = 0
     waves = [long_wav, 0.3 * torch.randn(12 * SAMPLE_RATE, generator=generator)]
     batched, alone = LengthEcho(), LengthEcho()
-    by_batch = decode_waveforms(batched, waves, [1], {}, batch_size=8)
-    by_one = decode_waveforms(alone, waves, [1], {}, batch_size=1)
+    by_batch = decode_waveforms(batched, waves, [[1], [1]], {}, batch_size=8)
+    by_one = decode_waveforms(alone, waves, [[1], [1]], {}, batch_size=1)
     assert [len(d.windows) for d in by_batch] == [3, 1]
     assert batched.batches[0] == sorted(batched.batches[0], reverse=True)  # one batch, longest first
     window_frames = [[log_mel(wav[s:e]).shape[0] for s, e in d.windows] for d, wav in zip(by_one, waves)]
