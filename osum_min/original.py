@@ -266,8 +266,9 @@ def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None)
         raise WeightsError(f"unexpected {describe_keys(unknown)} (not in original.py's key table)")
     unused = [mapped[name] for name in mapped if name not in expected]
     if unused:  # e.g. LoRA adapters under use_lora false: dropping them would decode another model
-        what = ("LoRA tensors, but the config has use_lora false or lora_rank 0" if all(".lora_" in key for key in unused)
-                else "tensors the config has no place for")
+        lora = all(".lora_" in key for key in unused)
+        what = "LoRA tensors, but the config has use_lora false or lora_rank 0" if lora else \
+            "tensors the config has no place for"
         raise ConfigMismatch(f"{what}: {describe_keys(unused)}")
     missing = [name for name in expected if name not in mapped]
     if missing:

@@ -426,7 +426,8 @@ def test_bad_config_values_are_one_line_before_converting(tmp_path, capsys, old,
     """Each converted and decoded zeros (NaN RoPE), dropped the LoRA tensors or crashed with a traceback."""
     assert old in CONFIG_A.read_text()
     (tmp_path / "cfg.json").write_text(CONFIG_A.read_text().replace(old, new))
-    code, _, err = run_convert(capsys, FIXTURE_A / "infer.pt", "--config", tmp_path / "cfg.json", "--out", tmp_path / "o")
+    code, _, err = run_convert(capsys, FIXTURE_A / "infer.pt", "--config", tmp_path / "cfg.json",
+                               "--out", tmp_path / "o")
     assert code == 2 and one_line(err) and "cfg.json" in err and reason in err, err
     assert not (tmp_path / "o").exists()
 
