@@ -194,6 +194,7 @@ def main(argv=None) -> int:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     skipped_by_worker = {}  # this pass's count of unreadable samples, as each DataLoader worker last reported it
+    skipped_by_steps = {}  # epoch -> samples the steps did not learn from (features not finite, skipped steps)
     window, bad_steps, saved_step = LossWindow(time.time), 0, step
     progress = Progress(args.max_steps, "training", initial=step, interval=30) if main_process else None
     try:
@@ -203,18 +204,21 @@ def main(argv=None) -> int:
                 figures = optimization_step(trained_model, micro, optimizer, scheduler, window, args.grad_clip,
                                             autocast, device)
                 skipped_by_worker.update((batch["worker"], batch["skipped"]) for batch in micro)
+                skipped_by_steps[batches.epoch] = skipped_by_steps.get(batches.epoch, 0) + int(figures.skipped)
                 step += 1
                 bad_steps = 0 if figures.lr is not None else bad_steps + 1
                 if bad_steps:
-                    say(f"warning: step {step}: loss {figures.loss_sum / figures.tokens} grad norm "
-                        f"{figures.grad_norm}, step skipped")
+                    loss = figures.loss_sum / figures.tokens if figures.tokens else "none (no sample left)"
+                    say(f"warning: step {step}: loss {loss} grad norm {figures.grad_norm}, step skipped "
+                        f"({int(figures.skipped)} samples)")
                     if bad_steps >= args.max_bad_steps:
                         raise TrainingError(f"{bad_steps} non-finite steps in a row at step {step}: stopping")
                 if progress:
                     progress.update()
                 if main_process and window.steps and (step % args.log_every == 0 or step == args.max_steps):
                     record = {**window.record(step, args.max_steps), "grad_norm": figures.grad_norm,
-                              "epoch": batches.epoch, "skipped_samples": sum(skipped_by_worker.values()),
+                              "epoch": batches.epoch, "skipped_samples": sum(skipped_by_worker.values())
+                              + skipped_by_steps.get(batches.epoch, 0),
                               "peak_memory_gib": round(peak_memory_gib(device), 3)}
                     append_jsonl(log_path, record)
                     say(log_line(record))
@@ -228,6 +232,8 @@ def main(argv=None) -> int:
                         scores = evaluate(model, args.dev_data, tokenizer, config, args.eval_batches)
                     set_rng_states(training_rng)
                     append_jsonl(log_path, {"step": step, "eval": scores})
+                    if not scores["dev_items"]:
+                        say(f"warning: eval step {step}: no item of {args.dev_data} could be scored")
                     say(f"eval step {step}: {json.dumps(scores)}")
                 if step < args.max_steps and sum_over_ranks([float(stop.requested)], device)[0]:
                     if saved_step != step:  # all ranks stop at one step, with a checkpoint of it
