@@ -287,3 +287,16 @@ def test_logits_turning_nan_midway_keep_the_tokens_before(twin):
         with torch.no_grad():
             weight[clean[third]] = saved
     assert ids == [clean[:third + 1]] and math.isnan(scores[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_a_nan_row_through_cuda_graphs_stops_like_eager(twin):
+    """The captured decode step returns the logits the eager one does: a NaN row stops there, the others go on."""
+    import copy
+    model = copy.deepcopy(twin[1]).cuda()
+    embeds, mask = (x.cuda() for x in poisoned_batch(model.config.dim))
+    config = GenerationConfig(max_new_tokens=8, repetition_penalty=1.05, eos_token_id=NEVER)
+    eager = generate(model, embeds, mask, config, return_scores=True)
+    fast_decoding(model, compile=False)
+    graphed = generate(model, embeds, mask, config, return_scores=True)
+    assert graphed[0] == eager[0] and graphed[0][1] == [] and math.isnan(graphed[1][1])
