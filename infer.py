@@ -11,6 +11,7 @@ points into windows that are decoded together and joined. A file that cannot be 
 """
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -85,6 +86,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # what the model is loaded and decoded on; torch names many more
+SEEDS = range(-2**63, 2**64)  # what torch.Generator.manual_seed takes
+LOWEST_TEMPERATURE = 1e-4  # below it dividing float32 logits can overflow: inf - inf = NaN probabilities
+
+
 def device_problem(name: str | None) -> str | None:
     if name is None:
         return None
@@ -92,6 +98,8 @@ def device_problem(name: str | None) -> str | None:
         device = torch.device(name)
     except RuntimeError:
         return f"--device {name}: not a torch device (cpu, cuda or cuda:N)"
+    if device.type not in DEVICE_TYPES:
+        return f"--device {name}: the model runs on {', '.join(DEVICE_TYPES)} only"
     if device.type == "cuda" and not torch.cuda.is_available():
         return f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu"
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -107,14 +115,19 @@ def flag_problem(args) -> str | None:
                         ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             return f"{flag} must be at least 1, got {value}"
-    if args.temperature is not None and not args.temperature > 0:
-        return f"--temperature must be above 0 (sampling divides the scores by it), got {args.temperature}"
+    if args.temperature is not None and not LOWEST_TEMPERATURE <= args.temperature < math.inf:
+        return (f"--temperature must be above 0, finite and at least {LOWEST_TEMPERATURE} (sampling divides the "
+                f"scores by it: a smaller one overflows them into NaN probabilities), got {args.temperature}")
     if args.top_k is not None and args.top_k < 0:
         return f"--top-k must be 0 (off) or more, got {args.top_k}"
     if args.top_p is not None and not 0 < args.top_p <= 1:
         return f"--top-p must be in (0, 1], got {args.top_p}"
-    if args.repetition_penalty is not None and not args.repetition_penalty > 0:
-        return f"--repetition-penalty must be above 0, got {args.repetition_penalty}"
+    if args.repetition_penalty is not None and not 0 < args.repetition_penalty < math.inf:
+        return f"--repetition-penalty must be above 0 and finite, got {args.repetition_penalty}"
+    if args.seed is not None and args.seed not in SEEDS:
+        return f"--seed must be a whole number from {SEEDS.start} to {SEEDS.stop - 1} (torch's range), got {args.seed}"
+    if not 0 <= args.port <= 65535:
+        return f"--port must be from 0 to 65535, got {args.port}"
     return device_problem(args.device)
 
 

@@ -15,6 +15,7 @@ Ctrl-C stops at the end of the step with a checkpoint that --resume continues ex
 import argparse
 import importlib.util
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -80,6 +81,8 @@ def parse_args(argv):
     parser.add_argument("--fsdp", action="store_true",
                         help="with torchrun: shard the model over the ranks (FSDP2), for an LLM too big for one device")
     args = parser.parse_args(argv)
+    if problem := numeric_flag_problem(args):
+        parser.error(problem)
     cuda = args.device.startswith("cuda")
     args.frozen_dtype = args.frozen_dtype or ("bf16" if cuda else "fp32")
     args.bf16 = (cuda or args.frozen_dtype == "bf16") if args.bf16 is None else args.bf16
@@ -90,6 +93,25 @@ def parse_args(argv):
     if args.init and (args.encoder_init or args.llm_init):
         parser.error("--encoder-init/--llm-init build a new model: use them with --preset, not --init")
     return args
+
+
+# The whole-number flags' lowest values (0 for --eval-every and --keep-last means off / keep all).
+LOWEST = {"max_steps": 1, "warmup_steps": 0, "accum_grad": 1, "batch_frames": 1, "log_every": 1, "save_every": 1,
+          "keep_last": 0, "eval_every": 0, "eval_batches": 1, "max_bad_steps": 1, "num_workers": 0}
+
+
+def numeric_flag_problem(args) -> str | None:
+    """A number on the command line out of range, found before anything loads (None: none). A --log-every of 0
+    would divide by zero at the first step, a NaN --lr train nothing: each is refused here instead."""
+    for name, lowest in LOWEST.items():
+        if getattr(args, name) < lowest:
+            return f"--{name.replace('_', '-')} must be at least {lowest}, got {getattr(args, name)}"
+    for name in ("lr", "grad_clip"):
+        if not 0 < getattr(args, name) < math.inf:
+            return f"--{name.replace('_', '-')} must be a finite number above 0, got {getattr(args, name)}"
+    if not -2**63 <= args.seed < 2**64:  # torch.manual_seed's range
+        return f"--seed must be from {-2**63} to {2**64 - 1}, got {args.seed}"
+    return None
 
 
 def load_tokenizer(args) -> Tokenizer:
@@ -176,6 +198,7 @@ def main(argv=None) -> int:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     skipped_by_worker = {}  # this pass's count of unreadable samples, as each DataLoader worker last reported it
+    skipped_by_steps = {}  # epoch -> samples the steps did not learn from (features not finite, skipped steps)
     window, bad_steps, saved_step = LossWindow(time.time), 0, step
     progress = Progress(args.max_steps, "training", initial=step, interval=30) if main_process else None
     try:
@@ -185,18 +208,21 @@ def main(argv=None) -> int:
                 figures = optimization_step(trained_model, micro, optimizer, scheduler, window, args.grad_clip,
                                             autocast, device)
                 skipped_by_worker.update((batch["worker"], batch["skipped"]) for batch in micro)
+                skipped_by_steps[batches.epoch] = skipped_by_steps.get(batches.epoch, 0) + int(figures.skipped)
                 step += 1
                 bad_steps = 0 if figures.lr is not None else bad_steps + 1
                 if bad_steps:
-                    say(f"warning: step {step}: loss {figures.loss_sum / figures.tokens} grad norm "
-                        f"{figures.grad_norm}, step skipped")
+                    loss = figures.loss_sum / figures.tokens if figures.tokens else "none (no sample left)"
+                    say(f"warning: step {step}: loss {loss} grad norm {figures.grad_norm}, step skipped "
+                        f"({int(figures.skipped)} samples)")
                     if bad_steps >= args.max_bad_steps:
                         raise TrainingError(f"{bad_steps} non-finite steps in a row at step {step}: stopping")
                 if progress:
                     progress.update()
                 if main_process and window.steps and (step % args.log_every == 0 or step == args.max_steps):
                     record = {**window.record(step, args.max_steps), "grad_norm": figures.grad_norm,
-                              "epoch": batches.epoch, "skipped_samples": sum(skipped_by_worker.values()),
+                              "epoch": batches.epoch, "skipped_samples": sum(skipped_by_worker.values())
+                              + skipped_by_steps.get(batches.epoch, 0),
                               "peak_memory_gib": round(peak_memory_gib(device), 3)}
                     append_jsonl(log_path, record)
                     say(log_line(record))
@@ -211,6 +237,8 @@ def main(argv=None) -> int:
                                           protocol=args.protocol)
                     set_rng_states(training_rng)
                     append_jsonl(log_path, {"step": step, "eval": scores})
+                    if not scores["dev_items"]:
+                        say(f"warning: eval step {step}: no item of {args.dev_data} could be scored")
                     say(f"eval step {step}: {json.dumps(scores)}")
                 if step < args.max_steps and sum_over_ranks([float(stop.requested)], device)[0]:
                     if saved_step != step:  # all ranks stop at one step, with a checkpoint of it

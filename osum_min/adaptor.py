@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config_check import check_config, check_divides
 from .encoder import LayerNorm, ResidualAttentionBlock, key_padding_mask
 from .linear import Linear
 
@@ -22,6 +23,10 @@ class AdaptorConfig:
     layers: int = 4
     llm_dim: int = 3584
     max_positions: int = 5000
+
+    def __post_init__(self):
+        check_config(self)
+        check_divides(self, "heads", "dim")
 
 
 class CausalConvSubsampling4(nn.Module):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config_check import check_config, check_divides
 from .linear import Linear
 
 
@@ -23,6 +24,10 @@ class EncoderConfig:
     ff_dim: int = 4096
     layers: int = 24
     max_positions: int = 1500  # frames after the stride-2 front: 30 s of 10 ms mel frames
+
+    def __post_init__(self):
+        check_config(self)
+        check_divides(self, "heads", "dim")
 
 
 ENCODER_PRESETS = {

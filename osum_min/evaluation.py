@@ -1,4 +1,6 @@
 """Scoring a model during training: dev loss, and greedy decoding scored per task (WER, label accuracy, CER)."""
+import math
+
 import torch
 
 from . import data
@@ -19,18 +21,20 @@ def character_error_rate(reference: str, hypothesis: str) -> tuple[int, int]:
 def evaluate(model: OSUM, dev_data, tokenizer, config, max_batches: int, max_new_tokens: int = 100,
              protocol: str = "osum") -> dict:
     """Dev loss, and greedy decoding scored per task: WER by `protocol`'s rules and label accuracy (scoring.Scorer),
-    the figure `eval.py score` gives for the same texts, plus CER."""
+    the figure `eval.py score` gives for the same texts, plus CER. The loss is over the items whose loss is finite,
+    `dev_items` of them; None when there is none (not 0.0: a perfect score from nothing)."""
     was_training = model.training
     model.eval()
     dataset = data.SpeechDataset(dev_data, tokenizer, config, train=False, eod_id=model.config.eod_id)
-    scorers, char_counts, loss_sum, tokens, undecodable = {}, {}, 0.0, 0, 0
+    scorers, char_counts, loss_sum, tokens, undecodable, items = {}, {}, 0.0, 0, 0, 0
     for index, batch in enumerate(dataset):
         if index >= max_batches:
             break
         mel, mel_lens = batch["mel"].to(model.device), batch["mel_lens"]
-        count = sum(len(row) for row in batch["labels"])
-        loss_sum += model.loss(mel, mel_lens, batch["prompt_ids"], batch["labels"]).item() * count
-        tokens += count
+        item_losses = model(mel, mel_lens, batch["prompt_ids"], batch["labels"]).item_losses.tolist()
+        scored = [(loss, len(labels)) for loss, labels in zip(item_losses, batch["labels"]) if math.isfinite(loss)]
+        loss_sum, tokens, items = (loss_sum + sum(loss for loss, _ in scored),
+                                   tokens + sum(count for _, count in scored), items + len(scored))
         outputs = model.generate(mel, mel_lens, batch["prompt_ids"], max_new_tokens=max_new_tokens)
         for tag, labels, output in zip(batch["tasks"], batch["labels"], outputs):
             task = TASKS_BY_TAG.get(tag) or free_prompt_task(tag)
@@ -43,7 +47,7 @@ def evaluate(model: OSUM, dev_data, tokenizer, config, max_batches: int, max_new
             previous = char_counts.get(task.name, (0, 0))
             char_counts[task.name] = (previous[0] + errors, previous[1] + length)
     model.train(was_training)
-    scores = {"loss": loss_sum / max(tokens, 1), "undecodable_outputs": undecodable}
+    scores = {"loss": loss_sum / tokens if tokens else None, "dev_items": items, "undecodable_outputs": undecodable}
     for name, scorer in scorers.items():
         errors, length = char_counts[name]
         scores[name] = {**scorer.summary(), "cer": round(100 * errors / max(length, 1), 2)}

@@ -221,6 +221,14 @@ def _cut_at_eos(row: list[int], eos: list[int]) -> list[int]:
     return row
 
 
+def _nonfinite_rows(logits):
+    """(R,) the rows whose logits are not all finite (NaN features, overflowing weights), and the logits with those
+    rows zeroed: such a row stops, its choice is discarded, and argmax, multinomial and top-k need finite numbers (a
+    NaN row failed the whole batch's sampling, or steered beam search)."""
+    bad = ~logits.isfinite().all(-1)
+    return bad, logits.masked_fill(bad[:, None], 0.0)
+
+
 def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token):
     logits, device = decoder.first_logits, decoder.first_logits.device
     N = logits.shape[0]
@@ -229,10 +237,16 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token):
     tokens = torch.zeros(N, cfg.max_new_tokens, dtype=torch.long, device=device)
     log_prob_sums = torch.zeros(N, device=device)
     finished = torch.zeros(N, dtype=torch.bool, device=device)
+    broken = torch.zeros(N, dtype=torch.bool, device=device)
+    lengths = torch.full((N,), cfg.max_new_tokens, dtype=torch.long, device=device)  # a broken row's tokens
     # Asking the device whether every row has ended waits for it; off the CPU, ask every few tokens only (the extra
     # steps' tokens come after an eos and are cut).
     check_every = 1 if device.type == "cpu" or on_token is not None else EOS_CHECK_EVERY
     for t in range(cfg.max_new_tokens):
+        bad, logits = _nonfinite_rows(logits)
+        lengths.masked_fill_(bad & ~finished, t)  # a row that had already ended keeps its answer
+        broken |= bad & ~finished
+        finished |= bad
         scores = apply_repetition_penalty(logits, tokens[:, :t], cfg.repetition_penalty)
         if cfg.do_sample:
             probs = warp_scores(scores, cfg, min_tokens_to_keep=1).softmax(-1)
@@ -248,8 +262,9 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token):
         if t + 1 == cfg.max_new_tokens or (t + 1) % check_every == 0 and bool(finished.all()):
             break
         logits = decoder.step(next_tokens)
-    sequences = [_cut_at_eos(row, cfg.eos_ids()) for row in tokens[:, :t + 1].tolist()]
-    return sequences, log_prob_sums.tolist()
+    sequences = [_cut_at_eos(row[:length], cfg.eos_ids()) for row, length in zip(tokens[:, :t + 1].tolist(),
+                                                                                  lengths.tolist())]
+    return sequences, log_prob_sums.masked_fill(broken, float("nan")).tolist()
 
 
 class FinishedBeams:
@@ -281,8 +296,9 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int)
     running_scores = torch.full((batch_size, K), -1e9, device=device)
     running_scores[:, 0] = 0  # the K copies are identical: start from one
     finished = [FinishedBeams(K) for _ in range(batch_size)]
-    done = [False] * batch_size
+    done, broken = [False] * batch_size, [False] * batch_size  # broken: an item whose logits turned non-finite
     for t in range(cfg.max_new_tokens):
+        bad, logits = _nonfinite_rows(logits)
         log_probs = apply_repetition_penalty(logits.log_softmax(-1), running[:, :t], cfg.repetition_penalty)
         if cfg.do_sample:
             log_probs = warp_scores(log_probs, cfg, min_tokens_to_keep=len(eos) + 1)
@@ -302,22 +318,27 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int)
         running = running[rows]
         running[:, t] = token.gather(1, keep).view(N)
         # The step's one transfer to the host: each candidate's normalised score, row, token and end, the kept ones,
-        # and each item's best running score (whole numbers are exact in float64).
+        # each item's best running score and whether a beam of it broke (whole numbers are exact in float64).
         host = torch.cat([x.double() for x in (scores / length ** cfg.length_penalty, source_row, token, ends, keep,
-                                               running_scores[:, :1] / length ** cfg.length_penalty)], 1).tolist()
+                                               running_scores[:, :1] / length ** cfg.length_penalty,
+                                               bad.view(batch_size, K).any(-1, keepdim=True))], 1).tolist()
         for b, values in enumerate(host):
+            if values[-1] and not done[b]:  # the model broke on this item: it ends, with no answer
+                done[b] = broken[b] = True
             normalised, sources, tokens, ended = (values[i * C:(i + 1) * C] for i in range(4))
             for rank in range(K):  # only the top K candidates may finish
                 if not done[b] and ended[rank]:
                     finished[b].add(normalised[rank], histories[int(sources[rank])] + [int(tokens[rank])])
             kept = [int(c) for c in values[4 * C:4 * C + K]]
             histories[b * K:(b + 1) * K] = [histories[int(sources[c])] + [int(tokens[c])] for c in kept]
-            done[b] = done[b] or finished[b].cannot_improve(values[-1])
+            done[b] = done[b] or finished[b].cannot_improve(values[-2])
         if all(done) or length == cfg.max_new_tokens:
             break
         decoder.reorder(rows, written=t)
         logits = decoder.step(running[:, t])
-    best = [h for item in finished for h in item.hypotheses[:cfg.num_return_sequences]]
+    best = [h for item, failed in zip(finished, broken)
+            for h in ([(float("nan"), [])] * cfg.num_return_sequences if failed
+                      else item.hypotheses[:cfg.num_return_sequences])]
     return [tokens for _, tokens in best], [score for score, _ in best]
 
 
@@ -325,7 +346,8 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int)
 def generate(model: Qwen2, inputs_embeds, attention_mask=None, config: GenerationConfig = DEFAULT_DECODING,
              on_token=None, return_scores: bool = False):
     """New token ids per row, B * num_return_sequences rows item-major; with `return_scores`, also
-    (beam) transformers' `sequences_scores` or (greedy/sampling) each row's summed log-probability.
+    (beam) transformers' `sequences_scores` or (greedy/sampling) each row's summed log-probability. A row whose
+    logits turn non-finite stops there, scored NaN (beam search: its item, with no tokens); the others go on as alone.
 
     inputs_embeds (B, L, H) left-padded; attention_mask (B, L) 0/1. `on_token(row, token_id)` streams greedy and
     sampled tokens as they are chosen.

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adaptor import Adaptor, AdaptorConfig
+from .config_check import ConfigError, build_section, check_config
 from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from .files import read_json
 from .generate import GenerationConfig, fast_decoding, generate
@@ -50,15 +51,20 @@ class OSUMConfig:
     eod_id: int = EOD_ID  # appended to every label; the original's hard-coded decoding eos
     max_mel_frames: int = 3000  # 30 s: the encoder's positional table ends there
 
+    def __post_init__(self):
+        check_config(self, minimum={"speech_token_num": 0, "eod_id": 0})
+
     @classmethod
     def from_dict(cls, data: dict) -> "OSUMConfig":
-        """The dict `to_dict` writes; an "llm" section with the old field names (OLD_LLM_NAMES) reads the same."""
-        encoder, adaptor = EncoderConfig(**data["encoder"]), AdaptorConfig(**data["adaptor"])
+        """The dict `to_dict` writes; an "llm" section with the old field names (OLD_LLM_NAMES) reads the same.
+        ConfigError names a bad value by its place in the file (llm.rope_theta)."""
+        encoder = build_section("encoder", EncoderConfig, **data["encoder"])
+        adaptor = build_section("adaptor", AdaptorConfig, **data["adaptor"])
         llm = {OLD_LLM_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in data["llm"].items()}
         if twice := [f"{old}/{new}" for old, new in OLD_LLM_NAMES.items() if old in data["llm"] and new in data["llm"]]:
             raise ValueError(f"the llm section names a field by both its old and its new name ({', '.join(twice)})")
-        return cls(encoder=encoder, adaptor=adaptor, llm=Qwen2Config(**llm),
-                   **{k: v for k, v in data.items() if k not in ("encoder", "adaptor", "llm")})
+        sections = {"encoder": encoder, "adaptor": adaptor, "llm": build_section("llm", Qwen2Config, **llm)}
+        return cls(**sections, **{k: v for k, v in data.items() if k not in sections})
 
     @classmethod
     def from_file(cls, path) -> "OSUMConfig":
@@ -68,6 +74,8 @@ class OSUMConfig:
             return cls.from_dict(data)
         except KeyError as err:
             raise ValueError(f"{path}: not an osum-min config.json (no {err} field)") from None
+        except ConfigError as err:
+            raise ValueError(f"{path}: {err}") from None
         except (TypeError, AttributeError, ValueError) as err:
             raise ValueError(f"{path}: not an osum-min config.json ({err})") from None
 
@@ -79,10 +87,14 @@ class OSUMConfig:
         longest window's speech (30 s: max_mel_frames / 8 embeddings, speech bos and eos) and the answer. Checked
         before decoding, since a prompt far beyond them costs memory quadratic in its length before failing."""
         speech = -(-self.max_mel_frames // 8) + 2
-        limit = self.llm.max_positions - speech - max_new_tokens
-        if prompt_tokens <= limit:
+        room = self.llm.max_positions - speech  # for the prompt and the answer
+        if prompt_tokens + max_new_tokens <= room:
             return None
-        return (f"the prompt is {prompt_tokens} tokens; this model takes at most {limit} "
+        if max_new_tokens >= room:  # no prompt could fit: the answer's length is what is wrong
+            return (f"max_new_tokens {max_new_tokens} does not fit: this model's answers take at most "
+                    f"{max(room - prompt_tokens, 0)} new tokens after this {prompt_tokens}-token prompt "
+                    f"({self.llm.max_positions} positions, less {speech} for 30 s of speech)")
+        return (f"the prompt is {prompt_tokens} tokens; this model takes at most {room - max_new_tokens} "
                 f"({self.llm.max_positions} positions, less {speech} for 30 s of speech and "
                 f"{max_new_tokens} for the answer)")
 

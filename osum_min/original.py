@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from .adaptor import AdaptorConfig
+from .config_check import ConfigError, build_section
 from .encoder import EncoderConfig
 from .model import OSUM, OSUMConfig
-from .qwen2 import Qwen2Config, hf_key_to_ours
+from .qwen2 import HF_CONFIG_NAMES, Qwen2Config, hf_key_to_ours
 from .tokenizer import EOD_ID
 from .files import FileError, open_file, read_json
 from .weights import WeightsError, describe_keys
@@ -131,10 +132,22 @@ def _is_size(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+# Our config's dotted field names -> the original's, so that a refused value is named as its file spells it.
+ORIGINAL_NAMES = {**{f"llm.{ours}": f"llm_config.{theirs}" for ours, theirs in HF_CONFIG_NAMES.items()},
+                  **{f"llm.{name}": name for name in ("lora_rank", "lora_alpha", "lora_dropout")},
+                  **{f"encoder.{ours}": f"encoder_conf.{theirs}" for ours, theirs in
+                     (("dim", "output_size"), ("heads", "attention_heads"), ("ff_dim", "linear_units"),
+                      ("layers", "num_blocks"))},
+                  **{f"adaptor.{ours}": f"adaptor_conf.{theirs}" for ours, theirs in
+                     (("heads", "attention_heads"), ("ff_dim", "linear_units"), ("layers", "num_blocks"))},
+                  "encoder.n_mels": "input_dim"}
+
+
 def config_from_original(original: dict) -> OSUMConfig:
     """Our dataclass configs from the original's vocabulary (yaml keys + encoder_conf + llm_config).
 
-    ValueError (one line) for anything that is not such a config, e.g. `{}` or a list."""
+    ValueError (one line) for anything that is not such a config, e.g. `{}` or a list, or a value out of range
+    (named as the original names it: llm_config.rms_norm_eps)."""
     if not isinstance(original, dict):
         raise ValueError(f"a JSON {type(original).__name__}, not an object with encoder_conf and llm_config")
     for section, keys in REQUIRED.items():
@@ -148,20 +161,28 @@ def config_from_original(original: dict) -> OSUMConfig:
         if wrong:
             raise ValueError(f"{section}.{wrong[0]} is {original[section][wrong[0]]!r}, not a positive whole number")
     enc, llm, adaptor = original["encoder_conf"], original["llm_config"], original.get("adaptor_conf", {})
+    use_lora, lora_rank = original.get("use_lora", True), original.get("lora_rank", 8)
+    if not isinstance(use_lora, bool):
+        raise ValueError(f"use_lora is {use_lora!r}, not true or false")
+    if use_lora and lora_rank == 0 and not isinstance(lora_rank, bool):
+        raise ValueError(f"lora_rank is {lora_rank!r} with use_lora true: LoRA needs a rank of at least 1")
     defaults = AdaptorConfig()
     try:
-        llm_config = Qwen2Config.from_hf(llm, lora_rank=original.get("lora_rank", 8) if original.get("use_lora", True)
-                                         else 0, lora_alpha=original.get("lora_alpha", 32),
-                                         lora_dropout=original.get("lora_dropout", 0.1))
+        llm_config = build_section("llm", Qwen2Config.from_hf, llm, lora_rank=lora_rank if use_lora else 0,
+                                   lora_alpha=original.get("lora_alpha", 32),
+                                   lora_dropout=original.get("lora_dropout", 0.1))
         return OSUMConfig(
-            encoder=EncoderConfig(n_mels=original.get("input_dim", 80), dim=enc["output_size"],
-                                  heads=enc["attention_heads"], ff_dim=enc["linear_units"], layers=enc["num_blocks"]),
-            adaptor=AdaptorConfig(dim=enc["output_size"], llm_dim=llm["hidden_size"],
+            encoder=build_section("encoder", EncoderConfig, n_mels=original.get("input_dim", 80),
+                                  dim=enc["output_size"], heads=enc["attention_heads"], ff_dim=enc["linear_units"],
+                                  layers=enc["num_blocks"]),
+            adaptor=build_section("adaptor", AdaptorConfig, dim=enc["output_size"], llm_dim=llm["hidden_size"],
                                   heads=adaptor.get("attention_heads", defaults.heads),
                                   ff_dim=adaptor.get("linear_units", defaults.ff_dim),
                                   layers=adaptor.get("num_blocks", defaults.layers)),
             llm=llm_config, speech_token_num=original.get("speech_token_num", 4097),
             eod_id=original.get("eod_id", EOD_ID))
+    except ConfigError as err:
+        raise ValueError(f"{ORIGINAL_NAMES.get(err.field, err.field)} is {err.value!r}, {err.requirement}") from None
     except (TypeError, AttributeError) as err:
         raise ValueError(f"a field of the wrong type ({err})") from None
 
@@ -247,6 +268,12 @@ def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None)
             mapped[ours] = key
     if unknown:
         raise WeightsError(f"unexpected {describe_keys(unknown)} (not in original.py's key table)")
+    unused = [mapped[name] for name in mapped if name not in expected]
+    if unused:  # e.g. LoRA adapters under use_lora false: dropping them would decode another model
+        lora = all(".lora_" in key for key in unused)
+        what = "LoRA tensors, but the config has use_lora false or lora_rank 0" if lora else \
+            "tensors the config has no place for"
+        raise ConfigMismatch(f"{what}: {describe_keys(unused)}")
     missing = [name for name in expected if name not in mapped]
     if missing:
         raise ConfigMismatch(f"missing {describe_keys(missing)} (no source key maps to them)")

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config_check import ConfigError, check_config, check_divides
 from .kv_cache import KVCache
 from .linear import Linear, linear
 from .weights import WeightsError, load_state_dict_strict
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")
+PROJECTIONS = (*LORA_TARGETS, "up_proj")
 
 
 @dataclass
@@ -38,6 +40,16 @@ class Qwen2Config:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
     lora_targets: tuple = LORA_TARGETS
+
+    def __post_init__(self):
+        """lora_rank 0 means no LoRA; lora_alpha is checked above 0 even then (a negative one would flip the update)."""
+        check_config(self, minimum={"lora_rank": 0, "lora_dropout": 0}, below={"lora_dropout": 1})
+        check_divides(self, "heads", "dim")
+        check_divides(self, "kv_heads", "heads")
+        if self.head_dim % 2:  # rotate-half RoPE pairs the two halves of each head
+            raise ConfigError("dim", self.dim, f"gives heads of odd width {self.head_dim} (RoPE needs an even one)")
+        if not isinstance(self.lora_targets, tuple) or not all(name in PROJECTIONS for name in self.lora_targets):
+            raise ConfigError("lora_targets", self.lora_targets, f"not a list of {', '.join(PROJECTIONS)}")
 
     @property
     def head_dim(self) -> int:
@@ -329,7 +341,7 @@ def load_hf_checkpoint(directory, dtype=None, **config_overrides) -> Qwen2:
     directory = Path(directory)
     try:
         config = Qwen2Config.from_hf(json.loads((directory / "config.json").read_text()), **config_overrides)
-    except (OSError, json.JSONDecodeError, TypeError) as err:
+    except (OSError, ValueError, TypeError) as err:  # ValueError: invalid JSON, a value out of range
         raise WeightsError(f"{directory / 'config.json'}: cannot read a Qwen2 config ({err})") from None
     index = directory / "model.safetensors.index.json"
     shards = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()

@@ -270,41 +270,66 @@ def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
 @dataclass
 class StepFigures:
     """One optimizer step, summed over all ranks: token losses, label tokens, samples; the gradient norm before
-    clipping; the learning rate it stepped with (None: loss or norm not finite, so the step was skipped)."""
+    clipping; the learning rate it stepped with (None: loss or norm not finite, so the step was skipped); the samples
+    it did not learn from (features not finite, or all of a skipped step's)."""
     loss_sum: float
     tokens: float
     samples: float
     grad_norm: float
     lr: float | None
+    skipped: float = 0.0
+
+
+def without_nonfinite_items(batch: dict) -> tuple[dict, int]:
+    """The micro-batch less its items whose features are not finite (one NaN clip made the whole step's loss NaN,
+    and the step was skipped with its good clips), and how many were left out. When none is left, the batch with
+    its features zeroed and no labels: every rank still runs its forward and backward (DDP, FSDP), to no effect."""
+    finite = batch["mel"].isfinite().flatten(1).all(1)  # (B,)
+    if finite.all():
+        return batch, 0
+    if not finite.any():
+        return {**batch, "mel": torch.zeros_like(batch["mel"]), "labels_counted": 0}, len(finite)
+    keep = finite.nonzero()[:, 0].tolist()
+    rows = {name: [batch[name][i] for i in keep] for name in ("keys", "tasks", "prompt_ids", "labels")}
+    return {**batch, **rows, "mel": batch["mel"][keep], "mel_lens": batch["mel_lens"][keep]}, len(finite) - len(keep)
+
+
+def label_tokens(batch: dict) -> int:
+    return batch.get("labels_counted", sum(len(row) for row in batch["labels"]))
 
 
 def optimization_step(model: nn.Module, micro_batches: list[dict], optimizer, scheduler, window: LossWindow,
                       grad_clip: float, autocast, device: torch.device) -> StepFigures:
-    """Forward and backward over the micro-batches, then one clipped optimizer step unless the loss or the gradient
-    norm is not finite; the window gets every item's loss and the step's sums.
+    """Forward and backward over the micro-batches (less their items with non-finite features), then one clipped
+    optimizer step unless the loss or the gradient norm is not finite; the window gets every item's loss and the
+    step's sums.
 
     Each micro-batch's mean loss is weighted by its share of the label tokens on all ranks, so the step minimises the
     token-level mean loss over all of them: N ranks equal one process given the same global batch."""
     world = dist.get_world_size() if dist.is_initialized() else 1
-    tokens = sum_over_ranks([sum(len(row) for batch in micro_batches for row in batch["labels"])], device)[0]
+    kept = [without_nonfinite_items(batch) for batch in micro_batches]
+    micro_batches, left_out = [batch for batch, _ in kept], sum(count for _, count in kept)
+    tokens = sum_over_ranks([sum(label_tokens(batch) for batch in micro_batches)], device)[0]
     loss_sum = 0.0
     for index, batch in enumerate(micro_batches):
         with gradient_sync(model, index == len(micro_batches) - 1), autocast:
             output = model(batch["mel"].to(device), batch["mel_lens"].to(device), batch["prompt_ids"], batch["labels"])
-        batch_tokens = sum(len(row) for row in batch["labels"])
-        (output.loss * (batch_tokens * world / tokens)).backward()  # DDP averages over ranks
-        loss_sum += output.loss.item() * batch_tokens
-        window.add_items(batch["tasks"], output.item_losses.tolist(), batch["labels"])
-    loss_sum, samples = sum_over_ranks([loss_sum, sum(len(batch["keys"]) for batch in micro_batches)], device)
+        batch_tokens = label_tokens(batch)
+        (output.loss * (batch_tokens * world / tokens if batch_tokens else 0.0)).backward()  # DDP averages over ranks
+        if batch_tokens:
+            loss_sum += output.loss.item() * batch_tokens
+            window.add_items(batch["tasks"], output.item_losses.tolist(), batch["labels"])
+    samples = sum(len(batch["keys"]) for batch in micro_batches if label_tokens(batch))
+    loss_sum, samples, left_out = sum_over_ranks([loss_sum, samples, left_out], device)
     grad_norm = full_tensor(nn.utils.clip_grad_norm_(model.parameters(), grad_clip)).item()
     lr = None
-    if math.isfinite(loss_sum) and math.isfinite(grad_norm):
+    if math.isfinite(loss_sum) and math.isfinite(grad_norm) and tokens:
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
         optimizer.step()
         scheduler.step()
         window.add_step(loss_sum, tokens, samples, lr)
     optimizer.zero_grad(set_to_none=True)
-    return StepFigures(loss_sum, tokens, samples, grad_norm, lr)
+    return StepFigures(loss_sum, tokens, samples, grad_norm, lr, left_out + (samples if lr is None else 0))
 
 
 def trim_log(path: Path, step: int) -> None:

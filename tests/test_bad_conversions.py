@@ -401,3 +401,56 @@ def test_the_released_config_on_a_small_checkpoint_hints_at_config(tmp_path, cap
     torch.save({"not.a.key": torch.ones(1)}, tmp_path / "foreign.pt")
     code, _, err = run_convert(capsys, tmp_path / "foreign.pt", "--out", tmp_path / "o")  # no config could map it
     assert code == 2 and one_line(err) and "unexpected 1 key(s): not.a.key" in err and "--config" not in err
+
+
+# --- issue 23: every config value is checked where a config is read, before any weight ------------------------------
+
+@pytest.mark.parametrize("old, new, reason", [
+    ('"rope_theta": 1000000.0', '"rope_theta": NaN', "llm_config.rope_theta is nan, not a finite number"),
+    ('"rope_theta": 1000000.0', '"rope_theta": 0', "llm_config.rope_theta is 0, not above 0"),
+    ('"rope_theta": 1000000.0', '"rope_theta": -10000.0', "llm_config.rope_theta is -10000.0, not above 0"),
+    ('"rms_norm_eps": 1e-06', '"rms_norm_eps": -1', "llm_config.rms_norm_eps is -1, not above 0"),
+    ('"rms_norm_eps": 1e-06', '"rms_norm_eps": Infinity', "llm_config.rms_norm_eps is inf, not a finite number"),
+    ('"lora_rank": 8', '"lora_rank": true', "lora_rank is True, not a whole number"),
+    ('"lora_rank": 8', '"lora_rank": -8', "lora_rank is -8, below 0"),
+    ('"lora_rank": 8', '"lora_rank": 0', "lora_rank is 0 with use_lora true"),
+    ('"lora_alpha": 32', '"lora_alpha": 0', "lora_alpha is 0, not above 0"),
+    ('"lora_alpha": 32', '"lora_alpha": -32', "lora_alpha is -32, not above 0"),
+    ('"lora_dropout": 0.1', '"lora_dropout": 1.5', "lora_dropout is 1.5, not below 1"),
+    ('"use_lora": true', '"use_lora": "no"', "use_lora is 'no', not true or false"),
+    ('"num_key_value_heads": 2', '"num_key_value_heads": 3', "llm_config.num_key_value_heads is 3, not a divisor"),
+    ('"max_position_embeddings": 2048', '"max_position_embeddings": 2048.5', "not a whole number"),
+    ('"tie_word_embeddings": false', '"tie_word_embeddings": 0', "llm_config.tie_word_embeddings is 0, not true"),
+    ('"speech_token_num": 4097', '"speech_token_num": -1', "speech_token_num is -1, below 0"),
+    ('"input_dim": 80', '"input_dim": 0', "input_dim is 0, below 1"),
+    ('"use_lora": true', '"use_lora": false', "LoRA tensors, but the config has use_lora false"),
+])
+def test_bad_config_values_are_one_line_before_converting(tmp_path, capsys, old, new, reason):
+    """Each converted and decoded zeros (NaN RoPE), dropped the LoRA tensors or crashed with a traceback."""
+    assert old in CONFIG_A.read_text()
+    (tmp_path / "cfg.json").write_text(CONFIG_A.read_text().replace(old, new))
+    code, _, err = run_convert(capsys, FIXTURE_A / "infer.pt", "--config", tmp_path / "cfg.json",
+                               "--out", tmp_path / "o")
+    assert code == 2 and one_line(err) and "cfg.json" in err and reason in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("section, field, value, reason", [
+    ("llm", "rope_theta", float("nan"), "llm.rope_theta is nan, not a finite number"),
+    ("llm", "norm_eps", -1.0, "llm.norm_eps is -1.0, not above 0"),
+    ("llm", "lora_rank", True, "llm.lora_rank is True, not a whole number"),
+    ("llm", "lora_alpha", 0, "llm.lora_alpha is 0, not above 0"),
+    ("llm", "lora_rank", 0, "unexpected 24 key(s)"),  # the directory's LoRA tensors are refused, not dropped
+    ("encoder", "heads", 0, "encoder.heads is 0, below 1"),
+    ("adaptor", "layers", "2", "adaptor.layers is '2', not a whole number"),
+    (None, "eod_id", -1, "eod_id is -1, below 0"),
+    (None, "max_mel_frames", 3000.0, "max_mel_frames is 3000.0, not a whole number"),
+])
+def test_bad_config_values_in_a_weights_directory_are_one_line(fixture_weights, tmp_path, capsys, section, field,
+                                                              value, reason):
+    shutil.copytree(fixture_weights, tmp_path / "w")
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    (config[section] if section else config)[field] = value
+    (tmp_path / "w" / "config.json").write_text(json.dumps(config))
+    code, _, err = run_infer(capsys, FIXTURE_A / "audio.wav", "--weights", tmp_path / "w", *GREEDY)
+    assert code == 2 and one_line(err) and reason in err and str(tmp_path / "w") in err, err

@@ -149,6 +149,15 @@ def run_infer(capsys, *argv) -> tuple[int, list[str], str]:
     pytest.param(["--device", "mps"], "--device mps: this torch sees no Apple GPU",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="an Apple GPU is present")),
     (["--web", "--batch-size", "0"], "--batch-size must be at least 1"),
+    # issue 23: each was a traceback (NaN probabilities, an overflowing seed, a device torch cannot load onto)
+    (["--sample", "--temperature", "1e-45"], "at least 0.0001"),
+    (["--sample", "--temperature", "inf"], "--temperature must be above 0, finite"),
+    (["--repetition-penalty", "inf"], "--repetition-penalty must be above 0 and finite"),
+    (["--sample", "--seed", str(10**23)], "--seed must be a whole number from"),
+    (["--sample", "--seed", str(-2**63 - 1)], "--seed must be a whole number from"),
+    (["--device", "meta"], "--device meta: the model runs on cpu, cuda, mps only"),
+    (["--device", "xpu"], "--device xpu: the model runs on cpu, cuda, mps only"),
+    (["--web", "--port", "99999999"], "--port must be from 0 to 65535"),
 ])
 def test_bad_flag_values_exit_2_in_one_line(capsys, fixture_weights, flags, message):
     code, lines, err = run_infer(capsys, AUDIO, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids", *flags)
@@ -223,6 +232,16 @@ def test_the_prompt_limit_is_the_positions_left(weights_with_tokenizer):  # noqa
     config = OSUM.from_pretrained(weights_with_tokenizer, device="cpu").config
     assert config.prompt_length_problem(2048 - 377 - 400, 400) is None  # 30 s of speech: 375 + bos + eos
     assert "at most 1271" in config.prompt_length_problem(2048 - 377 - 400 + 1, 400)
+
+
+def test_a_max_new_tokens_beyond_the_model_names_the_answers_room(capsys, fixture_weights):
+    """It said "this model takes at most -999998329" (issue 23): the room left, less the answer, went negative."""
+    code, lines, err = run_infer(capsys, AUDIO, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids",
+                                 "--max-new-tokens", str(10**9))
+    errors = [line for line in err.splitlines() if not line.startswith("infer.py: warning:")]  # fixture_a's eod
+    assert code == 2 and lines == [] and len(errors) == 1, err
+    assert f"max_new_tokens {10**9} does not fit" in errors[0] and "at most 1664 new tokens" in errors[0]
+    assert "-" not in errors[0].split("at most")[1].split()[0]
 
 
 def test_the_web_demo_refuses_a_prompt_beyond_the_model(weights_with_tokenizer):  # noqa: F811

@@ -223,3 +223,80 @@ def test_kept_step_inputs_serve_later_calls_like_fresh_ones(twin):
         assert len(shapes) == ours.fast_decode_step.MAX_SHAPES and (1, 1, 64, 64) not in shapes
     finally:
         ours.fast_decode_step = None
+
+
+def poisoned_batch(dim: int):
+    """Three left-padded prompts, the middle one holding a NaN (as features that overflowed would give)."""
+    generator = torch.Generator().manual_seed(21)
+    prompts = [torch.randn(n, dim, generator=generator) for n in (7, 5, 6)]
+    prompts[1][2, 3] = float("nan")
+    embeds, mask = torch.zeros(3, 7, dim), torch.zeros(3, 7, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        embeds[row, 7 - len(prompt):], mask[row, 7 - len(prompt):] = prompt, 1
+    return embeds, mask
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("config", [GenerationConfig(max_new_tokens=8, repetition_penalty=1.05, eos_token_id=NEVER),
+                                    GenerationConfig(max_new_tokens=8, num_beams=4, num_return_sequences=2,
+                                                     eos_token_id=NEVER)])
+def test_a_row_whose_logits_turn_nan_stops_scored_nan_and_spares_the_others(twin, config, fast):
+    """It decoded a row of zeros (argmax of NaN), or took the batch down: now the bad row ends with a NaN score and
+    the good rows get the ids they get without it in the batch (eager and through the fast decode step)."""
+    _, ours, _ = twin
+    embeds, mask = poisoned_batch(ours.config.dim)
+    good = [0, 2]
+    if fast:
+        fast_decoding(ours, compile=False)
+    try:
+        ids, scores = generate(ours, embeds, mask, config, return_scores=True)
+        good_ids, good_scores = generate(ours, embeds[good], mask[good], config, return_scores=True)
+    finally:
+        ours.fast_decode_step = None
+    copies = config.num_return_sequences
+    rows = {item: list(range(item * copies, (item + 1) * copies)) for item in range(3)}
+    assert all(math.isnan(scores[row]) and ids[row] == [] for row in rows[1])  # not eight zeros
+    assert [ids[row] for item in good for row in rows[item]] == good_ids
+    assert [scores[row] for item in good for row in rows[item]] == good_scores
+    assert all(math.isfinite(score) for score in good_scores)
+
+
+def test_sampling_past_a_nan_row_keeps_going(twin):
+    """multinomial refused the whole batch ("probability tensor contains either inf, nan") for one NaN row."""
+    _, ours, _ = twin
+    embeds, mask = poisoned_batch(ours.config.dim)
+    config = GenerationConfig(max_new_tokens=8, do_sample=True, top_k=20, eos_token_id=NEVER, seed=3)
+    ids, scores = generate(ours, embeds, mask, config, return_scores=True)
+    assert math.isnan(scores[1]) and ids[1] == []
+    assert all(math.isfinite(scores[row]) and len(ids[row]) == 8 for row in (0, 2))
+
+
+def test_logits_turning_nan_midway_keep_the_tokens_before(twin):
+    """A token whose embedding is NaN: the row stops after choosing it, keeping the tokens up to it, scored NaN."""
+    _, ours, embeds = twin
+    config = GenerationConfig(max_new_tokens=8, eos_token_id=NEVER)
+    clean = generate(ours, embeds, None, config)[0]
+    third = next(i for i in range(2, 8) if clean[i] not in clean[:i])  # the first token fed that is new so far
+    weight = ours.embed_tokens.weight
+    saved = weight[clean[third]].clone()
+    with torch.no_grad():
+        weight[clean[third]] = float("nan")
+    try:
+        ids, scores = generate(ours, embeds, None, config, return_scores=True)
+    finally:
+        with torch.no_grad():
+            weight[clean[third]] = saved
+    assert ids == [clean[:third + 1]] and math.isnan(scores[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_a_nan_row_through_cuda_graphs_stops_like_eager(twin):
+    """The captured decode step returns the logits the eager one does: a NaN row stops there, the others go on."""
+    import copy
+    model = copy.deepcopy(twin[1]).cuda()
+    embeds, mask = (x.cuda() for x in poisoned_batch(model.config.dim))
+    config = GenerationConfig(max_new_tokens=8, repetition_penalty=1.05, eos_token_id=NEVER)
+    eager = generate(model, embeds, mask, config, return_scores=True)
+    fast_decoding(model, compile=False)
+    graphed = generate(model, embeds, mask, config, return_scores=True)
+    assert graphed[0] == eager[0] and graphed[0][1] == [] and math.isnan(graphed[1][1])

@@ -63,6 +63,20 @@ def test_batch_equals_each_item_alone(model, expected, settings):
     assert together == alone
 
 
+@pytest.mark.parametrize("settings", [GREEDY, BEAM4])
+def test_features_that_are_nan_end_their_item_with_a_nan_score(model, expected, settings):
+    """Non-finite features printed `0 0 0 ...` (issue 23): the item now ends at once, scored NaN, and the item
+    beside it in the batch gets its ids and score as alone."""
+    feats, lengths = expected["batch_feats"].clone(), expected["batch_feats_lengths"]
+    prompts = [PROMPT, [88, 12, 640, 5, 77]]
+    feats[0, 10:20] = float("nan")
+    ids, scores = model.generate(feats, lengths, prompts, return_scores=True, **settings)
+    alone_ids, alone_scores = model.generate(feats[1:, : lengths[1]], lengths[1:], prompts[1:], return_scores=True,
+                                             **settings)
+    assert ids[0] == [] and scores[0] != scores[0]  # NaN
+    assert ids[1:] == alone_ids and scores[1:] == alone_scores
+
+
 def fixture_batch(expected):
     prompts = [[t for t in row if t != -1] for row in expected["batch_prompt"].tolist()]
     labels = [[t for t in row if t != -100] for row in expected["batch_target"].tolist()]

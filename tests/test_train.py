@@ -262,3 +262,51 @@ def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
     final = OSUM.from_pretrained(out / "final", device="cpu", for_training=True)
     lora_b = [p for name, p in final.llm.named_parameters() if name.endswith("lora_B")]
     assert lora_b and any(bool(p.any()) for p in lora_b)  # the adapters exist and moved from their zero init
+
+
+# --- issue 23: a bad clip never sinks its batch, and no score comes from nothing --------------------------------------
+
+def tiny_step(batch: dict):
+    """One optimization step of a seeded tiny model on `batch`: (its figures, the trained weights after it)."""
+    from osum_min.training import LossWindow, make_optimizer, optimization_step, setup_model
+    torch.manual_seed(0)
+    model = OSUM(OSUM_PRESETS["tiny"])
+    setup_model(model, "all")
+    optimizer, scheduler = make_optimizer(model, 1e-3, 5)
+    figures = optimization_step(model, [batch], optimizer, scheduler, LossWindow(lambda: 0.0), 5.0,
+                                torch.autocast("cpu", enabled=False), torch.device("cpu"))
+    return figures, {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def micro_batch(rows: list[int], nan_rows=()) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    mel = torch.randn(3, 120, 80, generator=generator)[rows]  # (B, T, 80)
+    for row in nan_rows:
+        mel[row, 30:40] = float("nan")
+    return {"keys": [f"k{i}" for i in rows], "tasks": ["<TEST>"] * len(rows), "mel": mel,
+            "mel_lens": torch.tensor([120, 100, 80], dtype=torch.int32)[rows],
+            "prompt_ids": [[5, 6, 7]] * len(rows), "labels": [[40 + i, 50 + i, EOD] for i in rows]}
+
+
+def test_a_clip_with_nonfinite_features_is_left_out_not_its_batch():
+    """It made the whole step's loss NaN: the step was skipped with its good clips, and skipped_samples said 0."""
+    figures, weights = tiny_step(micro_batch([0, 1, 2], nan_rows=[1]))
+    clean_figures, clean_weights = tiny_step(micro_batch([0, 2]))
+    assert figures.lr is not None and figures.skipped == 1 and figures.samples == 2
+    assert figures.loss_sum == pytest.approx(clean_figures.loss_sum, rel=1e-6) and clean_figures.skipped == 0
+    assert all(torch.allclose(weights[name], clean_weights[name], atol=1e-7) for name in weights)
+    figures, _ = tiny_step(micro_batch([1], nan_rows=[0]))  # nothing left: no step, the sample counted
+    assert figures.lr is None and figures.skipped == 1
+
+
+def test_a_dev_list_of_bad_items_scores_nothing_rather_than_zero(corpus, tmp_path, capsys):
+    """`{"eval": {"loss": 0.0}}` came from a dev list none of whose items could be read."""
+    bad = tmp_path / "dev.jsonl"
+    bad.write_text("".join(json.dumps({"key": f"gone{i}", "wav": str(tmp_path / f"gone{i}.wav"), "txt": "tone",
+                                       "task": "<TEST>"}) + "\n" for i in range(3)))
+    code = train.main(run_args(corpus, tmp_path / "out", "--preset", "tiny", "--max-steps", "1", "--dev-data",
+                               str(bad), "--eval-batches", "2", "--device", "cpu", "--no-augment"))
+    assert code == 0
+    scores = [record["eval"] for record in log_records(tmp_path / "out") if "eval" in record]
+    assert scores and scores[-1]["loss"] is None and scores[-1]["dev_items"] == 0
+    assert "no item of" in capsys.readouterr().out

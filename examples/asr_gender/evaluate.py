@@ -26,7 +26,7 @@ def plot(log_path: Path, png: Path) -> bool:
         return False
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    dev = [(r["step"], r["eval"]["loss"]) for r in records if "eval" in r]
+    dev = [(r["step"], r["eval"]["loss"]) for r in records if "eval" in r and r["eval"]["loss"] is not None]
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.plot(*zip(*train), label="train loss")
     if dev:

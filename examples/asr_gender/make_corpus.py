@@ -7,6 +7,9 @@ female, 5 male) at a random speed and pitch. Sentences are split 80/10/10 into t
 ever heard in training; the voices are shared (ten variants are too few to hold some out and still cover both
 genders). train.jsonl lists every clip twice, once per task (`<TRANSCRIBE> <GENDER>` with the label appended as
 `<female>`/`<male>`, and plain `<TRANSCRIBE>`); dev/test list each clip once, with the gender task.
+
+A second run over the same folder (resumed, repeated, or built in pieces) keeps a clip only when `wav/KEY.json`
+records the same text, voice, speed and pitch as this run draws for it, so any run gives the corpus one run gives.
 """
 import argparse
 import json
@@ -84,11 +87,17 @@ def main(argv=None) -> dict[str, Path]:
     with Progress(len(texts), "synthesizing") as bar:
         for index, text in enumerate(texts):
             split = "train" if index % 10 < 8 else "dev" if index % 10 == 8 else "test"
-            voice, gender = rng.choice(VOICES)
             key = f"{split}{index:05d}"
-            path = args.out / "wav" / f"{key}.wav"
-            if not path.exists():
-                speak(text, voice, speed=rng.randint(130, 210), pitch=rng.randint(35, 65), path=path)
+            # each clip's voice, speed and pitch come from its own seed: they (and the gender label beside them) never
+            # depend on which clips an earlier, interrupted or smaller run left in the folder
+            clip_rng = random.Random(f"{args.seed}/{key}/{text}")
+            voice, gender = clip_rng.choice(VOICES)
+            spoken = {"text": text, "voice": voice, "speed": clip_rng.randint(130, 210),
+                      "pitch": clip_rng.randint(35, 65)}
+            path, record = args.out / "wav" / f"{key}.wav", args.out / "wav" / f"{key}.json"
+            if not (path.exists() and record.exists() and json.loads(record.read_text()) == spoken):
+                speak(text, voice, speed=spoken["speed"], pitch=spoken["pitch"], path=path)
+                record.write_text(json.dumps(spoken))  # after the audio: a clip cut short by a kill is spoken again
             splits[split].append({"key": key, "wav": f"wav/{key}.wav", "txt": text, "gender": gender})
             bar.update()
     lists = {}

@@ -1,0 +1,43 @@
+"""examples/asr_gender/make_corpus.py: a corpus built in one go, in pieces, or over an old one is the same corpus
+(issue 23: a second run kept the old clips but skipped their draws, so every later voice, and its gender label,
+no longer matched the audio)."""
+import hashlib
+import importlib.util
+import shutil
+
+import pytest
+
+from conftest import ROOT
+
+if shutil.which("espeak-ng") is None:
+    pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)", allow_module_level=True)
+spec = importlib.util.spec_from_file_location("make_corpus", ROOT / "examples" / "asr_gender" / "make_corpus.py")
+make_corpus = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_corpus)
+
+
+def corpus(folder) -> dict[str, str]:
+    """Every file of the corpus by name: the lists' text, the clips' sha256."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.suffix == ".wav"
+            else p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def build(folder, utterances: int):
+    make_corpus.main(["--out", str(folder), "--utterances", str(utterances)])
+
+
+def test_a_corpus_built_in_pieces_or_over_an_old_one_is_the_corpus_built_in_one_go(tmp_path):
+    build(tmp_path / "one", 6)
+    once = corpus(tmp_path / "one")
+    assert sum(name.endswith(".wav") for name in once) == 6
+
+    build(tmp_path / "pieces", 3)  # a run cut short, then the whole
+    build(tmp_path / "pieces", 6)
+    assert corpus(tmp_path / "pieces") == once
+
+    build(tmp_path / "again", 6)  # a repeated run over an old corpus whose first clip is another voice's
+    old = tmp_path / "again" / "wav" / "train00000.wav"
+    shutil.copy(tmp_path / "again" / "wav" / "train00001.wav", old)
+    (tmp_path / "again" / "wav" / "train00000.json").unlink()  # an old corpus has no records
+    build(tmp_path / "again", 6)
+    assert corpus(tmp_path / "again") == once
