@@ -352,7 +352,7 @@ def main(argv=None) -> int:
         return serve(args.weights, args.host, args.port or 8000, args.device, DTYPES[args.dtype] if args.dtype
                      else None, args.compile, args.quantize, ServerConfig(
                          api_key=args.api_key, batch_size=args.batch_size, max_upload_mb=args.max_upload_mb,
-                         max_audio_seconds=args.max_audio_seconds))
+                         max_audio_seconds=args.max_audio_seconds, max_new_tokens=args.max_new_tokens or 400))
     try:
         run = prepare(args)
     except (UsageError, DataError) as err:

@@ -87,6 +87,8 @@ def to_request(conversation: list, config: GenerationConfig = DEFAULT_DECODING, 
     ConversationError naming what OSUM cannot do otherwise. `sample_rate` goes with audio given as samples."""
     if not isinstance(conversation, list) or not conversation:
         raise ConversationError("a conversation is a non-empty list of messages")
+    if any(isinstance(m, dict) and m.get("role") == "assistant" for m in conversation):
+        raise ConversationError("OSUM answers one turn; it cannot continue a conversation with assistant turns")
     audio, texts = [], []
     for number, message in enumerate(conversation):
         where = f"message {number}"
@@ -96,11 +98,9 @@ def to_request(conversation: list, config: GenerationConfig = DEFAULT_DECODING, 
                 raise ConversationError(f"{where}: OSUM has no system prompt; put the instruction in the user "
                                         "message with the audio")
             continue
-        if message["role"] == "assistant":
-            raise ConversationError(f"{where}: OSUM answers one turn; it cannot continue a conversation with "
-                                    "assistant turns")
         if number != len(conversation) - 1:
-            raise ConversationError(f"{where}: OSUM answers one turn; only the last message may be a user turn")
+            raise ConversationError(f"{where}: OSUM answers one turn; the audio and the instruction go in one user "
+                                    "message, the last")
         for index, part in enumerate(parts):
             if part["type"] == "text":
                 if not isinstance(part.get("text"), str):

@@ -39,6 +39,7 @@ class ServerConfig:
     max_queue: int = 64
     timeout_s: float = 600.0  # per request, queueing and decoding
     wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_new_tokens: int = 400  # transcriptions' length, and chat's default and upper bound for max_tokens
 
 
 class ApiError(Exception):
@@ -252,7 +253,7 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
                                 f"need the srwt task (timed words), not {task_name!r}", "needs_srwt")
         if form.get("prompt"):  # OSUM's prompt is the instruction itself (Whisper's is preceding text)
             task = replace(task, prompt=form["prompt"])
-        decoding = DEFAULT_DECODING
+        decoding = replace(DEFAULT_DECODING, max_new_tokens=config.max_new_tokens)
         temperature = number(form.get("temperature"), "temperature", 0.0, 2.0)
         if temperature:
             decoding = replace(decoding, num_beams=1, do_sample=True, temperature=temperature)
@@ -276,7 +277,7 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
         if body.get("n", 1) != 1:
             raise ApiError(400, "n must be 1: OSUM answers once per request", "invalid_n")
         stream = bool(body.get("stream"))
-        decoding = chat_decoding(body, stream)
+        decoding = chat_decoding(body, stream, config.max_new_tokens)
         try:
             request = to_request(body["messages"], decoding, remote=True, name="input_audio")
         except ConversationError as err:
@@ -353,12 +354,12 @@ def number(value, name: str, low: float, high: float, integer: bool = False):
     return int(parsed) if integer else parsed
 
 
-def chat_decoding(body: dict, stream: bool) -> GenerationConfig:
+def chat_decoding(body: dict, stream: bool, max_new_tokens: int) -> GenerationConfig:
     """OSUM's default (beam 4, penalty 1.05); sampling when `temperature` > 0 is given; greedy when streaming
     (beam search knows its tokens only at the end)."""
-    config = DEFAULT_DECODING
+    config = replace(DEFAULT_DECODING, max_new_tokens=max_new_tokens)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if (limit := number(max_tokens, "max_tokens", 1, 4096, integer=True)) is not None:
+    if (limit := number(max_tokens, "max_tokens", 1, max_new_tokens, integer=True)) is not None:
         config = replace(config, max_new_tokens=limit)
     temperature = number(body.get("temperature"), "temperature", 0.0, 2.0)
     top_p = number(body.get("top_p"), "top_p", 1e-6, 1.0)
