@@ -12,7 +12,7 @@ from conftest import FIXTURE_A
 from osum_min.audio import SAMPLE_RATE, load_audio, log_mel, pad_features
 from osum_min.model import OSUM
 from osum_min.tasks import TASKS, Word, parse
-from osum_min.tokenizer import Tokenizer
+from osum_min.tokenizer import AddedToken, Tokenizer
 from osum_min.subtitles import subtitles
 
 PROMPT = "17,230,511,42,901,7,333"
@@ -24,6 +24,23 @@ def run(capsys, *argv):
     code = infer.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out.splitlines(), err
+
+
+@pytest.fixture(scope="module")
+def weights_with_tokenizer(fixture_weights, tmp_path_factory):
+    """The fixture weights plus a stand-in byte-level tokenizer sized to the tiny vocabulary (eod = 1000)."""
+    out = tmp_path_factory.mktemp("fixture_a_tokenizer")
+    for path in fixture_weights.iterdir():
+        shutil.copy(path, out / path.name)
+    symbols = b"abcdefghijklmnopqrstuvwxyz0123456789 "
+    ranks = {bytes([b]): b for b in range(256)}
+    for pair in (bytes([x, y]) for x in symbols for y in symbols):
+        if len(ranks) < 1000:
+            ranks[pair] = len(ranks)
+    added = [AddedToken("<|endoftext|>", 1000, True)]
+    added += [AddedToken(f"<|extra_{i}|>", 1000 + i, True) for i in range(1, 24)]
+    Tokenizer(ranks, added).save(out)
+    return out
 
 
 def test_cli_ids_equal_the_original_and_model_generate(capsys, fixture_weights, expected):

@@ -16,6 +16,7 @@ import pytest
 import soundfile
 
 from conftest import FIXTURE_A
+from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture: the tiny model with a byte tokenizer)
 from osum_min.audio import SAMPLE_RATE
 from osum_min.conversation import ConversationError, chat, content, to_request
 from osum_min.generate import DEFAULT_DECODING
@@ -48,7 +49,7 @@ class ScriptedSRWT(Pipeline):
 
 
 @pytest.fixture(scope="module")
-def served(weights_with_tokenizer):
+def served(weights_with_tokenizer):  # noqa: F811
     """(base URL, pipeline, app) of a server on a free port, stopped after the module."""
     from osum_min.model import load_for_inference
     from osum_min.tokenizer import Tokenizer
