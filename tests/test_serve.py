@@ -22,7 +22,7 @@ from osum_min.conversation import ConversationError, chat, content, to_request
 from osum_min.generate import DEFAULT_DECODING
 from osum_min.pipeline import Pipeline, Request
 from osum_min.subtitles import subtitles
-from osum_min.tasks import TASKS, Word, parse
+from osum_min.tasks import TASKS, parse
 
 fastapi = pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
 uvicorn = pytest.importorskip("uvicorn", reason="the server needs the [serve] extra")
