@@ -21,7 +21,7 @@ class QueueFull(RuntimeError):
 @dataclass
 class Job:
     """One request on its way through the worker. `tokens`, when streaming, receives each token id and then the
-    Answer; `answer` resolves with the Answer (or the exception the worker hit)."""
+    Answer; `answer` resolves with the Answer (with its `.error` when the request failed)."""
     request: Request
     loop: asyncio.AbstractEventLoop
     answer: asyncio.Future
@@ -33,12 +33,12 @@ class Job:
         if self.tokens is not None and not self.cancelled:
             self.loop.call_soon_threadsafe(self.tokens.put_nowait, token_id)
 
-    def resolve(self, outcome: Answer | BaseException):
+    def resolve(self, answer: Answer):
         def settle():
             if not self.answer.done():
-                (self.answer.set_exception if isinstance(outcome, BaseException) else self.answer.set_result)(outcome)
+                self.answer.set_result(answer)
             if self.tokens is not None:
-                self.tokens.put_nowait(outcome)
+                self.tokens.put_nowait(answer)
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(settle)
 
@@ -87,4 +87,6 @@ class Batcher:
             except Exception as err:  # noqa: BLE001  one bad batch fails its requests, never the worker
                 problem = f"internal error while decoding: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
                 for index in pending:
-                    jobs[index].resolve(RequestError(jobs[index].request.label, problem, "decoding"))
+                    request = jobs[index].request
+                    jobs[index].resolve(Answer(request.label, request.task,
+                                               error=RequestError(request.label, problem, "decoding")))

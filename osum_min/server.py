@@ -236,7 +236,7 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
                     text += decoder.finish()
                     visible = streamed_text(request.task, text, final=True)
                 else:
-                    err = request_error(item.error if isinstance(item, Answer) else item)
+                    err = request_error(item.error)
                     yield "data: " + json.dumps(error_body(str(err), err.type, err.code)) + "\n\n"
                     break
                 if visible.startswith(sent) and len(visible) > len(sent):

@@ -3,6 +3,7 @@
 against the same request decoded alone through the Pipeline (the fixture model writes random ids, so "equal to
 alone" is the meaningful check). SRWT answers carry a scripted model text (ScriptedSRWT) because random ids never
 form timed words: those tests prove the formatting and the HTTP path, not the model. Plus the conversation format."""
+import asyncio
 import base64
 import io
 import socket
@@ -280,3 +281,59 @@ def test_conversations_osum_cannot_take_are_refused_in_one_line(conversation, wo
     with pytest.raises(ConversationError, match=words) as raised:
         to_request(conversation, remote=remote)
     assert "\n" not in str(raised.value)
+
+
+# ---- the batcher: a full queue, dropped jobs, a failing batch ----
+
+class Gate:
+    """A stand-in pipeline whose run waits for `open` and records what it was given (or raises `fail`)."""
+
+    def __init__(self, fail=None):
+        self.open, self.seen, self.fail = threading.Event(), [], fail
+
+    def run(self, requests, on_token=None):
+        self.open.wait(10)
+        self.seen.append([r.name for r in requests])
+        if self.fail:
+            raise self.fail
+        for index, request in enumerate(requests):
+            yield index, request.name
+
+
+def test_batcher_queue_full_and_dropped_jobs():
+    from osum_min.batcher import Batcher, QueueFull
+
+    async def scenario():
+        gate = Gate()
+        batcher = Batcher(gate, batch_size=4, max_queue=2, wait_s=0.001)
+        first = batcher.submit(Request(b"", name="first"))
+        while batcher.queue.qsize():  # the worker took it and waits at the gate
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        gone, kept = batcher.submit(Request(b"", name="gone")), batcher.submit(Request(b"", name="kept"))
+        with pytest.raises(QueueFull):
+            batcher.submit(Request(b"", name="one too many"))
+        gone.cancelled = True  # its client went away while it waited
+        gate.open.set()
+        assert await asyncio.wait_for(first.answer, 10) == "first"
+        assert await asyncio.wait_for(kept.answer, 10) == "kept"
+        return gate.seen
+
+    assert asyncio.run(scenario()) == [["first"], ["kept"]]
+
+
+def test_batcher_survives_a_failing_batch():
+    from osum_min.batcher import Batcher
+
+    async def scenario():
+        gate = Gate(fail=RuntimeError("boom\nsecond line"))
+        gate.open.set()
+        batcher = Batcher(gate, batch_size=2)
+        answer = await asyncio.wait_for(batcher.submit(Request(b"", name="x")).answer, 10)
+        gate.fail = None
+        return answer, await asyncio.wait_for(batcher.submit(Request(b"", name="y")).answer, 10)
+
+    failed, after = asyncio.run(scenario())
+    error = failed.error
+    assert error.kind == "decoding" and "boom second line" in str(error) and "\n" not in str(error)
+    assert after == "y"
