@@ -18,7 +18,7 @@ import soundfile
 
 from conftest import FIXTURE_A
 from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture: the tiny model with a byte tokenizer)
-from osum_min.audio import SAMPLE_RATE
+from osum_min.audio import SAMPLE_RATE, load_audio, log_mel, pad_features
 from osum_min.conversation import ConversationError, chat, content, to_request
 from osum_min.generate import DEFAULT_DECODING
 from osum_min.pipeline import Pipeline, Request
@@ -150,7 +150,10 @@ def test_chat_with_input_audio_equals_the_pipeline_alone(served, client):
     reply = client.chat.completions.create(model="osum", messages=messages)
     expected = alone(served[1], to_request(messages, decoding(), remote=True))
     assert reply.choices[0].message.content == content(expected)
-    assert reply.usage.completion_tokens == TOKENS and reply.usage.prompt_tokens > len(expected.prompt_ids)
+    mel, lens = pad_features([log_mel(load_audio(AUDIO[1]))])
+    _, speech = served[1].model.embed_speech(mel, lens, original_mask_rule=False)
+    assert reply.usage.prompt_tokens == len(expected.prompt_ids) + int(speech[0]) + 2  # + speech bos and eos
+    assert reply.usage.completion_tokens == TOKENS
     assert reply.choices[0].finish_reason == "length"
 
 
@@ -247,6 +250,13 @@ def test_after_bad_requests_the_server_still_transcribes(served, client):
     with AUDIO[0].open("rb") as audio:
         assert client.audio.transcriptions.create(model="osum", file=audio).text is not None
     assert [m.id for m in client.models.list()] == ["osum"]
+
+
+def test_infer_serve_refuses_weights_without_a_tokenizer(fixture_weights, capsys):
+    import infer
+    assert infer.main(["--serve", "--weights", str(fixture_weights), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "has no tokenizer" in err and len(err.strip().splitlines()) == 1
 
 
 # ---- the conversation format ----
