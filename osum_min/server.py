@@ -26,6 +26,7 @@ from .openai_api import (RESPONSE_FORMATS, ApiError, chat_decoding, error_body, 
 from .pipeline import Answer, Pipeline, Request, RequestError, load_request_audio
 from .tasks import TASKS
 
+
 @dataclass
 class ServerConfig:
     model_name: str = "osum"

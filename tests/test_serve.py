@@ -6,6 +6,7 @@ form timed words: those tests prove the formatting and the HTTP path, not the mo
 import asyncio
 import base64
 import io
+import json
 import socket
 import threading
 import time
@@ -192,6 +193,28 @@ def test_eight_concurrent_clients_each_get_their_answer_alone(served):
     expected = [content(alone(served[1], to_request(audio_message(*job), decoding(), remote=True))) for job in jobs]
     assert answers == expected
     assert max(served[2].state.batcher.batches[before:]) > 1  # some requests shared a batch
+
+
+def test_concurrent_streams_share_batches_and_each_equals_alone(served):
+    jobs = [(AUDIO[i % 3], f"stream {i}") for i in range(4)]
+    before = len(served[2].state.batcher.batches)
+
+    def stream(job):
+        text = ""
+        with httpx.stream("POST", served[0] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "osum", "stream": True, "messages": audio_message(*job)}, timeout=60) as reply:
+            lines = [line for line in reply.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        for line in lines[:-1]:
+            text += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        return text
+
+    with ThreadPoolExecutor(4) as pool:
+        streamed = list(pool.map(stream, jobs))
+    expected = [content(alone(served[1], to_request(audio_message(*job), decoding(num_beams=1), remote=True)))
+                for job in jobs]
+    assert streamed == expected
+    assert max(served[2].state.batcher.batches[before:]) > 1
 
 
 # ---- bad requests: status, one line, and the server answers the next request ----
