@@ -25,7 +25,7 @@ from osum_min.inputs import Item, collect_inputs
 from osum_min.model import OSUM, load_for_inference
 from osum_min.pipeline import Answer, Pipeline, Request, RequestError
 from osum_min.progress import Progress
-from osum_min.scoring import Scorer
+from osum_min.scoring import PROTOCOLS, Scorer
 from osum_min.subtitles import subtitle_paths, subtitles
 from osum_min.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
 from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
@@ -132,6 +132,10 @@ def parse_args(argv):
                         help="srwt: write FILE.srt (next to the audio or in DIR)")
     parser.add_argument("--vtt", nargs="?", const="", metavar="DIR", help="srwt: write FILE.vtt likewise")
     parser.add_argument("--score-only", action="store_true", help="print only the WER/CER and label accuracy summary")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="osum",
+                        help="scoring rules: osum (compute-wer.py --char=1, the default) or qwen2-audio (its "
+                             "normalisers; docs/evaluation.md)")
+    parser.add_argument("--language", help="qwen2-audio scoring: the references' language (en, zh, yue, fr, ...)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--stream", action="store_true", help="print tokens as they come (one file, --beams 1)")
     decoding = parser.add_argument_group("decoding (default: beam 4, repetition penalty 1.05, no sampling)")
@@ -291,7 +295,8 @@ class Report:
     def __init__(self, args, run: Run):
         self.args, self.items, self.failures, self.pending, self.next_to_print = args, run.items, 0, {}, 0
         has_references = any(item.reference is not None for item in run.items)
-        self.scorer = Scorer(run.task) if args.score_only or run.pipeline.tokenizer and has_references else None
+        scoring = args.score_only or run.pipeline.tokenizer and has_references
+        self.scorer = Scorer(run.task, args.protocol, args.language) if scoring else None
         paths = [item.path for item in run.items]
         self.subtitle_files = [subtitle_paths(paths, folder, suffix) if folder is not None else [None] * len(paths)
                                for folder, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt"))]

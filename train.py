@@ -30,6 +30,7 @@ from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng
 from osum_min.evaluation import evaluate
 from osum_min.model import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
+from osum_min.scoring import PROTOCOLS
 from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary
 from osum_min.training import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequest, TrainingError, append_jsonl,
                                build_model, log_line, make_optimizer, optimization_step, peak_memory_gib, setup_model,
@@ -62,6 +63,8 @@ def parse_args(argv):
     parser.add_argument("--keep-last", type=int, default=3)
     parser.add_argument("--eval-every", type=int, default=0, help="0: only at the end (when --dev-data)")
     parser.add_argument("--eval-batches", type=int, default=50)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="osum",
+                        help="dev scoring rules, as eval.py score's (osum: compute-wer.py --char=1)")
     parser.add_argument("--max-bad-steps", type=int, default=5, help="stop after this many NaN/inf steps in a row")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -203,7 +206,8 @@ def main(argv=None) -> int:
                                                        or step == args.max_steps):
                     training_rng = rng_states()  # so that evaluating never changes what training draws next
                     with autocast:
-                        scores = evaluate(model, args.dev_data, tokenizer, config, args.eval_batches)
+                        scores = evaluate(model, args.dev_data, tokenizer, config, args.eval_batches,
+                                          protocol=args.protocol)
                     set_rng_states(training_rng)
                     append_jsonl(log_path, {"step": step, "eval": scores})
                     say(f"eval step {step}: {json.dumps(scores)}")

@@ -16,8 +16,10 @@ def character_error_rate(reference: str, hypothesis: str) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: OSUM, dev_data, tokenizer, config, max_batches: int, max_new_tokens: int = 100) -> dict:
-    """Dev loss, and greedy decoding scored per task: WER and label accuracy (scoring.Scorer) plus CER."""
+def evaluate(model: OSUM, dev_data, tokenizer, config, max_batches: int, max_new_tokens: int = 100,
+             protocol: str = "osum") -> dict:
+    """Dev loss, and greedy decoding scored per task: WER by `protocol`'s rules and label accuracy (scoring.Scorer),
+    the figure `eval.py score` gives for the same texts, plus CER."""
     was_training = model.training
     model.eval()
     dataset = data.SpeechDataset(dev_data, tokenizer, config, train=False, eod_id=model.config.eod_id)
@@ -35,7 +37,7 @@ def evaluate(model: OSUM, dev_data, tokenizer, config, max_batches: int, max_new
             text = tokenizer.decode(output, placeholders=True)  # a young model's unknown ids score as wrong words
             undecodable += bool(tokenizer.unknown_ids(output))
             reference, hypothesis = tokenizer.decode(labels), parse(task, normalise(text))
-            scorers.setdefault(task.name, Scorer(task)).add(reference, hypothesis)
+            scorers.setdefault(task.name, Scorer(task, protocol)).add(reference, hypothesis)
             errors, length = character_error_rate(parse(task, normalise(reference)).transcript or "",
                                                   hypothesis.transcript or "")
             previous = char_counts.get(task.name, (0, 0))

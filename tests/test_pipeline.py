@@ -238,3 +238,25 @@ def test_bytes_in_memory_name_the_request_not_a_buffer(model):
     [answer] = Pipeline(model, None)([Request(buffer.getvalue(), prompt_ids=PROMPT, config=GREEDY, name="clip.wav")])
     assert str(answer.error).startswith("clip.wav: too short")
     assert torch.is_tensor(load_request_audio(Request(AUDIO.read_bytes())))
+
+
+@pytest.mark.parametrize("protocol", ["osum", "qwen2-audio"])
+def test_score_only_scores_by_the_chosen_protocol(capsys, weights_with_tokenizer, tmp_path, protocol):  # noqa: F811
+    """infer.py's summary is the Scorer's for that protocol over the same transcripts (what eval.py score prints)."""
+    if protocol == "qwen2-audio":
+        pytest.importorskip("zhconv", reason="the qwen2-audio protocol needs the [eval] extra")
+    from osum_min.scoring import Scorer
+    from osum_min.tasks import parse
+
+    references = ["hello, world", "the cat sat on the mat."]
+    listing = tmp_path / "test.jsonl"
+    listing.write_text("".join(json.dumps({"key": f"u{i}", "wav": str(a), "txt": t}) + "\n"
+                               for i, (a, t) in enumerate(zip([AUDIO, OTHER], references))))
+    flags = ["--weights", weights_with_tokenizer, "--beams", "1", "--max-new-tokens", "6", "--json"]
+    code, lines, _ = run(capsys, listing, *flags, "--protocol", protocol, "--language", "en")
+    summary = json.loads(lines[-1])["summary"]
+    code, lines, _ = run(capsys, listing, *flags)
+    scorer = Scorer(TASKS["asr"], protocol, "en")
+    for reference, line in zip(references, lines):
+        scorer.add(reference, parse(TASKS["asr"], json.loads(line)["raw"]))
+    assert summary == scorer.summary() and summary["protocol"] == protocol
