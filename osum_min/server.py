@@ -271,6 +271,10 @@ def serve(weights, host: str = "127.0.0.1", port: int = 8000, device=None, dtype
         print(f"infer.py: error: the server needs FastAPI, uvicorn and python-multipart: pip install .[serve] "
               f"({err.name} is missing)", file=sys.stderr)
         return 2
+    for flag, value in (("--max-upload-mb", config.max_upload_mb), ("--max-audio-seconds", config.max_audio_seconds)):
+        if not value > 0:
+            print(f"infer.py: error: {flag} must be above 0, got {value:g}", file=sys.stderr)
+            return 2
     from .model import load_for_inference
     from .tokenizer import tokenizer_or_none
     tokenizer = tokenizer_or_none(weights)
