@@ -163,8 +163,13 @@ def parse_args(argv):
     decoding.add_argument("--original-decoding", action="store_true",
                           help="the original's beam-sample (top-k 5, top-p 0.9)")
     parser.add_argument("--web", action="store_true", help="serve the web demo (pip install .[demo]) instead")
-    parser.add_argument("--host", default="127.0.0.1", help="--web: address to listen on")
-    parser.add_argument("--port", type=int, default=7860, help="--web: port")
+    parser.add_argument("--serve", action="store_true",
+                        help="serve the OpenAI-compatible API instead (pip install .[serve]; docs/serving.md)")
+    parser.add_argument("--host", default="127.0.0.1", help="--web/--serve: address to listen on")
+    parser.add_argument("--port", type=int, help="--web/--serve: port (default 7860 / 8000)")
+    parser.add_argument("--api-key", help="--serve: require Authorization: Bearer KEY (default: $OSUM_API_KEY)")
+    parser.add_argument("--max-upload-mb", type=float, default=25.0, help="--serve: upload cap (default 25)")
+    parser.add_argument("--max-audio-seconds", type=float, default=600.0, help="--serve: duration cap (default 600)")
     parser.add_argument("--weights", default="weights/osum")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
@@ -354,12 +359,18 @@ def main(argv=None) -> int:
     if args.web:
         from osum_min.web import DemoUnavailable, serve
         try:
-            return serve(args.weights, host=args.host, port=args.port, device=args.device,
+            return serve(args.weights, host=args.host, port=args.port or 7860, device=args.device,
                          dtype=DTYPES[args.dtype] if args.dtype else None, examples=WEB_EXAMPLES,
                          batch_size=args.batch_size)
         except DemoUnavailable as err:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
+    if args.serve:
+        from osum_min.server import ServerConfig, serve
+        return serve(args.weights, args.host, args.port or 8000, args.device, DTYPES[args.dtype] if args.dtype
+                     else None, args.compile, args.quantize, ServerConfig(
+                         api_key=args.api_key, batch_size=args.batch_size, max_upload_mb=args.max_upload_mb,
+                         max_audio_seconds=args.max_audio_seconds, max_new_tokens=args.max_new_tokens or 400))
     try:
         run = prepare(args)
     except (UsageError, DataError) as err:

@@ -23,17 +23,25 @@ def subtitle_paths(audio_paths: list[str], folder: str, suffix: str) -> list[Pat
     return renamed
 
 
-def subtitles(words: list[Word], vtt: bool, max_chars: int = 42, max_gap: float = 1.0) -> str:
-    """SRT or WebVTT cues of consecutive timed words: a new cue after `max_chars` or a pause over `max_gap` s."""
-    cues, cue = [], []
+def cues(words: list[Word], max_chars: int = 42, max_gap: float = 1.0) -> list[tuple[float, float, str]]:
+    """(start, end, text) of consecutive timed words: a new cue after `max_chars` or a pause over `max_gap` s
+    (subtitle cues, and the server's verbose_json segments)."""
+    groups, cue = [], []
     for word in (w for w in words if w.start is not None or w.end is not None):
         last_end = cue[-1].end if cue else None
         if cue and (len(" ".join(w.text for w in cue + [word])) > max_chars
                     or (None not in (last_end, word.start) and word.start - last_end > max_gap)):
-            cues.append(cue)
+            groups.append(cue)
             cue = []
         cue.append(word)
-    cues += [cue] if cue else []
+    groups += [cue] if cue else []
+    return [(next(t for w in cue for t in (w.start, w.end) if t is not None),
+             next(t for w in reversed(cue) for t in (w.end, w.start) if t is not None),
+             " ".join(w.text for w in cue)) for cue in groups]
+
+
+def subtitles(words: list[Word], vtt: bool, max_chars: int = 42, max_gap: float = 1.0) -> str:
+    """SRT or WebVTT cues of consecutive timed words: a new cue after `max_chars` or a pause over `max_gap` s."""
 
     def clock(seconds: float) -> str:
         millis = round(seconds * 1000)
@@ -41,10 +49,7 @@ def subtitles(words: list[Word], vtt: bool, max_chars: int = 42, max_gap: float 
                f"{'.' if vtt else ','}{millis % 1000:03d}"
 
     blocks = ["WEBVTT"] if vtt else []
-    for number, cue in enumerate(cues, 1):
-        start = next(t for w in cue for t in (w.start, w.end) if t is not None)
-        end = next(t for w in reversed(cue) for t in (w.end, w.start) if t is not None)
-        text = " ".join(w.text for w in cue)
+    for number, (start, end, text) in enumerate(cues(words, max_chars, max_gap), 1):
         cue_text = f"{clock(start)} --> {clock(end)}\n{text}"
         blocks.append(cue_text if vtt else f"{number}\n{cue_text}")
     return "\n\n".join(blocks) + "\n"

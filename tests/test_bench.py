@@ -40,3 +40,16 @@ def test_gpu_check_smoke_runs_every_section_without_soundfile():
              "link_and_lora_bf16_frozen_ckpt"]
     training = figures["training"]
     assert all(training[f"{name}_step_s"] > 0 and training[f"{name}_peak_gib"] > 0 for name in names), training
+
+
+def test_serve_smoke_measures_concurrency_with_answers_equal_to_alone():
+    """bench/serve.py --smoke: a tiny model served on 127.0.0.1, one request at a time and 2 and 4 concurrent
+    clients; every concurrent answer equals its one-at-a-time answer, and the figures are there."""
+    pytest.importorskip("fastapi", reason="bench/serve.py needs the [serve] extra")
+    pytest.importorskip("httpx", reason="bench/serve.py's clients use httpx")
+    run = subprocess.run([sys.executable, str(BENCH[0].parent / "serve.py"), "--smoke"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures["c2_identical_to_alone"] == figures["c4_identical_to_alone"] == figures["requests"]
+    assert figures["c4_over_alone_throughput"] > 0 and figures["stream_first_token_c2_p50_s"] > 0

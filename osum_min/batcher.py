@@ -1,0 +1,92 @@
+"""Batching across HTTP requests: one worker thread owns the model and decodes what arrives together as one batch.
+
+Handlers put Jobs (a checked pipeline Request) on a bounded queue. The worker takes the first job, waits at most
+`wait_s` for company up to `batch_size` jobs, drops those whose client has gone, and runs the rest through
+`Pipeline.run` as one list: it batches those that decode alike and never batches sampling requests, so every
+answer equals the one its request gets alone. Answers and streamed tokens go back to each handler's event loop.
+"""
+import asyncio
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .pipeline import Answer, Pipeline, Request, RequestError
+
+
+class QueueFull(RuntimeError):
+    """More requests are waiting than the server takes (503)."""
+
+
+@dataclass
+class Job:
+    """One request on its way through the worker. `tokens`, when streaming, receives each token id and then the
+    Answer; `answer` resolves with the Answer (with its `.error` when the request failed)."""
+    request: Request
+    loop: asyncio.AbstractEventLoop
+    answer: asyncio.Future
+    tokens: asyncio.Queue | None = None
+    cancelled: bool = False  # the client went away or timed out: dropped if not yet decoding
+    queued_at: float = field(default_factory=time.perf_counter)
+
+    def token(self, token_id: int):
+        if self.tokens is not None and not self.cancelled:
+            self.loop.call_soon_threadsafe(self.tokens.put_nowait, token_id)
+
+    def resolve(self, answer: Answer):
+        def settle():
+            if not self.answer.done():
+                self.answer.set_result(answer)
+            if self.tokens is not None:
+                self.tokens.put_nowait(answer)
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(settle)
+
+
+class Batcher:
+    def __init__(self, pipeline: Pipeline, batch_size: int = 8, max_queue: int = 64, wait_s: float = 0.005):
+        self.pipeline, self.batch_size, self.wait_s = pipeline, batch_size, wait_s
+        self.queue = queue.Queue(max_queue)
+        self.batches = []  # the size of every batch run (for tests and /health)
+        self.worker = threading.Thread(target=self._work, name="osum-batcher", daemon=True)
+        self.worker.start()
+
+    def submit(self, request: Request, stream: bool = False) -> Job:
+        """Queue a request from the event loop; QueueFull when the queue is full."""
+        loop = asyncio.get_running_loop()
+        job = Job(request, loop, loop.create_future(), asyncio.Queue() if stream else None)
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(f"the server is busy: {self.queue.maxsize} requests are already waiting") from None
+        return job
+
+    def _gather(self) -> list[Job]:
+        """The next job and those arriving within `wait_s` of it, up to `batch_size`, without cancelled ones."""
+        jobs = [self.queue.get()]
+        deadline = time.perf_counter() + self.wait_s
+        while len(jobs) < self.batch_size:
+            try:
+                jobs.append(self.queue.get(timeout=max(0.0, deadline - time.perf_counter())))
+            except queue.Empty:
+                break
+        return [job for job in jobs if not job.cancelled]
+
+    def _work(self):
+        while True:
+            jobs = self._gather()
+            if not jobs:
+                continue
+            self.batches.append(len(jobs))
+            pending = set(range(len(jobs)))
+            try:
+                for index, answer in self.pipeline.run([job.request for job in jobs],
+                                                       on_token=lambda index, token: jobs[index].token(token)):
+                    pending.discard(index)
+                    jobs[index].resolve(answer)
+            except Exception as err:  # noqa: BLE001  one bad batch fails its requests, never the worker
+                problem = f"internal error while decoding: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+                for index in pending:
+                    request = jobs[index].request
+                    jobs[index].resolve(Answer(request.label, request.task,
+                                               error=RequestError(request.label, problem, "decoding")))

@@ -1,0 +1,372 @@
+"""The OpenAI-compatible server (`infer.py --serve`) on fixture_a's weights with a stand-in tokenizer, started on
+127.0.0.1 in a thread, called with the official `openai` client and with raw HTTP (httpx). Each answer is checked
+against the same request decoded alone through the Pipeline (the fixture model writes random ids, so "equal to
+alone" is the meaningful check). SRWT answers carry a scripted model text (ScriptedSRWT) because random ids never
+form timed words: those tests prove the formatting and the HTTP path, not the model. Plus the conversation format."""
+import asyncio
+import base64
+import io
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import FIXTURE_A
+from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture: the tiny model with a byte tokenizer)
+from osum_min.audio import SAMPLE_RATE, load_audio, log_mel, pad_features
+from osum_min.conversation import ConversationError, chat, content, to_request
+from osum_min.generate import DEFAULT_DECODING
+from osum_min.pipeline import Pipeline, Request
+from osum_min.subtitles import subtitles
+from osum_min.tasks import TASKS, parse
+
+fastapi = pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
+uvicorn = pytest.importorskip("uvicorn", reason="the server needs the [serve] extra")
+pytest.importorskip("multipart", reason="the server needs the [serve] extra (python-multipart)")
+httpx = pytest.importorskip("httpx", reason="the raw HTTP tests use httpx")
+openai = pytest.importorskip("openai", reason="the client tests use the official openai client")
+
+from osum_min.server import ServerConfig, create_app  # noqa: E402
+
+KEY = "sk-test"
+TOKENS = 8  # the server's max_new_tokens: the random model never stops early, so this bounds every decode
+AUDIO = [FIXTURE_A / "audio.wav", FIXTURE_A / "audio_batch_item1.wav", FIXTURE_A / "audio_44k.wav"]
+SRWT_RAW = "hello<0.3, 0.7> big<0.8, 1.1> world<2.5, 3.0>"
+
+
+class ScriptedSRWT(Pipeline):
+    """The real pipeline, except that an SRWT answer's model text is SRWT_RAW (parsed by the real parser)."""
+
+    def answer(self, request, prompt_ids, decoded):
+        answer = super().answer(request, prompt_ids, decoded)
+        if request.task.output == "srwt" and answer.error is None:
+            answer.result = parse(request.task, SRWT_RAW)
+        return answer
+
+
+@pytest.fixture(scope="module")
+def served(weights_with_tokenizer):  # noqa: F811
+    """(base URL, pipeline, app) of a server on a free port, stopped after the module."""
+    from osum_min.model import load_for_inference
+    from osum_min.tokenizer import Tokenizer
+    tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
+    pipeline = ScriptedSRWT(load_for_inference(weights_with_tokenizer, tokenizer, device="cpu"), tokenizer)
+    config = ServerConfig(api_key=KEY, max_upload_mb=1, max_audio_seconds=20, max_new_tokens=TOKENS, wait_ms=50)
+    app = create_app(pipeline, config)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", pipeline, app
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served[0] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def alone(pipeline, request: Request):
+    [answer] = pipeline([request])
+    assert answer.error is None, answer.error
+    return answer
+
+
+def decoding(**changes):
+    return replace(DEFAULT_DECODING, max_new_tokens=TOKENS, **changes)
+
+
+def b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def audio_message(path, text=None) -> list[dict]:
+    parts = [{"type": "input_audio", "input_audio": {"data": b64(path), "format": "wav"}}]
+    return [{"role": "user", "content": parts + ([{"type": "text", "text": text}] if text else [])}]
+
+
+def post(served, path, key=KEY, **kwargs):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(served[0] + path, headers=headers, timeout=60, **kwargs)
+
+
+# ---- transcriptions ----
+
+def test_transcription_json_and_text_equal_the_pipeline_alone(served, client):
+    expected = alone(served[1], Request(str(AUDIO[0]), config=decoding())).result.transcript
+    with AUDIO[0].open("rb") as audio:
+        assert client.audio.transcriptions.create(model="osum", file=audio).text == expected
+    with AUDIO[0].open("rb") as audio:
+        assert client.audio.transcriptions.create(model="osum", file=audio, response_format="text").strip() \
+            == expected
+
+
+def test_transcription_task_field_gives_the_labels(served):
+    expected = alone(served[1], Request(str(AUDIO[1]), task=TASKS["ser"], config=decoding())).result
+    reply = post(served, "/v1/audio/transcriptions", files={"file": AUDIO[1].open("rb")},
+                 data={"model": "osum", "task": "ser"})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["task"] == "ser" and body["text"] == expected.transcript
+    assert body.get("labels", {}) == expected.labels
+
+
+@pytest.mark.parametrize("response_format", ["srt", "vtt"])
+def test_subtitles_from_srwt(served, client, response_format):
+    with AUDIO[0].open("rb") as audio:
+        text = client.audio.transcriptions.create(model="osum", file=audio, response_format=response_format)
+    words = parse(TASKS["srwt"], SRWT_RAW).words
+    assert text == subtitles(words, vtt=response_format == "vtt")
+    assert ("00:00:00.300 --> " if response_format == "vtt" else "1\n00:00:00,300 --> ") in text
+
+
+def test_verbose_json_words_and_segments(served, client):
+    with AUDIO[0].open("rb") as audio:
+        body = client.audio.transcriptions.create(model="osum", file=audio, response_format="verbose_json",
+                                                  timestamp_granularities=["word", "segment"])
+    assert [(w.word, w.start, w.end) for w in body.words] == [("hello", 0.3, 0.7), ("big", 0.8, 1.1),
+                                                               ("world", 2.5, 3.0)]
+    # a pause over 1 s starts a new segment
+    assert [(s.start, s.end, s.text) for s in body.segments] == [(0.3, 1.1, "hello big"), (2.5, 3.0, "world")]
+    assert body.duration == pytest.approx(soundfile.info(AUDIO[0]).duration, abs=0.01)
+
+
+# ---- chat ----
+
+def test_chat_with_input_audio_equals_the_pipeline_alone(served, client):
+    messages = audio_message(AUDIO[1], "describe the audio")
+    reply = client.chat.completions.create(model="osum", messages=messages)
+    expected = alone(served[1], to_request(messages, decoding(), remote=True))
+    assert reply.choices[0].message.content == content(expected)
+    mel, lens = pad_features([log_mel(load_audio(AUDIO[1]))])
+    _, speech = served[1].model.embed_speech(mel, lens, original_mask_rule=False)
+    assert reply.usage.prompt_tokens == len(expected.prompt_ids) + int(speech[0]) + 2  # + speech bos and eos
+    assert reply.usage.completion_tokens == TOKENS
+    assert reply.choices[0].finish_reason == "length"
+
+
+def test_voice_chat_and_python_chat_api_agree(served, client):
+    """Audio alone is voice chat (sttc); the Python `chat` API answers a list of conversations as one batch."""
+    reply = client.chat.completions.create(model="osum", messages=audio_message(AUDIO[0]))
+    conversations = [[{"role": "user", "content": [{"type": "audio", "audio": str(AUDIO[0])}]}],
+                     [{"role": "user", "content": [{"type": "audio", "audio": str(AUDIO[0])}, {"type": "text",
+                                                                                               "text": "hi"}]}]]
+    answers = chat(served[1], conversations, decoding())
+    assert reply.choices[0].message.content == answers[0] and isinstance(answers[1], str)
+
+
+def test_streaming_equals_greedy_alone(served, client):
+    messages = audio_message(AUDIO[2], "what is said")
+    stream = client.chat.completions.create(model="osum", messages=messages, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    expected = alone(served[1], to_request(messages, decoding(num_beams=1), remote=True))
+    assert streamed == content(expected) and streamed
+    assert chunks[-1].usage.completion_tokens == TOKENS
+
+
+def test_eight_concurrent_clients_each_get_their_answer_alone(served):
+    jobs = [(AUDIO[i % 3], f"prompt {i % 4}") for i in range(8)]
+    before = len(served[2].state.batcher.batches)
+
+    def ask(job):
+        reply = post(served, "/v1/chat/completions", json={"model": "osum", "messages": audio_message(*job)})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, jobs))
+    expected = [content(alone(served[1], to_request(audio_message(*job), decoding(), remote=True))) for job in jobs]
+    assert answers == expected
+    assert max(served[2].state.batcher.batches[before:]) > 1  # some requests shared a batch
+
+
+def test_concurrent_streams_share_batches_and_each_equals_alone(served):
+    jobs = [(AUDIO[i % 3], f"stream {i}") for i in range(4)]
+    before = len(served[2].state.batcher.batches)
+
+    def stream(job):
+        text = ""
+        with httpx.stream("POST", served[0] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "osum", "stream": True, "messages": audio_message(*job)}, timeout=60) as reply:
+            lines = [line for line in reply.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        for line in lines[:-1]:
+            text += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        return text
+
+    with ThreadPoolExecutor(4) as pool:
+        streamed = list(pool.map(stream, jobs))
+    expected = [content(alone(served[1], to_request(audio_message(*job), decoding(num_beams=1), remote=True)))
+                for job in jobs]
+    assert streamed == expected
+    assert max(served[2].state.batcher.batches[before:]) > 1
+
+
+# ---- bad requests: status, one line, and the server answers the next request ----
+
+def wav_bytes(seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(int(seconds * SAMPLE_RATE), np.float32), SAMPLE_RATE, format="WAV")
+    return buffer.getvalue()
+
+
+def chat_body(part):
+    return {"json": {"model": "osum", "messages": [{"role": "user", "content": [part]}]}}
+
+
+BAD = {
+    "not audio": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", b"hello, not audio")}}, 400),
+    "empty": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", b"")}}, 400),
+    "over the upload cap": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", b"0" * 2**21)}}, 413),
+    "over the duration cap": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav_bytes(21))}}, 413),
+    "bad base64": ("/v1/chat/completions", chat_body({"type": "input_audio", "input_audio": {"data": "@@@",
+                                                                                            "format": "wav"}}), 400),
+    "unknown model": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav_bytes(1))},
+                                                   "data": {"model": "whisper-9"}}, 404),
+    "unknown task": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav_bytes(1))},
+                                                  "data": {"task": "dance"}}, 404),
+    "remote URL": ("/v1/chat/completions", chat_body({"type": "audio_url", "audio_url": {"url":
+                                                      "http://example.com/a.wav"}}), 400),
+    "file URL": ("/v1/chat/completions", chat_body({"type": "audio_url", "audio_url": "file:///etc/passwd"}), 400),
+    "over-long prompt": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav_bytes(1))},
+                                                      "data": {"prompt": "word " * 3000}}, 422),
+    "two clips": ("/v1/chat/completions", {"json": {"model": "osum", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": b64(AUDIO[0])}}] * 2}]}}, 400),
+    "not JSON": ("/v1/chat/completions", {"content": b"{nope"}, 400),
+    "no such route": ("/v1/nothing", {}, 404),
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_request_gets_its_status_and_one_line(served, name):
+    path, kwargs, status = BAD[name]
+    reply = post(served, path, **kwargs)
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert error["message"] and "\n" not in error["message"] and "Traceback" not in error["message"]
+    assert {"type", "code"} <= set(error)
+    assert httpx.get(served[0] + "/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("key", [None, "sk-wrong"])
+def test_missing_or_wrong_key_is_401(served, key):
+    reply = post(served, "/v1/audio/transcriptions", key=key, files={"file": ("a.wav", wav_bytes(1))})
+    assert reply.status_code == 401 and "API key" in reply.json()["error"]["message"]
+
+
+def test_after_bad_requests_the_server_still_transcribes(served, client):
+    with AUDIO[0].open("rb") as audio:
+        assert client.audio.transcriptions.create(model="osum", file=audio).text is not None
+    assert [m.id for m in client.models.list()] == ["osum"]
+
+
+def test_infer_serve_refuses_weights_without_a_tokenizer(fixture_weights, capsys):
+    import infer
+    assert infer.main(["--serve", "--weights", str(fixture_weights), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "has no tokenizer" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- the conversation format ----
+
+def test_conversation_kinds():
+    audio = {"type": "audio", "audio": "a.wav"}
+    analysis = to_request([{"role": "user", "content": [audio, {"type": "text", "text": "describe"}]}])
+    assert analysis.task.name == "prompt" and analysis.task.prompt == "describe" and analysis.audio == "a.wav"
+    assert to_request([{"role": "system", "content": ""}, {"role": "user", "content": [audio]}]).task is TASKS["sttc"]
+    samples = to_request([{"role": "user", "content": [{"type": "audio", "audio": np.zeros(16000)}]}],
+                         sample_rate=16000)
+    assert samples.sample_rate == 16000
+    data = to_request([{"role": "user", "content": [{"type": "audio_url", "audio_url": {
+        "url": "data:audio/wav;base64," + base64.b64encode(b"RIFF").decode()}}]}], remote=True)
+    assert data.audio == b"RIFF"
+
+
+@pytest.mark.parametrize("conversation, words", [
+    ([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}] * 2}], "exactly one audio clip"),
+    ([{"role": "user", "content": "hello"}], "no clip"),
+    ([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}, {"role": "user", "content": "and?"}],
+     "go in one user message"),
+    ([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}, {"role": "assistant", "content": "x"}],
+     "assistant turns"),
+    ([{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}],
+     "no system prompt"),
+    ([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}], "send audio as input_audio"),  # remote
+    ([{"role": "user", "content": [{"type": "audio_url", "audio_url": "/etc/passwd"}]}], "never fetches"),  # remote
+])
+def test_conversations_osum_cannot_take_are_refused_in_one_line(conversation, words):
+    remote = words in ("send audio as input_audio", "never fetches")
+    with pytest.raises(ConversationError, match=words) as raised:
+        to_request(conversation, remote=remote)
+    assert "\n" not in str(raised.value)
+
+
+# ---- the batcher: a full queue, dropped jobs, a failing batch ----
+
+class Gate:
+    """A stand-in pipeline whose run waits for `open` and records what it was given (or raises `fail`)."""
+
+    def __init__(self, fail=None):
+        self.open, self.seen, self.fail = threading.Event(), [], fail
+
+    def run(self, requests, on_token=None):
+        self.open.wait(10)
+        self.seen.append([r.name for r in requests])
+        if self.fail:
+            raise self.fail
+        for index, request in enumerate(requests):
+            yield index, request.name
+
+
+def test_batcher_queue_full_and_dropped_jobs():
+    from osum_min.batcher import Batcher, QueueFull
+
+    async def scenario():
+        gate = Gate()
+        batcher = Batcher(gate, batch_size=4, max_queue=2, wait_s=0.001)
+        first = batcher.submit(Request(b"", name="first"))
+        while batcher.queue.qsize():  # the worker took it and waits at the gate
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        gone, kept = batcher.submit(Request(b"", name="gone")), batcher.submit(Request(b"", name="kept"))
+        with pytest.raises(QueueFull):
+            batcher.submit(Request(b"", name="one too many"))
+        gone.cancelled = True  # its client went away while it waited
+        gate.open.set()
+        assert await asyncio.wait_for(first.answer, 10) == "first"
+        assert await asyncio.wait_for(kept.answer, 10) == "kept"
+        return gate.seen
+
+    assert asyncio.run(scenario()) == [["first"], ["kept"]]
+
+
+def test_batcher_survives_a_failing_batch():
+    from osum_min.batcher import Batcher
+
+    async def scenario():
+        gate = Gate(fail=RuntimeError("boom\nsecond line"))
+        gate.open.set()
+        batcher = Batcher(gate, batch_size=2)
+        answer = await asyncio.wait_for(batcher.submit(Request(b"", name="x")).answer, 10)
+        gate.fail = None
+        return answer, await asyncio.wait_for(batcher.submit(Request(b"", name="y")).answer, 10)
+
+    failed, after = asyncio.run(scenario())
+    error = failed.error
+    assert error.kind == "decoding" and "boom second line" in str(error) and "\n" not in str(error)
+    assert after == "y"
