@@ -126,7 +126,7 @@ def flag_problem(args) -> str | None:
         return f"--repetition-penalty must be above 0 and finite, got {args.repetition_penalty}"
     if args.seed is not None and args.seed not in SEEDS:
         return f"--seed must be a whole number from {SEEDS.start} to {SEEDS.stop - 1} (torch's range), got {args.seed}"
-    if not 0 <= args.port <= 65535:
+    if args.port is not None and not 0 <= args.port <= 65535:
         return f"--port must be from 0 to 65535, got {args.port}"
     return device_problem(args.device)
 
@@ -359,16 +359,16 @@ def main(argv=None) -> int:
     if args.web:
         from osum_min.web import DemoUnavailable, serve
         try:
-            return serve(args.weights, host=args.host, port=args.port or 7860, device=args.device,
-                         dtype=DTYPES[args.dtype] if args.dtype else None, examples=WEB_EXAMPLES,
+            return serve(args.weights, host=args.host, port=7860 if args.port is None else args.port,
+                         device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None, examples=WEB_EXAMPLES,
                          batch_size=args.batch_size)
         except DemoUnavailable as err:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
     if args.serve:
         from osum_min.server import ServerConfig, serve
-        return serve(args.weights, args.host, args.port or 8000, args.device, DTYPES[args.dtype] if args.dtype
-                     else None, args.compile, args.quantize, ServerConfig(
+        return serve(args.weights, args.host, 8000 if args.port is None else args.port, args.device,
+                     DTYPES[args.dtype] if args.dtype else None, args.compile, args.quantize, ServerConfig(
                          api_key=args.api_key, batch_size=args.batch_size, max_upload_mb=args.max_upload_mb,
                          max_audio_seconds=args.max_audio_seconds, max_new_tokens=args.max_new_tokens or 400))
     try:

@@ -53,19 +53,23 @@ def _source_name(path_or_file) -> str:
     return getattr(path_or_file, "name", None) or f"<{type(path_or_file).__name__}>"
 
 
-def _read_frames(audio: soundfile.SoundFile) -> np.ndarray:
-    """(frames, channels) float32, block by block: memory follows the audio actually there, not the header's
-    frame count, and formats libsndfile cannot seek in (G.721 .au) read too."""
-    blocks = []
-    while len(block := audio.read(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)):
+def _read_frames(audio: soundfile.SoundFile, limit: int | None = None) -> np.ndarray:
+    """(frames, channels) float32, block by block up to `limit` frames: memory follows the audio actually there,
+    not the header's frame count, and formats libsndfile cannot seek in (G.721 .au) read too."""
+    blocks, count = [], 0
+    while (limit is None or count < limit) and len(block := audio.read(
+            READ_BLOCK_FRAMES if limit is None else min(READ_BLOCK_FRAMES, limit - count), dtype="float32",
+            always_2d=True)):
         blocks.append(block)
+        count += len(block)
     return np.concatenate(blocks) if blocks else np.zeros((0, audio.channels), np.float32)
 
 
-def _read(path_or_file, name: str) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 as libsndfile scales it (int16 / 32768, uint8 (x-128)/128, ...), like torchaudio.
-    A path is opened through osum_min.files (a regular file, never a FIFO or device); whatever soundfile or numpy
-    raise for a file they cannot read becomes an AudioError."""
+def _read(path_or_file, name: str, span: tuple[float, float] | None = None) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 as libsndfile scales it (int16 / 32768, uint8 (x-128)/128, ...), like torchaudio;
+    with `span`, only the frames from its start to its end second. A path is opened through osum_min.files (a
+    regular file, never a FIFO or device); whatever soundfile or numpy raise for a file they cannot read becomes an
+    AudioError."""
     fd = None
     if isinstance(path_or_file, (str, os.PathLike)):
         try:
@@ -78,8 +82,11 @@ def _read(path_or_file, name: str) -> tuple[np.ndarray, int]:
             for declared, present in _SHORT_DATA_CHUNK.findall(audio.extra_info):
                 if int(present) < int(declared) and int(declared) != _STREAMING_DATA_SIZE:
                     raise AudioError(name, f"truncated: the header promises {declared} bytes of audio, the file holds {present}")
-            samples = _read_frames(audio)
             sample_rate = audio.samplerate
+            if span is not None:
+                first, declared_frames = _span_frames(span, sample_rate, declared_frames, name)
+                audio.seek(first)
+            samples = _read_frames(audio, None if span is None else declared_frames)
     except AudioError:
         raise
     except soundfile.SoundFileError as err:
@@ -95,6 +102,18 @@ def _read(path_or_file, name: str) -> tuple[np.ndarray, int]:
     return samples, sample_rate
 
 
+def _span_frames(span: tuple[float, float], sample_rate: int, frames: int, name: str) -> tuple[int, int]:
+    """The first frame and the frame count of a (start, end) span in seconds. It must start inside the audio; an
+    end past the audio's is cut there, as the original's torchaudio.load(frame_offset, num_frames) cuts it."""
+    start, end = (float(t) for t in span)
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise AudioError(name, f"segment {start:g}-{end:g} s is not a span of time (0 <= start < end)")
+    first, last = round(start * sample_rate), min(round(end * sample_rate), frames)
+    if first >= last:
+        raise AudioError(name, f"segment {start:g}-{end:g} s starts after the audio's end ({frames / sample_rate:.3f} s)")
+    return first, last - first
+
+
 def check_samples(samples: np.ndarray, name: str) -> None:
     """Samples the features can be computed from: some, all finite, none beyond MAX_SAMPLE_MAGNITUDE."""
     if samples.size == 0:
@@ -106,10 +125,11 @@ def check_samples(samples: np.ndarray, name: str) -> None:
                                f"{MAX_SAMPLE_MAGNITUDE:.0e} the log-mel features overflow)")
 
 
-def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Read any soundfile-readable audio (path or file-like) as a (samples,) float32 mono waveform at `sample_rate`."""
+def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE, span: tuple[float, float] | None = None) -> torch.Tensor:
+    """Read any soundfile-readable audio (path or file-like) as a (samples,) float32 mono waveform at `sample_rate`;
+    with `span`, the (start, end) seconds of it (one utterance of a long recording)."""
     name = _source_name(path_or_file)
-    samples, file_rate = _read(path_or_file, name)
+    samples, file_rate = _read(path_or_file, name, span)
     check_samples(samples, name)
     if not MIN_FILE_RATE <= file_rate <= MAX_FILE_RATE:
         raise AudioError(name, f"implausible sample rate {file_rate} Hz in the header "

@@ -3,7 +3,8 @@
 Handlers put Jobs (a checked pipeline Request) on a bounded queue. The worker takes the first job, waits at most
 `wait_s` for company up to `batch_size` jobs, drops those whose client has gone, and runs the rest through
 `Pipeline.run` as one list: it batches those that decode alike and never batches sampling requests, so every
-answer equals the one its request gets alone. Answers and streamed tokens go back to each handler's event loop.
+answer equals the one its request gets alone. Once every client still waiting on a batch has gone (disconnected or
+timed out), the batch stops before its next token. Answers and streamed tokens go back to each handler's event loop.
 """
 import asyncio
 import queue
@@ -11,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .generate import DecodingStopped
 from .pipeline import Answer, Pipeline, Request, RequestError
 
 
@@ -26,7 +28,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     answer: asyncio.Future
     tokens: asyncio.Queue | None = None
-    cancelled: bool = False  # the client went away or timed out: dropped if not yet decoding
+    cancelled: bool = False  # the client went away or timed out: dropped, or its batch stopped when all are
     queued_at: float = field(default_factory=time.perf_counter)
 
     def token(self, token_id: int):
@@ -80,13 +82,20 @@ class Batcher:
             self.batches.append(len(jobs))
             pending = set(range(len(jobs)))
             try:
-                for index, answer in self.pipeline.run([job.request for job in jobs],
-                                                       on_token=lambda index, token: jobs[index].token(token)):
+                for index, answer in self.pipeline.run(
+                        [job.request for job in jobs], on_token=lambda index, token: jobs[index].token(token),
+                        keep_going=lambda: not all(jobs[index].cancelled for index in pending)):
                     pending.discard(index)
                     jobs[index].resolve(answer)
+            except DecodingStopped as err:  # every client still waiting on this batch went away or timed out
+                self._fail(jobs, pending, str(err))
             except Exception as err:  # noqa: BLE001  one bad batch fails its requests, never the worker
-                problem = f"internal error while decoding: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
-                for index in pending:
-                    request = jobs[index].request
-                    jobs[index].resolve(Answer(request.label, request.task,
-                                               error=RequestError(request.label, problem, "decoding")))
+                self._fail(jobs, pending, f"internal error while decoding: {type(err).__name__}: "
+                                          f"{' '.join(str(err).split())[:200]}")
+
+    @staticmethod
+    def _fail(jobs: list[Job], pending: set[int], problem: str):
+        for index in pending:
+            request = jobs[index].request
+            jobs[index].resolve(Answer(request.label, request.task, error=RequestError(request.label, problem,
+                                                                                       "decoding")))

@@ -12,18 +12,16 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import soundfile
 import torch.distributed as dist
 
 from . import ranks
 from .benchmarks import Subset, Utterance
-from .pipeline import Pipeline, Request
+from .pipeline import Pipeline, Request, request_seconds
 from .progress import Progress
 from .tasks import TASKS, Result, Task, free_prompt_task, parse
 
 PUBLISHED = Path(__file__).with_name("published.json")
 FIRST_TAG = re.compile(r"<([^<>]*)>")
-CHUNK = 256  # requests handed to the pipeline at a time: segments are read into memory, so never a whole set
 
 
 @dataclass
@@ -80,27 +78,10 @@ def read_records(out: Path, repair: bool = True) -> dict[tuple[str, str], Record
     return records
 
 
-def seconds(utterance: Utterance) -> float:
-    if utterance.start is not None and utterance.end is not None:
-        return utterance.end - utterance.start
-    try:
-        return soundfile.info(utterance.audio).duration
-    except Exception:  # noqa: BLE001  a missing or unreadable clip sorts anywhere; the pipeline names its problem
-        return 0.0
-
-
 def request(subset: Subset, utterance: Utterance, config) -> Request:
-    """A path, or a segment's samples (WenetSpeech's opus files hold many utterances)."""
-    audio, rate = utterance.audio, None
-    if utterance.start is not None:
-        try:
-            rate = soundfile.info(audio).samplerate
-            audio, _ = soundfile.read(audio, start=int(utterance.start * rate), stop=int(utterance.end * rate),
-                                      dtype="float32", always_2d=True)
-            audio = audio.mean(axis=1)
-        except Exception as err:  # noqa: BLE001  reported as this utterance's problem by the pipeline
-            audio, rate = f"{utterance.audio} [{utterance.start}-{utterance.end} s]: {err}".encode(), None
-    return Request(audio, rate, task=subset_task(subset, utterance), config=config,
+    """A path, or a segment of one (WenetSpeech's opus files hold many utterances), read when its batch is."""
+    span = None if utterance.start is None else (utterance.start, utterance.end)
+    return Request(utterance.audio, task=subset_task(subset, utterance), config=config, span=span,
                    name=f"{utterance.key} ({utterance.audio})")
 
 
@@ -119,28 +100,25 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
         dist.barrier()
     wanted = [(s, u) for s in subsets for u in s.utterances][:limit]
     todo = [(s, u) for s, u in wanted if (s.name, u.key) not in done]
-    share = [todo[i] for i in ranks.balanced_share([seconds(u) for _, u in todo], rank, size)]
+    requests = [request(s, u, config) for s, u in todo]
+    share = ranks.balanced_share([request_seconds(r) for r in requests], rank, size)
     progress = Progress(len(share), "utterances" if size == 1 else f"utterances, rank {rank} of {size}")
     name = "records.jsonl" if size == 1 else f"records.rank{rank}.jsonl"
     with open(out / name, "a", encoding="utf-8") as sink:
-        for first in range(0, len(share), CHUNK):
-            chunk = share[first:first + CHUNK]
-            requests = [request(s, u, config) for s, u in chunk]
-            for index, answer in pipeline.run(requests):
-                subset, utterance = chunk[index]
-                task = requests[index].task
-                record = Record(subset.name, utterance.key, scored_reference(utterance.reference, task, subset))
-                if answer.error:
-                    record.error = str(answer.error)
-                else:
-                    record.hyp = scored_hypothesis(answer.result, task, subset)
-                    if answer.result.words is not None:
-                        record.timed = [utterance.reference, answer.result.to_text()]
-                if record.error:
-                    print(f"eval.py: skipped {record.error}", file=sys.stderr)
-                sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
-                sink.flush()
-                progress.update()
+        for index, answer in pipeline.run([requests[i] for i in share]):
+            (subset, utterance), task = todo[share[index]], requests[share[index]].task
+            record = Record(subset.name, utterance.key, scored_reference(utterance.reference, task, subset))
+            if answer.error:
+                record.error = str(answer.error)
+            else:
+                record.hyp = scored_hypothesis(answer.result, task, subset)
+                if answer.result.words is not None:
+                    record.timed = [utterance.reference, answer.result.to_text()]
+            if record.error:
+                print(f"eval.py: skipped {record.error}", file=sys.stderr)
+            sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+            sink.flush()
+            progress.update()
     progress.close()
     return len(share)
 

@@ -39,6 +39,10 @@ class GenerationConfig:
         return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
+class DecodingStopped(RuntimeError):
+    """`keep_going()` said no: nobody waits for this batch any more (a server's clients went away)."""
+
+
 EOS_CHECK_EVERY = 8  # greedy and sampling off the CPU: steps between checks that every row has ended
 
 # The original's hard-coded decoding: beam search with sampling (transformers' "beam-sample"), not deterministic.
@@ -229,7 +233,12 @@ def _nonfinite_rows(logits):
     return bad, logits.masked_fill(bad[:, None], 0.0)
 
 
-def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token):
+def _stop_if_unwanted(keep_going, step: int):
+    if keep_going is not None and not keep_going():
+        raise DecodingStopped(f"decoding stopped after {step} new tokens: nobody waits for it any more")
+
+
+def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token, keep_going=None):
     logits, device = decoder.first_logits, decoder.first_logits.device
     N = logits.shape[0]
     eos = torch.tensor(cfg.eos_ids(), dtype=torch.long, device=device)
@@ -243,6 +252,7 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token):
     # steps' tokens come after an eos and are cut).
     check_every = 1 if device.type == "cpu" or on_token is not None else EOS_CHECK_EVERY
     for t in range(cfg.max_new_tokens):
+        _stop_if_unwanted(keep_going, t)
         bad, logits = _nonfinite_rows(logits)
         lengths.masked_fill_(bad & ~finished, t)  # a row that had already ended keeps its answer
         broken |= bad & ~finished
@@ -284,7 +294,7 @@ class FinishedBeams:
         return len(self.hypotheses) == self.num_beams and best_running_score <= self.hypotheses[-1][0]
 
 
-def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int):
+def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int, keep_going=None):
     K, logits = cfg.num_beams, decoder.first_logits
     N, V, device = logits.shape[0], logits.shape[1], logits.device
     eos = torch.tensor(cfg.eos_ids(), dtype=torch.long, device=device)
@@ -298,6 +308,7 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int)
     finished = [FinishedBeams(K) for _ in range(batch_size)]
     done, broken = [False] * batch_size, [False] * batch_size  # broken: an item whose logits turned non-finite
     for t in range(cfg.max_new_tokens):
+        _stop_if_unwanted(keep_going, t)
         bad, logits = _nonfinite_rows(logits)
         log_probs = apply_repetition_penalty(logits.log_softmax(-1), running[:, :t], cfg.repetition_penalty)
         if cfg.do_sample:
@@ -344,13 +355,13 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int)
 
 @torch.inference_mode()
 def generate(model: Qwen2, inputs_embeds, attention_mask=None, config: GenerationConfig = DEFAULT_DECODING,
-             on_token=None, return_scores: bool = False):
+             on_token=None, return_scores: bool = False, keep_going=None):
     """New token ids per row, B * num_return_sequences rows item-major; with `return_scores`, also
     (beam) transformers' `sequences_scores` or (greedy/sampling) each row's summed log-probability. A row whose
     logits turn non-finite stops there, scored NaN (beam search: its item, with no tokens); the others go on as alone.
 
     inputs_embeds (B, L, H) left-padded; attention_mask (B, L) 0/1. `on_token(row, token_id)` streams greedy and
-    sampled tokens as they are chosen.
+    sampled tokens as they are chosen. `keep_going()` is asked before every step; when it says no, DecodingStopped.
     """
     B, L, _ = inputs_embeds.shape
     if attention_mask is None:
@@ -361,7 +372,7 @@ def generate(model: Qwen2, inputs_embeds, attention_mask=None, config: Generatio
     inputs_embeds = inputs_embeds.to(model.embed_tokens.weight.dtype)
     decoder = CachedDecoder(model, inputs_embeds, attention_mask, config.max_new_tokens, copies)
     if beam:
-        sequences, scores = _beam_search(decoder, config, B)
+        sequences, scores = _beam_search(decoder, config, B, keep_going)
     else:
-        sequences, scores = _greedy_or_sample(decoder, config, on_token)
+        sequences, scores = _greedy_or_sample(decoder, config, on_token, keep_going)
     return (sequences, scores) if return_scores else sequences

@@ -213,7 +213,7 @@ class OSUM(nn.Module):
 
     @torch.inference_mode()
     def generate(self, mel, mel_lens, prompt_ids, config: GenerationConfig | None = None, on_token=None,
-                 return_scores=False, **settings):
+                 return_scores=False, keep_going=None, **settings):
         """Decode a batch: new token ids per item (ending with eos where hit). `config` (default: GenerationConfig's
         defaults with this model's eod as eos), with any GenerationConfig fields in `settings` replaced.
 
@@ -229,7 +229,7 @@ class OSUM(nn.Module):
             inputs_embeds[row, length - item.shape[0]:] = item
             attention_mask[row, length - item.shape[0]:] = 1
         return generate(self.llm, inputs_embeds, attention_mask, config, on_token=on_token,
-                        return_scores=return_scores)
+                        return_scores=return_scores, keep_going=keep_going)
 
     def forward(self, mel, mel_lens, prompt_ids, labels) -> TrainingOutput:
         """The original's training loss on a batch: token-level mean cross-entropy over all label tokens, and each

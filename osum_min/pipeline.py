@@ -49,6 +49,7 @@ class Request:
     prompt_ids: list[int] | None = None  # instead of the tokens of task.prompt (models without a tokenizer)
     config: GenerationConfig = field(default_factory=lambda: DEFAULT_DECODING)  # eos: the model's eod or None
     name: str | None = None  # how messages name the audio (default: the path, "<bytes>" or "<samples>")
+    span: tuple[float, float] | None = None  # (start, end) seconds of the audio: one utterance of a long recording
 
     @property
     def label(self) -> str:
@@ -111,7 +112,7 @@ def load_request_audio(request: Request, max_seconds: float | None = None) -> to
     """The request's audio as a (samples,) 16 kHz mono waveform; RequestError when it cannot be read or is longer
     than `max_seconds`."""
     try:
-        wav = load_audio(_encoded(request))
+        wav = load_audio(_encoded(request), span=request.span)
     except AudioError as err:
         raise RequestError(request.label, err.problem, "audio") from None
     except (ValueError, TypeError, OverflowError, RuntimeError, soundfile.LibsndfileError) as err:
@@ -125,6 +126,8 @@ def load_request_audio(request: Request, max_seconds: float | None = None) -> to
 def request_seconds(request: Request) -> float:
     """The audio's duration without decoding it (0 where unknown): the batches' length order."""
     audio = request.audio
+    if request.span is not None:
+        return request.span[1] - request.span[0]
     if isinstance(audio, (np.ndarray, torch.Tensor)):
         return audio.shape[-1] / request.sample_rate if request.sample_rate else 0.0
     if isinstance(audio, (bytes, bytearray, memoryview)):
@@ -157,11 +160,11 @@ class _Stream:
 
 
 def decode_waveforms(model, waves: list[torch.Tensor], prompt_ids: list[list[int]], config: GenerationConfig,
-                     batch_size: int, on_token=None, on_batch=None) -> list[Decoded]:
+                     batch_size: int, on_token=None, on_batch=None, keep_going=None) -> list[Decoded]:
     """Each (samples,) 16 kHz waveform cut into windows (at most the model's 30 s), with its prompt; all windows
     decoded `batch_size` at a time through `model.generate` (OSUM). Batches take windows longest first, so little
     is padding; one at a time they go in time order. `on_token(wave, token_id)` streams each waveform's tokens in
-    order; `on_batch(done, total)` after each batch."""
+    order; `on_batch(done, total)` after each batch; `keep_going()` before each step (generate.DecodingStopped)."""
     max_seconds = model.config.max_mel_frames * HOP / SAMPLE_RATE
     decoded = [Decoded(split_windows(wav, max_seconds)) for wav in waves]
     windows = []  # (waveform number, window number, features (T, 80))
@@ -177,7 +180,7 @@ def decode_waveforms(model, waves: list[torch.Tensor], prompt_ids: list[list[int
         on_row = (lambda row, token: stream.token(chunk[row][0], chunk[row][1], token)) if stream else None
         started = time.perf_counter()
         ids, scores = model.generate(mel, mel_lens, [prompt_ids[wave] for wave, _, _ in chunk], config=config,
-                                     on_token=on_row, return_scores=True)
+                                     on_token=on_row, return_scores=True, keep_going=keep_going)
         share = (time.perf_counter() - started) / len(chunk)
         for (wave, number, _), window_ids, score in zip(chunk, ids, scores):
             decoded[wave].ids[number], decoded[wave].scores[number] = window_ids, score
@@ -224,11 +227,12 @@ class Pipeline:
             raise RequestError(request.label, problem, "prompt")
         return ids
 
-    def run(self, requests: list[Request], on_token=None, on_batch=None):
+    def run(self, requests: list[Request], on_token=None, on_batch=None, keep_going=None):
         """Yield (index, Answer) per request as each completes: longest first, `batch_size` requests loaded at a
         time and their windows decoded `batch_size` at a time. `on_token(index, token_id)` streams each request's
         tokens in order (greedy and sampling: beam search knows its tokens only at the end); `on_batch(done,
-        total)` counts the windows of each group of requests."""
+        total)` counts the windows of each group of requests; `keep_going()`, asked before every decoding step,
+        stops the run (generate.DecodingStopped) when nobody waits for it."""
         groups = {}  # decoding key -> (config, [(index, prompt ids)])
         for index, request in enumerate(requests):
             try:
@@ -250,7 +254,7 @@ class Pipeline:
                         yield index, Answer(requests[index].label, requests[index].task, prompt_ids, error=err)
                 on_wave = (lambda wave, token: on_token(loaded[wave][0], token)) if on_token else None
                 decoded = decode_waveforms(self.model, [wav for _, _, wav in loaded], [ids for _, ids, _ in loaded],
-                                           config, self.batch_size, on_wave, on_batch)
+                                           config, self.batch_size, on_wave, on_batch, keep_going)
                 for (index, prompt_ids, _), item in zip(loaded, decoded):
                     yield index, self.answer(requests[index], prompt_ids, item)
 

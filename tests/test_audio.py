@@ -200,6 +200,22 @@ def test_file_like_object():
         load_audio(io.BytesIO(b"not audio at all"))
 
 
+def test_a_span_reads_that_stretch_of_the_file(tmp_path):
+    """A segment of a long recording (WenetSpeech's opus files) equals the same samples cut from the whole file,
+    at the file's rate and at 16 kHz; an end past the audio is cut there; a span that is not one is refused."""
+    whole = load_audio(FIXTURE / "audio.wav")
+    assert torch.equal(load_audio(FIXTURE / "audio.wav", span=(0.25, 0.75)), whole[4000:12000])
+    assert torch.equal(load_audio(FIXTURE / "audio.wav", span=(0.5, 1e6)), whole[8000:])
+    opus = tmp_path / "long.opus"
+    soundfile.write(opus, np.sin(np.arange(48000 * 3) / 20).astype(np.float32), 48000, format="OGG", subtype="OPUS")
+    assert len(load_audio(opus, span=(1.0, 2.5))) == 24000
+    for span, problem in (((0.5, 0.5), "not a span of time"), ((-1, 0.5), "not a span of time"),
+                          ((math.nan, 1), "not a span of time"), ((1e3, 1e3 + 1), "starts after the audio's end")):
+        with pytest.raises(AudioError, match=problem) as caught:
+            load_audio(FIXTURE / "audio.wav", span=span)
+        assert "audio.wav" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_long_audio_is_loaded(tmp_path):
     soundfile.write(tmp_path / "long.wav", np.zeros(31 * 16000, np.int16), 16000)
     assert len(load_audio(tmp_path / "long.wav")) == 31 * 16000

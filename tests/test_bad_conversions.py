@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,8 @@ def test_export_runs_with_only_the_package(fixture_weights, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(tmp_path / "infer.pt"), "152064"]
     assert json.loads(RELEASED_CONFIG.read_text()) == json.loads((FIXTURES / "released_config.json").read_text())
-    assert 'osum_min = ["released_config.json"]' in (ROOT / "pyproject.toml").read_text()
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert {"released_config.json", "published.json"} <= set(package_data["osum_min"])  # installed with the package
 
 
 @pytest.mark.parametrize("preset", sorted(OSUM_PRESETS))

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from hf_qwen2 import peft_twin
-from osum_min.generate import (ORIGINAL_DECODING, CachedDecoder, GenerationConfig, GenerationError, decode_step,
-                             fast_decoding, generate)
+from osum_min.generate import (ORIGINAL_DECODING, CachedDecoder, DecodingStopped, GenerationConfig, GenerationError,
+                             decode_step, fast_decoding, generate)
 from test_qwen2 import FIXTURE, fixture_llm
 
 NEVER = 10**6  # an eos id outside the vocabulary: runs last max_new_tokens
@@ -102,6 +102,22 @@ def test_streaming_callback_sees_every_token(twin):
     ids = generate(ours, embeds, None, GenerationConfig(max_new_tokens=8, eos_token_id=NEVER),
                    on_token=lambda row, token: streamed.append((row, token)))
     assert streamed == [(0, token) for token in ids[0]]
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_keep_going_saying_no_stops_before_the_next_step(twin, num_beams):
+    """A server stops a batch whose clients all went away: keep_going() is asked before each step, and a no stops
+    decoding there; while it says yes, the ids are those of a call without it."""
+    _, ours, embeds = twin
+    config = GenerationConfig(max_new_tokens=12, num_beams=num_beams, eos_token_id=NEVER)
+    asked = []
+    assert generate(ours, embeds, None, config, keep_going=lambda: asked.append(1) or True) == generate(
+        ours, embeds, None, config)
+    assert len(asked) == 12
+    asked.clear()
+    with pytest.raises(DecodingStopped, match="after 3 new tokens"):
+        generate(ours, embeds, None, config, keep_going=lambda: asked.append(1) or len(asked) <= 3)
+    assert len(asked) == 4
 
 
 def test_bad_settings_fail_with_one_line_errors(twin):

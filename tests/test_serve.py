@@ -5,6 +5,7 @@ alone" is the meaningful check). SRWT answers carry a scripted model text (Scrip
 form timed words: those tests prove the formatting and the HTTP path, not the model. Plus the conversation format."""
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -50,15 +51,9 @@ class ScriptedSRWT(Pipeline):
         return answer
 
 
-@pytest.fixture(scope="module")
-def served(weights_with_tokenizer):  # noqa: F811
-    """(base URL, pipeline, app) of a server on a free port, stopped after the module."""
-    from osum_min.model import load_for_inference
-    from osum_min.tokenizer import Tokenizer
-    tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
-    pipeline = ScriptedSRWT(load_for_inference(weights_with_tokenizer, tokenizer, device="cpu"), tokenizer)
-    config = ServerConfig(api_key=KEY, max_upload_mb=1, max_audio_seconds=20, max_new_tokens=TOKENS, wait_ms=50)
-    app = create_app(pipeline, config)
+@contextlib.contextmanager
+def running(app):
+    """The base URL of `app` served by uvicorn on a free port of 127.0.0.1, in a thread, stopped afterwards."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -69,9 +64,22 @@ def served(weights_with_tokenizer):  # noqa: F811
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", pipeline, app
+    yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def served(weights_with_tokenizer):  # noqa: F811
+    """(base URL, pipeline, app) of a server on a free port, stopped after the module."""
+    from osum_min.model import load_for_inference
+    from osum_min.tokenizer import Tokenizer
+    tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
+    pipeline = ScriptedSRWT(load_for_inference(weights_with_tokenizer, tokenizer, device="cpu"), tokenizer)
+    config = ServerConfig(api_key=KEY, max_upload_mb=1, max_audio_seconds=20, max_new_tokens=TOKENS, wait_ms=50)
+    app = create_app(pipeline, config)
+    with running(app) as url:
+        yield url, pipeline, app
 
 
 @pytest.fixture(scope="module")
@@ -370,3 +378,62 @@ def test_batcher_survives_a_failing_batch():
     error = failed.error
     assert error.kind == "decoding" and "boom second line" in str(error) and "\n" not in str(error)
     assert after == "y"
+
+
+# ---- timeouts and clients that go away: the work stops ----
+
+class Slow(Pipeline):
+    """The real pipeline, each decoding step 50 ms slower, counting the steps it was asked to take."""
+
+    def __init__(self, model, tokenizer):
+        super().__init__(model, tokenizer)
+        self.steps = 0
+
+    def run(self, requests, on_token=None, on_batch=None, keep_going=None):
+        def slowly():
+            time.sleep(0.05)
+            self.steps += 1
+            return keep_going is None or keep_going()
+        return super().run(requests, on_token, on_batch, slowly)
+
+
+def settled(pipeline: Slow) -> int:
+    """The step count once the worker has stopped taking steps."""
+    while True:
+        steps = pipeline.steps
+        time.sleep(0.3)
+        if pipeline.steps == steps:
+            return steps
+
+
+@pytest.fixture(scope="module")
+def slow_pipeline(served):
+    return Slow(served[1].model, served[1].tokenizer)
+
+
+def test_a_request_past_its_timeout_is_503_and_its_decoding_stops(slow_pipeline):
+    with running(create_app(slow_pipeline, ServerConfig(max_new_tokens=64, timeout_s=0.5))) as url:
+        started = slow_pipeline.steps
+        reply = httpx.post(url + "/v1/audio/transcriptions", files={"file": AUDIO[0].open("rb")},
+                           data={"model": "osum"}, timeout=60)
+        assert reply.status_code == 503 and reply.json()["error"]["code"] == "timeout"
+        assert "\n" not in reply.json()["error"]["message"]
+        # 64 beam steps take 3.2 s; the batch stops at the first step after the 0.5 s timeout (polled every 0.25 s)
+        assert settled(slow_pipeline) - started < 30
+
+
+def test_a_stream_whose_client_leaves_stops_decoding(slow_pipeline):
+    with running(create_app(slow_pipeline, ServerConfig(max_new_tokens=64))) as url:
+        started = slow_pipeline.steps
+        body = {"model": "osum", "stream": True, "max_tokens": 64, "messages": audio_message(AUDIO[1], "describe")}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as reply:
+            assert reply.status_code == 200
+            for line in reply.iter_lines():
+                chunk = json.loads(line[6:]) if line.startswith("data: {") else {}
+                if any(choice["delta"].get("content") for choice in chunk.get("choices", [])):
+                    break  # the first token arrived: leave
+        assert settled(slow_pipeline) - started < 30  # of 64
+        with AUDIO[1].open("rb") as audio:  # and the server goes on serving
+            reply = httpx.post(url + "/v1/audio/transcriptions", files={"file": audio}, data={"model": "osum"},
+                               timeout=60)
+        assert reply.status_code == 200 and slow_pipeline.steps - started >= 64
