@@ -332,7 +332,7 @@ class Gate:
     def __init__(self, fail=None):
         self.open, self.seen, self.fail = threading.Event(), [], fail
 
-    def run(self, requests, on_token=None):
+    def run(self, requests, on_token=None, keep_going=None):
         self.open.wait(10)
         self.seen.append([r.name for r in requests])
         if self.fail:
