@@ -22,14 +22,10 @@ from pathlib import Path
 
 from osum_min import ranks
 from osum_min.benchmarks import READERS, LayoutError, read_benchmark
+from osum_min.cli import OneLineParser, device_problem, lowest_problem
 from osum_min.generate import DEFAULT_DECODING
 from osum_min.scoring import METRICS, PROTOCOLS, score_texts
 from osum_min.tasks import TASKS
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class InputError(Exception):
@@ -143,9 +139,9 @@ def run_benchmark(args) -> int:
 
     if args.task is not None and args.task not in TASKS:
         raise LayoutError(f"--task {args.task}: choose one of {', '.join(TASKS)}")
-    for flag in ("limit", "batch_size", "beams", "max_new_tokens"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise LayoutError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if problem := (lowest_problem(args, dict.fromkeys(("limit", "batch_size", "beams", "max_new_tokens"), 1))
+                   or device_problem(args.device)):
+        raise LayoutError(problem)
     subsets = read_benchmark(args.bench, args.data, task=args.task, prompt=args.prompt, protocol=args.protocol,
                              metric=args.metric, language=args.language)
     extras = [name for name in ("whisper", "zhconv", "sacrebleu") if importlib.util.find_spec(name) is None]

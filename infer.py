@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from osum_min import ranks
+from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
 from osum_min.data_formats import DataError
 from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
 from osum_min.inputs import Item, collect_inputs
@@ -79,42 +80,13 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
     return model, tokenizer
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse reporting a bad flag like every other usage error: one line, exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-DEVICE_TYPES = ("cpu", "cuda", "mps")  # what the model is loaded and decoded on; torch names many more
-SEEDS = range(-2**63, 2**64)  # what torch.Generator.manual_seed takes
 LOWEST_TEMPERATURE = 1e-4  # below it dividing float32 logits can overflow: inf - inf = NaN probabilities
-
-
-def device_problem(name: str | None) -> str | None:
-    if name is None:
-        return None
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        return f"--device {name}: not a torch device (cpu, cuda or cuda:N)"
-    if device.type not in DEVICE_TYPES:
-        return f"--device {name}: the model runs on {', '.join(DEVICE_TYPES)} only"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu"
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        return f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible"
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        return f"--device {name}: this torch sees no Apple GPU; use --device cpu"
-    return None
 
 
 def flag_problem(args) -> str | None:
     """What is wrong with a number on the command line, found before anything is loaded (None: nothing)."""
-    for flag, value in (("--batch-size", args.batch_size), ("--beams", args.beams),
-                        ("--max-new-tokens", args.max_new_tokens)):
-        if value is not None and value < 1:
-            return f"{flag} must be at least 1, got {value}"
+    if problem := lowest_problem(args, {"batch_size": 1, "beams": 1, "max_new_tokens": 1}):
+        return problem
     if args.temperature is not None and not LOWEST_TEMPERATURE <= args.temperature < math.inf:
         return (f"--temperature must be above 0, finite and at least {LOWEST_TEMPERATURE} (sampling divides the "
                 f"scores by it: a smaller one overflows them into NaN probabilities), got {args.temperature}")
@@ -124,8 +96,8 @@ def flag_problem(args) -> str | None:
         return f"--top-p must be in (0, 1], got {args.top_p}"
     if args.repetition_penalty is not None and not 0 < args.repetition_penalty < math.inf:
         return f"--repetition-penalty must be above 0 and finite, got {args.repetition_penalty}"
-    if args.seed is not None and args.seed not in SEEDS:
-        return f"--seed must be a whole number from {SEEDS.start} to {SEEDS.stop - 1} (torch's range), got {args.seed}"
+    if problem := seed_problem(args.seed):
+        return problem
     if args.port is not None and not 0 <= args.port <= 65535:
         return f"--port must be from 0 to 65535, got {args.port}"
     return device_problem(args.device)

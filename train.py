@@ -27,6 +27,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
 
 from osum_min import data, ranks
+from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
 from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng_states, write_checkpoint
 from osum_min.evaluation import evaluate
 from osum_min.files import read_json
@@ -40,7 +41,7 @@ from osum_min.training import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequ
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-data", required=True)
     parser.add_argument("--dev-data")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -103,15 +104,12 @@ LOWEST = {"max_steps": 1, "warmup_steps": 0, "accum_grad": 1, "batch_frames": 1,
 def numeric_flag_problem(args) -> str | None:
     """A number on the command line out of range, found before anything loads (None: none). A --log-every of 0
     would divide by zero at the first step, a NaN --lr train nothing: each is refused here instead."""
-    for name, lowest in LOWEST.items():
-        if getattr(args, name) < lowest:
-            return f"--{name.replace('_', '-')} must be at least {lowest}, got {getattr(args, name)}"
+    if problem := lowest_problem(args, LOWEST):
+        return problem
     for name in ("lr", "grad_clip"):
         if not 0 < getattr(args, name) < math.inf:
             return f"--{name.replace('_', '-')} must be a finite number above 0, got {getattr(args, name)}"
-    if not -2**63 <= args.seed < 2**64:  # torch.manual_seed's range
-        return f"--seed must be from {-2**63} to {2**64 - 1}, got {args.seed}"
-    return None
+    return seed_problem(args.seed) or device_problem(args.device)
 
 
 def load_tokenizer(args) -> Tokenizer:

@@ -286,6 +286,15 @@ def test_a_folder_without_the_layout_is_refused_naming_the_file(bench, capsys, w
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("flags, problem", [(["--device", "meta"], "--device meta: the model runs on cpu"),
+                                            (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+                                            (["--limit", "-3"], "--limit must be at least 1, got -3")])
+def test_bad_flags_are_one_line_before_anything_is_read(capsys, weights_with_tokenizer, tmp_path, flags, problem):  # noqa: F811
+    code, out, err = run(capsys, "librispeech", tmp_path / "absent", weights_with_tokenizer, tmp_path / "out", *flags)
+    assert code == 2 and not out and err.startswith(f"eval.py: error: {problem}")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_a_transcript_file_of_the_wrong_shape_is_refused(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
     data, _ = commonvoice(tmp_path / "data")
     text(data / "test.tsv", "client_id\tfile\tsentence\n")

@@ -176,10 +176,20 @@ def test_export_round_trips_and_matches_the_original_layout(fixture_weights, tmp
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_bad_option_is_one_line(corpus, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        train.main(run_args(corpus, tmp_path, "--preset", "tiny", "--fire-module", "everything"))
-    assert "invalid choice" in capsys.readouterr().err
+@pytest.mark.parametrize("flags, problem", [
+    (["--fire-module", "everything"], "invalid choice"),
+    (["--log-every", "0"], "--log-every must be at least 1, got 0"),  # divided by zero at the first step
+    (["--lr", "nan"], "--lr must be a finite number above 0"),
+    (["--seed", str(10**23)], "--seed must be a whole number from"),
+    (["--device", "xpu"], "--device xpu: the model runs on cpu, cuda, mps only"),
+    (["--device", "gpu"], "not a torch device"),
+])
+def test_bad_option_is_one_line_before_anything_loads(corpus, tmp_path, capsys, flags, problem):
+    with pytest.raises(SystemExit) as exited:
+        train.main(run_args(corpus, tmp_path, "--preset", "tiny", *flags))
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("train.py: error: ") and problem in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 ESPEAK = shutil.which("espeak-ng")

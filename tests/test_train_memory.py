@@ -113,9 +113,11 @@ def test_bf16_frozen_run_checkpoints_resumes_and_loads(corpus, tmp_path):  # noq
     assert all(record["peak_memory_gib"] > 0 for record in log_records(straight))
 
 
-def test_frozen_dtype_defaults_by_device(corpus, tmp_path):  # noqa: F811
+def test_frozen_dtype_defaults_by_device(corpus, tmp_path, monkeypatch):  # noqa: F811
     args = run_args(corpus, tmp_path, "--preset", "tiny")
     assert train.parse_args(args + ["--device", "cpu"]).frozen_dtype == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda is checked against the machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     cuda = train.parse_args(args + ["--device", "cuda"])
     assert (cuda.frozen_dtype, cuda.bf16) == ("bf16", True)
     with pytest.raises(SystemExit):
