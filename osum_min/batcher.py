@@ -1,8 +1,9 @@
 """Batching across HTTP requests: one worker thread owns the model and decodes what arrives together as one batch.
 
-Handlers put Jobs (a checked pipeline Request) on a bounded queue. The worker takes the first job, waits at most
-`wait_s` for company up to `batch_size` jobs, drops those whose client has gone, and runs the rest through
-`Pipeline.run` as one list: it batches those that decode alike and never batches sampling requests, so every
+Handlers put Jobs (a checked pipeline Request) on a bounded queue. The worker takes the first job and waits for
+company up to `batch_size` jobs: while each comes within `wait_s` of the last, or the server is still reading
+requests that have arrived, for `max_wait_s` at most. It drops those whose client has gone and runs the rest through
+`Pipeline.run` as one list, which batches those that decode alike and never batches sampling requests, so every
 answer equals the one its request gets alone. Once every client still waiting on a batch has gone (disconnected or
 timed out), the batch stops before its next token. Answers and streamed tokens go back to each handler's event loop.
 """
@@ -46,8 +47,10 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, pipeline: Pipeline, batch_size: int = 8, max_queue: int = 64, wait_s: float = 0.005):
-        self.pipeline, self.batch_size, self.wait_s = pipeline, batch_size, wait_s
+    def __init__(self, pipeline: Pipeline, batch_size: int = 8, max_queue: int = 64, wait_s: float = 0.005,
+                 max_wait_s: float = 0.2):
+        self.pipeline, self.batch_size, self.wait_s, self.max_wait_s = pipeline, batch_size, wait_s, max_wait_s
+        self.arriving = 0  # requests the server is reading and checking (changed on its event loop only)
         self.queue = queue.Queue(max_queue)
         self.batches = []  # the size of every batch run (for tests and /health)
         self.worker = threading.Thread(target=self._work, name="osum-batcher", daemon=True)
@@ -64,14 +67,20 @@ class Batcher:
         return job
 
     def _gather(self) -> list[Job]:
-        """The next job and those arriving within `wait_s` of it, up to `batch_size`, without cancelled ones."""
+        """The next job and those that follow it each within `wait_s` of the last, or while the server is still
+        reading requests (a burst of clients reaches the queue some milliseconds apart), for at most `max_wait_s`
+        and up to `batch_size` jobs, without cancelled ones."""
         jobs = [self.queue.get()]
-        deadline = time.perf_counter() + self.wait_s
+        first = last = time.perf_counter()
         while len(jobs) < self.batch_size:
-            try:
-                jobs.append(self.queue.get(timeout=max(0.0, deadline - time.perf_counter())))
-            except queue.Empty:
+            now = time.perf_counter()
+            if now - first >= self.max_wait_s or (now - last >= self.wait_s and not self.arriving):
                 break
+            try:
+                jobs.append(self.queue.get(timeout=min(0.001, self.wait_s)))
+                last = time.perf_counter()
+            except queue.Empty:
+                pass
         return [job for job in jobs if not job.cancelled]
 
     def _work(self):

@@ -8,6 +8,7 @@ Every error is OpenAI-shaped JSON with one line of message; nothing a client sen
 See docs/serving.md.
 """
 import asyncio
+import functools
 import hmac
 import json
 import os
@@ -36,7 +37,8 @@ class ServerConfig:
     max_audio_seconds: float = 600.0
     max_queue: int = 64
     timeout_s: float = 600.0  # per request, queueing and decoding
-    wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    wait_ms: float = 25.0  # how long a batch waits for one more request after the last
+    max_wait_ms: float = 200.0  # how long at most it waits for requests the server is still reading and checking
     max_new_tokens: int = 400  # transcriptions' length, and chat's default and upper bound for max_tokens
 
 
@@ -51,7 +53,8 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
     if pipeline.tokenizer is None:
         raise ValueError("the server answers in text: the model needs a tokenizer (convert with --tokenizer DIR)")
     app = FastAPI(title="osum-min", docs_url=None, redoc_url=None, openapi_url=None)
-    batcher = Batcher(pipeline, config.batch_size, config.max_queue, config.wait_ms / 1000)
+    batcher = Batcher(pipeline, config.batch_size, config.max_queue, config.wait_ms / 1000,
+                      config.max_wait_ms / 1000)
     app.state.batcher = batcher
     max_bytes = int(config.max_upload_mb * 2**20)
     eos = pipeline.model.config.eod_id
@@ -114,12 +117,34 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
             raise request_error(err) from None
         return checked
 
-    async def decode(http: HttpRequest, request: Request) -> Answer:
-        """Queue the request and wait for its answer, dropping it when the client goes or the time is up."""
+    def arriving(handler):
+        """The handler's request counts as arriving from its start until it is queued or fails, so that a batch
+        about to start waits for it (batcher.py): clients that send together are decoded together."""
+        @functools.wraps(handler)
+        async def counted(http: HttpRequest):
+            batcher.arriving += 1
+            http.scope["osum_arriving"] = True
+            try:
+                return await handler(http)
+            finally:
+                arrived(http)
+        return counted
+
+    def arrived(http: HttpRequest):
+        if http.scope.pop("osum_arriving", False):
+            batcher.arriving -= 1
+
+    def submit(http: HttpRequest, request: Request, stream: bool = False):
         try:
-            job = batcher.submit(request)
+            return batcher.submit(request, stream)
         except QueueFull as err:
             raise ApiError(503, str(err), "queue_full", "server_error") from None
+        finally:
+            arrived(http)
+
+    async def decode(http: HttpRequest, request: Request) -> Answer:
+        """Queue the request and wait for its answer, dropping it when the client goes or the time is up."""
+        job = submit(http, request)
         deadline = time.monotonic() + config.timeout_s
         try:
             while True:
@@ -147,6 +172,7 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
                                             "owned_by": "osum-min"}]}
 
     @app.post("/v1/audio/transcriptions")
+    @arriving
     async def transcriptions(http: HttpRequest):
         try:
             form = await http.form(max_files=1, max_fields=32)
@@ -186,6 +212,7 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
         return body
 
     @app.post("/v1/chat/completions")
+    @arriving
     async def chat_completions(http: HttpRequest):
         try:
             body = await http.json()
@@ -210,10 +237,7 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content(answer)},
                                  "finish_reason": finish_reason(answer, decoding, eos)}],
                     "usage": usage(answer)}
-        try:
-            job = batcher.submit(request, stream=True)
-        except QueueFull as err:
-            raise ApiError(503, str(err), "queue_full", "server_error") from None
+        job = submit(http, request, stream=True)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(events(job, request, decoding, ident, created, include_usage),
                                  media_type="text/event-stream")

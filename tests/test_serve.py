@@ -363,6 +363,40 @@ def test_batcher_queue_full_and_dropped_jobs():
     assert asyncio.run(scenario()) == [["first"], ["kept"]]
 
 
+def test_batcher_waits_for_requests_still_arriving():
+    """A burst of clients reaches the queue milliseconds apart (each upload read and checked first): a batch about
+    to start waits for the requests the server is still reading, not only `wait_s`."""
+    from osum_min.batcher import Batcher
+
+    async def scenario(still_arriving: bool):
+        gate = Gate()
+        gate.open.set()
+        batcher = Batcher(gate, batch_size=4, wait_s=0.005, max_wait_s=2.0)
+        batcher.arriving = int(still_arriving)  # the second request is being read
+        first = batcher.submit(Request(b"", name="first"))
+        await asyncio.sleep(0.1)
+        second = batcher.submit(Request(b"", name="second"))
+        batcher.arriving = 0
+        await asyncio.wait_for(asyncio.gather(first.answer, second.answer), 10)
+        return gate.seen
+
+    assert asyncio.run(scenario(True)) == [["first", "second"]]
+    assert asyncio.run(scenario(False)) == [["first"], ["second"]]
+
+
+def test_served_requests_count_as_arriving_until_queued(served):
+    """Every request the server reads is counted while it is read and checked, and uncounted once queued or refused."""
+    batcher = served[2].state.batcher
+    with AUDIO[0].open("rb") as audio:
+        assert post(served, "/v1/audio/transcriptions", files={"file": audio}, data={"model": "osum"}).status_code \
+            == 200
+    assert post(served, "/v1/audio/transcriptions", files={"file": ("x.wav", b"not audio")},
+                data={"model": "osum"}).status_code == 400
+    assert post(served, "/v1/chat/completions", json={"model": "osum", "messages": audio_message(AUDIO[1])},
+                ).status_code == 200
+    assert batcher.arriving == 0
+
+
 def test_batcher_survives_a_failing_batch():
     from osum_min.batcher import Batcher
 
