@@ -98,6 +98,9 @@ def flag_problem(args) -> str | None:
         return f"--repetition-penalty must be above 0 and finite, got {args.repetition_penalty}"
     if problem := seed_problem(args.seed):
         return problem
+    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-audio-seconds", args.max_audio_seconds)):
+        if not 0 < value < math.inf:
+            return f"{flag} must be a finite number above 0, got {value:g}"
     if args.port is not None and not 0 <= args.port <= 65535:
         return f"--port must be from 0 to 65535, got {args.port}"
     return device_problem(args.device)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from .audio import SAMPLE_RATE
 from .batcher import Batcher, QueueFull
+from .config_check import check_config
 from .conversation import ConversationError, content, to_request
 from .generate import DEFAULT_DECODING
 from .openai_api import (RESPONSE_FORMATS, ApiError, chat_decoding, error_body, finish_reason, number,
@@ -40,6 +41,9 @@ class ServerConfig:
     wait_ms: float = 25.0  # how long a batch waits for one more request after the last
     max_wait_ms: float = 200.0  # how long at most it waits for requests the server is still reading and checking
     max_new_tokens: int = 400  # transcriptions' length, and chat's default and upper bound for max_tokens
+
+    def __post_init__(self):
+        check_config(self)  # whole numbers of at least 1, finite times and sizes above 0
 
 
 def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
@@ -295,10 +299,6 @@ def serve(weights, host: str = "127.0.0.1", port: int = 8000, device=None, dtype
         print(f"infer.py: error: the server needs FastAPI, uvicorn and python-multipart: pip install .[serve] "
               f"({err.name} is missing)", file=sys.stderr)
         return 2
-    for flag, value in (("--max-upload-mb", config.max_upload_mb), ("--max-audio-seconds", config.max_audio_seconds)):
-        if not value > 0:
-            print(f"infer.py: error: {flag} must be above 0, got {value:g}", file=sys.stderr)
-            return 2
     from .model import load_for_inference
     from .tokenizer import tokenizer_or_none
     tokenizer = tokenizer_or_none(weights)

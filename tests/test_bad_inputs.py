@@ -158,6 +158,9 @@ def run_infer(capsys, *argv) -> tuple[int, list[str], str]:
     (["--device", "meta"], "--device meta: the model runs on cpu, cuda, mps only"),
     (["--device", "xpu"], "--device xpu: the model runs on cpu, cuda, mps only"),
     (["--web", "--port", "99999999"], "--port must be from 0 to 65535"),
+    (["--serve", "--max-upload-mb", "0"], "--max-upload-mb must be a finite number above 0, got 0"),
+    (["--serve", "--max-upload-mb", "inf"], "--max-upload-mb must be a finite number above 0, got inf"),
+    (["--serve", "--max-audio-seconds", "nan"], "--max-audio-seconds must be a finite number above 0, got nan"),
 ])
 def test_bad_flag_values_exit_2_in_one_line(capsys, fixture_weights, flags, message):
     code, lines, err = run_infer(capsys, AUDIO, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids", *flags)

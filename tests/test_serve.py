@@ -292,6 +292,14 @@ def test_infer_serve_refuses_weights_without_a_tokenizer(fixture_weights, capsys
 
 # ---- the conversation format ----
 
+@pytest.mark.parametrize("field, value, problem", [("max_upload_mb", float("inf"), "not a finite number"),
+                                                   ("batch_size", 0, "below 1"), ("timeout_s", -1.0, "not above 0")])
+def test_server_config_values_are_checked_where_it_is_built(field, value, problem):
+    from osum_min.config_check import ConfigError
+    with pytest.raises(ConfigError, match=f"^{field} is .*, {problem}$"):
+        ServerConfig(**{field: value})
+
+
 def test_conversation_kinds():
     audio = {"type": "audio", "audio": "a.wav"}
     analysis = to_request([{"role": "user", "content": [audio, {"type": "text", "text": "describe"}]}])
