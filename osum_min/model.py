@@ -82,11 +82,17 @@ class OSUMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @staticmethod
+    def speech_positions(mel_frames: int) -> int:
+        """The LLM positions `mel_frames` of speech take: ceil(T / 8) embeddings after the encoder's and the
+        adaptor's three stride-2 layers ((T + 1) // 2 each), plus the speech bos and eos."""
+        return -(-mel_frames // 8) + 2
+
     def prompt_length_problem(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
         """Why a prompt of this many tokens does not fit (None if it does): the LLM's positions must hold it, the
-        longest window's speech (30 s: max_mel_frames / 8 embeddings, speech bos and eos) and the answer. Checked
-        before decoding, since a prompt far beyond them costs memory quadratic in its length before failing."""
-        speech = -(-self.max_mel_frames // 8) + 2
+        longest window's speech (30 s of it) and the answer. Checked before decoding, since a prompt far beyond them
+        costs memory quadratic in its length before failing."""
+        speech = self.speech_positions(self.max_mel_frames)
         room = self.llm.max_positions - speech  # for the prompt and the answer
         if prompt_tokens + max_new_tokens <= room:
             return None

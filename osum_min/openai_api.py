@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from .audio import HOP
 from .generate import DEFAULT_DECODING, GenerationConfig
+from .model import OSUMConfig
 from .pipeline import Answer, RequestError
 from .subtitles import cues, subtitles
 from .tasks import parse_chat
@@ -33,23 +34,11 @@ def request_error(err: RequestError) -> ApiError:
                     "server_error" if status == 500 else "invalid_request_error")
 
 
-def speech_positions(answer: Answer) -> int:
-    """The LLM positions the audio takes: per window, its mel frames through the encoder's and adaptor's stride-2
-    layers, plus the speech bos and eos."""
-    total = 0
-    for start, end in answer.decoded.windows:
-        frames = (end - start) // HOP
-        for _ in range(3):
-            frames = (frames + 1) // 2
-        total += frames + 2
-    return total
-
-
 def usage(answer: Answer) -> dict:
     """prompt_tokens: the prompt's text tokens plus the speech positions of every window (each window is one
     prompt); completion_tokens: every generated id, the eos included."""
-    windows = len(answer.decoded.windows)
-    prompt = len(answer.prompt_ids) * windows + speech_positions(answer)
+    speech = sum(OSUMConfig.speech_positions((end - start) // HOP) for start, end in answer.decoded.windows)
+    prompt = len(answer.prompt_ids) * len(answer.decoded.windows) + speech
     completion = sum(len(ids) for ids in answer.decoded.ids)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
