@@ -148,9 +148,9 @@ def main() -> int:
                "alone_latency_p95_s": percentile(alone_latency, 95)}
     print(f"one at a time: {alone_seconds:.1f} s, {figures['alone_requests_per_s']:.3f} requests/s")
     for clients in levels:
-        batches_before = len(app.state.batcher.batches)
+        before = app.state.batcher.batch_sizes.copy()
         seconds, latency, texts = concurrent(url, clips, clients)
-        batches = app.state.batcher.batches[batches_before:]
+        batches = list((app.state.batcher.batch_sizes - before).elements())  # the sizes of this phase's batches
         figures.update({f"c{clients}_requests_per_s": round(args.requests / seconds, 3),
                         f"c{clients}_over_alone_throughput": round(alone_seconds / seconds, 2),
                         f"c{clients}_latency_p50_s": percentile(latency, 50),

@@ -11,7 +11,8 @@ import asyncio
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 
 from .generate import DecodingStopped
 from .pipeline import Answer, Pipeline, Request, RequestError
@@ -30,7 +31,6 @@ class Job:
     answer: asyncio.Future
     tokens: asyncio.Queue | None = None
     cancelled: bool = False  # the client went away or timed out: dropped, or its batch stopped when all are
-    queued_at: float = field(default_factory=time.perf_counter)
 
     def token(self, token_id: int):
         if self.tokens is not None and not self.cancelled:
@@ -52,7 +52,7 @@ class Batcher:
         self.pipeline, self.batch_size, self.wait_s, self.max_wait_s = pipeline, batch_size, wait_s, max_wait_s
         self.arriving = 0  # requests the server is reading and checking (changed on its event loop only)
         self.queue = queue.Queue(max_queue)
-        self.batches = []  # the size of every batch run (for tests and /health)
+        self.batch_sizes = Counter()  # batch size -> batches of it run (bounded: a server runs for weeks)
         self.worker = threading.Thread(target=self._work, name="osum-batcher", daemon=True)
         self.worker.start()
 
@@ -88,7 +88,7 @@ class Batcher:
             jobs = self._gather()
             if not jobs:
                 continue
-            self.batches.append(len(jobs))
+            self.batch_sizes[len(jobs)] += 1
             pending = set(range(len(jobs)))
             try:
                 for index, answer in self.pipeline.run(
