@@ -23,6 +23,7 @@ from pathlib import Path
 from osum_min import ranks
 from osum_min.benchmarks import READERS, LayoutError, read_benchmark
 from osum_min.cli import OneLineParser, device_problem, lowest_problem
+from osum_min.files import MAX_LIST_BYTES, FileError, read_text
 from osum_min.generate import DEFAULT_DECODING
 from osum_min.scoring import METRICS, PROTOCOLS, score_texts
 from osum_min.tasks import TASKS
@@ -33,17 +34,11 @@ class InputError(Exception):
 
 
 def read_key_text(path: Path) -> dict[str, str]:
-    """`key text` lines (UTF-8, a BOM tolerated): key -> text; blank lines skipped, a later key replaces an earlier."""
+    """`key text` lines (UTF-8, a BOM tolerated, read through the input layer): key -> text; blank lines skipped, a later key replaces an earlier."""
     try:
-        content = Path(path).read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a `key text` file") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not UTF-8 (byte {err.start})") from None
-    except OSError as err:
-        raise InputError(f"{path}: {err.strerror}") from None
+        content = read_text(path, "`key text` file", MAX_LIST_BYTES)
+    except FileError as err:
+        raise InputError(str(err)) from None
     texts = {}
     for line in content.splitlines():
         parts = line.split(maxsplit=1)

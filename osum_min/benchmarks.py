@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .data_formats import resolve_listed_path
+from .files import MAX_LIST_BYTES, FileError, read_text
 from .tasks import TASKS
 
 QWEN2_AUDIO_PROMPT = re.compile(r"^(<\|audio_bos\|><\|AUDIO\|><\|audio_eos\|>)")
@@ -58,9 +59,9 @@ def _need(path: Path) -> Path:
 
 def _lines(path: Path) -> list[str]:
     try:
-        return [line for line in _need(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise LayoutError(f"{path}: not UTF-8 text") from None
+        return [line for line in read_text(_need(path), "transcript", MAX_LIST_BYTES).splitlines() if line.strip()]
+    except FileError as err:
+        raise LayoutError(str(err)) from None
 
 
 def _key_text(line: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from osum_min.files import MAX_LIST_BYTES, FileError, check_file, read_text
 from osum_min.scoring import Edits, edit_operations, normalise, scoring_units
 from osum_min.tasks import CJK_CHARS, Result, Word
 
@@ -42,7 +43,10 @@ def read_textgrid(path: Path) -> list[Word]:
     except ImportError:
         raise TimingError(f"{path}: reading TextGrids needs praatio: pip install .[eval]") from None
     try:
+        check_file(path, "TextGrid")  # praatio opens the path itself: never a FIFO or a device
         grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False)
+    except FileError as err:
+        raise TimingError(str(err)) from None
     # praatio reports a malformed file as whatever its parser stumbles on (IndexError, ValueError...) or its own error
     except (PraatioException, IndexError, KeyError, ValueError, OSError) as err:
         problem = " ".join(f"{type(err).__name__}: {err}".split())
@@ -81,9 +85,9 @@ def _json_words(line: str) -> tuple[str, list[Word]]:
 def read_jsonl(path: Path, problems: list[str] | None = None) -> dict[str, list[Word]]:
     references = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise TimingError(f"{path}: cannot read it as UTF-8 text ({err.__class__.__name__})") from None
+        lines = read_text(path, "word-times JSONL file", MAX_LIST_BYTES).splitlines()
+    except FileError as err:
+        raise TimingError(str(err)) from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

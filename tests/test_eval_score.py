@@ -3,6 +3,7 @@ tests/fixtures/scoring (a copy of shared/osum_reference/scoring, whose README sa
 OSUM's compute-wer.py --char=1, compute-cer.py and compute-acc.py as percentages to 0.01 with N, C, S, D, I exact;
 Qwen2-Audio's compute_wer as a fraction to 1e-6; sacrebleu's BLEU to 0.01."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -113,13 +114,15 @@ def test_keys_without_text_bom_and_only_shared_keys(tmp_path):
     assert (result["N"], result["C"], result["D"], result["utterances"]) == (4, 2, 2, 2)
 
 
-@pytest.mark.parametrize("problem", ["missing", "directory", "latin1"])
+@pytest.mark.parametrize("problem", ["missing", "directory", "latin1", "fifo"])
 def test_bad_input_is_one_line_naming_the_file(problem, tmp_path, capsys):
     good = tmp_path / "good"
     good.write_text("a b\n", encoding="utf-8")
-    bad = {"missing": tmp_path / "nope", "directory": tmp_path}[problem] if problem != "latin1" else tmp_path / "l1"
+    bad = {"missing": tmp_path / "nope", "directory": tmp_path}.get(problem, tmp_path / problem)
     if problem == "latin1":
         bad.write_bytes("a caf\xe9\n".encode("latin-1"))
+    if problem == "fifo":
+        os.mkfifo(bad)  # read whole, it blocked for ever
     code, out = run_score(capsys, good, bad)
     assert code == 2 and len(out) == 1 and str(bad) in out[0] and "Traceback" not in out[0]
 

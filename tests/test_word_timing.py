@@ -2,6 +2,7 @@
 against hand-computed ones for hypotheses with known time shifts and known substitutions, deletions, insertions."""
 import itertools
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -160,6 +161,8 @@ WORDS_OK = '{"word": "a", "start": 0.1, "end": 0.2}'
     ("x.jsonl", "\n", "no reference word times in it"),
     ("missing.jsonl", None, "no such file or directory"),
     ("empty_folder", "folder", "no reference word times in it"),
+    ("pipe.jsonl", "fifo", "a FIFO (named pipe)"),  # read_text on it never returned
+    ("pipe.TextGrid", "fifo", "a FIFO (named pipe)"),
 ])
 def test_bad_references_are_one_line_errors(tmp_path, name, content, problem):
     if name.endswith(".TextGrid"):
@@ -167,6 +170,8 @@ def test_bad_references_are_one_line_errors(tmp_path, name, content, problem):
     path = tmp_path / name
     if content == "folder":
         path.mkdir()
+    elif content == "fifo":
+        os.mkfifo(path)
     elif content is not None:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(TimingError) as error:
