@@ -56,12 +56,10 @@ def _source_name(path_or_file) -> str:
 def _read_frames(audio: soundfile.SoundFile, limit: int | None = None) -> np.ndarray:
     """(frames, channels) float32, block by block up to `limit` frames: memory follows the audio actually there,
     not the header's frame count, and formats libsndfile cannot seek in (G.721 .au) read too."""
-    blocks, count = [], 0
-    while (limit is None or count < limit) and len(block := audio.read(
-            READ_BLOCK_FRAMES if limit is None else min(READ_BLOCK_FRAMES, limit - count), dtype="float32",
-            always_2d=True)):
+    blocks, left = [], math.inf if limit is None else limit
+    while left > 0 and len(block := audio.read(int(min(READ_BLOCK_FRAMES, left)), dtype="float32", always_2d=True)):
         blocks.append(block)
-        count += len(block)
+        left -= len(block)
     return np.concatenate(blocks) if blocks else np.zeros((0, audio.channels), np.float32)
 
 
