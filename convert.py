@@ -4,7 +4,7 @@
     python convert.py --download [--hub-url URL]          # fetch the released model and convert into weights/osum
     python convert.py --to-original DIR --out infer.pt    # export ours back to the original's key layout
 
-The key table and the config reading live in osum_min/original.py; this is the command around them. A bad
+The key table and the config reading live in osum_min/convert/original.py; this is the command around them. A bad
 checkpoint, config or tokenizer is refused in one line (exit code 2). --out is replaced as a whole: an interrupted
 conversion leaves the old model or the new one, never a mix. LoRA stays separate in the file; loading merges it.
 """
@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from osum_min.files import check_file
-from osum_min.model import OSUMConfig
-from osum_min.original import (RELEASED_CONFIG, ConfigMismatch, convert_entries, load_checkpoint,
+from osum_min.model.osum import OSUMConfig
+from osum_min.convert.original import (RELEASED_CONFIG, ConfigMismatch, convert_entries, load_checkpoint,
                                read_original_config)
-from osum_min.original import config_from_original, map_key  # noqa: F401  (tests call them as convert.*)
+from osum_min.convert.original import config_from_original, map_key  # noqa: F401  (tests call them as convert.*)
 from osum_min.progress import Progress
-from osum_min.tokenizer import Tokenizer, TokenizerError, check_fits, eod_outside_vocabulary
+from osum_min.text.tokenizer import Tokenizer, TokenizerError, check_fits, eod_outside_vocabulary
 from osum_min.weights import WeightsError, replacing_directory, save_weights
 
 
@@ -75,14 +75,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.to_original:
-            from osum_min.export import export_original
+            from osum_min.convert.export import export_original
             written = export_original(args.to_original, args.out or Path("infer.pt"))
             print(f"wrote {written} and {written.with_name(written.stem + '_config.json')}")
             return 0
         out = args.out or Path("weights/osum")
         explicit_tokenizer = args.tokenizer is not None
         if args.download:
-            from osum_min.hub import fetch_release
+            from osum_min.convert.hub import fetch_release
             args.checkpoint, args.tokenizer = fetch_release(args.download_dir, base_url=args.hub_url)
         if args.checkpoint is None:
             parser.error("give a checkpoint, --download or --to-original")

@@ -20,13 +20,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from osum_min import ranks
-from osum_min.benchmarks import READERS, LayoutError, read_benchmark
+from osum_min.inference import ranks
+from osum_min.eval.benchmarks import READERS, LayoutError, read_benchmark
 from osum_min.cli import OneLineParser, device_problem, lowest_problem
 from osum_min.files import MAX_LIST_BYTES, FileError, read_text
-from osum_min.generate import DEFAULT_DECODING
-from osum_min.scoring import METRICS, PROTOCOLS, score_texts
-from osum_min.tasks import TASKS
+from osum_min.model.generate import DEFAULT_DECODING
+from osum_min.eval.scoring import METRICS, PROTOCOLS, score_texts
+from osum_min.text.tasks import TASKS
 
 
 class InputError(Exception):
@@ -127,10 +127,10 @@ def add_run(commands):
 
 
 def run_benchmark(args) -> int:
-    from osum_min.eval_run import decode, finish
-    from osum_min.model import load_for_inference
-    from osum_min.pipeline import Pipeline
-    from osum_min.tokenizer import tokenizer_or_none
+    from osum_min.eval.run import decode, finish
+    from osum_min.model.osum import load_for_inference
+    from osum_min.inference.pipeline import Pipeline
+    from osum_min.text.tokenizer import tokenizer_or_none
 
     if args.task is not None and args.task not in TASKS:
         raise LayoutError(f"--task {args.task}: choose one of {', '.join(TASKS)}")
@@ -145,7 +145,7 @@ def run_benchmark(args) -> int:
                           f"{', '.join(extras)} missing")
     word_times = None
     if args.word_times is not None:
-        from osum_min.word_timing import TimingError, read_word_times
+        from osum_min.eval.word_timing import TimingError, read_word_times
         try:
             word_times = read_word_times(args.word_times)
         except TimingError as err:

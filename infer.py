@@ -19,18 +19,18 @@ from pathlib import Path
 
 import torch
 
-from osum_min import ranks
+from osum_min.inference import ranks
 from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
-from osum_min.data_formats import DataError
-from osum_min.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
-from osum_min.inputs import Item, collect_inputs
-from osum_min.model import OSUM, load_for_inference
-from osum_min.pipeline import Answer, Pipeline, Request, RequestError
+from osum_min.data.formats import DataError
+from osum_min.model.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
+from osum_min.inference.inputs import Item, collect_inputs
+from osum_min.model.osum import OSUM, load_for_inference
+from osum_min.inference.pipeline import Answer, Pipeline, Request, RequestError
 from osum_min.progress import Progress
-from osum_min.scoring import PROTOCOLS, Scorer
-from osum_min.subtitles import subtitle_paths, subtitles
-from osum_min.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
-from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
+from osum_min.eval.scoring import PROTOCOLS, Scorer
+from osum_min.inference.subtitles import subtitle_paths, subtitles
+from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
+from osum_min.text.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
             print(f"{task.name:22} {task.tag:38} {task.prompt}")
         return 0
     if args.web:
-        from osum_min.web import DemoUnavailable, serve
+        from osum_min.serve.web import DemoUnavailable, serve
         try:
             return serve(args.weights, host=args.host, port=7860 if args.port is None else args.port,
                          device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None, examples=WEB_EXAMPLES,
@@ -341,7 +341,7 @@ def main(argv=None) -> int:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
     if args.serve:
-        from osum_min.server import ServerConfig, serve
+        from osum_min.serve.server import ServerConfig, serve
         return serve(args.weights, args.host, 8000 if args.port is None else args.port, args.device,
                      DTYPES[args.dtype] if args.dtype else None, args.compile, args.quantize, ServerConfig(
                          api_key=args.api_key, batch_size=args.batch_size, max_upload_mb=args.max_upload_mb,

@@ -26,16 +26,17 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
 
-from osum_min import data, ranks
+from osum_min.data import dataset as data
+from osum_min.inference import ranks
 from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
-from osum_min.checkpoints import newest_checkpoint, restore, rng_states, set_rng_states, write_checkpoint
-from osum_min.evaluation import evaluate
+from osum_min.training.checkpoints import newest_checkpoint, restore, rng_states, set_rng_states, write_checkpoint
+from osum_min.training.dev import evaluate
 from osum_min.files import read_json
-from osum_min.model import OSUM, OSUM_PRESETS
+from osum_min.model.osum import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
-from osum_min.scoring import PROTOCOLS
-from osum_min.tokenizer import Tokenizer, eod_outside_vocabulary
-from osum_min.training import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequest, TrainingError, append_jsonl,
+from osum_min.eval.scoring import PROTOCOLS
+from osum_min.text.tokenizer import Tokenizer, eod_outside_vocabulary
+from osum_min.training.steps import (FIRE_MODULES, FROZEN_DTYPES, LossWindow, StopRequest, TrainingError, append_jsonl,
                                build_model, log_line, make_optimizer, optimization_step, peak_memory_gib, setup_model,
                                shard_model, sum_over_ranks, trainable_table, trim_log)
 

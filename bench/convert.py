@@ -70,7 +70,7 @@ def make_checkpoint(path: Path, llm_layers: int) -> None:
 
 def step_convert(workdir: Path, llm_layers: int) -> dict:
     import convert
-    from osum_min.original import RELEASED_CONFIG, config_from_original
+    from osum_min.convert.original import RELEASED_CONFIG, config_from_original
     config = json.loads(RELEASED_CONFIG.read_text())
     config["llm_config"]["num_hidden_layers"] = llm_layers
     config = config_from_original(config)
@@ -81,7 +81,7 @@ def step_convert(workdir: Path, llm_layers: int) -> dict:
 
 def step_load(workdir: Path) -> dict:
     import torch
-    from osum_min.model import OSUM
+    from osum_min.model.osum import OSUM
     from osum_min.weights import weight_files
     weights_bytes = sum(p.stat().st_size for p in weight_files(workdir / "osum"))
     holder = {}

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
-from osum_min.generate import GenerationConfig, fast_decoding, generate  # noqa: E402
+from osum_min.model.generate import GenerationConfig, fast_decoding, generate  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
-from osum_min.linear import use_input_major_weights  # noqa: E402
-from osum_min.qwen2 import LLM_PRESETS, Qwen2  # noqa: E402
+from osum_min.model.linear import use_input_major_weights  # noqa: E402
+from osum_min.model.qwen2 import LLM_PRESETS, Qwen2  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SIZES = {"0.5b": "qwen2-0.5b", "7b": "qwen2-7b"}

@@ -25,9 +25,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from osum_min.adaptor import Adaptor, AdaptorConfig  # noqa: E402
+from osum_min.model.adaptor import Adaptor, AdaptorConfig  # noqa: E402
 from osum_min.audio import SAMPLE_RATE, load_audio, log_mel  # noqa: E402
-from osum_min.encoder import ENCODER_PRESETS, WhisperEncoder  # noqa: E402
+from osum_min.model.encoder import ENCODER_PRESETS, WhisperEncoder  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
 
 RECORDING = ROOT / "tests" / ".assets" / "sonnet1.wav"

@@ -32,12 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import measure, measure_bandwidth, sync, weight_bytes_per_step  # noqa: E402  (puts tests/ on the path)
 from hf_qwen2 import peft_twin  # noqa: E402
-from osum_min.adaptor import Adaptor  # noqa: E402
-from osum_min.encoder import WhisperEncoder  # noqa: E402
-from osum_min.generate import DEFAULT_DECODING, GenerationConfig, fast_decoding, generate  # noqa: E402
-from osum_min.model import OSUM, OSUM_PRESETS  # noqa: E402
-from osum_min.qwen2 import Qwen2  # noqa: E402
-from osum_min.training import peak_memory_gib  # noqa: E402
+from osum_min.model.adaptor import Adaptor  # noqa: E402
+from osum_min.model.encoder import WhisperEncoder  # noqa: E402
+from osum_min.model.generate import DEFAULT_DECODING, GenerationConfig, fast_decoding, generate  # noqa: E402
+from osum_min.model.osum import OSUM, OSUM_PRESETS  # noqa: E402
+from osum_min.model.qwen2 import Qwen2  # noqa: E402
+from osum_min.training.steps import peak_memory_gib  # noqa: E402
 
 SECTIONS = ("llm", "osum", "inference", "training")
 PROMPT = [17, 230, 511, 42, 901, 7, 333, 18, 64, 5, 250, 99, 12, 640, 77, 3, 402, 88, 21, 1]  # 20 prompt tokens

@@ -27,15 +27,15 @@ import soundfile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from osum_min.adaptor import AdaptorConfig  # noqa: E402
+from osum_min.model.adaptor import AdaptorConfig  # noqa: E402
 from osum_min.audio import SAMPLE_RATE  # noqa: E402
-from osum_min.encoder import ENCODER_PRESETS  # noqa: E402
-from osum_min.generate import DEFAULT_DECODING  # noqa: E402
-from osum_min.inputs import collect_inputs  # noqa: E402
-from osum_min.model import OSUM, OSUMConfig  # noqa: E402
-from osum_min.pipeline import Pipeline, Request  # noqa: E402
+from osum_min.model.encoder import ENCODER_PRESETS  # noqa: E402
+from osum_min.model.generate import DEFAULT_DECODING  # noqa: E402
+from osum_min.inference.inputs import collect_inputs  # noqa: E402
+from osum_min.model.osum import OSUM, OSUMConfig  # noqa: E402
+from osum_min.inference.pipeline import Pipeline, Request  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
-from osum_min.qwen2 import LLM_PRESETS  # noqa: E402
+from osum_min.model.qwen2 import LLM_PRESETS  # noqa: E402
 
 
 def write_clips(directory: Path, count: int, seed: int) -> list[Path]:

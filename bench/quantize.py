@@ -1,4 +1,4 @@
-"""int8 weight-only (osum_min/quantize.py) against float32 on the CPU: greedy decode speed and weight bytes.
+"""int8 weight-only (osum_min/model/quantize.py) against float32 on the CPU: greedy decode speed and weight bytes.
 
 A Qwen2-0.5B-sized LLM with random weights (qwen2-0.5b preset), laid out as OSUM.from_pretrained does, greedy at
 batch 1 after a `--prefix`-position embedding prompt. Decode tokens/s excludes the prefill: the time of a 1-token
@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from osum_min import quantize  # noqa: E402
-from osum_min.generate import GenerationConfig, generate  # noqa: E402
-from osum_min.linear import use_input_major_weights  # noqa: E402
-from osum_min.qwen2 import LLM_PRESETS, Qwen2  # noqa: E402
+from osum_min.model import quantize  # noqa: E402
+from osum_min.model.generate import GenerationConfig, generate  # noqa: E402
+from osum_min.model.linear import use_input_major_weights  # noqa: E402
+from osum_min.model.qwen2 import LLM_PRESETS, Qwen2  # noqa: E402
 
 
 def model_bytes(model: torch.nn.Module) -> int:

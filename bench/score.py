@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from osum_min.scoring import osum_tokens, score_texts  # noqa: E402
+from osum_min.eval.scoring import osum_tokens, score_texts  # noqa: E402
 from test_scoring import reference_alignment  # noqa: E402
 
 WORDS = ("the of and to in is was he for it with as his on be at by had are but from or have an they which one you "

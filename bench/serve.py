@@ -1,7 +1,7 @@
 """The server's batching across requests: concurrent clients against the same requests sent one at a time.
 
 A random-weight OSUM (Whisper-tiny-sized encoder and adaptor, Qwen2-0.5B-sized LLM: 24 layers, hidden 896,
-vocabulary 151936, as bench/infer.py) is served on 127.0.0.1 by osum_min/server.py in this process (uvicorn in a
+vocabulary 151936, as bench/infer.py) is served on 127.0.0.1 by osum_min/serve/server.py in this process (uvicorn in a
 thread; the clients are httpx threads). `--requests` transcription requests of 5-15 s clips (infer.py's default
 decoding, beam 4, penalty 1.05, `--new-tokens` tokens: a random model never writes its eos) are sent one at a time,
 then by 8 and by 16 concurrent clients; the figures are throughput (requests/s) against one at a time, p50/p95
@@ -30,14 +30,14 @@ import soundfile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from osum_min.adaptor import AdaptorConfig  # noqa: E402
+from osum_min.model.adaptor import AdaptorConfig  # noqa: E402
 from osum_min.audio import SAMPLE_RATE  # noqa: E402
-from osum_min.encoder import ENCODER_PRESETS  # noqa: E402
-from osum_min.model import OSUM, OSUM_PRESETS, OSUMConfig  # noqa: E402
-from osum_min.pipeline import Pipeline  # noqa: E402
-from osum_min.qwen2 import LLM_PRESETS  # noqa: E402
-from osum_min.server import ServerConfig, create_app  # noqa: E402
-from osum_min.tokenizer import AddedToken, Tokenizer  # noqa: E402
+from osum_min.model.encoder import ENCODER_PRESETS  # noqa: E402
+from osum_min.model.osum import OSUM, OSUM_PRESETS, OSUMConfig  # noqa: E402
+from osum_min.inference.pipeline import Pipeline  # noqa: E402
+from osum_min.model.qwen2 import LLM_PRESETS  # noqa: E402
+from osum_min.serve.server import ServerConfig, create_app  # noqa: E402
+from osum_min.text.tokenizer import AddedToken, Tokenizer  # noqa: E402
 
 
 def clip(seconds: float, rng) -> bytes:

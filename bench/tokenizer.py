@@ -22,7 +22,7 @@ import tokenizers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from osum_min.tokenizer import Tokenizer  # noqa: E402
+from osum_min.text.tokenizer import Tokenizer  # noqa: E402
 from test_tokenizer import identity_corpus  # noqa: E402
 
 

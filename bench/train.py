@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from hf_qwen2 import peft_twin  # noqa: E402
-from osum_min.qwen2 import LLM_PRESETS  # noqa: E402
+from osum_min.model.qwen2 import LLM_PRESETS  # noqa: E402
 
 
 def main():

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from osum_min.model import OSUM, OSUM_PRESETS  # noqa: E402
-from osum_min.training import FROZEN_DTYPES, make_optimizer, peak_memory_gib, setup_model  # noqa: E402
+from osum_min.model.osum import OSUM, OSUM_PRESETS  # noqa: E402
+from osum_min.training.steps import FROZEN_DTYPES, make_optimizer, peak_memory_gib, setup_model  # noqa: E402
 
 RELEASED_FIRE_MODULE = "link_and_encoder_and_lora"
 RUNS = {  # name -> (fire_module, frozen dtype, activation checkpointing)

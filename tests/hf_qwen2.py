@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from osum_min.qwen2 import LORA_TARGETS, Qwen2, Qwen2Config, hf_key_to_ours
+from osum_min.model.qwen2 import LORA_TARGETS, Qwen2, Qwen2Config, hf_key_to_ours
 from osum_min.weights import load_state_dict_strict
 
 TINY = Qwen2Config(vocab_size=256, dim=64, ff_dim=128, layers=2, heads=4, kv_heads=2,

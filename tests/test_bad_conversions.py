@@ -22,9 +22,9 @@ import infer
 from conftest import FIXTURE_A, FIXTURES, ROOT
 from osum_min import weights
 from osum_min.files import FileError
-from osum_min.model import OSUM, OSUM_PRESETS, OSUMConfig
-from osum_min.original import RELEASED_CONFIG, config_from_original, original_config
-from osum_min.tokenizer import AddedToken, Tokenizer
+from osum_min.model.osum import OSUM, OSUM_PRESETS, OSUMConfig
+from osum_min.convert.original import RELEASED_CONFIG, config_from_original, original_config
+from osum_min.text.tokenizer import AddedToken, Tokenizer
 from osum_min.weights import WeightsError, replacing_directory, save_weights, weight_files
 
 CONFIG_A = FIXTURE_A / "osum_config.json"
@@ -62,7 +62,7 @@ def byte_tokenizer(eod: int, pairs: int = 0) -> Tokenizer:
 # --- issue 17.1: the original's checkpoint lives in the package ---------------------------------------------------
 
 def test_no_package_module_imports_a_root_script_or_reads_tests():
-    for path in (ROOT / "osum_min").glob("*.py"):
+    for path in (ROOT / "osum_min").rglob("*.py"):
         source = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+(convert|infer|train)\b", source, re.M), path.name
         assert not re.search(r"[\"'/]tests[\"'/]", source), path.name
@@ -71,7 +71,7 @@ def test_no_package_module_imports_a_root_script_or_reads_tests():
 def test_export_runs_with_only_the_package(fixture_weights, tmp_path):
     """The package alone (no repository root on sys.path) exports, and the released config ships inside it."""
     shutil.copytree(ROOT / "osum_min", tmp_path / "site" / "osum_min")
-    script = ("import sys; from osum_min.export import export_original; from osum_min.original import "
+    script = ("import sys; from osum_min.convert.export import export_original; from osum_min.convert.original import "
               "RELEASED_CONFIG, read_original_config; print(export_original(sys.argv[1], sys.argv[2])); "
               "print(read_original_config(RELEASED_CONFIG).llm.vocab_size)")
     result = subprocess.run([sys.executable, "-c", script, str(fixture_weights), str(tmp_path / "infer.pt")],
@@ -81,7 +81,8 @@ def test_export_runs_with_only_the_package(fixture_weights, tmp_path):
     assert result.stdout.split() == [str(tmp_path / "infer.pt"), "152064"]
     assert json.loads(RELEASED_CONFIG.read_text()) == json.loads((FIXTURES / "released_config.json").read_text())
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert {"released_config.json", "published.json"} <= set(package_data["osum_min"])  # installed with the package
+    shipped = {name for names in package_data.values() for name in names}
+    assert {"released_config.json", "published.json"} <= shipped  # installed with the package
 
 
 @pytest.mark.parametrize("preset", sorted(OSUM_PRESETS))
@@ -248,7 +249,7 @@ def test_tokenizer_placeholders_keep_the_known_text():
 
 def test_an_id_past_the_tokenizer_shows_in_the_joined_windows_as_when_streamed():
     """One policy for ids the tokenizer lacks: the parsed, windowed result shows them as the stream does."""
-    from osum_min.tasks import TASKS, parse_windows
+    from osum_min.text.tasks import TASKS, parse_windows
     tokenizer = byte_tokenizer(eod=299, pairs=43)
     ids = tokenizer.encode("ab") + [5000] + tokenizer.encode(" cd")
     with pytest.warns(UserWarning, match="5000"):
@@ -261,7 +262,7 @@ def test_fine_tuning_a_model_whose_eod_lies_outside_its_vocabulary_is_one_line(t
     """fixture_a (1024 ids, eod 151643) would end every label with an id past its embeddings (an IndexError deep in
     torch before): train.py refuses it up front, naming the config and both numbers."""
     import train
-    from osum_min.training import TrainingError
+    from osum_min.training.steps import TrainingError
     Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", 1000, True)]).save(tmp_path / "b.tok")
     with pytest.raises(TrainingError, match=r"config.json: the model's eod_id 151643 lies outside its vocabulary of "
                                             r"1024 ids"):
@@ -386,7 +387,7 @@ def test_a_full_disk_leaves_no_partial_file(tmp_path):
 
 
 def test_export_on_a_full_disk_leaves_no_partial_file(fixture_weights, tmp_path, monkeypatch):
-    from osum_min import export
+    from osum_min.convert import export
 
     def full(state, file):
         file.write(b"partial")

@@ -22,13 +22,14 @@ import torch
 
 import infer
 from conftest import FIXTURE_A
-from osum_min import hub, progress
+from osum_min.convert import hub
+from osum_min import progress
 from osum_min.audio import (MAX_KERNEL_TAPS, SAMPLE_RATE, AudioError, _kernel_taps, _resample_per_output,
                              load_audio, resample)
-from osum_min.hub import DownloadError
-from osum_min.model import OSUM
+from osum_min.convert.hub import DownloadError
+from osum_min.model.osum import OSUM
 from osum_min.progress import Progress
-from osum_min.tokenizer import Tokenizer
+from osum_min.text.tokenizer import Tokenizer
 from test_audio import brute_force_resample
 from test_hub import local_server
 from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
@@ -249,7 +250,7 @@ def test_a_max_new_tokens_beyond_the_model_names_the_answers_room(capsys, fixtur
 
 def test_the_web_demo_refuses_a_prompt_beyond_the_model(weights_with_tokenizer):  # noqa: F811
     pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
-    from osum_min.web import build_demo
+    from osum_min.serve.web import build_demo
 
     model = OSUM.from_pretrained(weights_with_tokenizer, device="cpu")
     demo = build_demo(model, Tokenizer.from_pretrained(weights_with_tokenizer))
@@ -356,7 +357,7 @@ def test_a_redirect_loop_is_one_line(hub_server, tmp_path):
 def test_the_web_demo_serves_only_its_clips_and_deletes_uploads_on_close():
     pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
     gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed")
-    from osum_min.web import build_demo, launch
+    from osum_min.serve.web import build_demo, launch
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -384,7 +385,7 @@ SUBTITLE_FOLDER = """
 import tempfile
 made, mkdtemp = [], tempfile.mkdtemp
 tempfile.mkdtemp = lambda *args, **kwargs: made.append(mkdtemp(*args, **kwargs)) or made[-1]
-from osum_min.web import build_demo
+from osum_min.serve.web import build_demo
 demo = build_demo(None, None, unavailable="none")
 print(made[0])
 """

@@ -22,7 +22,7 @@ def test_gpu_check_smoke_runs_every_section_without_soundfile():
     its figures (no `*_error` key), and its import chain (with bench/train_memory.py and quantize.py, which it calls)
     does without soundfile, which the GPU image may lack."""
     bench = BENCH[0].parent
-    imports = subprocess.run([sys.executable, "-c", "import sys, gpu, train_memory, osum_min.quantize; "
+    imports = subprocess.run([sys.executable, "-c", "import sys, gpu, train_memory, osum_min.model.quantize; "
                               "print('soundfile' in sys.modules)"], capture_output=True, text=True, timeout=120,
                              cwd=bench)
     assert imports.stdout.strip() == "False", imports.stderr[-2000:]

@@ -11,8 +11,8 @@ import torch
 
 import convert
 from conftest import FIXTURE_A
-from osum_min.model import OSUM
-from osum_min.tokenizer import Tokenizer
+from osum_min.model.osum import OSUM
+from osum_min.text.tokenizer import Tokenizer
 from test_hub import server  # noqa: F401  (pytest fixture)
 
 

@@ -13,10 +13,10 @@ import soundfile
 import torch
 
 from osum_min.audio import load_audio, log_mel
-from osum_min.augment import spec_augment, spec_substitute
-from osum_min.data import DataConfig, SpeechDataset, make_loader, make_shards, read_data_mix
-from osum_min.model import OSUM
-from osum_min.tasks import PARAPHRASES
+from osum_min.data.augment import spec_augment, spec_substitute
+from osum_min.data.dataset import DataConfig, SpeechDataset, make_loader, make_shards, read_data_mix
+from osum_min.model.osum import OSUM
+from osum_min.text.tasks import PARAPHRASES
 
 from conftest import FIXTURE_A
 

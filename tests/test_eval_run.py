@@ -11,7 +11,7 @@ from conftest import FIXTURE_A, ROOT
 from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
 
 import eval as eval_cli
-from osum_min import eval_run
+from osum_min.eval import run as eval_run
 
 CLIPS = [FIXTURE_A / "audio.wav", FIXTURE_A / "audio_batch_item1.wav", ROOT / "tests/.assets/arctic_a0007.wav"]
 FAST = ["--beams", "1", "--max-new-tokens", "3", "--device", "cpu", "--batch-size", "2"]
@@ -214,7 +214,7 @@ def test_published_figures_reach_the_table(capsys, weights_with_tokenizer, tmp_p
     data, _ = librispeech(tmp_path / "data")
     code, table, _ = run(capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "out")
     row = next(line for line in table.splitlines() if "test-clean" in line)
-    assert code == 0 and "| 2.19 | 1.6 |" in row  # OSUM v2 and Qwen2-Audio, from osum_min/published.json
+    assert code == 0 and "| 2.19 | 1.6 |" in row  # OSUM v2 and Qwen2-Audio, from osum_min/eval/published.json
 
 
 def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import eval as eval_command
-from osum_min.scoring import score_texts
+from osum_min.eval.scoring import score_texts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scoring"
 FIGURES = json.loads((FIXTURES / "figures.json").read_text(encoding="utf-8"))
@@ -147,7 +147,7 @@ CN_TN = {
 
 @pytest.mark.parametrize("text", CN_TN)
 def test_cn_tn_text_norm(text):
-    from osum_min.normalizers import text_norm
+    from osum_min.eval.normalizers import text_norm
     assert text_norm(text) == CN_TN[text]
 
 
@@ -155,8 +155,8 @@ def test_cn_tn_text_norm(text):
 def test_scorer_of_infer_and_training_gives_the_same_figure(pair):
     """Scorer (infer.py --score-only, train.py's dev scoring) normalises labels the original's way first; on these
     transcripts that changes nothing compute-wer.py counts, so it reports compute-wer.py's figure."""
-    from osum_min.scoring import Scorer
-    from osum_min.tasks import TASKS, parse
+    from osum_min.eval.scoring import Scorer
+    from osum_min.text.tasks import TASKS, parse
     refs, hyps = key_text(FIXTURES / f"{pair}.ref"), key_text(FIXTURES / f"{pair}.hyp")
     scorer = Scorer(TASKS["asr"], protocol="osum")
     for key in refs:
@@ -173,8 +173,8 @@ def test_scorer_with_the_qwen2_audio_protocol_gives_its_figure(language):
     """Scorer(protocol='qwen2-audio'): the given language's normaliser; without one, CJK references mean `zh`."""
     for module in ("whisper", "zhconv", "sacrebleu"):
         pytest.importorskip(module, reason="the [eval] extra")
-    from osum_min.scoring import Scorer
-    from osum_min.tasks import TASKS, parse
+    from osum_min.eval.scoring import Scorer
+    from osum_min.text.tasks import TASKS, parse
     refs, hyps = qwen_rows(f"qwen2_audio_asr_{language}.jsonl")
     for given in {language, None} if language in ("en", "zh") else {language}:
         scorer = Scorer(TASKS["asr"], protocol="qwen2-audio", language=given)

@@ -19,10 +19,10 @@ from hypothesis import strategies as st  # noqa: E402
 
 from conftest import FIXTURE_A  # noqa: E402
 from osum_min.audio import AudioError, load_audio  # noqa: E402
-from osum_min.data_formats import DataError, read_data_list  # noqa: E402
-from osum_min.inputs import collect_inputs  # noqa: E402
-from osum_min.model import OSUMConfig  # noqa: E402
-from osum_min.original import read_original_config  # noqa: E402
+from osum_min.data.formats import DataError, read_data_list  # noqa: E402
+from osum_min.inference.inputs import collect_inputs  # noqa: E402
+from osum_min.model.osum import OSUMConfig  # noqa: E402
+from osum_min.convert.original import read_original_config  # noqa: E402
 
 def fuzz(examples: int):
     """The same `examples` cases every run, each within 5 s (a hang fails, it does not stall CI)."""

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_qwen2 import peft_twin
-from osum_min.generate import (ORIGINAL_DECODING, CachedDecoder, DecodingStopped, GenerationConfig, GenerationError,
+from osum_min.model.generate import (ORIGINAL_DECODING, CachedDecoder, DecodingStopped, GenerationConfig, GenerationError,
                              decode_step, fast_decoding, generate)
 from test_qwen2 import FIXTURE, fixture_llm
 

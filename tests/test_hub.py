@@ -1,4 +1,4 @@
-"""osum_min.hub against a local HTTP server on 127.0.0.1: resume, refusal of corrupt bytes, offline errors.
+"""osum_min.convert.hub against a local HTTP server on 127.0.0.1: resume, refusal of corrupt bytes, offline errors.
 
 The server serves the fixture checkpoint (10.8 MB) and can cut a transfer short, ignore Range, or serve other bytes,
 so every path of `download` runs for real over a socket; nothing leaves the machine.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from osum_min import hub
-from osum_min.hub import DownloadError, download, fetch_release
+from osum_min.convert import hub
+from osum_min.convert.hub import DownloadError, download, fetch_release
 
 PAYLOAD = (Path(__file__).parent / "fixtures" / "fixture_a" / "infer.pt").read_bytes()
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -10,10 +10,10 @@ import soundfile
 import infer
 from conftest import FIXTURE_A
 from osum_min.audio import SAMPLE_RATE, load_audio, log_mel, pad_features
-from osum_min.model import OSUM
-from osum_min.tasks import TASKS, Word, parse
-from osum_min.tokenizer import AddedToken, Tokenizer
-from osum_min.subtitles import subtitles
+from osum_min.model.osum import OSUM
+from osum_min.text.tasks import TASKS, Word, parse
+from osum_min.text.tokenizer import AddedToken, Tokenizer
+from osum_min.inference.subtitles import subtitles
 
 PROMPT = "17,230,511,42,901,7,333"
 GREEDY_16 = ["--prompt-ids", PROMPT, "--ids", "--beams", "1", "--repetition-penalty", "1.0", "--max-new-tokens", "16"]

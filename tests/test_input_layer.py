@@ -19,12 +19,12 @@ import convert
 from conftest import FIXTURE_A
 from osum_min import files
 from osum_min.audio import AudioError, load_audio, log_mel
-from osum_min.checkpoints import save_checkpoint
-from osum_min.data_formats import DataError, read_data_list, read_samples
+from osum_min.training.checkpoints import save_checkpoint
+from osum_min.data.formats import DataError, read_data_list, read_samples
 from osum_min.files import FileError, open_file
-from osum_min.inputs import collect_inputs
-from osum_min.model import OSUMConfig
-from osum_min.training import TrainingError
+from osum_min.inference.inputs import collect_inputs
+from osum_min.model.osum import OSUMConfig
+from osum_min.training.steps import TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = FIXTURE_A / "audio.wav"

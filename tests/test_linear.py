@@ -1,12 +1,12 @@
-"""osum_min.linear: every CPU path (weight @ x.T, oneDNN, F.linear) gives F.linear's numbers and its gradients."""
+"""osum_min.model.linear: every CPU path (weight @ x.T, oneDNN, F.linear) gives F.linear's numbers and its gradients."""
 import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from osum_min import linear as linear_module
-from osum_min.linear import ONEDNN, Linear, linear, use_input_major_weights
+from osum_min.model import linear as linear_module
+from osum_min.model.linear import ONEDNN, Linear, linear, use_input_major_weights
 
 
 @pytest.mark.parametrize("rows", [0, 1, 3, 4, 5, 8, 32, 64, 65, 300])

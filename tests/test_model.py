@@ -11,8 +11,8 @@ import torch
 
 import convert
 from conftest import FIXTURE_A, FIXTURES
-from osum_min.model import OLD_LLM_NAMES, OSUM, OSUM_PRESETS, OSUMConfig
-from osum_min.qwen2 import Qwen2Config
+from osum_min.model.osum import OLD_LLM_NAMES, OSUM, OSUM_PRESETS, OSUMConfig
+from osum_min.model.qwen2 import Qwen2Config
 
 PROMPT = [17, 230, 511, 42, 901, 7, 333]
 GREEDY = dict(num_beams=1, repetition_penalty=1.0, max_new_tokens=16)

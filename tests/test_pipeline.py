@@ -1,4 +1,4 @@
-"""The one request path (osum_min/pipeline.py) on fixture_a's weights: every kind of audio gives the ids infer.py
+"""The one request path (osum_min/inference/pipeline.py) on fixture_a's weights: every kind of audio gives the ids infer.py
 gives, a mixed batch equals each request alone, a bad request is an answer with its error while the rest decode, and
 streamed tokens come in time order. Plus the infer.py refusals and outputs that the request path made possible."""
 import io
@@ -13,11 +13,11 @@ import torch
 import infer
 from conftest import FIXTURE_A
 from osum_min.audio import SAMPLE_RATE, load_audio
-from osum_min.generate import DEFAULT_DECODING
-from osum_min.model import OSUM
-from osum_min.pipeline import Pipeline, Request, RequestError, load_request_audio
-from osum_min.tasks import TASKS, free_prompt_task
-from osum_min.tokenizer import Tokenizer
+from osum_min.model.generate import DEFAULT_DECODING
+from osum_min.model.osum import OSUM
+from osum_min.inference.pipeline import Pipeline, Request, RequestError, load_request_audio
+from osum_min.text.tasks import TASKS, free_prompt_task
+from osum_min.text.tokenizer import Tokenizer
 from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
 
 AUDIO = FIXTURE_A / "audio.wav"
@@ -245,8 +245,8 @@ def test_score_only_scores_by_the_chosen_protocol(capsys, weights_with_tokenizer
     """infer.py's summary is the Scorer's for that protocol over the same transcripts (what eval.py score prints)."""
     if protocol == "qwen2-audio":
         pytest.importorskip("zhconv", reason="the qwen2-audio protocol needs the [eval] extra")
-    from osum_min.scoring import Scorer
-    from osum_min.tasks import parse
+    from osum_min.eval.scoring import Scorer
+    from osum_min.text.tasks import parse
 
     references = ["hello, world", "the cat sat on the mat."]
     listing = tmp_path / "test.jsonl"

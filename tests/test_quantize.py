@@ -1,4 +1,4 @@
-"""int8 weight-only inference (osum_min/quantize.py): what each layer computes, fidelity on fixture_a and on real
+"""int8 weight-only inference (osum_min/model/quantize.py): what each layer computes, fidelity on fixture_a and on real
 Qwen2.5 weights (opt-in), resident size, infer.py --quantize int8, and torch.compile."""
 import copy
 import os
@@ -13,9 +13,9 @@ import torch.nn.functional as F
 import infer
 from conftest import FIXTURE_A
 from hf_qwen2 import TINY
-from osum_min.model import OSUM
-from osum_min.quantize import DEQUANT_BLOCK, Int8Linear, linear_weight_bytes, quantize_int8
-from osum_min.qwen2 import LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours
+from osum_min.model.osum import OSUM
+from osum_min.model.quantize import DEQUANT_BLOCK, Int8Linear, linear_weight_bytes, quantize_int8
+from osum_min.model.qwen2 import LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours
 from osum_min.weights import load_state_dict_strict
 
 ROOT = Path(__file__).resolve().parents[1]

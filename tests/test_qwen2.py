@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from hf_qwen2 import TINY, hf_config, peft_twin
-from osum_min.generate import CachedDecoder
-from osum_min.kv_cache import bucket
-from osum_min.qwen2 import LLM_PRESETS, LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours, load_hf_checkpoint
+from osum_min.model.generate import CachedDecoder
+from osum_min.model.kv_cache import bucket
+from osum_min.model.qwen2 import LLM_PRESETS, LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours, load_hf_checkpoint
 from osum_min.weights import WeightsError, load_state_dict_strict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fixture_a"
@@ -213,7 +213,7 @@ def test_real_qwen25_gguf_weights_greedy_and_logits():
         pytest.skip("opt-in: set OSUM_TEST_GGUF=1 to download ~478 MB of real Qwen2.5-0.5B GGUF weights")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("gguf")
-    from osum_min.generate import GenerationConfig, generate
+    from osum_min.model.generate import GenerationConfig, generate
 
     path = gguf_file(ASSETS)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

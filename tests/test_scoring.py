@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osum_min.scoring import Edits, Scorer, alignment_counts, edit_distance, osum_tokens
-from osum_min.tasks import TASKS, parse
+from osum_min.eval.scoring import Edits, Scorer, alignment_counts, edit_distance, osum_tokens
+from osum_min.text.tasks import TASKS, parse
 
 
 @pytest.mark.parametrize("reference, hypothesis, edits", [

@@ -21,11 +21,11 @@ import soundfile
 from conftest import FIXTURE_A
 from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture: the tiny model with a byte tokenizer)
 from osum_min.audio import SAMPLE_RATE, load_audio, log_mel, pad_features
-from osum_min.conversation import ConversationError, chat, content, to_request
-from osum_min.generate import DEFAULT_DECODING
-from osum_min.pipeline import Pipeline, Request
-from osum_min.subtitles import subtitles
-from osum_min.tasks import TASKS, parse
+from osum_min.serve.conversation import ConversationError, chat, content, to_request
+from osum_min.model.generate import DEFAULT_DECODING
+from osum_min.inference.pipeline import Pipeline, Request
+from osum_min.inference.subtitles import subtitles
+from osum_min.text.tasks import TASKS, parse
 
 fastapi = pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
 uvicorn = pytest.importorskip("uvicorn", reason="the server needs the [serve] extra")
@@ -33,7 +33,7 @@ pytest.importorskip("multipart", reason="the server needs the [serve] extra (pyt
 httpx = pytest.importorskip("httpx", reason="the raw HTTP tests use httpx")
 openai = pytest.importorskip("openai", reason="the client tests use the official openai client")
 
-from osum_min.server import ServerConfig, create_app  # noqa: E402
+from osum_min.serve.server import ServerConfig, create_app  # noqa: E402
 
 KEY = "sk-test"
 TOKENS = 8  # the server's max_new_tokens: the random model never stops early, so this bounds every decode
@@ -72,8 +72,8 @@ def running(app):
 @pytest.fixture(scope="module")
 def served(weights_with_tokenizer):  # noqa: F811
     """(base URL, pipeline, app) of a server on a free port, stopped after the module."""
-    from osum_min.model import load_for_inference
-    from osum_min.tokenizer import Tokenizer
+    from osum_min.model.osum import load_for_inference
+    from osum_min.text.tokenizer import Tokenizer
     tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
     pipeline = ScriptedSRWT(load_for_inference(weights_with_tokenizer, tokenizer, device="cpu"), tokenizer)
     config = ServerConfig(api_key=KEY, max_upload_mb=1, max_audio_seconds=20, max_new_tokens=TOKENS, wait_ms=50)
@@ -350,7 +350,7 @@ class Gate:
 
 
 def test_batcher_queue_full_and_dropped_jobs():
-    from osum_min.batcher import Batcher, QueueFull
+    from osum_min.serve.batcher import Batcher, QueueFull
 
     async def scenario():
         gate = Gate()
@@ -374,7 +374,7 @@ def test_batcher_queue_full_and_dropped_jobs():
 def test_batcher_waits_for_requests_still_arriving():
     """A burst of clients reaches the queue milliseconds apart (each upload read and checked first): a batch about
     to start waits for the requests the server is still reading, not only `wait_s`."""
-    from osum_min.batcher import Batcher
+    from osum_min.serve.batcher import Batcher
 
     async def scenario(still_arriving: bool):
         gate = Gate()
@@ -406,7 +406,7 @@ def test_served_requests_count_as_arriving_until_queued(served):
 
 
 def test_batcher_survives_a_failing_batch():
-    from osum_min.batcher import Batcher
+    from osum_min.serve.batcher import Batcher
 
     async def scenario():
         gate = Gate(fail=RuntimeError("boom\nsecond line"))

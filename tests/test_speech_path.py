@@ -5,9 +5,9 @@ Tolerance: 1e-4 max-abs, the fixture README's suggestion for float32 (we observe
 import pytest
 import torch
 
-from osum_min.adaptor import Adaptor, interleaved_sinusoids
-from osum_min.encoder import WhisperEncoder, whisper_sinusoids
-from osum_min.model import OSUM
+from osum_min.model.adaptor import Adaptor, interleaved_sinusoids
+from osum_min.model.encoder import WhisperEncoder, whisper_sinusoids
+from osum_min.model.osum import OSUM
 
 ATOL = 1e-4
 

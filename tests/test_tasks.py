@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from osum_min.tasks import LABEL_SETS, PARAPHRASES, TASKS, Result, Word, free_prompt_task, join_windows, parse
+from osum_min.text.tasks import LABEL_SETS, PARAPHRASES, TASKS, Result, Word, free_prompt_task, join_windows, parse
 
 PROMPT_CONFIG = Path(__file__).parent / "fixtures" / "prompt_config.yaml"
 # docs/original.md §8: the gradio demo's fixed prompts, our defaults for the single tasks.

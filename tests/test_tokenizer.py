@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from osum_min.tokenizer import Tokenizer, TokenizerError, map_style_tags, process_text
+from osum_min.text.tokenizer import Tokenizer, TokenizerError, map_style_tags, process_text
 
 PROMPT_CONFIG = Path(__file__).parent / "fixtures" / "prompt_config.yaml"
 

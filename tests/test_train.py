@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from osum_min.export import export_original
-from osum_min.model import OSUM, OSUM_PRESETS
-from osum_min.tokenizer import AddedToken, Tokenizer
-from osum_min.training import FIRE_MODULES, freeze_for, warmup_lr
+from osum_min.convert.export import export_original
+from osum_min.model.osum import OSUM, OSUM_PRESETS
+from osum_min.text.tokenizer import AddedToken, Tokenizer
+from osum_min.training.steps import FIRE_MODULES, freeze_for, warmup_lr
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_A = ROOT / "tests" / "fixtures" / "fixture_a"
@@ -256,7 +256,7 @@ def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
     import make_corpus
     from qwen_from_gguf import export_hf_directory
 
-    from osum_min.ct2 import whisper_checkpoint
+    from osum_min.convert.ct2 import whisper_checkpoint
 
     lists = make_corpus.main(["--out", str(tmp_path / "corpus"), "--utterances", "10", "--seed", "2"])
     torch.save(whisper_checkpoint(Path(spec.submodule_search_locations[0]) / "model"), tmp_path / "tiny_en.pt")
@@ -278,7 +278,7 @@ def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
 
 def tiny_step(batch: dict):
     """One optimization step of a seeded tiny model on `batch`: (its figures, the trained weights after it)."""
-    from osum_min.training import LossWindow, make_optimizer, optimization_step, setup_model
+    from osum_min.training.steps import LossWindow, make_optimizer, optimization_step, setup_model
     torch.manual_seed(0)
     model = OSUM(OSUM_PRESETS["tiny"])
     setup_model(model, "all")

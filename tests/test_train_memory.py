@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from osum_min.model import OSUM, OSUM_PRESETS
-from osum_min.training import make_optimizer, setup_model, trainable_table
+from osum_min.model.osum import OSUM, OSUM_PRESETS
+from osum_min.training.steps import make_optimizer, setup_model, trainable_table
 from test_train import corpus, log_records, run_args  # noqa: F401 (corpus is a fixture)
 
 

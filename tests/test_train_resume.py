@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import train
-from osum_min import checkpoints
-from osum_min.training import TrainingError
+from osum_min.training import checkpoints
+from osum_min.training.steps import TrainingError
 from test_train import corpus, log_records, run_args  # noqa: F401 (corpus is a fixture)
 
 STEPS = ["--preset", "tiny", "--max-steps", "6", "--save-every", "3", "--keep-last", "0"]

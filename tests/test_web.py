@@ -23,13 +23,13 @@ import soundfile
 import infer
 from conftest import FIXTURE_A, ROOT
 from osum_min.audio import SAMPLE_RATE, load_audio, log_mel, pad_features
-from osum_min.model import OSUM
-from osum_min.tokenizer import Tokenizer
+from osum_min.model.osum import OSUM
+from osum_min.text.tokenizer import Tokenizer
 from test_infer import weights_with_tokenizer  # noqa: F401  (a fixture: the tiny model with a byte tokenizer)
 
 gradio = pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed")
-from osum_min.web import DemoUnavailable, build_demo  # noqa: E402
+from osum_min.serve.web import DemoUnavailable, build_demo  # noqa: E402
 
 AUDIO = FIXTURE_A / "audio.wav"
 PROMPT_IDS = [17, 230, 511, 42, 901, 7, 333]
@@ -247,7 +247,7 @@ def test_browser_uploads_runs_and_reads_the_result(server, client):
 
 def test_browser_shows_timed_words_and_subtitles(weights_with_tokenizer):  # noqa: F811
     """A tokenizer-equipped page, task chosen in the dropdown: the words table and the SRT file are on the page."""
-    from osum_min.web import launch
+    from osum_min.serve.web import launch
 
     tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
     model = OSUM.from_pretrained(weights_with_tokenizer, device="cpu")

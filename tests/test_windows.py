@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from osum_min.audio import HOP, SAMPLE_RATE, load_audio, log_mel
-from osum_min.pipeline import decode_waveforms
-from osum_min.windows import frame_energy, split_windows
+from osum_min.inference.pipeline import decode_waveforms
+from osum_min.inference.windows import frame_energy, split_windows
 
 SONNET = Path(__file__).parent / ".assets" / "sonnet1.wav"
 

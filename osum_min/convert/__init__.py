@@ -1,0 +1,1 @@
+"""Conversion: the original checkpoint both ways, downloads, export, CTranslate2 Whisper."""

@@ -1,0 +1,1 @@
+"""Training data: OSUM's formats, ASR+X batches, augmentation."""

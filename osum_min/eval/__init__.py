@@ -1,0 +1,1 @@
+"""Evaluation: public test sets, the resumable run, scoring, normalisers, word timing."""

@@ -1,0 +1,1 @@
+"""Inference: the request path every front end decodes through, windows, subtitles, input lists, ranks."""

@@ -1,0 +1,1 @@
+"""The model: Whisper encoder, adaptor, Qwen2 with LoRA, the KV cache, decoding, OSUM itself."""

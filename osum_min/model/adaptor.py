@@ -1,0 +1,86 @@
+"""OSUM's adaptor ("link"): encoder frames (50/s) -> speech embeddings (12.5/s) in the LLM's width.
+
+Three causal stride-(1, 2, 2) convolutions (GxlConv1dSubsampling4), a 4-block transformer (wenet defaults:
+ReLU, key bias, x·√d plus interleaved sinusoids) and a linear projection to the LLM width (docs/original.md §3).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config_check import check_config, check_divides
+from .encoder import LayerNorm, ResidualAttentionBlock, key_padding_mask
+from .linear import Linear
+
+
+@dataclass
+class AdaptorConfig:
+    dim: int = 1024  # encoder width in and transformer width
+    heads: int = 4
+    ff_dim: int = 2560
+    layers: int = 4
+    llm_dim: int = 3584
+    max_positions: int = 5000
+
+    def __post_init__(self):
+        check_config(self)
+        check_divides(self, "heads", "dim")
+
+
+class CausalConvSubsampling4(nn.Module):
+    """Left-padded k=3 convolutions with strides 1, 2, 2: each output sees only current and past frames, so
+    right padding in a batch never leaks into valid frames."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv1d(dim, dim, 3, stride=1), nn.Conv1d(dim, dim, 3, stride=2),
+                                    nn.Conv1d(dim, dim, 3, stride=2)])
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        x = x.transpose(1, 2)  # (B, D, T)
+        for conv in self.convs:
+            x = F.gelu(conv(F.pad(x, (2, 0))))
+            if conv.stride[0] == 2:
+                lengths = (lengths + 1) // 2
+        return x.transpose(1, 2), lengths  # (B, ceil(ceil(T/2)/2), D)
+
+
+def interleaved_sinusoids(length: int, dim: int) -> torch.Tensor:
+    """The classic transformer table: sin at even channels, cos at odd channels."""
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * -(math.log(10000.0) / dim))
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * div[None, :]
+    table = torch.zeros(length, dim)
+    table[:, 0::2], table[:, 1::2] = angles.sin(), angles.cos()
+    return table  # (length, dim)
+
+
+class Adaptor(nn.Module):
+    def __init__(self, config: AdaptorConfig):
+        super().__init__()
+        self.config = config
+        self.downsample = CausalConvSubsampling4(config.dim)
+        self.input_proj = Linear(config.dim, config.dim)
+        self.input_ln = LayerNorm(config.dim)
+        self.register_buffer("positional_embedding", interleaved_sinusoids(config.max_positions, config.dim))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(config.dim, config.heads, config.ff_dim, activation=nn.ReLU, key_bias=True)
+            for _ in range(config.layers))
+        self.ln_post = LayerNorm(config.dim)
+        self.proj = Linear(config.dim, config.llm_dim)
+
+    def transform(self, x: torch.Tensor, lengths: torch.Tensor):
+        """Encoder output (B, T, dim) -> the 4-block transformer's output (B, T', dim) and lengths (B,)."""
+        x, lengths = self.downsample(x, lengths)
+        x = self.input_ln(self.input_proj(x)) * math.sqrt(self.config.dim)
+        x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
+        key_mask = key_padding_mask(lengths, x.shape[1])
+        for block in self.blocks:
+            x = block(x, key_mask)
+        return self.ln_post(x), lengths
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        """Encoder output (B, T, dim) -> speech embeddings (B, T', llm_dim) and their lengths (B,)."""
+        x, lengths = self.transform(x, lengths)
+        return self.proj(x), lengths

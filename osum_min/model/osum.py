@@ -1,0 +1,297 @@
+"""OSUM: Whisper encoder -> adaptor -> Qwen2 (LoRA), joined the way the original assembles its sequences.
+
+Inference builds, per item, [prompt, speech bos, speech, speech eos] as `inputs_embeds` and decodes a batch with
+left padding, each item doing the same math as it would alone (the original decodes one clip at a time).
+Training (`forward`) reproduces the original's sequence layout, padding placement and position ids (docs/original.md §7).
+"""
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adaptor import Adaptor, AdaptorConfig
+from ..config_check import ConfigError, build_section, check_config
+from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
+from ..files import read_json
+from .generate import GenerationConfig, fast_decoding, generate
+from .linear import use_input_major_weights
+from .quantize import Int8Linear, quantize_int8
+from .qwen2 import LLM_PRESETS, Qwen2, Qwen2Config
+from ..text.tokenizer import EOD_ID, RANK_FILE_NAME, Tokenizer, check_fits
+from ..weights import load_weights, save_weights
+
+IGNORE_ID = -100
+# Directories converted before Qwen2Config took our names used Hugging Face's in config.json's "llm"; they still load.
+OLD_LLM_NAMES = {"hidden_size": "dim", "intermediate_size": "ff_dim", "num_layers": "layers", "num_heads": "heads",
+                 "num_kv_heads": "kv_heads", "rms_norm_eps": "norm_eps", "tie_word_embeddings": "tie_embeddings",
+                 "max_position_embeddings": "max_positions"}
+
+
+def check_quantize(quantize: str | None) -> None:
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize={quantize!r}: the only quantisation is 'int8'")
+
+
+class TrainingOutput(NamedTuple):
+    """What `OSUM.forward` gives training: the loss to minimise and, for per-task logging, each item's share."""
+    loss: torch.Tensor  # () token-level mean cross-entropy over all label tokens of the batch
+    item_losses: torch.Tensor  # (B,) each item's summed label-token loss, detached
+
+
+@dataclass
+class OSUMConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
+    llm: Qwen2Config = field(default_factory=lambda: LLM_PRESETS["qwen2-7b"])
+    speech_token_num: int = 4097  # the original's speech bos/eos are rows speech_token_num + 0 and + 1
+    eod_id: int = EOD_ID  # appended to every label; the original's hard-coded decoding eos
+    max_mel_frames: int = 3000  # 30 s: the encoder's positional table ends there
+
+    def __post_init__(self):
+        check_config(self, minimum={"speech_token_num": 0, "eod_id": 0})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "OSUMConfig":
+        """The dict `to_dict` writes; an "llm" section with the old field names (OLD_LLM_NAMES) reads the same.
+        ConfigError names a bad value by its place in the file (llm.rope_theta)."""
+        encoder = build_section("encoder", EncoderConfig, **data["encoder"])
+        adaptor = build_section("adaptor", AdaptorConfig, **data["adaptor"])
+        llm = {OLD_LLM_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in data["llm"].items()}
+        if twice := [f"{old}/{new}" for old, new in OLD_LLM_NAMES.items() if old in data["llm"] and new in data["llm"]]:
+            raise ValueError(f"the llm section names a field by both its old and its new name ({', '.join(twice)})")
+        sections = {"encoder": encoder, "adaptor": adaptor, "llm": build_section("llm", Qwen2Config, **llm)}
+        return cls(**sections, **{k: v for k, v in data.items() if k not in sections})
+
+    @classmethod
+    def from_file(cls, path) -> "OSUMConfig":
+        """A config.json as convert.py and save_pretrained write it; one line naming the file when it is not one."""
+        data = read_json(path, "config.json")  # a FileError (a ValueError) in one line
+        try:
+            return cls.from_dict(data)
+        except KeyError as err:
+            raise ValueError(f"{path}: not an osum-min config.json (no {err} field)") from None
+        except ConfigError as err:
+            raise ValueError(f"{path}: {err}") from None
+        except (TypeError, AttributeError, ValueError) as err:
+            raise ValueError(f"{path}: not an osum-min config.json ({err})") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def speech_positions(mel_frames: int) -> int:
+        """The LLM positions `mel_frames` of speech take: ceil(T / 8) embeddings after the encoder's and the
+        adaptor's three stride-2 layers ((T + 1) // 2 each), plus the speech bos and eos."""
+        return -(-mel_frames // 8) + 2
+
+    def prompt_length_problem(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
+        """Why a prompt of this many tokens does not fit (None if it does): the LLM's positions must hold it, the
+        longest window's speech (30 s of it) and the answer. Checked before decoding, since a prompt far beyond them
+        costs memory quadratic in its length before failing."""
+        speech = self.speech_positions(self.max_mel_frames)
+        room = self.llm.max_positions - speech  # for the prompt and the answer
+        if prompt_tokens + max_new_tokens <= room:
+            return None
+        if max_new_tokens >= room:  # no prompt could fit: the answer's length is what is wrong
+            return (f"max_new_tokens {max_new_tokens} does not fit: this model's answers take at most "
+                    f"{max(room - prompt_tokens, 0)} new tokens after this {prompt_tokens}-token prompt "
+                    f"({self.llm.max_positions} positions, less {speech} for 30 s of speech)")
+        return (f"the prompt is {prompt_tokens} tokens; this model takes at most {room - max_new_tokens} "
+                f"({self.llm.max_positions} positions, less {speech} for 30 s of speech and "
+                f"{max_new_tokens} for the answer)")
+
+
+OSUM_PRESETS = {
+    "osum": OSUMConfig(),  # the released model
+    "osum-qwen2.5-0.5b": OSUMConfig(adaptor=AdaptorConfig(llm_dim=896),  # with OSUM's LoRA
+                                    llm=replace(LLM_PRESETS["qwen2.5-0.5b"], lora_rank=8, lora_dropout=0.1)),
+    "tiny": OSUMConfig(  # fixture-sized, for tests and CPU experiments
+        encoder=EncoderConfig(dim=64, heads=4, ff_dim=128, layers=2),
+        adaptor=AdaptorConfig(dim=64, heads=4, ff_dim=256, layers=2, llm_dim=64),
+        llm=Qwen2Config(vocab_size=1024, dim=64, ff_dim=128, layers=2, heads=4, kv_heads=2,
+                        lora_rank=8, lora_alpha=32, lora_dropout=0.1),
+        eod_id=1000),
+    "small": OSUMConfig(  # the CPU experiment: a Whisper tiny(.en) encoder, a 4x256 LLM trained whole (no LoRA)
+        encoder=ENCODER_PRESETS["whisper-tiny"],
+        adaptor=AdaptorConfig(dim=384, heads=4, ff_dim=1024, layers=2, llm_dim=256),
+        llm=Qwen2Config(dim=256, ff_dim=768, layers=4, heads=8, kv_heads=2)),
+}
+
+
+class OSUM(nn.Module):
+    def __init__(self, config: OSUMConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = WhisperEncoder(config.encoder)
+        self.adaptor = Adaptor(config.adaptor)
+        self.llm = Qwen2(config.llm)
+        self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.dim))  # rows: speech bos, eos
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, dtype=None, for_training: bool = False,
+                        compile: bool | None = None, quantize: str | None = None) -> "OSUM":
+        """A converted directory -> model in eval mode, readied for inference (`prepare_for_inference`) unless
+        for_training=True, which keeps the weights as trained (LoRA apart, the usual layout) for an optimizer or
+        FSDP. dtype: bf16 on CUDA, fp32 on CPU."""
+        check_quantize(quantize)  # before loading, not after
+        if for_training and (quantize or compile):
+            raise ValueError("compile and quantize are for inference: not with for_training=True")
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{directory}: no config.json (convert a checkpoint with convert.py first)")
+        config = OSUMConfig.from_file(config_path)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        with torch.device("meta"):
+            model = cls(config)
+        load_weights(model, directory, device="cpu" if quantize else device, dtype=dtype)
+        if not for_training:
+            model.prepare_for_inference(device, compile, quantize)
+        return model.eval()
+
+    def prepare_for_inference(self, device, compile: bool | None = None, quantize: str | None = None) -> "OSUM":
+        """LoRA merged into the weights, then for the device's fastest decoding: with quantize="int8" every LLM
+        linear stored as int8 (quantize.py; the weights then move from the CPU to `device`, so the device never
+        holds the float LLM); on the CPU, weights laid out input-major for oneDNN (linear.py) unless compiled code
+        streams them; decode steps (generate.fast_decoding) as CUDA graphs on CUDA, through torch.compile too with
+        compile=True (int8 on CUDA compiles by default), eager with compile=False."""
+        check_quantize(quantize)
+        device = torch.device(device)
+        if compile is None and quantize and device.type == "cuda":
+            compile = True  # eager int8 dequantises whole weights each step: only compiled code fuses it away
+        self.llm.merge_lora()
+        if quantize:
+            quantize_int8(self.llm, device=device)
+            self.to(device)
+        if not compile:
+            use_input_major_weights(self)
+        if compile or compile is None and device.type == "cuda":
+            fast_decoding(self.llm, compile=bool(compile))
+        return self
+
+    def save_pretrained(self, directory, state_dict: dict | None = None) -> None:
+        """Write config.json + safetensors that from_pretrained reads, with LoRA stored unmerged.
+
+        state_dict: the weights to write instead of the module's own (an FSDP run gathers them from the shards)."""
+        if any(isinstance(module, Int8Linear) for module in self.llm.modules()):
+            raise ValueError(f"{directory}: an int8-quantised model is not saved (quantize when loading instead)")
+        was_merged = any(getattr(module, "merged", False) for module in self.llm.modules())
+        self.llm.unmerge_lora()
+        directory = Path(directory)
+        save_weights(directory, [(name, t.shape, t.dtype, lambda t=t: t.detach())
+                                 for name, t in (state_dict or self.state_dict()).items()])
+        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+        if was_merged:
+            self.llm.merge_lora()
+
+    @property
+    def device(self) -> torch.device:
+        return self.speech_bos_eos.device
+
+    def embed_speech(self, mel: torch.Tensor, mel_lens: torch.Tensor, original_mask_rule: bool = True):
+        """mel (B, T, 80) zero-padded, mel_lens (B,) -> speech_embeds (B, S, H), speech_lens (B,).
+
+        original_mask_rule=True equals the original's get_embedding_from_wav on a padded batch (docs/original.md §9.1);
+        False makes each item's embeddings independent of the batch it is in.
+        """
+        dtype = self.speech_bos_eos.dtype
+        mel_lens = mel_lens.to(self.device)
+        x, lengths = self.encoder(mel.to(self.device, dtype), mel_lens, original_mask_rule)
+        return self.adaptor(x, lengths)
+
+    def _speech_sequences(self, mel, mel_lens, prompt_ids):
+        """Per item: the embeddings of [prompt, speech bos, speech, speech eos], unpadded, in a list. Each item is
+        encoded alone, so no compute goes to another item's padding and a batch gives what each item gives alone."""
+        bos, eos = self.speech_bos_eos[:, None, :]
+        items = []
+        for row, prompt in enumerate(prompt_ids):
+            frames = int(mel_lens[row])
+            speech_embeds, _ = self.embed_speech(mel[row:row + 1, :frames], mel_lens[row:row + 1],
+                                                 original_mask_rule=False)  # (1, S, H)
+            prompt_embeds = self.llm.embed_tokens(torch.as_tensor(prompt, dtype=torch.long, device=self.device))
+            items.append(torch.cat([prompt_embeds.to(bos.dtype), bos, speech_embeds[0], eos]))  # (P + 1 + S + 1, H)
+        return items
+
+    @torch.inference_mode()
+    def generate(self, mel, mel_lens, prompt_ids, config: GenerationConfig | None = None, on_token=None,
+                 return_scores=False, keep_going=None, **settings):
+        """Decode a batch: new token ids per item (ending with eos where hit). `config` (default: GenerationConfig's
+        defaults with this model's eod as eos), with any GenerationConfig fields in `settings` replaced.
+
+        Items are left-padded to a common length with per-row masks and positions, so each is the same math as alone
+        (to float rounding: see generate.py).
+        """
+        config = replace(config or GenerationConfig(eos_token_id=self.config.eod_id), **settings)
+        items = self._speech_sequences(mel, mel_lens, prompt_ids)
+        length = max(item.shape[0] for item in items)
+        inputs_embeds = items[0].new_zeros(len(items), length, items[0].shape[1])  # (B, L, H)
+        attention_mask = torch.zeros(len(items), length, dtype=torch.long, device=self.device)
+        for row, item in enumerate(items):
+            inputs_embeds[row, length - item.shape[0]:] = item
+            attention_mask[row, length - item.shape[0]:] = 1
+        return generate(self.llm, inputs_embeds, attention_mask, config, on_token=on_token,
+                        return_scores=return_scores, keep_going=keep_going)
+
+    def forward(self, mel, mel_lens, prompt_ids, labels) -> TrainingOutput:
+        """The original's training loss on a batch: token-level mean cross-entropy over all label tokens, and each
+        item's summed loss. mel (B, T, 80) zero-padded, mel_lens (B,), prompt_ids and labels: B lists of ids.
+
+        Layout per row (docs/original.md §7): prompt (right-padded with eod), bos, speech (padded), eos, labels
+        (right-padded); masked slots get position id 1, valid ones cumsum(mask) - 1.
+        """
+        speech_embeds, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule=True)
+        batch, max_speech, _ = speech_embeds.shape
+        max_prompt = max(len(p) for p in prompt_ids)
+        max_label = max(len(lab) for lab in labels)
+        device = self.device
+
+        def pad_ids(rows, width, fill):
+            out = torch.full((batch, width), fill, dtype=torch.long, device=device)
+            mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+            for row, ids in enumerate(rows):
+                out[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+                mask[row, : len(ids)] = 1
+            return out, mask
+
+        # the original fills prompt padding with the eod id and label padding with 0; both slots are masked
+        # out of attention and loss, so any in-vocabulary id gives the same numbers
+        prompt, prompt_mask = pad_ids(prompt_ids, max_prompt, 0)
+        label_ids, label_mask = pad_ids(labels, max_label, 0)
+        speech_mask = (torch.arange(max_speech, device=device)[None, :] < speech_lens[:, None]).long()
+        ones = torch.ones(batch, 1, dtype=torch.long, device=device)
+        bos, eos = (row.expand(batch, 1, -1).to(speech_embeds.dtype) for row in self.speech_bos_eos[:, None, :])
+        embed = self.llm.embed_tokens
+        inputs_embeds = torch.cat([embed(prompt).to(speech_embeds.dtype), bos, speech_embeds, eos,
+                                   embed(label_ids).to(speech_embeds.dtype)], dim=1)  # (B, L, H)
+        attention_mask = torch.cat([prompt_mask, ones, speech_mask, ones, label_mask], dim=1)  # (B, L)
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        targets = torch.full_like(attention_mask, IGNORE_ID)
+        targets[:, -max_label:] = label_ids.masked_fill(label_mask == 0, IGNORE_ID)
+
+        hidden = self.llm.forward_hidden(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                         position_ids=position_ids)  # (B, L, H)
+        predicts = targets[:, 1:] != IGNORE_ID  # position t predicts token t + 1
+        logits = self.llm.lm_head(hidden[:, :-1][predicts]).float()  # (N_label_tokens, V)
+        token_losses = F.cross_entropy(logits, targets[:, 1:][predicts], reduction="none")  # (N_label_tokens,)
+        rows = predicts.nonzero()[:, 0]  # each label token's row
+        item_losses = torch.zeros(batch, device=device).index_add_(0, rows, token_losses.detach())  # (B,)
+        return TrainingOutput(token_losses.mean(), item_losses)
+
+    def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
+        """The training loss alone: `forward(...).loss`."""
+        return self(mel, mel_lens, prompt_ids, labels).loss
+
+
+def load_for_inference(directory, tokenizer: Tokenizer | None, device=None, dtype=None, compile: bool | None = None,
+                       quantize: str | None = None) -> OSUM:
+    """`OSUM.from_pretrained` for infer.py and the web page, refusing a tokenizer (`tokenizer_or_none(directory)`,
+    None: ids only) with ids past the model's vocabulary, which would index outside its embeddings."""
+    model = OSUM.from_pretrained(directory, device=device, dtype=dtype, compile=compile, quantize=quantize)
+    if tokenizer is not None:
+        check_fits(tokenizer, model.config.llm.vocab_size, Path(directory) / RANK_FILE_NAME)
+    return model

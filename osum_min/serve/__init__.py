@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible server, batching, wire formats, conversations, the web demo."""

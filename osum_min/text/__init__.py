@@ -1,0 +1,1 @@
+"""Text: the Qwen2 tokenizer and the task table (prompts, tags, output parsers)."""

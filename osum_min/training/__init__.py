@@ -1,0 +1,1 @@
+"""Training: one optimizer step, checkpoints, dev scoring."""
