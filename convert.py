@@ -8,6 +8,7 @@ The key table and the config reading live in osum_min/convert/original.py; this 
 checkpoint, config or tokenizer is refused in one line (exit code 2). --out is replaced as a whole: an interrupted
 conversion leaves the old model or the new one, never a mix. LoRA stays separate in the file; loading merges it.
 """
+
 import argparse
 import json
 import sys
@@ -17,16 +18,27 @@ import torch
 
 from osum_min.files import check_file
 from osum_min.model.osum import OSUMConfig
-from osum_min.convert.original import (RELEASED_CONFIG, ConfigMismatch, convert_entries, load_checkpoint,
-                               read_original_config)
+from osum_min.convert.original import (
+    RELEASED_CONFIG,
+    ConfigMismatch,
+    convert_entries,
+    load_checkpoint,
+    read_original_config,
+)
 from osum_min.convert.original import config_from_original, map_key  # noqa: F401  (tests call them as convert.*)
 from osum_min.progress import Progress
 from osum_min.text.tokenizer import Tokenizer, TokenizerError, check_fits, eod_outside_vocabulary
 from osum_min.weights import WeightsError, replacing_directory, save_weights
 
 
-def convert(checkpoint: Path, out: Path, config: OSUMConfig, dtype: torch.dtype | None,
-            tokenizer: Tokenizer | None = None, config_path: Path | None = None) -> OSUMConfig:
+def convert(
+    checkpoint: Path,
+    out: Path,
+    config: OSUMConfig,
+    dtype: torch.dtype | None,
+    tokenizer: Tokenizer | None = None,
+    config_path: Path | None = None,
+) -> OSUMConfig:
     """checkpoint -> out (config.json, safetensors, tokenizer.tiktoken), swapped in as one directory at the end."""
     source = load_checkpoint(checkpoint)
     try:
@@ -44,7 +56,9 @@ def convert(checkpoint: Path, out: Path, config: OSUMConfig, dtype: torch.dtype 
     return config
 
 
-def vocabulary_problems(config: OSUMConfig, config_path, tokenizer: Tokenizer | None, tokenizer_path) -> list[str]:
+def vocabulary_problems(
+    config: OSUMConfig, config_path, tokenizer: Tokenizer | None, tokenizer_path
+) -> list[str]:
     """A tokenizer larger than the model's vocabulary, an eod_id outside it: each problem as one line."""
     problems = []
     if tokenizer is not None:
@@ -61,21 +75,40 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", nargs="?", type=Path, help="the original's infer.pt (a plain state dict)")
-    parser.add_argument("--config", type=Path, default=RELEASED_CONFIG,
-                        help="model config in the original's vocabulary (default: the released model's)")
-    parser.add_argument("--tokenizer", type=Path, help="a Qwen2 tokenizer directory to convert alongside")
+    parser.add_argument(
+        "checkpoint", nargs="?", type=Path, help="the original's infer.pt (a plain state dict)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=RELEASED_CONFIG,
+        help="model config in the original's vocabulary (default: the released model's)",
+    )
+    parser.add_argument(
+        "--tokenizer", type=Path, help="a Qwen2 tokenizer directory to convert alongside"
+    )
     parser.add_argument("--dtype", choices=DTYPES, default="keep")
     parser.add_argument("--out", type=Path, help="output directory (default weights/osum)")
-    parser.add_argument("--download", action="store_true", help="fetch the released model first (needs internet)")
-    parser.add_argument("--hub-url", help="hub base URL (default $OSUM_HUB_URL or https://huggingface.co)")
-    parser.add_argument("--download-dir", type=Path, default=Path("weights/download"),
-                        help="where --download keeps the original files (partial files resume from here)")
-    parser.add_argument("--to-original", type=Path, metavar="DIR", help="export our DIR to the original's layout")
+    parser.add_argument(
+        "--download", action="store_true", help="fetch the released model first (needs internet)"
+    )
+    parser.add_argument(
+        "--hub-url", help="hub base URL (default $OSUM_HUB_URL or https://huggingface.co)"
+    )
+    parser.add_argument(
+        "--download-dir",
+        type=Path,
+        default=Path("weights/download"),
+        help="where --download keeps the original files (partial files resume from here)",
+    )
+    parser.add_argument(
+        "--to-original", type=Path, metavar="DIR", help="export our DIR to the original's layout"
+    )
     args = parser.parse_args(argv)
     try:
         if args.to_original:
             from osum_min.convert.export import export_original
+
             written = export_original(args.to_original, args.out or Path("infer.pt"))
             print(f"wrote {written} and {written.with_name(written.stem + '_config.json')}")
             return 0
@@ -83,20 +116,29 @@ def main(argv=None) -> int:
         explicit_tokenizer = args.tokenizer is not None
         if args.download:
             from osum_min.convert.hub import fetch_release
-            args.checkpoint, args.tokenizer = fetch_release(args.download_dir, base_url=args.hub_url)
+
+            args.checkpoint, args.tokenizer = fetch_release(
+                args.download_dir, base_url=args.hub_url
+            )
         if args.checkpoint is None:
             parser.error("give a checkpoint, --download or --to-original")
-        check_file(args.checkpoint, "checkpoint file")  # a folder, a FIFO, a link loop: said as such
+        check_file(
+            args.checkpoint, "checkpoint file"
+        )  # a folder, a FIFO, a link loop: said as such
         config = read_original_config(args.config)
         tokenizer = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
         problems = vocabulary_problems(config, args.config, tokenizer, args.tokenizer)
         if problems and explicit_tokenizer:  # a tokenizer the user chose for this model must fit it
             raise WeightsError(problems[0])
-        convert(args.checkpoint, out, config, DTYPES[args.dtype], tokenizer, config_path=args.config)
+        convert(
+            args.checkpoint, out, config, DTYPES[args.dtype], tokenizer, config_path=args.config
+        )
     except (ValueError, OSError) as err:
         print(f"convert.py: error: {err}", file=sys.stderr)
         return 2
-    for problem in problems:  # --download's tokenizer with another --config; a model of ids, like the fixture
+    for (
+        problem
+    ) in problems:  # --download's tokenizer with another --config; a model of ids, like the fixture
         print(f"convert.py: warning: {problem}", file=sys.stderr)
     print(f"wrote {out}")
     return 0

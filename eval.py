@@ -13,6 +13,7 @@ as a table and, last, one JSON line: `value` (a percentage, or the BLEU score) a
 (batches, long audio, every device), resumes where an interrupted run stopped, and writes hyp.txt, ref.txt,
 records.jsonl, results.json and results.md in OUT (docs/evaluation.md, "Public test sets").
 """
+
 import argparse
 import importlib.util
 import json
@@ -34,7 +35,9 @@ class InputError(Exception):
 
 
 def read_key_text(path: Path) -> dict[str, str]:
-    """`key text` lines (UTF-8, a BOM tolerated, read through the input layer): key -> text; blank lines skipped, a later key replaces an earlier."""
+    """`key text` lines (UTF-8, a BOM tolerated, read through the input layer): key -> text.
+
+    Blank lines are skipped; a later key replaces an earlier."""
     try:
         content = read_text(path, "`key text` file", MAX_LIST_BYTES)
     except FileError as err:
@@ -50,20 +53,29 @@ def read_key_text(path: Path) -> dict[str, str]:
 def score_lines(result: dict) -> list[str]:
     """The tool's summary as a readable table (compute-wer.py's lines, the accuracy and its confusion matrix, BLEU)."""
     if result["metric"] == "bleu":
-        return [f"BLEU {result['value']:.2f} (sacrebleu, tokenize={result['tokenize']}, {result['utterances']} lines)"]
+        return [
+            f"BLEU {result['value']:.2f} (sacrebleu, tokenize={result['tokenize']}, {result['utterances']} lines)"
+        ]
     if result["metric"] == "acc":
         lines = [f"accuracy {result['value']:.2f}% ({result['correct']}/{result['total']})"]
         if "labels" in result:
             width = max([len(label) for label in result["labels"]] + [9])
             corner = "ref \\ hyp"
-            lines.append(f"{corner:<{width}} " + " ".join(f"{label:>{width}}" for label in result["labels"]))
-            lines += [f"{label:<{width}} " + " ".join(f"{n:>{width}}" for n in row)
-                      for label, row in zip(result["labels"], result["confusion"])]
+            lines.append(
+                f"{corner:<{width}} " + " ".join(f"{label:>{width}}" for label in result["labels"])
+            )
+            lines += [
+                f"{label:<{width}} " + " ".join(f"{n:>{width}}" for n in row)
+                for label, row in zip(result["labels"], result["confusion"])
+            ]
         return lines
     rows = [("Overall", {"percent": result["value"], **{k: result[k] for k in "NCSDI"}})]
     rows += [(name, line) for name, line in result.items() if isinstance(line, dict)]
-    return [f"{name:<9} {line['percent']:7.2f} %   N={line['N']} C={line['C']} S={line['S']} D={line['D']} "
-            f"I={line['I']}" for name, line in rows]
+    return [
+        f"{name:<9} {line['percent']:7.2f} %   N={line['N']} C={line['C']} S={line['S']} D={line['D']} "
+        f"I={line['I']}"
+        for name, line in rows
+    ]
 
 
 def save_confusion_png(result: dict, path: Path) -> None:
@@ -74,6 +86,7 @@ def save_confusion_png(result: dict, path: Path) -> None:
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots()
     axes.imshow(result["confusion"], cmap="Blues")
     ticks = range(len(result["labels"]))
@@ -92,13 +105,18 @@ def save_confusion_png(result: dict, path: Path) -> None:
 def score(args) -> int:
     try:
         refs, hyps = read_key_text(args.ref), read_key_text(args.hyp)
-        result = score_texts(refs, hyps, args.protocol, args.metric, args.language, args.bleu_tokenize)
+        result = score_texts(
+            refs, hyps, args.protocol, args.metric, args.language, args.bleu_tokenize
+        )
     except (InputError, ValueError) as err:
         print(f"eval.py: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:
-        print(f"eval.py: error: {args.protocol} {args.metric} needs the [eval] extra (pip install -e '.[eval]'): "
-              f"{err}", file=sys.stderr)
+        print(
+            f"eval.py: error: {args.protocol} {args.metric} needs the [eval] extra (pip install -e '.[eval]'): "
+            f"{err}",
+            file=sys.stderr,
+        )
         return 2
     print("\n".join(score_lines(result)))
     if args.confusion_png and "confusion" in result:
@@ -110,19 +128,32 @@ def score(args) -> int:
 def add_run(commands):
     run = commands.add_parser("run", help="decode and score a public test set by name")
     run.add_argument("bench", choices=sorted(READERS))
-    run.add_argument("data", type=Path, help="the set's folder (or list file) in its official layout")
+    run.add_argument(
+        "data", type=Path, help="the set's folder (or list file) in its official layout"
+    )
     run.add_argument("--weights", default="weights/osum")
     run.add_argument("--out", type=Path, help="default runs/BENCH")
     run.add_argument("--limit", type=int, help="only the first N utterances")
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    run.add_argument("--beams", type=int, help="default: beam 4, repetition penalty 1.05 (infer.py's decoding)")
+    run.add_argument(
+        "--beams", type=int, help="default: beam 4, repetition penalty 1.05 (infer.py's decoding)"
+    )
     run.add_argument("--max-new-tokens", type=int)
-    for flag, choices in (("task", None), ("prompt", None), ("protocol", PROTOCOLS), ("metric", METRICS),
-                          ("language", None)):
+    for flag, choices in (
+        ("task", None),
+        ("prompt", None),
+        ("protocol", PROTOCOLS),
+        ("metric", METRICS),
+        ("language", None),
+    ):
         run.add_argument(f"--{flag}", choices=choices, help="instead of the set's default")
-    run.add_argument("--word-times", type=Path, help="srwt: reference word times (a TextGrid, a folder of them, or "
-                     "JSONL) instead of the times written in the references")
+    run.add_argument(
+        "--word-times",
+        type=Path,
+        help="srwt: reference word times (a TextGrid, a folder of them, or "
+        "JSONL) instead of the times written in the references",
+    )
     run.set_defaults(run=run_command)
 
 
@@ -134,18 +165,36 @@ def run_benchmark(args) -> int:
 
     if args.task is not None and args.task not in TASKS:
         raise LayoutError(f"--task {args.task}: choose one of {', '.join(TASKS)}")
-    if problem := (lowest_problem(args, dict.fromkeys(("limit", "batch_size", "beams", "max_new_tokens"), 1))
-                   or device_problem(args.device)):
+    if problem := (
+        lowest_problem(args, dict.fromkeys(("limit", "batch_size", "beams", "max_new_tokens"), 1))
+        or device_problem(args.device)
+    ):
         raise LayoutError(problem)
-    subsets = read_benchmark(args.bench, args.data, task=args.task, prompt=args.prompt, protocol=args.protocol,
-                             metric=args.metric, language=args.language)
-    extras = [name for name in ("whisper", "zhconv", "sacrebleu") if importlib.util.find_spec(name) is None]
-    if extras and any(s.defaults.protocol == "qwen2-audio" or s.defaults.metric == "bleu" for s in subsets):
-        raise LayoutError(f"the qwen2-audio protocol and BLEU need the [eval] extra (pip install -e '.[eval]'): "
-                          f"{', '.join(extras)} missing")
+    subsets = read_benchmark(
+        args.bench,
+        args.data,
+        task=args.task,
+        prompt=args.prompt,
+        protocol=args.protocol,
+        metric=args.metric,
+        language=args.language,
+    )
+    extras = [
+        name
+        for name in ("whisper", "zhconv", "sacrebleu")
+        if importlib.util.find_spec(name) is None
+    ]
+    if extras and any(
+        s.defaults.protocol == "qwen2-audio" or s.defaults.metric == "bleu" for s in subsets
+    ):
+        raise LayoutError(
+            f"the qwen2-audio protocol and BLEU need the [eval] extra (pip install -e '.[eval]'): "
+            f"{', '.join(extras)} missing"
+        )
     word_times = None
     if args.word_times is not None:
         from osum_min.eval.word_timing import TimingError, read_word_times
+
         try:
             word_times = read_word_times(args.word_times)
         except TimingError as err:
@@ -153,7 +202,9 @@ def run_benchmark(args) -> int:
     weights = Path(args.weights)
     tokenizer = tokenizer_or_none(weights) if (weights / "config.json").is_file() else None
     if tokenizer is None:
-        raise LayoutError(f"{weights}/: no OSUM weights with a tokenizer (see `python convert.py --help`)")
+        raise LayoutError(
+            f"{weights}/: no OSUM weights with a tokenizer (see `python convert.py --help`)"
+        )
     out = args.out or Path("runs") / args.bench
     out.mkdir(parents=True, exist_ok=True)
     device = ranks.start(args.device)
@@ -162,8 +213,11 @@ def run_benchmark(args) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         raise LayoutError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
     flags = {"num_beams": args.beams, "max_new_tokens": args.max_new_tokens}
-    config = replace(DEFAULT_DECODING, eos_token_id=model.config.eod_id,
-                     **{k: v for k, v in flags.items() if v is not None})
+    config = replace(
+        DEFAULT_DECODING,
+        eos_token_id=model.config.eod_id,
+        **{k: v for k, v in flags.items() if v is not None},
+    )
     decode(Pipeline(model, tokenizer, args.batch_size), subsets, out, config, limit=args.limit)
     rank = ranks.world()[0]
     ranks.finish()  # every rank's records are written
@@ -181,21 +235,29 @@ def run_command(args) -> int:
         print(f"eval.py: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("eval.py: interrupted: the same command resumes where this run stopped", file=sys.stderr)
+        print(
+            "eval.py: interrupted: the same command resumes where this run stopped", file=sys.stderr
+        )
         return 130
 
 
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(
+        prog="eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     scoring = commands.add_parser("score", help="score a hypothesis file against a reference file")
     scoring.add_argument("ref", type=Path, help="reference, `key text` lines")
     scoring.add_argument("hyp", type=Path, help="hypothesis, `key text` lines")
     scoring.add_argument("--protocol", choices=PROTOCOLS, default="osum")
     scoring.add_argument("--metric", choices=METRICS, default="wer")
-    scoring.add_argument("--language", help="qwen2-audio: en, zh, yue, fr... (picks the normaliser; bleu: zh -> zh)")
+    scoring.add_argument(
+        "--language", help="qwen2-audio: en, zh, yue, fr... (picks the normaliser; bleu: zh -> zh)"
+    )
     scoring.add_argument("--bleu-tokenize", choices=("13a", "zh"))
-    scoring.add_argument("--confusion-png", type=Path, help="acc (osum): also draw the confusion matrix here")
+    scoring.add_argument(
+        "--confusion-png", type=Path, help="acc (osum): also draw the confusion matrix here"
+    )
     scoring.set_defaults(run=score)
     add_run(commands)
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ Files are decoded in batches of similar length and printed in input order. Audio
 points into windows that are decoded together and joined. A file that cannot be read is reported and skipped
 (exit code 1 at the end); a usage problem stops at once with one line (exit code 2).
 """
+
 import argparse
 import json
 import math
@@ -32,16 +33,26 @@ from osum_min.inference.subtitles import subtitle_paths, subtitles
 from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
 from osum_min.text.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-GET_WEIGHTS = ("get them with `python convert.py --download`, or convert the original's checkpoint with "
-               "`python convert.py infer.pt --tokenizer QWEN2_TOKENIZER_DIR --out weights/osum`")
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+GET_WEIGHTS = (
+    "get them with `python convert.py --download`, or convert the original's checkpoint with "
+    "`python convert.py infer.pt --tokenizer QWEN2_TOKENIZER_DIR --out weights/osum`"
+)
 ROOT = Path(__file__).resolve().parent
 # The web demo's example clips: the repository's short recordings, and two more once tests/assets.py fetched them.
-WEB_EXAMPLES = [(ROOT / "tests/fixtures/fixture_a/audio.wav", "asr"),
-                (ROOT / "tests/fixtures/fixture_a/audio_batch_item1.wav", "ser"),
-                (ROOT / "tests/.assets/arctic_a0007.wav", "srwt"),
-                (ROOT / "tests/.assets/sonnet1.wav", "asr")]  # 53 s: two windows
+WEB_EXAMPLES = [
+    (ROOT / "tests/fixtures/fixture_a/audio.wav", "asr"),
+    (ROOT / "tests/fixtures/fixture_a/audio_batch_item1.wav", "ser"),
+    (ROOT / "tests/.assets/arctic_a0007.wav", "srwt"),
+    (ROOT / "tests/.assets/sonnet1.wav", "asr"),
+]  # 53 s: two windows
 
 
 class UsageError(ValueError):
@@ -51,12 +62,21 @@ class UsageError(ValueError):
 def decoding_config(args, eos_id: int) -> GenerationConfig:
     """DEFAULT_DECODING (beam 4, penalty 1.05, no sampling) or the original's beam-sample, then the flags."""
     base = ORIGINAL_DECODING if args.original_decoding else DEFAULT_DECODING
-    flags = {"num_beams": args.beams, "do_sample": args.sample or None, "temperature": args.temperature,
-             "top_k": args.top_k, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
-             "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    flags = {
+        "num_beams": args.beams,
+        "do_sample": args.sample or None,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+    }
     if args.stream:
         if (args.beams or 1) > 1:
-            raise UsageError("--stream prints tokens as they come, which beam search cannot: use --beams 1")
+            raise UsageError(
+                "--stream prints tokens as they come, which beam search cannot: use --beams 1"
+            )
         flags["num_beams"] = 1
     return replace(base, eos_token_id=eos_id, **{k: v for k, v in flags.items() if v is not None})
 
@@ -67,20 +87,33 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
         raise UsageError(f"no OSUM weights in {weights}/: {GET_WEIGHTS}")
     tokenizer = tokenizer_or_none(weights)
     if tokenizer is None and not (args.prompt_ids and args.ids):
-        raise UsageError(f"{weights}/ has no tokenizer: pass --prompt-ids and --ids, or convert with --tokenizer DIR")
+        raise UsageError(
+            f"{weights}/ has no tokenizer: pass --prompt-ids and --ids, or convert with --tokenizer DIR"
+        )
     try:
-        model = load_for_inference(weights, tokenizer, device=args.device,
-                                   dtype=DTYPES[args.dtype] if args.dtype else None, compile=args.compile,
-                                   quantize=args.quantize)
+        model = load_for_inference(
+            weights,
+            tokenizer,
+            device=args.device,
+            dtype=DTYPES[args.dtype] if args.dtype else None,
+            compile=args.compile,
+            quantize=args.quantize,
+        )
     except (OSError, ValueError, RuntimeError) as err:
         raise UsageError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
-    eod_problem = eod_outside_vocabulary(model.config.eod_id, model.config.llm.vocab_size, weights / "config.json")
-    if tokenizer is not None and eod_problem:  # text output that never ends; a model of ids (a fixture) is meant so
+    eod_problem = eod_outside_vocabulary(
+        model.config.eod_id, model.config.llm.vocab_size, weights / "config.json"
+    )
+    if (
+        tokenizer is not None and eod_problem
+    ):  # text output that never ends; a model of ids (a fixture) is meant so
         print(f"infer.py: warning: {eod_problem}", file=sys.stderr)
     return model, tokenizer
 
 
-LOWEST_TEMPERATURE = 1e-4  # below it dividing float32 logits can overflow: inf - inf = NaN probabilities
+LOWEST_TEMPERATURE = (
+    1e-4  # below it dividing float32 logits can overflow: inf - inf = NaN probabilities
+)
 
 
 def flag_problem(args) -> str | None:
@@ -88,8 +121,10 @@ def flag_problem(args) -> str | None:
     if problem := lowest_problem(args, {"batch_size": 1, "beams": 1, "max_new_tokens": 1}):
         return problem
     if args.temperature is not None and not LOWEST_TEMPERATURE <= args.temperature < math.inf:
-        return (f"--temperature must be above 0, finite and at least {LOWEST_TEMPERATURE} (sampling divides the "
-                f"scores by it: a smaller one overflows them into NaN probabilities), got {args.temperature}")
+        return (
+            f"--temperature must be above 0, finite and at least {LOWEST_TEMPERATURE} (sampling divides the "
+            f"scores by it: a smaller one overflows them into NaN probabilities), got {args.temperature}"
+        )
     if args.top_k is not None and args.top_k < 0:
         return f"--top-k must be 0 (off) or more, got {args.top_k}"
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -98,7 +133,10 @@ def flag_problem(args) -> str | None:
         return f"--repetition-penalty must be above 0 and finite, got {args.repetition_penalty}"
     if problem := seed_problem(args.seed):
         return problem
-    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-audio-seconds", args.max_audio_seconds)):
+    for flag, value in (
+        ("--max-upload-mb", args.max_upload_mb),
+        ("--max-audio-seconds", args.max_audio_seconds),
+    ):
         if not 0 < value < math.inf:
             return f"{flag} must be a finite number above 0, got {value:g}"
     if args.port is not None and not 0 <= args.port <= 65535:
@@ -107,26 +145,56 @@ def flag_problem(args) -> str | None:
 
 
 def parse_args(argv):
-    parser = OneLineParser(prog="infer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="*", help="audio files, directories, or lists (paths or wenet jsonl)")
+    parser = OneLineParser(
+        prog="infer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "inputs", nargs="*", help="audio files, directories, or lists (paths or wenet jsonl)"
+    )
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--task", default="asr", help="one of --list-tasks (default asr)")
     what.add_argument("--prompt", help="free prompt text instead of a task")
-    what.add_argument("--prompt-ids", help="prompt as comma-separated token ids (debugging, tokenizer-less models)")
+    what.add_argument(
+        "--prompt-ids",
+        help="prompt as comma-separated token ids (debugging, tokenizer-less models)",
+    )
     parser.add_argument("--list-tasks", action="store_true", help="print the task table and exit")
-    parser.add_argument("--ids", action="store_true", help="print generated token ids instead of text")
+    parser.add_argument(
+        "--ids", action="store_true", help="print generated token ids instead of text"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
-    parser.add_argument("--srt", nargs="?", const="", metavar="DIR",
-                        help="srwt: write FILE.srt (next to the audio or in DIR)")
-    parser.add_argument("--vtt", nargs="?", const="", metavar="DIR", help="srwt: write FILE.vtt likewise")
-    parser.add_argument("--score-only", action="store_true", help="print only the WER/CER and label accuracy summary")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="osum",
-                        help="scoring rules: osum (compute-wer.py --char=1, the default) or qwen2-audio (its "
-                             "normalisers; docs/evaluation.md)")
-    parser.add_argument("--language", help="qwen2-audio scoring: the references' language (en, zh, yue, fr, ...)")
+    parser.add_argument(
+        "--srt",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="srwt: write FILE.srt (next to the audio or in DIR)",
+    )
+    parser.add_argument(
+        "--vtt", nargs="?", const="", metavar="DIR", help="srwt: write FILE.vtt likewise"
+    )
+    parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="print only the WER/CER and label accuracy summary",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="osum",
+        help="scoring rules: osum (compute-wer.py --char=1, the default) or qwen2-audio (its "
+        "normalisers; docs/evaluation.md)",
+    )
+    parser.add_argument(
+        "--language", help="qwen2-audio scoring: the references' language (en, zh, yue, fr, ...)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--stream", action="store_true", help="print tokens as they come (one file, --beams 1)")
-    decoding = parser.add_argument_group("decoding (default: beam 4, repetition penalty 1.05, no sampling)")
+    parser.add_argument(
+        "--stream", action="store_true", help="print tokens as they come (one file, --beams 1)"
+    )
+    decoding = parser.add_argument_group(
+        "decoding (default: beam 4, repetition penalty 1.05, no sampling)"
+    )
     decoding.add_argument("--beams", type=int)
     decoding.add_argument("--sample", action="store_true")
     decoding.add_argument("--temperature", type=float)
@@ -135,24 +203,44 @@ def parse_args(argv):
     decoding.add_argument("--repetition-penalty", type=float)
     decoding.add_argument("--max-new-tokens", type=int)
     decoding.add_argument("--seed", type=int)
-    decoding.add_argument("--original-decoding", action="store_true",
-                          help="the original's beam-sample (top-k 5, top-p 0.9)")
-    parser.add_argument("--web", action="store_true", help="serve the web demo (pip install .[demo]) instead")
-    parser.add_argument("--serve", action="store_true",
-                        help="serve the OpenAI-compatible API instead (pip install .[serve]; docs/serving.md)")
+    decoding.add_argument(
+        "--original-decoding",
+        action="store_true",
+        help="the original's beam-sample (top-k 5, top-p 0.9)",
+    )
+    parser.add_argument(
+        "--web", action="store_true", help="serve the web demo (pip install .[demo]) instead"
+    )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the OpenAI-compatible API instead (pip install .[serve]; docs/serving.md)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="--web/--serve: address to listen on")
     parser.add_argument("--port", type=int, help="--web/--serve: port (default 7860 / 8000)")
-    parser.add_argument("--api-key", help="--serve: require Authorization: Bearer KEY (default: $OSUM_API_KEY)")
-    parser.add_argument("--max-upload-mb", type=float, default=25.0, help="--serve: upload cap (default 25)")
-    parser.add_argument("--max-audio-seconds", type=float, default=600.0, help="--serve: duration cap (default 600)")
+    parser.add_argument(
+        "--api-key", help="--serve: require Authorization: Bearer KEY (default: $OSUM_API_KEY)"
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=25.0, help="--serve: upload cap (default 25)"
+    )
+    parser.add_argument(
+        "--max-audio-seconds", type=float, default=600.0, help="--serve: duration cap (default 600)"
+    )
     parser.add_argument("--weights", default="weights/osum")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                        help="decode steps through torch.compile (warm-up: see README); default: CUDA graphs on "
-                             "CUDA, eager on CPU; --no-compile: eager everywhere")
-    parser.add_argument("--quantize", choices=["int8"],
-                        help="int8: LLM linears stored as int8 (a quarter of fp32, half of bf16; see README)")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="decode steps through torch.compile (warm-up: see README); default: CUDA graphs on "
+        "CUDA, eager on CPU; --no-compile: eager everywhere",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: LLM linears stored as int8 (a quarter of fp32, half of bf16; see README)",
+    )
     args = parser.parse_args(argv)
     if problem := flag_problem(args):
         parser.error(problem)
@@ -165,10 +253,14 @@ def resolve_task(args) -> Task:
     subtitles_wanted = args.srt is not None or args.vtt is not None
     if args.prompt is not None or args.prompt_ids:
         if subtitles_wanted:
-            raise UsageError("--srt/--vtt need --task srwt (a free prompt has no timestamps to write)")
+            raise UsageError(
+                "--srt/--vtt need --task srwt (a free prompt has no timestamps to write)"
+            )
         return free_prompt_task(args.prompt or args.prompt_ids)
     if args.task not in TASKS:
-        raise UsageError(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)} (or --prompt TEXT)")
+        raise UsageError(
+            f"unknown task {args.task!r}: choose one of {', '.join(TASKS)} (or --prompt TEXT)"
+        )
     if subtitles_wanted and TASKS[args.task].output != "srwt":
         raise UsageError("--srt/--vtt need --task srwt (the only task with timestamps)")
     return TASKS[args.task]
@@ -186,9 +278,11 @@ def given_prompt_ids(args) -> list[int] | None:
 def check_combinations(args, items: list[Item]) -> None:
     """Flags that cannot do what they say with these inputs, refused before anything is loaded."""
     if args.json and args.stream:
-        raise UsageError("--json and --stream: choose one (--stream prints tokens as they come, not JSON)")
+        raise UsageError(
+            "--json and --stream: choose one (--stream prints tokens as they come, not JSON)"
+        )
     if args.score_only and not any(item.reference is not None for item in items):
-        raise UsageError("--score-only needs references: a wenet list whose lines have \"txt\"")
+        raise UsageError('--score-only needs references: a wenet list whose lines have "txt"')
     for flag, folder in (("--srt", args.srt), ("--vtt", args.vtt)):
         if folder and not Path(folder).is_dir():
             raise UsageError(f"{flag} {folder}: no such folder")
@@ -207,23 +301,36 @@ def write_subtitles(answer: Answer, paths: list[Path | None]) -> str | None:
         if path is None or answer.result is None or answer.result.words is None:
             continue
         try:
-            path.write_text(subtitles(answer.result.words, vtt=path.suffix == ".vtt"), encoding="utf-8")
+            path.write_text(
+                subtitles(answer.result.words, vtt=path.suffix == ".vtt"), encoding="utf-8"
+            )
         except OSError as err:
             return f"{path}: cannot write ({err.strerror or err})"
     return None
 
 
-def decode_share(pipeline: Pipeline, items: list[Item], requests: list[Request], share: list[int], on_token):
+def decode_share(
+    pipeline: Pipeline, items: list[Item], requests: list[Request], share: list[int], on_token
+):
     """(index, Answer) for this rank's share of the files; a bad list line is an error without decoding."""
     good = [i for i in share if items[i].problem is None]
     for i in share:
         if items[i].problem is not None:
-            yield i, Answer(items[i].path, requests[i].task, error=RequestError(items[i].path, items[i].problem))
+            yield (
+                i,
+                Answer(
+                    items[i].path,
+                    requests[i].task,
+                    error=RequestError(items[i].path, items[i].problem),
+                ),
+            )
     for j, answer in pipeline.run([requests[i] for i in good], on_token):
         yield good[j], answer
 
 
-def gathered(pipeline: Pipeline, requests: list[Request], prompt_ids: list[int], outcomes, progress):
+def gathered(
+    pipeline: Pipeline, requests: list[Request], prompt_ids: list[int], outcomes, progress
+):
     """Every rank's answers at rank 0 (None elsewhere): the ranks send ids, rank 0 parses them."""
     mine = []
     for index, answer in outcomes:
@@ -235,14 +342,21 @@ def gathered(pipeline: Pipeline, requests: list[Request], prompt_ids: list[int],
     pairs = ranks.gather_outcomes(mine)
     if ranks.world()[0] != 0:
         return None
-    return [(index, Answer(requests[index].label, requests[index].task, error=outcome)
-             if isinstance(outcome, RequestError) else pipeline.answer(requests[index], prompt_ids, outcome))
-            for index, outcome in pairs]
+    return [
+        (
+            index,
+            Answer(requests[index].label, requests[index].task, error=outcome)
+            if isinstance(outcome, RequestError)
+            else pipeline.answer(requests[index], prompt_ids, outcome),
+        )
+        for index, outcome in pairs
+    ]
 
 
 @dataclass
 class Run:
     """A checked command with its model loaded: the files, one request each, and the pipeline that decodes them."""
+
     task: Task
     items: list[Item]
     requests: list[Request]
@@ -260,20 +374,30 @@ def prepare(args) -> Run:
     check_combinations(args, items)
     if args.stream and len(items) > 1:
         raise UsageError("--stream decodes one file at a time: give one file")
-    args.batch_size = 1 if args.stream else args.batch_size  # long audio: stream the windows one after another
+    args.batch_size = (
+        1 if args.stream else args.batch_size
+    )  # long audio: stream the windows one after another
     if ranks.world()[1] > 1 and args.stream:
-        raise UsageError("--stream prints one file as it decodes: run it in one process, not torchrun")
+        raise UsageError(
+            "--stream prints one file as it decodes: run it in one process, not torchrun"
+        )
     args.device = ranks.start(args.device)
     model, tokenizer = load(args)
     if args.score_only and tokenizer is None:
         raise UsageError(f"--score-only scores text, and {args.weights}/ has no tokenizer")
     pipeline = Pipeline(model, tokenizer, args.batch_size)
     decoding = decoding_config(args, model.config.eod_id)
-    requests = [Request(item.path, task=task, prompt_ids=given_ids, config=decoding) for item in items]
+    requests = [
+        Request(item.path, task=task, prompt_ids=given_ids, config=decoding) for item in items
+    ]
     try:
-        prompt_ids = pipeline.prompt_ids(requests[0])  # the same for every file: checked once, as a usage error
+        prompt_ids = pipeline.prompt_ids(
+            requests[0]
+        )  # the same for every file: checked once, as a usage error
     except RequestError as err:
-        raise UsageError(err.problem if given_ids is None else f"--prompt-ids: {err.problem}") from None
+        raise UsageError(
+            err.problem if given_ids is None else f"--prompt-ids: {err.problem}"
+        ) from None
     return Run(task, items, requests, pipeline, prompt_ids)
 
 
@@ -281,13 +405,21 @@ class Report:
     """Each answer as it comes: scored, its subtitles written, its line printed in input order."""
 
     def __init__(self, args, run: Run):
-        self.args, self.items, self.failures, self.pending, self.next_to_print = args, run.items, 0, {}, 0
+        self.args, self.items, self.failures, self.pending, self.next_to_print = (
+            args,
+            run.items,
+            0,
+            {},
+            0,
+        )
         has_references = any(item.reference is not None for item in run.items)
         scoring = args.score_only or run.pipeline.tokenizer and has_references
         self.scorer = Scorer(run.task, args.protocol, args.language) if scoring else None
         paths = [item.path for item in run.items]
-        self.subtitle_files = [subtitle_paths(paths, folder, suffix) if folder is not None else [None] * len(paths)
-                               for folder, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt"))]
+        self.subtitle_files = [
+            subtitle_paths(paths, folder, suffix) if folder is not None else [None] * len(paths)
+            for folder, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt"))
+        ]
 
     def add(self, index: int, answer: Answer) -> None:
         args, item = self.args, self.items[index]
@@ -296,20 +428,34 @@ class Report:
             print(f"infer.py: skipped {answer.error}", file=sys.stderr)
             if self.scorer:
                 self.scorer.skipped += 1
-            line = json.dumps({"file": item.path, "error": str(answer.error)}, ensure_ascii=False) if args.json \
+            line = (
+                json.dumps({"file": item.path, "error": str(answer.error)}, ensure_ascii=False)
+                if args.json
                 else None
+            )
         else:
             if problem := write_subtitles(answer, [files[index] for files in self.subtitle_files]):
                 self.failures += 1
                 print(f"infer.py: {problem}", file=sys.stderr)
             if self.scorer and item.reference is not None:
                 self.scorer.add(item.reference, answer.result)
-            record = {"file": item.path, **({"key": item.key} if item.key != item.path else {}),
-                      **answer.to_json(with_ids=args.ids)}
-            text = " | ".join(" ".join(map(str, ids)) for ids in answer.decoded.ids) if args.ids \
+            record = {
+                "file": item.path,
+                **({"key": item.key} if item.key != item.path else {}),
+                **answer.to_json(with_ids=args.ids),
+            }
+            text = (
+                " | ".join(" ".join(map(str, ids)) for ids in answer.decoded.ids)
+                if args.ids
                 else answer.result.to_text()
-            line = json.dumps(record, ensure_ascii=False) if args.json else \
-                text if len(self.items) == 1 else f"{one_line(item.key)}\t{one_line(text)}"
+            )
+            line = (
+                json.dumps(record, ensure_ascii=False)
+                if args.json
+                else text
+                if len(self.items) == 1
+                else f"{one_line(item.key)}\t{one_line(text)}"
+            )
             line = None if args.score_only or args.stream else line
         self.pending[index] = line
         while self.next_to_print in self.pending:
@@ -321,7 +467,11 @@ class Report:
     def finish(self) -> int:
         """Print the scores; the exit code: 0 all decoded, 1 some failed, 2 none decoded."""
         if self.scorer:
-            print(json.dumps({"summary": self.scorer.summary()}) if self.args.json else "\n".join(self.scorer.lines()))
+            print(
+                json.dumps({"summary": self.scorer.summary()})
+                if self.args.json
+                else "\n".join(self.scorer.lines())
+            )
         return 2 if self.failures == len(self.items) else 1 if self.failures else 0
 
 
@@ -333,19 +483,39 @@ def main(argv=None) -> int:
         return 0
     if args.web:
         from osum_min.serve.web import DemoUnavailable, serve
+
         try:
-            return serve(args.weights, host=args.host, port=7860 if args.port is None else args.port,
-                         device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None, examples=WEB_EXAMPLES,
-                         batch_size=args.batch_size)
+            return serve(
+                args.weights,
+                host=args.host,
+                port=7860 if args.port is None else args.port,
+                device=args.device,
+                dtype=DTYPES[args.dtype] if args.dtype else None,
+                examples=WEB_EXAMPLES,
+                batch_size=args.batch_size,
+            )
         except DemoUnavailable as err:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
     if args.serve:
         from osum_min.serve.server import ServerConfig, serve
-        return serve(args.weights, args.host, 8000 if args.port is None else args.port, args.device,
-                     DTYPES[args.dtype] if args.dtype else None, args.compile, args.quantize, ServerConfig(
-                         api_key=args.api_key, batch_size=args.batch_size, max_upload_mb=args.max_upload_mb,
-                         max_audio_seconds=args.max_audio_seconds, max_new_tokens=args.max_new_tokens or 400))
+
+        return serve(
+            args.weights,
+            args.host,
+            8000 if args.port is None else args.port,
+            args.device,
+            DTYPES[args.dtype] if args.dtype else None,
+            args.compile,
+            args.quantize,
+            ServerConfig(
+                api_key=args.api_key,
+                batch_size=args.batch_size,
+                max_upload_mb=args.max_upload_mb,
+                max_audio_seconds=args.max_audio_seconds,
+                max_new_tokens=args.max_new_tokens or 400,
+            ),
+        )
     try:
         run = prepare(args)
     except (UsageError, DataError) as err:
@@ -354,16 +524,29 @@ def main(argv=None) -> int:
 
     on_token, stream = None, None
     if args.stream:
-        stream = run.pipeline.tokenizer.stream_decoder() if run.pipeline.tokenizer and not args.ids else None
+        stream = (
+            run.pipeline.tokenizer.stream_decoder()
+            if run.pipeline.tokenizer and not args.ids
+            else None
+        )
         on_token = lambda index, token: print(  # noqa: E731
-            stream.push(token) if stream else f"{token} ", end="", flush=True)
+            stream.push(token) if stream else f"{token} ", end="", flush=True
+        )
     rank, world_size, _ = ranks.world()
     share = ranks.balanced_share([item.seconds for item in run.items], rank, world_size)
-    progress = Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}") \
-        if len(share) > 3 and not args.stream and rank == 0 else None
+    progress = (
+        Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}")
+        if len(share) > 3 and not args.stream and rank == 0
+        else None
+    )
     outcomes = decode_share(run.pipeline, run.items, run.requests, share, on_token)
-    if world_size > 1:  # every rank decodes its share; rank 0 reports them all, as one process would
-        outcomes, progress = gathered(run.pipeline, run.requests, run.prompt_ids, outcomes, progress), None
+    if (
+        world_size > 1
+    ):  # every rank decodes its share; rank 0 reports them all, as one process would
+        outcomes, progress = (
+            gathered(run.pipeline, run.requests, run.prompt_ids, outcomes, progress),
+            None,
+        )
         if outcomes is None:
             ranks.finish()
             return 0

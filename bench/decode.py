@@ -12,6 +12,7 @@ decoding: steps/s <= bandwidth / bytes of weights read per step (the roofline). 
     python bench/decode.py --compile          # adds our torch.compile'd decode step
     python bench/decode.py --size 7b --device cuda --dtype bf16   # ours only, HBM roofline
 """
+
 import argparse
 import copy
 import json
@@ -23,7 +24,10 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
+sys.path[:0] = [
+    str(Path(__file__).resolve().parents[1]),
+    str(Path(__file__).resolve().parents[1] / "tests"),
+]
 from osum_min.model.generate import GenerationConfig, fast_decoding, generate  # noqa: E402
 from osum_min.progress import Progress  # noqa: E402
 from osum_min.model.linear import use_input_major_weights  # noqa: E402
@@ -76,6 +80,7 @@ class PeakMemory:
             self.start = torch.cuda.memory_allocated()
             return self
         import psutil
+
         self.process, self.running = psutil.Process(), True
         self.start = self.peak = self.process.memory_info().rss
         self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -114,10 +119,16 @@ def measure(run, new_tokens: int, final_norm, ceilings: dict, device) -> dict:
     total_s = time.perf_counter() - start
     prefill_s = marks["prefill"] - start
     decode_tok_s = (new_tokens - 1) / (total_s - prefill_s)
-    return {"prefill_s": round(prefill_s, 3), "decode_tok_s": round(decode_tok_s, 2),
-            "e2e_tok_s": round(new_tokens / total_s, 2),
-            **{f"{name}_roofline_fraction": round(decode_tok_s / ceiling, 3) for name, ceiling in ceilings.items()},
-            "peak_extra_mem_mib": round(memory.extra / 2**20)}
+    return {
+        "prefill_s": round(prefill_s, 3),
+        "decode_tok_s": round(decode_tok_s, 2),
+        "e2e_tok_s": round(new_tokens / total_s, 2),
+        **{
+            f"{name}_roofline_fraction": round(decode_tok_s / ceiling, 3)
+            for name, ceiling in ceilings.items()
+        },
+        "peak_extra_mem_mib": round(memory.extra / 2**20),
+    }
 
 
 def build_models(args, dtype):
@@ -135,22 +146,33 @@ def build_models(args, dtype):
         ours.merge_lora()
         return use_input_major_weights(ours), None
     from hf_qwen2 import peft_twin
+
     hf, ours = peft_twin(cfg)
     ours.merge_lora()
     return use_input_major_weights(ours.to(args.device, dtype)), hf.to(args.device, dtype)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="0.5b")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--prefix", type=int, default=300, help="prompt embedding positions")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per implementation; the best is kept")
-    parser.add_argument("--compile", action="store_true", help="also time our torch.compile'd model")
-    parser.add_argument("--no-reference", action="store_true", help="skip transformers + peft (default for 7b)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed runs per implementation; the best is kept"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time our torch.compile'd model"
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip transformers + peft (default for 7b)"
+    )
     args = parser.parse_args()
     args.no_reference |= args.size == "7b"
     dtype, device = DTYPES[args.dtype], args.device
@@ -161,40 +183,66 @@ def main():
     bandwidth = measure_bandwidth(device)
     ours, hf = build_models(args, dtype)
     step_bytes = weight_bytes_per_step(ours)
-    ceilings = {name: rate / step_bytes for name, rate in bandwidth.items()}  # decode steps/s at best
-    print(f"{args.size} {args.dtype} on {device} ({torch.get_num_threads()} threads): {step_bytes / 2**30:.2f} GiB of "
-          f"weights per step; copy {bandwidth['copy'] / 1e9:.1f} GB/s -> roofline {ceilings['copy']:.2f} steps/s, "
-          f"read {bandwidth['read'] / 1e9:.1f} GB/s -> {ceilings['read']:.2f} steps/s", flush=True)
+    ceilings = {
+        name: rate / step_bytes for name, rate in bandwidth.items()
+    }  # decode steps/s at best
+    print(
+        f"{args.size} {args.dtype} on {device} ({torch.get_num_threads()} threads): {step_bytes / 2**30:.2f} GiB of "
+        f"weights per step; copy {bandwidth['copy'] / 1e9:.1f} GB/s -> roofline {ceilings['copy']:.2f} steps/s, "
+        f"read {bandwidth['read'] / 1e9:.1f} GB/s -> {ceilings['read']:.2f} steps/s",
+        flush=True,
+    )
     embeds = torch.randn(1, args.prefix, ours.config.dim, device=device, dtype=dtype)
     mask = torch.ones(1, args.prefix, dtype=torch.long, device=device)
 
     def ours_run(model, beams):
-        return lambda n: generate(model, embeds, mask, GenerationConfig(max_new_tokens=n, num_beams=beams,
-                                                                        eos_token_id=None))
+        return lambda n: generate(
+            model,
+            embeds,
+            mask,
+            GenerationConfig(max_new_tokens=n, num_beams=beams, eos_token_id=None),
+        )
 
     def hf_run(beams):
-        return lambda n: hf.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                     num_beams=beams, do_sample=False, eos_token_id=None, pad_token_id=0)
+        return lambda n: hf.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            num_beams=beams,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
 
     runs = {}  # name -> (run(new_tokens), the final norm that marks the end of the prefill)
     for beams, label in [(1, "greedy"), (4, "beam4")]:
         runs[f"ours_{label}"] = ours_run(ours, beams), ours.norm
         if hf is not None:
             runs[f"hf_{label}"] = hf_run(beams), hf.get_base_model().model.norm
-    if args.compile:  # compiled code runs MKL, not oneDNN (linear.py): give it the usual weight layout
+    if (
+        args.compile
+    ):  # compiled code runs MKL, not oneDNN (linear.py): give it the usual weight layout
         plain = copy.deepcopy(ours)
         for module in plain.modules():
             if isinstance(module, torch.nn.Linear):
                 module.weight.data = module.weight.data.contiguous()
-        fast_decoding(plain, compile=True)  # decode steps through torch.compile (and CUDA graphs on CUDA)
+        fast_decoding(
+            plain, compile=True
+        )  # decode steps through torch.compile (and CUDA graphs on CUDA)
         for beams, label in [(1, "greedy"), (4, "beam4")]:
             runs[f"ours_compiled_{label}"] = ours_run(plain, beams), plain.norm
     results = {}
     with torch.inference_mode(), Progress(len(runs) * (args.repeats + 1), "timing runs") as bar:
-        for name, (run, _) in runs.items():  # warm-up; compiled runs at full length, so both compiles happen here
+        for name, (
+            run,
+            _,
+        ) in runs.items():  # warm-up; compiled runs at full length, so both compiles happen here
             run(args.new_tokens if "compiled" in name else 3)
             bar.update()
-        for _ in range(args.repeats):  # interleaved; keep each one's best run, other load on the machine is noise
+        for _ in range(
+            args.repeats
+        ):  # interleaved; keep each one's best run, other load on the machine is noise
             for name, (run, norm) in runs.items():
                 figures = measure(run, args.new_tokens, norm, ceilings, device)
                 if name not in results or figures["e2e_tok_s"] > results[name]["e2e_tok_s"]:
@@ -203,11 +251,17 @@ def main():
     for name, figures in results.items():
         print(f"{name:22s} {figures}")
 
-    summary = {"size": args.size, "dtype": args.dtype, "device": device, "threads": torch.get_num_threads(),
-               "prefix": args.prefix,
-               "new_tokens": args.new_tokens, "weight_gib_per_step": round(step_bytes / 2**30, 3),
-               **{f"{name}_bandwidth_gb_s": round(rate / 1e9, 2) for name, rate in bandwidth.items()},
-               **{f"{name}_roofline_steps_s": round(ceiling, 2) for name, ceiling in ceilings.items()}}
+    summary = {
+        "size": args.size,
+        "dtype": args.dtype,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "prefix": args.prefix,
+        "new_tokens": args.new_tokens,
+        "weight_gib_per_step": round(step_bytes / 2**30, 3),
+        **{f"{name}_bandwidth_gb_s": round(rate / 1e9, 2) for name, rate in bandwidth.items()},
+        **{f"{name}_roofline_steps_s": round(ceiling, 2) for name, ceiling in ceilings.items()},
+    }
     for name, figures in results.items():
         summary.update({f"{name}_{key}": value for key, value in figures.items()})
     for label in ("greedy", "beam4"):
@@ -215,8 +269,12 @@ def main():
             if f"hf_{label}" in results and f"{variant}_{label}" in results:
                 mine, theirs = results[f"{variant}_{label}"], results[f"hf_{label}"]
                 for key in ("prefill_s", "decode_tok_s", "e2e_tok_s"):
-                    ratio = (theirs[key] / mine[key]) if key == "prefill_s" else mine[key] / theirs[key]
-                    summary[f"{variant}_over_hf_{label}_{key.removesuffix('_s')}_speedup"] = round(ratio, 2)
+                    ratio = (
+                        (theirs[key] / mine[key]) if key == "prefill_s" else mine[key] / theirs[key]
+                    )
+                    summary[f"{variant}_over_hf_{label}_{key.removesuffix('_s')}_speedup"] = round(
+                        ratio, 2
+                    )
                     print(f"{variant} vs hf {label} {key}: {ratio:.2f}x faster")
     print(json.dumps(summary))
 

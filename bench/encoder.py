@@ -11,6 +11,7 @@ OSUM does not pad to 30 s, so a 5 s clip costs us 250 frames; openai-whisper alw
 
     python bench/encoder.py [--runs 3] [--threads N]
 """
+
 import argparse
 import json
 import resource
@@ -49,7 +50,9 @@ def write_mels(out_dir: Path) -> None:
     else:
         wav = 0.1 * torch.randn(30 * SAMPLE_RATE, generator=torch.Generator().manual_seed(SEED))
     for name, seconds in CLIPS.items():
-        torch.save(log_mel(wav[: seconds * SAMPLE_RATE])[None], out_dir / f"mel_{name}.pt")  # (1, frames, 80)
+        torch.save(
+            log_mel(wav[: seconds * SAMPLE_RATE])[None], out_dir / f"mel_{name}.pt"
+        )  # (1, frames, 80)
 
 
 def build(child: str):
@@ -61,19 +64,28 @@ def build(child: str):
         c = ENCODER_PRESETS["whisper-medium"]
         peer = AudioEncoder(c.n_mels, c.max_positions, c.dim, c.heads, c.layers).eval()
 
-        def whisper_forward(mel):  # (1, T, 80) -> pad to 3000 frames, whisper's (B, n_mels, T) layout
-            return peer(torch.nn.functional.pad(mel, (0, 0, 0, WHISPER_FRAMES - mel.shape[1])).transpose(1, 2))
+        def whisper_forward(
+            mel,
+        ):  # (1, T, 80) -> pad to 3000 frames, whisper's (B, n_mels, T) layout
+            return peer(
+                torch.nn.functional.pad(mel, (0, 0, 0, WHISPER_FRAMES - mel.shape[1])).transpose(
+                    1, 2
+                )
+            )
+
         return whisper_forward, whisper_forward
     encoder = WhisperEncoder(ENCODER_PRESETS["whisper-medium"]).eval()
 
     def encode(mel):
         return encoder(mel, torch.tensor([mel.shape[1]]))[0]
+
     if child == "ours_encoder":
         return encode, encode
     adaptor = Adaptor(AdaptorConfig()).eval()  # the released sizes
 
     def speech_path(mel):
         return adaptor(*encoder(mel, torch.tensor([mel.shape[1]])))[0]
+
     return encode, speech_path
 
 
@@ -83,7 +95,9 @@ def serve(child: str, mel_dir: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     encode, timed = build(child)
     mels = {name: torch.load(mel_dir / f"mel_{name}.pt") for name in CLIPS}
-    torch.save(encode(mels["30s"]), mel_dir / f"{child}_encoder_out.pt")  # (1, 1500, 1024); warms up the encoder
+    torch.save(
+        encode(mels["30s"]), mel_dir / f"{child}_encoder_out.pt"
+    )  # (1, 1500, 1024); warms up the encoder
     timed(mels["5s"])  # and the short-clip path (the adaptor too)
     print("ready", flush=True)
     for clip in sys.stdin:
@@ -99,10 +113,24 @@ def measure(args, mel_dir: Path) -> tuple[dict, dict]:
     """Round-robin the children forward by forward, so a load change on the machine hits all of them alike.
 
     Returns ({child: {clip: median seconds}}, {child: peak RSS MiB})."""
-    children = {child: subprocess.Popen([sys.executable, __file__, "--child", child, "--tmp", str(mel_dir),
-                                         "--threads", str(args.threads)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                for child in CHILDREN}
+    children = {
+        child: subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                child,
+                "--tmp",
+                str(mel_dir),
+                "--threads",
+                str(args.threads),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for child in CHILDREN
+    }
     for child, process in children.items():
         if process.stdout.readline().strip() != "ready":
             sys.exit(f"bench child {child} failed to start")
@@ -121,12 +149,17 @@ def measure(args, mel_dir: Path) -> tuple[dict, dict]:
         process.stdin.flush()
         peaks[child] = float(process.stdout.readline())
         process.wait()
-    return {c: {clip: statistics.median(t) for clip, t in by_clip.items()} for c, by_clip in times.items()}, peaks
+    return {
+        c: {clip: statistics.median(t) for clip, t in by_clip.items()}
+        for c, by_clip in times.items()
+    }, peaks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="timed forwards per clip and implementation")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="timed forwards per clip and implementation"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
@@ -137,26 +170,49 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         write_mels(tmp)
-        print(f"Whisper-medium encoder, CPU float32, torch {torch.__version__}, {args.threads} threads, "
-              f"median of {args.runs} turns after 1 warm-up; input: "
-              f"{RECORDING.name if RECORDING.exists() else 'seeded noise'}", flush=True)
+        print(
+            f"Whisper-medium encoder, CPU float32, torch {torch.__version__}, {args.threads} threads, "
+            f"median of {args.runs} turns after 1 warm-up; input: "
+            f"{RECORDING.name if RECORDING.exists() else 'seeded noise'}",
+            flush=True,
+        )
         seconds, peaks = measure(args, tmp)
-        outputs = {child: torch.load(tmp / f"{child}_encoder_out.pt") for child in ("whisper", "ours_encoder")}
+        outputs = {
+            child: torch.load(tmp / f"{child}_encoder_out.pt")
+            for child in ("whisper", "ours_encoder")
+        }
     same_weights_diff = (outputs["whisper"] - outputs["ours_encoder"]).abs().max().item()
 
     for child, description in CHILDREN.items():
-        print(f"{description:52s} 30 s: {seconds[child]['30s']:6.2f} s   5 s: {seconds[child]['5s']:6.2f} s   "
-              f"peak RSS {peaks[child]:5.0f} MiB")
-    ratios = {f"speedup_{clip}_{child}_over_whisper": seconds["whisper"][clip] / seconds[child][clip]
-              for child in ("ours_encoder", "ours_encoder_adaptor") for clip in CLIPS}
-    ratios.update({f"peak_rss_ratio_{child}_over_whisper": peaks[child] / peaks["whisper"]
-                   for child in ("ours_encoder", "ours_encoder_adaptor")})
+        print(
+            f"{description:52s} 30 s: {seconds[child]['30s']:6.2f} s   5 s: {seconds[child]['5s']:6.2f} s   "
+            f"peak RSS {peaks[child]:5.0f} MiB"
+        )
+    ratios = {
+        f"speedup_{clip}_{child}_over_whisper": seconds["whisper"][clip] / seconds[child][clip]
+        for child in ("ours_encoder", "ours_encoder_adaptor")
+        for clip in CLIPS
+    }
+    ratios.update(
+        {
+            f"peak_rss_ratio_{child}_over_whisper": peaks[child] / peaks["whisper"]
+            for child in ("ours_encoder", "ours_encoder_adaptor")
+        }
+    )
     for name, value in ratios.items():
         print(f"{name}: {value:.3f}")
-    print(f"encoder outputs, ours vs whisper (same weights, 30 s): max-abs difference {same_weights_diff:.1e}")
-    figures = {"threads": args.threads, "runs": args.runs, "encoder_outputs_max_abs_diff": same_weights_diff}
+    print(
+        f"encoder outputs, ours vs whisper (same weights, 30 s): max-abs difference {same_weights_diff:.1e}"
+    )
+    figures = {
+        "threads": args.threads,
+        "runs": args.runs,
+        "encoder_outputs_max_abs_diff": same_weights_diff,
+    }
     for child in CHILDREN:
-        figures.update({f"{child}_{clip}_seconds": round(t, 3) for clip, t in seconds[child].items()})
+        figures.update(
+            {f"{child}_{clip}_seconds": round(t, 3) for clip, t in seconds[child].items()}
+        )
         figures[f"{child}_peak_rss_mib"] = round(peaks[child])
     figures.update({name: round(value, 3) for name, value in ratios.items()})
     print(json.dumps(figures))

@@ -18,6 +18,7 @@ on the device in bf16. In order, each section printing progress and surviving an
 
 No soundfile in the import chain: the GPU image may lack it.
 """
+
 import argparse
 import gc
 import json
@@ -40,7 +41,28 @@ from osum_min.model.qwen2 import Qwen2  # noqa: E402
 from osum_min.training.steps import peak_memory_gib  # noqa: E402
 
 SECTIONS = ("llm", "osum", "inference", "training")
-PROMPT = [17, 230, 511, 42, 901, 7, 333, 18, 64, 5, 250, 99, 12, 640, 77, 3, 402, 88, 21, 1]  # 20 prompt tokens
+PROMPT = [
+    17,
+    230,
+    511,
+    42,
+    901,
+    7,
+    333,
+    18,
+    64,
+    5,
+    250,
+    99,
+    12,
+    640,
+    77,
+    3,
+    402,
+    88,
+    21,
+    1,
+]  # 20 prompt tokens
 
 
 class Bench:
@@ -86,7 +108,9 @@ def speech_model(config, llm: Qwen2, device, dtype) -> OSUM:
     with torch.device(device):
         model.encoder = WhisperEncoder(config.encoder).to(dtype)
         model.adaptor = Adaptor(config.adaptor).to(dtype)
-        model.speech_bos_eos = torch.nn.Parameter(torch.randn(2, llm.config.dim, dtype=dtype) * 0.02)
+        model.speech_bos_eos = torch.nn.Parameter(
+            torch.randn(2, llm.config.dim, dtype=dtype) * 0.02
+        )
     model.llm = llm
     return model.eval().prepare_for_inference(device)
 
@@ -96,47 +120,74 @@ def llm_alone(bench, hf, ours, new_tokens, prefix, repeats):
     step_bytes = weight_bytes_per_step(ours)
     bandwidth = measure_bandwidth(device, gib=1.0 if device.type == "cuda" else 0.125)["read"]
     roofline = bandwidth / step_bytes
-    bench.figures["roofline"] = {"read_bandwidth_gb_s": round(bandwidth / 1e9, 1),
-                                 "weight_gib_per_step": round(step_bytes / 2**30, 2),
-                                 "read_roofline_steps_s": round(roofline, 1)}
-    embeds = torch.randn(1, prefix, ours.config.dim, device=device, dtype=ours.embed_tokens.weight.dtype)
+    bench.figures["roofline"] = {
+        "read_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+        "weight_gib_per_step": round(step_bytes / 2**30, 2),
+        "read_roofline_steps_s": round(roofline, 1),
+    }
+    embeds = torch.randn(
+        1, prefix, ours.config.dim, device=device, dtype=ours.embed_tokens.weight.dtype
+    )
     mask = torch.ones(1, prefix, dtype=torch.long, device=device)
 
     def ours_run(beams):
-        return lambda n: generate(ours, embeds, mask, GenerationConfig(max_new_tokens=n, num_beams=beams,
-                                                                       eos_token_id=None))
+        return lambda n: generate(
+            ours,
+            embeds,
+            mask,
+            GenerationConfig(max_new_tokens=n, num_beams=beams, eos_token_id=None),
+        )
 
     def hf_run(beams):
-        return lambda n: hf.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                     num_beams=beams, do_sample=False, eos_token_id=None, pad_token_id=0)
+        return lambda n: hf.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            num_beams=beams,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
 
     figures = bench.figures.setdefault("llm_batch1", {})
     ceilings = {"read": roofline}
 
     def timed(name, run, norm):
         run(3)  # warm-up: allocator, kernels
-        best = max((measure(run, new_tokens, norm, ceilings, device) for _ in range(repeats)),
-                   key=lambda f: f["decode_tok_s"])
+        best = max(
+            (measure(run, new_tokens, norm, ceilings, device) for _ in range(repeats)),
+            key=lambda f: f["decode_tok_s"],
+        )
         figures[f"{name}_tok_s"] = best["decode_tok_s"]
         figures[f"{name}_read_roofline_fraction"] = best["read_roofline_fraction"]
         bench.log(f"  {name}: {best}")
 
-    variants = [("eager", None), ("compiled", True)] + ([("graphs", False)] if device.type == "cuda" else [])
+    variants = [("eager", None), ("compiled", True)] + (
+        [("graphs", False)] if device.type == "cuda" else []
+    )
     with torch.inference_mode():
         for beams, label in [(1, "greedy"), (4, "beam4")]:
             timed(f"hf_{label}", hf_run(beams), hf.get_base_model().model.norm)
-        for variant, compile in variants:  # eager; torch.compile (+ CUDA graphs); CUDA graphs of the eager step
+        for (
+            variant,
+            compile,
+        ) in variants:  # eager; torch.compile (+ CUDA graphs); CUDA graphs of the eager step
             if compile is not None:
                 fast_decoding(ours, compile)
                 started = time.perf_counter()
-                for beams in (1, 4):  # compiles once per kind of shape, captures one CUDA graph per shape
+                for beams in (
+                    1,
+                    4,
+                ):  # compiles once per kind of shape, captures one CUDA graph per shape
                     ours_run(beams)(new_tokens)
                 sync(device)
                 figures[f"{variant}_warmup_s"] = round(time.perf_counter() - started, 1)
             for beams, label in [(1, "greedy"), (4, "beam4")]:
                 timed(f"ours_{variant}_{label}", ours_run(beams), ours.norm)
-                figures[f"ours_{variant}_over_hf_{label}"] = round(figures[f"ours_{variant}_{label}_tok_s"]
-                                                                   / figures[f"hf_{label}_tok_s"], 2)
+                figures[f"ours_{variant}_over_hf_{label}"] = round(
+                    figures[f"ours_{variant}_{label}_tok_s"] / figures[f"hf_{label}_tok_s"], 2
+                )
     ours.fast_decode_step = None
 
 
@@ -155,30 +206,68 @@ def whole_osum(bench, model: OSUM, clip_frames: int, new_tokens: int):
     mel = torch.randn(8, clip_frames, 80, device=device, generator=generator)  # 8 clips of 10 s
     mel_lens = torch.full((8,), clip_frames, device=device)
     settings = {**DEFAULT_DECODING.__dict__, "max_new_tokens": new_tokens, "eos_token_id": None}
-    model.generate(mel[:1], mel_lens[:1], [PROMPT], **settings)  # warm-up (the graphs of these shapes)
+    model.generate(
+        mel[:1], mel_lens[:1], [PROMPT], **settings
+    )  # warm-up (the graphs of these shapes)
     model.generate(mel, mel_lens, [PROMPT] * 8, **settings)
-    alone = [seconds_of(lambda i=i: model.generate(mel[i:i + 1], mel_lens[i:i + 1], [PROMPT], **settings), device)
-             for i in range(4)]
+    alone = [
+        seconds_of(
+            lambda i=i: model.generate(mel[i : i + 1], mel_lens[i : i + 1], [PROMPT], **settings),
+            device,
+        )
+        for i in range(4)
+    ]
     together = seconds_of(lambda: model.generate(mel, mel_lens, [PROMPT] * 8, **settings), device)
-    figures.update({"clip_s": clip_frames / 100, "new_tokens": new_tokens, "decoding": "beam 4, penalty 1.05",
-                    "batch1_s_per_file": round(min(alone), 3), "batch8_files_per_s": round(8 / together, 2),
-                    "batch8_over_batch1_throughput": round(min(alone) * 8 / together, 2)})
+    figures.update(
+        {
+            "clip_s": clip_frames / 100,
+            "new_tokens": new_tokens,
+            "decoding": "beam 4, penalty 1.05",
+            "batch1_s_per_file": round(min(alone), 3),
+            "batch8_files_per_s": round(8 / together, 2),
+            "batch8_over_batch1_throughput": round(min(alone) * 8 / together, 2),
+        }
+    )
     greedy = {**settings, "num_beams": 1}
     step_ms = {}
     with torch.inference_mode():
-        embeds = torch.randn(1, 150, model.llm.config.dim, device=device, dtype=model.speech_bos_eos.dtype)
-        fast, model.llm.fast_decode_step = model.llm.fast_decode_step, None  # eager, as the issue ran it
-        for name, run in [("osum", lambda n: model.generate(mel[:1], mel_lens[:1], [PROMPT],
-                                                            **{**greedy, "max_new_tokens": n})),
-                          ("llm_alone", lambda n: generate(model.llm, embeds, None,
-                                                           GenerationConfig(max_new_tokens=n, repetition_penalty=1.05,
-                                                                            eos_token_id=None)))]:
+        embeds = torch.randn(
+            1, 150, model.llm.config.dim, device=device, dtype=model.speech_bos_eos.dtype
+        )
+        fast, model.llm.fast_decode_step = (
+            model.llm.fast_decode_step,
+            None,
+        )  # eager, as the issue ran it
+        for name, run in [
+            (
+                "osum",
+                lambda n: model.generate(
+                    mel[:1], mel_lens[:1], [PROMPT], **{**greedy, "max_new_tokens": n}
+                ),
+            ),
+            (
+                "llm_alone",
+                lambda n: generate(
+                    model.llm,
+                    embeds,
+                    None,
+                    GenerationConfig(max_new_tokens=n, repetition_penalty=1.05, eos_token_id=None),
+                ),
+            ),
+        ]:
             run(2)
-            short, full = seconds_of(lambda: run(2), device), seconds_of(lambda: run(new_tokens), device)
+            short, full = (
+                seconds_of(lambda: run(2), device),
+                seconds_of(lambda: run(new_tokens), device),
+            )
             step_ms[name] = round((full - short) / (new_tokens - 2) * 1000, 2)
         model.llm.fast_decode_step = fast
-    figures.update({"eager_greedy_penalty_ms_per_step_osum": step_ms["osum"],
-                    "eager_greedy_penalty_ms_per_step_llm_alone": step_ms["llm_alone"]})
+    figures.update(
+        {
+            "eager_greedy_penalty_ms_per_step_osum": step_ms["osum"],
+            "eager_greedy_penalty_ms_per_step_llm_alone": step_ms["llm_alone"],
+        }
+    )
 
 
 def inference_memory(bench, model: OSUM, clip_frames: int, new_tokens: int, quantize: bool):
@@ -201,16 +290,26 @@ def inference_memory(bench, model: OSUM, clip_frames: int, new_tokens: int, quan
 
 def training(bench, smoke: bool):
     from train_memory import train_figures
+
     bench.figures["training"] = train_figures(bench.device, sizes="smoke" if smoke else "released")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: the same code, in seconds")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="CPU, tiny sizes: the same code, in seconds"
+    )
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per figure after a warm-up; best kept")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}"
-                        " (to split the check over two runs)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed runs per figure after a warm-up; best kept"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections of {','.join(SECTIONS)} (to split the check over two runs)",
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     if only - set(SECTIONS):
@@ -223,23 +322,36 @@ def main() -> int:
     dtype = torch.float32 if args.smoke else torch.bfloat16
     config = OSUM_PRESETS["tiny" if args.smoke else "osum"]
     new_tokens, clip_frames = (8, 200) if args.smoke else (args.new_tokens, 1000)
-    bench.figures["setup"] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                              "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
-                              "sizes": "tiny" if args.smoke else "released (Whisper-medium, adaptor, Qwen2-7B)"}
+    bench.figures["setup"] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "sizes": "tiny" if args.smoke else "released (Whisper-medium, adaptor, Qwen2-7B)",
+    }
     pair = bench.section("build", lambda _: reference_and_ours(config.llm, device, dtype))
     if pair is None:
         print(json.dumps(bench.figures))
         return 1
     hf, ours = pair
     if "llm" in only:
-        bench.section("llm_batch1", llm_alone, hf, ours, new_tokens, 300 if not args.smoke else 30, args.repeats)
+        bench.section(
+            "llm_batch1",
+            llm_alone,
+            hf,
+            ours,
+            new_tokens,
+            300 if not args.smoke else 30,
+            args.repeats,
+        )
     del hf, pair
     bench.free()
     model = speech_model(config, ours, device, dtype)
     if "osum" in only:
         bench.section("osum", whole_osum, model, clip_frames, new_tokens)
     for quantize in (False, True) if "inference" in only else ():
-        bench.section("inference_batch1", inference_memory, model, clip_frames, new_tokens, quantize)
+        bench.section(
+            "inference_batch1", inference_memory, model, clip_frames, new_tokens, quantize
+        )
     del model, ours
     bench.free()
     if "training" in only:

@@ -14,6 +14,7 @@ the token where they part.
     python bench/infer.py --beams 1            # greedy
     python bench/infer.py --device cuda --new-tokens 32
 """
+
 import argparse
 import json
 import sys
@@ -61,7 +62,10 @@ def run(model, items, decoding, batch_size: int) -> tuple[float, dict]:
     outputs = {}
     started = time.perf_counter()
     with Progress(len(items), f"batch {batch_size}") as bar:
-        requests = [Request(item.path, prompt_ids=[17, 230, 511, 42, 901, 7, 333], config=decoding) for item in items]
+        requests = [
+            Request(item.path, prompt_ids=[17, 230, 511, 42, 901, 7, 333], config=decoding)
+            for item in items
+        ]
         for index, answer in Pipeline(model, None, batch_size).run(requests):
             outputs[index] = answer.decoded.ids
             bar.update()
@@ -69,7 +73,9 @@ def run(model, items, decoding, batch_size: int) -> tuple[float, dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clips", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--beams", type=int, default=DEFAULT_DECODING.num_beams)
@@ -79,37 +85,64 @@ def main() -> int:
 
     torch.manual_seed(0)
     encoder = ENCODER_PRESETS["whisper-tiny"]
-    config = OSUMConfig(encoder=encoder, adaptor=AdaptorConfig(dim=encoder.dim, llm_dim=896),
-                        llm=LLM_PRESETS["qwen2-0.5b"])
+    config = OSUMConfig(
+        encoder=encoder,
+        adaptor=AdaptorConfig(dim=encoder.dim, llm_dim=896),
+        llm=LLM_PRESETS["qwen2-0.5b"],
+    )
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = OSUM(config)
     torch.nn.init.normal_(model.speech_bos_eos, std=0.02)
-    model = model.to(args.device, dtype).eval().prepare_for_inference(args.device)  # as OSUM.from_pretrained does
-    decoding = replace(DEFAULT_DECODING, max_new_tokens=args.new_tokens, num_beams=args.beams, eos_token_id=None)
+    model = (
+        model.to(args.device, dtype).eval().prepare_for_inference(args.device)
+    )  # as OSUM.from_pretrained does
+    decoding = replace(
+        DEFAULT_DECODING, max_new_tokens=args.new_tokens, num_beams=args.beams, eos_token_id=None
+    )
     with tempfile.TemporaryDirectory() as tmp:
         items = collect_inputs([str(p) for p in write_clips(Path(tmp), args.clips, seed=0)])
         audio_seconds = sum(item.seconds for item in items)
         run(model, items[:1], decoding, 1)  # warm-up: allocator, kernels
         seconds_1, outputs_1 = run(model, items, decoding, 1)
         seconds_8, outputs_8 = run(model, items, decoding, 8)
-    parted = {index: first_difference(sum(outputs_1[index], []), sum(outputs_8[index], []))
-              for index in outputs_1 if outputs_1[index] != outputs_8[index]}  # clip -> the token where they part
+    parted = {
+        index: first_difference(sum(outputs_1[index], []), sum(outputs_8[index], []))
+        for index in outputs_1
+        if outputs_1[index] != outputs_8[index]
+    }  # clip -> the token where they part
     figures = {
-        "clips": args.clips, "audio_seconds": round(audio_seconds, 1), "new_tokens": args.new_tokens,
-        "beams": args.beams, "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
-        "llm": "random Qwen2-0.5B-sized (24x896, vocab 151936)", "encoder": "random Whisper-tiny-sized (4x384)",
-        "batch1_files_per_s": round(args.clips / seconds_1, 3), "batch8_files_per_s": round(args.clips / seconds_8, 3),
-        "batch1_rtf": round(seconds_1 / audio_seconds, 4), "batch8_rtf": round(seconds_8 / audio_seconds, 4),
+        "clips": args.clips,
+        "audio_seconds": round(audio_seconds, 1),
+        "new_tokens": args.new_tokens,
+        "beams": args.beams,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "llm": "random Qwen2-0.5B-sized (24x896, vocab 151936)",
+        "encoder": "random Whisper-tiny-sized (4x384)",
+        "batch1_files_per_s": round(args.clips / seconds_1, 3),
+        "batch8_files_per_s": round(args.clips / seconds_8, 3),
+        "batch1_rtf": round(seconds_1 / audio_seconds, 4),
+        "batch8_rtf": round(seconds_8 / audio_seconds, 4),
         "batch8_over_batch1_throughput": round(seconds_1 / seconds_8, 2),
-        "clips_with_identical_ids": args.clips - len(parted), "first_differing_token_per_clip": parted,
+        "clips_with_identical_ids": args.clips - len(parted),
+        "first_differing_token_per_clip": parted,
     }
-    print(f"{args.clips} clips, {audio_seconds:.0f} s of audio, {args.new_tokens} new tokens, beam {args.beams}, "
-          f"{args.device} {args.dtype}, {torch.get_num_threads()} threads")
-    print(f"batch 1: {seconds_1:7.1f} s  {figures['batch1_files_per_s']:.3f} files/s  RTF {figures['batch1_rtf']:.4f}")
-    print(f"batch 8: {seconds_8:7.1f} s  {figures['batch8_files_per_s']:.3f} files/s  RTF {figures['batch8_rtf']:.4f}")
-    print(f"batch 8 / batch 1 throughput: {figures['batch8_over_batch1_throughput']:.2f}x; identical ids for "
-          f"{args.clips - len(parted)} of {args.clips} clips" + (f" (clip: token where they part {parted})" if parted
-                                                                  else ""))
+    print(
+        f"{args.clips} clips, {audio_seconds:.0f} s of audio, {args.new_tokens} new tokens, beam {args.beams}, "
+        f"{args.device} {args.dtype}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"batch 1: {seconds_1:7.1f} s  {figures['batch1_files_per_s']:.3f} files/s  RTF {figures['batch1_rtf']:.4f}"
+    )
+    print(
+        f"batch 8: {seconds_8:7.1f} s  {figures['batch8_files_per_s']:.3f} files/s  RTF {figures['batch8_rtf']:.4f}"
+    )
+    print(
+        f"batch 8 / batch 1 throughput: {figures['batch8_over_batch1_throughput']:.2f}x; identical ids for "
+        f"{args.clips - len(parted)} of {args.clips} clips"
+        + (f" (clip: token where they part {parted})" if parted else "")
+    )
     print(json.dumps(figures))
     return 0
 

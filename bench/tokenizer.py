@@ -6,9 +6,12 @@ line per call (no batching) and both return a Python list of ids; ours includes 
 
     python bench/tokenizer.py [--mb 10] [--rounds 2]
 """
+
 import os
 
-os.environ["RAYON_NUM_THREADS"] = "1"  # before tokenizers is imported: its Rust thread pool reads these once
+os.environ["RAYON_NUM_THREADS"] = (
+    "1"  # before tokenizers is imported: its Rust thread pool reads these once
+)
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import argparse  # noqa: E402
@@ -47,7 +50,9 @@ def megabytes_per_second(encode, lines: list[str], total_bytes: int, rounds: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=10.0, help="corpus size in MB of UTF-8")
-    parser.add_argument("--rounds", type=int, default=2, help="passes per tokenizer; the fastest counts")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="passes per tokenizer; the fastest counts"
+    )
     args = parser.parse_args()
 
     files = qwen_tokenizer_dir()
@@ -57,22 +62,34 @@ def main() -> None:
     base_bytes = sum(len(line.encode("utf-8")) for line in base)
     lines = base * max(1, round(args.mb * 1e6 / base_bytes))
     total_bytes = base_bytes * (len(lines) // len(base))
-    print(f"corpus: {len(lines)} lines, {total_bytes / 1e6:.1f} MB UTF-8 ({len(base)} distinct lines); "
-          f"tokenizers {tokenizers.__version__}, 1 thread")
+    print(
+        f"corpus: {len(lines)} lines, {total_bytes / 1e6:.1f} MB UTF-8 ({len(base)} distinct lines); "
+        f"tokenizers {tokenizers.__version__}, 1 thread"
+    )
 
     identical = all(ours.encode(line) == reference.encode(line).ids for line in base)
     print(f"ids identical on the distinct lines: {identical}")
 
     ours_speed = megabytes_per_second(ours.encode, lines, total_bytes, args.rounds)
     print(f"ours (tiktoken):        {ours_speed:6.2f} MB/s")
-    reference_speed = megabytes_per_second(lambda line: reference.encode(line).ids, lines, total_bytes, args.rounds)
+    reference_speed = megabytes_per_second(
+        lambda line: reference.encode(line).ids, lines, total_bytes, args.rounds
+    )
     print(f"tokenizers (reference): {reference_speed:6.2f} MB/s")
     ratio = ours_speed / reference_speed
     print(f"speed-up: {ratio:.2f}x (target >= 1.5x)")
-    print(json.dumps({"corpus_mb": round(total_bytes / 1e6, 2), "ids_identical": identical, "threads": 1,
-                      "ours_encode_mb_per_s": round(ours_speed, 3),
-                      "tokenizers_encode_mb_per_s": round(reference_speed, 3),
-                      "speedup_ours_over_tokenizers": round(ratio, 3)}))
+    print(
+        json.dumps(
+            {
+                "corpus_mb": round(total_bytes / 1e6, 2),
+                "ids_identical": identical,
+                "threads": 1,
+                "ours_encode_mb_per_s": round(ours_speed, 3),
+                "tokenizers_encode_mb_per_s": round(reference_speed, 3),
+                "speedup_ours_over_tokenizers": round(ratio, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ them for every position. The two alternate step by step, so a change of load hit
 
     python bench/train.py [--layers 4] [--batch 2] [--length 256] [--steps 6] [--threads N]
 """
+
 import argparse
 import json
 import statistics
@@ -37,7 +38,13 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = replace(LLM_PRESETS["qwen2-0.5b"], layers=args.layers, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1)
+    config = replace(
+        LLM_PRESETS["qwen2-0.5b"],
+        layers=args.layers,
+        lora_rank=8,
+        lora_alpha=32.0,
+        lora_dropout=0.1,
+    )
     hf, ours = peft_twin(config, lora_b_std=0.0)
     hf.train(), ours.train()
     for name, parameter in ours.named_parameters():
@@ -45,8 +52,9 @@ def main():
     generator = torch.Generator().manual_seed(0)
     inputs_embeds = torch.randn(args.batch, args.length, config.dim, generator=generator) * 0.02
     targets = torch.full((args.batch, args.length), -100)
-    targets[:, -args.label_tokens:] = torch.randint(0, config.vocab_size, (args.batch, args.label_tokens),
-                                                    generator=generator)
+    targets[:, -args.label_tokens :] = torch.randint(
+        0, config.vocab_size, (args.batch, args.label_tokens), generator=generator
+    )
     predicts = targets[:, 1:] != -100
 
     def hf_step():
@@ -59,8 +67,13 @@ def main():
 
     runs = {}
     for name, model, step in (("transformers+peft", hf, hf_step), ("ours", ours, our_step)):
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5,
-                                      betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=5e-5,
+            betas=(0.9, 0.99),
+            eps=1e-6,
+            weight_decay=0.01,
+        )
         runs[name] = {"step": step, "optimizer": optimizer, "times": [], "losses": []}
     for index in range(args.steps + 1):  # the first step of each is a warm-up
         for name, run in runs.items():
@@ -73,18 +86,26 @@ def main():
                 run["times"].append(time.perf_counter() - start)
             run["losses"].append(loss.item())
     tokens = args.batch * args.length
-    figures = {"layers": args.layers, "batch": args.batch, "length": args.length, "threads": args.threads,
-               "first_loss_ours": runs["ours"]["losses"][0],
-               "first_loss_transformers_peft": runs["transformers+peft"]["losses"][0]}
+    figures = {
+        "layers": args.layers,
+        "batch": args.batch,
+        "length": args.length,
+        "threads": args.threads,
+        "first_loss_ours": runs["ours"]["losses"][0],
+        "first_loss_transformers_peft": runs["transformers+peft"]["losses"][0],
+    }
     for name, run in runs.items():
         seconds = statistics.median(run["times"])
         key = "ours" if name == "ours" else "transformers_peft"
         figures[f"{key}_steps_per_s"] = round(1 / seconds, 3)
         figures[f"{key}_tokens_per_s"] = round(tokens / seconds, 1)
-        print(f"{name:>18}: {1 / seconds:.3f} steps/s, {tokens / seconds:.0f} tokens/s (median of {args.steps}), "
-              f"first loss {run['losses'][0]:.5f}")
-    figures["speedup_ours_vs_transformers_peft"] = round(figures["ours_steps_per_s"]
-                                                         / figures["transformers_peft_steps_per_s"], 3)
+        print(
+            f"{name:>18}: {1 / seconds:.3f} steps/s, {tokens / seconds:.0f} tokens/s (median of {args.steps}), "
+            f"first loss {run['losses'][0]:.5f}"
+        )
+    figures["speedup_ours_vs_transformers_peft"] = round(
+        figures["ours_steps_per_s"] / figures["transformers_peft_steps_per_s"], 3
+    )
     print(f"ours / transformers+peft: {figures['speedup_ours_vs_transformers_peft']:.2f}x")
     print(json.dumps(figures))
 

@@ -9,6 +9,7 @@ after setup; on CPU it is the process's peak resident size, which only grows fro
 
     python bench/train_memory.py [--device cuda] [--smoke]      # bench/gpu.py calls train_figures()
 """
+
 import argparse
 import gc
 import json
@@ -33,7 +34,9 @@ RUNS = {  # name -> (fire_module, frozen dtype, activation checkpointing)
 }
 
 
-def random_batch(config, device: torch.device, batch: int = 4, prompt_tokens: int = 20, label_tokens: int = 30):
+def random_batch(
+    config, device: torch.device, batch: int = 4, prompt_tokens: int = 20, label_tokens: int = 30
+):
     """(mel (B, T, n_mels) zero-padded, mel_lens (B,), prompt_ids, labels): clips of 7.5-10 s, longest first."""
     generator = torch.Generator().manual_seed(0)
     mel_lens = torch.randint(750, 1001, (batch,), generator=generator).sort(descending=True).values
@@ -45,8 +48,15 @@ def random_batch(config, device: torch.device, batch: int = 4, prompt_tokens: in
     return mel.to(device), mel_lens.to(device), prompt_ids, labels
 
 
-def measure(config, fire_module: str, frozen_dtype: str, grad_checkpoint: bool, device: torch.device,
-            steps: int, warmup: int) -> dict:
+def measure(
+    config,
+    fire_module: str,
+    frozen_dtype: str,
+    grad_checkpoint: bool,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+) -> dict:
     """Median step seconds over `steps` (after `warmup` untimed ones) and the peak memory in GiB."""
     torch.manual_seed(0)
     with torch.device(device):
@@ -69,8 +79,11 @@ def measure(config, fire_module: str, frozen_dtype: str, grad_checkpoint: bool, 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    figures = {"step_s": round(statistics.median(times[warmup:]), 4), "peak_gib": round(peak_memory_gib(device), 2),
-               "loss": round(loss.item(), 4)}
+    figures = {
+        "step_s": round(statistics.median(times[warmup:]), 4),
+        "peak_gib": round(peak_memory_gib(device), 2),
+        "loss": round(loss.item(), 4),
+    }
     del model, optimizer, loss
     gc.collect()
     if device.type == "cuda":
@@ -85,13 +98,25 @@ def train_figures(device, sizes: str = "released") -> dict:
         raise ValueError(f"sizes {sizes!r}: choose 'released' or 'smoke'")
     device = torch.device(device)
     config = OSUM_PRESETS["osum" if sizes == "released" else "tiny"]
-    figures = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "sizes": sizes,
-               "batch": 4}
+    figures = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "sizes": sizes,
+        "batch": 4,
+    }
     for name, (fire_module, frozen_dtype, grad_checkpoint) in RUNS.items():
-        result = measure(config, fire_module, frozen_dtype, grad_checkpoint, device,
-                         *((5, 1) if sizes == "released" else (1, 0)))
+        result = measure(
+            config,
+            fire_module,
+            frozen_dtype,
+            grad_checkpoint,
+            device,
+            *((5, 1) if sizes == "released" else (1, 0)),
+        )
         figures.update({f"{name}_{key}": value for key, value in result.items()})
-        print(f"{name:>32}: {result['step_s']:.3f} s/step, peak {result['peak_gib']:.2f} GiB", file=sys.stderr)
+        print(
+            f"{name:>32}: {result['step_s']:.3f} s/step, peak {result['peak_gib']:.2f} GiB",
+            file=sys.stderr,
+        )
     today = figures["released_fp32_frozen_step_s"]
     for name in RUNS:
         figures[f"{name}_step_ratio"] = round(figures[f"{name}_step_s"] / today, 3)
@@ -101,7 +126,11 @@ def train_figures(device, sizes: str = "released") -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the script runs (CPU, < 1 min)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes: checks that the script runs (CPU, < 1 min)",
+    )
     args = parser.parse_args()
     print(json.dumps(train_figures(args.device, "smoke" if args.smoke else "released")))
 

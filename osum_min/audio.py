@@ -3,6 +3,7 @@
 The original loads with torchaudio, averages channels, resamples with torchaudio's windowed-sinc `Resample` and
 uses a librosa Slaney mel filter bank. Each of those is rebuilt here so the numbers match without the libraries.
 """
+
 import functools
 import math
 import os
@@ -18,9 +19,23 @@ SAMPLE_RATE = 16000
 HOP = 160  # 10 ms
 N_FFT = 400  # 25 ms
 N_MELS = 80
-MIN_SAMPLES = N_FFT  # one analysis window; reflect padding of the STFT needs more than N_FFT // 2 samples
+MIN_SAMPLES = (
+    N_FFT  # one analysis window; reflect padding of the STFT needs more than N_FFT // 2 samples
+)
 # Files taken as audio by their name (infer.py walks directories with it); anything libsndfile reads also loads.
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf"}
+AUDIO_SUFFIXES = {
+    ".wav",
+    ".flac",
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".aiff",
+    ".aif",
+    ".au",
+    ".w64",
+    ".caf",
+}
 
 # torchaudio.transforms.Resample defaults
 LOWPASS_FILTER_WIDTH = 6
@@ -57,13 +72,17 @@ def _read_frames(audio: soundfile.SoundFile, limit: int | None = None) -> np.nda
     """(frames, channels) float32, block by block up to `limit` frames: memory follows the audio actually there,
     not the header's frame count, and formats libsndfile cannot seek in (G.721 .au) read too."""
     blocks, left = [], math.inf if limit is None else limit
-    while left > 0 and len(block := audio.read(int(min(READ_BLOCK_FRAMES, left)), dtype="float32", always_2d=True)):
+    while left > 0 and len(
+        block := audio.read(int(min(READ_BLOCK_FRAMES, left)), dtype="float32", always_2d=True)
+    ):
         blocks.append(block)
         left -= len(block)
     return np.concatenate(blocks) if blocks else np.zeros((0, audio.channels), np.float32)
 
 
-def _read(path_or_file, name: str, span: tuple[float, float] | None = None) -> tuple[np.ndarray, int]:
+def _read(
+    path_or_file, name: str, span: tuple[float, float] | None = None
+) -> tuple[np.ndarray, int]:
     """(frames, channels) float32 as libsndfile scales it (int16 / 32768, uint8 (x-128)/128, ...), like torchaudio;
     with `span`, only the frames from its start to its end second. A path is opened through osum_min.files (a
     regular file, never a FIFO or device); whatever soundfile or numpy raise for a file they cannot read becomes an
@@ -79,7 +98,10 @@ def _read(path_or_file, name: str, span: tuple[float, float] | None = None) -> t
             declared_frames = audio.frames
             for declared, present in _SHORT_DATA_CHUNK.findall(audio.extra_info):
                 if int(present) < int(declared) and int(declared) != _STREAMING_DATA_SIZE:
-                    raise AudioError(name, f"truncated: the header promises {declared} bytes of audio, the file holds {present}")
+                    raise AudioError(
+                        name,
+                        f"truncated: the header promises {declared} bytes of audio, the file holds {present}",
+                    )
             sample_rate = audio.samplerate
             if span is not None:
                 first, declared_frames = _span_frames(span, sample_rate, declared_frames, name)
@@ -88,7 +110,9 @@ def _read(path_or_file, name: str, span: tuple[float, float] | None = None) -> t
     except AudioError:
         raise
     except soundfile.SoundFileError as err:
-        problem = getattr(err, "error_string", str(err))  # libsndfile's words, without the file name again
+        problem = getattr(
+            err, "error_string", str(err)
+        )  # libsndfile's words, without the file name again
         raise AudioError(name, f"not a readable audio file ({problem})") from None
     except Exception as err:  # noqa: BLE001  soundfile and numpy raise ValueError, MemoryError, ... for odd files
         raise AudioError(name, f"not a readable audio file ({type(err).__name__}: {err})") from None
@@ -96,19 +120,29 @@ def _read(path_or_file, name: str, span: tuple[float, float] | None = None) -> t
         if fd is not None:
             os.close(fd)
     if len(samples) < declared_frames:
-        raise AudioError(name, f"truncated: the header promises {declared_frames} frames, only {len(samples)} could be decoded")
+        raise AudioError(
+            name,
+            f"truncated: the header promises {declared_frames} frames, only {len(samples)} could be decoded",
+        )
     return samples, sample_rate
 
 
-def _span_frames(span: tuple[float, float], sample_rate: int, frames: int, name: str) -> tuple[int, int]:
+def _span_frames(
+    span: tuple[float, float], sample_rate: int, frames: int, name: str
+) -> tuple[int, int]:
     """The first frame and the frame count of a (start, end) span in seconds. It must start inside the audio; an
     end past the audio's is cut there, as the original's torchaudio.load(frame_offset, num_frames) cuts it."""
     start, end = (float(t) for t in span)
     if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
-        raise AudioError(name, f"segment {start:g}-{end:g} s is not a span of time (0 <= start < end)")
+        raise AudioError(
+            name, f"segment {start:g}-{end:g} s is not a span of time (0 <= start < end)"
+        )
     first, last = round(start * sample_rate), min(round(end * sample_rate), frames)
     if first >= last:
-        raise AudioError(name, f"segment {start:g}-{end:g} s starts after the audio's end ({frames / sample_rate:.3f} s)")
+        raise AudioError(
+            name,
+            f"segment {start:g}-{end:g} s starts after the audio's end ({frames / sample_rate:.3f} s)",
+        )
     return first, last - first
 
 
@@ -119,24 +153,37 @@ def check_samples(samples: np.ndarray, name: str) -> None:
     if not np.isfinite(samples).all():
         raise AudioError(name, "contains NaN or infinite samples")
     if (peak := float(np.abs(samples).max())) > MAX_SAMPLE_MAGNITUDE:
-        raise AudioError(name, f"samples up to {peak:.3g}, not audio (full scale is 1; beyond "
-                               f"{MAX_SAMPLE_MAGNITUDE:.0e} the log-mel features overflow)")
+        raise AudioError(
+            name,
+            f"samples up to {peak:.3g}, not audio (full scale is 1; beyond "
+            f"{MAX_SAMPLE_MAGNITUDE:.0e} the log-mel features overflow)",
+        )
 
 
-def load_audio(path_or_file, sample_rate: int = SAMPLE_RATE, span: tuple[float, float] | None = None) -> torch.Tensor:
+def load_audio(
+    path_or_file, sample_rate: int = SAMPLE_RATE, span: tuple[float, float] | None = None
+) -> torch.Tensor:
     """Read any soundfile-readable audio (path or file-like) as a (samples,) float32 mono waveform at `sample_rate`;
     with `span`, the (start, end) seconds of it (one utterance of a long recording)."""
     name = _source_name(path_or_file)
     samples, file_rate = _read(path_or_file, name, span)
     check_samples(samples, name)
     if not MIN_FILE_RATE <= file_rate <= MAX_FILE_RATE:
-        raise AudioError(name, f"implausible sample rate {file_rate} Hz in the header "
-                               f"(expected {MIN_FILE_RATE} to {MAX_FILE_RATE} Hz)")
-    wav = torch.from_numpy(samples).T.mean(dim=0)  # (C, N) -> (N,), the channel mean in float32 like the original
+        raise AudioError(
+            name,
+            f"implausible sample rate {file_rate} Hz in the header "
+            f"(expected {MIN_FILE_RATE} to {MAX_FILE_RATE} Hz)",
+        )
+    wav = torch.from_numpy(samples).T.mean(
+        dim=0
+    )  # (C, N) -> (N,), the channel mean in float32 like the original
     wav = resample(wav, file_rate, sample_rate)
     if len(wav) < MIN_SAMPLES * sample_rate // SAMPLE_RATE:
-        raise AudioError(name, f"too short: {len(wav) / sample_rate * 1000:.1f} ms; features need at least "
-                               f"{MIN_SAMPLES * 1000 // SAMPLE_RATE} ms")
+        raise AudioError(
+            name,
+            f"too short: {len(wav) / sample_rate * 1000:.1f} ms; features need at least "
+            f"{MIN_SAMPLES * 1000 // SAMPLE_RATE} ms",
+        )
     return wav
 
 
@@ -183,7 +230,9 @@ def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
     Like torchaudio, the output phases -j/new_rate are computed in float32 before joining the float64 grid.
     """
     width = _kernel_width(orig_rate, new_rate)
-    input_offsets = torch.arange(-width, width + orig_rate, dtype=torch.float64)[None, None] / orig_rate
+    input_offsets = (
+        torch.arange(-width, width + orig_rate, dtype=torch.float64)[None, None] / orig_rate
+    )
     output_phases = torch.arange(0, -new_rate, -1, dtype=torch.float32)[:, None, None] / new_rate
     t = output_phases + input_offsets  # (new_rate, 1, 2*width + orig_rate), float64
     return _windowed_sinc(t, orig_rate, new_rate), width
@@ -204,9 +253,15 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
         return _resample_per_output(wav, orig_rate, new_rate)
     kernel, width = _sinc_kernel(orig_rate, new_rate)
     batch_shape, length = wav.shape[:-1], wav.shape[-1]
-    padded = torch.nn.functional.pad(wav.reshape(-1, 1, length), (width, width + orig_rate))  # (B, 1, N + pads)
-    out = torch.nn.functional.conv1d(padded, kernel.to(wav), stride=orig_rate)  # (B, new_rate, blocks)
-    out = out.transpose(1, 2).reshape(len(padded), -1)  # interleave the phases: (B, blocks * new_rate)
+    padded = torch.nn.functional.pad(
+        wav.reshape(-1, 1, length), (width, width + orig_rate)
+    )  # (B, 1, N + pads)
+    out = torch.nn.functional.conv1d(
+        padded, kernel.to(wav), stride=orig_rate
+    )  # (B, new_rate, blocks)
+    out = out.transpose(1, 2).reshape(
+        len(padded), -1
+    )  # interleave the phases: (B, blocks * new_rate)
     target_length = math.ceil(new_rate * length / orig_rate)
     return out[:, :target_length].reshape(*batch_shape, -1)
 
@@ -223,19 +278,25 @@ def _phase_taps(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
     return _windowed_sinc(t, orig_rate, new_rate), width
 
 
-def _resample_per_output(wav: torch.Tensor, orig_rate: int, new_rate: int, chunk: int = 16384) -> torch.Tensor:
+def _resample_per_output(
+    wav: torch.Tensor, orig_rate: int, new_rate: int, chunk: int = 16384
+) -> torch.Tensor:
     """resample for gcd-reduced rates with a huge polyphase kernel: each output gathers its 2 width + 1 inputs and
     its phase's taps, `chunk` outputs at a time; memory new x (2 width + 1) taps plus one chunk."""
     kernel, width = _phase_taps(orig_rate, new_rate)
     batch_shape, length = wav.shape[:-1], wav.shape[-1]
-    padded = torch.nn.functional.pad(wav.reshape(-1, length), (width, width + 1))  # (B, N + 2 width + 1)
+    padded = torch.nn.functional.pad(
+        wav.reshape(-1, length), (width, width + 1)
+    )  # (B, N + 2 width + 1)
     taps = torch.arange(2 * width + 1)
     kernel = kernel.to(wav)
     target_length = math.ceil(new_rate * length / orig_rate)
     out = []
     for start in range(0, target_length, chunk):
         outputs = torch.arange(start, min(start + chunk, target_length))  # (C,)
-        inputs = (outputs * orig_rate // new_rate)[:, None] + taps  # (C, 2 width + 1) in padded coordinates
+        inputs = (outputs * orig_rate // new_rate)[
+            :, None
+        ] + taps  # (C, 2 width + 1) in padded coordinates
         out.append((padded[:, inputs] * kernel[outputs % new_rate]).sum(-1))  # (B, C)
     return torch.cat(out, dim=1).reshape(*batch_shape, -1)
 
@@ -253,14 +314,20 @@ def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+def mel_filters(
+    n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE
+) -> torch.Tensor:
     """(n_mels, n_fft//2 + 1) triangles on the Slaney mel scale, area-normalised: librosa.filters.mel's defaults.
 
     Like librosa, the triangles are rounded to float32 before the float64 area norm, and the product again.
     """
     fft_hz = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
-    edges_mel = np.linspace(_hz_to_slaney_mel(np.array(0.0)), _hz_to_slaney_mel(np.array(sample_rate / 2)), n_mels + 2)
-    edges_hz = _slaney_mel_to_hz(edges_mel)  # (n_mels + 2,) left edge, centre, right edge of each triangle
+    edges_mel = np.linspace(
+        _hz_to_slaney_mel(np.array(0.0)), _hz_to_slaney_mel(np.array(sample_rate / 2)), n_mels + 2
+    )
+    edges_hz = _slaney_mel_to_hz(
+        edges_mel
+    )  # (n_mels + 2,) left edge, centre, right edge of each triangle
     spacing = np.diff(edges_hz)
     ramps = edges_hz[:, None] - fft_hz[None, :]
     rising = -ramps[:-2] / spacing[:-1, None]
@@ -274,19 +341,29 @@ def log_mel(wav: torch.Tensor, source: str = "<waveform>") -> torch.Tensor:
     """(samples,) 16 kHz waveform -> (samples // 160, 80) OSUM log-mel features, on the waveform's device.
     Features that are not finite (samples the checks of load_audio never saw) are an AudioError naming `source`."""
     if wav.ndim != 1 or len(wav) < MIN_SAMPLES:
-        raise ValueError(f"log_mel wants a 1-D waveform of at least {MIN_SAMPLES} samples, got shape {tuple(wav.shape)}")
+        raise ValueError(
+            f"log_mel wants a 1-D waveform of at least {MIN_SAMPLES} samples, got shape {tuple(wav.shape)}"
+        )
     window = torch.hann_window(N_FFT, device=wav.device, dtype=wav.dtype)
-    spectrum = torch.stft(wav, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True)
-    power = spectrum[:, :-1].abs() ** 2  # (201, frames): the last frame is dropped, as in the original
+    spectrum = torch.stft(
+        wav, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True
+    )
+    power = (
+        spectrum[:, :-1].abs() ** 2
+    )  # (201, frames): the last frame is dropped, as in the original
     mel = mel_filters().to(device=wav.device, dtype=wav.dtype) @ power  # (80, frames)
     log_spec = mel.clamp(min=1e-10).log10()
     if not torch.isfinite(log_spec).all():
-        raise AudioError(source, "its log-mel features are not finite (samples far beyond full scale?)")
+        raise AudioError(
+            source, "its log-mel features are not finite (samples far beyond full scale?)"
+        )
     log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)  # per-utterance dynamic range of 80 dB
     return ((log_spec + 4.0) / 4.0).T  # (frames, 80)
 
 
 def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(T_i, 80)] -> (B, T_max, 80) zero-padded and (B,) int32 lengths; order kept (the dataset sorts longest first)."""
+    """[(T_i, 80)] -> (B, T_max, 80) zero-padded and (B,) int32 lengths.
+
+    Order is kept (the dataset sorts longest first)."""
     lengths = torch.tensor([len(f) for f in feats], dtype=torch.int32)
     return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True, padding_value=0.0), lengths

@@ -1,12 +1,17 @@
 """What the root commands share on the command line: a bad flag is one line with exit code 2, like every other
 usage error, and devices and numbers are checked before anything loads (a model takes minutes to load; a --device
 meta or a --seed of 1e23 should not wait for it, nor end in a traceback)."""
+
 import argparse
 
 import torch
 
-DEVICE_TYPES = ("cpu", "cuda", "mps")  # what the model is loaded and decoded on; torch names many more
-SEEDS = range(-2**63, 2**64)  # what torch.Generator.manual_seed takes
+DEVICE_TYPES = (
+    "cpu",
+    "cuda",
+    "mps",
+)  # what the model is loaded and decoded on; torch names many more
+SEEDS = range(-(2**63), 2**64)  # what torch.Generator.manual_seed takes
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -4,6 +4,7 @@ wherever it is built: read from a converted directory, from the original's vocab
 A NaN rope_theta or a negative rms_norm_eps decodes garbage without failing, and a boolean lora_rank fails deep in
 torch: each is refused here, before any weight is read, in one line naming the field.
 """
+
 import math
 from dataclasses import fields, is_dataclass
 
@@ -20,7 +21,9 @@ class ConfigError(ValueError):
         return ConfigError(f"{section}.{self.field}", self.value, self.requirement)
 
 
-def check_config(config, minimum: dict[str, float] | None = None, below: dict[str, float] | None = None) -> None:
+def check_config(
+    config, minimum: dict[str, float] | None = None, below: dict[str, float] | None = None
+) -> None:
     """Every field by its annotated type: an int is a whole number (a bool is not) of at least 1, a float a finite
     number above 0, a bool true or false, a config dataclass an instance of it. `minimum` sets a field's lowest
     allowed value instead (inclusive: 0 for lora_rank), `below` its bound from above (exclusive)."""
@@ -30,9 +33,13 @@ def check_config(config, minimum: dict[str, float] | None = None, below: dict[st
         if kind is bool and not isinstance(value, bool):
             raise ConfigError(name, value, "not true or false")
         if kind in (int, float):
-            number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+            number = isinstance(value, (int, float) if kind is float else int) and not isinstance(
+                value, bool
+            )
             if not number or not math.isfinite(value):
-                raise ConfigError(name, value, "not a whole number" if kind is int else "not a finite number")
+                raise ConfigError(
+                    name, value, "not a whole number" if kind is int else "not a finite number"
+                )
             low = minimum.get(name, 1 if kind is int else None)
             if low is None and value <= 0 or low is not None and value < low:
                 raise ConfigError(name, value, "not above 0" if low is None else f"below {low}")

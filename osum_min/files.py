@@ -6,6 +6,7 @@ for a FIFO between the check and the open is refused too. Text read whole is bou
 as UTF-8 with or without a byte-order mark; JSON nested past Python's recursion limit is one more bad input.
 Every failure, whatever exception the layer below raises, is a FileError: one line naming the path and the problem.
 """
+
 import errno
 import json
 import os
@@ -14,17 +15,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KB; tokenizer.json 7 MB
-MAX_LIST_BYTES = 1 << 30  # a list of ten million jsonl lines; not a checkpoint given by mistake, nor /dev/zero
+MAX_LIST_BYTES = (
+    1 << 30
+)  # a list of ten million jsonl lines; not a checkpoint given by mistake, nor /dev/zero
 
 READ_CHUNK = 1 << 20  # read_bytes' step: memory follows the file, not the bound
 
 # os.strerror's words would be right but vague where a user mistyped a path.
-_OS_PROBLEMS = {errno.ENOENT: "no such file or directory", errno.ELOOP: "a symbolic link loop",
-                errno.ENAMETOOLONG: "file name too long (a path component over 255 bytes)",
-                errno.EACCES: "permission denied", errno.ENOTDIR: "a path component is not a directory",
-                errno.ENXIO: "a socket or device without a reader, not a file"}
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_OS_PROBLEMS = {
+    errno.ENOENT: "no such file or directory",
+    errno.ELOOP: "a symbolic link loop",
+    errno.ENAMETOOLONG: "file name too long (a path component over 255 bytes)",
+    errno.EACCES: "permission denied",
+    errno.ENOTDIR: "a path component is not a directory",
+    errno.ENXIO: "a socket or device without a reader, not a file",
+}
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def printable(path) -> str:
@@ -36,7 +47,10 @@ class FileError(ValueError):
     """A path we cannot read or write as asked; the message is one line naming the path and the problem."""
 
     def __init__(self, path, problem: str):
-        self.path, self.problem = printable(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path), problem
+        self.path, self.problem = (
+            printable(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path),
+            problem,
+        )
         super().__init__(" ".join(f"{self.path}: {problem}".split()))
 
 
@@ -88,7 +102,9 @@ def read_bytes(path, what: str, max_bytes: int) -> bytes:
     fd = open_file(path, what, max_bytes)
     chunks, size = [], 0
     try:
-        with os.fdopen(fd, "rb") as f:  # in chunks: f.read(max_bytes + 1) would allocate all of max_bytes
+        with os.fdopen(
+            fd, "rb"
+        ) as f:  # in chunks: f.read(max_bytes + 1) would allocate all of max_bytes
             while size <= max_bytes and (chunk := f.read(min(READ_CHUNK, max_bytes + 1 - size))):
                 chunks.append(chunk)
                 size += len(chunk)
@@ -132,7 +148,9 @@ def write_problem(err: BaseException) -> str:
         cause = cause.__context__
     if cause is not None:
         return os_problem(cause)
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return next(
+        (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
+    )
 
 
 @contextmanager

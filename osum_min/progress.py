@@ -3,6 +3,7 @@
 Writes one carriage-return-updated line to stderr with done/total, rate and ETA; when stderr is not a terminal
 (CI logs, files) it prints a plain line at most every `interval` seconds instead, so logs stay readable.
 """
+
 import sys
 import time
 
@@ -32,8 +33,15 @@ def _fmt_amount(value: float, unit: str) -> str:
 class Progress:
     """`with Progress(total, "converting", unit="B") as bar: bar.update(n)`; `total=None` if unknown."""
 
-    def __init__(self, total: float | None, desc: str = "", unit: str = "", interval: float = 2.0,
-                 stream=None, initial: float = 0):
+    def __init__(
+        self,
+        total: float | None,
+        desc: str = "",
+        unit: str = "",
+        interval: float = 2.0,
+        stream=None,
+        initial: float = 0,
+    ):
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
         self.stream = stream if stream is not None else sys.stderr
         self.tty = getattr(self.stream, "isatty", lambda: False)()
@@ -62,11 +70,18 @@ class Progress:
         rate = (self.done - self.initial) / elapsed
         parts = [self.desc] if self.desc else []
         if self.total:
-            parts.append(f"{100 * self.done / self.total:5.1f}% {_fmt_amount(self.done, self.unit)}"
-                         f"/{_fmt_amount(self.total, self.unit)}")
+            parts.append(
+                f"{100 * self.done / self.total:5.1f}% {_fmt_amount(self.done, self.unit)}"
+                f"/{_fmt_amount(self.total, self.unit)}"
+            )
             measured = self.updates >= ETA_MIN_UPDATES and elapsed >= ETA_MIN_SECONDS and rate > 0
-            eta_text = "00:00" if self.done >= self.total else \
-                _fmt_seconds((self.total - self.done) / rate) if measured else "?"
+            eta_text = (
+                "00:00"
+                if self.done >= self.total
+                else _fmt_seconds((self.total - self.done) / rate)
+                if measured
+                else "?"
+            )
         else:
             parts.append(_fmt_amount(self.done, self.unit))
             eta_text = None

@@ -5,6 +5,7 @@ We write the safetensors format ourselves (8-byte header length, JSON header, ra
 A directory's files must agree (one model.safetensors, or exactly the shards its index names): a mix of two
 writes is refused, and `replacing_directory` swaps a whole new directory in so that no mix is ever left behind.
 """
+
 import glob
 import json
 import os
@@ -20,13 +21,24 @@ from safetensors import safe_open
 
 from .files import FileError, atomic_write, write_problem
 
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
-                      torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8"}
+SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+}
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-MODEL_FILES = re.compile(r"(config\.json|tokenizer\.tiktoken|model\.safetensors(\.index\.json)?|"
-                         + SHARD_NAME.pattern + r")(\.tmp)?")  # what a model directory we write holds
+MODEL_FILES = re.compile(
+    r"(config\.json|tokenizer\.tiktoken|model\.safetensors(\.index\.json)?|"
+    + SHARD_NAME.pattern
+    + r")(\.tmp)?"
+)  # what a model directory we write holds
 
 
 class WeightsError(ValueError):
@@ -39,12 +51,17 @@ def describe_keys(keys: list[str], limit: int = 5) -> str:
     return f"{len(keys)} key(s): {shown}" + (", ..." if len(keys) > limit else "")
 
 
-def _write_shard(path: Path, entries: list[tuple[str, torch.Size, torch.dtype, Callable]], metadata: dict):
+def _write_shard(
+    path: Path, entries: list[tuple[str, torch.Size, torch.dtype, Callable]], metadata: dict
+):
     header, offset = {"__metadata__": metadata}, 0
     for name, shape, dtype, _ in entries:
         nbytes = shape.numel() * dtype.itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset,
-                                                                                                    offset + nbytes]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)  # keep the data 8-byte aligned
@@ -53,13 +70,20 @@ def _write_shard(path: Path, entries: list[tuple[str, torch.Size, torch.dtype, C
         for name, shape, dtype, produce in entries:
             tensor = produce().contiguous()
             if tensor.shape != shape or tensor.dtype != dtype:
-                raise WeightsError(f"{path}: {name} produced {tuple(tensor.shape)} {tensor.dtype}, "
-                                   f"declared {tuple(shape)} {dtype}")
+                raise WeightsError(
+                    f"{path}: {name} produced {tuple(tensor.shape)} {tensor.dtype}, "
+                    f"declared {tuple(shape)} {dtype}"
+                )
             f.write(tensor.cpu().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
-def save_weights(directory, entries: Iterable[tuple[str, torch.Size, torch.dtype, Callable[[], torch.Tensor]]],
-                 max_shard_bytes: int = 5 * 2**30, metadata: dict | None = None, progress=None) -> list[Path]:
+def save_weights(
+    directory,
+    entries: Iterable[tuple[str, torch.Size, torch.dtype, Callable[[], torch.Tensor]]],
+    max_shard_bytes: int = 5 * 2**30,
+    metadata: dict | None = None,
+    progress=None,
+) -> list[Path]:
     """Write (name, shape, dtype, produce) entries; `produce()` makes one tensor only when it is written.
 
     Above max_shard_bytes the weights are split into model-0000N-of-0000M.safetensors plus an index, as
@@ -82,14 +106,24 @@ def save_weights(directory, entries: Iterable[tuple[str, torch.Size, torch.dtype
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
-        counted = [(n, s, d, _counting(p, progress, s.numel() * d.itemsize)) for n, s, d, p in shard]
+        counted = [
+            (n, s, d, _counting(p, progress, s.numel() * d.itemsize)) for n, s, d, p in shard
+        ]
         _write_shard(directory / name, counted, metadata)
     if len(shards) > 1:
         weight_map = {entry[0]: name for name, shard in zip(names, shards) for entry in shard}
-        (directory / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+        (directory / INDEX_NAME).write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1)
+        )
     keep = set(names) | ({INDEX_NAME} if len(shards) > 1 else set())
-    for stale in {WEIGHTS_NAME, INDEX_NAME, *filter(SHARD_NAME.fullmatch, os.listdir(directory))} - keep:
-        (directory / stale).unlink(missing_ok=True)  # an earlier write's files would disagree with these
+    for stale in {
+        WEIGHTS_NAME,
+        INDEX_NAME,
+        *filter(SHARD_NAME.fullmatch, os.listdir(directory)),
+    } - keep:
+        (directory / stale).unlink(
+            missing_ok=True
+        )  # an earlier write's files would disagree with these
     return [directory / name for name in names]
 
 
@@ -99,13 +133,21 @@ def replacing_directory(out):
     `new` replaces `out` as a whole, on any exception it is removed and `out` stays as it was. Between the two
     renames `out` is briefly absent (the old model waits in `.OUT.old-PID`; a run killed there is put right by
     the next), never a mix of two models."""
-    out = Path(out).resolve() if Path(out).is_symlink() else Path(out)  # a link keeps pointing at the model
+    out = (
+        Path(out).resolve() if Path(out).is_symlink() else Path(out)
+    )  # a link keeps pointing at the model
     if out.exists() and not out.is_dir():
         raise WeightsError(f"{out}: exists and is not a directory")
-    foreign = sorted(name for name in os.listdir(out) if not MODEL_FILES.fullmatch(name)) if out.is_dir() else []
+    foreign = (
+        sorted(name for name in os.listdir(out) if not MODEL_FILES.fullmatch(name))
+        if out.is_dir()
+        else []
+    )
     if foreign:
-        raise WeightsError(f"{out}: holds files that are not a model's ({', '.join(foreign[:3])}); replacing it "
-                           "would delete them: choose an empty or new --out")
+        raise WeightsError(
+            f"{out}: holds files that are not a model's ({', '.join(foreign[:3])}); replacing it "
+            "would delete them: choose an empty or new --out"
+        )
     _clear_leftovers(out)
     new, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("new", "old"))
     new.mkdir(parents=True)
@@ -113,8 +155,12 @@ def replacing_directory(out):
         yield new
     except BaseException as err:
         shutil.rmtree(new, ignore_errors=True)
-        if isinstance(err, (OSError, FileError)):  # a full disk names --out, not the hidden folder beside it
-            raise WeightsError(f"{out}: cannot write the model ({write_problem(err)}); {out} is as it was") from None
+        if isinstance(
+            err, (OSError, FileError)
+        ):  # a full disk names --out, not the hidden folder beside it
+            raise WeightsError(
+                f"{out}: cannot write the model ({write_problem(err)}); {out} is as it was"
+            ) from None
         raise
     if out.is_dir():
         os.replace(out, old)
@@ -128,7 +174,7 @@ def _clear_leftovers(out: Path) -> None:
     """What a killed replacing_directory left beside `out` (a model's size each): a new directory is removed; an old
     model moved aside just before the kill is put back when `out` is missing, removed otherwise."""
     for leftover in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
-        kind, _, pid = leftover.name[len(out.name) + 2:].partition("-")
+        kind, _, pid = leftover.name[len(out.name) + 2 :].partition("-")
         if kind not in ("new", "old") or not pid.isdigit() or _running(int(pid)):
             continue
         if kind == "old" and not out.exists():
@@ -158,6 +204,7 @@ def _counting(produce, progress, nbytes):
         tensor = produce()
         progress.update(nbytes)
         return tensor
+
     return wrapped
 
 
@@ -166,32 +213,51 @@ def weight_files(directory) -> list[Path]:
     naming the directory and the disagreement (a leftover index, a shard the index does not name, a missing one)."""
     directory = Path(directory)
     index = directory / INDEX_NAME
-    shards = sorted(name for name in os.listdir(directory) if SHARD_NAME.fullmatch(name)) if directory.is_dir() \
+    shards = (
+        sorted(name for name in os.listdir(directory) if SHARD_NAME.fullmatch(name))
+        if directory.is_dir()
         else []
+    )
     if index.is_file():
         try:
             named = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise WeightsError(f"{index}: not a safetensors index (JSON with a weight_map)") from None
+            raise WeightsError(
+                f"{index}: not a safetensors index (JSON with a weight_map)"
+            ) from None
         if not all(isinstance(name, str) and SHARD_NAME.fullmatch(name) for name in named):
-            raise WeightsError(f"{index}: names files that are not shards model-NNNNN-of-NNNNN.safetensors")
-        problems = [f"{WEIGHTS_NAME} beside the index"] if (directory / WEIGHTS_NAME).exists() else []
-        problems += [f"the index names missing {name}" for name in named if not (directory / name).is_file()]
+            raise WeightsError(
+                f"{index}: names files that are not shards model-NNNNN-of-NNNNN.safetensors"
+            )
+        problems = (
+            [f"{WEIGHTS_NAME} beside the index"] if (directory / WEIGHTS_NAME).exists() else []
+        )
+        problems += [
+            f"the index names missing {name}" for name in named if not (directory / name).is_file()
+        ]
         problems += [f"{name} is not in the index" for name in shards if name not in named]
         if problems:
-            raise WeightsError(f"{directory}: files from different writes ({'; '.join(problems[:3])}); "
-                               "convert or save into it again")
+            raise WeightsError(
+                f"{directory}: files from different writes ({'; '.join(problems[:3])}); "
+                "convert or save into it again"
+            )
         return [directory / name for name in named]
     if (directory / WEIGHTS_NAME).is_file():
         if shards:
-            raise WeightsError(f"{directory}: files from different writes ({WEIGHTS_NAME} beside shards "
-                               f"{', '.join(shards[:3])} and no index); convert or save into it again")
+            raise WeightsError(
+                f"{directory}: files from different writes ({WEIGHTS_NAME} beside shards "
+                f"{', '.join(shards[:3])} and no index); convert or save into it again"
+            )
         return [directory / WEIGHTS_NAME]
     raise WeightsError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
 
 
-def check_state(module: torch.nn.Module, shapes: dict[str, torch.Size], source: str,
-                new: Callable[[str], bool] = lambda name: False) -> dict[str, str]:
+def check_state(
+    module: torch.nn.Module,
+    shapes: dict[str, torch.Size],
+    source: str,
+    new: Callable[[str], bool] = lambda name: False,
+) -> dict[str, str]:
     """The one strict rule: tensors of these names and shapes fill every tensor of `module`, or it fails in one line
     naming `source` and the keys. `new(name)` names tensors that may be absent because they start fresh (a new run's
     LoRA). Returns the tied names {name: the first name of the tensor it shares} (tied embeddings), which are
@@ -204,34 +270,53 @@ def check_state(module: torch.nn.Module, shapes: dict[str, torch.Size], source: 
     unexpected = [name for name in shapes if name not in targets]
     if unexpected:
         raise WeightsError(f"{source}: unexpected {describe_keys(unexpected)}")
-    missing = [name for name in targets if name not in shapes and name not in tied and not new(name)]
+    missing = [
+        name for name in targets if name not in shapes and name not in tied and not new(name)
+    ]
     if missing:
         raise WeightsError(f"{source}: missing {describe_keys(missing)}")
     for name, shape in shapes.items():
         if shape != targets[name].shape:
-            raise WeightsError(f"{source}: {name} has shape {tuple(shape)}, the model's is {tuple(targets[name].shape)}")
+            raise WeightsError(
+                f"{source}: {name} has shape {tuple(shape)}, the model's is {tuple(targets[name].shape)}"
+            )
     return tied
 
 
 def _assign(module: torch.nn.Module, state: dict, tied: dict[str, str]) -> torch.nn.Module:
     """Put checked tensors in place (no copy: a module built on the meta device costs nothing); tied names follow."""
-    module.load_state_dict({name: t for name, t in state.items() if name not in tied}, strict=False, assign=True)
-    for name, shared in tied.items():  # assigning replaced the shared tensor: its other names follow
+    module.load_state_dict(
+        {name: t for name, t in state.items() if name not in tied}, strict=False, assign=True
+    )
+    for (
+        name,
+        shared,
+    ) in tied.items():  # assigning replaced the shared tensor: its other names follow
         owner, _, attribute = name.rpartition(".")
         setattr(module.get_submodule(owner), attribute, module.get_parameter(shared))
     return module
 
 
-def load_state_dict_strict(module: torch.nn.Module, state: dict, source: str,
-                           new: Callable[[str], bool] = lambda name: False) -> torch.nn.Module:
+def load_state_dict_strict(
+    module: torch.nn.Module,
+    state: dict,
+    source: str,
+    new: Callable[[str], bool] = lambda name: False,
+) -> torch.nn.Module:
     """`state` into `module` under `check_state`'s rule, assigned rather than copied."""
-    return _assign(module, state, check_state(module, {name: t.shape for name, t in state.items()}, source, new))
+    return _assign(
+        module,
+        state,
+        check_state(module, {name: t.shape for name, t in state.items()}, source, new),
+    )
 
 
 def _open(path: Path):
     try:
         return safe_open(str(path), framework="pt", device="cpu")
-    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+    except (
+        Exception
+    ) as err:  # safetensors raises its own error types for truncated or foreign files
         raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
 
 
@@ -246,7 +331,9 @@ def load_weights(model: torch.nn.Module, directory, device=None, dtype=None) -> 
     shapes = {}
     for path in files:
         with _open(path) as handle:
-            shapes.update((name, torch.Size(handle.get_slice(name).get_shape())) for name in handle.keys())
+            shapes.update(
+                (name, torch.Size(handle.get_slice(name).get_shape())) for name in handle.keys()
+            )
     tied = check_state(model, shapes, str(directory))
     state = {}
     for path in files:

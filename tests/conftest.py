@@ -1,4 +1,5 @@
 """Shared test fixtures: the fixture_a reference files and fixture weights converted once per session."""
+
 import sys
 from pathlib import Path
 
@@ -23,7 +24,14 @@ def fixture_weights(tmp_path_factory) -> Path:
     import convert
 
     out = tmp_path_factory.mktemp("fixture_a_weights")
-    code = convert.main([str(FIXTURE_A / "infer.pt"), "--config", str(FIXTURE_A / "osum_config.json"),
-                         "--out", str(out)])
+    code = convert.main(
+        [
+            str(FIXTURE_A / "infer.pt"),
+            "--config",
+            str(FIXTURE_A / "osum_config.json"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out

@@ -1,5 +1,6 @@
 """osum_min.audio against the original's numbers (fixture_a), openai-whisper's filter bank, a brute-force resampler,
 and a corpus of good and bad files generated here."""
+
 import importlib.util
 import io
 import math
@@ -24,10 +25,16 @@ def expected():
 
 
 def max_abs(a, b) -> float:
-    return (torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)).abs().max().item()
+    return (
+        (torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64))
+        .abs()
+        .max()
+        .item()
+    )
 
 
 # ---------------------------------------------------------------- the original's numbers (fixture_a)
+
 
 def test_load_16k_wav_is_int16_over_32768(expected):
     assert torch.equal(load_audio(FIXTURE / "audio.wav"), expected["waveform_16k"])
@@ -44,13 +51,17 @@ def test_log_mel_equals_fixture(expected):
     assert feats.shape == (276, 80) and feats.dtype == torch.float32
     assert max_abs(feats, expected["feats"]) <= 1e-4  # observed: 2.6e-5
     assert max_abs(log_mel(load_audio(FIXTURE / "audio.wav")), expected["feats"]) <= 1e-4
-    assert max_abs(log_mel(load_audio(FIXTURE / "audio_44k.wav")), expected["feats_from_44k"]) <= 1e-4  # 2.3e-5
+    assert (
+        max_abs(log_mel(load_audio(FIXTURE / "audio_44k.wav")), expected["feats_from_44k"]) <= 1e-4
+    )  # 2.3e-5
 
 
 def test_pad_features_rebuilds_the_training_batch(expected):
     feats = [log_mel(load_audio(FIXTURE / name)) for name in ("audio.wav", "audio_batch_item1.wav")]
     mel, lengths = pad_features(feats)
-    assert lengths.dtype == torch.int32 and lengths.tolist() == expected["batch_feats_lengths"].tolist() == [276, 219]
+    assert lengths.dtype == torch.int32 and lengths.tolist() == expected[
+        "batch_feats_lengths"
+    ].tolist() == [276, 219]
     assert mel.shape == expected["batch_feats"].shape
     assert max_abs(mel, expected["batch_feats"]) <= 1e-4
     assert torch.all(mel[1, 219:] == 0)
@@ -74,6 +85,7 @@ def test_log_mel_follows_device(expected):
 
 # ---------------------------------------------------------------- the filter bank against openai-whisper's copy
 
+
 def test_mel_filters_equal_whisper_npz():
     spec = importlib.util.find_spec("whisper")
     if spec is None:
@@ -87,7 +99,10 @@ def test_mel_filters_equal_whisper_npz():
 
 # ---------------------------------------------------------------- the resampler against the formula itself
 
-def brute_force_resample(x: np.ndarray, orig_rate: int, new_rate: int, outputs: list[int], phase_dtype=np.float64):
+
+def brute_force_resample(
+    x: np.ndarray, orig_rate: int, new_rate: int, outputs: list[int], phase_dtype=np.float64
+):
     """y[m] = sum_i x[i] h(i/orig - m/new) with the Hann-windowed sinc h, evaluated directly in float64.
 
     m/new is split as block + phase/new; torchaudio (and so the original) rounds phase/new to float32.
@@ -106,16 +121,24 @@ def brute_force_resample(x: np.ndarray, orig_rate: int, new_rate: int, outputs: 
     return np.array(values)
 
 
-@pytest.mark.parametrize("orig_rate,new_rate", [(48000, 16000), (22050, 16000), (8000, 16000), (16000, 44100)])
+@pytest.mark.parametrize(
+    "orig_rate,new_rate", [(48000, 16000), (22050, 16000), (8000, 16000), (16000, 44100)]
+)
 def test_resample_matches_windowed_sinc_formula(orig_rate, new_rate):
     x = np.random.default_rng(0).uniform(-1, 1, 900).astype(np.float32)  # full-scale white noise
     y = resample(torch.from_numpy(x), orig_rate, new_rate)
     assert len(y) == math.ceil(len(x) * new_rate / orig_rate)
     outputs = [0, 1, 2, 7, 101, len(y) // 2, len(y) - 2, len(y) - 1]
-    torchaudio_phases = brute_force_resample(x.astype(np.float64), orig_rate, new_rate, outputs, np.float32)
-    assert max_abs(y[outputs], torchaudio_phases) <= 5e-7  # float32 kernel and accumulation; observed <= 2.2e-7
+    torchaudio_phases = brute_force_resample(
+        x.astype(np.float64), orig_rate, new_rate, outputs, np.float32
+    )
+    assert (
+        max_abs(y[outputs], torchaudio_phases) <= 5e-7
+    )  # float32 kernel and accumulation; observed <= 2.2e-7
     exact = brute_force_resample(x.astype(np.float64), orig_rate, new_rate, outputs)
-    assert max_abs(y[outputs], exact) <= 3e-5  # what the float32 phases cost: up to 1.6e-5 at 22.05 kHz
+    assert (
+        max_abs(y[outputs], exact) <= 3e-5
+    )  # what the float32 phases cost: up to 1.6e-5 at 22.05 kHz
 
 
 def test_resample_identity_and_batch():
@@ -127,6 +150,7 @@ def test_resample_identity_and_batch():
 
 
 # ---------------------------------------------------------------- a corpus of good and bad files
+
 
 def write_pcm_wav(path: Path, frames: np.ndarray, rate: int, width: int) -> None:
     """Raw integer PCM through the stdlib writer, so the test, not libsndfile, decides the stored integers."""
@@ -141,24 +165,31 @@ def write_pcm_wav(path: Path, frames: np.ndarray, rate: int, width: int) -> None
         out.writeframes(data)
 
 
-@pytest.mark.parametrize("width,stored,expected_value", [
-    (1, np.array([0, 64, 128, 192, 255] * 100), lambda v: (v - 128) / 128),
-    (2, np.array([-32768, -1, 0, 1, 32767] * 100), lambda v: v / 32768),
-    (3, np.array([-2**23, -1, 0, 1, 2**23 - 1] * 100), lambda v: v / 2**23),
-    (4, np.array([-2**31, -12345, 0, 1, 2**31 - 1] * 100), lambda v: v / 2**31),
-])
+@pytest.mark.parametrize(
+    "width,stored,expected_value",
+    [
+        (1, np.array([0, 64, 128, 192, 255] * 100), lambda v: (v - 128) / 128),
+        (2, np.array([-32768, -1, 0, 1, 32767] * 100), lambda v: v / 32768),
+        (3, np.array([-(2**23), -1, 0, 1, 2**23 - 1] * 100), lambda v: v / 2**23),
+        (4, np.array([-(2**31), -12345, 0, 1, 2**31 - 1] * 100), lambda v: v / 2**31),
+    ],
+)
 def test_integer_wav_scaling_like_torchaudio(tmp_path, width, stored, expected_value):
     path = tmp_path / f"pcm{8 * width}.wav"
     write_pcm_wav(path, stored, 16000, width)
     wav = load_audio(path)
     assert wav.dtype == torch.float32
-    assert torch.equal(wav, torch.from_numpy(expected_value(stored.astype(np.float64)).astype(np.float32)))
+    assert torch.equal(
+        wav, torch.from_numpy(expected_value(stored.astype(np.float64)).astype(np.float32))
+    )
 
 
 def tone(rate: int, seconds: float = 0.5, channels: int = 1) -> np.ndarray:
     t = np.arange(int(rate * seconds)) / rate
     mono = 0.5 * np.sin(2 * np.pi * 440 * t)
-    return np.stack([mono * (c + 1) / channels for c in range(channels)], axis=1)  # (frames, channels)
+    return np.stack(
+        [mono * (c + 1) / channels for c in range(channels)], axis=1
+    )  # (frames, channels)
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
@@ -181,14 +212,19 @@ def test_float_and_multichannel_wavs(tmp_path):
         assert max_abs(wav, six.astype(np.float32).mean(axis=1)) <= 1e-7
 
 
-@pytest.mark.parametrize("fmt,subtype,atol", [("FLAC", "PCM_16", 1 / 32768), ("OGG", "VORBIS", 0.05), ("MP3", "MPEG_LAYER_III", 0.1)])
+@pytest.mark.parametrize(
+    "fmt,subtype,atol",
+    [("FLAC", "PCM_16", 1 / 32768), ("OGG", "VORBIS", 0.05), ("MP3", "MPEG_LAYER_III", 0.1)],
+)
 def test_compressed_formats(tmp_path, fmt, subtype, atol):
     if fmt not in soundfile.available_formats():
         pytest.skip(f"this libsndfile cannot read {fmt}")
     path = tmp_path / f"tone.{fmt.lower()}"
     soundfile.write(path, tone(16000), 16000, format=fmt, subtype=subtype)
     wav = load_audio(path)
-    assert abs(len(wav) - 8000) <= (0 if fmt != "MP3" else 1152)  # mp3 may carry encoder delay/padding
+    assert abs(len(wav) - 8000) <= (
+        0 if fmt != "MP3" else 1152
+    )  # mp3 may carry encoder delay/padding
     if fmt != "MP3":
         assert max_abs(wav[100:-100], tone(16000)[100:-100, 0]) <= atol
 
@@ -207,10 +243,20 @@ def test_a_span_reads_that_stretch_of_the_file(tmp_path):
     assert torch.equal(load_audio(FIXTURE / "audio.wav", span=(0.25, 0.75)), whole[4000:12000])
     assert torch.equal(load_audio(FIXTURE / "audio.wav", span=(0.5, 1e6)), whole[8000:])
     opus = tmp_path / "long.opus"
-    soundfile.write(opus, np.sin(np.arange(48000 * 3) / 20).astype(np.float32), 48000, format="OGG", subtype="OPUS")
+    soundfile.write(
+        opus,
+        np.sin(np.arange(48000 * 3) / 20).astype(np.float32),
+        48000,
+        format="OGG",
+        subtype="OPUS",
+    )
     assert len(load_audio(opus, span=(1.0, 2.5))) == 24000
-    for span, problem in (((0.5, 0.5), "not a span of time"), ((-1, 0.5), "not a span of time"),
-                          ((math.nan, 1), "not a span of time"), ((1e3, 1e3 + 1), "starts after the audio's end")):
+    for span, problem in (
+        ((0.5, 0.5), "not a span of time"),
+        ((-1, 0.5), "not a span of time"),
+        ((math.nan, 1), "not a span of time"),
+        ((1e3, 1e3 + 1), "starts after the audio's end"),
+    ):
         with pytest.raises(AudioError, match=problem) as caught:
             load_audio(FIXTURE / "audio.wav", span=span)
         assert "audio.wav" in str(caught.value) and "\n" not in str(caught.value)
@@ -241,10 +287,19 @@ BAD_FILES = {
     "truncated_header.wav": (lambda: encoded(tone(16000))[:30], "not a readable audio file"),
     "truncated_data.wav": (lambda: encoded(tone(16000))[:8000], "truncated"),
     "truncated.flac": (lambda: encoded(tone(16000), "FLAC")[:3000], "not a readable audio file"),
-    "truncated.ogg": (lambda: encoded(tone(16000), "OGG", "VORBIS")[:2000], "not a readable audio file"),
+    "truncated.ogg": (
+        lambda: encoded(tone(16000), "OGG", "VORBIS")[:2000],
+        "not a readable audio file",
+    ),
     "truncated.mp3": (lambda: encoded(tone(16000), "MP3", "MPEG_LAYER_III")[:1500], "truncated"),
-    "text.wav": (lambda: b"RIFF? no, just some text that someone named .wav\n" * 20, "not a readable audio file"),
-    "image.wav": (lambda: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200), "not a readable audio file"),
+    "text.wav": (
+        lambda: b"RIFF? no, just some text that someone named .wav\n" * 20,
+        "not a readable audio file",
+    ),
+    "image.wav": (
+        lambda: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200),
+        "not a readable audio file",
+    ),
     "nan.wav": (lambda: encoded(with_sample(float("nan")), subtype="FLOAT"), "NaN or infinite"),
     "inf.wav": (lambda: encoded(with_sample(float("inf")), subtype="FLOAT"), "NaN or infinite"),
     "too_short.wav": (lambda: encoded(tone(16000)[:200]), "too short"),
@@ -273,6 +328,7 @@ def test_missing_file_and_directory(tmp_path):
 
 
 # ---------------------------------------------------------------- real recordings
+
 
 def test_real_recording_arctic():
     path = ASSETS / "arctic_a0007.wav"

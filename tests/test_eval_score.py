@@ -2,6 +2,7 @@
 tests/fixtures/scoring (a copy of shared/osum_reference/scoring, whose README says how each figure was made):
 OSUM's compute-wer.py --char=1, compute-cer.py and compute-acc.py as percentages to 0.01 with N, C, S, D, I exact;
 Qwen2-Audio's compute_wer as a fraction to 1e-6; sacrebleu's BLEU to 0.01."""
+
 import json
 import os
 import sys
@@ -29,7 +30,10 @@ def qwen_rows(name: str) -> tuple[dict[str, str], dict[str, str]]:
 def run_score(capsys, *argv) -> tuple[int, list[str]]:
     code = eval_command.main(["score", *map(str, argv)])
     captured = capsys.readouterr()
-    return code, captured.err.splitlines() + captured.out.splitlines()  # stdout's last line (the JSON) stays last
+    return (
+        code,
+        captured.err.splitlines() + captured.out.splitlines(),
+    )  # stdout's last line (the JSON) stays last
 
 
 def assert_osum_lines(result: dict, expected: dict) -> None:
@@ -47,7 +51,9 @@ def test_osum_error_rates_equal_the_original_tools(name, capsys):
     metric = "cer" if tool == "compute-cer.py" else "wer"
     refs, hyps = key_text(FIXTURES / f"{pair}.ref"), key_text(FIXTURES / f"{pair}.hyp")
     assert_osum_lines(score_texts(refs, hyps, "osum", metric), FIGURES["osum"][name])
-    code, out = run_score(capsys, FIXTURES / f"{pair}.ref", FIXTURES / f"{pair}.hyp", "--metric", metric)
+    code, out = run_score(
+        capsys, FIXTURES / f"{pair}.ref", FIXTURES / f"{pair}.hyp", "--metric", metric
+    )
     assert code == 0
     assert_osum_lines(json.loads(out[-1]), FIGURES["osum"][name])
     assert out[0].split()[:2] == ["Overall", f"{FIGURES['osum'][name]['Overall']['percent']:.2f}"]
@@ -58,18 +64,34 @@ def test_osum_label_accuracy_equals_compute_acc(capsys, tmp_path):
     refs, hyps = key_text(FIXTURES / "tags.ref"), key_text(FIXTURES / "tags.hyp")
     result = score_texts(refs, hyps, "osum", "acc")
     assert result["value"] / 100 == pytest.approx(expected, abs=1e-12)
-    assert result["total"] == len(hyps) > len(set(hyps) & set(refs))  # extra keys still count in the division
+    assert (
+        result["total"] == len(hyps) > len(set(hyps) & set(refs))
+    )  # extra keys still count in the division
     assert sum(result["confusion"][k][k] for k in range(len(result["labels"]))) == result["correct"]
-    code, out = run_score(capsys, FIXTURES / "tags.ref", FIXTURES / "tags.hyp", "--metric", "acc",
-                          "--confusion-png", tmp_path / "confusion.png")
+    code, out = run_score(
+        capsys,
+        FIXTURES / "tags.ref",
+        FIXTURES / "tags.hyp",
+        "--metric",
+        "acc",
+        "--confusion-png",
+        tmp_path / "confusion.png",
+    )
     assert code == 0 and json.loads(out[-1])["value"] / 100 == pytest.approx(expected, abs=1e-12)
     assert any(line.startswith("<HAPPY>") for line in out)  # the text confusion table
 
 
 def test_the_confusion_matrix_png(capsys, tmp_path):
     pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (the [plot] extra)")
-    code, _ = run_score(capsys, FIXTURES / "tags.ref", FIXTURES / "tags.hyp", "--metric", "acc",
-                        "--confusion-png", tmp_path / "confusion.png")
+    code, _ = run_score(
+        capsys,
+        FIXTURES / "tags.ref",
+        FIXTURES / "tags.hyp",
+        "--metric",
+        "acc",
+        "--confusion-png",
+        tmp_path / "confusion.png",
+    )
     assert code == 0 and (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -85,7 +107,9 @@ def test_qwen2_audio_wer_equals_its_compute_wer(language, capsys, tmp_path):
     ref_path, hyp_path = tmp_path / "ref", tmp_path / "hyp"
     ref_path.write_text("".join(f"{k} {v}\n" for k, v in refs.items()), encoding="utf-8")
     hyp_path.write_text("".join(f"{k} {v}\n" for k, v in hyps.items()), encoding="utf-8")
-    code, out = run_score(capsys, ref_path, hyp_path, "--protocol", "qwen2-audio", "--language", language)
+    code, out = run_score(
+        capsys, ref_path, hyp_path, "--protocol", "qwen2-audio", "--language", language
+    )
     assert code == 0 and json.loads(out[-1])["value"] / 100 == pytest.approx(expected, abs=1e-6)
 
 
@@ -94,13 +118,23 @@ def test_bleu_equals_sacrebleu_as_qwen2_audio_runs_it(tokenize, capsys, tmp_path
     pytest.importorskip("sacrebleu", reason="the [eval] extra")
     expected = FIGURES["qwen2_audio"][f"bleu_{tokenize}"]
     refs, hyps = qwen_rows(f"qwen2_audio_bleu_{tokenize}.jsonl")
-    assert score_texts(refs, hyps, "qwen2-audio", "bleu", bleu_tokenize=tokenize)["value"] == pytest.approx(
-        expected, abs=0.01)
+    assert score_texts(refs, hyps, "qwen2-audio", "bleu", bleu_tokenize=tokenize)[
+        "value"
+    ] == pytest.approx(expected, abs=0.01)
     ref_path, hyp_path = tmp_path / "ref", tmp_path / "hyp"
     ref_path.write_text("".join(f"{k} {v}\n" for k, v in refs.items()), encoding="utf-8")
     hyp_path.write_text("".join(f"{k} {v}\n" for k, v in hyps.items()), encoding="utf-8")
-    code, out = run_score(capsys, ref_path, hyp_path, "--protocol", "qwen2-audio", "--metric", "bleu",
-                          "--bleu-tokenize", tokenize)
+    code, out = run_score(
+        capsys,
+        ref_path,
+        hyp_path,
+        "--protocol",
+        "qwen2-audio",
+        "--metric",
+        "bleu",
+        "--bleu-tokenize",
+        tokenize,
+    )
     assert code == 0 and json.loads(out[-1])["value"] == pytest.approx(expected, abs=0.01)
 
 
@@ -128,26 +162,40 @@ def test_bad_input_is_one_line_naming_the_file(problem, tmp_path, capsys):
 
 
 def test_qwen2_audio_wer_without_language_is_refused(capsys):
-    code, out = run_score(capsys, FIXTURES / "en.ref", FIXTURES / "en.hyp", "--protocol", "qwen2-audio")
+    code, out = run_score(
+        capsys, FIXTURES / "en.ref", FIXTURES / "en.hyp", "--protocol", "qwen2-audio"
+    )
     assert code == 2 and "language" in out[-1]
 
 
 # cn_tn.py's TextNorm as evaluate_asr.py builds it, run on these inputs at Qwen2-Audio 595360e8 (outputs recorded
 # once from the original file; our normalizers.text_norm matched it on 20,000 random digit/unit strings as well).
 CN_TN = {
-    "2023年5月3日开会": "二零二三年五月三日开会", "他花了12.5元买了3个苹果": "他花了十二点五元买了三个苹果",
+    "2023年5月3日开会": "二零二三年五月三日开会",
+    "他花了12.5元买了3个苹果": "他花了十二点五元买了三个苹果",
     "电话13800138000，座机010-62345678": "电话一三八零零一三八零零零 座机零一零六二三四五六七八",
-    "完成了3/4，增长了25.5%": "完成了四分之三 增长了百分之二十五点五", "我有2000块钱和20万美元": "我有两千块钱和二十万美元",
-    "P2P和B2B平台": "P2P和B2B平台", "第12345号": "第一二三四五号", "温度-3.5度": "温度 三点五度", "0.5": "零点五",
-    "２０２４年": "两千零百二十四年", "价格100多元": "价格一百多元", "他跑了200米": "他跑了两百米", "2个人": "二个人",
-    "100000": "一零零零零零", "号码是＋86 13912345678": "号码是 八六一三九一二三四五六七八", "3.14159": "三 一四一五九",
-    "1.2.3版本": "一点二 三版本", "03月05号": "零三月零五号",
+    "完成了3/4，增长了25.5%": "完成了四分之三 增长了百分之二十五点五",
+    "我有2000块钱和20万美元": "我有两千块钱和二十万美元",
+    "P2P和B2B平台": "P2P和B2B平台",
+    "第12345号": "第一二三四五号",
+    "温度-3.5度": "温度 三点五度",
+    "0.5": "零点五",
+    "２０２４年": "两千零百二十四年",
+    "价格100多元": "价格一百多元",
+    "他跑了200米": "他跑了两百米",
+    "2个人": "二个人",
+    "100000": "一零零零零零",
+    "号码是＋86 13912345678": "号码是 八六一三九一二三四五六七八",
+    "3.14159": "三 一四一五九",
+    "1.2.3版本": "一点二 三版本",
+    "03月05号": "零三月零五号",
 }
 
 
 @pytest.mark.parametrize("text", CN_TN)
 def test_cn_tn_text_norm(text):
     from osum_min.eval.normalizers import text_norm
+
     assert text_norm(text) == CN_TN[text]
 
 
@@ -157,6 +205,7 @@ def test_scorer_of_infer_and_training_gives_the_same_figure(pair):
     transcripts that changes nothing compute-wer.py counts, so it reports compute-wer.py's figure."""
     from osum_min.eval.scoring import Scorer
     from osum_min.text.tasks import TASKS, parse
+
     refs, hyps = key_text(FIXTURES / f"{pair}.ref"), key_text(FIXTURES / f"{pair}.hyp")
     scorer = Scorer(TASKS["asr"], protocol="osum")
     for key in refs:
@@ -164,8 +213,12 @@ def test_scorer_of_infer_and_training_gives_the_same_figure(pair):
             scorer.add(refs[key], parse(TASKS["asr"], hyps[key]))
     summary, expected = scorer.summary(), FIGURES["osum"][f"{pair}:compute-wer.py"]["Overall"]
     assert summary[scorer.metric] == pytest.approx(expected["percent"], abs=1e-9)
-    assert (summary["reference_units"], summary["substitutions"], summary["deletions"], summary["insertions"]) == (
-        expected["N"], expected["S"], expected["D"], expected["I"])
+    assert (
+        summary["reference_units"],
+        summary["substitutions"],
+        summary["deletions"],
+        summary["insertions"],
+    ) == (expected["N"], expected["S"], expected["D"], expected["I"])
 
 
 @pytest.mark.parametrize("language", ["en", "zh", "yue", "fr"])
@@ -175,13 +228,15 @@ def test_scorer_with_the_qwen2_audio_protocol_gives_its_figure(language):
         pytest.importorskip(module, reason="the [eval] extra")
     from osum_min.eval.scoring import Scorer
     from osum_min.text.tasks import TASKS, parse
+
     refs, hyps = qwen_rows(f"qwen2_audio_asr_{language}.jsonl")
     for given in {language, None} if language in ("en", "zh") else {language}:
         scorer = Scorer(TASKS["asr"], protocol="qwen2-audio", language=given)
         for key in refs:
             scorer.add(refs[key], parse(TASKS["asr"], hyps[key]))
-        assert scorer.summary()[scorer.metric] == pytest.approx(100 * FIGURES["qwen2_audio"][f"wer_{language}"],
-                                                                abs=0.005)
+        assert scorer.summary()[scorer.metric] == pytest.approx(
+            100 * FIGURES["qwen2_audio"][f"wer_{language}"], abs=0.005
+        )
 
 
 def test_missing_eval_extra_is_one_line(capsys, monkeypatch):

@@ -2,6 +2,7 @@
 as lists, random JSON as configs. Every case ends in a result or a one-line error of the layer's class, within a
 time bound (hypothesis' deadline) and a memory bound (tracemalloc's peak, which sees numpy's buffers), never
 another exception. Derandomized: the same examples every run."""
+
 import json
 import os
 import tempfile
@@ -13,7 +14,9 @@ import pytest
 import soundfile
 import torch
 
-hypothesis = pytest.importorskip("hypothesis", reason="the fuzz test needs hypothesis (pip install -e .[test])")
+hypothesis = pytest.importorskip(
+    "hypothesis", reason="the fuzz test needs hypothesis (pip install -e .[test])"
+)
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -24,14 +27,22 @@ from osum_min.inference.inputs import collect_inputs  # noqa: E402
 from osum_min.model.osum import OSUMConfig  # noqa: E402
 from osum_min.convert.original import read_original_config  # noqa: E402
 
+
 def fuzz(examples: int):
     """The same `examples` cases every run, each within 5 s (a hang fails, it does not stall CI)."""
-    return settings(max_examples=examples, derandomize=True, deadline=5000, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        deadline=5000,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 
 
 MAX_PEAK_BYTES = 64 * 2**20  # a 4 KB input never needs more, whatever its header promises
-WORK = Path(tempfile.mkdtemp(prefix="osum_fuzz_"))  # hypothesis reruns examples: a folder outside tmp_path
+WORK = Path(
+    tempfile.mkdtemp(prefix="osum_fuzz_")
+)  # hypothesis reruns examples: a folder outside tmp_path
 
 
 def real_files() -> dict[str, bytes]:
@@ -39,9 +50,16 @@ def real_files() -> dict[str, bytes]:
     t = np.arange(1600) / 8000
     tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     found = {}
-    for name, fmt, subtype in [("wav", "WAV", "PCM_16"), ("float.wav", "WAV", "FLOAT"), ("flac", "FLAC", "PCM_16"),
-                               ("ogg", "OGG", "VORBIS"), ("au", "AU", "PCM_16"), ("g721.au", "AU", "G721_32"),
-                               ("aiff", "AIFF", "PCM_24"), ("w64", "W64", "PCM_U8")]:
+    for name, fmt, subtype in [
+        ("wav", "WAV", "PCM_16"),
+        ("float.wav", "WAV", "FLOAT"),
+        ("flac", "FLAC", "PCM_16"),
+        ("ogg", "OGG", "VORBIS"),
+        ("au", "AU", "PCM_16"),
+        ("g721.au", "AU", "G721_32"),
+        ("aiff", "AIFF", "PCM_24"),
+        ("w64", "W64", "PCM_U8"),
+    ]:
         path = WORK / f"real.{name}"
         soundfile.write(path, tone, 8000, format=fmt, subtype=subtype)
         found[name] = path.read_bytes()
@@ -58,7 +76,7 @@ def mutated_audio(draw) -> bytes:
     for _ in range(draw(st.integers(1, 6))):
         position = draw(st.integers(0, min(63, len(data) - 1)))
         data[position] = draw(st.sampled_from([0, 1, 0x7F, 0x80, 0xFF, draw(st.integers(0, 255))]))
-    data = data[:draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+    data = data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
     return bytes(data) + draw(st.binary(max_size=64))
 
 
@@ -78,28 +96,58 @@ def check_outcome(run, error_class, source):
 
 
 @fuzz(1500)
-@given(data=st.one_of(mutated_audio(), st.binary(max_size=4096)), suffix=st.sampled_from([".wav", ".au", ".bin"]))
+@given(
+    data=st.one_of(mutated_audio(), st.binary(max_size=4096)),
+    suffix=st.sampled_from([".wav", ".au", ".bin"]),
+)
 def test_random_and_mutated_audio_is_a_waveform_or_one_line(data, suffix):
     path = WORK / f"clip{suffix}"
     path.write_bytes(data)
     outcome = check_outcome(lambda: load_audio(path), AudioError, path)
-    event("decoded" if isinstance(outcome, torch.Tensor) else f"refused: {outcome.problem.split(' (')[0][:40]}")
+    event(
+        "decoded"
+        if isinstance(outcome, torch.Tensor)
+        else f"refused: {outcome.problem.split(' (')[0][:40]}"
+    )
     if isinstance(outcome, torch.Tensor):
         assert outcome.ndim == 1 and len(outcome) >= 400 and torch.isfinite(outcome).all()
 
 
-SPECIAL_PATHS = ["/dev/zero", "/dev/urandom", str(WORK), str(WORK / "fifo.wav"), str(WORK / ("x" * 300 + ".wav")),
-                 str(FIXTURE_A / "audio.wav"), str(WORK / "loop.wav"), "", "\ufeff", "a\x00b.wav"]
+SPECIAL_PATHS = [
+    "/dev/zero",
+    "/dev/urandom",
+    str(WORK),
+    str(WORK / "fifo.wav"),
+    str(WORK / ("x" * 300 + ".wav")),
+    str(FIXTURE_A / "audio.wav"),
+    str(WORK / "loop.wav"),
+    "",
+    "\ufeff",
+    "a\x00b.wav",
+]
 os.mkfifo(WORK / "fifo.wav")
 os.symlink(WORK / "loop.wav", WORK / "loop.wav")
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(),
-                           lambda children: st.lists(children, max_size=4)
-                           | st.dictionaries(st.sampled_from(["key", "wav", "txt", "x"]) | st.text(), children,
-                                             max_size=4), max_leaves=20)
-LIST_LINES = st.one_of(st.text(max_size=80), st.sampled_from(SPECIAL_PATHS),
-                       st.builds(lambda key, wav: json.dumps({"key": key, "wav": wav}), JSON_VALUES,
-                                 st.sampled_from(SPECIAL_PATHS) | JSON_VALUES),
-                       JSON_VALUES.map(json.dumps), st.integers(1, 200_000).map(lambda n: "{" * n))
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["key", "wav", "txt", "x"]) | st.text(), children, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+LIST_LINES = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from(SPECIAL_PATHS),
+    st.builds(
+        lambda key, wav: json.dumps({"key": key, "wav": wav}),
+        JSON_VALUES,
+        st.sampled_from(SPECIAL_PATHS) | JSON_VALUES,
+    ),
+    JSON_VALUES.map(json.dumps),
+    st.integers(1, 200_000).map(lambda n: "{" * n),
+)
 
 
 @fuzz(300)
@@ -113,7 +161,9 @@ def test_random_lists_are_items_or_one_line(lines, bom):
         if item.problem is not None:  # a line that names no file: reported as that item's error
             assert "\n" not in item.problem and item.path.startswith(f"{listing}:")
         else:
-            check_outcome(lambda: load_audio(item.path), AudioError, "")  # its message starts with its path
+            check_outcome(
+                lambda: load_audio(item.path), AudioError, ""
+            )  # its message starts with its path
     check_outcome(lambda: read_data_list(listing), DataError, listing)
 
 
@@ -127,8 +177,13 @@ def mutate(config, draw):
 
 @st.composite
 def configs(draw, base: dict):
-    return draw(st.one_of(st.just(base).map(lambda b: mutate(b, draw)), JSON_VALUES,
-                          st.integers(1, 200_000).map(lambda n: "[" * n + "]" * n)))
+    return draw(
+        st.one_of(
+            st.just(base).map(lambda b: mutate(b, draw)),
+            JSON_VALUES,
+            st.integers(1, 200_000).map(lambda n: "[" * n + "]" * n),
+        )
+    )
 
 
 ORIGINAL = json.loads((FIXTURE_A / "osum_config.json").read_text())
@@ -148,4 +203,6 @@ def test_random_configs_are_configs_or_one_line(original, ours):
 
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_the_unmutated_recordings_load(name):
-    assert 3200 <= len(load_audio(WORK / f"real.{name}")) <= 3400  # 0.2 s at 16 kHz (G.721 pads a block)
+    assert (
+        3200 <= len(load_audio(WORK / f"real.{name}")) <= 3400
+    )  # 0.2 s at 16 kHz (G.721 pads a block)

@@ -1,4 +1,7 @@
-"""Decoding equals transformers' generate (greedy, beam, penalties, eos), batches equal rows alone, sampling is sound."""
+"""Decoding equals transformers' generate (greedy, beam, penalties, eos).
+
+Batches equal rows alone, and sampling is sound."""
+
 import math
 
 import pytest
@@ -6,8 +9,16 @@ import torch
 from safetensors.torch import load_file
 
 from hf_qwen2 import peft_twin
-from osum_min.model.generate import (ORIGINAL_DECODING, CachedDecoder, DecodingStopped, GenerationConfig, GenerationError,
-                             decode_step, fast_decoding, generate)
+from osum_min.model.generate import (
+    ORIGINAL_DECODING,
+    CachedDecoder,
+    DecodingStopped,
+    GenerationConfig,
+    GenerationError,
+    decode_step,
+    fast_decoding,
+    generate,
+)
 from test_qwen2 import FIXTURE, fixture_llm
 
 NEVER = 10**6  # an eos id outside the vocabulary: runs last max_new_tokens
@@ -21,8 +32,15 @@ def twin():
 
 
 def hf_generate(hf, embeds, **kwargs):
-    out = hf.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-                      do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True, **kwargs)
+    out = hf.generate(
+        inputs_embeds=embeds,
+        attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+        do_sample=False,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        output_scores=True,
+        **kwargs,
+    )
     return out
 
 
@@ -39,10 +57,22 @@ def trim(rows, eos):
 def test_ids_and_beam_scores_equal_transformers(twin, num_beams, penalty):
     hf, ours, embeds = twin
     returned = num_beams  # all beams, to compare every sequences_score
-    theirs = hf_generate(hf, embeds, max_new_tokens=12, num_beams=num_beams, repetition_penalty=penalty,
-                         num_return_sequences=returned, eos_token_id=NEVER)
-    config = GenerationConfig(max_new_tokens=12, num_beams=num_beams, repetition_penalty=penalty,
-                              num_return_sequences=returned, eos_token_id=NEVER)
+    theirs = hf_generate(
+        hf,
+        embeds,
+        max_new_tokens=12,
+        num_beams=num_beams,
+        repetition_penalty=penalty,
+        num_return_sequences=returned,
+        eos_token_id=NEVER,
+    )
+    config = GenerationConfig(
+        max_new_tokens=12,
+        num_beams=num_beams,
+        repetition_penalty=penalty,
+        num_return_sequences=returned,
+        eos_token_id=NEVER,
+    )
     mine, scores = generate(ours, embeds, None, config, return_scores=True)
     assert mine == theirs.sequences.tolist()
     if num_beams > 1:
@@ -52,22 +82,46 @@ def test_ids_and_beam_scores_equal_transformers(twin, num_beams, penalty):
 @pytest.mark.parametrize("num_beams", [1, 4])
 def test_eos_hit_midway_stops_like_transformers(twin, num_beams):
     hf, ours, embeds = twin
-    greedy = generate(ours, embeds, None, GenerationConfig(max_new_tokens=12, eos_token_id=NEVER))[0]
+    greedy = generate(ours, embeds, None, GenerationConfig(max_new_tokens=12, eos_token_id=NEVER))[
+        0
+    ]
     eos = greedy[4]  # a token greedy produces at step 5
-    theirs = hf_generate(hf, embeds, max_new_tokens=12, num_beams=num_beams, num_return_sequences=num_beams,
-                         eos_token_id=eos)
-    mine, scores = generate(ours, embeds, None, GenerationConfig(max_new_tokens=12, num_beams=num_beams,
-                                                                 num_return_sequences=num_beams, eos_token_id=eos),
-                            return_scores=True)
+    theirs = hf_generate(
+        hf,
+        embeds,
+        max_new_tokens=12,
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        eos_token_id=eos,
+    )
+    mine, scores = generate(
+        ours,
+        embeds,
+        None,
+        GenerationConfig(
+            max_new_tokens=12, num_beams=num_beams, num_return_sequences=num_beams, eos_token_id=eos
+        ),
+        return_scores=True,
+    )
     assert mine == trim(theirs.sequences.tolist(), eos)
     assert any(seq[-1] == eos and len(seq) < 12 for seq in mine)  # the eos really was hit mid-way
     if num_beams > 1:
         assert (torch.tensor(scores) - theirs.sequences_scores).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("config", [GenerationConfig(max_new_tokens=10, eos_token_id=[NEVER, 3]),
-                                    GenerationConfig(max_new_tokens=10, num_beams=4, repetition_penalty=1.05,
-                                                     num_return_sequences=2, eos_token_id=NEVER)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        GenerationConfig(max_new_tokens=10, eos_token_id=[NEVER, 3]),
+        GenerationConfig(
+            max_new_tokens=10,
+            num_beams=4,
+            repetition_penalty=1.05,
+            num_return_sequences=2,
+            eos_token_id=NEVER,
+        ),
+    ],
+)
 def test_batch_of_different_lengths_equals_each_alone(twin, config):
     _, ours, _ = twin
     generator = torch.Generator().manual_seed(5)
@@ -76,11 +130,10 @@ def test_batch_of_different_lengths_equals_each_alone(twin, config):
     embeds = torch.zeros(len(prompts), longest, ours.config.dim)
     mask = torch.zeros(len(prompts), longest, dtype=torch.long)
     for row, prompt in enumerate(prompts):  # left padding
-        embeds[row, longest - len(prompt):], mask[row, longest - len(prompt):] = prompt, 1
+        embeds[row, longest - len(prompt) :], mask[row, longest - len(prompt) :] = prompt, 1
     batched = generate(ours, embeds, mask, config)
     alone = [seq for prompt in prompts for seq in generate(ours, prompt[None], None, config)]
     assert batched == alone
-
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
@@ -93,14 +146,22 @@ def test_masked_slots_inside_the_prompt_are_as_if_absent(twin, num_beams):
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[0, :2] = mask[0, 4:6] = mask[1, 7] = 0
     holes = generate(ours, prompt, mask, config)
-    absent = [generate(ours, prompt[row, mask[row].bool()][None], None, config)[0] for row in range(2)]
+    absent = [
+        generate(ours, prompt[row, mask[row].bool()][None], None, config)[0] for row in range(2)
+    ]
     assert holes == absent
+
 
 def test_streaming_callback_sees_every_token(twin):
     _, ours, embeds = twin
     streamed = []
-    ids = generate(ours, embeds, None, GenerationConfig(max_new_tokens=8, eos_token_id=NEVER),
-                   on_token=lambda row, token: streamed.append((row, token)))
+    ids = generate(
+        ours,
+        embeds,
+        None,
+        GenerationConfig(max_new_tokens=8, eos_token_id=NEVER),
+        on_token=lambda row, token: streamed.append((row, token)),
+    )
     assert streamed == [(0, token) for token in ids[0]]
 
 
@@ -111,8 +172,9 @@ def test_keep_going_saying_no_stops_before_the_next_step(twin, num_beams):
     _, ours, embeds = twin
     config = GenerationConfig(max_new_tokens=12, num_beams=num_beams, eos_token_id=NEVER)
     asked = []
-    assert generate(ours, embeds, None, config, keep_going=lambda: asked.append(1) or True) == generate(
-        ours, embeds, None, config)
+    assert generate(
+        ours, embeds, None, config, keep_going=lambda: asked.append(1) or True
+    ) == generate(ours, embeds, None, config)
     assert len(asked) == 12
     asked.clear()
     with pytest.raises(DecodingStopped, match="after 3 new tokens"):
@@ -132,39 +194,69 @@ def test_fixture_a_generation_reproduced():
     expected = load_file(FIXTURE / "expected.safetensors")
     model = fixture_llm()
     embeds = expected["generate_inputs_embeds"][None]
-    greedy = generate(model, embeds, None, GenerationConfig(max_new_tokens=16, eos_token_id=151643))[0]
+    greedy = generate(
+        model, embeds, None, GenerationConfig(max_new_tokens=16, eos_token_id=151643)
+    )[0]
     with torch.no_grad():  # step logits through the KV cache, as generate feeds them
-        decoder = CachedDecoder(model, embeds, torch.ones(embeds.shape[:2], dtype=torch.long), 16, copies=1)
-        logits = [decoder.first_logits] + [decoder.step(torch.tensor([token])) for token in greedy[:15]]
+        decoder = CachedDecoder(
+            model, embeds, torch.ones(embeds.shape[:2], dtype=torch.long), 16, copies=1
+        )
+        logits = [decoder.first_logits] + [
+            decoder.step(torch.tensor([token])) for token in greedy[:15]
+        ]
     assert (torch.cat(logits) - expected["generate_greedy_step_logits"]).abs().max() < 1e-3
     model.merge_lora()  # as inference runs it
-    for name, beams, penalty in [("greedy", 1, 1.0), ("greedy_rep1.05", 1, 1.05), ("beam4", 4, 1.0),
-                                 ("beam4_rep1.05", 4, 1.05)]:
-        config = GenerationConfig(max_new_tokens=16, num_beams=beams, repetition_penalty=penalty,
-                                  eos_token_id=151643)
-        assert generate(model, embeds, None, config)[0] == expected[f"generate_{name}_ids"].tolist(), name
+    for name, beams, penalty in [
+        ("greedy", 1, 1.0),
+        ("greedy_rep1.05", 1, 1.05),
+        ("beam4", 4, 1.0),
+        ("beam4_rep1.05", 4, 1.05),
+    ]:
+        config = GenerationConfig(
+            max_new_tokens=16, num_beams=beams, repetition_penalty=penalty, eos_token_id=151643
+        )
+        assert (
+            generate(model, embeds, None, config)[0] == expected[f"generate_{name}_ids"].tolist()
+        ), name
         if beams > 1:
             config.num_return_sequences = 4
             sequences, scores = generate(model, embeds, None, config, return_scores=True)
             assert sequences == expected[f"generate_{name}_all_returned_sequences"].tolist(), name
-            assert (torch.tensor(scores) - expected[f"generate_{name}_sequences_scores"]).abs().max() < 1e-4
+            assert (
+                torch.tensor(scores) - expected[f"generate_{name}_sequences_scores"]
+            ).abs().max() < 1e-4
     for name, beams in [("greedy", 1), ("beam4", 4)]:
         config = GenerationConfig(max_new_tokens=16, num_beams=beams, eos_token_id=514)
-        assert generate(model, embeds, None, config)[0] == expected[f"generate_{name}_eos_ids"].tolist(), name
+        assert (
+            generate(model, embeds, None, config)[0]
+            == expected[f"generate_{name}_eos_ids"].tolist()
+        ), name
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(twin):
     _, ours, embeds = twin
-    sample = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=20, top_p=0.9, temperature=0.8,
-                              repetition_penalty=1.05, eos_token_id=NEVER, seed=123, num_return_sequences=3)
+    sample = GenerationConfig(
+        max_new_tokens=10,
+        do_sample=True,
+        top_k=20,
+        top_p=0.9,
+        temperature=0.8,
+        repetition_penalty=1.05,
+        eos_token_id=NEVER,
+        seed=123,
+        num_return_sequences=3,
+    )
     assert generate(ours, embeds, None, sample) == generate(ours, embeds, None, sample)
     sample.seed = 124
-    assert generate(ours, embeds, None, sample) != generate(ours, embeds, None, GenerationConfig(**{
-        **sample.__dict__, "seed": 123}))
+    assert generate(ours, embeds, None, sample) != generate(
+        ours, embeds, None, GenerationConfig(**{**sample.__dict__, "seed": 123})
+    )
     greedy = generate(ours, embeds, None, GenerationConfig(max_new_tokens=10, eos_token_id=NEVER))
     top1 = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=1, eos_token_id=NEVER, seed=0)
     assert generate(ours, embeds, None, top1) == greedy
-    beam_sample = GenerationConfig(**{**ORIGINAL_DECODING.__dict__, "max_new_tokens": 10, "seed": 9})
+    beam_sample = GenerationConfig(
+        **{**ORIGINAL_DECODING.__dict__, "max_new_tokens": 10, "seed": 9}
+    )
     assert generate(ours, embeds, None, beam_sample) == generate(ours, embeds, None, beam_sample)
 
 
@@ -180,8 +272,13 @@ def test_sampled_frequencies_match_softmax(twin):
         probs = ours(inputs_embeds=embeds)[0, -1].float().softmax(-1)
     counts = torch.zeros_like(probs)
     for seed in range(5):
-        config = GenerationConfig(max_new_tokens=1, do_sample=True, num_return_sequences=4000, eos_token_id=None,
-                                  seed=seed)
+        config = GenerationConfig(
+            max_new_tokens=1,
+            do_sample=True,
+            num_return_sequences=4000,
+            eos_token_id=None,
+            seed=seed,
+        )
         for (token,) in generate(ours, embeds, None, config):
             counts[token] += 1
     expected = probs * counts.sum()
@@ -194,7 +291,9 @@ def test_sampled_frequencies_match_softmax(twin):
     assert statistic < chi_square_critical(len(expected_bins) - 1, z=3.09)
     # and the test can fail: the same draws against a flattened distribution are rejected
     flat = torch.full_like(expected_bins, counts.sum().item() / len(expected_bins))
-    assert ((observed_bins - flat) ** 2 / flat).sum().item() > chi_square_critical(len(expected_bins) - 1, z=3.09)
+    assert ((observed_bins - flat) ** 2 / flat).sum().item() > chi_square_critical(
+        len(expected_bins) - 1, z=3.09
+    )
 
 
 def test_compiled_decoding_gives_the_eager_ids(twin):
@@ -204,11 +303,24 @@ def test_compiled_decoding_gives_the_eager_ids(twin):
     embeds = torch.randn(2, 9, ours.config.dim, generator=torch.Generator().manual_seed(12))
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[1, :4] = 0
-    configs = [GenerationConfig(max_new_tokens=10, repetition_penalty=1.05, eos_token_id=NEVER),
-               GenerationConfig(max_new_tokens=10, num_beams=4, repetition_penalty=1.05, num_return_sequences=2,
-                                eos_token_id=NEVER),
-               GenerationConfig(max_new_tokens=10, do_sample=True, top_k=20, num_return_sequences=2,
-                                eos_token_id=NEVER, seed=3)]
+    configs = [
+        GenerationConfig(max_new_tokens=10, repetition_penalty=1.05, eos_token_id=NEVER),
+        GenerationConfig(
+            max_new_tokens=10,
+            num_beams=4,
+            repetition_penalty=1.05,
+            num_return_sequences=2,
+            eos_token_id=NEVER,
+        ),
+        GenerationConfig(
+            max_new_tokens=10,
+            do_sample=True,
+            top_k=20,
+            num_return_sequences=2,
+            eos_token_id=NEVER,
+            seed=3,
+        ),
+    ]
     eager = [generate(ours, embeds, mask, config) for config in configs]
     fast_decoding(ours, compile=True)
     try:
@@ -224,16 +336,31 @@ def test_kept_step_inputs_serve_later_calls_like_fresh_ones(twin):
     shape is dropped beyond MAX_SHAPES."""
     _, ours, _ = twin
     generator = torch.Generator().manual_seed(13)
-    long_prompt, short_prompt = (torch.randn(1, n, ours.config.dim, generator=generator) for n in (40, 9))
-    configs = [GenerationConfig(max_new_tokens=6, repetition_penalty=1.05, eos_token_id=NEVER),
-               GenerationConfig(max_new_tokens=6, num_beams=3, eos_token_id=NEVER)]
-    eager = [generate(ours, prompt, None, config) for config in configs for prompt in (long_prompt, short_prompt)]
+    long_prompt, short_prompt = (
+        torch.randn(1, n, ours.config.dim, generator=generator) for n in (40, 9)
+    )
+    configs = [
+        GenerationConfig(max_new_tokens=6, repetition_penalty=1.05, eos_token_id=NEVER),
+        GenerationConfig(max_new_tokens=6, num_beams=3, eos_token_id=NEVER),
+    ]
+    eager = [
+        generate(ours, prompt, None, config)
+        for config in configs
+        for prompt in (long_prompt, short_prompt)
+    ]
     fast_decoding(ours, compile=False)
     try:
-        kept = [generate(ours, prompt, None, config) for config in configs for prompt in (long_prompt, short_prompt)]
+        kept = [
+            generate(ours, prompt, None, config)
+            for config in configs
+            for prompt in (long_prompt, short_prompt)
+        ]
         assert kept == eager
         shapes = ours.fast_decode_step.shapes
-        assert list(shapes) == [(1, 1, 64, 64), (1, 3, 64, 64)]  # one per shape, reused by the shorter prompt
+        assert list(shapes) == [
+            (1, 1, 64, 64),
+            (1, 3, 64, 64),
+        ]  # one per shape, reused by the shorter prompt
         for rows in range(2, 6):
             generate(ours, short_prompt.expand(rows, -1, -1), None, configs[0])
         assert len(shapes) == ours.fast_decode_step.MAX_SHAPES and (1, 1, 64, 64) not in shapes
@@ -248,14 +375,18 @@ def poisoned_batch(dim: int):
     prompts[1][2, 3] = float("nan")
     embeds, mask = torch.zeros(3, 7, dim), torch.zeros(3, 7, dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        embeds[row, 7 - len(prompt):], mask[row, 7 - len(prompt):] = prompt, 1
+        embeds[row, 7 - len(prompt) :], mask[row, 7 - len(prompt) :] = prompt, 1
     return embeds, mask
 
 
 @pytest.mark.parametrize("fast", [False, True])
-@pytest.mark.parametrize("config", [GenerationConfig(max_new_tokens=8, repetition_penalty=1.05, eos_token_id=NEVER),
-                                    GenerationConfig(max_new_tokens=8, num_beams=4, num_return_sequences=2,
-                                                     eos_token_id=NEVER)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        GenerationConfig(max_new_tokens=8, repetition_penalty=1.05, eos_token_id=NEVER),
+        GenerationConfig(max_new_tokens=8, num_beams=4, num_return_sequences=2, eos_token_id=NEVER),
+    ],
+)
 def test_a_row_whose_logits_turn_nan_stops_scored_nan_and_spares_the_others(twin, config, fast):
     """It decoded a row of zeros (argmax of NaN), or took the batch down: now the bad row ends with a NaN score and
     the good rows get the ids they get without it in the batch (eager and through the fast decode step)."""
@@ -281,7 +412,9 @@ def test_sampling_past_a_nan_row_keeps_going(twin):
     """multinomial refused the whole batch ("probability tensor contains either inf, nan") for one NaN row."""
     _, ours, _ = twin
     embeds, mask = poisoned_batch(ours.config.dim)
-    config = GenerationConfig(max_new_tokens=8, do_sample=True, top_k=20, eos_token_id=NEVER, seed=3)
+    config = GenerationConfig(
+        max_new_tokens=8, do_sample=True, top_k=20, eos_token_id=NEVER, seed=3
+    )
     ids, scores = generate(ours, embeds, mask, config, return_scores=True)
     assert math.isnan(scores[1]) and ids[1] == []
     assert all(math.isfinite(scores[row]) and len(ids[row]) == 8 for row in (0, 2))
@@ -292,7 +425,9 @@ def test_logits_turning_nan_midway_keep_the_tokens_before(twin):
     _, ours, embeds = twin
     config = GenerationConfig(max_new_tokens=8, eos_token_id=NEVER)
     clean = generate(ours, embeds, None, config)[0]
-    third = next(i for i in range(2, 8) if clean[i] not in clean[:i])  # the first token fed that is new so far
+    third = next(
+        i for i in range(2, 8) if clean[i] not in clean[:i]
+    )  # the first token fed that is new so far
     weight = ours.embed_tokens.weight
     saved = weight[clean[third]].clone()
     with torch.no_grad():
@@ -302,13 +437,14 @@ def test_logits_turning_nan_midway_keep_the_tokens_before(twin):
     finally:
         with torch.no_grad():
             weight[clean[third]] = saved
-    assert ids == [clean[:third + 1]] and math.isnan(scores[0])
+    assert ids == [clean[: third + 1]] and math.isnan(scores[0])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_a_nan_row_through_cuda_graphs_stops_like_eager(twin):
     """The captured decode step returns the logits the eager one does: a NaN row stops there, the others go on."""
     import copy
+
     model = copy.deepcopy(twin[1]).cuda()
     embeds, mask = (x.cuda() for x in poisoned_batch(model.config.dim))
     config = GenerationConfig(max_new_tokens=8, repetition_penalty=1.05, eos_token_id=NEVER)

@@ -3,6 +3,7 @@
 The server serves the fixture checkpoint (10.8 MB) and can cut a transfer short, ignore Range, or serve other bytes,
 so every path of `download` runs for real over a socket; nothing leaves the machine.
 """
+
 import contextlib
 import hashlib
 import http.server
@@ -31,7 +32,11 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
-        start = int(range_header.removeprefix("bytes=").rstrip("-")) if range_header and not server.ignore_range else 0
+        start = (
+            int(range_header.removeprefix("bytes=").rstrip("-"))
+            if range_header and not server.ignore_range
+            else 0
+        )
         if start >= len(body) and start:
             self.send_error(416)
             return
@@ -41,7 +46,7 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         cut, server.cut_after = server.cut_after, None
-        self.wfile.write(body[start:] if cut is None else body[start:start + cut])
+        self.wfile.write(body[start:] if cut is None else body[start : start + cut])
         self.close_connection = True
 
     def log_message(self, *args):
@@ -54,7 +59,9 @@ def local_server(handler):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield httpd
     httpd.shutdown()
@@ -66,7 +73,12 @@ def local_server(handler):
 @pytest.fixture
 def server():
     with local_server(FileHandler) as httpd:
-        httpd.files, httpd.requests, httpd.cut_after, httpd.ignore_range = {"/infer.pt": PAYLOAD}, [], None, False
+        httpd.files, httpd.requests, httpd.cut_after, httpd.ignore_range = (
+            {"/infer.pt": PAYLOAD},
+            [],
+            None,
+            False,
+        )
         yield httpd
 
 
@@ -78,7 +90,12 @@ def assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
 
 
 def test_full_download_checks_size_and_hash(server, tmp_path, capsys):
-    dest = download(f"{server.url}/infer.pt", tmp_path / "infer.pt", expected_size=len(PAYLOAD), sha256=PAYLOAD_SHA)
+    dest = download(
+        f"{server.url}/infer.pt",
+        tmp_path / "infer.pt",
+        expected_size=len(PAYLOAD),
+        sha256=PAYLOAD_SHA,
+    )
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == PAYLOAD_SHA
     assert not (tmp_path / "infer.pt.part").exists()
     assert "100.0%" in capsys.readouterr().err  # the progress bar ran to the end
@@ -101,7 +118,9 @@ def test_cut_transfer_resumes_from_part_file(server, tmp_path):
 
 
 def test_corrupt_file_is_refused_and_deleted(server, tmp_path):
-    server.files["/infer.pt"] = PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1])  # same size, last bit flipped
+    server.files["/infer.pt"] = PAYLOAD[:-1] + bytes(
+        [PAYLOAD[-1] ^ 1]
+    )  # same size, last bit flipped
     url, dest = f"{server.url}/infer.pt", tmp_path / "infer.pt"
     with pytest.raises(DownloadError) as err:
         download(url, dest, expected_size=len(PAYLOAD), sha256=PAYLOAD_SHA, progress=False)
@@ -113,14 +132,22 @@ def test_server_without_range_support_restarts_cleanly(server, tmp_path):
     server.ignore_range = True
     stale = b"stale prefix that must not survive"
     (tmp_path / "infer.pt.part").write_bytes(stale)
-    dest = download(f"{server.url}/infer.pt", tmp_path / "infer.pt", sha256=PAYLOAD_SHA, progress=False)
-    assert server.requests == [("/infer.pt", f"bytes={len(stale)}-")]  # it asked to resume, got a 200, and started over
+    dest = download(
+        f"{server.url}/infer.pt", tmp_path / "infer.pt", sha256=PAYLOAD_SHA, progress=False
+    )
+    assert server.requests == [
+        ("/infer.pt", f"bytes={len(stale)}-")
+    ]  # it asked to resume, got a 200, and started over
     assert dest.read_bytes() == PAYLOAD
 
 
 def test_complete_part_file_past_the_end_starts_over(server, tmp_path):
-    (tmp_path / "infer.pt.part").write_bytes(PAYLOAD + b"junk")  # longer than the file: the server answers 416
-    dest = download(f"{server.url}/infer.pt", tmp_path / "infer.pt", sha256=PAYLOAD_SHA, progress=False)
+    (tmp_path / "infer.pt.part").write_bytes(
+        PAYLOAD + b"junk"
+    )  # longer than the file: the server answers 416
+    dest = download(
+        f"{server.url}/infer.pt", tmp_path / "infer.pt", sha256=PAYLOAD_SHA, progress=False
+    )
     assert [r for _, r in server.requests] == [f"bytes={len(PAYLOAD) + 4}-", None]
     assert dest.read_bytes() == PAYLOAD
 
@@ -137,7 +164,9 @@ def test_closed_port_gives_one_line_error(tmp_path):
 
 
 def test_unresolvable_host_says_offline():
-    message = hub.network_failure("https://huggingface.co/x", socket.gaierror(-3, "Temporary failure in name resolution"))
+    message = hub.network_failure(
+        "https://huggingface.co/x", socket.gaierror(-3, "Temporary failure in name resolution")
+    )
     assert "huggingface.co" in message and "seems offline" in message
 
 
@@ -149,9 +178,14 @@ def test_http_404_gives_one_line_error(server, tmp_path):
 
 
 def test_fetch_release_uses_env_override(server, tmp_path, monkeypatch):
-    tokenizer_bytes = {f.filename: f'{{"fake": "{f.filename}"}}'.encode() for f in hub.TOKENIZER_FILES}  # valid files
+    tokenizer_bytes = {
+        f.filename: f'{{"fake": "{f.filename}"}}'.encode() for f in hub.TOKENIZER_FILES
+    }  # valid files
     server.files = {"/ASLP-lab/OSUM/resolve/main/infer.pt": PAYLOAD}
-    server.files |= {f"/Qwen/Qwen2-7B-Instruct/resolve/main/{name}": body for name, body in tokenizer_bytes.items()}
+    server.files |= {
+        f"/Qwen/Qwen2-7B-Instruct/resolve/main/{name}": body
+        for name, body in tokenizer_bytes.items()
+    }
     monkeypatch.setenv(hub.HUB_URL_ENV, server.url + "/")
     checkpoint, tokenizer_dir = fetch_release(tmp_path / "download", progress=False)
     assert checkpoint == tmp_path / "download" / "ASLP-lab" / "OSUM" / "infer.pt"

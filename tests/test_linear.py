@@ -1,4 +1,5 @@
 """osum_min.model.linear: every CPU path (weight @ x.T, oneDNN, F.linear) gives F.linear's numbers and its gradients."""
+
 import shutil
 
 import pytest
@@ -16,7 +17,9 @@ def test_linear_equals_f_linear_for_every_row_count(rows, bias):
     weight, b = torch.randn(96, 40), torch.randn(96) if bias else None
     x = torch.randn(rows, 40)
     with torch.inference_mode():
-        torch.testing.assert_close(linear(x, weight, b), F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            linear(x, weight, b), F.linear(x, weight, b), rtol=1e-5, atol=1e-5
+        )
     x3 = torch.randn(2, 7, 40)[:, :, :40].transpose(0, 1)  # (7, 2, 40), not contiguous
     torch.testing.assert_close(linear(x3, weight, b), F.linear(x3, weight, b), rtol=1e-5, atol=1e-5)
 
@@ -25,8 +28,12 @@ def test_linear_equals_f_linear_for_every_row_count(rows, bias):
 def test_onednn_serves_inference_and_training(monkeypatch):
     calls = []
     original = torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setattr(linear_module.torch.ops.mkldnn, "_linear_pointwise",
-                        lambda *args: calls.append(args[0].shape) or original(*args), raising=False)
+    monkeypatch.setattr(
+        linear_module.torch.ops.mkldnn,
+        "_linear_pointwise",
+        lambda *args: calls.append(args[0].shape) or original(*args),
+        raising=False,
+    )
     layer = Linear(40, 96)
     x = torch.randn(3, 8, 40)
     with torch.no_grad():
@@ -42,10 +49,17 @@ def test_onednn_gradients_equal_f_linear(trained):
     x = torch.randn(2, 9, 40).transpose(0, 1)  # (9, 2, 40), not contiguous
     weight, bias = torch.randn(96, 40), torch.randn(96)
     grad_out = torch.randn(9, 2, 96)
-    leaves = {"all": (x, weight, bias), "input only (frozen layer)": (x,), "layer only": (weight, bias)}[trained]
+    leaves = {
+        "all": (x, weight, bias),
+        "input only (frozen layer)": (x,),
+        "layer only": (weight, bias),
+    }[trained]
     grads = []
     for function in (linear, F.linear):
-        inputs = [t.detach().clone().requires_grad_(any(t is leaf for leaf in leaves)) for t in (x, weight, bias)]
+        inputs = [
+            t.detach().clone().requires_grad_(any(t is leaf for leaf in leaves))
+            for t in (x, weight, bias)
+        ]
         function(*inputs).backward(grad_out)
         grads.append([t.grad for t in inputs])
     for ours, theirs in zip(*grads):
@@ -78,7 +92,11 @@ def test_input_major_weights_change_the_layout_not_the_numbers():
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_torch_compile_traces_through_linear():
-    layer = use_input_major_weights(Linear(40, 96).eval())  # bench/decode.py --compile compiles such a model
+    layer = use_input_major_weights(
+        Linear(40, 96).eval()
+    )  # bench/decode.py --compile compiles such a model
     x = torch.randn(3, 40)
     with torch.inference_mode():
-        torch.testing.assert_close(torch.compile(layer, dynamic=False)(x), layer(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            torch.compile(layer, dynamic=False)(x), layer(x), rtol=1e-5, atol=1e-5
+        )

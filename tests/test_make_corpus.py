@@ -1,6 +1,7 @@
 """examples/asr_gender/make_corpus.py: a corpus built in one go, in pieces, or over an old one is the same corpus
 (issue 23: a second run kept the old clips but skipped their draws, so every later voice, and its gender label,
 no longer matched the audio)."""
+
 import hashlib
 import importlib.util
 import shutil
@@ -11,15 +12,22 @@ from conftest import ROOT
 
 if shutil.which("espeak-ng") is None:
     pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)", allow_module_level=True)
-spec = importlib.util.spec_from_file_location("make_corpus", ROOT / "examples" / "asr_gender" / "make_corpus.py")
+spec = importlib.util.spec_from_file_location(
+    "make_corpus", ROOT / "examples" / "asr_gender" / "make_corpus.py"
+)
 make_corpus = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(make_corpus)
 
 
 def corpus(folder) -> dict[str, str]:
     """Every file of the corpus by name: the lists' text, the clips' sha256."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.suffix == ".wav"
-            else p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.suffix == ".wav"
+        else p.read_text()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def build(folder, utterances: int):
@@ -35,7 +43,9 @@ def test_a_corpus_built_in_pieces_or_over_an_old_one_is_the_corpus_built_in_one_
     build(tmp_path / "pieces", 6)
     assert corpus(tmp_path / "pieces") == once
 
-    build(tmp_path / "again", 6)  # a repeated run over an old corpus whose first clip is another voice's
+    build(
+        tmp_path / "again", 6
+    )  # a repeated run over an old corpus whose first clip is another voice's
     old = tmp_path / "again" / "wav" / "train00000.wav"
     shutil.copy(tmp_path / "again" / "wav" / "train00001.wav", old)
     (tmp_path / "again" / "wav" / "train00000.json").unlink()  # an old corpus has no records

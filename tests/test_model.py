@@ -2,6 +2,7 @@
 
 Tolerances: speech embeddings 1e-4, loss 1e-4 (fixture README); generated ids exact; beam scores 1e-4.
 """
+
 import csv
 import json
 from dataclasses import replace
@@ -29,24 +30,35 @@ def run(model, expected, **settings):
     return model.generate(feats, torch.tensor([276]), [PROMPT], **settings)[0]
 
 
-@pytest.mark.parametrize("name, settings", [
-    ("generate_greedy_ids", GREEDY),
-    ("generate_greedy_rep1.05_ids", {**GREEDY, "repetition_penalty": 1.05}),
-    ("generate_beam4_ids", BEAM4),
-    ("generate_beam4_rep1.05_ids", {**BEAM4, "repetition_penalty": 1.05}),
-    ("generate_greedy_eos_ids", {**GREEDY, "eos_token_id": 514}),
-    ("generate_beam4_eos_ids", {**BEAM4, "eos_token_id": 514}),
-])
+@pytest.mark.parametrize(
+    "name, settings",
+    [
+        ("generate_greedy_ids", GREEDY),
+        ("generate_greedy_rep1.05_ids", {**GREEDY, "repetition_penalty": 1.05}),
+        ("generate_beam4_ids", BEAM4),
+        ("generate_beam4_rep1.05_ids", {**BEAM4, "repetition_penalty": 1.05}),
+        ("generate_greedy_eos_ids", {**GREEDY, "eos_token_id": 514}),
+        ("generate_beam4_eos_ids", {**BEAM4, "eos_token_id": 514}),
+    ],
+)
 def test_generate_from_features_reproduces_the_original(model, expected, name, settings):
     assert run(model, expected, **settings) == expected[name].tolist()
 
 
 @pytest.mark.parametrize("suffix, penalty", [("", 1.0), ("_rep1.05", 1.05)])
 def test_beam_returned_sequences_and_scores(model, expected, suffix, penalty):
-    sequences, scores = model.generate(expected["feats"][None], torch.tensor([276]), [PROMPT], return_scores=True,
-                                       num_return_sequences=4, **{**BEAM4, "repetition_penalty": penalty})
+    sequences, scores = model.generate(
+        expected["feats"][None],
+        torch.tensor([276]),
+        [PROMPT],
+        return_scores=True,
+        num_return_sequences=4,
+        **{**BEAM4, "repetition_penalty": penalty},
+    )
     assert sequences == expected[f"generate_beam4{suffix}_all_returned_sequences"].tolist()
-    assert torch.allclose(torch.tensor(scores), expected[f"generate_beam4{suffix}_sequences_scores"], atol=1e-4)
+    assert torch.allclose(
+        torch.tensor(scores), expected[f"generate_beam4{suffix}_sequences_scores"], atol=1e-4
+    )
 
 
 def test_default_eos_is_the_original_hard_coded_id(model):
@@ -58,8 +70,12 @@ def test_batch_equals_each_item_alone(model, expected, settings):
     feats, lengths = expected["batch_feats"], expected["batch_feats_lengths"]
     prompts = [PROMPT, [88, 12, 640, 5, 77]]
     together = model.generate(feats, lengths, prompts, **settings)
-    alone = [model.generate(feats[i:i + 1, : lengths[i]], lengths[i:i + 1], prompts[i:i + 1], **settings)[0]
-             for i in range(2)]
+    alone = [
+        model.generate(
+            feats[i : i + 1, : lengths[i]], lengths[i : i + 1], prompts[i : i + 1], **settings
+        )[0]
+        for i in range(2)
+    ]
     assert together == alone
 
 
@@ -71,8 +87,9 @@ def test_features_that_are_nan_end_their_item_with_a_nan_score(model, expected, 
     prompts = [PROMPT, [88, 12, 640, 5, 77]]
     feats[0, 10:20] = float("nan")
     ids, scores = model.generate(feats, lengths, prompts, return_scores=True, **settings)
-    alone_ids, alone_scores = model.generate(feats[1:, : lengths[1]], lengths[1:], prompts[1:], return_scores=True,
-                                             **settings)
+    alone_ids, alone_scores = model.generate(
+        feats[1:, : lengths[1]], lengths[1:], prompts[1:], return_scores=True, **settings
+    )
     assert ids[0] == [] and scores[0] != scores[0]  # NaN
     assert ids[1:] == alone_ids and scores[1:] == alone_scores
 
@@ -92,18 +109,25 @@ def test_loss_equals_the_original_training_loss(fixture_weights, expected):
 
 def test_loss_with_merged_lora_is_the_same(model, expected):
     with torch.no_grad():
-        assert abs(model.loss(*fixture_batch(expected)).item() - expected["batch_loss"].item()) < 1e-4
+        assert (
+            abs(model.loss(*fixture_batch(expected)).item() - expected["batch_loss"].item()) < 1e-4
+        )
 
 
 def test_converted_files_keep_lora_separate(fixture_weights):
     from safetensors import safe_open
+
     with safe_open(str(fixture_weights / "model.safetensors"), "pt") as f:
         names = set(f.keys())
-    assert "llm.layers.0.self_attn.q_proj.lora_A" in names and "llm.layers.0.mlp.up_proj.weight" in names
+    assert (
+        "llm.layers.0.self_attn.q_proj.lora_A" in names
+        and "llm.layers.0.mlp.up_proj.weight" in names
+    )
     assert not any("lora" in name for name in names if ".up_proj." in name)
 
 
 # --- the released checkpoint's layout, without the file -------------------------------------------------------------
+
 
 def released_layout(peft_form: str) -> dict[str, tuple[int, ...]]:
     rows = list(csv.DictReader(open(FIXTURES / "checkpoint_layout.tsv"), delimiter="\t"))
@@ -117,19 +141,32 @@ def released_layout(peft_form: str) -> dict[str, tuple[int, ...]]:
 def test_every_released_key_maps_to_a_tensor_of_the_same_shape(peft_form):
     layout = released_layout(peft_form)
     assert len(layout) == 1128
-    config = convert.config_from_original(json.loads((FIXTURES / "released_config.json").read_text()))
+    config = convert.config_from_original(
+        json.loads((FIXTURES / "released_config.json").read_text())
+    )
     source = {key: torch.empty(shape, device="meta") for key, shape in layout.items()}
-    entries = convert.convert_entries(source, config, dtype=None)  # raises on any unmapped / unfilled / shape
+    entries = convert.convert_entries(
+        source, config, dtype=None
+    )  # raises on any unmapped / unfilled / shape
     with torch.device("meta"):
         model_keys = set(OSUM(config).state_dict())
     assert {name for name, *_ in entries} == model_keys
     dropped = [key for key in layout if convert.map_key(key) is None]
-    assert sorted(dropped) == sorted(["ln_speech.weight", "ln_speech.bias", "speaker_head.weight",
-                                      "speaker_head.bias", "embed_tokens.weight", "lm_head.weight"])
+    assert sorted(dropped) == sorted(
+        [
+            "ln_speech.weight",
+            "ln_speech.bias",
+            "speaker_head.weight",
+            "speaker_head.bias",
+            "embed_tokens.weight",
+            "lm_head.weight",
+        ]
+    )
     assert len(layout) - len(dropped) == len(model_keys)
 
 
 # --- strictness ----------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def fixture_state():
@@ -139,19 +176,43 @@ def fixture_state():
 def convert_state(state, tmp_path, capsys):
     path = tmp_path / "bad.pt"
     torch.save(state, path)
-    code = convert.main([str(path), "--config", str(FIXTURE_A / "osum_config.json"), "--out", str(tmp_path / "o")])
+    code = convert.main(
+        [str(path), "--config", str(FIXTURE_A / "osum_config.json"), "--out", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err.strip()
     return code, err
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s.pop("encoder.encoders.1.norm2.bias"), "missing 1 key(s): encoder.blocks.1.mlp_ln.bias"),
-    (lambda s: s.update({"encoder.extra.weight": torch.zeros(3)}), "unexpected 1 key(s): encoder.extra.weight"),
-    (lambda s: s.update({"speech_llama_proj.weight": torch.zeros(64, 65)}), "speech_llama_proj.weight: shape"),
-    (lambda s: s.update({"llama_model.base_model.model.model.layers.0.self_attn.rotary.weight": torch.zeros(1)}),
-     "unexpected 1 key(s)"),
-])
-def test_mismatched_checkpoints_are_refused_in_one_line(fixture_state, tmp_path, capsys, change, message):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s.pop("encoder.encoders.1.norm2.bias"),
+            "missing 1 key(s): encoder.blocks.1.mlp_ln.bias",
+        ),
+        (
+            lambda s: s.update({"encoder.extra.weight": torch.zeros(3)}),
+            "unexpected 1 key(s): encoder.extra.weight",
+        ),
+        (
+            lambda s: s.update({"speech_llama_proj.weight": torch.zeros(64, 65)}),
+            "speech_llama_proj.weight: shape",
+        ),
+        (
+            lambda s: s.update(
+                {
+                    "llama_model.base_model.model.model.layers.0.self_attn.rotary.weight": torch.zeros(
+                        1
+                    )
+                }
+            ),
+            "unexpected 1 key(s)",
+        ),
+    ],
+)
+def test_mismatched_checkpoints_are_refused_in_one_line(
+    fixture_state, tmp_path, capsys, change, message
+):
     state = dict(fixture_state)
     change(state)
     code, err = convert_state(state, tmp_path, capsys)
@@ -164,7 +225,9 @@ def test_truncated_and_foreign_files_are_refused(tmp_path, capsys):
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
     for path in (truncated, text, tmp_path / "absent.pt"):
-        code = convert.main([str(path), "--config", str(FIXTURE_A / "osum_config.json"), "--out", str(tmp_path)])
+        code = convert.main(
+            [str(path), "--config", str(FIXTURE_A / "osum_config.json"), "--out", str(tmp_path)]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and path.name in err and len(err.splitlines()) == 1
 
@@ -172,6 +235,7 @@ def test_truncated_and_foreign_files_are_refused(tmp_path, capsys):
 def test_from_pretrained_refuses_a_weights_file_that_does_not_fit(fixture_weights, tmp_path):
     import shutil
     from osum_min.weights import WeightsError
+
     broken = tmp_path / "broken"
     shutil.copytree(fixture_weights, broken)
     config = json.loads((broken / "config.json").read_text())
@@ -181,13 +245,14 @@ def test_from_pretrained_refuses_a_weights_file_that_does_not_fit(fixture_weight
         OSUM.from_pretrained(broken, device="cpu")
 
 
-
 class HeadersOnly:
     """safe_open that lets a test see every tensor read: names and shapes come from the header, tensors are counted."""
+
     read: list[str] = []
 
     def __init__(self, *args, **kwargs):
         from safetensors import safe_open
+
         self.handle = safe_open(*args, **kwargs)
 
     def __enter__(self):
@@ -208,9 +273,12 @@ class HeadersOnly:
         return self.handle.get_tensor(name)
 
 
-def test_a_directory_that_does_not_fit_is_refused_before_any_tensor_is_read(fixture_weights, tmp_path, monkeypatch):
+def test_a_directory_that_does_not_fit_is_refused_before_any_tensor_is_read(
+    fixture_weights, tmp_path, monkeypatch
+):
     import shutil
     from osum_min import weights
+
     broken = tmp_path / "broken"
     shutil.copytree(fixture_weights, broken)
     config = json.loads((broken / "config.json").read_text())
@@ -225,6 +293,7 @@ def test_a_directory_that_does_not_fit_is_refused_before_any_tensor_is_read(fixt
 
 def test_tied_embeddings_stay_one_tensor_through_save_and_load(tmp_path, monkeypatch):
     from osum_min import weights
+
     tiny = OSUM_PRESETS["tiny"]
     torch.manual_seed(0)
     model = OSUM(replace(tiny, llm=replace(tiny.llm, tie_embeddings=True)))
@@ -234,37 +303,87 @@ def test_tied_embeddings_stay_one_tensor_through_save_and_load(tmp_path, monkeyp
     loaded = OSUM.from_pretrained(tmp_path, device="cpu", for_training=True)
     assert loaded.llm.lm_head.weight is loaded.llm.embed_tokens.weight
     assert torch.equal(loaded.llm.embed_tokens.weight, model.llm.embed_tokens.weight)
-    assert "llm.lm_head.weight" not in HeadersOnly.read and "llm.embed_tokens.weight" in HeadersOnly.read
+    assert (
+        "llm.lm_head.weight" not in HeadersOnly.read
+        and "llm.embed_tokens.weight" in HeadersOnly.read
+    )
+
 
 def test_config_round_trips(fixture_weights):
     config = OSUMConfig.from_dict(json.loads((fixture_weights / "config.json").read_text()))
-    assert json.loads(json.dumps(config.to_dict())) == json.loads((fixture_weights / "config.json").read_text())
-    assert config.llm.lora_rank == 8 and config.adaptor.ff_dim == 2560 and config.encoder.layers == 2
+    assert json.loads(json.dumps(config.to_dict())) == json.loads(
+        (fixture_weights / "config.json").read_text()
+    )
+    assert (
+        config.llm.lora_rank == 8 and config.adaptor.ff_dim == 2560 and config.encoder.layers == 2
+    )
 
 
 # An "llm" section as convert.py wrote it before Qwen2Config took our field names (Hugging Face's then).
-OLD_STYLE_LLM = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
-                 "num_kv_heads": 2, "rope_theta": 10000.0, "rms_norm_eps": 1e-05, "tie_word_embeddings": True,
-                 "max_position_embeddings": 512, "lora_rank": 8, "lora_alpha": 32, "lora_dropout": 0.1,
-                 "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]}
-NEW_STYLE = replace(OSUM_PRESETS["tiny"], llm=Qwen2Config(
-    vocab_size=1024, dim=64, ff_dim=128, layers=2, heads=4, kv_heads=2, rope_theta=10000.0, norm_eps=1e-05,
-    tie_embeddings=True, max_positions=512, lora_rank=8, lora_alpha=32, lora_dropout=0.1))
+OLD_STYLE_LLM = {
+    "vocab_size": 1024,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-05,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 512,
+    "lora_rank": 8,
+    "lora_alpha": 32,
+    "lora_dropout": 0.1,
+    "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
+}
+NEW_STYLE = replace(
+    OSUM_PRESETS["tiny"],
+    llm=Qwen2Config(
+        vocab_size=1024,
+        dim=64,
+        ff_dim=128,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        rope_theta=10000.0,
+        norm_eps=1e-05,
+        tie_embeddings=True,
+        max_positions=512,
+        lora_rank=8,
+        lora_alpha=32,
+        lora_dropout=0.1,
+    ),
+)
 
 
 def test_a_config_json_with_the_old_llm_names_loads_as_the_new_one(tmp_path):
     written = NEW_STYLE.to_dict()
-    assert not set(written["llm"]) & set(OLD_LLM_NAMES) and "dim" in written["llm"]  # writes only the new names
+    assert (
+        not set(written["llm"]) & set(OLD_LLM_NAMES) and "dim" in written["llm"]
+    )  # writes only the new names
     (tmp_path / "new.json").write_text(json.dumps(written))
     (tmp_path / "old.json").write_text(json.dumps({**written, "llm": OLD_STYLE_LLM}))
-    assert OSUMConfig.from_file(tmp_path / "old.json") == OSUMConfig.from_file(tmp_path / "new.json") == NEW_STYLE
+    assert (
+        OSUMConfig.from_file(tmp_path / "old.json")
+        == OSUMConfig.from_file(tmp_path / "new.json")
+        == NEW_STYLE
+    )
 
 
-@pytest.mark.parametrize("extra, message", [({"hidden_sizes": 64}, "unexpected keyword argument 'hidden_sizes'"),
-                                            ({"hidden_size": 64}, "its old and its new name (hidden_size/dim)")])
-def test_a_config_json_with_an_unknown_or_doubled_llm_field_is_refused_in_one_line(tmp_path, extra, message):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"hidden_sizes": 64}, "unexpected keyword argument 'hidden_sizes'"),
+        ({"hidden_size": 64}, "its old and its new name (hidden_size/dim)"),
+    ],
+)
+def test_a_config_json_with_an_unknown_or_doubled_llm_field_is_refused_in_one_line(
+    tmp_path, extra, message
+):
     written = NEW_STYLE.to_dict()
-    (tmp_path / "config.json").write_text(json.dumps({**written, "llm": {**written["llm"], **extra}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({**written, "llm": {**written["llm"], **extra}})
+    )
     with pytest.raises(ValueError) as refused:
         OSUMConfig.from_file(tmp_path / "config.json")
     assert message in str(refused.value) and str(tmp_path / "config.json") in str(refused.value)

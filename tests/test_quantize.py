@@ -1,5 +1,6 @@
 """int8 weight-only inference (osum_min/model/quantize.py): what each layer computes, fidelity on fixture_a and on real
 Qwen2.5 weights (opt-in), resident size, infer.py --quantize int8, and torch.compile."""
+
 import copy
 import os
 import shutil
@@ -20,27 +21,44 @@ from osum_min.weights import load_state_dict_strict
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / ".assets"
-GREEDY_16 = ["--prompt-ids", "17,230,511,42,901,7,333", "--ids", "--beams", "1", "--repetition-penalty", "1.0",
-             "--max-new-tokens", "16"]
+GREEDY_16 = [
+    "--prompt-ids",
+    "17,230,511,42,901,7,333",
+    "--ids",
+    "--beams",
+    "1",
+    "--repetition-penalty",
+    "1.0",
+    "--max-new-tokens",
+    "16",
+]
 
 
 @pytest.fixture(scope="module")
 def models(fixture_weights):
-    return (OSUM.from_pretrained(fixture_weights, device="cpu"),
-            OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int8"))
+    return (
+        OSUM.from_pretrained(fixture_weights, device="cpu"),
+        OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int8"),
+    )
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("rows", [1, 20])
-@pytest.mark.parametrize("shape", [(40, 96), (DEQUANT_BLOCK // 1024 + 3, 1024)])  # one block, two on CPU
+@pytest.mark.parametrize(
+    "shape", [(40, 96), (DEQUANT_BLOCK // 1024 + 3, 1024)]
+)  # one block, two on CPU
 def test_int8_linear_is_the_rounded_weight_times_its_scale(rows, shape):
     torch.manual_seed(rows)
     layer = torch.nn.Linear(shape[1], shape[0])
     quantized = Int8Linear.from_linear(layer)
     assert quantized.weight_int8.dtype == torch.int8 and quantized.scale.shape == shape[:1]
-    assert quantized.weight_int8.abs().amax(dim=1).eq(127).all()  # each row's largest weight maps to +-127
+    assert (
+        quantized.weight_int8.abs().amax(dim=1).eq(127).all()
+    )  # each row's largest weight maps to +-127
     error = (quantized.dequantized_weight() - layer.weight).abs()
-    assert (error <= quantized.scale[:, None] * (0.5 + 1e-4)).all()  # round to nearest (+ float32 rounding)
+    assert (
+        error <= quantized.scale[:, None] * (0.5 + 1e-4)
+    ).all()  # round to nearest (+ float32 rounding)
     x = torch.randn(rows, shape[1])
     expected = F.linear(x, quantized.dequantized_weight(), layer.bias)
     torch.testing.assert_close(quantized(x), expected, rtol=1e-5, atol=1e-5)
@@ -65,8 +83,11 @@ def test_lora_is_merged_before_quantising():
     x = torch.randn(5, 64)
     with_adapter = layer(x)
     quantized = Int8Linear.from_linear(layer)
-    assert (with_adapter - quantized(x)).abs().max() < 0.05 < (with_adapter - F.linear(x, layer.weight - layer._delta(),
-                                                                                         layer.bias)).abs().max()
+    assert (
+        (with_adapter - quantized(x)).abs().max()
+        < 0.05
+        < (with_adapter - F.linear(x, layer.weight - layer._delta(), layer.bias)).abs().max()
+    )
 
 
 @torch.no_grad()
@@ -75,10 +96,15 @@ def test_fixture_a_prefill_logits_within_bound(models, expected):
     nats/position, top-1 agreement 42/44 (the two others are near-ties of its random-like weights)."""
     plain, quantized = models
     embeds = expected["generate_inputs_embeds"][None]
-    reference, logits = plain.llm(inputs_embeds=embeds)[0], quantized.llm(inputs_embeds=embeds)[0]  # (L, V)
+    reference, logits = (
+        plain.llm(inputs_embeds=embeds)[0],
+        quantized.llm(inputs_embeds=embeds)[0],
+    )  # (L, V)
     difference = (logits - reference).abs().max().item()
     assert difference < 0.1
-    kl = F.kl_div(logits.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    kl = F.kl_div(
+        logits.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="none"
+    ).sum(-1)
     assert kl.mean() < 5e-4
     # top-1 can only change where float's lead over its runner-up is within 2x the largest logit difference
     top2 = reference.topk(2, dim=-1).values
@@ -92,9 +118,15 @@ def test_every_llm_linear_is_int8_at_under_30_percent_of_float32(models):
     plain, quantized = models
     linears = [m for m in quantized.llm.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
     assert linears and all(isinstance(m, Int8Linear) for m in linears)
-    assert len(linears) == 7 * quantized.config.llm.layers + 1  # q k v o gate up down per layer, lm_head
-    assert all(m.weight_int8.is_contiguous() for m in linears)  # use_input_major_weights leaves int8 alone
-    assert isinstance(quantized.encoder.blocks[0].mlp[0], torch.nn.Linear)  # the encoder stays float
+    assert (
+        len(linears) == 7 * quantized.config.llm.layers + 1
+    )  # q k v o gate up down per layer, lm_head
+    assert all(
+        m.weight_int8.is_contiguous() for m in linears
+    )  # use_input_major_weights leaves int8 alone
+    assert isinstance(
+        quantized.encoder.blocks[0].mlp[0], torch.nn.Linear
+    )  # the encoder stays float
     ratio = linear_weight_bytes(quantized.llm) / linear_weight_bytes(plain.llm)
     assert ratio <= 0.30, ratio
 
@@ -104,22 +136,42 @@ def test_quantize_rejects_what_it_cannot_do(fixture_weights, models, tmp_path):
         models[1].save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="only quantisation is 'int8'"):
         OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int4")
-    with pytest.raises(ValueError, match="only quantisation is 'int8'"):  # not int8 under another name
-        OSUM.from_pretrained(fixture_weights, device="cpu", for_training=True).prepare_for_inference("cpu", None, "int4")
+    with pytest.raises(
+        ValueError, match="only quantisation is 'int8'"
+    ):  # not int8 under another name
+        OSUM.from_pretrained(
+            fixture_weights, device="cpu", for_training=True
+        ).prepare_for_inference("cpu", None, "int4")
     with pytest.raises(ValueError, match="for inference: not with for_training=True"):
         OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int8", for_training=True)
 
 
-def test_infer_cli_quantize_int8_equals_the_quantised_model(capsys, fixture_weights, models, expected):
-    code = infer.main([str(FIXTURE_A / "audio.wav"), "--weights", str(fixture_weights), *GREEDY_16,
-                       "--quantize", "int8"])
+def test_infer_cli_quantize_int8_equals_the_quantised_model(
+    capsys, fixture_weights, models, expected
+):
+    code = infer.main(
+        [
+            str(FIXTURE_A / "audio.wav"),
+            "--weights",
+            str(fixture_weights),
+            *GREEDY_16,
+            "--quantize",
+            "int8",
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and len(lines) == 1
     ids = [int(token) for token in lines[0].split()]
     feats = expected["feats"]
     prompt = [int(token) for token in GREEDY_16[1].split(",")]
-    direct = models[1].generate(feats[None], torch.tensor([feats.shape[0]]), [prompt], num_beams=1,
-                                repetition_penalty=1.0, max_new_tokens=16)[0]
+    direct = models[1].generate(
+        feats[None],
+        torch.tensor([feats.shape[0]]),
+        [prompt],
+        num_beams=1,
+        repetition_penalty=1.0,
+        max_new_tokens=16,
+    )[0]
     assert ids == direct and len(ids) == 16
 
 
@@ -130,7 +182,9 @@ def test_torch_compile_equals_eager():
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 48))
     x = torch.randn(2, 3, 64)
     with torch.inference_mode():
-        torch.testing.assert_close(torch.compile(layer, dynamic=False)(x), layer(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            torch.compile(layer, dynamic=False)(x), layer(x), rtol=1e-5, atol=1e-5
+        )
 
 
 @torch.no_grad()
@@ -140,7 +194,9 @@ def test_quantize_int8_of_a_tied_qwen2_keeps_float_embeddings():
     ids = torch.randint(0, cfg.vocab_size, (1, 9))
     reference = model(input_ids=ids)
     quantize_int8(model)
-    assert isinstance(model.lm_head, Int8Linear) and model.embed_tokens.weight.dtype == torch.float32
+    assert (
+        isinstance(model.lm_head, Int8Linear) and model.embed_tokens.weight.dtype == torch.float32
+    )
     assert (model(input_ids=ids) - reference).abs().max() < 0.05 * reference.abs().max()
 
 
@@ -150,7 +206,9 @@ def test_real_qwen25_gguf_teacher_forced_agreement():
     int8's top-1 agrees with float32's on >= 97 % of positions, mean KL per token < 0.01 (measured over the first
     4,096 tokens of three drafts of README.md: 97.6-97.8 % and 0.0019-0.0020 nats)."""
     if os.environ.get("OSUM_TEST_GGUF") != "1":
-        pytest.skip("opt-in: set OSUM_TEST_GGUF=1 to download ~478 MB of real Qwen2.5-0.5B GGUF weights")
+        pytest.skip(
+            "opt-in: set OSUM_TEST_GGUF=1 to download ~478 MB of real Qwen2.5-0.5B GGUF weights"
+        )
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("gguf")
     sys.path.insert(0, str(ROOT / "examples"))
@@ -158,10 +216,15 @@ def test_real_qwen25_gguf_teacher_forced_agreement():
 
     path = gguf_file(ASSETS)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     model = Qwen2(Qwen2Config.from_hf(hf.config.to_dict()))
-    load_state_dict_strict(model, {hf_key_to_ours(k): v for k, v in hf.state_dict().items() if hf_key_to_ours(k)},
-                           GGUF_NAME).eval()
+    load_state_dict_strict(
+        model,
+        {hf_key_to_ours(k): v for k, v in hf.state_dict().items() if hf_key_to_ours(k)},
+        GGUF_NAME,
+    ).eval()
     del hf
     quantized = quantize_int8(copy.deepcopy(model))
     ids = tokenizer((ROOT / "README.md").read_text(), return_tensors="pt").input_ids[:, :4096]
@@ -172,8 +235,10 @@ def test_real_qwen25_gguf_teacher_forced_agreement():
         agree += (logp.argmax(-1) == reference.argmax(-1)).sum().item()
         kl += F.kl_div(logp, reference, log_target=True, reduction="sum").item()
         count += window.shape[1]
-    print(f"int8 vs float32 over {count} README tokens: top-1 agreement {agree / count:.4f}, "
-          f"mean KL {kl / count:.5f} nats/token")
+    print(
+        f"int8 vs float32 over {count} README tokens: top-1 agreement {agree / count:.4f}, "
+        f"mean KL {kl / count:.5f} nats/token"
+    )
     assert count >= 2000
     assert agree / count >= 0.97
     assert kl / count < 0.01

@@ -1,4 +1,5 @@
 """WER/CER and label accuracy on hand-made cases whose answers are counted by hand."""
+
 import unicodedata
 
 import numpy as np
@@ -10,23 +11,35 @@ from osum_min.eval.scoring import Edits, Scorer, alignment_counts, edit_distance
 from osum_min.text.tasks import TASKS, parse
 
 
-@pytest.mark.parametrize("reference, hypothesis, edits", [
-    ("the cat sat", "the cat sat", Edits(0, 0, 0)),
-    ("the cat sat", "the bat sat", Edits(1, 0, 0)),
-    ("the cat sat on the mat", "the cat on mat", Edits(0, 2, 0)),
-    ("a b", "x a b y", Edits(0, 0, 2)),
-    ("a b c d", "b x d e", Edits(1, 1, 1)),  # del a, sub c->x, ins e
-    ("", "a b", Edits(0, 0, 2)),
-    ("a b", "", Edits(0, 2, 0)),
-])
+@pytest.mark.parametrize(
+    "reference, hypothesis, edits",
+    [
+        ("the cat sat", "the cat sat", Edits(0, 0, 0)),
+        ("the cat sat", "the bat sat", Edits(1, 0, 0)),
+        ("the cat sat on the mat", "the cat on mat", Edits(0, 2, 0)),
+        ("a b", "x a b y", Edits(0, 0, 2)),
+        ("a b c d", "b x d e", Edits(1, 1, 1)),  # del a, sub c->x, ins e
+        ("", "a b", Edits(0, 0, 2)),
+        ("a b", "", Edits(0, 2, 0)),
+    ],
+)
 def test_edit_distance(reference, hypothesis, edits):
     assert edit_distance(reference.split(), hypothesis.split()) == edits
 
 
 def test_units_split_mixed_scripts_as_compute_wer():
     """compute-wer.py --char=1: CJK characters one by one, Latin runs upper-cased and kept with their ASCII
-    punctuation, a token-initial `!,?` and CJK punctuation dropped, tags stripped; compute-cer.py spells alphanumerics."""
-    assert osum_tokens("我爱python编程, don't stop!") == ["我", "爱", "PYTHON", "编", "程", "DON'T", "STOP!"]
+    punctuation, a token-initial `!,?` and CJK punctuation dropped, tags stripped;
+    compute-cer.py spells alphanumerics."""
+    assert osum_tokens("我爱python编程, don't stop!") == [
+        "我",
+        "爱",
+        "PYTHON",
+        "编",
+        "程",
+        "DON'T",
+        "STOP!",
+    ]
     assert osum_tokens("Hello,   world. <unk>你好。") == ["HELLO,", "WORLD.", "你", "好"]
     assert osum_tokens("42nd 街", split_alnum=True) == ["4", "2", "N", "D", "街"]
 
@@ -35,7 +48,9 @@ def test_wer_english_with_normalisation():
     scorer = Scorer(TASKS["asr"])
     # compute-wer.py keeps the full stop of `mat.`: the->a and mat.->mat are 2 sub / 6
     scorer.add("The cat sat on the mat.", parse(TASKS["asr"], "the cat sat on a mat"))
-    scorer.add("Hello world", parse(TASKS["asr"], "HELLO big world"))  # 1 ins / 2 (case is normalised away)
+    scorer.add(
+        "Hello world", parse(TASKS["asr"], "HELLO big world")
+    )  # 1 ins / 2 (case is normalised away)
     summary = scorer.summary()
     assert scorer.metric == "wer"
     assert (summary["substitutions"], summary["deletions"], summary["insertions"]) == (2, 0, 1)
@@ -58,14 +73,18 @@ def test_label_accuracy_and_transcript_from_tagged_references():
     scorer.add("再见<child><male>", parse(task, "再见<adult><male>"))
     scorer.add("谢谢<old><female>", parse(task, "谢谢"))  # labels missing: both wrong
     summary = scorer.summary()
-    assert summary["cer"] == 0.0 and summary["reference_units"] == 6  # the tags are not part of the transcript
+    assert (
+        summary["cer"] == 0.0 and summary["reference_units"] == 6
+    )  # the tags are not part of the transcript
     assert summary["age_accuracy"] == pytest.approx(100 / 3, abs=0.01)
     assert summary["gender_accuracy"] == pytest.approx(200 / 3, abs=0.01)
 
 
 def test_style_references_are_mapped_to_classes():
     scorer = Scorer(TASKS["ssr"])
-    scorer.add("从前 <小说>", parse(TASKS["ssr"], "从前<有声书>"))  # raw corpus style 小说 -> class 有声书
+    scorer.add(
+        "从前 <小说>", parse(TASKS["ssr"], "从前<有声书>")
+    )  # raw corpus style 小说 -> class 有声书
     assert scorer.summary()["style_accuracy"] == 100.0
 
 
@@ -99,11 +118,13 @@ def reference_alignment(reference: list[str], hypothesis: list[str]) -> list[tup
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(st.sampled_from("abcd"), max_size=9), min_size=1, max_size=6),
-       st.lists(st.lists(st.sampled_from("abcde"), max_size=9), min_size=6, max_size=6))
+@given(
+    st.lists(st.lists(st.sampled_from("abcd"), max_size=9), min_size=1, max_size=6),
+    st.lists(st.lists(st.sampled_from("abcde"), max_size=9), min_size=6, max_size=6),
+)
 def test_numpy_alignment_books_every_token_as_the_reference_alignment(references, hypotheses):
     """Many pairs aligned together (tiny chunks too) book C/S/D/I per token exactly as the cell-by-cell rule does."""
-    hypotheses = hypotheses[:len(references)]
+    hypotheses = hypotheses[: len(references)]
     vocabulary = {unit: k for k, unit in enumerate("abcde")}
     expected = np.zeros((5, 4), np.int64)
     for reference, hypothesis in zip(references, hypotheses):
@@ -120,14 +141,23 @@ def reference_tokens(text: str, split_alnum: bool = False) -> list[str]:
     tokens, i = [], 0
     while i < len(text):
         char = text[i]
-        if char in "!,?、。！，；？：「」︰『』《》" or unicodedata.category(char) in ("Zs", "Cn") or char in " \t\r\n":
+        if (
+            char in "!,?、。！，；？：「」︰『』《》"
+            or unicodedata.category(char) in ("Zs", "Cn")
+            or char in " \t\r\n"
+        ):
             i += 1
         elif unicodedata.category(char) == "Lo":
             tokens.append(char)
             i += 1
         else:
             stop, j = ">" if char == "<" else " ", i + 1
-            while j < len(text) and ord(text[j]) < 128 and text[j] not in " \t\r\n" and text[j] != stop:
+            while (
+                j < len(text)
+                and ord(text[j]) < 128
+                and text[j] not in " \t\r\n"
+                and text[j] != stop
+            ):
                 j += 1
             j += j < len(text) and text[j] == ">"
             tokens.append(text[i:j])
@@ -149,7 +179,13 @@ def reference_tokens(text: str, split_alnum: bool = False) -> list[str]:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(st.sampled_from("ab Z1.,!?'<>-_\t\n你好。，“”éßı\u3000\u00a0\U00020000\U0001f600\u0378ﬁ") | st.characters(),
-               max_size=30), st.booleans())
+@given(
+    st.text(
+        st.sampled_from("ab Z1.,!?'<>-_\t\n你好。，“”éßı\u3000\u00a0\U00020000\U0001f600\u0378ﬁ")
+        | st.characters(),
+        max_size=30,
+    ),
+    st.booleans(),
+)
 def test_osum_tokens_equal_the_character_by_character_rule(text, split_alnum):
     assert osum_tokens(text, split_alnum) == reference_tokens(text, split_alnum)

@@ -3,6 +3,7 @@
 against the same request decoded alone through the Pipeline (the fixture model writes random ids, so "equal to
 alone" is the meaningful check). SRWT answers carry a scripted model text (ScriptedSRWT) because random ids never
 form timed words: those tests prove the formatting and the HTTP path, not the model. Plus the conversation format."""
+
 import asyncio
 import base64
 import contextlib
@@ -74,9 +75,14 @@ def served(weights_with_tokenizer):  # noqa: F811
     """(base URL, pipeline, app) of a server on a free port, stopped after the module."""
     from osum_min.model.osum import load_for_inference
     from osum_min.text.tokenizer import Tokenizer
+
     tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
-    pipeline = ScriptedSRWT(load_for_inference(weights_with_tokenizer, tokenizer, device="cpu"), tokenizer)
-    config = ServerConfig(api_key=KEY, max_upload_mb=1, max_audio_seconds=20, max_new_tokens=TOKENS, wait_ms=50)
+    pipeline = ScriptedSRWT(
+        load_for_inference(weights_with_tokenizer, tokenizer, device="cpu"), tokenizer
+    )
+    config = ServerConfig(
+        api_key=KEY, max_upload_mb=1, max_audio_seconds=20, max_new_tokens=TOKENS, wait_ms=50
+    )
     app = create_app(pipeline, config)
     with running(app) as url:
         yield url, pipeline, app
@@ -113,19 +119,28 @@ def post(served, path, key=KEY, **kwargs):
 
 # ---- transcriptions ----
 
+
 def test_transcription_json_and_text_equal_the_pipeline_alone(served, client):
     expected = alone(served[1], Request(str(AUDIO[0]), config=decoding())).result.transcript
     with AUDIO[0].open("rb") as audio:
         assert client.audio.transcriptions.create(model="osum", file=audio).text == expected
     with AUDIO[0].open("rb") as audio:
-        assert client.audio.transcriptions.create(model="osum", file=audio, response_format="text").strip() \
+        assert (
+            client.audio.transcriptions.create(
+                model="osum", file=audio, response_format="text"
+            ).strip()
             == expected
+        )
 
 
 def test_transcription_task_field_gives_the_labels(served):
     expected = alone(served[1], Request(str(AUDIO[1]), task=TASKS["ser"], config=decoding())).result
-    reply = post(served, "/v1/audio/transcriptions", files={"file": AUDIO[1].open("rb")},
-                 data={"model": "osum", "task": "ser"})
+    reply = post(
+        served,
+        "/v1/audio/transcriptions",
+        files={"file": AUDIO[1].open("rb")},
+        data={"model": "osum", "task": "ser"},
+    )
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["task"] == "ser" and body["text"] == expected.transcript
@@ -135,7 +150,9 @@ def test_transcription_task_field_gives_the_labels(served):
 @pytest.mark.parametrize("response_format", ["srt", "vtt"])
 def test_subtitles_from_srwt(served, client, response_format):
     with AUDIO[0].open("rb") as audio:
-        text = client.audio.transcriptions.create(model="osum", file=audio, response_format=response_format)
+        text = client.audio.transcriptions.create(
+            model="osum", file=audio, response_format=response_format
+        )
     words = parse(TASKS["srwt"], SRWT_RAW).words
     assert text == subtitles(words, vtt=response_format == "vtt")
     assert ("00:00:00.300 --> " if response_format == "vtt" else "1\n00:00:00,300 --> ") in text
@@ -143,16 +160,27 @@ def test_subtitles_from_srwt(served, client, response_format):
 
 def test_verbose_json_words_and_segments(served, client):
     with AUDIO[0].open("rb") as audio:
-        body = client.audio.transcriptions.create(model="osum", file=audio, response_format="verbose_json",
-                                                  timestamp_granularities=["word", "segment"])
-    assert [(w.word, w.start, w.end) for w in body.words] == [("hello", 0.3, 0.7), ("big", 0.8, 1.1),
-                                                               ("world", 2.5, 3.0)]
+        body = client.audio.transcriptions.create(
+            model="osum",
+            file=audio,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    assert [(w.word, w.start, w.end) for w in body.words] == [
+        ("hello", 0.3, 0.7),
+        ("big", 0.8, 1.1),
+        ("world", 2.5, 3.0),
+    ]
     # a pause over 1 s starts a new segment
-    assert [(s.start, s.end, s.text) for s in body.segments] == [(0.3, 1.1, "hello big"), (2.5, 3.0, "world")]
+    assert [(s.start, s.end, s.text) for s in body.segments] == [
+        (0.3, 1.1, "hello big"),
+        (2.5, 3.0, "world"),
+    ]
     assert body.duration == pytest.approx(soundfile.info(AUDIO[0]).duration, abs=0.01)
 
 
 # ---- chat ----
+
 
 def test_chat_with_input_audio_equals_the_pipeline_alone(served, client):
     messages = audio_message(AUDIO[1], "describe the audio")
@@ -161,7 +189,9 @@ def test_chat_with_input_audio_equals_the_pipeline_alone(served, client):
     assert reply.choices[0].message.content == content(expected)
     mel, lens = pad_features([log_mel(load_audio(AUDIO[1]))])
     _, speech = served[1].model.embed_speech(mel, lens, original_mask_rule=False)
-    assert reply.usage.prompt_tokens == len(expected.prompt_ids) + int(speech[0]) + 2  # + speech bos and eos
+    assert (
+        reply.usage.prompt_tokens == len(expected.prompt_ids) + int(speech[0]) + 2
+    )  # + speech bos and eos
     assert reply.usage.completion_tokens == TOKENS
     assert reply.choices[0].finish_reason == "length"
 
@@ -169,17 +199,27 @@ def test_chat_with_input_audio_equals_the_pipeline_alone(served, client):
 def test_voice_chat_and_python_chat_api_agree(served, client):
     """Audio alone is voice chat (sttc); the Python `chat` API answers a list of conversations as one batch."""
     reply = client.chat.completions.create(model="osum", messages=audio_message(AUDIO[0]))
-    conversations = [[{"role": "user", "content": [{"type": "audio", "audio": str(AUDIO[0])}]}],
-                     [{"role": "user", "content": [{"type": "audio", "audio": str(AUDIO[0])}, {"type": "text",
-                                                                                               "text": "hi"}]}]]
+    conversations = [
+        [{"role": "user", "content": [{"type": "audio", "audio": str(AUDIO[0])}]}],
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio", "audio": str(AUDIO[0])},
+                    {"type": "text", "text": "hi"},
+                ],
+            }
+        ],
+    ]
     answers = chat(served[1], conversations, decoding())
     assert reply.choices[0].message.content == answers[0] and isinstance(answers[1], str)
 
 
 def test_streaming_equals_greedy_alone(served, client):
     messages = audio_message(AUDIO[2], "what is said")
-    stream = client.chat.completions.create(model="osum", messages=messages, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="osum", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     expected = alone(served[1], to_request(messages, decoding(num_beams=1), remote=True))
@@ -192,13 +232,18 @@ def test_eight_concurrent_clients_each_get_their_answer_alone(served):
     before = served[2].state.batcher.batch_sizes.copy()
 
     def ask(job):
-        reply = post(served, "/v1/chat/completions", json={"model": "osum", "messages": audio_message(*job)})
+        reply = post(
+            served, "/v1/chat/completions", json={"model": "osum", "messages": audio_message(*job)}
+        )
         assert reply.status_code == 200, reply.text
         return reply.json()["choices"][0]["message"]["content"]
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, jobs))
-    expected = [content(alone(served[1], to_request(audio_message(*job), decoding(), remote=True))) for job in jobs]
+    expected = [
+        content(alone(served[1], to_request(audio_message(*job), decoding(), remote=True)))
+        for job in jobs
+    ]
     assert answers == expected
     assert max(served[2].state.batcher.batch_sizes - before) > 1  # some requests shared a batch
 
@@ -209,8 +254,13 @@ def test_concurrent_streams_share_batches_and_each_equals_alone(served):
 
     def stream(job):
         text = ""
-        with httpx.stream("POST", served[0] + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                          json={"model": "osum", "stream": True, "messages": audio_message(*job)}, timeout=60) as reply:
+        with httpx.stream(
+            "POST",
+            served[0] + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": "osum", "stream": True, "messages": audio_message(*job)},
+            timeout=60,
+        ) as reply:
             lines = [line for line in reply.iter_lines() if line.startswith("data: ")]
         assert lines[-1] == "data: [DONE]"
         for line in lines[:-1]:
@@ -219,17 +269,24 @@ def test_concurrent_streams_share_batches_and_each_equals_alone(served):
 
     with ThreadPoolExecutor(4) as pool:
         streamed = list(pool.map(stream, jobs))
-    expected = [content(alone(served[1], to_request(audio_message(*job), decoding(num_beams=1), remote=True)))
-                for job in jobs]
+    expected = [
+        content(
+            alone(served[1], to_request(audio_message(*job), decoding(num_beams=1), remote=True))
+        )
+        for job in jobs
+    ]
     assert streamed == expected
     assert max(served[2].state.batcher.batch_sizes - before) > 1
 
 
 # ---- bad requests: status, one line, and the server answers the next request ----
 
+
 def wav_bytes(seconds: float) -> bytes:
     buffer = io.BytesIO()
-    soundfile.write(buffer, np.zeros(int(seconds * SAMPLE_RATE), np.float32), SAMPLE_RATE, format="WAV")
+    soundfile.write(
+        buffer, np.zeros(int(seconds * SAMPLE_RATE), np.float32), SAMPLE_RATE, format="WAV"
+    )
     return buffer.getvalue()
 
 
@@ -238,23 +295,68 @@ def chat_body(part):
 
 
 BAD = {
-    "not audio": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", b"hello, not audio")}}, 400),
+    "not audio": (
+        "/v1/audio/transcriptions",
+        {"files": {"file": ("a.wav", b"hello, not audio")}},
+        400,
+    ),
     "empty": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", b"")}}, 400),
-    "over the upload cap": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", b"0" * 2**21)}}, 413),
-    "over the duration cap": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav_bytes(21))}}, 413),
-    "bad base64": ("/v1/chat/completions", chat_body({"type": "input_audio", "input_audio": {"data": "@@@",
-                                                                                            "format": "wav"}}), 400),
-    "unknown model": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav_bytes(1))},
-                                                   "data": {"model": "whisper-9"}}, 404),
-    "unknown task": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav_bytes(1))},
-                                                  "data": {"task": "dance"}}, 404),
-    "remote URL": ("/v1/chat/completions", chat_body({"type": "audio_url", "audio_url": {"url":
-                                                      "http://example.com/a.wav"}}), 400),
-    "file URL": ("/v1/chat/completions", chat_body({"type": "audio_url", "audio_url": "file:///etc/passwd"}), 400),
-    "over-long prompt": ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav_bytes(1))},
-                                                      "data": {"prompt": "word " * 3000}}, 422),
-    "two clips": ("/v1/chat/completions", {"json": {"model": "osum", "messages": [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": b64(AUDIO[0])}}] * 2}]}}, 400),
+    "over the upload cap": (
+        "/v1/audio/transcriptions",
+        {"files": {"file": ("a.wav", b"0" * 2**21)}},
+        413,
+    ),
+    "over the duration cap": (
+        "/v1/audio/transcriptions",
+        {"files": {"file": ("a.wav", wav_bytes(21))}},
+        413,
+    ),
+    "bad base64": (
+        "/v1/chat/completions",
+        chat_body({"type": "input_audio", "input_audio": {"data": "@@@", "format": "wav"}}),
+        400,
+    ),
+    "unknown model": (
+        "/v1/audio/transcriptions",
+        {"files": {"file": ("a.wav", wav_bytes(1))}, "data": {"model": "whisper-9"}},
+        404,
+    ),
+    "unknown task": (
+        "/v1/audio/transcriptions",
+        {"files": {"file": ("a.wav", wav_bytes(1))}, "data": {"task": "dance"}},
+        404,
+    ),
+    "remote URL": (
+        "/v1/chat/completions",
+        chat_body({"type": "audio_url", "audio_url": {"url": "http://example.com/a.wav"}}),
+        400,
+    ),
+    "file URL": (
+        "/v1/chat/completions",
+        chat_body({"type": "audio_url", "audio_url": "file:///etc/passwd"}),
+        400,
+    ),
+    "over-long prompt": (
+        "/v1/audio/transcriptions",
+        {"files": {"file": ("a.wav", wav_bytes(1))}, "data": {"prompt": "word " * 3000}},
+        422,
+    ),
+    "two clips": (
+        "/v1/chat/completions",
+        {
+            "json": {
+                "model": "osum",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_audio", "input_audio": {"data": b64(AUDIO[0])}}]
+                        * 2,
+                    }
+                ],
+            }
+        },
+        400,
+    ),
     "not JSON": ("/v1/chat/completions", {"content": b"{nope"}, 400),
     "no such route": ("/v1/nothing", {}, 404),
 }
@@ -273,7 +375,9 @@ def test_bad_request_gets_its_status_and_one_line(served, name):
 
 @pytest.mark.parametrize("key", [None, "sk-wrong"])
 def test_missing_or_wrong_key_is_401(served, key):
-    reply = post(served, "/v1/audio/transcriptions", key=key, files={"file": ("a.wav", wav_bytes(1))})
+    reply = post(
+        served, "/v1/audio/transcriptions", key=key, files={"file": ("a.wav", wav_bytes(1))}
+    )
     assert reply.status_code == 401 and "API key" in reply.json()["error"]["message"]
 
 
@@ -285,6 +389,7 @@ def test_after_bad_requests_the_server_still_transcribes(served, client):
 
 def test_infer_serve_refuses_weights_without_a_tokenizer(fixture_weights, capsys):
     import infer
+
     assert infer.main(["--serve", "--weights", str(fixture_weights), "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert "has no tokenizer" in err and len(err.strip().splitlines()) == 1
@@ -292,39 +397,99 @@ def test_infer_serve_refuses_weights_without_a_tokenizer(fixture_weights, capsys
 
 # ---- the conversation format ----
 
-@pytest.mark.parametrize("field, value, problem", [("max_upload_mb", float("inf"), "not a finite number"),
-                                                   ("batch_size", 0, "below 1"), ("timeout_s", -1.0, "not above 0")])
+
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        ("max_upload_mb", float("inf"), "not a finite number"),
+        ("batch_size", 0, "below 1"),
+        ("timeout_s", -1.0, "not above 0"),
+    ],
+)
 def test_server_config_values_are_checked_where_it_is_built(field, value, problem):
     from osum_min.config_check import ConfigError
+
     with pytest.raises(ConfigError, match=f"^{field} is .*, {problem}$"):
         ServerConfig(**{field: value})
 
 
 def test_conversation_kinds():
     audio = {"type": "audio", "audio": "a.wav"}
-    analysis = to_request([{"role": "user", "content": [audio, {"type": "text", "text": "describe"}]}])
-    assert analysis.task.name == "prompt" and analysis.task.prompt == "describe" and analysis.audio == "a.wav"
-    assert to_request([{"role": "system", "content": ""}, {"role": "user", "content": [audio]}]).task is TASKS["sttc"]
-    samples = to_request([{"role": "user", "content": [{"type": "audio", "audio": np.zeros(16000)}]}],
-                         sample_rate=16000)
+    analysis = to_request(
+        [{"role": "user", "content": [audio, {"type": "text", "text": "describe"}]}]
+    )
+    assert (
+        analysis.task.name == "prompt"
+        and analysis.task.prompt == "describe"
+        and analysis.audio == "a.wav"
+    )
+    assert (
+        to_request([{"role": "system", "content": ""}, {"role": "user", "content": [audio]}]).task
+        is TASKS["sttc"]
+    )
+    samples = to_request(
+        [{"role": "user", "content": [{"type": "audio", "audio": np.zeros(16000)}]}],
+        sample_rate=16000,
+    )
     assert samples.sample_rate == 16000
-    data = to_request([{"role": "user", "content": [{"type": "audio_url", "audio_url": {
-        "url": "data:audio/wav;base64," + base64.b64encode(b"RIFF").decode()}}]}], remote=True)
+    data = to_request(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "audio_url",
+                        "audio_url": {
+                            "url": "data:audio/wav;base64," + base64.b64encode(b"RIFF").decode()
+                        },
+                    }
+                ],
+            }
+        ],
+        remote=True,
+    )
     assert data.audio == b"RIFF"
 
 
-@pytest.mark.parametrize("conversation, words", [
-    ([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}] * 2}], "exactly one audio clip"),
-    ([{"role": "user", "content": "hello"}], "no clip"),
-    ([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}, {"role": "user", "content": "and?"}],
-     "go in one user message"),
-    ([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}, {"role": "assistant", "content": "x"}],
-     "assistant turns"),
-    ([{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}],
-     "no system prompt"),
-    ([{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}], "send audio as input_audio"),  # remote
-    ([{"role": "user", "content": [{"type": "audio_url", "audio_url": "/etc/passwd"}]}], "never fetches"),  # remote
-])
+@pytest.mark.parametrize(
+    "conversation, words",
+    [
+        (
+            [{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}] * 2}],
+            "exactly one audio clip",
+        ),
+        ([{"role": "user", "content": "hello"}], "no clip"),
+        (
+            [
+                {"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]},
+                {"role": "user", "content": "and?"},
+            ],
+            "go in one user message",
+        ),
+        (
+            [
+                {"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]},
+                {"role": "assistant", "content": "x"},
+            ],
+            "assistant turns",
+        ),
+        (
+            [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]},
+            ],
+            "no system prompt",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}],
+            "send audio as input_audio",
+        ),  # remote
+        (
+            [{"role": "user", "content": [{"type": "audio_url", "audio_url": "/etc/passwd"}]}],
+            "never fetches",
+        ),  # remote
+    ],
+)
 def test_conversations_osum_cannot_take_are_refused_in_one_line(conversation, words):
     remote = words in ("send audio as input_audio", "never fetches")
     with pytest.raises(ConversationError, match=words) as raised:
@@ -333,6 +498,7 @@ def test_conversations_osum_cannot_take_are_refused_in_one_line(conversation, wo
 
 
 # ---- the batcher: a full queue, dropped jobs, a failing batch ----
+
 
 class Gate:
     """A stand-in pipeline whose run waits for `open` and records what it was given (or raises `fail`)."""
@@ -359,7 +525,10 @@ def test_batcher_queue_full_and_dropped_jobs():
         while batcher.queue.qsize():  # the worker took it and waits at the gate
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
-        gone, kept = batcher.submit(Request(b"", name="gone")), batcher.submit(Request(b"", name="kept"))
+        gone, kept = (
+            batcher.submit(Request(b"", name="gone")),
+            batcher.submit(Request(b"", name="kept")),
+        )
         with pytest.raises(QueueFull):
             batcher.submit(Request(b"", name="one too many"))
         gone.cancelled = True  # its client went away while it waited
@@ -396,12 +565,29 @@ def test_served_requests_count_as_arriving_until_queued(served):
     """Every request the server reads is counted while it is read and checked, and uncounted once queued or refused."""
     batcher = served[2].state.batcher
     with AUDIO[0].open("rb") as audio:
-        assert post(served, "/v1/audio/transcriptions", files={"file": audio}, data={"model": "osum"}).status_code \
+        assert (
+            post(
+                served, "/v1/audio/transcriptions", files={"file": audio}, data={"model": "osum"}
+            ).status_code
             == 200
-    assert post(served, "/v1/audio/transcriptions", files={"file": ("x.wav", b"not audio")},
-                data={"model": "osum"}).status_code == 400
-    assert post(served, "/v1/chat/completions", json={"model": "osum", "messages": audio_message(AUDIO[1])},
-                ).status_code == 200
+        )
+    assert (
+        post(
+            served,
+            "/v1/audio/transcriptions",
+            files={"file": ("x.wav", b"not audio")},
+            data={"model": "osum"},
+        ).status_code
+        == 400
+    )
+    assert (
+        post(
+            served,
+            "/v1/chat/completions",
+            json={"model": "osum", "messages": audio_message(AUDIO[1])},
+        ).status_code
+        == 200
+    )
     assert batcher.arriving == 0
 
 
@@ -424,6 +610,7 @@ def test_batcher_survives_a_failing_batch():
 
 # ---- timeouts and clients that go away: the work stops ----
 
+
 class Slow(Pipeline):
     """The real pipeline, each decoding step 50 ms slower, counting the steps it was asked to take."""
 
@@ -436,6 +623,7 @@ class Slow(Pipeline):
             time.sleep(0.05)
             self.steps += 1
             return keep_going is None or keep_going()
+
         return super().run(requests, on_token, on_batch, slowly)
 
 
@@ -456,8 +644,12 @@ def slow_pipeline(served):
 def test_a_request_past_its_timeout_is_503_and_its_decoding_stops(slow_pipeline):
     with running(create_app(slow_pipeline, ServerConfig(max_new_tokens=64, timeout_s=0.5))) as url:
         started = slow_pipeline.steps
-        reply = httpx.post(url + "/v1/audio/transcriptions", files={"file": AUDIO[0].open("rb")},
-                           data={"model": "osum"}, timeout=60)
+        reply = httpx.post(
+            url + "/v1/audio/transcriptions",
+            files={"file": AUDIO[0].open("rb")},
+            data={"model": "osum"},
+            timeout=60,
+        )
         assert reply.status_code == 503 and reply.json()["error"]["code"] == "timeout"
         assert "\n" not in reply.json()["error"]["message"]
         # 64 beam steps take 3.2 s; the batch stops at the first step after the 0.5 s timeout (polled every 0.25 s)
@@ -467,7 +659,12 @@ def test_a_request_past_its_timeout_is_503_and_its_decoding_stops(slow_pipeline)
 def test_a_stream_whose_client_leaves_stops_decoding(slow_pipeline):
     with running(create_app(slow_pipeline, ServerConfig(max_new_tokens=64))) as url:
         started = slow_pipeline.steps
-        body = {"model": "osum", "stream": True, "max_tokens": 64, "messages": audio_message(AUDIO[1], "describe")}
+        body = {
+            "model": "osum",
+            "stream": True,
+            "max_tokens": 64,
+            "messages": audio_message(AUDIO[1], "describe"),
+        }
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as reply:
             assert reply.status_code == 200
             for line in reply.iter_lines():
@@ -476,6 +673,10 @@ def test_a_stream_whose_client_leaves_stops_decoding(slow_pipeline):
                     break  # the first token arrived: leave
         assert settled(slow_pipeline) - started < 30  # of 64
         with AUDIO[1].open("rb") as audio:  # and the server goes on serving
-            reply = httpx.post(url + "/v1/audio/transcriptions", files={"file": audio}, data={"model": "osum"},
-                               timeout=60)
+            reply = httpx.post(
+                url + "/v1/audio/transcriptions",
+                files={"file": audio},
+                data={"model": "osum"},
+                timeout=60,
+            )
         assert reply.status_code == 200 and slow_pipeline.steps - started >= 64

@@ -2,6 +2,7 @@
 
 Tolerance: 1e-4 max-abs, the fixture README's suggestion for float32 (we observe about 1e-6).
 """
+
 import pytest
 import torch
 
@@ -25,7 +26,12 @@ def test_positional_tables_equal_the_checkpoint_buffers():
     state = torch.load("tests/fixtures/fixture_a/infer.pt", weights_only=True)
     assert max_diff(whisper_sinusoids(1500, 64), state["encoder.embed.pos_enc.pe"][0]) < 1e-6
     # float32 rounding of large angles (sin of ~400 rad) costs ~1e-5; 30 s of audio reaches row 375
-    assert max_diff(interleaved_sinusoids(400, 64), state["speech_transformer.embed.pos_enc.pe"][0, :400]) < 5e-5
+    assert (
+        max_diff(
+            interleaved_sinusoids(400, 64), state["speech_transformer.embed.pos_enc.pe"][0, :400]
+        )
+        < 5e-5
+    )
 
 
 @torch.no_grad()
@@ -47,7 +53,9 @@ def test_single_item_intermediates(model, expected):
 @torch.no_grad()
 def test_batch_reproduces_the_original_mask_rule(model, expected):
     """The original drops the last frame of the odd-length item (219) in an even-length (276) batch."""
-    speech_embeds, speech_lens = model.embed_speech(expected["batch_feats"], expected["batch_feats_lengths"])
+    speech_embeds, speech_lens = model.embed_speech(
+        expected["batch_feats"], expected["batch_feats_lengths"]
+    )
     assert speech_lens.tolist() == expected["batch_speech_mask"].sum(1).tolist() == [35, 28]
     for row, n in enumerate(speech_lens.tolist()):
         assert max_diff(speech_embeds[row, :n], expected["batch_speech_embeds"][row, :n]) < ATOL
@@ -57,8 +65,9 @@ def test_batch_reproduces_the_original_mask_rule(model, expected):
 
 @torch.no_grad()
 def test_batch_without_the_rule_equals_each_item_alone(model, expected):
-    speech_embeds, speech_lens = model.embed_speech(expected["batch_feats"], expected["batch_feats_lengths"],
-                                                    original_mask_rule=False)
+    speech_embeds, speech_lens = model.embed_speech(
+        expected["batch_feats"], expected["batch_feats_lengths"], original_mask_rule=False
+    )
     assert max_diff(speech_embeds[0, :35], expected["batch_item0_alone_speech_embeds"]) < ATOL
     assert max_diff(speech_embeds[1, :28], expected["batch_item1_alone_speech_embeds"]) < ATOL
     alone, _ = model.embed_speech(expected["batch_feats"][1:, :219], torch.tensor([219]))

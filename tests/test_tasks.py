@@ -1,9 +1,19 @@
 """The task table against the original's prompt_config.yaml, and the output parsers on hand-written outputs."""
+
 from pathlib import Path
 
 import pytest
 
-from osum_min.text.tasks import LABEL_SETS, PARAPHRASES, TASKS, Result, Word, free_prompt_task, join_windows, parse
+from osum_min.text.tasks import (
+    LABEL_SETS,
+    PARAPHRASES,
+    TASKS,
+    Result,
+    Word,
+    free_prompt_task,
+    join_windows,
+    parse,
+)
 
 PROMPT_CONFIG = Path(__file__).parent / "fixtures" / "prompt_config.yaml"
 # docs/original.md §8: the gradio demo's fixed prompts, our defaults for the single tasks.
@@ -11,11 +21,11 @@ FIXED_PROMPTS = {
     "asr": "执行语音识别任务，将音频转换为文字。",
     "srwt": "请转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，时间范围用<>括起来。",
     "ved": "请将音频转录为文字记录，并在记录末尾标注<音频事件>标签，音频事件共8种：laugh，cough，cry，screaming，sigh，"
-           "throat clearing，sneeze，other。",
+    "throat clearing，sneeze，other。",
     "ser": "请将音频内容转录成文字记录，并在记录末尾标注<情感>标签，情感共8种：sad，anger，neutral，happy，surprise，fear，"
-           "disgust，和other。",
+    "disgust，和other。",
     "ssr": "请将音频内容进行文字转录，并在最后添加<风格>标签，标签共8种：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、"
-           "日常口语、其他。",
+    "日常口语、其他。",
     "sgc": "请将音频转录为文本，并在文本结尾处标注<性别>标签，性别为female或male。",
     "sap": "请将音频转录为文本，并在文本结尾处标注<年龄>标签，年龄划分为child、adult和old三种。",
     "sttc": "首先将语音转录为文字，然后对语音内容进行回复，转录和文字之间使用<开始回答>分割。",
@@ -26,7 +36,9 @@ def test_paraphrases_equal_prompt_config_yaml():
     yaml = pytest.importorskip("yaml")
     config = yaml.safe_load(PROMPT_CONFIG.read_text(encoding="utf-8"))
     assert {tag: tuple(prompts) for tag, prompts in config.items()} == PARAPHRASES
-    assert {task.tag for task in TASKS.values()} == set(config)  # every tag has a task, and only those
+    assert {task.tag for task in TASKS.values()} == set(
+        config
+    )  # every tag has a task, and only those
     for task in TASKS.values():
         assert task.paraphrases == tuple(config[task.tag])
 
@@ -45,13 +57,19 @@ def test_label_kinds_follow_the_tag_order():
     assert len(LABEL_SETS["emotion"]) == len(LABEL_SETS["event"]) == len(LABEL_SETS["style"]) == 8
 
 
-@pytest.mark.parametrize("raw, words", [
-    ("hello<0.3, 0.7>world<0.8, 1.2>", [("hello", 0.3, 0.7), ("world", 0.8, 1.2)]),
-    ("hello<0.3,0.7> world <0.8-1.2>", [("hello", 0.3, 0.7), ("world", 0.8, 1.2)]),
-    ("hello <0.3 , 0.7>world<0.8 ~ 1.2>", [("hello", 0.3, 0.7), ("world", 0.8, 1.2)]),
-    ("我<0.1，0.3>爱<0.3 0.5>你<0.5s, 0.8s>", [("我", 0.1, 0.3), ("爱", 0.3, 0.5), ("你", 0.5, 0.8)]),
-    ("<0.0>hello<0.5>world<1.0>", [("hello", 0.0, 0.5), ("world", 0.5, 1.0)]),  # boundary marks
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ("hello<0.3, 0.7>world<0.8, 1.2>", [("hello", 0.3, 0.7), ("world", 0.8, 1.2)]),
+        ("hello<0.3,0.7> world <0.8-1.2>", [("hello", 0.3, 0.7), ("world", 0.8, 1.2)]),
+        ("hello <0.3 , 0.7>world<0.8 ~ 1.2>", [("hello", 0.3, 0.7), ("world", 0.8, 1.2)]),
+        (
+            "我<0.1，0.3>爱<0.3 0.5>你<0.5s, 0.8s>",
+            [("我", 0.1, 0.3), ("爱", 0.3, 0.5), ("你", 0.5, 0.8)],
+        ),
+        ("<0.0>hello<0.5>world<1.0>", [("hello", 0.0, 0.5), ("world", 0.5, 1.0)]),  # boundary marks
+    ],
+)
 def test_srwt_accepted_forms(raw, words):
     result = parse(TASKS["srwt"], raw)
     assert [(w.text, w.start, w.end) for w in result.words] == words
@@ -69,7 +87,9 @@ def test_srwt_drifts():
     assert overlap.issues == ["'b' overlaps 'a'"]
     untimed = parse(TASKS["srwt"], "just some text")
     assert [(w.text, w.start, w.end) for w in untimed.words] == [("just some text", None, None)]
-    assert untimed.transcript == "just some text" and untimed.issues == ["no timestamps in the output"]
+    assert untimed.transcript == "just some text" and untimed.issues == [
+        "no timestamps in the output"
+    ]
     tail = parse(TASKS["srwt"], "hello<0.3, 0.7> and then")
     assert tail.words[-1] == Word("and then", None, None) and tail.transcript == "hello and then"
     other_tag = parse(TASKS["srwt"], "x<abc>y<1.0,2.0>")
@@ -81,26 +101,65 @@ def test_srwt_drifts():
 
 
 def test_srwt_mandarin_transcript_has_no_spaces():
-    assert parse(TASKS["srwt"], "我<0.1, 0.3>爱<0.3, 0.5>python<0.5, 0.9>").transcript == "我爱python"
+    assert (
+        parse(TASKS["srwt"], "我<0.1, 0.3>爱<0.3, 0.5>python<0.5, 0.9>").transcript == "我爱python"
+    )
 
 
-@pytest.mark.parametrize("task, raw, transcript, labels, unknown", [
-    ("ser", "今天天气真好<happy>", "今天天气真好", {"emotion": "happy"}, []),
-    ("ser", "hi<joy>", "hi", {"emotion": "joy"}, ["emotion"]),
-    ("ser", "hi", "hi", {}, []),
-    ("ved", "haha <Throat  Clearing>", "haha", {"event": "throat clearing"}, []),
-    ("ssr", "从前有座山<童话故事>", "从前有座山", {"style": "童话故事"}, []),
-    ("sgc", "hello<FEMALE>", "hello", {"gender": "female"}, []),
-    ("asr+age+gender", "hello <adult> <female>", "hello", {"age": "adult", "gender": "female"}, []),
-    ("asr+age+gender", "hello<female>", "hello", {"gender": "female"}, []),  # missing age, gender still found
-    ("asr+age+gender", "hello<teen><female>", "hello", {"age": "teen", "gender": "female"}, ["age"]),
-    ("age+gender", "<child><MALE>", None, {"age": "child", "gender": "male"}, []),
-    ("style+age+gender", "<有声书><old><male>", None, {"style": "有声书", "age": "old", "gender": "male"}, []),
-    ("asr+style+age+gender", "a<b>c<客服><adult><female>", "a<b>c", {"style": "客服", "age": "adult", "gender": "female"}, []),
-])
+@pytest.mark.parametrize(
+    "task, raw, transcript, labels, unknown",
+    [
+        ("ser", "今天天气真好<happy>", "今天天气真好", {"emotion": "happy"}, []),
+        ("ser", "hi<joy>", "hi", {"emotion": "joy"}, ["emotion"]),
+        ("ser", "hi", "hi", {}, []),
+        ("ved", "haha <Throat  Clearing>", "haha", {"event": "throat clearing"}, []),
+        ("ssr", "从前有座山<童话故事>", "从前有座山", {"style": "童话故事"}, []),
+        ("sgc", "hello<FEMALE>", "hello", {"gender": "female"}, []),
+        (
+            "asr+age+gender",
+            "hello <adult> <female>",
+            "hello",
+            {"age": "adult", "gender": "female"},
+            [],
+        ),
+        (
+            "asr+age+gender",
+            "hello<female>",
+            "hello",
+            {"gender": "female"},
+            [],
+        ),  # missing age, gender still found
+        (
+            "asr+age+gender",
+            "hello<teen><female>",
+            "hello",
+            {"age": "teen", "gender": "female"},
+            ["age"],
+        ),
+        ("age+gender", "<child><MALE>", None, {"age": "child", "gender": "male"}, []),
+        (
+            "style+age+gender",
+            "<有声书><old><male>",
+            None,
+            {"style": "有声书", "age": "old", "gender": "male"},
+            [],
+        ),
+        (
+            "asr+style+age+gender",
+            "a<b>c<客服><adult><female>",
+            "a<b>c",
+            {"style": "客服", "age": "adult", "gender": "female"},
+            [],
+        ),
+    ],
+)
 def test_label_parser(task, raw, transcript, labels, unknown):
     result = parse(TASKS[task], raw)
-    assert (result.transcript, result.labels, result.unknown_labels) == (transcript, labels, unknown)
+    assert (result.transcript, result.labels, result.unknown_labels) == (
+        transcript,
+        labels,
+        unknown,
+    )
     expected_issues = len(TASKS[task].labels) - len(labels) + len(unknown)
     assert len(result.issues) == expected_issues, result.issues
 
@@ -115,14 +174,21 @@ def test_sttc():
     result = parse(TASKS["sttc"], "今天几号<开始回答>今天是五号。")
     assert (result.transcript, result.reply, result.issues) == ("今天几号", "今天是五号。", [])
     spaced = parse(TASKS["sttc"], "hi < 开始回答 > hello<开始回答>again")
-    assert (spaced.transcript, spaced.reply) == ("hi", "hello<开始回答>again")  # split at the first separator only
+    assert (spaced.transcript, spaced.reply) == (
+        "hi",
+        "hello<开始回答>again",
+    )  # split at the first separator only
     alone = parse(TASKS["sttc"], "no separator")
     assert alone.transcript == "no separator" and alone.reply is None and alone.issues
 
 
 def test_free_prompt_and_json():
     result = parse(free_prompt_task("描述音频"), " a dog barks ")
-    assert result.to_json() == {"task": "prompt", "raw": " a dog barks ", "transcript": "a dog barks"}
+    assert result.to_json() == {
+        "task": "prompt",
+        "raw": " a dog barks ",
+        "transcript": "a dog barks",
+    }
     timed = parse(TASKS["srwt"], "hi<0.1, 0.4>").to_json()
     assert timed["words"] == [{"text": "hi", "start": 0.1, "end": 0.4}]
     assert parse(TASKS["ser"], "x<sad>").to_text() == "x<sad>"
@@ -130,11 +196,18 @@ def test_free_prompt_and_json():
 
 def test_join_windows_shifts_times_and_votes_labels():
     srwt = TASKS["srwt"]
-    joined = join_windows(srwt, [parse(srwt, "a<0.0, 0.5>"), parse(srwt, "b<1.0, 1.5>")], [0.0, 27.5])
+    joined = join_windows(
+        srwt, [parse(srwt, "a<0.0, 0.5>"), parse(srwt, "b<1.0, 1.5>")], [0.0, 27.5]
+    )
     assert [(w.text, w.start, w.end) for w in joined.words] == [("a", 0.0, 0.5), ("b", 28.5, 29.0)]
     assert joined.transcript == "a b"
     ser = TASKS["ser"]
-    windows = [parse(ser, "一<sad>"), parse(ser, "二<happy>"), parse(ser, "三<happy>"), parse(ser, "四")]
+    windows = [
+        parse(ser, "一<sad>"),
+        parse(ser, "二<happy>"),
+        parse(ser, "三<happy>"),
+        parse(ser, "四"),
+    ]
     joined = join_windows(ser, windows, [0.0, 30.0, 60.0, 90.0])
     assert joined.transcript == "一二三四" and joined.labels == {"emotion": "happy"}
     assert joined.issues == ["window 3: no emotion label"]

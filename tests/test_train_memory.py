@@ -1,5 +1,6 @@
 """Training memory options: bf16 frozen weights with float32 trainable ones, activation checkpointing, the memory
 table and the peak in the log."""
+
 import copy
 from dataclasses import replace
 
@@ -47,7 +48,9 @@ def test_frozen_weights_are_bf16_and_trainable_ones_float32():
         model.loss(*batch()).backward()
     optimizer.step()
     moments = [state["exp_avg_sq"] for state in optimizer.state.values()]
-    assert len(moments) == len(trainable) and {moment.dtype for moment in moments} == {torch.float32}
+    assert len(moments) == len(trainable) and {moment.dtype for moment in moments} == {
+        torch.float32
+    }
 
 
 def test_bf16_frozen_loss_is_close_to_float32():
@@ -84,19 +87,42 @@ def test_grad_checkpoint_gives_the_same_gradients():
 def test_memory_table_counts_bytes_per_module():
     model = tiny_model()
     trainable = setup_model(model, "link_and_lora", torch.bfloat16)
-    rows = {line[:16].strip(): line[16:].split() for line in trainable_table(model).splitlines()[1:]}
-    llm = sum(p.numel() for name, p in model.named_parameters() if name.startswith("llm.") and ".lora_" not in name)
-    assert rows["llm"][:3] == [f"{0:,}", f"{llm:,}", f"{llm * 2 / 2**20:,.1f}"]  # bf16: 2 bytes, nothing trains
+    rows = {
+        line[:16].strip(): line[16:].split() for line in trainable_table(model).splitlines()[1:]
+    }
+    llm = sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if name.startswith("llm.") and ".lora_" not in name
+    )
+    assert rows["llm"][:3] == [
+        f"{0:,}",
+        f"{llm:,}",
+        f"{llm * 2 / 2**20:,.1f}",
+    ]  # bf16: 2 bytes, nothing trains
     encoder = sum(p.numel() for p in model.encoder.parameters())
-    assert rows["encoder"][2] == f"{encoder * 2 / 2**20:,.1f}" and rows["encoder"][3:] == ["0.0", "0.0"]
+    assert rows["encoder"][2] == f"{encoder * 2 / 2**20:,.1f}" and rows["encoder"][3:] == [
+        "0.0",
+        "0.0",
+    ]
     trained = sum(model.get_parameter(name).numel() for name in trainable)
-    assert rows["all"][0] == f"{trained:,}" and rows["all"][4] == f"{trained * 8 / 2**20:,.1f}"  # 2 fp32 moments
+    assert (
+        rows["all"][0] == f"{trained:,}" and rows["all"][4] == f"{trained * 8 / 2**20:,.1f}"
+    )  # 2 fp32 moments
 
 
 def test_bf16_frozen_run_checkpoints_resumes_and_loads(corpus, tmp_path):  # noqa: F811
     """train.py --frozen-dtype bf16 --grad-checkpoint on CPU: float32 trained tensors and optimizer state in the
     checkpoint, a resume continues the run exactly, OUT/final loads, and the log carries the peak memory."""
-    common = ["--preset", "tiny", "--frozen-dtype", "bf16", "--grad-checkpoint", "--save-every", "2"]
+    common = [
+        "--preset",
+        "tiny",
+        "--frozen-dtype",
+        "bf16",
+        "--grad-checkpoint",
+        "--save-every",
+        "2",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train.main(run_args(corpus, straight, *common, "--max-steps", "4")) == 0
     assert train.main(run_args(corpus, resumed, *common, "--max-steps", "2")) == 0
@@ -104,10 +130,17 @@ def test_bf16_frozen_run_checkpoints_resumes_and_loads(corpus, tmp_path):  # noq
     assert [r["loss"] for r in log_records(resumed)] == [r["loss"] for r in log_records(straight)]
     state = torch.load(straight / "step_00000004.pt", weights_only=True)
     lora = "llm.layers.0.self_attn.q_proj.lora_A"
-    assert state["model"][lora].dtype == state["optimizer"]["state"][lora]["exp_avg"].dtype == torch.float32
+    assert (
+        state["model"][lora].dtype
+        == state["optimizer"]["state"][lora]["exp_avg"].dtype
+        == torch.float32
+    )
     assert "llm.layers.0.mlp.up_proj.weight" not in state["model"]
     final = load_file(straight / "final" / "model.safetensors")
-    assert final["llm.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16 and final[lora].dtype == torch.float32
+    assert (
+        final["llm.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16
+        and final[lora].dtype == torch.float32
+    )
     model = OSUM.from_pretrained(straight / "final", device="cpu", for_training=True)
     assert torch.equal(model.get_parameter(lora), final[lora])
     assert all(record["peak_memory_gib"] > 0 for record in log_records(straight))
@@ -116,7 +149,9 @@ def test_bf16_frozen_run_checkpoints_resumes_and_loads(corpus, tmp_path):  # noq
 def test_frozen_dtype_defaults_by_device(corpus, tmp_path, monkeypatch):  # noqa: F811
     args = run_args(corpus, tmp_path, "--preset", "tiny")
     assert train.parse_args(args + ["--device", "cpu"]).frozen_dtype == "fp32"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda is checked against the machine
+    monkeypatch.setattr(
+        torch.cuda, "is_available", lambda: True
+    )  # --device cuda is checked against the machine
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     cuda = train.parse_args(args + ["--device", "cuda"])
     assert (cuda.frozen_dtype, cuda.bf16) == ("bf16", True)

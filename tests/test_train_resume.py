@@ -1,5 +1,6 @@
 """train.py under interruption and bad input: checkpoints load without running code, a stop at any point resumes
 exactly, a crash leaves one log record per step, a truncated checkpoint falls back, bad transcripts are skipped."""
+
 import json
 import os
 import signal
@@ -43,7 +44,12 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(corpus, tmp_path):  # no
         train.main(run_args(corpus, out, *STEPS, "--resume"))
     assert not marker.exists()
     message = str(error.value)
-    assert "\n" not in message and "step_00000004.pt" in message and "refused" in message and "system" in message
+    assert (
+        "\n" not in message
+        and "step_00000004.pt" in message
+        and "refused" in message
+        and "system" in message
+    )
 
 
 @pytest.mark.parametrize("point", ["logging", "save", "evaluation"])
@@ -51,8 +57,11 @@ def test_a_stop_at_any_point_resumes_exactly(corpus, tmp_path, monkeypatch, stra
     """Ctrl-C while a step logs, saves or evaluates (2 dev clips at steps 4 and 6): the run stops at a step boundary
     with a checkpoint that holds the data position and RNG states of its weights; --resume then gives the
     uninterrupted run's losses."""
-    target, name = {"logging": (train, "append_jsonl"), "save": (checkpoints, "save_checkpoint"),
-                    "evaluation": (train, "evaluate")}[point]
+    target, name = {
+        "logging": (train, "append_jsonl"),
+        "save": (checkpoints, "save_checkpoint"),
+        "evaluation": (train, "evaluate"),
+    }[point]
     original, calls = getattr(target, name), []
 
     def interrupted(*args, **kwargs):
@@ -67,8 +76,12 @@ def test_a_stop_at_any_point_resumes_exactly(corpus, tmp_path, monkeypatch, stra
     arguments = run_args(corpus, out, *STEPS)
     if point == "evaluation":
         dev = tmp_path / "dev.jsonl"
-        dev.write_text("".join(json.dumps({**json.loads(line), "wav": str(corpus / f"clip{index}.wav")}) + "\n"
-                               for index, line in enumerate((corpus / "train.jsonl").read_text().splitlines()[:2])))
+        dev.write_text(
+            "".join(
+                json.dumps({**json.loads(line), "wav": str(corpus / f"clip{index}.wav")}) + "\n"
+                for index, line in enumerate((corpus / "train.jsonl").read_text().splitlines()[:2])
+            )
+        )
         arguments += ["--dev-data", str(dev), "--eval-every", "4", "--eval-batches", "1"]
     assert train.main(arguments) == 130
     assert len(losses(out)) == {"logging": 2, "save": 3, "evaluation": 4}[point]
@@ -79,7 +92,9 @@ def test_a_stop_at_any_point_resumes_exactly(corpus, tmp_path, monkeypatch, stra
         assert [record["step"] for record in log_records(out) if "eval" in record] == [4, 6]
 
 
-def test_a_crash_logs_each_step_once_and_passes_over_a_truncated_checkpoint(corpus, tmp_path, capsys):  # noqa: F811
+def test_a_crash_logs_each_step_once_and_passes_over_a_truncated_checkpoint(
+    corpus, tmp_path, capsys
+):  # noqa: F811
     """kill -9 after step 6 was logged but before its checkpoint, with step 4's checkpoint cut short and the log's
     last line half written: --resume warns, continues from step 2, and the log lists each step once."""
     out, steps = tmp_path / "run", [*STEPS, "--save-every", "2"]
@@ -93,7 +108,11 @@ def test_a_crash_logs_each_step_once_and_passes_over_a_truncated_checkpoint(corp
     capsys.readouterr()
     assert train.main(run_args(corpus, out, *steps, "--resume")) == 0
     printed = capsys.readouterr().out
-    assert "warning" in printed and "step_00000004.pt" in printed and "step_00000002.pt at step 2" in printed
+    assert (
+        "warning" in printed
+        and "step_00000004.pt" in printed
+        and "step_00000002.pt at step 2" in printed
+    )
     assert losses(out) == uninterrupted and [step for step, _ in losses(out)] == list(range(1, 7))
 
 
@@ -109,8 +128,11 @@ def test_bad_transcripts_are_skipped_counted_and_named(corpus, tmp_path, caplog)
     arguments[arguments.index("--train-data") + 1] = str(tmp_path / "list.jsonl")
     assert train.main(arguments) == 0
     assert log_records(tmp_path / "run")[-1]["skipped_samples"] == len(bad)
-    reasons = {record.getMessage().split(": ", 1)[1] for record in caplog.records if "skipping sample bad" in
-               record.getMessage()}
+    reasons = {
+        record.getMessage().split(": ", 1)[1]
+        for record in caplog.records
+        if "skipping sample bad" in record.getMessage()
+    }
     assert len(reasons) == len(bad) and any("null" in reason for reason in reasons)
     assert any("empty transcript" in reason for reason in reasons)
     assert any("1048576 characters" in reason for reason in reasons)
@@ -119,9 +141,26 @@ def test_bad_transcripts_are_skipped_counted_and_named(corpus, tmp_path, caplog)
 def test_resuming_with_other_trainable_parts_is_refused_in_one_line(corpus, tmp_path):  # noqa: F811
     """The checkpoint holds only what trained; resuming a run that trains other parts would load them silently."""
     out = tmp_path / "run"
-    assert train.main(run_args(corpus, out, "--preset", "tiny", "--max-steps", "1", "--fire-module", "link")) == 0
+    assert (
+        train.main(
+            run_args(corpus, out, "--preset", "tiny", "--max-steps", "1", "--fire-module", "link")
+        )
+        == 0
+    )
     with pytest.raises(TrainingError) as error:
-        train.main(run_args(corpus, out, "--preset", "tiny", "--max-steps", "2", "--fire-module", "llm", "--resume"))
+        train.main(
+            run_args(
+                corpus,
+                out,
+                "--preset",
+                "tiny",
+                "--max-steps",
+                "2",
+                "--fire-module",
+                "llm",
+                "--resume",
+            )
+        )
     message = str(error.value)
     assert "\n" not in message and "step_00000001.pt" in message and "trained" in message
     assert "adaptor." in message and ".lora_A" in message and "--fire-module" in message

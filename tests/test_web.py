@@ -4,6 +4,7 @@ parsed fields (labels, timed words, SRT) reach the page, and headless Chromium u
 
 The server is `python infer.py --web` in a subprocess on 127.0.0.1.
 """
+
 import contextlib
 import json
 import os
@@ -27,14 +28,23 @@ from osum_min.model.osum import OSUM
 from osum_min.text.tokenizer import Tokenizer
 from test_infer import weights_with_tokenizer  # noqa: F401  (a fixture: the tiny model with a byte tokenizer)
 
-gradio = pytest.importorskip("gradio", reason="the web demo's extra is not installed: pip install .[demo]")
+gradio = pytest.importorskip(
+    "gradio", reason="the web demo's extra is not installed: pip install .[demo]"
+)
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed")
 from osum_min.serve.web import DemoUnavailable, build_demo  # noqa: E402
 
 AUDIO = FIXTURE_A / "audio.wav"
 PROMPT_IDS = [17, 230, 511, 42, 901, 7, 333]
-GREEDY_16 = {"beams": 1, "sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
-             "max_new_tokens": 16}
+GREEDY_16 = {
+    "beams": 1,
+    "sample": False,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+    "max_new_tokens": 16,
+}
 ARTIFACTS = ROOT / "tests" / ".artifacts"
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 120
@@ -50,8 +60,17 @@ def free_port() -> int:
 def server(fixture_weights):
     """`infer.py --web` on the fixture weights (no tokenizer: the debugging mode); yields its URL, then stops it."""
     port = free_port()
-    command = [sys.executable, str(ROOT / "infer.py"), "--web", "--weights", str(fixture_weights), "--port", str(port),
-               "--device", "cpu"]
+    command = [
+        sys.executable,
+        str(ROOT / "infer.py"),
+        "--web",
+        "--weights",
+        str(fixture_weights),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -65,7 +84,9 @@ def server(fixture_weights):
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
-                    pytest.fail(f"the web server did not start: {log.read().decode(errors='replace')[-2000:]}")
+                    pytest.fail(
+                        f"the web server did not start: {log.read().decode(errors='replace')[-2000:]}"
+                    )
                 time.sleep(0.5)
         yield url
     finally:
@@ -84,23 +105,53 @@ def client(server):
 
 def transcribe(client, audio, **settings) -> tuple:
     """status, text, parsed, words, srt, ids, record"""
-    job = client.submit(gradio_client.handle_file(str(audio)), api_name="/transcribe",
-                        prompt_ids_text=",".join(map(str, PROMPT_IDS)), seed=None, **settings)
+    job = client.submit(
+        gradio_client.handle_file(str(audio)),
+        api_name="/transcribe",
+        prompt_ids_text=",".join(map(str, PROMPT_IDS)),
+        seed=None,
+        **settings,
+    )
     return job.result(timeout=REQUEST_TIMEOUT_S)
 
 
-def test_page_ids_equal_model_generate_infer_and_the_original(client, fixture_weights, expected, capsys):
+def test_page_ids_equal_model_generate_infer_and_the_original(
+    client, fixture_weights, expected, capsys
+):
     status, text, _, _, _, ids, record = transcribe(client, AUDIO, **GREEDY_16)
     page_ids = [int(token) for token in ids.split()]
     assert page_ids == expected["generate_greedy_ids"].tolist()
-    assert record["ids"] == page_ids and record["prompt_ids"] == PROMPT_IDS and "real-time factor" in status
+    assert (
+        record["ids"] == page_ids
+        and record["prompt_ids"] == PROMPT_IDS
+        and "real-time factor" in status
+    )
 
     model = OSUM.from_pretrained(fixture_weights, device="cpu")
     mel, lens = pad_features([log_mel(load_audio(AUDIO))])
-    [model_ids] = model.generate(mel, lens, [PROMPT_IDS], max_new_tokens=16, num_beams=1, repetition_penalty=1.0)
+    [model_ids] = model.generate(
+        mel, lens, [PROMPT_IDS], max_new_tokens=16, num_beams=1, repetition_penalty=1.0
+    )
     assert page_ids == model_ids
-    assert infer.main([str(AUDIO), "--weights", str(fixture_weights), "--prompt-ids", ",".join(map(str, PROMPT_IDS)),
-                       "--ids", "--beams", "1", "--repetition-penalty", "1.0", "--max-new-tokens", "16"]) == 0
+    assert (
+        infer.main(
+            [
+                str(AUDIO),
+                "--weights",
+                str(fixture_weights),
+                "--prompt-ids",
+                ",".join(map(str, PROMPT_IDS)),
+                "--ids",
+                "--beams",
+                "1",
+                "--repetition-penalty",
+                "1.0",
+                "--max-new-tokens",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.split() == ids.split()
 
 
@@ -114,7 +165,11 @@ def test_corrupt_upload_is_a_message_and_the_server_keeps_serving(client, tmp_pa
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 8)
     status, text, _, _, _, ids, _ = transcribe(client, corrupt, **GREEDY_16)
-    assert status.startswith("**Error:** corrupt.wav: not a readable audio file") and ids == "" and text == ""
+    assert (
+        status.startswith("**Error:** corrupt.wav: not a readable audio file")
+        and ids == ""
+        and text == ""
+    )
     assert "Traceback" not in status
     _, _, _, _, _, ids, _ = transcribe(client, AUDIO, **GREEDY_16)
     assert [int(token) for token in ids.split()] == expected["generate_greedy_ids"].tolist()
@@ -125,14 +180,40 @@ def test_long_audio_is_windowed_like_infer(fixture_weights, tmp_path, capsys):
     speech = load_audio(AUDIO).numpy()
     pause = np.zeros(SAMPLE_RATE, dtype=np.float32)
     long_audio = tmp_path / "long.wav"
-    soundfile.write(long_audio, np.concatenate([speech, pause] * 11)[: 40 * SAMPLE_RATE], SAMPLE_RATE)
+    soundfile.write(
+        long_audio, np.concatenate([speech, pause] * 11)[: 40 * SAMPLE_RATE], SAMPLE_RATE
+    )
     demo = build_demo(OSUM.from_pretrained(fixture_weights, device="cpu"), None)
-    status, *_, record = demo(str(long_audio), "asr", "", ",".join(map(str, PROMPT_IDS)), *GREEDY_16.values(), None,
-                              api_name="transcribe")
+    status, *_, record = demo(
+        str(long_audio),
+        "asr",
+        "",
+        ",".join(map(str, PROMPT_IDS)),
+        *GREEDY_16.values(),
+        None,
+        api_name="transcribe",
+    )
     assert "in 2 windows" in status
-    assert infer.main([str(long_audio), "--weights", str(fixture_weights), "--json", "--prompt-ids",
-                       ",".join(map(str, PROMPT_IDS)), "--ids", "--beams", "1", "--repetition-penalty", "1.0",
-                       "--max-new-tokens", "16"]) == 0
+    assert (
+        infer.main(
+            [
+                str(long_audio),
+                "--weights",
+                str(fixture_weights),
+                "--json",
+                "--prompt-ids",
+                ",".join(map(str, PROMPT_IDS)),
+                "--ids",
+                "--beams",
+                "1",
+                "--repetition-penalty",
+                "1.0",
+                "--max-new-tokens",
+                "16",
+            ]
+        )
+        == 0
+    )
     cli = json.loads(capsys.readouterr().out)
     page = record.model_dump()
     assert page["windows"] == cli["windows"] and len(page["windows"]) == 2
@@ -151,7 +232,9 @@ class ScriptedModel:
 
 
 def run_page(demo, task: str, audio=AUDIO) -> list:
-    return demo(str(audio), task, "", "", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe")
+    return demo(
+        str(audio), task, "", "", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe"
+    )
 
 
 def test_labels_and_timed_words_reach_the_page(weights_with_tokenizer):  # noqa: F811
@@ -162,36 +245,52 @@ def test_labels_and_timed_words_reach_the_page(weights_with_tokenizer):  # noqa:
     demo = build_demo(ScriptedModel(model, answer("hello<happy>")), tokenizer)
     status, text, parsed, *_ = run_page(demo, "ser")
     assert text == "hello<happy>" and "Error" not in status and "Parser notes" not in status
-    assert [(item["token"], item["class_or_confidence"]) for item in parsed] == [("hello", None), ("happy", "emotion")]
+    assert [(item["token"], item["class_or_confidence"]) for item in parsed] == [
+        ("hello", None),
+        ("happy", "emotion"),
+    ]
 
     demo = build_demo(ScriptedModel(model, answer("hello<glad>")), tokenizer)
     _, _, parsed, words, srt, *_ = run_page(demo, "ser")
     assert not words["visible"] and not srt["visible"]
-    assert parsed[-1]["class_or_confidence"] == "emotion (unknown)" and parsed[-1]["token"] == "glad"
+    assert (
+        parsed[-1]["class_or_confidence"] == "emotion (unknown)" and parsed[-1]["token"] == "glad"
+    )
 
     demo = build_demo(ScriptedModel(model, answer("hello<0.1, 0.5> world<0.6, 0.9>")), tokenizer)
     status, _, parsed, words, srt, _, record = run_page(demo, "srwt")
     assert words["visible"] and srt["visible"]  # shown for srwt only
     assert words["value"]["data"] == [["hello", 0.1, 0.5], ["world", 0.6, 0.9]]
     assert Path(srt["value"]).read_text() == "1\n00:00:00,100 --> 00:00:00,900\nhello world\n"
-    assert record.model_dump()["words"] == [{"text": "hello", "start": 0.1, "end": 0.5}, {"text": "world", "start": 0.6, "end": 0.9}]
+    assert record.model_dump()["words"] == [
+        {"text": "hello", "start": 0.1, "end": 0.5},
+        {"text": "world", "start": 0.6, "end": 0.9},
+    ]
 
 
 def test_missing_weights_and_missing_input_are_messages(weights_with_tokenizer):  # noqa: F811
-    status, *_ = run_page(build_demo(None, None, unavailable="cannot load nowhere/: no config.json"), "asr")
+    status, *_ = run_page(
+        build_demo(None, None, unavailable="cannot load nowhere/: no config.json"), "asr"
+    )
     assert status == "**Error:** cannot load nowhere/: no config.json"
     demo = build_demo(OSUM.from_pretrained(weights_with_tokenizer, device="cpu"), None)
     status, *_ = run_page(demo, "asr")
     assert status.startswith("**Error:** this model has no tokenizer")
-    status, *_ = demo(None, "asr", "", "1,2", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe")
+    status, *_ = demo(
+        None, "asr", "", "1,2", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe"
+    )
     assert status.startswith("**Error:** no audio")
-    status, *_ = demo(str(AUDIO), "asr", "", "1,x", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe")
+    status, *_ = demo(
+        str(AUDIO), "asr", "", "1,x", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe"
+    )
     assert status == "**Error:** prompt ids '1,x': expected comma-separated integers"
 
 
 def test_missing_gradio_is_a_one_line_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
-    with pytest.raises(DemoUnavailable, match=r"^the web demo needs gradio: pip install \.\[demo\]$"):
+    with pytest.raises(
+        DemoUnavailable, match=r"^the web demo needs gradio: pip install \.\[demo\]$"
+    ):
         build_demo(None, None)
 
 
@@ -206,14 +305,25 @@ def page_with_audio(url: str, screenshot_name: str):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not browser or not driver_path:
-        pytest.skip("headless Chromium needs Debian's chromium and chromium-driver (apt-get install chromium "
-                    "chromium-driver)")
+        pytest.skip(
+            "headless Chromium needs Debian's chromium and chromium-driver (apt-get install chromium "
+            "chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     profile = tempfile.mkdtemp(prefix="osum_web_chromium_")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--window-size=1400,1600"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1600",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
     try:
@@ -222,7 +332,9 @@ def page_with_audio(url: str, screenshot_name: str):
         wait = WebDriverWait(driver, REQUEST_TIMEOUT_S)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]"))
         driver.find_element(By.CSS_SELECTOR, "#audio input[type=file]").send_keys(str(AUDIO))
-        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]"))  # the player replaced it
+        wait.until(
+            lambda d: not d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]")
+        )  # the player replaced it
         yield driver, wait, By
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / screenshot_name))
@@ -234,7 +346,9 @@ def page_with_audio(url: str, screenshot_name: str):
 
 def test_browser_uploads_runs_and_reads_the_result(server, client):
     with page_with_audio(server, "web_demo.png") as (driver, wait, By):
-        driver.find_element(By.CSS_SELECTOR, "#prompt_ids textarea").send_keys(",".join(map(str, PROMPT_IDS)))
+        driver.find_element(By.CSS_SELECTOR, "#prompt_ids textarea").send_keys(
+            ",".join(map(str, PROMPT_IDS))
+        )
         driver.find_element(By.CSS_SELECTOR, "#run").click()
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value"))
         page_ids = driver.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value")
@@ -257,13 +371,29 @@ def test_browser_shows_timed_words_and_subtitles(weights_with_tokenizer):  # noq
     try:
         with page_with_audio(url, "web_demo_srwt.png") as (driver, wait, By):
             driver.find_element(By.CSS_SELECTOR, "#task input").click()
-            wait.until(lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "#task li[role=option]")
-                                  if o.text.startswith("srwt")])[0].click()
+            wait.until(
+                lambda d: [
+                    o
+                    for o in d.find_elements(By.CSS_SELECTOR, "#task li[role=option]")
+                    if o.text.startswith("srwt")
+                ]
+            )[0].click()
             driver.find_element(By.CSS_SELECTOR, "#run").click()
-            wait.until(lambda d: "audio.srt" in d.find_element(By.CSS_SELECTOR, "#srt").text.replace("\n", ""))
+            wait.until(
+                lambda d: (
+                    "audio.srt" in d.find_element(By.CSS_SELECTOR, "#srt").text.replace("\n", "")
+                )
+            )
             table = driver.find_element(By.CSS_SELECTOR, "#words").text.split()
             parsed = driver.find_element(By.CSS_SELECTOR, "#parsed").text
     finally:
         demo.close()
-    assert table[-6:] == ["hello", "0.1", "0.5", "world", "0.6", "0.9"]  # after the title and headers
+    assert table[-6:] == [
+        "hello",
+        "0.1",
+        "0.5",
+        "world",
+        "0.6",
+        "0.9",
+    ]  # after the title and headers
     assert "hello world" in parsed

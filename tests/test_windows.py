@@ -1,4 +1,5 @@
 """Long-audio windows: the 53 s LibriVox Sonnet 1 reading is cut once, in a pause, and tiled exactly."""
+
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,10 @@ def test_sonnet_is_cut_once_at_a_pause():
 def test_synthetic_cut_finds_the_silence():
     generator = torch.Generator().manual_seed(0)
     wav = 0.3 * torch.randn(70 * SAMPLE_RATE, generator=generator)
-    silences = [(27 * SAMPLE_RATE, 27 * SAMPLE_RATE + 4000), (52 * SAMPLE_RATE, 52 * SAMPLE_RATE + 4000)]
+    silences = [
+        (27 * SAMPLE_RATE, 27 * SAMPLE_RATE + 4000),
+        (52 * SAMPLE_RATE, 52 * SAMPLE_RATE + 4000),
+    ]
     for start, end in silences:
         wav[start:end] = 0
     windows = split_windows(wav)
@@ -57,6 +61,7 @@ def test_short_audio_is_one_window_and_no_sliver_at_the_end():
 
 class LengthEcho:
     """A stand-in for OSUM: each window's 'tokens' are its mel length, and the batches are recorded."""
+
     config = type("Config", (), {"max_mel_frames": 3000})
 
     def __init__(self):
@@ -70,15 +75,23 @@ class LengthEcho:
 
 def test_windows_batch_longest_first_alone_in_time_order_and_come_back_to_their_waveform():
     generator = torch.Generator().manual_seed(0)
-    long_wav = 0.3 * torch.randn(70 * SAMPLE_RATE, generator=generator)  # three windows, the last the shortest
-    long_wav[24 * SAMPLE_RATE:24 * SAMPLE_RATE + 4000] = 0
+    long_wav = 0.3 * torch.randn(
+        70 * SAMPLE_RATE, generator=generator
+    )  # three windows, the last the shortest
+    long_wav[24 * SAMPLE_RATE : 24 * SAMPLE_RATE + 4000] = 0
     waves = [long_wav, 0.3 * torch.randn(12 * SAMPLE_RATE, generator=generator)]
     batched, alone = LengthEcho(), LengthEcho()
     by_batch = decode_waveforms(batched, waves, [[1], [1]], {}, batch_size=8)
     by_one = decode_waveforms(alone, waves, [[1], [1]], {}, batch_size=1)
     assert [len(d.windows) for d in by_batch] == [3, 1]
-    assert batched.batches[0] == sorted(batched.batches[0], reverse=True)  # one batch, longest first
-    window_frames = [[log_mel(wav[s:e]).shape[0] for s, e in d.windows] for d, wav in zip(by_one, waves)]
-    assert alone.batches == [[n] for frames in window_frames for n in frames]  # time order, for --stream
+    assert batched.batches[0] == sorted(
+        batched.batches[0], reverse=True
+    )  # one batch, longest first
+    window_frames = [
+        [log_mel(wav[s:e]).shape[0] for s, e in d.windows] for d, wav in zip(by_one, waves)
+    ]
+    assert alone.batches == [
+        [n] for frames in window_frames for n in frames
+    ]  # time order, for --stream
     for decoded in (by_batch, by_one):
         assert [[ids[0] for ids in d.ids] for d in decoded] == window_frames

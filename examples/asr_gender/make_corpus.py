@@ -11,6 +11,7 @@ genders). train.jsonl lists every clip twice, once per task (`<TRANSCRIBE> <GEND
 A second run over the same folder (resumed, repeated, or built in pieces) keeps a clip only when `wav/KEY.json`
 records the same text, voice, speed and pitch as this run draws for it, so any run gives the corpus one run gives.
 """
+
 import argparse
 import json
 import random
@@ -27,21 +28,32 @@ from osum_min.progress import Progress  # noqa: E402
 
 # espeak-ng ignores a +variant on "en-gb" (it resolves to a voice without variants) and speaks its default male
 # voice: the British voices here are named by dialect (en-gb-x-rp, en-029, en-gb-scotland), where variants apply.
-VOICES = [("en-us+f1", "female"), ("en-us+f2", "female"), ("en-gb-x-rp+f3", "female"), ("en-us+f4", "female"),
-          ("en-029+f5", "female"), ("en-us+m1", "male"), ("en-gb-x-rp+m2", "male"), ("en-us+m3", "male"),
-          ("en-gb-scotland+m4", "male"), ("en-us+m7", "male")]
+VOICES = [
+    ("en-us+f1", "female"),
+    ("en-us+f2", "female"),
+    ("en-gb-x-rp+f3", "female"),
+    ("en-us+f4", "female"),
+    ("en-029+f5", "female"),
+    ("en-us+m1", "male"),
+    ("en-gb-x-rp+m2", "male"),
+    ("en-us+m3", "male"),
+    ("en-gb-scotland+m4", "male"),
+    ("en-us+m7", "male"),
+]
 WORDS = {
     "adjective": "big small red green blue old young happy quiet loud bright dark warm cold soft hard quick slow "
-                 "tall short new clean busy lazy brave calm gentle heavy light sweet bitter empty full famous "
-                 "golden silver wooden little ancient friendly hungry noisy".split(),
+    "tall short new clean busy lazy brave calm gentle heavy light sweet bitter empty full famous "
+    "golden silver wooden little ancient friendly hungry noisy".split(),
     "noun": "dog cat bird fish horse farmer teacher doctor child girl boy king queen river mountain garden house "
-            "city village forest road train boat ship car window door table chair book letter song story apple "
-            "bread cheese coffee water river stone flower tree cloud rain storm moon star sun market school "
-            "kitchen island bridge castle tower lamp clock pencil basket".split(),
+    "city village forest road train boat ship car window door table chair book letter song story apple "
+    "bread cheese coffee water river stone flower tree cloud rain storm moon star sun market school "
+    "kitchen island bridge castle tower lamp clock pencil basket".split(),
     "verb": "sees finds likes paints carries follows watches builds opens closes cleans brings holds helps visits "
-            "draws keeps loves moves pushes pulls reads writes sells buys".split(),
+    "draws keeps loves moves pushes pulls reads writes sells buys".split(),
     "place": "near the river|behind the house|in the garden|on the hill|under the bridge|at the market|"
-             "in the morning|after dinner|before the storm|by the window|across the road|inside the castle".split("|"),
+    "in the morning|after dinner|before the storm|by the window|across the road|inside the castle".split(
+        "|"
+    ),
     "number": "two three four five six seven eight nine ten twelve twenty".split(),
 }
 TEMPLATES = [
@@ -59,14 +71,19 @@ def sentence(rng: random.Random) -> str:
     while "{" in template:
         start = template.index("{")
         end = template.index("}", start)
-        template = template[:start] + rng.choice(WORDS[template[start + 1:end]]) + template[end + 1:]
+        template = (
+            template[:start] + rng.choice(WORDS[template[start + 1 : end]]) + template[end + 1 :]
+        )
     return template
 
 
 def speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
     with tempfile.NamedTemporaryFile(suffix=".wav") as raw:
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", raw.name, text],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", raw.name, text],
+            check=True,
+            capture_output=True,
+        )
         soundfile.write(path, load_audio(raw.name).numpy(), 16000, subtype="PCM_16")
 
 
@@ -92,18 +109,28 @@ def main(argv=None) -> dict[str, Path]:
             # depend on which clips an earlier, interrupted or smaller run left in the folder
             clip_rng = random.Random(f"{args.seed}/{key}/{text}")
             voice, gender = clip_rng.choice(VOICES)
-            spoken = {"text": text, "voice": voice, "speed": clip_rng.randint(130, 210),
-                      "pitch": clip_rng.randint(35, 65)}
+            spoken = {
+                "text": text,
+                "voice": voice,
+                "speed": clip_rng.randint(130, 210),
+                "pitch": clip_rng.randint(35, 65),
+            }
             path, record = args.out / "wav" / f"{key}.wav", args.out / "wav" / f"{key}.json"
             if not (path.exists() and record.exists() and json.loads(record.read_text()) == spoken):
                 speak(text, voice, speed=spoken["speed"], pitch=spoken["pitch"], path=path)
-                record.write_text(json.dumps(spoken))  # after the audio: a clip cut short by a kill is spoken again
-            splits[split].append({"key": key, "wav": f"wav/{key}.wav", "txt": text, "gender": gender})
+                record.write_text(
+                    json.dumps(spoken)
+                )  # after the audio: a clip cut short by a kill is spoken again
+            splits[split].append(
+                {"key": key, "wav": f"wav/{key}.wav", "txt": text, "gender": gender}
+            )
             bar.update()
     lists = {}
     for split, clips in splits.items():
-        lines = [{**clip, "task": "<TRANSCRIBE> <GENDER>", "txt": f"{clip['txt']}<{clip['gender']}>"}
-                 for clip in clips]
+        lines = [
+            {**clip, "task": "<TRANSCRIBE> <GENDER>", "txt": f"{clip['txt']}<{clip['gender']}>"}
+            for clip in clips
+        ]
         if split == "train":
             lines += [{**clip, "task": "<TRANSCRIBE>"} for clip in clips]
         lists[split] = args.out / f"{split}.jsonl"

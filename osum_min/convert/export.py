@@ -5,6 +5,7 @@ original.py's key table read backwards: peft's wrapped names (`.base_layer`, `lo
 neutral values. A `*_config.json` in the original's vocabulary is written next to the checkpoint, for
 `convert.py --config`.
 """
+
 import json
 from pathlib import Path
 
@@ -21,7 +22,9 @@ def export_original(our_dir, out_path) -> Path:
     out_path = Path(out_path)
     config_path = Path(our_dir) / "config.json"
     if not config_path.is_file():
-        raise WeightsError(f"{our_dir}: no config.json (not a directory convert.py or train.py wrote)")
+        raise WeightsError(
+            f"{our_dir}: no config.json (not a directory convert.py or train.py wrote)"
+        )
     with torch.device("meta"):
         model = OSUM(OSUMConfig.from_file(config_path))
     load_weights(model, our_dir, device="cpu")  # each tensor keeps its stored dtype

@@ -7,6 +7,7 @@ else the hub's X-Linked-Etag) and the content (`content_problem`: an HTML error 
 or a body cut short without a length must not become a file every later run reuses). Any failure is one line
 naming the URL and what went wrong.
 """
+
 import codecs
 import errno
 import hashlib
@@ -39,15 +40,19 @@ class DownloadError(ValueError):
 class HubFile:
     repo: str  # Hugging Face model repository id, "owner/name"
     filename: str
-    size: int | None = None  # bytes; None = unknown, then only the server's Content-Length is checked
+    size: int | None = (
+        None  # bytes; None = unknown, then only the server's Content-Length is checked
+    )
     sha256: str | None = None  # hex digest; None = unknown, not checked
 
 
 OSUM_REPO = "ASLP-lab/OSUM"
 QWEN_REPO = "Qwen/Qwen2-7B-Instruct"
 CHECKPOINT_FILE = HubFile(OSUM_REPO, "infer.pt")
-TOKENIZER_FILES = tuple(HubFile(QWEN_REPO, name)
-                        for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"))
+TOKENIZER_FILES = tuple(
+    HubFile(QWEN_REPO, name)
+    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
+)
 # Everything `convert.py --download` needs. Sizes and hashes are None because this project was built offline and
 # could not read them from the hub; fill them in from the repositories' file listings (the LFS sha256) to have
 # every byte verified. Until then a transfer is checked against the server's Content-Length only.
@@ -67,17 +72,33 @@ def fetch_release(out_dir, base_url: str | None = None, progress: bool = True) -
     """Download OSUM_FILES to OUT_DIR/<repo id>/<filename>; returns (checkpoint path, tokenizer directory)."""
     out_dir = Path(out_dir)
     for file in OSUM_FILES:
-        download(file_url(file, base_url), out_dir / file.repo / file.filename,
-                 expected_size=file.size, sha256=file.sha256, progress=progress)
+        download(
+            file_url(file, base_url),
+            out_dir / file.repo / file.filename,
+            expected_size=file.size,
+            sha256=file.sha256,
+            progress=progress,
+        )
     return out_dir / CHECKPOINT_FILE.repo / CHECKPOINT_FILE.filename, out_dir / QWEN_REPO
 
 
-def download(url: str, dest_path, *, expected_size: int | None = None, sha256: str | None = None,
-             progress: bool = True, timeout: float = 30) -> Path:
+def download(
+    url: str,
+    dest_path,
+    *,
+    expected_size: int | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 30,
+) -> Path:
     """Download URL to DEST_PATH, resuming DEST.part; skips the transfer if DEST already passes the checks."""
     dest = Path(dest_path)
-    if dest.exists() and (expected_size is None or dest.stat().st_size == expected_size) \
-            and (sha256 is None or _sha256_of(dest) == sha256.lower()) and content_problem(dest, dest.name) is None:
+    if (
+        dest.exists()
+        and (expected_size is None or dest.stat().st_size == expected_size)
+        and (sha256 is None or _sha256_of(dest) == sha256.lower())
+        and content_problem(dest, dest.name) is None
+    ):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -88,15 +109,25 @@ def download(url: str, dest_path, *, expected_size: int | None = None, sha256: s
     if expected_size is None or offset < expected_size:
         total, hub_sha256 = _transfer(url, part, offset, expected_size, progress, timeout)
     else:
-        total, hub_sha256 = expected_size, None  # a previous run got every byte but stopped before verifying
+        total, hub_sha256 = (
+            expected_size,
+            None,
+        )  # a previous run got every byte but stopped before verifying
     _verify(url, part, total, sha256 or hub_sha256)
     if problem := content_problem(part, dest.name):
         part.unlink()
         raise DownloadError(f"{url}: {problem}; deleted {part}")
-    if total is None and sha256 is None and hub_sha256 is None and dest.suffix not in PROVEN_COMPLETE:
+    if (
+        total is None
+        and sha256 is None
+        and hub_sha256 is None
+        and dest.suffix not in PROVEN_COMPLETE
+    ):
         part.unlink()
-        raise DownloadError(f"{url}: no size or hash from the server to check {dest.name} against, and its content "
-                            f"cannot show it is complete; deleted {part}")
+        raise DownloadError(
+            f"{url}: no size or hash from the server to check {dest.name} against, and its content "
+            f"cannot show it is complete; deleted {part}"
+        )
     os.replace(part, dest)
     return dest
 
@@ -109,7 +140,9 @@ class _HubMetadata(urllib.request.HTTPRedirectHandler):
         self.linked = {}
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        self.linked |= {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-linked-")}
+        self.linked |= {
+            k.lower(): v for k, v in headers.items() if k.lower().startswith("x-linked-")
+        }
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -140,14 +173,17 @@ def content_problem(path: Path, name: str) -> str | None:
             return f"{name} is not JSON, or cut short ({type(err).__name__}: {str(err)[:60]})"
     if name.endswith(".txt"):
         try:
-            codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at byte 512 is fine
+            codecs.getincrementaldecoder("utf-8")().decode(
+                head
+            )  # a character cut at byte 512 is fine
         except UnicodeDecodeError:
             return f"{name} is not UTF-8 text: starts with {head[:8]!r}"
     return None
 
 
-def _transfer(url: str, part: Path, offset: int, expected_size: int | None, progress: bool,
-              timeout: float) -> tuple[int | None, str | None]:
+def _transfer(
+    url: str, part: Path, offset: int, expected_size: int | None, progress: bool, timeout: float
+) -> tuple[int | None, str | None]:
     """Append the missing bytes to PART (or rewrite it if the server ignores Range); returns the full size if known
     and the hub's sha256 if given."""
     response, linked = _open(url, offset, timeout)
@@ -155,19 +191,29 @@ def _transfer(url: str, part: Path, offset: int, expected_size: int | None, prog
         part.unlink()
         offset = 0
         response, linked = _open(url, 0, timeout)
-    hub_size, hub_sha256 = hub_size_and_sha256(linked | {k.lower(): v for k, v in response.headers.items()})
+    hub_size, hub_sha256 = hub_size_and_sha256(
+        linked | {k.lower(): v for k, v in response.headers.items()}
+    )
     expected_size = expected_size if expected_size is not None else hub_size
     with response:
         if response.status != 206:
-            offset = 0  # the server sent the whole file: start over rather than append it to the prefix
+            offset = (
+                0  # the server sent the whole file: start over rather than append it to the prefix
+            )
         elif not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
-            raise DownloadError(f"{url}: asked for bytes from {offset}, server sent "
-                                f"Content-Range {response.headers.get('Content-Range')!r}")
+            raise DownloadError(
+                f"{url}: asked for bytes from {offset}, server sent "
+                f"Content-Range {response.headers.get('Content-Range')!r}"
+            )
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else expected_size
         if expected_size is not None and total != expected_size:
             raise DownloadError(f"{url}: server reports {total} bytes, expected {expected_size}")
-        bar = Progress(total, part.name.removesuffix(".part"), unit="B", initial=offset) if progress else None
+        bar = (
+            Progress(total, part.name.removesuffix(".part"), unit="B", initial=offset)
+            if progress
+            else None
+        )
         try:
             with open(part, "ab" if offset else "wb") as out:
                 while chunk := response.read(CHUNK_BYTES):
@@ -175,9 +221,11 @@ def _transfer(url: str, part: Path, offset: int, expected_size: int | None, prog
                     if bar:
                         bar.update(len(chunk))
         except (OSError, http.client.HTTPException) as err:
-            raise DownloadError(f"{url}: transfer interrupted after {part.stat().st_size} bytes "
-                                f"({type(err).__name__}: {err}); run again to resume from {part} "
-                                f"(delete it to start over)") from None
+            raise DownloadError(
+                f"{url}: transfer interrupted after {part.stat().st_size} bytes "
+                f"({type(err).__name__}: {err}); run again to resume from {part} "
+                f"(delete it to start over)"
+            ) from None
         finally:
             if bar:
                 bar.close()
@@ -190,8 +238,9 @@ def _open(url: str, offset: int, timeout: float):
     headers = {"User-Agent": "osum-min", **({"Range": f"bytes={offset}-"} if offset else {})}
     metadata = _HubMetadata()
     try:
-        response = urllib.request.build_opener(metadata).open(urllib.request.Request(url, headers=headers),
-                                                              timeout=timeout)
+        response = urllib.request.build_opener(metadata).open(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        )
         return response, metadata.linked
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:
@@ -199,7 +248,10 @@ def _open(url: str, offset: int, timeout: float):
         raise DownloadError(f"{url}: HTTP {err.code} {' '.join(str(err.reason).split())}") from None
     except urllib.error.URLError as err:
         raise DownloadError(f"{url}: {network_failure(url, err.reason)}") from None
-    except (OSError, http.client.HTTPException) as err:  # timeouts and resets that urllib does not wrap
+    except (
+        OSError,
+        http.client.HTTPException,
+    ) as err:  # timeouts and resets that urllib does not wrap
         raise DownloadError(f"{url}: {network_failure(url, err)}") from None
 
 
@@ -221,15 +273,19 @@ def _verify(url: str, part: Path, total: int | None, sha256: str | None) -> None
     """Size first (a short file is kept for resuming), then the hash (a wrong file is deleted)."""
     size = part.stat().st_size
     if total is not None and size < total:
-        raise DownloadError(f"{url}: connection closed after {size} of {total} bytes; run again to resume from {part} "
-                            f"(delete it to start over)")
+        raise DownloadError(
+            f"{url}: connection closed after {size} of {total} bytes; run again to resume from {part} "
+            f"(delete it to start over)"
+        )
     if total is not None and size > total:
         part.unlink()
         raise DownloadError(f"{url}: got {size} bytes, expected {total}; deleted {part}")
     if sha256 is not None and (actual := _sha256_of(part)) != sha256.lower():
         part.unlink()
-        raise DownloadError(f"{url}: sha256 {actual[:16]}... does not match the expected {sha256[:16]}...; "
-                            f"corrupt download deleted ({part})")
+        raise DownloadError(
+            f"{url}: sha256 {actual[:16]}... does not match the expected {sha256[:16]}...; "
+            f"corrupt download deleted ({part})"
+        )
 
 
 def _sha256_of(path: Path) -> str:

@@ -16,6 +16,7 @@ in `dataset.skipped`; samples the filters drop are counted in `dataset.filtered`
 copies of the dataset, so every batch also carries its worker's counts for the current pass (`"skipped"`,
 `"filtered"`, `"worker"`): the pass's totals are the sums, over workers, of each worker's latest batch.
 """
+
 import logging
 import random
 import signal
@@ -27,21 +28,41 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..audio import HOP, log_mel, pad_features
 from .augment import spec_augment, spec_substitute
-from .formats import DataError, DataSource, is_mix, make_shards, read_data_list, read_data_mix, read_samples
+from .formats import (
+    DataError,
+    DataSource,
+    is_mix,
+    make_shards,
+    read_data_list,
+    read_data_mix,
+    read_samples,
+)
 from ..text.tasks import PARAPHRASES
 from ..text.tokenizer import map_style_tags, process_text
 
-__all__ = ["BatchStream", "DataConfig", "DataError", "DataSource", "SpeechDataset", "make_loader", "make_shards",
-           "read_data_list", "read_data_mix"]
+__all__ = [
+    "BatchStream",
+    "DataConfig",
+    "DataError",
+    "DataSource",
+    "SpeechDataset",
+    "make_loader",
+    "make_shards",
+    "read_data_list",
+    "read_data_mix",
+]
 
 log = logging.getLogger(__name__)
 DEFAULT_TASK = "<TRANSCRIBE>"  # for samples without a task when filter_no_extra_info is off
-MAX_CHARS_PER_TOKEN = 32  # a longer transcript cannot fit token_max_length: skipped before it is tokenised
+MAX_CHARS_PER_TOKEN = (
+    32  # a longer transcript cannot fit token_max_length: skipped before it is tokenised
+)
 
 
 @dataclass
 class DataConfig:
     """The original's training `dataset_conf` (docs/original.md §10). Lengths are in 10 ms feature frames."""
+
     max_frames_in_batch: int = 3900  # dynamic batching: batch size x longest item, after padding
     batch_size: int | None = None  # set: static batches of this many samples instead
     max_length: int = 2900
@@ -49,7 +70,9 @@ class DataConfig:
     token_max_length: int = 200  # label tokens, eod included
     token_min_length: int = 1
     max_seq_len: int = 1000  # prompt + frames / 8 + label
-    caption_max_frames: int = 2900  # `<CAPTION>` samples longer than this are cropped at random, not dropped
+    caption_max_frames: int = (
+        2900  # `<CAPTION>` samples longer than this are cropped at random, not dropped
+    )
     filter_no_extra_info: bool = True  # drop samples without a task (off: they get `<TRANSCRIBE>`)
     shuffle: bool = True  # list and buffer shuffling, in train mode
     shuffle_buffer: int = 1500
@@ -88,15 +111,26 @@ class SpeechDataset(IterableDataset):
     `train=False` turns off augmentation and shuffling (filters, sorting and batching stay as configured).
     """
 
-    def __init__(self, data_list_or_mix, tokenizer, config: DataConfig | None = None, train: bool = True,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, eod_id: int | None = None):
+    def __init__(
+        self,
+        data_list_or_mix,
+        tokenizer,
+        config: DataConfig | None = None,
+        train: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        eod_id: int | None = None,
+    ):
         self.sources = self._sources(data_list_or_mix)
         if not any(source.items and source.weight for source in self.sources):
             raise DataError(f"{data_list_or_mix}: no samples to read")
         self.tokenizer, self.config, self.train = tokenizer, config or DataConfig(), train
         self.eod_id = eod_id if eod_id is not None else getattr(tokenizer, "eod_id", None)
         if self.eod_id is None:
-            raise DataError("no eod id: pass eod_id= (the model's config.eod_id) or a tokenizer with .eod_id")
+            raise DataError(
+                "no eod id: pass eod_id= (the model's config.eod_id) or a tokenizer with .eod_id"
+            )
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
@@ -109,9 +143,17 @@ class SpeechDataset(IterableDataset):
     def _sources(data) -> list[DataSource]:
         if isinstance(data, (str, Path)):
             path = Path(data)
-            return read_data_mix(path) if is_mix(path) else [DataSource(path.name, read_data_list(path))]
+            return (
+                read_data_mix(path)
+                if is_mix(path)
+                else [DataSource(path.name, read_data_list(path))]
+            )
         data = list(data)
-        return data if all(isinstance(item, DataSource) for item in data) else [DataSource("items", data)]
+        return (
+            data
+            if all(isinstance(item, DataSource) for item in data)
+            else [DataSource("items", data)]
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """A new shuffle (and mix share) per epoch; workers see it because make_loader's workers are not persistent."""
@@ -121,7 +163,9 @@ class SpeechDataset(IterableDataset):
         return self.train and self.config.shuffle
 
     def _epoch_items(self, worker: int, num_workers: int) -> list[dict]:
-        rng = random.Random(f"osum-data-list/{self.seed}/{self.epoch}")  # the same on every rank and worker
+        rng = random.Random(
+            f"osum-data-list/{self.seed}/{self.epoch}"
+        )  # the same on every rank and worker
         items = []
         for source in self.sources:
             copies, share = divmod(source.weight, 1)
@@ -130,7 +174,7 @@ class SpeechDataset(IterableDataset):
                 items += rng.sample(source.items, int(len(source.items) * share))
         if self._shuffling():
             rng.shuffle(items)
-        return items[self.rank::self.world_size][worker::num_workers]
+        return items[self.rank :: self.world_size][worker::num_workers]
 
     def _skip(self, key: str, source: str, problem) -> None:
         self.skipped += 1
@@ -149,18 +193,24 @@ class SpeechDataset(IterableDataset):
         if text is None:
             raise DataError("no transcript (txt missing or null)")
         if not isinstance(text, str) or not isinstance(task, str):
-            raise DataError(f"txt and task must be strings, not {type(text).__name__} and {type(task).__name__}")
+            raise DataError(
+                f"txt and task must be strings, not {type(text).__name__} and {type(task).__name__}"
+            )
         task = task.strip().replace("><", "> <")  # the tag may be written without spaces
         if (not task and config.filter_no_extra_info) or "<none>" in text.lower():
             return None
         if not text.strip():
             raise DataError("empty transcript (txt): the label would be the end token alone")
         if len(text) > MAX_CHARS_PER_TOKEN * config.token_max_length:
-            raise DataError(f"transcript of {len(text)} characters, far beyond token_max_length "
-                            f"{config.token_max_length}")
+            raise DataError(
+                f"transcript of {len(text)} characters, far beyond token_max_length "
+                f"{config.token_max_length}"
+            )
         task = task or DEFAULT_TASK
         if task not in self.prompts:
-            raise DataError(f"unknown task {task!r} (neither in prompt_config.yaml nor in DataConfig.prompts)")
+            raise DataError(
+                f"unknown task {task!r} (neither in prompt_config.yaml nor in DataConfig.prompts)"
+            )
         prompt_ids = self._encode_prompt(rng.choice(self.prompts[task]))
         text = map_style_tags(text) if "<STYLE>" in task else text
         labels = list(self.tokenizer.encode(process_text(text))) + [self.eod_id]
@@ -168,19 +218,33 @@ class SpeechDataset(IterableDataset):
         crop = config.caption_max_frames * HOP
         if "<CAPTION>" in task and len(audio) > crop:
             start = rng.randint(0, len(audio) - crop)
-            audio = audio[start:start + crop]
+            audio = audio[start : start + crop]
         frames = len(audio) // HOP
-        if not (config.min_length <= frames <= config.max_length
-                and config.token_min_length <= len(labels) <= config.token_max_length
-                and len(prompt_ids) + frames / 8 + len(labels) <= config.max_seq_len):
+        if not (
+            config.min_length <= frames <= config.max_length
+            and config.token_min_length <= len(labels) <= config.token_max_length
+            and len(prompt_ids) + frames / 8 + len(labels) <= config.max_seq_len
+        ):
             return None
         feats = log_mel(audio)  # (frames, 80)
         if self.train and config.spec_aug:
-            feats = spec_augment(feats, rng, config.num_time_masks, config.max_time_mask, config.num_freq_masks,
-                                 config.max_freq_mask)
+            feats = spec_augment(
+                feats,
+                rng,
+                config.num_time_masks,
+                config.max_time_mask,
+                config.num_freq_masks,
+                config.max_freq_mask,
+            )
         if self.train and config.spec_sub:
             feats = spec_substitute(feats, rng, config.num_spec_subs, config.max_spec_sub)
-        return {"key": sample["key"], "task": task, "feats": feats, "prompt_ids": prompt_ids, "labels": labels}
+        return {
+            "key": sample["key"],
+            "task": task,
+            "feats": feats,
+            "prompt_ids": prompt_ids,
+            "labels": labels,
+        }
 
     def _prepared(self, samples, rng: random.Random):
         for sample in samples:
@@ -214,32 +278,57 @@ class SpeechDataset(IterableDataset):
             yield batch
 
     def _collate(self, samples: list[dict], worker: int) -> dict:
-        samples = sorted(samples, key=lambda sample: -len(sample["feats"]))  # longest first, as the original pads
-        mel, mel_lens = pad_features([sample["feats"] for sample in samples])  # (B, T, 80), (B,) int32
-        return {"keys": [s["key"] for s in samples], "tasks": [s["task"] for s in samples], "mel": mel,
-                "mel_lens": mel_lens, "prompt_ids": [s["prompt_ids"] for s in samples],
-                "labels": [s["labels"] for s in samples], "skipped": self._pass_skipped,
-                "filtered": self._pass_filtered, "worker": worker}
+        samples = sorted(
+            samples, key=lambda sample: -len(sample["feats"])
+        )  # longest first, as the original pads
+        mel, mel_lens = pad_features(
+            [sample["feats"] for sample in samples]
+        )  # (B, T, 80), (B,) int32
+        return {
+            "keys": [s["key"] for s in samples],
+            "tasks": [s["task"] for s in samples],
+            "mel": mel,
+            "mel_lens": mel_lens,
+            "prompt_ids": [s["prompt_ids"] for s in samples],
+            "labels": [s["labels"] for s in samples],
+            "skipped": self._pass_skipped,
+            "filtered": self._pass_filtered,
+            "worker": worker,
+        }
 
     def __iter__(self):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = random.Random(f"osum-data/{self.seed}/{self.epoch}/{self.rank}/{self.world_size}/{worker}")
+        rng = random.Random(
+            f"osum-data/{self.seed}/{self.epoch}/{self.rank}/{self.world_size}/{worker}"
+        )
         self._pass_skipped = self._pass_filtered = 0
-        samples = self._prepared(read_samples(self._epoch_items(worker, num_workers), self._skip), rng)
+        samples = self._prepared(
+            read_samples(self._epoch_items(worker, num_workers), self._skip), rng
+        )
         if self._shuffling():
             samples = _buffered(samples, self.config.shuffle_buffer, rng.shuffle)
         if self.config.sort:
-            samples = _buffered(samples, self.config.sort_buffer, lambda b: b.sort(key=lambda s: len(s["feats"])))
+            samples = _buffered(
+                samples, self.config.sort_buffer, lambda b: b.sort(key=lambda s: len(s["feats"]))
+            )
         for batch in self._batches(samples):
             yield self._collate(batch, worker)
 
 
-def make_loader(dataset: SpeechDataset, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: SpeechDataset, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """The dataset batches itself (batch_size=None). Workers are started anew each epoch, so `set_epoch` reaches
     them; their batches arrive in turn, worker 0 first, which keeps the order a function of num_workers."""
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, worker_init_fn=_ignore_interrupts if num_workers else None)
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        worker_init_fn=_ignore_interrupts if num_workers else None,
+    )
 
 
 def _ignore_interrupts(worker: int) -> None:
@@ -252,7 +341,9 @@ class BatchStream:
     it), which a checkpoint stores. The order is a pure function of (seed, epoch, rank, world, num_workers), so a
     resumed stream skips the batches consumed and continues exactly as an uninterrupted one."""
 
-    def __init__(self, dataset: SpeechDataset, num_workers: int = 0, position: tuple[int, int] = (0, 0)):
+    def __init__(
+        self, dataset: SpeechDataset, num_workers: int = 0, position: tuple[int, int] = (0, 0)
+    ):
         self.dataset, self.num_workers = dataset, num_workers
         self.epoch, self.consumed = position
         self._batches = self._epochs()
@@ -270,8 +361,12 @@ class BatchStream:
     def _epochs(self):
         while True:
             self.dataset.set_epoch(self.epoch)
-            with torch.random.fork_rng(devices=[]):  # a new DataLoader iterator draws a seed from torch's RNG:
-                loader = iter(make_loader(self.dataset, self.num_workers))  # keep it out of the training stream
+            with torch.random.fork_rng(
+                devices=[]
+            ):  # a new DataLoader iterator draws a seed from torch's RNG:
+                loader = iter(
+                    make_loader(self.dataset, self.num_workers)
+                )  # keep it out of the training stream
             for _ in range(self.consumed):
                 next(loader, None)
             produced = 0
@@ -280,6 +375,8 @@ class BatchStream:
                 self.consumed += 1
                 yield batch
             if produced == 0 and self.consumed == 0:
-                raise DataError(f"{', '.join(source.name for source in self.dataset.sources)}: no usable samples "
-                                f"for rank {self.dataset.rank}")
+                raise DataError(
+                    f"{', '.join(source.name for source in self.dataset.sources)}: no usable samples "
+                    f"for rank {self.dataset.rank}"
+                )
             self.epoch, self.consumed = self.epoch + 1, 0

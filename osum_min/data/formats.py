@@ -5,6 +5,7 @@ list has one tar path a line; a tar holds, per key, KEY.wav|flac|..., KEY.txt, K
 .speaker, .emotion, .gender, .duration. A mix is the original's data yaml `name: {path: LIST, weight: W}` (or the
 same table as JSON); `SpeechDataset` applies the weights (see osum_min/data/dataset.py).
 """
+
 import io
 import logging
 import os
@@ -17,13 +18,36 @@ import soundfile
 import torch
 
 from ..audio import MIN_SAMPLES, SAMPLE_RATE, load_audio
-from ..files import MAX_CONFIG_BYTES, MAX_LIST_BYTES, FileError, open_file, parse_json, read_json, read_text
+from ..files import (
+    MAX_CONFIG_BYTES,
+    MAX_LIST_BYTES,
+    FileError,
+    open_file,
+    parse_json,
+    read_json,
+    read_text,
+)
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
-AUDIO_MEMBERS = ("wav", "flac", "mp3", "ogg", "opus", "sph")  # audio members of a shard sample, first found is used
-INFO_FIELDS = ("txt", "task", "lang", "speaker", "emotion", "gender", "duration")  # text members of a shard sample
+AUDIO_MEMBERS = (
+    "wav",
+    "flac",
+    "mp3",
+    "ogg",
+    "opus",
+    "sph",
+)  # audio members of a shard sample, first found is used
+INFO_FIELDS = (
+    "txt",
+    "task",
+    "lang",
+    "speaker",
+    "emotion",
+    "gender",
+    "duration",
+)  # text members of a shard sample
 
 
 class DataError(ValueError):
@@ -33,6 +57,7 @@ class DataError(ValueError):
 @dataclass
 class DataSource:
     """One list of a mix: its items (raw samples, or `{"shard": tar path}`) and its weight."""
+
     name: str
     items: list[dict]
     weight: float = 1.0
@@ -41,7 +66,9 @@ class DataSource:
 def resolve_listed_path(name: str, base: Path) -> str:
     """A relative path is taken from the list's folder when it exists there, else as written (the original reads
     it from the working directory)."""
-    candidate = base / name  # os.path.exists: False, not an OSError, for a name too long (load_audio names it)
+    candidate = (
+        base / name
+    )  # os.path.exists: False, not an OSError, for a name too long (load_audio names it)
     return str(candidate) if not Path(name).is_absolute() and os.path.exists(candidate) else name
 
 
@@ -65,7 +92,9 @@ def read_data_list(path) -> list[dict]:
         except FileError as err:
             raise DataError(str(err)) from None
         if not isinstance(item, dict) or "key" not in item or "wav" not in item:
-            raise DataError(f"{path}:{number}: a raw sample needs \"key\" and \"wav\", got {line[:80]!r}")
+            raise DataError(
+                f'{path}:{number}: a raw sample needs "key" and "wav", got {line[:80]!r}'
+            )
         items.append({**item, "wav": resolve_listed_path(str(item["wav"]), path.parent)})
     return items
 
@@ -80,7 +109,9 @@ def _parse_mix_yaml(text: str, path: Path) -> dict:
         key, colon, value = line.strip().partition(":")
         key, value = key.strip().strip("'\""), value.strip().strip("'\"")
         if not colon or (not raw[0].isspace() and value) or (raw[0].isspace() and current is None):
-            raise DataError(f"{path}:{number}: expected `name:` and indented `path:`/`weight:` lines, got {raw!r}")
+            raise DataError(
+                f"{path}:{number}: expected `name:` and indented `path:`/`weight:` lines, got {raw!r}"
+            )
         if raw[0].isspace():
             current[key] = value
         else:
@@ -104,7 +135,9 @@ def read_data_mix(path) -> list[DataSource]:
             weight = float(entry.get("weight", 1))
             list_path = resolve_listed_path(str(entry["path"]), path.parent)
         except (AttributeError, KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: entry {name!r} needs a `path` and a numeric `weight`, got {entry!r}") from None
+            raise DataError(
+                f"{path}: entry {name!r} needs a `path` and a numeric `weight`, got {entry!r}"
+            ) from None
         if weight < 0:
             raise DataError(f"{path}: entry {name!r} has a negative weight {weight}")
         sources.append(DataSource(name, read_data_list(list_path), weight))
@@ -121,7 +154,9 @@ def is_mix(path: Path) -> bool:
         table = read_json(path, "data mix")
     except FileError:
         return False
-    return isinstance(table, dict) and all(isinstance(entry, dict) and "path" in entry for entry in table.values())
+    return isinstance(table, dict) and all(
+        isinstance(entry, dict) and "path" in entry for entry in table.values()
+    )
 
 
 def _cut(wav: torch.Tensor, item: dict) -> torch.Tensor:
@@ -132,8 +167,10 @@ def _cut(wav: torch.Tensor, item: dict) -> torch.Tensor:
     start = int(float(item.get("start", 0)) * SAMPLE_RATE)
     end = min(int(float(item["end"]) * SAMPLE_RATE) if "end" in item else len(wav), len(wav))
     if start < 0 or end - start < MIN_SAMPLES:
-        raise DataError(f"segment {item.get('start', 0)}-{item.get('end', 'end')} s of a "
-                        f"{len(wav) / SAMPLE_RATE:.3f} s file holds fewer than {MIN_SAMPLES} samples")
+        raise DataError(
+            f"segment {item.get('start', 0)}-{item.get('end', 'end')} s of a "
+            f"{len(wav) / SAMPLE_RATE:.3f} s file holds fewer than {MIN_SAMPLES} samples"
+        )
     return wav[start:end]
 
 
@@ -192,7 +229,10 @@ def make_shards(jsonl_path, out_dir, samples_per_shard: int = 1000) -> Path:
 
 def _tar_groups(path: str):
     """A tar's members grouped by key (the name up to its last dot), in stream order, as wenet's tar reader."""
-    with os.fdopen(open_file(path, "tar shard"), "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+    with (
+        os.fdopen(open_file(path, "tar shard"), "rb") as f,
+        tarfile.open(fileobj=f, mode="r|*") as tar,
+    ):
         group = {}
         for member in tar:
             if not member.isfile():
@@ -216,7 +256,6 @@ def _shard_sample(group: dict, shard: str) -> dict:
     audio = io.BytesIO(group[suffix])
     audio.name = f"{shard}:{group['key']}.{suffix}"  # load_audio names its source in errors
     return {**sample, "key": group["key"], "audio": load_audio(audio)}
-
 
 
 def read_samples(items: list[dict], on_skip):

@@ -5,6 +5,7 @@ audio, reference) with the defaults that score it (task, prompt, metric, protoco
 one expected is refused with one line naming the file looked for (`LayoutError`); a clip named by the layout but
 missing is left to the decoder, which reports it and goes on. Where each set comes from: docs/evaluation.md.
 """
+
 import csv
 import json
 import re
@@ -25,6 +26,7 @@ class LayoutError(ValueError):
 @dataclass(frozen=True)
 class Defaults:
     """How a subset is decoded and scored; eval.py's flags override any field."""
+
     task: str = "asr"  # a name of tasks.TASKS
     prompt: str | None = None  # free prompt text instead of the task's prompt
     metric: str = "wer"  # wer, cer, acc or bleu (osum_min.eval.scoring)
@@ -46,6 +48,7 @@ class Utterance:
 @dataclass
 class Subset:
     """One row of the table: a dataset's split, its utterances and how they are scored."""
+
     name: str
     defaults: Defaults
     utterances: list[Utterance] = field(default_factory=list)
@@ -59,7 +62,11 @@ def _need(path: Path) -> Path:
 
 def _lines(path: Path) -> list[str]:
     try:
-        return [line for line in read_text(_need(path), "transcript", MAX_LIST_BYTES).splitlines() if line.strip()]
+        return [
+            line
+            for line in read_text(_need(path), "transcript", MAX_LIST_BYTES).splitlines()
+            if line.strip()
+        ]
     except FileError as err:
         raise LayoutError(str(err)) from None
 
@@ -75,7 +82,9 @@ def _tsv(path: Path, columns: tuple[str, ...]) -> list[dict]:
         rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         missing = [c for c in columns if c not in (rows.fieldnames or [])]
         if missing:
-            raise LayoutError(f"{path}: no column {', '.join(missing)} (columns: {', '.join(rows.fieldnames or [])})")
+            raise LayoutError(
+                f"{path}: no column {', '.join(missing)} (columns: {', '.join(rows.fieldnames or [])})"
+            )
         return list(rows)
 
 
@@ -83,10 +92,15 @@ def librispeech(root: Path) -> list[Subset]:
     """LibriSpeech/SPLIT/SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt, `KEY TEXT` lines, KEY.flac beside it."""
     transcripts = sorted(root.glob("*/*/*.trans.txt"))
     if not transcripts:
-        raise LayoutError(f"{root}/SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt: not found (give a split folder such as "
-                          f"LibriSpeech/test-clean)")
-    utterances = [Utterance(key, str(path.parent / f"{key}.flac"), text)
-                  for path in transcripts for key, text in map(_key_text, _lines(path))]
+        raise LayoutError(
+            f"{root}/SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt: not found (give a split folder such as "
+            f"LibriSpeech/test-clean)"
+        )
+    utterances = [
+        Utterance(key, str(path.parent / f"{key}.flac"), text)
+        for path in transcripts
+        for key, text in map(_key_text, _lines(path))
+    ]
     return [Subset(root.name, Defaults(language="en"), utterances)]
 
 
@@ -96,17 +110,25 @@ def aishell1(root: Path) -> list[Subset]:
     transcript = dict(map(_key_text, _lines(root / "transcript" / "aishell_transcript_v0.8.txt")))
     clips = sorted((root / "wav" / "test").glob("*/*.wav"))
     if not clips:
-        raise LayoutError(f"{root}/wav/test/SPEAKER/*.wav: not found (unpack wav/SPEAKER.tar.gz in wav/)")
-    utterances = [Utterance(clip.stem, str(clip), transcript[clip.stem].replace(" ", ""))
-                  for clip in clips if clip.stem in transcript]
+        raise LayoutError(
+            f"{root}/wav/test/SPEAKER/*.wav: not found (unpack wav/SPEAKER.tar.gz in wav/)"
+        )
+    utterances = [
+        Utterance(clip.stem, str(clip), transcript[clip.stem].replace(" ", ""))
+        for clip in clips
+        if clip.stem in transcript
+    ]
     return [Subset("test", Defaults(language="zh"), utterances)]
 
 
 def _scp(root: Path, name: str) -> Subset:
     """A kaldi-style folder: wav.scp (`KEY PATH`, relative to the folder) and trans.txt (`KEY TEXT`)."""
     texts = dict(map(_key_text, _lines(root / "trans.txt")))
-    utterances = [Utterance(key, str(root / path), texts[key].replace(" ", ""))
-                  for key, path in map(_key_text, _lines(root / "wav.scp")) if key in texts]
+    utterances = [
+        Utterance(key, str(root / path), texts[key].replace(" ", ""))
+        for key, path in map(_key_text, _lines(root / "wav.scp"))
+        if key in texts
+    ]
     return Subset(name, Defaults(language="zh"), utterances)
 
 
@@ -127,13 +149,24 @@ def wenetspeech(root: Path) -> list[Subset]:
     try:
         audios = json.loads(meta.read_text(encoding="utf-8"))["audios"]
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise LayoutError(f"{meta}: not WenetSpeech's meta (a JSON object with \"audios\")") from None
-    subsets = {tag: Subset(name, Defaults(language="zh")) for tag, name in WENETSPEECH_SUBSETS.items()}
+        raise LayoutError(
+            f'{meta}: not WenetSpeech\'s meta (a JSON object with "audios")'
+        ) from None
+    subsets = {
+        tag: Subset(name, Defaults(language="zh")) for tag, name in WENETSPEECH_SUBSETS.items()
+    }
     for audio in audios:
         for segment in audio.get("segments", []):
             for tag in set(segment.get("subsets", [])) & set(subsets):
-                subsets[tag].utterances.append(Utterance(segment["sid"], str(root / audio["path"]), segment["text"],
-                                                         segment["begin_time"], segment["end_time"]))
+                subsets[tag].utterances.append(
+                    Utterance(
+                        segment["sid"],
+                        str(root / audio["path"]),
+                        segment["text"],
+                        segment["begin_time"],
+                        segment["end_time"],
+                    )
+                )
     return [subset for subset in subsets.values() if subset.utterances]
 
 
@@ -141,8 +174,13 @@ def common_voice(root: Path) -> list[Subset]:
     """cv-corpus-N/LANG: test.tsv (`path`, `sentence`) and clips/*.mp3; the language is the folder's name."""
     rows = _tsv(root / "test.tsv", ("path", "sentence"))
     language = root.name.split("-")[0].lower()  # zh-CN -> zh
-    utterances = [Utterance(Path(row["path"]).stem, str(root / "clips" / row["path"]), row["sentence"]) for row in rows]
-    return [Subset(f"test-{root.name}", Defaults(protocol="qwen2-audio", language=language), utterances)]
+    utterances = [
+        Utterance(Path(row["path"]).stem, str(root / "clips" / row["path"]), row["sentence"])
+        for row in rows
+    ]
+    return [
+        Subset(f"test-{root.name}", Defaults(protocol="qwen2-audio", language=language), utterances)
+    ]
 
 
 FLEURS_LANGUAGES = {"cmn_hans_cn": "zh", "yue_hant_hk": "yue", "en_us": "en", "fr_fr": "fr"}
@@ -155,13 +193,26 @@ def fleurs(root: Path) -> list[Subset]:
     for number, line in enumerate(_lines(root / "test.tsv"), 1):
         columns = line.split("\t")
         if len(columns) < 4:
-            raise LayoutError(f"{root / 'test.tsv'}:{number}: not FLEURS' tsv (id, file, raw and normalised text)")
-        utterances.append(Utterance(Path(columns[1]).stem, str(root / "audio" / "test" / columns[1]), columns[2]))
+            raise LayoutError(
+                f"{root / 'test.tsv'}:{number}: not FLEURS' tsv (id, file, raw and normalised text)"
+            )
+        utterances.append(
+            Utterance(Path(columns[1]).stem, str(root / "audio" / "test" / columns[1]), columns[2])
+        )
     language = FLEURS_LANGUAGES.get(root.name, root.name.split("_")[0])
-    return [Subset(f"test-{root.name}", Defaults(protocol="qwen2-audio", language=language), utterances)]
+    return [
+        Subset(f"test-{root.name}", Defaults(protocol="qwen2-audio", language=language), utterances)
+    ]
 
 
-LANGUAGE_NAMES = {"en": "English", "de": "German", "zh": "Chinese", "ja": "Japanese", "fr": "French", "es": "Spanish"}
+LANGUAGE_NAMES = {
+    "en": "English",
+    "de": "German",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "fr": "French",
+    "es": "Spanish",
+}
 
 
 def covost2(root: Path) -> list[Subset]:
@@ -173,20 +224,52 @@ def covost2(root: Path) -> list[Subset]:
     subsets = []
     for table in tables:
         source, target = (part.split("-")[0] for part in table.name.split(".")[1].split("_"))
-        rows = [row for row in _tsv(table, ("path", "translation", "split")) if row["split"] == "test"]
+        rows = [
+            row for row in _tsv(table, ("path", "translation", "split")) if row["split"] == "test"
+        ]
         prompt = f"Translate the speech into {LANGUAGE_NAMES.get(target, target)}."
-        defaults = Defaults(prompt=prompt, metric="bleu", protocol="qwen2-audio", language=target,
-                            bleu_tokenize="zh" if target == "zh" else "13a")
-        subsets.append(Subset(f"{source}-{target}", defaults, [
-            Utterance(Path(row["path"]).stem, str(root / "clips" / row["path"]), row["translation"]) for row in rows]))
+        defaults = Defaults(
+            prompt=prompt,
+            metric="bleu",
+            protocol="qwen2-audio",
+            language=target,
+            bleu_tokenize="zh" if target == "zh" else "13a",
+        )
+        subsets.append(
+            Subset(
+                f"{source}-{target}",
+                defaults,
+                [
+                    Utterance(
+                        Path(row["path"]).stem,
+                        str(root / "clips" / row["path"]),
+                        row["translation"],
+                    )
+                    for row in rows
+                ],
+            )
+        )
     return subsets
 
 
 # MELD's and VocalSound's labels in OSUM's label sets (tasks.LABEL_SETS).
-MELD_EMOTIONS = {"neutral": "neutral", "joy": "happy", "sadness": "sad", "anger": "anger", "surprise": "surprise",
-                 "fear": "fear", "disgust": "disgust"}
-VOCALSOUND_EVENTS = {"laughter": "laugh", "sigh": "sigh", "cough": "cough", "throatclearing": "throat clearing",
-                     "sneeze": "sneeze", "sniff": "other"}
+MELD_EMOTIONS = {
+    "neutral": "neutral",
+    "joy": "happy",
+    "sadness": "sad",
+    "anger": "anger",
+    "surprise": "surprise",
+    "fear": "fear",
+    "disgust": "disgust",
+}
+VOCALSOUND_EVENTS = {
+    "laughter": "laugh",
+    "sigh": "sigh",
+    "cough": "cough",
+    "throatclearing": "throat clearing",
+    "sneeze": "sneeze",
+    "sniff": "other",
+}
 
 
 def meld(root: Path) -> list[Subset]:
@@ -197,9 +280,14 @@ def meld(root: Path) -> list[Subset]:
         rows = csv.DictReader(handle)
         if not {"Dialogue_ID", "Utterance_ID", "Emotion"} <= set(rows.fieldnames or []):
             raise LayoutError(f"{table}: no Dialogue_ID, Utterance_ID and Emotion columns")
-        keys = [(f"dia{row['Dialogue_ID']}_utt{row['Utterance_ID']}", row["Emotion"].lower()) for row in rows]
-    utterances = [Utterance(key, str(root / "wav" / f"{key}.wav"), MELD_EMOTIONS.get(emotion, emotion))
-                  for key, emotion in keys]
+        keys = [
+            (f"dia{row['Dialogue_ID']}_utt{row['Utterance_ID']}", row["Emotion"].lower())
+            for row in rows
+        ]
+    utterances = [
+        Utterance(key, str(root / "wav" / f"{key}.wav"), MELD_EMOTIONS.get(emotion, emotion))
+        for key, emotion in keys
+    ]
     return [Subset("test", Defaults(task="ser", metric="acc"), utterances)]
 
 
@@ -208,8 +296,11 @@ def vocalsound(root: Path) -> list[Subset]:
     clips = sorted((root / "audio_16k").glob("*.wav"))
     if not clips:
         raise LayoutError(f"{root}/audio_16k/*.wav: not found")
-    utterances = [Utterance(clip.stem, str(clip), VOCALSOUND_EVENTS.get(label, label))
-                  for clip in clips for label in [clip.stem.rsplit("_", 1)[-1].lower()]]
+    utterances = [
+        Utterance(clip.stem, str(clip), VOCALSOUND_EVENTS.get(label, label))
+        for clip in clips
+        for label in [clip.stem.rsplit("_", 1)[-1].lower()]
+    ]
     return [Subset("test", Defaults(task="ved", metric="acc"), utterances)]
 
 
@@ -223,13 +314,25 @@ def source_defaults(source: str, list_name: str) -> Defaults:
     name = source.lower()
     if "covost" in name:
         target = name.rsplit("_", 1)[-1].split("-")[0]
-        return Defaults(metric="bleu", protocol="qwen2-audio", language=target,
-                        bleu_tokenize="zh" if target == "zh" else "13a")
+        return Defaults(
+            metric="bleu",
+            protocol="qwen2-audio",
+            language=target,
+            bleu_tokenize="zh" if target == "zh" else "13a",
+        )
     if "meld" in name or "vocalsound" in name:
         return Defaults(metric="acc", protocol="qwen2-audio")
     both = f"{list_name} {name}".lower()
     token = LANGUAGE_TOKEN.search(list_name.lower()) or LANGUAGE_TOKEN.search(name)
-    language = "en" if "librispeech" in both else "zh" if "aishell" in both else token.group(1) if token else None
+    language = (
+        "en"
+        if "librispeech" in both
+        else "zh"
+        if "aishell" in both
+        else token.group(1)
+        if token
+        else None
+    )
     return Defaults(protocol="qwen2-audio", language=language)
 
 
@@ -244,11 +347,19 @@ def qwen2_audio_jsonl(path: Path) -> list[Subset]:
             row = json.loads(line)
             audio, prompt, source, reference = row["audio"], row["prompt"], row["source"], row["gt"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise LayoutError(f"{path}:{number}: not a Qwen2-Audio eval line {{\"audio\", \"prompt\", \"source\", "
-                              f"\"gt\"}}") from None
+            raise LayoutError(
+                f'{path}:{number}: not a Qwen2-Audio eval line {{"audio", "prompt", "source", '
+                f'"gt"}}'
+            ) from None
         subset = subsets.setdefault(source, Subset(source, source_defaults(source, path.stem)))
-        subset.utterances.append(Utterance(f"{source}-{number:06d}", resolve_listed_path(audio, path.parent), reference,
-                                           prompt=QWEN2_AUDIO_PROMPT.sub("", prompt)))
+        subset.utterances.append(
+            Utterance(
+                f"{source}-{number:06d}",
+                resolve_listed_path(audio, path.parent),
+                reference,
+                prompt=QWEN2_AUDIO_PROMPT.sub("", prompt),
+            )
+        )
     return list(subsets.values())
 
 
@@ -264,20 +375,35 @@ def wenet_jsonl(path: Path) -> list[Subset]:
             row = json.loads(line)
             key, wav, text = row["key"], row["wav"], row["txt"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise LayoutError(f"{path}:{number}: not a wenet list line {{\"key\", \"wav\", \"txt\", \"task\"}}") \
-                from None
-        task = TASK_BY_TAG.get(" ".join(str(row.get("task", "<TRANSCRIBE>")).split()), row.get("task", "asr"))
+            raise LayoutError(
+                f'{path}:{number}: not a wenet list line {{"key", "wav", "txt", "task"}}'
+            ) from None
+        task = TASK_BY_TAG.get(
+            " ".join(str(row.get("task", "<TRANSCRIBE>")).split()), row.get("task", "asr")
+        )
         if task not in TASKS:
-            raise LayoutError(f"{path}:{number}: task {row.get('task')!r} is none of OSUM's tags or task names")
+            raise LayoutError(
+                f"{path}:{number}: task {row.get('task')!r} is none of OSUM's tags or task names"
+            )
         metric = "acc" if TASKS[task].labels and task != "asr" else "wer"
         subset = subsets.setdefault(task, Subset(task, Defaults(task=task, metric=metric)))
         subset.utterances.append(Utterance(key, resolve_listed_path(wav, path.parent), text))
     return list(subsets.values())
 
 
-READERS = {"librispeech": librispeech, "aishell1": aishell1, "aishell2": aishell2, "wenetspeech": wenetspeech,
-           "commonvoice": common_voice, "fleurs": fleurs, "covost2": covost2, "meld": meld, "vocalsound": vocalsound,
-           "qwen2-audio": qwen2_audio_jsonl, "wenet": wenet_jsonl}
+READERS = {
+    "librispeech": librispeech,
+    "aishell1": aishell1,
+    "aishell2": aishell2,
+    "wenetspeech": wenetspeech,
+    "commonvoice": common_voice,
+    "fleurs": fleurs,
+    "covost2": covost2,
+    "meld": meld,
+    "vocalsound": vocalsound,
+    "qwen2-audio": qwen2_audio_jsonl,
+    "wenet": wenet_jsonl,
+}
 
 
 def read_benchmark(bench: str, data: Path, **overrides) -> list[Subset]:
@@ -295,6 +421,8 @@ def read_benchmark(bench: str, data: Path, **overrides) -> list[Subset]:
     for subset in subsets:
         rules = subset.defaults
         if rules.protocol == "qwen2-audio" and rules.metric == "wer" and not rules.language:
-            raise LayoutError(f"{data}: {subset.name}: the qwen2-audio protocol's normaliser follows the language, "
-                              f"and none is known for it: pass --language (en, zh, yue, fr, ...)")
+            raise LayoutError(
+                f"{data}: {subset.name}: the qwen2-audio protocol's normaliser follows the language, "
+                f"and none is known for it: pass --language (en, zh, yue, fr, ...)"
+            )
     return subsets

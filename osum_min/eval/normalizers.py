@@ -12,26 +12,40 @@ PyPI (the `[eval]` extra). cn_tn's TextNorm is on no package index, so the part 
 written here: `normalize_nsw` (dates, money, phone numbers, fractions, percentages and numbers into Chinese words)
 and punctuation to spaces.
 """
+
 import functools
 import re
 import string
 import unicodedata
 
 QWEN_PUNCS = "!,.?;:"  # remove_sp glues these to the word before them
-CN_PUNCS = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃《》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
-            "–—‘’‛“”„‟…‧﹏·〈〉-")
-_PUNCS_TO_SPACE = str.maketrans(CN_PUNCS + string.punctuation, " " * len(CN_PUNCS + string.punctuation))
+CN_PUNCS = (
+    "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃《》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
+    "–—‘’‛“”„‟…‧﹏·〈〉-"
+)
+_PUNCS_TO_SPACE = str.maketrans(
+    CN_PUNCS + string.punctuation, " " * len(CN_PUNCS + string.punctuation)
+)
 _DIGITS = "零一二三四五六七八九"
 # cn_tn's units, largest first: the four small ones, then the 'mid' numbering system (亿 = 10^8, 兆 = 10^12, ...).
-_UNITS = [((k + 2) * 4, unit) for k, unit in enumerate("亿兆京垓秭穰沟涧正载")][::-1] + [(4, "万"), (3, "千"), (2, "百"), (1, "十")]
+_UNITS = [((k + 2) * 4, unit) for k, unit in enumerate("亿兆京垓秭穰沟涧正载")][::-1] + [
+    (4, "万"),
+    (3, "千"),
+    (2, "百"),
+    (1, "十"),
+]
 _UNIT_NAMES = dict(_UNITS)
-_CURRENCY_UNITS = "((亿|千万|百万|万|千|百)|(亿|千万|百万|万|千|百|)元|(亿|千万|百万|万|千|百|)块|角|毛|分)"
-_QUANTIFIERS = ("(匹|张|座|回|场|尾|条|个|首|阙|阵|网|炮|顶|丘|棵|只|支|袭|辆|挑|担|颗|壳|窠|曲|墙|群|腔|砣|座|客|贯|扎|捆|"
-                "刀|令|打|手|罗|坡|山|岭|江|溪|钟|队|单|双|对|出|口|头|脚|板|跳|枝|件|贴|针|线|管|名|位|身|堂|课|本|页|"
-                "家|户|层|丝|毫|厘|分|钱|两|斤|担|铢|石|钧|锱|忽|(千|毫|微)克|毫|厘|分|寸|尺|丈|里|寻|常|铺|程|"
-                "(千|分|厘|毫|微)米|撮|勺|合|升|斗|石|盘|碗|碟|叠|桶|笼|盆|盒|杯|钟|斛|锅|簋|篮|盘|桶|罐|瓶|壶|卮|盏|"
-                "箩|箱|煲|啖|袋|钵|年|月|日|季|刻|时|周|天|秒|分|旬|纪|岁|世|更|夜|春|夏|秋|冬|代|伏|辈|丸|泡|粒|颗|"
-                "幢|堆|条|根|支|道|面|片|张|颗|块)")
+_CURRENCY_UNITS = (
+    "((亿|千万|百万|万|千|百)|(亿|千万|百万|万|千|百|)元|(亿|千万|百万|万|千|百|)块|角|毛|分)"
+)
+_QUANTIFIERS = (
+    "(匹|张|座|回|场|尾|条|个|首|阙|阵|网|炮|顶|丘|棵|只|支|袭|辆|挑|担|颗|壳|窠|曲|墙|群|腔|砣|座|客|贯|扎|捆|"
+    "刀|令|打|手|罗|坡|山|岭|江|溪|钟|队|单|双|对|出|口|头|脚|板|跳|枝|件|贴|针|线|管|名|位|身|堂|课|本|页|"
+    "家|户|层|丝|毫|厘|分|钱|两|斤|担|铢|石|钧|锱|忽|(千|毫|微)克|毫|厘|分|寸|尺|丈|里|寻|常|铺|程|"
+    "(千|分|厘|毫|微)米|撮|勺|合|升|斗|石|盘|碗|碟|叠|桶|笼|盆|盒|杯|钟|斛|锅|簋|篮|盘|桶|罐|瓶|壶|卮|盏|"
+    "箩|箱|煲|啖|袋|钵|年|月|日|季|刻|时|周|天|秒|分|旬|纪|岁|世|更|夜|春|夏|秋|冬|代|伏|辈|丸|泡|粒|颗|"
+    "幢|堆|条|根|支|道|面|片|张|颗|块)"
+)
 _NUMBER = r"(\d+(\.\d+)?)"
 
 
@@ -56,13 +70,21 @@ def num2chn(number: str, alt_two: bool = True, use_units: bool = True) -> str:
         symbols += ["点"] + [int(c) for c in decimals]
     words = []
     for k, symbol in enumerate(symbols):
-        after, before = symbols[k + 1] if k + 1 < len(symbols) else None, symbols[k - 1] if k else None
+        after, before = (
+            symbols[k + 1] if k + 1 < len(symbols) else None,
+            symbols[k - 1] if k else None,
+        )
         if isinstance(symbol, tuple):
             words.append(_UNIT_NAMES[symbol[1]])
         elif symbol == "点":
             words.append(symbol)
-        elif (alt_two and symbol == 2 and isinstance(after, tuple) and after[1] != 1
-              and (before is None or isinstance(before, tuple) and before[1] != 1)):
+        elif (
+            alt_two
+            and symbol == 2
+            and isinstance(after, tuple)
+            and after[1] != 1
+            and (before is None or isinstance(before, tuple) and before[1] != 1)
+        ):
             words.append("两")
         else:
             words.append(_DIGITS[symbol])
@@ -150,6 +172,7 @@ def remove_sp(text: str, language: str) -> str:
 @functools.cache
 def _whisper_normalizers():
     from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
     return EnglishTextNormalizer(), BasicTextNormalizer()
 
 
@@ -157,6 +180,7 @@ def normalise(text: str, language: str) -> str:
     english, basic = _whisper_normalizers()
     if language == "yue":
         import zhconv
+
         text = zhconv.convert(text, "zh-cn")
     if language == "en":
         text = english(text)
@@ -166,26 +190,39 @@ def normalise(text: str, language: str) -> str:
 def units(text: str, language: str) -> list[str]:
     """The items compute_wer counts: evaluate_tokenizer's punctuation-only tokens dropped, lower-cased, split on
     spaces; Mandarin and Cantonese one character each."""
-    text = " ".join(t for t in normalise(remove_sp(text, language), language).split(" ")
-                    if not all(unicodedata.category(c)[0] == "P" for c in t))
+    text = " ".join(
+        t
+        for t in normalise(remove_sp(text, language), language).split(" ")
+        if not all(unicodedata.category(c)[0] == "P" for c in t)
+    )
     items = text.lower().split()
     return list("".join(items)) if language in ("zh", "yue") else items
 
 
-def qwen2_audio_units(refs: list[str], hyps: list[str], language: str) -> tuple[list[list[str]], list[list[str]]]:
+def qwen2_audio_units(
+    refs: list[str], hyps: list[str], language: str
+) -> tuple[list[list[str]], list[list[str]]]:
     return [units(text, language) for text in refs], [units(text, language) for text in hyps]
 
 
 def bleu(refs: list[str], hyps: list[str], language: str | None, tokenize: str | None) -> dict:
     """evaluate_st.py: sacrebleu's corpus BLEU, tokenised `zh` for a Chinese target and `13a` otherwise."""
     import sacrebleu
+
     tokenize = tokenize or ("zh" if language == "zh" else "13a")
-    return {"value": sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score, "tokenize": tokenize,
-            "utterances": len(refs)}
+    return {
+        "value": sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score,
+        "tokenize": tokenize,
+        "utterances": len(refs),
+    }
 
 
 def exact_match_accuracy(refs: dict[str, str], hyps: dict[str, str]) -> dict:
     """evaluate_emotion.py / evaluate_vocal_sound.py: the left-stripped answer equals the label exactly; over the
     reference's keys, a missing answer is wrong."""
     correct = sum(hyps.get(key, "").lstrip() == label for key, label in refs.items())
-    return {"value": 100.0 * correct / len(refs) if refs else 0.0, "correct": correct, "total": len(refs)}
+    return {
+        "value": 100.0 * correct / len(refs) if refs else 0.0,
+        "correct": correct,
+        "total": len(refs),
+    }

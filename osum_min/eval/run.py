@@ -6,6 +6,7 @@ last line, and decodes only the rest. At the end the records are rewritten in th
 `ref.txt` (the original's `key text` form), `results.json` and `results.md` are written from them, so an
 interrupted run ends with the files of an uninterrupted one. Records hold no timings for that reason.
 """
+
 import json
 import re
 import sys
@@ -27,12 +28,15 @@ FIRST_TAG = re.compile(r"<([^<>]*)>")
 @dataclass
 class Record:
     """One decoded utterance as the run stores it: the texts that are scored, or why there is none."""
+
     subset: str
     key: str
     ref: str
     hyp: str | None = None
     error: str | None = None
-    timed: list[str] | None = None  # SRWT: [reference, hypothesis] with their word times, for the timing error
+    timed: list[str] | None = (
+        None  # SRWT: [reference, hypothesis] with their word times, for the timing error
+    )
 
 
 def subset_task(subset: Subset, utterance: Utterance) -> Task:
@@ -56,7 +60,11 @@ def scored_reference(text: str, task: Task, subset: Subset) -> str:
 def scored_hypothesis(result: Result, task: Task, subset: Subset) -> str:
     """The hypothesis likewise: its first label (a free prompt's whole answer), or its transcript."""
     if subset.defaults.metric == "acc":
-        label = next(iter(result.labels.values()), "") if task.labels else (result.transcript or "").strip()
+        label = (
+            next(iter(result.labels.values()), "")
+            if task.labels
+            else (result.transcript or "").strip()
+        )
         return f"<{label}>" if subset.defaults.protocol == "osum" else label
     return result.transcript or ""
 
@@ -68,7 +76,7 @@ def read_records(out: Path, repair: bool = True) -> dict[tuple[str, str], Record
     for path in sorted(out.glob("records*.jsonl")):
         data = path.read_bytes()
         if data and not data.endswith(b"\n"):
-            data = data[:data.rfind(b"\n") + 1]
+            data = data[: data.rfind(b"\n") + 1]
             if repair:
                 path.write_bytes(data)
         for line in data.decode("utf-8").splitlines():
@@ -81,8 +89,13 @@ def read_records(out: Path, repair: bool = True) -> dict[tuple[str, str], Record
 def request(subset: Subset, utterance: Utterance, config) -> Request:
     """A path, or a segment of one (WenetSpeech's opus files hold many utterances), read when its batch is."""
     span = None if utterance.start is None else (utterance.start, utterance.end)
-    return Request(utterance.audio, task=subset_task(subset, utterance), config=config, span=span,
-                   name=f"{utterance.key} ({utterance.audio})")
+    return Request(
+        utterance.audio,
+        task=subset_task(subset, utterance),
+        config=config,
+        span=span,
+        name=f"{utterance.key} ({utterance.audio})",
+    )
 
 
 def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=None) -> int:
@@ -93,7 +106,9 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
     # shares; rank 0 alone cuts a torn last line, first.
     if size > 1 and rank != 0:
         dist.barrier()
-    done = {key for key, record in read_records(out, repair=rank == 0).items() if record.error is None}
+    done = {
+        key for key, record in read_records(out, repair=rank == 0).items() if record.error is None
+    }
     if size > 1:
         if rank == 0:
             dist.barrier()
@@ -102,12 +117,16 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
     todo = [(s, u) for s, u in wanted if (s.name, u.key) not in done]
     requests = [request(s, u, config) for s, u in todo]
     share = ranks.balanced_share([request_seconds(r) for r in requests], rank, size)
-    progress = Progress(len(share), "utterances" if size == 1 else f"utterances, rank {rank} of {size}")
+    progress = Progress(
+        len(share), "utterances" if size == 1 else f"utterances, rank {rank} of {size}"
+    )
     name = "records.jsonl" if size == 1 else f"records.rank{rank}.jsonl"
     with open(out / name, "a", encoding="utf-8") as sink:
         for index, answer in pipeline.run([requests[i] for i in share]):
             (subset, utterance), task = todo[share[index]], requests[share[index]].task
-            record = Record(subset.name, utterance.key, scored_reference(utterance.reference, task, subset))
+            record = Record(
+                subset.name, utterance.key, scored_reference(utterance.reference, task, subset)
+            )
             if answer.error:
                 record.error = str(answer.error)
             else:
@@ -124,8 +143,11 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
 
 
 def published_rows(bench: str) -> dict[str, dict]:
-    return {row["subset"]: row for row in json.loads(PUBLISHED.read_text(encoding="utf-8"))["rows"]
-            if row["bench"] == bench}
+    return {
+        row["subset"]: row
+        for row in json.loads(PUBLISHED.read_text(encoding="utf-8"))["rows"]
+        if row["bench"] == bench
+    }
 
 
 def timing(records: list[Record], word_times: dict | None) -> dict | None:
@@ -134,44 +156,83 @@ def timing(records: list[Record], word_times: dict | None) -> dict | None:
     timed = {r.key: r.timed for r in records if r.timed}
     if not timed:
         return None
-    from .word_timing import score_timing  # praatio, where TextGrids are read, is the [eval] extra's
+    from .word_timing import (
+        score_timing,
+    )  # praatio, where TextGrids are read, is the [eval] extra's
+
     written = {key: parse(TASKS["srwt"], reference).words for key, (reference, _) in timed.items()}
-    references = word_times or {key: words for key, words in written.items() if any(w.start is not None for w in words)}
+    references = word_times or {
+        key: words for key, words in written.items() if any(w.start is not None for w in words)
+    }
     if not references:
         return None
-    return score_timing(references, {key: parse(TASKS["srwt"], hypothesis) for key, (_, hypothesis) in timed.items()})
+    return score_timing(
+        references,
+        {key: parse(TASKS["srwt"], hypothesis) for key, (_, hypothesis) in timed.items()},
+    )
 
 
-def finish(bench: str, subsets: list[Subset], out: Path, limit=None, word_times: dict | None = None) -> dict:
+def finish(
+    bench: str, subsets: list[Subset], out: Path, limit=None, word_times: dict | None = None
+) -> dict:
     """Rank 0, after every rank is done: the records in the set's order, the text files, the scores, the table."""
     from .scoring import score_texts  # the [eval] extra's scorers, outside inference's imports
+
     records = read_records(out)
     wanted = [(s, u) for s in subsets for u in s.utterances][:limit]
-    ordered = [records.get((s.name, u.key)) or Record(s.name, u.key, u.reference, error="not decoded")
-               for s, u in wanted]
-    (out / "records.jsonl").write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in ordered),
-                                       encoding="utf-8")
+    ordered = [
+        records.get((s.name, u.key)) or Record(s.name, u.key, u.reference, error="not decoded")
+        for s, u in wanted
+    ]
+    (out / "records.jsonl").write_text(
+        "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in ordered), encoding="utf-8"
+    )
     for path in out.glob("records.rank*.jsonl"):  # now in records.jsonl
         path.unlink()
     by_subset = {s.name: s for s in subsets}
-    (out / "ref.txt").write_text("".join(f"{r.key} {one_line(r.ref)}\n" for r in ordered), encoding="utf-8")
-    (out / "hyp.txt").write_text("".join(f"{r.key} {one_line(r.hyp)}\n" for r in ordered if r.error is None),
-                                 encoding="utf-8")
+    (out / "ref.txt").write_text(
+        "".join(f"{r.key} {one_line(r.ref)}\n" for r in ordered), encoding="utf-8"
+    )
+    (out / "hyp.txt").write_text(
+        "".join(f"{r.key} {one_line(r.hyp)}\n" for r in ordered if r.error is None),
+        encoding="utf-8",
+    )
     published, rows = published_rows(bench), []
     for name in dict.fromkeys(r.subset for r in ordered):
         mine = [r for r in ordered if r.subset == name]
         defaults = by_subset[name].defaults
         refs = {r.key: r.ref for r in mine if r.error is None}
         hyps = {r.key: r.hyp for r in mine if r.error is None}
-        score = score_texts(refs, hyps, defaults.protocol, defaults.metric, defaults.language,
-                            defaults.bleu_tokenize) if refs else {}
-        rows.append({"bench": bench, "subset": name, **asdict(defaults), "utterances": len(mine),
-                     "failed": [{"key": r.key, "error": r.error} for r in mine if r.error is not None],
-                     "value": score.get("value"), "score": score, "published": published.get(name, {})})
+        score = (
+            score_texts(
+                refs,
+                hyps,
+                defaults.protocol,
+                defaults.metric,
+                defaults.language,
+                defaults.bleu_tokenize,
+            )
+            if refs
+            else {}
+        )
+        rows.append(
+            {
+                "bench": bench,
+                "subset": name,
+                **asdict(defaults),
+                "utterances": len(mine),
+                "failed": [{"key": r.key, "error": r.error} for r in mine if r.error is not None],
+                "value": score.get("value"),
+                "score": score,
+                "published": published.get(name, {}),
+            }
+        )
         if word_timing := timing(mine, word_times):
             rows[-1]["timing"] = word_timing
     results = {"bench": bench, "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    (out / "results.json").write_text(
+        json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+    )
     (out / "results.md").write_text(table(rows), encoding="utf-8")
     return results
 
@@ -183,13 +244,21 @@ def one_line(text: str) -> str:
 
 def table(rows: list[dict]) -> str:
     """The seed's table shape: task, dataset, metric, ours, and the published OSUM and Qwen2-Audio figures."""
-    lines = ["| task | dataset | metric | ours | OSUM (published) | Qwen2-Audio (published) | utterances | failed |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | dataset | metric | ours | OSUM (published) | Qwen2-Audio (published) | utterances | failed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         ours = "–" if row["value"] is None else f"{row['value']:.2f}"
         published = row["published"]
-        task = published.get("task", "prompt") if row["prompt"] else row["task"]  # covost2: s2tt by its prompt
-        lines.append(f"| {task} | {row['bench']} {row['subset']} | "
-                     f"{row['metric']} ({row['protocol']}) | {ours} | {published.get('osum', '–')} | "
-                     f"{published.get('qwen2_audio', '–')} | {row['utterances']} | {len(row['failed'])} |")
-    return "\n".join(lines) + "\n\nPublished figures: osum_min/eval/published.json (its `sources`).\n"
+        task = (
+            published.get("task", "prompt") if row["prompt"] else row["task"]
+        )  # covost2: s2tt by its prompt
+        lines.append(
+            f"| {task} | {row['bench']} {row['subset']} | "
+            f"{row['metric']} ({row['protocol']}) | {ours} | {published.get('osum', '–')} | "
+            f"{published.get('qwen2_audio', '–')} | {row['utterances']} | {len(row['failed'])} |"
+        )
+    return (
+        "\n".join(lines) + "\n\nPublished figures: osum_min/eval/published.json (its `sources`).\n"
+    )

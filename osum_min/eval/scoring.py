@@ -13,6 +13,7 @@ deleted on the reference token, inserted on the hypothesis token; the per-langua
 script class). Its pure-Python alignment costs minutes on a large test set; here the same recurrence runs on numpy
 arrays for many pairs at once, and the same tie rule is read back from the distance table.
 """
+
 import functools
 import re
 import unicodedata
@@ -26,14 +27,34 @@ from osum_min.text.tokenizer import map_style_tags, process_text
 PROTOCOLS = ("osum", "qwen2-audio")
 METRICS = ("wer", "cer", "acc", "bleu")
 NO_TAG = "<--no_tag-->"
-_PUNCTS = "!,?、。！，；？：「」︰『』《》"  # characters compute-wer.py drops where a token would start
+_PUNCTS = (
+    "!,?、。！，；？：「」︰『』《》"  # characters compute-wer.py drops where a token would start
+)
 _SPACES = " \t\r\n"
-_CLUSTER_PREFIXES = (("DIGIT", "Number"), ("CJK UNIFIED IDEOGRAPH", "Mandarin"),
-                     ("CJK COMPATIBILITY IDEOGRAPH", "Mandarin"), ("LATIN CAPITAL LETTER", "English"),
-                     ("LATIN SMALL LETTER", "English"), ("HIRAGANA LETTER", "Japanese"))
-_NEUTRAL_PREFIXES = ("AMPERSAND", "APOSTROPHE", "COMMERCIAL AT", "DEGREE CELSIUS", "EQUALS SIGN", "FULL STOP",
-                     "HYPHEN-MINUS", "LOW LINE", "NUMBER SIGN", "PLUS SIGN", "SEMICOLON")
-_TAG = re.compile(r"<[^>]*>?")  # compute-wer.py's stripoff_tags: from `<` to the next `>` (or the end)
+_CLUSTER_PREFIXES = (
+    ("DIGIT", "Number"),
+    ("CJK UNIFIED IDEOGRAPH", "Mandarin"),
+    ("CJK COMPATIBILITY IDEOGRAPH", "Mandarin"),
+    ("LATIN CAPITAL LETTER", "English"),
+    ("LATIN SMALL LETTER", "English"),
+    ("HIRAGANA LETTER", "Japanese"),
+)
+_NEUTRAL_PREFIXES = (
+    "AMPERSAND",
+    "APOSTROPHE",
+    "COMMERCIAL AT",
+    "DEGREE CELSIUS",
+    "EQUALS SIGN",
+    "FULL STOP",
+    "HYPHEN-MINUS",
+    "LOW LINE",
+    "NUMBER SIGN",
+    "PLUS SIGN",
+    "SEMICOLON",
+)
+_TAG = re.compile(
+    r"<[^>]*>?"
+)  # compute-wer.py's stripoff_tags: from `<` to the next `>` (or the end)
 _FIRST_TAG = re.compile(r"<.*?>")  # compute-acc.py's do_get_first_tag_from_str
 _CJK = re.compile(f"[{CJK_CHARS}]")
 # One CJK character, or one run of other letters/digits/apostrophes; punctuation and spacing never count. The units
@@ -48,7 +69,9 @@ def _char_class(codes: list[int]) -> str:
         if start is None:
             start = code
         if k + 1 == len(codes) or codes[k + 1] != code + 1:
-            parts.append(re.escape(chr(start)) + ("-" + re.escape(chr(code)) if code > start else ""))
+            parts.append(
+                re.escape(chr(start)) + ("-" + re.escape(chr(code)) if code > start else "")
+            )
             start = None
     return "".join(parts)
 
@@ -61,14 +84,20 @@ def _token_pattern() -> re.Pattern:
     the listed punctuation are skipped where a token would start (so `world.` keeps its full stop)."""
     categories = [unicodedata.category(chr(code)) for code in range(0x110000)]
     letters = _char_class([code for code, cat in enumerate(categories) if cat == "Lo"])
-    skipped = _char_class(sorted({code for code, cat in enumerate(categories) if cat in ("Zs", "Cn")}
-                                 | {ord(c) for c in _PUNCTS + _SPACES}))
+    skipped = _char_class(
+        sorted(
+            {code for code, cat in enumerate(categories) if cat in ("Zs", "Cn")}
+            | {ord(c) for c in _PUNCTS + _SPACES}
+        )
+    )
     ascii_run = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x21-\x7f]*"  # ASCII less compute-wer.py's four spaces
     # ASCII starts first, and the big non-ASCII classes only behind a cheap look-ahead: re tests code points
     # beyond U+FFFF of a class one range at a time, so a space tried against them would cost hundreds of tests.
-    return re.compile(f"<[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x21-\\x3d\\x3f-\\x7f]*>?"
-                      f"|[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x22-\\x2b\\x2d-\\x3b\\x3d-\\x3e\\x40-\\x7f]{ascii_run}"
-                      f"|(?=[^\\x00-\\x7f])(?:[{letters}]|[^{skipped}{letters}]{ascii_run})")
+    return re.compile(
+        f"<[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x21-\\x3d\\x3f-\\x7f]*>?"
+        f"|[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x22-\\x2b\\x2d-\\x3b\\x3d-\\x3e\\x40-\\x7f]{ascii_run}"
+        f"|(?=[^\\x00-\\x7f])(?:[{letters}]|[^{skipped}{letters}]{ascii_run})"
+    )
 
 
 def osum_tokens(text: str, split_alnum: bool = False) -> list[str]:
@@ -77,7 +106,9 @@ def osum_tokens(text: str, split_alnum: bool = False) -> list[str]:
     tokens = _token_pattern().findall(text)
     if not tokens:
         return []
-    tokens = "\n".join(tokens).upper().split("\n")  # no token holds a newline; upper() maps character by character
+    tokens = (
+        "\n".join(tokens).upper().split("\n")
+    )  # no token holds a newline; upper() maps character by character
     if "<" in text:
         tokens = [stripped for stripped in (_TAG.sub("", token) for token in tokens) if stripped]
     if split_alnum:
@@ -91,7 +122,9 @@ def default_cluster(word: str) -> str:
     classes = []
     for char in word:
         name = unicodedata.name(char, "")
-        cluster = next((label for prefix, label in _CLUSTER_PREFIXES if name.startswith(prefix)), None)
+        cluster = next(
+            (label for prefix, label in _CLUSTER_PREFIXES if name.startswith(prefix)), None
+        )
         if cluster:
             classes.append(cluster)
         elif not name.startswith(_NEUTRAL_PREFIXES) or not name:
@@ -99,19 +132,32 @@ def default_cluster(word: str) -> str:
     return classes[0] if classes and len(set(classes)) == 1 else "Other"
 
 
-def alignment_counts(references: list[list[int]], hypotheses: list[list[int]], vocabulary: int,
-                     cells_per_chunk: int = 4_000_000) -> np.ndarray:
+def alignment_counts(
+    references: list[list[int]],
+    hypotheses: list[list[int]],
+    vocabulary: int,
+    cells_per_chunk: int = 4_000_000,
+) -> np.ndarray:
     """(vocabulary, 4) counts of correct, substituted, deleted, inserted per token id, over every pair, booked as
     compute-wer.py books them."""
     lengths = [len(units) for units in references + hypotheses]
-    flat = np.fromiter((unit for units in references + hypotheses for unit in units), np.int64, sum(lengths))
+    flat = np.fromiter(
+        (unit for units in references + hypotheses for unit in units), np.int64, sum(lengths)
+    )
     starts = np.cumsum([0] + lengths[:-1], dtype=np.int64)
     lengths, pairs = np.array(lengths, np.int64), len(references)
-    return _counts(flat, (starts[:pairs], lengths[:pairs]), (starts[pairs:], lengths[pairs:]), vocabulary,
-                   cells_per_chunk)
+    return _counts(
+        flat,
+        (starts[:pairs], lengths[:pairs]),
+        (starts[pairs:], lengths[pairs:]),
+        vocabulary,
+        cells_per_chunk,
+    )
 
 
-def _counts(flat: np.ndarray, references, hypotheses, vocabulary: int, cells_per_chunk: int = 4_000_000):
+def _counts(
+    flat: np.ndarray, references, hypotheses, vocabulary: int, cells_per_chunk: int = 4_000_000
+):
     """alignment_counts on token ids laid end to end: `references` and `hypotheses` are (starts, lengths) into
     `flat`. Pairs of similar length are aligned together in numpy: the distance table row by row (a row's insertions
     are a running minimum), then every pair's path back from its last cell at once."""
@@ -121,10 +167,19 @@ def _counts(flat: np.ndarray, references, hypotheses, vocabulary: int, cells_per
     codes, start = [np.zeros(0, np.int64)], 0
     while start < len(order):
         stop = min(len(order), start + fitting(start))
-        stop = min(stop, start + fitting(stop - 1))  # the chunk's longest pair sets its table's size
+        stop = min(
+            stop, start + fitting(stop - 1)
+        )  # the chunk's longest pair sets its table's size
         chunk = order[start:stop]
-        codes.append(_align_chunk(flat, references[0][chunk], references[1][chunk], hypotheses[0][chunk],
-                                  hypotheses[1][chunk]))
+        codes.append(
+            _align_chunk(
+                flat,
+                references[0][chunk],
+                references[1][chunk],
+                hypotheses[0][chunk],
+                hypotheses[1][chunk],
+            )
+        )
         start = stop
     return np.bincount(np.concatenate(codes), minlength=4 * vocabulary).reshape(vocabulary, 4)
 
@@ -143,8 +198,13 @@ class Edits:
 def _total_counts(references: list[list[str]], hypotheses: list[list[str]]) -> np.ndarray:
     """Correct, substituted, deleted, inserted over all pairs of string units."""
     vocabulary = {}
-    ids = [[vocabulary.setdefault(unit, len(vocabulary)) for unit in units] for units in references + hypotheses]
-    return alignment_counts(ids[:len(references)], ids[len(references):], len(vocabulary)).sum(axis=0)
+    ids = [
+        [vocabulary.setdefault(unit, len(vocabulary)) for unit in units]
+        for units in references + hypotheses
+    ]
+    return alignment_counts(ids[: len(references)], ids[len(references) :], len(vocabulary)).sum(
+        axis=0
+    )
 
 
 def edit_distance(reference: list[str], hypothesis: list[str]) -> Edits:
@@ -158,8 +218,13 @@ def edit_operations(reference: list[str], hypothesis: list[str]) -> list[int]:
     3 insertion): the path compute-wer.py walks back, so its counts are `edit_distance`'s."""
     vocabulary = {}
     ids = [vocabulary.setdefault(unit, len(vocabulary)) for unit in reference + hypothesis]
-    codes = _align_chunk(np.array(ids, np.int64), np.array([0]), np.array([len(reference)]),
-                         np.array([len(reference)]), np.array([len(hypothesis)]))
+    codes = _align_chunk(
+        np.array(ids, np.int64),
+        np.array([0]),
+        np.array([len(reference)]),
+        np.array([len(reference)]),
+        np.array([len(hypothesis)]),
+    )
     return (codes[::-1] % 4).tolist()
 
 
@@ -171,7 +236,9 @@ def _padded(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad: int)
 
 def _align_chunk(flat, ref_starts, i, hyp_starts, j) -> np.ndarray:
     """token id * 4 + operation (0 correct, 1 substitution, 2 deletion, 3 insertion) for every step of every pair."""
-    ref = _padded(flat, ref_starts, i, -1)  # (P, N); padding never equals a token or the other padding
+    ref = _padded(
+        flat, ref_starts, i, -1
+    )  # (P, N); padding never equals a token or the other padding
     hyp = _padded(flat, hyp_starts, j, -2)  # (P, M)
     rows, cols = int(i.max()), int(j.max())
     pairs, span = np.arange(len(i)), np.arange(cols + 1)
@@ -179,7 +246,9 @@ def _align_chunk(flat, ref_starts, i, hyp_starts, j) -> np.ndarray:
     dist[:, 0, :] = span
     for row in range(1, rows + 1):
         previous = dist[:, row - 1, :]
-        best = np.minimum(previous[:, :-1] + (ref[:, row - 1:row] != hyp[:, :cols]), previous[:, 1:] + 1)
+        best = np.minimum(
+            previous[:, :-1] + (ref[:, row - 1 : row] != hyp[:, :cols]), previous[:, 1:] + 1
+        )
         best = np.concatenate([np.full((len(i), 1), row, np.int32), best], axis=1)  # (P, M+1)
         dist[:, row, :] = np.minimum.accumulate(best - span, axis=1) + span
     steps = []
@@ -193,7 +262,9 @@ def _align_chunk(flat, ref_starts, i, hyp_starts, j) -> np.ndarray:
         insertion = ~deletion & (j > 0) & (dist[pairs, i, left] + 1 == here)
         diagonal = active & ~deletion & ~insertion
         ref_token, hyp_token = ref[pairs, up], hyp[pairs, left]
-        operation = np.where(deletion, 2, np.where(insertion, 3, np.where(ref_token == hyp_token, 0, 1)))
+        operation = np.where(
+            deletion, 2, np.where(insertion, 3, np.where(ref_token == hyp_token, 0, 1))
+        )
         steps.append((np.where(insertion, hyp_token, ref_token) * 4 + operation)[active])
         i, j = i - (deletion | diagonal), j - (insertion | diagonal)
     return np.concatenate(steps) if steps else np.zeros(0, np.int64)
@@ -203,15 +274,24 @@ def _line(counts: np.ndarray) -> dict:
     """One compute-wer.py summary line: percent, N (reference tokens), C, S, D, I."""
     correct, sub, dele, ins = (int(x) for x in counts)
     total = correct + sub + dele
-    return {"percent": 100.0 * (sub + dele + ins) / total if total else 0.0,
-            "N": total, "C": correct, "S": sub, "D": dele, "I": ins}
+    return {
+        "percent": 100.0 * (sub + dele + ins) / total if total else 0.0,
+        "N": total,
+        "C": correct,
+        "S": sub,
+        "D": dele,
+        "I": ins,
+    }
 
 
 def osum_error_rate(refs: dict[str, str], hyps: dict[str, str], split_alnum: bool = False) -> dict:
     """compute-wer.py --char=1 (`split_alnum`: compute-cer.py): keys of both files only, in the reference's order.
     Overall counts at the top level, then one line per script class in the order the original prints them."""
     keys = [key for key in refs if key in hyps]
-    words, lengths = [], []  # per utterance its hypothesis then its reference: the order the original meets words
+    words, lengths = (
+        [],
+        [],
+    )  # per utterance its hypothesis then its reference: the order the original meets words
     for key in keys:
         rec, lab = osum_tokens(hyps[key], split_alnum), osum_tokens(refs[key], split_alnum)
         words += rec
@@ -220,9 +300,14 @@ def osum_error_rate(refs: dict[str, str], hyps: dict[str, str], split_alnum: boo
     vocabulary = {word: index for index, word in enumerate(dict.fromkeys(words))}
     flat = np.fromiter(map(vocabulary.__getitem__, words), np.int64, len(words))
     starts, lengths = np.cumsum([0] + lengths[:-1], dtype=np.int64), np.array(lengths, np.int64)
-    counts = _counts(flat, (starts[1::2], lengths[1::2]), (starts[0::2], lengths[0::2]), len(vocabulary))
+    counts = _counts(
+        flat, (starts[1::2], lengths[1::2]), (starts[0::2], lengths[0::2]), len(vocabulary)
+    )
     clusters = {}
-    for word, index in vocabulary.items():  # insertion order: the order the original first meets each class
+    for (
+        word,
+        index,
+    ) in vocabulary.items():  # insertion order: the order the original first meets each class
         clusters.setdefault(default_cluster(word), []).append(index)
     overall = _line(counts.sum(axis=0))
     result = {"value": overall.pop("percent"), **overall, "utterances": len(keys)}
@@ -241,8 +326,12 @@ def osum_accuracy(refs: dict[str, str], hyps: dict[str, str]) -> dict:
     """compute-acc.py: a line with only a key is dropped (its scp loader needs two fields); hypothesis keys the
     reference lacks are skipped but still count in the division; the confusion matrix is over the reference's tags
     (a predicted tag the reference never uses is left out of it)."""
-    ref_tags = {key: first_tag(" ".join(text.split())) for key, text in refs.items() if text.split()}
-    hyp_tags = {key: first_tag(" ".join(text.split())) for key, text in hyps.items() if text.split()}
+    ref_tags = {
+        key: first_tag(" ".join(text.split())) for key, text in refs.items() if text.split()
+    }
+    hyp_tags = {
+        key: first_tag(" ".join(text.split())) for key, text in hyps.items() if text.split()
+    }
     labels = sorted(set(ref_tags.values()))
     matrix = [[0] * len(labels) for _ in labels]
     hits = 0
@@ -252,12 +341,23 @@ def osum_accuracy(refs: dict[str, str], hyps: dict[str, str]) -> dict:
         hits += tag == ref_tags[key]
         if tag in labels:
             matrix[labels.index(ref_tags[key])][labels.index(tag)] += 1
-    return {"value": 100.0 * hits / len(hyp_tags) if hyp_tags else 0.0, "correct": hits, "total": len(hyp_tags),
-            "labels": labels, "confusion": matrix}
+    return {
+        "value": 100.0 * hits / len(hyp_tags) if hyp_tags else 0.0,
+        "correct": hits,
+        "total": len(hyp_tags),
+        "labels": labels,
+        "confusion": matrix,
+    }
 
 
-def score_texts(refs: dict[str, str], hyps: dict[str, str], protocol: str = "osum", metric: str = "wer",
-                language: str | None = None, bleu_tokenize: str | None = None) -> dict:
+def score_texts(
+    refs: dict[str, str],
+    hyps: dict[str, str],
+    protocol: str = "osum",
+    metric: str = "wer",
+    language: str | None = None,
+    bleu_tokenize: str | None = None,
+) -> dict:
     """Score hypotheses against references by one protocol's rules; the JSON object `eval.py score` prints last.
 
     `value` is a percentage for wer/cer/acc and the BLEU score for bleu; wer/cer add the overall N, C, S, D, I and
@@ -270,22 +370,40 @@ def score_texts(refs: dict[str, str], hyps: dict[str, str], protocol: str = "osu
     head = {"protocol": protocol, "metric": metric}
     if metric == "bleu":
         from osum_min.eval.normalizers import bleu
-        return {**head, **bleu([refs[k] for k in refs], [hyps.get(k, "") for k in refs], language, bleu_tokenize)}
+
+        return {
+            **head,
+            **bleu(
+                [refs[k] for k in refs], [hyps.get(k, "") for k in refs], language, bleu_tokenize
+            ),
+        }
     if protocol == "osum":
         if metric == "acc":
             return {**head, **osum_accuracy(refs, hyps)}
         return {**head, **osum_error_rate(refs, hyps, split_alnum=metric == "cer")}
     from osum_min.eval import normalizers
+
     if metric == "acc":
         return {**head, **normalizers.exact_match_accuracy(refs, hyps)}
     if metric == "cer":
-        raise ValueError("qwen2-audio has no cer metric: its wer counts Mandarin and Cantonese per character")
+        raise ValueError(
+            "qwen2-audio has no cer metric: its wer counts Mandarin and Cantonese per character"
+        )
     if language is None:
-        raise ValueError("qwen2-audio's wer needs a language (en, zh, yue, fr, ...): its normaliser follows it")
-    ref_units, hyp_units = normalizers.qwen2_audio_units([refs[k] for k in refs], [hyps.get(k, "") for k in refs],
-                                                         language)
+        raise ValueError(
+            "qwen2-audio's wer needs a language (en, zh, yue, fr, ...): its normaliser follows it"
+        )
+    ref_units, hyp_units = normalizers.qwen2_audio_units(
+        [refs[k] for k in refs], [hyps.get(k, "") for k in refs], language
+    )
     overall = _line(_total_counts(ref_units, hyp_units))
-    return {**head, "language": language, "value": overall.pop("percent"), **overall, "utterances": len(refs)}
+    return {
+        **head,
+        "language": language,
+        "value": overall.pop("percent"),
+        **overall,
+        "utterances": len(refs),
+    }
 
 
 def scoring_units(text: str) -> list[str]:
@@ -302,6 +420,7 @@ class Scorer:
     """Accumulates a test list's transcripts and labels; `summary()` scores the transcripts by `protocol`'s rules
     (compute-wer.py's for `osum`) and each label kind as accuracy. `language` is qwen2-audio's normaliser choice;
     left out, a list with CJK references is `zh` and any other `en`."""
+
     task: Task
     protocol: str = "osum"
     language: str | None = None
@@ -321,7 +440,10 @@ class Scorer:
         self.utterances += 1
         if self.task.transcript and reference.transcript is not None:
             key = str(len(self.references))
-            self.references[key], self.hypotheses[key] = reference.transcript, hypothesis.transcript or ""
+            self.references[key], self.hypotheses[key] = (
+                reference.transcript,
+                hypothesis.transcript or "",
+            )
         for kind, label in reference.labels.items():
             self.label_totals[kind] = self.label_totals.get(kind, 0) + 1
             hit = hypothesis.labels.get(kind, "").lower() == label
@@ -345,8 +467,13 @@ class Scorer:
         out = {"utterances": self.utterances, "skipped": self.skipped}
         if score := self.transcript_score():
             out[self.metric] = round(score["value"], 2)
-            out.update(substitutions=score["S"], deletions=score["D"], insertions=score["I"],
-                       reference_units=score["N"], protocol=self.protocol)
+            out.update(
+                substitutions=score["S"],
+                deletions=score["D"],
+                insertions=score["I"],
+                reference_units=score["N"],
+                protocol=self.protocol,
+            )
         for kind, total in self.label_totals.items():
             out[f"{kind}_accuracy"] = round(100 * self.label_hits[kind] / total, 2)
         return out
@@ -356,13 +483,19 @@ class Scorer:
         lines = []
         if "reference_units" in summary:
             errors = summary["substitutions"] + summary["deletions"] + summary["insertions"]
-            lines.append(f"{self.metric.upper()} {summary[self.metric]:.2f}% ({errors} errors / "
-                         f"{summary['reference_units']} {'units' if self.cjk else 'words'}: "
-                         f"{summary['substitutions']} sub, {summary['deletions']} del, {summary['insertions']} ins) "
-                         f"over {self.utterances} files, {self.protocol} protocol")
-        lines += [f"{kind} accuracy {summary[f'{kind}_accuracy']:.2f}% ({self.label_hits[kind]}/{total})"
-                  for kind, total in self.label_totals.items()]
+            lines.append(
+                f"{self.metric.upper()} {summary[self.metric]:.2f}% ({errors} errors / "
+                f"{summary['reference_units']} {'units' if self.cjk else 'words'}: "
+                f"{summary['substitutions']} sub, {summary['deletions']} del, {summary['insertions']} ins) "
+                f"over {self.utterances} files, {self.protocol} protocol"
+            )
+        lines += [
+            f"{kind} accuracy {summary[f'{kind}_accuracy']:.2f}% ({self.label_hits[kind]}/{total})"
+            for kind, total in self.label_totals.items()
+        ]
         if self.skipped:
-            lines.append(f"{self.skipped} file{'s' * (self.skipped > 1)} skipped (unreadable or a bad list line): "
-                         f"not scored")
+            lines.append(
+                f"{self.skipped} file{'s' * (self.skipped > 1)} skipped (unreadable or a bad list line): "
+                f"not scored"
+            )
         return lines

@@ -3,11 +3,13 @@
 References come from forced alignments — Praat TextGrids as the Montreal Forced Aligner writes them (a "words" tier,
 or "SPEAKER - words" tiers, with empty intervals for the silences between words) — or from JSONL lines
 `{"key": ..., "words": [{"word": ..., "start": s, "end": s}, ...]}`. Times are only comparable where the words agree,
-so hypothesis and reference are aligned by edit distance over the units transcripts are scored on (osum_min.eval.scoring:
+so hypothesis and reference are aligned by edit distance over the units transcripts are scored on
+(osum_min.eval.scoring:
 case-folded, punctuation dropped, one CJK character per unit) and only the correct pairs are timed. A word that
 splits into several units (`你好`, `e-mail`) lends its span to each of them, so character-level references suit
 character-level output. TextGrids are read with praatio (the `eval` extra), the library MFA writes them with.
 """
+
 import json
 import math
 import re
@@ -20,7 +22,9 @@ from osum_min.text.tasks import CJK_CHARS, Result, Word
 
 TOLERANCES_MS = (100, 200)
 SILENCE_MARKS = {"", "<eps>", "sil", "sp"}  # MFA's silence intervals on the words tier: not words
-_WORDS_TIER = re.compile(r"(?:.+ - )?words", re.IGNORECASE)  # MFA: "words", or "SPEAKER - words" per speaker
+_WORDS_TIER = re.compile(
+    r"(?:.+ - )?words", re.IGNORECASE
+)  # MFA: "words", or "SPEAKER - words" per speaker
 _CJK = re.compile(f"[{CJK_CHARS}]")
 
 
@@ -53,11 +57,17 @@ def read_textgrid(path: Path) -> list[Word]:
         raise TimingError(f"{path}: not a readable TextGrid ({problem})") from None
     tiers = [name for name in grid.tierNames if _WORDS_TIER.fullmatch(name)]
     if not tiers:
-        raise TimingError(f"{path}: no \"words\" tier (tiers: {', '.join(grid.tierNames) or 'none'})")
+        raise TimingError(f'{path}: no "words" tier (tiers: {", ".join(grid.tierNames) or "none"})')
     if any(not isinstance(grid.getTier(name), textgrid.IntervalTier) for name in tiers):
         raise TimingError(f"{path}: the words tier is a point tier, not an interval tier")
-    entries = sorted(entry for name in tiers for entry in grid.getTier(name).entries)  # speakers interleaved by time
-    return [Word(label.strip(), start, end) for start, end, label in entries if label.strip() not in SILENCE_MARKS]
+    entries = sorted(
+        entry for name in tiers for entry in grid.getTier(name).entries
+    )  # speakers interleaved by time
+    return [
+        Word(label.strip(), start, end)
+        for start, end, label in entries
+        if label.strip() not in SILENCE_MARKS
+    ]
 
 
 def _json_words(line: str) -> tuple[str, list[Word]]:
@@ -66,18 +76,29 @@ def _json_words(line: str) -> tuple[str, list[Word]]:
         entry = json.loads(line)
     except json.JSONDecodeError:
         raise TimingError("not JSON") from None
-    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or not isinstance(entry.get("words"), list):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("key"), str)
+        or not isinstance(entry.get("words"), list)
+    ):
         raise TimingError('expected {"key": "...", "words": [{"word", "start", "end"}, ...]}')
     words = []
     for number, item in enumerate(entry["words"], 1):
         times = [item.get(side) if isinstance(item, dict) else None for side in ("start", "end")]
         if not isinstance(item, dict) or not isinstance(item.get("word"), str):
-            raise TimingError(f"word {number} is not {{\"word\": text, \"start\": s, \"end\": s}}")
-        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times):
-            raise TimingError(f"word {number} ({item['word']!r}): start and end must be numbers (seconds)")
+            raise TimingError(f'word {number} is not {{"word": text, "start": s, "end": s}}')
+        if not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+            for t in times
+        ):
+            raise TimingError(
+                f"word {number} ({item['word']!r}): start and end must be numbers (seconds)"
+            )
         if not 0 <= times[0] <= times[1]:
-            raise TimingError(f"word {number} ({item['word']!r}): times {times[0]}, {times[1]} are not "
-                              "0 <= start <= end")
+            raise TimingError(
+                f"word {number} ({item['word']!r}): times {times[0]}, {times[1]} are not "
+                "0 <= start <= end"
+            )
         words.append(Word(item["word"], float(times[0]), float(times[1])))
     return entry["key"], words
 
@@ -122,7 +143,9 @@ def read_word_times(path: str | Path, problems: list[str] | None = None) -> dict
     else:
         references = read_jsonl(path, problems)
     if not references:
-        raise TimingError(f"{path}: no reference word times in it (expected TextGrids or JSONL word times)")
+        raise TimingError(
+            f"{path}: no reference word times in it (expected TextGrids or JSONL word times)"
+        )
     return references
 
 
@@ -146,6 +169,7 @@ class TimingScorer:
     """Pools word-time errors over a test set. Means are over matched (correct) words whose hypothesis has both
     times; `within_100ms`/`within_200ms` are the share of all matched words whose start AND end each differ from
     the reference by at most that many ms (inclusive), a matched word the model gave no time counting as outside."""
+
     edits: Edits = field(default_factory=Edits)
     reference_units: int = 0
     cjk: bool = False
@@ -160,11 +184,19 @@ class TimingScorer:
     def add(self, reference_words: list[Word], result: Result) -> None:
         ref = _units(reference_words)
         # a result of another task has no words: its transcript counts for WER, untimed
-        hyp = _units(result.words if result.words is not None else [Word(result.transcript or "", None, None)])
+        hyp = _units(
+            result.words
+            if result.words is not None
+            else [Word(result.transcript or "", None, None)]
+        )
         path = align([u for u, *_ in ref], [u for u, *_ in hyp])
         subs = sum(i is not None and j is not None and ref[i][0] != hyp[j][0] for i, j in path)
         dels, ins = sum(j is None for _, j in path), sum(i is None for i, _ in path)
-        self.edits = Edits(self.edits.substitutions + subs, self.edits.deletions + dels, self.edits.insertions + ins)
+        self.edits = Edits(
+            self.edits.substitutions + subs,
+            self.edits.deletions + dels,
+            self.edits.insertions + ins,
+        )
         self.reference_units += len(ref)
         self.cjk = self.cjk or any(_CJK.match(u) for u, *_ in ref)
         self.utterances += 1
@@ -176,7 +208,10 @@ class TimingScorer:
             if hyp_start is None or hyp_end is None:
                 continue
             # rounded to a nanosecond so that a 0.1 s shift is 100 ms, not 100.00000000000003
-            start, end = round(abs(hyp_start - ref_start) * 1000, 6), round(abs(hyp_end - ref_end) * 1000, 6)
+            start, end = (
+                round(abs(hyp_start - ref_start) * 1000, 6),
+                round(abs(hyp_end - ref_end) * 1000, 6),
+            )
             self.timed += 1
             self.start_error_ms += start
             self.end_error_ms += end
@@ -185,17 +220,26 @@ class TimingScorer:
 
     def summary(self) -> dict:
         metric = "cer" if self.cjk else "wer"
-        out = {"utterances": self.utterances, "skipped": len(self.skipped), "matched_words": self.matched,
-               "timed_words": self.timed, "reference_units": self.reference_units,
-               "substitutions": self.edits.substitutions, "deletions": self.edits.deletions,
-               "insertions": self.edits.insertions}
+        out = {
+            "utterances": self.utterances,
+            "skipped": len(self.skipped),
+            "matched_words": self.matched,
+            "timed_words": self.timed,
+            "reference_units": self.reference_units,
+            "substitutions": self.edits.substitutions,
+            "deletions": self.edits.deletions,
+            "insertions": self.edits.insertions,
+        }
         if self.reference_units:
             out[metric] = round(100 * self.edits.errors / self.reference_units, 2)
         if self.timed:
             out["start_error_ms"] = round(self.start_error_ms / self.timed, 2)
             out["end_error_ms"] = round(self.end_error_ms / self.timed, 2)
         if self.matched:
-            out |= {f"within_{t}ms": round(100 * self.within[t] / self.matched, 2) for t in TOLERANCES_MS}
+            out |= {
+                f"within_{t}ms": round(100 * self.within[t] / self.matched, 2)
+                for t in TOLERANCES_MS
+            }
         return out
 
 

@@ -1,5 +1,6 @@
 """The files a run decodes: audio paths, folders and lists (one path a line, or wenet raw jsonl
 `{"key", "wav", "txt"}`), each with its duration from the header (pipeline.py decodes them longest first)."""
+
 import errno
 import json
 import os
@@ -18,7 +19,9 @@ class Item:
     key: str
     reference: str | None = None  # the list's `txt`, when scoring
     seconds: float = 0.0  # from the file header, for length-sorted batching
-    problem: str | None = None  # a list line we cannot use: skipped and counted like an unreadable file
+    problem: str | None = (
+        None  # a list line we cannot use: skipped and counted like an unreadable file
+    )
 
 
 def list_entry(path: Path, number: int, line: str) -> Item:
@@ -31,11 +34,15 @@ def list_entry(path: Path, number: int, line: str) -> Item:
         except FileError as err:
             return Item(where, where, problem=f"not a wenet list line ({err.problem})")
         if not isinstance(entry, dict):
-            return Item(where, where, problem="not a wenet list line (a JSON object with a \"wav\" field)")
+            return Item(
+                where, where, problem='not a wenet list line (a JSON object with a "wav" field)'
+            )
     if not isinstance(entry.get("wav"), str) or not entry["wav"].strip():
-        return Item(where, where, problem=f"\"wav\" is {json.dumps(entry.get('wav'))[:40]}, not a path")
+        return Item(
+            where, where, problem=f'"wav" is {json.dumps(entry.get("wav"))[:40]}, not a path'
+        )
     if not isinstance(entry.get("txt"), (str, type(None))):
-        return Item(where, where, problem=f"\"txt\" is {json.dumps(entry['txt'])[:40]}, not text")
+        return Item(where, where, problem=f'"txt" is {json.dumps(entry["txt"])[:40]}, not text')
     wav = resolve_listed_path(entry["wav"], path.parent)
     return Item(wav, str(entry.get("key", printable(wav))), entry.get("txt"))
 
@@ -46,8 +53,10 @@ def read_list(path: Path) -> list[Item]:
     lines = read_text(path, "list of audio files", MAX_LIST_BYTES).splitlines()
     items = [list_entry(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
     if items and not any(item.problem is None and _exists(item.path) for item in items):
-        raise DataError(f"{printable(path)}: not a list of audio files (none of its {len(items)} lines names an "
-                        "existing file)")
+        raise DataError(
+            f"{printable(path)}: not a list of audio files (none of its {len(items)} lines names an "
+            "existing file)"
+        )
     return items
 
 
@@ -94,8 +103,10 @@ def collect_inputs(paths: list[str]) -> list[Item]:
             try:
                 items += read_list(path)
             except FileError as err:
-                raise DataError(f"{err.path}: neither audio (by its suffix) nor a readable list of audio files "
-                                f"({err.problem})") from None
+                raise DataError(
+                    f"{err.path}: neither audio (by its suffix) nor a readable list of audio files "
+                    f"({err.problem})"
+                ) from None
     for item in items:
         item.seconds = 0.0 if item.problem else header_seconds(item.path)
     return items

@@ -8,6 +8,7 @@ or sampling, whose random draws depend on the batch) never share a batch, so eve
 gets alone. A request that cannot be served becomes an Answer with a one-line `RequestError`; the others go on.
 Printing, JSON records, subtitles and HTTP belong to the front ends.
 """
+
 import io
 import os
 import time
@@ -43,13 +44,25 @@ class RequestError(ValueError):
 
 @dataclass
 class Request:
-    audio: str | os.PathLike | bytes | np.ndarray | torch.Tensor  # a path, an encoded file's bytes, or samples
-    sample_rate: int | None = None  # required with samples: 1-D mono, or (channels, samples) averaged
+    audio: (
+        str | os.PathLike | bytes | np.ndarray | torch.Tensor
+    )  # a path, an encoded file's bytes, or samples
+    sample_rate: int | None = (
+        None  # required with samples: 1-D mono, or (channels, samples) averaged
+    )
     task: Task = TASKS["asr"]  # TASKS[name], or tasks.free_prompt_task(text)
-    prompt_ids: list[int] | None = None  # instead of the tokens of task.prompt (models without a tokenizer)
-    config: GenerationConfig = field(default_factory=lambda: DEFAULT_DECODING)  # eos: the model's eod or None
-    name: str | None = None  # how messages name the audio (default: the path, "<bytes>" or "<samples>")
-    span: tuple[float, float] | None = None  # (start, end) seconds of the audio: one utterance of a long recording
+    prompt_ids: list[int] | None = (
+        None  # instead of the tokens of task.prompt (models without a tokenizer)
+    )
+    config: GenerationConfig = field(
+        default_factory=lambda: DEFAULT_DECODING
+    )  # eos: the model's eod or None
+    name: str | None = (
+        None  # how messages name the audio (default: the path, "<bytes>" or "<samples>")
+    )
+    span: tuple[float, float] | None = (
+        None  # (start, end) seconds of the audio: one utterance of a long recording
+    )
 
     @property
     def label(self) -> str:
@@ -75,10 +88,17 @@ class Answer:
         if self.error is not None:
             return {"error": str(self.error)}
         decoded = self.decoded
-        record = {"task": self.task.name, "prompt": self.task.prompt, **(self.result.to_json() if self.result else {}),
-                  "audio_s": round(decoded.audio_seconds, 3), "decode_s": round(decoded.decode_seconds, 3)}
+        record = {
+            "task": self.task.name,
+            "prompt": self.task.prompt,
+            **(self.result.to_json() if self.result else {}),
+            "audio_s": round(decoded.audio_seconds, 3),
+            "decode_s": round(decoded.decode_seconds, 3),
+        }
         if len(decoded.windows) > 1:
-            record["windows"] = [[round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)] for s, e in decoded.windows]
+            record["windows"] = [
+                [round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)] for s, e in decoded.windows
+            ]
         if with_ids:
             record["ids"] = decoded.ids[0] if len(decoded.ids) == 1 else decoded.ids
         return record
@@ -96,14 +116,24 @@ def _encoded(request: Request):
         raise AudioError(request.label, "samples need their sample rate")
     samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
     if samples.ndim not in (1, 2) or samples.size == 0 or samples.dtype.kind not in "fiu":
-        raise AudioError(request.label, f"samples must be a non-empty 1-D or (channels, samples) array of real "
-                                        f"numbers, got {samples.dtype} of shape {samples.shape}")
+        raise AudioError(
+            request.label,
+            f"samples must be a non-empty 1-D or (channels, samples) array of real "
+            f"numbers, got {samples.dtype} of shape {samples.shape}",
+        )
     if samples.dtype.kind in "iu":  # integer PCM, scaled as soundfile reads it (int16 / 32768)
         info = np.iinfo(samples.dtype)
-        samples = (samples.astype(np.float64) - (info.max + 1 + info.min) / 2) / ((info.max - info.min + 1) / 2)
+        samples = (samples.astype(np.float64) - (info.max + 1 + info.min) / 2) / (
+            (info.max - info.min + 1) / 2
+        )
     buffer = io.BytesIO()
-    soundfile.write(buffer, np.atleast_2d(samples.astype(np.float32)).T, int(request.sample_rate), format="WAV",
-                    subtype="FLOAT")  # (frames, channels)
+    soundfile.write(
+        buffer,
+        np.atleast_2d(samples.astype(np.float32)).T,
+        int(request.sample_rate),
+        format="WAV",
+        subtype="FLOAT",
+    )  # (frames, channels)
     buffer.seek(0)
     return buffer
 
@@ -116,10 +146,16 @@ def load_request_audio(request: Request, max_seconds: float | None = None) -> to
     except AudioError as err:
         raise RequestError(request.label, err.problem, "audio") from None
     except (ValueError, TypeError, OverflowError, RuntimeError, soundfile.LibsndfileError) as err:
-        raise RequestError(request.label, f"not usable as audio ({' '.join(str(err).split())})", "audio") from None
+        raise RequestError(
+            request.label, f"not usable as audio ({' '.join(str(err).split())})", "audio"
+        ) from None
     if max_seconds is not None and len(wav) > max_seconds * SAMPLE_RATE:
-        raise RequestError(request.label, f"{len(wav) / SAMPLE_RATE:.1f} s of audio is over this server's limit of "
-                                          f"{max_seconds:g} s", "too_long")
+        raise RequestError(
+            request.label,
+            f"{len(wav) / SAMPLE_RATE:.1f} s of audio is over this server's limit of "
+            f"{max_seconds:g} s",
+            "too_long",
+        )
     return wav
 
 
@@ -159,8 +195,16 @@ class _Stream:
                 self.on_token(wave, token)
 
 
-def decode_waveforms(model, waves: list[torch.Tensor], prompt_ids: list[list[int]], config: GenerationConfig,
-                     batch_size: int, on_token=None, on_batch=None, keep_going=None) -> list[Decoded]:
+def decode_waveforms(
+    model,
+    waves: list[torch.Tensor],
+    prompt_ids: list[list[int]],
+    config: GenerationConfig,
+    batch_size: int,
+    on_token=None,
+    on_batch=None,
+    keep_going=None,
+) -> list[Decoded]:
     """Each (samples,) 16 kHz waveform cut into windows (at most the model's 30 s), with its prompt; all windows
     decoded `batch_size` at a time through `model.generate` (OSUM). Batches take windows longest first, so little
     is padding; one at a time they go in time order. `on_token(wave, token_id)` streams each waveform's tokens in
@@ -170,17 +214,31 @@ def decode_waveforms(model, waves: list[torch.Tensor], prompt_ids: list[list[int
     windows = []  # (waveform number, window number, features (T, 80))
     for wave, (item, wav) in enumerate(zip(decoded, waves)):
         item.ids, item.scores = [[] for _ in item.windows], [0.0 for _ in item.windows]
-        windows += [(wave, number, log_mel(wav[start:end])) for number, (start, end) in enumerate(item.windows)]
+        windows += [
+            (wave, number, log_mel(wav[start:end]))
+            for number, (start, end) in enumerate(item.windows)
+        ]
     if batch_size > 1:
         windows.sort(key=lambda window: -len(window[2]))
     stream = _Stream(on_token) if on_token else None
     for first in range(0, len(windows), batch_size):
-        chunk = windows[first:first + batch_size]
+        chunk = windows[first : first + batch_size]
         mel, mel_lens = pad_features([features for _, _, features in chunk])  # (B, T, 80), (B,)
-        on_row = (lambda row, token: stream.token(chunk[row][0], chunk[row][1], token)) if stream else None
+        on_row = (
+            (lambda row, token: stream.token(chunk[row][0], chunk[row][1], token))
+            if stream
+            else None
+        )
         started = time.perf_counter()
-        ids, scores = model.generate(mel, mel_lens, [prompt_ids[wave] for wave, _, _ in chunk], config=config,
-                                     on_token=on_row, return_scores=True, keep_going=keep_going)
+        ids, scores = model.generate(
+            mel,
+            mel_lens,
+            [prompt_ids[wave] for wave, _, _ in chunk],
+            config=config,
+            on_token=on_row,
+            return_scores=True,
+            keep_going=keep_going,
+        )
         share = (time.perf_counter() - started) / len(chunk)
         for (wave, number, _), window_ids, score in zip(chunk, ids, scores):
             decoded[wave].ids[number], decoded[wave].scores[number] = window_ids, score
@@ -195,8 +253,13 @@ def decode_waveforms(model, waves: list[torch.Tensor], prompt_ids: list[list[int
 class Pipeline:
     """A loaded model and tokenizer serving lists of Requests; `batch_size` windows decode together."""
 
-    def __init__(self, model: OSUM, tokenizer: Tokenizer | None, batch_size: int = 8,
-                 max_audio_seconds: float | None = None):
+    def __init__(
+        self,
+        model: OSUM,
+        tokenizer: Tokenizer | None,
+        batch_size: int = 8,
+        max_audio_seconds: float | None = None,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_audio_seconds = batch_size, max_audio_seconds
 
@@ -214,16 +277,25 @@ class Pipeline:
             ids = list(request.prompt_ids)
             outside = [i for i in ids if not 0 <= i < vocab_size]
             if not ids or outside:
-                raise RequestError(request.label, f"prompt ids {outside[:3] if ids else '(none)'} outside this "
-                                                  f"model's vocabulary of {vocab_size} ids (0 to {vocab_size - 1})",
-                                   "prompt")
+                raise RequestError(
+                    request.label,
+                    f"prompt ids {outside[:3] if ids else '(none)'} outside this "
+                    f"model's vocabulary of {vocab_size} ids (0 to {vocab_size - 1})",
+                    "prompt",
+                )
         elif self.tokenizer is None:
-            raise RequestError(request.label, "this model has no tokenizer: give the prompt as token ids", "prompt")
+            raise RequestError(
+                request.label, "this model has no tokenizer: give the prompt as token ids", "prompt"
+            )
         elif not request.task.prompt.strip():
-            raise RequestError(request.label, "the prompt is empty: give a task or some prompt text", "prompt")
+            raise RequestError(
+                request.label, "the prompt is empty: give a task or some prompt text", "prompt"
+            )
         else:
             ids = self.tokenizer.encode(request.task.prompt)
-        if problem := self.model.config.prompt_length_problem(len(ids), request.config.max_new_tokens):
+        if problem := self.model.config.prompt_length_problem(
+            len(ids), request.config.max_new_tokens
+        ):
             raise RequestError(request.label, problem, "prompt")
         return ids
 
@@ -241,28 +313,59 @@ class Pipeline:
                 yield index, Answer(request.label, request.task, error=err)
                 continue
             config = self.config(request)
-            key = (index,) if config.do_sample else repr(config)  # sampled rows draw from one generator per batch
+            key = (
+                (index,) if config.do_sample else repr(config)
+            )  # sampled rows draw from one generator per batch
             groups.setdefault(key, (config, []))[1].append((index, prompt_ids))
         for config, members in groups.values():
             members.sort(key=lambda member: -request_seconds(requests[member[0]]))
             for first in range(0, len(members), self.batch_size):
                 loaded = []  # (index, prompt ids, waveform)
-                for index, prompt_ids in members[first:first + self.batch_size]:
+                for index, prompt_ids in members[first : first + self.batch_size]:
                     try:
-                        loaded.append((index, prompt_ids, load_request_audio(requests[index], self.max_audio_seconds)))
+                        loaded.append(
+                            (
+                                index,
+                                prompt_ids,
+                                load_request_audio(requests[index], self.max_audio_seconds),
+                            )
+                        )
                     except RequestError as err:
-                        yield index, Answer(requests[index].label, requests[index].task, prompt_ids, error=err)
-                on_wave = (lambda wave, token: on_token(loaded[wave][0], token)) if on_token else None
-                decoded = decode_waveforms(self.model, [wav for _, _, wav in loaded], [ids for _, ids, _ in loaded],
-                                           config, self.batch_size, on_wave, on_batch, keep_going)
+                        yield (
+                            index,
+                            Answer(
+                                requests[index].label, requests[index].task, prompt_ids, error=err
+                            ),
+                        )
+                on_wave = (
+                    (lambda wave, token: on_token(loaded[wave][0], token)) if on_token else None
+                )
+                decoded = decode_waveforms(
+                    self.model,
+                    [wav for _, _, wav in loaded],
+                    [ids for _, ids, _ in loaded],
+                    config,
+                    self.batch_size,
+                    on_wave,
+                    on_batch,
+                    keep_going,
+                )
                 for (index, prompt_ids, _), item in zip(loaded, decoded):
                     yield index, self.answer(requests[index], prompt_ids, item)
 
     def answer(self, request: Request, prompt_ids: list[int], decoded: Decoded) -> Answer:
         """A decoded request parsed for its task; an error where the model's scores became NaN."""
         if any(np.isnan(score) for score in decoded.scores):
-            return Answer(request.label, request.task, prompt_ids, error=RequestError(
-                request.label, "the model's scores became NaN while decoding: no output", "decoding"))
+            return Answer(
+                request.label,
+                request.task,
+                prompt_ids,
+                error=RequestError(
+                    request.label,
+                    "the model's scores became NaN while decoding: no output",
+                    "decoding",
+                ),
+            )
         result = decoded.parse(request.task, self.tokenizer) if self.tokenizer is not None else None
         return Answer(request.label, request.task, prompt_ids, decoded, result)
 

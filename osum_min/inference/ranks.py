@@ -4,6 +4,7 @@ Inference: each rank decodes a length-balanced share of the files, and rank 0 ga
 reports them exactly as one process would. Only file indices, token ids and error lines cross between ranks, as JSON
 over gloo (CPU), whatever device decodes. Training: gradients and the step's sums cross on the device (NCCL on CUDA).
 """
+
 import json
 import os
 from dataclasses import asdict
@@ -17,7 +18,11 @@ from .windows import Decoded
 
 def world() -> tuple[int, int, int]:
     """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) in a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def start(device: str | None) -> str | None:
@@ -60,14 +65,26 @@ def balanced_share(seconds: list[float], rank: int, size: int) -> list[int]:
 def gather_outcomes(outcomes: list[tuple[int, Decoded | RequestError]]):
     """Every rank's (index, Decoded or RequestError) pairs at rank 0, in rank order (an empty list elsewhere)."""
     rank, size, _ = world()
-    mine = json.dumps([[index, {"name": o.name, "problem": o.problem, "kind": o.kind}
-                        if isinstance(o, RequestError) else asdict(o)] for index, o in outcomes])
+    mine = json.dumps(
+        [
+            [
+                index,
+                {"name": o.name, "problem": o.problem, "kind": o.kind}
+                if isinstance(o, RequestError)
+                else asdict(o),
+            ]
+            for index, o in outcomes
+        ]
+    )
     gathered = [None] * size if rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
     if rank != 0:
         return []
-    return [(index, RequestError(**fields) if "problem" in fields else Decoded(**fields))
-            for text in gathered for index, fields in json.loads(text)]
+    return [
+        (index, RequestError(**fields) if "problem" in fields else Decoded(**fields))
+        for text in gathered
+        for index, fields in json.loads(text)
+    ]
 
 
 def finish():

@@ -5,6 +5,7 @@ cut at the quietest stretch (lowest short-time energy) of the few seconds before
 falls inside a word. The windows tile the audio exactly: nothing dropped, nothing decoded twice. The windows of
 many waveforms are decoded together in batches of similar length by pipeline.py.
 """
+
 from dataclasses import dataclass, field
 
 import torch
@@ -20,12 +21,19 @@ def frame_energy(wav: torch.Tensor, smooth_frames: int = 10) -> torch.Tensor:
     frames = wav[: len(wav) // HOP * HOP].float().reshape(-1, HOP)  # (F, HOP)
     power = frames.pow(2).mean(dim=1)  # (F,)
     kernel = torch.ones(1, 1, smooth_frames) / smooth_frames
-    padded = F.pad(power[None, None], (smooth_frames // 2, (smooth_frames - 1) // 2), mode="replicate")
+    padded = F.pad(
+        power[None, None], (smooth_frames // 2, (smooth_frames - 1) // 2), mode="replicate"
+    )
     return F.conv1d(padded, kernel)[0, 0]  # (F,)
 
 
-def split_windows(wav: torch.Tensor, max_seconds: float = 30.0, search_seconds: float = 5.0,
-                  min_last_seconds: float = 1.0, sample_rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
+def split_windows(
+    wav: torch.Tensor,
+    max_seconds: float = 30.0,
+    search_seconds: float = 5.0,
+    min_last_seconds: float = 1.0,
+    sample_rate: int = SAMPLE_RATE,
+) -> list[tuple[int, int]]:
     """[(start_sample, end_sample)] covering `wav` exactly once, each at most `max_seconds` long.
 
     Each cut lies in the `search_seconds` before the limit and leaves the last window at least `min_last_seconds`
@@ -40,9 +48,11 @@ def split_windows(wav: torch.Tensor, max_seconds: float = 30.0, search_seconds: 
     min_last = int(min_last_seconds * sample_rate)
     windows, start = [], 0
     while total - start > max_samples:
-        last_frame = min(start + max_samples, total - min_last) // HOP  # cut at a frame start <= the limit
+        last_frame = (
+            min(start + max_samples, total - min_last) // HOP
+        )  # cut at a frame start <= the limit
         first_frame = max(last_frame - search_frames, start // HOP + 1)
-        quietest = first_frame + int(torch.argmin(energy[first_frame:last_frame + 1]))
+        quietest = first_frame + int(torch.argmin(energy[first_frame : last_frame + 1]))
         cut = quietest * HOP
         windows.append((start, cut))
         start = cut
@@ -54,9 +64,12 @@ def split_windows(wav: torch.Tensor, max_seconds: float = 30.0, search_seconds: 
 class Decoded:
     """One waveform through the model: its windows, the new token ids and score of each, and its share of
     decoding time."""
+
     windows: list[tuple[int, int]]  # sample ranges covering the audio
     ids: list[list[int]] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)  # generate's return_scores per window (NaN: the model failed)
+    scores: list[float] = field(
+        default_factory=list
+    )  # generate's return_scores per window (NaN: the model failed)
     decode_seconds: float = 0.0
 
     @property
@@ -68,4 +81,6 @@ class Decoded:
         tokenizer."""
         if tokenizer is None:
             return None
-        return parse_windows(task, tokenizer, self.ids, [start / SAMPLE_RATE for start, _ in self.windows])
+        return parse_windows(
+            task, tokenizer, self.ids, [start / SAMPLE_RATE for start, _ in self.windows]
+        )

@@ -3,6 +3,7 @@
 Three causal stride-(1, 2, 2) convolutions (GxlConv1dSubsampling4), a 4-block transformer (wenet defaults:
 ReLU, key bias, x·√d plus interleaved sinusoids) and a linear projection to the LLM width (docs/original.md §3).
 """
+
 import math
 from dataclasses import dataclass
 
@@ -35,8 +36,13 @@ class CausalConvSubsampling4(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.convs = nn.ModuleList([nn.Conv1d(dim, dim, 3, stride=1), nn.Conv1d(dim, dim, 3, stride=2),
-                                    nn.Conv1d(dim, dim, 3, stride=2)])
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv1d(dim, dim, 3, stride=1),
+                nn.Conv1d(dim, dim, 3, stride=2),
+                nn.Conv1d(dim, dim, 3, stride=2),
+            ]
+        )
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         x = x.transpose(1, 2)  # (B, D, T)
@@ -63,10 +69,15 @@ class Adaptor(nn.Module):
         self.downsample = CausalConvSubsampling4(config.dim)
         self.input_proj = Linear(config.dim, config.dim)
         self.input_ln = LayerNorm(config.dim)
-        self.register_buffer("positional_embedding", interleaved_sinusoids(config.max_positions, config.dim))
+        self.register_buffer(
+            "positional_embedding", interleaved_sinusoids(config.max_positions, config.dim)
+        )
         self.blocks = nn.ModuleList(
-            ResidualAttentionBlock(config.dim, config.heads, config.ff_dim, activation=nn.ReLU, key_bias=True)
-            for _ in range(config.layers))
+            ResidualAttentionBlock(
+                config.dim, config.heads, config.ff_dim, activation=nn.ReLU, key_bias=True
+            )
+            for _ in range(config.layers)
+        )
         self.ln_post = LayerNorm(config.dim)
         self.proj = Linear(config.dim, config.llm_dim)
 

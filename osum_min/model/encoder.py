@@ -5,6 +5,7 @@ loads with `WHISPER_KEYS` and the OSUM checkpoint through convert.py's table. Tw
 OSUM never pads the mel to 30 s, and it masks padded frames in a batch, with the original's quirky mask rule
 (docs/original.md §9.1) available for reproducing its training loss.
 """
+
 import math
 from dataclasses import dataclass
 
@@ -44,7 +45,11 @@ def whisper_state_dict(whisper_state: dict) -> dict:
     The key table is the identity under "encoder." (conv1, conv2, positional_embedding, blocks.N.attn.{query,key,
     value,out}, blocks.N.attn_ln, blocks.N.mlp.{0,2}, blocks.N.mlp_ln, ln_post); the decoder's keys are not ours.
     """
-    return {key[len("encoder."):]: value for key, value in whisper_state.items() if key.startswith("encoder.")}
+    return {
+        key[len("encoder.") :]: value
+        for key, value in whisper_state.items()
+        if key.startswith("encoder.")
+    }
 
 
 class EncoderInputError(ValueError):
@@ -55,8 +60,9 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 so the model runs in bf16 without losing the statistics."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
-                            self.eps).type_as(x)
+        return F.layer_norm(
+            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+        ).type_as(x)
 
 
 class MultiHeadAttention(nn.Module):
@@ -70,9 +76,13 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         batch, time, dim = x.shape
-        q, k, v = (proj(x).view(batch, time, self.heads, -1).transpose(1, 2)  # (B, H, T, d)
-                   for proj in (self.query, self.key, self.value))
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, T) True = attend
+        q, k, v = (
+            proj(x).view(batch, time, self.heads, -1).transpose(1, 2)  # (B, H, T, d)
+            for proj in (self.query, self.key, self.value)
+        )
+        mask = (
+            None if key_mask is None else key_mask[:, None, None, :]
+        )  # (B, 1, 1, T) True = attend
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(x.transpose(1, 2).reshape(batch, time, dim))
 
@@ -80,8 +90,14 @@ class MultiHeadAttention(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm block: x + Attn(LN(x)), then x + FF(LN(x)). Shared by the encoder and the adaptor."""
 
-    def __init__(self, dim: int, heads: int, ff_dim: int, activation: type[nn.Module] = nn.GELU,
-                 key_bias: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ff_dim: int,
+        activation: type[nn.Module] = nn.GELU,
+        key_bias: bool = False,
+    ):
         super().__init__()
         self.attn = MultiHeadAttention(dim, heads, key_bias)
         self.attn_ln = LayerNorm(dim)
@@ -95,13 +111,17 @@ class ResidualAttentionBlock(nn.Module):
 
 def whisper_sinusoids(length: int, dim: int) -> torch.Tensor:
     """Whisper's table: sin and cos halves concatenated (not interleaved), timescales up to 10000."""
-    inv_timescales = torch.exp(-math.log(10000) / (dim // 2 - 1) * torch.arange(dim // 2, dtype=torch.float32))
+    inv_timescales = torch.exp(
+        -math.log(10000) / (dim // 2 - 1) * torch.arange(dim // 2, dtype=torch.float32)
+    )
     angles = torch.arange(length, dtype=torch.float32)[:, None] * inv_timescales[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=1)  # (length, dim)
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]  # (B, T) True = valid
+    return (
+        torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+    )  # (B, T) True = valid
 
 
 def key_padding_mask(lengths: torch.Tensor, time: int) -> torch.Tensor | None:
@@ -116,9 +136,13 @@ class WhisperEncoder(nn.Module):
         self.config = config
         self.conv1 = nn.Conv1d(config.n_mels, config.dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(config.dim, config.dim, kernel_size=3, stride=2, padding=1)
-        self.register_buffer("positional_embedding", whisper_sinusoids(config.max_positions, config.dim))
-        self.blocks = nn.ModuleList(ResidualAttentionBlock(config.dim, config.heads, config.ff_dim)
-                                    for _ in range(config.layers))
+        self.register_buffer(
+            "positional_embedding", whisper_sinusoids(config.max_positions, config.dim)
+        )
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(config.dim, config.heads, config.ff_dim)
+            for _ in range(config.layers)
+        )
         self.ln_post = LayerNorm(config.dim)
 
     def forward(self, mel: torch.Tensor, mel_lens: torch.Tensor, original_mask_rule: bool = True):
@@ -130,8 +154,10 @@ class WhisperEncoder(nn.Module):
         """
         padded_len = mel.shape[1]
         if (padded_len + 1) // 2 > self.config.max_positions:
-            raise EncoderInputError(f"encoder input of {padded_len} mel frames is longer than the model's "
-                                    f"{2 * self.config.max_positions} (30 s); split long audio into windows")
+            raise EncoderInputError(
+                f"encoder input of {padded_len} mel frames is longer than the model's "
+                f"{2 * self.config.max_positions} (30 s); split long audio into windows"
+            )
         x = F.gelu(self.conv1(mel.transpose(1, 2)))  # (B, dim, T)
         if not original_mask_rule:
             # conv1 turns zero padding into gelu(bias), which conv2 would mix into an odd item's last frame

@@ -9,6 +9,7 @@ slot, so left padding never shifts them, and a row in a batch is the same math a
 (kernels block sums by the number of rows), which can, rarely, tip a near-tie in beam search the other way. Outputs
 hold the new tokens only, ending with the eos when one was hit.
 """
+
 import warnings
 from dataclasses import dataclass
 
@@ -43,13 +44,24 @@ class DecodingStopped(RuntimeError):
     """`keep_going()` said no: nobody waits for this batch any more (a server's clients went away)."""
 
 
-EOS_CHECK_EVERY = 8  # greedy and sampling off the CPU: steps between checks that every row has ended
+EOS_CHECK_EVERY = (
+    8  # greedy and sampling off the CPU: steps between checks that every row has ended
+)
 
 # The original's hard-coded decoding: beam search with sampling (transformers' "beam-sample"), not deterministic.
-ORIGINAL_DECODING = GenerationConfig(max_new_tokens=400, num_beams=4, do_sample=True, top_k=5, top_p=0.9,
-                                     repetition_penalty=1.05, eos_token_id=EOD_ID)
+ORIGINAL_DECODING = GenerationConfig(
+    max_new_tokens=400,
+    num_beams=4,
+    do_sample=True,
+    top_k=5,
+    top_p=0.9,
+    repetition_penalty=1.05,
+    eos_token_id=EOD_ID,
+)
 # The same beam width and penalty without sampling, so a transcript is reproducible.
-DEFAULT_DECODING = GenerationConfig(max_new_tokens=400, num_beams=4, repetition_penalty=1.05, eos_token_id=EOD_ID)
+DEFAULT_DECODING = GenerationConfig(
+    max_new_tokens=400, num_beams=4, repetition_penalty=1.05, eos_token_id=EOD_ID
+)
 
 
 def apply_repetition_penalty(scores, generated, penalty: float):
@@ -79,28 +91,43 @@ def warp_scores(scores, cfg: GenerationConfig, min_tokens_to_keep: int):
 class StepInputs:
     """Everything a decode step reads, as device tensors of fixed shapes for a whole call: the same function serves
     every step, so it can be compiled and captured once."""
+
     kv_cache: KVCache
     tokens: torch.Tensor  # (R,) the tokens fed this step
-    t: torch.Tensor  # () their number among the new tokens (0-based): own slot t, position real_tokens + t
+    t: (
+        torch.Tensor
+    )  # () their number among the new tokens (0-based): own slot t, position real_tokens + t
     real_tokens: torch.Tensor  # (R,) real prompt tokens per row
     prompt_mask: torch.Tensor  # (R, P) bool: the prompt slots a row may see
 
     @classmethod
-    def empty(cls, model: Qwen2, items: int, copies: int, prompt_slots: int, new_slots: int) -> "StepInputs":
+    def empty(
+        cls, model: Qwen2, items: int, copies: int, prompt_slots: int, new_slots: int
+    ) -> "StepInputs":
         device, rows = model.embed_tokens.weight.device, items * copies
-        return cls(model.empty_kv_cache(items, copies, prompt_slots, new_slots),
-                   torch.zeros(rows, dtype=torch.long, device=device), torch.zeros((), dtype=torch.long, device=device),
-                   torch.zeros(rows, dtype=torch.long, device=device),
-                   torch.zeros(rows, prompt_slots, dtype=torch.bool, device=device))
+        return cls(
+            model.empty_kv_cache(items, copies, prompt_slots, new_slots),
+            torch.zeros(rows, dtype=torch.long, device=device),
+            torch.zeros((), dtype=torch.long, device=device),
+            torch.zeros(rows, dtype=torch.long, device=device),
+            torch.zeros(rows, prompt_slots, dtype=torch.bool, device=device),
+        )
 
 
 def decode_step(model: Qwen2, inputs: StepInputs):
     """Logits (R, V) after feeding `inputs.tokens` as new token number `inputs.t`; no host synchronisation."""
     rows, new_slots = inputs.tokens.shape[0], inputs.kv_cache.k[0].shape[2]
-    written = (torch.arange(new_slots, device=inputs.t.device) <= inputs.t).expand(rows, new_slots)  # (R, S)
+    written = (torch.arange(new_slots, device=inputs.t.device) <= inputs.t).expand(
+        rows, new_slots
+    )  # (R, S)
     key_mask = torch.cat([inputs.prompt_mask, written], dim=1)  # (R, P + S)
-    return model.decode(inputs.tokens, (inputs.real_tokens + inputs.t)[:, None], key_mask, inputs.kv_cache,
-                        inputs.t.view(1))
+    return model.decode(
+        inputs.tokens,
+        (inputs.real_tokens + inputs.t)[:, None],
+        key_mask,
+        inputs.kv_cache,
+        inputs.t.view(1),
+    )
 
 
 class FastDecodeStep:
@@ -117,10 +144,15 @@ class FastDecodeStep:
         self.shapes = {}  # KVCache.shape -> [StepInputs, CUDA graph or None, its logits]
         self.pool, self.graphs = None, True
 
-    def inputs_for(self, model: Qwen2, items: int, copies: int, prompt_slots: int, new_slots: int) -> StepInputs:
+    def inputs_for(
+        self, model: Qwen2, items: int, copies: int, prompt_slots: int, new_slots: int
+    ) -> StepInputs:
         key = (items, items * copies, prompt_slots, new_slots)
-        entry = self.shapes.pop(key, None) or [StepInputs.empty(model, items, copies, prompt_slots, new_slots),
-                                               None, None]
+        entry = self.shapes.pop(key, None) or [
+            StepInputs.empty(model, items, copies, prompt_slots, new_slots),
+            None,
+            None,
+        ]
         if len(self.shapes) >= self.MAX_SHAPES:
             del self.shapes[next(iter(self.shapes))]  # the least recently used
         self.shapes[key] = entry
@@ -134,7 +166,9 @@ class FastDecodeStep:
             try:
                 entry[1:] = self._capture(model, inputs)
             except RuntimeError as err:  # a step that cannot be captured still decodes, only slower
-                warnings.warn(f"decoding without CUDA graphs: capture failed ({' '.join(str(err).split())[:200]})")
+                warnings.warn(
+                    f"decoding without CUDA graphs: capture failed ({' '.join(str(err).split())[:200]})"
+                )
                 self.graphs = False
                 return self.step(model, inputs)
         entry[1].replay()
@@ -166,23 +200,37 @@ def fast_decoding(model: Qwen2, compile: bool) -> Qwen2:
 class CachedDecoder:
     """Prefill each item alone into a static cache its `copies` rows share, then feed one token per row per step."""
 
-    def __init__(self, model: Qwen2, inputs_embeds, attention_mask, max_new_tokens: int, copies: int):
+    def __init__(
+        self, model: Qwen2, inputs_embeds, attention_mask, max_new_tokens: int, copies: int
+    ):
         B, L, _ = inputs_embeds.shape
         prompt_slots, new_slots = bucket(L), bucket(max_new_tokens)
         pad = prompt_slots - L
         mask = F.pad(attention_mask.long(), (pad, 0))  # (B, P): left padding up to the bucket
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, P)
         self.model, self.fast = model, model.fast_decode_step
-        self.inputs = (self.fast.inputs_for(model, B, copies, prompt_slots, new_slots) if self.fast
-                       else StepInputs.empty(model, B, copies, prompt_slots, new_slots))
+        self.inputs = (
+            self.fast.inputs_for(model, B, copies, prompt_slots, new_slots)
+            if self.fast
+            else StepInputs.empty(model, B, copies, prompt_slots, new_slots)
+        )
         last_hidden = []
-        for item, first in enumerate(mask.argmax(-1).tolist()):  # from its first real slot: no compute on padding
-            hidden = model.prefill(inputs_embeds[item:item + 1, first - pad:], mask[item:item + 1],
-                                   positions[item:item + 1, first:], self.inputs.kv_cache, item,
-                                   torch.arange(first, prompt_slots, device=mask.device))
+        for item, first in enumerate(
+            mask.argmax(-1).tolist()
+        ):  # from its first real slot: no compute on padding
+            hidden = model.prefill(
+                inputs_embeds[item : item + 1, first - pad :],
+                mask[item : item + 1],
+                positions[item : item + 1, first:],
+                self.inputs.kv_cache,
+                item,
+                torch.arange(first, prompt_slots, device=mask.device),
+            )
             last_hidden.append(hidden[:, -1])
         rows = torch.arange(B, device=mask.device).repeat_interleave(copies)
-        self.first_logits = model.lm_head(torch.cat(last_hidden)).float()[rows]  # (R, V): the last position only
+        self.first_logits = model.lm_head(torch.cat(last_hidden)).float()[
+            rows
+        ]  # (R, V): the last position only
         self.inputs.real_tokens.copy_(mask.sum(-1)[rows])
         self.inputs.prompt_mask.copy_(mask.bool()[rows])
         self.inputs.t.zero_()
@@ -190,7 +238,11 @@ class CachedDecoder:
     def step(self, tokens):
         """Logits (R, V) after feeding `tokens` (R,) as the next new token; the step counter stays on the device."""
         self.inputs.tokens.copy_(tokens)
-        logits = self.fast(self.model, self.inputs) if self.fast else decode_step(self.model, self.inputs)
+        logits = (
+            self.fast(self.model, self.inputs)
+            if self.fast
+            else decode_step(self.model, self.inputs)
+        )
         self.inputs.t += 1
         return logits
 
@@ -205,13 +257,19 @@ class GenerationError(ValueError):
 
 def check(cfg: GenerationConfig, inputs_embeds, attention_mask):
     if cfg.max_new_tokens < 1 or cfg.num_beams < 1 or cfg.num_return_sequences < 1:
-        raise GenerationError(f"max_new_tokens, num_beams and num_return_sequences must be >= 1: {cfg}")
+        raise GenerationError(
+            f"max_new_tokens, num_beams and num_return_sequences must be >= 1: {cfg}"
+        )
     most = cfg.num_beams if cfg.num_beams > 1 else None if cfg.do_sample else 1
     if most is not None and cfg.num_return_sequences > most:
-        raise GenerationError(f"num_return_sequences={cfg.num_return_sequences} needs sampling or as many beams")
+        raise GenerationError(
+            f"num_return_sequences={cfg.num_return_sequences} needs sampling or as many beams"
+        )
     if attention_mask.shape != inputs_embeds.shape[:2]:
-        raise GenerationError(f"attention_mask {tuple(attention_mask.shape)} does not match inputs_embeds "
-                              f"{tuple(inputs_embeds.shape)}")
+        raise GenerationError(
+            f"attention_mask {tuple(attention_mask.shape)} does not match inputs_embeds "
+            f"{tuple(inputs_embeds.shape)}"
+        )
 
 
 def _generator(cfg: GenerationConfig, device):
@@ -221,7 +279,7 @@ def _generator(cfg: GenerationConfig, device):
 def _cut_at_eos(row: list[int], eos: list[int]) -> list[int]:
     for i, token in enumerate(row):
         if token in eos:
-            return row[:i + 1]
+            return row[: i + 1]
     return row
 
 
@@ -235,7 +293,9 @@ def _nonfinite_rows(logits):
 
 def _stop_if_unwanted(keep_going, step: int):
     if keep_going is not None and not keep_going():
-        raise DecodingStopped(f"decoding stopped after {step} new tokens: nobody waits for it any more")
+        raise DecodingStopped(
+            f"decoding stopped after {step} new tokens: nobody waits for it any more"
+        )
 
 
 def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token, keep_going=None):
@@ -247,7 +307,9 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token, k
     log_prob_sums = torch.zeros(N, device=device)
     finished = torch.zeros(N, dtype=torch.bool, device=device)
     broken = torch.zeros(N, dtype=torch.bool, device=device)
-    lengths = torch.full((N,), cfg.max_new_tokens, dtype=torch.long, device=device)  # a broken row's tokens
+    lengths = torch.full(
+        (N,), cfg.max_new_tokens, dtype=torch.long, device=device
+    )  # a broken row's tokens
     # Asking the device whether every row has ended waits for it; off the CPU, ask every few tokens only (the extra
     # steps' tokens come after an eos and are cut).
     check_every = 1 if device.type == "cpu" or on_token is not None else EOS_CHECK_EVERY
@@ -264,7 +326,9 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token, k
         else:
             next_tokens = scores.argmax(-1)
         tokens[:, t] = next_tokens
-        log_prob_sums += torch.where(finished, 0.0, logits.log_softmax(-1).gather(1, next_tokens[:, None])[:, 0])
+        log_prob_sums += torch.where(
+            finished, 0.0, logits.log_softmax(-1).gather(1, next_tokens[:, None])[:, 0]
+        )
         if on_token is not None:
             for row in (~finished).nonzero()[:, 0].tolist():
                 on_token(row, int(next_tokens[row]))
@@ -272,8 +336,10 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token, k
         if t + 1 == cfg.max_new_tokens or (t + 1) % check_every == 0 and bool(finished.all()):
             break
         logits = decoder.step(next_tokens)
-    sequences = [_cut_at_eos(row[:length], cfg.eos_ids()) for row, length in zip(tokens[:, :t + 1].tolist(),
-                                                                                  lengths.tolist())]
+    sequences = [
+        _cut_at_eos(row[:length], cfg.eos_ids())
+        for row, length in zip(tokens[:, : t + 1].tolist(), lengths.tolist())
+    ]
     return sequences, log_prob_sums.masked_fill(broken, float("nan")).tolist()
 
 
@@ -286,12 +352,14 @@ class FinishedBeams:
     def add(self, score: float, tokens: list[int]):
         self.hypotheses.append((score, tokens))
         self.hypotheses.sort(key=lambda h: -h[0])
-        del self.hypotheses[self.num_beams:]
+        del self.hypotheses[self.num_beams :]
 
     def cannot_improve(self, best_running_score: float) -> bool:
         """transformers' rule (early_stopping=False): full, and the best running beam, normalised at the
         current length, does not beat the worst finished one."""
-        return len(self.hypotheses) == self.num_beams and best_running_score <= self.hypotheses[-1][0]
+        return (
+            len(self.hypotheses) == self.num_beams and best_running_score <= self.hypotheses[-1][0]
+        )
 
 
 def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int, keep_going=None):
@@ -301,16 +369,25 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int,
     C = max(2, 1 + len(eos)) * K  # candidates per item
     generator = _generator(cfg, device)
     item_offset = torch.arange(batch_size, device=device)[:, None] * K  # (B, 1)
-    running = torch.zeros(N, cfg.max_new_tokens, dtype=torch.long, device=device)  # for the repetition penalty
-    histories = [[] for _ in range(N)]  # the same tokens on the host, for the hypotheses that finish
+    running = torch.zeros(
+        N, cfg.max_new_tokens, dtype=torch.long, device=device
+    )  # for the repetition penalty
+    histories = [
+        [] for _ in range(N)
+    ]  # the same tokens on the host, for the hypotheses that finish
     running_scores = torch.full((batch_size, K), -1e9, device=device)
     running_scores[:, 0] = 0  # the K copies are identical: start from one
     finished = [FinishedBeams(K) for _ in range(batch_size)]
-    done, broken = [False] * batch_size, [False] * batch_size  # broken: an item whose logits turned non-finite
+    done, broken = (
+        [False] * batch_size,
+        [False] * batch_size,
+    )  # broken: an item whose logits turned non-finite
     for t in range(cfg.max_new_tokens):
         _stop_if_unwanted(keep_going, t)
         bad, logits = _nonfinite_rows(logits)
-        log_probs = apply_repetition_penalty(logits.log_softmax(-1), running[:, :t], cfg.repetition_penalty)
+        log_probs = apply_repetition_penalty(
+            logits.log_softmax(-1), running[:, :t], cfg.repetition_penalty
+        )
         if cfg.do_sample:
             log_probs = warp_scores(log_probs, cfg, min_tokens_to_keep=len(eos) + 1)
         total = (log_probs + running_scores.view(N, 1)).view(batch_size, K * V)
@@ -330,32 +407,61 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int,
         running[:, t] = token.gather(1, keep).view(N)
         # The step's one transfer to the host: each candidate's normalised score, row, token and end, the kept ones,
         # each item's best running score and whether a beam of it broke (whole numbers are exact in float64).
-        host = torch.cat([x.double() for x in (scores / length ** cfg.length_penalty, source_row, token, ends, keep,
-                                               running_scores[:, :1] / length ** cfg.length_penalty,
-                                               bad.view(batch_size, K).any(-1, keepdim=True))], 1).tolist()
+        host = torch.cat(
+            [
+                x.double()
+                for x in (
+                    scores / length**cfg.length_penalty,
+                    source_row,
+                    token,
+                    ends,
+                    keep,
+                    running_scores[:, :1] / length**cfg.length_penalty,
+                    bad.view(batch_size, K).any(-1, keepdim=True),
+                )
+            ],
+            1,
+        ).tolist()
         for b, values in enumerate(host):
             if values[-1] and not done[b]:  # the model broke on this item: it ends, with no answer
                 done[b] = broken[b] = True
-            normalised, sources, tokens, ended = (values[i * C:(i + 1) * C] for i in range(4))
+            normalised, sources, tokens, ended = (values[i * C : (i + 1) * C] for i in range(4))
             for rank in range(K):  # only the top K candidates may finish
                 if not done[b] and ended[rank]:
-                    finished[b].add(normalised[rank], histories[int(sources[rank])] + [int(tokens[rank])])
-            kept = [int(c) for c in values[4 * C:4 * C + K]]
-            histories[b * K:(b + 1) * K] = [histories[int(sources[c])] + [int(tokens[c])] for c in kept]
+                    finished[b].add(
+                        normalised[rank], histories[int(sources[rank])] + [int(tokens[rank])]
+                    )
+            kept = [int(c) for c in values[4 * C : 4 * C + K]]
+            histories[b * K : (b + 1) * K] = [
+                histories[int(sources[c])] + [int(tokens[c])] for c in kept
+            ]
             done[b] = done[b] or finished[b].cannot_improve(values[-2])
         if all(done) or length == cfg.max_new_tokens:
             break
         decoder.reorder(rows, written=t)
         logits = decoder.step(running[:, t])
-    best = [h for item, failed in zip(finished, broken)
-            for h in ([(float("nan"), [])] * cfg.num_return_sequences if failed
-                      else item.hypotheses[:cfg.num_return_sequences])]
+    best = [
+        h
+        for item, failed in zip(finished, broken)
+        for h in (
+            [(float("nan"), [])] * cfg.num_return_sequences
+            if failed
+            else item.hypotheses[: cfg.num_return_sequences]
+        )
+    ]
     return [tokens for _, tokens in best], [score for score, _ in best]
 
 
 @torch.inference_mode()
-def generate(model: Qwen2, inputs_embeds, attention_mask=None, config: GenerationConfig = DEFAULT_DECODING,
-             on_token=None, return_scores: bool = False, keep_going=None):
+def generate(
+    model: Qwen2,
+    inputs_embeds,
+    attention_mask=None,
+    config: GenerationConfig = DEFAULT_DECODING,
+    on_token=None,
+    return_scores: bool = False,
+    keep_going=None,
+):
     """New token ids per row, B * num_return_sequences rows item-major; with `return_scores`, also
     (beam) transformers' `sequences_scores` or (greedy/sampling) each row's summed log-probability. A row whose
     logits turn non-finite stops there, scored NaN (beam search: its item, with no tokens); the others go on as alone.

@@ -10,6 +10,7 @@ The attention that reads the cache is in qwen2.py.
 Sizes are rounded up to `SLOT_BUCKET` slots, so calls with similar lengths share a shape: a compiled decode step
 (generate.py) is captured once per shape, and keeps its cache between calls.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -25,26 +26,54 @@ def bucket(slots: int) -> int:
 class KVCache:
     prompt_k: list[torch.Tensor]  # per layer (items, kv_heads, P, head_dim)
     prompt_v: list[torch.Tensor]
-    k: list[torch.Tensor]  # per layer (items * copies, kv_heads, S, head_dim): each row's own slots for new tokens
+    k: list[
+        torch.Tensor
+    ]  # per layer (items * copies, kv_heads, S, head_dim): each row's own slots for new tokens
     v: list[torch.Tensor]
 
     @classmethod
-    def empty(cls, layers: int, items: int, copies: int, kv_heads: int, prompt_slots: int, new_slots: int,
-              head_dim: int, device, dtype) -> "KVCache":
+    def empty(
+        cls,
+        layers: int,
+        items: int,
+        copies: int,
+        kv_heads: int,
+        prompt_slots: int,
+        new_slots: int,
+        head_dim: int,
+        device,
+        dtype,
+    ) -> "KVCache":
         def zeros(rows, slots):
-            return [torch.zeros(rows, kv_heads, slots, head_dim, device=device, dtype=dtype) for _ in range(layers)]
-        return cls(zeros(items, prompt_slots), zeros(items, prompt_slots), zeros(items * copies, new_slots),
-                   zeros(items * copies, new_slots))
+            return [
+                torch.zeros(rows, kv_heads, slots, head_dim, device=device, dtype=dtype)
+                for _ in range(layers)
+            ]
+
+        return cls(
+            zeros(items, prompt_slots),
+            zeros(items, prompt_slots),
+            zeros(items * copies, new_slots),
+            zeros(items * copies, new_slots),
+        )
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """(items, rows, prompt slots P, own slots S): what a compiled step is specialised to."""
-        return self.prompt_k[0].shape[0], self.k[0].shape[0], self.prompt_k[0].shape[2], self.k[0].shape[2]
+        return (
+            self.prompt_k[0].shape[0],
+            self.k[0].shape[0],
+            self.prompt_k[0].shape[2],
+            self.k[0].shape[2],
+        )
 
     def write_prompt(self, layer: int, item: int, slots, k, v):
         """Write one item's prompt k, v (1, kv_heads, L, hd) at `slots` (L,); return its whole prompt
         (1, kv_heads, P, hd), keys and values."""
-        prompt_k, prompt_v = self.prompt_k[layer][item:item + 1], self.prompt_v[layer][item:item + 1]
+        prompt_k, prompt_v = (
+            self.prompt_k[layer][item : item + 1],
+            self.prompt_v[layer][item : item + 1],
+        )
         prompt_k.index_copy_(2, slots, k)
         prompt_v.index_copy_(2, slots, v)
         return prompt_k, prompt_v

@@ -10,6 +10,7 @@ small inputs take `weight @ x.T`, which BLAS runs as a multi-threaded GEMM strea
 duplicated to make it a GEMM), where F.linear's GEMV is single-threaded. Results equal F.linear to float32
 rounding; other devices take F.linear.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,12 +50,20 @@ def linear(x, weight, bias=None):
         return F.linear(x, weight, bias)
     # inductor lowers the oneDNN op only for frozen weights, so torch.compile traces the paths below; autocast
     # (training with --frozen-dtype bf16) casts only F.linear's inputs
-    if ONEDNN and weight.dtype == torch.float32 and not torch.compiler.is_compiling() \
-            and not torch.is_autocast_enabled("cpu"):
-        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if (
+        ONEDNN
+        and weight.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, weight, bias)
+        )
         return OneDNNLinear.apply(x, weight, bias) if needs_grad else _onednn(x, weight, bias)
     rows = x.numel() // x.shape[-1]
-    if rows > 64 or not weight.is_contiguous():  # a GEMM big enough for MKL's own blocking, or input-major weights
+    if (
+        rows > 64 or not weight.is_contiguous()
+    ):  # a GEMM big enough for MKL's own blocking, or input-major weights
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     flat = flat.repeat(2, 1) if rows == 1 else flat
@@ -77,6 +86,10 @@ def use_input_major_weights(module: nn.Module) -> nn.Module:
     """
     for layer in module.modules():
         weight = getattr(layer, "weight", None)
-        if isinstance(layer, nn.Linear) and weight.device.type == "cpu" and weight.dtype == torch.float32:
+        if (
+            isinstance(layer, nn.Linear)
+            and weight.device.type == "cpu"
+            and weight.dtype == torch.float32
+        ):
             weight.data = weight.data.t().contiguous().t()
     return module

@@ -2,8 +2,10 @@
 
 Inference builds, per item, [prompt, speech bos, speech, speech eos] as `inputs_embeds` and decodes a batch with
 left padding, each item doing the same math as it would alone (the original decodes one clip at a time).
-Training (`forward`) reproduces the original's sequence layout, padding placement and position ids (docs/original.md §7).
+Training (`forward`) reproduces the original's sequence layout, padding placement and position ids
+(docs/original.md §7).
 """
+
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,9 +28,16 @@ from ..weights import load_weights, save_weights
 
 IGNORE_ID = -100
 # Directories converted before Qwen2Config took our names used Hugging Face's in config.json's "llm"; they still load.
-OLD_LLM_NAMES = {"hidden_size": "dim", "intermediate_size": "ff_dim", "num_layers": "layers", "num_heads": "heads",
-                 "num_kv_heads": "kv_heads", "rms_norm_eps": "norm_eps", "tie_word_embeddings": "tie_embeddings",
-                 "max_position_embeddings": "max_positions"}
+OLD_LLM_NAMES = {
+    "hidden_size": "dim",
+    "intermediate_size": "ff_dim",
+    "num_layers": "layers",
+    "num_heads": "heads",
+    "num_kv_heads": "kv_heads",
+    "rms_norm_eps": "norm_eps",
+    "tie_word_embeddings": "tie_embeddings",
+    "max_position_embeddings": "max_positions",
+}
 
 
 def check_quantize(quantize: str | None) -> None:
@@ -38,6 +47,7 @@ def check_quantize(quantize: str | None) -> None:
 
 class TrainingOutput(NamedTuple):
     """What `OSUM.forward` gives training: the loss to minimise and, for per-task logging, each item's share."""
+
     loss: torch.Tensor  # () token-level mean cross-entropy over all label tokens of the batch
     item_losses: torch.Tensor  # (B,) each item's summed label-token loss, detached
 
@@ -47,7 +57,9 @@ class OSUMConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
     llm: Qwen2Config = field(default_factory=lambda: LLM_PRESETS["qwen2-7b"])
-    speech_token_num: int = 4097  # the original's speech bos/eos are rows speech_token_num + 0 and + 1
+    speech_token_num: int = (
+        4097  # the original's speech bos/eos are rows speech_token_num + 0 and + 1
+    )
     eod_id: int = EOD_ID  # appended to every label; the original's hard-coded decoding eos
     max_mel_frames: int = 3000  # 30 s: the encoder's positional table ends there
 
@@ -60,10 +72,23 @@ class OSUMConfig:
         ConfigError names a bad value by its place in the file (llm.rope_theta)."""
         encoder = build_section("encoder", EncoderConfig, **data["encoder"])
         adaptor = build_section("adaptor", AdaptorConfig, **data["adaptor"])
-        llm = {OLD_LLM_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in data["llm"].items()}
-        if twice := [f"{old}/{new}" for old, new in OLD_LLM_NAMES.items() if old in data["llm"] and new in data["llm"]]:
-            raise ValueError(f"the llm section names a field by both its old and its new name ({', '.join(twice)})")
-        sections = {"encoder": encoder, "adaptor": adaptor, "llm": build_section("llm", Qwen2Config, **llm)}
+        llm = {
+            OLD_LLM_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v
+            for k, v in data["llm"].items()
+        }
+        if twice := [
+            f"{old}/{new}"
+            for old, new in OLD_LLM_NAMES.items()
+            if old in data["llm"] and new in data["llm"]
+        ]:
+            raise ValueError(
+                f"the llm section names a field by both its old and its new name ({', '.join(twice)})"
+            )
+        sections = {
+            "encoder": encoder,
+            "adaptor": adaptor,
+            "llm": build_section("llm", Qwen2Config, **llm),
+        }
         return cls(**sections, **{k: v for k, v in data.items() if k not in sections})
 
     @classmethod
@@ -97,28 +122,45 @@ class OSUMConfig:
         if prompt_tokens + max_new_tokens <= room:
             return None
         if max_new_tokens >= room:  # no prompt could fit: the answer's length is what is wrong
-            return (f"max_new_tokens {max_new_tokens} does not fit: this model's answers take at most "
-                    f"{max(room - prompt_tokens, 0)} new tokens after this {prompt_tokens}-token prompt "
-                    f"({self.llm.max_positions} positions, less {speech} for 30 s of speech)")
-        return (f"the prompt is {prompt_tokens} tokens; this model takes at most {room - max_new_tokens} "
-                f"({self.llm.max_positions} positions, less {speech} for 30 s of speech and "
-                f"{max_new_tokens} for the answer)")
+            return (
+                f"max_new_tokens {max_new_tokens} does not fit: this model's answers take at most "
+                f"{max(room - prompt_tokens, 0)} new tokens after this {prompt_tokens}-token prompt "
+                f"({self.llm.max_positions} positions, less {speech} for 30 s of speech)"
+            )
+        return (
+            f"the prompt is {prompt_tokens} tokens; this model takes at most {room - max_new_tokens} "
+            f"({self.llm.max_positions} positions, less {speech} for 30 s of speech and "
+            f"{max_new_tokens} for the answer)"
+        )
 
 
 OSUM_PRESETS = {
     "osum": OSUMConfig(),  # the released model
-    "osum-qwen2.5-0.5b": OSUMConfig(adaptor=AdaptorConfig(llm_dim=896),  # with OSUM's LoRA
-                                    llm=replace(LLM_PRESETS["qwen2.5-0.5b"], lora_rank=8, lora_dropout=0.1)),
+    "osum-qwen2.5-0.5b": OSUMConfig(
+        adaptor=AdaptorConfig(llm_dim=896),  # with OSUM's LoRA
+        llm=replace(LLM_PRESETS["qwen2.5-0.5b"], lora_rank=8, lora_dropout=0.1),
+    ),
     "tiny": OSUMConfig(  # fixture-sized, for tests and CPU experiments
         encoder=EncoderConfig(dim=64, heads=4, ff_dim=128, layers=2),
         adaptor=AdaptorConfig(dim=64, heads=4, ff_dim=256, layers=2, llm_dim=64),
-        llm=Qwen2Config(vocab_size=1024, dim=64, ff_dim=128, layers=2, heads=4, kv_heads=2,
-                        lora_rank=8, lora_alpha=32, lora_dropout=0.1),
-        eod_id=1000),
+        llm=Qwen2Config(
+            vocab_size=1024,
+            dim=64,
+            ff_dim=128,
+            layers=2,
+            heads=4,
+            kv_heads=2,
+            lora_rank=8,
+            lora_alpha=32,
+            lora_dropout=0.1,
+        ),
+        eod_id=1000,
+    ),
     "small": OSUMConfig(  # the CPU experiment: a Whisper tiny(.en) encoder, a 4x256 LLM trained whole (no LoRA)
         encoder=ENCODER_PRESETS["whisper-tiny"],
         adaptor=AdaptorConfig(dim=384, heads=4, ff_dim=1024, layers=2, llm_dim=256),
-        llm=Qwen2Config(dim=256, ff_dim=768, layers=4, heads=8, kv_heads=2)),
+        llm=Qwen2Config(dim=256, ff_dim=768, layers=4, heads=8, kv_heads=2),
+    ),
 }
 
 
@@ -132,8 +174,15 @@ class OSUM(nn.Module):
         self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.dim))  # rows: speech bos, eos
 
     @classmethod
-    def from_pretrained(cls, directory, device=None, dtype=None, for_training: bool = False,
-                        compile: bool | None = None, quantize: str | None = None) -> "OSUM":
+    def from_pretrained(
+        cls,
+        directory,
+        device=None,
+        dtype=None,
+        for_training: bool = False,
+        compile: bool | None = None,
+        quantize: str | None = None,
+    ) -> "OSUM":
         """A converted directory -> model in eval mode, readied for inference (`prepare_for_inference`) unless
         for_training=True, which keeps the weights as trained (LoRA apart, the usual layout) for an optimizer or
         FSDP. dtype: bf16 on CUDA, fp32 on CPU."""
@@ -143,7 +192,9 @@ class OSUM(nn.Module):
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
-            raise FileNotFoundError(f"{directory}: no config.json (convert a checkpoint with convert.py first)")
+            raise FileNotFoundError(
+                f"{directory}: no config.json (convert a checkpoint with convert.py first)"
+            )
         config = OSUMConfig.from_file(config_path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -154,7 +205,9 @@ class OSUM(nn.Module):
             model.prepare_for_inference(device, compile, quantize)
         return model.eval()
 
-    def prepare_for_inference(self, device, compile: bool | None = None, quantize: str | None = None) -> "OSUM":
+    def prepare_for_inference(
+        self, device, compile: bool | None = None, quantize: str | None = None
+    ) -> "OSUM":
         """LoRA merged into the weights, then for the device's fastest decoding: with quantize="int8" every LLM
         linear stored as int8 (quantize.py; the weights then move from the CPU to `device`, so the device never
         holds the float LLM); on the CPU, weights laid out input-major for oneDNN (linear.py) unless compiled code
@@ -179,12 +232,19 @@ class OSUM(nn.Module):
 
         state_dict: the weights to write instead of the module's own (an FSDP run gathers them from the shards)."""
         if any(isinstance(module, Int8Linear) for module in self.llm.modules()):
-            raise ValueError(f"{directory}: an int8-quantised model is not saved (quantize when loading instead)")
+            raise ValueError(
+                f"{directory}: an int8-quantised model is not saved (quantize when loading instead)"
+            )
         was_merged = any(getattr(module, "merged", False) for module in self.llm.modules())
         self.llm.unmerge_lora()
         directory = Path(directory)
-        save_weights(directory, [(name, t.shape, t.dtype, lambda t=t: t.detach())
-                                 for name, t in (state_dict or self.state_dict()).items()])
+        save_weights(
+            directory,
+            [
+                (name, t.shape, t.dtype, lambda t=t: t.detach())
+                for name, t in (state_dict or self.state_dict()).items()
+            ],
+        )
         (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
         if was_merged:
             self.llm.merge_lora()
@@ -193,7 +253,9 @@ class OSUM(nn.Module):
     def device(self) -> torch.device:
         return self.speech_bos_eos.device
 
-    def embed_speech(self, mel: torch.Tensor, mel_lens: torch.Tensor, original_mask_rule: bool = True):
+    def embed_speech(
+        self, mel: torch.Tensor, mel_lens: torch.Tensor, original_mask_rule: bool = True
+    ):
         """mel (B, T, 80) zero-padded, mel_lens (B,) -> speech_embeds (B, S, H), speech_lens (B,).
 
         original_mask_rule=True equals the original's get_embedding_from_wav on a padded batch (docs/original.md §9.1);
@@ -211,15 +273,29 @@ class OSUM(nn.Module):
         items = []
         for row, prompt in enumerate(prompt_ids):
             frames = int(mel_lens[row])
-            speech_embeds, _ = self.embed_speech(mel[row:row + 1, :frames], mel_lens[row:row + 1],
-                                                 original_mask_rule=False)  # (1, S, H)
-            prompt_embeds = self.llm.embed_tokens(torch.as_tensor(prompt, dtype=torch.long, device=self.device))
-            items.append(torch.cat([prompt_embeds.to(bos.dtype), bos, speech_embeds[0], eos]))  # (P + 1 + S + 1, H)
+            speech_embeds, _ = self.embed_speech(
+                mel[row : row + 1, :frames], mel_lens[row : row + 1], original_mask_rule=False
+            )  # (1, S, H)
+            prompt_embeds = self.llm.embed_tokens(
+                torch.as_tensor(prompt, dtype=torch.long, device=self.device)
+            )
+            items.append(
+                torch.cat([prompt_embeds.to(bos.dtype), bos, speech_embeds[0], eos])
+            )  # (P + 1 + S + 1, H)
         return items
 
     @torch.inference_mode()
-    def generate(self, mel, mel_lens, prompt_ids, config: GenerationConfig | None = None, on_token=None,
-                 return_scores=False, keep_going=None, **settings):
+    def generate(
+        self,
+        mel,
+        mel_lens,
+        prompt_ids,
+        config: GenerationConfig | None = None,
+        on_token=None,
+        return_scores=False,
+        keep_going=None,
+        **settings,
+    ):
         """Decode a batch: new token ids per item (ending with eos where hit). `config` (default: GenerationConfig's
         defaults with this model's eod as eos), with any GenerationConfig fields in `settings` replaced.
 
@@ -232,10 +308,17 @@ class OSUM(nn.Module):
         inputs_embeds = items[0].new_zeros(len(items), length, items[0].shape[1])  # (B, L, H)
         attention_mask = torch.zeros(len(items), length, dtype=torch.long, device=self.device)
         for row, item in enumerate(items):
-            inputs_embeds[row, length - item.shape[0]:] = item
-            attention_mask[row, length - item.shape[0]:] = 1
-        return generate(self.llm, inputs_embeds, attention_mask, config, on_token=on_token,
-                        return_scores=return_scores, keep_going=keep_going)
+            inputs_embeds[row, length - item.shape[0] :] = item
+            attention_mask[row, length - item.shape[0] :] = 1
+        return generate(
+            self.llm,
+            inputs_embeds,
+            attention_mask,
+            config,
+            on_token=on_token,
+            return_scores=return_scores,
+            keep_going=keep_going,
+        )
 
     def forward(self, mel, mel_lens, prompt_ids, labels) -> TrainingOutput:
         """The original's training loss on a batch: token-level mean cross-entropy over all label tokens, and each
@@ -262,24 +345,44 @@ class OSUM(nn.Module):
         # out of attention and loss, so any in-vocabulary id gives the same numbers
         prompt, prompt_mask = pad_ids(prompt_ids, max_prompt, 0)
         label_ids, label_mask = pad_ids(labels, max_label, 0)
-        speech_mask = (torch.arange(max_speech, device=device)[None, :] < speech_lens[:, None]).long()
+        speech_mask = (
+            torch.arange(max_speech, device=device)[None, :] < speech_lens[:, None]
+        ).long()
         ones = torch.ones(batch, 1, dtype=torch.long, device=device)
-        bos, eos = (row.expand(batch, 1, -1).to(speech_embeds.dtype) for row in self.speech_bos_eos[:, None, :])
+        bos, eos = (
+            row.expand(batch, 1, -1).to(speech_embeds.dtype)
+            for row in self.speech_bos_eos[:, None, :]
+        )
         embed = self.llm.embed_tokens
-        inputs_embeds = torch.cat([embed(prompt).to(speech_embeds.dtype), bos, speech_embeds, eos,
-                                   embed(label_ids).to(speech_embeds.dtype)], dim=1)  # (B, L, H)
-        attention_mask = torch.cat([prompt_mask, ones, speech_mask, ones, label_mask], dim=1)  # (B, L)
+        inputs_embeds = torch.cat(
+            [
+                embed(prompt).to(speech_embeds.dtype),
+                bos,
+                speech_embeds,
+                eos,
+                embed(label_ids).to(speech_embeds.dtype),
+            ],
+            dim=1,
+        )  # (B, L, H)
+        attention_mask = torch.cat(
+            [prompt_mask, ones, speech_mask, ones, label_mask], dim=1
+        )  # (B, L)
         position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
         targets = torch.full_like(attention_mask, IGNORE_ID)
         targets[:, -max_label:] = label_ids.masked_fill(label_mask == 0, IGNORE_ID)
 
-        hidden = self.llm.forward_hidden(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                         position_ids=position_ids)  # (B, L, H)
+        hidden = self.llm.forward_hidden(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids
+        )  # (B, L, H)
         predicts = targets[:, 1:] != IGNORE_ID  # position t predicts token t + 1
         logits = self.llm.lm_head(hidden[:, :-1][predicts]).float()  # (N_label_tokens, V)
-        token_losses = F.cross_entropy(logits, targets[:, 1:][predicts], reduction="none")  # (N_label_tokens,)
+        token_losses = F.cross_entropy(
+            logits, targets[:, 1:][predicts], reduction="none"
+        )  # (N_label_tokens,)
         rows = predicts.nonzero()[:, 0]  # each label token's row
-        item_losses = torch.zeros(batch, device=device).index_add_(0, rows, token_losses.detach())  # (B,)
+        item_losses = torch.zeros(batch, device=device).index_add_(
+            0, rows, token_losses.detach()
+        )  # (B,)
         return TrainingOutput(token_losses.mean(), item_losses)
 
     def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
@@ -287,11 +390,19 @@ class OSUM(nn.Module):
         return self(mel, mel_lens, prompt_ids, labels).loss
 
 
-def load_for_inference(directory, tokenizer: Tokenizer | None, device=None, dtype=None, compile: bool | None = None,
-                       quantize: str | None = None) -> OSUM:
+def load_for_inference(
+    directory,
+    tokenizer: Tokenizer | None,
+    device=None,
+    dtype=None,
+    compile: bool | None = None,
+    quantize: str | None = None,
+) -> OSUM:
     """`OSUM.from_pretrained` for infer.py and the web page, refusing a tokenizer (`tokenizer_or_none(directory)`,
     None: ids only) with ids past the model's vocabulary, which would index outside its embeddings."""
-    model = OSUM.from_pretrained(directory, device=device, dtype=dtype, compile=compile, quantize=quantize)
+    model = OSUM.from_pretrained(
+        directory, device=device, dtype=dtype, compile=compile, quantize=quantize
+    )
     if tokenizer is not None:
         check_fits(tokenizer, model.config.llm.vocab_size, Path(directory) / RANK_FILE_NAME)
     return model

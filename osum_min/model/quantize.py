@@ -14,6 +14,7 @@ the weight is dequantised inside the matmul:
 On CPU this is a memory option, not a speed one: float32 decoding through oneDNN (linear.py) is as fast or faster
 (figures in README.md, from bench/quantize.py).
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,8 +22,12 @@ from torch import nn
 from .linear import linear
 from .qwen2 import LoRALinear, Qwen2
 
-DEQUANT_BLOCK = 2**22  # CPU: weights dequantised at a time (under glibc's 32 MB mmap threshold: memory is reused)
-QUANTIZE_ROWS = 8192  # output channels quantised at a time, bounding the float copy (the 7B's lm_head: 152064)
+DEQUANT_BLOCK = (
+    2**22
+)  # CPU: weights dequantised at a time (under glibc's 32 MB mmap threshold: memory is reused)
+QUANTIZE_ROWS = (
+    8192  # output channels quantised at a time, bounding the float copy (the 7B's lm_head: 152064)
+)
 
 
 class Int8Linear(nn.Module):
@@ -46,12 +51,14 @@ class Int8Linear(nn.Module):
         weight_int8 = torch.empty(weight.shape, dtype=torch.int8, device=device)
         scale = torch.empty(weight.shape[0], dtype=weight.dtype, device=device)
         for start in range(0, weight.shape[0], QUANTIZE_ROWS):
-            rows = weight[start:start + QUANTIZE_ROWS].to(device, torch.float32)  # (n, in)
+            rows = weight[start : start + QUANTIZE_ROWS].to(device, torch.float32)  # (n, in)
             # round the scale to its stored dtype first, so the int8 values fit the scale actually used
             row_scale = (rows.abs().amax(dim=1) / 127).to(weight.dtype)
-            scale[start:start + QUANTIZE_ROWS] = row_scale
-            divisor = row_scale.float().clamp_min(torch.finfo(torch.float32).tiny)[:, None]  # an all-zero row stays 0
-            weight_int8[start:start + QUANTIZE_ROWS] = (rows / divisor).round().clamp(-127, 127)
+            scale[start : start + QUANTIZE_ROWS] = row_scale
+            divisor = row_scale.float().clamp_min(torch.finfo(torch.float32).tiny)[
+                :, None
+            ]  # an all-zero row stays 0
+            weight_int8[start : start + QUANTIZE_ROWS] = (rows / divisor).round().clamp(-127, 127)
         bias = None if layer.bias is None else layer.bias.detach().to(device)
         return cls(weight_int8, scale, bias)
 
@@ -61,8 +68,12 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         if x.device.type == "cpu" and not torch.compiler.is_compiling():
-            blocks = self.weight_int8.split(max(1, DEQUANT_BLOCK // self.in_features))  # (rows, in) each
-            out = torch.cat([linear(x, block.to(x.dtype)) for block in blocks], dim=-1)  # oneDNN for float32
+            blocks = self.weight_int8.split(
+                max(1, DEQUANT_BLOCK // self.in_features)
+            )  # (rows, in) each
+            out = torch.cat(
+                [linear(x, block.to(x.dtype)) for block in blocks], dim=-1
+            )  # oneDNN for float32
         else:
             out = F.linear(x, self.weight_int8.to(x.dtype))  # (..., out): what inductor fuses
         out = out * self.scale.to(x.dtype)

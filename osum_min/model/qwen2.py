@@ -5,6 +5,7 @@ RoPE, grouped-query attention with q/k/v bias, SwiGLU MLP. Three ways through th
 a cache (training), one item's prompt into the static KV cache (kv_cache.py, plain storage), and one decode step of
 fixed shapes over that cache, which generate.py can compile and capture as a CUDA graph.
 """
+
 import json
 import math
 import re
@@ -47,9 +48,17 @@ class Qwen2Config:
         check_divides(self, "heads", "dim")
         check_divides(self, "kv_heads", "heads")
         if self.head_dim % 2:  # rotate-half RoPE pairs the two halves of each head
-            raise ConfigError("dim", self.dim, f"gives heads of odd width {self.head_dim} (RoPE needs an even one)")
-        if not isinstance(self.lora_targets, tuple) or not all(name in PROJECTIONS for name in self.lora_targets):
-            raise ConfigError("lora_targets", self.lora_targets, f"not a list of {', '.join(PROJECTIONS)}")
+            raise ConfigError(
+                "dim",
+                self.dim,
+                f"gives heads of odd width {self.head_dim} (RoPE needs an even one)",
+            )
+        if not isinstance(self.lora_targets, tuple) or not all(
+            name in PROJECTIONS for name in self.lora_targets
+        ):
+            raise ConfigError(
+                "lora_targets", self.lora_targets, f"not a list of {', '.join(PROJECTIONS)}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -58,12 +67,20 @@ class Qwen2Config:
     @classmethod
     def from_hf(cls, config: dict, **overrides) -> "Qwen2Config":
         """Read a Hugging Face Qwen2 `config.json` dict; `overrides` set fields HF does not carry (LoRA)."""
-        values = {ours: config[theirs] for ours, theirs in HF_CONFIG_NAMES.items() if theirs in config}
-        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}  # transformers >= 5 / older
+        values = {
+            ours: config[theirs] for ours, theirs in HF_CONFIG_NAMES.items() if theirs in config
+        }
+        rope = (
+            config.get("rope_parameters") or config.get("rope_scaling") or {}
+        )  # transformers >= 5 / older
         if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise WeightsError(f"Qwen2 config: RoPE scaling {rope} is not supported (plain RoPE only)")
+            raise WeightsError(
+                f"Qwen2 config: RoPE scaling {rope} is not supported (plain RoPE only)"
+            )
         if config.get("use_sliding_window"):
-            raise WeightsError("Qwen2 config: use_sliding_window=true is not supported (full attention only)")
+            raise WeightsError(
+                "Qwen2 config: use_sliding_window=true is not supported (full attention only)"
+            )
         if "rope_theta" in rope:
             values["rope_theta"] = rope["rope_theta"]
         values.setdefault("kv_heads", values.get("heads", cls.kv_heads))
@@ -72,23 +89,51 @@ class Qwen2Config:
 
     def to_hf(self) -> dict:
         """The Hugging Face `Qwen2Config` fields of this model (plain RoPE, full attention)."""
-        return {theirs: getattr(self, ours) for ours, theirs in HF_CONFIG_NAMES.items()} | {"use_sliding_window": False}
+        return {theirs: getattr(self, ours) for ours, theirs in HF_CONFIG_NAMES.items()} | {
+            "use_sliding_window": False
+        }
 
 
-HF_CONFIG_NAMES = {"vocab_size": "vocab_size", "dim": "hidden_size", "ff_dim": "intermediate_size",
-                   "layers": "num_hidden_layers", "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
-                   "rope_theta": "rope_theta", "norm_eps": "rms_norm_eps", "tie_embeddings": "tie_word_embeddings",
-                   "max_positions": "max_position_embeddings"}
+HF_CONFIG_NAMES = {
+    "vocab_size": "vocab_size",
+    "dim": "hidden_size",
+    "ff_dim": "intermediate_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "kv_heads": "num_key_value_heads",
+    "rope_theta": "rope_theta",
+    "norm_eps": "rms_norm_eps",
+    "tie_embeddings": "tie_word_embeddings",
+    "max_positions": "max_position_embeddings",
+}
 
 
 _QWEN2_SMALL = dict(vocab_size=151936, kv_heads=2, tie_embeddings=True)
 LLM_PRESETS = {
-    "qwen2-7b": Qwen2Config(vocab_size=152064, dim=3584, ff_dim=18944, layers=28, heads=28, kv_heads=4,
-                            max_positions=131072, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1),
-    "qwen2-0.5b": Qwen2Config(dim=896, ff_dim=4864, layers=24, heads=14, max_positions=131072, **_QWEN2_SMALL),
-    "qwen2.5-0.5b": Qwen2Config(dim=896, ff_dim=4864, layers=24, heads=14, max_positions=32768, **_QWEN2_SMALL),
-    "qwen2-1.5b": Qwen2Config(dim=1536, ff_dim=8960, layers=28, heads=12, max_positions=131072, **_QWEN2_SMALL),
-    "qwen2.5-1.5b": Qwen2Config(dim=1536, ff_dim=8960, layers=28, heads=12, max_positions=32768, **_QWEN2_SMALL),
+    "qwen2-7b": Qwen2Config(
+        vocab_size=152064,
+        dim=3584,
+        ff_dim=18944,
+        layers=28,
+        heads=28,
+        kv_heads=4,
+        max_positions=131072,
+        lora_rank=8,
+        lora_alpha=32.0,
+        lora_dropout=0.1,
+    ),
+    "qwen2-0.5b": Qwen2Config(
+        dim=896, ff_dim=4864, layers=24, heads=14, max_positions=131072, **_QWEN2_SMALL
+    ),
+    "qwen2.5-0.5b": Qwen2Config(
+        dim=896, ff_dim=4864, layers=24, heads=14, max_positions=32768, **_QWEN2_SMALL
+    ),
+    "qwen2-1.5b": Qwen2Config(
+        dim=1536, ff_dim=8960, layers=28, heads=12, max_positions=131072, **_QWEN2_SMALL
+    ),
+    "qwen2.5-1.5b": Qwen2Config(
+        dim=1536, ff_dim=8960, layers=28, heads=12, max_positions=32768, **_QWEN2_SMALL
+    ),
 }
 
 
@@ -99,7 +144,9 @@ class LoRALinear(Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.scaling = alpha / rank
         self.lora_A = nn.Parameter(torch.empty(rank, in_features))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))  # (out, r): zero, so training starts at base
+        self.lora_B = nn.Parameter(
+            torch.zeros(out_features, rank)
+        )  # (out, r): zero, so training starts at base
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default
         self.lora_dropout = nn.Dropout(dropout)
         self.merged = False
@@ -108,7 +155,9 @@ class LoRALinear(Linear):
         out = linear(x, self.weight, self.bias)
         if self.merged:
             return out
-        return out + self.scaling * F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+        return out + self.scaling * F.linear(
+            F.linear(self.lora_dropout(x), self.lora_A), self.lora_B
+        )
 
     def _delta(self):
         return (self.scaling * (self.lora_B.float() @ self.lora_A.float())).to(self.weight.dtype)
@@ -126,7 +175,9 @@ class LoRALinear(Linear):
             self.merged = False
 
 
-def _projection(cfg: Qwen2Config, name: str, d_in: int, d_out: int, bias: bool = False) -> nn.Linear:
+def _projection(
+    cfg: Qwen2Config, name: str, d_in: int, d_out: int, bias: bool = False
+) -> nn.Linear:
     """The layer's `name` projection: a LoRALinear where the config puts LoRA, else a plain Linear."""
     if cfg.lora_rank > 0 and name in cfg.lora_targets:
         return LoRALinear(d_in, d_out, bias, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
@@ -147,7 +198,9 @@ class RMSNorm(nn.Module):
 
 def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
     """cos/sin tables (B, 1, L, head_dim) for rotate-half RoPE at the given positions, computed in float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim
+    )
     angles = position_ids.float()[..., None] * inv_freq  # (B, L, head_dim/2)
     angles = torch.cat((angles, angles), dim=-1)[:, None]  # (B, 1, L, head_dim)
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -169,23 +222,38 @@ class Attention(nn.Module):
         self.v_proj = _projection(cfg, "v_proj", cfg.dim, cfg.kv_heads * cfg.head_dim, bias=True)
         self.o_proj = _projection(cfg, "o_proj", cfg.heads * cfg.head_dim, cfg.dim)
 
-    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None, slots=None, item: int | None = None):
+    def forward(
+        self,
+        x,
+        cos,
+        sin,
+        mask,
+        kv_cache: KVCache | None = None,
+        slots=None,
+        item: int | None = None,
+    ):
         """Without a cache: attention over x itself (training, full forwards). With one, `item` given: prefill that
         item's prompt at cache slots `slots`; `item` None: decode one new token per row at own slot `slots`."""
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        k = self.k_proj(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
+        k = (
+            self.k_proj(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
+        )  # (B, Hkv, L, hd)
         v = self.v_proj(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         gqa = self.heads != self.kv_heads
         if kv_cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa
+            )
         elif item is not None:
             k, v = kv_cache.write_prompt(self.layer_index, item, slots, k, v)  # (1, Hkv, P, hd)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         else:
             out = attend_new_token(q, *kv_cache.write_new(self.layer_index, slots, k, v), mask)
-        return self.o_proj(out.reshape(B, self.heads, L, self.head_dim).transpose(1, 2).reshape(B, L, -1))
+        return self.o_proj(
+            out.reshape(B, self.heads, L, self.head_dim).transpose(1, 2).reshape(B, L, -1)
+        )
 
 
 def attend_new_token(q, prompt_k, prompt_v, k, v, mask):
@@ -200,12 +268,20 @@ def attend_new_token(q, prompt_k, prompt_v, k, v, mask):
     copies, group = R // items, H // kv_heads
 
     def per_item(x):  # (R, Hkv, G, X) -> (items, Hkv, copies * G, X)
-        return x.reshape(items, copies, kv_heads, group, -1).transpose(1, 2).reshape(items, kv_heads, -1, x.shape[-1])
+        return (
+            x.reshape(items, copies, kv_heads, group, -1)
+            .transpose(1, 2)
+            .reshape(items, kv_heads, -1, x.shape[-1])
+        )
 
     def per_row(x):  # the inverse
-        return x.reshape(items, kv_heads, copies, group, -1).transpose(1, 2).reshape(R, kv_heads, group, x.shape[-1])
+        return (
+            x.reshape(items, kv_heads, copies, group, -1)
+            .transpose(1, 2)
+            .reshape(R, kv_heads, group, x.shape[-1])
+        )
 
-    q = q.float().reshape(R, kv_heads, group, head_dim) * head_dim ** -0.5
+    q = q.float().reshape(R, kv_heads, group, head_dim) * head_dim**-0.5
     prompt_scores = per_row(per_item(q) @ prompt_k.float().transpose(2, 3))  # (R, Hkv, G, P)
     scores = torch.cat([prompt_scores, q @ k.float().transpose(2, 3)], dim=-1)  # (R, Hkv, G, P + S)
     weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
@@ -267,9 +343,13 @@ class Qwen2(nn.Module):
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None):
         """Logits (B, L, V) of a whole sequence, no cache; `attention_mask` is a (B, L) 0/1 key mask."""
-        return self.lm_head(self.forward_hidden(input_ids, inputs_embeds, attention_mask, position_ids))
+        return self.lm_head(
+            self.forward_hidden(input_ids, inputs_embeds, attention_mask, position_ids)
+        )
 
-    def forward_hidden(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None):
+    def forward_hidden(
+        self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None
+    ):
         """Final-normed hidden states (B, L, H); the caller applies `lm_head` where it needs logits."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, H)
         B, L, _ = x.shape
@@ -300,8 +380,17 @@ class Qwen2(nn.Module):
 
     def empty_kv_cache(self, items: int, copies: int, prompt_slots: int, new_slots: int) -> KVCache:
         weight, cfg = self.embed_tokens.weight, self.config
-        return KVCache.empty(cfg.layers, items, copies, cfg.kv_heads, prompt_slots, new_slots, cfg.head_dim,
-                             weight.device, weight.dtype)
+        return KVCache.empty(
+            cfg.layers,
+            items,
+            copies,
+            cfg.kv_heads,
+            prompt_slots,
+            new_slots,
+            cfg.head_dim,
+            weight.device,
+            weight.dtype,
+        )
 
     # LoRA -----------------------------------------------------------------------------------------------------
     def merge_lora(self):
@@ -323,9 +412,11 @@ HF_KEY_RULES = (
     (r"\.base_layer\.", "."),  # peft >= 0.7 wraps the frozen linear
     (r"\.lora_([AB])\.default\.weight$", r".lora_\1"),  # peft adapter named "default"
 )
-OUR_KEY = re.compile(r"(embed_tokens\.weight|norm\.weight|lm_head\.weight"
-                     r"|layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight"
-                     r"|layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.(weight|bias|lora_A|lora_B))")
+OUR_KEY = re.compile(
+    r"(embed_tokens\.weight|norm\.weight|lm_head\.weight"
+    r"|layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight"
+    r"|layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.(weight|bias|lora_A|lora_B))"
+)
 
 
 def hf_key_to_ours(key: str) -> str | None:
@@ -340,12 +431,23 @@ def load_hf_checkpoint(directory, dtype=None, **config_overrides) -> Qwen2:
 
     directory = Path(directory)
     try:
-        config = Qwen2Config.from_hf(json.loads((directory / "config.json").read_text()), **config_overrides)
-    except (OSError, ValueError, TypeError) as err:  # ValueError: invalid JSON, a value out of range
-        raise WeightsError(f"{directory / 'config.json'}: cannot read a Qwen2 config ({err})") from None
+        config = Qwen2Config.from_hf(
+            json.loads((directory / "config.json").read_text()), **config_overrides
+        )
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+    ) as err:  # ValueError: invalid JSON, a value out of range
+        raise WeightsError(
+            f"{directory / 'config.json'}: cannot read a Qwen2 config ({err})"
+        ) from None
     index = directory / "model.safetensors.index.json"
-    shards = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()
-              else sorted(p.name for p in directory.glob("*.safetensors")))
+    shards = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.exists()
+        else sorted(p.name for p in directory.glob("*.safetensors"))
+    )
     if not shards:
         raise WeightsError(f"{directory}: no *.safetensors files")
     state = {}

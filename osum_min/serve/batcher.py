@@ -7,6 +7,7 @@ requests that have arrived, for `max_wait_s` at most. It drops those whose clien
 answer equals the one its request gets alone. Once every client still waiting on a batch has gone (disconnected or
 timed out), the batch stops before its next token. Answers and streamed tokens go back to each handler's event loop.
 """
+
 import asyncio
 import queue
 import threading
@@ -26,11 +27,14 @@ class QueueFull(RuntimeError):
 class Job:
     """One request on its way through the worker. `tokens`, when streaming, receives each token id and then the
     Answer; `answer` resolves with the Answer (with its `.error` when the request failed)."""
+
     request: Request
     loop: asyncio.AbstractEventLoop
     answer: asyncio.Future
     tokens: asyncio.Queue | None = None
-    cancelled: bool = False  # the client went away or timed out: dropped, or its batch stopped when all are
+    cancelled: bool = (
+        False  # the client went away or timed out: dropped, or its batch stopped when all are
+    )
 
     def token(self, token_id: int):
         if self.tokens is not None and not self.cancelled:
@@ -42,17 +46,33 @@ class Job:
                 self.answer.set_result(answer)
             if self.tokens is not None:
                 self.tokens.put_nowait(answer)
+
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(settle)
 
 
 class Batcher:
-    def __init__(self, pipeline: Pipeline, batch_size: int = 8, max_queue: int = 64, wait_s: float = 0.005,
-                 max_wait_s: float = 0.2):
-        self.pipeline, self.batch_size, self.wait_s, self.max_wait_s = pipeline, batch_size, wait_s, max_wait_s
-        self.arriving = 0  # requests the server is reading and checking (changed on its event loop only)
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        batch_size: int = 8,
+        max_queue: int = 64,
+        wait_s: float = 0.005,
+        max_wait_s: float = 0.2,
+    ):
+        self.pipeline, self.batch_size, self.wait_s, self.max_wait_s = (
+            pipeline,
+            batch_size,
+            wait_s,
+            max_wait_s,
+        )
+        self.arriving = (
+            0  # requests the server is reading and checking (changed on its event loop only)
+        )
         self.queue = queue.Queue(max_queue)
-        self.batch_sizes = Counter()  # batch size -> batches of it run (bounded: a server runs for weeks)
+        self.batch_sizes = (
+            Counter()
+        )  # batch size -> batches of it run (bounded: a server runs for weeks)
         self.worker = threading.Thread(target=self._work, name="osum-batcher", daemon=True)
         self.worker.start()
 
@@ -63,7 +83,9 @@ class Batcher:
         try:
             self.queue.put_nowait(job)
         except queue.Full:
-            raise QueueFull(f"the server is busy: {self.queue.maxsize} requests are already waiting") from None
+            raise QueueFull(
+                f"the server is busy: {self.queue.maxsize} requests are already waiting"
+            ) from None
         return job
 
     def _gather(self) -> list[Job]:
@@ -92,19 +114,32 @@ class Batcher:
             pending = set(range(len(jobs)))
             try:
                 for index, answer in self.pipeline.run(
-                        [job.request for job in jobs], on_token=lambda index, token: jobs[index].token(token),
-                        keep_going=lambda: not all(jobs[index].cancelled for index in pending)):
+                    [job.request for job in jobs],
+                    on_token=lambda index, token: jobs[index].token(token),
+                    keep_going=lambda: not all(jobs[index].cancelled for index in pending),
+                ):
                     pending.discard(index)
                     jobs[index].resolve(answer)
-            except DecodingStopped as err:  # every client still waiting on this batch went away or timed out
+            except (
+                DecodingStopped
+            ) as err:  # every client still waiting on this batch went away or timed out
                 self._fail(jobs, pending, str(err))
             except Exception as err:  # noqa: BLE001  one bad batch fails its requests, never the worker
-                self._fail(jobs, pending, f"internal error while decoding: {type(err).__name__}: "
-                                          f"{' '.join(str(err).split())[:200]}")
+                self._fail(
+                    jobs,
+                    pending,
+                    f"internal error while decoding: {type(err).__name__}: "
+                    f"{' '.join(str(err).split())[:200]}",
+                )
 
     @staticmethod
     def _fail(jobs: list[Job], pending: set[int], problem: str):
         for index in pending:
             request = jobs[index].request
-            jobs[index].resolve(Answer(request.label, request.task, error=RequestError(request.label, problem,
-                                                                                       "decoding")))
+            jobs[index].resolve(
+                Answer(
+                    request.label,
+                    request.task,
+                    error=RequestError(request.label, problem, "decoding"),
+                )
+            )

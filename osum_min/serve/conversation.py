@@ -11,6 +11,7 @@ message with text, no audio) is refused with one line saying so, never cut down 
 `remote=True` (the server) takes audio only as data a client sent (base64, `data:` URLs): a path, a `file:` or
 an `http(s)://` URL is refused, so the server never reads or fetches anything on a client's behalf.
 """
+
 import base64
 import binascii
 from ..model.generate import DEFAULT_DECODING, GenerationConfig
@@ -41,13 +42,17 @@ def _from_url(url, where: str, remote: bool):
     if url.startswith("data:"):
         header, comma, data = url.partition(",")
         if not comma or not header.endswith(";base64"):
-            raise ConversationError(f"{where}: only base64 data: URLs are taken (data:audio/wav;base64,...)")
+            raise ConversationError(
+                f"{where}: only base64 data: URLs are taken (data:audio/wav;base64,...)"
+            )
         return _b64(data, where)
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if remote or scheme in ("http", "https"):
-        raise ConversationError(f"{where}: audio must be sent as data (input_audio or a data: URL); this server "
-                                f"never fetches a URL or reads a path ({url[:60]!r})")
-    return url[len("file://"):] if url.startswith("file://") else url
+        raise ConversationError(
+            f"{where}: audio must be sent as data (input_audio or a data: URL); this server "
+            f"never fetches a URL or reads a path ({url[:60]!r})"
+        )
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def _audio(part: dict, where: str, remote: bool):
@@ -56,64 +61,97 @@ def _audio(part: dict, where: str, remote: bool):
     if kind == "input_audio":
         audio = part.get("input_audio")
         if not isinstance(audio, dict):
-            raise ConversationError(f"{where}: input_audio must be {{\"data\": base64, \"format\": ...}}")
+            raise ConversationError(
+                f'{where}: input_audio must be {{"data": base64, "format": ...}}'
+            )
         if audio.get("format") is not None and audio["format"] not in AUDIO_FORMATS:
-            raise ConversationError(f"{where}: audio format {audio['format']!r} is not one of "
-                                    f"{', '.join(AUDIO_FORMATS)}")
+            raise ConversationError(
+                f"{where}: audio format {audio['format']!r} is not one of "
+                f"{', '.join(AUDIO_FORMATS)}"
+            )
         return _b64(audio.get("data"), where)
     if kind == "audio_url":
         return _from_url(part.get("audio_url"), where, remote)
     audio = part.get("audio")  # the seed's {"type": "audio", "audio": path | bytes | array}
     if remote or audio is None:
-        raise ConversationError(f"{where}: " + ("send audio as input_audio or a data: URL" if remote
-                                                else "an audio part needs its audio"))
+        raise ConversationError(
+            f"{where}: "
+            + (
+                "send audio as input_audio or a data: URL"
+                if remote
+                else "an audio part needs its audio"
+            )
+        )
     return audio
 
 
 def _parts(message, where: str) -> list[dict]:
     if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-        raise ConversationError(f"{where}: a message is {{\"role\": system|user|assistant, \"content\": ...}}")
+        raise ConversationError(
+            f'{where}: a message is {{"role": system|user|assistant, "content": ...}}'
+        )
     content = message.get("content")
     if content is None or isinstance(content, str):
         return [{"type": "text", "text": content or ""}]
-    if not isinstance(content, list) or not all(isinstance(p, dict) and "type" in p for p in content):
+    if not isinstance(content, list) or not all(
+        isinstance(p, dict) and "type" in p for p in content
+    ):
         raise ConversationError(f"{where}: content must be text or a list of typed parts")
     return content
 
 
-def to_request(conversation: list, config: GenerationConfig = DEFAULT_DECODING, remote: bool = False,
-               sample_rate: int | None = None, name: str | None = None) -> Request:
+def to_request(
+    conversation: list,
+    config: GenerationConfig = DEFAULT_DECODING,
+    remote: bool = False,
+    sample_rate: int | None = None,
+    name: str | None = None,
+) -> Request:
     """One conversation -> one Request (audio analysis with its text as the prompt, or voice chat); a
     ConversationError naming what OSUM cannot do otherwise. `sample_rate` goes with audio given as samples."""
     if not isinstance(conversation, list) or not conversation:
         raise ConversationError("a conversation is a non-empty list of messages")
     if any(isinstance(m, dict) and m.get("role") == "assistant" for m in conversation):
-        raise ConversationError("OSUM answers one turn; it cannot continue a conversation with assistant turns")
+        raise ConversationError(
+            "OSUM answers one turn; it cannot continue a conversation with assistant turns"
+        )
     audio, texts = [], []
     for number, message in enumerate(conversation):
         where = f"message {number}"
         parts = _parts(message, where)
         if message["role"] == "system":
-            if any(p["type"] != "text" for p in parts) or any(str(p.get("text") or "").strip() for p in parts):
-                raise ConversationError(f"{where}: OSUM has no system prompt; put the instruction in the user "
-                                        "message with the audio")
+            if any(p["type"] != "text" for p in parts) or any(
+                str(p.get("text") or "").strip() for p in parts
+            ):
+                raise ConversationError(
+                    f"{where}: OSUM has no system prompt; put the instruction in the user "
+                    "message with the audio"
+                )
             continue
         if number != len(conversation) - 1:
-            raise ConversationError(f"{where}: OSUM answers one turn; the audio and the instruction go in one user "
-                                    "message, the last")
+            raise ConversationError(
+                f"{where}: OSUM answers one turn; the audio and the instruction go in one user "
+                "message, the last"
+            )
         for index, part in enumerate(parts):
             if part["type"] == "text":
                 if not isinstance(part.get("text"), str):
-                    raise ConversationError(f"{where}, part {index}: a text part needs a string \"text\"")
+                    raise ConversationError(
+                        f'{where}, part {index}: a text part needs a string "text"'
+                    )
                 texts.append(part["text"])
             elif part["type"] in ("audio", "audio_url", "input_audio"):
                 audio.append(_audio(part, f"{where}, part {index}", remote))
             else:
-                raise ConversationError(f"{where}, part {index}: unknown part type {part['type']!r} "
-                                        "(audio, audio_url, input_audio or text)")
+                raise ConversationError(
+                    f"{where}, part {index}: unknown part type {part['type']!r} "
+                    "(audio, audio_url, input_audio or text)"
+                )
     if len(audio) != 1:
-        raise ConversationError("OSUM hears exactly one audio clip per conversation; this one has "
-                                f"{len(audio) or 'no'} clip{'s' * (len(audio) != 1)}")
+        raise ConversationError(
+            "OSUM hears exactly one audio clip per conversation; this one has "
+            f"{len(audio) or 'no'} clip{'s' * (len(audio) != 1)}"
+        )
     prompt = "\n".join(t.strip() for t in texts if t.strip())
     task = free_prompt_task(prompt) if prompt else TASKS["sttc"]
     rate = sample_rate if not isinstance(audio[0], (str, bytes)) else None
@@ -129,8 +167,12 @@ def content(answer: Answer) -> str:
     return result.raw.strip()
 
 
-def chat(pipeline: Pipeline, conversations: list[list], config: GenerationConfig = DEFAULT_DECODING,
-         sample_rate: int | None = None) -> list[str | Answer]:
+def chat(
+    pipeline: Pipeline,
+    conversations: list[list],
+    config: GenerationConfig = DEFAULT_DECODING,
+    sample_rate: int | None = None,
+) -> list[str | Answer]:
     """Every conversation answered, decoded as one batch: its text, or an Answer whose `.error` says why not (a
     conversation OSUM cannot take is refused here, before anything decodes)."""
     if pipeline.tokenizer is None:
@@ -138,12 +180,16 @@ def chat(pipeline: Pipeline, conversations: list[list], config: GenerationConfig
     requests, answers = {}, [None] * len(conversations)
     for index, conversation in enumerate(conversations):
         try:
-            requests[index] = to_request(conversation, config, sample_rate=sample_rate, name=f"conversation {index}")
+            requests[index] = to_request(
+                conversation, config, sample_rate=sample_rate, name=f"conversation {index}"
+            )
         except ConversationError as err:
-            answers[index] = Answer(f"conversation {index}", TASKS["sttc"],
-                                    error=RequestError(f"conversation {index}", str(err), "prompt"))
+            answers[index] = Answer(
+                f"conversation {index}",
+                TASKS["sttc"],
+                error=RequestError(f"conversation {index}", str(err), "prompt"),
+            )
     order = list(requests)
     for answer, index in zip(pipeline([requests[i] for i in order]), order):
         answers[index] = answer if answer.error is not None else content(answer)
     return answers
-

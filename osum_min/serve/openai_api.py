@@ -4,6 +4,7 @@ The server (server.py) reads requests and queues them; this is what the bodies m
 /v1/audio/transcriptions (json, text, srt, vtt, verbose_json with SRWT's words and segments), the chat answer and
 its streamed deltas, the `usage` counts, and OpenAI-shaped errors (`{"error": {"message", "type", "code"}}`).
 """
+
 from dataclasses import replace
 
 from ..audio import HOP
@@ -29,18 +30,32 @@ def error_body(message: str, type: str, code: str) -> dict:
 
 def request_error(err: RequestError) -> ApiError:
     status = ERROR_STATUS[err.kind]
-    return ApiError(status, str(err), {"audio": "invalid_audio", "too_long": "audio_too_long", "prompt":
-                                       "invalid_prompt", "decoding": "decoding_failed"}[err.kind],
-                    "server_error" if status == 500 else "invalid_request_error")
+    return ApiError(
+        status,
+        str(err),
+        {
+            "audio": "invalid_audio",
+            "too_long": "audio_too_long",
+            "prompt": "invalid_prompt",
+            "decoding": "decoding_failed",
+        }[err.kind],
+        "server_error" if status == 500 else "invalid_request_error",
+    )
 
 
 def usage(answer: Answer) -> dict:
     """prompt_tokens: the prompt's text tokens plus the speech positions of every window (each window is one
     prompt); completion_tokens: every generated id, the eos included."""
-    speech = sum(OSUMConfig.speech_positions((end - start) // HOP) for start, end in answer.decoded.windows)
+    speech = sum(
+        OSUMConfig.speech_positions((end - start) // HOP) for start, end in answer.decoded.windows
+    )
     prompt = len(answer.prompt_ids) * len(answer.decoded.windows) + speech
     completion = sum(len(ids) for ids in answer.decoded.ids)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def finish_reason(answer: Answer, config: GenerationConfig, eos: int) -> str:
@@ -70,16 +85,29 @@ def transcription_body(answer: Answer, response_format: str, granularities: list
     if response_format == "text":
         return transcription_text(answer) + "\n"
     body = {"text": transcription_text(answer), "task": answer.task.name}
-    body.update({key: value for key, value in (("labels", result.labels), ("reply", result.reply),
-                                                ("issues", result.issues)) if value})
+    body.update(
+        {
+            key: value
+            for key, value in (
+                ("labels", result.labels),
+                ("reply", result.reply),
+                ("issues", result.issues),
+            )
+            if value
+        }
+    )
     if response_format == "verbose_json":
         body["duration"] = round(answer.decoded.audio_seconds, 3)
         if result.words is not None:
             if "word" in granularities:
-                body["words"] = [{"word": w.text, "start": w.start, "end": w.end} for w in result.words]
+                body["words"] = [
+                    {"word": w.text, "start": w.start, "end": w.end} for w in result.words
+                ]
             if "segment" in granularities or not granularities:
-                body["segments"] = [{"id": number, "start": start, "end": end, "text": text}
-                                    for number, (start, end, text) in enumerate(cues(result.words))]
+                body["segments"] = [
+                    {"id": number, "start": start, "end": end, "text": text}
+                    for number, (start, end, text) in enumerate(cues(result.words))
+                ]
     return body
 
 
@@ -91,9 +119,18 @@ def number(value, name: str, low: float, high: float, integer: bool = False):
         parsed = float(value)
     except (TypeError, ValueError):
         parsed = None
-    if parsed is None or isinstance(value, bool) or not low <= parsed <= high or (integer and parsed % 1):
-        raise ApiError(400, f"{name} must be a{'n integer' if integer else ' number'} from {low:g} to {high:g}, "
-                            f"got {str(value)[:40]!r}", f"invalid_{name}")
+    if (
+        parsed is None
+        or isinstance(value, bool)
+        or not low <= parsed <= high
+        or (integer and parsed % 1)
+    ):
+        raise ApiError(
+            400,
+            f"{name} must be a{'n integer' if integer else ' number'} from {low:g} to {high:g}, "
+            f"got {str(value)[:40]!r}",
+            f"invalid_{name}",
+        )
     return int(parsed) if integer else parsed
 
 
@@ -108,8 +145,14 @@ def chat_decoding(body: dict, stream: bool, max_new_tokens: int) -> GenerationCo
     top_p = number(body.get("top_p"), "top_p", 1e-6, 1.0)
     seed = number(body.get("seed"), "seed", 0, 2**63 - 1, integer=True)
     if temperature:
-        config = replace(config, num_beams=1, do_sample=True, temperature=temperature, top_p=top_p or 1.0,
-                         seed=seed)
+        config = replace(
+            config,
+            num_beams=1,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p or 1.0,
+            seed=seed,
+        )
     elif stream:
         config = replace(config, num_beams=1)
     return config

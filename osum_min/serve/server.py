@@ -7,6 +7,7 @@ duration, prompt) before queueing; one worker thread decodes what arrives togeth
 Every error is OpenAI-shaped JSON with one line of message; nothing a client sends can stop the server.
 See docs/serving.md.
 """
+
 import asyncio
 import functools
 import hmac
@@ -23,8 +24,18 @@ from .batcher import Batcher, QueueFull
 from ..config_check import check_config
 from .conversation import ConversationError, content, to_request
 from ..model.generate import DEFAULT_DECODING
-from .openai_api import (RESPONSE_FORMATS, ApiError, chat_decoding, error_body, finish_reason, number,
-                         request_error, streamed_text, transcription_body, usage)
+from .openai_api import (
+    RESPONSE_FORMATS,
+    ApiError,
+    chat_decoding,
+    error_body,
+    finish_reason,
+    number,
+    request_error,
+    streamed_text,
+    transcription_body,
+    usage,
+)
 from ..inference.pipeline import Answer, Pipeline, Request, RequestError, load_request_audio
 from ..text.tasks import TASKS
 
@@ -39,8 +50,12 @@ class ServerConfig:
     max_queue: int = 64
     timeout_s: float = 600.0  # per request, queueing and decoding
     wait_ms: float = 25.0  # how long a batch waits for one more request after the last
-    max_wait_ms: float = 200.0  # how long at most it waits for requests the server is still reading and checking
-    max_new_tokens: int = 400  # transcriptions' length, and chat's default and upper bound for max_tokens
+    max_wait_ms: float = (
+        200.0  # how long at most it waits for requests the server is still reading and checking
+    )
+    max_new_tokens: int = (
+        400  # transcriptions' length, and chat's default and upper bound for max_tokens
+    )
 
     def __post_init__(self):
         check_config(self)  # whole numbers of at least 1, finite times and sizes above 0
@@ -55,10 +70,17 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
     from starlette.exceptions import HTTPException
 
     if pipeline.tokenizer is None:
-        raise ValueError("the server answers in text: the model needs a tokenizer (convert with --tokenizer DIR)")
+        raise ValueError(
+            "the server answers in text: the model needs a tokenizer (convert with --tokenizer DIR)"
+        )
     app = FastAPI(title="osum-min", docs_url=None, redoc_url=None, openapi_url=None)
-    batcher = Batcher(pipeline, config.batch_size, config.max_queue, config.wait_ms / 1000,
-                      config.max_wait_ms / 1000)
+    batcher = Batcher(
+        pipeline,
+        config.batch_size,
+        config.max_queue,
+        config.wait_ms / 1000,
+        config.max_wait_ms / 1000,
+    )
     app.state.batcher = batcher
     max_bytes = int(config.max_upload_mb * 2**20)
     eos = pipeline.model.config.eod_id
@@ -70,18 +92,28 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
     @app.exception_handler(HTTPException)
     async def http_error(_, err: HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        return JSONResponse(error_body(err.detail, "invalid_request_error", code), status_code=err.status_code)
+        return JSONResponse(
+            error_body(err.detail, "invalid_request_error", code), status_code=err.status_code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_, err: RequestValidationError):
-        return JSONResponse(error_body(f"invalid request: {err.errors()[:1]}", "invalid_request_error",
-                                       "invalid_request"), status_code=400)
+        return JSONResponse(
+            error_body(
+                f"invalid request: {err.errors()[:1]}", "invalid_request_error", "invalid_request"
+            ),
+            status_code=400,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_, err: Exception):
         traceback.print_exc()  # the log keeps the traceback; the client gets one line
-        return JSONResponse(error_body(f"internal error: {type(err).__name__}: {err}", "server_error",
-                                       "internal_error"), status_code=500)
+        return JSONResponse(
+            error_body(
+                f"internal error: {type(err).__name__}: {err}", "server_error", "internal_error"
+            ),
+            status_code=500,
+        )
 
     @app.middleware("http")
     async def guard(http: HttpRequest, call_next):
@@ -90,20 +122,33 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
             if http.url.path.startswith("/v1/") and config.api_key is not None:
                 given = http.headers.get("authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
-                    raise ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY",
-                                   "invalid_api_key")
+                    raise ApiError(
+                        401,
+                        "missing or wrong API key: send Authorization: Bearer KEY",
+                        "invalid_api_key",
+                    )
             length = http.headers.get("content-length")
-            if length and length.isdigit() and int(length) > max_bytes * 4 // 3 + 2**16:  # base64 and form fields
-                raise ApiError(413, f"the request is {int(length) / 2**20:.1f} MB; this server takes uploads up "
-                                    f"to {config.max_upload_mb:g} MB", "upload_too_large")
+            if (
+                length and length.isdigit() and int(length) > max_bytes * 4 // 3 + 2**16
+            ):  # base64 and form fields
+                raise ApiError(
+                    413,
+                    f"the request is {int(length) / 2**20:.1f} MB; this server takes uploads up "
+                    f"to {config.max_upload_mb:g} MB",
+                    "upload_too_large",
+                )
         except ApiError as err:
             return await api_error(http, err)
         return await call_next(http)
 
     def check_model(name):
         if name not in (None, "", config.model_name):
-            raise ApiError(404, f"model {str(name)[:80]!r} does not exist; this server serves "
-                                f"{config.model_name!r}", "model_not_found")
+            raise ApiError(
+                404,
+                f"model {str(name)[:80]!r} does not exist; this server serves "
+                f"{config.model_name!r}",
+                "model_not_found",
+            )
 
     async def prepare(request: Request) -> Request:
         """The upload decoded (in a thread) and checked against the caps, and the prompt checked, before it queues."""
@@ -111,8 +156,12 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
             if not request.audio:
                 raise ApiError(400, f"{request.label}: the audio is empty", "invalid_audio")
             if len(request.audio) > max_bytes:
-                raise ApiError(413, f"{request.label}: {len(request.audio) / 2**20:.1f} MB of audio; this server "
-                                    f"takes up to {config.max_upload_mb:g} MB", "upload_too_large")
+                raise ApiError(
+                    413,
+                    f"{request.label}: {len(request.audio) / 2**20:.1f} MB of audio; this server "
+                    f"takes up to {config.max_upload_mb:g} MB",
+                    "upload_too_large",
+                )
         try:
             wav = await run_in_threadpool(load_request_audio, request, config.max_audio_seconds)
             checked = replace(request, audio=wav, sample_rate=SAMPLE_RATE)
@@ -124,6 +173,7 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
     def arriving(handler):
         """The handler's request counts as arriving from its start until it is queued or fails, so that a batch
         about to start waits for it (batcher.py): clients that send together are decoded together."""
+
         @functools.wraps(handler)
         async def counted(http: HttpRequest):
             batcher.arriving += 1
@@ -132,6 +182,7 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
                 return await handler(http)
             finally:
                 arrived(http)
+
         return counted
 
     def arrived(http: HttpRequest):
@@ -158,7 +209,9 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
                 if await http.is_disconnected():
                     raise ApiError(400, "the client disconnected", "client_disconnected")
                 if time.monotonic() > deadline:
-                    raise ApiError(503, f"no answer within {config.timeout_s:g} s", "timeout", "server_error")
+                    raise ApiError(
+                        503, f"no answer within {config.timeout_s:g} s", "timeout", "server_error"
+                    )
         finally:
             job.cancelled = not job.answer.done()
         answer = job.answer.result()
@@ -172,8 +225,12 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
-                                            "owned_by": "osum-min"}]}
+        return {
+            "object": "list",
+            "data": [
+                {"id": config.model_name, "object": "model", "created": 0, "owned_by": "osum-min"}
+            ],
+        }
 
     @app.post("/v1/audio/transcriptions")
     @arriving
@@ -181,27 +238,46 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
         try:
             form = await http.form(max_files=1, max_fields=32)
         except Exception as err:  # noqa: BLE001  malformed multipart
-            raise ApiError(400, f"not a multipart form ({type(err).__name__}: {err})", "invalid_form") from None
+            raise ApiError(
+                400, f"not a multipart form ({type(err).__name__}: {err})", "invalid_form"
+            ) from None
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
-            raise ApiError(400, "no audio: send the file in the multipart field `file`", "missing_file")
+            raise ApiError(
+                400, "no audio: send the file in the multipart field `file`", "missing_file"
+            )
         check_model(form.get("model"))
         response_format = form.get("response_format") or "json"
         if response_format not in RESPONSE_FORMATS:
-            raise ApiError(400, f"response_format {response_format!r} is not one of "
-                                f"{', '.join(RESPONSE_FORMATS)}", "invalid_response_format")
-        granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
+            raise ApiError(
+                400,
+                f"response_format {response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}",
+                "invalid_response_format",
+            )
+        granularities = form.getlist("timestamp_granularities[]") + form.getlist(
+            "timestamp_granularities"
+        )
         if bad := [g for g in granularities if g not in ("word", "segment")]:
-            raise ApiError(400, f"timestamp_granularities {bad[0]!r}: word or segment", "invalid_granularity")
+            raise ApiError(
+                400, f"timestamp_granularities {bad[0]!r}: word or segment", "invalid_granularity"
+            )
         timed = response_format in ("srt", "vtt", "verbose_json") or bool(granularities)
         task_name = form.get("task") or ("srwt" if timed else "asr")
         if task_name not in TASKS:
-            raise ApiError(404, f"unknown task {task_name!r}: one of {', '.join(TASKS)}", "task_not_found")
+            raise ApiError(
+                404, f"unknown task {task_name!r}: one of {', '.join(TASKS)}", "task_not_found"
+            )
         task = TASKS[task_name]
         if (response_format in ("srt", "vtt") or granularities) and task.output != "srwt":
-            raise ApiError(400, f"{response_format if response_format in ('srt', 'vtt') else 'timestamps'} "
-                                f"need the srwt task (timed words), not {task_name!r}", "needs_srwt")
-        if form.get("prompt"):  # OSUM's prompt is the instruction itself (Whisper's is preceding text)
+            raise ApiError(
+                400,
+                f"{response_format if response_format in ('srt', 'vtt') else 'timestamps'} "
+                f"need the srwt task (timed words), not {task_name!r}",
+                "needs_srwt",
+            )
+        if form.get(
+            "prompt"
+        ):  # OSUM's prompt is the instruction itself (Whisper's is preceding text)
             task = replace(task, prompt=form["prompt"])
         decoding = replace(DEFAULT_DECODING, max_new_tokens=config.max_new_tokens)
         temperature = number(form.get("temperature"), "temperature", 0.0, 2.0)
@@ -211,7 +287,9 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
         request = await prepare(Request(await upload.read(), task=task, config=decoding, name=name))
         body = transcription_body(await decode(http, request), response_format, granularities)
         if isinstance(body, str):
-            media = {"srt": "application/x-subrip", "vtt": "text/vtt"}.get(response_format, "text/plain")
+            media = {"srt": "application/x-subrip", "vtt": "text/vtt"}.get(
+                response_format, "text/plain"
+            )
             return PlainTextResponse(body, media_type=f"{media}; charset=utf-8")
         return body
 
@@ -237,27 +315,55 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
         created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
         if not stream:
             answer = await decode(http, request)
-            return {"id": ident, "object": "chat.completion", "created": created, "model": config.model_name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content(answer)},
-                                 "finish_reason": finish_reason(answer, decoding, eos)}],
-                    "usage": usage(answer)}
+            return {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": config.model_name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content(answer)},
+                        "finish_reason": finish_reason(answer, decoding, eos),
+                    }
+                ],
+                "usage": usage(answer),
+            }
         job = submit(http, request, stream=True)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(events(job, request, decoding, ident, created, include_usage),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            events(job, request, decoding, ident, created, include_usage),
+            media_type="text/event-stream",
+        )
 
     async def events(job, request, decoding, ident, created, include_usage):
         """Server-sent events in OpenAI's chunk format: the role, content deltas, the finish, usage, [DONE]."""
+
         def chunk(delta, finish=None, **extra):
-            return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
-                                          "model": config.model_name, "choices": [{"index": 0, "delta": delta,
-                                          "finish_reason": finish}], **extra}, ensure_ascii=False) + "\n\n"
+            return (
+                "data: "
+                + json.dumps(
+                    {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": config.model_name,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                        **extra,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n\n"
+            )
+
         decoder, text, sent = pipeline.tokenizer.stream_decoder(), "", ""
         deadline = time.monotonic() + config.timeout_s
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
-                item = await asyncio.wait_for(job.tokens.get(), max(0.01, deadline - time.monotonic()))
+                item = await asyncio.wait_for(
+                    job.tokens.get(), max(0.01, deadline - time.monotonic())
+                )
                 if isinstance(item, int):
                     text += decoder.push(item)
                     visible = streamed_text(request.task, text, final=False)
@@ -269,51 +375,91 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()):
                     yield "data: " + json.dumps(error_body(str(err), err.type, err.code)) + "\n\n"
                     break
                 if visible.startswith(sent) and len(visible) > len(sent):
-                    yield chunk({"content": visible[len(sent):]})
+                    yield chunk({"content": visible[len(sent) :]})
                     sent = visible
                 if isinstance(item, Answer):
                     yield chunk({}, finish_reason(item, decoding, eos))
                     if include_usage:
-                        yield "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk",
-                                                     "created": created, "model": config.model_name,
-                                                     "choices": [], "usage": usage(item)}) + "\n\n"
+                        yield (
+                            "data: "
+                            + json.dumps(
+                                {
+                                    "id": ident,
+                                    "object": "chat.completion.chunk",
+                                    "created": created,
+                                    "model": config.model_name,
+                                    "choices": [],
+                                    "usage": usage(item),
+                                }
+                            )
+                            + "\n\n"
+                        )
                     break
         except asyncio.TimeoutError:
-            yield "data: " + json.dumps(error_body(f"no answer within {config.timeout_s:g} s", "server_error",
-                                                   "timeout")) + "\n\n"
+            yield (
+                "data: "
+                + json.dumps(
+                    error_body(
+                        f"no answer within {config.timeout_s:g} s", "server_error", "timeout"
+                    )
+                )
+                + "\n\n"
+            )
         finally:
-            job.cancelled = True  # a client that went away mid-stream: its job is dropped if not yet decoding
+            job.cancelled = (
+                True  # a client that went away mid-stream: its job is dropped if not yet decoding
+            )
         yield "data: [DONE]\n\n"
 
     return app
 
 
-def serve(weights, host: str = "127.0.0.1", port: int = 8000, device=None, dtype=None, compile=None,
-          quantize=None, config: ServerConfig = ServerConfig()) -> int:
+def serve(
+    weights,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device=None,
+    dtype=None,
+    compile=None,
+    quantize=None,
+    config: ServerConfig = ServerConfig(),
+) -> int:
     """Load once and serve until interrupted (infer.py --serve)."""
     try:
         import uvicorn  # noqa: F401
         import fastapi  # noqa: F401
         import multipart  # noqa: F401
     except ImportError as err:
-        print(f"infer.py: error: the server needs FastAPI, uvicorn and python-multipart: pip install .[serve] "
-              f"({err.name} is missing)", file=sys.stderr)
+        print(
+            f"infer.py: error: the server needs FastAPI, uvicorn and python-multipart: pip install .[serve] "
+            f"({err.name} is missing)",
+            file=sys.stderr,
+        )
         return 2
     from ..model.osum import load_for_inference
     from ..text.tokenizer import tokenizer_or_none
+
     tokenizer = tokenizer_or_none(weights)
     if tokenizer is None:
-        print(f"infer.py: error: {weights}/ has no tokenizer; the server answers in text (convert with "
-              "--tokenizer DIR)", file=sys.stderr)
+        print(
+            f"infer.py: error: {weights}/ has no tokenizer; the server answers in text (convert with "
+            "--tokenizer DIR)",
+            file=sys.stderr,
+        )
         return 2
     try:
-        model = load_for_inference(weights, tokenizer, device=device, dtype=dtype, compile=compile,
-                                   quantize=quantize)
+        model = load_for_inference(
+            weights, tokenizer, device=device, dtype=dtype, compile=compile, quantize=quantize
+        )
     except (OSError, ValueError, RuntimeError) as err:
-        print(f"infer.py: error: cannot load {weights}/: {' '.join(str(err).split())}", file=sys.stderr)
+        print(
+            f"infer.py: error: cannot load {weights}/: {' '.join(str(err).split())}",
+            file=sys.stderr,
+        )
         return 2
     pipeline = Pipeline(model, tokenizer, config.batch_size, config.max_audio_seconds)
     config = replace(config, api_key=config.api_key or os.environ.get("OSUM_API_KEY") or None)
     import uvicorn
+
     uvicorn.run(create_app(pipeline, config), host=host, port=port, log_level="info")
     return 0

@@ -7,6 +7,7 @@ once; gradio's queue runs one request at a time, because one model must not deco
 problem (unreadable upload, bad prompt ids, missing weights) comes back as one line on the page and the server
 keeps serving. gradio is an optional extra (`pip install .[demo]`), imported only here and only when called.
 """
+
 import shutil
 import sys
 import tempfile
@@ -39,13 +40,30 @@ def import_gradio():
     return gradio
 
 
-def decoding(eos_id: int, beams: int, sample: bool, temperature: float, top_k: int, top_p: float,
-             repetition_penalty: float, max_new_tokens: int, seed: int | None) -> GenerationConfig:
+def decoding(
+    eos_id: int,
+    beams: int,
+    sample: bool,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    max_new_tokens: int,
+    seed: int | None,
+) -> GenerationConfig:
     """The page's decoding settings; defaults are infer.py's (beam 4, penalty 1.05)."""
-    return replace(DEFAULT_DECODING, eos_token_id=eos_id, num_beams=int(beams), do_sample=bool(sample),
-                   temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                   repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
-                   seed=None if seed in (None, "") else int(seed))
+    return replace(
+        DEFAULT_DECODING,
+        eos_token_id=eos_id,
+        num_beams=int(beams),
+        do_sample=bool(sample),
+        temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
+        repetition_penalty=float(repetition_penalty),
+        max_new_tokens=int(max_new_tokens),
+        seed=None if seed in (None, "") else int(seed),
+    )
 
 
 def srt_file(words, audio_path: str, folder: Path) -> str | None:
@@ -58,8 +76,13 @@ def srt_file(words, audio_path: str, folder: Path) -> str | None:
     return str(path)
 
 
-def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), batch_size: int = 8,
-               unavailable: str | None = None):
+def build_demo(
+    model: OSUM | None,
+    tokenizer: Tokenizer | None,
+    examples=(),
+    batch_size: int = 8,
+    unavailable: str | None = None,
+):
     """The page as gradio Blocks. model None: every request answers `unavailable` (e.g. why weights are missing).
     examples: (audio path, task name) pairs offered under the page, those that exist (infer.py gives the repository's).
     Without a tokenizer the page runs in debugging mode: prompt ids in, token ids out."""
@@ -68,8 +91,21 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), bat
     task_choices = [(f"{task.name}  {task.tag}", task.name) for task in TASKS.values()]
     task_choices.append(("free prompt", FREE_PROMPT))
 
-    def run(audio_path, task_name, prompt_text, prompt_ids_text, beams, sample, temperature, top_k, top_p,
-            repetition_penalty, max_new_tokens, seed, progress=gr.Progress()):
+    def run(
+        audio_path,
+        task_name,
+        prompt_text,
+        prompt_ids_text,
+        beams,
+        sample,
+        temperature,
+        top_k,
+        top_p,
+        repetition_penalty,
+        max_new_tokens,
+        seed,
+        progress=gr.Progress(),
+    ):
         """-> status, text, parsed (highlighted), words table, SRT file, ids, JSON record."""
         try:
             if model is None:
@@ -81,18 +117,33 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), bat
                 task = replace(task, prompt=prompt_text.strip())
             given_ids = bool(prompt_ids_text and prompt_ids_text.strip())
             if not given_ids and tokenizer is None:
-                raise ValueError("this model has no tokenizer: give the prompt as token ids (Debugging)")
+                raise ValueError(
+                    "this model has no tokenizer: give the prompt as token ids (Debugging)"
+                )
             if not given_ids and not task.prompt.strip():
                 raise ValueError("free prompt: type the prompt text")
-            config = decoding(model.config.eod_id, beams, sample, temperature, top_k, top_p, repetition_penalty,
-                              max_new_tokens, seed)
+            config = decoding(
+                model.config.eod_id,
+                beams,
+                sample,
+                temperature,
+                top_k,
+                top_p,
+                repetition_penalty,
+                max_new_tokens,
+                seed,
+            )
             ids = parse_prompt_ids(prompt_ids_text) if given_ids else None
-            request = Request(audio_path, task=task, prompt_ids=ids, config=config,
-                              name=Path(audio_path).name)  # name the upload, not gradio's cache folder
+            request = Request(
+                audio_path, task=task, prompt_ids=ids, config=config, name=Path(audio_path).name
+            )  # name the upload, not gradio's cache folder
             [(_, answer)] = Pipeline(model, tokenizer, batch_size).run(
-                [request], on_batch=lambda done, total: progress((done, total), desc="windows"))
+                [request], on_batch=lambda done, total: progress((done, total), desc="windows")
+            )
             if answer.error:
-                raise ValueError(answer.error.problem if answer.error.kind == "prompt" else str(answer.error))
+                raise ValueError(
+                    answer.error.problem if answer.error.kind == "prompt" else str(answer.error)
+                )
             out, result = answer.decoded, answer.result
         except ValueError as err:
             return page(f"**Error:** {err}")
@@ -101,58 +152,111 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), bat
             return page(f"**Error:** {type(err).__name__}: {' '.join(str(err).split())}")
 
         ids_text = " | ".join(" ".join(map(str, window)) for window in out.ids)
-        record = {**answer.to_json(with_ids=True), **({"prompt_ids": answer.prompt_ids} if given_ids else {})}
-        status = (f"{out.audio_seconds:.2f} s of audio in {len(out.windows)} window{'s' * (len(out.windows) > 1)}, "
-                  f"decoded in {out.decode_seconds:.2f} s (real-time factor "
-                  f"{out.decode_seconds / out.audio_seconds:.3f})")
+        record = {
+            **answer.to_json(with_ids=True),
+            **({"prompt_ids": answer.prompt_ids} if given_ids else {}),
+        }
+        status = (
+            f"{out.audio_seconds:.2f} s of audio in {len(out.windows)} window{'s' * (len(out.windows) > 1)}, "
+            f"decoded in {out.decode_seconds:.2f} s (real-time factor "
+            f"{out.decode_seconds / out.audio_seconds:.3f})"
+        )
         if result is None:
-            return page(status + " · no tokenizer: token ids only", ids_text, ids=ids_text, record=record)
+            return page(
+                status + " · no tokenizer: token ids only", ids_text, ids=ids_text, record=record
+            )
         if result.issues:
             status += "  \n**Parser notes:** " + "; ".join(result.issues)
         parsed = [(result.transcript or "", None)] if result.transcript else []
-        parsed += [(label, kind + " (unknown)" if kind in result.unknown_labels else kind)
-                   for kind, label in result.labels.items()]
+        parsed += [
+            (label, kind + " (unknown)" if kind in result.unknown_labels else kind)
+            for kind, label in result.labels.items()
+        ]
         parsed += [(result.reply, "reply")] if result.reply is not None else []
-        words = [[w.text, w.start, w.end] for w in result.words] if result.words is not None else None
+        words = (
+            [[w.text, w.start, w.end] for w in result.words] if result.words is not None else None
+        )
         srt = srt_file(result.words, audio_path, subtitle_folder) if result.words else None
         return page(status, result.raw, parsed, words, srt, ids_text, record)
 
     def page(status, text="", parsed=(), words=None, srt=None, ids="", record=None):
         """Every output of a request; the words table and the SRT file show only when there are timed words."""
-        return (status, text, list(parsed), gr.Dataframe(words, visible=words is not None),
-                gr.File(srt, visible=srt is not None), ids, record)
+        return (
+            status,
+            text,
+            list(parsed),
+            gr.Dataframe(words, visible=words is not None),
+            gr.File(srt, visible=srt is not None),
+            ids,
+            record,
+        )
 
     # uploads and result files: those older than an hour are deleted every hour, all of them when the server closes
-    with gr.Blocks(title="OSUM", analytics_enabled=False, delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
-        gr.Markdown("# OSUM\nSpeech understanding: transcripts, timed words, emotion, style, gender, age, events "
-                    "and spoken chat. Audio over 30 s is cut into windows at quiet points.")
+    with gr.Blocks(
+        title="OSUM", analytics_enabled=False, delete_cache=(CACHE_SECONDS, CACHE_SECONDS)
+    ) as demo:
+        gr.Markdown(
+            "# OSUM\nSpeech understanding: transcripts, timed words, emotion, style, gender, age, events "
+            "and spoken chat. Audio over 30 s is cut into windows at quiet points."
+        )
         if unavailable:
             gr.Markdown(f"**The model is not available:** {unavailable}")
         with gr.Row():
             with gr.Column():
-                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
+                audio = gr.Audio(
+                    sources=["upload", "microphone"],
+                    type="filepath",
+                    label="Audio",
+                    elem_id="audio",
+                )
                 task = gr.Dropdown(task_choices, value="asr", label="Task", elem_id="task")
-                prompt = gr.Textbox(TASKS["asr"].prompt, label="Prompt (the task's; edit it, or choose free prompt)",
-                                    lines=2, elem_id="prompt")
+                prompt = gr.Textbox(
+                    TASKS["asr"].prompt,
+                    label="Prompt (the task's; edit it, or choose free prompt)",
+                    lines=2,
+                    elem_id="prompt",
+                )
                 with gr.Accordion("Decoding settings", open=False):
                     beams = gr.Slider(1, 8, value=DEFAULT_DECODING.num_beams, step=1, label="Beams")
                     sample = gr.Checkbox(DEFAULT_DECODING.do_sample, label="Sampling")
-                    temperature = gr.Slider(0.05, 2.0, value=DEFAULT_DECODING.temperature, label="Temperature")
-                    top_k = gr.Slider(0, 100, value=DEFAULT_DECODING.top_k, step=1, label="Top-k (0 = off)")
+                    temperature = gr.Slider(
+                        0.05, 2.0, value=DEFAULT_DECODING.temperature, label="Temperature"
+                    )
+                    top_k = gr.Slider(
+                        0, 100, value=DEFAULT_DECODING.top_k, step=1, label="Top-k (0 = off)"
+                    )
                     top_p = gr.Slider(0.05, 1.0, value=DEFAULT_DECODING.top_p, label="Top-p")
-                    penalty = gr.Slider(1.0, 2.0, value=DEFAULT_DECODING.repetition_penalty, label="Repetition penalty")
-                    max_new = gr.Slider(1, 1000, value=DEFAULT_DECODING.max_new_tokens, step=1, label="Max new tokens")
+                    penalty = gr.Slider(
+                        1.0,
+                        2.0,
+                        value=DEFAULT_DECODING.repetition_penalty,
+                        label="Repetition penalty",
+                    )
+                    max_new = gr.Slider(
+                        1,
+                        1000,
+                        value=DEFAULT_DECODING.max_new_tokens,
+                        step=1,
+                        label="Max new tokens",
+                    )
                     seed = gr.Number(None, precision=0, label="Seed (sampling; empty = random)")
                 with gr.Accordion("Debugging", open=tokenizer is None):
-                    prompt_ids = gr.Textbox(label="Prompt token ids (comma-separated; replace the prompt text)",
-                                            placeholder="17,230,511,42,901,7,333", elem_id="prompt_ids")
+                    prompt_ids = gr.Textbox(
+                        label="Prompt token ids (comma-separated; replace the prompt text)",
+                        placeholder="17,230,511,42,901,7,333",
+                        elem_id="prompt_ids",
+                    )
                 run_button = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
                 text = gr.Textbox(label="Model output", lines=3, elem_id="text")
                 parsed = gr.HighlightedText(label="Parsed: transcript and labels", elem_id="parsed")
-                words = gr.Dataframe(headers=["word", "start (s)", "end (s)"], label="Timed words",
-                                     elem_id="words", visible=False)
+                words = gr.Dataframe(
+                    headers=["word", "start (s)", "end (s)"],
+                    label="Timed words",
+                    elem_id="words",
+                    visible=False,
+                )
                 srt = gr.File(label="Subtitles (SRT)", elem_id="srt", visible=False)
                 with gr.Accordion("Token ids and JSON", open=tokenizer is None):
                     ids = gr.Textbox(label="Generated token ids", elem_id="ids")
@@ -160,10 +264,34 @@ def build_demo(model: OSUM | None, tokenizer: Tokenizer | None, examples=(), bat
         clips = [[str(path), name] for path, name in examples if Path(path).is_file()]
         if clips:
             gr.Examples(clips, inputs=[audio, task], label="Examples")
-        task.change(lambda name: "" if name == FREE_PROMPT else TASKS[name].prompt, task, prompt, api_visibility="private")
-        run_button.click(run, [audio, task, prompt, prompt_ids, beams, sample, temperature, top_k, top_p, penalty,
-                               max_new, seed], [status, text, parsed, words, srt, ids, json_record], api_name="transcribe")
-    weakref.finalize(demo, shutil.rmtree, subtitle_folder, ignore_errors=True)  # with the page, or at exit
+        task.change(
+            lambda name: "" if name == FREE_PROMPT else TASKS[name].prompt,
+            task,
+            prompt,
+            api_visibility="private",
+        )
+        run_button.click(
+            run,
+            [
+                audio,
+                task,
+                prompt,
+                prompt_ids,
+                beams,
+                sample,
+                temperature,
+                top_k,
+                top_p,
+                penalty,
+                max_new,
+                seed,
+            ],
+            [status, text, parsed, words, srt, ids, json_record],
+            api_name="transcribe",
+        )
+    weakref.finalize(
+        demo, shutil.rmtree, subtitle_folder, ignore_errors=True
+    )  # with the page, or at exit
     return demo
 
 
@@ -171,22 +299,38 @@ def launch(demo, host: str = "127.0.0.1", port: int = 7860, examples=(), block: 
     """Queue requests one at a time (one model) and serve; system fonts only, so the page needs no network.
     Only the example clips themselves are served from disk, not the folders they are in."""
     gr = import_gradio()
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
     demo.queue(default_concurrency_limit=1)
-    return demo.launch(server_name=host, server_port=port, theme=theme, prevent_thread_lock=not block,
-                       allowed_paths=sorted(str(path) for path, _ in examples if Path(path).is_file()),
-                       footer_links=["api"])
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        theme=theme,
+        prevent_thread_lock=not block,
+        allowed_paths=sorted(str(path) for path, _ in examples if Path(path).is_file()),
+        footer_links=["api"],
+    )
 
 
-def serve(weights_dir, host: str = "127.0.0.1", port: int = 7860, device=None, dtype=None,
-          examples=(), batch_size: int = 8) -> int:
+def serve(
+    weights_dir,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device=None,
+    dtype=None,
+    examples=(),
+    batch_size: int = 8,
+) -> int:
     """Load once and serve until interrupted. Weights that cannot be loaded still give a page, which says why."""
     import_gradio()
     model, tokenizer, problem = None, None, None
     try:
         found = tokenizer_or_none(weights_dir)  # None: the page runs on token ids
-        model, tokenizer = load_for_inference(weights_dir, found, device, dtype), found  # both, or neither
+        model, tokenizer = (
+            load_for_inference(weights_dir, found, device, dtype),
+            found,
+        )  # both, or neither
     except (OSError, ValueError, RuntimeError) as err:
         problem = f"cannot load {weights_dir}: {' '.join(str(err).split())}"
         print(f"osum web: {problem}", file=sys.stderr)

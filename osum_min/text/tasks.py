@@ -4,6 +4,7 @@ The model writes everything as text (`transcript<happy>`, `word<0.3, 0.7>`, `que
 is a tag, a prompt and a parser that turns that text into fields. Parsers never raise: whatever does not fit the
 expected form stays in the text and is named in `issues`.
 """
+
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -19,89 +20,89 @@ LABEL_SETS = {
 
 # The five paraphrases per tag, verbatim from prompt_config.yaml (training draws one per sample).
 PARAPHRASES = {
-    '<TRANSCRIBE>': (
-        '转录如下音频。',
-        '转录这段音频中的语音内容为文字。',
-        '将音频的语音部分转换为文字形式，谢谢。',
-        '将这段音频的语音内容详细记录为文字稿。',
-        '执行语音识别任务，将音频转换为文字。',
+    "<TRANSCRIBE>": (
+        "转录如下音频。",
+        "转录这段音频中的语音内容为文字。",
+        "将音频的语音部分转换为文字形式，谢谢。",
+        "将这段音频的语音内容详细记录为文字稿。",
+        "执行语音识别任务，将音频转换为文字。",
     ),
-    '<TRANSCRIBE> <ALIGN>': (
-        '请将以下音频进行转录，同时标记出每个英文单词及对应中文字符的起始与结束时间，时间单位精确到0.1秒，并用<>来表示这些时间范围。',
-        '转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，时间范围用<>括起来。',
-        '将音频转录为文字，同时在每个英文单词和相应中文字符的前后添加时间戳，时间戳格式为<>，且时间单位需精确到0.1秒。',
-        '请将音频转化为文字记录，并标记每个英文词及其对应中文的起始时间和结束时间，时间单位至少为0.1秒，使用<>来标注这些时间。',
-        '将音频内容进行转录处理，并为其中的每个英文单词及其翻译后的中文标注时间范围，时间精确到0.1秒，并用<>进行包围。',
+    "<TRANSCRIBE> <ALIGN>": (
+        "请将以下音频进行转录，同时标记出每个英文单词及对应中文字符的起始与结束时间，时间单位精确到0.1秒，并用<>来表示这些时间范围。",
+        "转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，时间范围用<>括起来。",
+        "将音频转录为文字，同时在每个英文单词和相应中文字符的前后添加时间戳，时间戳格式为<>，且时间单位需精确到0.1秒。",
+        "请将音频转化为文字记录，并标记每个英文词及其对应中文的起始时间和结束时间，时间单位至少为0.1秒，使用<>来标注这些时间。",
+        "将音频内容进行转录处理，并为其中的每个英文单词及其翻译后的中文标注时间范围，时间精确到0.1秒，并用<>进行包围。",
     ),
-    '<TRANSCRIBE> <S2TCHAT>': (
-        '首先将语音转录为文字，然后对语音内容进行回复，转录和文字之间使用<开始回答>分割。',
-        '首先将语音转换为文本，接着使用<开始回答>作为分隔，最后对语音内容进行回复。',
-        '首先把语音变成文本，然后用<开始回答>作分隔，最后对语音内容予以回应。',
-        '首先将语音转化为书面语，随后以<开始回答>作分隔，最后对语音内容做出答复。',
-        '首先将语音转为文字形式，之后用<开始回答>来分隔，最后对语音内容给予回应。',
+    "<TRANSCRIBE> <S2TCHAT>": (
+        "首先将语音转录为文字，然后对语音内容进行回复，转录和文字之间使用<开始回答>分割。",
+        "首先将语音转换为文本，接着使用<开始回答>作为分隔，最后对语音内容进行回复。",
+        "首先把语音变成文本，然后用<开始回答>作分隔，最后对语音内容予以回应。",
+        "首先将语音转化为书面语，随后以<开始回答>作分隔，最后对语音内容做出答复。",
+        "首先将语音转为文字形式，之后用<开始回答>来分隔，最后对语音内容给予回应。",
     ),
-    '<TRANSCRIBE> <EMOTION>': (
-        '请将以下音频内容进行转录，并在结尾处给出<情感>标签，情感共分为8类：sad，anger，neutral，happy，surprise，fear，disgust，以及other。',
-        '将音频转录为文字，并在文本最后附加<情感>标签，标签类型涵盖：sad，anger，neutral，happy，surprise，fear，disgust，还有other。',
-        '请将音频内容转录成文字记录，并在记录末尾标注<情感>标签，情感共8种：sad，anger，neutral，happy，surprise，fear，disgust，和other。',
-        '将音频进行文字化处理，并在处理后的文本末尾添加<情感>标签，标签种类有8种：sad，anger，neutral，happy，surprise，fear，disgust，以及其他情况other。',
-        '请将音频转录成文，并在文末给出<情感>标签，情感分为八大类：sad，anger，neutral，happy，surprise，fear，disgust，以及不属于上述类别的other。',
+    "<TRANSCRIBE> <EMOTION>": (
+        "请将以下音频内容进行转录，并在结尾处给出<情感>标签，情感共分为8类：sad，anger，neutral，happy，surprise，fear，disgust，以及other。",
+        "将音频转录为文字，并在文本最后附加<情感>标签，标签类型涵盖：sad，anger，neutral，happy，surprise，fear，disgust，还有other。",
+        "请将音频内容转录成文字记录，并在记录末尾标注<情感>标签，情感共8种：sad，anger，neutral，happy，surprise，fear，disgust，和other。",
+        "将音频进行文字化处理，并在处理后的文本末尾添加<情感>标签，标签种类有8种：sad，anger，neutral，happy，surprise，fear，disgust，以及其他情况other。",
+        "请将音频转录成文，并在文末给出<情感>标签，情感分为八大类：sad，anger，neutral，happy，surprise，fear，disgust，以及不属于上述类别的other。",
     ),
-    '<TRANSCRIBE> <STYLE>': (
-        '请将以下音频内容进行转录，并在结尾处给出<风格>标签，风格共分为8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。',
-        '将音频转录为文字，并在文本末尾附加<风格>标签，标签种类包括：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。',
-        '将音频内容进行文字转录，并在最后添加<风格>标签，标签共8种：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。',
-        '将音频转录为文字记录，并在记录末尾附上<风格>标签，风格共8类，分别是：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。',
-        '将音频内容转录成文，并在文末标注<风格>标签，风格分类有8种，即：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。',
+    "<TRANSCRIBE> <STYLE>": (
+        "请将以下音频内容进行转录，并在结尾处给出<风格>标签，风格共分为8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+        "将音频转录为文字，并在文本末尾附加<风格>标签，标签种类包括：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+        "将音频内容进行文字转录，并在最后添加<风格>标签，标签共8种：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+        "将音频转录为文字记录，并在记录末尾附上<风格>标签，风格共8类，分别是：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+        "将音频内容转录成文，并在文末标注<风格>标签，风格分类有8种，即：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
     ),
-    '<TRANSCRIBE> <CAPTION>': (
-        '请将以下音频进行转录，并在结尾处给出<音频事件>标签，音频事件分为8类：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。',
-        '将音频内容转录成文字，并在文本最后附上<音频事件>标签，标签类型包括：laugh，cough，cry，screaming，sigh，throat clearing，sneeze以及other。',
-        '请将音频转录为文字记录，并在记录末尾标注<音频事件>标签，音频事件共8种：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。',
-        '将音频内容进行文字化处理，并在处理后的文本末尾添加<音频事件>标签，标签种类有8种：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。',
-        '请将音频转录成文，并在文末给出<音频事件>标签，音频事件分为八大类：laugh，cough，cry，screaming，sigh，throat clearing，sneeze以及其他情况other。',
+    "<TRANSCRIBE> <CAPTION>": (
+        "请将以下音频进行转录，并在结尾处给出<音频事件>标签，音频事件分为8类：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
+        "将音频内容转录成文字，并在文本最后附上<音频事件>标签，标签类型包括：laugh，cough，cry，screaming，sigh，throat clearing，sneeze以及other。",
+        "请将音频转录为文字记录，并在记录末尾标注<音频事件>标签，音频事件共8种：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
+        "将音频内容进行文字化处理，并在处理后的文本末尾添加<音频事件>标签，标签种类有8种：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
+        "请将音频转录成文，并在文末给出<音频事件>标签，音频事件分为八大类：laugh，cough，cry，screaming，sigh，throat clearing，sneeze以及其他情况other。",
     ),
-    '<TRANSCRIBE> <GENDER>': (
-        '请将这段音频进行转录，并在文本末尾附加<性别>标签。性别分为两种：female，male。',
-        '请将音频内容转录成文字，并在最后加上<性别>标签，标明是female还是male。',
-        '请将音频转录为文本，并在文本结尾处标注<性别>标签，性别为female或male。',
-        '请将音频进行文字转录，并在转录文本的末尾附上<性别>标签，标签内容为female或male。',
-        '请将音频内容转换为文字，并在文字末尾添加<性别>标签，以指示是female还是male。',
+    "<TRANSCRIBE> <GENDER>": (
+        "请将这段音频进行转录，并在文本末尾附加<性别>标签。性别分为两种：female，male。",
+        "请将音频内容转录成文字，并在最后加上<性别>标签，标明是female还是male。",
+        "请将音频转录为文本，并在文本结尾处标注<性别>标签，性别为female或male。",
+        "请将音频进行文字转录，并在转录文本的末尾附上<性别>标签，标签内容为female或male。",
+        "请将音频内容转换为文字，并在文字末尾添加<性别>标签，以指示是female还是male。",
     ),
-    '<TRANSCRIBE> <AGE>': (
-        '将这段音频进行转录，并在转录完成的文本末尾附加<年龄>标签。年龄类别分为三种：child、adult、old。',
-        '请将以下音频内容转录成文字，并在文字的最后加上<年龄>标签，标明是child、adult还是old。',
-        '将音频转录为文本，并在文本结尾处标注<年龄>标签，年龄划分为child、adult和old三种。',
-        '请将音频进行详细的文字转录，并在转录文本的末尾附上<年龄>标签，标签内容为child、adult或old。',
-        '将音频内容转换成文字形式，并在转换后的文字末尾添加<年龄>标签，用以指示是child、adult还是old的年龄阶段。',
+    "<TRANSCRIBE> <AGE>": (
+        "将这段音频进行转录，并在转录完成的文本末尾附加<年龄>标签。年龄类别分为三种：child、adult、old。",
+        "请将以下音频内容转录成文字，并在文字的最后加上<年龄>标签，标明是child、adult还是old。",
+        "将音频转录为文本，并在文本结尾处标注<年龄>标签，年龄划分为child、adult和old三种。",
+        "请将音频进行详细的文字转录，并在转录文本的末尾附上<年龄>标签，标签内容为child、adult或old。",
+        "将音频内容转换成文字形式，并在转换后的文字末尾添加<年龄>标签，用以指示是child、adult还是old的年龄阶段。",
     ),
-    '<TRANSCRIBE> <AGE> <GENDER>': (
+    "<TRANSCRIBE> <AGE> <GENDER>": (
         '请将这段音频进行转录，并在转录完成的文本末尾附加"<年龄> <性别>"标签。年龄分为child、adult、old三种，性别为female或male。',
         '请将以下音频内容转录成文字，并在文字的最后加上"<年龄> <性别>"标签，标明是child、adult或old，以及female或male。',
         '请将音频转录为文本，并在文本结尾处标注"<年龄> <性别>"标签，年龄划分为child、adult和old，性别分为female和male。',
         '请将音频进行详细的文字转录，并在转录文本的末尾附上"<年龄> <性别>"标签，标签内容为child、adult或old，以及female或male的性别标识。',
         '请将音频内容转换成文字形式，并在转换后的文字末尾添加"<年龄> <性别>"标签，用以指示说话者的年龄阶段（child、adult、old）以及性别（female、male）。',
     ),
-    '<AGE> <GENDER>': (
-        '请识别以下音频发言者的年龄和性别。年龄分为child、adult、old三种，性别为MALE和FEMALE。',
-        '请识别以下音频中的说话者的年龄和性别。年龄分为child、adult、old三种，性别为MALE和FEMALE。',
-        '请判断下列音频中的发言者的年龄与性别。年龄层次为child、adult、old，性别为MALE和FEMALE。',
-        '请确定以下音频中讲话人的年龄和性别。年龄可分为child、adult、old三个阶段，性别为MALE和FEMALE。',
-        '请分析下列音频中的说话人的年龄和性别。年龄划分为child、adult、old三类，性别为MALE和FEMALE。',
+    "<AGE> <GENDER>": (
+        "请识别以下音频发言者的年龄和性别。年龄分为child、adult、old三种，性别为MALE和FEMALE。",
+        "请识别以下音频中的说话者的年龄和性别。年龄分为child、adult、old三种，性别为MALE和FEMALE。",
+        "请判断下列音频中的发言者的年龄与性别。年龄层次为child、adult、old，性别为MALE和FEMALE。",
+        "请确定以下音频中讲话人的年龄和性别。年龄可分为child、adult、old三个阶段，性别为MALE和FEMALE。",
+        "请分析下列音频中的说话人的年龄和性别。年龄划分为child、adult、old三类，性别为MALE和FEMALE。",
     ),
-    '<TRANSCRIBE> <STYLE> <AGE> <GENDER>': (
-        '请将以下音频内容进行转录，并在转录完成的文本末尾分别附加<风格>、<年龄>、<性别>标签。风格共分为8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄分为child、adult、old三种，性别为MALE和FEMALE。',
-        '请将下列音频内容进行转录，并在转录文本的末尾分别添加<风格>、<年龄>、<性别>标签。风格有8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三种，性别分为MALE和FEMALE。',
-        '请转录以下音频内容，并在转录后的文本末尾标注<风格>、<年龄>、<性别>标签。风格包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他8种类型。年龄分为child、adult、old，性别则为MALE和FEMALE。',
-        '请将以下音频内容转录，并在转录完成后，附加<风格>、<年龄>、<性别>三个标签。风格一共有8种，包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄层次分为child、adult、old，性别为MALE和FEMALE。',
-        '请对以下音频内容进行转录，并在文本结尾分别添加<风格>、<年龄>、<性别>标签。风格有8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个阶段，性别则为MALE和FEMALE。',
+    "<TRANSCRIBE> <STYLE> <AGE> <GENDER>": (
+        "请将以下音频内容进行转录，并在转录完成的文本末尾分别附加<风格>、<年龄>、<性别>标签。风格共分为8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄分为child、adult、old三种，性别为MALE和FEMALE。",
+        "请将下列音频内容进行转录，并在转录文本的末尾分别添加<风格>、<年龄>、<性别>标签。风格有8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三种，性别分为MALE和FEMALE。",
+        "请转录以下音频内容，并在转录后的文本末尾标注<风格>、<年龄>、<性别>标签。风格包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他8种类型。年龄分为child、adult、old，性别则为MALE和FEMALE。",
+        "请将以下音频内容转录，并在转录完成后，附加<风格>、<年龄>、<性别>三个标签。风格一共有8种，包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄层次分为child、adult、old，性别为MALE和FEMALE。",
+        "请对以下音频内容进行转录，并在文本结尾分别添加<风格>、<年龄>、<性别>标签。风格有8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个阶段，性别则为MALE和FEMALE。",
     ),
-    '<STYLE> <AGE> <GENDER>': (
-        '请识别如下音频的说话风格、说话者的年龄和性别。其中风格有8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个阶段，性别则为MALE和FEMALE。',
-        '请分析以下音频的说话风格、说话者的年龄和性别。风格包括8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个层次，性别为MALE和FEMALE。',
-        '请识别下面音频的说话风格、说话者的年龄和性别。风格分为8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄段分为child、adult、old三类，性别为MALE和FEMALE。',
-        '请对以下音频进行分析，识别说话风格、说话者年龄和性别。风格类型有8种，包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄阶段为child、adult、old三种，性别为MALE或FEMALE。',
-        '请对下面音频内容识别说话风格、说话者的年龄和性别。风格包括8个类别：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄分为child、adult、old三个阶段，性别为MALE或FEMALE。',
+    "<STYLE> <AGE> <GENDER>": (
+        "请识别如下音频的说话风格、说话者的年龄和性别。其中风格有8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个阶段，性别则为MALE和FEMALE。",
+        "请分析以下音频的说话风格、说话者的年龄和性别。风格包括8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个层次，性别为MALE和FEMALE。",
+        "请识别下面音频的说话风格、说话者的年龄和性别。风格分为8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄段分为child、adult、old三类，性别为MALE和FEMALE。",
+        "请对以下音频进行分析，识别说话风格、说话者年龄和性别。风格类型有8种，包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄阶段为child、adult、old三种，性别为MALE或FEMALE。",
+        "请对下面音频内容识别说话风格、说话者的年龄和性别。风格包括8个类别：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄分为child、adult、old三个阶段，性别为MALE或FEMALE。",
     ),
 }
 
@@ -109,6 +110,7 @@ PARAPHRASES = {
 @dataclass(frozen=True)
 class Task:
     """One OSUM task: its tag, the prompt we send, the label kinds it appends and which parser reads its output."""
+
     name: str
     tag: str
     prompt: str
@@ -123,29 +125,84 @@ class Task:
 
 # Single tasks use the fixed prompts of the original's gradio demo (docs/original.md §8); combined tags have none there,
 # so they use their first paraphrase.
-TASKS = {task.name: task for task in (
-    Task("asr", "<TRANSCRIBE>", "执行语音识别任务，将音频转换为文字。"),
-    Task("srwt", "<TRANSCRIBE> <ALIGN>", "请转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，"
-         "时间范围用<>括起来。", output="srwt"),
-    Task("ved", "<TRANSCRIBE> <CAPTION>", "请将音频转录为文字记录，并在记录末尾标注<音频事件>标签，音频事件共8种：laugh，cough，"
-         "cry，screaming，sigh，throat clearing，sneeze，other。", ("event",)),
-    Task("ser", "<TRANSCRIBE> <EMOTION>", "请将音频内容转录成文字记录，并在记录末尾标注<情感>标签，情感共8种：sad，anger，"
-         "neutral，happy，surprise，fear，disgust，和other。", ("emotion",)),
-    Task("ssr", "<TRANSCRIBE> <STYLE>", "请将音频内容进行文字转录，并在最后添加<风格>标签，标签共8种：新闻科普、恐怖故事、童话故事、"
-         "客服、诗歌散文、有声书、日常口语、其他。", ("style",)),
-    Task("sgc", "<TRANSCRIBE> <GENDER>", "请将音频转录为文本，并在文本结尾处标注<性别>标签，性别为female或male。", ("gender",)),
-    Task("sap", "<TRANSCRIBE> <AGE>", "请将音频转录为文本，并在文本结尾处标注<年龄>标签，年龄划分为child、adult和old三种。",
-         ("age",)),
-    Task("sttc", "<TRANSCRIBE> <S2TCHAT>", "首先将语音转录为文字，然后对语音内容进行回复，转录和文字之间使用<开始回答>分割。",
-         output="sttc"),
-    Task("asr+age+gender", "<TRANSCRIBE> <AGE> <GENDER>", PARAPHRASES["<TRANSCRIBE> <AGE> <GENDER>"][0],
-         ("age", "gender")),
-    Task("age+gender", "<AGE> <GENDER>", PARAPHRASES["<AGE> <GENDER>"][0], ("age", "gender"), transcript=False),
-    Task("asr+style+age+gender", "<TRANSCRIBE> <STYLE> <AGE> <GENDER>",
-         PARAPHRASES["<TRANSCRIBE> <STYLE> <AGE> <GENDER>"][0], ("style", "age", "gender")),
-    Task("style+age+gender", "<STYLE> <AGE> <GENDER>", PARAPHRASES["<STYLE> <AGE> <GENDER>"][0],
-         ("style", "age", "gender"), transcript=False),
-)}
+TASKS = {
+    task.name: task
+    for task in (
+        Task("asr", "<TRANSCRIBE>", "执行语音识别任务，将音频转换为文字。"),
+        Task(
+            "srwt",
+            "<TRANSCRIBE> <ALIGN>",
+            "请转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，"
+            "时间范围用<>括起来。",
+            output="srwt",
+        ),
+        Task(
+            "ved",
+            "<TRANSCRIBE> <CAPTION>",
+            "请将音频转录为文字记录，并在记录末尾标注<音频事件>标签，音频事件共8种：laugh，cough，"
+            "cry，screaming，sigh，throat clearing，sneeze，other。",
+            ("event",),
+        ),
+        Task(
+            "ser",
+            "<TRANSCRIBE> <EMOTION>",
+            "请将音频内容转录成文字记录，并在记录末尾标注<情感>标签，情感共8种：sad，anger，"
+            "neutral，happy，surprise，fear，disgust，和other。",
+            ("emotion",),
+        ),
+        Task(
+            "ssr",
+            "<TRANSCRIBE> <STYLE>",
+            "请将音频内容进行文字转录，并在最后添加<风格>标签，标签共8种：新闻科普、恐怖故事、童话故事、"
+            "客服、诗歌散文、有声书、日常口语、其他。",
+            ("style",),
+        ),
+        Task(
+            "sgc",
+            "<TRANSCRIBE> <GENDER>",
+            "请将音频转录为文本，并在文本结尾处标注<性别>标签，性别为female或male。",
+            ("gender",),
+        ),
+        Task(
+            "sap",
+            "<TRANSCRIBE> <AGE>",
+            "请将音频转录为文本，并在文本结尾处标注<年龄>标签，年龄划分为child、adult和old三种。",
+            ("age",),
+        ),
+        Task(
+            "sttc",
+            "<TRANSCRIBE> <S2TCHAT>",
+            "首先将语音转录为文字，然后对语音内容进行回复，转录和文字之间使用<开始回答>分割。",
+            output="sttc",
+        ),
+        Task(
+            "asr+age+gender",
+            "<TRANSCRIBE> <AGE> <GENDER>",
+            PARAPHRASES["<TRANSCRIBE> <AGE> <GENDER>"][0],
+            ("age", "gender"),
+        ),
+        Task(
+            "age+gender",
+            "<AGE> <GENDER>",
+            PARAPHRASES["<AGE> <GENDER>"][0],
+            ("age", "gender"),
+            transcript=False,
+        ),
+        Task(
+            "asr+style+age+gender",
+            "<TRANSCRIBE> <STYLE> <AGE> <GENDER>",
+            PARAPHRASES["<TRANSCRIBE> <STYLE> <AGE> <GENDER>"][0],
+            ("style", "age", "gender"),
+        ),
+        Task(
+            "style+age+gender",
+            "<STYLE> <AGE> <GENDER>",
+            PARAPHRASES["<STYLE> <AGE> <GENDER>"][0],
+            ("style", "age", "gender"),
+            transcript=False,
+        ),
+    )
+}
 
 
 def free_prompt_task(prompt: str) -> Task:
@@ -163,11 +220,16 @@ class Word:
 @dataclass
 class Result:
     """Parsed output of one clip. `raw` is always kept; `issues` names everything that did not fit the format."""
+
     task: str
     raw: str
     transcript: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)  # kind -> label (as written when outside the label set)
-    unknown_labels: list[str] = field(default_factory=list)  # kinds whose label is not in LABEL_SETS
+    labels: dict[str, str] = field(
+        default_factory=dict
+    )  # kind -> label (as written when outside the label set)
+    unknown_labels: list[str] = field(
+        default_factory=list
+    )  # kinds whose label is not in LABEL_SETS
     words: list[Word] | None = None  # SRWT
     reply: str | None = None  # STTC
     issues: list[str] = field(default_factory=list)
@@ -178,8 +240,15 @@ class Result:
     def to_text(self) -> str:
         """The canonical written form (`transcript<label>`, `word<0.3, 0.7>`, `text<开始回答>reply`)."""
         if self.words is not None:
-            body = " ".join(w.text + (f"<{_seconds(w.start)}, {_seconds(w.end)}>" if w.start is not None
-                                      or w.end is not None else "") for w in self.words)
+            body = " ".join(
+                w.text
+                + (
+                    f"<{_seconds(w.start)}, {_seconds(w.end)}>"
+                    if w.start is not None or w.end is not None
+                    else ""
+                )
+                for w in self.words
+            )
         else:
             body = self.transcript or ""
         if self.reply is not None:
@@ -191,7 +260,9 @@ def _seconds(value: float | None) -> str:
     return "?" if value is None else f"{value:.1f}"
 
 
-CJK_CHARS = "\u2e80-\u9fff\uf900-\ufaff"  # CJK radicals, kana, ideographs and compatibility ideographs
+CJK_CHARS = (
+    "\u2e80-\u9fff\uf900-\ufaff"  # CJK radicals, kana, ideographs and compatibility ideographs
+)
 _SPACE_AT_CJK = re.compile(rf"\s+(?=[{CJK_CHARS}\uff00-\uffef])|(?<=[{CJK_CHARS}\uff00-\uffef])\s+")
 
 
@@ -208,7 +279,7 @@ def parse_labelled(task: Task, raw: str) -> Result:
     result, text, tags = Result(task.name, raw), raw.strip(), []
     while len(tags) < len(task.labels) and (match := _TRAILING_TAG.search(text)):
         tags.insert(0, match.group(1))
-        text = text[:match.start()]
+        text = text[: match.start()]
     _assign_labels(result, tags, task.labels)
     if task.transcript:
         result.transcript = text.strip()
@@ -233,7 +304,7 @@ def _assign_labels(result: Result, tags: list[str], kinds: tuple[str, ...]) -> N
         found[kind] = tag
         result.unknown_labels.append(kind)
         result.issues.append(f"{kind} {tag!r} is not one of: {', '.join(LABEL_SETS[kind])}")
-    result.issues += [f"no {kind} label" for kind in open_kinds[len(leftovers):]]
+    result.issues += [f"no {kind} label" for kind in open_kinds[len(leftovers) :]]
     result.labels = {kind: found[kind] for kind in kinds if kind in found}
 
 
@@ -253,7 +324,9 @@ def parse_chat(task: Task, raw: str) -> Result:
 
 _TAG = re.compile(r"<([^<>]*)>")
 _NUMBER = r"(\d+(?:\.\d+)?)\s*(?:s|秒)?"
-_TIME_TAG = re.compile(rf"\s*{_NUMBER}\s*(?:[,，\-–~～]\s*(?:{_NUMBER})?)?\s*|\s*{_NUMBER}\s+{_NUMBER}\s*")
+_TIME_TAG = re.compile(
+    rf"\s*{_NUMBER}\s*(?:[,，\-–~～]\s*(?:{_NUMBER})?)?\s*|\s*{_NUMBER}\s+{_NUMBER}\s*"
+)
 
 
 def _times(tag: str) -> tuple[float, ...] | None:
@@ -280,7 +353,11 @@ def parse_timed(task: Task, raw: str) -> Result:
         elif pairs:
             start, end = span[0], None  # `word<0.3>` among pairs: an end time is missing
         else:
-            start, end, mark = mark, span[0], span[0]  # boundary marks: each ends one word and opens the next
+            start, end, mark = (
+                mark,
+                span[0],
+                span[0],
+            )  # boundary marks: each ends one word and opens the next
         if text.strip():
             words.append(Word(text.strip(), start, end))
         elif pairs:
@@ -305,7 +382,11 @@ def _repair_times(words: list[Word], issues: list[str]) -> None:
             issues.append(f"{word.text!r}: no {'start' if word.start is None else 'end'} time")
         if None not in (word.start, word.end) and word.end < word.start:
             issues.append(f"{word.text!r}: ends before it starts")
-        if following is not None and None not in (word.end, following.start) and following.start < word.end:
+        if (
+            following is not None
+            and None not in (word.end, following.start)
+            and following.start < word.end
+        ):
             issues.append(f"{following.text!r} overlaps {word.text!r}")
 
 
@@ -325,9 +406,15 @@ def join_windows(task: Task, results: list[Result], offsets: list[float]) -> Res
     if task.transcript:
         joined.transcript = join_text([r.transcript or "" for r in results])
     if task.output == "srwt":
-        joined.words = [Word(w.text, None if w.start is None else round(w.start + offset, 3),
-                             None if w.end is None else round(w.end + offset, 3))
-                        for r, offset in zip(results, offsets) for w in r.words or []]
+        joined.words = [
+            Word(
+                w.text,
+                None if w.start is None else round(w.start + offset, 3),
+                None if w.end is None else round(w.end + offset, 3),
+            )
+            for r, offset in zip(results, offsets)
+            for w in r.words or []
+        ]
     if task.output == "sttc":
         joined.reply = join_text([r.reply or "" for r in results])
     for kind in task.labels:

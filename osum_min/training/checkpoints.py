@@ -4,6 +4,7 @@ A checkpoint holds only what training changes (trainable tensors, optimizer, sch
 and RNG states, step), all of it tensors and plain data, so it loads with `torch.load(weights_only=True)`, which
 runs no code. The frozen weights come from the model's init directory, so a checkpoint of a 7B run stays small.
 """
+
 import pickle
 import random
 import re
@@ -13,8 +14,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ..files import FileError, atomic_write, check_file
 from .steps import TrainingError, full_tensor
@@ -24,9 +29,12 @@ from ..weights import describe_keys
 def rng_states() -> dict:
     """Every RNG training draws from, as tensors and plain data (numpy's MT19937 key as an int64 tensor)."""
     _, key, *numpy_rest = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": (torch.from_numpy(key.astype(np.int64)), *numpy_rest),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (torch.from_numpy(key.astype(np.int64)), *numpy_rest),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_states(states: dict) -> None:
@@ -57,8 +65,17 @@ def save_checkpoint(out: Path, step: int, state: dict, keep_last: int) -> Path:
     return path
 
 
-def write_checkpoint(out: Path, step: int, model: nn.Module, optimizer, scheduler, trainable: list[str],
-                     position: tuple[int, int], args: dict, keep_last: int) -> Path | None:
+def write_checkpoint(
+    out: Path,
+    step: int,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    trainable: list[str],
+    position: tuple[int, int],
+    args: dict,
+    keep_last: int,
+) -> Path | None:
     """Everything a resume needs, at a step boundary: this rank's data position and its RNG states as they are now.
     Under torchrun every rank calls it (the tensors are gathered whole, FSDP shards included); rank 0 writes."""
     positions, rngs = [position], [rng_states()]
@@ -67,19 +84,30 @@ def write_checkpoint(out: Path, step: int, model: nn.Module, optimizer, schedule
         dist.all_gather_object(positions, position)
         dist.all_gather_object(rngs, rng_states())
     trained = {name: full_tensor(model.get_parameter(name).detach()).cpu() for name in trainable}
-    optimizer_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
-        full_state_dict=True, cpu_offload=True))
+    optimizer_state = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if dist.is_initialized() and dist.get_rank() != 0:
         return None
-    state = {"model": trained, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
-             "positions": positions, "rng": rngs,
-             "args": {key: str(value) if isinstance(value, Path) else value for key, value in args.items()}}
+    state = {
+        "model": trained,
+        "optimizer": optimizer_state,
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "positions": positions,
+        "rng": rngs,
+        "args": {
+            key: str(value) if isinstance(value, Path) else value for key, value in args.items()
+        },
+    }
     return save_checkpoint(out, step, state, keep_last)
 
 
 def checkpoints(out: Path) -> list[Path]:
     """Finished checkpoints in step order (a .tmp left by a crash is not one)."""
-    return sorted(path for path in Path(out).glob("step_*.pt") if CHECKPOINT_NAME.fullmatch(path.name))
+    return sorted(
+        path for path in Path(out).glob("step_*.pt") if CHECKPOINT_NAME.fullmatch(path.name)
+    )
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -92,16 +120,28 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-        found = re.search(r"GLOBAL (\S+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [
+            type(err).__name__
+        ]
+        found = (
+            re.search(r"GLOBAL (\S+)", str(err))
+            if isinstance(err, pickle.UnpicklingError)
+            else None
+        )
         if found:
-            raise TrainingError(f"{path}: refused: it holds a Python object ({found.group(1)}), not only tensors and "
-                                f"plain data; a train.py checkpoint never does") from None
+            raise TrainingError(
+                f"{path}: refused: it holds a Python object ({found.group(1)}), not only tensors and "
+                f"plain data; a train.py checkpoint never does"
+            ) from None
         if isinstance(err, pickle.UnpicklingError):  # drop torch's advice to turn the safety off
-            lines = [line for line in lines if not line.startswith(TORCH_ADVICE)] or [type(err).__name__]
+            lines = [line for line in lines if not line.startswith(TORCH_ADVICE)] or [
+                type(err).__name__
+            ]
         raise TrainingError(f"{path}: not a readable training checkpoint ({lines[0]})") from None
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
-        raise TrainingError(f"{path}: not a train.py checkpoint (no {', '.join(sorted(CHECKPOINT_KEYS))})")
+        raise TrainingError(
+            f"{path}: not a train.py checkpoint (no {', '.join(sorted(CHECKPOINT_KEYS))})"
+        )
     return state
 
 
@@ -119,17 +159,26 @@ def newest_checkpoint(out: Path, say=print) -> tuple[Path, dict] | None:
     return None
 
 
-def restore(checkpoint: tuple[Path, dict], model: nn.Module, optimizer, scheduler, rank: int,
-            world: int) -> tuple[int, tuple]:
+def restore(
+    checkpoint: tuple[Path, dict], model: nn.Module, optimizer, scheduler, rank: int, world: int
+) -> tuple[int, tuple]:
     """Load a checkpoint's (path, state) trained tensors (into shards under FSDP), optimizer, scheduler and this
     rank's RNG states; returns (step, this rank's data position)."""
     path, state = checkpoint
     if len(state["positions"]) != world:
-        raise TrainingError(f"{path}: saved with {len(state['positions'])} processes, resuming with {world}")
-    trainable = sorted(name for name, parameter in model.named_parameters() if parameter.requires_grad)
-    if sorted(state["model"]) != trainable:  # set_model_state_dict below is not strict: a mismatch would pass unseen
-        raise TrainingError(f"{path}: trained {describe_keys(sorted(state['model']))}; this run trains "
-                            f"{describe_keys(trainable)}: resume with the --fire-module it was saved with")
+        raise TrainingError(
+            f"{path}: saved with {len(state['positions'])} processes, resuming with {world}"
+        )
+    trainable = sorted(
+        name for name, parameter in model.named_parameters() if parameter.requires_grad
+    )
+    if (
+        sorted(state["model"]) != trainable
+    ):  # set_model_state_dict below is not strict: a mismatch would pass unseen
+        raise TrainingError(
+            f"{path}: trained {describe_keys(sorted(state['model']))}; this run trains "
+            f"{describe_keys(trainable)}: resume with the --fire-module it was saved with"
+        )
     full_state = StateDictOptions(full_state_dict=True, strict=False)
     set_model_state_dict(model, state["model"], options=full_state)
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full_state)

@@ -2,6 +2,7 @@
 dtype, with activation checkpointing, and what that costs in memory), the schedule, sharding, one optimizer step
 and logging. Checkpoints are osum_min/training/checkpoints.py's.
 """
+
 import json
 import math
 import re
@@ -47,7 +48,10 @@ FIRE_MODULES = {
     "link_and_encoder": ("link", "encoder"),
     "link_and_encoder_and_lora": ("link", "encoder", "lora"),
     "link_and_lora": ("link", "lora"),  # adaptor + LoRA on pretrained parts (the GPU recipe)
-    "link_and_llm": ("link", "llm_all"),  # adaptor + the whole LLM, encoder frozen (an LLM trained from scratch)
+    "link_and_llm": (
+        "link",
+        "llm_all",
+    ),  # adaptor + the whole LLM, encoder frozen (an LLM trained from scratch)
     "all": ("everything",),
 }
 FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -56,7 +60,9 @@ FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 def freeze_for(model: OSUM, fire_module: str) -> list[str]:
     """Set requires_grad by the option; returns the trainable parameter names."""
     if fire_module not in FIRE_MODULES:
-        raise TrainingError(f"--fire-module {fire_module!r}: choose one of {', '.join(FIRE_MODULES)}")
+        raise TrainingError(
+            f"--fire-module {fire_module!r}: choose one of {', '.join(FIRE_MODULES)}"
+        )
     patterns = [MODULE_PATTERNS[part] for part in FIRE_MODULES[fire_module]]
     if fire_module == "llm" and model.config.llm.lora_rank == 0:
         patterns = [r"llm\..*"]
@@ -74,13 +80,23 @@ def checkpoint_activations(model: OSUM) -> None:
     (torch.utils.checkpoint replays the dropout masks, so the gradients are the same). Without grad (evaluation,
     decoding) a block runs as usual."""
     for block in [*model.encoder.blocks, *model.llm.layers]:
+
         def run(*inputs, forward=block.forward):
-            return checkpoint(forward, *inputs, use_reentrant=False) if torch.is_grad_enabled() else forward(*inputs)
+            return (
+                checkpoint(forward, *inputs, use_reentrant=False)
+                if torch.is_grad_enabled()
+                else forward(*inputs)
+            )
+
         block.forward = run
 
 
-def setup_model(model: OSUM, fire_module: str, frozen_dtype: torch.dtype = torch.float32,
-                grad_checkpoint: bool = False) -> list[str]:
+def setup_model(
+    model: OSUM,
+    fire_module: str,
+    frozen_dtype: torch.dtype = torch.float32,
+    grad_checkpoint: bool = False,
+) -> list[str]:
     """Ready a float32 model for training: freeze by `fire_module` and store the frozen weights in `frozen_dtype`
     (trainable ones stay float32 master weights, so the optimizer state is float32 too); returns the trainable names.
 
@@ -98,8 +114,14 @@ def setup_model(model: OSUM, fire_module: str, frozen_dtype: torch.dtype = torch
 
 def make_optimizer(model: nn.Module, lr: float, warmup_steps: int):
     """The original's AdamW (betas 0.9/0.99, eps 1e-6, wd 0.01) over the trainable parameters, and its WarmupLR."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99),
-                                  eps=1e-6, weight_decay=0.01, fused=True)  # one kernel per step: 10x on CPU
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=lr,
+        betas=(0.9, 0.99),
+        eps=1e-6,
+        weight_decay=0.01,
+        fused=True,
+    )  # one kernel per step: 10x on CPU
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lr(warmup_steps))
 
 
@@ -110,14 +132,23 @@ def trainable_table(model: nn.Module) -> str:
     for name, parameter in model.named_parameters():
         group = name.split(".")[0] + (" (lora)" if ".lora_" in name else "")
         trained = parameter.numel() * parameter.requires_grad
-        counts = (trained, parameter.numel(), parameter.numel() * parameter.element_size(),
-                  trained * parameter.element_size(), 2 * trained * parameter.element_size())
+        counts = (
+            trained,
+            parameter.numel(),
+            parameter.numel() * parameter.element_size(),
+            trained * parameter.element_size(),
+            2 * trained * parameter.element_size(),
+        )
         rows[group] = tuple(a + b for a, b in zip(rows.get(group, (0,) * 5), counts))
     rows["all"] = tuple(sum(column) for column in zip(*rows.values()))
-    lines = [f"{'module':<16}{'trainable':>14}{'total':>15}{'weights MiB':>13}{'grads MiB':>11}{'adam MiB':>11}"]
-    lines += [f"{group:<16}{trained:>14,}{total:>15,}" + "".join(f"{size / 2**20:>{width},.1f}" for size, width in
-                                                                  zip(sizes, (13, 11, 11)))
-              for group, (trained, total, *sizes) in rows.items()]
+    lines = [
+        f"{'module':<16}{'trainable':>14}{'total':>15}{'weights MiB':>13}{'grads MiB':>11}{'adam MiB':>11}"
+    ]
+    lines += [
+        f"{group:<16}{trained:>14,}{total:>15,}"
+        + "".join(f"{size / 2**20:>{width},.1f}" for size, width in zip(sizes, (13, 11, 11)))
+        for group, (trained, total, *sizes) in rows.items()
+    ]
     return "\n".join(lines)
 
 
@@ -133,16 +164,23 @@ def warmup_lr(warmup_steps: int):
 
     lr(step) = lr * warmup^0.5 * min(step^-0.5, step * warmup^-1.5), with step counted from 1 as wenet does.
     """
+
     def factor(step: int) -> float:
         step += 1
         if warmup_steps == 0:
-            return step ** -0.5
-        return warmup_steps ** 0.5 * min(step ** -0.5, step * warmup_steps ** -1.5)
+            return step**-0.5
+        return warmup_steps**0.5 * min(step**-0.5, step * warmup_steps**-1.5)
+
     return factor
 
 
-def build_model(preset: str, encoder_init: str | None = None, llm_init: str | None = None,
-                vocab_size: int | None = None, eod_id: int | None = None) -> OSUM:
+def build_model(
+    preset: str,
+    encoder_init: str | None = None,
+    llm_init: str | None = None,
+    vocab_size: int | None = None,
+    eod_id: int | None = None,
+) -> OSUM:
     """A new OSUM at a preset size, with its encoder and/or LLM taken from pretrained checkpoints if given.
 
     The encoder's and LLM's sizes follow their checkpoints; the adaptor is resized to join them. eod_id: the
@@ -155,28 +193,50 @@ def build_model(preset: str, encoder_init: str | None = None, llm_init: str | No
     if encoder_init:
         checkpoint_state = torch.load(encoder_init, map_location="cpu", weights_only=True)
         if "dims" not in checkpoint_state or "model_state_dict" not in checkpoint_state:
-            raise TrainingError(f"{encoder_init}: not an openai-whisper checkpoint (no dims/model_state_dict)")
+            raise TrainingError(
+                f"{encoder_init}: not an openai-whisper checkpoint (no dims/model_state_dict)"
+            )
         dims = checkpoint_state["dims"]
-        config = replace(config, encoder=EncoderConfig(n_mels=dims["n_mels"], dim=dims["n_audio_state"],
-                                                       heads=dims["n_audio_head"], ff_dim=4 * dims["n_audio_state"],
-                                                       layers=dims["n_audio_layer"]))
+        config = replace(
+            config,
+            encoder=EncoderConfig(
+                n_mels=dims["n_mels"],
+                dim=dims["n_audio_state"],
+                heads=dims["n_audio_head"],
+                ff_dim=4 * dims["n_audio_state"],
+                layers=dims["n_audio_layer"],
+            ),
+        )
         encoder_state = whisper_state_dict(checkpoint_state["model_state_dict"])
     if llm_init:
-        llm = load_hf_checkpoint(llm_init, dtype=torch.float32)  # the base weights, strictly; adapters are new
+        llm = load_hf_checkpoint(
+            llm_init, dtype=torch.float32
+        )  # the base weights, strictly; adapters are new
         lora = config.llm
-        config = replace(config, eod_id=EOD_ID, llm=replace(llm.config, lora_rank=lora.lora_rank,
-                                                            lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout))
+        config = replace(
+            config,
+            eod_id=EOD_ID,
+            llm=replace(
+                llm.config,
+                lora_rank=lora.lora_rank,
+                lora_alpha=lora.lora_alpha,
+                lora_dropout=lora.lora_dropout,
+            ),
+        )
     elif vocab_size is not None:
         config = replace(config, llm=replace(config.llm, vocab_size=vocab_size))
     if eod_id is not None:
         config = replace(config, eod_id=eod_id)
-    config = replace(config, adaptor=replace(config.adaptor, dim=config.encoder.dim,
-                                             llm_dim=config.llm.dim))
+    config = replace(
+        config, adaptor=replace(config.adaptor, dim=config.encoder.dim, llm_dim=config.llm.dim)
+    )
     model = OSUM(config)
     if encoder_state is not None:
         load_state_dict_strict(model.encoder, encoder_state, encoder_init)
     if llm is not None:
-        load_state_dict_strict(model.llm, llm.state_dict(), llm_init, new=lambda name: ".lora_" in name)
+        load_state_dict_strict(
+            model.llm, llm.state_dict(), llm_init, new=lambda name: ".lora_" in name
+        )
     return model
 
 
@@ -222,7 +282,9 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.say("interrupted: stopping after this step with a checkpoint (Ctrl-C again: stop now, without one)")
+        self.say(
+            "interrupted: stopping after this step with a checkpoint (Ctrl-C again: stop now, without one)"
+        )
 
 
 class LossWindow:
@@ -234,29 +296,47 @@ class LossWindow:
         self.steps = self.tokens = self.samples = 0
         self.loss, self.task_loss, self.task_tokens, self.lr = 0.0, {}, {}, None
 
-    def add_items(self, tasks: list[str], item_losses: list[float], labels: list[list[int]]) -> None:
+    def add_items(
+        self, tasks: list[str], item_losses: list[float], labels: list[list[int]]
+    ) -> None:
         for task, item_loss, label in zip(tasks, item_losses, labels):
             self.task_loss[task] = self.task_loss.get(task, 0.0) + item_loss
             self.task_tokens[task] = self.task_tokens.get(task, 0) + len(label)
 
     def add_step(self, loss_sum: float, tokens: int, samples: int, lr: float) -> None:
-        self.steps, self.loss, self.tokens, self.samples = (self.steps + 1, self.loss + loss_sum,
-                                                            self.tokens + tokens, self.samples + samples)
+        self.steps, self.loss, self.tokens, self.samples = (
+            self.steps + 1,
+            self.loss + loss_sum,
+            self.tokens + tokens,
+            self.samples + samples,
+        )
         self.lr = lr
 
     def record(self, step: int, max_steps: int) -> dict:
         elapsed = self.clock() - self.start
-        return {"step": step, "loss": self.loss / self.tokens,
-                "task_loss": {task: total / self.task_tokens[task] for task, total in self.task_loss.items()},
-                "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed,
-                "eta_s": (max_steps - step) * elapsed / self.steps, "lr": self.lr}
+        return {
+            "step": step,
+            "loss": self.loss / self.tokens,
+            "task_loss": {
+                task: total / self.task_tokens[task] for task, total in self.task_loss.items()
+            },
+            "samples_per_s": self.samples / elapsed,
+            "tokens_per_s": self.tokens / elapsed,
+            "eta_s": (max_steps - step) * elapsed / self.steps,
+            "lr": self.lr,
+        }
 
 
 def log_line(record: dict) -> str:
     """A log record as the line train.py prints: each figure to 4 significant digits, then each task's loss."""
-    figures = " ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-                       for key, value in record.items() if key != "task_loss")
-    return figures + " " + " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items())
+    figures = " ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in record.items()
+        if key != "task_loss"
+    )
+    return (
+        figures + " " + " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items())
+    )
 
 
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -272,6 +352,7 @@ class StepFigures:
     """One optimizer step, summed over all ranks: token losses, label tokens, samples; the gradient norm before
     clipping; the learning rate it stepped with (None: loss or norm not finite, so the step was skipped); the samples
     it did not learn from (features not finite, or all of a skipped step's)."""
+
     loss_sum: float
     tokens: float
     samples: float
@@ -290,16 +371,28 @@ def without_nonfinite_items(batch: dict) -> tuple[dict, int]:
     if not finite.any():
         return {**batch, "mel": torch.zeros_like(batch["mel"]), "labels_counted": 0}, len(finite)
     keep = finite.nonzero()[:, 0].tolist()
-    rows = {name: [batch[name][i] for i in keep] for name in ("keys", "tasks", "prompt_ids", "labels")}
-    return {**batch, **rows, "mel": batch["mel"][keep], "mel_lens": batch["mel_lens"][keep]}, len(finite) - len(keep)
+    rows = {
+        name: [batch[name][i] for i in keep] for name in ("keys", "tasks", "prompt_ids", "labels")
+    }
+    return {**batch, **rows, "mel": batch["mel"][keep], "mel_lens": batch["mel_lens"][keep]}, len(
+        finite
+    ) - len(keep)
 
 
 def label_tokens(batch: dict) -> int:
     return batch.get("labels_counted", sum(len(row) for row in batch["labels"]))
 
 
-def optimization_step(model: nn.Module, micro_batches: list[dict], optimizer, scheduler, window: LossWindow,
-                      grad_clip: float, autocast, device: torch.device) -> StepFigures:
+def optimization_step(
+    model: nn.Module,
+    micro_batches: list[dict],
+    optimizer,
+    scheduler,
+    window: LossWindow,
+    grad_clip: float,
+    autocast,
+    device: torch.device,
+) -> StepFigures:
     """Forward and backward over the micro-batches (less their items with non-finite features), then one clipped
     optimizer step unless the loss or the gradient norm is not finite; the window gets every item's loss and the
     step's sums.
@@ -313,9 +406,16 @@ def optimization_step(model: nn.Module, micro_batches: list[dict], optimizer, sc
     loss_sum = 0.0
     for index, batch in enumerate(micro_batches):
         with gradient_sync(model, index == len(micro_batches) - 1), autocast:
-            output = model(batch["mel"].to(device), batch["mel_lens"].to(device), batch["prompt_ids"], batch["labels"])
+            output = model(
+                batch["mel"].to(device),
+                batch["mel_lens"].to(device),
+                batch["prompt_ids"],
+                batch["labels"],
+            )
         batch_tokens = label_tokens(batch)
-        (output.loss * (batch_tokens * world / tokens if batch_tokens else 0.0)).backward()  # DDP averages over ranks
+        (
+            output.loss * (batch_tokens * world / tokens if batch_tokens else 0.0)
+        ).backward()  # DDP averages over ranks
         if batch_tokens:
             loss_sum += output.loss.item() * batch_tokens
             window.add_items(batch["tasks"], output.item_losses.tolist(), batch["labels"])
@@ -329,7 +429,9 @@ def optimization_step(model: nn.Module, micro_batches: list[dict], optimizer, sc
         scheduler.step()
         window.add_step(loss_sum, tokens, samples, lr)
     optimizer.zero_grad(set_to_none=True)
-    return StepFigures(loss_sum, tokens, samples, grad_norm, lr, left_out + (samples if lr is None else 0))
+    return StepFigures(
+        loss_sum, tokens, samples, grad_norm, lr, left_out + (samples if lr is None else 0)
+    )
 
 
 def trim_log(path: Path, step: int) -> None:
