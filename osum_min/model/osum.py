@@ -44,6 +44,11 @@ def check_quantize(quantize: str | None) -> None:
         raise ValueError(f"quantize={quantize!r}: the only quantisation is 'int8'")
 
 
+def _tuples(section: dict) -> dict:
+    """A config.json section with its lists as the tuples the configs hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+
+
 class TrainingOutput(NamedTuple):
     """What `OSUM.forward` gives training: the loss to minimise and, for per-task logging, each item's share."""
 
@@ -70,11 +75,8 @@ class OSUMConfig:
         """The dict `to_dict` writes; an "llm" section with the old field names (OLD_LLM_NAMES) reads the same.
         ConfigError names a bad value by its place in the file (llm.rope_theta)."""
         encoder = build_section("encoder", EncoderConfig, **data["encoder"])
-        adaptor = build_section("adaptor", AdaptorConfig, **data["adaptor"])
-        llm = {
-            OLD_LLM_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v
-            for k, v in data["llm"].items()
-        }
+        adaptor = build_section("adaptor", AdaptorConfig, **_tuples(data["adaptor"]))
+        llm = {OLD_LLM_NAMES.get(k, k): v for k, v in _tuples(data["llm"]).items()}
         if twice := [
             f"{old}/{new}"
             for old, new in OLD_LLM_NAMES.items()
@@ -106,11 +108,11 @@ class OSUMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @staticmethod
-    def speech_positions(mel_frames: int) -> int:
-        """The LLM positions `mel_frames` of speech take: ceil(T / 8) embeddings after the encoder's and the
-        adaptor's three stride-2 layers ((T + 1) // 2 each), plus the speech bos and eos."""
-        return -(-mel_frames // 8) + 2
+    def speech_positions(self, mel_frames: int) -> int:
+        """The LLM positions `mel_frames` of speech take alone: the embeddings the encoder's and the
+        adaptor's strides leave (their output_length), plus the speech bos and eos."""
+        encoder_frames = self.encoder.output_length(mel_frames)
+        return self.adaptor.output_length(encoder_frames) + 2
 
     def prompt_length_problem(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
         """Why a prompt of this many tokens does not fit (None if it does): the LLM's positions must hold it, the
