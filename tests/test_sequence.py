@@ -8,7 +8,9 @@ from osum_min.model.osum import OSUM
 from osum_min.model.sequence import IGNORE_ID, left_padded
 
 PROMPTS = [[17, 230, 511, 42, 901, 7, 333], [88, 12, 640, 5, 77]]
-GREEDY = dict(num_beams=1, repetition_penalty=1.0, max_new_tokens=12)
+GREEDY = dict(num_beams=1, repetition_penalty=1.0, max_new_tokens=16)
+BEAM4 = dict(num_beams=4, repetition_penalty=1.0, max_new_tokens=16)
+ORDERS = ["original order", "prompt after speech"]
 
 
 class PromptAfterSpeech(OSUM):
@@ -26,7 +28,7 @@ class PromptAfterSpeech(OSUM):
 
 
 @pytest.fixture(
-    scope="module", params=[OSUM, PromptAfterSpeech], ids=["original order", "prompt after speech"]
+    scope="module", params=[OSUM, PromptAfterSpeech], ids=ORDERS
 )
 def trainable(request, fixture_weights) -> OSUM:
     return request.param.from_pretrained(fixture_weights, device="cpu", for_training=True)
@@ -118,15 +120,18 @@ def test_training_batch_equals_each_item_alone(trainable, expected, prompts):
     )
 
 
-def test_decoding_with_the_prompt_after_the_speech_equals_each_item_alone(
-    fixture_weights, expected
-):
-    model = PromptAfterSpeech.from_pretrained(fixture_weights, device="cpu")
+@pytest.fixture(scope="module", params=[OSUM, PromptAfterSpeech], ids=ORDERS)
+def decoder(request, fixture_weights) -> OSUM:
+    return request.param.from_pretrained(fixture_weights, device="cpu")
+
+
+@pytest.mark.parametrize("settings", [GREEDY, BEAM4, {**BEAM4, "repetition_penalty": 1.05}])
+def test_decoding_batch_equals_each_item_alone(decoder, expected, settings):
     feats, lengths = expected["batch_feats"], expected["batch_feats_lengths"]
-    together = model.generate(feats, lengths, PROMPTS, **GREEDY)
+    together = decoder.generate(feats, lengths, PROMPTS, **settings)
     alone = [
-        model.generate(
-            feats[i : i + 1, : lengths[i]], lengths[i : i + 1], PROMPTS[i : i + 1], **GREEDY
+        decoder.generate(
+            feats[i : i + 1, : lengths[i]], lengths[i : i + 1], PROMPTS[i : i + 1], **settings
         )[0]
         for i in range(2)
     ]
