@@ -27,9 +27,7 @@ class PromptAfterSpeech(OSUM):
         return embeds, targets
 
 
-@pytest.fixture(
-    scope="module", params=[OSUM, PromptAfterSpeech], ids=ORDERS
-)
+@pytest.fixture(scope="module", params=[OSUM, PromptAfterSpeech], ids=ORDERS)
 def trainable(request, fixture_weights) -> OSUM:
     return request.param.from_pretrained(fixture_weights, device="cpu", for_training=True)
 
