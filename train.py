@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from osum_min.data import dataset as data
 from osum_min.inference import ranks
 from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
+from osum_min.config_check import ConfigError
 from osum_min.training.checkpoints import (
     newest_checkpoint,
     restore,
@@ -100,7 +101,10 @@ def parse_args(argv):
         "--no-augment", action="store_true", help="switch off SpecAugment and spec_sub"
     )
     parser.add_argument(
-        "--prompts", type=Path, help="JSON {task tag: [prompt, ...]}: new tasks or other prompts"
+        "--prompts",
+        type=Path,
+        help="JSON {task tag: [prompt, ...]}: other prompts for tasks of osum_min/text/tasks.py "
+        "(a new task goes in its EXTRA_TASKS, where infer.py finds it too)",
     )
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--save-every", type=int, default=1250)
@@ -258,12 +262,15 @@ def prepare_model(
 def data_config(args) -> data.DataConfig:
     """The batches' settings from the flags: frames per batch, extra prompts, augmentation on or off."""
     prompts = read_json(args.prompts, "prompts file") if args.prompts else {}
-    return replace(
-        data.DataConfig(),
-        max_frames_in_batch=args.batch_frames,
-        prompts={tag: tuple(paraphrases) for tag, paraphrases in prompts.items()},
-        **({"spec_aug": False, "spec_sub": False} if args.no_augment else {}),
-    )
+    try:
+        return replace(
+            data.DataConfig(),
+            max_frames_in_batch=args.batch_frames,
+            prompts={tag: tuple(paraphrases) for tag, paraphrases in prompts.items()},
+            **({"spec_aug": False, "spec_sub": False} if args.no_augment else {}),
+        )
+    except ConfigError as err:  # a tag of no task, or no prompt text
+        raise ValueError(f"{args.prompts}: {err}") from None
 
 
 def save(
@@ -285,9 +292,9 @@ def main(argv=None) -> int:
     say = print if main_process else (lambda *a, **k: None)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    config = data_config(args)  # a bad --prompts file stops here, before any weight loads
     tokenizer = load_tokenizer(args)
     model, trained_model, trainable = prepare_model(args, tokenizer, rank, world, device)
-    config = data_config(args)
     dataset = data.SpeechDataset(
         args.train_data,
         tokenizer,

@@ -25,7 +25,8 @@ def check_config(
     config, minimum: dict[str, float] | None = None, below: dict[str, float] | None = None
 ) -> None:
     """Every field by its annotated type: an int is a whole number (a bool is not) of at least 1, a float a finite
-    number above 0, a bool true or false, a config dataclass an instance of it. `minimum` sets a field's lowest
+    number above 0, a bool true or false, a tuple[int, ...] a non-empty tuple of such ints, a config dataclass an
+    instance of it. `minimum` sets a field's lowest
     allowed value instead (inclusive: 0 for lora_rank), `below` its bound from above (exclusive)."""
     minimum, below = minimum or {}, below or {}
     for spec in fields(config):
@@ -45,8 +46,17 @@ def check_config(
                 raise ConfigError(name, value, "not above 0" if low is None else f"below {low}")
             if name in below and value >= below[name]:
                 raise ConfigError(name, value, f"not below {below[name]}")
+        if kind == tuple[int, ...] and not _whole_numbers(value):
+            raise ConfigError(name, value, "not a list of whole numbers of at least 1")
         if is_dataclass(kind) and not isinstance(value, kind):
             raise ConfigError(name, value, f"not a {kind.__name__}")
+
+
+def _whole_numbers(value) -> bool:
+    """A non-empty tuple of ints of at least 1 (bools are not ints here)."""
+    if not isinstance(value, tuple) or not value:
+        return False
+    return all(type(item) is int and item >= 1 for item in value)
 
 
 def check_divides(config, part: str, whole: str) -> None:

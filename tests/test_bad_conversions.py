@@ -426,11 +426,11 @@ def test_an_undecodable_id_never_stops_training_evaluation(tmp_path):
                 "key": f"c{index}",
                 "wav": str(tmp_path / f"clip{index}.wav"),
                 "txt": "ab",
-                "task": "<TEST>",
+                "task": "<TRANSCRIBE>",
             }
         )
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (tmp_path / "prompts.json").write_text(json.dumps({"<TEST>": ["say it"]}))
+    (tmp_path / "prompts.json").write_text(json.dumps({"<TRANSCRIBE>": ["say it"]}))
     Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", 1000, True)]).save(
         tmp_path / "b.tok"
     )

@@ -17,7 +17,7 @@ from osum_min.audio import load_audio, log_mel
 from osum_min.data.augment import spec_augment, spec_substitute
 from osum_min.data.dataset import DataConfig, SpeechDataset, make_loader, make_shards, read_data_mix
 from osum_min.model.osum import OSUM
-from osum_min.text.tasks import PARAPHRASES
+from osum_min.text.tasks import TASKS_BY_TAG
 
 from conftest import FIXTURE_A
 
@@ -55,13 +55,13 @@ def fixture_rows():
             "key": "item1",
             "wav": str(FIXTURE_A / "audio_batch_item1.wav"),
             "txt": "Hello World.",
-            "task": "<B>",
+            "task": "<TRANSCRIBE> <GENDER>",
         },
         {
             "key": "item0",
             "wav": str(FIXTURE_A / "audio.wav"),
             "txt": "The Quick Brown Fox.",
-            "task": "<A>",
+            "task": "<TRANSCRIBE>",
         },
     ]
 
@@ -98,7 +98,7 @@ def test_fixture_batch_collates_and_gives_the_original_loss(tmp_path, expected, 
         spec_aug=False,
         spec_sub=False,
         shuffle=False,
-        prompts={"<A>": ("prompt a",), "<B>": ("prompt b",)},
+        prompts={"<TRANSCRIBE>": ("prompt a",), "<TRANSCRIBE> <GENDER>": ("prompt b",)},
     )
     dataset = SpeechDataset(
         write_jsonl(tmp_path / "data.list", fixture_rows()), StubTokenizer(), config, eod_id=EOD
@@ -146,7 +146,9 @@ def test_raw_list_and_shards_give_identical_batches(tmp_path):
             "segment.wav",
         ]
     config = DataConfig(
-        shuffle=False, batch_size=2, prompts={"<A>": ("a",), "<B>": ("b",)}
+        shuffle=False,
+        batch_size=2,
+        prompts={"<TRANSCRIBE>": ("a",), "<TRANSCRIBE> <GENDER>": ("b",)},
     )  # augmentation on
     mels = {}
     for train in (True, False):
@@ -278,10 +280,11 @@ def test_prompt_label_and_filters(tmp_path):
     task, prompt, label = samples["style"]
     assert task == "<TRANSCRIBE> <STYLE>"
     assert label == CharTokenizer().encode("hello<新闻科普>") + [EOD]
-    assert prompt in [CharTokenizer().encode(p) for p in PARAPHRASES[task]]
+    assert prompt in [CharTokenizer().encode(p) for p in TASKS_BY_TAG[task].paraphrases]
     drawn = {tuple(samples[f"p{i}"][1]) for i in range(30)}
     assert (
-        drawn <= {tuple(CharTokenizer().encode(p)) for p in PARAPHRASES["<TRANSCRIBE>"]}
+        drawn
+        <= {tuple(CharTokenizer().encode(p)) for p in TASKS_BY_TAG["<TRANSCRIBE>"].paraphrases}
         and len(drawn) > 1
     )
     kept = SpeechDataset(

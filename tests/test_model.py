@@ -65,20 +65,6 @@ def test_default_eos_is_the_original_hard_coded_id(model):
     assert model.config.eod_id == 151643
 
 
-@pytest.mark.parametrize("settings", [GREEDY, BEAM4, {**BEAM4, "repetition_penalty": 1.05}])
-def test_batch_equals_each_item_alone(model, expected, settings):
-    feats, lengths = expected["batch_feats"], expected["batch_feats_lengths"]
-    prompts = [PROMPT, [88, 12, 640, 5, 77]]
-    together = model.generate(feats, lengths, prompts, **settings)
-    alone = [
-        model.generate(
-            feats[i : i + 1, : lengths[i]], lengths[i : i + 1], prompts[i : i + 1], **settings
-        )[0]
-        for i in range(2)
-    ]
-    assert together == alone
-
-
 @pytest.mark.parametrize("settings", [GREEDY, BEAM4])
 def test_features_that_are_nan_end_their_item_with_a_nan_score(model, expected, settings):
     """Non-finite features printed `0 0 0 ...` (issue 23): the item now ends at once, scored NaN, and the item

@@ -3,12 +3,16 @@
 Tolerance: 1e-4 max-abs, the fixture README's suggestion for float32 (we observe about 1e-6).
 """
 
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 
-from osum_min.model.adaptor import Adaptor, interleaved_sinusoids
+from osum_min.config_check import ConfigError
+from osum_min.model.adaptor import Adaptor, AdaptorConfig, interleaved_sinusoids
 from osum_min.model.encoder import WhisperEncoder, whisper_sinusoids
-from osum_min.model.osum import OSUM
+from osum_min.model.osum import OSUM, OSUM_PRESETS, OSUMConfig
 
 ATOL = 1e-4
 
@@ -40,8 +44,9 @@ def test_single_item_intermediates(model, expected):
     encoder_out, lengths = model.encoder(feats, torch.tensor([276]))
     assert lengths.tolist() == [int(expected["encoder_mask"].sum())] == [138]
     assert max_diff(encoder_out[0], expected["encoder_out"]) < ATOL
-    down, down_lens = model.adaptor.downsample(encoder_out, lengths)
-    assert down_lens.tolist() == [int(expected["down_sample_2_mask"].sum())]
+    down = model.adaptor.downsample(encoder_out)
+    down_lens = model.adaptor.config.output_length(lengths)
+    assert down_lens.tolist() == [int(expected["down_sample_2_mask"].sum())] == [down.shape[1]]
     assert max_diff(down[0], expected["down_sample_2_out"]) < ATOL
     transformed, _ = model.adaptor.transform(encoder_out, lengths)
     assert max_diff(transformed[0], expected["speech_transformer_out"]) < ATOL
@@ -91,3 +96,36 @@ def test_modules_run_in_bf16(model, expected):
     # bf16 keeps ~3 significant digits; a broken norm or cast would be off by far more
     scale = expected["speech_embeds"].abs().max().item()
     assert max_diff(speech_embeds[0], expected["speech_embeds"]) < 0.05 * scale
+
+
+@pytest.mark.parametrize("strides", [(1, 2, 2), (1, 2, 2, 2), (3,)])
+@torch.no_grad()
+def test_speech_positions_are_what_the_adaptor_gives(strides):
+    """OSUMConfig.speech_positions asks the encoder's and the adaptor's strides: for many lengths it is the number
+    of embeddings the model really makes, plus bos and eos, and another adaptor stride changes it."""
+    torch.manual_seed(0)
+    preset = OSUM_PRESETS["tiny"]
+    config = replace(preset, adaptor=replace(preset.adaptor, strides=strides))
+    model = OSUM(config).eval()
+    frames = [1, 2, 3, 7, 8, 9, 15, 16, 17, 100, 255, 256, 257, 1001]
+    mel = torch.randn(1, max(frames), 80)
+    for length in frames:
+        embeds, lengths = model.embed_speech(mel[:, :length], torch.tensor([length]), False)
+        assert embeds.shape[1] == lengths.item() == config.speech_positions(length) - 2
+    stride = math.prod(strides) * 2  # the encoder's conv2 halves first
+    assert config.speech_positions(3000) == -(-3000 // stride) + 2
+    room = config.llm.max_positions - config.speech_positions(3000) - 10  # for a 10-token answer
+    assert config.prompt_length_problem(room, 10) is None
+    assert config.prompt_length_problem(room + 1, 10) is not None
+
+
+def test_a_stride_that_is_not_a_whole_number_is_refused():
+    with pytest.raises(ConfigError, match="strides"):
+        AdaptorConfig(strides=(2, 0))
+    config = OSUM_PRESETS["tiny"].to_dict()
+    assert config["adaptor"]["strides"] == (1, 2, 2)
+    config["adaptor"]["strides"] = [2, 2]  # as JSON gives it back
+    assert OSUMConfig.from_dict(config).adaptor.strides == (2, 2)
+    config["adaptor"]["strides"] = "22"
+    with pytest.raises(ConfigError, match="adaptor.strides is '22'"):
+        OSUMConfig.from_dict(config)

@@ -5,10 +5,14 @@ from pathlib import Path
 import pytest
 
 from osum_min.text.tasks import (
+    EXTRA_TASKS,
     LABEL_SETS,
-    PARAPHRASES,
+    ORIGINAL_TASKS,
+    PARSERS,
     TASKS,
+    TASKS_BY_TAG,
     Result,
+    Task,
     Word,
     free_prompt_task,
     join_windows,
@@ -32,22 +36,52 @@ FIXED_PROMPTS = {
 }
 
 
-def test_paraphrases_equal_prompt_config_yaml():
+def test_the_originals_tasks_are_all_in_the_table():
+    """Every tag of prompt_config.yaml is one of ORIGINAL_TASKS with its paraphrases verbatim, found by name and
+    by tag; EXTRA_TASKS may add more."""
     yaml = pytest.importorskip("yaml")
     config = yaml.safe_load(PROMPT_CONFIG.read_text(encoding="utf-8"))
-    assert {tag: tuple(prompts) for tag, prompts in config.items()} == PARAPHRASES
-    assert {task.tag for task in TASKS.values()} == set(
-        config
-    )  # every tag has a task, and only those
-    for task in TASKS.values():
-        assert task.paraphrases == tuple(config[task.tag])
+    assert {task.tag: task.paraphrases for task in ORIGINAL_TASKS} == {
+        tag: tuple(prompts) for tag, prompts in config.items()
+    }
+    for task in ORIGINAL_TASKS:
+        assert TASKS[task.name] is task and TASKS_BY_TAG[task.tag] is task
 
 
 def test_default_prompts():
-    assert len(TASKS) == 12
-    for name, task in TASKS.items():
-        expected = FIXED_PROMPTS.get(name, PARAPHRASES[task.tag][0])
-        assert task.prompt == expected, name
+    assert set(FIXED_PROMPTS) <= set(TASKS)
+    for task in ORIGINAL_TASKS:
+        assert task.prompt == FIXED_PROMPTS.get(task.name, task.paraphrases[0]), task.name
+
+
+def test_every_task_has_a_name_a_tag_label_sets_and_a_parser():
+    """What front ends (by name) and training (by tag) need of a task, original or extra."""
+    assert len(TASKS) == len(TASKS_BY_TAG) == len(ORIGINAL_TASKS) + len(EXTRA_TASKS)
+    for task in TASKS.values():
+        assert TASKS_BY_TAG[task.tag] is task and task.paraphrases and task.prompt
+        assert set(task.labels) <= set(LABEL_SETS) and task.output in PARSERS, task.name
+
+
+def test_a_task_added_to_the_table_reaches_training_and_infer(monkeypatch, capsys):
+    """A new task in the table is a tag training takes (--prompts may give it other paraphrases) and a name infer.py
+    lists; a tag of no task is refused, naming where tasks are added."""
+    import infer
+    from osum_min.config_check import ConfigError
+    from osum_min.data.dataset import DataConfig
+
+    with pytest.raises(ConfigError, match="'<LID>', no task's tag .*EXTRA_TASKS"):
+        DataConfig(prompts={"<LID>": ("哪种语言？",)})
+    lid = Task("lid", "<LID>", None, paraphrases=("这段音频是哪种语言？", "识别语种。"))
+    monkeypatch.setitem(TASKS, lid.name, lid)
+    monkeypatch.setitem(TASKS_BY_TAG, lid.tag, lid)
+    assert DataConfig(prompts={"<LID>": ("哪种语言？",)}).prompts["<LID>"] == ("哪种语言？",)
+    assert lid.prompt == "这段音频是哪种语言？"
+    assert infer.main(["--list-tasks"]) == 0
+    assert any(
+        line.split()[:2] == ["lid", "<LID>"] for line in capsys.readouterr().out.splitlines()
+    )
+    with pytest.raises(ConfigError, match="not a list of prompt texts"):
+        DataConfig(prompts={"<LID>": ("",)})
 
 
 def test_label_kinds_follow_the_tag_order():

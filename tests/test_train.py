@@ -29,7 +29,7 @@ EOD = 1000  # the tiny preset's eod id; the byte tokenizer below maps text to id
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """8 one-second clips (tones + noise, seeded), a byte-level tokenizer and a one-prompt task, as files."""
+    """8 one-second clips (tones + noise, seeded), a byte-level tokenizer and one prompt of our own for <TRANSCRIBE>."""
     root = tmp_path_factory.mktemp("corpus")
     rng = np.random.default_rng(0)
     lines = []
@@ -44,11 +44,11 @@ def corpus(tmp_path_factory):
                 "key": f"clip{index}",
                 "wav": f"clip{index}.wav",
                 "txt": f"tone {index}",
-                "task": "<TEST>",
+                "task": "<TRANSCRIBE>",
             }
         )
     (root / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (root / "prompts.json").write_text(json.dumps({"<TEST>": ["name the tone"]}))
+    (root / "prompts.json").write_text(json.dumps({"<TRANSCRIBE>": ["name the tone"]}))
     Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", EOD, True)]).save(
         root / "bytes.tok"
     )
@@ -129,7 +129,7 @@ def test_resume_continues_exactly(corpus, tmp_path):
         "tokens_per_s",
         "eta_s",
     }
-    assert record["task_loss"]["<TEST>"] == pytest.approx(
+    assert record["task_loss"]["<TRANSCRIBE>"] == pytest.approx(
         record["loss"], rel=1e-5
     )  # one task: the same mean
     assert record["lr"] == pytest.approx(1e-3 * warmup_lr(5)(19))
@@ -523,7 +523,7 @@ def micro_batch(rows: list[int], nan_rows=()) -> dict:
         mel[row, 30:40] = float("nan")
     return {
         "keys": [f"k{i}" for i in rows],
-        "tasks": ["<TEST>"] * len(rows),
+        "tasks": ["<TRANSCRIBE>"] * len(rows),
         "mel": mel,
         "mel_lens": torch.tensor([120, 100, 80], dtype=torch.int32)[rows],
         "prompt_ids": [[5, 6, 7]] * len(rows),
@@ -557,7 +557,7 @@ def test_a_dev_list_of_bad_items_scores_nothing_rather_than_zero(corpus, tmp_pat
                     "key": f"gone{i}",
                     "wav": str(tmp_path / f"gone{i}.wav"),
                     "txt": "tone",
-                    "task": "<TEST>",
+                    "task": "<TRANSCRIBE>",
                 }
             )
             + "\n"
@@ -585,3 +585,13 @@ def test_a_dev_list_of_bad_items_scores_nothing_rather_than_zero(corpus, tmp_pat
     scores = [record["eval"] for record in log_records(tmp_path / "out") if "eval" in record]
     assert scores and scores[-1]["loss"] is None and scores[-1]["dev_items"] == 0
     assert "no item of" in capsys.readouterr().out
+
+
+def test_prompts_for_a_tag_of_no_task_are_refused_before_anything_loads(corpus, tmp_path):
+    """It trained a task infer.py could not name: a new task goes in text/tasks.py's EXTRA_TASKS instead."""
+    (tmp_path / "prompts.json").write_text(json.dumps({"<LID>": ["which language?"]}))
+    args = run_args(corpus, tmp_path / "out", "--preset", "tiny", "--max-steps", "1")
+    args[args.index("--prompts") + 1] = str(tmp_path / "prompts.json")
+    with pytest.raises(ValueError, match=r"prompts.json: prompts is '<LID>', no task's tag \(add"):
+        train.main(args)
+    assert not (tmp_path / "out" / "init").exists()  # refused before the model was built

@@ -8,6 +8,7 @@ import torch
 from osum_min.audio import HOP, SAMPLE_RATE, load_audio, log_mel
 from osum_min.inference.pipeline import decode_waveforms
 from osum_min.inference.windows import frame_energy, split_windows
+from osum_min.model.osum import OSUM_PRESETS
 
 SONNET = Path(__file__).parent / ".assets" / "sonnet1.wav"
 
@@ -62,7 +63,7 @@ def test_short_audio_is_one_window_and_no_sliver_at_the_end():
 class LengthEcho:
     """A stand-in for OSUM: each window's 'tokens' are its mel length, and the batches are recorded."""
 
-    config = type("Config", (), {"max_mel_frames": 3000})
+    config = OSUM_PRESETS["tiny"]  # 30 s windows; speech_positions for the usage counts
 
     def __init__(self):
         self.batches = []
@@ -95,3 +96,6 @@ def test_windows_batch_longest_first_alone_in_time_order_and_come_back_to_their_
     ]  # time order, for --stream
     for decoded in (by_batch, by_one):
         assert [[ids[0] for ids in d.ids] for d in decoded] == window_frames
+        assert [d.speech_positions for d in decoded] == [
+            sum(-(-n // 8) + 2 for n in frames) for frames in window_frames
+        ]  # OSUM's strides: ceil(T / 8) embeddings, bos and eos, per window

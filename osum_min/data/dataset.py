@@ -37,7 +37,8 @@ from .formats import (
     read_data_mix,
     read_samples,
 )
-from ..text.tasks import PARAPHRASES
+from ..config_check import ConfigError
+from ..text.tasks import TASKS_BY_TAG
 from ..text.tokenizer import map_style_tags, process_text
 
 __all__ = [
@@ -86,8 +87,18 @@ class DataConfig:
     spec_sub: bool = True  # in train mode
     num_spec_subs: int = 3
     max_spec_sub: int = 30
-    # task tag -> paraphrases, added to (or replacing entries of) prompt_config.yaml's table
+    # task tag -> paraphrases, replacing the task table's (text/tasks.py) for those tags
     prompts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        """A new task goes in the task table (EXTRA_TASKS), where every front end finds it too."""
+        for tag, paraphrases in self.prompts.items():
+            if tag not in TASKS_BY_TAG:
+                raise ConfigError(
+                    "prompts", tag, "no task's tag (add the task to EXTRA_TASKS in text/tasks.py)"
+                )
+            if not paraphrases or not all(isinstance(t, str) and t.strip() for t in paraphrases):
+                raise ConfigError(f"prompts[{tag!r}]", paraphrases, "not a list of prompt texts")
 
 
 def _buffered(samples, size: int, reorder):
@@ -134,7 +145,10 @@ class SpeechDataset(IterableDataset):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-        self.prompts = {**PARAPHRASES, **self.config.prompts}
+        self.prompts = {
+            **{tag: task.paraphrases for tag, task in TASKS_BY_TAG.items()},
+            **self.config.prompts,
+        }  # tag -> paraphrases
         self.prompt_ids: dict[str, list[int]] = {}
         self.skipped = self.filtered = 0
         self._pass_skipped = self._pass_filtered = 0
@@ -209,7 +223,7 @@ class SpeechDataset(IterableDataset):
         task = task or DEFAULT_TASK
         if task not in self.prompts:
             raise DataError(
-                f"unknown task {task!r} (neither in prompt_config.yaml nor in DataConfig.prompts)"
+                f"unknown task {task!r} (no task's tag: add the task to EXTRA_TASKS in text/tasks.py)"
             )
         prompt_ids = self._encode_prompt(rng.choice(self.prompts[task]))
         text = map_style_tags(text) if "<STYLE>" in task else text

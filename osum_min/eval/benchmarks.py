@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..data.formats import resolve_listed_path
 from ..files import MAX_LIST_BYTES, FileError, read_text
-from ..text.tasks import TASKS
+from ..text.tasks import TASKS, TASKS_BY_TAG
 
 QWEN2_AUDIO_PROMPT = re.compile(r"^(<\|audio_bos\|><\|AUDIO\|><\|audio_eos\|>)")
 
@@ -363,9 +363,6 @@ def qwen2_audio_jsonl(path: Path) -> list[Subset]:
     return list(subsets.values())
 
 
-TASK_BY_TAG = {task.tag: name for name, task in TASKS.items()}
-
-
 def wenet_jsonl(path: Path) -> list[Subset]:
     """A wenet raw list `{"key", "wav", "txt", "task"}` with OSUM's task tags (`<TRANSCRIBE> <EMOTION>`, ...): one
     subset per task; labelled tasks are scored by their first tag (compute-acc.py), the others by WER."""
@@ -378,9 +375,8 @@ def wenet_jsonl(path: Path) -> list[Subset]:
             raise LayoutError(
                 f'{path}:{number}: not a wenet list line {{"key", "wav", "txt", "task"}}'
             ) from None
-        task = TASK_BY_TAG.get(
-            " ".join(str(row.get("task", "<TRANSCRIBE>")).split()), row.get("task", "asr")
-        )
+        tag = " ".join(str(row.get("task", "<TRANSCRIBE>")).split())
+        task = TASKS_BY_TAG[tag].name if tag in TASKS_BY_TAG else row.get("task", "asr")
         if task not in TASKS:
             raise LayoutError(
                 f"{path}:{number}: task {row.get('task')!r} is none of OSUM's tags or task names"

@@ -240,8 +240,9 @@ def decode_waveforms(
             keep_going=keep_going,
         )
         share = (time.perf_counter() - started) / len(chunk)
-        for (wave, number, _), window_ids, score in zip(chunk, ids, scores):
+        for (wave, number, features), window_ids, score in zip(chunk, ids, scores):
             decoded[wave].ids[number], decoded[wave].scores[number] = window_ids, score
+            decoded[wave].speech_positions += model.config.speech_positions(len(features))
             decoded[wave].decode_seconds += share
             if stream:
                 stream.window_done(wave, number)

@@ -71,6 +71,7 @@ class Decoded:
         default_factory=list
     )  # generate's return_scores per window (NaN: the model failed)
     decode_seconds: float = 0.0
+    speech_positions: int = 0  # the LLM positions its windows' speech took (bos and eos included)
 
     @property
     def audio_seconds(self) -> float:

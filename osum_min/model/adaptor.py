@@ -2,6 +2,8 @@
 
 Three causal stride-(1, 2, 2) convolutions (GxlConv1dSubsampling4), a 4-block transformer (wenet defaults:
 ReLU, key bias, x·√d plus interleaved sinusoids) and a linear projection to the LLM width (docs/original.md §3).
+The strides are config (`AdaptorConfig.strides`), and the config says what length they give (`output_length`):
+the model, the prompt-length check and the server's usage counts ask it.
 """
 
 import math
@@ -24,33 +26,33 @@ class AdaptorConfig:
     layers: int = 4
     llm_dim: int = 3584
     max_positions: int = 5000
+    strides: tuple[int, ...] = (1, 2, 2)  # one causal k=3 convolution each
 
     def __post_init__(self):
         check_config(self)
         check_divides(self, "heads", "dim")
 
+    def output_length(self, frames):
+        """Speech embeddings from `frames` encoder frames (an int, or a tensor of
+        lengths): ceil(frames / stride) after each convolution."""
+        for stride in self.strides:
+            frames = (frames + stride - 1) // stride
+        return frames
 
-class CausalConvSubsampling4(nn.Module):
-    """Left-padded k=3 convolutions with strides 1, 2, 2: each output sees only current and past frames, so
-    right padding in a batch never leaks into valid frames."""
 
-    def __init__(self, dim: int):
+class CausalConvSubsampling(nn.Module):
+    """Left-padded k=3 convolutions (GELU after each) with the given strides, (1, 2, 2) in OSUM:
+    each output sees only current and past frames, so right padding never leaks into valid ones."""
+
+    def __init__(self, dim: int, strides: tuple[int, ...]):
         super().__init__()
-        self.convs = nn.ModuleList(
-            [
-                nn.Conv1d(dim, dim, 3, stride=1),
-                nn.Conv1d(dim, dim, 3, stride=2),
-                nn.Conv1d(dim, dim, 3, stride=2),
-            ]
-        )
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, 3, stride=stride) for stride in strides)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+    def forward(self, x: torch.Tensor):
         x = x.transpose(1, 2)  # (B, D, T)
         for conv in self.convs:
-            x = F.gelu(conv(F.pad(x, (2, 0))))
-            if conv.stride[0] == 2:
-                lengths = (lengths + 1) // 2
-        return x.transpose(1, 2), lengths  # (B, ceil(ceil(T/2)/2), D)
+            x = F.gelu(conv(F.pad(x, (2, 0))))  # (B, D, ceil(T / stride))
+        return x.transpose(1, 2)  # (B, T', D)
 
 
 def interleaved_sinusoids(length: int, dim: int) -> torch.Tensor:
@@ -66,7 +68,7 @@ class Adaptor(nn.Module):
     def __init__(self, config: AdaptorConfig):
         super().__init__()
         self.config = config
-        self.downsample = CausalConvSubsampling4(config.dim)
+        self.downsample = CausalConvSubsampling(config.dim, config.strides)
         self.input_proj = Linear(config.dim, config.dim)
         self.input_ln = LayerNorm(config.dim)
         self.register_buffer(
@@ -83,7 +85,8 @@ class Adaptor(nn.Module):
 
     def transform(self, x: torch.Tensor, lengths: torch.Tensor):
         """Encoder output (B, T, dim) -> the 4-block transformer's output (B, T', dim) and lengths (B,)."""
-        x, lengths = self.downsample(x, lengths)
+        x = self.downsample(x)  # (B, T', dim)
+        lengths = self.config.output_length(lengths)
         x = self.input_ln(self.input_proj(x)) * math.sqrt(self.config.dim)
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
         key_mask = key_padding_mask(lengths, x.shape[1])

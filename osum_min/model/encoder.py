@@ -30,6 +30,12 @@ class EncoderConfig:
         check_config(self)
         check_divides(self, "heads", "dim")
 
+    @staticmethod
+    def output_length(mel_frames):
+        """Encoder frames from `mel_frames` (an int or a tensor) of one item alone: ceil(T / 2),
+        from conv2's stride 2."""
+        return (mel_frames + 1) // 2
+
 
 ENCODER_PRESETS = {
     "whisper-medium": EncoderConfig(),  # OSUM's encoder
@@ -164,8 +170,9 @@ class WhisperEncoder(nn.Module):
             x = x * lengths_to_mask(mel_lens, padded_len)[:, None, :].to(x.dtype)
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, ceil(T/2), dim)
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
-        odd_shift = padded_len % 2 if original_mask_rule else 1
-        lengths = (mel_lens.to(torch.long) + odd_shift) // 2
+        lengths = self.config.output_length(mel_lens.to(torch.long))  # (B,)
+        if original_mask_rule and padded_len % 2 == 0:
+            lengths = mel_lens.to(torch.long) // 2  # an odd item loses its last frame
         key_mask = key_padding_mask(lengths, x.shape[1])
         for block in self.blocks:
             x = block(x, key_mask)

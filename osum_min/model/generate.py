@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .kv_cache import KVCache, bucket
 from .qwen2 import Qwen2
+from .sequence import position_ids
 from ..text.tokenizer import EOD_ID  # Qwen2's <|endoftext|>, OSUM's hard-coded eos
 
 
@@ -207,7 +208,7 @@ class CachedDecoder:
         prompt_slots, new_slots = bucket(L), bucket(max_new_tokens)
         pad = prompt_slots - L
         mask = F.pad(attention_mask.long(), (pad, 0))  # (B, P): left padding up to the bucket
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # (B, P)
+        positions = position_ids(mask)  # (B, P): the padding does not shift them
         self.model, self.fast = model, model.fast_decode_step
         self.inputs = (
             self.fast.inputs_for(model, B, copies, prompt_slots, new_slots)

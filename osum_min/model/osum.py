@@ -1,9 +1,8 @@
 """OSUM: Whisper encoder -> adaptor -> Qwen2 (LoRA), joined the way the original assembles its sequences.
 
-Inference builds, per item, [prompt, speech bos, speech, speech eos] as `inputs_embeds` and decodes a batch with
-left padding, each item doing the same math as it would alone (the original decodes one clip at a time).
-Training (`forward`) reproduces the original's sequence layout, padding placement and position ids
-(docs/original.md §7).
+Each item is [prompt, speech bos, speech, speech eos] (and its label, in training) end to end, and a batch
+left-pads whole items (sequence.py): one layout for training (`forward`) and decoding (`generate`), whose
+position ids and loss are the original's (docs/original.md §7) and whose items do in a batch what they do alone.
 """
 
 import json
@@ -23,10 +22,10 @@ from .generate import GenerationConfig, fast_decoding, generate
 from .linear import use_input_major_weights
 from .quantize import Int8Linear, quantize_int8
 from .qwen2 import LLM_PRESETS, Qwen2, Qwen2Config
+from .sequence import IGNORE_ID, Sequences, left_padded
 from ..text.tokenizer import EOD_ID, RANK_FILE_NAME, Tokenizer, check_fits
 from ..weights import load_weights, save_weights
 
-IGNORE_ID = -100
 # Directories converted before Qwen2Config took our names used Hugging Face's in config.json's "llm"; they still load.
 OLD_LLM_NAMES = {
     "hidden_size": "dim",
@@ -43,6 +42,11 @@ OLD_LLM_NAMES = {
 def check_quantize(quantize: str | None) -> None:
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize={quantize!r}: the only quantisation is 'int8'")
+
+
+def _tuples(section: dict) -> dict:
+    """A config.json section with its lists as the tuples the configs hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
 
 
 class TrainingOutput(NamedTuple):
@@ -71,11 +75,8 @@ class OSUMConfig:
         """The dict `to_dict` writes; an "llm" section with the old field names (OLD_LLM_NAMES) reads the same.
         ConfigError names a bad value by its place in the file (llm.rope_theta)."""
         encoder = build_section("encoder", EncoderConfig, **data["encoder"])
-        adaptor = build_section("adaptor", AdaptorConfig, **data["adaptor"])
-        llm = {
-            OLD_LLM_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v
-            for k, v in data["llm"].items()
-        }
+        adaptor = build_section("adaptor", AdaptorConfig, **_tuples(data["adaptor"]))
+        llm = {OLD_LLM_NAMES.get(k, k): v for k, v in _tuples(data["llm"]).items()}
         if twice := [
             f"{old}/{new}"
             for old, new in OLD_LLM_NAMES.items()
@@ -107,11 +108,11 @@ class OSUMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @staticmethod
-    def speech_positions(mel_frames: int) -> int:
-        """The LLM positions `mel_frames` of speech take: ceil(T / 8) embeddings after the encoder's and the
-        adaptor's three stride-2 layers ((T + 1) // 2 each), plus the speech bos and eos."""
-        return -(-mel_frames // 8) + 2
+    def speech_positions(self, mel_frames: int) -> int:
+        """The LLM positions `mel_frames` of speech take alone: the embeddings the encoder's and the
+        adaptor's strides leave (their output_length), plus the speech bos and eos."""
+        encoder_frames = self.encoder.output_length(mel_frames)
+        return self.adaptor.output_length(encoder_frames) + 2
 
     def prompt_length_problem(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
         """Why a prompt of this many tokens does not fit (None if it does): the LLM's positions must hold it, the
@@ -266,23 +267,41 @@ class OSUM(nn.Module):
         x, lengths = self.encoder(mel.to(self.device, dtype), mel_lens, original_mask_rule)
         return self.adaptor(x, lengths)
 
-    def _speech_sequences(self, mel, mel_lens, prompt_ids):
-        """Per item: the embeddings of [prompt, speech bos, speech, speech eos], unpadded, in a list. Each item is
-        encoded alone, so no compute goes to another item's padding and a batch gives what each item gives alone."""
-        bos, eos = self.speech_bos_eos[:, None, :]
-        items = []
-        for row, prompt in enumerate(prompt_ids):
+    def _speech_alone(self, mel, mel_lens) -> list[torch.Tensor]:
+        """Each item's speech embeddings (S_i, H), encoded alone: no compute goes to another
+        item's padding, and an item gives in a batch what it gives alone."""
+        speech = []
+        for row in range(len(mel)):
             frames = int(mel_lens[row])
-            speech_embeds, _ = self.embed_speech(
+            embeds, _ = self.embed_speech(
                 mel[row : row + 1, :frames], mel_lens[row : row + 1], original_mask_rule=False
             )  # (1, S, H)
-            prompt_embeds = self.llm.embed_tokens(
-                torch.as_tensor(prompt, dtype=torch.long, device=self.device)
-            )
-            items.append(
-                torch.cat([prompt_embeds.to(bos.dtype), bos, speech_embeds[0], eos])
-            )  # (P + 1 + S + 1, H)
-        return items
+            speech.append(embeds[0])
+        return speech
+
+    def _embed_ids(self, ids, dtype) -> torch.Tensor:
+        """Token ids (a list) -> their embeddings (N, H) in `dtype`."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        return self.llm.embed_tokens(ids).to(dtype)
+
+    def _item(self, prompt_ids, speech, label_ids=()) -> tuple[torch.Tensor, torch.Tensor]:
+        """One item's segments end to end, in the original's order (docs/original.md §7):
+        embeddings (N, H) and targets (N,): the label's ids on its slots, IGNORE_ID before.
+        The order is set here alone: batching keeps any order right (sequence.py)."""
+        dtype = speech.dtype
+        bos, eos = self.speech_bos_eos.to(dtype)[:, None, :]  # (1, H) each
+        prompt = self._embed_ids(prompt_ids, dtype)  # (P, H)
+        label = self._embed_ids(label_ids, dtype)  # (A, H)
+        embeds = torch.cat([prompt, bos, speech, eos, label])  # (P + 1 + S + 1 + A, H)
+        unlabelled = torch.full((embeds.shape[0] - len(label_ids),), IGNORE_ID)
+        targets = torch.cat([unlabelled, torch.as_tensor(label_ids, dtype=torch.long)])
+        return embeds, targets.to(self.device)  # (N,)
+
+    def sequences(self, prompt_ids, speech, labels=None) -> Sequences:
+        """The LLM's batch: B prompts (id lists), B speech embeddings (S_i, H) and, in
+        training, B labels (id lists), each item end to end, left-padded (sequence.py)."""
+        labels = labels or [()] * len(speech)
+        return left_padded([self._item(*item) for item in zip(prompt_ids, speech, labels)])
 
     @torch.inference_mode()
     def generate(
@@ -299,21 +318,14 @@ class OSUM(nn.Module):
         """Decode a batch: new token ids per item (ending with eos where hit). `config` (default: GenerationConfig's
         defaults with this model's eod as eos), with any GenerationConfig fields in `settings` replaced.
 
-        Items are left-padded to a common length with per-row masks and positions, so each is the same math as alone
-        (to float rounding: see generate.py).
+        Each item is the same math as alone (to float rounding: see generate.py).
         """
         config = replace(config or GenerationConfig(eos_token_id=self.config.eod_id), **settings)
-        items = self._speech_sequences(mel, mel_lens, prompt_ids)
-        length = max(item.shape[0] for item in items)
-        inputs_embeds = items[0].new_zeros(len(items), length, items[0].shape[1])  # (B, L, H)
-        attention_mask = torch.zeros(len(items), length, dtype=torch.long, device=self.device)
-        for row, item in enumerate(items):
-            inputs_embeds[row, length - item.shape[0] :] = item
-            attention_mask[row, length - item.shape[0] :] = 1
+        batch = self.sequences(prompt_ids, self._speech_alone(mel, mel_lens))
         return generate(
             self.llm,
-            inputs_embeds,
-            attention_mask,
+            batch.inputs_embeds,
+            batch.attention_mask,
             config,
             on_token=on_token,
             return_scores=return_scores,
@@ -324,63 +336,24 @@ class OSUM(nn.Module):
         """The original's training loss on a batch: token-level mean cross-entropy over all label tokens, and each
         item's summed loss. mel (B, T, 80) zero-padded, mel_lens (B,), prompt_ids and labels: B lists of ids.
 
-        Layout per row (docs/original.md §7): prompt (right-padded with eod), bos, speech (padded), eos, labels
-        (right-padded); masked slots get position id 1, valid ones cumsum(mask) - 1.
+        The speech is encoded as one padded batch, as the original does (§9.1), then laid out like decoding's.
         """
-        speech_embeds, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule=True)
-        batch, max_speech, _ = speech_embeds.shape
-        max_prompt = max(len(p) for p in prompt_ids)
-        max_label = max(len(lab) for lab in labels)
-        device = self.device
-
-        def pad_ids(rows, width, fill):
-            out = torch.full((batch, width), fill, dtype=torch.long, device=device)
-            mask = torch.zeros(batch, width, dtype=torch.long, device=device)
-            for row, ids in enumerate(rows):
-                out[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-                mask[row, : len(ids)] = 1
-            return out, mask
-
-        # the original fills prompt padding with the eod id and label padding with 0; both slots are masked
-        # out of attention and loss, so any in-vocabulary id gives the same numbers
-        prompt, prompt_mask = pad_ids(prompt_ids, max_prompt, 0)
-        label_ids, label_mask = pad_ids(labels, max_label, 0)
-        speech_mask = (
-            torch.arange(max_speech, device=device)[None, :] < speech_lens[:, None]
-        ).long()
-        ones = torch.ones(batch, 1, dtype=torch.long, device=device)
-        bos, eos = (
-            row.expand(batch, 1, -1).to(speech_embeds.dtype)
-            for row in self.speech_bos_eos[:, None, :]
-        )
-        embed = self.llm.embed_tokens
-        inputs_embeds = torch.cat(
-            [
-                embed(prompt).to(speech_embeds.dtype),
-                bos,
-                speech_embeds,
-                eos,
-                embed(label_ids).to(speech_embeds.dtype),
-            ],
-            dim=1,
-        )  # (B, L, H)
-        attention_mask = torch.cat(
-            [prompt_mask, ones, speech_mask, ones, label_mask], dim=1
-        )  # (B, L)
-        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-        targets = torch.full_like(attention_mask, IGNORE_ID)
-        targets[:, -max_label:] = label_ids.masked_fill(label_mask == 0, IGNORE_ID)
-
+        speech, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule=True)  # (B, S, H)
+        speech = [row[:length] for row, length in zip(speech, speech_lens.tolist())]
+        batch = self.sequences(prompt_ids, speech, labels)
         hidden = self.llm.forward_hidden(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
         )  # (B, L, H)
-        predicts = targets[:, 1:] != IGNORE_ID  # position t predicts token t + 1
+        targets = batch.targets[:, 1:]  # (B, L - 1): slot t predicts slot t + 1
+        predicts = targets != IGNORE_ID
         logits = self.llm.lm_head(hidden[:, :-1][predicts]).float()  # (N_label_tokens, V)
         token_losses = F.cross_entropy(
-            logits, targets[:, 1:][predicts], reduction="none"
+            logits, targets[predicts], reduction="none"
         )  # (N_label_tokens,)
         rows = predicts.nonzero()[:, 0]  # each label token's row
-        item_losses = torch.zeros(batch, device=device).index_add_(
+        item_losses = torch.zeros(len(speech), device=self.device).index_add_(
             0, rows, token_losses.detach()
         )  # (B,)
         return TrainingOutput(token_losses.mean(), item_losses)

@@ -7,9 +7,7 @@ its streamed deltas, the `usage` counts, and OpenAI-shaped errors (`{"error": {"
 
 from dataclasses import replace
 
-from ..audio import HOP
 from ..model.generate import DEFAULT_DECODING, GenerationConfig
-from ..model.osum import OSUMConfig
 from ..inference.pipeline import Answer, RequestError
 from ..inference.subtitles import cues, subtitles
 from ..text.tasks import parse_chat
@@ -46,9 +44,7 @@ def request_error(err: RequestError) -> ApiError:
 def usage(answer: Answer) -> dict:
     """prompt_tokens: the prompt's text tokens plus the speech positions of every window (each window is one
     prompt); completion_tokens: every generated id, the eos included."""
-    speech = sum(
-        OSUMConfig.speech_positions((end - start) // HOP) for start, end in answer.decoded.windows
-    )
+    speech = answer.decoded.speech_positions
     prompt = len(answer.prompt_ids) * len(answer.decoded.windows) + speech
     completion = sum(len(ids) for ids in answer.decoded.ids)
     return {

@@ -1,4 +1,6 @@
-"""OSUM's tasks: the prompt table of `conf/prompt_config.yaml` and one parser per output kind.
+"""OSUM's tasks: one table (`TASKS` by name, `TASKS_BY_TAG` by tag) that training, infer.py, the server, the web
+page and eval.py all read, holding `conf/prompt_config.yaml`'s prompts (`ORIGINAL_TASKS`) and any new task
+(`EXTRA_TASKS`), and one parser per output kind.
 
 The model writes everything as text (`transcript<happy>`, `word<0.3, 0.7>`, `question<开始回答>reply`), so every task
 is a tag, a prompt and a parser that turns that text into fields. Parsers never raise: whatever does not fit the
@@ -18,191 +20,207 @@ LABEL_SETS = {
     "age": ("child", "adult", "old"),
 }
 
-# The five paraphrases per tag, verbatim from prompt_config.yaml (training draws one per sample).
-PARAPHRASES = {
-    "<TRANSCRIBE>": (
-        "转录如下音频。",
-        "转录这段音频中的语音内容为文字。",
-        "将音频的语音部分转换为文字形式，谢谢。",
-        "将这段音频的语音内容详细记录为文字稿。",
-        "执行语音识别任务，将音频转换为文字。",
-    ),
-    "<TRANSCRIBE> <ALIGN>": (
-        "请将以下音频进行转录，同时标记出每个英文单词及对应中文字符的起始与结束时间，时间单位精确到0.1秒，并用<>来表示这些时间范围。",
-        "转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，时间范围用<>括起来。",
-        "将音频转录为文字，同时在每个英文单词和相应中文字符的前后添加时间戳，时间戳格式为<>，且时间单位需精确到0.1秒。",
-        "请将音频转化为文字记录，并标记每个英文词及其对应中文的起始时间和结束时间，时间单位至少为0.1秒，使用<>来标注这些时间。",
-        "将音频内容进行转录处理，并为其中的每个英文单词及其翻译后的中文标注时间范围，时间精确到0.1秒，并用<>进行包围。",
-    ),
-    "<TRANSCRIBE> <S2TCHAT>": (
-        "首先将语音转录为文字，然后对语音内容进行回复，转录和文字之间使用<开始回答>分割。",
-        "首先将语音转换为文本，接着使用<开始回答>作为分隔，最后对语音内容进行回复。",
-        "首先把语音变成文本，然后用<开始回答>作分隔，最后对语音内容予以回应。",
-        "首先将语音转化为书面语，随后以<开始回答>作分隔，最后对语音内容做出答复。",
-        "首先将语音转为文字形式，之后用<开始回答>来分隔，最后对语音内容给予回应。",
-    ),
-    "<TRANSCRIBE> <EMOTION>": (
-        "请将以下音频内容进行转录，并在结尾处给出<情感>标签，情感共分为8类：sad，anger，neutral，happy，surprise，fear，disgust，以及other。",
-        "将音频转录为文字，并在文本最后附加<情感>标签，标签类型涵盖：sad，anger，neutral，happy，surprise，fear，disgust，还有other。",
-        "请将音频内容转录成文字记录，并在记录末尾标注<情感>标签，情感共8种：sad，anger，neutral，happy，surprise，fear，disgust，和other。",
-        "将音频进行文字化处理，并在处理后的文本末尾添加<情感>标签，标签种类有8种：sad，anger，neutral，happy，surprise，fear，disgust，以及其他情况other。",
-        "请将音频转录成文，并在文末给出<情感>标签，情感分为八大类：sad，anger，neutral，happy，surprise，fear，disgust，以及不属于上述类别的other。",
-    ),
-    "<TRANSCRIBE> <STYLE>": (
-        "请将以下音频内容进行转录，并在结尾处给出<风格>标签，风格共分为8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
-        "将音频转录为文字，并在文本末尾附加<风格>标签，标签种类包括：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
-        "将音频内容进行文字转录，并在最后添加<风格>标签，标签共8种：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
-        "将音频转录为文字记录，并在记录末尾附上<风格>标签，风格共8类，分别是：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
-        "将音频内容转录成文，并在文末标注<风格>标签，风格分类有8种，即：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
-    ),
-    "<TRANSCRIBE> <CAPTION>": (
-        "请将以下音频进行转录，并在结尾处给出<音频事件>标签，音频事件分为8类：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
-        "将音频内容转录成文字，并在文本最后附上<音频事件>标签，标签类型包括：laugh，cough，cry，screaming，sigh，throat clearing，sneeze以及other。",
-        "请将音频转录为文字记录，并在记录末尾标注<音频事件>标签，音频事件共8种：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
-        "将音频内容进行文字化处理，并在处理后的文本末尾添加<音频事件>标签，标签种类有8种：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
-        "请将音频转录成文，并在文末给出<音频事件>标签，音频事件分为八大类：laugh，cough，cry，screaming，sigh，throat clearing，sneeze以及其他情况other。",
-    ),
-    "<TRANSCRIBE> <GENDER>": (
-        "请将这段音频进行转录，并在文本末尾附加<性别>标签。性别分为两种：female，male。",
-        "请将音频内容转录成文字，并在最后加上<性别>标签，标明是female还是male。",
-        "请将音频转录为文本，并在文本结尾处标注<性别>标签，性别为female或male。",
-        "请将音频进行文字转录，并在转录文本的末尾附上<性别>标签，标签内容为female或male。",
-        "请将音频内容转换为文字，并在文字末尾添加<性别>标签，以指示是female还是male。",
-    ),
-    "<TRANSCRIBE> <AGE>": (
-        "将这段音频进行转录，并在转录完成的文本末尾附加<年龄>标签。年龄类别分为三种：child、adult、old。",
-        "请将以下音频内容转录成文字，并在文字的最后加上<年龄>标签，标明是child、adult还是old。",
-        "将音频转录为文本，并在文本结尾处标注<年龄>标签，年龄划分为child、adult和old三种。",
-        "请将音频进行详细的文字转录，并在转录文本的末尾附上<年龄>标签，标签内容为child、adult或old。",
-        "将音频内容转换成文字形式，并在转换后的文字末尾添加<年龄>标签，用以指示是child、adult还是old的年龄阶段。",
-    ),
-    "<TRANSCRIBE> <AGE> <GENDER>": (
-        '请将这段音频进行转录，并在转录完成的文本末尾附加"<年龄> <性别>"标签。年龄分为child、adult、old三种，性别为female或male。',
-        '请将以下音频内容转录成文字，并在文字的最后加上"<年龄> <性别>"标签，标明是child、adult或old，以及female或male。',
-        '请将音频转录为文本，并在文本结尾处标注"<年龄> <性别>"标签，年龄划分为child、adult和old，性别分为female和male。',
-        '请将音频进行详细的文字转录，并在转录文本的末尾附上"<年龄> <性别>"标签，标签内容为child、adult或old，以及female或male的性别标识。',
-        '请将音频内容转换成文字形式，并在转换后的文字末尾添加"<年龄> <性别>"标签，用以指示说话者的年龄阶段（child、adult、old）以及性别（female、male）。',
-    ),
-    "<AGE> <GENDER>": (
-        "请识别以下音频发言者的年龄和性别。年龄分为child、adult、old三种，性别为MALE和FEMALE。",
-        "请识别以下音频中的说话者的年龄和性别。年龄分为child、adult、old三种，性别为MALE和FEMALE。",
-        "请判断下列音频中的发言者的年龄与性别。年龄层次为child、adult、old，性别为MALE和FEMALE。",
-        "请确定以下音频中讲话人的年龄和性别。年龄可分为child、adult、old三个阶段，性别为MALE和FEMALE。",
-        "请分析下列音频中的说话人的年龄和性别。年龄划分为child、adult、old三类，性别为MALE和FEMALE。",
-    ),
-    "<TRANSCRIBE> <STYLE> <AGE> <GENDER>": (
-        "请将以下音频内容进行转录，并在转录完成的文本末尾分别附加<风格>、<年龄>、<性别>标签。风格共分为8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄分为child、adult、old三种，性别为MALE和FEMALE。",
-        "请将下列音频内容进行转录，并在转录文本的末尾分别添加<风格>、<年龄>、<性别>标签。风格有8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三种，性别分为MALE和FEMALE。",
-        "请转录以下音频内容，并在转录后的文本末尾标注<风格>、<年龄>、<性别>标签。风格包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他8种类型。年龄分为child、adult、old，性别则为MALE和FEMALE。",
-        "请将以下音频内容转录，并在转录完成后，附加<风格>、<年龄>、<性别>三个标签。风格一共有8种，包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄层次分为child、adult、old，性别为MALE和FEMALE。",
-        "请对以下音频内容进行转录，并在文本结尾分别添加<风格>、<年龄>、<性别>标签。风格有8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个阶段，性别则为MALE和FEMALE。",
-    ),
-    "<STYLE> <AGE> <GENDER>": (
-        "请识别如下音频的说话风格、说话者的年龄和性别。其中风格有8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个阶段，性别则为MALE和FEMALE。",
-        "请分析以下音频的说话风格、说话者的年龄和性别。风格包括8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个层次，性别为MALE和FEMALE。",
-        "请识别下面音频的说话风格、说话者的年龄和性别。风格分为8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄段分为child、adult、old三类，性别为MALE和FEMALE。",
-        "请对以下音频进行分析，识别说话风格、说话者年龄和性别。风格类型有8种，包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄阶段为child、adult、old三种，性别为MALE或FEMALE。",
-        "请对下面音频内容识别说话风格、说话者的年龄和性别。风格包括8个类别：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄分为child、adult、old三个阶段，性别为MALE或FEMALE。",
-    ),
-}
-
 
 @dataclass(frozen=True)
 class Task:
-    """One OSUM task: its tag, the prompt we send, the label kinds it appends and which parser reads its output."""
+    """One task: its name (what front ends take), its tag (what training data carries), the prompt
+    sent at inference, training's paraphrases, the label kinds it appends and the parser of its output."""
 
     name: str
     tag: str
-    prompt: str
-    labels: tuple[str, ...] = ()
+    prompt: str | None  # None: the first paraphrase
+    labels: tuple[str, ...] = ()  # kinds of LABEL_SETS, in the order the output appends them
     transcript: bool = True  # False for the label-only tasks (`age+gender`, `style+age+gender`)
-    output: str = "text"  # "text": transcript then label tags; "srwt": timed words; "sttc": transcript + reply
+    output: str = "text"  # a PARSERS key: "text" transcript then label tags; "srwt" timed words; "sttc" + reply
+    paraphrases: tuple[str, ...] = ()  # training draws one per sample; (): the prompt alone
 
-    @property
-    def paraphrases(self) -> tuple[str, ...]:
-        return PARAPHRASES.get(self.tag, (self.prompt,))
+    def __post_init__(self):
+        if self.prompt is None:
+            object.__setattr__(self, "prompt", self.paraphrases[0])
+        if not self.paraphrases:
+            object.__setattr__(self, "paraphrases", (self.prompt,))
 
 
-# Single tasks use the fixed prompts of the original's gradio demo (docs/original.md §8); combined tags have none there,
-# so they use their first paraphrase.
-TASKS = {
-    task.name: task
-    for task in (
-        Task("asr", "<TRANSCRIBE>", "执行语音识别任务，将音频转换为文字。"),
-        Task(
-            "srwt",
-            "<TRANSCRIBE> <ALIGN>",
-            "请转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，"
-            "时间范围用<>括起来。",
-            output="srwt",
+# The original's tasks: each tag's five paraphrases verbatim from prompt_config.yaml. Single tasks send the fixed
+# prompts of the original's gradio demo (docs/original.md §8); combined tags have none there, so they send their
+# first paraphrase.
+ORIGINAL_TASKS = (
+    Task(
+        "asr",
+        "<TRANSCRIBE>",
+        "执行语音识别任务，将音频转换为文字。",
+        paraphrases=(
+            "转录如下音频。",
+            "转录这段音频中的语音内容为文字。",
+            "将音频的语音部分转换为文字形式，谢谢。",
+            "将这段音频的语音内容详细记录为文字稿。",
+            "执行语音识别任务，将音频转换为文字。",
         ),
-        Task(
-            "ved",
-            "<TRANSCRIBE> <CAPTION>",
-            "请将音频转录为文字记录，并在记录末尾标注<音频事件>标签，音频事件共8种：laugh，cough，"
-            "cry，screaming，sigh，throat clearing，sneeze，other。",
-            ("event",),
+    ),
+    Task(
+        "srwt",
+        "<TRANSCRIBE> <ALIGN>",
+        "请转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，时间范围用<>括起来。",
+        output="srwt",
+        paraphrases=(
+            "请将以下音频进行转录，同时标记出每个英文单词及对应中文字符的起始与结束时间，时间单位精确到0.1秒，并用<>来表示这些时间范围。",
+            "转录音频内容，并为每个英文词汇及其对应的中文翻译标注出精确到0.1秒的起止时间，时间范围用<>括起来。",
+            "将音频转录为文字，同时在每个英文单词和相应中文字符的前后添加时间戳，时间戳格式为<>，且时间单位需精确到0.1秒。",
+            "请将音频转化为文字记录，并标记每个英文词及其对应中文的起始时间和结束时间，时间单位至少为0.1秒，使用<>来标注这些时间。",
+            "将音频内容进行转录处理，并为其中的每个英文单词及其翻译后的中文标注时间范围，时间精确到0.1秒，并用<>进行包围。",
         ),
-        Task(
-            "ser",
-            "<TRANSCRIBE> <EMOTION>",
-            "请将音频内容转录成文字记录，并在记录末尾标注<情感>标签，情感共8种：sad，anger，"
-            "neutral，happy，surprise，fear，disgust，和other。",
-            ("emotion",),
+    ),
+    Task(
+        "ved",
+        "<TRANSCRIBE> <CAPTION>",
+        "请将音频转录为文字记录，并在记录末尾标注<音频事件>标签，音频事件共8种：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
+        ("event",),
+        paraphrases=(
+            "请将以下音频进行转录，并在结尾处给出<音频事件>标签，音频事件分为8类：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
+            "将音频内容转录成文字，并在文本最后附上<音频事件>标签，标签类型包括：laugh，cough，cry，screaming，sigh，throat clearing，sneeze以及other。",
+            "请将音频转录为文字记录，并在记录末尾标注<音频事件>标签，音频事件共8种：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
+            "将音频内容进行文字化处理，并在处理后的文本末尾添加<音频事件>标签，标签种类有8种：laugh，cough，cry，screaming，sigh，throat clearing，sneeze，other。",
+            "请将音频转录成文，并在文末给出<音频事件>标签，音频事件分为八大类：laugh，cough，cry，screaming，sigh，throat clearing，sneeze以及其他情况other。",
         ),
-        Task(
-            "ssr",
-            "<TRANSCRIBE> <STYLE>",
-            "请将音频内容进行文字转录，并在最后添加<风格>标签，标签共8种：新闻科普、恐怖故事、童话故事、"
-            "客服、诗歌散文、有声书、日常口语、其他。",
-            ("style",),
+    ),
+    Task(
+        "ser",
+        "<TRANSCRIBE> <EMOTION>",
+        "请将音频内容转录成文字记录，并在记录末尾标注<情感>标签，情感共8种：sad，anger，neutral，happy，surprise，fear，disgust，和other。",
+        ("emotion",),
+        paraphrases=(
+            "请将以下音频内容进行转录，并在结尾处给出<情感>标签，情感共分为8类：sad，anger，neutral，happy，surprise，fear，disgust，以及other。",
+            "将音频转录为文字，并在文本最后附加<情感>标签，标签类型涵盖：sad，anger，neutral，happy，surprise，fear，disgust，还有other。",
+            "请将音频内容转录成文字记录，并在记录末尾标注<情感>标签，情感共8种：sad，anger，neutral，happy，surprise，fear，disgust，和other。",
+            "将音频进行文字化处理，并在处理后的文本末尾添加<情感>标签，标签种类有8种：sad，anger，neutral，happy，surprise，fear，disgust，以及其他情况other。",
+            "请将音频转录成文，并在文末给出<情感>标签，情感分为八大类：sad，anger，neutral，happy，surprise，fear，disgust，以及不属于上述类别的other。",
         ),
-        Task(
-            "sgc",
-            "<TRANSCRIBE> <GENDER>",
+    ),
+    Task(
+        "ssr",
+        "<TRANSCRIBE> <STYLE>",
+        "请将音频内容进行文字转录，并在最后添加<风格>标签，标签共8种：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+        ("style",),
+        paraphrases=(
+            "请将以下音频内容进行转录，并在结尾处给出<风格>标签，风格共分为8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+            "将音频转录为文字，并在文本末尾附加<风格>标签，标签种类包括：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+            "将音频内容进行文字转录，并在最后添加<风格>标签，标签共8种：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+            "将音频转录为文字记录，并在记录末尾附上<风格>标签，风格共8类，分别是：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+            "将音频内容转录成文，并在文末标注<风格>标签，风格分类有8种，即：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。",
+        ),
+    ),
+    Task(
+        "sgc",
+        "<TRANSCRIBE> <GENDER>",
+        "请将音频转录为文本，并在文本结尾处标注<性别>标签，性别为female或male。",
+        ("gender",),
+        paraphrases=(
+            "请将这段音频进行转录，并在文本末尾附加<性别>标签。性别分为两种：female，male。",
+            "请将音频内容转录成文字，并在最后加上<性别>标签，标明是female还是male。",
             "请将音频转录为文本，并在文本结尾处标注<性别>标签，性别为female或male。",
-            ("gender",),
+            "请将音频进行文字转录，并在转录文本的末尾附上<性别>标签，标签内容为female或male。",
+            "请将音频内容转换为文字，并在文字末尾添加<性别>标签，以指示是female还是male。",
         ),
-        Task(
-            "sap",
-            "<TRANSCRIBE> <AGE>",
-            "请将音频转录为文本，并在文本结尾处标注<年龄>标签，年龄划分为child、adult和old三种。",
-            ("age",),
+    ),
+    Task(
+        "sap",
+        "<TRANSCRIBE> <AGE>",
+        "请将音频转录为文本，并在文本结尾处标注<年龄>标签，年龄划分为child、adult和old三种。",
+        ("age",),
+        paraphrases=(
+            "将这段音频进行转录，并在转录完成的文本末尾附加<年龄>标签。年龄类别分为三种：child、adult、old。",
+            "请将以下音频内容转录成文字，并在文字的最后加上<年龄>标签，标明是child、adult还是old。",
+            "将音频转录为文本，并在文本结尾处标注<年龄>标签，年龄划分为child、adult和old三种。",
+            "请将音频进行详细的文字转录，并在转录文本的末尾附上<年龄>标签，标签内容为child、adult或old。",
+            "将音频内容转换成文字形式，并在转换后的文字末尾添加<年龄>标签，用以指示是child、adult还是old的年龄阶段。",
         ),
-        Task(
-            "sttc",
-            "<TRANSCRIBE> <S2TCHAT>",
+    ),
+    Task(
+        "sttc",
+        "<TRANSCRIBE> <S2TCHAT>",
+        "首先将语音转录为文字，然后对语音内容进行回复，转录和文字之间使用<开始回答>分割。",
+        output="sttc",
+        paraphrases=(
             "首先将语音转录为文字，然后对语音内容进行回复，转录和文字之间使用<开始回答>分割。",
-            output="sttc",
+            "首先将语音转换为文本，接着使用<开始回答>作为分隔，最后对语音内容进行回复。",
+            "首先把语音变成文本，然后用<开始回答>作分隔，最后对语音内容予以回应。",
+            "首先将语音转化为书面语，随后以<开始回答>作分隔，最后对语音内容做出答复。",
+            "首先将语音转为文字形式，之后用<开始回答>来分隔，最后对语音内容给予回应。",
         ),
-        Task(
-            "asr+age+gender",
-            "<TRANSCRIBE> <AGE> <GENDER>",
-            PARAPHRASES["<TRANSCRIBE> <AGE> <GENDER>"][0],
-            ("age", "gender"),
+    ),
+    Task(
+        "asr+age+gender",
+        "<TRANSCRIBE> <AGE> <GENDER>",
+        None,
+        ("age", "gender"),
+        paraphrases=(
+            '请将这段音频进行转录，并在转录完成的文本末尾附加"<年龄> <性别>"标签。年龄分为child、adult、old三种，性别为female或male。',
+            '请将以下音频内容转录成文字，并在文字的最后加上"<年龄> <性别>"标签，标明是child、adult或old，以及female或male。',
+            '请将音频转录为文本，并在文本结尾处标注"<年龄> <性别>"标签，年龄划分为child、adult和old，性别分为female和male。',
+            '请将音频进行详细的文字转录，并在转录文本的末尾附上"<年龄> <性别>"标签，标签内容为child、adult或old，以及female或male的性别标识。',
+            '请将音频内容转换成文字形式，并在转换后的文字末尾添加"<年龄> <性别>"标签，用以指示说话者的年龄阶段（child、adult、old）以及性别（female、male）。',
         ),
-        Task(
-            "age+gender",
-            "<AGE> <GENDER>",
-            PARAPHRASES["<AGE> <GENDER>"][0],
-            ("age", "gender"),
-            transcript=False,
+    ),
+    Task(
+        "age+gender",
+        "<AGE> <GENDER>",
+        None,
+        ("age", "gender"),
+        transcript=False,
+        paraphrases=(
+            "请识别以下音频发言者的年龄和性别。年龄分为child、adult、old三种，性别为MALE和FEMALE。",
+            "请识别以下音频中的说话者的年龄和性别。年龄分为child、adult、old三种，性别为MALE和FEMALE。",
+            "请判断下列音频中的发言者的年龄与性别。年龄层次为child、adult、old，性别为MALE和FEMALE。",
+            "请确定以下音频中讲话人的年龄和性别。年龄可分为child、adult、old三个阶段，性别为MALE和FEMALE。",
+            "请分析下列音频中的说话人的年龄和性别。年龄划分为child、adult、old三类，性别为MALE和FEMALE。",
         ),
-        Task(
-            "asr+style+age+gender",
-            "<TRANSCRIBE> <STYLE> <AGE> <GENDER>",
-            PARAPHRASES["<TRANSCRIBE> <STYLE> <AGE> <GENDER>"][0],
-            ("style", "age", "gender"),
+    ),
+    Task(
+        "asr+style+age+gender",
+        "<TRANSCRIBE> <STYLE> <AGE> <GENDER>",
+        None,
+        ("style", "age", "gender"),
+        paraphrases=(
+            "请将以下音频内容进行转录，并在转录完成的文本末尾分别附加<风格>、<年龄>、<性别>标签。风格共分为8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄分为child、adult、old三种，性别为MALE和FEMALE。",
+            "请将下列音频内容进行转录，并在转录文本的末尾分别添加<风格>、<年龄>、<性别>标签。风格有8类：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三种，性别分为MALE和FEMALE。",
+            "请转录以下音频内容，并在转录后的文本末尾标注<风格>、<年龄>、<性别>标签。风格包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他8种类型。年龄分为child、adult、old，性别则为MALE和FEMALE。",
+            "请将以下音频内容转录，并在转录完成后，附加<风格>、<年龄>、<性别>三个标签。风格一共有8种，包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄层次分为child、adult、old，性别为MALE和FEMALE。",
+            "请对以下音频内容进行转录，并在文本结尾分别添加<风格>、<年龄>、<性别>标签。风格有8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个阶段，性别则为MALE和FEMALE。",
         ),
-        Task(
-            "style+age+gender",
-            "<STYLE> <AGE> <GENDER>",
-            PARAPHRASES["<STYLE> <AGE> <GENDER>"][0],
-            ("style", "age", "gender"),
-            transcript=False,
+    ),
+    Task(
+        "style+age+gender",
+        "<STYLE> <AGE> <GENDER>",
+        None,
+        ("style", "age", "gender"),
+        transcript=False,
+        paraphrases=(
+            "请识别如下音频的说话风格、说话者的年龄和性别。其中风格有8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个阶段，性别则为MALE和FEMALE。",
+            "请分析以下音频的说话风格、说话者的年龄和性别。风格包括8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄划分为child、adult、old三个层次，性别为MALE和FEMALE。",
+            "请识别下面音频的说话风格、说话者的年龄和性别。风格分为8种类型：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄段分为child、adult、old三类，性别为MALE和FEMALE。",
+            "请对以下音频进行分析，识别说话风格、说话者年龄和性别。风格类型有8种，包括新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄阶段为child、adult、old三种，性别为MALE或FEMALE。",
+            "请对下面音频内容识别说话风格、说话者的年龄和性别。风格包括8个类别：新闻科普、恐怖故事、童话故事、客服、诗歌散文、有声书、日常口语、其他。年龄分为child、adult、old三个阶段，性别为MALE或FEMALE。",
         ),
-    )
-}
+    ),
+)
+
+# Tasks that are not the original's go here: a Task with a new name and tag, its paraphrases, label kinds of
+# LABEL_SETS (add a kind there) and an output kind of PARSERS. Training then takes samples with its tag (train.py
+# --prompts may replace its paraphrases, and refuses a tag that is in no task), and infer.py --task, the server, the
+# web page and eval.py take its name.
+EXTRA_TASKS: tuple[Task, ...] = ()
+
+
+def _by(key: str, tasks) -> dict:
+    """The tasks by name or by tag; two tasks with one name or one tag are a mistake in this file."""
+    table = {getattr(task, key): task for task in tasks}
+    if len(table) != len(tasks):
+        raise ValueError(f"osum_min/text/tasks.py: two tasks share a {key}")
+    return table
+
+
+TASKS = _by("name", ORIGINAL_TASKS + EXTRA_TASKS)  # every front end's table
+TASKS_BY_TAG = _by("tag", ORIGINAL_TASKS + EXTRA_TASKS)  # training's: samples carry tags
 
 
 def free_prompt_task(prompt: str) -> Task:

@@ -7,9 +7,7 @@ import torch
 from ..data import dataset as data
 from ..model.osum import OSUM
 from ..eval.scoring import Scorer, edit_distance, normalise
-from ..text.tasks import TASKS, free_prompt_task, parse
-
-TASKS_BY_TAG = {task.tag: task for task in TASKS.values()}
+from ..text.tasks import TASKS_BY_TAG, parse
 
 
 def character_error_rate(reference: str, hypothesis: str) -> tuple[int, int]:
@@ -56,7 +54,7 @@ def evaluate(
         )
         outputs = model.generate(mel, mel_lens, batch["prompt_ids"], max_new_tokens=max_new_tokens)
         for tag, labels, output in zip(batch["tasks"], batch["labels"], outputs):
-            task = TASKS_BY_TAG.get(tag) or free_prompt_task(tag)
+            task = TASKS_BY_TAG[tag]  # the dataset takes no other tag
             text = tokenizer.decode(
                 output, placeholders=True
             )  # a young model's unknown ids score as wrong words
