@@ -30,6 +30,7 @@ from osum_min.inference.pipeline import Answer, Pipeline, Request, RequestError
 from osum_min.progress import Progress
 from osum_min.eval.scoring import PROTOCOLS, Scorer
 from osum_min.inference.subtitles import subtitle_paths, subtitles
+from osum_min.convert.mini import named_weights
 from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
 from osum_min.text.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
 
@@ -227,7 +228,9 @@ def parse_args(argv):
     parser.add_argument(
         "--max-audio-seconds", type=float, default=600.0, help="--serve: duration cap (default 600)"
     )
-    parser.add_argument("--weights", default="weights/osum")
+    parser.add_argument(
+        "--weights", default="weights/osum", help="a model directory, or mini: weights/osum-mini"
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     parser.add_argument(
@@ -477,6 +480,11 @@ class Report:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        args.weights = named_weights(args.weights)  # --weights mini: weights/osum-mini
+    except (ValueError, OSError) as err:
+        print(f"infer.py: error: {err}", file=sys.stderr)
+        return 2
     if args.list_tasks:
         for task in TASKS.values():
             print(f"{task.name:22} {task.tag:38} {task.prompt}")
