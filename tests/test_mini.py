@@ -10,6 +10,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import random
+import shutil
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +28,7 @@ import train
 from conftest import ROOT
 from osum_min.convert import mini
 from osum_min.model.osum import OSUM, OSUM_PRESETS
+from osum_min.text.tasks import TASKS, parse
 from osum_min.text.tokenizer import QWEN2_PATTERN, Tokenizer, _gpt2_byte_decoder
 from osum_min.weights import WeightsError
 
@@ -278,25 +281,46 @@ def test_infer_weights_mini_assembles_on_first_use(parts, tmp_path, monkeypatch,
     assert (tmp_path / "osum-mini" / "config.json").is_file()
 
 
+def recipe_corpus():
+    """examples/mini/make_corpus.py as a module (it needs espeak-ng and sox)."""
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        pytest.skip("the recipe's corpus needs espeak-ng and sox (apt-get install espeak-ng sox)")
+    spec = importlib.util.spec_from_file_location(
+        "mini_corpus", ROOT / "examples" / "mini" / "make_corpus.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_srwt_clips_carry_exact_word_times(tmp_path):
+    """A word-by-word clip: outside the labelled spans there is only the drawn noise floor."""
+    corpus = recipe_corpus()
+    style = {**corpus.draw_style(random.Random(0)), "voice": "en-us+f2", "srwt": True}
+    style |= {"reverb": 0, "telephone": False, "snr_db": 60, "peak_db": -6}
+    labels = corpus.make_clip("the quick brown fox", style, "seed", tmp_path / "clip.wav")
+    result = parse(TASKS["srwt"], labels["srwt"])
+    assert [w.text for w in result.words] == "the quick brown fox".split()
+    audio, rate = soundfile.read(tmp_path / "clip.wav")
+    loud = np.abs(audio) > 0.05 * np.abs(audio).max()
+    inside = np.zeros(len(audio), bool)
+    for word in result.words:  # 0.1 s rounding: widen each span by 50 ms
+        inside[int((word.start - 0.05) * rate) : int((word.end + 0.05) * rate)] = True
+    assert loud.any() and not (loud & ~inside).any()
+
+
 def test_a_short_run_on_the_assembled_model_learns(parts, tmp_path):
-    """train.py --init on osum-mini's directory, encoder and LLM frozen, adaptor + LoRA + speech
-    bos/eos trained on four tones: the loss falls and only those parts move."""
+    """The recipe in small: its corpus (6 sentences), train.py --init on osum-mini's directory with
+    the encoder and LLM frozen, adaptor + LoRA + speech bos/eos trained: the loss falls, only they move."""
+    lists = recipe_corpus().main(["--out", str(tmp_path / "data"), "--utterances", "6"])
     init = tmp_path / "osum-mini"
     mini.assemble(init, delta=None)
-    lines = []
-    for index in range(4):
-        wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * index) * np.arange(16000) / 16000)
-        soundfile.write(tmp_path / f"tone{index}.wav", wave.astype(np.float32), 16000)
-        wav = str(tmp_path / f"tone{index}.wav")
-        lines.append({"key": f"t{index}", "wav": wav, "txt": f"tone {index}", "task": "<TEST>"})
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (tmp_path / "prompts.json").write_text(json.dumps({"<TEST>": ["name the tone"]}))
     out = tmp_path / "run"
     flags = ["--max-steps", "40", "--lr", "3e-3", "--warmup-steps", "5", "--accum-grad", "1"]
-    flags += ["--batch-frames", "400", "--num-workers", "0", "--log-every", "5", "--no-augment"]
+    flags += ["--batch-frames", "1500", "--num-workers", "0", "--log-every", "5", "--no-augment"]
     code = train.main(
-        ["--train-data", str(tmp_path / "train.jsonl"), "--init", str(init), "--out", str(out)]
-        + ["--prompts", str(tmp_path / "prompts.json"), "--fire-module", "link_and_lora", *flags]
+        ["--train-data", str(lists["train"]), "--init", str(init), "--out", str(out)]
+        + ["--fire-module", "link_and_lora", *flags]
     )
     assert code == 0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
