@@ -332,6 +332,22 @@ def test_a_short_run_on_the_assembled_model_learns(parts, tmp_path):
     assert moved and all(mini.DELTA.fullmatch(name) for name in moved)
 
 
+def test_the_server_answers_as_osum_mini_not_as_osum(parts, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
+    uvicorn = pytest.importorskip("uvicorn", reason="the server needs the [serve] extra")
+    pytest.importorskip("multipart", reason="the server needs the [serve] extra")
+    from fastapi.testclient import TestClient
+
+    from osum_min.serve import server
+
+    mini.assemble(tmp_path / "osum-mini", delta=None)
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **settings: apps.append(app))
+    assert server.serve(tmp_path / "osum-mini", device="cpu") == 0
+    with TestClient(apps[0]) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["osum-mini"]
+
+
 def test_real_parts_assemble_into_a_working_osum_mini(tmp_path):
     if "1" not in (os.environ.get("OSUM_TEST_MINI"), os.environ.get("OSUM_TEST_GGUF")):
         pytest.skip("opt-in: OSUM_TEST_MINI=1 assembles the real parts (~640 MB of packages)")
