@@ -10,7 +10,6 @@ silence trimmed, and the words joined with drawn pauses, so the word times in th
 OSUM's tags and forms: `text<female>` for `<TRANSCRIBE> <GENDER>`, `word<0.3,0.7>...` (0.1 s) for SRWT.
 """
 
-import argparse
 import importlib.util
 import json
 import random
@@ -129,23 +128,12 @@ def make_clip(text: str, style: dict, seed: str, path: Path):
 
 
 def main(argv=None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--utterances", type=int, default=1500)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    rng = random.Random(args.seed)
-    texts = []
-    while len(texts) < args.utterances:
-        text = asr_gender.sentence(rng)
-        if text not in texts:
-            texts.append(text)
+    args, texts = asr_gender.corpus_args(argv, __doc__, 1500)
     (args.out / "wav").mkdir(parents=True, exist_ok=True)
     lists = {"train": [], "dev": [], "test": []}
     with Progress(len(texts), "synthesizing") as bar:
         for index, text in enumerate(texts):
-            split = "train" if index % 10 < 8 else "dev" if index % 10 == 8 else "test"
-            key = f"{split}{index:05d}"
+            split, key = asr_gender.split_and_key(index)
             seed = f"{args.seed}/{key}/{text}"
             style = draw_style(random.Random(seed))
             path, record = args.out / "wav" / f"{key}.wav", args.out / "wav" / f"{key}.json"
