@@ -219,9 +219,8 @@ def fresh_trained(model: OSUM) -> dict[str, torch.Tensor]:
 
 
 def delta_shapes(model: OSUM) -> dict[str, torch.Size]:
-    return {
-        name: tensor.shape for name, tensor in model.state_dict().items() if DELTA.fullmatch(name)
-    }
+    """The trained parameters (buffers such as the adaptor's sinusoids are rebuilt, not shipped)."""
+    return {name: t.shape for name, t in model.named_parameters() if DELTA.fullmatch(name)}
 
 
 def read_delta(directory: Path, model: OSUM) -> dict[str, torch.Tensor]:
@@ -259,7 +258,7 @@ def write_delta(model_dir: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state = {
         name: tensor.detach().contiguous()
-        for name, tensor in model.state_dict().items()
+        for name, tensor in model.named_parameters()
         if DELTA.fullmatch(name)
     }
     save_file(state, out / DELTA_NAME, metadata={"format": "pt"})
@@ -305,7 +304,8 @@ def assemble(out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=None) ->
         with torch.device("meta"):
             model = OSUM(config)
         has_delta = delta is not None and (Path(delta) / DELTA_NAME).exists()
-        trained = read_delta(Path(delta), model) if has_delta else fresh_trained(model)
+        trained = fresh_trained(model)
+        trained.update(read_delta(Path(delta), model) if has_delta else {})
         entries = list(weight_entries(model, encoder, llm, trained))
         size = sum(shape.numel() * dtype.itemsize for _, shape, dtype, _ in entries)
         with replacing_directory(out) as new, Progress(size, f"writing {out}", unit="B") as bar:
