@@ -30,7 +30,6 @@ from osum_min.inference.pipeline import Answer, Pipeline, Request, RequestError
 from osum_min.progress import Progress
 from osum_min.eval.scoring import PROTOCOLS, Scorer
 from osum_min.inference.subtitles import subtitle_paths, subtitles
-from osum_min.convert.mini import named_weights
 from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
 from osum_min.text.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
 
@@ -480,11 +479,14 @@ class Report:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        args.weights = named_weights(args.weights)  # --weights mini: weights/osum-mini
-    except (ValueError, OSError) as err:
-        print(f"infer.py: error: {err}", file=sys.stderr)
-        return 2
+    if args.weights == "mini":  # weights/osum-mini, assembled from its packages on first use
+        from osum_min.convert.mini import named_weights
+
+        try:
+            args.weights = named_weights(args.weights)
+        except (ValueError, OSError) as err:
+            print(f"infer.py: error: {err}", file=sys.stderr)
+            return 2
     if args.list_tasks:
         for task in TASKS.values():
             print(f"{task.name:22} {task.tag:38} {task.prompt}")
