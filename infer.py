@@ -480,10 +480,10 @@ class Report:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.weights == "mini":  # weights/osum-mini, assembled from its packages on first use
-        from osum_min.convert.mini import named_weights
+        from osum_min.convert.mini import assembled
 
         try:
-            args.weights = named_weights(args.weights)
+            args.weights = assembled()
         except (ValueError, OSError) as err:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2

@@ -315,10 +315,8 @@ def assemble(out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=None) ->
     return config
 
 
-def named_weights(weights: str) -> str:
+def assembled() -> str:
     """infer.py --weights mini: weights/osum-mini, assembled from the packages on first use."""
-    if weights != "mini":
-        return weights
     if not (OUT_DIR / "config.json").is_file():
         assemble(OUT_DIR)
     return str(OUT_DIR)
