@@ -86,9 +86,11 @@ def degrade(audio: np.ndarray, style: dict, rng: np.random.Generator) -> np.ndar
     if style["telephone"]:
         effects += ["sinc", "300-3400", "rate", "8000", "rate", str(RATE)]
     if effects:
+        audio = audio * (0.3 / (np.abs(audio).max() + 1e-9))  # headroom: reverb adds up
         with tempfile.TemporaryDirectory() as tmp:
             soundfile.write(f"{tmp}/in.wav", audio, RATE, subtype="FLOAT")
-            subprocess.run(["sox", f"{tmp}/in.wav", f"{tmp}/out.wav", *effects], check=True)
+            sox = ["sox", "-V1", f"{tmp}/in.wav", f"{tmp}/out.wav", *effects]  # errors only
+            subprocess.run(sox, check=True)
             audio = load_audio(f"{tmp}/out.wav").numpy()[: len(audio)]
     power = float((audio**2).mean()) + 1e-10
     audio = audio + rng.standard_normal(len(audio)).astype(np.float32) * np.sqrt(
