@@ -27,7 +27,7 @@ import infer
 import train
 from conftest import ROOT
 from osum_min.convert import mini
-from osum_min.model.osum import OSUM, OSUM_PRESETS
+from osum_min.model.osum import OSUM, OSUM_PRESETS, OSUMConfig
 from osum_min.text.tasks import TASKS, parse
 from osum_min.text.tokenizer import QWEN2_PATTERN, Tokenizer, _gpt2_byte_decoder
 from osum_min.weights import WeightsError
@@ -216,6 +216,19 @@ def error_line(capsys) -> str:
     """The one error line (progress lines aside)."""
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     return line
+
+
+def test_the_adaptor_follows_the_parts_widths(tmp_path):
+    """Whisper base (512) into Qwen2.5-0.5B (896): the preset's adaptor maps 512 -> 896, and a config.json
+    whose adaptor disagrees with its parts is refused in one line naming the field."""
+    config = OSUM_PRESETS["mini"]
+    assert (config.encoder.dim, config.adaptor.dim) == (512, 512)
+    assert (config.adaptor.llm_dim, config.llm.dim) == (896, 896)
+    data = config.to_dict()
+    data["adaptor"]["dim"] = 1024  # OSUM's, for Whisper medium
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"config.json: adaptor.dim is 1024, not encoder.dim 512$"):
+        OSUMConfig.from_file(tmp_path / "config.json")
 
 
 def test_a_changed_or_missing_part_is_one_line_naming_the_pip_command(parts, tmp_path, capsys):
