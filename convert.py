@@ -3,6 +3,7 @@
     python convert.py CKPT [--config OSUM_CONFIG.json] [--tokenizer DIR] [--dtype bf16|fp32|keep] --out DIR
     python convert.py --download [--hub-url URL]          # fetch the released model and convert into weights/osum
     python convert.py --to-original DIR --out infer.pt    # export ours back to the original's key layout
+    python convert.py --mini [--no-delta] [--out DIR]     # osum-mini from the [mini] packages (docs/mini.md)
 
 The key table and the config reading live in osum_min/convert/original.py; this is the command around them. A bad
 checkpoint, config or tokenizer is refused in one line (exit code 2). --out is replaced as a whole: an interrupted
@@ -104,8 +105,20 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--to-original", type=Path, metavar="DIR", help="export our DIR to the original's layout"
     )
+    parser.add_argument(
+        "--mini", action="store_true", help="assemble osum-mini from installed packages"
+    )
+    parser.add_argument(
+        "--no-delta", action="store_true", help="--mini without weights/mini: fresh to train"
+    )
     args = parser.parse_args(argv)
     try:
+        if args.mini:
+            from osum_min.convert.mini import DELTA_DIR, OUT_DIR, assemble
+
+            assemble(args.out or OUT_DIR, delta=None if args.no_delta else DELTA_DIR)
+            print(f"wrote {args.out or OUT_DIR}")
+            return 0
         if args.to_original:
             from osum_min.convert.export import export_original
 

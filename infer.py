@@ -227,7 +227,9 @@ def parse_args(argv):
     parser.add_argument(
         "--max-audio-seconds", type=float, default=600.0, help="--serve: duration cap (default 600)"
     )
-    parser.add_argument("--weights", default="weights/osum")
+    parser.add_argument(
+        "--weights", default="weights/osum", help="a model directory, or mini: weights/osum-mini"
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     parser.add_argument(
@@ -477,6 +479,14 @@ class Report:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.weights == "mini":  # weights/osum-mini, assembled from its packages on first use
+        from osum_min.convert.mini import assembled
+
+        try:
+            args.weights = assembled()
+        except (ValueError, OSError) as err:
+            print(f"infer.py: error: {err}", file=sys.stderr)
+            return 2
     if args.list_tasks:
         for task in TASKS.values():
             print(f"{task.name:22} {task.tag:38} {task.prompt}")

@@ -17,7 +17,7 @@ from osum_min.text.tokenizer import Tokenizer  # noqa: E402
 from osum_min.training.dev import evaluate  # noqa: E402
 
 
-def plot(log_path: Path, png: Path) -> bool:
+def plot(log_path: Path, png: Path, title: str = "ASR + gender, espeak-ng") -> bool:
     """Training loss per logged step (and dev loss where evaluated); False when matplotlib is missing."""
     try:
         import matplotlib
@@ -41,7 +41,7 @@ def plot(log_path: Path, png: Path) -> bool:
         xlabel="step",
         ylabel="cross-entropy per label token",
         yscale="log",
-        title="ASR + gender, espeak-ng",
+        title=title,
     )
     axes.legend()
     figure.tight_layout()

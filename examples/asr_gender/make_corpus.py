@@ -77,6 +77,22 @@ def sentence(rng: random.Random) -> str:
     return template
 
 
+def sentences(count: int, seed: int) -> list[str]:
+    """`count` distinct sentences of the grammar, drawn in order from `seed`."""
+    rng, texts = random.Random(seed), []
+    while len(texts) < count:
+        text = sentence(rng)
+        if text not in texts:
+            texts.append(text)
+    return texts
+
+
+def split_and_key(index: int) -> tuple[str, str]:
+    """Sentences split 80/10/10 by position, so no dev or test sentence is ever heard in training."""
+    split = "train" if index % 10 < 8 else "dev" if index % 10 == 8 else "test"
+    return split, f"{split}{index:05d}"
+
+
 def speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
     with tempfile.NamedTemporaryFile(suffix=".wav") as raw:
         subprocess.run(
@@ -87,24 +103,23 @@ def speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
         soundfile.write(path, load_audio(raw.name).numpy(), 16000, subtype="PCM_16")
 
 
-def main(argv=None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def corpus_args(argv, doc: str, utterances: int) -> tuple[argparse.Namespace, list[str]]:
+    """--out, --utterances, --seed; and the sentences they draw."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--utterances", type=int, default=3000)
+    parser.add_argument("--utterances", type=int, default=utterances)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    rng = random.Random(args.seed)
-    texts = []
-    while len(texts) < args.utterances:
-        text = sentence(rng)
-        if text not in texts:
-            texts.append(text)
+    return args, sentences(args.utterances, args.seed)
+
+
+def main(argv=None) -> dict[str, Path]:
+    args, texts = corpus_args(argv, __doc__, 3000)
     (args.out / "wav").mkdir(parents=True, exist_ok=True)
     splits = {"train": [], "dev": [], "test": []}
     with Progress(len(texts), "synthesizing") as bar:
         for index, text in enumerate(texts):
-            split = "train" if index % 10 < 8 else "dev" if index % 10 == 8 else "test"
-            key = f"{split}{index:05d}"
+            split, key = split_and_key(index)
             # each clip's voice, speed and pitch come from its own seed: they (and the gender label beside them) never
             # depend on which clips an earlier, interrupted or smaller run left in the folder
             clip_rng = random.Random(f"{args.seed}/{key}/{text}")

@@ -19,9 +19,14 @@ CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16
 
 
 def read_ctranslate2(path: Path) -> dict[str, np.ndarray]:
-    """A CTranslate2 model.bin (version 6) as {name: array}: u32 version, spec name, u32 revision, u32 n_vars, then
-    per variable (u16 name length, name, u8 rank, u32 dims, u8 dtype, u32 nbytes, data); aliases follow (unused)."""
-    data = path.read_bytes()
+    """A CTranslate2 model.bin file as {name: array} (`parse_ctranslate2`)."""
+    return parse_ctranslate2(path.read_bytes(), path)
+
+
+def parse_ctranslate2(data: bytes, source) -> dict[str, np.ndarray]:
+    """model.bin's bytes (version 6) as {name: array}: u32 version, spec name, u32 revision, u32 n_vars, then
+    per variable (u16 name length, name, u8 rank, u32 dims, u8 dtype, u32 nbytes, data); aliases follow (unused).
+    The arrays view `data` (no copy)."""
     offset = 0
 
     def take(fmt: str):
@@ -38,7 +43,7 @@ def read_ctranslate2(path: Path) -> dict[str, np.ndarray]:
 
     (version,) = take("I")
     if version != 6:
-        raise ValueError(f"{path}: CTranslate2 model version {version}, this reader knows 6")
+        raise ValueError(f"{source}: CTranslate2 model version {version}, this reader knows 6")
     string(), take("I")  # spec name, revision
     (n_vars,) = take("I")
     variables = {}
@@ -100,22 +105,24 @@ def ct2_encoder_state(variables: dict[str, np.ndarray], layers: int) -> dict[str
     return state
 
 
-def whisper_checkpoint(model_dir) -> dict:
-    """{"dims", "model_state_dict"} as openai-whisper saves them, holding the encoder only."""
-    variables = read_ctranslate2(Path(model_dir) / "model.bin")
-    layers = len(
-        {match[1] for name in variables if (match := re.match(r"encoder/layer_(\d+)/", name))}
-    )
-    conv1 = variables["encoder/conv1/weight"]  # (dim, n_mels, 3)
-    dim = conv1.shape[0]
-    dims = {
-        "n_mels": conv1.shape[1],
+def encoder_dims(variables: dict[str, np.ndarray]) -> dict[str, int]:
+    """openai-whisper's encoder `dims`, read off the variables' shapes (a head is 64 wide in every Whisper)."""
+    layers = {m[1] for name in variables if (m := re.match(r"encoder/layer_(\d+)/", name))}
+    dim, n_mels, _ = variables["encoder/conv1/weight"].shape  # (dim, n_mels, 3)
+    return {
+        "n_mels": n_mels,
         "n_audio_ctx": variables["encoder/position_encodings/encodings"].shape[0],
         "n_audio_state": dim,
         "n_audio_head": dim // 64,
-        "n_audio_layer": layers,
+        "n_audio_layer": len(layers),
     }
-    state = ct2_encoder_state(variables, layers)
+
+
+def whisper_checkpoint(model_dir) -> dict:
+    """{"dims", "model_state_dict"} as openai-whisper saves them, holding the encoder only."""
+    variables = read_ctranslate2(Path(model_dir) / "model.bin")
+    dims = encoder_dims(variables)
+    state = ct2_encoder_state(variables, dims["n_audio_layer"])
     return {
         "dims": dims,
         "model_state_dict": {"encoder." + name: tensor for name, tensor in state.items()},

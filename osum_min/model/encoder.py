@@ -36,6 +36,18 @@ class EncoderConfig:
         from conv2's stride 2."""
         return (mel_frames + 1) // 2
 
+    @classmethod
+    def from_whisper_dims(cls, dims: dict) -> "EncoderConfig":
+        """openai-whisper's checkpoint `dims` (n_mels, n_audio_state/head/layer); the MLP is 4x wide."""
+        width = dims["n_audio_state"]
+        return cls(
+            n_mels=dims["n_mels"],
+            dim=width,
+            heads=dims["n_audio_head"],
+            ff_dim=4 * width,
+            layers=dims["n_audio_layer"],
+        )
+
 
 ENCODER_PRESETS = {
     "whisper-medium": EncoderConfig(),  # OSUM's encoder

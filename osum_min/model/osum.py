@@ -66,9 +66,25 @@ class OSUMConfig:
     )
     eod_id: int = EOD_ID  # appended to every label; the original's hard-coded decoding eos
     max_mel_frames: int = 3000  # 30 s: the encoder's positional table ends there
+    name: str = "osum"  # what the model answers as (server model id, web page title)
 
     def __post_init__(self):
         check_config(self, minimum={"speech_token_num": 0, "eod_id": 0})
+        for field_name, width, part in (
+            ("dim", self.encoder.dim, "encoder.dim"),
+            ("llm_dim", self.llm.dim, "llm.dim"),
+        ):
+            if getattr(self.adaptor, field_name) != width:
+                value = getattr(self.adaptor, field_name)
+                raise ConfigError(f"adaptor.{field_name}", value, f"not {part} {width}")
+
+    def with_parts(
+        self, encoder: EncoderConfig | None = None, llm: Qwen2Config | None = None
+    ) -> "OSUMConfig":
+        """Another encoder and/or LLM, the adaptor's widths following them (its in = encoder, out = LLM)."""
+        encoder, llm = encoder or self.encoder, llm or self.llm
+        adaptor = replace(self.adaptor, dim=encoder.dim, llm_dim=llm.dim)
+        return replace(self, encoder=encoder, adaptor=adaptor, llm=llm)
 
     @classmethod
     def from_dict(cls, data: dict) -> "OSUMConfig":
@@ -156,6 +172,14 @@ OSUM_PRESETS = {
             lora_dropout=0.1,
         ),
         eod_id=1000,
+    ),
+    # osum-mini (convert.py --mini, docs/mini.md): Whisper base, a 2-block adaptor, Qwen2.5-0.5B + LoRA.
+    # Embeddings tied: the GGUF's Q8_0 output matrix serves both ends (its Q5_0 copy is coarser).
+    "mini": OSUMConfig(
+        encoder=ENCODER_PRESETS["whisper-base"],
+        adaptor=AdaptorConfig(dim=512, heads=4, ff_dim=1280, layers=2, llm_dim=896),
+        llm=replace(LLM_PRESETS["qwen2.5-0.5b"], lora_rank=8, lora_dropout=0.1),
+        name="osum-mini",
     ),
     "small": OSUMConfig(  # the CPU experiment: a Whisper tiny(.en) encoder, a 4x256 LLM trained whole (no LoRA)
         encoder=ENCODER_PRESETS["whisper-tiny"],

@@ -458,7 +458,11 @@ def serve(
         )
         return 2
     pipeline = Pipeline(model, tokenizer, config.batch_size, config.max_audio_seconds)
-    config = replace(config, api_key=config.api_key or os.environ.get("OSUM_API_KEY") or None)
+    config = replace(
+        config,
+        api_key=config.api_key or os.environ.get("OSUM_API_KEY") or None,
+        model_name=model.config.name,  # osum-mini answers as itself, never as OSUM
+    )
     import uvicorn
 
     uvicorn.run(create_app(pipeline, config), host=host, port=port, log_level="info")

@@ -192,11 +192,13 @@ def build_demo(
         )
 
     # uploads and result files: those older than an hour are deleted every hour, all of them when the server closes
+    named = model is not None and model.config.name != "osum"
+    title = model.config.name if named else "OSUM"  # osum-mini is named as itself
     with gr.Blocks(
-        title="OSUM", analytics_enabled=False, delete_cache=(CACHE_SECONDS, CACHE_SECONDS)
+        title=title, analytics_enabled=False, delete_cache=(CACHE_SECONDS, CACHE_SECONDS)
     ) as demo:
         gr.Markdown(
-            "# OSUM\nSpeech understanding: transcripts, timed words, emotion, style, gender, age, events "
+            f"# {title}\nSpeech understanding: transcripts, timed words, emotion, style, gender, age, events "
             "and spoken chat. Audio over 30 s is cut into windows at quiet points."
         )
         if unavailable:

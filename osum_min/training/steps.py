@@ -196,40 +196,25 @@ def build_model(
             raise TrainingError(
                 f"{encoder_init}: not an openai-whisper checkpoint (no dims/model_state_dict)"
             )
-        dims = checkpoint_state["dims"]
-        config = replace(
-            config,
-            encoder=EncoderConfig(
-                n_mels=dims["n_mels"],
-                dim=dims["n_audio_state"],
-                heads=dims["n_audio_head"],
-                ff_dim=4 * dims["n_audio_state"],
-                layers=dims["n_audio_layer"],
-            ),
-        )
+        encoder = EncoderConfig.from_whisper_dims(checkpoint_state["dims"])
+        config = config.with_parts(encoder=encoder)
         encoder_state = whisper_state_dict(checkpoint_state["model_state_dict"])
     if llm_init:
         llm = load_hf_checkpoint(
             llm_init, dtype=torch.float32
         )  # the base weights, strictly; adapters are new
         lora = config.llm
-        config = replace(
-            config,
-            eod_id=EOD_ID,
-            llm=replace(
-                llm.config,
-                lora_rank=lora.lora_rank,
-                lora_alpha=lora.lora_alpha,
-                lora_dropout=lora.lora_dropout,
-            ),
+        llm_config = replace(
+            llm.config,
+            lora_rank=lora.lora_rank,
+            lora_alpha=lora.lora_alpha,
+            lora_dropout=lora.lora_dropout,
         )
+        config = replace(config.with_parts(llm=llm_config), eod_id=EOD_ID)
     elif vocab_size is not None:
         config = replace(config, llm=replace(config.llm, vocab_size=vocab_size))
     if eod_id is not None:
         config = replace(config, eod_id=eod_id)
-    config = replace(
-        config, adaptor=replace(config.adaptor, dim=config.encoder.dim, llm_dim=config.llm.dim)
-    )
     model = OSUM(config)
     if encoder_state is not None:
         load_state_dict_strict(model.encoder, encoder_state, encoder_init)

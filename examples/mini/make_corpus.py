@@ -1,0 +1,164 @@
+"""osum-mini's corpus: English speech from Debian's TTS voices for ASR, gender and SRWT, as wenet raw lists.
+
+    python examples/mini/make_corpus.py --out data/mini [--utterances 1500]
+
+Sentences and espeak-ng voices are examples/asr_gender's (its grammar; sentences split 80/10/10, so no test
+sentence is heard in training); flite's slt (female), awb, rms and kal (male) join them where flite is installed.
+Each clip draws, from its own seed: speed and pitch (espeak-ng), reverberation, a telephone band at 8 kHz (sox),
+white noise at 5-30 dB SNR and a loudness. A third of the clips are SRWT clips: each word is spoken alone, its
+silence trimmed, and the words joined with drawn pauses, so the word times in the label are exact. Labels use
+OSUM's tags and forms: `text<female>` for `<TRANSCRIBE> <GENDER>`, `word<0.3,0.7>...` (0.1 s) for SRWT.
+"""
+
+import importlib.util
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from osum_min.audio import load_audio  # noqa: E402  (resamples any rate to 16 kHz)
+from osum_min.progress import Progress  # noqa: E402
+
+spec = importlib.util.spec_from_file_location(
+    "asr_gender_corpus", ROOT / "examples" / "asr_gender" / "make_corpus.py"
+)
+asr_gender = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(asr_gender)
+
+RATE = 16000
+FLITE_VOICES = [("flite:slt", "female"), ("flite:awb", "male"), ("flite:rms", "male")]
+FLITE_VOICES += [("flite:kal16", "male")]
+TASKS = {"asr": "<TRANSCRIBE>", "sgc": "<TRANSCRIBE> <GENDER>", "srwt": "<TRANSCRIBE> <ALIGN>"}
+
+
+def voices() -> list[tuple[str, str]]:
+    return asr_gender.VOICES + (FLITE_VOICES if shutil.which("flite") else [])
+
+
+def synthesize(text: str, style: dict) -> np.ndarray:
+    """One voice saying `text`, at 16 kHz, float32."""
+    with tempfile.NamedTemporaryFile(suffix=".wav") as raw:
+        if style["voice"].startswith("flite:"):
+            command = ["flite", "-voice", style["voice"][6:], "-t", text, "-o", raw.name]
+        else:
+            speed, pitch = str(style["speed"]), str(style["pitch"])
+            command = ["espeak-ng", "-v", style["voice"], "-s", speed, "-p", pitch]
+            command += ["-w", raw.name, text]
+        subprocess.run(command, check=True, capture_output=True)
+        return load_audio(raw.name).numpy()
+
+
+def trimmed(audio: np.ndarray) -> np.ndarray:
+    """The span from the first to the last 10 ms frame within 35 dB of the loudest."""
+    frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
+    energy = 10 * np.log10((frames**2).mean(axis=1) + 1e-10)
+    voiced = np.flatnonzero(energy > energy.max() - 35)
+    return audio[voiced[0] * 160 : (voiced[-1] + 1) * 160]
+
+
+def timed_words(words: list[str], style: dict, rng: random.Random):
+    """Each word spoken alone, joined with pauses: the audio and each word's (start, end) in seconds."""
+    pieces = [np.zeros(int(rng.uniform(0.1, 0.4) * RATE), np.float32)]
+    times, at = [], len(pieces[0])
+    for word in words:
+        spoken = trimmed(synthesize(word, style))
+        pause = np.zeros(int(rng.uniform(0.1, 0.5) * RATE), np.float32)
+        times.append((at / RATE, (at + len(spoken)) / RATE))
+        pieces += [spoken, pause]
+        at += len(spoken) + len(pause)
+    return np.concatenate(pieces), times
+
+
+def degrade(audio: np.ndarray, style: dict, rng: np.random.Generator) -> np.ndarray:
+    """Room, channel, noise and level (sox for the filters; they keep the timing)."""
+    effects = []
+    if style["reverb"]:
+        effects += ["reverb", str(style["reverb"])]
+    if style["telephone"]:
+        effects += ["sinc", "300-3400", "rate", "8000", "rate", str(RATE)]
+    if effects:
+        audio = audio * (0.3 / (np.abs(audio).max() + 1e-9))  # headroom: reverb adds up
+        with tempfile.TemporaryDirectory() as tmp:
+            soundfile.write(f"{tmp}/in.wav", audio, RATE, subtype="FLOAT")
+            sox = ["sox", "-V1", f"{tmp}/in.wav", f"{tmp}/out.wav", *effects]  # errors only
+            subprocess.run(sox, check=True)
+            audio = load_audio(f"{tmp}/out.wav").numpy()[: len(audio)]
+    power = float((audio**2).mean()) + 1e-10
+    audio = audio + rng.standard_normal(len(audio)).astype(np.float32) * np.sqrt(
+        power / 10 ** (style["snr_db"] / 10)
+    )
+    return audio * (10 ** (style["peak_db"] / 20) / (np.abs(audio).max() + 1e-9))
+
+
+def draw_style(clip_rng: random.Random) -> dict:
+    voice, gender = clip_rng.choice(voices())
+    return {
+        "voice": voice,
+        "gender": gender,
+        "speed": clip_rng.randint(130, 210),
+        "pitch": clip_rng.randint(35, 65),
+        "reverb": clip_rng.choice([0, 0, 20, 50, 80]),
+        "telephone": clip_rng.random() < 0.2,
+        "snr_db": clip_rng.choice([5, 10, 20, 30, 30, 60]),
+        "peak_db": clip_rng.uniform(-30, -1),
+        "srwt": clip_rng.random() < 1 / 3,
+    }
+
+
+def make_clip(text: str, style: dict, seed: str, path: Path):
+    """Write the clip; the label text of each task it serves."""
+    rng = random.Random(seed)
+    if style["srwt"]:
+        audio, times = timed_words(text.split(), style, rng)
+        label = "".join(f"{w}<{s:.1f},{e:.1f}>" for w, (s, e) in zip(text.split(), times))
+        labels = {"srwt": label}
+    else:
+        audio = synthesize(text, style)
+        labels = {"asr": text, "sgc": f"{text}<{style['gender']}>"}
+    noise_rng = np.random.default_rng(zlib.crc32(seed.encode()))
+    soundfile.write(path, degrade(audio, style, noise_rng), RATE, subtype="PCM_16")
+    return labels
+
+
+def main(argv=None) -> dict[str, Path]:
+    args, texts = asr_gender.corpus_args(argv, __doc__, 1500)
+    (args.out / "wav").mkdir(parents=True, exist_ok=True)
+    lists = {"train": [], "dev": [], "test": []}
+    with Progress(len(texts), "synthesizing") as bar:
+        for index, text in enumerate(texts):
+            split, key = asr_gender.split_and_key(index)
+            seed = f"{args.seed}/{key}/{text}"
+            style = draw_style(random.Random(seed))
+            path, record = args.out / "wav" / f"{key}.wav", args.out / "wav" / f"{key}.json"
+            kept = record.exists() and json.loads(record.read_text())["style"] == style
+            labels = json.loads(record.read_text())["labels"] if kept else None
+            if not (kept and path.exists()):
+                labels = make_clip(text, style, seed, path)
+                record.write_text(json.dumps({"style": style, "labels": labels}))
+            for task, label in labels.items():
+                line = {"key": f"{key}-{task}", "wav": f"wav/{key}.wav", "txt": label}
+                lists[split].append({**line, "task": TASKS[task], "gender": style["gender"]})
+            bar.update()
+    paths = {}
+    for split, lines in lists.items():
+        paths[split] = args.out / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(line) + "\n" for line in lines))
+    counts = {
+        s: {t: sum(line["task"] == tag for line in v) for t, tag in TASKS.items()}
+        for s, v in lists.items()
+    }
+    print(json.dumps(counts))
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""osum-mini (convert.py --mini): assembled from packages, the delta strict, a short run that learns.
+
+In CI the parts are stand-ins written in the real formats (a CTranslate2 model.bin, a GGUF with Q8_0
+tensors, a byte-level tokenizer.json), split over stand-in packages as the real ones are, so the
+whole code path runs in seconds. With OSUM_TEST_MINI=1 (or OSUM_TEST_GGUF=1) and the [mini] packages
+installed, the real parts are assembled and the LLM checked by a greedy completion.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+import struct
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from safetensors.torch import load_file, save_file
+
+import convert
+import infer
+import train
+from conftest import ROOT
+from osum_min.convert import mini
+from osum_min.model.osum import OSUM, OSUM_PRESETS, OSUMConfig
+from osum_min.text.tasks import TASKS, parse
+from osum_min.text.tokenizer import QWEN2_PATTERN, Tokenizer, _gpt2_byte_decoder
+from osum_min.weights import WeightsError
+
+gguf = pytest.importorskip("gguf", reason="the gguf package writes the stand-in LLM ([test] extra)")
+
+DIM, FF, LAYERS, HEADS, KV_HEADS, VOCAB = 64, 128, 2, 4, 2, 320  # the stand-in LLM
+ENCODER_DIM, N_MELS, ENCODER_CTX = 64, 80, 1500
+
+
+def ct2_bytes(variables: dict[str, np.ndarray]) -> bytes:
+    """A CTranslate2 model.bin (version 6) of float16 variables."""
+
+    def string(text: str) -> bytes:
+        raw = text.encode() + b"\0"
+        return struct.pack("<H", len(raw)) + raw
+
+    out = [struct.pack("<I", 6), string("WhisperSpec"), struct.pack("<I", 3)]
+    out.append(struct.pack("<I", len(variables)))
+    for name, array in variables.items():
+        array = array.astype(np.float16)
+        out += [string(name), struct.pack("<B", array.ndim)]
+        out += [struct.pack(f"<{array.ndim}I", *array.shape), struct.pack("<B", 4)]
+        out += [struct.pack("<I", array.nbytes), array.tobytes()]
+    return b"".join(out + [struct.pack("<I", 0)])  # no aliases
+
+
+def whisper_variables(rng) -> dict[str, np.ndarray]:
+    d = ENCODER_DIM
+    v = {
+        "encoder/conv1/weight": rng.standard_normal((d, N_MELS, 3)) * 0.05,
+        "encoder/conv1/bias": rng.standard_normal(d) * 0.05,
+        "encoder/conv2/weight": rng.standard_normal((d, d, 3)) * 0.05,
+        "encoder/conv2/bias": rng.standard_normal(d) * 0.05,
+        "encoder/position_encodings/encodings": rng.standard_normal((ENCODER_CTX, d)) * 0.1,
+        "encoder/layer_norm/gamma": np.ones(d),
+        "encoder/layer_norm/beta": np.zeros(d),
+    }
+    for n in range(2):
+        layer = f"encoder/layer_{n}"
+        qkv_bias = rng.standard_normal(3 * d) * 0.05
+        qkv_bias[d : 2 * d] = 0  # Whisper's key has no bias
+        v |= {
+            f"{layer}/self_attention/layer_norm/gamma": np.ones(d),
+            f"{layer}/self_attention/layer_norm/beta": np.zeros(d),
+            f"{layer}/self_attention/linear_0/weight": rng.standard_normal((3 * d, d)) * 0.05,
+            f"{layer}/self_attention/linear_0/bias": qkv_bias,
+            f"{layer}/self_attention/linear_1/weight": rng.standard_normal((d, d)) * 0.05,
+            f"{layer}/self_attention/linear_1/bias": np.zeros(d),
+            f"{layer}/ffn/layer_norm/gamma": np.ones(d),
+            f"{layer}/ffn/layer_norm/beta": np.zeros(d),
+            f"{layer}/ffn/linear_0/weight": rng.standard_normal((4 * d, d)) * 0.05,
+            f"{layer}/ffn/linear_0/bias": np.zeros(4 * d),
+            f"{layer}/ffn/linear_1/weight": rng.standard_normal((d, 4 * d)) * 0.05,
+            f"{layer}/ffn/linear_1/bias": np.zeros(d),
+        }
+    return v
+
+
+def llm_tensors(rng) -> dict[str, np.ndarray]:
+    """A Qwen2 in GGUF names, as float32 (out, in) rows; the big ones are stored as Q8_0."""
+    kv = KV_HEADS * DIM // HEADS
+    t = {
+        "token_embd.weight": rng.standard_normal((VOCAB, DIM)),
+        "output.weight": rng.standard_normal((VOCAB, DIM)),
+        "output_norm.weight": np.ones(DIM),
+    }
+    for n in range(LAYERS):
+        t |= {
+            f"blk.{n}.attn_norm.weight": np.ones(DIM),
+            f"blk.{n}.ffn_norm.weight": np.ones(DIM),
+            f"blk.{n}.attn_q.weight": rng.standard_normal((DIM, DIM)) * 0.1,
+            f"blk.{n}.attn_q.bias": rng.standard_normal(DIM) * 0.1,
+            f"blk.{n}.attn_k.weight": rng.standard_normal((kv, DIM)) * 0.1,
+            f"blk.{n}.attn_k.bias": rng.standard_normal(kv) * 0.1,
+            f"blk.{n}.attn_v.weight": rng.standard_normal((kv, DIM)) * 0.1,
+            f"blk.{n}.attn_v.bias": rng.standard_normal(kv) * 0.1,
+            f"blk.{n}.attn_output.weight": rng.standard_normal((DIM, DIM)) * 0.1,
+            f"blk.{n}.ffn_gate.weight": rng.standard_normal((FF, DIM)) * 0.1,
+            f"blk.{n}.ffn_up.weight": rng.standard_normal((FF, DIM)) * 0.1,
+            f"blk.{n}.ffn_down.weight": rng.standard_normal((DIM, FF)) * 0.1,
+        }
+    return {name: array.astype(np.float32) for name, array in t.items()}
+
+
+def write_gguf(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(4096)
+    writer.add_embedding_length(DIM)
+    writer.add_feed_forward_length(FF)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_freq_base(1e6)
+    writer.add_layer_norm_rms_eps(1e-6)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for name, array in tensors.items():
+        if array.ndim == 2:
+            writer.add_tensor(name, gguf.quants.quantize(array, q8), raw_dtype=q8)
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def byte_tokenizer_json() -> dict:
+    """A byte-level BPE with no merges in Qwen2's pipeline: 256 byte ids and <|endoftext|> = 256."""
+    spelling = {byte: char for char, byte in _gpt2_byte_decoder().items()}
+    return {
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [{"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}}],
+        },
+        "model": {"type": "BPE", "vocab": {spelling[b]: b for b in range(256)}, "merges": []},
+        "added_tokens": [{"id": 256, "content": "<|endoftext|>", "special": True}],
+    }
+
+
+def stand_in_parts(root: Path) -> dict[str, mini.Part]:
+    """The three parts split over stand-in packages under `root` (on sys.path), real hashes pinned."""
+    rng = np.random.default_rng(0)
+    gguf_path = root / "standin.gguf"
+    write_gguf(gguf_path, llm_tensors(rng))
+    contents = {
+        "encoder": ct2_bytes(whisper_variables(rng)),
+        "llm": gguf_path.read_bytes(),
+        "tokenizer": json.dumps(byte_tokenizer_json()).encode(),
+    }
+    pieces = {"encoder": 2, "llm": 6, "tokenizer": 1}
+    parts = {}
+    for key, data in contents.items():
+        files, step = [], -(-len(data) // pieces[key])
+        for n in range(pieces[key]):
+            module = f"osum_standin_{key}_part{n + 1}"
+            (root / module / "data").mkdir(parents=True)
+            (root / module / "__init__.py").write_text("")
+            (root / module / "data" / "part.bin").write_bytes(data[n * step : (n + 1) * step])
+            files.append((module, "data/part.bin"))
+        digest = hashlib.sha256(data).hexdigest()
+        parts[key] = mini.Part(f"stand-in {key}", tuple(files), digest, "tests/test_mini.py")
+    return parts
+
+
+@pytest.fixture
+def parts(tmp_path, monkeypatch):
+    root = tmp_path / "packages"
+    root.mkdir()
+    found = stand_in_parts(root)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(mini, "PARTS", found)
+    return found
+
+
+def test_assembles_a_normal_directory_from_stand_in_parts(parts, tmp_path):
+    out = tmp_path / "osum-mini"
+    config = mini.assemble(out, delta=None)
+    assert config.name == "osum-mini" and config.eod_id == 256
+    assert (config.encoder.dim, config.encoder.layers, config.llm.dim) == (ENCODER_DIM, 2, DIM)
+    # the adaptor's widths follow the parts; its depth is the mini preset's
+    assert (config.adaptor.dim, config.adaptor.llm_dim) == (ENCODER_DIM, DIM)
+    assert config.adaptor.layers == OSUM_PRESETS["mini"].adaptor.layers
+    model = OSUM.from_pretrained(out, device="cpu", for_training=True)
+    assert len(Tokenizer.from_pretrained(out)) == 257
+    rng = np.random.default_rng(0)  # stand_in_parts' draws, in its order
+    tensors, variables = llm_tensors(rng), whisper_variables(rng)
+    conv1 = variables["encoder/conv1/weight"].astype(np.float16).astype(np.float32)
+    assert torch.equal(model.encoder.conv1.weight, torch.from_numpy(conv1))  # fp16 kept exact
+    # tied: the GGUF's output matrix serves both ends, dequantised (Q8_0: within a step)
+    for ours, theirs in (
+        (model.llm.embed_tokens.weight, "output.weight"),
+        (model.llm.layers[1].mlp.down_proj.weight, "blk.1.ffn_down.weight"),
+    ):
+        reference = torch.from_numpy(tensors[theirs])
+        step = reference.abs().max() / 127
+        assert (ours - reference).abs().max() < step and not torch.equal(ours, reference)
+    assert model.llm.lm_head.weight is model.llm.embed_tokens.weight
+    q_bias = torch.from_numpy(tensors["blk.0.attn_q.bias"]).half().float()
+    assert torch.equal(model.llm.layers[0].self_attn.q_proj.bias, q_bias)
+    assert not model.llm.layers[0].self_attn.q_proj.lora_B.any()  # no delta: LoRA starts at zero
+
+
+def error_line(capsys) -> str:
+    """The one error line (progress lines aside)."""
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    return line
+
+
+def test_the_adaptor_follows_the_parts_widths(tmp_path):
+    """Whisper base (512) into Qwen2.5-0.5B (896): the preset's adaptor maps 512 -> 896, and a config.json
+    whose adaptor disagrees with its parts is refused in one line naming the field."""
+    config = OSUM_PRESETS["mini"]
+    assert (config.encoder.dim, config.adaptor.dim) == (512, 512)
+    assert (config.adaptor.llm_dim, config.llm.dim) == (896, 896)
+    data = config.to_dict()
+    data["adaptor"]["dim"] = 1024  # OSUM's, for Whisper medium
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"config.json: adaptor.dim is 1024, not encoder.dim 512$"):
+        OSUMConfig.from_file(tmp_path / "config.json")
+
+
+def test_a_changed_or_missing_part_is_one_line_naming_the_pip_command(parts, tmp_path, capsys):
+    part = parts["llm"]
+    file = Path(importlib.util.find_spec(part.files[3][0]).submodule_search_locations[0])
+    data = bytearray((file / "data" / "part.bin").read_bytes())
+    data[100] ^= 1
+    (file / "data" / "part.bin").write_bytes(bytes(data))
+    assert convert.main(["--mini", "--out", str(tmp_path / "out")]) == 2
+    err = error_line(capsys)
+    assert "sha256" in err and "pip install" in err
+    assert not (tmp_path / "out").exists()
+    (file / "data" / "part.bin").unlink()
+    assert convert.main(["--mini", "--out", str(tmp_path / "out")]) == 2
+    err = error_line(capsys)
+    assert "osum-standin-llm-part4, not installed" in err, err
+    assert mini.INSTALL in err
+
+
+def test_the_delta_round_trips_and_is_loaded_strictly(parts, tmp_path):
+    first = tmp_path / "first"
+    mini.assemble(first, delta=None)
+    model = OSUM.from_pretrained(first, device="cpu", for_training=True)
+    with torch.no_grad():  # stand-in for training: the delta's parts move, the rest must not
+        model.adaptor.proj.weight.add_(1.0)
+        model.llm.layers[0].mlp.gate_proj.lora_B.fill_(0.5)
+        model.speech_bos_eos.fill_(0.25)
+    model.save_pretrained(tmp_path / "trained")
+    path = mini.write_delta(tmp_path / "trained", tmp_path / "delta")
+    names = set(load_file(path))
+    assert names == set(mini.delta_shapes(model)) and all(
+        n.startswith(("adaptor.", "speech_bos_eos")) or ".lora_" in n for n in names
+    )
+    mini.assemble(tmp_path / "second", delta=tmp_path / "delta")
+    again = OSUM.from_pretrained(tmp_path / "second", device="cpu", for_training=True)
+    for name, tensor in again.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+    state = load_file(path)
+    state["adaptor.extra"] = torch.zeros(1)
+    del state["speech_bos_eos"]
+    save_file(state, path)
+    with pytest.raises(WeightsError, match=r"unexpected .*adaptor.extra; missing .*speech_bos_eos"):
+        mini.assemble(tmp_path / "third", delta=tmp_path / "delta")
+
+
+def test_the_shipped_delta_loads_strictly():
+    if not (mini.DELTA_DIR / mini.DELTA_NAME).exists():
+        pytest.skip(f"no trained delta shipped in {mini.DELTA_DIR} yet")
+    with torch.device("meta"):
+        model = OSUM(OSUM_PRESETS["mini"])
+    delta = mini.read_delta(mini.DELTA_DIR, model)
+    assert delta.keys() == mini.delta_shapes(model).keys()
+    assert sum(t.numel() * 4 for t in delta.values()) <= 50 * 2**20
+
+
+def test_infer_weights_mini_assembles_on_first_use(parts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(mini, "OUT_DIR", tmp_path / "osum-mini")
+    monkeypatch.setattr(mini, "DELTA_DIR", tmp_path / "no-delta")
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, np.random.default_rng(1).standard_normal(8000) * 0.1, 16000)
+    args = ["--weights", "mini", "--task", "asr", "--max-new-tokens", "3", "--beams", "1"]
+    assert infer.main([*args, str(clip)]) == 0
+    assert (tmp_path / "osum-mini" / "config.json").is_file()
+
+
+def recipe_corpus():
+    """examples/mini/make_corpus.py as a module (it needs espeak-ng and sox)."""
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        pytest.skip("the recipe's corpus needs espeak-ng and sox (apt-get install espeak-ng sox)")
+    spec = importlib.util.spec_from_file_location(
+        "mini_corpus", ROOT / "examples" / "mini" / "make_corpus.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_srwt_clips_carry_exact_word_times(tmp_path):
+    """A word-by-word clip: outside the labelled spans there is only the drawn noise floor."""
+    corpus = recipe_corpus()
+    style = {**corpus.draw_style(random.Random(0)), "voice": "en-us+f2", "srwt": True}
+    style |= {"reverb": 0, "telephone": False, "snr_db": 60, "peak_db": -6}
+    labels = corpus.make_clip("the quick brown fox", style, "seed", tmp_path / "clip.wav")
+    result = parse(TASKS["srwt"], labels["srwt"])
+    assert [w.text for w in result.words] == "the quick brown fox".split()
+    audio, rate = soundfile.read(tmp_path / "clip.wav")
+    loud = np.abs(audio) > 0.05 * np.abs(audio).max()
+    inside = np.zeros(len(audio), bool)
+    for word in result.words:  # 0.1 s rounding: widen each span by 50 ms
+        inside[int((word.start - 0.05) * rate) : int((word.end + 0.05) * rate)] = True
+    assert loud.any() and not (loud & ~inside).any()
+
+
+def test_a_short_run_on_the_assembled_model_learns(parts, tmp_path):
+    """The recipe in small: its corpus (6 sentences), train.py --init on osum-mini's directory with
+    the encoder and LLM frozen, adaptor + LoRA + speech bos/eos trained: the loss falls, only they move."""
+    lists = recipe_corpus().main(["--out", str(tmp_path / "data"), "--utterances", "6"])
+    init = tmp_path / "osum-mini"
+    mini.assemble(init, delta=None)
+    out = tmp_path / "run"
+    flags = ["--max-steps", "40", "--lr", "3e-3", "--warmup-steps", "5", "--accum-grad", "1"]
+    flags += ["--batch-frames", "1500", "--num-workers", "0", "--log-every", "5", "--no-augment"]
+    code = train.main(
+        ["--train-data", str(lists["train"]), "--init", str(init), "--out", str(out)]
+        + ["--fire-module", "link_and_lora", *flags]
+    )
+    assert code == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [record["loss"] for record in log if "loss" in record]
+    assert losses[-1] < 0.5 * losses[0], losses
+    before = OSUM.from_pretrained(init, device="cpu", for_training=True).state_dict()
+    after = OSUM.from_pretrained(out / "final", device="cpu", for_training=True).state_dict()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and all(mini.DELTA.fullmatch(name) for name in moved)
+
+
+def test_the_server_answers_as_osum_mini_not_as_osum(parts, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
+    uvicorn = pytest.importorskip("uvicorn", reason="the server needs the [serve] extra")
+    pytest.importorskip("multipart", reason="the server needs the [serve] extra")
+    from fastapi.testclient import TestClient
+
+    from osum_min.serve import server
+
+    mini.assemble(tmp_path / "osum-mini", delta=None)
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **settings: apps.append(app))
+    assert server.serve(tmp_path / "osum-mini", device="cpu") == 0
+    with TestClient(apps[0]) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["osum-mini"]
+
+
+def test_real_parts_assemble_into_a_working_osum_mini(tmp_path):
+    if "1" not in (os.environ.get("OSUM_TEST_MINI"), os.environ.get("OSUM_TEST_GGUF")):
+        pytest.skip("opt-in: OSUM_TEST_MINI=1 assembles the real parts (~640 MB of packages)")
+    try:
+        for part in mini.PARTS.values():
+            mini.part_files(part)
+    except mini.MissingPart as err:
+        pytest.skip(str(err))
+    config = mini.assemble(tmp_path / "osum-mini", delta=None)
+    assert config == OSUM_PRESETS["mini"]
+    model = OSUM.from_pretrained(tmp_path / "osum-mini", device="cpu")
+    tokenizer = Tokenizer.from_pretrained(tmp_path / "osum-mini")
+    ids = tokenizer.encode("The capital of France is")
+    with torch.inference_mode():
+        for _ in range(3):
+            ids.append(int(model.llm(torch.tensor([ids]))[0, -1].argmax()))
+    assert tokenizer.decode(ids).startswith("The capital of France is Paris.")
