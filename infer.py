@@ -498,8 +498,11 @@ def main(argv=None) -> int:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
     if args.serve:
-        from osum_min.serve.server import ServerConfig, serve
-
+        try:
+            from osum_min.serve.server import ServerConfig, serve
+        except ImportError as err:
+            print(f"infer.py: error: {err}", file=sys.stderr)
+            return 2
         return serve(
             args.weights,
             args.host,
