@@ -501,6 +501,26 @@ def main(argv=None) -> int:
         except ImportError as err:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
+        if not (Path(args.weights) / "config.json").is_file():
+            print(
+                f"infer.py: error: no OSUM weights in {args.weights}/: {GET_WEIGHTS}",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            config = ServerConfig(
+                api_key=args.api_key,
+                batch_size=args.batch_size,
+                max_upload_mb=args.max_upload_mb,
+                max_audio_seconds=args.max_audio_seconds,
+                max_new_tokens=args.max_new_tokens or 400,
+            )
+        except ConfigError as err:
+            flag = "--" + err.field.replace("_", "-")
+            print(
+                f"infer.py: error: {ConfigError(flag, err.value, err.requirement)}", file=sys.stderr
+            )
+            return 2
         return serve(
             args.weights,
             args.host,
@@ -509,13 +529,7 @@ def main(argv=None) -> int:
             DTYPES[args.dtype] if args.dtype else None,
             args.compile,
             args.quantize,
-            ServerConfig(
-                api_key=args.api_key,
-                batch_size=args.batch_size,
-                max_upload_mb=args.max_upload_mb,
-                max_audio_seconds=args.max_audio_seconds,
-                max_new_tokens=args.max_new_tokens or 400,
-            ),
+            config,
         )
     try:
         run = prepare(args)

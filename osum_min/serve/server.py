@@ -13,6 +13,7 @@ import asyncio
 import functools
 import hmac
 import json
+import logging
 import os
 import sys
 import time
@@ -22,12 +23,14 @@ from dataclasses import dataclass, replace
 
 try:
     import multipart  # noqa: F401  (starlette reads forms with it)
+    import h11
     import uvicorn
     from fastapi import APIRouter, FastAPI, Request as HttpRequest
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 except ImportError as err:  # infer.py --serve reports it in one line
     raise ImportError(
         "the server needs FastAPI, uvicorn and python-multipart: pip install .[serve] "
@@ -37,19 +40,20 @@ except ImportError as err:  # infer.py --serve reports it in one line
 
 from ..audio import SAMPLE_RATE
 from .batcher import Batcher, Job, QueueFull
-from ..config_check import check_config
+from ..config_check import ConfigError, check_config
 from .conversation import ConversationError, content, to_request
-from ..model.generate import DEFAULT_DECODING, GenerationConfig
+from ..model.generate import GenerationConfig
+from .fields import chat_decoding, chat_fields, form_fields, transcription_decoding
 from .openai_api import (
     RESPONSE_FORMATS,
     ApiError,
-    chat_decoding,
     error_body,
     finish_reason,
-    number,
     request_error,
     streamed_text,
+    too_large,
     transcription_body,
+    until_stop,
     usage,
 )
 from ..inference.pipeline import Answer, Pipeline, Request, RequestError, load_request_audio
@@ -70,9 +74,17 @@ class ServerConfig:
     max_wait_ms: float = 200.0
     # transcriptions' length, and chat's default and upper bound for max_tokens
     max_new_tokens: int = 400
+    # a request's headers, and each piece of its body, must arrive within this; an idle
+    # connection is closed after it (uvicorn's keep-alive timeout)
+    read_timeout_s: float = 10.0
+    max_connections: int = 256  # more at once are answered 503 (uvicorn's limit_concurrency)
 
     def __post_init__(self):
         check_config(self)  # whole numbers of at least 1, finite times and sizes above 0
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise ConfigError(
+                "api_key", self.api_key, "not a key (an unset variable?): give one, or none at all"
+            )
 
 
 class Server:
@@ -93,6 +105,8 @@ class Server:
             config.max_wait_ms / 1000,
         )
         self.max_bytes = int(config.max_upload_mb * 2**20)
+        # what a body may hold besides the audio: base64 (4/3) and the other fields
+        self.max_body = self.max_bytes * 4 // 3 + 2**16
         self.eos = pipeline.model.config.eod_id
 
     def check_model(self, name):
@@ -102,34 +116,27 @@ class Server:
                 f"model {str(name)[:80]!r} does not exist; this server serves "
                 f"{self.config.model_name!r}",
                 "model_not_found",
+                param="model",
             )
 
-    def check_size(self, request: Request):
-        """An upload of bytes: not empty, and within the cap."""
-        if not isinstance(request.audio, (bytes, bytearray)):
-            return
-        if not request.audio:
-            raise ApiError(400, f"{request.label}: the audio is empty", "invalid_audio")
-        if len(request.audio) > self.max_bytes:
-            raise ApiError(
-                413,
-                f"{request.label}: {len(request.audio) / 2**20:.1f} MB of audio; this "
-                f"server takes up to {self.config.max_upload_mb:g} MB",
-                "upload_too_large",
-            )
-
-    async def prepare(self, request: Request) -> Request:
-        """The upload decoded (in a thread) and checked against the caps, and the prompt
-        checked, before it queues."""
-        self.check_size(request)
+    async def prepare(self, request: Request, param: str) -> Request:
+        """The request checked before it queues, in a worker thread (decoding audio and
+        tokenising a long prompt would stall the event loop): the upload's size, its
+        duration from the header, its samples, the prompt. `param`: the field holding them."""
         try:
-            wav = await run_in_threadpool(
-                load_request_audio, request, self.config.max_audio_seconds
-            )
-            checked = replace(request, audio=wav, sample_rate=SAMPLE_RATE)
-            self.pipeline.prompt_ids(checked)
+            return await run_in_threadpool(self.checked, request)
         except RequestError as err:
-            raise request_error(err) from None
+            raise request_error(err, param) from None
+
+    def checked(self, request: Request) -> Request:
+        if isinstance(request.audio, (bytes, bytearray)):
+            if not request.audio:
+                raise RequestError(request.label, "the audio is empty", "audio")
+            if len(request.audio) > self.max_bytes:
+                raise too_large(f"{request.label}: the audio", len(request.audio), self.max_bytes)
+        wav = load_request_audio(request, self.config.max_audio_seconds)
+        checked = replace(request, audio=wav, sample_rate=SAMPLE_RATE)
+        self.pipeline.prompt_ids(checked)
         return checked
 
     def arrived(self, http: HttpRequest):
@@ -144,7 +151,7 @@ class Server:
         finally:
             self.arrived(http)
 
-    async def decode(self, http: HttpRequest, request: Request) -> Answer:
+    async def decode(self, http: HttpRequest, request: Request, param: str) -> Answer:
         """Queue the request and wait for its answer, dropping it when the client goes or
         the time is up."""
         job = self.submit(http, request)
@@ -162,7 +169,7 @@ class Server:
             job.cancelled = not job.answer.done()
         answer = job.answer.result()
         if answer.error is not None:
-            raise request_error(answer.error)
+            raise request_error(answer.error, param)
         return answer
 
     def timeout(self) -> ApiError:
@@ -196,7 +203,7 @@ def arriving(handler):
 
 
 async def api_error(_, err: ApiError):
-    return JSONResponse(error_body(str(err), err.type, err.code), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status)
 
 
 async def http_error(_, err: HTTPException):
@@ -219,33 +226,108 @@ async def unexpected(_, err: Exception):
     return JSONResponse(error_body(message, "server_error", "internal_error"), status_code=500)
 
 
-async def guard(http: HttpRequest, call_next):
-    """The API key, and the upload cap by Content-Length before any body is read."""
-    server = server_of(http)
-    try:
-        check_key(http, server.config.api_key)
-        length = http.headers.get("content-length")
-        # base64 and form fields take more than the audio
-        if length and length.isdigit() and int(length) > server.max_bytes * 4 // 3 + 2**16:
+# ---- the transport: the key, the body's size and pace ----
+
+
+class Guard:
+    """ASGI middleware before any body is read: the API key (compared as UTF-8 bytes, so a
+    non-ASCII key works), the upload cap by Content-Length, and then the body's bytes counted
+    as they stream (a chunked upload has no Content-Length): 413 as soon as over, 408 when a
+    piece of the body takes longer than the read timeout."""
+
+    def __init__(self, app, server: Server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        try:
+            self.check_key(scope["path"], headers.get(b"authorization", b""))
+            length = headers.get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.server.max_body:
+                raise too_large("the request", int(length), self.server.max_body)
+        except ApiError as err:
+            return await JSONResponse(err.body(), err.status)(scope, receive, send)
+        await self.app(scope, self.capped(receive), send)
+
+    def check_key(self, path: str, given: bytes):
+        key = self.server.config.api_key
+        if not path.startswith("/v1/") or key is None:
+            return
+        if not hmac.compare_digest(given, b"Bearer " + key.encode()):
             raise ApiError(
-                413,
-                f"the request is {int(length) / 2**20:.1f} MB; this server takes uploads up "
-                f"to {server.config.max_upload_mb:g} MB",
-                "upload_too_large",
+                401,
+                "missing or wrong API key: send Authorization: Bearer KEY",
+                "invalid_api_key",
             )
-    except ApiError as err:
-        return await api_error(http, err)
-    return await call_next(http)
+
+    def capped(self, receive):
+        state = {"read": 0, "more": True}
+        timeout = self.server.config.read_timeout_s
+
+        async def counted():
+            if not state["more"]:  # the body is in: waiting for the client to go
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except asyncio.TimeoutError:
+                raise ApiError(
+                    408, f"the request body stalled for {timeout:g} s", "request_timeout"
+                ) from None
+            if message["type"] == "http.request":
+                state["read"] += len(message.get("body", b""))
+                state["more"] = message.get("more_body", False)
+                if state["read"] > self.server.max_body:
+                    raise too_large("the request", state["read"], self.server.max_body)
+            return message
+
+        return counted
 
 
-def check_key(http: HttpRequest, key: str | None):
-    if not http.url.path.startswith("/v1/") or key is None:
-        return
-    given = http.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-        raise ApiError(
-            401, "missing or wrong API key: send Authorization: Bearer KEY", "invalid_api_key"
+class TimedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, its keep-alive timer also running from a connection's
+    opening until a request's headers are complete: uvicorn times a connection out only
+    between requests, so one that never sends (or sends its headers a byte at a time)
+    would hold its socket for ever."""
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
+
+    def _unset_keepalive_if_required(self):
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            super()._unset_keepalive_if_required()
+
+    def handle_events(self):
+        super().handle_events()
+        self._unset_keepalive_if_required()  # the headers are in: the request's own time
+
+
+class RepeatLimit(logging.Filter):
+    """At most one record of each message per `window` seconds, and then how many were
+    dropped: a flood of one error (1,100 idle connections: "Too many open files") must not
+    fill the disk with its log."""
+
+    def __init__(self, window: float = 10.0):
+        super().__init__()
+        self.window, self.seen = window, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg)[:200])
+        now = time.monotonic()
+        last, dropped = self.seen.get(key, (-self.window, 0))
+        if now - last < self.window:
+            self.seen[key] = (last, dropped + 1)
+            return False
+        if len(self.seen) > 1000:
+            self.seen.clear()
+        self.seen[key] = (now, 0)
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} more like it in {self.window:g} s dropped)"
+        return True
 
 
 # ---- routes ----
@@ -273,22 +355,22 @@ async def transcriptions(http: HttpRequest):
     server = server_of(http)
     try:
         form = await http.form(max_files=1, max_fields=32)
+    except ApiError:
+        raise
     except Exception as err:  # noqa: BLE001  malformed multipart
-        raise ApiError(
-            400, f"not a multipart form ({type(err).__name__}: {err})", "invalid_form"
-        ) from None
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        raise ApiError(400, "no audio: send the file in the multipart field `file`", "missing_file")
-    server.check_model(form.get("model"))
-    response_format = form.get("response_format") or "json"
-    granularities = transcription_granularities(form, response_format)
-    task = transcription_task(form, response_format, granularities)
-    decoding = transcription_decoding(form, server.config.max_new_tokens)
+        message = f"not a multipart form ({type(err).__name__}: {err})"
+        raise ApiError(400, message, "invalid_form") from None
+    fields = form_fields(form)
+    server.check_model(fields.get("model"))
+    response_format = fields.get("response_format") or "json"
+    granularities = transcription_granularities(fields, response_format)
+    task = transcription_task(fields, response_format, granularities)
+    decoding = transcription_decoding(fields, server.config.max_new_tokens)
+    upload = fields["file"]
     name = os.path.basename(upload.filename or "") or "file"
     request = Request(await upload.read(), task=task, config=decoding, name=name)
-    request = await server.prepare(request)
-    answer = await server.decode(http, request)
+    request = await server.prepare(request, "file")
+    answer = await server.decode(http, request, "file")
     body = transcription_body(answer, response_format, granularities)
     if isinstance(body, str):
         media = {"srt": "application/x-subrip", "vtt": "text/vtt"}.get(
@@ -298,87 +380,96 @@ async def transcriptions(http: HttpRequest):
     return body
 
 
-def transcription_granularities(form, response_format: str) -> list[str]:
+def transcription_granularities(fields: dict, response_format: str) -> list[str]:
     if response_format not in RESPONSE_FORMATS:
         raise ApiError(
             400,
-            f"response_format {response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}",
+            f"response_format {response_format[:40]!r} is not one of {', '.join(RESPONSE_FORMATS)}",
             "invalid_response_format",
+            param="response_format",
         )
-    granularities = form.getlist("timestamp_granularities[]")
-    granularities += form.getlist("timestamp_granularities")
+    granularities = fields.get("timestamp_granularities", [])
     if bad := [g for g in granularities if g not in ("word", "segment")]:
         raise ApiError(
             400,
-            f"timestamp_granularities {bad[0]!r}: word or segment",
+            f"timestamp_granularities {bad[0][:40]!r}: word or segment",
             "invalid_granularity",
+            param="timestamp_granularities",
         )
     return granularities
 
 
-def transcription_task(form, response_format: str, granularities: list[str]):
+def transcription_task(fields: dict, response_format: str, granularities: list[str]):
     """The form's task (srwt when times are asked for, asr otherwise), its prompt if given."""
     subtitled = response_format in ("srt", "vtt")
     timed = subtitled or response_format == "verbose_json" or bool(granularities)
-    task_name = form.get("task") or ("srwt" if timed else "asr")
+    task_name = fields.get("task") or ("srwt" if timed else "asr")
     if task_name not in TASKS:
         raise ApiError(
-            404, f"unknown task {task_name!r}: one of {', '.join(TASKS)}", "task_not_found"
+            404,
+            f"unknown task {task_name[:40]!r}: one of {', '.join(TASKS)}",
+            "task_not_found",
+            param="task",
         )
     task = TASKS[task_name]
     if (subtitled or granularities) and task.output != "srwt":
+        asked = f"{response_format} subtitles" if subtitled else "timestamps"
         raise ApiError(
             400,
-            f"{response_format if subtitled else 'timestamps'} need the srwt task "
-            f"(timed words), not {task_name!r}",
+            f"{asked} need the srwt task, which times the words; {task_name!r} does not",
             "needs_srwt",
+            param="task",
         )
     # OSUM's prompt is the instruction itself (Whisper's is preceding text)
-    return replace(task, prompt=form["prompt"]) if form.get("prompt") else task
-
-
-def transcription_decoding(form, max_new_tokens: int) -> GenerationConfig:
-    decoding = replace(DEFAULT_DECODING, max_new_tokens=max_new_tokens)
-    temperature = number(form.get("temperature"), "temperature", 0.0, 2.0)
-    if not temperature:
-        return decoding
-    return replace(decoding, num_beams=1, do_sample=True, temperature=temperature)
+    return replace(task, prompt=fields["prompt"]) if fields.get("prompt") else task
 
 
 @router.post("/v1/chat/completions")
 @arriving
 async def chat_completions(http: HttpRequest):
     server = server_of(http)
+    body = await http.body()
+    fields = await run_in_threadpool(read_chat, body)
+    server.check_model(fields.get("model"))
+    stream = fields.get("stream", False)
+    decoding = chat_decoding(fields, server.config.max_new_tokens)
+    request = await run_in_threadpool(chat_request, fields["messages"], decoding)
+    request = await server.prepare(request, "messages")
+    reply = Reply(server, request, decoding, fields["stop"])
+    if not stream:
+        return reply.completion(await server.decode(http, request, "messages"))
+    job = server.submit(http, request, stream=True)
+    include_usage = fields.get("stream_options", {}).get("include_usage", False)
+    return StreamingResponse(reply.events(job, include_usage), media_type="text/event-stream")
+
+
+def read_chat(body: bytes) -> dict:
+    """The chat body's fields, checked (in a worker thread: a 10 MB body takes seconds)."""
     try:
-        body = await http.json()
+        parsed = json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "the body is JSON nested too deeply", "invalid_json") from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the body is not JSON", "invalid_json") from None
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        raise ApiError(400, "the body needs `messages`, a list of messages", "invalid_request")
-    server.check_model(body.get("model"))
-    if body.get("n", 1) != 1:
-        raise ApiError(400, "n must be 1: OSUM answers once per request", "invalid_n")
-    stream = bool(body.get("stream"))
-    decoding = chat_decoding(body, stream, server.config.max_new_tokens)
+    return chat_fields(parsed)
+
+
+def chat_request(messages: list, decoding: GenerationConfig) -> Request:
     try:
-        request = to_request(body["messages"], decoding, remote=True, name="input_audio")
+        return to_request(messages, decoding, remote=True, name="input_audio")
     except ConversationError as err:
-        raise ApiError(400, str(err), "unsupported_conversation") from None
-    request = await server.prepare(request)
-    reply = Reply(server, request, decoding)
-    if not stream:
-        return reply.completion(await server.decode(http, request))
-    job = server.submit(http, request, stream=True)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return StreamingResponse(reply.events(job, include_usage), media_type="text/event-stream")
+        raise ApiError(400, str(err), "unsupported_conversation", param="messages") from None
 
 
 class Reply:
     """One chat answer in OpenAI's shapes: a whole completion, or server-sent chunks."""
 
-    def __init__(self, server: Server, request: Request, decoding: GenerationConfig):
-        self.server, self.request, self.decoding = server, request, decoding
+    def __init__(
+        self, server: Server, request: Request, decoding: GenerationConfig, stop: list[str]
+    ):
+        self.server, self.request, self.decoding, self.stop = server, request, decoding, stop
         self.created, self.id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+        self.deadline = time.monotonic() + server.config.timeout_s
 
     def head(self, kind: str) -> dict:
         return {
@@ -388,12 +479,15 @@ class Reply:
             "model": self.server.config.model_name,
         }
 
-    def finish(self, answer: Answer) -> str:
-        return finish_reason(answer, self.decoding, self.server.eos)
+    def finish(self, answer: Answer | None) -> str:
+        """ "stop" at a stop string (answer None) or the eos, "length" at max_tokens."""
+        return "stop" if answer is None else finish_reason(answer, self.decoding, self.server.eos)
 
     def completion(self, answer: Answer) -> dict:
-        message = {"role": "assistant", "content": content(answer)}
-        choice = {"index": 0, "message": message, "finish_reason": self.finish(answer)}
+        text, stopped = until_stop(content(answer), self.stop, final=True)
+        message = {"role": "assistant", "content": text}
+        finish = self.finish(None if stopped else answer)
+        choice = {"index": 0, "message": message, "finish_reason": finish}
         body = self.head("chat.completion")
         return {**body, "choices": [choice], "usage": usage(answer)}
 
@@ -408,36 +502,40 @@ class Reply:
             yield self.chunk({"role": "assistant", "content": ""})
             async for text in self.deltas(job):
                 yield text
+            if include_usage and (answer := await self.answer(job)) is not None:
+                usage_chunk = {**self.head("chat.completion.chunk"), "choices": []}
+                yield event({**usage_chunk, "usage": usage(answer)})
         except asyncio.TimeoutError:
-            err = self.server.timeout()
-            yield event(error_body(str(err), err.type, err.code))
+            yield event(self.server.timeout().body())
         finally:
             # a client that went away mid-stream: its job is dropped if not yet decoding
             job.cancelled = True
-        if include_usage and job.answer.done() and job.answer.result().error is None:
-            usage_chunk = {**self.head("chat.completion.chunk"), "choices": []}
-            yield event({**usage_chunk, "usage": usage(job.answer.result())})
         yield "data: [DONE]\n\n"
+
+    async def answer(self, job: Job) -> Answer | None:
+        """The whole answer, for its usage (after a stop string, once decoding ends)."""
+        left = max(0.01, self.deadline - time.monotonic())
+        answer = await asyncio.wait_for(asyncio.shield(job.answer), left)
+        return answer if answer.error is None else None
 
     async def deltas(self, job: Job):
         """The content deltas as tokens come, then the finish chunk (or an error event)."""
         decoder, text, sent = self.server.pipeline.tokenizer.stream_decoder(), "", ""
-        deadline = time.monotonic() + self.server.config.timeout_s
         while True:
-            left = max(0.01, deadline - time.monotonic())
+            left = max(0.01, self.deadline - time.monotonic())
             item = await asyncio.wait_for(job.tokens.get(), left)
             if isinstance(item, Answer) and item.error is not None:
-                err = request_error(item.error)
-                yield event(error_body(str(err), err.type, err.code))
+                yield event(request_error(item.error, "messages").body())
                 return
             final = isinstance(item, Answer)
             text += decoder.finish() if final else decoder.push(item)
             visible = streamed_text(self.request.task, text, final=final)
+            visible, stopped = until_stop(visible, self.stop, final)
             if visible.startswith(sent) and len(visible) > len(sent):
                 yield self.chunk({"content": visible[len(sent) :]})
                 sent = visible
-            if final:
-                yield self.chunk({}, self.finish(item))
+            if final or stopped:
+                yield self.chunk({}, self.finish(None if stopped else item))
                 return
 
 
@@ -448,15 +546,33 @@ def event(body: dict) -> str:
 def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()) -> FastAPI:
     """The FastAPI app serving `pipeline` (a model with a tokenizer); starts the batching worker."""
     app = FastAPI(title="osum-min", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.server = Server(pipeline, config)
-    app.state.batcher = app.state.server.batcher
+    server = app.state.server = Server(pipeline, config)
+    app.state.batcher = server.batcher
     app.include_router(router)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
-    app.middleware("http")(guard)
+    app.add_middleware(Guard, server=server)
     return app
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int, **options) -> uvicorn.Config:
+    """uvicorn with the transport bounded: idle and slow clients timed out (TimedH11),
+    connections at most max_connections (503 beyond), a repeated log line kept to one."""
+    config = app.state.server.config
+    for name in ("asyncio", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RepeatLimit())
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=TimedH11,
+        timeout_keep_alive=config.read_timeout_s,
+        limit_concurrency=config.max_connections,
+        backlog=config.max_connections,
+        **options,
+    )
 
 
 def serve(
@@ -469,10 +585,18 @@ def serve(
     quantize=None,
     config: ServerConfig = ServerConfig(),
 ) -> int:
-    """Load once and serve until interrupted (infer.py --serve)."""
+    """Load once and serve until interrupted (infer.py --serve), saying what it does from
+    the first second (loading a 7B takes minutes)."""
     from ..model.osum import load_for_inference
     from ..text.tokenizer import tokenizer_or_none
 
+    if config.api_key is None and "OSUM_API_KEY" in os.environ:
+        try:
+            config = replace(config, api_key=os.environ["OSUM_API_KEY"])
+        except ConfigError:
+            print("infer.py: error: OSUM_API_KEY is set but empty", file=sys.stderr)
+            return 2
+    started = time.monotonic()
     tokenizer = tokenizer_or_none(weights)
     if tokenizer is None:
         print(
@@ -481,6 +605,7 @@ def serve(
             file=sys.stderr,
         )
         return 2
+    print(f"infer.py: loading {weights}/ ...", file=sys.stderr, flush=True)
     try:
         model = load_for_inference(
             weights, tokenizer, device=device, dtype=dtype, compile=compile, quantize=quantize
@@ -491,7 +616,9 @@ def serve(
             file=sys.stderr,
         )
         return 2
+    seconds = time.monotonic() - started
+    print(f"infer.py: loaded in {seconds:.1f} s; starting the server", file=sys.stderr)
     pipeline = Pipeline(model, tokenizer, config.batch_size, config.max_audio_seconds)
-    config = replace(config, api_key=config.api_key or os.environ.get("OSUM_API_KEY") or None)
-    uvicorn.run(create_app(pipeline, config), host=host, port=port, log_level="info")
+    app = create_app(pipeline, config)
+    uvicorn.Server(uvicorn_config(app, host, port, log_level="info")).run()
     return 0
