@@ -216,6 +216,60 @@ def test_voice_chat_and_python_chat_api_agree(served, client):
     assert reply.choices[0].message.content == answers[0] and isinstance(answers[1], str)
 
 
+def user_audio(audio, text=None) -> list[dict]:
+    parts = [{"type": "audio", "audio": audio}] + ([{"type": "text", "text": text}] if text else [])
+    return [{"role": "user", "content": parts}]
+
+
+@pytest.mark.parametrize(
+    "arguments, error, words",
+    [
+        (("abc",), TypeError, "conversations must be a list of conversations"),
+        ((None,), TypeError, "conversations must be a list of conversations"),
+        (([user_audio(str(AUDIO[0]))], {"num_beams": 1}), TypeError, "config must be"),
+        (([user_audio(str(AUDIO[0]))], None, "16000"), TypeError, "sample_rate must be"),
+        (([user_audio(str(AUDIO[0]))], None, True), TypeError, "sample_rate must be"),
+        (([user_audio(str(AUDIO[0]))], None, -16000), ValueError, "sample_rate must be above"),
+    ],
+)
+def test_chat_arguments_of_the_wrong_kind_fail_at_the_entry(served, arguments, error, words):
+    with pytest.raises(error) as raised:
+        chat(served[1], *arguments)
+    assert words in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(TypeError, match="pipeline must be a Pipeline"):
+        chat("not a pipeline", [])
+
+
+def test_chat_answers_each_conversation_a_bad_one_its_error(served, tmp_path):
+    """Good conversations keep their answers beside bad ones, as infer.py answers each file."""
+    text_file = tmp_path / "a.txt"
+    text_file.write_text("x")
+    samples = load_audio(AUDIO[0]).numpy()
+    with AUDIO[0].open("rb") as binary, text_file.open() as text:
+        conversations = [
+            user_audio(str(AUDIO[0]), "hi"),
+            user_audio(samples.tolist(), "hi"),  # a list of floats
+            user_audio({"path": str(AUDIO[0])}, "hi"),
+            user_audio(binary, "hi"),  # a file open with "rb": read
+            user_audio(text, "hi"),
+            user_audio(samples, "hi"),  # samples without their rate
+            [{"role": "user", "content": "no audio"}],
+        ]
+        answers = chat(served[1], conversations, decoding(), sample_rate=None)
+    assert answers[0] == answers[3] and isinstance(answers[0], str)
+    problems = {
+        1: "not list",
+        2: "not dict",
+        4: "open it with 'rb'",
+        5: "needs their sample_rate",
+        6: "exactly one audio clip",
+    }
+    for index, words in problems.items():
+        assert words in str(answers[index].error) and "\n" not in str(answers[index].error)
+    [with_rate] = chat(served[1], [user_audio(samples, "hi")], None, sample_rate=SAMPLE_RATE)
+    assert isinstance(with_rate, str)
+
+
 def test_streaming_equals_greedy_alone(served, client):
     messages = audio_message(AUDIO[2], "what is said")
     stream = client.chat.completions.create(
