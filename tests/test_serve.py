@@ -823,6 +823,14 @@ def test_infer_serve_says_it_is_loading_from_the_start(weights_with_tokenizer, c
     assert lines[0].startswith("infer.py: loading ") and "loaded in" in lines[1]
 
 
+def test_infer_serve_names_missing_weights_as_infer_does(tmp_path, capsys):
+    import infer
+
+    assert infer.main(["--serve", "--weights", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"no OSUM weights in {tmp_path / 'nothing'}/" in err
+
+
 # ---- the conversation format ----
 
 

@@ -1,8 +1,9 @@
-"""OpenAI's wire formats for OSUM: request fields to decoding settings, Answers to response bodies, and errors.
+"""OpenAI's wire formats for OSUM: Answers as response bodies, and errors (the request fields: fields.py).
 
 The server (server.py) reads requests and queues them; this is what the bodies mean: the response formats of
 /v1/audio/transcriptions (json, text, srt, vtt, verbose_json with SRWT's words and segments), the chat answer and
-its streamed deltas, the `usage` counts, and OpenAI-shaped errors (`{"error": {"message", "type", "code"}}`).
+its streamed deltas, stop strings, the `usage` counts, and OpenAI-shaped errors
+(`{"error": {"message", "type", "param", "code"}}`).
 """
 
 import re
@@ -60,7 +61,7 @@ def megabytes(size: float) -> str:
     return f"{size / 2**20:.2g} MB" if size < 2**20 else f"{size / 2**20:.3g} MB"
 
 
-def too_large(what: str, size: int, cap: int) -> ApiError:
+def too_large(what: str, size: int, cap: int, param: str | None = None) -> ApiError:
     """413 with both figures at a precision that tells them apart."""
     shown, cap_shown = megabytes(size), megabytes(cap)
     if shown == cap_shown:
@@ -69,7 +70,7 @@ def too_large(what: str, size: int, cap: int) -> ApiError:
         413,
         f"{what} is {shown}; this server takes up to {cap_shown}",
         "upload_too_large",
-        param="file",
+        param=param,
     )
 
 

@@ -26,7 +26,6 @@ try:
     import h11
     import uvicorn
     from fastapi import APIRouter, FastAPI, Request as HttpRequest
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
@@ -108,6 +107,8 @@ class Server:
         # what a body may hold besides the audio: base64 (4/3) and the other fields
         self.max_body = self.max_bytes * 4 // 3 + 2**16
         self.eos = pipeline.model.config.eod_id
+        # uploads decoded at once: a batch's worth bounds their memory (each up to the caps)
+        self.preparing = asyncio.Semaphore(config.batch_size)
 
     def check_model(self, name):
         if name not in (None, "", self.config.model_name):
@@ -124,16 +125,18 @@ class Server:
         tokenising a long prompt would stall the event loop): the upload's size, its
         duration from the header, its samples, the prompt. `param`: the field holding them."""
         try:
-            return await run_in_threadpool(self.checked, request)
+            async with self.preparing:
+                return await run_in_threadpool(self.checked, request, param)
         except RequestError as err:
             raise request_error(err, param) from None
 
-    def checked(self, request: Request) -> Request:
+    def checked(self, request: Request, param: str) -> Request:
         if isinstance(request.audio, (bytes, bytearray)):
             if not request.audio:
                 raise RequestError(request.label, "the audio is empty", "audio")
-            if len(request.audio) > self.max_bytes:
-                raise too_large(f"{request.label}: the audio", len(request.audio), self.max_bytes)
+            size, cap = len(request.audio), self.max_bytes
+            if size > cap:
+                raise too_large(f"{request.label}: the audio", size, cap, param)
         wav = load_request_audio(request, self.config.max_audio_seconds)
         checked = replace(request, audio=wav, sample_rate=SAMPLE_RATE)
         self.pipeline.prompt_ids(checked)
@@ -210,13 +213,6 @@ async def http_error(_, err: HTTPException):
     code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
     return JSONResponse(
         error_body(err.detail, "invalid_request_error", code), status_code=err.status_code
-    )
-
-
-async def validation_error(_, err: RequestValidationError):
-    message = f"invalid request: {err.errors()[:1]}"
-    return JSONResponse(
-        error_body(message, "invalid_request_error", "invalid_request"), status_code=400
     )
 
 
@@ -551,7 +547,6 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()) -> Fas
     app.include_router(router)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
     app.add_middleware(Guard, server=server)
     return app
