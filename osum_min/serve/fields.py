@@ -214,7 +214,7 @@ def decoding(changes: dict) -> GenerationConfig:
         return replace(DEFAULT_DECODING, **changes)
     except ConfigError as err:
         name = DECODING_PARAMS.get(err.field, err.field)
-        raise invalid(name, str(err)) from None
+        raise ApiError(400, str(err), "invalid_value", param=name) from None
 
 
 def form_fields(form) -> dict[str, str | list[str]]:
