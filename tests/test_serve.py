@@ -767,6 +767,9 @@ def test_a_repeated_log_line_is_written_once_per_window():
     assert sum(map(limit.filter, records)) == 1
     other = logging.LogRecord("asyncio", logging.ERROR, "", 0, "another", None, None)
     assert limit.filter(other)
+    for name in ("asyncio", "uvicorn.error"):  # where uvicorn_config put it, once
+        filters = logging.getLogger(name).filters
+        assert sum(isinstance(f, RepeatLimit) for f in filters) == 1
 
 
 def test_a_10_mb_prompt_does_not_stall_the_event_loop(served):

@@ -556,9 +556,7 @@ def uvicorn_config(app: FastAPI, host: str, port: int, **options) -> uvicorn.Con
     """uvicorn with the transport bounded: idle and slow clients timed out (TimedH11),
     connections at most max_connections (503 beyond), a repeated log line kept to one."""
     config = app.state.server.config
-    for name in ("asyncio", "uvicorn.error"):
-        logging.getLogger(name).addFilter(RepeatLimit())
-    return uvicorn.Config(
+    bounded = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -567,7 +565,11 @@ def uvicorn_config(app: FastAPI, host: str, port: int, **options) -> uvicorn.Con
         limit_concurrency=config.max_connections,
         backlog=config.max_connections,
         **options,
-    )
+    )  # configures uvicorn's loggers: the filter goes on after
+    for logger in map(logging.getLogger, ("asyncio", "uvicorn.error")):
+        if not any(isinstance(f, RepeatLimit) for f in logger.filters):
+            logger.addFilter(RepeatLimit())
+    return bounded
 
 
 def serve(
