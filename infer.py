@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from osum_min.inference import ranks
-from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
+from osum_min.cli import OneLineParser, device_problem, lowest_problem
+from osum_min.config_check import ConfigError
 from osum_min.data.formats import DataError
 from osum_min.model.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
 from osum_min.inference.inputs import Item, collect_inputs
@@ -31,7 +32,7 @@ from osum_min.progress import Progress
 from osum_min.eval.scoring import PROTOCOLS, Scorer
 from osum_min.inference.subtitles import subtitle_paths, subtitles
 from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
-from osum_min.text.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
+from osum_min.text.tokenizer import EOD_ID, Tokenizer, eod_outside_vocabulary, tokenizer_or_none
 
 DTYPES = {
     "fp32": torch.float32,
@@ -59,26 +60,37 @@ class UsageError(ValueError):
     """A problem with the command itself: reported in one line, exit code 2."""
 
 
+# GenerationConfig's fields and the flags that set them
+DECODING_FLAGS = {
+    "num_beams": "beams",
+    "do_sample": "sample",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_new_tokens",
+    "seed": "seed",
+}
+
+
 def decoding_config(args, eos_id: int) -> GenerationConfig:
-    """DEFAULT_DECODING (beam 4, penalty 1.05, no sampling) or the original's beam-sample, then the flags."""
+    """DEFAULT_DECODING (beam 4, penalty 1.05, no sampling) or the original's beam-sample, then the flags,
+    checked by GenerationConfig's own rule (its message under the flag's name)."""
     base = ORIGINAL_DECODING if args.original_decoding else DEFAULT_DECODING
-    flags = {
-        "num_beams": args.beams,
-        "do_sample": args.sample or None,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "repetition_penalty": args.repetition_penalty,
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed,
-    }
+    flags = {field: getattr(args, flag) for field, flag in DECODING_FLAGS.items()}
+    flags["do_sample"] = args.sample or None
     if args.stream:
         if (args.beams or 1) > 1:
             raise UsageError(
                 "--stream prints tokens as they come, which beam search cannot: use --beams 1"
             )
         flags["num_beams"] = 1
-    return replace(base, eos_token_id=eos_id, **{k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return replace(base, eos_token_id=eos_id, **given)
+    except ConfigError as err:
+        flag = "--" + DECODING_FLAGS.get(err.field, err.field).replace("_", "-")
+        raise UsageError(str(ConfigError(flag, err.value, err.requirement))) from None
 
 
 def load(args) -> tuple[OSUM, Tokenizer | None]:
@@ -111,28 +123,14 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
     return model, tokenizer
 
 
-LOWEST_TEMPERATURE = (
-    1e-4  # below it dividing float32 logits can overflow: inf - inf = NaN probabilities
-)
-
-
 def flag_problem(args) -> str | None:
     """What is wrong with a number on the command line, found before anything is loaded (None: nothing)."""
-    if problem := lowest_problem(args, {"batch_size": 1, "beams": 1, "max_new_tokens": 1}):
+    if problem := lowest_problem(args, {"batch_size": 1}):
         return problem
-    if args.temperature is not None and not LOWEST_TEMPERATURE <= args.temperature < math.inf:
-        return (
-            f"--temperature must be above 0, finite and at least {LOWEST_TEMPERATURE} (sampling divides the "
-            f"scores by it: a smaller one overflows them into NaN probabilities), got {args.temperature}"
-        )
-    if args.top_k is not None and args.top_k < 0:
-        return f"--top-k must be 0 (off) or more, got {args.top_k}"
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        return f"--top-p must be in (0, 1], got {args.top_p}"
-    if args.repetition_penalty is not None and not 0 < args.repetition_penalty < math.inf:
-        return f"--repetition-penalty must be above 0 and finite, got {args.repetition_penalty}"
-    if problem := seed_problem(args.seed):
-        return problem
+    try:
+        decoding_config(args, EOD_ID)
+    except UsageError as err:
+        return str(err)
     for flag, value in (
         ("--max-upload-mb", args.max_upload_mb),
         ("--max-audio-seconds", args.max_audio_seconds),
@@ -508,8 +506,31 @@ def main(argv=None) -> int:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
     if args.serve:
-        from osum_min.serve.server import ServerConfig, serve
-
+        try:
+            from osum_min.serve.server import ServerConfig, serve
+        except ImportError as err:
+            print(f"infer.py: error: {err}", file=sys.stderr)
+            return 2
+        if not (Path(args.weights) / "config.json").is_file():
+            print(
+                f"infer.py: error: no OSUM weights in {args.weights}/: {GET_WEIGHTS}",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            config = ServerConfig(
+                api_key=args.api_key,
+                batch_size=args.batch_size,
+                max_upload_mb=args.max_upload_mb,
+                max_audio_seconds=args.max_audio_seconds,
+                max_new_tokens=args.max_new_tokens or 400,
+            )
+        except ConfigError as err:
+            flag = "--" + err.field.replace("_", "-")
+            print(
+                f"infer.py: error: {ConfigError(flag, err.value, err.requirement)}", file=sys.stderr
+            )
+            return 2
         return serve(
             args.weights,
             args.host,
@@ -518,13 +539,7 @@ def main(argv=None) -> int:
             DTYPES[args.dtype] if args.dtype else None,
             args.compile,
             args.quantize,
-            ServerConfig(
-                api_key=args.api_key,
-                batch_size=args.batch_size,
-                max_upload_mb=args.max_upload_mb,
-                max_audio_seconds=args.max_audio_seconds,
-                max_new_tokens=args.max_new_tokens or 400,
-            ),
+            config,
         )
     try:
         run = prepare(args)

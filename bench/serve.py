@@ -83,10 +83,13 @@ def build_model(smoke: bool, device: str) -> tuple[OSUM, Tokenizer]:
 def start_server(app) -> tuple[str, object]:
     import uvicorn
 
+    from osum_min.serve.server import uvicorn_config
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # as infer.py --serve runs it (its timeouts and connection bound)
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     deadline = time.monotonic() + 60
     while not server.started:

@@ -44,7 +44,7 @@ ROLLOFF = 0.99
 MIN_FILE_RATE, MAX_FILE_RATE = 1000, 384000
 # Largest polyphase resampling kernel, in taps (8 MB while built in float64): every common rate fits.
 MAX_KERNEL_TAPS = 1 << 20
-READ_BLOCK_FRAMES = 1 << 20
+READ_BLOCK_FRAMES = 1 << 20  # samples read at once, all channels together (4 MB of float32)
 # Float files store samples at full scale 1 (int32-scaled floats reach 2e9); from about 1e17 a frame's power
 # spectrum overflows float32 and every log-mel value is NaN (issue 23). Far above anything recorded, far below that.
 MAX_SAMPLE_MAGNITUDE = 1e12
@@ -68,23 +68,42 @@ def _source_name(path_or_file) -> str:
     return getattr(path_or_file, "name", None) or f"<{type(path_or_file).__name__}>"
 
 
-def _read_frames(audio: soundfile.SoundFile, limit: int | None = None) -> np.ndarray:
-    """(frames, channels) float32, block by block up to `limit` frames: memory follows the audio actually there,
-    not the header's frame count, and formats libsndfile cannot seek in (G.721 .au) read too."""
-    blocks, left = [], math.inf if limit is None else limit
+class AudioTooLong(AudioError):
+    """Audio longer than a caller's cap, found from the header (before decoding) or while
+    decoding (a header that lies)."""
+
+    def __init__(self, source: str, seconds: float, max_seconds: float, known: bool = True):
+        self.seconds, self.max_seconds = seconds, max_seconds
+        digits = 1 if f"{seconds:.1f}" != f"{max_seconds:.1f}" else 3
+        amount = f"{seconds:.{digits}f} s" if known else f"more than {max_seconds:g} s"
+        super().__init__(source, f"{amount} of audio is over the limit of {max_seconds:g} s")
+
+
+def _read_mono(audio: soundfile.SoundFile, name: str, limit: float = math.inf) -> np.ndarray:
+    """(frames,) float32, the channel mean, block by block up to `limit` frames: memory
+    follows one channel of the audio actually there, not the header's frame count nor its
+    channels, and formats libsndfile cannot seek in (G.721 .au) read too. Each block is
+    checked before it is averaged (a channel's overflow is not hidden by another's)."""
+    blocks, left, most = [], limit, max(1, READ_BLOCK_FRAMES // audio.channels)
     while left > 0 and len(
-        block := audio.read(int(min(READ_BLOCK_FRAMES, left)), dtype="float32", always_2d=True)
+        block := audio.read(int(min(most, left)), dtype="float32", always_2d=True)
     ):
-        blocks.append(block)
+        check_samples(block, name)
+        # (N, C) -> (N,), the channel mean in float32 like the original
+        blocks.append(torch.from_numpy(block).T.mean(dim=0).numpy())
         left -= len(block)
-    return np.concatenate(blocks) if blocks else np.zeros((0, audio.channels), np.float32)
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 def _read(
-    path_or_file, name: str, span: tuple[float, float] | None = None
+    path_or_file,
+    name: str,
+    span: tuple[float, float] | None = None,
+    max_seconds: float | None = None,
 ) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 as libsndfile scales it (int16 / 32768, uint8 (x-128)/128, ...), like torchaudio;
-    with `span`, only the frames from its start to its end second. A path is opened through osum_min.files (a
+    """(frames,) float32 mono as libsndfile scales it (int16 / 32768, uint8 (x-128)/128, ...), like torchaudio;
+    with `span`, only the frames from its start to its end second; with `max_seconds`, refused from the header
+    before anything is decoded, and decoding stops past it. A path is opened through osum_min.files (a
     regular file, never a FIFO or device); whatever soundfile or numpy raise for a file they cannot read becomes an
     AudioError."""
     fd = None
@@ -106,7 +125,12 @@ def _read(
             if span is not None:
                 first, declared_frames = _span_frames(span, sample_rate, declared_frames, name)
                 audio.seek(first)
-            samples = _read_frames(audio, None if span is None else declared_frames)
+            limit = declared_frames if span is not None else math.inf
+            if max_seconds is not None:
+                if declared_frames > max_seconds * sample_rate:
+                    raise AudioTooLong(name, declared_frames / sample_rate, max_seconds)
+                limit = min(limit, math.floor(max_seconds * sample_rate) + 1)
+            samples = _read_mono(audio, name, limit)
     except AudioError:
         raise
     except soundfile.SoundFileError as err:
@@ -119,6 +143,8 @@ def _read(
     finally:
         if fd is not None:
             os.close(fd)
+    if max_seconds is not None and len(samples) > max_seconds * sample_rate:
+        raise AudioTooLong(name, len(samples) / sample_rate, max_seconds, known=False)
     if len(samples) < declared_frames:
         raise AudioError(
             name,
@@ -161,12 +187,16 @@ def check_samples(samples: np.ndarray, name: str) -> None:
 
 
 def load_audio(
-    path_or_file, sample_rate: int = SAMPLE_RATE, span: tuple[float, float] | None = None
+    path_or_file,
+    sample_rate: int = SAMPLE_RATE,
+    span: tuple[float, float] | None = None,
+    max_seconds: float | None = None,
 ) -> torch.Tensor:
     """Read any soundfile-readable audio (path or file-like) as a (samples,) float32 mono waveform at `sample_rate`;
-    with `span`, the (start, end) seconds of it (one utterance of a long recording)."""
+    with `span`, the (start, end) seconds of it (one utterance of a long recording); longer than `max_seconds`:
+    AudioTooLong, before decoding where the header says so."""
     name = _source_name(path_or_file)
-    samples, file_rate = _read(path_or_file, name, span)
+    samples, file_rate = _read(path_or_file, name, span, max_seconds)
     check_samples(samples, name)
     if not MIN_FILE_RATE <= file_rate <= MAX_FILE_RATE:
         raise AudioError(
@@ -174,10 +204,7 @@ def load_audio(
             f"implausible sample rate {file_rate} Hz in the header "
             f"(expected {MIN_FILE_RATE} to {MAX_FILE_RATE} Hz)",
         )
-    wav = torch.from_numpy(samples).T.mean(
-        dim=0
-    )  # (C, N) -> (N,), the channel mean in float32 like the original
-    wav = resample(wav, file_rate, sample_rate)
+    wav = resample(torch.from_numpy(samples), file_rate, sample_rate)
     if len(wav) < MIN_SAMPLES * sample_rate // SAMPLE_RATE:
         raise AudioError(
             name,

@@ -6,12 +6,13 @@ import argparse
 
 import torch
 
+from .config_check import SEEDS
+
 DEVICE_TYPES = (
     "cpu",
     "cuda",
     "mps",
 )  # what the model is loaded and decoded on; torch names many more
-SEEDS = range(-(2**63), 2**64)  # what torch.Generator.manual_seed takes
 
 
 class OneLineParser(argparse.ArgumentParser):

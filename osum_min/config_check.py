@@ -21,14 +21,29 @@ class ConfigError(ValueError):
         return ConfigError(f"{section}.{self.field}", self.value, self.requirement)
 
 
+SEEDS = range(-(2**63), 2**64)  # what torch.Generator.manual_seed takes
+
+
 def check_config(
-    config, minimum: dict[str, float] | None = None, below: dict[str, float] | None = None
+    config,
+    minimum: dict[str, float] | None = None,
+    below: dict[str, float] | None = None,
+    maximum: dict[str, float] | None = None,
+    why: dict[str, str] | None = None,
 ) -> None:
     """Every field by its annotated type: an int is a whole number (a bool is not) of at least 1, a float a finite
     number above 0, a bool true or false, a tuple[int, ...] a non-empty tuple of such ints, a config dataclass an
-    instance of it. `minimum` sets a field's lowest
-    allowed value instead (inclusive: 0 for lora_rank), `below` its bound from above (exclusive)."""
-    minimum, below = minimum or {}, below or {}
+    instance of it. `minimum` sets a field's lowest allowed value instead (inclusive: 0 for lora_rank), `below`
+    its bound from above (exclusive), `maximum` (inclusive); `why` adds a field's reason to its message."""
+    try:
+        _check_fields(config, minimum or {}, below or {}, maximum or {})
+    except ConfigError as err:
+        if err.field in (why or {}):
+            raise ConfigError(err.field, err.value, f"{err.requirement} ({why[err.field]})")
+        raise
+
+
+def _check_fields(config, minimum: dict, below: dict, maximum: dict) -> None:
     for spec in fields(config):
         name, value, kind = spec.name, getattr(config, spec.name), spec.type
         if kind is bool and not isinstance(value, bool):
@@ -46,6 +61,8 @@ def check_config(
                 raise ConfigError(name, value, "not above 0" if low is None else f"below {low}")
             if name in below and value >= below[name]:
                 raise ConfigError(name, value, f"not below {below[name]}")
+            if name in maximum and value > maximum[name]:
+                raise ConfigError(name, value, f"above {maximum[name]:g}")
         if kind == tuple[int, ...] and not _whole_numbers(value):
             raise ConfigError(name, value, "not a list of whole numbers of at least 1")
         if is_dataclass(kind) and not isinstance(value, kind):
@@ -57,6 +74,15 @@ def _whole_numbers(value) -> bool:
     if not isinstance(value, tuple) or not value:
         return False
     return all(type(item) is int and item >= 1 for item in value)
+
+
+def check_seed(config, name: str = "seed") -> None:
+    """An optional seed: None, or a whole number torch's generators take (never a float)."""
+    value = getattr(config, name)
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value not in SEEDS:
+        raise ConfigError(name, value, f"not a whole number from {SEEDS.start} to {SEEDS.stop - 1}")
 
 
 def check_divides(config, part: str, whole: str) -> None:

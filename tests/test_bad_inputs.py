@@ -176,11 +176,14 @@ def run_infer(capsys, *argv) -> tuple[int, list[str], str]:
     [
         (["--batch-size", "-1"], "--batch-size must be at least 1"),  # decoded nothing, exit 0
         (["--batch-size", "0"], "--batch-size must be at least 1"),
-        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-        (["--beams", "0"], "--beams must be at least 1"),
-        (["--temperature", "0", "--sample"], "--temperature must be above 0"),
-        (["--top-p", "0", "--sample"], "--top-p must be in (0, 1]"),
-        (["--repetition-penalty", "nan"], "--repetition-penalty must be above 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens is 0, below 1"),
+        (["--beams", "0"], "--beams is 0, below 1"),
+        (["--temperature", "0", "--sample"], "--temperature is 0.0, below 0.0001 (sampling"),
+        (["--top-p", "0", "--sample"], "--top-p is 0.0, not above 0"),
+        (["--repetition-penalty", "nan"], "--repetition-penalty is nan, not a finite"),
+        (["--top-p", "1.5"], "--top-p is 1.5, above 1"),
+        (["--top-k", "-1"], "--top-k is -1, below 0"),
+        (["--stream", "--beams", "2"], "--stream prints tokens as they come"),
         (["--device", "gpu"], "not a torch device"),
         pytest.param(
             ["--device", "mps"],
@@ -191,11 +194,17 @@ def run_infer(capsys, *argv) -> tuple[int, list[str], str]:
         ),
         (["--web", "--batch-size", "0"], "--batch-size must be at least 1"),
         # issue 23: each was a traceback (NaN probabilities, an overflowing seed, a device torch cannot load onto)
-        (["--sample", "--temperature", "1e-45"], "at least 0.0001"),
-        (["--sample", "--temperature", "inf"], "--temperature must be above 0, finite"),
-        (["--repetition-penalty", "inf"], "--repetition-penalty must be above 0 and finite"),
-        (["--sample", "--seed", str(10**23)], "--seed must be a whole number from"),
-        (["--sample", "--seed", str(-(2**63) - 1)], "--seed must be a whole number from"),
+        (["--sample", "--temperature", "1e-45"], "below 0.0001"),
+        (["--sample", "--temperature", "inf"], "--temperature is inf, not a finite number"),
+        (["--repetition-penalty", "inf"], "--repetition-penalty is inf, not a finite"),
+        (
+            ["--sample", "--seed", str(10**23)],
+            f"--seed is {10**23}, not a whole number from",
+        ),
+        (
+            ["--sample", "--seed", str(-(2**63) - 1)],
+            "--seed is -9223372036854775809, not a whole number from",
+        ),
         (["--device", "meta"], "--device meta: the model runs on cpu, cuda, mps only"),
         (["--device", "xpu"], "--device xpu: the model runs on cpu, cuda, mps only"),
         (["--web", "--port", "99999999"], "--port must be from 0 to 65535"),

@@ -206,3 +206,106 @@ def test_the_unmutated_recordings_load(name):
     assert (
         3200 <= len(load_audio(WORK / f"real.{name}")) <= 3400
     )  # 0.2 s at 16 kHz (G.721 pads a block)
+
+
+# ---- the server's JSON bodies and form fields (issue 30): never a 500, and it still answers ----
+
+from test_infer import weights_with_tokenizer  # noqa: E402, F401  (the tiny model with a tokenizer)
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()  # NaN and infinities too: Python's json writes and reads them
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+SERVER_STATUSES = {200, 400, 401, 404, 408, 413, 422}  # 500 is for our bugs; 503 for overload
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(weights_with_tokenizer):  # noqa: F811
+    """(base URL, an httpx client, a valid chat body) of a served tiny model."""
+    serve_tests = pytest.importorskip("test_serve", reason="the server needs the [serve] extra")
+    from osum_min.model.osum import load_for_inference
+    from osum_min.serve.server import ServerConfig, create_app
+    from osum_min.text.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
+    pipeline = serve_tests.Pipeline(
+        load_for_inference(weights_with_tokenizer, tokenizer, device="cpu"), tokenizer
+    )
+    config = ServerConfig(max_upload_mb=1, max_audio_seconds=20, max_new_tokens=4)
+    valid = {"model": "osum", "messages": serve_tests.audio_message(serve_tests.AUDIO[1], "hi")}
+    with serve_tests.running(create_app(pipeline, config)) as url:
+        with serve_tests.httpx.Client(base_url=url, timeout=60) as client:
+            yield client, valid, serve_tests.wav_bytes(1)
+
+
+def check_reply(reply):
+    assert reply.status_code in SERVER_STATUSES, (reply.status_code, reply.text[:300])
+    if reply.status_code != 200:
+        message = reply.json()["error"]["message"]
+        assert message and "\n" not in message and "Traceback" not in message
+
+
+@st.composite
+def chat_bodies(draw, valid: dict) -> bytes:
+    """A valid body with fields replaced or added, any JSON value, or bytes."""
+    from osum_min.serve.fields import CHAT_FIELDS
+
+    kind = draw(st.sampled_from(["mutated", "mutated", "json", "bytes"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=200))
+    if kind == "json":
+        return json.dumps(draw(JSON_VALUES)).encode()
+    names = st.sampled_from([*CHAT_FIELDS, "x"])
+    changes = draw(st.dictionaries(names, JSON_VALUES, max_size=3))
+    return json.dumps({**valid, **changes}).encode()
+
+
+def test_random_and_mutated_chat_bodies_are_never_a_500(fuzzed_server):
+    client, valid, _ = fuzzed_server
+
+    @fuzz(150)
+    @given(data=st.data())
+    def case(data):
+        body = data.draw(chat_bodies(valid))
+        check_reply(client.post("/v1/chat/completions", content=body))
+
+    case()
+    assert client.post("/v1/chat/completions", json=valid).status_code == 200
+
+
+FORM_NAMES = [
+    "model",
+    "response_format",
+    "timestamp_granularities[]",
+    "task",
+    "prompt",
+    "temperature",
+    "language",
+    "file",
+    "x",
+]
+
+
+def test_random_transcription_form_fields_are_never_a_500(fuzzed_server):
+    client, _, wav = fuzzed_server
+
+    @fuzz(120)
+    @given(
+        fields=st.dictionaries(st.sampled_from(FORM_NAMES), st.text(max_size=12), max_size=3),
+        audio=st.sampled_from([wav, b"", b"RIFF0000WAVE"]) | st.binary(max_size=64),
+    )
+    def case(fields, audio):
+        check_reply(
+            client.post("/v1/audio/transcriptions", data=fields, files={"file": ("a.wav", audio)})
+        )
+
+    case()
+    reply = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)})
+    assert reply.status_code == 200, reply.text

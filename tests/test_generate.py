@@ -182,10 +182,52 @@ def test_keep_going_saying_no_stops_before_the_next_step(twin, num_beams):
     assert len(asked) == 4
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"do_sample": True, "temperature": 0}, "temperature is 0, below 0.0001 (sampling"),
+        ({"temperature": 1e-45}, "temperature is 1e-45, below 0.0001"),
+        ({"temperature": math.inf}, "temperature is inf, not a finite number"),
+        ({"temperature": "0.7"}, "temperature is '0.7', not a finite number"),
+        ({"top_p": 0.0}, "top_p is 0.0, not above 0"),
+        ({"top_p": 1.01}, "top_p is 1.01, above 1"),
+        ({"top_k": -1}, "top_k is -1, below 0"),
+        ({"top_k": 2.0}, "top_k is 2.0, not a whole number"),
+        ({"num_beams": 0}, "num_beams is 0, below 1"),
+        ({"num_beams": True}, "num_beams is True, not a whole number"),
+        ({"max_new_tokens": 0}, "max_new_tokens is 0, below 1"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty is 0.0, not above 0"),
+        ({"repetition_penalty": math.nan}, "repetition_penalty is nan, not a finite number"),
+        ({"do_sample": "yes"}, "do_sample is 'yes', not true or false"),
+        ({"seed": 2**64}, "seed is 18446744073709551616, not a whole number from"),
+        ({"seed": 1.0}, "seed is 1.0, not a whole number from"),
+        ({"seed": True}, "seed is True, not a whole number from"),
+        ({"eos_token_id": "151643"}, "eos_token_id is '151643', not a token id"),
+        ({"eos_token_id": [1, -2]}, "eos_token_id is [1, -2], not a token id"),
+        ({"num_return_sequences": 2}, "num_return_sequences is 2, above 1: more sequences"),
+    ],
+)
+def test_generation_config_checks_itself_in_one_line(changes, message):
+    """Every field by the one config rule, wherever a config is built (issue 28 item 5)."""
+    from osum_min.config_check import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        GenerationConfig(**changes)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+def test_generation_config_takes_what_decoding_can_do():
+    for changes in (
+        {"do_sample": True, "temperature": 1e-4, "seed": 2**64 - 1},
+        {"seed": -(2**63), "top_p": 1, "top_k": 0, "length_penalty": -1.0},
+        {"num_beams": 4, "num_return_sequences": 4, "eos_token_id": None},
+        {"do_sample": True, "num_return_sequences": 3, "eos_token_id": [1, 2]},
+    ):
+        GenerationConfig(**changes)
+
+
 def test_bad_settings_fail_with_one_line_errors(twin):
     _, ours, embeds = twin
-    with pytest.raises(GenerationError, match="num_return_sequences=2 needs sampling"):
-        generate(ours, embeds, None, GenerationConfig(num_return_sequences=2))
     with pytest.raises(GenerationError, match=r"attention_mask \(1, 3\) does not match"):
         generate(ours, embeds, torch.ones(1, 3), GenerationConfig())
 

@@ -34,7 +34,7 @@ pytest.importorskip("multipart", reason="the server needs the [serve] extra (pyt
 httpx = pytest.importorskip("httpx", reason="the raw HTTP tests use httpx")
 openai = pytest.importorskip("openai", reason="the client tests use the official openai client")
 
-from osum_min.serve.server import ServerConfig, create_app  # noqa: E402
+from osum_min.serve.server import ServerConfig, create_app, uvicorn_config  # noqa: E402
 
 KEY = "sk-test"
 TOKENS = 8  # the server's max_new_tokens: the random model never stops early, so this bounds every decode
@@ -58,7 +58,7 @@ def running(app):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -177,6 +177,7 @@ def test_verbose_json_words_and_segments(served, client):
         (2.5, 3.0, "world"),
     ]
     assert body.duration == pytest.approx(soundfile.info(AUDIO[0]).duration, abs=0.01)
+    assert body.language == "english"  # SRWT_RAW's words
 
 
 # ---- chat ----
@@ -213,6 +214,60 @@ def test_voice_chat_and_python_chat_api_agree(served, client):
     ]
     answers = chat(served[1], conversations, decoding())
     assert reply.choices[0].message.content == answers[0] and isinstance(answers[1], str)
+
+
+def user_audio(audio, text=None) -> list[dict]:
+    parts = [{"type": "audio", "audio": audio}] + ([{"type": "text", "text": text}] if text else [])
+    return [{"role": "user", "content": parts}]
+
+
+@pytest.mark.parametrize(
+    "arguments, error, words",
+    [
+        (("abc",), TypeError, "conversations must be a list of conversations"),
+        ((None,), TypeError, "conversations must be a list of conversations"),
+        (([user_audio(str(AUDIO[0]))], {"num_beams": 1}), TypeError, "config must be"),
+        (([user_audio(str(AUDIO[0]))], None, "16000"), TypeError, "sample_rate must be"),
+        (([user_audio(str(AUDIO[0]))], None, True), TypeError, "sample_rate must be"),
+        (([user_audio(str(AUDIO[0]))], None, -16000), ValueError, "sample_rate must be above"),
+    ],
+)
+def test_chat_arguments_of_the_wrong_kind_fail_at_the_entry(served, arguments, error, words):
+    with pytest.raises(error) as raised:
+        chat(served[1], *arguments)
+    assert words in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(TypeError, match="pipeline must be a Pipeline"):
+        chat("not a pipeline", [])
+
+
+def test_chat_answers_each_conversation_a_bad_one_its_error(served, tmp_path):
+    """Good conversations keep their answers beside bad ones, as infer.py answers each file."""
+    text_file = tmp_path / "a.txt"
+    text_file.write_text("x")
+    samples = load_audio(AUDIO[0]).numpy()
+    with AUDIO[0].open("rb") as binary, text_file.open() as text:
+        conversations = [
+            user_audio(str(AUDIO[0]), "hi"),
+            user_audio(samples.tolist(), "hi"),  # a list of floats
+            user_audio({"path": str(AUDIO[0])}, "hi"),
+            user_audio(binary, "hi"),  # a file open with "rb": read
+            user_audio(text, "hi"),
+            user_audio(samples, "hi"),  # samples without their rate
+            [{"role": "user", "content": "no audio"}],
+        ]
+        answers = chat(served[1], conversations, decoding(), sample_rate=None)
+    assert answers[0] == answers[3] and isinstance(answers[0], str)
+    problems = {
+        1: "not list",
+        2: "not dict",
+        4: "open it with 'rb'",
+        5: "needs their sample_rate",
+        6: "exactly one audio clip",
+    }
+    for index, words in problems.items():
+        assert words in str(answers[index].error) and "\n" not in str(answers[index].error)
+    [with_rate] = chat(served[1], [user_audio(samples, "hi")], None, sample_rate=SAMPLE_RATE)
+    assert isinstance(with_rate, str)
 
 
 def test_streaming_equals_greedy_alone(served, client):
@@ -393,6 +448,390 @@ def test_infer_serve_refuses_weights_without_a_tokenizer(fixture_weights, capsys
     assert infer.main(["--serve", "--weights", str(fixture_weights), "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert "has no tokenizer" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- client mistakes: a 400 naming the field, never a 500 (issue 30) ----
+
+DEEP = 100_000
+
+
+def chat_with(**fields):
+    return {"model": "osum", "messages": audio_message(AUDIO[1], "describe"), **fields}
+
+
+FIELD_MISTAKES = {  # name: (JSON body, param); each a class of mistake, not one case
+    "nested JSON body": ("[" * DEEP + "]" * DEEP, None),
+    "nested messages": ('{"messages": ' + "[" * DEEP + "]" * DEEP + "}", None),
+    "body an array": ([], None),
+    "stream a string": (chat_with(stream="false"), "stream"),
+    "stream a number": (chat_with(stream=0), "stream"),
+    "stream_options a string": (chat_with(stream=True, stream_options="yes"), "stream_options"),
+    "stream_options an array": (chat_with(stream=True, stream_options=[1]), "stream_options"),
+    "include_usage a string": (
+        chat_with(stream=True, stream_options={"include_usage": "true"}),
+        "stream_options",
+    ),
+    "unknown stream option": (chat_with(stream=True, stream_options={"x": 1}), "stream_options"),
+    "tiny temperature": (chat_with(temperature=1e-45), "temperature"),
+    "temperature a string": (chat_with(temperature="0.5"), "temperature"),
+    "temperature too high": (chat_with(temperature=2.5), "temperature"),
+    "seed past torch's range": (chat_with(temperature=1, seed=2**64), "seed"),
+    "seed a float": (chat_with(temperature=1, seed=1.0), "seed"),
+    "seed a string": (chat_with(temperature=1, seed="7"), "seed"),
+    "seed true": (chat_with(temperature=1, seed=True), "seed"),
+    "max_tokens a float": (chat_with(max_tokens=5.0), "max_tokens"),
+    "max_tokens 0": (chat_with(max_tokens=0), "max_tokens"),
+    "max_tokens huge": (chat_with(max_tokens=10**30), "max_tokens"),
+    "top_p 0": (chat_with(temperature=1, top_p=0), "top_p"),
+    "top_p without sampling": (chat_with(top_p=0.5), "top_p"),
+    "n 2": (chat_with(n=2), "n"),
+    "messages a string": (chat_with(messages="hello"), "messages"),
+    "no messages": ({"model": "osum"}, "messages"),
+    "model a number": (chat_with(model=7), "model"),
+    "unknown field": (chat_with(best_of=2), "'best_of'"),
+    "stop an empty string": (chat_with(stop=[""]), "stop"),
+    "five stops": (chat_with(stop=list("abcde")), "stop"),
+    "stop a number": (chat_with(stop=3), "stop"),
+    "logprobs": (chat_with(logprobs=True), "logprobs"),
+    "top_logprobs": (chat_with(top_logprobs=2), "top_logprobs"),
+    "presence_penalty": (chat_with(presence_penalty=0.5), "presence_penalty"),
+    "frequency_penalty": (chat_with(frequency_penalty=-1), "frequency_penalty"),
+    "logit_bias": (chat_with(logit_bias={"5": 10}), "logit_bias"),
+    "response_format json": (chat_with(response_format={"type": "json_object"}), "response_format"),
+}
+
+
+@pytest.mark.parametrize("name", FIELD_MISTAKES)
+def test_a_chat_field_of_the_wrong_type_or_range_is_a_400_naming_it(served, name):
+    body, param = FIELD_MISTAKES[name]
+    data = body if isinstance(body, str) else json.dumps(body)
+    reply = post(served, "/v1/chat/completions", content=data.encode())
+    assert reply.status_code == 400, reply.text
+    assert reply.headers["content-type"].startswith("application/json")  # never streamed
+    error = reply.json()["error"]
+    assert "\n" not in error["message"] and len(error["message"]) < 400
+    assert error["param"] == param and (param is None or param.strip("'") in error["message"])
+    assert httpx.get(served[0] + "/health", timeout=10).json()["status"] == "ok"
+
+
+def test_fields_at_the_values_that_change_nothing_are_taken(served):
+    """What OpenAI's clients send by default: nulls, zero penalties, text format."""
+    fields = dict(
+        presence_penalty=0,
+        frequency_penalty=0.0,
+        logit_bias={},
+        logprobs=False,
+        response_format={"type": "text"},
+        user="me",
+        temperature=None,
+        stream=False,
+    )
+    reply = post(served, "/v1/chat/completions", json=chat_with(**fields))
+    assert reply.status_code == 200, reply.text
+
+
+FORM_MISTAKES = {  # form fields: (data, param)
+    "temperature not a number": ({"temperature": "warm"}, "temperature"),
+    "temperature nan": ({"temperature": "nan"}, "temperature"),
+    "temperature with underscores": ({"temperature": "1_0"}, "temperature"),
+    "temperature tiny": ({"temperature": "1e-45"}, "temperature"),
+    "temperature too high": ({"temperature": "3"}, "temperature"),
+    "language": ({"language": "en"}, "language"),
+    "unknown field": ({"beam_size": "5"}, "'beam_size'"),
+    "model twice": ({"model": ["osum", "osum"]}, "model"),
+    "bad format": ({"response_format": "xml"}, "response_format"),
+    "bad granularity": ({"timestamp_granularities[]": "char"}, "timestamp_granularities"),
+    "srt of asr": ({"response_format": "srt", "task": "asr"}, "task"),
+}
+
+
+@pytest.mark.parametrize("name", FORM_MISTAKES)
+def test_a_transcription_field_of_the_wrong_type_or_range_is_a_400_naming_it(served, name):
+    data, param = FORM_MISTAKES[name]
+    files = {"file": ("a.wav", wav_bytes(1))}
+    reply = post(served, "/v1/audio/transcriptions", files=files, data=data)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert "\n" not in error["message"] and error["param"] == param
+
+
+def test_a_form_field_sent_as_a_file_is_a_400(served):
+    files = [("file", ("a.wav", wav_bytes(1))), ("model", ("m.txt", b"osum"))]
+    reply = post(served, "/v1/audio/transcriptions", files=files)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] in ("model", None)
+
+
+def test_seeds_are_exact_integers(served):
+    """Seeds beyond 2**53 are distinct seeds (a float would merge them), each equal to alone."""
+    pipeline, answers = served[1], []
+    for seed in (2**53, 2**53 + 1):
+        body = chat_with(temperature=1.0, seed=seed)
+        reply = post(served, "/v1/chat/completions", json=body)
+        assert reply.status_code == 200, reply.text
+        config = decoding(num_beams=1, do_sample=True, temperature=1.0, seed=seed)
+        expected = alone(pipeline, to_request(body["messages"], config, remote=True))
+        assert reply.json()["choices"][0]["message"]["content"] == content(expected)
+        answers.append(expected.decoded.ids)
+    assert answers[0] != answers[1]
+
+
+def test_stop_strings_cut_the_answer_streamed_or_not(served):
+    whole = post(served, "/v1/chat/completions", json=chat_with(stream=False, temperature=0))
+    text = whole.json()["choices"][0]["message"]["content"]
+    assert len(text) > 6, text
+    stop = text[3:6]
+    expected = text[: text.find(stop)].rstrip()
+    reply = post(served, "/v1/chat/completions", json=chat_with(stop=[stop, "\u2603never"]))
+    choice = reply.json()["choices"][0]
+    assert choice["message"]["content"] == expected and choice["finish_reason"] == "stop"
+    # streamed (greedy): the deltas add up to the text before the stop, finish "stop"
+    streamed = post(served, "/v1/chat/completions", json=chat_with(stream=True)).text
+    greedy = "".join(
+        c["choices"][0]["delta"].get("content", "")
+        for c in map(json.loads, (x[6:] for x in streamed.split("\n\n") if x.startswith("data: {")))
+    )
+    stop = greedy[3:6]
+    body = chat_with(stream=True, stop=stop, stream_options={"include_usage": True})
+    chunks = [
+        json.loads(line[6:])
+        for line in post(served, "/v1/chat/completions", json=body).text.split("\n\n")
+        if line.startswith("data: {")
+    ]
+    deltas = [c["choices"][0] for c in chunks if c["choices"]]
+    assert "".join(d["delta"].get("content", "") for d in deltas) == greedy[: greedy.find(stop)]
+    assert deltas[-1]["finish_reason"] == "stop" and chunks[-1]["usage"]["completion_tokens"]
+
+
+def test_until_stop_holds_back_what_may_start_a_stop_string():
+    from osum_min.serve.openai_api import until_stop
+
+    assert until_stop("hello wor", ["world"], final=False) == ("hello ", False)
+    assert until_stop("hello wor", ["world"], final=True) == ("hello wor", False)
+    assert until_stop("hello world!", ["world", "lo"], final=False) == ("hel", True)
+    assert until_stop("abc", [], final=False) == ("abc", False)
+
+
+def test_size_messages_tell_the_figures_apart():
+    from osum_min.serve.openai_api import too_large
+
+    assert "is 2 MB; this server takes up to 1 MB" in str(too_large("x", 2**21, 2**20))
+    near = str(too_large("x", 110_000, 104_858))
+    assert "110,000 bytes" in near and "104,858 bytes" in near
+
+
+# ---- memory bounded by the caps ----
+
+
+def flac(seconds: float, rate: int = 8000, channels: int = 1) -> bytes:
+    """Silence, written a block at a time (2 h of it is 180 KB)."""
+    buffer, block = io.BytesIO(), 2**20 // channels
+    with soundfile.SoundFile(buffer, "w", rate, channels, format="FLAC") as out:
+        for start in range(0, int(seconds * rate), block):
+            frames = min(block, int(seconds * rate) - start)
+            out.write(np.zeros((frames, channels), np.int16))
+    return buffer.getvalue()
+
+
+def test_hours_of_silence_are_refused_from_the_header_before_decoding(served, monkeypatch):
+    import osum_min.audio as audio
+
+    def never(*args):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(audio, "_read_mono", never)
+    reply = post(served, "/v1/audio/transcriptions", files={"file": ("a.flac", flac(7200))})
+    error = reply.json()["error"]
+    assert reply.status_code == 413 and error["param"] == "file"
+    assert "7200.0 s of audio is over the limit of 20 s" in error["message"]
+
+
+def test_many_channels_are_read_in_bounded_pieces():
+    import tracemalloc
+
+    data = flac(15, rate=48000, channels=8)  # 23 MB as float32 samples of 8 channels
+    tracemalloc.start()
+    wav = load_audio(io.BytesIO(data), max_seconds=20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(wav) == 15 * SAMPLE_RATE and peak < 12 * 2**20, peak
+
+
+def test_a_header_that_understates_is_cut_while_decoding(monkeypatch):
+    """A header saying 1 frame (streamed formats may say anything): decoding stops past the cap."""
+    from osum_min.audio import AudioTooLong
+
+    real, asked = soundfile.SoundFile.frames, []
+
+    def frames(self):  # the first question is the header's; then soundfile's own reads
+        asked.append(1)
+        return 1 if len(asked) == 1 else real.fget(self)
+
+    monkeypatch.setattr(soundfile.SoundFile, "frames", property(frames))
+    with pytest.raises(AudioTooLong, match="more than 1 s of audio is over the limit of 1 s"):
+        load_audio(io.BytesIO(flac(30)), max_seconds=1)
+
+
+def raw_connection(url):
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def reply_of(connection, seconds: float = 5) -> bytes:
+    """What the server answers, up to its JSON body's end, within `seconds`."""
+    connection.settimeout(seconds)
+    answer = b""
+    while not answer.endswith(b"}") and (piece := connection.recv(4096)):
+        answer += piece
+    return answer
+
+
+def test_a_chunked_upload_is_refused_as_soon_as_it_passes_the_cap(served):
+    """No Content-Length: the bytes are counted as they come, 413 before the body ends."""
+    connection = raw_connection(served[0])
+    connection.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    piece = b"x" * 2**16
+    for _ in range(2**21 // len(piece)):  # 2 MB of a cap of 1.4 MB, and no last chunk
+        connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+    answer = reply_of(connection)  # the body never ends: only an early refusal answers
+    connection.close()
+    assert answer.startswith(b"HTTP/1.1 413") and b"upload_too_large" in answer, answer[:200]
+
+
+# ---- the transport: idle and slow clients, many connections, the log ----
+
+
+@pytest.fixture(scope="module")
+def strict(served):
+    """A server with short timeouts and few connections, on the same model."""
+    config = ServerConfig(api_key=KEY, max_new_tokens=TOKENS, read_timeout_s=1, max_connections=4)
+    with running(create_app(served[1], config)) as url:
+        yield url
+
+
+def closed_within(connection, seconds: float) -> bool:
+    connection.settimeout(seconds)
+    try:
+        return connection.recv(1024) == b""
+    except (TimeoutError, socket.timeout):
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_and_slow_connections_are_closed(strict):
+    idle = raw_connection(strict)
+    assert closed_within(idle, 5)
+    slow = raw_connection(strict)  # headers a byte at a time, 0.3 s apart
+    started = time.monotonic()
+    with contextlib.suppress(OSError):
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n":
+            slow.send(bytes([byte]))
+            time.sleep(0.3)
+    assert closed_within(slow, 5) and time.monotonic() - started < 8
+    assert httpx.get(strict + "/health", timeout=10).status_code == 200
+
+
+def test_a_stalled_body_is_a_408(strict):
+    connection = raw_connection(strict)
+    connection.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
+    answer = reply_of(connection)
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[:200]
+
+
+def test_connections_past_the_bound_are_turned_away_and_then_served(strict):
+    idle = [raw_connection(strict) for _ in range(6)]
+    time.sleep(0.2)
+    assert httpx.get(strict + "/health", timeout=10).status_code == 503
+    for connection in idle:
+        assert closed_within(connection, 5)
+        connection.close()
+    assert httpx.get(strict + "/health", timeout=10).status_code == 200
+
+
+def test_a_repeated_log_line_is_written_once_per_window():
+    import logging
+
+    from osum_min.serve.server import RepeatLimit
+
+    limit = RepeatLimit(window=60)
+    records = [
+        logging.LogRecord("asyncio", logging.ERROR, "", 0, "Too many open files", None, None)
+        for _ in range(1000)
+    ]
+    assert sum(map(limit.filter, records)) == 1
+    other = logging.LogRecord("asyncio", logging.ERROR, "", 0, "another", None, None)
+    assert limit.filter(other)
+    for name in ("asyncio", "uvicorn.error"):  # where uvicorn_config put it, once
+        filters = logging.getLogger(name).filters
+        assert sum(isinstance(f, RepeatLimit) for f in filters) == 1
+
+
+def test_a_10_mb_prompt_does_not_stall_the_event_loop(served):
+    config = ServerConfig(max_upload_mb=16, max_new_tokens=TOKENS)
+    with running(create_app(served[1], config)) as url:
+        body = json.dumps(chat_with(messages=audio_message(AUDIO[1], "word " * 2_000_000)))
+        worst, done = 0.0, []
+
+        def big():
+            done.append(httpx.post(url + "/v1/chat/completions", content=body, timeout=120))
+
+        thread = threading.Thread(target=big)
+        thread.start()
+        while thread.is_alive():
+            started = time.monotonic()
+            assert httpx.get(url + "/health", timeout=30).status_code == 200
+            worst = max(worst, time.monotonic() - started)
+            time.sleep(0.05)
+        assert done[0].status_code == 422 and done[0].json()["error"]["param"] == "messages"
+        assert worst < 1.0, worst
+
+
+# ---- keys ----
+
+
+def test_a_non_ascii_key_works(served):
+    key = "clé-ü-密钥"
+    with running(create_app(served[1], ServerConfig(api_key=key))) as url:
+        sent = {"Authorization": b"Bearer " + key.encode()}
+        assert httpx.get(url + "/v1/models", headers=sent, timeout=10).status_code == 200
+        wrong = {"Authorization": b"Bearer " + "cle-u".encode()}
+        assert httpx.get(url + "/v1/models", headers=wrong, timeout=10).status_code == 401
+
+
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_an_empty_key_is_refused_at_start_up(weights_with_tokenizer, capsys, monkeypatch, where):  # noqa: F811
+    import infer
+
+    flags = ["--api-key", ""] if where == "flag" else []
+    monkeypatch.setenv("OSUM_API_KEY", "")
+    code = infer.main(["--serve", "--weights", str(weights_with_tokenizer), *flags])
+    err = capsys.readouterr().err.strip()
+    message = "--api-key is '', not a key" if flags else "OSUM_API_KEY is set but empty"
+    assert code == 2 and "\n" not in err and message in err, err
+
+
+def test_infer_serve_says_it_is_loading_from_the_start(weights_with_tokenizer, capsys, monkeypatch):  # noqa: F811
+    import infer
+
+    monkeypatch.delenv("OSUM_API_KEY", raising=False)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
+    assert infer.main(["--serve", "--weights", str(weights_with_tokenizer)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("infer.py: loading ") and "loaded in" in lines[1]
+
+
+def test_infer_serve_names_missing_weights_as_infer_does(tmp_path, capsys):
+    import infer
+
+    assert infer.main(["--serve", "--weights", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"no OSUM weights in {tmp_path / 'nothing'}/" in err
 
 
 # ---- the conversation format ----

@@ -18,7 +18,16 @@ import numpy as np
 import soundfile
 import torch
 
-from ..audio import HOP, SAMPLE_RATE, AudioError, header_seconds, load_audio, log_mel, pad_features
+from ..audio import (
+    HOP,
+    SAMPLE_RATE,
+    AudioError,
+    AudioTooLong,
+    header_seconds,
+    load_audio,
+    log_mel,
+    pad_features,
+)
 from ..model.generate import DEFAULT_DECODING, GenerationConfig
 from ..model.osum import OSUM
 from ..text.tasks import TASKS, Result, Task
@@ -140,23 +149,17 @@ def _encoded(request: Request):
 
 def load_request_audio(request: Request, max_seconds: float | None = None) -> torch.Tensor:
     """The request's audio as a (samples,) 16 kHz mono waveform; RequestError when it cannot be read or is longer
-    than `max_seconds`."""
+    than `max_seconds` (refused from the header before decoding where it says so)."""
     try:
-        wav = load_audio(_encoded(request), span=request.span)
+        return load_audio(_encoded(request), span=request.span, max_seconds=max_seconds)
+    except AudioTooLong as err:
+        raise RequestError(request.label, err.problem, "too_long") from None
     except AudioError as err:
         raise RequestError(request.label, err.problem, "audio") from None
     except (ValueError, TypeError, OverflowError, RuntimeError, soundfile.LibsndfileError) as err:
         raise RequestError(
             request.label, f"not usable as audio ({' '.join(str(err).split())})", "audio"
         ) from None
-    if max_seconds is not None and len(wav) > max_seconds * SAMPLE_RATE:
-        raise RequestError(
-            request.label,
-            f"{len(wav) / SAMPLE_RATE:.1f} s of audio is over this server's limit of "
-            f"{max_seconds:g} s",
-            "too_long",
-        )
-    return wav
 
 
 def request_seconds(request: Request) -> float:

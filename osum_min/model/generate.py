@@ -10,20 +10,29 @@ slot, so left padding never shifts them, and a row in a batch is the same math a
 hold the new tokens only, ending with the eos when one was hit.
 """
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..config_check import ConfigError, check_config, check_seed
 from .kv_cache import KVCache, bucket
 from .qwen2 import Qwen2
 from .sequence import position_ids
 from ..text.tokenizer import EOD_ID  # Qwen2's <|endoftext|>, OSUM's hard-coded eos
 
 
+# Below it dividing float32 logits can overflow: inf - inf = NaN probabilities.
+LOWEST_TEMPERATURE = 1e-4
+
+
 @dataclass
 class GenerationConfig:
+    """Decoding settings, checked where they are built (infer.py's flags, the server's
+    fields, the web page, the Python API), each problem in one line naming the field."""
+
     max_new_tokens: int = 400
     num_beams: int = 1
     do_sample: bool = False
@@ -35,6 +44,35 @@ class GenerationConfig:
     num_return_sequences: int = 1
     eos_token_id: int | list[int] | None = EOD_ID
     seed: int | None = None  # None: draw from torch's global generator
+
+    def __post_init__(self):
+        check_config(
+            self,
+            # top_k 0 is off; a length penalty below 0 favours short beams
+            minimum={
+                "top_k": 0,
+                "temperature": LOWEST_TEMPERATURE,
+                "length_penalty": -math.inf,
+            },
+            maximum={"top_p": 1.0},
+            why={
+                "temperature": "sampling divides the scores by it: a smaller one "
+                "overflows them into NaN; for greedy decoding leave do_sample off"
+            },
+        )
+        check_seed(self)
+        eos = self.eos_token_id
+        if not isinstance(eos, (int, list, tuple, type(None))) or not all(
+            type(i) is int and i >= 0 for i in self.eos_ids()
+        ):
+            raise ConfigError("eos_token_id", eos, "not a token id, a list of them or None")
+        most = self.num_beams if self.num_beams > 1 else None if self.do_sample else 1
+        if most is not None and self.num_return_sequences > most:
+            raise ConfigError(
+                "num_return_sequences",
+                self.num_return_sequences,
+                f"above {most}: more sequences need sampling or as many beams",
+            )
 
     def eos_ids(self) -> list[int]:
         eos = self.eos_token_id
@@ -256,16 +294,8 @@ class GenerationError(ValueError):
     """Decoding settings or inputs that cannot work together."""
 
 
-def check(cfg: GenerationConfig, inputs_embeds, attention_mask):
-    if cfg.max_new_tokens < 1 or cfg.num_beams < 1 or cfg.num_return_sequences < 1:
-        raise GenerationError(
-            f"max_new_tokens, num_beams and num_return_sequences must be >= 1: {cfg}"
-        )
-    most = cfg.num_beams if cfg.num_beams > 1 else None if cfg.do_sample else 1
-    if most is not None and cfg.num_return_sequences > most:
-        raise GenerationError(
-            f"num_return_sequences={cfg.num_return_sequences} needs sampling or as many beams"
-        )
+def check(inputs_embeds, attention_mask):
+    """GenerationConfig checks itself; this is what it cannot see."""
     if attention_mask.shape != inputs_embeds.shape[:2]:
         raise GenerationError(
             f"attention_mask {tuple(attention_mask.shape)} does not match inputs_embeds "
@@ -473,7 +503,7 @@ def generate(
     B, L, _ = inputs_embeds.shape
     if attention_mask is None:
         attention_mask = torch.ones(B, L, dtype=torch.long, device=inputs_embeds.device)
-    check(config, inputs_embeds, attention_mask)
+    check(inputs_embeds, attention_mask)
     beam = config.num_beams > 1
     copies = config.num_beams if beam else config.num_return_sequences
     inputs_embeds = inputs_embeds.to(model.embed_tokens.weight.dtype)

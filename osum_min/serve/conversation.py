@@ -14,6 +14,11 @@ an `http(s)://` URL is refused, so the server never reads or fetches anything on
 
 import base64
 import binascii
+import os
+
+import numpy as np
+import torch
+
 from ..model.generate import DEFAULT_DECODING, GenerationConfig
 from ..inference.pipeline import Answer, Pipeline, Request, RequestError
 from ..text.tasks import TASKS, free_prompt_task
@@ -82,7 +87,22 @@ def _audio(part: dict, where: str, remote: bool):
                 else "an audio part needs its audio"
             )
         )
-    return audio
+    return _local_audio(audio, where)
+
+
+def _local_audio(audio, where: str):
+    """The Python API's audio: a path, bytes, samples, or a file open in binary mode (read)."""
+    if isinstance(audio, (str, os.PathLike, bytes, bytearray, np.ndarray, torch.Tensor)):
+        return audio
+    if callable(getattr(audio, "read", None)):
+        data = audio.read()
+        if not isinstance(data, bytes):
+            raise ConversationError(f"{where}: the file is open as text; open it with 'rb'")
+        return data
+    raise ConversationError(
+        f"{where}: audio is a path, bytes, a file open with 'rb', or samples (a numpy "
+        f"array or torch tensor, with sample_rate), not {type(audio).__name__}"
+    )
 
 
 def _parts(message, where: str) -> list[dict]:
@@ -154,8 +174,10 @@ def to_request(
         )
     prompt = "\n".join(t.strip() for t in texts if t.strip())
     task = free_prompt_task(prompt) if prompt else TASKS["sttc"]
-    rate = sample_rate if not isinstance(audio[0], (str, bytes)) else None
-    return Request(audio[0], rate, task, config=config, name=name)
+    samples = isinstance(audio[0], (np.ndarray, torch.Tensor))
+    if samples and sample_rate is None:
+        raise ConversationError("audio given as samples needs their sample_rate")
+    return Request(audio[0], sample_rate if samples else None, task, config=config, name=name)
 
 
 def content(answer: Answer) -> str:
@@ -170,13 +192,14 @@ def content(answer: Answer) -> str:
 def chat(
     pipeline: Pipeline,
     conversations: list[list],
-    config: GenerationConfig = DEFAULT_DECODING,
+    config: GenerationConfig | None = DEFAULT_DECODING,
     sample_rate: int | None = None,
 ) -> list[str | Answer]:
     """Every conversation answered, decoded as one batch: its text, or an Answer whose `.error` says why not (a
-    conversation OSUM cannot take is refused here, before anything decodes)."""
-    if pipeline.tokenizer is None:
-        raise ConversationError("chat needs a model with a tokenizer (its answers are text)")
+    conversation OSUM cannot take is refused here, before anything decodes; the others are answered). Arguments of
+    the wrong kind are a TypeError or ValueError naming the argument, before anything runs."""
+    _check_arguments(pipeline, conversations, config, sample_rate)
+    config = DEFAULT_DECODING if config is None else config
     requests, answers = {}, [None] * len(conversations)
     for index, conversation in enumerate(conversations):
         try:
@@ -193,3 +216,25 @@ def chat(
     for answer, index in zip(pipeline([requests[i] for i in order]), order):
         answers[index] = answer if answer.error is not None else content(answer)
     return answers
+
+
+def _check_arguments(pipeline, conversations, config, sample_rate):
+    if not isinstance(pipeline, Pipeline):
+        raise TypeError(f"chat: pipeline must be a Pipeline, not {type(pipeline).__name__}")
+    if pipeline.tokenizer is None:
+        raise ConversationError("chat needs a model with a tokenizer (its answers are text)")
+    if not isinstance(conversations, (list, tuple)):
+        raise TypeError(
+            "chat: conversations must be a list of conversations (each a list of messages), "
+            f"not {type(conversations).__name__}"
+        )
+    if config is not None and not isinstance(config, GenerationConfig):
+        raise TypeError(
+            f"chat: config must be a GenerationConfig (or None), not {type(config).__name__}"
+        )
+    if sample_rate is None:
+        return
+    if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool):
+        raise TypeError(f"chat: sample_rate must be a whole number of Hz, not {sample_rate!r}")
+    if sample_rate <= 0:
+        raise ValueError(f"chat: sample_rate must be above 0 Hz, not {sample_rate}")

@@ -1,11 +1,12 @@
-"""OpenAI's wire formats for OSUM: request fields to decoding settings, Answers to response bodies, and errors.
+"""OpenAI's wire formats for OSUM: Answers as response bodies, and errors (the request fields: fields.py).
 
 The server (server.py) reads requests and queues them; this is what the bodies mean: the response formats of
 /v1/audio/transcriptions (json, text, srt, vtt, verbose_json with SRWT's words and segments), the chat answer and
-its streamed deltas, the `usage` counts, and OpenAI-shaped errors (`{"error": {"message", "type", "code"}}`).
+its streamed deltas, stop strings, the `usage` counts, and OpenAI-shaped errors
+(`{"error": {"message", "type", "param", "code"}}`).
 """
 
-from dataclasses import replace
+import re
 
 from ..model.generate import DEFAULT_DECODING, GenerationConfig
 from ..inference.pipeline import Answer, RequestError
@@ -17,27 +18,57 @@ ERROR_STATUS = {"audio": 400, "too_long": 413, "prompt": 422, "decoding": 500}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str, type: str = "invalid_request_error"):
+    """A request the server refuses: its status, one line, OpenAI's `type` and `code`, and
+    the request field at fault (`param`) where there is one."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+    ):
         super().__init__(" ".join(message.split()))
-        self.status, self.code, self.type = status, code, type
+        self.status, self.code, self.type, self.param = status, code, type, param
+
+    def body(self) -> dict:
+        return error_body(str(self), self.type, self.code, self.param)
 
 
-def error_body(message: str, type: str, code: str) -> dict:
-    return {"error": {"message": " ".join(str(message).split()), "type": type, "code": code}}
+def error_body(message: str, type: str, code: str, param: str | None = None) -> dict:
+    message = " ".join(str(message).split())
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def request_error(err: RequestError) -> ApiError:
+def request_error(err: RequestError, param: str | None = None) -> ApiError:
+    """A pipeline's RequestError; `param` is the field that carried the audio or prompt."""
     status = ERROR_STATUS[err.kind]
+    code = {
+        "audio": "invalid_audio",
+        "too_long": "audio_too_long",
+        "prompt": "invalid_prompt",
+        "decoding": "decoding_failed",
+    }[err.kind]
+    kind = "server_error" if status == 500 else "invalid_request_error"
+    return ApiError(status, str(err), code, kind, None if status == 500 else param)
+
+
+def megabytes(size: float) -> str:
+    """A size as it reads: 0.13 MB, 2.5 MB, 25 MB."""
+    return f"{size / 2**20:.2g} MB" if size < 2**20 else f"{size / 2**20:.3g} MB"
+
+
+def too_large(what: str, size: int, cap: int, param: str | None = None) -> ApiError:
+    """413 with both figures at a precision that tells them apart."""
+    shown, cap_shown = megabytes(size), megabytes(cap)
+    if shown == cap_shown:
+        shown, cap_shown = f"{size:,} bytes", f"{cap:,} bytes"
     return ApiError(
-        status,
-        str(err),
-        {
-            "audio": "invalid_audio",
-            "too_long": "audio_too_long",
-            "prompt": "invalid_prompt",
-            "decoding": "decoding_failed",
-        }[err.kind],
-        "server_error" if status == 500 else "invalid_request_error",
+        413,
+        f"{what} is {shown}; this server takes up to {cap_shown}",
+        "upload_too_large",
+        param=param,
     )
 
 
@@ -68,6 +99,26 @@ def streamed_text(task, text: str, final: bool) -> str:
     return text.strip() if final else text.lstrip().rstrip()
 
 
+def until_stop(text: str, stop: list[str], final: bool) -> tuple[str, bool]:
+    """The text before the first of the `stop` strings, and whether one came. While
+    streaming (not `final`) a tail that may be the start of one is held back too."""
+    found = [at for at in (text.find(s) for s in stop) if at >= 0]
+    if found:
+        return text[: min(found)].rstrip(), True
+    if final:
+        return text, False
+    held = [k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])]
+    return text[: len(text) - max(held, default=0)], False
+
+
+def language(text: str) -> str | None:
+    """A transcript's language by its script, as OpenAI names it (OSUM transcribes Chinese
+    and English): more Han characters than Latin words is Chinese; None without either."""
+    han = len(re.findall(r"[\u3400-\u4dbf\u4e00-\u9fff]", text))
+    latin = len(re.findall(r"[A-Za-z]+", text))
+    return "chinese" if han and han >= latin else "english" if latin else None
+
+
 def transcription_text(answer: Answer) -> str:
     result = answer.result
     return result.transcript if result.transcript is not None else result.to_text()
@@ -93,6 +144,7 @@ def transcription_body(answer: Answer, response_format: str, granularities: list
         }
     )
     if response_format == "verbose_json":
+        body["language"] = language(body["text"])
         body["duration"] = round(answer.decoded.audio_seconds, 3)
         if result.words is not None:
             if "word" in granularities:
@@ -105,50 +157,3 @@ def transcription_body(answer: Answer, response_format: str, granularities: list
                     for number, (start, end, text) in enumerate(cues(result.words))
                 ]
     return body
-
-
-def number(value, name: str, low: float, high: float, integer: bool = False):
-    """A request's numeric field, checked (None when absent); ApiError 400 otherwise."""
-    if value is None or value == "":
-        return None
-    try:
-        parsed = float(value)
-    except (TypeError, ValueError):
-        parsed = None
-    if (
-        parsed is None
-        or isinstance(value, bool)
-        or not low <= parsed <= high
-        or (integer and parsed % 1)
-    ):
-        raise ApiError(
-            400,
-            f"{name} must be a{'n integer' if integer else ' number'} from {low:g} to {high:g}, "
-            f"got {str(value)[:40]!r}",
-            f"invalid_{name}",
-        )
-    return int(parsed) if integer else parsed
-
-
-def chat_decoding(body: dict, stream: bool, max_new_tokens: int) -> GenerationConfig:
-    """OSUM's default (beam 4, penalty 1.05); sampling when `temperature` > 0 is given; greedy when streaming
-    (beam search knows its tokens only at the end)."""
-    config = replace(DEFAULT_DECODING, max_new_tokens=max_new_tokens)
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if (limit := number(max_tokens, "max_tokens", 1, max_new_tokens, integer=True)) is not None:
-        config = replace(config, max_new_tokens=limit)
-    temperature = number(body.get("temperature"), "temperature", 0.0, 2.0)
-    top_p = number(body.get("top_p"), "top_p", 1e-6, 1.0)
-    seed = number(body.get("seed"), "seed", 0, 2**63 - 1, integer=True)
-    if temperature:
-        config = replace(
-            config,
-            num_beams=1,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p or 1.0,
-            seed=seed,
-        )
-    elif stream:
-        config = replace(config, num_beams=1)
-    return config

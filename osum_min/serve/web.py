@@ -51,19 +51,28 @@ def decoding(
     max_new_tokens: int,
     seed: int | None,
 ) -> GenerationConfig:
-    """The page's decoding settings; defaults are infer.py's (beam 4, penalty 1.05)."""
+    """The page's decoding settings; defaults are infer.py's (beam 4, penalty 1.05).
+    GenerationConfig checks them (a ValueError the page shows in one line)."""
     return replace(
         DEFAULT_DECODING,
         eos_token_id=eos_id,
-        num_beams=int(beams),
+        num_beams=whole(beams),
         do_sample=bool(sample),
-        temperature=float(temperature),
-        top_k=int(top_k),
-        top_p=float(top_p),
-        repetition_penalty=float(repetition_penalty),
-        max_new_tokens=int(max_new_tokens),
-        seed=None if seed in (None, "") else int(seed),
+        temperature=temperature,
+        top_k=whole(top_k),
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        max_new_tokens=whole(max_new_tokens),
+        seed=None if seed in (None, "") else whole(seed),
     )
+
+
+def whole(value):
+    """A widget's whole number (gradio sends 4.0 for 4); any other value as it is, for
+    GenerationConfig to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def srt_file(words, audio_path: str, folder: Path) -> str | None:
