@@ -428,6 +428,8 @@ class Report:
             print(f"infer.py: skipped {answer.error}", file=sys.stderr)
             if self.scorer:
                 self.scorer.skipped += 1
+                if item.reference is not None:  # all deletions, wrong labels: never dropped
+                    self.scorer.add(item.reference, None)
             line = (
                 json.dumps({"file": item.path, "error": str(answer.error)}, ensure_ascii=False)
                 if args.json
@@ -466,7 +468,15 @@ class Report:
 
     def finish(self) -> int:
         """Print the scores; the exit code: 0 all decoded, 1 some failed, 2 none decoded."""
-        if self.scorer:
+        problem = self.scorer and self.scorer.problem()
+        if problem:  # never a figure over nothing; an error where the score is all that was asked
+            print(
+                f"infer.py: {'error' if self.args.score_only else 'warning'}: no score: {problem}",
+                file=sys.stderr,
+            )
+            if self.args.score_only:
+                return 2
+        elif self.scorer:
             print(
                 json.dumps({"summary": self.scorer.summary()})
                 if self.args.json

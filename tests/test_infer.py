@@ -189,6 +189,29 @@ def test_scoring_a_wenet_list_against_its_own_output_gives_zero(
     assert summary["insertions"] == 0 and summary["deletions"] == 1
 
 
+def test_score_only_counts_a_failed_file_as_all_deletions_and_refuses_nothing(
+    capsys, weights_with_tokenizer, tmp_path
+):
+    """The rule of eval.py score (scoring.score_texts) here too: a file that fails is in the score as all
+    deletions, never dropped; references with no word are an error, never WER 0.00 %."""
+    flags = ["--weights", weights_with_tokenizer, "--max-new-tokens", "4", "--beams", "1"]
+    listing = tmp_path / "test.jsonl"
+    rows = [("utt0", str(AUDIO[0]), "a b"), ("utt1", str(tmp_path / "absent.wav"), "c d e")]
+    listing.write_text(
+        "".join(json.dumps(dict(zip(("key", "wav", "txt"), r))) + "\n" for r in rows)
+    )
+    code, lines, err = run(capsys, listing, *flags, "--score-only", "--json")
+    summary = json.loads(lines[-1])["summary"]
+    assert code == 1 and "absent.wav" in err
+    assert summary["reference_units"] == 5 and summary["deletions"] >= 3 and summary["skipped"] == 1
+    listing.write_text(json.dumps({"key": "utt0", "wav": str(AUDIO[0]), "txt": ""}) + "\n")
+    code, lines, err = run(capsys, listing, *flags, "--score-only")
+    last = err.splitlines()[-1]
+    assert (
+        code == 2 and lines == [] and last.startswith("infer.py: error: no score: nothing to score")
+    )
+
+
 def test_a_directory_with_a_corrupt_file_reports_it_and_finishes_the_rest(
     capsys, fixture_weights, tmp_path
 ):
