@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,8 +40,13 @@ _KINDS = (
 
 
 def printable(path) -> str:
-    """A path as text that prints anywhere: bytes of a name that is not UTF-8 shown as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path (or any text read from a list) as text that prints anywhere: bytes of a name that is not UTF-8 shown
+    as \\xNN escapes, a lone surrogate (JSON's "\\ud800") as \\ud800."""
+    try:
+        data = os.fsencode(path)
+    except UnicodeEncodeError:
+        data = os.fspath(path).encode("utf-8", "backslashreplace")
+    return data.decode("utf-8", "backslashreplace")
 
 
 class FileError(ValueError):
@@ -151,6 +157,28 @@ def write_problem(err: BaseException) -> str:
     return next(
         (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
     )
+
+
+MIN_FREE_BYTES = 16 * 2**20  # a folder with less free space is full for our outputs
+
+
+def writable_folder(folder, what: str) -> Path:
+    """`folder`, created when missing, once a file was made in it and there is room: FileError otherwise (read
+    only, a file in the way, a full disk), before any work whose results would go there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+        space = os.statvfs(folder)
+        free = space.f_bavail * space.f_frsize
+    except (OSError, ValueError) as err:
+        problem = os_problem(err) if isinstance(err, OSError) else str(err)
+        raise FileError(folder, f"cannot write {what} there: {problem}") from None
+    if free < MIN_FREE_BYTES:
+        raise FileError(folder, f"cannot write {what} there: the disk is full ({free} bytes free)")
+    return folder
 
 
 @contextmanager
