@@ -135,7 +135,13 @@ def _json_rows(path: Path, fields: tuple[str, ...], shape: str):
                 raise LayoutError(
                     f"{path}:{number}: {name!r} is {json.dumps(row.get(name))[:40]}, not text ({shape})"
                 )
-        yield number, {**row, **{name: printable(row[name]) for name in fields if name not in ("wav", "audio")}}
+        yield (
+            number,
+            {
+                **row,
+                **{name: printable(row[name]) for name in fields if name not in ("wav", "audio")},
+            },
+        )
 
 
 def librispeech(root: Path) -> list[Subset]:
