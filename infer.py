@@ -23,6 +23,7 @@ import torch
 from osum_min.inference import ranks
 from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
 from osum_min.data.formats import DataError
+from osum_min.files import FileError, printable, writable_folder
 from osum_min.model.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
 from osum_min.inference.inputs import Item, collect_inputs
 from osum_min.model.osum import OSUM, load_for_inference
@@ -284,8 +285,11 @@ def check_combinations(args, items: list[Item]) -> None:
     if args.score_only and not any(item.reference is not None for item in items):
         raise UsageError('--score-only needs references: a wenet list whose lines have "txt"')
     for flag, folder in (("--srt", args.srt), ("--vtt", args.vtt)):
-        if folder and not Path(folder).is_dir():
-            raise UsageError(f"{flag} {folder}: no such folder")
+        try:
+            if folder:  # made when missing
+                writable_folder(folder, "subtitles")
+        except FileError as err:
+            raise UsageError(f"{flag} {err}") from None
         if folder and not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"{flag} {folder}: the folder is not writable")
 
@@ -431,7 +435,9 @@ class Report:
                 if item.reference is not None:  # all deletions, wrong labels: never dropped
                     self.scorer.add(item.reference, None)
             line = (
-                json.dumps({"file": item.path, "error": str(answer.error)}, ensure_ascii=False)
+                json.dumps(
+                    {"file": printable(item.path), "error": str(answer.error)}, ensure_ascii=False
+                )
                 if args.json
                 else None
             )
@@ -442,7 +448,7 @@ class Report:
             if self.scorer and item.reference is not None:
                 self.scorer.add(item.reference, answer.result)
             record = {
-                "file": item.path,
+                "file": printable(item.path),
                 **({"key": item.key} if item.key != item.path else {}),
                 **answer.to_json(with_ids=args.ids),
             }

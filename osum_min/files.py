@@ -64,7 +64,12 @@ def _a(what: str) -> str:
     return f"{'an' if what[0] in 'aeiou' else 'a'} {what}"
 
 
-def os_problem(err: OSError) -> str:
+def os_problem(err: OSError | ValueError) -> str:
+    """An OSError's words; the ValueError of a name no file can have (a NUL byte, a lone surrogate) likewise."""
+    if isinstance(err, UnicodeEncodeError):
+        return "not a file name (it holds a lone surrogate, a character no file name can have)"
+    if not isinstance(err, OSError):
+        return str(err)
     return _OS_PROBLEMS.get(err.errno) or err.strerror or type(err).__name__
 
 
@@ -80,7 +85,7 @@ def check_file(path, what: str) -> os.stat_result:
     try:
         info = os.stat(path)
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the name
-        raise FileError(path, os_problem(err) if isinstance(err, OSError) else str(err)) from None
+        raise FileError(path, os_problem(err)) from None
     if problem := _kind_problem(info.st_mode, what):
         raise FileError(path, problem)
     return info
@@ -92,7 +97,7 @@ def open_file(path, what: str, max_bytes: int | None = None) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as err:
-        raise FileError(path, os_problem(err) if isinstance(err, OSError) else str(err)) from None
+        raise FileError(path, os_problem(err)) from None
     info = os.fstat(fd)
     problem = _kind_problem(info.st_mode, what)  # swapped since check_file
     if problem is None and max_bytes is not None and info.st_size > max_bytes:
@@ -174,8 +179,7 @@ def writable_folder(folder, what: str) -> Path:
         space = os.statvfs(folder)
         free = space.f_bavail * space.f_frsize
     except (OSError, ValueError) as err:
-        problem = os_problem(err) if isinstance(err, OSError) else str(err)
-        raise FileError(folder, f"cannot write {what} there: {problem}") from None
+        raise FileError(folder, f"cannot write {what} there: {os_problem(err)}") from None
     if free < MIN_FREE_BYTES:
         raise FileError(folder, f"cannot write {what} there: the disk is full ({free} bytes free)")
     return folder

@@ -391,3 +391,22 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, weights_with_tokenizer):
     )
     one, two = both("--score-only")
     assert one == two and one.strip()
+
+
+def test_a_lone_surrogate_in_a_list_is_printed_escaped(capsys, weights_with_tokenizer, tmp_path):
+    """JSON's "\\ud800" is no character: printed as UTF-8 it killed infer.py with nothing said. Keys, texts and
+    paths print escaped, and the item with the unreadable path is reported while the others are answered."""
+    listing = tmp_path / "list.jsonl"
+    listing.write_text(
+        '{"key": "a\\ud800", "wav": "%s", "txt": "x\\udfffy"}\n{"key": "b", "wav": "\\ud800.wav"}\n'
+        % AUDIO[0],
+        encoding="utf-8",
+    )
+    flags = ["--weights", weights_with_tokenizer, "--max-new-tokens", "4", "--beams", "1"]
+    for extra in ([], ["--json"], ["--score-only"]):
+        code, lines, err = run(capsys, listing, *flags, *extra)
+        assert code == 1 and "\\ud800.wav" in err and "Traceback" not in err, err
+        if not extra:
+            assert lines[0].startswith("a\\\\ud800\t")  # one_line escapes the backslash
+        if extra == ["--json"]:
+            assert [json.loads(line).get("key") for line in lines][:2] == ["a\\ud800", None]

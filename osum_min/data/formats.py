@@ -24,6 +24,7 @@ from ..files import (
     FileError,
     open_file,
     parse_json,
+    printable,
     read_json,
     read_text,
 )
@@ -76,11 +77,11 @@ def read_data_list(path) -> list[dict]:
     """Raw jsonl lines become sample dicts; any other line is a tar shard path, read as `{"shard": path}`."""
     path = Path(path)
     try:
-        lines = read_text(path, "data list", MAX_LIST_BYTES).splitlines()
+        text_lines = read_text(path, "data list", MAX_LIST_BYTES).splitlines()
     except FileError as err:
         raise DataError(f"{err.path}: cannot read data list ({err.problem})") from None
-    items = []
-    for number, line in enumerate(lines, start=1):
+    items, lines = [], {}  # lines: (key, task) -> its line
+    for number, line in enumerate(text_lines, start=1):
         line = line.strip()
         if not line:
             continue
@@ -95,6 +96,13 @@ def read_data_list(path) -> list[dict]:
             raise DataError(
                 f'{path}:{number}: a raw sample needs "key" and "wav", got {line[:80]!r}'
             )
+        sample = (printable(str(item["key"])), str(item.get("task", "")))
+        if sample in lines:
+            raise DataError(
+                f"{path}:{number}: key {sample[0]!r} (task {sample[1] or 'none'}) is given twice "
+                f"(also line {lines[sample]}): one sample would count twice"
+            )
+        lines[sample] = number
         items.append({**item, "wav": resolve_listed_path(str(item["wav"]), path.parent)})
     return items
 

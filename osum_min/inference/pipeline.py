@@ -19,6 +19,7 @@ import soundfile
 import torch
 
 from ..audio import HOP, SAMPLE_RATE, AudioError, header_seconds, load_audio, log_mel, pad_features
+from ..files import printable
 from ..model.generate import DEFAULT_DECODING, GenerationConfig
 from ..model.osum import OSUM
 from ..text.tasks import TASKS, Result, Task
@@ -35,7 +36,7 @@ class RequestError(ValueError):
 
     def __init__(self, name: str, problem: str, kind: str = "audio"):
         assert kind in ERROR_KINDS, kind
-        super().__init__(" ".join(f"{name}: {problem}".split()))
+        super().__init__(" ".join(f"{printable(name)}: {printable(problem)}".split()))
         self.name, self.problem, self.kind = name, problem, kind
 
     def __reduce__(self):  # pickles (torch.distributed, multiprocessing) with its three fields
