@@ -7,6 +7,7 @@ same table as JSON); `SpeechDataset` applies the weights (see osum_min/data/data
 """
 
 import io
+import json
 import logging
 import os
 import tarfile
@@ -105,6 +106,30 @@ def read_data_list(path) -> list[dict]:
         lines[sample] = number
         items.append({**item, "wav": resolve_listed_path(str(item["wav"]), path.parent)})
     return items
+
+
+def read_prompts(path) -> dict[str, tuple[str, ...]]:
+    """A prompts file, JSON {task tag: [prompt, ...]}: new tasks, or other paraphrases of the original's."""
+    try:
+        table = read_json(path, "prompts file")
+    except FileError as err:
+        raise DataError(f"{err.path}: cannot read prompts ({err.problem})") from None
+    if not isinstance(table, dict):
+        raise DataError(
+            f"{printable(path)}: a prompts file is a JSON object {{task tag: [prompt, ...]}}, "
+            f"not {type(table).__name__}"
+        )
+    for tag, prompts in table.items():
+        if (
+            not isinstance(prompts, list)
+            or not prompts
+            or not all(isinstance(p, str) and p.strip() for p in prompts)
+        ):
+            raise DataError(
+                f"{printable(path)}: {printable(tag)!r} needs a list of prompt texts, "
+                f"got {json.dumps(prompts)[:60]}"
+            )
+    return {tag: tuple(prompts) for tag, prompts in table.items()}
 
 
 def _parse_mix_yaml(text: str, path: Path) -> dict:
