@@ -625,3 +625,21 @@ def test_no_eta_until_the_rate_is_measured(monkeypatch):
     assert bar.line().endswith("eta 00:02")  # 3.03 MB in 1.25 s: 4.97 MB left at 2.4 MB/s
     bar.update(4_968_000)
     assert bar.line().endswith("eta 00:00")
+
+
+def test_make_corpus_without_espeak_ng_is_one_line_naming_the_install_command(tmp_path):
+    """A newcomer without espeak-ng got a 15-line traceback; now one line, before any folder is made."""
+    bin_dir = tmp_path / "bin"  # a PATH without espeak-ng
+    bin_dir.mkdir()
+    done = subprocess.run(
+        [sys.executable, "examples/asr_gender/make_corpus.py", "--out", str(tmp_path / "c")],
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "make_corpus.py: error: espeak-ng is not installed: apt-get install espeak-ng"
+    ]
+    assert not (tmp_path / "c").exists()
