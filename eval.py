@@ -184,6 +184,7 @@ def run_benchmark(args) -> int:
     from osum_min.model.osum import load_for_inference
     from osum_min.inference.pipeline import Pipeline
     from osum_min.text.tokenizer import tokenizer_or_none
+    from osum_min.weights import weights_problem
 
     if args.task is not None and args.task not in TASKS:
         raise LayoutError(f"--task {args.task}: choose one of {', '.join(TASKS)}")
@@ -222,7 +223,9 @@ def run_benchmark(args) -> int:
         except TimingError as err:
             raise LayoutError(str(err)) from None
     weights = Path(args.weights)
-    tokenizer = tokenizer_or_none(weights) if (weights / "config.json").is_file() else None
+    if problem := weights_problem(weights):
+        raise LayoutError(problem)
+    tokenizer = tokenizer_or_none(weights)
     if tokenizer is None:
         raise LayoutError(
             f"{weights}/: no OSUM weights with a tokenizer (see `python convert.py --help`)"

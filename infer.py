@@ -24,6 +24,7 @@ from osum_min.inference import ranks
 from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
 from osum_min.data.formats import DataError
 from osum_min.files import FileError, printable, writable_folder
+from osum_min.weights import weights_problem
 from osum_min.model.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
 from osum_min.inference.inputs import Item, collect_inputs
 from osum_min.model.osum import OSUM, load_for_inference
@@ -42,10 +43,6 @@ DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-GET_WEIGHTS = (
-    "get them with `python convert.py --download`, or convert the original's checkpoint with "
-    "`python convert.py infer.pt --tokenizer QWEN2_TOKENIZER_DIR --out weights/osum`"
-)
 ROOT = Path(__file__).resolve().parent
 # The web demo's example clips: the repository's short recordings, and two more once tests/assets.py fetched them.
 WEB_EXAMPLES = [
@@ -84,8 +81,6 @@ def decoding_config(args, eos_id: int) -> GenerationConfig:
 
 def load(args) -> tuple[OSUM, Tokenizer | None]:
     weights = Path(args.weights)
-    if not (weights / "config.json").is_file():
-        raise UsageError(f"no OSUM weights in {weights}/: {GET_WEIGHTS}")
     tokenizer = tokenizer_or_none(weights)
     if tokenizer is None and not (args.prompt_ids and args.ids):
         raise UsageError(
@@ -513,6 +508,11 @@ def main(argv=None) -> int:
         except DemoUnavailable as err:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
+    if problem := weights_problem(
+        args.weights
+    ):  # one check, one message, whatever serves the answers
+        print(f"infer.py: error: {problem}", file=sys.stderr)
+        return 2
     if args.serve:
         from osum_min.serve.server import ServerConfig, serve
 

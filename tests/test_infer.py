@@ -410,3 +410,26 @@ def test_a_lone_surrogate_in_a_list_is_printed_escaped(capsys, weights_with_toke
             assert lines[0].startswith("a\\\\ud800\t")  # one_line escapes the backslash
         if extra == ["--json"]:
             assert [json.loads(line).get("key") for line in lines][:2] == ["a\\ud800", None]
+
+
+def test_missing_weights_are_one_message_from_every_front_end(capsys, tmp_path):
+    """infer.py said "no OSUM weights", its --serve "has no tokenizer", eval.py run a third thing: one check
+    (weights.weights_problem), one message, before anything loads."""
+    import eval as eval_cli
+
+    missing = tmp_path / "nonexistent"
+    clip, listing = str(AUDIO[0]), tmp_path / "list.jsonl"
+    listing.write_text(json.dumps({"key": "a", "wav": clip, "txt": "a b"}) + "\n")
+    said = []
+    for command, argv in (
+        (infer.main, [clip, "--weights", str(missing)]),
+        (infer.main, ["--serve", "--weights", str(missing)]),
+        (eval_cli.main, ["run", "wenet", str(listing), "--weights", str(missing)]),
+    ):
+        code = command(argv)
+        err = capsys.readouterr().err.splitlines()
+        assert code == 2 and len(err) == 1, err
+        said.append(err[0].split(": error: ", 1)[1])
+    assert said[0] == said[1] == said[2] and said[0].startswith(
+        f"no OSUM weights in {missing}/: get them"
+    )
