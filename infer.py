@@ -29,7 +29,7 @@ from osum_min.model.generate import DEFAULT_DECODING, ORIGINAL_DECODING, Generat
 from osum_min.inference.inputs import Item, collect_inputs
 from osum_min.model.osum import OSUM, load_for_inference
 from osum_min.inference.pipeline import Answer, Pipeline, Request, RequestError
-from osum_min.progress import Progress
+from osum_min.progress import Progress, status
 from osum_min.eval.scoring import PROTOCOLS, Scorer
 from osum_min.inference.subtitles import subtitle_paths, subtitles
 from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
@@ -381,6 +381,8 @@ def prepare(args) -> Run:
             "--stream prints one file as it decodes: run it in one process, not torchrun"
         )
     args.device = ranks.start(args.device)
+    if ranks.world()[0] == 0 and (sys.stderr.isatty() or len(items) > 3):
+        status(f"infer.py: loading {args.weights}/ for {len(items)} file{'s' * (len(items) > 1)}")
     model, tokenizer = load(args)
     if args.score_only and tokenizer is None:
         raise UsageError(f"--score-only scores text, and {args.weights}/ has no tokenizer")
@@ -552,7 +554,7 @@ def main(argv=None) -> int:
     share = ranks.balanced_share([item.seconds for item in run.items], rank, world_size)
     progress = (
         Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}")
-        if len(share) > 3 and not args.stream and rank == 0
+        if (len(share) > 3 or sys.stderr.isatty()) and not args.stream and rank == 0
         else None
     )
     outcomes = decode_share(run.pipeline, run.items, run.requests, share, on_token)

@@ -643,3 +643,35 @@ def test_make_corpus_without_espeak_ng_is_one_line_naming_the_install_command(tm
         "make_corpus.py: error: espeak-ng is not installed: apt-get install espeak-ng"
     ]
     assert not (tmp_path / "c").exists()
+
+
+def test_a_bar_shows_from_its_first_second_not_after_the_first_step(monkeypatch):
+    """infer.py on a few files said nothing until the first batch was done (up to a minute)."""
+    stream = io.StringIO()
+    Progress(3, "files", stream=stream)
+    assert stream.getvalue().startswith("files |   0.0% 0/3")
+
+
+def test_infer_on_one_file_at_a_terminal_shows_loading_and_decoding_at_once(
+    capsys, fixture_weights, monkeypatch
+):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    lines_at_load = []
+    real_load = infer.load
+    monkeypatch.setattr(
+        infer, "load", lambda args: lines_at_load.append(capsys.readouterr().err) or real_load(args)
+    )
+    code = infer.main(
+        [
+            str(FIXTURE_A / "audio.wav"),
+            "--weights",
+            str(fixture_weights),
+            "--prompt-ids",
+            "17,230",
+            "--ids",
+        ]
+        + ["--beams", "1", "--max-new-tokens", "2"]
+    )
+    err = capsys.readouterr().err
+    assert code == 0 and lines_at_load[0].startswith("infer.py: loading ")
+    assert err.startswith("files |   0.0% 0/1") and "100.0% 1/1" in err
