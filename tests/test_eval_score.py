@@ -36,6 +36,12 @@ def run_score(capsys, *argv) -> tuple[int, list[str]]:
     )  # stdout's last line (the JSON) stays last
 
 
+def score_tags(capsys, png) -> tuple[int, list[str]]:
+    """eval.py score on the tagged fixture pair, its confusion matrix drawn to `png`."""
+    tags = (FIXTURES / "tags.ref", FIXTURES / "tags.hyp")
+    return run_score(capsys, *tags, "--metric", "acc", "--confusion-png", png)
+
+
 def assert_osum_lines(result: dict, expected: dict) -> None:
     lines = {name: line for name, line in result.items() if isinstance(line, dict)}
     assert ["Overall", *lines] == list(expected)  # the original's lines, in its order
@@ -68,30 +74,14 @@ def test_osum_label_accuracy_equals_compute_acc(capsys, tmp_path):
         result["total"] == len(hyps) > len(set(hyps) & set(refs))
     )  # extra keys still count in the division
     assert sum(result["confusion"][k][k] for k in range(len(result["labels"]))) == result["correct"]
-    code, out = run_score(
-        capsys,
-        FIXTURES / "tags.ref",
-        FIXTURES / "tags.hyp",
-        "--metric",
-        "acc",
-        "--confusion-png",
-        tmp_path / "confusion.png",
-    )
+    code, out = score_tags(capsys, tmp_path / "confusion.png")
     assert code == 0 and json.loads(out[-1])["value"] / 100 == pytest.approx(expected, abs=1e-12)
     assert any(line.startswith("<HAPPY>") for line in out)  # the text confusion table
 
 
 def test_the_confusion_matrix_png(capsys, tmp_path):
     pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (the [plot] extra)")
-    code, _ = run_score(
-        capsys,
-        FIXTURES / "tags.ref",
-        FIXTURES / "tags.hyp",
-        "--metric",
-        "acc",
-        "--confusion-png",
-        tmp_path / "confusion.png",
-    )
+    code, _ = score_tags(capsys, tmp_path / "confusion.png")
     assert code == 0 and (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -202,15 +192,7 @@ def test_confusion_png_folder_is_checked_before_the_table(where, tmp_path, capsy
         if os.access(folder, os.W_OK):
             pytest.skip("running as a user who writes anywhere (root)")
     png = folder / "confusion.png"
-    code, out = run_score(
-        capsys,
-        FIXTURES / "tags.ref",
-        FIXTURES / "tags.hyp",
-        "--metric",
-        "acc",
-        "--confusion-png",
-        png,
-    )
+    code, out = score_tags(capsys, png)
     if where != "missing/deeper":
         assert code == 2 and len(out) == 1 and str(folder) in out[0]
     else:
