@@ -81,6 +81,8 @@ def decoding_config(args, eos_id: int) -> GenerationConfig:
 
 def load(args) -> tuple[OSUM, Tokenizer | None]:
     weights = Path(args.weights)
+    if problem := weights_problem(weights):  # one check, one message, for every front end
+        raise UsageError(problem)
     tokenizer = tokenizer_or_none(weights)
     if tokenizer is None and not (args.prompt_ids and args.ids):
         raise UsageError(
@@ -510,12 +512,10 @@ def main(argv=None) -> int:
         except DemoUnavailable as err:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
-    if problem := weights_problem(
-        args.weights
-    ):  # one check, one message, whatever serves the answers
-        print(f"infer.py: error: {problem}", file=sys.stderr)
-        return 2
     if args.serve:
+        if problem := weights_problem(args.weights):  # load()'s check and message, below
+            print(f"infer.py: error: {problem}", file=sys.stderr)
+            return 2
         from osum_min.serve.server import ServerConfig, serve
 
         return serve(
