@@ -18,15 +18,21 @@ import argparse
 import importlib.util
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from osum_min.inference import ranks
 from osum_min.eval.benchmarks import READERS, LayoutError, read_benchmark
 from osum_min.cli import OneLineParser, device_problem, lowest_problem
-from osum_min.files import MAX_LIST_BYTES, FileError, read_text
+from osum_min.files import MAX_LIST_BYTES, FileError, read_text, writable_folder
 from osum_min.model.generate import DEFAULT_DECODING
-from osum_min.eval.scoring import METRICS, PROTOCOLS, score_texts
+from osum_min.eval.scoring import (
+    METRICS,
+    PROTOCOLS,
+    NothingToScore,
+    missing_warning,
+    score_texts,
+)
 from osum_min.text.tasks import TASKS
 
 
@@ -37,16 +43,22 @@ class InputError(Exception):
 def read_key_text(path: Path) -> dict[str, str]:
     """`key text` lines (UTF-8, a BOM tolerated, read through the input layer): key -> text.
 
-    Blank lines are skipped; a later key replaces an earlier."""
+    Blank lines are skipped; a key given twice is refused (which line is the utterance's?)."""
     try:
         content = read_text(path, "`key text` file", MAX_LIST_BYTES)
     except FileError as err:
         raise InputError(str(err)) from None
-    texts = {}
-    for line in content.splitlines():
+    texts, lines = {}, {}
+    for number, line in enumerate(content.splitlines(), 1):
         parts = line.split(maxsplit=1)
-        if parts:
-            texts[parts[0]] = parts[1] if len(parts) > 1 else ""
+        if not parts:
+            continue
+        if parts[0] in lines:
+            raise InputError(
+                f"{path}:{number}: key {parts[0]!r} is given twice (also line {lines[parts[0]]})"
+            )
+        lines[parts[0]] = number
+        texts[parts[0]] = parts[1] if len(parts) > 1 else ""
     return texts
 
 
@@ -104,10 +116,15 @@ def save_confusion_png(result: dict, path: Path) -> None:
 
 def score(args) -> int:
     try:
+        if args.confusion_png is not None:
+            writable_folder(args.confusion_png.parent, f"--confusion-png {args.confusion_png.name}")
         refs, hyps = read_key_text(args.ref), read_key_text(args.hyp)
         result = score_texts(
             refs, hyps, args.protocol, args.metric, args.language, args.bleu_tokenize
         )
+    except NothingToScore as err:
+        print(f"eval.py: error: {args.ref} and {args.hyp}: {err}", file=sys.stderr)
+        return 2
     except (InputError, ValueError) as err:
         print(f"eval.py: error: {err}", file=sys.stderr)
         return 2
@@ -118,9 +135,14 @@ def score(args) -> int:
             file=sys.stderr,
         )
         return 2
+    if warning := missing_warning(result):
+        print(f"eval.py: warning: {args.hyp}: {warning}", file=sys.stderr)
     print("\n".join(score_lines(result)))
     if args.confusion_png and "confusion" in result:
-        save_confusion_png(result, args.confusion_png)
+        try:
+            save_confusion_png(result, args.confusion_png)
+        except (OSError, ValueError) as err:  # the folder went since the check
+            print(f"eval.py: error: --confusion-png {args.confusion_png}: {err}", file=sys.stderr)
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
@@ -158,10 +180,11 @@ def add_run(commands):
 
 
 def run_benchmark(args) -> int:
-    from osum_min.eval.run import decode, finish
+    from osum_min.eval.run import claim, decode, finish, fingerprint
     from osum_min.model.osum import load_for_inference
     from osum_min.inference.pipeline import Pipeline
     from osum_min.text.tokenizer import tokenizer_or_none
+    from osum_min.weights import weights_problem
 
     if args.task is not None and args.task not in TASKS:
         raise LayoutError(f"--task {args.task}: choose one of {', '.join(TASKS)}")
@@ -200,30 +223,33 @@ def run_benchmark(args) -> int:
         except TimingError as err:
             raise LayoutError(str(err)) from None
     weights = Path(args.weights)
-    tokenizer = tokenizer_or_none(weights) if (weights / "config.json").is_file() else None
+    if problem := weights_problem(weights):
+        raise LayoutError(problem)
+    tokenizer = tokenizer_or_none(weights)
     if tokenizer is None:
         raise LayoutError(
             f"{weights}/: no OSUM weights with a tokenizer (see `python convert.py --help`)"
         )
-    out = args.out or Path("runs") / args.bench
-    out.mkdir(parents=True, exist_ok=True)
+    flags = {"num_beams": args.beams, "max_new_tokens": args.max_new_tokens}
+    config = replace(DEFAULT_DECODING, **{k: v for k, v in flags.items() if v is not None})
+    out = writable_folder(args.out or Path("runs") / args.bench, "the run's results")
+    rank = ranks.world()[0]
+    decoding = {k: v for k, v in asdict(config).items() if k != "eos_token_id"}
+    claim(out, fingerprint(args.bench, subsets, decoding, weights), write=rank == 0)
     device = ranks.start(args.device)
     try:
         model = load_for_inference(weights, tokenizer, device=device)
     except (OSError, ValueError, RuntimeError) as err:
         raise LayoutError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
-    flags = {"num_beams": args.beams, "max_new_tokens": args.max_new_tokens}
-    config = replace(
-        DEFAULT_DECODING,
-        eos_token_id=model.config.eod_id,
-        **{k: v for k, v in flags.items() if v is not None},
-    )
+    config = replace(config, eos_token_id=model.config.eod_id)
     decode(Pipeline(model, tokenizer, args.batch_size), subsets, out, config, limit=args.limit)
-    rank = ranks.world()[0]
     ranks.finish()  # every rank's records are written
     if rank != 0:
         return 0
     results = finish(args.bench, subsets, out, args.limit, word_times)
+    for row in results["rows"]:
+        if warning := missing_warning(row["score"]) or row["score"].get("problem"):
+            print(f"eval.py: warning: {row['subset']}: {warning}", file=sys.stderr)
     print((out / "results.md").read_text(encoding="utf-8"), end="")
     return 1 if any(row["failed"] for row in results["rows"]) else 0
 
@@ -231,7 +257,7 @@ def run_benchmark(args) -> int:
 def run_command(args) -> int:
     try:
         return run_benchmark(args)
-    except LayoutError as err:
+    except (LayoutError, FileError) as err:
         print(f"eval.py: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

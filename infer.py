@@ -24,11 +24,13 @@ from osum_min.inference import ranks
 from osum_min.cli import OneLineParser, device_problem, lowest_problem
 from osum_min.config_check import ConfigError
 from osum_min.data.formats import DataError
+from osum_min.files import FileError, printable, writable_folder
+from osum_min.weights import weights_problem
 from osum_min.model.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
 from osum_min.inference.inputs import Item, collect_inputs
 from osum_min.model.osum import OSUM, load_for_inference
 from osum_min.inference.pipeline import Answer, Pipeline, Request, RequestError
-from osum_min.progress import Progress
+from osum_min.progress import Progress, status
 from osum_min.eval.scoring import PROTOCOLS, Scorer
 from osum_min.inference.subtitles import subtitle_paths, subtitles
 from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
@@ -42,10 +44,6 @@ DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-GET_WEIGHTS = (
-    "get them with `python convert.py --download`, or convert the original's checkpoint with "
-    "`python convert.py infer.pt --tokenizer QWEN2_TOKENIZER_DIR --out weights/osum`"
-)
 ROOT = Path(__file__).resolve().parent
 # The web demo's example clips: the repository's short recordings, and two more once tests/assets.py fetched them.
 WEB_EXAMPLES = [
@@ -95,8 +93,8 @@ def decoding_config(args, eos_id: int) -> GenerationConfig:
 
 def load(args) -> tuple[OSUM, Tokenizer | None]:
     weights = Path(args.weights)
-    if not (weights / "config.json").is_file():
-        raise UsageError(f"no OSUM weights in {weights}/: {GET_WEIGHTS}")
+    if problem := weights_problem(weights):  # one check, one message, for every front end
+        raise UsageError(problem)
     tokenizer = tokenizer_or_none(weights)
     if tokenizer is None and not (args.prompt_ids and args.ids):
         raise UsageError(
@@ -284,8 +282,11 @@ def check_combinations(args, items: list[Item]) -> None:
     if args.score_only and not any(item.reference is not None for item in items):
         raise UsageError('--score-only needs references: a wenet list whose lines have "txt"')
     for flag, folder in (("--srt", args.srt), ("--vtt", args.vtt)):
-        if folder and not Path(folder).is_dir():
-            raise UsageError(f"{flag} {folder}: no such folder")
+        try:
+            if folder:  # made when missing
+                writable_folder(folder, "subtitles")
+        except FileError as err:
+            raise UsageError(f"{flag} {err}") from None
         if folder and not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"{flag} {folder}: the folder is not writable")
 
@@ -382,6 +383,8 @@ def prepare(args) -> Run:
             "--stream prints one file as it decodes: run it in one process, not torchrun"
         )
     args.device = ranks.start(args.device)
+    if ranks.world()[0] == 0 and (sys.stderr.isatty() or len(items) > 3):
+        status(f"infer.py: loading {args.weights}/ for {len(items)} file{'s' * (len(items) > 1)}")
     model, tokenizer = load(args)
     if args.score_only and tokenizer is None:
         raise UsageError(f"--score-only scores text, and {args.weights}/ has no tokenizer")
@@ -428,8 +431,12 @@ class Report:
             print(f"infer.py: skipped {answer.error}", file=sys.stderr)
             if self.scorer:
                 self.scorer.skipped += 1
+                if item.reference is not None:  # all deletions, wrong labels: never dropped
+                    self.scorer.add(item.reference, None)
             line = (
-                json.dumps({"file": item.path, "error": str(answer.error)}, ensure_ascii=False)
+                json.dumps(
+                    {"file": printable(item.path), "error": str(answer.error)}, ensure_ascii=False
+                )
                 if args.json
                 else None
             )
@@ -440,7 +447,7 @@ class Report:
             if self.scorer and item.reference is not None:
                 self.scorer.add(item.reference, answer.result)
             record = {
-                "file": item.path,
+                "file": printable(item.path),
                 **({"key": item.key} if item.key != item.path else {}),
                 **answer.to_json(with_ids=args.ids),
             }
@@ -466,7 +473,15 @@ class Report:
 
     def finish(self) -> int:
         """Print the scores; the exit code: 0 all decoded, 1 some failed, 2 none decoded."""
-        if self.scorer:
+        problem = self.scorer and self.scorer.problem()
+        if problem:  # never a figure over nothing; an error where the score is all that was asked
+            print(
+                f"infer.py: {'error' if self.args.score_only else 'warning'}: no score: {problem}",
+                file=sys.stderr,
+            )
+            if self.args.score_only:
+                return 2
+        elif self.scorer:
             print(
                 json.dumps({"summary": self.scorer.summary()})
                 if self.args.json
@@ -511,11 +526,8 @@ def main(argv=None) -> int:
         except ImportError as err:
             print(f"infer.py: error: {err}", file=sys.stderr)
             return 2
-        if not (Path(args.weights) / "config.json").is_file():
-            print(
-                f"infer.py: error: no OSUM weights in {args.weights}/: {GET_WEIGHTS}",
-                file=sys.stderr,
-            )
+        if problem := weights_problem(args.weights):  # load()'s check and message
+            print(f"infer.py: error: {problem}", file=sys.stderr)
             return 2
         try:
             config = ServerConfig(
@@ -561,7 +573,7 @@ def main(argv=None) -> int:
     share = ranks.balanced_share([item.seconds for item in run.items], rank, world_size)
     progress = (
         Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}")
-        if len(share) > 3 and not args.stream and rank == 0
+        if (len(share) > 3 or sys.stderr.isatty()) and not args.stream and rank == 0
         else None
     )
     outcomes = decode_share(run.pipeline, run.items, run.requests, share, on_token)

@@ -39,7 +39,7 @@ from osum_min.training.checkpoints import (
     write_checkpoint,
 )
 from osum_min.training.dev import evaluate
-from osum_min.files import read_json
+from osum_min.data.formats import read_prompts
 from osum_min.model.osum import OSUM, OSUM_PRESETS
 from osum_min.progress import Progress
 from osum_min.eval.scoring import PROTOCOLS
@@ -261,16 +261,56 @@ def prepare_model(
 
 def data_config(args) -> data.DataConfig:
     """The batches' settings from the flags: frames per batch, extra prompts, augmentation on or off."""
-    prompts = read_json(args.prompts, "prompts file") if args.prompts else {}
+    prompts = read_prompts(args.prompts) if args.prompts else {}
     try:
         return replace(
             data.DataConfig(),
             max_frames_in_batch=args.batch_frames,
-            prompts={tag: tuple(paraphrases) for tag, paraphrases in prompts.items()},
+            prompts=prompts,
             **({"spec_aug": False, "spec_sub": False} if args.no_augment else {}),
         )
     except ConfigError as err:  # a tag of no task, or no prompt text
         raise ValueError(f"{args.prompts}: {err}") from None
+
+
+# What makes a run the run a checkpoint continues: the model, its data and how it learns. Not the length, the
+# logging and saving, the evaluation, the workers or the device; --fire-module is restore()'s to check, by the
+# parameters the checkpoint holds.
+SAME_RUN = (
+    "train_data",
+    "init",
+    "preset",
+    "encoder_init",
+    "llm_init",
+    "tokenizer",
+    "lr",
+    "warmup_steps",
+    "accum_grad",
+    "grad_clip",
+    "batch_frames",
+    "no_augment",
+    "prompts",
+    "seed",
+    "frozen_dtype",
+    "bf16",
+)
+
+
+def refuse_another_run(found: tuple[Path, dict], args) -> None:
+    """--resume continues the checkpoint's run: a flag that changes the model, its data or its learning (another
+    --preset trained the checkpoint's model without a word) is refused, naming each difference."""
+    path, state = found
+    saved = state.get("args", {})
+    differs = [
+        f"--{name.replace('_', '-')} {saved[name]} (now {now})"
+        for name in SAME_RUN
+        if name in saved
+        and saved[name] != (now := str(v) if isinstance(v := getattr(args, name), Path) else v)
+    ]
+    if differs:
+        raise TrainingError(
+            f"{path}: saved by another run ({', '.join(differs)}): --resume with its flags, or give another --out"
+        )
 
 
 def save(
@@ -292,6 +332,9 @@ def main(argv=None) -> int:
     say = print if main_process else (lambda *a, **k: None)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    found = newest_checkpoint(args.out, say) if args.resume else None
+    if found:
+        refuse_another_run(found, args)
     config = data_config(args)  # a bad --prompts file stops here, before any weight loads
     tokenizer = load_tokenizer(args)
     model, trained_model, trainable = prepare_model(args, tokenizer, rank, world, device)
@@ -308,7 +351,6 @@ def main(argv=None) -> int:
     optimizer, scheduler = make_optimizer(model, args.lr, args.warmup_steps)
     step, position = 0, (0, 0)  # this rank's (epoch, batches consumed in that epoch)
     log_path = args.out / "train_log.jsonl"
-    found = newest_checkpoint(args.out, say) if args.resume else None
     if found:
         step, position = restore(found, model, optimizer, scheduler, rank, world)
         say(f"resumed from {found[0]} at step {step}")

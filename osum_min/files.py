@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,8 +40,13 @@ _KINDS = (
 
 
 def printable(path) -> str:
-    """A path as text that prints anywhere: bytes of a name that is not UTF-8 shown as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path (or any text read from a list) as text that prints anywhere: bytes of a name that is not UTF-8 shown
+    as \\xNN escapes, a lone surrogate (JSON's "\\ud800") as \\ud800."""
+    try:
+        data = os.fsencode(path)
+    except UnicodeEncodeError:
+        data = os.fspath(path).encode("utf-8", "backslashreplace")
+    return data.decode("utf-8", "backslashreplace")
 
 
 class FileError(ValueError):
@@ -58,7 +64,12 @@ def _a(what: str) -> str:
     return f"{'an' if what[0] in 'aeiou' else 'a'} {what}"
 
 
-def os_problem(err: OSError) -> str:
+def os_problem(err: OSError | ValueError) -> str:
+    """An OSError's words; the ValueError of a name no file can have (a NUL byte, a lone surrogate) likewise."""
+    if isinstance(err, UnicodeEncodeError):
+        return "not a file name (it holds a lone surrogate, a character no file name can have)"
+    if not isinstance(err, OSError):
+        return str(err)
     return _OS_PROBLEMS.get(err.errno) or err.strerror or type(err).__name__
 
 
@@ -74,7 +85,7 @@ def check_file(path, what: str) -> os.stat_result:
     try:
         info = os.stat(path)
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the name
-        raise FileError(path, os_problem(err) if isinstance(err, OSError) else str(err)) from None
+        raise FileError(path, os_problem(err)) from None
     if problem := _kind_problem(info.st_mode, what):
         raise FileError(path, problem)
     return info
@@ -86,7 +97,7 @@ def open_file(path, what: str, max_bytes: int | None = None) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as err:
-        raise FileError(path, os_problem(err) if isinstance(err, OSError) else str(err)) from None
+        raise FileError(path, os_problem(err)) from None
     info = os.fstat(fd)
     problem = _kind_problem(info.st_mode, what)  # swapped since check_file
     if problem is None and max_bytes is not None and info.st_size > max_bytes:
@@ -151,6 +162,27 @@ def write_problem(err: BaseException) -> str:
     return next(
         (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
     )
+
+
+MIN_FREE_BYTES = 16 * 2**20  # a folder with less free space is full for our outputs
+
+
+def writable_folder(folder, what: str) -> Path:
+    """`folder`, created when missing, once a file was made in it and there is room: FileError otherwise (read
+    only, a file in the way, a full disk), before any work whose results would go there."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+        space = os.statvfs(folder)
+        free = space.f_bavail * space.f_frsize
+    except (OSError, ValueError) as err:
+        raise FileError(folder, f"cannot write {what} there: {os_problem(err)}") from None
+    if free < MIN_FREE_BYTES:
+        raise FileError(folder, f"cannot write {what} there: the disk is full ({free} bytes free)")
+    return folder
 
 
 @contextmanager

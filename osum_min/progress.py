@@ -1,7 +1,8 @@
 """A dependency-free progress bar for long work (downloads, conversion, batch inference, training).
 
-Writes one carriage-return-updated line to stderr with done/total, rate and ETA; when stderr is not a terminal
-(CI logs, files) it prints a plain line at most every `interval` seconds instead, so logs stay readable.
+Writes one carriage-return-updated line to stderr with done/total, rate and ETA, the first when the work starts (a
+first step can take a minute); when stderr is not a terminal (CI logs, files) it prints a plain line at most every
+`interval` seconds instead, so logs stay readable. `status` says what runs before a bar can (loading weights).
 """
 
 import sys
@@ -49,7 +50,10 @@ class Progress:
         self.initial = initial
         self.updates = 0
         self.start = time.monotonic()
-        self.last_print = 0.0
+        self.last_print = self.start
+        self._print(
+            end="\r" if self.tty else "\n"
+        )  # from the first second, not after the first step
 
     def __enter__(self):
         return self
@@ -94,3 +98,8 @@ class Progress:
 
     def close(self) -> None:
         self._print(end="\n")
+
+
+def status(text: str, stream=None) -> None:
+    """One line saying what starts now, where a bar cannot count it (loading a model)."""
+    print(text, file=stream if stream is not None else sys.stderr, flush=True)

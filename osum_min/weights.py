@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .files import FileError, atomic_write, write_problem
+from .files import FileError, atomic_write, printable, write_problem
 
 SAFETENSORS_DTYPES = {
     torch.float32: "F32",
@@ -39,6 +39,22 @@ MODEL_FILES = re.compile(
     + SHARD_NAME.pattern
     + r")(\.tmp)?"
 )  # what a model directory we write holds
+
+
+GET_WEIGHTS = (
+    "get them with `python convert.py --download`, or convert the original's checkpoint with "
+    "`python convert.py infer.pt --tokenizer QWEN2_TOKENIZER_DIR --out weights/osum`"
+)
+
+
+def weights_problem(directory) -> str | None:
+    """Why `directory` holds no converted OSUM weights (None: it does): the one check, and the one message, of
+    every front end (infer.py, its --serve, eval.py run), before anything is loaded."""
+    try:
+        found = Path(directory, "config.json").is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte, a lone surrogate
+        found = False
+    return None if found else f"no OSUM weights in {printable(directory)}/: {GET_WEIGHTS}"
 
 
 class WeightsError(ValueError):

@@ -313,9 +313,11 @@ def test_the_score_summary_counts_skipped_files(capsys, weights_with_tokenizer, 
         "--score-only",
     ]
     code, lines, err = run_infer(capsys, listing, *flags)
-    assert code == 1 and "over 1 files" in lines[0] and lines[-1].startswith("2 files skipped")
+    # the absent clip's reference is in the score as a deletion; the line without a text has none to count
+    assert code == 1 and "over 2 files" in lines[0] and lines[-1].startswith("2 files skipped")
     code, lines, err = run_infer(capsys, listing, *flags, "--json")
-    assert json.loads(lines[-1])["summary"]["skipped"] == 2
+    summary = json.loads(lines[-1])["summary"]
+    assert summary["skipped"] == 2 and summary["reference_units"] == 2 and summary["deletions"] >= 1
 
 
 def test_a_text_file_that_is_not_an_audio_list_is_one_line(capsys, fixture_weights):
@@ -634,3 +636,53 @@ def test_no_eta_until_the_rate_is_measured(monkeypatch):
     assert bar.line().endswith("eta 00:02")  # 3.03 MB in 1.25 s: 4.97 MB left at 2.4 MB/s
     bar.update(4_968_000)
     assert bar.line().endswith("eta 00:00")
+
+
+def test_make_corpus_without_espeak_ng_is_one_line_naming_the_install_command(tmp_path):
+    """A newcomer without espeak-ng got a 15-line traceback; now one line, before any folder is made."""
+    bin_dir = tmp_path / "bin"  # a PATH without espeak-ng
+    bin_dir.mkdir()
+    done = subprocess.run(
+        [sys.executable, "examples/asr_gender/make_corpus.py", "--out", str(tmp_path / "c")],
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "make_corpus.py: error: espeak-ng is not installed: apt-get install espeak-ng"
+    ]
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_bar_shows_from_its_first_second_not_after_the_first_step(monkeypatch):
+    """infer.py on a few files said nothing until the first batch was done (up to a minute)."""
+    stream = io.StringIO()
+    Progress(3, "files", stream=stream)
+    assert stream.getvalue().startswith("files |   0.0% 0/3")
+
+
+def test_infer_on_one_file_at_a_terminal_shows_loading_and_decoding_at_once(
+    capsys, fixture_weights, monkeypatch
+):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    lines_at_load = []
+    real_load = infer.load
+    monkeypatch.setattr(
+        infer, "load", lambda args: lines_at_load.append(capsys.readouterr().err) or real_load(args)
+    )
+    code = infer.main(
+        [
+            str(FIXTURE_A / "audio.wav"),
+            "--weights",
+            str(fixture_weights),
+            "--prompt-ids",
+            "17,230",
+            "--ids",
+        ]
+        + ["--beams", "1", "--max-new-tokens", "2"]
+    )
+    err = capsys.readouterr().err
+    assert code == 0 and lines_at_load[0].startswith("infer.py: loading ")
+    assert err.startswith("files |   0.0% 0/1") and "100.0% 1/1" in err

@@ -4,6 +4,7 @@ keys and references read as the layout says, the resume rule, the refusals."""
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -472,6 +473,113 @@ def test_a_missing_clip_is_reported_and_counted_and_the_rest_is_decoded(
     [row] = json.loads((tmp_path / "out/results.json").read_text())["rows"]
     assert [f["key"] for f in row["failed"]] == ["1089-134686-0001"] and row["value"] is not None
     assert table.splitlines()[2].endswith("| 3 | 1 |")
+    # the failed utterance is in the score as all deletions (scoring.score_texts' rule), and said so
+    missing = len(expected[("test-clean", "1089-134686-0001")].split())
+    assert row["score"]["missing"] == 1 and row["score"]["D"] >= missing
+    assert row["score"]["N"] == sum(len(text.split()) for text in expected.values())
+    assert "1 of 3 references have no hypothesis: each counted as all deletions" in err
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--task", "ser"], "task"),
+        (["--prompt", "Say it."], "prompt"),
+        (["--max-new-tokens", "5"], "decoding"),
+        (["--metric", "cer"], "metric"),
+        (["--protocol", "qwen2-audio", "--language", "en"], "protocol"),
+    ],
+)
+def test_resuming_into_an_out_of_another_run_is_refused_naming_what_differs(
+    flags, named, capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
+    data, _ = librispeech(tmp_path / "data")
+    out = tmp_path / "out"
+    assert run(capsys, "librispeech", data, weights_with_tokenizer, out, "--limit", "1")[0] == 0
+    before = (out / "records.jsonl").read_bytes()
+    code, table, err = run(capsys, "librispeech", data, weights_with_tokenizer, out, *flags)
+    assert code == 2 and table == "" and len(err.splitlines()) == 1, err
+    assert err.startswith(f"eval.py: error: {out}: holds another run's records ({named} ")
+    assert (out / "records.jsonl").read_bytes() == before
+    # other data (a reference changed) and other weights are other runs too
+    text = next(data.rglob("*.trans.txt"))
+    text.write_text(text.read_text().replace("\n", " MORE\n", 1))
+    code, _, err = run(capsys, "librispeech", data, weights_with_tokenizer, out)
+    assert code == 2 and "utterances sha256" in err
+
+
+def test_records_without_a_fingerprint_are_refused(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+    data, _ = librispeech(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "records.jsonl").write_text("")
+    code, _, err = run(capsys, "librispeech", data, weights_with_tokenizer, out)
+    assert code == 2 and "no run.json" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "bad", [b"", b"null", b"[1, 2]", b'{"subset": 5}', b"\xff\xfe garbage", b"}{", b'"text"']
+)
+def test_a_corrupted_records_line_is_named_and_its_utterance_decoded_again(
+    bad, capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
+    data, expected = librispeech(tmp_path / "data")
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert run(capsys, "librispeech", data, weights_with_tokenizer, whole)[0] == 0
+    assert run(capsys, "librispeech", data, weights_with_tokenizer, out)[0] == 0
+    lines = (out / "records.jsonl").read_bytes().split(b"\n")
+    lines[1] = bad  # the middle record
+    (out / "records.jsonl").write_bytes(b"\n".join(lines))
+    code, _, err = run(capsys, "librispeech", data, weights_with_tokenizer, out)
+    assert code == 0 and f"{out / 'records.jsonl'}:2: not a record" in err, err
+    assert "Traceback" not in err
+    for name in ("records.jsonl", "hyp.txt", "ref.txt", "results.json", "results.md"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("where", ["a-file", "read-only"])
+def test_an_out_that_cannot_be_written_is_refused_before_decoding(
+    where, capsys, weights_with_tokenizer, tmp_path, monkeypatch
+):  # noqa: F811
+    data, _ = librispeech(tmp_path / "data")
+    out = tmp_path / "out"
+    if where == "a-file":
+        out.write_text("in the way")
+    else:
+        out.mkdir()
+        out.chmod(0o500)
+        if os.access(out, os.W_OK):
+            pytest.skip("running as a user who writes anywhere (root)")
+    monkeypatch.setattr(eval_run, "decode", None)  # never reached
+    code, table, err = run(capsys, "librispeech", data, weights_with_tokenizer, out)
+    assert code == 2 and table == "" and err.startswith(f"eval.py: error: {out}: cannot write")
+
+
+def test_a_full_disk_at_the_end_keeps_the_records_and_the_same_command_finishes(
+    capsys, weights_with_tokenizer, tmp_path, monkeypatch
+):  # noqa: F811
+    """The result files are written whole or not at all: a failed write leaves the decoded records intact."""
+    data, _ = librispeech(tmp_path / "data")
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def full(src, dst):
+        if not str(dst).endswith("run.json"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    code, _, err = run(capsys, "librispeech", data, weights_with_tokenizer, out)
+    assert code == 2 and "cannot write" in err and "No space left on device" in err
+    assert len(records(out)) == 3  # the appended records survived
+    monkeypatch.setattr(os, "replace", real_replace)
+    decoded = []
+    monkeypatch.setattr(
+        eval_run.Pipeline,
+        "run",
+        lambda self, requests, *a, **k: decoded.extend(requests) or iter(()),
+    )
+    assert run(capsys, "librispeech", data, weights_with_tokenizer, out)[0] == 0 and decoded == []
 
 
 @pytest.mark.parametrize("bench", LAYOUTS)
@@ -593,8 +701,136 @@ def test_torchrun_two_ranks_write_the_files_of_one_process(
         "ref.txt",
         "results.json",
         "results.md",
+        "run.json",
     ]
     for name in ("records.jsonl", "hyp.txt", "ref.txt", "results.json", "results.md"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), (
             name
         )
+
+
+def layout_error(bench, data) -> str:
+    """read_benchmark's one-line refusal of `data`."""
+    with pytest.raises(eval_cli.LayoutError) as caught:
+        eval_cli.read_benchmark(bench, data)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize("bench", sorted(set(LAYOUTS) - {"vocalsound"}))  # vocalsound: names only
+def test_a_non_utf8_line_in_any_layout_file_is_one_line_naming_the_file(bench, tmp_path):
+    data, _ = LAYOUTS[bench](tmp_path / "data")
+    root = data if data.is_dir() else data.parent
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix in (".txt", ".tsv", ".csv", ".json", ".jsonl", ".scp")
+    )
+    for path in files:
+        lines = path.read_bytes().split(b"\n")
+        lines.insert(1, "caf\xe9 \xff".encode("latin-1"))  # a line in the middle, not UTF-8
+        original = path.read_bytes()
+        path.write_bytes(b"\n".join(lines))
+        message = layout_error(bench, data)
+        assert str(path) in message and "not UTF-8" in message, message
+        path.write_bytes(original)
+
+
+@pytest.mark.parametrize(
+    "segment_or_audios, said",
+    [
+        ({"begin_time": 0, "end_time": 1, "text": "好", "subsets": ["TEST_NET"]}, "'sid' is null"),
+        (
+            {"sid": 5, "begin_time": 0, "end_time": 1, "text": "好", "subsets": ["TEST_NET"]},
+            "'sid' is 5",
+        ),
+        (
+            {"sid": "a", "begin_time": "0", "end_time": 1, "text": "好", "subsets": ["TEST_NET"]},
+            "begin_time",
+        ),
+        (
+            {"sid": "a", "begin_time": 0, "end_time": 1, "text": "好", "subsets": "TEST_NET"},
+            "subsets",
+        ),
+        ("a segment", "segments[0]: not an object"),
+        ({"audios": {"path": "x"}}, '"audios" is dict'),
+        ({"audios": ["x.opus"]}, 'audios[0]: not an object with a "path"'),
+        ({"audios": [{"path": "x.opus", "segments": "none"}]}, '"segments" is not a list'),
+        ({"audios": [{"path": 5}]}, 'audios[0]: not an object with a "path"'),
+        ([1, 2], "not WenetSpeech's meta"),
+    ],
+)
+def test_a_wenetspeech_meta_of_the_wrong_shape_is_one_line(segment_or_audios, said, tmp_path):
+    data, _ = wenetspeech(tmp_path / "data")
+    meta = data / "WenetSpeech.json"
+    if (
+        isinstance(segment_or_audios, dict)
+        and "audios" in segment_or_audios
+        or isinstance(segment_or_audios, list)
+    ):
+        content = segment_or_audios
+    else:
+        content = json.loads(meta.read_text(encoding="utf-8"))
+        content["audios"][0]["segments"].insert(0, segment_or_audios)
+    meta.write_text(json.dumps(content), encoding="utf-8")
+    message = layout_error("wenetspeech", data)
+    assert str(meta) in message and said in message, message
+
+
+DEEP = '{"key": "u9", "wav": ' + "[" * 100_000 + "]" * 100_000 + ', "txt": "x"}'
+
+
+@pytest.mark.parametrize("bench", ["wenet", "qwen2-audio"])
+@pytest.mark.parametrize(
+    "line, said",
+    [
+        (DEEP, "nested too deeply"),
+        (
+            '{"key": "u9", "wav": 5, "txt": "x", "audio": 5, "prompt": "p", "source": "s", "gt": "x"}',
+            "is 5",
+        ),
+        ("null", "not a"),
+        ('["key", "wav"]', "not a"),
+        ('{"key": "u9"', "not a"),
+    ],
+)
+def test_a_bad_json_list_line_is_one_line_naming_the_line(bench, line, said, tmp_path):
+    data, _ = LAYOUTS[bench](tmp_path / "data")
+    lines = data.read_text(encoding="utf-8").splitlines()
+    lines.insert(1, line)
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    message = layout_error(bench, data)
+    assert f"{data}:2" in message and said in message, message[:300]
+
+
+@pytest.mark.parametrize("how", ["symlinked speaker folder", "line twice", "kaldi key twice"])
+def test_a_key_reachable_twice_is_refused_naming_both_places(how, tmp_path):
+    if how == "symlinked speaker folder":
+        data, _ = librispeech(tmp_path / "data")
+        (data / "1089-again").symlink_to(data / "1089")
+        bench, places = "librispeech", ["1089/134686/1089-134686-0000.flac", "1089-again/134686"]
+    elif how == "line twice":
+        data, _ = wenet(tmp_path / "data")
+        data.write_text(data.read_text(encoding="utf-8") * 2, encoding="utf-8")
+        bench, places = "wenet", ["u0", "both"]
+    else:
+        data, _ = aishell2(tmp_path / "data")
+        trans = next(data.rglob("trans.txt"))
+        trans.write_text(trans.read_text(encoding="utf-8") * 2, encoding="utf-8")
+        bench, places = "aishell2", [f"{trans}:", "given twice (also line 1)"]
+    message = layout_error(bench, data)
+    assert all(place in message for place in places), message
+
+
+def test_a_lone_surrogate_in_a_key_or_text_is_written_escaped(
+    capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
+    """JSON's "\\ud800" is no character: printed or written as UTF-8 it killed the run with nothing said."""
+    data, _ = wenet(tmp_path / "data")
+    lines = data.read_text(encoding="utf-8").splitlines()
+    lines[0] = lines[0].replace('"u0"', '"u0\\ud800"').replace('"你好"', '"你\\udfff好"')
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, _, err = run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "out")
+    assert code == 0, err
+    assert "u0\\ud800 你\\udfff好" in (tmp_path / "out/ref.txt").read_text(encoding="utf-8")

@@ -36,6 +36,12 @@ def run_score(capsys, *argv) -> tuple[int, list[str]]:
     )  # stdout's last line (the JSON) stays last
 
 
+def score_tags(capsys, png) -> tuple[int, list[str]]:
+    """eval.py score on the tagged fixture pair, its confusion matrix drawn to `png`."""
+    tags = (FIXTURES / "tags.ref", FIXTURES / "tags.hyp")
+    return run_score(capsys, *tags, "--metric", "acc", "--confusion-png", png)
+
+
 def assert_osum_lines(result: dict, expected: dict) -> None:
     lines = {name: line for name, line in result.items() if isinstance(line, dict)}
     assert ["Overall", *lines] == list(expected)  # the original's lines, in its order
@@ -68,30 +74,14 @@ def test_osum_label_accuracy_equals_compute_acc(capsys, tmp_path):
         result["total"] == len(hyps) > len(set(hyps) & set(refs))
     )  # extra keys still count in the division
     assert sum(result["confusion"][k][k] for k in range(len(result["labels"]))) == result["correct"]
-    code, out = run_score(
-        capsys,
-        FIXTURES / "tags.ref",
-        FIXTURES / "tags.hyp",
-        "--metric",
-        "acc",
-        "--confusion-png",
-        tmp_path / "confusion.png",
-    )
+    code, out = score_tags(capsys, tmp_path / "confusion.png")
     assert code == 0 and json.loads(out[-1])["value"] / 100 == pytest.approx(expected, abs=1e-12)
     assert any(line.startswith("<HAPPY>") for line in out)  # the text confusion table
 
 
 def test_the_confusion_matrix_png(capsys, tmp_path):
     pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (the [plot] extra)")
-    code, _ = run_score(
-        capsys,
-        FIXTURES / "tags.ref",
-        FIXTURES / "tags.hyp",
-        "--metric",
-        "acc",
-        "--confusion-png",
-        tmp_path / "confusion.png",
-    )
+    code, _ = score_tags(capsys, tmp_path / "confusion.png")
     assert code == 0 and (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -138,14 +128,75 @@ def test_bleu_equals_sacrebleu_as_qwen2_audio_runs_it(tokenize, capsys, tmp_path
     assert code == 0 and json.loads(out[-1])["value"] == pytest.approx(expected, abs=0.01)
 
 
-def test_keys_without_text_bom_and_only_shared_keys(tmp_path):
+def test_keys_without_text_bom_and_a_missing_hypothesis_is_all_deletions(tmp_path, capsys):
     """A key-only line is an empty text (all its reference words deleted); a BOM is not part of the first key;
-    compute-wer.py scores only keys in both files."""
+    a reference without a hypothesis is all deletions too (compute-wer.py drops it, which flatters a run that lost
+    outputs) and eval.py says how many; a hypothesis key the reference lacks is not scored."""
     ref, hyp = tmp_path / "ref", tmp_path / "hyp"
     ref.write_bytes("\ufeffa HELLO WORLD\nb 你好\nc only here\n".encode("utf-8"))
     hyp.write_text("a hello world\nb\nz extra words\n", encoding="utf-8")
     result = score_texts(key_text(ref), key_text(hyp))
-    assert (result["N"], result["C"], result["D"], result["utterances"]) == (4, 2, 2, 2)
+    assert (result["N"], result["C"], result["D"], result["utterances"]) == (6, 2, 4, 3)
+    assert result["missing"] == 1
+    code, out = run_score(capsys, ref, hyp)
+    assert (
+        code == 0
+        and "1 of 3 references have no hypothesis: each counted as all deletions" in out[0]
+    )
+
+
+NOTHING = {
+    "empty hyp": ("a hello\n", ""),
+    "empty ref": ("", "a hello\n"),
+    "no key in common": ("a hello\nb world\n", "c hello\nd world\n"),
+    "key-only refs": ("a\nb\n", "a hello\nb world\n"),
+    "key-only both": ("a\nb\n", "a\nb\n"),
+    "blank lines only": ("\n \n\t\n", "\n\n"),
+    "punctuation only": ("a ，。\n", "a hello\n"),
+}
+
+
+@pytest.mark.parametrize("metric", ["wer", "cer", "acc", "bleu"])
+@pytest.mark.parametrize("case", NOTHING)
+def test_nothing_to_score_is_an_error_never_a_figure(case, metric, tmp_path, capsys):
+    """N=0 (no line, no key in common, no reference word) is one line and exit 2 whatever the metric; never
+    `Overall 0.00 %`, never sacrebleu's traceback."""
+    if metric == "bleu":
+        pytest.importorskip("sacrebleu", reason="BLEU needs the [eval] extra")
+    ref, hyp = tmp_path / "ref", tmp_path / "hyp"
+    ref.write_text(NOTHING[case][0], encoding="utf-8")
+    hyp.write_text(NOTHING[case][1], encoding="utf-8")
+    code, out = run_score(capsys, ref, hyp, "--metric", metric)
+    if case == "punctuation only" and metric != "wer" and metric != "cer":
+        return  # a label or a BLEU over a text that is there
+    assert code == 2 and len(out) == 1 and "nothing to score" in out[0], out
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, capsys):
+    ref, hyp = tmp_path / "ref", tmp_path / "hyp"
+    ref.write_text("a hello\nb world\na hello again\n", encoding="utf-8")
+    hyp.write_text("a hello\nb world\n", encoding="utf-8")
+    code, out = run_score(capsys, ref, hyp)
+    assert code == 2 and out == [f"eval.py: error: {ref}:3: key 'a' is given twice (also line 1)"]
+
+
+@pytest.mark.parametrize("where", ["missing/deeper", "read-only", "a-file"])
+def test_confusion_png_folder_is_checked_before_the_table(where, tmp_path, capsys):
+    """A missing folder is made; one that cannot be written is one line before anything is printed."""
+    folder = tmp_path / where
+    if where == "a-file":
+        folder.write_text("in the way", encoding="utf-8")
+    if where == "read-only":
+        folder.mkdir()
+        folder.chmod(0o500)
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user who writes anywhere (root)")
+    png = folder / "confusion.png"
+    code, out = score_tags(capsys, png)
+    if where != "missing/deeper":
+        assert code == 2 and len(out) == 1 and str(folder) in out[0]
+    else:
+        assert code == 0 and folder.is_dir() and json.loads(out[-1])["metric"] == "acc"
 
 
 @pytest.mark.parametrize("problem", ["missing", "directory", "latin1", "fifo"])

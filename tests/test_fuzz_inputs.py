@@ -158,8 +158,11 @@ def test_random_lists_are_items_or_one_line(lines, bom):
     items = check_outcome(lambda: collect_inputs([str(listing)]), DataError, listing)
     event(f"{len(items)} items" if isinstance(items, list) else "list refused")
     for item in items if isinstance(items, list) else []:
-        if item.problem is not None:  # a line that names no file: reported as that item's error
-            assert "\n" not in item.problem and item.path.startswith(f"{listing}:")
+        if (
+            item.problem is not None
+        ):  # a line that names no file, or a key/file again: that item's error
+            assert "\n" not in item.problem
+            assert item.path.startswith(f"{listing}:") or "given twice" in item.problem
         else:
             check_outcome(
                 lambda: load_audio(item.path), AudioError, ""
@@ -309,3 +312,71 @@ def test_random_transcription_form_fields_are_never_a_500(fuzzed_server):
     case()
     reply = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)})
     assert reply.status_code == 200, reply.text
+
+
+FIXTURE_SCORING = Path(__file__).parent / "fixtures" / "scoring"
+KEYS = st.sampled_from(["a", "b", "c", "utt1", "\ufeffa", "BAC009S0764W0121"])
+WORDS = st.sampled_from(
+    ["hello", "world", "你好", "世界", "<HAPPY>", "<", ">", "world.", "42nd", "，", "'"]
+)
+KEY_TEXT_LINES = st.one_of(
+    st.builds(lambda k, ws: f"{k} {' '.join(ws)}", KEYS, st.lists(WORDS, max_size=5)),
+    KEYS,  # a key-only line: an empty text
+    st.text(max_size=40),
+    st.sampled_from(["", " ", "\t", "a\tb c", "a  ", "\x00 x", "\u2028", "a\rb"]),
+    st.sampled_from(
+        (FIXTURE_SCORING / "mix.ref").read_text(encoding="utf-8").splitlines()[:8]
+        + (FIXTURE_SCORING / "tags.hyp").read_text(encoding="utf-8").splitlines()[:8]
+    ),
+)
+KEY_TEXT_FILES = st.one_of(
+    st.lists(KEY_TEXT_LINES, max_size=8, unique_by=lambda line: (line.split() or [""])[0]).map(
+        lambda lines: "\n".join(lines).encode("utf-8")
+    ),
+    st.lists(KEY_TEXT_LINES, max_size=8).map(lambda lines: "\n".join(lines).encode("utf-8")),
+    st.binary(max_size=200),  # not UTF-8, NUL bytes, anything
+)
+
+
+@fuzz(400)
+@given(
+    ref=KEY_TEXT_FILES,
+    hyp=KEY_TEXT_FILES,
+    metric=st.sampled_from(["wer", "cer", "acc", "bleu", "qwen2-audio"]),
+)
+def test_random_key_text_files_score_something_or_say_one_line(ref, hyp, metric):
+    """eval.py score on random and mutated `key text` files: a score over at least one reference unit (or line),
+    or one error line and exit 2; never a traceback, never `Overall 0.00 %` over nothing."""
+    import contextlib
+    import io
+
+    import eval as eval_command
+
+    if metric in ("bleu", "qwen2-audio"):
+        pytest.importorskip("sacrebleu", reason="BLEU and qwen2-audio need the [eval] extra")
+    paths = WORK / "ref.txt", WORK / "hyp.txt"
+    paths[0].write_bytes(ref)
+    paths[1].write_bytes(hyp)
+    flags = (
+        ["--protocol", "qwen2-audio", "--language", "en"]
+        if metric == "qwen2-audio"
+        else ["--metric", metric]
+    )
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = eval_command.main(["score", *map(str, paths), *flags])
+    errors = [
+        line for line in err.getvalue().splitlines() if not line.startswith("eval.py: warning:")
+    ]
+    if code == 2:
+        event(f"refused: {errors[0].split(': ')[-1][:40]}")
+        assert (
+            out.getvalue() == "" and len(errors) == 1 and errors[0].startswith("eval.py: error: ")
+        )
+        return
+    event("scored")
+    result = json.loads(out.getvalue().splitlines()[-1])
+    assert code == 0 and errors == []
+    assert (
+        result["N"] > 0 if "N" in result else result.get("total", result.get("utterances", 0)) > 0
+    )

@@ -189,6 +189,29 @@ def test_scoring_a_wenet_list_against_its_own_output_gives_zero(
     assert summary["insertions"] == 0 and summary["deletions"] == 1
 
 
+def test_score_only_counts_a_failed_file_as_all_deletions_and_refuses_nothing(
+    capsys, weights_with_tokenizer, tmp_path
+):
+    """The rule of eval.py score (scoring.score_texts) here too: a file that fails is in the score as all
+    deletions, never dropped; references with no word are an error, never WER 0.00 %."""
+    flags = ["--weights", weights_with_tokenizer, "--max-new-tokens", "4", "--beams", "1"]
+    listing = tmp_path / "test.jsonl"
+    rows = [("utt0", str(AUDIO[0]), "a b"), ("utt1", str(tmp_path / "absent.wav"), "c d e")]
+    listing.write_text(
+        "".join(json.dumps(dict(zip(("key", "wav", "txt"), r))) + "\n" for r in rows)
+    )
+    code, lines, err = run(capsys, listing, *flags, "--score-only", "--json")
+    summary = json.loads(lines[-1])["summary"]
+    assert code == 1 and "absent.wav" in err
+    assert summary["reference_units"] == 5 and summary["deletions"] >= 3 and summary["skipped"] == 1
+    listing.write_text(json.dumps({"key": "utt0", "wav": str(AUDIO[0]), "txt": ""}) + "\n")
+    code, lines, err = run(capsys, listing, *flags, "--score-only")
+    last = err.splitlines()[-1]
+    assert (
+        code == 2 and lines == [] and last.startswith("infer.py: error: no score: nothing to score")
+    )
+
+
 def test_a_directory_with_a_corrupt_file_reports_it_and_finishes_the_rest(
     capsys, fixture_weights, tmp_path
 ):
@@ -368,3 +391,45 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, weights_with_tokenizer):
     )
     one, two = both("--score-only")
     assert one == two and one.strip()
+
+
+def test_a_lone_surrogate_in_a_list_is_printed_escaped(capsys, weights_with_tokenizer, tmp_path):
+    """JSON's "\\ud800" is no character: printed as UTF-8 it killed infer.py with nothing said. Keys, texts and
+    paths print escaped, and the item with the unreadable path is reported while the others are answered."""
+    listing = tmp_path / "list.jsonl"
+    listing.write_text(
+        '{"key": "a\\ud800", "wav": "%s", "txt": "x\\udfffy"}\n{"key": "b", "wav": "\\ud800.wav"}\n'
+        % AUDIO[0],
+        encoding="utf-8",
+    )
+    flags = ["--weights", weights_with_tokenizer, "--max-new-tokens", "4", "--beams", "1"]
+    for extra in ([], ["--json"], ["--score-only"]):
+        code, lines, err = run(capsys, listing, *flags, *extra)
+        assert code == 1 and "\\ud800.wav" in err and "Traceback" not in err, err
+        if not extra:
+            assert lines[0].startswith("a\\\\ud800\t")  # one_line escapes the backslash
+        if extra == ["--json"]:
+            assert [json.loads(line).get("key") for line in lines][:2] == ["a\\ud800", None]
+
+
+def test_missing_weights_are_one_message_from_every_front_end(capsys, tmp_path):
+    """infer.py said "no OSUM weights", its --serve "has no tokenizer", eval.py run a third thing: one check
+    (weights.weights_problem), one message, before anything loads."""
+    import eval as eval_cli
+
+    missing = tmp_path / "nonexistent"
+    clip, listing = str(AUDIO[0]), tmp_path / "list.jsonl"
+    listing.write_text(json.dumps({"key": "a", "wav": clip, "txt": "a b"}) + "\n")
+    said = []
+    for command, argv in (
+        (infer.main, [clip, "--weights", str(missing)]),
+        (infer.main, ["--serve", "--weights", str(missing)]),
+        (eval_cli.main, ["run", "wenet", str(listing), "--weights", str(missing)]),
+    ):
+        code = command(argv)
+        err = capsys.readouterr().err.splitlines()
+        assert code == 2 and len(err) == 1, err
+        said.append(err[0].split(": error: ", 1)[1])
+    assert said[0] == said[1] == said[2] and said[0].startswith(
+        f"no OSUM weights in {missing}/: get them"
+    )

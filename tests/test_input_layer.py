@@ -381,3 +381,25 @@ def test_a_full_disk_while_saving_a_training_checkpoint_names_it_and_leaves_no_t
         == f"{tmp_path / 'step_00000003.pt'}: cannot write: No space left on device"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_key_or_file_given_twice_is_decoded_once_and_the_second_named(tmp_path):
+    """A list line repeated, or a folder reachable twice through a symbolic link: the second is that item's error
+    naming the first (never decoded, printed and scored twice); a training list refuses a sample given twice."""
+    folder = tmp_path / "speaker"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(AUDIO.read_bytes())
+    (tmp_path / "again").symlink_to(folder)
+    listing = tmp_path / "list.jsonl"
+    line = json.dumps({"key": "k", "wav": str(AUDIO), "txt": "x"}) + "\n"
+    listing.write_text(line + json.dumps({"key": "k2", "wav": str(AUDIO)}) + "\n" + line)
+    items = collect_inputs([str(folder), str(tmp_path / "again"), str(listing)])
+    assert [item.problem is None for item in items] == [True, False, True, True, False]
+    assert items[1].problem.startswith("file ") and str(folder / "a.wav") in items[1].problem
+    assert items[4].problem == f"key 'k' given twice (first as {AUDIO}): decoded once"
+    training = tmp_path / "train.jsonl"
+    training.write_text(line + line.replace('"x"}', '"x", "task": "<AGE>"}') + line)
+    with pytest.raises(
+        DataError, match=r"train.jsonl:3: key 'k' \(task none\) is given twice \(also line 1\)"
+    ):
+        read_data_list(training)

@@ -231,7 +231,10 @@ def run(capsys, *argv):
             "--prompt-ids: prompt ids [99999] outside this model's vocabulary",
         ),
         (["--prompt-ids=-5,3", "--ids"], "--prompt-ids: prompt ids [-5] outside"),
-        (["--task", "srwt", "--srt", "{tmp}/missing"], "--srt {tmp}/missing: no such folder"),
+        (
+            ["--task", "srwt", "--srt", "/proc/osum-none"],
+            "--srt /proc/osum-none: cannot write subtitles there",
+        ),
     ],
 )
 def test_flags_that_cannot_do_what_they_say_are_refused_in_one_line(
@@ -316,6 +319,25 @@ def test_same_named_files_get_their_own_subtitles_and_a_failed_write_loses_one_f
         f"{out / 'x_a.srt'}: cannot write (No space left on device)" in err
         and "Traceback" not in err
     )
+
+
+def test_files_of_one_stem_in_one_folder_get_their_own_subtitles_in_a_folder_made_for_them(
+    capsys,
+    weights_with_tokenizer,  # noqa: F811
+    tmp_path,
+):
+    """hello.wav and hello.flac beside each other wrote one hello.srt; --srt DIR needed DIR to exist."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    samples, rate = soundfile.read(AUDIO)
+    soundfile.write(folder / "hello.wav", samples, rate)
+    soundfile.write(folder / "hello.flac", samples[: len(samples) // 2], rate)
+    flags = ["--weights", weights_with_tokenizer, "--task", "srwt", "--beams", "1"]
+    out = tmp_path / "new" / "subs"
+    code, _, err = run(capsys, folder, *flags, "--max-new-tokens", "6", "--srt", out, "--vtt")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["hello.flac.srt", "hello.wav.srt"]
+    assert sorted(p.name for p in folder.glob("*.vtt")) == ["hello.flac.vtt", "hello.wav.vtt"]
 
 
 def test_tabs_and_line_breaks_in_keys_stay_inside_one_output_line(

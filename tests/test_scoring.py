@@ -57,13 +57,39 @@ def test_wer_english_with_normalisation():
     assert summary["reference_units"] == 8 and summary["wer"] == pytest.approx(37.5)
 
 
-def test_cer_mixed_mandarin_english():
+def test_mixed_mandarin_english_is_compute_wer_s_figure_named_wer():
+    """One name per figure: compute-wer.py --char=1 splits CJK per character, and eval.py calls it `wer (osum)`;
+    `cer` is compute-cer.py's (alphanumeric tokens spelled out), another figure."""
     scorer = Scorer(TASKS["asr"])
     # reference units: 我 爱 python 编 程 (5); hypothesis: 我 python 编 成 (del 爱, sub 程->成)
     scorer.add("我 爱 Python 编程", parse(TASKS["asr"], "我python编成"))
-    assert scorer.metric == "cer"
-    assert scorer.summary()["cer"] == pytest.approx(40.0)
-    assert scorer.lines()[0].startswith("CER 40.00% (2 errors / 5 units")
+    assert scorer.metric == "wer" and "cer" not in scorer.summary()
+    assert scorer.summary()["wer"] == pytest.approx(40.0)
+    assert scorer.lines()[0].startswith("WER 40.00% (2 errors / 5 units")
+
+
+def test_a_failed_file_counts_as_all_deletions_and_wrong_labels():
+    task = TASKS["asr+age+gender"]
+    scorer = Scorer(task)
+    scorer.add("hello world <ADULT><MALE>", parse(task, "hello world <adult><male>"))
+    scorer.add("good morning to you <ADULT><FEMALE>", None)  # not decoded
+    summary = scorer.summary()
+    assert (summary["deletions"], summary["reference_units"]) == (4, 6)
+    assert summary["wer"] == pytest.approx(400 / 6, abs=0.01)
+    assert summary["gender_accuracy"] == 50.0 and scorer.problem() is None
+
+
+@pytest.mark.parametrize(
+    "references, decoded",
+    [([], False), (["<MALE>"], False), (["hello"], False), (["", ""], True)],
+)
+def test_nothing_scored_is_a_problem_never_a_figure(references, decoded):
+    scorer = Scorer(TASKS["asr"])
+    for text in references:
+        scorer.add(text, parse(TASKS["asr"], "hello") if decoded else None)
+    summary = scorer.summary()
+    assert "wer" not in summary and "reference_units" not in summary
+    assert scorer.problem().startswith(("no file", "nothing to score"))
 
 
 def test_label_accuracy_and_transcript_from_tagged_references():
@@ -74,7 +100,7 @@ def test_label_accuracy_and_transcript_from_tagged_references():
     scorer.add("谢谢<old><female>", parse(task, "谢谢"))  # labels missing: both wrong
     summary = scorer.summary()
     assert (
-        summary["cer"] == 0.0 and summary["reference_units"] == 6
+        summary["wer"] == 0.0 and summary["reference_units"] == 6
     )  # the tags are not part of the transcript
     assert summary["age_accuracy"] == pytest.approx(100 / 3, abs=0.01)
     assert summary["gender_accuracy"] == pytest.approx(200 / 3, abs=0.01)

@@ -164,3 +164,41 @@ def test_resuming_with_other_trainable_parts_is_refused_in_one_line(corpus, tmp_
     message = str(error.value)
     assert "\n" not in message and "step_00000001.pt" in message and "trained" in message
     assert "adaptor." in message and ".lora_A" in message and "--fire-module" in message
+
+
+@pytest.mark.parametrize(
+    "changed, said",
+    [
+        (["--preset", "small"], "--preset tiny (now small)"),
+        (["--lr", "0.5"], "--lr"),
+        (["--seed", "7"], "--seed"),
+        (["--no-augment"], "--no-augment False (now True)"),
+    ],
+)
+def test_resuming_with_another_config_is_refused_in_one_line(corpus, tmp_path, changed, said):  # noqa: F811
+    """--resume with another --preset trained the checkpoint's model without a word; any flag that changes the
+    model, its data or its learning is refused likewise, before anything is built; the run's length is not."""
+    out = tmp_path / "run"
+    assert train.main(run_args(corpus, out, "--preset", "tiny", "--max-steps", "1")) == 0
+    flags = ["--preset", "tiny", "--max-steps", "2", "--resume"]
+    if changed[0] == "--preset":
+        flags = flags[2:]
+    with pytest.raises(TrainingError) as error:
+        train.main(run_args(corpus, out, *flags, *changed))
+    message = str(error.value)
+    assert (
+        "\n" not in message
+        and "step_00000001.pt: saved by another run" in message
+        and said in message
+    )
+    prompts = corpus / "list-prompts.json"
+    prompts.write_text(json.dumps([["<TEST>", "name the tone"]]))
+    with pytest.raises(
+        ValueError, match=r"list-prompts.json: a prompts file is a JSON object .* not list$"
+    ):
+        train.main(
+            run_args(corpus, tmp_path / "other", "--preset", "tiny", "--prompts", str(prompts))
+        )
+    assert (
+        train.main(run_args(corpus, out, "--preset", "tiny", "--max-steps", "2", "--resume")) == 0
+    )

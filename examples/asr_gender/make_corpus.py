@@ -15,6 +15,7 @@ records the same text, voice, speed and pitch as this run draws for it, so any r
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,13 +94,39 @@ def split_and_key(index: int) -> tuple[str, str]:
     return split, f"{split}{index:05d}"
 
 
+INSTALL = "apt-get install espeak-ng"  # the recipe's one system tool (run.sh's header)
+
+
+class MissingTool(RuntimeError):
+    """A system tool the recipe needs: one line naming the install command."""
+
+
 def speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
     with tempfile.NamedTemporaryFile(suffix=".wav") as raw:
-        subprocess.run(
-            ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", raw.name, text],
-            check=True,
-            capture_output=True,
-        )
+        command = [
+            "espeak-ng",
+            "-v",
+            voice,
+            "-s",
+            str(speed),
+            "-p",
+            str(pitch),
+            "-w",
+            raw.name,
+            text,
+        ]
+        try:
+            subprocess.run(command, check=True, capture_output=True)
+        except FileNotFoundError:
+            raise MissingTool(f"espeak-ng is not installed: {INSTALL}") from None
+        except subprocess.CalledProcessError as err:
+            said = (
+                " ".join(err.stderr.decode("utf-8", "replace").split())
+                or f"exit code {err.returncode}"
+            )
+            raise MissingTool(
+                f"espeak-ng -v {voice} failed ({said}): is it installed whole? {INSTALL}"
+            ) from None
         soundfile.write(path, load_audio(raw.name).numpy(), 16000, subtype="PCM_16")
 
 
@@ -110,6 +137,8 @@ def corpus_args(argv, doc: str, utterances: int) -> tuple[argparse.Namespace, li
     parser.add_argument("--utterances", type=int, default=utterances)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if shutil.which("espeak-ng") is None:  # before the folder is made or anything is drawn
+        raise MissingTool(f"espeak-ng is not installed: {INSTALL}")
     return args, sentences(args.utterances, args.seed)
 
 
@@ -155,4 +184,8 @@ def main(argv=None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MissingTool as err:
+        print(f"make_corpus.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

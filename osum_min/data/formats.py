@@ -7,6 +7,7 @@ same table as JSON); `SpeechDataset` applies the weights (see osum_min/data/data
 """
 
 import io
+import json
 import logging
 import os
 import tarfile
@@ -24,6 +25,7 @@ from ..files import (
     FileError,
     open_file,
     parse_json,
+    printable,
     read_json,
     read_text,
 )
@@ -76,11 +78,11 @@ def read_data_list(path) -> list[dict]:
     """Raw jsonl lines become sample dicts; any other line is a tar shard path, read as `{"shard": path}`."""
     path = Path(path)
     try:
-        lines = read_text(path, "data list", MAX_LIST_BYTES).splitlines()
+        text_lines = read_text(path, "data list", MAX_LIST_BYTES).splitlines()
     except FileError as err:
         raise DataError(f"{err.path}: cannot read data list ({err.problem})") from None
-    items = []
-    for number, line in enumerate(lines, start=1):
+    items, lines = [], {}  # lines: (key, task) -> its line
+    for number, line in enumerate(text_lines, start=1):
         line = line.strip()
         if not line:
             continue
@@ -95,8 +97,39 @@ def read_data_list(path) -> list[dict]:
             raise DataError(
                 f'{path}:{number}: a raw sample needs "key" and "wav", got {line[:80]!r}'
             )
+        sample = (printable(str(item["key"])), str(item.get("task", "")))
+        if sample in lines:
+            raise DataError(
+                f"{path}:{number}: key {sample[0]!r} (task {sample[1] or 'none'}) is given twice "
+                f"(also line {lines[sample]}): one sample would count twice"
+            )
+        lines[sample] = number
         items.append({**item, "wav": resolve_listed_path(str(item["wav"]), path.parent)})
     return items
+
+
+def read_prompts(path) -> dict[str, tuple[str, ...]]:
+    """A prompts file, JSON {task tag: [prompt, ...]}: new tasks, or other paraphrases of the original's."""
+    try:
+        table = read_json(path, "prompts file")
+    except FileError as err:
+        raise DataError(f"{err.path}: cannot read prompts ({err.problem})") from None
+    if not isinstance(table, dict):
+        raise DataError(
+            f"{printable(path)}: a prompts file is a JSON object {{task tag: [prompt, ...]}}, "
+            f"not {type(table).__name__}"
+        )
+    for tag, prompts in table.items():
+        if (
+            not isinstance(prompts, list)
+            or not prompts
+            or not all(isinstance(p, str) and p.strip() for p in prompts)
+        ):
+            raise DataError(
+                f"{printable(path)}: {printable(tag)!r} needs a list of prompt texts, "
+                f"got {json.dumps(prompts)[:60]}"
+            )
+    return {tag: tuple(prompts) for tag, prompts in table.items()}
 
 
 def _parse_mix_yaml(text: str, path: Path) -> dict:

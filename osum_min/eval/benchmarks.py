@@ -7,15 +7,17 @@ missing is left to the decoder, which reports it and goes on. Where each set com
 """
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..data.formats import resolve_listed_path
-from ..files import MAX_LIST_BYTES, FileError, read_text
+from ..files import MAX_LIST_BYTES, FileError, parse_json, printable, read_text
 from ..text.tasks import TASKS, TASKS_BY_TAG
 
+MAX_META_BYTES = 8 * 2**30  # WenetSpeech.json is about 1 GB
 QWEN2_AUDIO_PROMPT = re.compile(r"^(<\|audio_bos\|><\|AUDIO\|><\|audio_eos\|>)")
 
 
@@ -60,15 +62,12 @@ def _need(path: Path) -> Path:
     return path
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, keep_blank: bool = False) -> list[str]:
     try:
-        return [
-            line
-            for line in read_text(_need(path), "transcript", MAX_LIST_BYTES).splitlines()
-            if line.strip()
-        ]
+        lines = read_text(_need(path), "transcript", MAX_LIST_BYTES).splitlines()
     except FileError as err:
         raise LayoutError(str(err)) from None
+    return lines if keep_blank else [line for line in lines if line.strip()]
 
 
 def _key_text(line: str) -> tuple[str, str]:
@@ -77,15 +76,72 @@ def _key_text(line: str) -> tuple[str, str]:
     return key, text[0].strip() if text else ""
 
 
-def _tsv(path: Path, columns: tuple[str, ...]) -> list[dict]:
-    with open(_need(path), encoding="utf-8", newline="") as handle:
-        rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = [c for c in columns if c not in (rows.fieldnames or [])]
-        if missing:
+def _key_texts(path: Path) -> dict[str, str]:
+    """A kaldi `KEY TEXT` file as key -> text; a key given twice is refused naming both lines."""
+    texts, lines = {}, {}
+    for number, line in enumerate(_lines(path, keep_blank=True), 1):
+        if not line.strip():
+            continue
+        key, text = _key_text(line)
+        if key in lines:
             raise LayoutError(
-                f"{path}: no column {', '.join(missing)} (columns: {', '.join(rows.fieldnames or [])})"
+                f"{path}:{number}: key {key!r} is given twice (also line {lines[key]})"
             )
-        return list(rows)
+        texts[key], lines[key] = text, number
+    return texts
+
+
+def _table(path: Path, columns: tuple[str, ...], **dialect) -> list[dict]:
+    """A CSV/TSV with these columns, read through the input layer (UTF-8, bounded: one line naming the file)."""
+    try:
+        text = read_text(_need(path), "table", MAX_LIST_BYTES)
+    except FileError as err:
+        raise LayoutError(str(err)) from None
+    rows = csv.DictReader(io.StringIO(text, newline=""), **dialect)
+    missing = [c for c in columns if c not in (rows.fieldnames or [])]
+    if missing:
+        raise LayoutError(
+            f"{path}: no column {', '.join(missing)} (columns: {', '.join(rows.fieldnames or [])})"
+        )
+    table = []
+    try:
+        for row in rows:
+            if not all(isinstance(row[c], str) for c in columns):
+                raise LayoutError(f"{path}:{rows.line_num}: fewer fields than the header's columns")
+            table.append(row)
+    except csv.Error as err:
+        raise LayoutError(f"{path}:{rows.line_num}: not a table line ({err})") from None
+    return table
+
+
+def _tsv(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    return _table(path, columns, delimiter="\t", quoting=csv.QUOTE_NONE)
+
+
+def _json_rows(path: Path, fields: tuple[str, ...], shape: str):
+    """(line number, row) of a JSON-lines list whose rows hold these text fields; any other line (bad JSON, nested
+    past the recursion limit, a field missing or not text) is refused naming the file, line and field."""
+    for number, line in enumerate(_lines(path, keep_blank=True), 1):
+        if not line.strip():
+            continue
+        try:
+            row = parse_json(line, f"{path}:{number}")
+        except FileError as err:
+            raise LayoutError(f"{err.path}: not {shape} ({err.problem})") from None
+        if not isinstance(row, dict):
+            raise LayoutError(f"{path}:{number}: not {shape}")
+        for name in fields:
+            if not isinstance(row.get(name), str):
+                raise LayoutError(
+                    f"{path}:{number}: {name!r} is {json.dumps(row.get(name))[:40]}, not text ({shape})"
+                )
+        yield (
+            number,
+            {
+                **row,
+                **{name: printable(row[name]) for name in fields if name not in ("wav", "audio")},
+            },
+        )
 
 
 def librispeech(root: Path) -> list[Subset]:
@@ -107,7 +163,7 @@ def librispeech(root: Path) -> list[Subset]:
 def aishell1(root: Path) -> list[Subset]:
     """data_aishell: wav/test/SPEAKER/KEY.wav and transcript/aishell_transcript_v0.8.txt (word-segmented text, the
     spaces dropped); the transcript's keys with a clip under wav/test are the test set."""
-    transcript = dict(map(_key_text, _lines(root / "transcript" / "aishell_transcript_v0.8.txt")))
+    transcript = _key_texts(root / "transcript" / "aishell_transcript_v0.8.txt")
     clips = sorted((root / "wav" / "test").glob("*/*.wav"))
     if not clips:
         raise LayoutError(
@@ -123,10 +179,10 @@ def aishell1(root: Path) -> list[Subset]:
 
 def _scp(root: Path, name: str) -> Subset:
     """A kaldi-style folder: wav.scp (`KEY PATH`, relative to the folder) and trans.txt (`KEY TEXT`)."""
-    texts = dict(map(_key_text, _lines(root / "trans.txt")))
+    texts = _key_texts(root / "trans.txt")
     utterances = [
         Utterance(key, str(root / path), texts[key].replace(" ", ""))
-        for key, path in map(_key_text, _lines(root / "wav.scp"))
+        for key, path in _key_texts(root / "wav.scp").items()
         if key in texts
     ]
     return Subset(name, Defaults(language="zh"), utterances)
@@ -147,27 +203,59 @@ def wenetspeech(root: Path) -> list[Subset]:
     "text", "subsets"}]}]; the segments tagged TEST_NET and TEST_MEETING are the two test sets."""
     meta = _need(root / "WenetSpeech.json")
     try:
-        audios = json.loads(meta.read_text(encoding="utf-8"))["audios"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        audios = parse_json(read_text(meta, "WenetSpeech meta", MAX_META_BYTES), meta)["audios"]
+    except FileError as err:
+        raise LayoutError(str(err)) from None
+    except (KeyError, TypeError):
         raise LayoutError(
             f'{meta}: not WenetSpeech\'s meta (a JSON object with "audios")'
         ) from None
     subsets = {
         tag: Subset(name, Defaults(language="zh")) for tag, name in WENETSPEECH_SUBSETS.items()
     }
-    for audio in audios:
-        for segment in audio.get("segments", []):
-            for tag in set(segment.get("subsets", [])) & set(subsets):
-                subsets[tag].utterances.append(
-                    Utterance(
-                        segment["sid"],
-                        str(root / audio["path"]),
-                        segment["text"],
-                        segment["begin_time"],
-                        segment["end_time"],
+    for where, audio, segment in _segments(meta, audios):
+        tags = segment.get("subsets", [])
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise LayoutError(f'{meta}: {where}: "subsets" is not a list of names')
+        for tag in set(tags) & set(subsets):
+            for name, kinds in (
+                ("sid", str),
+                ("text", str),
+                ("begin_time", (int, float)),
+                ("end_time", (int, float)),
+            ):
+                if not isinstance(segment.get(name), kinds) or isinstance(segment[name], bool):
+                    raise LayoutError(
+                        f"{meta}: {where}: {name!r} is {json.dumps(segment.get(name))[:40]}, not "
+                        f"{'text' if kinds is str else 'seconds'}"
                     )
+            subsets[tag].utterances.append(
+                Utterance(
+                    printable(segment["sid"]),
+                    str(root / audio["path"]),
+                    printable(segment["text"]),
+                    segment["begin_time"],
+                    segment["end_time"],
                 )
+            )
     return [subset for subset in subsets.values() if subset.utterances]
+
+
+def _segments(meta: Path, audios):
+    """(where, audio, segment) of WenetSpeech's meta, each level checked for its type."""
+    if not isinstance(audios, list):
+        raise LayoutError(f'{meta}: "audios" is {type(audios).__name__}, not a list')
+    for index, audio in enumerate(audios):
+        where = f"audios[{index}]"
+        if not isinstance(audio, dict) or not isinstance(audio.get("path"), str):
+            raise LayoutError(f'{meta}: {where}: not an object with a "path"')
+        segments = audio.get("segments", [])
+        if not isinstance(segments, list):
+            raise LayoutError(f'{meta}: {where}: "segments" is not a list')
+        for number, segment in enumerate(segments):
+            if not isinstance(segment, dict):
+                raise LayoutError(f"{meta}: {where}.segments[{number}]: not an object")
+            yield f"{where}.segments[{number}]", audio, segment
 
 
 def common_voice(root: Path) -> list[Subset]:
@@ -275,15 +363,11 @@ VOCALSOUND_EVENTS = {
 def meld(root: Path) -> list[Subset]:
     """MELD.Raw: test_sent_emo.csv (`Dialogue_ID`, `Utterance_ID`, `Emotion`) and wav/diaD_uttU.wav, the audio of
     output_repeated_splits_test/diaD_uttU.mp4 (docs/evaluation.md has the ffmpeg command)."""
-    table = _need(root / "test_sent_emo.csv")
-    with open(table, encoding="utf-8", newline="") as handle:
-        rows = csv.DictReader(handle)
-        if not {"Dialogue_ID", "Utterance_ID", "Emotion"} <= set(rows.fieldnames or []):
-            raise LayoutError(f"{table}: no Dialogue_ID, Utterance_ID and Emotion columns")
-        keys = [
-            (f"dia{row['Dialogue_ID']}_utt{row['Utterance_ID']}", row["Emotion"].lower())
-            for row in rows
-        ]
+    rows = _table(root / "test_sent_emo.csv", ("Dialogue_ID", "Utterance_ID", "Emotion"))
+    keys = [
+        (f"dia{row['Dialogue_ID']}_utt{row['Utterance_ID']}", row["Emotion"].lower())
+        for row in rows
+    ]
     utterances = [
         Utterance(key, str(root / "wav" / f"{key}.wav"), MELD_EMOTIONS.get(emotion, emotion))
         for key, emotion in keys
@@ -342,15 +426,9 @@ def qwen2_audio_jsonl(path: Path) -> list[Subset]:
     (Qwen's scripts put the audio tokens before it; a prompt that carries them has them removed) and scored per
     `source`."""
     subsets = {}
-    for number, line in enumerate(_lines(path), 1):
-        try:
-            row = json.loads(line)
-            audio, prompt, source, reference = row["audio"], row["prompt"], row["source"], row["gt"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise LayoutError(
-                f'{path}:{number}: not a Qwen2-Audio eval line {{"audio", "prompt", "source", '
-                f'"gt"}}'
-            ) from None
+    shape = 'a Qwen2-Audio eval line {"audio", "prompt", "source", "gt"}'
+    for number, row in _json_rows(path, ("audio", "prompt", "source", "gt"), shape):
+        audio, prompt, source, reference = row["audio"], row["prompt"], row["source"], row["gt"]
         subset = subsets.setdefault(source, Subset(source, source_defaults(source, path.stem)))
         subset.utterances.append(
             Utterance(
@@ -367,16 +445,11 @@ def wenet_jsonl(path: Path) -> list[Subset]:
     """A wenet raw list `{"key", "wav", "txt", "task"}` with OSUM's task tags (`<TRANSCRIBE> <EMOTION>`, ...): one
     subset per task; labelled tasks are scored by their first tag (compute-acc.py), the others by WER."""
     subsets = {}
-    for number, line in enumerate(_lines(path), 1):
-        try:
-            row = json.loads(line)
-            key, wav, text = row["key"], row["wav"], row["txt"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise LayoutError(
-                f'{path}:{number}: not a wenet list line {{"key", "wav", "txt", "task"}}'
-            ) from None
+    shape = 'a wenet list line {"key", "wav", "txt", "task"}'
+    for number, row in _json_rows(path, ("key", "wav", "txt"), shape):
+        key, wav, text = row["key"], row["wav"], row["txt"]
         tag = " ".join(str(row.get("task", "<TRANSCRIBE>")).split())
-        task = TASKS_BY_TAG[tag].name if tag in TASKS_BY_TAG else row.get("task", "asr")
+        task = TASKS_BY_TAG[tag].name if tag in TASKS_BY_TAG else str(row.get("task", "asr"))
         if task not in TASKS:
             raise LayoutError(
                 f"{path}:{number}: task {row.get('task')!r} is none of OSUM's tags or task names"
@@ -402,11 +475,30 @@ READERS = {
 }
 
 
+def _refuse_duplicates(data: Path, subset: Subset) -> None:
+    """A key twice in a subset (a line given twice, a speaker folder reachable twice through a symbolic link) would
+    score one utterance twice and one reference over another: refused, naming the key and both places."""
+    seen = {}
+    for utterance in subset.utterances:
+        if utterance.key in seen:
+            first = seen[utterance.key].audio
+            places = (
+                f"{first} and {utterance.audio}" if first != utterance.audio else f"both {first}"
+            )
+            raise LayoutError(
+                f"{data}: {subset.name}: key {utterance.key!r} is there twice ({places}): one utterance "
+                "would be scored twice"
+            )
+        seen[utterance.key] = utterance
+
+
 def read_benchmark(bench: str, data: Path, **overrides) -> list[Subset]:
     """The subsets of `bench` under `data`, with the flags given (not None) overriding each subset's defaults."""
     if not data.exists():
         raise LayoutError(f"{data}: no such file or directory")
     subsets = READERS[bench](data)
+    for subset in subsets:
+        _refuse_duplicates(data, subset)
     if not any(subset.utterances for subset in subsets):
         raise LayoutError(f"{data}: the {bench} layout is there but names no utterance")
     given = {name: value for name, value in overrides.items() if value is not None}

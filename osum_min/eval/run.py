@@ -7,6 +7,7 @@ last line, and decodes only the rest. At the end the records are rewritten in th
 interrupted run ends with the files of an uninterrupted one. Records hold no timings for that reason.
 """
 
+import hashlib
 import json
 import re
 import sys
@@ -18,6 +19,17 @@ import torch.distributed as dist
 from ..inference import ranks
 from .benchmarks import Subset, Utterance
 from ..inference.pipeline import Pipeline, Request, request_seconds
+from ..files import (
+    MAX_CONFIG_BYTES,
+    MAX_LIST_BYTES,
+    FileError,
+    atomic_write,
+    os_problem,
+    parse_json,
+    printable,
+    read_bytes,
+    read_text,
+)
 from ..progress import Progress
 from ..text.tasks import TASKS, Result, Task, free_prompt_task, parse
 
@@ -69,21 +81,126 @@ def scored_hypothesis(result: Result, task: Task, subset: Subset) -> str:
     return result.transcript or ""
 
 
+RECORD_TEXTS = {"subset": (str,), "key": (str,), "ref": (str,), "hyp": (str, type(None))}
+
+
+def parse_record(line: bytes) -> Record | None:
+    """A records.jsonl line as a Record; None for anything else (garbage, `null`, another object, not UTF-8)."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(row, dict) or not set(RECORD_TEXTS) - {"hyp"} <= set(row) <= set(
+        Record.__annotations__
+    ):
+        return None
+    timed = row.get("timed")
+    if not all(isinstance(row.get(name), kinds) for name, kinds in RECORD_TEXTS.items()) or not (
+        timed is None
+        or isinstance(timed, list)
+        and len(timed) == 2
+        and all(isinstance(t, str) for t in timed)
+    ):
+        return None
+    if not isinstance(row.get("error"), (str, type(None))) or (row.get("hyp") is None) == (
+        row.get("error") is None
+    ):
+        return None
+    return Record(**row)
+
+
 def read_records(out: Path, repair: bool = True) -> dict[tuple[str, str], Record]:
-    """The records of earlier runs, by (subset, key), a decoded one before a failed one; a torn last line (a killed
-    run) is ignored, and with `repair` cut off its file."""
+    """The records of earlier runs, by (subset, key), a decoded one before a failed one. A torn last line (a killed
+    run) is ignored, and with `repair` cut off its file; any other line that is not a record (a disk error, an edit)
+    is ignored with a warning naming it (with `repair`), so its utterance is decoded again."""
     records = {}
     for path in sorted(out.glob("records*.jsonl")):
-        data = path.read_bytes()
+        data = read_bytes(path, "records file", MAX_LIST_BYTES)
         if data and not data.endswith(b"\n"):
             data = data[: data.rfind(b"\n") + 1]
             if repair:
-                path.write_bytes(data)
-        for line in data.decode("utf-8").splitlines():
-            record = Record(**json.loads(line))
+                with atomic_write(path) as sink:
+                    sink.write(data)
+        for number, line in enumerate(data.splitlines(), 1):
+            record = parse_record(line)
+            if record is None:
+                if repair:
+                    print(
+                        f"eval.py: warning: {printable(path)}:{number}: not a record "
+                        f"({printable(line[:40].decode('utf-8', 'replace'))!r}): ignored, its utterance "
+                        "is decoded again",
+                        file=sys.stderr,
+                    )
+                continue
             if record.error is None or (record.subset, record.key) not in records:
                 records[record.subset, record.key] = record
     return records
+
+
+FINGERPRINT = "run.json"
+
+
+def fingerprint(bench: str, subsets: list[Subset], decoding: dict, weights: Path) -> dict:
+    """What makes two runs the same run, so a resume may reuse the records: the set and its utterances (keys,
+    references, spans, prompts: a hash), how each subset is decoded and scored, the decoding settings and the
+    weights (their config's hash and every file's size). Not --limit, --batch-size or the device."""
+    utterances = json.dumps(
+        [
+            [s.name, u.key, u.reference, u.start, u.end, u.prompt]
+            for s in subsets
+            for u in s.utterances
+        ]
+    )
+    files = sorted(p for p in weights.iterdir() if p.is_file()) if weights.is_dir() else []
+    return {
+        "bench": bench,
+        **{
+            name: sorted({str(getattr(s.defaults, name)) for s in subsets})
+            for name in asdict(subsets[0].defaults)
+        },
+        "decoding": decoding,
+        "weights": {
+            "config.json sha256": hashlib.sha256(
+                (weights / "config.json").read_bytes()
+            ).hexdigest(),
+            "files": {p.name: p.stat().st_size for p in files},
+        },
+        "utterances sha256": hashlib.sha256(
+            utterances.encode("utf-8", "backslashreplace")
+        ).hexdigest(),
+    }
+
+
+def claim(out: Path, mine: dict, write: bool) -> None:
+    """Refuse to resume into `out` unless its records are of this run (FileError naming what differs); `write`
+    (rank 0): store this run's fingerprint there."""
+    path = out / FINGERPRINT
+    if path.exists():
+        stored = parse_json(read_text(path, "run fingerprint", MAX_CONFIG_BYTES), path)
+        stored = stored if isinstance(stored, dict) else {}
+        differs = [name for name in mine if stored.get(name) != mine[name]]
+        if differs:
+            said = ", ".join(
+                f"{name} {_short(stored.get(name))} -> {_short(mine[name])}" for name in differs
+            )
+            raise FileError(
+                out, f"holds another run's records ({said}): give another --out, or empty this one"
+            )
+        return
+    if any(out.glob("records*.jsonl")):
+        raise FileError(
+            out,
+            f"holds records but no {FINGERPRINT} to tell which run made them: give another --out, "
+            "or empty this one",
+        )
+    if write:
+        with atomic_write(path) as sink:
+            sink.write(json.dumps(mine, indent=1).encode("utf-8"))
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def request(subset: Subset, utterance: Utterance, config) -> Request:
@@ -135,8 +252,11 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
                     record.timed = [utterance.reference, answer.result.to_text()]
             if record.error:
                 print(f"eval.py: skipped {record.error}", file=sys.stderr)
-            sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
-            sink.flush()
+            try:
+                sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+                sink.flush()
+            except OSError as err:  # a full disk: what is written stays, the same command resumes
+                raise FileError(out / name, f"cannot write: {os_problem(err)}") from None
             progress.update()
     progress.close()
     return len(share)
@@ -176,45 +296,43 @@ def finish(
     bench: str, subsets: list[Subset], out: Path, limit=None, word_times: dict | None = None
 ) -> dict:
     """Rank 0, after every rank is done: the records in the set's order, the text files, the scores, the table."""
-    from .scoring import score_texts  # the [eval] extra's scorers, outside inference's imports
+    from .scoring import (
+        NothingToScore,
+        score_texts,
+    )  # the [eval] extra's scorers, outside inference's imports
 
-    records = read_records(out)
+    records = read_records(out, repair=False)
     wanted = [(s, u) for s in subsets for u in s.utterances][:limit]
     ordered = [
         records.get((s.name, u.key)) or Record(s.name, u.key, u.reference, error="not decoded")
         for s, u in wanted
     ]
-    (out / "records.jsonl").write_text(
-        "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in ordered), encoding="utf-8"
+    _write(
+        out / "records.jsonl",
+        "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in ordered),
     )
     for path in out.glob("records.rank*.jsonl"):  # now in records.jsonl
         path.unlink()
     by_subset = {s.name: s for s in subsets}
-    (out / "ref.txt").write_text(
-        "".join(f"{r.key} {one_line(r.ref)}\n" for r in ordered), encoding="utf-8"
-    )
-    (out / "hyp.txt").write_text(
-        "".join(f"{r.key} {one_line(r.hyp)}\n" for r in ordered if r.error is None),
-        encoding="utf-8",
+    _write(out / "ref.txt", "".join(f"{r.key} {one_line(r.ref)}\n" for r in ordered))
+    _write(
+        out / "hyp.txt", "".join(f"{r.key} {one_line(r.hyp)}\n" for r in ordered if r.error is None)
     )
     published, rows = published_rows(bench), []
     for name in dict.fromkeys(r.subset for r in ordered):
         mine = [r for r in ordered if r.subset == name]
         defaults = by_subset[name].defaults
-        refs = {r.key: r.ref for r in mine if r.error is None}
-        hyps = {r.key: r.hyp for r in mine if r.error is None}
-        score = (
-            score_texts(
-                refs,
-                hyps,
+        try:  # a failed utterance has no hypothesis: all deletions (score_texts' one rule)
+            score = score_texts(
+                {r.key: r.ref for r in mine},
+                {r.key: r.hyp for r in mine if r.error is None},
                 defaults.protocol,
                 defaults.metric,
                 defaults.language,
                 defaults.bleu_tokenize,
             )
-            if refs
-            else {}
-        )
+        except NothingToScore as err:
+            score = {"problem": str(err)}
         rows.append(
             {
                 "bench": bench,
@@ -230,11 +348,15 @@ def finish(
         if word_timing := timing(mine, word_times):
             rows[-1]["timing"] = word_timing
     results = {"bench": bench, "rows": rows}
-    (out / "results.json").write_text(
-        json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
-    )
-    (out / "results.md").write_text(table(rows), encoding="utf-8")
+    _write(out / "results.json", json.dumps(results, ensure_ascii=False, indent=1) + "\n")
+    _write(out / "results.md", table(rows))
     return results
+
+
+def _write(path: Path, text: str) -> None:
+    """A result file written whole or not at all (a full disk leaves the records it is made from intact)."""
+    with atomic_write(path) as sink:
+        sink.write(text.encode("utf-8"))
 
 
 def one_line(text: str) -> str:

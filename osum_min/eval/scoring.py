@@ -285,8 +285,9 @@ def _line(counts: np.ndarray) -> dict:
 
 
 def osum_error_rate(refs: dict[str, str], hyps: dict[str, str], split_alnum: bool = False) -> dict:
-    """compute-wer.py --char=1 (`split_alnum`: compute-cer.py): keys of both files only, in the reference's order.
-    Overall counts at the top level, then one line per script class in the order the original prints them."""
+    """compute-wer.py --char=1 (`split_alnum`: compute-cer.py): keys of both files, in the reference's order
+    (score_texts gives every reference one). Overall counts at the top level, then one line per script class in
+    the order the original prints them."""
     keys = [key for key in refs if key in hyps]
     words, lengths = (
         [],
@@ -332,6 +333,8 @@ def osum_accuracy(refs: dict[str, str], hyps: dict[str, str]) -> dict:
     hyp_tags = {
         key: first_tag(" ".join(text.split())) for key, text in hyps.items() if text.split()
     }
+    if not hyp_tags:
+        raise NothingToScore("every hypothesis line is only a key: compute-acc.py scores none")
     labels = sorted(set(ref_tags.values()))
     matrix = [[0] * len(labels) for _ in labels]
     hits = 0
@@ -342,12 +345,49 @@ def osum_accuracy(refs: dict[str, str], hyps: dict[str, str]) -> dict:
         if tag in labels:
             matrix[labels.index(ref_tags[key])][labels.index(tag)] += 1
     return {
-        "value": 100.0 * hits / len(hyp_tags) if hyp_tags else 0.0,
+        "value": 100.0 * hits / len(hyp_tags),
         "correct": hits,
         "total": len(hyp_tags),
         "labels": labels,
         "confusion": matrix,
     }
+
+
+class NothingToScore(ValueError):
+    """No line, no common key or no reference word: a figure over nothing would read as a perfect score."""
+
+
+def _check_pairs(refs: dict[str, str], hyps: dict[str, str]) -> list[str]:
+    """The reference keys without a hypothesis; NothingToScore where nothing could be scored."""
+    if not refs:
+        raise NothingToScore("the reference has no line: nothing to score")
+    if not hyps:
+        raise NothingToScore("the hypothesis has no line: nothing to score")
+    missing = [key for key in refs if key not in hyps]
+    if len(missing) == len(refs):
+        raise NothingToScore(
+            f"no key of the hypothesis is in the reference (reference {next(iter(refs))!r}..., "
+            f"hypothesis {next(iter(hyps))!r}...): nothing to score"
+        )
+    if not any(text.strip() for text in refs.values()):
+        raise NothingToScore("every reference line is only a key (no text): nothing to score")
+    return missing
+
+
+def missing_warning(result: dict) -> str | None:
+    """The line that says how many references had no hypothesis and how they were counted."""
+    if not result.get("missing"):
+        return None
+    counted = (
+        "not counted (compute-acc.py divides by the hypothesis lines)"
+        if result["metric"] == "acc" and result["protocol"] == "osum"
+        else "each counted as all deletions"
+        if result["metric"] in ("wer", "cer")
+        else "each scored as an empty text"
+        if result["metric"] == "bleu"
+        else "each counted wrong"
+    )
+    return f"{result['missing']} of {result['references']} references have no hypothesis: {counted}"
 
 
 def score_texts(
@@ -361,26 +401,30 @@ def score_texts(
     """Score hypotheses against references by one protocol's rules; the JSON object `eval.py score` prints last.
 
     `value` is a percentage for wer/cer/acc and the BLEU score for bleu; wer/cer add the overall N, C, S, D, I and
-    (osum) one line per script class. BLEU is sacrebleu's, as Qwen2-Audio's evaluate_st.py computes it, over the
-    reference's keys (a missing hypothesis is an empty text), whichever the protocol."""
+    (osum) one line per script class. A reference without a hypothesis is an empty hypothesis (all deletions; the
+    original's compute-wer.py drops it, which flatters a run that lost outputs), counted in `missing`; compute-acc.py's
+    own rule is kept for osum acc. Nothing to score (no line, no common key, no reference word) is NothingToScore,
+    never 0.00 %. BLEU is sacrebleu's, as Qwen2-Audio's evaluate_st.py computes it, whichever the protocol."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
-    head = {"protocol": protocol, "metric": metric}
+    missing = _check_pairs(refs, hyps)
+    head = {
+        "protocol": protocol,
+        "metric": metric,
+        "references": len(refs),
+        "missing": len(missing),
+    }
+    hyps = {key: hyps.get(key, "") for key in refs} if metric != "acc" else hyps
     if metric == "bleu":
         from osum_min.eval.normalizers import bleu
 
-        return {
-            **head,
-            **bleu(
-                [refs[k] for k in refs], [hyps.get(k, "") for k in refs], language, bleu_tokenize
-            ),
-        }
+        return {**head, **bleu(list(refs.values()), list(hyps.values()), language, bleu_tokenize)}
     if protocol == "osum":
         if metric == "acc":
             return {**head, **osum_accuracy(refs, hyps)}
-        return {**head, **osum_error_rate(refs, hyps, split_alnum=metric == "cer")}
+        return {**head, **_nonzero(osum_error_rate(refs, hyps, split_alnum=metric == "cer"))}
     from osum_min.eval import normalizers
 
     if metric == "acc":
@@ -394,16 +438,23 @@ def score_texts(
             "qwen2-audio's wer needs a language (en, zh, yue, fr, ...): its normaliser follows it"
         )
     ref_units, hyp_units = normalizers.qwen2_audio_units(
-        [refs[k] for k in refs], [hyps.get(k, "") for k in refs], language
+        list(refs.values()), list(hyps.values()), language
     )
     overall = _line(_total_counts(ref_units, hyp_units))
     return {
         **head,
         "language": language,
         "value": overall.pop("percent"),
-        **overall,
+        **_nonzero(overall),
         "utterances": len(refs),
     }
+
+
+def _nonzero(counts: dict) -> dict:
+    """An error rate's counts, refused when the references hold no unit (N=0: a rate of nothing)."""
+    if not counts["N"]:
+        raise NothingToScore("the references hold no word to score (N=0): nothing to score")
+    return counts
 
 
 def scoring_units(text: str) -> list[str]:
@@ -418,8 +469,10 @@ def normalise(text: str) -> str:
 @dataclass
 class Scorer:
     """Accumulates a test list's transcripts and labels; `summary()` scores the transcripts by `protocol`'s rules
-    (compute-wer.py's for `osum`) and each label kind as accuracy. `language` is qwen2-audio's normaliser choice;
-    left out, a list with CJK references is `zh` and any other `en`."""
+    (compute-wer.py's for `osum`: `wer`, whatever the script, as eval.py names it) and each label kind as accuracy.
+    A file that failed is added without a hypothesis: all deletions and wrong labels, as score_texts counts a
+    missing one. `language` is qwen2-audio's normaliser choice; left out, a list with CJK references is `zh` and
+    any other `en`."""
 
     task: Task
     protocol: str = "osum"
@@ -429,39 +482,38 @@ class Scorer:
     label_hits: dict[str, int] = field(default_factory=dict)
     label_totals: dict[str, int] = field(default_factory=dict)
     utterances: int = 0
-    skipped: int = 0  # files of the list that could not be read or scored: not in the rates above
+    skipped: int = 0  # files of the list that could not be read or decoded
+    metric = "wer"
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}: one of {', '.join(PROTOCOLS)}")
 
-    def add(self, reference_text: str, hypothesis: Result) -> None:
+    def add(self, reference_text: str, hypothesis: Result | None) -> None:
+        """One file's reference and answer; None: it failed."""
         reference = parse(self.task, normalise(reference_text))
         self.utterances += 1
         if self.task.transcript and reference.transcript is not None:
             key = str(len(self.references))
-            self.references[key], self.hypotheses[key] = (
-                reference.transcript,
-                hypothesis.transcript or "",
-            )
+            self.references[key] = reference.transcript
+            if hypothesis is not None:
+                self.hypotheses[key] = hypothesis.transcript or ""
         for kind, label in reference.labels.items():
             self.label_totals[kind] = self.label_totals.get(kind, 0) + 1
-            hit = hypothesis.labels.get(kind, "").lower() == label
+            hit = hypothesis is not None and hypothesis.labels.get(kind, "").lower() == label
             self.label_hits[kind] = self.label_hits.get(kind, 0) + hit
 
     @property
     def cjk(self) -> bool:
         return any(_CJK.search(text) for text in self.references.values())
 
-    @property
-    def metric(self) -> str:
-        return "cer" if self.cjk else "wer"
-
     def transcript_score(self) -> dict | None:
-        if not self.references:
-            return None
+        """The transcripts' score; None where there is nothing to score (no reference word, nothing decoded)."""
         language = self.language or ("zh" if self.cjk else "en")
-        return score_texts(self.references, self.hypotheses, self.protocol, "wer", language)
+        try:
+            return score_texts(self.references, self.hypotheses, self.protocol, "wer", language)
+        except NothingToScore:
+            return None
 
     def summary(self) -> dict:
         out = {"utterances": self.utterances, "skipped": self.skipped}
@@ -477,6 +529,15 @@ class Scorer:
         for kind, total in self.label_totals.items():
             out[f"{kind}_accuracy"] = round(100 * self.label_hits[kind] / total, 2)
         return out
+
+    def problem(self) -> str | None:
+        """Why the summary holds no figure at all (None: it holds one)."""
+        summary = self.summary()
+        if self.metric in summary or any(key.endswith("_accuracy") for key in summary):
+            return None
+        if not self.utterances:
+            return "no file with a reference was scored"
+        return "nothing to score: the references hold no word or label, or no file was decoded"
 
     def lines(self) -> list[str]:
         summary = self.summary()
@@ -496,6 +557,6 @@ class Scorer:
         if self.skipped:
             lines.append(
                 f"{self.skipped} file{'s' * (self.skipped > 1)} skipped (unreadable or a bad list line): "
-                f"not scored"
+                f"a skipped file with a reference counts as all deletions and wrong labels"
             )
         return lines

@@ -44,7 +44,10 @@ def list_entry(path: Path, number: int, line: str) -> Item:
     if not isinstance(entry.get("txt"), (str, type(None))):
         return Item(where, where, problem=f'"txt" is {json.dumps(entry["txt"])[:40]}, not text')
     wav = resolve_listed_path(entry["wav"], path.parent)
-    return Item(wav, str(entry.get("key", printable(wav))), entry.get("txt"))
+    text = entry.get("txt")
+    return Item(
+        wav, printable(str(entry.get("key", wav))), None if text is None else printable(text)
+    )
 
 
 def read_list(path: Path) -> list[Item]:
@@ -107,6 +110,29 @@ def collect_inputs(paths: list[str]) -> list[Item]:
                     f"{err.path}: neither audio (by its suffix) nor a readable list of audio files "
                     f"({err.problem})"
                 ) from None
+    _mark_twice(items)
     for item in items:
         item.seconds = 0.0 if item.problem else header_seconds(item.path)
     return items
+
+
+def _mark_twice(items: list[Item]) -> None:
+    """A key given twice (a list line repeated), or one file reached twice (a folder reachable through a symbolic
+    link, a file given beside its folder) would be decoded, printed and scored twice: the second is that item's
+    error, naming the first."""
+    seen = {}
+    for item in items:
+        if item.problem is not None:
+            continue
+        names = [("key", item.key)]
+        if item.key == printable(item.path):  # not named by a list: the file itself is the name
+            try:
+                names.append(("file", os.path.realpath(item.path)))
+            except ValueError:  # a name no file can have: its reader says so
+                pass
+        for name in names:
+            if name in seen:
+                item.problem = f"{name[0]} {printable(name[1])!r} given twice (first as {seen[name]}): decoded once"
+                break
+        else:
+            seen.update(dict.fromkeys(names, printable(item.path)))

@@ -28,6 +28,7 @@ from ..audio import (
     log_mel,
     pad_features,
 )
+from ..files import printable
 from ..model.generate import DEFAULT_DECODING, GenerationConfig
 from ..model.osum import OSUM
 from ..text.tasks import TASKS, Result, Task
@@ -44,7 +45,7 @@ class RequestError(ValueError):
 
     def __init__(self, name: str, problem: str, kind: str = "audio"):
         assert kind in ERROR_KINDS, kind
-        super().__init__(" ".join(f"{name}: {problem}".split()))
+        super().__init__(" ".join(f"{printable(name)}: {printable(problem)}".split()))
         self.name, self.problem, self.kind = name, problem, kind
 
     def __reduce__(self):  # pickles (torch.distributed, multiprocessing) with its three fields

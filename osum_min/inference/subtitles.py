@@ -9,8 +9,9 @@ from ..text.tasks import Word
 
 def subtitle_paths(audio_paths: list[str], folder: str, suffix: str) -> list[Path]:
     """Where each file's subtitles go: next to its audio, or in `folder`. Files of one name from different folders
-    are told apart by their paths below the folder they share (x/a.wav, y/a.wav -> x_a.srt, y_a.srt), never
-    written over each other."""
+    are told apart by their paths below the folder they share (x/a.wav, y/a.wav -> x_a.srt, y_a.srt), files of one
+    stem in one folder by their full names (a.flac, a.ogg -> a.flac.srt, a.ogg.srt): never written over each
+    other."""
     paths = [
         Path(folder or Path(audio).parent) / (Path(audio).stem + suffix) for audio in audio_paths
     ]
@@ -19,9 +20,17 @@ def subtitle_paths(audio_paths: list[str], folder: str, suffix: str) -> list[Pat
         sharing[path].append(os.path.abspath(audio))
     renamed = []
     for path, audio in zip(paths, audio_paths):
-        if len(set(sharing[path])) > 1:
-            below = Path(os.path.relpath(os.path.abspath(audio), os.path.commonpath(sharing[path])))
-            path = path.with_name("_".join(below.with_suffix(suffix).parts))
+        group = sorted(set(sharing[path]))
+        if len(group) > 1:
+            below = [Path(os.path.relpath(other, os.path.commonpath(group))) for other in group]
+            stems = ["_".join(b.with_suffix(suffix).parts) for b in below]
+            mine = group.index(os.path.abspath(audio))
+            name = (
+                stems[mine]
+                if stems.count(stems[mine]) == 1
+                else "_".join(below[mine].parts) + suffix
+            )
+            path = path.with_name(name)
         renamed.append(path)
     return renamed
 
