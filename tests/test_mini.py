@@ -355,7 +355,11 @@ def test_the_server_answers_as_osum_mini_not_as_osum(parts, tmp_path, monkeypatc
 
     mini.assemble(tmp_path / "osum-mini", delta=None)
     apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **settings: apps.append(app))
+    build = server.create_app
+    monkeypatch.setattr(
+        server, "create_app", lambda *a, **k: apps.append(build(*a, **k)) or apps[-1]
+    )
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)  # built, not served
     assert server.serve(tmp_path / "osum-mini", device="cpu") == 0
     with TestClient(apps[0]) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["osum-mini"]
