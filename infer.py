@@ -21,7 +21,14 @@ from pathlib import Path
 import torch
 
 from osum_min.inference import ranks
-from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
+from osum_min.cli import (
+    DTYPES,
+    OneLineParser,
+    add_precision_flags,
+    device_problem,
+    lowest_problem,
+    seed_problem,
+)
 from osum_min.data.formats import DataError
 from osum_min.model.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
 from osum_min.inference.inputs import Item, collect_inputs
@@ -33,14 +40,6 @@ from osum_min.inference.subtitles import subtitle_paths, subtitles
 from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
 from osum_min.text.tokenizer import Tokenizer, eod_outside_vocabulary, tokenizer_or_none
 
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 GET_WEIGHTS = (
     "get them with `python convert.py --download`, or convert the original's checkpoint with "
     "`python convert.py infer.pt --tokenizer QWEN2_TOKENIZER_DIR --out weights/osum`"
@@ -229,17 +228,12 @@ def parse_args(argv):
     )
     parser.add_argument("--weights", default="weights/osum")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
+    add_precision_flags(parser)
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         help="decode steps through torch.compile (warm-up: see README); default: CUDA graphs on "
         "CUDA, eager on CPU; --no-compile: eager everywhere",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=["int8"],
-        help="int8: LLM linears stored as int8 (a quarter of fp32, half of bf16; see README)",
     )
     args = parser.parse_args(argv)
     if problem := flag_problem(args):
@@ -491,6 +485,7 @@ def main(argv=None) -> int:
                 port=7860 if args.port is None else args.port,
                 device=args.device,
                 dtype=DTYPES[args.dtype] if args.dtype else None,
+                quantize=args.quantize,
                 examples=WEB_EXAMPLES,
                 batch_size=args.batch_size,
             )
