@@ -98,7 +98,7 @@ def test_lora_is_merged_before_quantising():
     quantized = Int8Linear.from_linear(layer)
     without = F.linear(x, layer.weight - layer._delta(), layer.bias)
     assert (with_adapter - quantized(x)).abs().max() * 5 < (with_adapter - without).abs().max()
-    merged_error = (quantized.dequantized_weight() - layer.weight).abs()
+    merged_error = (quantized.dequantized_weight() - (layer.weight + layer._delta())).abs()
     assert (merged_error <= quantized.scale[:, None] * (0.5 + 1e-4)).all()
 
 

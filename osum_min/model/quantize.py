@@ -82,16 +82,17 @@ class Int8Linear(nn.Module):
         scale = torch.empty(weight.shape[0], dtype=weight.dtype, device=device)
         for start in range(0, weight.shape[0], QUANTIZE_ROWS):
             block = slice(start, start + QUANTIZE_ROWS)
-            rows = weight[block].to(device, torch.float32)  # (n, in)
+            rows = weight[block].to(device, torch.float32, copy=True)  # (n, in), ours to change
             if lora is not None:
                 lora_a, lora_b, scaling = lora
-                rows += scaling * (lora_b[block].to(rows) @ lora_a.to(rows))
+                rows.addmm_(lora_b[block].to(rows), lora_a.to(rows), alpha=scaling)
+            low, high = torch.aminmax(rows, dim=1)
             # the scale rounded to its stored dtype first, so the int8 values fit the scale used
-            row_scale = (rows.abs().amax(dim=1) / 127).to(weight.dtype)
+            row_scale = (torch.maximum(-low, high) / 127).to(weight.dtype)
             scale[block] = row_scale
             tiny = torch.finfo(torch.float32).tiny  # an all-zero row stays 0
-            divisor = row_scale.float().clamp_min(tiny)[:, None]
-            weight_int8[block] = (rows / divisor).round().clamp(-127, 127)
+            rows.div_(row_scale.float().clamp_min(tiny)[:, None])
+            weight_int8[block] = rows.round_().clamp_(-127, 127)
         bias = None if bias is None else bias.detach().to(device)
         return cls(weight_int8, scale, bias)
 
