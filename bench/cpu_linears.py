@@ -8,7 +8,8 @@ measured in the same run (a multi-threaded sum over 1 GiB). Decoding reads
 every weight once per step, so at 1 and 4 rows the best candidate is the one nearest the read roofline.
 
 Candidates: float32 through oneDNN (linear.py), bf16 `F.linear` (oneDNN's bf16 path with AVX512-BF16),
-`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu` (group 128), int8 dequantisation under torch.compile
+`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu` (group 128), `torch._int_mm` with per-token int8
+activations (what torchao's int8 dynamic-activation configs run), int8 dequantisation under torch.compile
 (--compile: minutes of compiling), torch's dynamic int8 linear with fbgemm's and oneDNN's engines (int8
 activations, VNNI), and osum_min's Int8Linear (fbgemm, one activation scale per row).
 
@@ -82,6 +83,12 @@ def candidates(weight: torch.Tensor, compile: bool):
         "dynamic_int8_fbgemm": (out * inner, _dynamic(weight, scale, "fbgemm")),
         "dynamic_int8_onednn": (out * inner, _dynamic(weight, scale, "onednn")),
     }
+
+    def int_mm(x):  # per-token int8 activations into torch._int_mm: torchao's int8 dynamic path
+        step = x.abs().amax(1, keepdim=True) / 127  # (rows, 1)
+        return torch._int_mm((x / step).round().to(torch.int8), int8.t()) * step * scale
+
+    made["int_mm_per_token"] = (out * inner, int_mm)
     layer = Int8Linear.from_weight(weight)
     made["ours_int8"] = (out * inner, layer)
     if hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"):

@@ -78,40 +78,19 @@ def test_gpu_candidates_are_bf16_then_int8():
     assert chosen.name == "int8+bf16"
 
 
-def test_infer_refuses_in_one_line_when_nothing_fits(fixture_weights, capsys, monkeypatch):
-    monkeypatch.setattr(precision, "available_bytes", lambda device: 2**20)
-    code = infer.main(
-        [
-            str(FIXTURE_A / "audio.wav"),
-            "--weights",
-            str(fixture_weights),
-            "--prompt-ids",
-            "1",
-            "--ids",
-        ]
-    )
+@pytest.mark.parametrize(
+    "available, code, said",
+    [(2**20, 2, "0.0 GiB available on cpu: not loading it"), (64 * GIB, 0, "precision: float32 (")],
+)
+def test_infer_says_its_choice_or_refuses_in_one_line(
+    fixture_weights, capsys, monkeypatch, available, code, said
+):
+    monkeypatch.setattr(precision, "available_bytes", lambda device: available)
+    audio, weights = str(FIXTURE_A / "audio.wav"), str(fixture_weights)
+    flags = ["--prompt-ids", "1", "--ids", "--max-new-tokens", "2"]
+    assert infer.main([audio, "--weights", weights, *flags]) == code
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
-    assert "needs" in err[0] and "1.0 MiB" not in err[0] and "0.0 GiB available on cpu" in err[0]
-
-
-def test_infer_says_its_choice(fixture_weights, capsys, monkeypatch):
-    monkeypatch.setattr(precision, "available_bytes", lambda device: 64 * GIB)
-    code = infer.main(
-        [
-            str(FIXTURE_A / "audio.wav"),
-            "--weights",
-            str(fixture_weights),
-            "--prompt-ids",
-            "1",
-            "--ids",
-            "--max-new-tokens",
-            "2",
-        ]
-    )
-    captured = capsys.readouterr()
-    assert code == 0
-    assert "precision: float32 (the best that fits: " in captured.err
+    assert len(err) == 1 and said in err[0]
 
 
 @pytest.mark.parametrize("mode", ["float32", "bf16", "int8"])
