@@ -86,6 +86,7 @@ def test_infer_says_its_choice_or_refuses_in_one_line(
     fixture_weights, capsys, monkeypatch, available, code, said
 ):
     monkeypatch.setattr(precision, "available_bytes", lambda device: available)
+    monkeypatch.setattr(precision, "SAID_FROM_BYTES", 0)  # said even for the fixture's model
     audio, weights = str(FIXTURE_A / "audio.wav"), str(fixture_weights)
     flags = ["--prompt-ids", "1", "--ids", "--max-new-tokens", "2"]
     assert infer.main([audio, "--weights", weights, *flags]) == code

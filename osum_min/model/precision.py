@@ -1,9 +1,10 @@
 """The precision a model is loaded in: the best that fits the memory there is, chosen before loading.
 
 Candidates from best to smallest: float32 (CPU only), bf16, int8 LLM linears with float32 around them, int8
-with bf16 around them. The first whose bytes, plus RESERVE for activations, KV cache and the process itself,
-fit in the available memory wins; --dtype / --quantize narrow the candidates. Where none fits, loading is
-refused in one line before a byte is read (a 24 GB machine would otherwise be killed by the kernel).
+with bf16 around them. The first whose bytes, plus a reserve for activations, KV cache and the process itself,
+fit in the available memory wins, said in one line (unless it is the first and small); --dtype / --quantize
+narrow the candidates. Where none fits, loading is refused in one line before a byte is read (a 24 GB machine
+would otherwise be killed by the kernel).
 """
 
 import sys
@@ -15,6 +16,7 @@ import torch
 GIB = 2**30
 RESERVE_FRACTION = 0.1  # of the model's bytes
 RESERVE_BYTES = GIB // 2
+SAID_FROM_BYTES = GIB  # smaller models (fixtures) load at their best without a word
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -109,6 +111,8 @@ def choose_precision(
             f"the model needs {gib(smallest.needed)} in {smallest.name} (+{gib(reserve)} to run), "
             f"{room}: not loading it"
         )
+    if chosen is options[0] and chosen.needed < SAID_FROM_BYTES:
+        return chosen
     why = "as asked" if dtype or quantize else "the best that fits"
     (say or _to_stderr)(
         f"precision: {chosen.name} ({why}: {gib(chosen.needed)} of weights, {room})"
