@@ -11,6 +11,7 @@ time taken out (bench/decode.py's measure). Ends with one JSON line.
 """
 
 import argparse
+import ctypes
 import json
 import sys
 import tempfile
@@ -56,7 +57,10 @@ def requantize(source: Path, out: Path, name: str) -> Path:
     params.ftype = FTYPES[name]
     params.allow_requantize = True
     params.nthread = 2
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
+    done = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(out).encode(), ctypes.byref(params)
+    )
+    if done != 0:
         raise RuntimeError(f"llama_model_quantize to {name} failed")
     return out
 
