@@ -327,7 +327,7 @@ def load_weights(model: torch.nn.Module, directory, device=None, dtype=None, con
     not fit fails at once. Tensors are read from the memory-mapped files one at a time and cast to `dtype` (the
     floating ones), so peak memory is the final model plus one tensor; a tied name's stored copy is never read.
     convert(model, read): puts some modules in their final form itself (quantize.quantize_int8), reading
-    tensors by name with `read` (cast to `dtype`, tied names followed), and returns the names it used.
+    their tensors by name with `read` (cast to `dtype`, tied names followed); the rest are read after it.
     """
     files = weight_files(directory)
     where = {}
@@ -341,14 +341,18 @@ def load_weights(model: torch.nn.Module, directory, device=None, dtype=None, con
     with ExitStack() as stack:
         handles = {path: stack.enter_context(_open(path)) for path in files}
 
+        used = set()  # what convert read
+
         def read(name):
+            used.add(name)
             name = tied.get(name, name)
             tensor = handles[where[name][0]].get_tensor(name)
             if tensor.is_floating_point() and dtype is not None:
                 tensor = tensor.to(dtype)
             return tensor.to(device) if device is not None else tensor
 
-        used = convert(model, read) if convert is not None else set()
+        if convert is not None:
+            convert(model, read)
         state = {name: read(name) for name in where if name not in tied and name not in used}
     tied = {name: first for name, first in tied.items() if name not in used}
     _assign(model, state, tied)

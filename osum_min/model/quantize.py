@@ -155,22 +155,20 @@ def llm_linears(module: nn.Module):
                         yield parent, attribute, qualified
 
 
-def quantize_int8(module: nn.Module, device=None, read=None) -> set[str]:
+def quantize_int8(module: nn.Module, device=None, read=None) -> nn.Module:
     """Replace every linear of every Qwen2 inside `module` (the projections and lm_head) by an Int8Linear.
 
     LoRA is merged into each weight before it is quantised. device: where the int8 weights land. read: a
     function name -> tensor (weights.load_weights' reader of the safetensors files) for a module built on
     the meta device: each linear is then read, merged and quantised alone, so only one float weight is ever
-    held. Returns the names of the tensors used. The encoder and adaptor stay float.
+    held. The encoder and adaptor stay float.
     """
-    used = set()
     for parent, attribute, name in list(llm_linears(module)):
         layer, tensors = getattr(parent, attribute), None
         if read is not None:
             tensors = {key: read(f"{name}.{key}") for key, _ in layer.named_parameters()}
-            used |= {f"{name}.{key}" for key in tensors}
         setattr(parent, attribute, Int8Linear.from_linear(layer, device, tensors))
-    return used
+    return module
 
 
 def linear_weight_bytes(module: nn.Module) -> int:
