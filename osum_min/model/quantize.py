@@ -5,10 +5,11 @@ of float32's bytes, half of bf16's. How the matmul runs:
 
 - CPU: fbgemm's dynamic int8 linear (torch.ops.quantized). The weight is packed once for fbgemm; each call
   quantises the activations to 8 bits, one scale per row (per token), and multiplies int8 x int8 with VNNI.
-  Decoding is bound by weight reads, and this reads the int8 weight at close to the memory's speed:
-  docs/performance.md has the side-by-side figures (bench/cpu_linears.py) that picked it over
-  `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, compiled dequantisation, oneDNN's engine and bf16,
-  and its fidelity. Each row's result depends on that row alone, so a batch decodes as each item alone.
+  Decoding is bound by weight reads, and this streams the int8 weight faster than any other kernel torch
+  has here streams int8 or bf16: docs/performance.md has the side-by-side figures (bench/cpu_linears.py)
+  that picked it over `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, compiled dequantisation,
+  oneDNN's engine and bf16, and its fidelity. Each row's result depends on that row alone, so a batch
+  decodes as each item alone. torch has deprecated quantized tensors; their ops are still in 2.13.
 - CUDA, and anything under torch.compile: `F.linear(x, weight_int8.to(x.dtype)) * scale`, the form gpt-fast's
   WeightOnlyInt8Linear uses, which inductor fuses into one kernel that streams the int8 weight.
 """
