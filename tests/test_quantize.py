@@ -217,8 +217,9 @@ def test_quantize_int8_of_a_tied_qwen2_keeps_float_embeddings():
 @torch.no_grad()
 def test_real_qwen25_gguf_teacher_forced_agreement():
     """Qwen2.5-0.5B (the GGUF the other opt-in tests use, dequantised to float32) over README.md, teacher-forced:
-    int8's top-1 agrees with float32's on >= 97 % of positions, mean KL per token < 0.01 (measured over the first
-    4,096 tokens of three drafts of README.md: 97.6-97.8 % and 0.0019-0.0020 nats)."""
+    int8's top-1 agrees with float32's on >= 91 % of positions, mean KL per token < 0.02. Measured over the
+    first 4,096 tokens: 92.7 % and 0.0129 nats with 8-bit activations per token (fbgemm, the CPU path); the
+    weight-only int8 before it gave 97.6-97.8 % and 0.0019-0.0020 (docs/performance.md: the price of speed)."""
     if os.environ.get("OSUM_TEST_GGUF") != "1":
         pytest.skip(
             "opt-in: set OSUM_TEST_GGUF=1 to download ~478 MB of real Qwen2.5-0.5B GGUF weights"
@@ -254,5 +255,5 @@ def test_real_qwen25_gguf_teacher_forced_agreement():
         f"mean KL {kl / count:.5f} nats/token"
     )
     assert count >= 2000
-    assert agree / count >= 0.97
-    assert kl / count < 0.01
+    assert agree / count >= 0.91
+    assert kl / count < 0.02
