@@ -23,7 +23,7 @@ from pathlib import Path
 
 from osum_min.inference import ranks
 from osum_min.eval.benchmarks import READERS, LayoutError, read_benchmark
-from osum_min.cli import OneLineParser, device_problem, lowest_problem
+from osum_min.cli import DTYPES, OneLineParser, add_precision_flags, device_problem, lowest_problem
 from osum_min.files import MAX_LIST_BYTES, FileError, read_text, writable_folder
 from osum_min.model.generate import DEFAULT_DECODING
 from osum_min.eval.scoring import (
@@ -158,6 +158,7 @@ def add_run(commands):
     run.add_argument("--limit", type=int, help="only the first N utterances")
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_precision_flags(run)
     run.add_argument(
         "--beams", type=int, help="default: beam 4, repetition penalty 1.05 (infer.py's decoding)"
     )
@@ -238,7 +239,13 @@ def run_benchmark(args) -> int:
     claim(out, fingerprint(args.bench, subsets, decoding, weights), write=rank == 0)
     device = ranks.start(args.device)
     try:
-        model = load_for_inference(weights, tokenizer, device=device)
+        model = load_for_inference(
+            weights,
+            tokenizer,
+            device=device,
+            dtype=DTYPES[args.dtype] if args.dtype else None,
+            quantize=args.quantize,
+        )
     except (OSError, ValueError, RuntimeError) as err:
         raise LayoutError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
     config = replace(config, eos_token_id=model.config.eod_id)

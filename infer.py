@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 
 from osum_min.inference import ranks
-from osum_min.cli import OneLineParser, device_problem, lowest_problem
+from osum_min.cli import (
+    DTYPES,
+    OneLineParser,
+    add_precision_flags,
+    device_problem,
+    lowest_problem,
+)
 from osum_min.config_check import ConfigError
 from osum_min.data.formats import DataError
 from osum_min.files import FileError, printable, writable_folder
@@ -36,14 +42,6 @@ from osum_min.inference.subtitles import subtitle_paths, subtitles
 from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
 from osum_min.text.tokenizer import EOD_ID, Tokenizer, eod_outside_vocabulary, tokenizer_or_none
 
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 ROOT = Path(__file__).resolve().parent
 # The web demo's example clips: the repository's short recordings, and two more once tests/assets.py fetched them.
 WEB_EXAMPLES = [
@@ -227,17 +225,12 @@ def parse_args(argv):
         "--weights", default="weights/osum", help="a model directory, or mini: weights/osum-mini"
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
+    add_precision_flags(parser)
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         help="decode steps through torch.compile (warm-up: see README); default: CUDA graphs on "
         "CUDA, eager on CPU; --no-compile: eager everywhere",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=["int8"],
-        help="int8: LLM linears stored as int8 (a quarter of fp32, half of bf16; see README)",
     )
     args = parser.parse_args(argv)
     if problem := flag_problem(args):
@@ -514,6 +507,7 @@ def main(argv=None) -> int:
                 port=7860 if args.port is None else args.port,
                 device=args.device,
                 dtype=DTYPES[args.dtype] if args.dtype else None,
+                quantize=args.quantize,
                 examples=WEB_EXAMPLES,
                 batch_size=args.batch_size,
             )

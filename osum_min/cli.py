@@ -13,11 +13,33 @@ DEVICE_TYPES = (
     "cuda",
     "mps",
 )  # what the model is loaded and decoded on; torch names many more
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_precision_flags(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --quantize: overrides of the precision chosen for the memory there is (precision.py)."""
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="default: the best that fits (float32, else bf16, else int8; bf16 first on GPU)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: LLM linears stored as int8 (a quarter of fp32, half of bf16; fastest on CPU)",
+    )
 
 
 def device_problem(name: str | None) -> str | None:

@@ -13,7 +13,7 @@ import re
 import shutil
 import struct
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -336,29 +336,39 @@ def _open(path: Path):
         raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def load_weights(model: torch.nn.Module, directory, device=None, dtype=None) -> None:
+def load_weights(model: torch.nn.Module, directory, device=None, dtype=None, convert=None) -> None:
     """Fill every parameter and buffer of `model` (built on the meta device) from a directory, strictly.
 
     The names and shapes are checked from the files' headers before any tensor is read, so a directory that does
-    not fit fails at once; floating tensors are cast to `dtype` one at a time, so peak memory stays at about one
-    copy of the weights; a tied name's stored copy is never read.
+    not fit fails at once. Tensors are read from the memory-mapped files one at a time and cast to `dtype` (the
+    floating ones), so peak memory is the final model plus one tensor; a tied name's stored copy is never read.
+    convert(model, read): puts some modules in their final form itself (quantize.quantize_int8), reading
+    their tensors by name with `read` (cast to `dtype`, tied names followed); the rest are read after it.
     """
     files = weight_files(directory)
-    shapes = {}
+    where = {}
     for path in files:
         with _open(path) as handle:
-            shapes.update(
-                (name, torch.Size(handle.get_slice(name).get_shape())) for name in handle.keys()
+            where.update(
+                (name, (path, torch.Size(handle.get_slice(name).get_shape())))
+                for name in handle.keys()
             )
-    tied = check_state(model, shapes, str(directory))
-    state = {}
-    for path in files:
-        with _open(path) as handle:
-            for name in handle.keys():
-                if name in tied:
-                    continue
-                tensor = handle.get_tensor(name)
-                if tensor.is_floating_point() and dtype is not None:
-                    tensor = tensor.to(dtype)
-                state[name] = tensor.to(device) if device is not None else tensor
+    tied = check_state(model, {name: shape for name, (_, shape) in where.items()}, str(directory))
+    with ExitStack() as stack:
+        handles = {path: stack.enter_context(_open(path)) for path in files}
+
+        used = set()  # what convert read
+
+        def read(name):
+            used.add(name)
+            name = tied.get(name, name)
+            tensor = handles[where[name][0]].get_tensor(name)
+            if tensor.is_floating_point() and dtype is not None:
+                tensor = tensor.to(dtype)
+            return tensor.to(device) if device is not None else tensor
+
+        if convert is not None:
+            convert(model, read)
+        state = {name: read(name) for name in where if name not in tied and name not in used}
+    tied = {name: first for name, first in tied.items() if name not in used}
     _assign(model, state, tied)

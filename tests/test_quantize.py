@@ -15,7 +15,7 @@ import infer
 from conftest import FIXTURE_A
 from hf_qwen2 import TINY
 from osum_min.model.osum import OSUM
-from osum_min.model.quantize import DEQUANT_BLOCK, Int8Linear, linear_weight_bytes, quantize_int8
+from osum_min.model.quantize import Int8Linear, linear_weight_bytes, quantize_int8
 from osum_min.model.qwen2 import LoRALinear, Qwen2, Qwen2Config, hf_key_to_ours
 from osum_min.weights import load_state_dict_strict
 
@@ -43,26 +43,39 @@ def models(fixture_weights):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("rows", [1, 20])
-@pytest.mark.parametrize(
-    "shape", [(40, 96), (DEQUANT_BLOCK // 1024 + 3, 1024)]
-)  # one block, two on CPU
+@pytest.mark.parametrize("rows", [1, 20, 300])
+@pytest.mark.parametrize("shape", [(40, 96), (300, 1024)])
 def test_int8_linear_is_the_rounded_weight_times_its_scale(rows, shape):
+    """The weight: round to nearest per row. The product: on the CPU each row of activations is quantised to
+    8 bits (fbgemm), so it equals the dequantised float product to within ~1 % of its size."""
     torch.manual_seed(rows)
     layer = torch.nn.Linear(shape[1], shape[0])
     quantized = Int8Linear.from_linear(layer)
-    assert quantized.weight_int8.dtype == torch.int8 and quantized.scale.shape == shape[:1]
-    assert (
-        quantized.weight_int8.abs().amax(dim=1).eq(127).all()
-    )  # each row's largest weight maps to +-127
+    weight_int8 = quantized.int8_weight()
+    assert weight_int8.dtype == torch.int8 and quantized.scale.shape == shape[:1]
+    assert weight_int8.abs().amax(dim=1).eq(127).all()  # each row's largest weight maps to +-127
     error = (quantized.dequantized_weight() - layer.weight).abs()
     assert (
         error <= quantized.scale[:, None] * (0.5 + 1e-4)
     ).all()  # round to nearest (+ float32 rounding)
     x = torch.randn(rows, shape[1])
     expected = F.linear(x, quantized.dequantized_weight(), layer.bias)
-    torch.testing.assert_close(quantized(x), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(quantized(x.bfloat16()).float(), expected, rtol=2e-2, atol=5e-2)
+    size = expected.abs().amax()
+    assert (quantized(x) - expected).abs().max() < 0.02 * size
+    assert (quantized(x.bfloat16()).float() - expected).abs().max() < 0.04 * size
+
+
+@torch.no_grad()
+def test_each_row_is_computed_as_alone_an_outlier_included():
+    torch.manual_seed(0)
+    quantized = Int8Linear.from_linear(torch.nn.Linear(256, 64))
+    x = torch.randn(9, 256)
+    x[-1] *= 1000  # a massive activation beside the others
+    together = quantized(x)
+    alone = torch.cat([quantized(row[None]) for row in x])
+    assert torch.equal(together, alone)
+    expected = F.linear(x, quantized.dequantized_weight(), quantized.bias)
+    assert ((together - expected).abs().amax(-1) < 0.02 * expected.abs().amax(-1)).all()
 
 
 @torch.no_grad()
@@ -71,7 +84,7 @@ def test_an_all_zero_row_quantises_to_zero(dtype):
     layer = torch.nn.Linear(8, 3, bias=False).to(dtype)
     layer.weight[1] = 0
     quantized = Int8Linear.from_linear(layer)
-    assert quantized.scale.dtype == dtype and quantized.weight_int8[1].eq(0).all()
+    assert quantized.scale.dtype == dtype and quantized.int8_weight()[1].eq(0).all()
     assert quantized.dequantized_weight().isfinite().all()
 
 
@@ -83,11 +96,10 @@ def test_lora_is_merged_before_quantising():
     x = torch.randn(5, 64)
     with_adapter = layer(x)
     quantized = Int8Linear.from_linear(layer)
-    assert (
-        (with_adapter - quantized(x)).abs().max()
-        < 0.05
-        < (with_adapter - F.linear(x, layer.weight - layer._delta(), layer.bias)).abs().max()
-    )
+    without = F.linear(x, layer.weight - layer._delta(), layer.bias)
+    assert (with_adapter - quantized(x)).abs().max() * 5 < (with_adapter - without).abs().max()
+    merged_error = (quantized.dequantized_weight() - (layer.weight + layer._delta())).abs()
+    assert (merged_error <= quantized.scale[:, None] * (0.5 + 1e-4)).all()
 
 
 @torch.no_grad()
@@ -122,7 +134,7 @@ def test_every_llm_linear_is_int8_at_under_30_percent_of_float32(models):
         len(linears) == 7 * quantized.config.llm.layers + 1
     )  # q k v o gate up down per layer, lm_head
     assert all(
-        m.weight_int8.is_contiguous() for m in linears
+        m.int8_weight().is_contiguous() for m in linears
     )  # use_input_major_weights leaves int8 alone
     assert isinstance(
         quantized.encoder.blocks[0].mlp[0], torch.nn.Linear
@@ -176,15 +188,17 @@ def test_infer_cli_quantize_int8_equals_the_quantised_model(
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
-def test_torch_compile_equals_eager():
-    """Compiled, the layer takes the F.linear(x, int8.to(dtype)) * scale form (what inductor fuses on CUDA)."""
+def test_torch_compile_equals_the_dequantised_product():
+    """Compiled, the layer takes the F.linear(x, int8.to(dtype)) * scale form (what inductor fuses on CUDA):
+    float activations, where eager CPU quantises them (fbgemm)."""
     torch.manual_seed(0)
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 48))
     x = torch.randn(2, 3, 64)
     with torch.inference_mode():
-        torch.testing.assert_close(
-            torch.compile(layer, dynamic=False)(x), layer(x), rtol=1e-5, atol=1e-5
-        )
+        expected = F.linear(x, layer.dequantized_weight(), layer.bias)
+        compiled = torch.compile(layer, dynamic=False)(x)
+        torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
+        assert (layer(x) - expected).abs().max() < 0.02 * expected.abs().max()
 
 
 @torch.no_grad()
@@ -203,8 +217,9 @@ def test_quantize_int8_of_a_tied_qwen2_keeps_float_embeddings():
 @torch.no_grad()
 def test_real_qwen25_gguf_teacher_forced_agreement():
     """Qwen2.5-0.5B (the GGUF the other opt-in tests use, dequantised to float32) over README.md, teacher-forced:
-    int8's top-1 agrees with float32's on >= 97 % of positions, mean KL per token < 0.01 (measured over the first
-    4,096 tokens of three drafts of README.md: 97.6-97.8 % and 0.0019-0.0020 nats)."""
+    int8's top-1 agrees with float32's on >= 91 % of positions, mean KL per token < 0.02. Measured over the
+    first 4,096 tokens: 92.7 % and 0.0129 nats with 8-bit activations per token (fbgemm, the CPU path); the
+    weight-only int8 before it gave 97.6-97.8 % and 0.0019-0.0020 (docs/performance.md: the price of speed)."""
     if os.environ.get("OSUM_TEST_GGUF") != "1":
         pytest.skip(
             "opt-in: set OSUM_TEST_GGUF=1 to download ~478 MB of real Qwen2.5-0.5B GGUF weights"
@@ -240,5 +255,5 @@ def test_real_qwen25_gguf_teacher_forced_agreement():
         f"mean KL {kl / count:.5f} nats/token"
     )
     assert count >= 2000
-    assert agree / count >= 0.97
-    assert kl / count < 0.01
+    assert agree / count >= 0.91
+    assert kl / count < 0.02

@@ -20,6 +20,7 @@ from .encoder import ENCODER_PRESETS, EncoderConfig, WhisperEncoder
 from ..files import read_json
 from .generate import GenerationConfig, fast_decoding, generate
 from .linear import use_input_major_weights
+from .precision import choose_precision
 from .quantize import Int8Linear, quantize_int8
 from .qwen2 import LLM_PRESETS, Qwen2, Qwen2Config
 from .sequence import IGNORE_ID, Sequences, left_padded
@@ -199,6 +200,17 @@ class OSUM(nn.Module):
         self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.dim))  # rows: speech bos, eos
 
     @classmethod
+    def skeleton(cls, directory) -> "OSUM":
+        """The model a converted directory's config.json describes, on the meta device (no memory)."""
+        config_path = Path(directory) / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"{directory}: no config.json (convert a checkpoint with convert.py first)"
+            )
+        with torch.device("meta"):
+            return cls(OSUMConfig.from_file(config_path))
+
+    @classmethod
     def from_pretrained(
         cls,
         directory,
@@ -210,22 +222,20 @@ class OSUM(nn.Module):
     ) -> "OSUM":
         """A converted directory -> model in eval mode, readied for inference (`prepare_for_inference`) unless
         for_training=True, which keeps the weights as trained (LoRA apart, the usual layout) for an optimizer or
-        FSDP. dtype: bf16 on CUDA, fp32 on CPU."""
+        FSDP. dtype: bf16 on CUDA, fp32 on CPU (load_for_inference chooses by memory). Each tensor goes from
+        the memory-mapped files into its final form alone (quantize="int8": LoRA-merged and quantised), so
+        loading peaks at the final model plus one tensor."""
         check_quantize(quantize)  # before loading, not after
         if for_training and (quantize or compile):
             raise ValueError("compile and quantize are for inference: not with for_training=True")
-        directory = Path(directory)
-        config_path = directory / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(
-                f"{directory}: no config.json (convert a checkpoint with convert.py first)"
-            )
-        config = OSUMConfig.from_file(config_path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        with torch.device("meta"):
-            model = cls(config)
-        load_weights(model, directory, device="cpu" if quantize else device, dtype=dtype)
+        model = cls.skeleton(directory)
+        # int8: each LLM linear is read, LoRA-merged and quantised alone, straight onto `device`
+        convert = (lambda m, read: quantize_int8(m, device, read)) if quantize else None
+        load_weights(
+            model, directory, device="cpu" if quantize else device, dtype=dtype, convert=convert
+        )
         if not for_training:
             model.prepare_for_inference(device, compile, quantize)
         return model.eval()
@@ -234,10 +244,10 @@ class OSUM(nn.Module):
         self, device, compile: bool | None = None, quantize: str | None = None
     ) -> "OSUM":
         """LoRA merged into the weights, then for the device's fastest decoding: with quantize="int8" every LLM
-        linear stored as int8 (quantize.py; the weights then move from the CPU to `device`, so the device never
-        holds the float LLM); on the CPU, weights laid out input-major for oneDNN (linear.py) unless compiled code
-        streams them; decode steps (generate.fast_decoding) as CUDA graphs on CUDA, through torch.compile too with
-        compile=True (int8 on CUDA compiles by default), eager with compile=False."""
+        linear still float stored as int8 (quantize.py; from_pretrained quantises them as it reads them, so no
+        device ever holds the float LLM); on the CPU, weights laid out input-major for oneDNN (linear.py) unless
+        compiled code streams them; decode steps (generate.fast_decoding) as CUDA graphs on CUDA, through
+        torch.compile too with compile=True (int8 on CUDA compiles by default), eager with compile=False."""
         check_quantize(quantize)
         device = torch.device(device)
         if compile is None and quantize and device.type == "cuda":
@@ -394,11 +404,21 @@ def load_for_inference(
     dtype=None,
     compile: bool | None = None,
     quantize: str | None = None,
+    available: int | None = None,
 ) -> OSUM:
-    """`OSUM.from_pretrained` for infer.py and the web page, refusing a tokenizer (`tokenizer_or_none(directory)`,
-    None: ids only) with ids past the model's vocabulary, which would index outside its embeddings."""
+    """`OSUM.from_pretrained` for every front end (infer.py, the web page, the server, eval.py run), in the
+    precision `choose_precision` picks for the memory there is (dtype / quantize: overrides; available: bytes,
+    default the device's free memory), refusing a tokenizer (`tokenizer_or_none(directory)`, None: ids only)
+    with ids past the model's vocabulary, which would index outside its embeddings."""
+    check_quantize(quantize)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = choose_precision(OSUM.skeleton(directory), device, dtype, quantize, available)
     model = OSUM.from_pretrained(
-        directory, device=device, dtype=dtype, compile=compile, quantize=quantize
+        directory,
+        device=device,
+        dtype=precision.dtype,
+        compile=compile,
+        quantize=precision.quantize,
     )
     if tokenizer is not None:
         check_fits(tokenizer, model.config.llm.vocab_size, Path(directory) / RANK_FILE_NAME)

@@ -1,99 +1,174 @@
-"""int8 weight-only inference: every LLM linear stored as int8 with one float scale per output channel.
+"""int8 inference: every LLM linear stored as int8 with one float scale per output channel.
 
-Symmetric per-output-channel quantisation: scale = max|row| / 127, weight_int8 = round(row / scale), so the
-linear's memory drops to a quarter of float32 (half of bf16) plus one scale per row. Activations stay float;
-the weight is dequantised inside the matmul:
+Symmetric per-output-channel quantisation: scale = max|row| / 127, weight_int8 = round(row / scale): a quarter
+of float32's bytes, half of bf16's. How the matmul runs:
 
+- CPU: fbgemm's dynamic int8 linear (torch.ops.quantized). The weight is packed once for fbgemm; each call
+  quantises the activations to 8 bits, one scale per row (per token), and multiplies int8 x int8 with VNNI.
+  Decoding is bound by weight reads, and this streams the int8 weight faster than any other kernel torch
+  has here streams int8 or bf16: docs/performance.md has the side-by-side figures (bench/cpu_linears.py)
+  that picked it over `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, compiled dequantisation,
+  oneDNN's engine and bf16, and its fidelity. Each row's result depends on that row alone, so a batch
+  decodes as each item alone. torch has deprecated quantized tensors; their ops are still in 2.13.
 - CUDA, and anything under torch.compile: `F.linear(x, weight_int8.to(x.dtype)) * scale`, the form gpt-fast's
   WeightOnlyInt8Linear uses, which inductor fuses into one kernel that streams the int8 weight.
-- CPU eager: the same, a block of DEQUANT_BLOCK weights at a time (16 MB of float32), so only one block is ever
-  float and the allocator reuses it. torch's `_weight_int8pack_mm` reads int8 directly but, measured here on one
-  thread, runs a 4864x896 layer at 1 row in 3.5 ms against 0.8 ms dequantised (lm_head 151936x896: 111 vs 35 ms),
-  and it goes row by row: 200 rows take 15x longer.
-
-On CPU this is a memory option, not a speed one: float32 decoding through oneDNN (linear.py) is as fast or faster
-(figures in README.md, from bench/quantize.py).
 """
+
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import linear
 from .qwen2 import LoRALinear, Qwen2
 
-DEQUANT_BLOCK = (
-    2**22
-)  # CPU: weights dequantised at a time (under glibc's 32 MB mmap threshold: memory is reused)
-QUANTIZE_ROWS = (
-    8192  # output channels quantised at a time, bounding the float copy (the 7B's lm_head: 152064)
-)
+FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def _has_vnni() -> bool:
+    """Whether the CPU multiplies u8 x s8 with VNNI; without it fbgemm sums pairs in int16, which
+    saturates unless activations keep to 7 bits (reduce_range)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+REDUCE_RANGE = not _has_vnni()
+QUANTIZE_ROWS = 8192  # output channels quantised at a time (the 7B's lm_head: 152064)
+
+
+def _pack(weight_int8, scale):
+    """fbgemm's packed form of (out, in) int8 rows with float scales; the int8 tensor can go."""
+    zeros = torch.zeros(scale.shape, dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensors are deprecated: their ops are all we use
+        warnings.simplefilter("ignore", UserWarning)
+        quantized = torch._make_per_channel_quantized_tensor(weight_int8, scale.double(), zeros, 0)
+    engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"  # prepack packs for the engine set now
+    try:
+        return torch.ops.quantized.linear_prepack(quantized, None)
+    finally:
+        torch.backends.quantized.engine = engine
 
 
 class Int8Linear(nn.Module):
     """y = (x @ weight_int8.T) * scale + bias, for inference (no gradients)."""
 
-    def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(
+        self,
+        weight_int8: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+    ):
         super().__init__()
         self.out_features, self.in_features = weight_int8.shape
-        self.register_buffer("weight_int8", weight_int8)  # (out, in) int8
-        self.register_buffer("scale", scale)  # (out,), the float dtype the weight had
+        self.register_buffer("scale", scale)  # (out,) float
         self.register_buffer("bias", bias)  # (out,) or None
+        self.packed = None  # fbgemm's weight on the CPU
+        if weight_int8.device.type == "cpu" and FBGEMM:
+            self.packed = _pack(weight_int8, scale)
+            weight_int8 = None
+        self.register_buffer("weight_int8", weight_int8)  # (out, in) int8
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, layer: nn.Linear, device=None) -> "Int8Linear":
-        """Quantise `layer.weight` (merging LoRA first); device: where the int8 weight lands (default: the layer's)."""
-        if isinstance(layer, LoRALinear):
-            layer.merge()
-        weight = layer.weight
+    def from_weight(cls, weight, bias=None, device=None, lora=None) -> "Int8Linear":
+        """Quantise a float (out, in) weight, QUANTIZE_ROWS rows at a time in float32; lora: (A (r, in),
+        B (out, r), scaling) merged into each block first. device: where it lands (default: the weight's)."""
         device = torch.device(device) if device is not None else weight.device
         weight_int8 = torch.empty(weight.shape, dtype=torch.int8, device=device)
         scale = torch.empty(weight.shape[0], dtype=weight.dtype, device=device)
         for start in range(0, weight.shape[0], QUANTIZE_ROWS):
-            rows = weight[start : start + QUANTIZE_ROWS].to(device, torch.float32)  # (n, in)
-            # round the scale to its stored dtype first, so the int8 values fit the scale actually used
-            row_scale = (rows.abs().amax(dim=1) / 127).to(weight.dtype)
-            scale[start : start + QUANTIZE_ROWS] = row_scale
-            divisor = row_scale.float().clamp_min(torch.finfo(torch.float32).tiny)[
-                :, None
-            ]  # an all-zero row stays 0
-            weight_int8[start : start + QUANTIZE_ROWS] = (rows / divisor).round().clamp(-127, 127)
-        bias = None if layer.bias is None else layer.bias.detach().to(device)
+            block = slice(start, start + QUANTIZE_ROWS)
+            rows = weight[block].to(device, torch.float32, copy=True)  # (n, in), ours to change
+            if lora is not None:
+                lora_a, lora_b, scaling = lora
+                rows.addmm_(lora_b[block].to(rows), lora_a.to(rows), alpha=scaling)
+            low, high = torch.aminmax(rows, dim=1)
+            # the scale rounded to its stored dtype first, so the int8 values fit the scale used
+            row_scale = (torch.maximum(-low, high) / 127).to(weight.dtype)
+            scale[block] = row_scale
+            tiny = torch.finfo(torch.float32).tiny  # an all-zero row stays 0
+            rows.div_(row_scale.float().clamp_min(tiny)[:, None])
+            weight_int8[block] = rows.round_().clamp_(-127, 127)
+        bias = None if bias is None else bias.detach().to(device)
         return cls(weight_int8, scale, bias)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, layer: nn.Linear, device=None, tensors=None) -> "Int8Linear":
+        """Quantise `layer`'s weight, LoRA merged (unless it already is). tensors: its parameters by name
+        (default: the layer's own; a layer on the meta device takes them from the weight files)."""
+        tensors = tensors or dict(layer.named_parameters())
+        lora = None
+        if isinstance(layer, LoRALinear) and not layer.merged:
+            lora = (tensors["lora_A"], tensors["lora_B"], layer.scaling)
+        return cls.from_weight(tensors["weight"], tensors.get("bias"), device, lora)
+
+    def int8_weight(self) -> torch.Tensor:
+        """The (out, in) int8 values, unpacked on the CPU."""
+        if self.packed is None:
+            return self.weight_int8
+        return torch.ops.quantized.linear_unpack(self.packed)[0].int_repr()
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float (out, in) weight this layer computes with."""
-        return self.weight_int8.to(self.scale.dtype) * self.scale[:, None]
+        return self.int8_weight().to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x):
-        if x.device.type == "cpu" and not torch.compiler.is_compiling():
-            blocks = self.weight_int8.split(
-                max(1, DEQUANT_BLOCK // self.in_features)
-            )  # (rows, in) each
-            out = torch.cat(
-                [linear(x, block.to(x.dtype)) for block in blocks], dim=-1
-            )  # oneDNN for float32
-        else:
-            out = F.linear(x, self.weight_int8.to(x.dtype))  # (..., out): what inductor fuses
+        if self.packed is not None and not torch.compiler.is_compiling():
+            flat = x.reshape(-1, self.in_features).float()  # (N, in)
+            tiny = torch.finfo(torch.float32).tiny
+            row_scale = flat.abs().amax(-1, keepdim=True).clamp_min(tiny)  # (N, 1)
+            # fbgemm picks one 8-bit grid from the call's min and max: a last row holding -1 and +1 fixes
+            # it to [-1, 1], where every scaled row lies, so each row is quantised as it would be alone
+            span = flat.new_zeros(1, self.in_features)
+            span[0, :2] = torch.tensor([-1.0, 1.0])
+            rows = torch.cat([flat / row_scale, span])  # (N + 1, in)
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed, REDUCE_RANGE)[:-1]
+            out = out * row_scale  # (N, out) float32
+            if self.bias is not None:
+                out = out + self.bias.float()
+            return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        weight = self.int8_weight()
+        out = F.linear(x, weight.to(x.dtype))  # (..., out): what inductor fuses
         out = out * self.scale.to(x.dtype)
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
 
 
-def quantize_int8(module: nn.Module, device=None) -> nn.Module:
+def llm_linears(module: nn.Module):
+    """(parent, attribute, qualified name) of every linear of every Qwen2 inside `module`."""
+    for prefix, llm in module.named_modules():
+        if isinstance(llm, Qwen2):
+            for name, parent in llm.named_modules():
+                for attribute, child in parent.named_children():
+                    if isinstance(child, nn.Linear):
+                        qualified = ".".join(p for p in (prefix, name, attribute) if p)
+                        yield parent, attribute, qualified
+
+
+def quantize_int8(module: nn.Module, device=None, read=None) -> nn.Module:
     """Replace every linear of every Qwen2 inside `module` (the projections and lm_head) by an Int8Linear.
 
-    LoRA is merged into each weight before it is quantised. device: where the int8 weights land (load on the CPU,
-    quantise onto the GPU: only one float weight is ever on the GPU). The encoder and adaptor stay float.
+    LoRA is merged into each weight before it is quantised. device: where the int8 weights land. read: a
+    function name -> tensor (weights.load_weights' reader of the safetensors files) for a module built on
+    the meta device: each linear is then read, merged and quantised alone, so only one float weight is ever
+    held. The encoder and adaptor stay float.
     """
-    for llm in [m for m in module.modules() if isinstance(m, Qwen2)]:
-        for parent in list(llm.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear.from_linear(child, device))
+    for parent, attribute, name in list(llm_linears(module)):
+        layer, tensors = getattr(parent, attribute), None
+        if read is not None:
+            tensors = {key: read(f"{name}.{key}") for key, _ in layer.named_parameters()}
+        setattr(parent, attribute, Int8Linear.from_linear(layer, device, tensors))
     return module
 
 
@@ -101,7 +176,9 @@ def linear_weight_bytes(module: nn.Module) -> int:
     """Bytes held by the linears (float or int8) inside `module`: weights, scales and biases."""
     total = 0
     for layer in module.modules():
+        if isinstance(layer, Int8Linear) and layer.packed is not None:
+            total += layer.in_features * layer.out_features  # fbgemm's packed int8
         if isinstance(layer, (nn.Linear, Int8Linear)):
             tensors = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
-            total += sum(t.numel() * t.element_size() for t in tensors)
+            total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
     return total

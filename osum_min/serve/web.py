@@ -330,6 +330,7 @@ def serve(
     port: int = 7860,
     device=None,
     dtype=None,
+    quantize=None,
     examples=(),
     batch_size: int = 8,
 ) -> int:
@@ -339,7 +340,7 @@ def serve(
     try:
         found = tokenizer_or_none(weights_dir)  # None: the page runs on token ids
         model, tokenizer = (
-            load_for_inference(weights_dir, found, device, dtype),
+            load_for_inference(weights_dir, found, device, dtype, quantize=quantize),
             found,
         )  # both, or neither
     except (OSError, ValueError, RuntimeError) as err:
