@@ -28,7 +28,12 @@ from osum_min.convert.original import (
 )
 from osum_min.convert.original import config_from_original, map_key  # noqa: F401  (tests call them as convert.*)
 from osum_min.progress import Progress
-from osum_min.text.tokenizer import Tokenizer, TokenizerError, check_fits, eod_outside_vocabulary
+from osum_min.text.tokenizer import (
+    Tokenizer,
+    TokenizerError,
+    check_fits,
+    eod_outside_vocabulary,
+)
 from osum_min.weights import WeightsError, replacing_directory, save_weights
 
 
@@ -46,10 +51,17 @@ def convert(
         entries = convert_entries(source, config, dtype)
     except WeightsError as err:
         config_hint = isinstance(err, ConfigMismatch) and config_path is not None
-        hint = f"; is {config_path} this checkpoint's config? (--config)" if config_hint else ""
+        hint = (
+            f"; is {config_path} this checkpoint's config? (--config)"
+            if config_hint
+            else ""
+        )
         raise WeightsError(f"{checkpoint}: {err}{hint}") from None
     total = sum(shape.numel() * dt.itemsize for _, shape, dt, _ in entries)
-    with replacing_directory(out) as new, Progress(total, "converting", unit="B") as bar:
+    with (
+        replacing_directory(out) as new,
+        Progress(total, "converting", unit="B") as bar,
+    ):
         save_weights(new, entries, progress=bar)
         (new / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
         if tokenizer is not None:
@@ -67,17 +79,27 @@ def vocabulary_problems(
             check_fits(tokenizer, config.llm.vocab_size, tokenizer_path)
         except TokenizerError as err:
             problems.append(str(err))
-    eod_problem = eod_outside_vocabulary(config.eod_id, config.llm.vocab_size, config_path)
+    eod_problem = eod_outside_vocabulary(
+        config.eod_id, config.llm.vocab_size, config_path
+    )
     return problems + ([eod_problem] if eod_problem else [])
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, "keep": None}
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "keep": None,
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "checkpoint", nargs="?", type=Path, help="the original's infer.pt (a plain state dict)"
+        "checkpoint",
+        nargs="?",
+        type=Path,
+        help="the original's infer.pt (a plain state dict)",
     )
     parser.add_argument(
         "--config",
@@ -86,15 +108,22 @@ def main(argv=None) -> int:
         help="model config in the original's vocabulary (default: the released model's)",
     )
     parser.add_argument(
-        "--tokenizer", type=Path, help="a Qwen2 tokenizer directory to convert alongside"
+        "--tokenizer",
+        type=Path,
+        help="a Qwen2 tokenizer directory to convert alongside",
     )
     parser.add_argument("--dtype", choices=DTYPES, default="keep")
-    parser.add_argument("--out", type=Path, help="output directory (default weights/osum)")
     parser.add_argument(
-        "--download", action="store_true", help="fetch the released model first (needs internet)"
+        "--out", type=Path, help="output directory (default weights/osum)"
     )
     parser.add_argument(
-        "--hub-url", help="hub base URL (default $OSUM_HUB_URL or https://huggingface.co)"
+        "--download",
+        action="store_true",
+        help="fetch the released model first (needs internet)",
+    )
+    parser.add_argument(
+        "--hub-url",
+        help="hub base URL (default $OSUM_HUB_URL or https://huggingface.co)",
     )
     parser.add_argument(
         "--download-dir",
@@ -103,13 +132,18 @@ def main(argv=None) -> int:
         help="where --download keeps the original files (partial files resume from here)",
     )
     parser.add_argument(
-        "--to-original", type=Path, metavar="DIR", help="export our DIR to the original's layout"
+        "--to-original",
+        type=Path,
+        metavar="DIR",
+        help="export our DIR to the original's layout",
     )
     parser.add_argument(
         "--mini", action="store_true", help="assemble osum-mini from installed packages"
     )
     parser.add_argument(
-        "--no-delta", action="store_true", help="--mini without weights/mini: fresh to train"
+        "--no-delta",
+        action="store_true",
+        help="--mini without weights/mini: fresh to train",
     )
     args = parser.parse_args(argv)
     try:
@@ -123,7 +157,9 @@ def main(argv=None) -> int:
             from osum_min.convert.export import export_original
 
             written = export_original(args.to_original, args.out or Path("infer.pt"))
-            print(f"wrote {written} and {written.with_name(written.stem + '_config.json')}")
+            print(
+                f"wrote {written} and {written.with_name(written.stem + '_config.json')}"
+            )
             return 0
         out = args.out or Path("weights/osum")
         explicit_tokenizer = args.tokenizer is not None
@@ -135,23 +171,31 @@ def main(argv=None) -> int:
             )
         if args.checkpoint is None:
             parser.error("give a checkpoint, --download or --to-original")
-        check_file(
-            args.checkpoint, "checkpoint file"
-        )  # a folder, a FIFO, a link loop: said as such
+        # a folder, a FIFO, a link loop: said as such
+        check_file(args.checkpoint, "checkpoint file")
         config = read_original_config(args.config)
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+        tokenizer = (
+            Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+        )
         problems = vocabulary_problems(config, args.config, tokenizer, args.tokenizer)
-        if problems and explicit_tokenizer:  # a tokenizer the user chose for this model must fit it
+        if (
+            problems and explicit_tokenizer
+        ):  # a tokenizer the user chose for this model must fit it
             raise WeightsError(problems[0])
         convert(
-            args.checkpoint, out, config, DTYPES[args.dtype], tokenizer, config_path=args.config
+            args.checkpoint,
+            out,
+            config,
+            DTYPES[args.dtype],
+            tokenizer,
+            config_path=args.config,
         )
     except (ValueError, OSError) as err:
         print(f"convert.py: error: {err}", file=sys.stderr)
         return 2
-    for (
-        problem
-    ) in problems:  # --download's tokenizer with another --config; a model of ids, like the fixture
+    for problem in (
+        problems
+    ):  # --download's tokenizer with another --config; a model of ids, like the fixture
         print(f"convert.py: warning: {problem}", file=sys.stderr)
     print(f"wrote {out}")
     return 0

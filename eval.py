@@ -23,7 +23,13 @@ from pathlib import Path
 
 from osum_min.inference import ranks
 from osum_min.eval.benchmarks import READERS, LayoutError, read_benchmark
-from osum_min.cli import DTYPES, OneLineParser, add_precision_flags, device_problem, lowest_problem
+from osum_min.cli import (
+    DTYPES,
+    OneLineParser,
+    add_precision_flags,
+    device_problem,
+    lowest_problem,
+)
 from osum_min.files import MAX_LIST_BYTES, FileError, read_text, writable_folder
 from osum_min.model.generate import DEFAULT_DECODING
 from osum_min.eval.scoring import (
@@ -69,19 +75,24 @@ def score_lines(result: dict) -> list[str]:
             f"BLEU {result['value']:.2f} (sacrebleu, tokenize={result['tokenize']}, {result['utterances']} lines)"
         ]
     if result["metric"] == "acc":
-        lines = [f"accuracy {result['value']:.2f}% ({result['correct']}/{result['total']})"]
+        lines = [
+            f"accuracy {result['value']:.2f}% ({result['correct']}/{result['total']})"
+        ]
         if "labels" in result:
             width = max([len(label) for label in result["labels"]] + [9])
             corner = "ref \\ hyp"
             lines.append(
-                f"{corner:<{width}} " + " ".join(f"{label:>{width}}" for label in result["labels"])
+                f"{corner:<{width}} "
+                + " ".join(f"{label:>{width}}" for label in result["labels"])
             )
             lines += [
                 f"{label:<{width}} " + " ".join(f"{n:>{width}}" for n in row)
                 for label, row in zip(result["labels"], result["confusion"])
             ]
         return lines
-    rows = [("Overall", {"percent": result["value"], **{k: result[k] for k in "NCSDI"}})]
+    rows = [
+        ("Overall", {"percent": result["value"], **{k: result[k] for k in "NCSDI"}})
+    ]
     rows += [(name, line) for name, line in result.items() if isinstance(line, dict)]
     return [
         f"{name:<9} {line['percent']:7.2f} %   N={line['N']} C={line['C']} S={line['S']} D={line['D']} "
@@ -94,7 +105,10 @@ def save_confusion_png(result: dict, path: Path) -> None:
     try:
         import matplotlib
     except ImportError:
-        print("eval.py: matplotlib is not installed: no confusion-matrix PNG", file=sys.stderr)
+        print(
+            "eval.py: matplotlib is not installed: no confusion-matrix PNG",
+            file=sys.stderr,
+        )
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -117,7 +131,9 @@ def save_confusion_png(result: dict, path: Path) -> None:
 def score(args) -> int:
     try:
         if args.confusion_png is not None:
-            writable_folder(args.confusion_png.parent, f"--confusion-png {args.confusion_png.name}")
+            writable_folder(
+                args.confusion_png.parent, f"--confusion-png {args.confusion_png.name}"
+            )
         refs, hyps = read_key_text(args.ref), read_key_text(args.hyp)
         result = score_texts(
             refs, hyps, args.protocol, args.metric, args.language, args.bleu_tokenize
@@ -142,7 +158,10 @@ def score(args) -> int:
         try:
             save_confusion_png(result, args.confusion_png)
         except (OSError, ValueError) as err:  # the folder went since the check
-            print(f"eval.py: error: --confusion-png {args.confusion_png}: {err}", file=sys.stderr)
+            print(
+                f"eval.py: error: --confusion-png {args.confusion_png}: {err}",
+                file=sys.stderr,
+            )
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
@@ -160,7 +179,9 @@ def add_run(commands):
     run.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_precision_flags(run)
     run.add_argument(
-        "--beams", type=int, help="default: beam 4, repetition penalty 1.05 (infer.py's decoding)"
+        "--beams",
+        type=int,
+        help="default: beam 4, repetition penalty 1.05 (infer.py's decoding)",
     )
     run.add_argument("--max-new-tokens", type=int)
     for flag, choices in (
@@ -170,7 +191,9 @@ def add_run(commands):
         ("metric", METRICS),
         ("language", None),
     ):
-        run.add_argument(f"--{flag}", choices=choices, help="instead of the set's default")
+        run.add_argument(
+            f"--{flag}", choices=choices, help="instead of the set's default"
+        )
     run.add_argument(
         "--word-times",
         type=Path,
@@ -190,7 +213,9 @@ def run_benchmark(args) -> int:
     if args.task is not None and args.task not in TASKS:
         raise LayoutError(f"--task {args.task}: choose one of {', '.join(TASKS)}")
     if problem := (
-        lowest_problem(args, dict.fromkeys(("limit", "batch_size", "beams", "max_new_tokens"), 1))
+        lowest_problem(
+            args, dict.fromkeys(("limit", "batch_size", "beams", "max_new_tokens"), 1)
+        )
         or device_problem(args.device)
     ):
         raise LayoutError(problem)
@@ -209,7 +234,8 @@ def run_benchmark(args) -> int:
         if importlib.util.find_spec(name) is None
     ]
     if extras and any(
-        s.defaults.protocol == "qwen2-audio" or s.defaults.metric == "bleu" for s in subsets
+        s.defaults.protocol == "qwen2-audio" or s.defaults.metric == "bleu"
+        for s in subsets
     ):
         raise LayoutError(
             f"the qwen2-audio protocol and BLEU need the [eval] extra (pip install -e '.[eval]'): "
@@ -232,7 +258,9 @@ def run_benchmark(args) -> int:
             f"{weights}/: no OSUM weights with a tokenizer (see `python convert.py --help`)"
         )
     flags = {"num_beams": args.beams, "max_new_tokens": args.max_new_tokens}
-    config = replace(DEFAULT_DECODING, **{k: v for k, v in flags.items() if v is not None})
+    config = replace(
+        DEFAULT_DECODING, **{k: v for k, v in flags.items() if v is not None}
+    )
     out = writable_folder(args.out or Path("runs") / args.bench, "the run's results")
     rank = ranks.world()[0]
     decoding = {k: v for k, v in asdict(config).items() if k != "eos_token_id"}
@@ -247,9 +275,17 @@ def run_benchmark(args) -> int:
             quantize=args.quantize,
         )
     except (OSError, ValueError, RuntimeError) as err:
-        raise LayoutError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
+        raise LayoutError(
+            f"cannot load {weights}/: {' '.join(str(err).split())}"
+        ) from None
     config = replace(config, eos_token_id=model.config.eod_id)
-    decode(Pipeline(model, tokenizer, args.batch_size), subsets, out, config, limit=args.limit)
+    decode(
+        Pipeline(model, tokenizer, args.batch_size),
+        subsets,
+        out,
+        config,
+        limit=args.limit,
+    )
     ranks.finish()  # every rank's records are written
     if rank != 0:
         return 0
@@ -269,27 +305,35 @@ def run_command(args) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            "eval.py: interrupted: the same command resumes where this run stopped", file=sys.stderr
+            "eval.py: interrupted: the same command resumes where this run stopped",
+            file=sys.stderr,
         )
         return 130
 
 
 def main(argv=None) -> int:
     parser = OneLineParser(
-        prog="eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="eval.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    scoring = commands.add_parser("score", help="score a hypothesis file against a reference file")
+    scoring = commands.add_parser(
+        "score", help="score a hypothesis file against a reference file"
+    )
     scoring.add_argument("ref", type=Path, help="reference, `key text` lines")
     scoring.add_argument("hyp", type=Path, help="hypothesis, `key text` lines")
     scoring.add_argument("--protocol", choices=PROTOCOLS, default="osum")
     scoring.add_argument("--metric", choices=METRICS, default="wer")
     scoring.add_argument(
-        "--language", help="qwen2-audio: en, zh, yue, fr... (picks the normaliser; bleu: zh -> zh)"
+        "--language",
+        help="qwen2-audio: en, zh, yue, fr... (picks the normaliser; bleu: zh -> zh)",
     )
     scoring.add_argument("--bleu-tokenize", choices=("13a", "zh"))
     scoring.add_argument(
-        "--confusion-png", type=Path, help="acc (osum): also draw the confusion matrix here"
+        "--confusion-png",
+        type=Path,
+        help="acc (osum): also draw the confusion matrix here",
     )
     scoring.set_defaults(run=score)
     add_run(commands)

@@ -32,7 +32,11 @@ from osum_min.config_check import ConfigError
 from osum_min.data.formats import DataError
 from osum_min.files import FileError, printable, writable_folder
 from osum_min.weights import weights_problem
-from osum_min.model.generate import DEFAULT_DECODING, ORIGINAL_DECODING, GenerationConfig
+from osum_min.model.generate import (
+    DEFAULT_DECODING,
+    ORIGINAL_DECODING,
+    GenerationConfig,
+)
 from osum_min.inference.inputs import Item, collect_inputs
 from osum_min.model.osum import OSUM, load_for_inference
 from osum_min.inference.pipeline import Answer, Pipeline, Request, RequestError
@@ -40,16 +44,22 @@ from osum_min.progress import Progress, status
 from osum_min.eval.scoring import PROTOCOLS, Scorer
 from osum_min.inference.subtitles import subtitle_paths, subtitles
 from osum_min.text.tasks import TASKS, Task, free_prompt_task, parse_prompt_ids
-from osum_min.text.tokenizer import EOD_ID, Tokenizer, eod_outside_vocabulary, tokenizer_or_none
+from osum_min.text.tokenizer import (
+    EOD_ID,
+    Tokenizer,
+    eod_outside_vocabulary,
+    tokenizer_or_none,
+)
 
 ROOT = Path(__file__).resolve().parent
 # The web demo's example clips: the repository's short recordings, and two more once tests/assets.py fetched them.
+# 53 s: two windows
 WEB_EXAMPLES = [
     (ROOT / "tests/fixtures/fixture_a/audio.wav", "asr"),
     (ROOT / "tests/fixtures/fixture_a/audio_batch_item1.wav", "ser"),
     (ROOT / "tests/.assets/arctic_a0007.wav", "srwt"),
     (ROOT / "tests/.assets/sonnet1.wav", "asr"),
-]  # 53 s: two windows
+]
 
 
 class UsageError(ValueError):
@@ -91,7 +101,9 @@ def decoding_config(args, eos_id: int) -> GenerationConfig:
 
 def load(args) -> tuple[OSUM, Tokenizer | None]:
     weights = Path(args.weights)
-    if problem := weights_problem(weights):  # one check, one message, for every front end
+    if problem := weights_problem(
+        weights
+    ):  # one check, one message, for every front end
         raise UsageError(problem)
     tokenizer = tokenizer_or_none(weights)
     if tokenizer is None and not (args.prompt_ids and args.ids):
@@ -108,7 +120,9 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
             quantize=args.quantize,
         )
     except (OSError, ValueError, RuntimeError) as err:
-        raise UsageError(f"cannot load {weights}/: {' '.join(str(err).split())}") from None
+        raise UsageError(
+            f"cannot load {weights}/: {' '.join(str(err).split())}"
+        ) from None
     eod_problem = eod_outside_vocabulary(
         model.config.eod_id, model.config.llm.vocab_size, weights / "config.json"
     )
@@ -140,10 +154,14 @@ def flag_problem(args) -> str | None:
 
 def parse_args(argv):
     parser = OneLineParser(
-        prog="infer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="infer.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "inputs", nargs="*", help="audio files, directories, or lists (paths or wenet jsonl)"
+        "inputs",
+        nargs="*",
+        help="audio files, directories, or lists (paths or wenet jsonl)",
     )
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--task", default="asr", help="one of --list-tasks (default asr)")
@@ -152,7 +170,9 @@ def parse_args(argv):
         "--prompt-ids",
         help="prompt as comma-separated token ids (debugging, tokenizer-less models)",
     )
-    parser.add_argument("--list-tasks", action="store_true", help="print the task table and exit")
+    parser.add_argument(
+        "--list-tasks", action="store_true", help="print the task table and exit"
+    )
     parser.add_argument(
         "--ids", action="store_true", help="print generated token ids instead of text"
     )
@@ -165,7 +185,11 @@ def parse_args(argv):
         help="srwt: write FILE.srt (next to the audio or in DIR)",
     )
     parser.add_argument(
-        "--vtt", nargs="?", const="", metavar="DIR", help="srwt: write FILE.vtt likewise"
+        "--vtt",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="srwt: write FILE.vtt likewise",
     )
     parser.add_argument(
         "--score-only",
@@ -180,11 +204,14 @@ def parse_args(argv):
         "normalisers; docs/evaluation.md)",
     )
     parser.add_argument(
-        "--language", help="qwen2-audio scoring: the references' language (en, zh, yue, fr, ...)"
+        "--language",
+        help="qwen2-audio scoring: the references' language (en, zh, yue, fr, ...)",
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--stream", action="store_true", help="print tokens as they come (one file, --beams 1)"
+        "--stream",
+        action="store_true",
+        help="print tokens as they come (one file, --beams 1)",
     )
     decoding = parser.add_argument_group(
         "decoding (default: beam 4, repetition penalty 1.05, no sampling)"
@@ -203,26 +230,41 @@ def parse_args(argv):
         help="the original's beam-sample (top-k 5, top-p 0.9)",
     )
     parser.add_argument(
-        "--web", action="store_true", help="serve the web demo (pip install .[demo]) instead"
+        "--web",
+        action="store_true",
+        help="serve the web demo (pip install .[demo]) instead",
     )
     parser.add_argument(
         "--serve",
         action="store_true",
         help="serve the OpenAI-compatible API instead (pip install .[serve]; docs/serving.md)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="--web/--serve: address to listen on")
-    parser.add_argument("--port", type=int, help="--web/--serve: port (default 7860 / 8000)")
     parser.add_argument(
-        "--api-key", help="--serve: require Authorization: Bearer KEY (default: $OSUM_API_KEY)"
+        "--host", default="127.0.0.1", help="--web/--serve: address to listen on"
     )
     parser.add_argument(
-        "--max-upload-mb", type=float, default=25.0, help="--serve: upload cap (default 25)"
+        "--port", type=int, help="--web/--serve: port (default 7860 / 8000)"
     )
     parser.add_argument(
-        "--max-audio-seconds", type=float, default=600.0, help="--serve: duration cap (default 600)"
+        "--api-key",
+        help="--serve: require Authorization: Bearer KEY (default: $OSUM_API_KEY)",
     )
     parser.add_argument(
-        "--weights", default="weights/osum", help="a model directory, or mini: weights/osum-mini"
+        "--max-upload-mb",
+        type=float,
+        default=25.0,
+        help="--serve: upload cap (default 25)",
+    )
+    parser.add_argument(
+        "--max-audio-seconds",
+        type=float,
+        default=600.0,
+        help="--serve: duration cap (default 600)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="weights/osum",
+        help="a model directory, or mini: weights/osum-mini",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_precision_flags(parser)
@@ -273,7 +315,9 @@ def check_combinations(args, items: list[Item]) -> None:
             "--json and --stream: choose one (--stream prints tokens as they come, not JSON)"
         )
     if args.score_only and not any(item.reference is not None for item in items):
-        raise UsageError('--score-only needs references: a wenet list whose lines have "txt"')
+        raise UsageError(
+            '--score-only needs references: a wenet list whose lines have "txt"'
+        )
     for flag, folder in (("--srt", args.srt), ("--vtt", args.vtt)):
         try:
             if folder:  # made when missing
@@ -286,7 +330,12 @@ def check_combinations(args, items: list[Item]) -> None:
 
 def one_line(text: str) -> str:
     """A key or text in the `key<TAB>text` output, with tabs and line breaks escaped so one file is one line."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return (
+        text.replace("\\", "\\\\")
+        .replace("\t", "\\t")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )
 
 
 def write_subtitles(answer: Answer, paths: list[Path | None]) -> str | None:
@@ -296,7 +345,8 @@ def write_subtitles(answer: Answer, paths: list[Path | None]) -> str | None:
             continue
         try:
             path.write_text(
-                subtitles(answer.result.words, vtt=path.suffix == ".vtt"), encoding="utf-8"
+                subtitles(answer.result.words, vtt=path.suffix == ".vtt"),
+                encoding="utf-8",
             )
         except OSError as err:
             return f"{path}: cannot write ({err.strerror or err})"
@@ -304,7 +354,11 @@ def write_subtitles(answer: Answer, paths: list[Path | None]) -> str | None:
 
 
 def decode_share(
-    pipeline: Pipeline, items: list[Item], requests: list[Request], share: list[int], on_token
+    pipeline: Pipeline,
+    items: list[Item],
+    requests: list[Request],
+    share: list[int],
+    on_token,
 ):
     """(index, Answer) for this rank's share of the files; a bad list line is an error without decoding."""
     good = [i for i in share if items[i].problem is None]
@@ -323,7 +377,11 @@ def decode_share(
 
 
 def gathered(
-    pipeline: Pipeline, requests: list[Request], prompt_ids: list[int], outcomes, progress
+    pipeline: Pipeline,
+    requests: list[Request],
+    prompt_ids: list[int],
+    outcomes,
+    progress,
 ):
     """Every rank's answers at rank 0 (None elsewhere): the ranks send ids, rank 0 parses them."""
     mine = []
@@ -368,28 +426,31 @@ def prepare(args) -> Run:
     check_combinations(args, items)
     if args.stream and len(items) > 1:
         raise UsageError("--stream decodes one file at a time: give one file")
-    args.batch_size = (
-        1 if args.stream else args.batch_size
-    )  # long audio: stream the windows one after another
+    # long audio: stream the windows one after another
+    args.batch_size = 1 if args.stream else args.batch_size
     if ranks.world()[1] > 1 and args.stream:
         raise UsageError(
             "--stream prints one file as it decodes: run it in one process, not torchrun"
         )
     args.device = ranks.start(args.device)
     if ranks.world()[0] == 0 and (sys.stderr.isatty() or len(items) > 3):
-        status(f"infer.py: loading {args.weights}/ for {len(items)} file{'s' * (len(items) > 1)}")
+        status(
+            f"infer.py: loading {args.weights}/ for {len(items)} file{'s' * (len(items) > 1)}"
+        )
     model, tokenizer = load(args)
     if args.score_only and tokenizer is None:
-        raise UsageError(f"--score-only scores text, and {args.weights}/ has no tokenizer")
+        raise UsageError(
+            f"--score-only scores text, and {args.weights}/ has no tokenizer"
+        )
     pipeline = Pipeline(model, tokenizer, args.batch_size)
     decoding = decoding_config(args, model.config.eod_id)
     requests = [
-        Request(item.path, task=task, prompt_ids=given_ids, config=decoding) for item in items
+        Request(item.path, task=task, prompt_ids=given_ids, config=decoding)
+        for item in items
     ]
     try:
-        prompt_ids = pipeline.prompt_ids(
-            requests[0]
-        )  # the same for every file: checked once, as a usage error
+        # the same for every file: checked once, as a usage error
+        prompt_ids = pipeline.prompt_ids(requests[0])
     except RequestError as err:
         raise UsageError(
             err.problem if given_ids is None else f"--prompt-ids: {err.problem}"
@@ -410,10 +471,14 @@ class Report:
         )
         has_references = any(item.reference is not None for item in run.items)
         scoring = args.score_only or run.pipeline.tokenizer and has_references
-        self.scorer = Scorer(run.task, args.protocol, args.language) if scoring else None
+        self.scorer = (
+            Scorer(run.task, args.protocol, args.language) if scoring else None
+        )
         paths = [item.path for item in run.items]
         self.subtitle_files = [
-            subtitle_paths(paths, folder, suffix) if folder is not None else [None] * len(paths)
+            subtitle_paths(paths, folder, suffix)
+            if folder is not None
+            else [None] * len(paths)
             for folder, suffix in ((args.srt, ".srt"), (args.vtt, ".vtt"))
         ]
 
@@ -424,17 +489,22 @@ class Report:
             print(f"infer.py: skipped {answer.error}", file=sys.stderr)
             if self.scorer:
                 self.scorer.skipped += 1
-                if item.reference is not None:  # all deletions, wrong labels: never dropped
+                if (
+                    item.reference is not None
+                ):  # all deletions, wrong labels: never dropped
                     self.scorer.add(item.reference, None)
             line = (
                 json.dumps(
-                    {"file": printable(item.path), "error": str(answer.error)}, ensure_ascii=False
+                    {"file": printable(item.path), "error": str(answer.error)},
+                    ensure_ascii=False,
                 )
                 if args.json
                 else None
             )
         else:
-            if problem := write_subtitles(answer, [files[index] for files in self.subtitle_files]):
+            if problem := write_subtitles(
+                answer, [files[index] for files in self.subtitle_files]
+            ):
                 self.failures += 1
                 print(f"infer.py: {problem}", file=sys.stderr)
             if self.scorer and item.reference is not None:
@@ -485,7 +555,9 @@ class Report:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.weights == "mini":  # weights/osum-mini, assembled from its packages on first use
+    if (
+        args.weights == "mini"
+    ):  # weights/osum-mini, assembled from its packages on first use
         from osum_min.convert.mini import assembled
 
         try:
@@ -534,7 +606,8 @@ def main(argv=None) -> int:
         except ConfigError as err:
             flag = "--" + err.field.replace("_", "-")
             print(
-                f"infer.py: error: {ConfigError(flag, err.value, err.requirement)}", file=sys.stderr
+                f"infer.py: error: {ConfigError(flag, err.value, err.requirement)}",
+                file=sys.stderr,
             )
             return 2
         return serve(
@@ -566,7 +639,10 @@ def main(argv=None) -> int:
     rank, world_size, _ = ranks.world()
     share = ranks.balanced_share([item.seconds for item in run.items], rank, world_size)
     progress = (
-        Progress(len(share), "files" if world_size == 1 else f"files, rank {rank} of {world_size}")
+        Progress(
+            len(share),
+            "files" if world_size == 1 else f"files, rank {rank} of {world_size}",
+        )
         if (len(share) > 3 or sys.stderr.isatty()) and not args.stream and rank == 0
         else None
     )

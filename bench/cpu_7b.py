@@ -56,9 +56,13 @@ class Memory:
     @staticmethod
     def now() -> dict:
         fields = dict(
-            line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
+            line.split(":", 1)
+            for line in Path("/proc/self/status").read_text().splitlines()
         )
-        return {key: int(fields[key].split()[0]) * 1024 for key in ("RssAnon", "VmRSS", "VmHWM")}
+        return {
+            key: int(fields[key].split()[0]) * 1024
+            for key in ("RssAnon", "VmRSS", "VmHWM")
+        }
 
     def _sample(self):
         while True:
@@ -127,7 +131,9 @@ def child(args) -> dict:
     figures["read_gb_per_s"] = round(bandwidth / 1e9, 2)
     per_step = step_bytes(model)
     roofline = bandwidth / per_step
-    figures.update(step_gib=round(per_step / GIB, 2), read_roofline_tok_s=round(roofline, 2))
+    figures.update(
+        step_gib=round(per_step / GIB, 2), read_roofline_tok_s=round(roofline, 2)
+    )
     torch.manual_seed(0)
     samples = args.clip_seconds * 16000
     wav = torch.randn(samples) * 0.1
@@ -144,11 +150,15 @@ def child(args) -> dict:
         for beams, label in [(1, "greedy"), (4, "beam4")]:
 
             def run(n, beams=beams):
-                config = GenerationConfig(max_new_tokens=n, num_beams=beams, eos_token_id=None)
+                config = GenerationConfig(
+                    max_new_tokens=n, num_beams=beams, eos_token_id=None
+                )
                 return generate(model.llm, embeds, mask, config)
 
             run(2)  # warm-up
-            timed = measure(run, args.new_tokens, model.llm.norm, {"read": roofline}, "cpu")
+            timed = measure(
+                run, args.new_tokens, model.llm.norm, {"read": roofline}, "cpu"
+            )
             figures[f"{label}_prefill_s"] = timed["prefill_s"]
             figures[f"{label}_decode_tok_s"] = timed["decode_tok_s"]
             figures[f"{label}_of_read_roofline"] = timed["read_roofline_fraction"]
@@ -175,7 +185,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--preset", choices=sorted(OSUM_PRESETS), default="osum")
     parser.add_argument("--dir", type=Path, default=Path("/work/bench-7b/osum"))
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    parser.add_argument("--new-tokens", type=int, default=8, help="decode tokens timed per run")
+    parser.add_argument(
+        "--new-tokens", type=int, default=8, help="decode tokens timed per run"
+    )
     parser.add_argument("--clip-seconds", type=int, default=10)
     parser.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--read-gb-s", type=float, help=argparse.SUPPRESS)
@@ -186,7 +198,10 @@ def main(argv=None) -> dict:
     if not (args.dir / "config.json").is_file():
         write_checkpoint(args.dir, OSUM_PRESETS[args.preset])
     read = measure_bandwidth("cpu")["read"]
-    print(f"read bandwidth {read / 1e9:.1f} GB/s, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"read bandwidth {read / 1e9:.1f} GB/s, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     result = {
         "bench": "cpu_7b",
         "preset": args.preset,
@@ -198,13 +213,20 @@ def main(argv=None) -> dict:
     }
     for mode in args.modes:
         command = [sys.executable, __file__, "--child", mode, "--dir", str(args.dir)]
-        command += ["--read-gb-s", str(read / 1e9), "--new-tokens", str(args.new_tokens)]
+        command += [
+            "--read-gb-s",
+            str(read / 1e9),
+            "--new-tokens",
+            str(args.new_tokens),
+        ]
         command += ["--clip-seconds", str(args.clip_seconds)]
         print(f"{mode}: loading in its own process", flush=True)
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
         lines = done.stdout.strip().splitlines()
         figures = (
-            json.loads(lines[-1]) if done.returncode == 0 and lines else {"failed": done.returncode}
+            json.loads(lines[-1])
+            if done.returncode == 0 and lines
+            else {"failed": done.returncode}
         )
         print(f"{mode}: {figures}", flush=True)
         result.update({f"{mode}_{key}": value for key, value in figures.items()})

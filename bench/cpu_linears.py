@@ -53,7 +53,11 @@ def timed_ms(call, budget: float = 1.0, most: int = 20) -> float:
     """Median milliseconds of call() after one warm-up, repeated until `budget` seconds or `most` times."""
     first = _seconds(call)
     times = []
-    while len(times) < most and (len(times) < 3 or sum(times) < budget) and first < SLOW_SECONDS:
+    while (
+        len(times) < most
+        and (len(times) < 3 or sum(times) < budget)
+        and first < SLOW_SECONDS
+    ):
         times.append(_seconds(call))
     times = sorted(times or [first])
     return 1e3 * times[len(times) // 2]
@@ -61,7 +65,9 @@ def timed_ms(call, budget: float = 1.0, most: int = 20) -> float:
 
 def _dynamic(weight, scale, engine):
     zeros = torch.zeros(scale.shape, dtype=torch.long)
-    quantized = torch.quantize_per_channel(weight, scale.double(), zeros, 0, torch.qint8)
+    quantized = torch.quantize_per_channel(
+        weight, scale.double(), zeros, 0, torch.qint8
+    )
     torch.backends.quantized.engine = engine
     packed = torch.ops.quantized.linear_prepack(quantized, None)
     return lambda x: torch.ops.quantized.linear_dynamic(x, packed, False)
@@ -72,19 +78,23 @@ def candidates(weight: torch.Tensor, compile: bool):
     out, inner = weight.shape
     scale = weight.abs().amax(1) / 127  # (out,)
     int8 = (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-    oned = (
-        weight.t().contiguous().t()
-    )  # the input-major layout use_input_major_weights gives oneDNN
+    # the input-major layout use_input_major_weights gives oneDNN
+    oned = weight.t().contiguous().t()
     bf16 = weight.bfloat16()
     made = {
         "float32_onednn": (out * inner * 4, lambda x: linear(x, oned)),
         "bf16": (out * inner * 2, lambda x: F.linear(x.bfloat16(), bf16)),
-        "int8pack_mm": (out * inner, lambda x: torch._weight_int8pack_mm(x, int8, scale)),
+        "int8pack_mm": (
+            out * inner,
+            lambda x: torch._weight_int8pack_mm(x, int8, scale),
+        ),
         "dynamic_int8_fbgemm": (out * inner, _dynamic(weight, scale, "fbgemm")),
         "dynamic_int8_onednn": (out * inner, _dynamic(weight, scale, "onednn")),
     }
 
-    def int_mm(x):  # per-token int8 activations into torch._int_mm: torchao's int8 dynamic path
+    def int_mm(
+        x,
+    ):  # per-token int8 activations into torch._int_mm: torchao's int8 dynamic path
         step = x.abs().amax(1, keepdim=True) / 127  # (rows, 1)
         return torch._int_mm((x / step).round().to(torch.int8), int8.t()) * step * scale
 
@@ -101,26 +111,37 @@ def candidates(weight: torch.Tensor, compile: bool):
             int4.reshape(out, inner).to(torch.int32), 1
         )
         zeros = low + 8 * step  # the kernel computes (q - 8) * scale + zero
-        scales_zeros = torch.stack([step, zeros], -1).transpose(0, 1).contiguous()  # (G, out, 2)
+        # (G, out, 2)
+        scales_zeros = torch.stack([step, zeros], -1).transpose(0, 1).contiguous()
         made["int4pack_mm_g128"] = (
             out * inner // 2,
-            lambda x: torch._weight_int4pack_mm_for_cpu(x, packed, groups, scales_zeros),
+            lambda x: torch._weight_int4pack_mm_for_cpu(
+                x, packed, groups, scales_zeros
+            ),
         )
     if compile:
-        dequant = torch.compile(lambda x: F.linear(x, int8.float()) * scale, dynamic=False)
+        dequant = torch.compile(
+            lambda x: F.linear(x, int8.float()) * scale, dynamic=False
+        )
         made["compiled_int8_dequant"] = (out * inner, dequant)
     return made
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument(
+        "--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES)
+    )
     parser.add_argument("--rows", nargs="+", type=int, default=[1, 4, 256])
-    parser.add_argument("--compile", action="store_true", help="also torch.compile'd dequant")
+    parser.add_argument(
+        "--compile", action="store_true", help="also torch.compile'd dequant"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     bandwidth = measure_bandwidth("cpu")["read"]
-    print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s ({torch.get_num_threads()} threads)")
+    print(
+        f"read bandwidth: {bandwidth / 1e9:.1f} GB/s ({torch.get_num_threads()} threads)"
+    )
     table = {}
     with torch.inference_mode(), Progress(len(args.shapes), "shapes") as bar:
         for shape_name in args.shapes:

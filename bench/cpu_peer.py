@@ -37,7 +37,9 @@ def llama_decode(path: Path, threads: int, prompt: int, new_tokens: int) -> floa
     """llama.cpp's decode tokens/s: one-token eval steps after a `prompt`-token eval."""
     from llama_cpp import Llama
 
-    llm = Llama(str(path), n_threads=threads, n_ctx=prompt + new_tokens + 8, verbose=False)
+    llm = Llama(
+        str(path), n_threads=threads, n_ctx=prompt + new_tokens + 8, verbose=False
+    )
     tokens = list(range(1000, 1000 + prompt))
     best = 0.0
     for _ in range(2):  # the first run warms caches up
@@ -72,7 +74,9 @@ def ours(path: Path) -> Qwen2:
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
     model = Qwen2(Qwen2Config.from_hf(hf.config.to_dict()))
-    state = {hf_key_to_ours(k): v for k, v in hf.state_dict().items() if hf_key_to_ours(k)}
+    state = {
+        hf_key_to_ours(k): v for k, v in hf.state_dict().items() if hf_key_to_ours(k)
+    }
     return load_state_dict_strict(model, state, GGUF_NAME).eval()
 
 
@@ -85,30 +89,43 @@ def ours_decode(model: Qwen2, prompt: int, new_tokens: int) -> float:
         return generate(model, embeds, mask, config)
 
     run(3)
-    timed = [measure(run, new_tokens, model.norm, {}, "cpu")["decode_tok_s"] for _ in range(2)]
+    timed = [
+        measure(run, new_tokens, model.norm, {}, "cpu")["decode_tok_s"]
+        for _ in range(2)
+    ]
     return max(timed)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens before decoding")
+    parser.add_argument(
+        "--prompt", type=int, default=32, help="prompt tokens before decoding"
+    )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--cache", type=Path, default=ROOT / "tests" / ".assets")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     source = gguf_file(args.cache)
-    result = {"bench": "cpu_peer", "threads": args.threads, "new_tokens": args.new_tokens}
+    result = {
+        "bench": "cpu_peer",
+        "threads": args.threads,
+        "new_tokens": args.new_tokens,
+    }
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         files = {"q4_k_m": source}
         files.update(
-            (name, requantize(source, Path(tmp) / f"{name}.gguf", name)) for name in FTYPES
+            (name, requantize(source, Path(tmp) / f"{name}.gguf", name))
+            for name in FTYPES
         )
         for name, path in files.items():
             result[f"llama_cpp_{name}_tok_s"] = round(
                 llama_decode(path, args.threads, args.prompt, args.new_tokens), 2
             )
-            print(f"llama.cpp {name}: {result[f'llama_cpp_{name}_tok_s']} tok/s", flush=True)
+            print(
+                f"llama.cpp {name}: {result[f'llama_cpp_{name}_tok_s']} tok/s",
+                flush=True,
+            )
         model = ours(source)
         for name in ("bf16", "int8"):
             variant = model.to(torch.bfloat16)

@@ -134,7 +134,9 @@ def measure(run, new_tokens: int, final_norm, ceilings: dict, device) -> dict:
 def build_models(args, dtype):
     """(ours merged and laid out as OSUM.from_pretrained does, transformers + peft unmerged or None) with identical
     random weights."""
-    cfg = replace(LLM_PRESETS[SIZES[args.size]], lora_rank=8, lora_alpha=32.0, lora_dropout=0.0)
+    cfg = replace(
+        LLM_PRESETS[SIZES[args.size]], lora_rank=8, lora_alpha=32.0, lora_dropout=0.0
+    )
     if args.no_reference:
         torch.manual_seed(0)
         with torch.device(args.device):
@@ -149,7 +151,9 @@ def build_models(args, dtype):
 
     hf, ours = peft_twin(cfg)
     ours.merge_lora()
-    return use_input_major_weights(ours.to(args.device, dtype)), hf.to(args.device, dtype)
+    return use_input_major_weights(ours.to(args.device, dtype)), hf.to(
+        args.device, dtype
+    )
 
 
 def main():
@@ -159,19 +163,26 @@ def main():
     parser.add_argument("--size", choices=sorted(SIZES), default="0.5b")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--prefix", type=int, default=300, help="prompt embedding positions")
+    parser.add_argument(
+        "--prefix", type=int, default=300, help="prompt embedding positions"
+    )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=2, help="timed runs per implementation; the best is kept"
+        "--repeats",
+        type=int,
+        default=2,
+        help="timed runs per implementation; the best is kept",
     )
     parser.add_argument(
         "--compile", action="store_true", help="also time our torch.compile'd model"
     )
     parser.add_argument(
-        "--no-reference", action="store_true", help="skip transformers + peft (default for 7b)"
+        "--no-reference",
+        action="store_true",
+        help="skip transformers + peft (default for 7b)",
     )
     args = parser.parse_args()
     args.no_reference |= args.size == "7b"
@@ -183,9 +194,8 @@ def main():
     bandwidth = measure_bandwidth(device)
     ours, hf = build_models(args, dtype)
     step_bytes = weight_bytes_per_step(ours)
-    ceilings = {
-        name: rate / step_bytes for name, rate in bandwidth.items()
-    }  # decode steps/s at best
+    # decode steps/s at best
+    ceilings = {name: rate / step_bytes for name, rate in bandwidth.items()}
     print(
         f"{args.size} {args.dtype} on {device} ({torch.get_num_threads()} threads): {step_bytes / 2**30:.2f} GiB of "
         f"weights per step; copy {bandwidth['copy'] / 1e9:.1f} GB/s -> roofline {ceilings['copy']:.2f} steps/s, "
@@ -220,24 +230,29 @@ def main():
         runs[f"ours_{label}"] = ours_run(ours, beams), ours.norm
         if hf is not None:
             runs[f"hf_{label}"] = hf_run(beams), hf.get_base_model().model.norm
-    if (
-        args.compile
-    ):  # compiled code runs MKL, not oneDNN (linear.py): give it the usual weight layout
+    if args.compile:  # compiled code runs MKL, not oneDNN (linear.py): give it the usual weight layout
         plain = copy.deepcopy(ours)
         for module in plain.modules():
             if isinstance(module, torch.nn.Linear):
                 module.weight.data = module.weight.data.contiguous()
-        fast_decoding(
-            plain, compile=True
-        )  # decode steps through torch.compile (and CUDA graphs on CUDA)
+        # decode steps through torch.compile (and CUDA graphs on CUDA)
+        fast_decoding(plain, compile=True)
         for beams, label in [(1, "greedy"), (4, "beam4")]:
             runs[f"ours_compiled_{label}"] = ours_run(plain, beams), plain.norm
     results = {}
-    with torch.inference_mode(), Progress(len(runs) * (args.repeats + 1), "timing runs") as bar:
-        for name, (
-            run,
-            _,
-        ) in runs.items():  # warm-up; compiled runs at full length, so both compiles happen here
+    with (
+        torch.inference_mode(),
+        Progress(len(runs) * (args.repeats + 1), "timing runs") as bar,
+    ):
+        for (
+            name,
+            (
+                run,
+                _,
+            ),
+        ) in (
+            runs.items()
+        ):  # warm-up; compiled runs at full length, so both compiles happen here
             run(args.new_tokens if "compiled" in name else 3)
             bar.update()
         for _ in range(
@@ -245,7 +260,10 @@ def main():
         ):  # interleaved; keep each one's best run, other load on the machine is noise
             for name, (run, norm) in runs.items():
                 figures = measure(run, args.new_tokens, norm, ceilings, device)
-                if name not in results or figures["e2e_tok_s"] > results[name]["e2e_tok_s"]:
+                if (
+                    name not in results
+                    or figures["e2e_tok_s"] > results[name]["e2e_tok_s"]
+                ):
                     results[name] = figures
                 bar.update()
     for name, figures in results.items():
@@ -259,8 +277,14 @@ def main():
         "prefix": args.prefix,
         "new_tokens": args.new_tokens,
         "weight_gib_per_step": round(step_bytes / 2**30, 3),
-        **{f"{name}_bandwidth_gb_s": round(rate / 1e9, 2) for name, rate in bandwidth.items()},
-        **{f"{name}_roofline_steps_s": round(ceiling, 2) for name, ceiling in ceilings.items()},
+        **{
+            f"{name}_bandwidth_gb_s": round(rate / 1e9, 2)
+            for name, rate in bandwidth.items()
+        },
+        **{
+            f"{name}_roofline_steps_s": round(ceiling, 2)
+            for name, ceiling in ceilings.items()
+        },
     }
     for name, figures in results.items():
         summary.update({f"{name}_{key}": value for key, value in figures.items()})
@@ -270,11 +294,13 @@ def main():
                 mine, theirs = results[f"{variant}_{label}"], results[f"hf_{label}"]
                 for key in ("prefill_s", "decode_tok_s", "e2e_tok_s"):
                     ratio = (
-                        (theirs[key] / mine[key]) if key == "prefill_s" else mine[key] / theirs[key]
+                        (theirs[key] / mine[key])
+                        if key == "prefill_s"
+                        else mine[key] / theirs[key]
                     )
-                    summary[f"{variant}_over_hf_{label}_{key.removesuffix('_s')}_speedup"] = round(
-                        ratio, 2
-                    )
+                    summary[
+                        f"{variant}_over_hf_{label}_{key.removesuffix('_s')}_speedup"
+                    ] = round(ratio, 2)
                     print(f"{variant} vs hf {label} {key}: {ratio:.2f}x faster")
     print(json.dumps(summary))
 

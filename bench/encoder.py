@@ -48,11 +48,14 @@ def write_mels(out_dir: Path) -> None:
     if RECORDING.exists():
         wav = load_audio(RECORDING)[: 30 * SAMPLE_RATE]
     else:
-        wav = 0.1 * torch.randn(30 * SAMPLE_RATE, generator=torch.Generator().manual_seed(SEED))
+        wav = 0.1 * torch.randn(
+            30 * SAMPLE_RATE, generator=torch.Generator().manual_seed(SEED)
+        )
     for name, seconds in CLIPS.items():
+        # (1, frames, 80)
         torch.save(
             log_mel(wav[: seconds * SAMPLE_RATE])[None], out_dir / f"mel_{name}.pt"
-        )  # (1, frames, 80)
+        )
 
 
 def build(child: str):
@@ -68,9 +71,9 @@ def build(child: str):
             mel,
         ):  # (1, T, 80) -> pad to 3000 frames, whisper's (B, n_mels, T) layout
             return peer(
-                torch.nn.functional.pad(mel, (0, 0, 0, WHISPER_FRAMES - mel.shape[1])).transpose(
-                    1, 2
-                )
+                torch.nn.functional.pad(
+                    mel, (0, 0, 0, WHISPER_FRAMES - mel.shape[1])
+                ).transpose(1, 2)
             )
 
         return whisper_forward, whisper_forward
@@ -95,9 +98,8 @@ def serve(child: str, mel_dir: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     encode, timed = build(child)
     mels = {name: torch.load(mel_dir / f"mel_{name}.pt") for name in CLIPS}
-    torch.save(
-        encode(mels["30s"]), mel_dir / f"{child}_encoder_out.pt"
-    )  # (1, 1500, 1024); warms up the encoder
+    # (1, 1500, 1024); warms up the encoder
+    torch.save(encode(mels["30s"]), mel_dir / f"{child}_encoder_out.pt")
     timed(mels["5s"])  # and the short-clip path (the adaptor too)
     print("ready", flush=True)
     for clip in sys.stdin:
@@ -106,7 +108,8 @@ def serve(child: str, mel_dir: Path, threads: int) -> None:
         start = time.perf_counter()
         timed(mels[clip.strip()])
         print(time.perf_counter() - start, flush=True)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)  # KiB -> MiB
+    # KiB -> MiB
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, flush=True)
 
 
 def measure(args, mel_dir: Path) -> tuple[dict, dict]:
@@ -135,7 +138,9 @@ def measure(args, mel_dir: Path) -> tuple[dict, dict]:
         if process.stdout.readline().strip() != "ready":
             sys.exit(f"bench child {child} failed to start")
     times = {child: {clip: [] for clip in CLIPS} for child in CHILDREN}
-    with Progress(args.runs * len(CLIPS) * len(CHILDREN), "timed forwards", interval=10.0) as bar:
+    with Progress(
+        args.runs * len(CLIPS) * len(CHILDREN), "timed forwards", interval=10.0
+    ) as bar:
         for _ in range(args.runs):
             for clip in CLIPS:
                 for child, process in children.items():
@@ -181,7 +186,9 @@ def main() -> None:
             child: torch.load(tmp / f"{child}_encoder_out.pt")
             for child in ("whisper", "ours_encoder")
         }
-    same_weights_diff = (outputs["whisper"] - outputs["ours_encoder"]).abs().max().item()
+    same_weights_diff = (
+        (outputs["whisper"] - outputs["ours_encoder"]).abs().max().item()
+    )
 
     for child, description in CHILDREN.items():
         print(
@@ -189,7 +196,8 @@ def main() -> None:
             f"peak RSS {peaks[child]:5.0f} MiB"
         )
     ratios = {
-        f"speedup_{clip}_{child}_over_whisper": seconds["whisper"][clip] / seconds[child][clip]
+        f"speedup_{clip}_{child}_over_whisper": seconds["whisper"][clip]
+        / seconds[child][clip]
         for child in ("ours_encoder", "ours_encoder_adaptor")
         for clip in CLIPS
     }
@@ -211,7 +219,10 @@ def main() -> None:
     }
     for child in CHILDREN:
         figures.update(
-            {f"{child}_{clip}_seconds": round(t, 3) for clip, t in seconds[child].items()}
+            {
+                f"{child}_{clip}_seconds": round(t, 3)
+                for clip, t in seconds[child].items()
+            }
         )
         figures[f"{child}_peak_rss_mib"] = round(peaks[child])
     figures.update({name: round(value, 3) for name, value in ratios.items()})

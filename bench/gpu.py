@@ -35,12 +35,20 @@ from decode import measure, measure_bandwidth, sync, weight_bytes_per_step  # no
 from hf_qwen2 import peft_twin  # noqa: E402
 from osum_min.model.adaptor import Adaptor  # noqa: E402
 from osum_min.model.encoder import WhisperEncoder  # noqa: E402
-from osum_min.model.generate import DEFAULT_DECODING, GenerationConfig, fast_decoding, generate  # noqa: E402
+
+# noqa: E402
+from osum_min.model.generate import (
+    DEFAULT_DECODING,
+    GenerationConfig,
+    fast_decoding,
+    generate,
+)
 from osum_min.model.osum import OSUM, OSUM_PRESETS  # noqa: E402
 from osum_min.model.qwen2 import Qwen2  # noqa: E402
 from osum_min.training.steps import peak_memory_gib  # noqa: E402
 
 SECTIONS = ("llm", "osum", "inference", "training")
+# 20 prompt tokens
 PROMPT = [
     17,
     230,
@@ -62,14 +70,18 @@ PROMPT = [
     88,
     21,
     1,
-]  # 20 prompt tokens
+]
 
 
 class Bench:
     """Figures collected section by section; a section that fails is recorded and the rest still run."""
 
     def __init__(self, device):
-        self.device, self.figures, self.started = torch.device(device), {}, time.perf_counter()
+        self.device, self.figures, self.started = (
+            torch.device(device),
+            {},
+            time.perf_counter(),
+        )
 
     def log(self, message: str):
         print(f"[{time.perf_counter() - self.started:6.1f} s] {message}", flush=True)
@@ -118,7 +130,9 @@ def speech_model(config, llm: Qwen2, device, dtype) -> OSUM:
 def llm_alone(bench, hf, ours, new_tokens, prefix, repeats):
     device = bench.device
     step_bytes = weight_bytes_per_step(ours)
-    bandwidth = measure_bandwidth(device, gib=1.0 if device.type == "cuda" else 0.125)["read"]
+    bandwidth = measure_bandwidth(device, gib=1.0 if device.type == "cuda" else 0.125)[
+        "read"
+    ]
     roofline = bandwidth / step_bytes
     bench.figures["roofline"] = {
         "read_bandwidth_gb_s": round(bandwidth / 1e9, 1),
@@ -172,7 +186,9 @@ def llm_alone(bench, hf, ours, new_tokens, prefix, repeats):
         for (
             variant,
             compile,
-        ) in variants:  # eager; torch.compile (+ CUDA graphs); CUDA graphs of the eager step
+        ) in (
+            variants
+        ):  # eager; torch.compile (+ CUDA graphs); CUDA graphs of the eager step
             if compile is not None:
                 fast_decoding(ours, compile)
                 started = time.perf_counter()
@@ -186,7 +202,9 @@ def llm_alone(bench, hf, ours, new_tokens, prefix, repeats):
             for beams, label in [(1, "greedy"), (4, "beam4")]:
                 timed(f"ours_{variant}_{label}", ours_run(beams), ours.norm)
                 figures[f"ours_{variant}_over_hf_{label}"] = round(
-                    figures[f"ours_{variant}_{label}_tok_s"] / figures[f"hf_{label}_tok_s"], 2
+                    figures[f"ours_{variant}_{label}_tok_s"]
+                    / figures[f"hf_{label}_tok_s"],
+                    2,
                 )
     ours.fast_decode_step = None
 
@@ -203,21 +221,29 @@ def seconds_of(run, device) -> float:
 def whole_osum(bench, model: OSUM, clip_frames: int, new_tokens: int):
     device, figures = bench.device, bench.figures.setdefault("osum", {})
     generator = torch.Generator(device=device).manual_seed(0)
-    mel = torch.randn(8, clip_frames, 80, device=device, generator=generator)  # 8 clips of 10 s
+    # 8 clips of 10 s
+    mel = torch.randn(8, clip_frames, 80, device=device, generator=generator)
     mel_lens = torch.full((8,), clip_frames, device=device)
-    settings = {**DEFAULT_DECODING.__dict__, "max_new_tokens": new_tokens, "eos_token_id": None}
-    model.generate(
-        mel[:1], mel_lens[:1], [PROMPT], **settings
-    )  # warm-up (the graphs of these shapes)
+    settings = {
+        **DEFAULT_DECODING.__dict__,
+        "max_new_tokens": new_tokens,
+        "eos_token_id": None,
+    }
+    # warm-up (the graphs of these shapes)
+    model.generate(mel[:1], mel_lens[:1], [PROMPT], **settings)
     model.generate(mel, mel_lens, [PROMPT] * 8, **settings)
     alone = [
         seconds_of(
-            lambda i=i: model.generate(mel[i : i + 1], mel_lens[i : i + 1], [PROMPT], **settings),
+            lambda i=i: model.generate(
+                mel[i : i + 1], mel_lens[i : i + 1], [PROMPT], **settings
+            ),
             device,
         )
         for i in range(4)
     ]
-    together = seconds_of(lambda: model.generate(mel, mel_lens, [PROMPT] * 8, **settings), device)
+    together = seconds_of(
+        lambda: model.generate(mel, mel_lens, [PROMPT] * 8, **settings), device
+    )
     figures.update(
         {
             "clip_s": clip_frames / 100,
@@ -232,12 +258,17 @@ def whole_osum(bench, model: OSUM, clip_frames: int, new_tokens: int):
     step_ms = {}
     with torch.inference_mode():
         embeds = torch.randn(
-            1, 150, model.llm.config.dim, device=device, dtype=model.speech_bos_eos.dtype
+            1,
+            150,
+            model.llm.config.dim,
+            device=device,
+            dtype=model.speech_bos_eos.dtype,
         )
+        # eager, as the issue ran it
         fast, model.llm.fast_decode_step = (
             model.llm.fast_decode_step,
             None,
-        )  # eager, as the issue ran it
+        )
         for name, run in [
             (
                 "osum",
@@ -251,7 +282,9 @@ def whole_osum(bench, model: OSUM, clip_frames: int, new_tokens: int):
                     model.llm,
                     embeds,
                     None,
-                    GenerationConfig(max_new_tokens=n, repetition_penalty=1.05, eos_token_id=None),
+                    GenerationConfig(
+                        max_new_tokens=n, repetition_penalty=1.05, eos_token_id=None
+                    ),
                 ),
             ),
         ]:
@@ -270,7 +303,9 @@ def whole_osum(bench, model: OSUM, clip_frames: int, new_tokens: int):
     )
 
 
-def inference_memory(bench, model: OSUM, clip_frames: int, new_tokens: int, quantize: bool):
+def inference_memory(
+    bench, model: OSUM, clip_frames: int, new_tokens: int, quantize: bool
+):
     """Peak memory of a batch-1 greedy run of the whole model and its tokens/s: bf16 weights as from_pretrained
     gives them by default, or int8 weights compiled (torch.compile fuses their dequantisation into the matmul)."""
     device, label = bench.device, "int8" if quantize else "bf16"
@@ -281,7 +316,9 @@ def inference_memory(bench, model: OSUM, clip_frames: int, new_tokens: int, quan
     mel_lens = torch.tensor([clip_frames], device=device)
     settings = {"max_new_tokens": new_tokens, "eos_token_id": None}
     model.generate(mel, mel_lens, [PROMPT], **settings)  # warm-up and compile
-    seconds = seconds_of(lambda: model.generate(mel, mel_lens, [PROMPT], **settings), device)
+    seconds = seconds_of(
+        lambda: model.generate(mel, mel_lens, [PROMPT], **settings), device
+    )
     figures = bench.figures.setdefault("inference_batch1", {})
     figures[f"{label}_e2e_tok_s"] = round(new_tokens / seconds, 1)
     if device.type == "cuda":
@@ -291,7 +328,9 @@ def inference_memory(bench, model: OSUM, clip_frames: int, new_tokens: int, quan
 def training(bench, smoke: bool):
     from train_memory import train_figures
 
-    bench.figures["training"] = train_figures(bench.device, sizes="smoke" if smoke else "released")
+    bench.figures["training"] = train_figures(
+        bench.device, sizes="smoke" if smoke else "released"
+    )
 
 
 def main() -> int:
@@ -299,11 +338,16 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="CPU, tiny sizes: the same code, in seconds"
+        "--smoke",
+        action="store_true",
+        help="CPU, tiny sizes: the same code, in seconds",
     )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument(
-        "--repeats", type=int, default=1, help="timed runs per figure after a warm-up; best kept"
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed runs per figure after a warm-up; best kept",
     )
     parser.add_argument(
         "--only",
@@ -316,7 +360,10 @@ def main() -> int:
         parser.error(f"--only: unknown sections {sorted(only - set(SECTIONS))}")
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        print("bench/gpu.py: error: no CUDA device (use --smoke on the CPU)", file=sys.stderr)
+        print(
+            "bench/gpu.py: error: no CUDA device (use --smoke on the CPU)",
+            file=sys.stderr,
+        )
         return 2
     bench = Bench(device)
     dtype = torch.float32 if args.smoke else torch.bfloat16
@@ -326,9 +373,13 @@ def main() -> int:
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
         "dtype": str(dtype).removeprefix("torch."),
-        "sizes": "tiny" if args.smoke else "released (Whisper-medium, adaptor, Qwen2-7B)",
+        "sizes": "tiny"
+        if args.smoke
+        else "released (Whisper-medium, adaptor, Qwen2-7B)",
     }
-    pair = bench.section("build", lambda _: reference_and_ours(config.llm, device, dtype))
+    pair = bench.section(
+        "build", lambda _: reference_and_ours(config.llm, device, dtype)
+    )
     if pair is None:
         print(json.dumps(bench.figures))
         return 1
@@ -350,7 +401,12 @@ def main() -> int:
         bench.section("osum", whole_osum, model, clip_frames, new_tokens)
     for quantize in (False, True) if "inference" in only else ():
         bench.section(
-            "inference_batch1", inference_memory, model, clip_frames, new_tokens, quantize
+            "inference_batch1",
+            inference_memory,
+            model,
+            clip_frames,
+            new_tokens,
+            quantize,
         )
     del model, ours
     bench.free()

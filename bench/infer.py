@@ -46,8 +46,13 @@ def write_clips(directory: Path, count: int, seed: int) -> list[Path]:
     for number, seconds in enumerate(np.linspace(5, 30, count)):
         t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
         pitch = 120 + 80 * rng.random()
-        voiced = np.sin(2 * np.pi * 0.7 * t + rng.random() * 6) > -0.3  # syllable-like on/off
-        wav = 0.2 * voiced * sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 5))
+        # syllable-like on/off
+        voiced = np.sin(2 * np.pi * 0.7 * t + rng.random() * 6) > -0.3
+        wav = (
+            0.2
+            * voiced
+            * sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 5))
+        )
         wav = (wav + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
         paths.append(directory / f"clip{number:02d}.wav")
         soundfile.write(paths[-1], wav, SAMPLE_RATE)
@@ -55,7 +60,9 @@ def write_clips(directory: Path, count: int, seed: int) -> list[Path]:
 
 
 def first_difference(a: list[int], b: list[int]) -> int:
-    return next((t for t, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return next(
+        (t for t, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))
+    )
 
 
 def run(model, items, decoding, batch_size: int) -> tuple[float, dict]:
@@ -63,7 +70,9 @@ def run(model, items, decoding, batch_size: int) -> tuple[float, dict]:
     started = time.perf_counter()
     with Progress(len(items), f"batch {batch_size}") as bar:
         requests = [
-            Request(item.path, prompt_ids=[17, 230, 511, 42, 901, 7, 333], config=decoding)
+            Request(
+                item.path, prompt_ids=[17, 230, 511, 42, 901, 7, 333], config=decoding
+            )
             for item in items
         ]
         for index, answer in Pipeline(model, None, batch_size).run(requests):
@@ -93,23 +102,28 @@ def main() -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = OSUM(config)
     torch.nn.init.normal_(model.speech_bos_eos, std=0.02)
-    model = (
-        model.to(args.device, dtype).eval().prepare_for_inference(args.device)
-    )  # as OSUM.from_pretrained does
+    # as OSUM.from_pretrained does
+    model = model.to(args.device, dtype).eval().prepare_for_inference(args.device)
     decoding = replace(
-        DEFAULT_DECODING, max_new_tokens=args.new_tokens, num_beams=args.beams, eos_token_id=None
+        DEFAULT_DECODING,
+        max_new_tokens=args.new_tokens,
+        num_beams=args.beams,
+        eos_token_id=None,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        items = collect_inputs([str(p) for p in write_clips(Path(tmp), args.clips, seed=0)])
+        items = collect_inputs(
+            [str(p) for p in write_clips(Path(tmp), args.clips, seed=0)]
+        )
         audio_seconds = sum(item.seconds for item in items)
         run(model, items[:1], decoding, 1)  # warm-up: allocator, kernels
         seconds_1, outputs_1 = run(model, items, decoding, 1)
         seconds_8, outputs_8 = run(model, items, decoding, 8)
+    # clip -> the token where they part
     parted = {
         index: first_difference(sum(outputs_1[index], []), sum(outputs_8[index], []))
         for index in outputs_1
         if outputs_1[index] != outputs_8[index]
-    }  # clip -> the token where they part
+    }
     figures = {
         "clips": args.clips,
         "audio_seconds": round(audio_seconds, 1),

@@ -66,9 +66,8 @@ def main(argv=None) -> int:
     pairs = [sentence_pair(rng) for _ in range(args.pairs)]
     refs = {f"utt{k:07d}": ref for k, (ref, _) in enumerate(pairs)}
     hyps = {f"utt{k:07d}": hyp for k, (_, hyp) in enumerate(pairs)}
-    osum_tokens(
-        "warm-up 表"
-    )  # builds the Unicode token pattern once, as any run does (not scoring work)
+    # builds the Unicode token pattern once, as any run does (not scoring work)
+    osum_tokens("warm-up 表")
     start = time.perf_counter()
     result = score_texts(refs, hyps, "osum", "wer")
     engine_s = time.perf_counter() - start
@@ -77,7 +76,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     counts = {"C": 0, "S": 0, "D": 0, "I": 0}
     for key in subsample:
-        for how, _ in reference_alignment(osum_tokens(refs[key]), osum_tokens(hyps[key])):
+        for how, _ in reference_alignment(
+            osum_tokens(refs[key]), osum_tokens(hyps[key])
+        ):
             counts[how] += 1
     reference_s = time.perf_counter() - start
     check = score_texts(

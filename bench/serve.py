@@ -48,7 +48,10 @@ def clip(seconds: float, rng) -> bytes:
     wav = (
         0.2
         * voiced
-        * sum(np.sin(2 * np.pi * (120 + 80 * rng.random()) * k * t) / k for k in range(1, 5))
+        * sum(
+            np.sin(2 * np.pi * (120 + 80 * rng.random()) * k * t) / k
+            for k in range(1, 5)
+        )
     )
     buffer = io.BytesIO()
     soundfile.write(
@@ -73,9 +76,11 @@ def build_model(smoke: bool, device: str) -> tuple[OSUM, Tokenizer]:
         )
     model = OSUM(config)
     torch.nn.init.normal_(model.speech_bos_eos, std=0.02)
-    model = model.to(device).eval().prepare_for_inference(device)  # as OSUM.from_pretrained does
+    # as OSUM.from_pretrained does
+    model = model.to(device).eval().prepare_for_inference(device)
     tokenizer = Tokenizer(
-        {bytes([b]): b for b in range(256)}, [AddedToken("<|endoftext|>", config.eod_id, True)]
+        {bytes([b]): b for b in range(256)},
+        [AddedToken("<|endoftext|>", config.eod_id, True)],
     )
     return model, tokenizer
 
@@ -127,7 +132,10 @@ def first_token_seconds(url: str, audio: bytes, tokens: int) -> float:
                 "content": [
                     {
                         "type": "input_audio",
-                        "input_audio": {"data": base64.b64encode(audio).decode(), "format": "wav"},
+                        "input_audio": {
+                            "data": base64.b64encode(audio).decode(),
+                            "format": "wav",
+                        },
                     },
                     {"type": "text", "text": "describe"},
                 ],
@@ -135,7 +143,9 @@ def first_token_seconds(url: str, audio: bytes, tokens: int) -> float:
         ],
     }
     started, first = time.perf_counter(), None
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=3600) as reply:
+    with httpx.stream(
+        "POST", url + "/v1/chat/completions", json=body, timeout=3600
+    ) as reply:
         for line in reply.iter_lines():
             if (
                 first is None
@@ -151,12 +161,18 @@ def percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 3)
 
 
-def concurrent(url: str, clips: list[bytes], clients: int) -> tuple[float, list[float], list[str]]:
+def concurrent(
+    url: str, clips: list[bytes], clients: int
+) -> tuple[float, list[float], list[str]]:
     """Every clip sent by `clients` threads at once: wall seconds, latencies, texts in clip order."""
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda audio: transcribe(url, audio), clips))
-    return time.perf_counter() - started, [r[0] for r in results], [r[1] for r in results]
+    return (
+        time.perf_counter() - started,
+        [r[0] for r in results],
+        [r[1] for r in results],
+    )
 
 
 def main() -> int:
@@ -172,11 +188,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.requests, args.new_tokens = 4, 4
-    warnings.filterwarnings(
-        "ignore", message="token id"
-    )  # a random model's ids beyond the stand-in tokenizer
+    # a random model's ids beyond the stand-in tokenizer
+    warnings.filterwarnings("ignore", message="token id")
     rng = np.random.default_rng(0)
-    lengths = np.linspace(1, 2, args.requests) if args.smoke else np.linspace(5, 15, args.requests)
+    lengths = (
+        np.linspace(1, 2, args.requests)
+        if args.smoke
+        else np.linspace(5, 15, args.requests)
+    )
     clips = [clip(seconds, rng) for seconds in rng.permutation(lengths)]
     model, tokenizer = build_model(args.smoke, args.device)
     levels = (2, 4) if args.smoke else (8, 16)
@@ -205,13 +224,14 @@ def main() -> int:
         "alone_latency_p50_s": percentile(alone_latency, 50),
         "alone_latency_p95_s": percentile(alone_latency, 95),
     }
-    print(f"one at a time: {alone_seconds:.1f} s, {figures['alone_requests_per_s']:.3f} requests/s")
+    print(
+        f"one at a time: {alone_seconds:.1f} s, {figures['alone_requests_per_s']:.3f} requests/s"
+    )
     for clients in levels:
         before = app.state.batcher.batch_sizes.copy()
         seconds, latency, texts = concurrent(url, clips, clients)
-        batches = list(
-            (app.state.batcher.batch_sizes - before).elements()
-        )  # the sizes of this phase's batches
+        # the sizes of this phase's batches
+        batches = list((app.state.batcher.batch_sizes - before).elements())
         figures.update(
             {
                 f"c{clients}_requests_per_s": round(args.requests / seconds, 3),
@@ -219,7 +239,9 @@ def main() -> int:
                 f"c{clients}_latency_p50_s": percentile(latency, 50),
                 f"c{clients}_latency_p95_s": percentile(latency, 95),
                 f"c{clients}_mean_batch": round(statistics.mean(batches), 2),
-                f"c{clients}_identical_to_alone": sum(a[1] == t for a, t in zip(alone, texts)),
+                f"c{clients}_identical_to_alone": sum(
+                    a[1] == t for a, t in zip(alone, texts)
+                ),
             }
         )
         print(
@@ -228,11 +250,14 @@ def main() -> int:
             f"{figures[f'c{clients}_mean_batch']}, {figures[f'c{clients}_identical_to_alone']}/{args.requests} "
             "identical"
         )
-    ttft_alone = [first_token_seconds(url, audio, args.new_tokens) for audio in clips[: levels[0]]]
+    ttft_alone = [
+        first_token_seconds(url, audio, args.new_tokens) for audio in clips[: levels[0]]
+    ]
     with ThreadPoolExecutor(levels[0]) as pool:
         ttft_together = list(
             pool.map(
-                lambda audio: first_token_seconds(url, audio, args.new_tokens), clips[: levels[0]]
+                lambda audio: first_token_seconds(url, audio, args.new_tokens),
+                clips[: levels[0]],
             )
         )
     figures.update(

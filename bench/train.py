@@ -50,7 +50,9 @@ def main():
     for name, parameter in ours.named_parameters():
         parameter.requires_grad_(".lora_" in name)
     generator = torch.Generator().manual_seed(0)
-    inputs_embeds = torch.randn(args.batch, args.length, config.dim, generator=generator) * 0.02
+    inputs_embeds = (
+        torch.randn(args.batch, args.length, config.dim, generator=generator) * 0.02
+    )
     targets = torch.full((args.batch, args.length), -100)
     targets[:, -args.label_tokens :] = torch.randint(
         0, config.vocab_size, (args.batch, args.label_tokens), generator=generator
@@ -66,7 +68,10 @@ def main():
         return F.cross_entropy(logits, targets[:, 1:][predicts])
 
     runs = {}
-    for name, model, step in (("transformers+peft", hf, hf_step), ("ours", ours, our_step)):
+    for name, model, step in (
+        ("transformers+peft", hf, hf_step),
+        ("ours", ours, our_step),
+    ):
         optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad],
             lr=5e-5,
@@ -106,7 +111,9 @@ def main():
     figures["speedup_ours_vs_transformers_peft"] = round(
         figures["ours_steps_per_s"] / figures["transformers_peft_steps_per_s"], 3
     )
-    print(f"ours / transformers+peft: {figures['speedup_ours_vs_transformers_peft']:.2f}x")
+    print(
+        f"ours / transformers+peft: {figures['speedup_ours_vs_transformers_peft']:.2f}x"
+    )
     print(json.dumps(figures))
 
 

@@ -22,7 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from osum_min.model.osum import OSUM, OSUM_PRESETS  # noqa: E402
-from osum_min.training.steps import FROZEN_DTYPES, make_optimizer, peak_memory_gib, setup_model  # noqa: E402
+
+# noqa: E402
+from osum_min.training.steps import (
+    FROZEN_DTYPES,
+    make_optimizer,
+    peak_memory_gib,
+    setup_model,
+)
 
 RELEASED_FIRE_MODULE = "link_and_encoder_and_lora"
 RUNS = {  # name -> (fire_module, frozen dtype, activation checkpointing)
@@ -35,16 +42,30 @@ RUNS = {  # name -> (fire_module, frozen dtype, activation checkpointing)
 
 
 def random_batch(
-    config, device: torch.device, batch: int = 4, prompt_tokens: int = 20, label_tokens: int = 30
+    config,
+    device: torch.device,
+    batch: int = 4,
+    prompt_tokens: int = 20,
+    label_tokens: int = 30,
 ):
     """(mel (B, T, n_mels) zero-padded, mel_lens (B,), prompt_ids, labels): clips of 7.5-10 s, longest first."""
     generator = torch.Generator().manual_seed(0)
-    mel_lens = torch.randint(750, 1001, (batch,), generator=generator).sort(descending=True).values
-    mel = torch.randn(batch, int(mel_lens[0]), config.encoder.n_mels, generator=generator)
+    mel_lens = (
+        torch.randint(750, 1001, (batch,), generator=generator)
+        .sort(descending=True)
+        .values
+    )
+    mel = torch.randn(
+        batch, int(mel_lens[0]), config.encoder.n_mels, generator=generator
+    )
     mel *= (torch.arange(mel.shape[1])[None, :] < mel_lens[:, None])[..., None]
     vocab = min(config.llm.vocab_size, config.eod_id)
-    prompt_ids = torch.randint(0, vocab, (batch, prompt_tokens), generator=generator).tolist()
-    labels = torch.randint(0, vocab, (batch, label_tokens), generator=generator).tolist()
+    prompt_ids = torch.randint(
+        0, vocab, (batch, prompt_tokens), generator=generator
+    ).tolist()
+    labels = torch.randint(
+        0, vocab, (batch, label_tokens), generator=generator
+    ).tolist()
     return mel.to(device), mel_lens.to(device), prompt_ids, labels
 
 
@@ -99,7 +120,9 @@ def train_figures(device, sizes: str = "released") -> dict:
     device = torch.device(device)
     config = OSUM_PRESETS["osum" if sizes == "released" else "tiny"]
     figures = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "cpu",
         "sizes": sizes,
         "batch": 4,
     }
@@ -125,7 +148,9 @@ def train_figures(device, sizes: str = "released") -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",

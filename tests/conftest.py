@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 FIXTURE_A = FIXTURES / "fixture_a"
-sys.path.insert(0, str(ROOT))  # convert.py, infer.py and train.py live at the repository root
+# convert.py, infer.py and train.py live at the repository root
+sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")

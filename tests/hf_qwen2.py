@@ -43,7 +43,8 @@ def peft_twin(
     peft = pytest.importorskip("peft")
     torch.manual_seed(seed)
     default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # transformers builds its weights in the default dtype
+    # transformers builds its weights in the default dtype
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             hf = transformers.Qwen2ForCausalLM(hf_config(cfg))
@@ -66,6 +67,8 @@ def peft_twin(
                 param.copy_(torch.randn(param.shape, generator=generator) * lora_b_std)
     with torch.device("meta"):
         ours = Qwen2(cfg)
-    state = {hf_key_to_ours(k): v for k, v in hf.state_dict().items() if hf_key_to_ours(k)}
+    state = {
+        hf_key_to_ours(k): v for k, v in hf.state_dict().items() if hf_key_to_ours(k)
+    }
     load_state_dict_strict(ours, {k: v.clone() for k, v in state.items()}, "peft twin")
     return hf.eval(), ours.eval()

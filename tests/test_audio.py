@@ -13,7 +13,14 @@ import soundfile
 import torch
 from safetensors.torch import load_file
 
-from osum_min.audio import AudioError, load_audio, log_mel, mel_filters, pad_features, resample
+from osum_min.audio import (
+    AudioError,
+    load_audio,
+    log_mel,
+    mel_filters,
+    pad_features,
+    resample,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fixture_a"
 ASSETS = Path(__file__).parent / ".assets"
@@ -26,7 +33,10 @@ def expected():
 
 def max_abs(a, b) -> float:
     return (
-        (torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64))
+        (
+            torch.as_tensor(a, dtype=torch.float64)
+            - torch.as_tensor(b, dtype=torch.float64)
+        )
         .abs()
         .max()
         .item()
@@ -42,22 +52,35 @@ def test_load_16k_wav_is_int16_over_32768(expected):
 
 def test_resample_44k_stereo_equals_torchaudio(expected):
     wav = load_audio(FIXTURE / "audio_44k.wav")
-    assert wav.dtype == torch.float32 and wav.shape == expected["waveform_from_44k_resampled"].shape
-    assert max_abs(wav, expected["waveform_from_44k_resampled"]) <= 1e-5  # observed: 0.0 (bitwise)
+    assert (
+        wav.dtype == torch.float32
+        and wav.shape == expected["waveform_from_44k_resampled"].shape
+    )
+    # observed: 0.0 (bitwise)
+    assert max_abs(wav, expected["waveform_from_44k_resampled"]) <= 1e-5
 
 
 def test_log_mel_equals_fixture(expected):
     feats = log_mel(expected["waveform_16k"])
     assert feats.shape == (276, 80) and feats.dtype == torch.float32
     assert max_abs(feats, expected["feats"]) <= 1e-4  # observed: 2.6e-5
-    assert max_abs(log_mel(load_audio(FIXTURE / "audio.wav")), expected["feats"]) <= 1e-4
     assert (
-        max_abs(log_mel(load_audio(FIXTURE / "audio_44k.wav")), expected["feats_from_44k"]) <= 1e-4
-    )  # 2.3e-5
+        max_abs(log_mel(load_audio(FIXTURE / "audio.wav")), expected["feats"]) <= 1e-4
+    )
+    # 2.3e-5
+    assert (
+        max_abs(
+            log_mel(load_audio(FIXTURE / "audio_44k.wav")), expected["feats_from_44k"]
+        )
+        <= 1e-4
+    )
 
 
 def test_pad_features_rebuilds_the_training_batch(expected):
-    feats = [log_mel(load_audio(FIXTURE / name)) for name in ("audio.wav", "audio_batch_item1.wav")]
+    feats = [
+        log_mel(load_audio(FIXTURE / name))
+        for name in ("audio.wav", "audio_batch_item1.wav")
+    ]
     mel, lengths = pad_features(feats)
     assert lengths.dtype == torch.int32 and lengths.tolist() == expected[
         "batch_feats_lengths"
@@ -90,7 +113,9 @@ def test_mel_filters_equal_whisper_npz():
     spec = importlib.util.find_spec("whisper")
     if spec is None:
         pytest.skip("openai-whisper is not installed")
-    npz = Path(next(iter(spec.submodule_search_locations))) / "assets" / "mel_filters.npz"
+    npz = (
+        Path(next(iter(spec.submodule_search_locations))) / "assets" / "mel_filters.npz"
+    )
     reference = np.load(npz)["mel_80"]
     ours = mel_filters()
     assert ours.shape == reference.shape == (80, 201) and ours.dtype == torch.float32
@@ -101,7 +126,11 @@ def test_mel_filters_equal_whisper_npz():
 
 
 def brute_force_resample(
-    x: np.ndarray, orig_rate: int, new_rate: int, outputs: list[int], phase_dtype=np.float64
+    x: np.ndarray,
+    orig_rate: int,
+    new_rate: int,
+    outputs: list[int],
+    phase_dtype=np.float64,
 ):
     """y[m] = sum_i x[i] h(i/orig - m/new) with the Hann-windowed sinc h, evaluated directly in float64.
 
@@ -114,7 +143,9 @@ def brute_force_resample(
     values = []
     for m in outputs:
         block, phase = divmod(m, new)
-        offset = (i - block * orig) / orig - np.float64(phase_dtype(phase) / phase_dtype(new))
+        offset = (i - block * orig) / orig - np.float64(
+            phase_dtype(phase) / phase_dtype(new)
+        )
         t = np.clip(offset * base, -6, 6)
         h = np.sinc(t) * np.cos(t * math.pi / 12) ** 2 * base / orig
         values.append(np.sum(x * h))
@@ -122,23 +153,23 @@ def brute_force_resample(
 
 
 @pytest.mark.parametrize(
-    "orig_rate,new_rate", [(48000, 16000), (22050, 16000), (8000, 16000), (16000, 44100)]
+    "orig_rate,new_rate",
+    [(48000, 16000), (22050, 16000), (8000, 16000), (16000, 44100)],
 )
 def test_resample_matches_windowed_sinc_formula(orig_rate, new_rate):
-    x = np.random.default_rng(0).uniform(-1, 1, 900).astype(np.float32)  # full-scale white noise
+    # full-scale white noise
+    x = np.random.default_rng(0).uniform(-1, 1, 900).astype(np.float32)
     y = resample(torch.from_numpy(x), orig_rate, new_rate)
     assert len(y) == math.ceil(len(x) * new_rate / orig_rate)
     outputs = [0, 1, 2, 7, 101, len(y) // 2, len(y) - 2, len(y) - 1]
     torchaudio_phases = brute_force_resample(
         x.astype(np.float64), orig_rate, new_rate, outputs, np.float32
     )
-    assert (
-        max_abs(y[outputs], torchaudio_phases) <= 5e-7
-    )  # float32 kernel and accumulation; observed <= 2.2e-7
+    # float32 kernel and accumulation; observed <= 2.2e-7
+    assert max_abs(y[outputs], torchaudio_phases) <= 5e-7
     exact = brute_force_resample(x.astype(np.float64), orig_rate, new_rate, outputs)
-    assert (
-        max_abs(y[outputs], exact) <= 3e-5
-    )  # what the float32 phases cost: up to 1.6e-5 at 22.05 kHz
+    # what the float32 phases cost: up to 1.6e-5 at 22.05 kHz
+    assert max_abs(y[outputs], exact) <= 3e-5
 
 
 def test_resample_identity_and_batch():
@@ -159,7 +190,9 @@ def write_pcm_wav(path: Path, frames: np.ndarray, rate: int, width: int) -> None
         out.setsampwidth(width)
         out.setframerate(rate)
         if width == 3:
-            data = b"".join(int(v).to_bytes(4, "little", signed=True)[:3] for v in frames)
+            data = b"".join(
+                int(v).to_bytes(4, "little", signed=True)[:3] for v in frames
+            )
         else:
             data = frames.astype({1: "<u1", 2: "<i2", 4: "<i4"}[width]).tobytes()
         out.writeframes(data)
@@ -180,16 +213,16 @@ def test_integer_wav_scaling_like_torchaudio(tmp_path, width, stored, expected_v
     wav = load_audio(path)
     assert wav.dtype == torch.float32
     assert torch.equal(
-        wav, torch.from_numpy(expected_value(stored.astype(np.float64)).astype(np.float32))
+        wav,
+        torch.from_numpy(expected_value(stored.astype(np.float64)).astype(np.float32)),
     )
 
 
 def tone(rate: int, seconds: float = 0.5, channels: int = 1) -> np.ndarray:
     t = np.arange(int(rate * seconds)) / rate
     mono = 0.5 * np.sin(2 * np.pi * 440 * t)
-    return np.stack(
-        [mono * (c + 1) / channels for c in range(channels)], axis=1
-    )  # (frames, channels)
+    # (frames, channels)
+    return np.stack([mono * (c + 1) / channels for c in range(channels)], axis=1)
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
@@ -214,7 +247,11 @@ def test_float_and_multichannel_wavs(tmp_path):
 
 @pytest.mark.parametrize(
     "fmt,subtype,atol",
-    [("FLAC", "PCM_16", 1 / 32768), ("OGG", "VORBIS", 0.05), ("MP3", "MPEG_LAYER_III", 0.1)],
+    [
+        ("FLAC", "PCM_16", 1 / 32768),
+        ("OGG", "VORBIS", 0.05),
+        ("MP3", "MPEG_LAYER_III", 0.1),
+    ],
 )
 def test_compressed_formats(tmp_path, fmt, subtype, atol):
     if fmt not in soundfile.available_formats():
@@ -222,9 +259,8 @@ def test_compressed_formats(tmp_path, fmt, subtype, atol):
     path = tmp_path / f"tone.{fmt.lower()}"
     soundfile.write(path, tone(16000), 16000, format=fmt, subtype=subtype)
     wav = load_audio(path)
-    assert abs(len(wav) - 8000) <= (
-        0 if fmt != "MP3" else 1152
-    )  # mp3 may carry encoder delay/padding
+    # mp3 may carry encoder delay/padding
+    assert abs(len(wav) - 8000) <= (0 if fmt != "MP3" else 1152)
     if fmt != "MP3":
         assert max_abs(wav[100:-100], tone(16000)[100:-100, 0]) <= atol
 
@@ -240,7 +276,9 @@ def test_a_span_reads_that_stretch_of_the_file(tmp_path):
     """A segment of a long recording (WenetSpeech's opus files) equals the same samples cut from the whole file,
     at the file's rate and at 16 kHz; an end past the audio is cut there; a span that is not one is refused."""
     whole = load_audio(FIXTURE / "audio.wav")
-    assert torch.equal(load_audio(FIXTURE / "audio.wav", span=(0.25, 0.75)), whole[4000:12000])
+    assert torch.equal(
+        load_audio(FIXTURE / "audio.wav", span=(0.25, 0.75)), whole[4000:12000]
+    )
     assert torch.equal(load_audio(FIXTURE / "audio.wav", span=(0.5, 1e6)), whole[8000:])
     opus = tmp_path / "long.opus"
     soundfile.write(
@@ -284,14 +322,23 @@ BAD_FILES = {
     "empty.wav": (lambda: b"", "not a readable audio file"),
     "no_samples.wav": (lambda: encoded(np.zeros(0)), "no audio samples"),
     "header_only.wav": (lambda: encoded(tone(16000))[:44], "truncated"),
-    "truncated_header.wav": (lambda: encoded(tone(16000))[:30], "not a readable audio file"),
+    "truncated_header.wav": (
+        lambda: encoded(tone(16000))[:30],
+        "not a readable audio file",
+    ),
     "truncated_data.wav": (lambda: encoded(tone(16000))[:8000], "truncated"),
-    "truncated.flac": (lambda: encoded(tone(16000), "FLAC")[:3000], "not a readable audio file"),
+    "truncated.flac": (
+        lambda: encoded(tone(16000), "FLAC")[:3000],
+        "not a readable audio file",
+    ),
     "truncated.ogg": (
         lambda: encoded(tone(16000), "OGG", "VORBIS")[:2000],
         "not a readable audio file",
     ),
-    "truncated.mp3": (lambda: encoded(tone(16000), "MP3", "MPEG_LAYER_III")[:1500], "truncated"),
+    "truncated.mp3": (
+        lambda: encoded(tone(16000), "MP3", "MPEG_LAYER_III")[:1500],
+        "truncated",
+    ),
     "text.wav": (
         lambda: b"RIFF? no, just some text that someone named .wav\n" * 20,
         "not a readable audio file",
@@ -300,8 +347,14 @@ BAD_FILES = {
         lambda: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200),
         "not a readable audio file",
     ),
-    "nan.wav": (lambda: encoded(with_sample(float("nan")), subtype="FLOAT"), "NaN or infinite"),
-    "inf.wav": (lambda: encoded(with_sample(float("inf")), subtype="FLOAT"), "NaN or infinite"),
+    "nan.wav": (
+        lambda: encoded(with_sample(float("nan")), subtype="FLOAT"),
+        "NaN or infinite",
+    ),
+    "inf.wav": (
+        lambda: encoded(with_sample(float("inf")), subtype="FLOAT"),
+        "NaN or infinite",
+    ),
     "too_short.wav": (lambda: encoded(tone(16000)[:200]), "too short"),
 }
 
@@ -321,7 +374,10 @@ def test_bad_files_are_refused_in_one_line(tmp_path, name):
 
 
 def test_missing_file_and_directory(tmp_path):
-    for path, problem in ((tmp_path / "missing.wav", "no such file"), (tmp_path, "is a directory")):
+    for path, problem in (
+        (tmp_path / "missing.wav", "no such file"),
+        (tmp_path, "is a directory"),
+    ):
         with pytest.raises(AudioError, match=problem) as err:
             load_audio(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
@@ -333,7 +389,9 @@ def test_missing_file_and_directory(tmp_path):
 def test_real_recording_arctic():
     path = ASSETS / "arctic_a0007.wav"
     if not path.exists():
-        pytest.skip("tests/.assets/arctic_a0007.wav not fetched (run python tests/assets.py)")
+        pytest.skip(
+            "tests/.assets/arctic_a0007.wav not fetched (run python tests/assets.py)"
+        )
     wav = load_audio(path)
     assert len(wav) == 64000  # 4.0 s at 16 kHz
     assert log_mel(wav).shape == (400, 80)

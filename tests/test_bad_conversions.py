@@ -25,9 +25,18 @@ from conftest import FIXTURE_A, FIXTURES, ROOT
 from osum_min import weights
 from osum_min.files import FileError
 from osum_min.model.osum import OSUM, OSUM_PRESETS, OSUMConfig
-from osum_min.convert.original import RELEASED_CONFIG, config_from_original, original_config
+from osum_min.convert.original import (
+    RELEASED_CONFIG,
+    config_from_original,
+    original_config,
+)
 from osum_min.text.tokenizer import AddedToken, Tokenizer
-from osum_min.weights import WeightsError, replacing_directory, save_weights, weight_files
+from osum_min.weights import (
+    WeightsError,
+    replacing_directory,
+    save_weights,
+    weight_files,
+)
 
 CONFIG_A = FIXTURE_A / "osum_config.json"
 GREEDY = [
@@ -58,7 +67,10 @@ def one_line(err: str) -> bool:
 
 
 def digest(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+    }
 
 
 def byte_tokenizer(eod: int, pairs: int = 0) -> Tokenizer:
@@ -78,9 +90,9 @@ def byte_tokenizer(eod: int, pairs: int = 0) -> Tokenizer:
 def test_no_package_module_imports_a_root_script_or_reads_tests():
     for path in (ROOT / "osum_min").rglob("*.py"):
         source = path.read_text()
-        assert not re.search(r"^\s*(import|from)\s+(convert|infer|train)\b", source, re.M), (
-            path.name
-        )
+        assert not re.search(
+            r"^\s*(import|from)\s+(convert|infer|train)\b", source, re.M
+        ), path.name
         assert not re.search(r"[\"'/]tests[\"'/]", source), path.name
 
 
@@ -93,7 +105,13 @@ def test_export_runs_with_only_the_package(fixture_weights, tmp_path):
         "print(read_original_config(RELEASED_CONFIG).llm.vocab_size)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(fixture_weights), str(tmp_path / "infer.pt")],
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(fixture_weights),
+            str(tmp_path / "infer.pt"),
+        ],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
         capture_output=True,
@@ -105,11 +123,14 @@ def test_export_runs_with_only_the_package(fixture_weights, tmp_path):
     assert json.loads(RELEASED_CONFIG.read_text()) == json.loads(
         (FIXTURES / "released_config.json").read_text()
     )
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"
-    ]
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"][
+        "setuptools"
+    ]["package-data"]
     shipped = {name for names in package_data.values() for name in names}
-    assert {"released_config.json", "published.json"} <= shipped  # installed with the package
+    assert {
+        "released_config.json",
+        "published.json",
+    } <= shipped  # installed with the package
 
 
 @pytest.mark.parametrize("preset", sorted(OSUM_PRESETS))
@@ -130,9 +151,16 @@ def sharded(monkeypatch):
     )
 
 
-def test_an_interrupted_reconversion_leaves_the_old_model(sharded, monkeypatch, tmp_path, capsys):
+def test_an_interrupted_reconversion_leaves_the_old_model(
+    sharded, monkeypatch, tmp_path, capsys
+):
     out = tmp_path / "osum"
-    assert run_convert(capsys, FIXTURE_A / "infer.pt", "--config", CONFIG_A, "--out", out)[0] == 0
+    assert (
+        run_convert(capsys, FIXTURE_A / "infer.pt", "--config", CONFIG_A, "--out", out)[
+            0
+        ]
+        == 0
+    )
     assert len(weight_files(out)) > 3
     before = digest(out)
     real_entries = convert.convert_entries
@@ -163,20 +191,36 @@ def test_an_interrupted_reconversion_leaves_the_old_model(sharded, monkeypatch, 
                 str(out),
             ]
         )
-    assert digest(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["osum"]
+    assert digest(out) == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "osum"
+    ]
     assert OSUM.from_pretrained(out, device="cpu").speech_bos_eos.dtype == torch.float32
 
 
-def test_a_single_file_reconversion_replaces_a_sharded_one(sharded, monkeypatch, tmp_path, capsys):
+def test_a_single_file_reconversion_replaces_a_sharded_one(
+    sharded, monkeypatch, tmp_path, capsys
+):
     out = tmp_path / "osum"
     assert (
         run_convert(
-            capsys, FIXTURE_A / "infer.pt", "--config", CONFIG_A, "--dtype", "bf16", "--out", out
+            capsys,
+            FIXTURE_A / "infer.pt",
+            "--config",
+            CONFIG_A,
+            "--dtype",
+            "bf16",
+            "--out",
+            out,
         )[0]
         == 0
     )
     monkeypatch.setattr(convert, "save_weights", save_weights)
-    assert run_convert(capsys, FIXTURE_A / "infer.pt", "--config", CONFIG_A, "--out", out)[0] == 0
+    assert (
+        run_convert(capsys, FIXTURE_A / "infer.pt", "--config", CONFIG_A, "--out", out)[
+            0
+        ]
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert OSUM.from_pretrained(out, device="cpu").speech_bos_eos.dtype == torch.float32
 
@@ -186,7 +230,12 @@ def test_conversion_refuses_to_replace_a_folder_with_other_files(tmp_path, capsy
     code, _, err = run_convert(
         capsys, FIXTURE_A / "infer.pt", "--config", CONFIG_A, "--out", tmp_path
     )
-    assert code == 2 and one_line(err) and "notes.txt" in err and (tmp_path / "notes.txt").is_file()
+    assert (
+        code == 2
+        and one_line(err)
+        and "notes.txt" in err
+        and (tmp_path / "notes.txt").is_file()
+    )
 
 
 def a_dead_process_id() -> int:
@@ -211,9 +260,9 @@ def test_a_conversion_killed_between_the_renames_is_put_right_by_the_next(
     (tmp_path / f".osum.new-{pid}" / "model.safetensors.tmp").write_bytes(b"partial")
     with pytest.raises(RuntimeError), replacing_directory(tmp_path / "osum"):
         raise RuntimeError("this conversion fails too")
-    assert [p.name for p in tmp_path.iterdir()] == ["osum"] and digest(tmp_path / "osum") == digest(
-        fixture_weights
-    )
+    assert [p.name for p in tmp_path.iterdir()] == ["osum"] and digest(
+        tmp_path / "osum"
+    ) == digest(fixture_weights)
 
 
 def mixed_directories(root: Path, source: Path) -> dict[str, Path]:
@@ -259,7 +308,9 @@ def test_the_loader_refuses_a_directory_whose_files_disagree(fixture_weights, tm
     for case, directory in mixed_directories(tmp_path, source).items():
         with pytest.raises(WeightsError) as caught:
             OSUM.from_pretrained(directory, device="cpu")
-        assert str(directory) in str(caught.value) and "different writes" in str(caught.value), case
+        assert str(directory) in str(caught.value) and "different writes" in str(
+            caught.value
+        ), case
         assert len(str(caught.value).splitlines()) == 1
     (source / weights.INDEX_NAME).write_text(
         json.dumps({"weight_map": {"w": "../elsewhere.safetensors"}})
@@ -303,7 +354,9 @@ def test_convert_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path, capsys
     )
 
 
-def test_convert_refuses_an_eod_outside_the_vocabulary_with_a_tokenizer(tmp_path, capsys):
+def test_convert_refuses_an_eod_outside_the_vocabulary_with_a_tokenizer(
+    tmp_path, capsys
+):
     byte_tokenizer(eod=1000, pairs=700).save(tmp_path / "fits.tiktoken")
     args = [
         FIXTURE_A / "infer.pt",
@@ -312,9 +365,8 @@ def test_convert_refuses_an_eod_outside_the_vocabulary_with_a_tokenizer(tmp_path
         "--out",
         tmp_path / "o",
     ]
-    code, _, err = run_convert(
-        capsys, *args, "--config", CONFIG_A
-    )  # the fixture keeps the original's eod 151643
+    # the fixture keeps the original's eod 151643
+    code, _, err = run_convert(capsys, *args, "--config", CONFIG_A)
     assert code == 2 and one_line(err) and "eod_id 151643" in err and "1024" in err
     config = json.loads(CONFIG_A.read_text())
     (tmp_path / "eod1000.json").write_text(json.dumps({**config, "eod_id": 1000}))
@@ -326,20 +378,29 @@ def test_convert_refuses_an_eod_outside_the_vocabulary_with_a_tokenizer(tmp_path
     )
 
 
-def test_infer_refuses_a_tokenizer_larger_than_the_model(fixture_weights, tmp_path, capsys):
+def test_infer_refuses_a_tokenizer_larger_than_the_model(
+    fixture_weights, tmp_path, capsys
+):
     shutil.copytree(fixture_weights, tmp_path / "w")
     byte_tokenizer(eod=1100, pairs=700).save(tmp_path / "w")
     code, out, err = run_infer(
         capsys, FIXTURE_A / "audio.wav", "--weights", tmp_path / "w", "--task", "asr"
     )
-    assert code == 2 and out == "" and one_line(err) and "1101 ids" in err and "1024" in err
+    assert (
+        code == 2
+        and out == ""
+        and one_line(err)
+        and "1101 ids" in err
+        and "1024" in err
+    )
 
 
-def test_ids_the_tokenizer_lacks_never_stop_inference(fixture_weights, tmp_path, capsys):
+def test_ids_the_tokenizer_lacks_never_stop_inference(
+    fixture_weights, tmp_path, capsys
+):
     shutil.copytree(fixture_weights, tmp_path / "w")
-    byte_tokenizer(eod=1000).save(
-        tmp_path / "w"
-    )  # no ids 256..999: most ids the model generates are unknown
+    # no ids 256..999: most ids the model generates are unknown
+    byte_tokenizer(eod=1000).save(tmp_path / "w")
     flags = [
         "--weights",
         tmp_path / "w",
@@ -355,7 +416,11 @@ def test_ids_the_tokenizer_lacks_never_stop_inference(fixture_weights, tmp_path,
     assert code == 0 and "<|id:" in out
     with pytest.warns(UserWarning, match="outside this tokenizer's vocabulary"):
         code, out, err = run_infer(
-            capsys, FIXTURE_A / "audio.wav", FIXTURE_A / "audio_batch_item1.wav", *flags, "--json"
+            capsys,
+            FIXTURE_A / "audio.wav",
+            FIXTURE_A / "audio_batch_item1.wav",
+            *flags,
+            "--json",
         )
     assert code == 0 and len(out.splitlines()) == 2 and "<|id:" in out
 
@@ -374,9 +439,13 @@ def test_an_id_past_the_tokenizer_shows_in_the_joined_windows_as_when_streamed()
     tokenizer = byte_tokenizer(eod=299, pairs=43)
     ids = tokenizer.encode("ab") + [5000] + tokenizer.encode(" cd")
     with pytest.warns(UserWarning, match="5000"):
-        result = parse_windows(TASKS["asr"], tokenizer, [ids, tokenizer.encode("ef")], [0.0, 30.0])
+        result = parse_windows(
+            TASKS["asr"], tokenizer, [ids, tokenizer.encode("ef")], [0.0, 30.0]
+        )
     assert result.transcript == "ab<|id:5000|> cd ef"
-    assert result.issues == ["window 0: ids outside the tokenizer's vocabulary, shown as <|id:N|>"]
+    assert result.issues == [
+        "window 0: ids outside the tokenizer's vocabulary, shown as <|id:N|>"
+    ]
 
 
 def test_fine_tuning_a_model_whose_eod_lies_outside_its_vocabulary_is_one_line(
@@ -387,9 +456,9 @@ def test_fine_tuning_a_model_whose_eod_lies_outside_its_vocabulary_is_one_line(
     import train
     from osum_min.training.steps import TrainingError
 
-    Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", 1000, True)]).save(
-        tmp_path / "b.tok"
-    )
+    Tokenizer(
+        {bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", 1000, True)]
+    ).save(tmp_path / "b.tok")
     with pytest.raises(
         TrainingError,
         match=r"config.json: the model's eod_id 151643 lies outside its vocabulary of "
@@ -431,11 +500,13 @@ def test_an_undecodable_id_never_stops_training_evaluation(tmp_path):
                 "task": "<TRANSCRIBE>",
             }
         )
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (tmp_path / "prompts.json").write_text(json.dumps({"<TRANSCRIBE>": ["say it"]}))
-    Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", 1000, True)]).save(
-        tmp_path / "b.tok"
+    (tmp_path / "data.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines)
     )
+    (tmp_path / "prompts.json").write_text(json.dumps({"<TRANSCRIBE>": ["say it"]}))
+    Tokenizer(
+        {bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", 1000, True)]
+    ).save(tmp_path / "b.tok")
     code = train.main(
         [
             "--train-data",
@@ -465,11 +536,14 @@ def test_an_undecodable_id_never_stops_training_evaluation(tmp_path):
     )
     assert code == 0 and (tmp_path / "out" / "final" / "model.safetensors").is_file()
     records = [
-        json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()
+        json.loads(line)
+        for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()
     ]
+    # counted
     assert any(
-        record.get("eval", record).get("undecodable_outputs", 0) > 0 for record in records
-    )  # counted
+        record.get("eval", record).get("undecodable_outputs", 0) > 0
+        for record in records
+    )
 
 
 # --- issue 16.10: configs -----------------------------------------------------------------------------------------
@@ -488,10 +562,17 @@ def test_an_undecodable_id_never_stops_training_evaluation(tmp_path):
         ),
     ],
 )
-def test_bad_original_configs_are_one_line_naming_the_file(tmp_path, capsys, text, reason):
+def test_bad_original_configs_are_one_line_naming_the_file(
+    tmp_path, capsys, text, reason
+):
     (tmp_path / "cfg.json").write_text(text)
     code, _, err = run_convert(
-        capsys, FIXTURE_A / "infer.pt", "--config", tmp_path / "cfg.json", "--out", tmp_path / "o"
+        capsys,
+        FIXTURE_A / "infer.pt",
+        "--config",
+        tmp_path / "cfg.json",
+        "--out",
+        tmp_path / "o",
     )
     assert code == 2 and one_line(err) and "cfg.json" in err and reason in err
 
@@ -509,7 +590,9 @@ def test_bad_configs_in_a_weights_directory_are_one_line(
 ):
     shutil.copytree(fixture_weights, tmp_path / "w")
     (tmp_path / "w" / "config.json").write_text(text)
-    code, _, err = run_infer(capsys, FIXTURE_A / "audio.wav", "--weights", tmp_path / "w", *GREEDY)
+    code, _, err = run_infer(
+        capsys, FIXTURE_A / "audio.wav", "--weights", tmp_path / "w", *GREEDY
+    )
     assert code == 2 and one_line(err) and "config.json" in err and reason in err
 
 
@@ -538,8 +621,12 @@ def test_a_tiny_preset_round_trips_through_the_original_layout(tmp_path, capsys)
         load_file(tmp_path / "ours" / "model.safetensors"),
         load_file(tmp_path / "back" / "model.safetensors"),
     )
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert OSUMConfig.from_file(tmp_path / "back" / "config.json") == OSUM_PRESETS["tiny"]
+    assert before.keys() == after.keys() and all(
+        torch.equal(before[k], after[k]) for k in before
+    )
+    assert (
+        OSUMConfig.from_file(tmp_path / "back" / "config.json") == OSUM_PRESETS["tiny"]
+    )
 
 
 # --- issue 16.11: the smaller ones --------------------------------------------------------------------------------
@@ -567,8 +654,16 @@ def foreign_files(tmp_path: Path) -> dict[str, Path]:
 )
 def test_foreign_files_get_one_whole_line_of_our_own(tmp_path, capsys, kind, message):
     path = foreign_files(tmp_path)[kind]
-    code, _, err = run_convert(capsys, path, "--config", CONFIG_A, "--out", tmp_path / "o")
-    assert code == 2 and one_line(err) and message in err and str(path) in err and "mmap" not in err
+    code, _, err = run_convert(
+        capsys, path, "--config", CONFIG_A, "--out", tmp_path / "o"
+    )
+    assert (
+        code == 2
+        and one_line(err)
+        and message in err
+        and str(path) in err
+        and "mmap" not in err
+    )
 
 
 def test_a_malicious_pickle_runs_nothing(tmp_path, capsys):
@@ -578,12 +673,19 @@ def test_a_malicious_pickle_runs_nothing(tmp_path, capsys):
 
     for legacy in (False, True):
         torch.save(
-            {"a": Payload()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=not legacy
+            {"a": Payload()},
+            tmp_path / "evil.pt",
+            _use_new_zipfile_serialization=not legacy,
         )
         code, _, err = run_convert(
             capsys, tmp_path / "evil.pt", "--config", CONFIG_A, "--out", tmp_path / "o"
         )
-        assert code == 2 and one_line(err) and "refused" in err and not (tmp_path / "ran").exists()
+        assert (
+            code == 2
+            and one_line(err)
+            and "refused" in err
+            and not (tmp_path / "ran").exists()
+        )
 
 
 def test_an_old_format_checkpoint_converts(fixture_weights, tmp_path, capsys):
@@ -598,7 +700,9 @@ def test_an_old_format_checkpoint_converts(fixture_weights, tmp_path, capsys):
     ).read_bytes()
 
 
-def test_a_symlinked_out_keeps_pointing_at_the_new_model(fixture_weights, tmp_path, capsys):
+def test_a_symlinked_out_keeps_pointing_at_the_new_model(
+    fixture_weights, tmp_path, capsys
+):
     shutil.copytree(fixture_weights, tmp_path / "real")
     (tmp_path / "link").symlink_to(tmp_path / "real")
     code, _, err = run_convert(
@@ -612,12 +716,15 @@ def test_a_symlinked_out_keeps_pointing_at_the_new_model(fixture_weights, tmp_pa
         tmp_path / "link",
     )
     assert code == 0, err
-    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
+    assert (tmp_path / "link").is_symlink() and sorted(
+        p.name for p in tmp_path.iterdir()
+    ) == [
         "link",
         "real",
     ]
     assert (
-        load_file(tmp_path / "real" / "model.safetensors")["speech_bos_eos"].dtype == torch.bfloat16
+        load_file(tmp_path / "real" / "model.safetensors")["speech_bos_eos"].dtype
+        == torch.bfloat16
     )
 
 
@@ -630,16 +737,17 @@ def test_a_full_disk_leaves_no_partial_file(tmp_path):
         ("b", torch.Size([4]), torch.float32, full),
     ]
     with pytest.raises(
-        FileError, match="direct/model.safetensors: cannot write: No space left on device"
+        FileError,
+        match="direct/model.safetensors: cannot write: No space left on device",
     ):
         save_weights(tmp_path / "direct", entries)
     assert list((tmp_path / "direct").iterdir()) == []
-    swapped = (
-        tmp_path / "swapped"
-    )  # named in the message, not the hidden folder written first (issue 23)
+    # named in the message, not the hidden folder written first (issue 23)
+    swapped = tmp_path / "swapped"
     with (
         pytest.raises(
-            WeightsError, match=f"^{swapped}: cannot write the model \\(No space left on device\\)"
+            WeightsError,
+            match=f"^{swapped}: cannot write the model \\(No space left on device\\)",
         ),
         replacing_directory(swapped) as new,
     ):
@@ -647,7 +755,9 @@ def test_a_full_disk_leaves_no_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "direct"]
 
 
-def test_export_on_a_full_disk_leaves_no_partial_file(fixture_weights, tmp_path, monkeypatch):
+def test_export_on_a_full_disk_leaves_no_partial_file(
+    fixture_weights, tmp_path, monkeypatch
+):
     from osum_min.convert import export
 
     def full(state, file):
@@ -655,18 +765,24 @@ def test_export_on_a_full_disk_leaves_no_partial_file(fixture_weights, tmp_path,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export.torch, "save", full)
-    with pytest.raises(FileError, match="infer.pt: cannot write: No space left on device"):
+    with pytest.raises(
+        FileError, match="infer.pt: cannot write: No space left on device"
+    ):
         export.export_original(fixture_weights, tmp_path / "infer.pt")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_released_config_on_a_small_checkpoint_hints_at_config(tmp_path, capsys):
     code, _, err = run_convert(capsys, FIXTURE_A / "infer.pt", "--out", tmp_path / "o")
-    assert code == 2 and one_line(err) and "missing 954 key(s)" in err and "--config" in err
+    assert (
+        code == 2
+        and one_line(err)
+        and "missing 954 key(s)" in err
+        and "--config" in err
+    )
     torch.save({"not.a.key": torch.ones(1)}, tmp_path / "foreign.pt")
-    code, _, err = run_convert(
-        capsys, tmp_path / "foreign.pt", "--out", tmp_path / "o"
-    )  # no config could map it
+    # no config could map it
+    code, _, err = run_convert(capsys, tmp_path / "foreign.pt", "--out", tmp_path / "o")
     assert (
         code == 2
         and one_line(err)
@@ -686,7 +802,11 @@ def test_the_released_config_on_a_small_checkpoint_hints_at_config(tmp_path, cap
             '"rope_theta": NaN',
             "llm_config.rope_theta is nan, not a finite number",
         ),
-        ('"rope_theta": 1000000.0', '"rope_theta": 0', "llm_config.rope_theta is 0, not above 0"),
+        (
+            '"rope_theta": 1000000.0',
+            '"rope_theta": 0',
+            "llm_config.rope_theta is 0, not above 0",
+        ),
         (
             '"rope_theta": 1000000.0',
             '"rope_theta": -10000.0',
@@ -702,12 +822,20 @@ def test_the_released_config_on_a_small_checkpoint_hints_at_config(tmp_path, cap
             '"rms_norm_eps": Infinity',
             "llm_config.rms_norm_eps is inf, not a finite number",
         ),
-        ('"lora_rank": 8', '"lora_rank": true', "lora_rank is True, not a whole number"),
+        (
+            '"lora_rank": 8',
+            '"lora_rank": true',
+            "lora_rank is True, not a whole number",
+        ),
         ('"lora_rank": 8', '"lora_rank": -8', "lora_rank is -8, below 0"),
         ('"lora_rank": 8', '"lora_rank": 0', "lora_rank is 0 with use_lora true"),
         ('"lora_alpha": 32', '"lora_alpha": 0', "lora_alpha is 0, not above 0"),
         ('"lora_alpha": 32', '"lora_alpha": -32', "lora_alpha is -32, not above 0"),
-        ('"lora_dropout": 0.1', '"lora_dropout": 1.5', "lora_dropout is 1.5, not below 1"),
+        (
+            '"lora_dropout": 0.1',
+            '"lora_dropout": 1.5',
+            "lora_dropout is 1.5, not below 1",
+        ),
         ('"use_lora": true', '"use_lora": "no"', "use_lora is 'no', not true or false"),
         (
             '"num_key_value_heads": 2',
@@ -724,7 +852,11 @@ def test_the_released_config_on_a_small_checkpoint_hints_at_config(tmp_path, cap
             '"tie_word_embeddings": 0',
             "llm_config.tie_word_embeddings is 0, not true",
         ),
-        ('"speech_token_num": 4097', '"speech_token_num": -1', "speech_token_num is -1, below 0"),
+        (
+            '"speech_token_num": 4097',
+            '"speech_token_num": -1',
+            "speech_token_num is -1, below 0",
+        ),
         ('"input_dim": 80', '"input_dim": 0', "input_dim is 0, below 1"),
         (
             '"use_lora": true',
@@ -733,12 +865,19 @@ def test_the_released_config_on_a_small_checkpoint_hints_at_config(tmp_path, cap
         ),
     ],
 )
-def test_bad_config_values_are_one_line_before_converting(tmp_path, capsys, old, new, reason):
+def test_bad_config_values_are_one_line_before_converting(
+    tmp_path, capsys, old, new, reason
+):
     """Each converted and decoded zeros (NaN RoPE), dropped the LoRA tensors or crashed with a traceback."""
     assert old in CONFIG_A.read_text()
     (tmp_path / "cfg.json").write_text(CONFIG_A.read_text().replace(old, new))
     code, _, err = run_convert(
-        capsys, FIXTURE_A / "infer.pt", "--config", tmp_path / "cfg.json", "--out", tmp_path / "o"
+        capsys,
+        FIXTURE_A / "infer.pt",
+        "--config",
+        tmp_path / "cfg.json",
+        "--out",
+        tmp_path / "o",
     )
     assert code == 2 and one_line(err) and "cfg.json" in err and reason in err, err
     assert not (tmp_path / "o").exists()
@@ -747,7 +886,12 @@ def test_bad_config_values_are_one_line_before_converting(tmp_path, capsys, old,
 @pytest.mark.parametrize(
     "section, field, value, reason",
     [
-        ("llm", "rope_theta", float("nan"), "llm.rope_theta is nan, not a finite number"),
+        (
+            "llm",
+            "rope_theta",
+            float("nan"),
+            "llm.rope_theta is nan, not a finite number",
+        ),
         ("llm", "norm_eps", -1.0, "llm.norm_eps is -1.0, not above 0"),
         ("llm", "lora_rank", True, "llm.lora_rank is True, not a whole number"),
         ("llm", "lora_alpha", 0, "llm.lora_alpha is 0, not above 0"),
@@ -760,7 +904,12 @@ def test_bad_config_values_are_one_line_before_converting(tmp_path, capsys, old,
         ("encoder", "heads", 0, "encoder.heads is 0, below 1"),
         ("adaptor", "layers", "2", "adaptor.layers is '2', not a whole number"),
         (None, "eod_id", -1, "eod_id is -1, below 0"),
-        (None, "max_mel_frames", 3000.0, "max_mel_frames is 3000.0, not a whole number"),
+        (
+            None,
+            "max_mel_frames",
+            3000.0,
+            "max_mel_frames is 3000.0, not a whole number",
+        ),
     ],
 )
 def test_bad_config_values_in_a_weights_directory_are_one_line(
@@ -770,5 +919,9 @@ def test_bad_config_values_in_a_weights_directory_are_one_line(
     config = json.loads((tmp_path / "w" / "config.json").read_text())
     (config[section] if section else config)[field] = value
     (tmp_path / "w" / "config.json").write_text(json.dumps(config))
-    code, _, err = run_infer(capsys, FIXTURE_A / "audio.wav", "--weights", tmp_path / "w", *GREEDY)
-    assert code == 2 and one_line(err) and reason in err and str(tmp_path / "w") in err, err
+    code, _, err = run_infer(
+        capsys, FIXTURE_A / "audio.wav", "--weights", tmp_path / "w", *GREEDY
+    )
+    assert (
+        code == 2 and one_line(err) and reason in err and str(tmp_path / "w") in err
+    ), err

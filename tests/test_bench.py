@@ -14,7 +14,10 @@ BENCH = sorted((Path(__file__).resolve().parents[1] / "bench").glob("*.py"))
 @pytest.mark.parametrize("script", BENCH, ids=[path.name for path in BENCH])
 def test_bench_script_starts(script):
     run = subprocess.run(
-        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "usage:" in run.stdout
@@ -53,7 +56,10 @@ def test_gpu_check_smoke_runs_every_section_without_soundfile():
         for who in ("hf", "ours_eager", "ours_compiled")
         for how in ("greedy", "beam4")
     ), llm
-    assert figures["osum"]["batch1_s_per_file"] > 0 and figures["osum"]["batch8_files_per_s"] > 0
+    assert (
+        figures["osum"]["batch1_s_per_file"] > 0
+        and figures["osum"]["batch8_files_per_s"] > 0
+    )
     assert (
         figures["inference_batch1"]["int8_e2e_tok_s"] > 0
         and figures["inference_batch1"]["bf16_e2e_tok_s"] > 0
@@ -67,7 +73,8 @@ def test_gpu_check_smoke_runs_every_section_without_soundfile():
     ]
     training = figures["training"]
     assert all(
-        training[f"{name}_step_s"] > 0 and training[f"{name}_peak_gib"] > 0 for name in names
+        training[f"{name}_step_s"] > 0 and training[f"{name}_peak_gib"] > 0
+        for name in names
     ), training
 
 
@@ -85,6 +92,11 @@ def test_serve_smoke_measures_concurrency_with_answers_equal_to_alone():
     assert run.returncode == 0, run.stderr[-2000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     assert (
-        figures["c2_identical_to_alone"] == figures["c4_identical_to_alone"] == figures["requests"]
+        figures["c2_identical_to_alone"]
+        == figures["c4_identical_to_alone"]
+        == figures["requests"]
     )
-    assert figures["c4_over_alone_throughput"] > 0 and figures["stream_first_token_c2_p50_s"] > 0
+    assert (
+        figures["c4_over_alone_throughput"] > 0
+        and figures["stream_first_token_c2_p50_s"] > 0
+    )

@@ -28,9 +28,13 @@ def tokenizer_files() -> Path:
 
 def test_download_then_convert(server, tmp_path, expected):  # noqa: F811
     files = tokenizer_files()
-    server.files = {"/ASLP-lab/OSUM/resolve/main/infer.pt": (FIXTURE_A / "infer.pt").read_bytes()}
+    server.files = {
+        "/ASLP-lab/OSUM/resolve/main/infer.pt": (FIXTURE_A / "infer.pt").read_bytes()
+    }
     for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
-        server.files[f"/Qwen/Qwen2-7B-Instruct/resolve/main/{name}"] = (files / name).read_bytes()
+        server.files[f"/Qwen/Qwen2-7B-Instruct/resolve/main/{name}"] = (
+            files / name
+        ).read_bytes()
     out = tmp_path / "osum"
     code = convert.main(
         [
@@ -46,7 +50,9 @@ def test_download_then_convert(server, tmp_path, expected):  # noqa: F811
         ]
     )
     assert code == 0
-    assert Tokenizer.from_pretrained(out / "tokenizer.tiktoken").encode("Hello world") == [
+    assert Tokenizer.from_pretrained(out / "tokenizer.tiktoken").encode(
+        "Hello world"
+    ) == [
         9707,
         1879,
     ]

@@ -15,7 +15,13 @@ import torch
 
 from osum_min.audio import load_audio, log_mel
 from osum_min.data.augment import spec_augment, spec_substitute
-from osum_min.data.dataset import DataConfig, SpeechDataset, make_loader, make_shards, read_data_mix
+from osum_min.data.dataset import (
+    DataConfig,
+    SpeechDataset,
+    make_loader,
+    make_shards,
+    read_data_mix,
+)
 from osum_min.model.osum import OSUM
 from osum_min.text.tasks import TASKS_BY_TAG
 
@@ -73,7 +79,9 @@ def short_wavs(tmp_path, count, seconds=lambda index: 0.1):
     for index in range(count):
         path = tmp_path / f"clip{index}.wav"
         soundfile.write(
-            path, (rng.standard_normal(int(16000 * seconds(index))) * 3000).astype(np.int16), 16000
+            path,
+            (rng.standard_normal(int(16000 * seconds(index))) * 3000).astype(np.int16),
+            16000,
         )
         paths.append(str(path))
     return paths
@@ -93,7 +101,9 @@ def all_keys(dataset):
 # --- fixture_a: the original's training batch ---------------------------------------------------------------------
 
 
-def test_fixture_batch_collates_and_gives_the_original_loss(tmp_path, expected, fixture_weights):
+def test_fixture_batch_collates_and_gives_the_original_loss(
+    tmp_path, expected, fixture_weights
+):
     config = DataConfig(
         spec_aug=False,
         spec_sub=False,
@@ -101,12 +111,21 @@ def test_fixture_batch_collates_and_gives_the_original_loss(tmp_path, expected, 
         prompts={"<TRANSCRIBE>": ("prompt a",), "<TRANSCRIBE> <GENDER>": ("prompt b",)},
     )
     dataset = SpeechDataset(
-        write_jsonl(tmp_path / "data.list", fixture_rows()), StubTokenizer(), config, eod_id=EOD
+        write_jsonl(tmp_path / "data.list", fixture_rows()),
+        StubTokenizer(),
+        config,
+        eod_id=EOD,
     )
     [batch] = list(dataset)
     assert batch["keys"] == ["item0", "item1"]  # longest first
-    assert batch["mel"].dtype == torch.float32 and batch["mel_lens"].dtype == torch.int32
-    assert batch["mel_lens"].tolist() == expected["batch_feats_lengths"].tolist() == [276, 219]
+    assert (
+        batch["mel"].dtype == torch.float32 and batch["mel_lens"].dtype == torch.int32
+    )
+    assert (
+        batch["mel_lens"].tolist()
+        == expected["batch_feats_lengths"].tolist()
+        == [276, 219]
+    )
     assert torch.allclose(batch["mel"], expected["batch_feats"], atol=1e-4)
     assert batch["prompt_ids"] == [
         [i for i in row if i != -1] for row in expected["batch_prompt"].tolist()
@@ -116,7 +135,9 @@ def test_fixture_batch_collates_and_gives_the_original_loss(tmp_path, expected, 
     ]
     model = OSUM.from_pretrained(fixture_weights, device="cpu", for_training=True)
     with torch.no_grad():
-        loss = model.loss(batch["mel"], batch["mel_lens"], batch["prompt_ids"], batch["labels"])
+        loss = model.loss(
+            batch["mel"], batch["mel_lens"], batch["prompt_ids"], batch["labels"]
+        )
     assert abs(loss.item() - expected["batch_loss"].item()) < 1e-4  # 7.3029351
 
 
@@ -145,15 +166,20 @@ def test_raw_list_and_shards_give_identical_batches(tmp_path):
             "segment.txt",
             "segment.wav",
         ]
+    # augmentation on
     config = DataConfig(
         shuffle=False,
         batch_size=2,
         prompts={"<TRANSCRIBE>": ("a",), "<TRANSCRIBE> <GENDER>": ("b",)},
-    )  # augmentation on
+    )
     mels = {}
     for train in (True, False):
         batches = [
-            list(SpeechDataset(path, CharTokenizer(), config, train=train, seed=5, eod_id=EOD))
+            list(
+                SpeechDataset(
+                    path, CharTokenizer(), config, train=train, seed=5, eod_id=EOD
+                )
+            )
             for path in (raw, shard_list)
         ]
         assert len(batches[0]) == len(batches[1]) == 2
@@ -177,10 +203,14 @@ def test_segment_cut_by_start_and_end(tmp_path):
         "end": 1.5,
     }
     [batch] = list(
-        SpeechDataset(write_jsonl(tmp_path / "a.list", [row]), CharTokenizer(), QUIET, eod_id=EOD)
+        SpeechDataset(
+            write_jsonl(tmp_path / "a.list", [row]), CharTokenizer(), QUIET, eod_id=EOD
+        )
     )
     assert batch["mel_lens"].tolist() == [100]
-    assert torch.equal(batch["mel"][0], log_mel(load_audio(FIXTURE_A / "audio.wav")[8000:24000]))
+    assert torch.equal(
+        batch["mel"][0], log_mel(load_audio(FIXTURE_A / "audio.wav")[8000:24000])
+    )
 
 
 def test_mix_weights_set_the_share_of_each_list(tmp_path):
@@ -193,20 +223,28 @@ def test_mix_weights_set_the_share_of_each_list(tmp_path):
     )
     (tmp_path / "mix.json").write_text(
         json.dumps(
-            {"set_a": {"path": "a.list", "weight": 3}, "set_b": {"path": "b.list", "weight": 0.5}}
+            {
+                "set_a": {"path": "a.list", "weight": 3},
+                "set_b": {"path": "b.list", "weight": 0.5},
+            }
         )
     )
-    assert [(s.name, s.weight, len(s.items)) for s in read_data_mix(tmp_path / "mix.yaml")] == [
+    assert [
+        (s.name, s.weight, len(s.items)) for s in read_data_mix(tmp_path / "mix.yaml")
+    ] == [
         ("set_a", 3.0, 20),
         ("set_b", 1.0, 20),
     ]
-    keys = all_keys(SpeechDataset(tmp_path / "mix.yaml", CharTokenizer(), DataConfig(), eod_id=EOD))
+    keys = all_keys(
+        SpeechDataset(tmp_path / "mix.yaml", CharTokenizer(), DataConfig(), eod_id=EOD)
+    )
     from_a = [key.startswith("a") for key in keys]
     assert sum(from_a) == 60 and len(keys) == 80  # exactly 3:1 over an epoch
-    assert (
-        0.6 <= np.mean(from_a[:40]) <= 0.9
-    )  # and mixed through it: 0.75 expected in the first half
-    keys = all_keys(SpeechDataset(tmp_path / "mix.json", CharTokenizer(), DataConfig(), eod_id=EOD))
+    # and mixed through it: 0.75 expected in the first half
+    assert 0.6 <= np.mean(from_a[:40]) <= 0.9
+    keys = all_keys(
+        SpeechDataset(tmp_path / "mix.json", CharTokenizer(), DataConfig(), eod_id=EOD)
+    )
     assert (
         sum(key.startswith("a") for key in keys) == 60
         and sum(key.startswith("b") for key in keys) == 10
@@ -229,27 +267,38 @@ def test_order_is_a_function_of_seed_and_epoch_and_ranks_partition_it(tmp_path):
     shares = [
         all_keys(
             SpeechDataset(
-                data, CharTokenizer(), config, seed=1, rank=rank, world_size=3, eod_id=EOD
+                data,
+                CharTokenizer(),
+                config,
+                seed=1,
+                rank=rank,
+                world_size=3,
+                eod_id=EOD,
             )
         )
         for rank in range(3)
     ]
-    assert sorted(key for share in shares for key in share) == sorted(f"u{i}" for i in range(20))
+    assert sorted(key for share in shares for key in share) == sorted(
+        f"u{i}" for i in range(20)
+    )
     assert [len(share) for share in shares] == [7, 7, 6]
 
 
 def test_dynamic_batches_stay_under_the_frame_budget(tmp_path):
-    paths = short_wavs(
-        tmp_path, 24, seconds=lambda index: 0.05 + 0.05 * (index % 8)
-    )  # 5..40 frames
+    # 5..40 frames
+    paths = short_wavs(tmp_path, 24, seconds=lambda index: 0.05 + 0.05 * (index % 8))
     data = write_jsonl(tmp_path / "a.list", clip_rows(paths, "u"))
     batches = list(
-        SpeechDataset(data, CharTokenizer(), DataConfig(max_frames_in_batch=100), eod_id=EOD)
+        SpeechDataset(
+            data, CharTokenizer(), DataConfig(max_frames_in_batch=100), eod_id=EOD
+        )
     )
     assert sorted(all_keys(batches)) == sorted(f"u{i}" for i in range(24))
     for batch in batches:
         assert batch["mel"].shape[0] * batch["mel"].shape[1] <= 100
-        assert batch["mel_lens"].tolist() == sorted(batch["mel_lens"].tolist(), reverse=True)
+        assert batch["mel_lens"].tolist() == sorted(
+            batch["mel_lens"].tolist(), reverse=True
+        )
         assert batch["mel"].shape[1] == batch["mel_lens"][0]
     assert len(batches) < 24 / 2  # the budget packs several clips per batch
 
@@ -260,7 +309,12 @@ def test_dynamic_batches_stay_under_the_frame_budget(tmp_path):
 def test_prompt_label_and_filters(tmp_path):
     [path] = short_wavs(tmp_path, 1)
     rows = [
-        {"key": "style", "wav": path, "txt": "Hello <朗读>", "task": "<TRANSCRIBE><STYLE>"},
+        {
+            "key": "style",
+            "wav": path,
+            "txt": "Hello <朗读>",
+            "task": "<TRANSCRIBE><STYLE>",
+        },
         {"key": "no_task", "wav": path, "txt": "x"},
         {"key": "none", "wav": path, "txt": "x<None>", "task": "<TRANSCRIBE>"},
         {"key": "too_long", "wav": path, "txt": "y" * 300, "task": "<TRANSCRIBE>"},
@@ -273,7 +327,9 @@ def test_prompt_label_and_filters(tmp_path):
     samples = {
         key: (task, prompt, label)
         for b in batches
-        for key, task, prompt, label in zip(b["keys"], b["tasks"], b["prompt_ids"], b["labels"])
+        for key, task, prompt, label in zip(
+            b["keys"], b["tasks"], b["prompt_ids"], b["labels"]
+        )
     }
     assert dataset.filtered == batches[-1]["filtered"] == 3 and dataset.skipped == 0
     assert set(samples) == {"style"} | {f"p{i}" for i in range(30)}
@@ -284,7 +340,10 @@ def test_prompt_label_and_filters(tmp_path):
     drawn = {tuple(samples[f"p{i}"][1]) for i in range(30)}
     assert (
         drawn
-        <= {tuple(CharTokenizer().encode(p)) for p in TASKS_BY_TAG["<TRANSCRIBE>"].paraphrases}
+        <= {
+            tuple(CharTokenizer().encode(p))
+            for p in TASKS_BY_TAG["<TRANSCRIBE>"].paraphrases
+        }
         and len(drawn) > 1
     )
     kept = SpeechDataset(
@@ -301,9 +360,17 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     (tmp_path / "bad.wav").write_text("this is text, not audio\n")
     rows = clip_rows(paths, "u")
     rows.insert(
-        2, {"key": "bad", "wav": str(tmp_path / "bad.wav"), "txt": "x", "task": "<TRANSCRIBE>"}
+        2,
+        {
+            "key": "bad",
+            "wav": str(tmp_path / "bad.wav"),
+            "txt": "x",
+            "task": "<TRANSCRIBE>",
+        },
     )
-    rows.insert(3, {"key": "odd_task", "wav": paths[0], "txt": "x", "task": "<NO SUCH TASK>"})
+    rows.insert(
+        3, {"key": "odd_task", "wav": paths[0], "txt": "x", "task": "<NO SUCH TASK>"}
+    )
     data = write_jsonl(tmp_path / "a.list", rows)
     dataset = SpeechDataset(data, CharTokenizer(), QUIET, eod_id=EOD)
     batches = list(dataset)
@@ -317,15 +384,20 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
             ("bad", b"RIFF garbage"),
             ("g2", open(paths[1], "rb").read()),
         ):
-            for suffix, data_bytes in (("wav", audio), ("txt", b"word"), ("task", b"<TRANSCRIBE>")):
+            for suffix, data_bytes in (
+                ("wav", audio),
+                ("txt", b"word"),
+                ("task", b"<TRANSCRIBE>"),
+            ):
                 info = tarfile.TarInfo(f"{key}.{suffix}")
                 info.size = len(data_bytes)
                 tar.addfile(info, io.BytesIO(data_bytes))
     (tmp_path / "shards.list").write_text(f"{shard}\n{tmp_path / 'missing.tar'}\n")
-    dataset = SpeechDataset(tmp_path / "shards.list", CharTokenizer(), QUIET, eod_id=EOD)
-    assert (
-        sorted(all_keys(dataset)) == ["g1", "g2"] and dataset.skipped == 2
-    )  # the bad member and the missing tar
+    dataset = SpeechDataset(
+        tmp_path / "shards.list", CharTokenizer(), QUIET, eod_id=EOD
+    )
+    # the bad member and the missing tar
+    assert sorted(all_keys(dataset)) == ["g1", "g2"] and dataset.skipped == 2
 
     batches = list(
         make_loader(
@@ -345,8 +417,11 @@ def test_spec_augment_masks_the_stated_widths():
     ones = torch.ones(200, 80)
     time_widths, freq_widths = [], []
     for seed in range(300):
-        out = spec_augment(ones, random.Random(seed), num_time_masks=1, num_freq_masks=1)
-        replay = random.Random(seed)  # the draws: time start, time width, bin start, bin width
+        out = spec_augment(
+            ones, random.Random(seed), num_time_masks=1, num_freq_masks=1
+        )
+        # the draws: time start, time width, bin start, bin width
+        replay = random.Random(seed)
         t0, tw, f0, fw = (
             replay.randint(0, 199),
             replay.randint(1, 50),
@@ -371,7 +446,9 @@ def test_spec_augment_masks_the_stated_widths():
         50
     ):  # the defaults: 2 time masks of <= 50 frames, 2 frequency masks of <= 10 bins
         out = spec_augment(ones, random.Random(seed))
-        assert 1 <= (out == 0).all(1).sum() <= 100 and 1 <= (out == 0).all(0).sum() <= 20
+        assert (
+            1 <= (out == 0).all(1).sum() <= 100 and 1 <= (out == 0).all(0).sum() <= 20
+        )
 
 
 def test_spec_sub_copies_earlier_frames():
@@ -380,5 +457,7 @@ def test_spec_sub_copies_earlier_frames():
         out = spec_substitute(feats, random.Random(seed))
         changed = (out != feats).any(1)
         assert changed.sum() <= 3 * 30
-        assert (out[:, 0] <= feats[:, 0]).all()  # every row comes from the same or an earlier frame
+        assert (
+            out[:, 0] <= feats[:, 0]
+        ).all()  # every row comes from the same or an earlier frame
         assert (out == out[:, :1]).all()  # whole frames are copied

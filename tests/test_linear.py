@@ -21,7 +21,9 @@ def test_linear_equals_f_linear_for_every_row_count(rows, bias):
             linear(x, weight, b), F.linear(x, weight, b), rtol=1e-5, atol=1e-5
         )
     x3 = torch.randn(2, 7, 40)[:, :, :40].transpose(0, 1)  # (7, 2, 40), not contiguous
-    torch.testing.assert_close(linear(x3, weight, b), F.linear(x3, weight, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        linear(x3, weight, b), F.linear(x3, weight, b), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
@@ -39,7 +41,9 @@ def test_onednn_serves_inference_and_training(monkeypatch):
     with torch.no_grad():
         layer(x)
     assert calls == [(3, 8, 40)]
-    layer(x.requires_grad_()).sum().backward()  # forward, grad_x, grad_weight: all oneDNN
+    layer(
+        x.requires_grad_()
+    ).sum().backward()  # forward, grad_x, grad_weight: all oneDNN
     assert len(calls) == 4
 
 
@@ -90,11 +94,12 @@ def test_input_major_weights_change_the_layout_not_the_numbers():
     assert half.weight.is_contiguous()  # bf16: left as it is
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_torch_compile_traces_through_linear():
-    layer = use_input_major_weights(
-        Linear(40, 96).eval()
-    )  # bench/decode.py --compile compiles such a model
+    # bench/decode.py --compile compiles such a model
+    layer = use_input_major_weights(Linear(40, 96).eval())
     x = torch.randn(3, 40)
     with torch.inference_mode():
         torch.testing.assert_close(

@@ -11,7 +11,10 @@ import pytest
 from conftest import ROOT
 
 if shutil.which("espeak-ng") is None:
-    pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)", allow_module_level=True)
+    pytest.skip(
+        "espeak-ng is not installed (apt-get install espeak-ng)",
+        allow_module_level=True,
+    )
 spec = importlib.util.spec_from_file_location(
     "make_corpus", ROOT / "examples" / "asr_gender" / "make_corpus.py"
 )
@@ -34,7 +37,9 @@ def build(folder, utterances: int):
     make_corpus.main(["--out", str(folder), "--utterances", str(utterances)])
 
 
-def test_a_corpus_built_in_pieces_or_over_an_old_one_is_the_corpus_built_in_one_go(tmp_path):
+def test_a_corpus_built_in_pieces_or_over_an_old_one_is_the_corpus_built_in_one_go(
+    tmp_path,
+):
     build(tmp_path / "one", 6)
     once = corpus(tmp_path / "one")
     assert sum(name.endswith(".wav") for name in once) == 6
@@ -43,11 +48,12 @@ def test_a_corpus_built_in_pieces_or_over_an_old_one_is_the_corpus_built_in_one_
     build(tmp_path / "pieces", 6)
     assert corpus(tmp_path / "pieces") == once
 
-    build(
-        tmp_path / "again", 6
-    )  # a repeated run over an old corpus whose first clip is another voice's
+    # a repeated run over an old corpus whose first clip is another voice's
+    build(tmp_path / "again", 6)
     old = tmp_path / "again" / "wav" / "train00000.wav"
     shutil.copy(tmp_path / "again" / "wav" / "train00001.wav", old)
-    (tmp_path / "again" / "wav" / "train00000.json").unlink()  # an old corpus has no records
+    (
+        tmp_path / "again" / "wav" / "train00000.json"
+    ).unlink()  # an old corpus has no records
     build(tmp_path / "again", 6)
     assert corpus(tmp_path / "again") == once

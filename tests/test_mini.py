@@ -32,7 +32,9 @@ from osum_min.text.tasks import TASKS, parse
 from osum_min.text.tokenizer import QWEN2_PATTERN, Tokenizer, _gpt2_byte_decoder
 from osum_min.weights import WeightsError
 
-gguf = pytest.importorskip("gguf", reason="the gguf package writes the stand-in LLM ([test] extra)")
+gguf = pytest.importorskip(
+    "gguf", reason="the gguf package writes the stand-in LLM ([test] extra)"
+)
 
 DIM, FF, LAYERS, HEADS, KV_HEADS, VOCAB = 64, 128, 2, 4, 2, 320  # the stand-in LLM
 ENCODER_DIM, N_MELS, ENCODER_CTX = 64, 80, 1500
@@ -62,7 +64,8 @@ def whisper_variables(rng) -> dict[str, np.ndarray]:
         "encoder/conv1/bias": rng.standard_normal(d) * 0.05,
         "encoder/conv2/weight": rng.standard_normal((d, d, 3)) * 0.05,
         "encoder/conv2/bias": rng.standard_normal(d) * 0.05,
-        "encoder/position_encodings/encodings": rng.standard_normal((ENCODER_CTX, d)) * 0.1,
+        "encoder/position_encodings/encodings": rng.standard_normal((ENCODER_CTX, d))
+        * 0.1,
         "encoder/layer_norm/gamma": np.ones(d),
         "encoder/layer_norm/beta": np.zeros(d),
     }
@@ -73,9 +76,11 @@ def whisper_variables(rng) -> dict[str, np.ndarray]:
         v |= {
             f"{layer}/self_attention/layer_norm/gamma": np.ones(d),
             f"{layer}/self_attention/layer_norm/beta": np.zeros(d),
-            f"{layer}/self_attention/linear_0/weight": rng.standard_normal((3 * d, d)) * 0.05,
+            f"{layer}/self_attention/linear_0/weight": rng.standard_normal((3 * d, d))
+            * 0.05,
             f"{layer}/self_attention/linear_0/bias": qkv_bias,
-            f"{layer}/self_attention/linear_1/weight": rng.standard_normal((d, d)) * 0.05,
+            f"{layer}/self_attention/linear_1/weight": rng.standard_normal((d, d))
+            * 0.05,
             f"{layer}/self_attention/linear_1/bias": np.zeros(d),
             f"{layer}/ffn/layer_norm/gamma": np.ones(d),
             f"{layer}/ffn/layer_norm/beta": np.zeros(d),
@@ -144,7 +149,11 @@ def byte_tokenizer_json() -> dict:
             "type": "Sequence",
             "pretokenizers": [{"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}}],
         },
-        "model": {"type": "BPE", "vocab": {spelling[b]: b for b in range(256)}, "merges": []},
+        "model": {
+            "type": "BPE",
+            "vocab": {spelling[b]: b for b in range(256)},
+            "merges": [],
+        },
         "added_tokens": [{"id": 256, "content": "<|endoftext|>", "special": True}],
     }
 
@@ -167,10 +176,14 @@ def stand_in_parts(root: Path) -> dict[str, mini.Part]:
             module = f"osum_standin_{key}_part{n + 1}"
             (root / module / "data").mkdir(parents=True)
             (root / module / "__init__.py").write_text("")
-            (root / module / "data" / "part.bin").write_bytes(data[n * step : (n + 1) * step])
+            (root / module / "data" / "part.bin").write_bytes(
+                data[n * step : (n + 1) * step]
+            )
             files.append((module, "data/part.bin"))
         digest = hashlib.sha256(data).hexdigest()
-        parts[key] = mini.Part(f"stand-in {key}", tuple(files), digest, "tests/test_mini.py")
+        parts[key] = mini.Part(
+            f"stand-in {key}", tuple(files), digest, "tests/test_mini.py"
+        )
     return parts
 
 
@@ -188,7 +201,11 @@ def test_assembles_a_normal_directory_from_stand_in_parts(parts, tmp_path):
     out = tmp_path / "osum-mini"
     config = mini.assemble(out, delta=None)
     assert config.name == "osum-mini" and config.eod_id == 256
-    assert (config.encoder.dim, config.encoder.layers, config.llm.dim) == (ENCODER_DIM, 2, DIM)
+    assert (config.encoder.dim, config.encoder.layers, config.llm.dim) == (
+        ENCODER_DIM,
+        2,
+        DIM,
+    )
     # the adaptor's widths follow the parts; its depth is the mini preset's
     assert (config.adaptor.dim, config.adaptor.llm_dim) == (ENCODER_DIM, DIM)
     assert config.adaptor.layers == OSUM_PRESETS["mini"].adaptor.layers
@@ -197,7 +214,8 @@ def test_assembles_a_normal_directory_from_stand_in_parts(parts, tmp_path):
     rng = np.random.default_rng(0)  # stand_in_parts' draws, in its order
     tensors, variables = llm_tensors(rng), whisper_variables(rng)
     conv1 = variables["encoder/conv1/weight"].astype(np.float16).astype(np.float32)
-    assert torch.equal(model.encoder.conv1.weight, torch.from_numpy(conv1))  # fp16 kept exact
+    # fp16 kept exact
+    assert torch.equal(model.encoder.conv1.weight, torch.from_numpy(conv1))
     # tied: the GGUF's output matrix serves both ends, dequantised (Q8_0: within a step)
     for ours, theirs in (
         (model.llm.embed_tokens.weight, "output.weight"),
@@ -205,11 +223,15 @@ def test_assembles_a_normal_directory_from_stand_in_parts(parts, tmp_path):
     ):
         reference = torch.from_numpy(tensors[theirs])
         step = reference.abs().max() / 127
-        assert (ours - reference).abs().max() < step and not torch.equal(ours, reference)
+        assert (ours - reference).abs().max() < step and not torch.equal(
+            ours, reference
+        )
     assert model.llm.lm_head.weight is model.llm.embed_tokens.weight
     q_bias = torch.from_numpy(tensors["blk.0.attn_q.bias"]).half().float()
     assert torch.equal(model.llm.layers[0].self_attn.q_proj.bias, q_bias)
-    assert not model.llm.layers[0].self_attn.q_proj.lora_B.any()  # no delta: LoRA starts at zero
+    assert not model.llm.layers[
+        0
+    ].self_attn.q_proj.lora_B.any()  # no delta: LoRA starts at zero
 
 
 def error_line(capsys) -> str:
@@ -227,13 +249,19 @@ def test_the_adaptor_follows_the_parts_widths(tmp_path):
     data = config.to_dict()
     data["adaptor"]["dim"] = 1024  # OSUM's, for Whisper medium
     (tmp_path / "config.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"config.json: adaptor.dim is 1024, not encoder.dim 512$"):
+    with pytest.raises(
+        ValueError, match=r"config.json: adaptor.dim is 1024, not encoder.dim 512$"
+    ):
         OSUMConfig.from_file(tmp_path / "config.json")
 
 
-def test_a_changed_or_missing_part_is_one_line_naming_the_pip_command(parts, tmp_path, capsys):
+def test_a_changed_or_missing_part_is_one_line_naming_the_pip_command(
+    parts, tmp_path, capsys
+):
     part = parts["llm"]
-    file = Path(importlib.util.find_spec(part.files[3][0]).submodule_search_locations[0])
+    file = Path(
+        importlib.util.find_spec(part.files[3][0]).submodule_search_locations[0]
+    )
     data = bytearray((file / "data" / "part.bin").read_bytes())
     data[100] ^= 1
     (file / "data" / "part.bin").write_bytes(bytes(data))
@@ -252,7 +280,9 @@ def test_the_delta_round_trips_and_is_loaded_strictly(parts, tmp_path):
     first = tmp_path / "first"
     mini.assemble(first, delta=None)
     model = OSUM.from_pretrained(first, device="cpu", for_training=True)
-    with torch.no_grad():  # stand-in for training: the delta's parts move, the rest must not
+    with (
+        torch.no_grad()
+    ):  # stand-in for training: the delta's parts move, the rest must not
         model.adaptor.proj.weight.add_(1.0)
         model.llm.layers[0].mlp.gate_proj.lora_B.fill_(0.5)
         model.speech_bos_eos.fill_(0.25)
@@ -270,7 +300,9 @@ def test_the_delta_round_trips_and_is_loaded_strictly(parts, tmp_path):
     state["adaptor.extra"] = torch.zeros(1)
     del state["speech_bos_eos"]
     save_file(state, path)
-    with pytest.raises(WeightsError, match=r"unexpected .*adaptor.extra; missing .*speech_bos_eos"):
+    with pytest.raises(
+        WeightsError, match=r"unexpected .*adaptor.extra; missing .*speech_bos_eos"
+    ):
         mini.assemble(tmp_path / "third", delta=tmp_path / "delta")
 
 
@@ -284,12 +316,23 @@ def test_the_shipped_delta_loads_strictly():
     assert sum(t.numel() * 4 for t in delta.values()) <= 50 * 2**20
 
 
-def test_infer_weights_mini_assembles_on_first_use(parts, tmp_path, monkeypatch, capsys):
+def test_infer_weights_mini_assembles_on_first_use(
+    parts, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(mini, "OUT_DIR", tmp_path / "osum-mini")
     monkeypatch.setattr(mini, "DELTA_DIR", tmp_path / "no-delta")
     clip = tmp_path / "clip.wav"
     soundfile.write(clip, np.random.default_rng(1).standard_normal(8000) * 0.1, 16000)
-    args = ["--weights", "mini", "--task", "asr", "--max-new-tokens", "3", "--beams", "1"]
+    args = [
+        "--weights",
+        "mini",
+        "--task",
+        "asr",
+        "--max-new-tokens",
+        "3",
+        "--beams",
+        "1",
+    ]
     assert infer.main([*args, str(clip)]) == 0
     assert (tmp_path / "osum-mini" / "config.json").is_file()
 
@@ -297,7 +340,9 @@ def test_infer_weights_mini_assembles_on_first_use(parts, tmp_path, monkeypatch,
 def recipe_corpus():
     """examples/mini/make_corpus.py as a module (it needs espeak-ng and sox)."""
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
-        pytest.skip("the recipe's corpus needs espeak-ng and sox (apt-get install espeak-ng sox)")
+        pytest.skip(
+            "the recipe's corpus needs espeak-ng and sox (apt-get install espeak-ng sox)"
+        )
     spec = importlib.util.spec_from_file_location(
         "mini_corpus", ROOT / "examples" / "mini" / "make_corpus.py"
     )
@@ -311,7 +356,9 @@ def test_srwt_clips_carry_exact_word_times(tmp_path):
     corpus = recipe_corpus()
     style = {**corpus.draw_style(random.Random(0)), "voice": "en-us+f2", "srwt": True}
     style |= {"reverb": 0, "telephone": False, "snr_db": 60, "peak_db": -6}
-    labels = corpus.make_clip("the quick brown fox", style, "seed", tmp_path / "clip.wav")
+    labels = corpus.make_clip(
+        "the quick brown fox", style, "seed", tmp_path / "clip.wav"
+    )
     result = parse(TASKS["srwt"], labels["srwt"])
     assert [w.text for w in result.words] == "the quick brown fox".split()
     audio, rate = soundfile.read(tmp_path / "clip.wav")
@@ -329,25 +376,48 @@ def test_a_short_run_on_the_assembled_model_learns(parts, tmp_path):
     init = tmp_path / "osum-mini"
     mini.assemble(init, delta=None)
     out = tmp_path / "run"
-    flags = ["--max-steps", "40", "--lr", "3e-3", "--warmup-steps", "5", "--accum-grad", "1"]
-    flags += ["--batch-frames", "1500", "--num-workers", "0", "--log-every", "5", "--no-augment"]
+    flags = [
+        "--max-steps",
+        "40",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--accum-grad",
+        "1",
+    ]
+    flags += [
+        "--batch-frames",
+        "1500",
+        "--num-workers",
+        "0",
+        "--log-every",
+        "5",
+        "--no-augment",
+    ]
     code = train.main(
         ["--train-data", str(lists["train"]), "--init", str(init), "--out", str(out)]
         + ["--fire-module", "link_and_lora", *flags]
     )
     assert code == 0
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()
+    ]
     losses = [record["loss"] for record in log if "loss" in record]
     assert losses[-1] < 0.5 * losses[0], losses
     before = OSUM.from_pretrained(init, device="cpu", for_training=True).state_dict()
-    after = OSUM.from_pretrained(out / "final", device="cpu", for_training=True).state_dict()
+    after = OSUM.from_pretrained(
+        out / "final", device="cpu", for_training=True
+    ).state_dict()
     moved = {name for name in before if not torch.equal(before[name], after[name])}
     assert moved and all(mini.DELTA.fullmatch(name) for name in moved)
 
 
 def test_the_server_answers_as_osum_mini_not_as_osum(parts, tmp_path, monkeypatch):
     pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
-    uvicorn = pytest.importorskip("uvicorn", reason="the server needs the [serve] extra")
+    uvicorn = pytest.importorskip(
+        "uvicorn", reason="the server needs the [serve] extra"
+    )
     pytest.importorskip("multipart", reason="the server needs the [serve] extra")
     from fastapi.testclient import TestClient
 
@@ -359,15 +429,20 @@ def test_the_server_answers_as_osum_mini_not_as_osum(parts, tmp_path, monkeypatc
     monkeypatch.setattr(
         server, "create_app", lambda *a, **k: apps.append(build(*a, **k)) or apps[-1]
     )
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)  # built, not served
+    # built, not served
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: None)
     assert server.serve(tmp_path / "osum-mini", device="cpu") == 0
     with TestClient(apps[0]) as client:
-        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["osum-mini"]
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [
+            "osum-mini"
+        ]
 
 
 def test_real_parts_assemble_into_a_working_osum_mini(tmp_path):
     if "1" not in (os.environ.get("OSUM_TEST_MINI"), os.environ.get("OSUM_TEST_GGUF")):
-        pytest.skip("opt-in: OSUM_TEST_MINI=1 assembles the real parts (~640 MB of packages)")
+        pytest.skip(
+            "opt-in: OSUM_TEST_MINI=1 assembles the real parts (~640 MB of packages)"
+        )
     try:
         for part in mini.PARTS.values():
             mini.part_files(part)

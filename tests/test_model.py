@@ -41,7 +41,9 @@ def run(model, expected, **settings):
         ("generate_beam4_eos_ids", {**BEAM4, "eos_token_id": 514}),
     ],
 )
-def test_generate_from_features_reproduces_the_original(model, expected, name, settings):
+def test_generate_from_features_reproduces_the_original(
+    model, expected, name, settings
+):
     assert run(model, expected, **settings) == expected[name].tolist()
 
 
@@ -55,9 +57,13 @@ def test_beam_returned_sequences_and_scores(model, expected, suffix, penalty):
         num_return_sequences=4,
         **{**BEAM4, "repetition_penalty": penalty},
     )
-    assert sequences == expected[f"generate_beam4{suffix}_all_returned_sequences"].tolist()
+    assert (
+        sequences == expected[f"generate_beam4{suffix}_all_returned_sequences"].tolist()
+    )
     assert torch.allclose(
-        torch.tensor(scores), expected[f"generate_beam4{suffix}_sequences_scores"], atol=1e-4
+        torch.tensor(scores),
+        expected[f"generate_beam4{suffix}_sequences_scores"],
+        atol=1e-4,
     )
 
 
@@ -66,15 +72,23 @@ def test_default_eos_is_the_original_hard_coded_id(model):
 
 
 @pytest.mark.parametrize("settings", [GREEDY, BEAM4])
-def test_features_that_are_nan_end_their_item_with_a_nan_score(model, expected, settings):
+def test_features_that_are_nan_end_their_item_with_a_nan_score(
+    model, expected, settings
+):
     """Non-finite features printed `0 0 0 ...` (issue 23): the item now ends at once, scored NaN, and the item
     beside it in the batch gets its ids and score as alone."""
     feats, lengths = expected["batch_feats"].clone(), expected["batch_feats_lengths"]
     prompts = [PROMPT, [88, 12, 640, 5, 77]]
     feats[0, 10:20] = float("nan")
-    ids, scores = model.generate(feats, lengths, prompts, return_scores=True, **settings)
+    ids, scores = model.generate(
+        feats, lengths, prompts, return_scores=True, **settings
+    )
     alone_ids, alone_scores = model.generate(
-        feats[1:, : lengths[1]], lengths[1:], prompts[1:], return_scores=True, **settings
+        feats[1:, : lengths[1]],
+        lengths[1:],
+        prompts[1:],
+        return_scores=True,
+        **settings,
     )
     assert ids[0] == [] and scores[0] != scores[0]  # NaN
     assert ids[1:] == alone_ids and scores[1:] == alone_scores
@@ -82,7 +96,9 @@ def test_features_that_are_nan_end_their_item_with_a_nan_score(model, expected, 
 
 def fixture_batch(expected):
     prompts = [[t for t in row if t != -1] for row in expected["batch_prompt"].tolist()]
-    labels = [[t for t in row if t != -100] for row in expected["batch_target"].tolist()]
+    labels = [
+        [t for t in row if t != -100] for row in expected["batch_target"].tolist()
+    ]
     return expected["batch_feats"], expected["batch_feats_lengths"], prompts, labels
 
 
@@ -96,7 +112,11 @@ def test_loss_equals_the_original_training_loss(fixture_weights, expected):
 def test_loss_with_merged_lora_is_the_same(model, expected):
     with torch.no_grad():
         assert (
-            abs(model.loss(*fixture_batch(expected)).item() - expected["batch_loss"].item()) < 1e-4
+            abs(
+                model.loss(*fixture_batch(expected)).item()
+                - expected["batch_loss"].item()
+            )
+            < 1e-4
         )
 
 
@@ -116,10 +136,16 @@ def test_converted_files_keep_lora_separate(fixture_weights):
 
 
 def released_layout(peft_form: str) -> dict[str, tuple[int, ...]]:
-    rows = list(csv.DictReader(open(FIXTURES / "checkpoint_layout.tsv"), delimiter="\t"))
-    layout = {row["key"]: tuple(int(n) for n in row["shape"].split("x")) for row in rows}
+    rows = list(
+        csv.DictReader(open(FIXTURES / "checkpoint_layout.tsv"), delimiter="\t")
+    )
+    layout = {
+        row["key"]: tuple(int(n) for n in row["shape"].split("x")) for row in rows
+    }
     if peft_form == "old":  # peft < 0.7 stored the base weight without .base_layer
-        layout = {key.replace(".base_layer.", "."): shape for key, shape in layout.items()}
+        layout = {
+            key.replace(".base_layer.", "."): shape for key, shape in layout.items()
+        }
     return layout
 
 
@@ -131,9 +157,8 @@ def test_every_released_key_maps_to_a_tensor_of_the_same_shape(peft_form):
         json.loads((FIXTURES / "released_config.json").read_text())
     )
     source = {key: torch.empty(shape, device="meta") for key, shape in layout.items()}
-    entries = convert.convert_entries(
-        source, config, dtype=None
-    )  # raises on any unmapped / unfilled / shape
+    # raises on any unmapped / unfilled / shape
+    entries = convert.convert_entries(source, config, dtype=None)
     with torch.device("meta"):
         model_keys = set(OSUM(config).state_dict())
     assert {name for name, *_ in entries} == model_keys
@@ -163,7 +188,13 @@ def convert_state(state, tmp_path, capsys):
     path = tmp_path / "bad.pt"
     torch.save(state, path)
     code = convert.main(
-        [str(path), "--config", str(FIXTURE_A / "osum_config.json"), "--out", str(tmp_path / "o")]
+        [
+            str(path),
+            "--config",
+            str(FIXTURE_A / "osum_config.json"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
     )
     err = capsys.readouterr().err.strip()
     return code, err
@@ -202,7 +233,9 @@ def test_mismatched_checkpoints_are_refused_in_one_line(
     state = dict(fixture_state)
     change(state)
     code, err = convert_state(state, tmp_path, capsys)
-    assert code == 2 and message in err and len(err.splitlines()) == 1 and "bad.pt" in err
+    assert (
+        code == 2 and message in err and len(err.splitlines()) == 1 and "bad.pt" in err
+    )
 
 
 def test_truncated_and_foreign_files_are_refused(tmp_path, capsys):
@@ -212,13 +245,21 @@ def test_truncated_and_foreign_files_are_refused(tmp_path, capsys):
     text.write_text("not a checkpoint\n")
     for path in (truncated, text, tmp_path / "absent.pt"):
         code = convert.main(
-            [str(path), "--config", str(FIXTURE_A / "osum_config.json"), "--out", str(tmp_path)]
+            [
+                str(path),
+                "--config",
+                str(FIXTURE_A / "osum_config.json"),
+                "--out",
+                str(tmp_path),
+            ]
         )
         err = capsys.readouterr().err.strip()
         assert code == 2 and path.name in err and len(err.splitlines()) == 1
 
 
-def test_from_pretrained_refuses_a_weights_file_that_does_not_fit(fixture_weights, tmp_path):
+def test_from_pretrained_refuses_a_weights_file_that_does_not_fit(
+    fixture_weights, tmp_path
+):
     import shutil
     from osum_min.weights import WeightsError
 
@@ -296,12 +337,16 @@ def test_tied_embeddings_stay_one_tensor_through_save_and_load(tmp_path, monkeyp
 
 
 def test_config_round_trips(fixture_weights):
-    config = OSUMConfig.from_dict(json.loads((fixture_weights / "config.json").read_text()))
+    config = OSUMConfig.from_dict(
+        json.loads((fixture_weights / "config.json").read_text())
+    )
     assert json.loads(json.dumps(config.to_dict())) == json.loads(
         (fixture_weights / "config.json").read_text()
     )
     assert (
-        config.llm.lora_rank == 8 and config.adaptor.ff_dim == 2560 and config.encoder.layers == 2
+        config.llm.lora_rank == 8
+        and config.adaptor.ff_dim == 2560
+        and config.encoder.layers == 2
     )
 
 
@@ -344,9 +389,8 @@ NEW_STYLE = replace(
 
 def test_a_config_json_with_the_old_llm_names_loads_as_the_new_one(tmp_path):
     written = NEW_STYLE.to_dict()
-    assert (
-        not set(written["llm"]) & set(OLD_LLM_NAMES) and "dim" in written["llm"]
-    )  # writes only the new names
+    # writes only the new names
+    assert not set(written["llm"]) & set(OLD_LLM_NAMES) and "dim" in written["llm"]
     (tmp_path / "new.json").write_text(json.dumps(written))
     (tmp_path / "old.json").write_text(json.dumps({**written, "llm": OLD_STYLE_LLM}))
     assert (
@@ -372,7 +416,9 @@ def test_a_config_json_with_an_unknown_or_doubled_llm_field_is_refused_in_one_li
     )
     with pytest.raises(ValueError) as refused:
         OSUMConfig.from_file(tmp_path / "config.json")
-    assert message in str(refused.value) and str(tmp_path / "config.json") in str(refused.value)
+    assert message in str(refused.value) and str(tmp_path / "config.json") in str(
+        refused.value
+    )
     assert len(str(refused.value).splitlines()) == 1
 
 
@@ -387,5 +433,7 @@ def test_save_pretrained_round_trips(model, tmp_path, expected):
     model.save_pretrained(tmp_path / "saved")
     again = OSUM.from_pretrained(tmp_path / "saved", device="cpu")
     assert run(again, expected, **GREEDY) == expected["generate_greedy_ids"].tolist()
-    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), again.state_dict().items()
+    ):
         assert torch.allclose(a, b, atol=1e-6), name

@@ -17,7 +17,12 @@ from conftest import FIXTURE_A
 from osum_min.audio import SAMPLE_RATE, load_audio
 from osum_min.model.generate import DEFAULT_DECODING
 from osum_min.model.osum import OSUM
-from osum_min.inference.pipeline import Pipeline, Request, RequestError, load_request_audio
+from osum_min.inference.pipeline import (
+    Pipeline,
+    Request,
+    RequestError,
+    load_request_audio,
+)
 from osum_min.text.tasks import TASKS, free_prompt_task
 from osum_min.text.tokenizer import Tokenizer
 from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
@@ -25,7 +30,9 @@ from test_infer import weights_with_tokenizer  # noqa: F401  (a pytest fixture)
 AUDIO = FIXTURE_A / "audio.wav"
 OTHER = FIXTURE_A / "audio_batch_item1.wav"
 PROMPT = [17, 230, 511, 42, 901, 7, 333]
-GREEDY = replace(DEFAULT_DECODING, num_beams=1, repetition_penalty=1.0, max_new_tokens=8)
+GREEDY = replace(
+    DEFAULT_DECODING, num_beams=1, repetition_penalty=1.0, max_new_tokens=8
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +50,23 @@ def test_paths_bytes_and_samples_give_the_same_ids(model, expected):
     requests = [
         Request(AUDIO, prompt_ids=PROMPT, config=GREEDY),
         Request(AUDIO.read_bytes(), prompt_ids=PROMPT, config=GREEDY),
-        Request(samples, sample_rate=rate, prompt_ids=PROMPT, config=GREEDY),  # int16 PCM, scaled
-        Request(load_audio(AUDIO), sample_rate=SAMPLE_RATE, prompt_ids=PROMPT, config=GREEDY),
+        Request(
+            samples, sample_rate=rate, prompt_ids=PROMPT, config=GREEDY
+        ),  # int16 PCM, scaled
+        Request(
+            load_audio(AUDIO), sample_rate=SAMPLE_RATE, prompt_ids=PROMPT, config=GREEDY
+        ),
     ]
     answers = Pipeline(model, None, batch_size=4)(requests)
-    assert [ids_of(a) for a in answers] == [[expected["generate_greedy_ids"].tolist()[:8]]] * 4
-    assert [a.name for a in answers] == [str(AUDIO), "<bytes>", "<samples>", "<samples>"]
+    assert [ids_of(a) for a in answers] == [
+        [expected["generate_greedy_ids"].tolist()[:8]]
+    ] * 4
+    assert [a.name for a in answers] == [
+        str(AUDIO),
+        "<bytes>",
+        "<samples>",
+        "<samples>",
+    ]
 
 
 def test_a_mixed_batch_equals_each_request_alone(model):
@@ -63,9 +81,8 @@ def test_a_mixed_batch_equals_each_request_alone(model):
     together = Pipeline(model, None, batch_size=8)(requests)
     alone = [Pipeline(model, None, batch_size=1)([request])[0] for request in requests]
     assert [ids_of(a) for a in together] == [ids_of(a) for a in alone]
-    assert (
-        len({str(ids_of(a)) for a in together}) == 4
-    )  # four different answers: the comparison has teeth
+    # four different answers: the comparison has teeth
+    assert len({str(ids_of(a)) for a in together}) == 4
 
 
 def test_sampling_requests_never_share_a_batch(model):
@@ -81,12 +98,20 @@ def test_sampling_requests_never_share_a_batch(model):
 
 def test_a_bad_request_is_an_answer_with_its_error_and_the_rest_decode(model):
     requests = [
-        Request(b"RIFF\x00\x00not audio", prompt_ids=PROMPT, config=GREEDY, name="upload.wav"),
+        Request(
+            b"RIFF\x00\x00not audio",
+            prompt_ids=PROMPT,
+            config=GREEDY,
+            name="upload.wav",
+        ),
         Request(AUDIO, prompt_ids=PROMPT, config=GREEDY),
         Request(AUDIO, prompt_ids=[5, 10**6], config=GREEDY),
         Request(AUDIO, config=GREEDY),  # no tokenizer: prompt ids are needed
         Request(
-            np.zeros(0, dtype=np.float32), sample_rate=SAMPLE_RATE, prompt_ids=PROMPT, config=GREEDY
+            np.zeros(0, dtype=np.float32),
+            sample_rate=SAMPLE_RATE,
+            prompt_ids=PROMPT,
+            config=GREEDY,
         ),
         Request(
             np.ones(SAMPLE_RATE, dtype=np.float32), prompt_ids=PROMPT, config=GREEDY
@@ -97,12 +122,26 @@ def test_a_bad_request_is_an_answer_with_its_error_and_the_rest_decode(model):
             prompt_ids=PROMPT,
             config=GREEDY,
         ),
-        Request(np.array(["a", "b"]), sample_rate=SAMPLE_RATE, prompt_ids=PROMPT, config=GREEDY),
+        Request(
+            np.array(["a", "b"]),
+            sample_rate=SAMPLE_RATE,
+            prompt_ids=PROMPT,
+            config=GREEDY,
+        ),
     ]
     answers = Pipeline(model, None, batch_size=8)(requests)
     assert answers[1].error is None and answers[1].decoded.ids
     kinds = [a.error.kind if a.error else None for a in answers]
-    assert kinds == ["audio", None, "prompt", "prompt", "audio", "audio", "audio", "audio"]
+    assert kinds == [
+        "audio",
+        None,
+        "prompt",
+        "prompt",
+        "audio",
+        "audio",
+        "audio",
+        "audio",
+    ]
     for answer in answers:
         if answer.error:
             message = str(answer.error)
@@ -131,7 +170,9 @@ def test_errors_pickle_with_their_kind():
 def test_audio_over_the_cap_is_refused_as_too_long(model):
     with pytest.raises(RequestError) as caught:
         load_request_audio(Request(AUDIO), max_seconds=1.0)
-    assert caught.value.kind == "too_long" and "2.8 s of audio is over" in str(caught.value)
+    assert caught.value.kind == "too_long" and "2.8 s of audio is over" in str(
+        caught.value
+    )
     [answer] = Pipeline(model, None, max_audio_seconds=1.0)(
         [Request(AUDIO, prompt_ids=PROMPT, config=GREEDY)]
     )
@@ -143,7 +184,9 @@ def test_a_score_that_became_nan_is_that_requests_error_only(model):
         config = model.config
 
         def generate(self, mel, mel_lens, prompt_ids, return_scores=False, **settings):
-            ids, scores = model.generate(mel, mel_lens, prompt_ids, return_scores=True, **settings)
+            ids, scores = model.generate(
+                mel, mel_lens, prompt_ids, return_scores=True, **settings
+            )
             scores = [
                 float("nan") if prompt[0] == 99 else score
                 for prompt, score in zip(prompt_ids, scores)
@@ -156,15 +199,17 @@ def test_a_score_that_became_nan_is_that_requests_error_only(model):
     ]
     good, bad = Pipeline(PoisonsSecondRow(), None)(requests)
     assert ids_of(good) == ids_of(Pipeline(model, None)([requests[0]])[0])
-    assert bad.error.kind == "decoding" and "NaN" in str(bad.error) and bad.decoded is None
+    assert (
+        bad.error.kind == "decoding" and "NaN" in str(bad.error) and bad.decoded is None
+    )
 
 
 def test_streamed_tokens_come_in_time_order_when_windows_share_a_batch(model, tmp_path):
     """A 70 s clip is three windows decoded in one batch (longest first); its stream is still window 1, 2, 3."""
     speech = load_audio(AUDIO).numpy()
-    long_audio = np.tile(np.concatenate([speech, np.zeros(SAMPLE_RATE // 2, np.float32)]), 22)[
-        : 70 * SAMPLE_RATE
-    ]
+    long_audio = np.tile(
+        np.concatenate([speech, np.zeros(SAMPLE_RATE // 2, np.float32)]), 22
+    )[: 70 * SAMPLE_RATE]
     requests = [
         Request(long_audio, sample_rate=SAMPLE_RATE, prompt_ids=PROMPT, config=GREEDY),
         Request(AUDIO, prompt_ids=PROMPT, config=GREEDY),
@@ -175,9 +220,8 @@ def test_streamed_tokens_come_in_time_order_when_windows_share_a_batch(model, tm
     )
     assert len(answers[0].decoded.windows) == 3
     for index, answer in enumerate(answers):
-        assert streamed[index] == sum(
-            answer.decoded.ids, []
-        )  # every token once, windows in time order
+        # every token once, windows in time order
+        assert streamed[index] == sum(answer.decoded.ids, [])
 
 
 def test_parsed_results_and_json_with_a_tokenizer(weights_with_tokenizer):  # noqa: F811
@@ -246,9 +290,14 @@ def test_flags_that_cannot_do_what_they_say_are_refused_in_one_line(
 ):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code, lines, err = run(capsys, AUDIO, "--weights", weights_with_tokenizer, *argv)
-    errors = [line for line in err.splitlines() if not line.startswith("infer.py: warning:")]
-    assert code == 2 and lines == [] and len(errors) == 1  # (this tokenizer's eod warning aside)
-    assert message.replace("{tmp}", str(tmp_path)) in errors[0] and "Traceback" not in err
+    errors = [
+        line for line in err.splitlines() if not line.startswith("infer.py: warning:")
+    ]
+    # (this tokenizer's eod warning aside)
+    assert code == 2 and lines == [] and len(errors) == 1
+    assert (
+        message.replace("{tmp}", str(tmp_path)) in errors[0] and "Traceback" not in err
+    )
 
 
 def test_a_read_only_subtitle_folder_is_refused_before_decoding(
@@ -264,7 +313,9 @@ def test_a_read_only_subtitle_folder_is_refused_before_decoding(
     monkeypatch.setattr(
         infer.os,
         "access",
-        lambda path, mode: False if str(path) == str(folder) else real_access(path, mode),
+        lambda path, mode: (
+            False if str(path) == str(folder) else real_access(path, mode)
+        ),
     )
     monkeypatch.setattr(
         infer,
@@ -272,10 +323,19 @@ def test_a_read_only_subtitle_folder_is_refused_before_decoding(
         lambda args: pytest.fail("the model was loaded before the folder was checked"),
     )
     code, _, err = run(
-        capsys, AUDIO, "--weights", weights_with_tokenizer, "--task", "srwt", "--srt", folder
+        capsys,
+        AUDIO,
+        "--weights",
+        weights_with_tokenizer,
+        "--task",
+        "srwt",
+        "--srt",
+        folder,
     )
     assert (
-        code == 2 and err.strip() == f"infer.py: error: --srt {folder}: the folder is not writable"
+        code == 2
+        and err.strip()
+        == f"infer.py: error: --srt {folder}: the folder is not writable"
     )
 
 
@@ -300,7 +360,9 @@ def test_same_named_files_get_their_own_subtitles_and_a_failed_write_loses_one_f
         "--max-new-tokens",
         "6",
     ]
-    code, lines, err = run(capsys, tmp_path / "x/a.wav", tmp_path / "y/a.wav", *flags, "--srt", out)
+    code, lines, err = run(
+        capsys, tmp_path / "x/a.wav", tmp_path / "y/a.wav", *flags, "--srt", out
+    )
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["x_a.srt", "y_a.srt"]
 
     real_write = infer.Path.write_text
@@ -313,8 +375,12 @@ def test_same_named_files_get_their_own_subtitles_and_a_failed_write_loses_one_f
     monkeypatch.setattr(infer.Path, "write_text", full_disk_for_x)
     for path in out.iterdir():
         path.unlink()
-    code, lines, err = run(capsys, tmp_path / "x/a.wav", tmp_path / "y/a.wav", *flags, "--srt", out)
-    assert code == 1 and [p.name for p in out.iterdir()] == ["y_a.srt"] and len(lines) == 2
+    code, lines, err = run(
+        capsys, tmp_path / "x/a.wav", tmp_path / "y/a.wav", *flags, "--srt", out
+    )
+    assert (
+        code == 1 and [p.name for p in out.iterdir()] == ["y_a.srt"] and len(lines) == 2
+    )
     assert (
         f"{out / 'x_a.srt'}: cannot write (No space left on device)" in err
         and "Traceback" not in err
@@ -334,10 +400,15 @@ def test_files_of_one_stem_in_one_folder_get_their_own_subtitles_in_a_folder_mad
     soundfile.write(folder / "hello.flac", samples[: len(samples) // 2], rate)
     flags = ["--weights", weights_with_tokenizer, "--task", "srwt", "--beams", "1"]
     out = tmp_path / "new" / "subs"
-    code, _, err = run(capsys, folder, *flags, "--max-new-tokens", "6", "--srt", out, "--vtt")
+    code, _, err = run(
+        capsys, folder, *flags, "--max-new-tokens", "6", "--srt", out, "--vtt"
+    )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["hello.flac.srt", "hello.wav.srt"]
-    assert sorted(p.name for p in folder.glob("*.vtt")) == ["hello.flac.vtt", "hello.wav.vtt"]
+    assert sorted(p.name for p in folder.glob("*.vtt")) == [
+        "hello.flac.vtt",
+        "hello.wav.vtt",
+    ]
 
 
 def test_tabs_and_line_breaks_in_keys_stay_inside_one_output_line(
@@ -345,7 +416,9 @@ def test_tabs_and_line_breaks_in_keys_stay_inside_one_output_line(
 ):
     listing = tmp_path / "list.jsonl"
     keys = ["a\tb", "c\nd"]
-    listing.write_text("".join(json.dumps({"key": key, "wav": str(AUDIO)}) + "\n" for key in keys))
+    listing.write_text(
+        "".join(json.dumps({"key": key, "wav": str(AUDIO)}) + "\n" for key in keys)
+    )
     code, lines, _ = run(
         capsys,
         listing,
@@ -364,9 +437,13 @@ def test_tabs_and_line_breaks_in_keys_stay_inside_one_output_line(
     assert all(len(line.split("\t")) == 2 for line in lines)
 
 
-def test_score_only_with_a_model_without_tokenizer_is_refused(capsys, fixture_weights, tmp_path):
+def test_score_only_with_a_model_without_tokenizer_is_refused(
+    capsys, fixture_weights, tmp_path
+):
     listing = tmp_path / "list.jsonl"
-    listing.write_text(json.dumps({"key": "k", "wav": str(AUDIO), "txt": "hello"}) + "\n")
+    listing.write_text(
+        json.dumps({"key": "k", "wav": str(AUDIO), "txt": "hello"}) + "\n"
+    )
     code, lines, err = run(
         capsys,
         listing,
@@ -396,7 +473,9 @@ def test_score_only_scores_by_the_chosen_protocol(
 ):  # noqa: F811
     """infer.py's summary is the Scorer's for that protocol over the same transcripts (what eval.py score prints)."""
     if protocol == "qwen2-audio":
-        pytest.importorskip("zhconv", reason="the qwen2-audio protocol needs the [eval] extra")
+        pytest.importorskip(
+            "zhconv", reason="the qwen2-audio protocol needs the [eval] extra"
+        )
     from osum_min.eval.scoring import Scorer
     from osum_min.text.tasks import parse
 
@@ -408,8 +487,18 @@ def test_score_only_scores_by_the_chosen_protocol(
             for i, (a, t) in enumerate(zip([AUDIO, OTHER], references))
         )
     )
-    flags = ["--weights", weights_with_tokenizer, "--beams", "1", "--max-new-tokens", "6", "--json"]
-    code, lines, _ = run(capsys, listing, *flags, "--protocol", protocol, "--language", "en")
+    flags = [
+        "--weights",
+        weights_with_tokenizer,
+        "--beams",
+        "1",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ]
+    code, lines, _ = run(
+        capsys, listing, *flags, "--protocol", protocol, "--language", "en"
+    )
     summary = json.loads(lines[-1])["summary"]
     code, lines, _ = run(capsys, listing, *flags)
     scorer = Scorer(TASKS["asr"], protocol, "en")

@@ -45,24 +45,34 @@ def test_the_released_model_s_bytes_per_precision():
 )
 def test_the_best_that_fits_is_chosen_and_said(available_gib, expected):
     said = []
-    chosen = choose_precision(released(), "cpu", available=available_gib * GIB, say=said.append)
+    chosen = choose_precision(
+        released(), "cpu", available=available_gib * GIB, say=said.append
+    )
     assert chosen.name == expected
-    assert len(said) == 1 and said[0].startswith(f"precision: {expected} (the best that fits: ")
+    assert len(said) == 1 and said[0].startswith(
+        f"precision: {expected} (the best that fits: "
+    )
     assert f"{available_gib}.0 GiB available on cpu" in said[0]
 
 
 def test_overrides_narrow_the_choice():
     model, said = released(), []
     assert (
-        choose_precision(model, "cpu", torch.bfloat16, available=40 * GIB, say=said.append).name
+        choose_precision(
+            model, "cpu", torch.bfloat16, available=40 * GIB, say=said.append
+        ).name
         == "bf16"
     )
     assert choose_precision(
         model, "cpu", quantize="int8", available=40 * GIB, say=said.append
     ).name == ("int8+float32")
     assert "as asked" in said[-1]
-    with pytest.raises(PrecisionError, match=r"needs 29\.8 GiB in float32 .*, 24\.0 GiB available"):
-        choose_precision(model, "cpu", torch.float32, available=24 * GIB, say=said.append)
+    with pytest.raises(
+        PrecisionError, match=r"needs 29\.8 GiB in float32 .*, 24\.0 GiB available"
+    ):
+        choose_precision(
+            model, "cpu", torch.float32, available=24 * GIB, say=said.append
+        )
 
 
 def test_nothing_fits_is_one_line_before_loading():
@@ -70,23 +80,33 @@ def test_nothing_fits_is_one_line_before_loading():
         choose_precision(released(), "cpu", available=6 * GIB, say=print)
     line = str(refused.value)
     assert "\n" not in line
-    assert "needs 8." in line and "in int8+bf16" in line and "6.0 GiB available on cpu" in line
+    assert (
+        "needs 8." in line
+        and "in int8+bf16" in line
+        and "6.0 GiB available on cpu" in line
+    )
 
 
 def test_gpu_candidates_are_bf16_then_int8():
-    chosen = choose_precision(released(), "cuda", available=12 * GIB, say=lambda line: None)
+    chosen = choose_precision(
+        released(), "cuda", available=12 * GIB, say=lambda line: None
+    )
     assert chosen.name == "int8+bf16"
 
 
 @pytest.mark.parametrize(
     "available, code, said",
-    [(2**20, 2, "0.0 GiB available on cpu: not loading it"), (64 * GIB, 0, "precision: float32 (")],
+    [
+        (2**20, 2, "0.0 GiB available on cpu: not loading it"),
+        (64 * GIB, 0, "precision: float32 ("),
+    ],
 )
 def test_infer_says_its_choice_or_refuses_in_one_line(
     fixture_weights, capsys, monkeypatch, available, code, said
 ):
     monkeypatch.setattr(precision, "available_bytes", lambda device: available)
-    monkeypatch.setattr(precision, "SAID_FROM_BYTES", 0)  # said even for the fixture's model
+    # said even for the fixture's model
+    monkeypatch.setattr(precision, "SAID_FROM_BYTES", 0)
     audio, weights = str(FIXTURE_A / "audio.wav"), str(fixture_weights)
     flags = ["--prompt-ids", "1", "--ids", "--max-new-tokens", "2"]
     assert infer.main([audio, "--weights", weights, *flags]) == code
@@ -107,7 +127,9 @@ def test_a_batch_decodes_as_each_item_alone(fixture_weights, expected, mode):
     mel = torch.stack([feats, feats.flip(0) * 0.5])  # two different clips, same length
     lens = torch.tensor([feats.shape[0], feats.shape[0] - 40])
     prompts = [[17, 230, 511], [42, 901, 7, 333, 5]]
-    settings = dict(num_beams=2, repetition_penalty=1.05, max_new_tokens=8, eos_token_id=None)
+    settings = dict(
+        num_beams=2, repetition_penalty=1.05, max_new_tokens=8, eos_token_id=None
+    )
     batch = model.generate(mel, lens, prompts, **settings)
     alone = [
         model.generate(mel[i : i + 1], lens[i : i + 1], [prompts[i]], **settings)[0]

@@ -53,7 +53,8 @@ def test_int8_linear_is_the_rounded_weight_times_its_scale(rows, shape):
     quantized = Int8Linear.from_linear(layer)
     weight_int8 = quantized.int8_weight()
     assert weight_int8.dtype == torch.int8 and quantized.scale.shape == shape[:1]
-    assert weight_int8.abs().amax(dim=1).eq(127).all()  # each row's largest weight maps to +-127
+    # each row's largest weight maps to +-127
+    assert weight_int8.abs().amax(dim=1).eq(127).all()
     error = (quantized.dequantized_weight() - layer.weight).abs()
     assert (
         error <= quantized.scale[:, None] * (0.5 + 1e-4)
@@ -97,8 +98,12 @@ def test_lora_is_merged_before_quantising():
     with_adapter = layer(x)
     quantized = Int8Linear.from_linear(layer)
     without = F.linear(x, layer.weight - layer._delta(), layer.bias)
-    assert (with_adapter - quantized(x)).abs().max() * 5 < (with_adapter - without).abs().max()
-    merged_error = (quantized.dequantized_weight() - (layer.weight + layer._delta())).abs()
+    assert (with_adapter - quantized(x)).abs().max() * 5 < (
+        with_adapter - without
+    ).abs().max()
+    merged_error = (
+        quantized.dequantized_weight() - (layer.weight + layer._delta())
+    ).abs()
     assert (merged_error <= quantized.scale[:, None] * (0.5 + 1e-4)).all()
 
 
@@ -108,14 +113,18 @@ def test_fixture_a_prefill_logits_within_bound(models, expected):
     nats/position, top-1 agreement 42/44 (the two others are near-ties of its random-like weights)."""
     plain, quantized = models
     embeds = expected["generate_inputs_embeds"][None]
+    # (L, V)
     reference, logits = (
         plain.llm(inputs_embeds=embeds)[0],
         quantized.llm(inputs_embeds=embeds)[0],
-    )  # (L, V)
+    )
     difference = (logits - reference).abs().max().item()
     assert difference < 0.1
     kl = F.kl_div(
-        logits.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="none"
+        logits.log_softmax(-1),
+        reference.log_softmax(-1),
+        log_target=True,
+        reduction="none",
     ).sum(-1)
     assert kl.mean() < 5e-4
     # top-1 can only change where float's lead over its runner-up is within 2x the largest logit difference
@@ -128,17 +137,18 @@ def test_fixture_a_prefill_logits_within_bound(models, expected):
 
 def test_every_llm_linear_is_int8_at_under_30_percent_of_float32(models):
     plain, quantized = models
-    linears = [m for m in quantized.llm.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
+    linears = [
+        m
+        for m in quantized.llm.modules()
+        if isinstance(m, (torch.nn.Linear, Int8Linear))
+    ]
     assert linears and all(isinstance(m, Int8Linear) for m in linears)
-    assert (
-        len(linears) == 7 * quantized.config.llm.layers + 1
-    )  # q k v o gate up down per layer, lm_head
-    assert all(
-        m.int8_weight().is_contiguous() for m in linears
-    )  # use_input_major_weights leaves int8 alone
-    assert isinstance(
-        quantized.encoder.blocks[0].mlp[0], torch.nn.Linear
-    )  # the encoder stays float
+    # q k v o gate up down per layer, lm_head
+    assert len(linears) == 7 * quantized.config.llm.layers + 1
+    # use_input_major_weights leaves int8 alone
+    assert all(m.int8_weight().is_contiguous() for m in linears)
+    # the encoder stays float
+    assert isinstance(quantized.encoder.blocks[0].mlp[0], torch.nn.Linear)
     ratio = linear_weight_bytes(quantized.llm) / linear_weight_bytes(plain.llm)
     assert ratio <= 0.30, ratio
 
@@ -155,7 +165,9 @@ def test_quantize_rejects_what_it_cannot_do(fixture_weights, models, tmp_path):
             fixture_weights, device="cpu", for_training=True
         ).prepare_for_inference("cpu", None, "int4")
     with pytest.raises(ValueError, match="for inference: not with for_training=True"):
-        OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int8", for_training=True)
+        OSUM.from_pretrained(
+            fixture_weights, device="cpu", quantize="int8", for_training=True
+        )
 
 
 def test_infer_cli_quantize_int8_equals_the_quantised_model(
@@ -187,7 +199,9 @@ def test_infer_cli_quantize_int8_equals_the_quantised_model(
     assert ids == direct and len(ids) == 16
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_torch_compile_equals_the_dequantised_product():
     """Compiled, the layer takes the F.linear(x, int8.to(dtype)) * scale form (what inductor fuses on CUDA):
     float activations, where eager CPU quantises them (fbgemm)."""
@@ -209,7 +223,8 @@ def test_quantize_int8_of_a_tied_qwen2_keeps_float_embeddings():
     reference = model(input_ids=ids)
     quantize_int8(model)
     assert (
-        isinstance(model.lm_head, Int8Linear) and model.embed_tokens.weight.dtype == torch.float32
+        isinstance(model.lm_head, Int8Linear)
+        and model.embed_tokens.weight.dtype == torch.float32
     )
     assert (model(input_ids=ids) - reference).abs().max() < 0.05 * reference.abs().max()
 
@@ -230,7 +245,9 @@ def test_real_qwen25_gguf_teacher_forced_agreement():
     from qwen_from_gguf import GGUF_NAME, gguf_file
 
     path = gguf_file(ASSETS)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        path.parent, gguf_file=path.name
+    )
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
@@ -242,7 +259,9 @@ def test_real_qwen25_gguf_teacher_forced_agreement():
     ).eval()
     del hf
     quantized = quantize_int8(copy.deepcopy(model))
-    ids = tokenizer((ROOT / "README.md").read_text(), return_tensors="pt").input_ids[:, :4096]
+    ids = tokenizer((ROOT / "README.md").read_text(), return_tensors="pt").input_ids[
+        :, :4096
+    ]
     agree, kl, count = 0, 0.0, 0
     for window in ids.split(1024, dim=1):  # teacher-forced, 1024 tokens at a time
         reference = model(input_ids=window)[0].log_softmax(-1)  # (L, V)

@@ -37,7 +37,9 @@ def fixture_llm() -> Qwen2:
         if k.startswith("llama_model.")
     }
     llm_config = json.loads((FIXTURE / "osum_config.json").read_text())["llm_config"]
-    cfg = Qwen2Config.from_hf(llm_config, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1)
+    cfg = Qwen2Config.from_hf(
+        llm_config, lora_rank=8, lora_alpha=32.0, lora_dropout=0.1
+    )
     return load_state_dict_strict(Qwen2(cfg), ours, "fixture_a/infer.pt").eval()
 
 
@@ -59,9 +61,13 @@ def test_logits_equal_transformers_peft():
     mine = ours(input_ids=ids, attention_mask=mask, position_ids=positions)
     valid = mask.bool()
     assert (mine[valid] - theirs[valid]).abs().max() < 1e-4
-    assert torch.isfinite(mine).all()  # left-padded query rows see no key: finite, not NaN
+    assert torch.isfinite(
+        mine
+    ).all()  # left-padded query rows see no key: finite, not NaN
     embeds = hf.get_input_embeddings()(ids)
-    assert (ours(inputs_embeds=embeds) - hf(inputs_embeds=embeds).logits).abs().max() < 1e-4
+    assert (
+        ours(inputs_embeds=embeds) - hf(inputs_embeds=embeds).logits
+    ).abs().max() < 1e-4
     assert (
         ours.forward_hidden(input_ids=ids)
         - hf(input_ids=ids, output_hidden_states=True).hidden_states[-1]
@@ -91,7 +97,8 @@ def test_beam_cache_steps_and_reorders_equal_full_forwards(shared):
     ids, mask, positions = padded_batch()
     copies, steps = 3, 5
     rows = torch.arange(2).repeat_interleave(copies)
-    slot_mask = torch.nn.functional.pad(mask, (0, steps), value=1)[rows]  # (6, 12 + steps)
+    # (6, 12 + steps)
+    slot_mask = torch.nn.functional.pad(mask, (0, steps), value=1)[rows]
     new_ids = torch.randint(
         0, TINY.vocab_size, (steps, 6), generator=torch.Generator().manual_seed(5)
     )
@@ -100,7 +107,9 @@ def test_beam_cache_steps_and_reorders_equal_full_forwards(shared):
         decoder = CachedDecoder(ours, ours.embed_tokens(ids), mask, steps, copies)
         assert decoder.inputs.kv_cache.shape == (2, 6, bucket(12), bucket(steps))
     else:
-        decoder = CachedDecoder(ours, ours.embed_tokens(ids[rows]), mask[rows], steps, copies=1)
+        decoder = CachedDecoder(
+            ours, ours.embed_tokens(ids[rows]), mask[rows], steps, copies=1
+        )
     histories = [[] for _ in rows]
     for t in range(steps):
         if t in reorders:
@@ -114,7 +123,9 @@ def test_beam_cache_steps_and_reorders_equal_full_forwards(shared):
             [positions[rows], positions[rows, -1:] + torch.arange(1, t + 2)], 1
         )
         full = ours(
-            input_ids=whole, attention_mask=slot_mask[:, : 12 + t + 1], position_ids=whole_positions
+            input_ids=whole,
+            attention_mask=slot_mask[:, : 12 + t + 1],
+            position_ids=whole_positions,
         )[:, -1]
         assert (stepped - full).abs().max() < 1e-5, t
 
@@ -129,11 +140,14 @@ def test_merge_and_unmerge_lora():
     ours.merge_lora()
     ours.merge_lora()  # idempotent
     assert (ours(input_ids=ids) - before).abs().max() < 1e-5
-    assert (q_proj.weight - base).abs().max() > 1e-3  # the adapter really moved into the weight
+    assert (
+        q_proj.weight - base
+    ).abs().max() > 1e-3  # the adapter really moved into the weight
     ours.unmerge_lora()
     ours.unmerge_lora()
     assert (q_proj.weight - base).abs().max() < 1e-6
-    assert not isinstance(ours.layers[0].mlp.up_proj, LoRALinear)  # up_proj is not a target
+    # up_proj is not a target
+    assert not isinstance(ours.layers[0].mlp.up_proj, LoRALinear)
 
 
 def test_hf_key_to_ours_accepts_hf_and_both_peft_forms():
@@ -144,11 +158,19 @@ def test_hf_key_to_ours_accepts_hf_and_both_peft_forms():
     assert hf_key_to_ours("lm_head.weight") == "lm_head.weight"
     assert hf_key_to_ours("model.embed_tokens.weight") == "embed_tokens.weight"
     peft = "base_model.model.model.layers.3.self_attn.q_proj."
-    assert hf_key_to_ours(peft + "base_layer.weight") == "layers.3.self_attn.q_proj.weight"
-    assert hf_key_to_ours(peft + "bias") == "layers.3.self_attn.q_proj.bias"  # peft < 0.7 form
-    assert hf_key_to_ours(peft + "lora_A.default.weight") == "layers.3.self_attn.q_proj.lora_A"
     assert (
-        hf_key_to_ours("base_model.model.model.layers.3.mlp.down_proj.lora_B.default.weight")
+        hf_key_to_ours(peft + "base_layer.weight") == "layers.3.self_attn.q_proj.weight"
+    )
+    # peft < 0.7 form
+    assert hf_key_to_ours(peft + "bias") == "layers.3.self_attn.q_proj.bias"
+    assert (
+        hf_key_to_ours(peft + "lora_A.default.weight")
+        == "layers.3.self_attn.q_proj.lora_A"
+    )
+    assert (
+        hf_key_to_ours(
+            "base_model.model.model.layers.3.mlp.down_proj.lora_B.default.weight"
+        )
         == "layers.3.mlp.down_proj.lora_B"
     )
     assert hf_key_to_ours("base_model.model.lm_head.weight") == "lm_head.weight"
@@ -182,7 +204,10 @@ def test_presets_have_the_published_parameter_counts():
         with torch.device("meta"):
             model = Qwen2(Qwen2Config(**{**LLM_PRESETS[name].__dict__, "lora_rank": 0}))
         assert sum(p.numel() for p in model.parameters()) == count, name
-    assert LLM_PRESETS["qwen2-7b"].lora_rank == 8 and LLM_PRESETS["qwen2-7b"].head_dim == 128
+    assert (
+        LLM_PRESETS["qwen2-7b"].lora_rank == 8
+        and LLM_PRESETS["qwen2-7b"].head_dim == 128
+    )
 
 
 @torch.no_grad()
@@ -199,20 +224,29 @@ def test_load_hf_checkpoint_sharded_and_strict(tmp_path):
     cfg = Qwen2Config(**{**TINY.__dict__, "lora_rank": 0, "tie_embeddings": True})
     torch.manual_seed(1)
     hf = transformers.Qwen2ForCausalLM(hf_config(cfg)).eval()
-    hf.save_pretrained(tmp_path, max_shard_size="20KB")  # several shards plus an index json
+    # several shards plus an index json
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     ours = load_hf_checkpoint(tmp_path)
-    assert ours.config.tie_embeddings and ours.lm_head.weight is ours.embed_tokens.weight
+    assert (
+        ours.config.tie_embeddings and ours.lm_head.weight is ours.embed_tokens.weight
+    )
     ids, _, _ = padded_batch()
     assert (ours(input_ids=ids) - hf(input_ids=ids).logits).abs().max() < 1e-4
     with pytest.raises(
         WeightsError, match=r"test: missing 1 key\(s\): layers.1.mlp.up_proj.weight$"
     ):
-        state = {k: v for k, v in ours.state_dict().items() if k != "layers.1.mlp.up_proj.weight"}
+        state = {
+            k: v
+            for k, v in ours.state_dict().items()
+            if k != "layers.1.mlp.up_proj.weight"
+        }
         load_state_dict_strict(Qwen2(cfg), state, "test")
     with pytest.raises(WeightsError, match="no \\*.safetensors"):
         (tmp_path / "empty").mkdir()
-        (tmp_path / "empty" / "config.json").write_text((tmp_path / "config.json").read_text())
+        (tmp_path / "empty" / "config.json").write_text(
+            (tmp_path / "config.json").read_text()
+        )
         load_hf_checkpoint(tmp_path / "empty")
 
 
@@ -228,22 +262,24 @@ def test_strict_load_ties_shared_weights_allows_only_new_adapters_and_names_what
     )
     base = {name: tensor for name, tensor in state.items() if ".lora_" not in name}
     with pytest.raises(
-        WeightsError, match=r"^s: missing \d+ key\(s\): layers.0.self_attn.q_proj.lora_A"
+        WeightsError,
+        match=r"^s: missing \d+ key\(s\): layers.0.self_attn.q_proj.lora_A",
     ):
         load_state_dict_strict(Qwen2(cfg), base, "s")
     fresh = Qwen2(cfg)
     adapter = fresh.layers[0].self_attn.q_proj.lora_A.clone()
     load_state_dict_strict(fresh, base, "s", new=lambda name: ".lora_" in name)
-    assert torch.equal(
-        fresh.layers[0].self_attn.q_proj.lora_A, adapter
-    )  # the new adapter keeps its init
+    # the new adapter keeps its init
+    assert torch.equal(fresh.layers[0].self_attn.q_proj.lora_A, adapter)
     assert torch.equal(fresh.norm.weight, state["norm.weight"])
     with pytest.raises(WeightsError, match=r"^s: unexpected 1 key\(s\): extra$"):
         load_state_dict_strict(Qwen2(cfg), {**state, "extra": torch.zeros(1)}, "s")
     with pytest.raises(
         WeightsError, match=r"^s: norm.weight has shape \(3,\), the model's is \(64,\)$"
     ):
-        load_state_dict_strict(Qwen2(cfg), {**state, "norm.weight": torch.zeros(3)}, "s")
+        load_state_dict_strict(
+            Qwen2(cfg), {**state, "norm.weight": torch.zeros(3)}, "s"
+        )
 
 
 @torch.no_grad()
@@ -264,7 +300,9 @@ def test_real_qwen25_gguf_weights_greedy_and_logits():
     from osum_min.model.generate import GenerationConfig, generate
 
     path = gguf_file(ASSETS)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        path.parent, gguf_file=path.name
+    )
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     ).eval()
@@ -280,7 +318,10 @@ def test_real_qwen25_gguf_weights_greedy_and_logits():
         0, ids.shape[1] :
     ].tolist()
     mine = generate(
-        ours, ours.embed_tokens(ids), None, GenerationConfig(max_new_tokens=20, eos_token_id=None)
+        ours,
+        ours.embed_tokens(ids),
+        None,
+        GenerationConfig(max_new_tokens=20, eos_token_id=None),
     )[0]
     assert mine == theirs and len(mine) == 20
     assert tokenizer.decode(mine).startswith(" Paris")

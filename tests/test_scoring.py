@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osum_min.eval.scoring import Edits, Scorer, alignment_counts, edit_distance, osum_tokens
+from osum_min.eval.scoring import (
+    Edits,
+    Scorer,
+    alignment_counts,
+    edit_distance,
+    osum_tokens,
+)
 from osum_min.text.tasks import TASKS, parse
 
 
@@ -40,7 +46,12 @@ def test_units_split_mixed_scripts_as_compute_wer():
         "DON'T",
         "STOP!",
     ]
-    assert osum_tokens("Hello,   world. <unk>你好。") == ["HELLO,", "WORLD.", "你", "好"]
+    assert osum_tokens("Hello,   world. <unk>你好。") == [
+        "HELLO,",
+        "WORLD.",
+        "你",
+        "好",
+    ]
     assert osum_tokens("42nd 街", split_alnum=True) == ["4", "2", "N", "D", "街"]
 
 
@@ -48,12 +59,15 @@ def test_wer_english_with_normalisation():
     scorer = Scorer(TASKS["asr"])
     # compute-wer.py keeps the full stop of `mat.`: the->a and mat.->mat are 2 sub / 6
     scorer.add("The cat sat on the mat.", parse(TASKS["asr"], "the cat sat on a mat"))
-    scorer.add(
-        "Hello world", parse(TASKS["asr"], "HELLO big world")
-    )  # 1 ins / 2 (case is normalised away)
+    # 1 ins / 2 (case is normalised away)
+    scorer.add("Hello world", parse(TASKS["asr"], "HELLO big world"))
     summary = scorer.summary()
     assert scorer.metric == "wer"
-    assert (summary["substitutions"], summary["deletions"], summary["insertions"]) == (2, 0, 1)
+    assert (summary["substitutions"], summary["deletions"], summary["insertions"]) == (
+        2,
+        0,
+        1,
+    )
     assert summary["reference_units"] == 8 and summary["wer"] == pytest.approx(37.5)
 
 
@@ -99,22 +113,22 @@ def test_label_accuracy_and_transcript_from_tagged_references():
     scorer.add("再见<child><male>", parse(task, "再见<adult><male>"))
     scorer.add("谢谢<old><female>", parse(task, "谢谢"))  # labels missing: both wrong
     summary = scorer.summary()
-    assert (
-        summary["wer"] == 0.0 and summary["reference_units"] == 6
-    )  # the tags are not part of the transcript
+    # the tags are not part of the transcript
+    assert summary["wer"] == 0.0 and summary["reference_units"] == 6
     assert summary["age_accuracy"] == pytest.approx(100 / 3, abs=0.01)
     assert summary["gender_accuracy"] == pytest.approx(200 / 3, abs=0.01)
 
 
 def test_style_references_are_mapped_to_classes():
     scorer = Scorer(TASKS["ssr"])
-    scorer.add(
-        "从前 <小说>", parse(TASKS["ssr"], "从前<有声书>")
-    )  # raw corpus style 小说 -> class 有声书
+    # raw corpus style 小说 -> class 有声书
+    scorer.add("从前 <小说>", parse(TASKS["ssr"], "从前<有声书>"))
     assert scorer.summary()["style_accuracy"] == 100.0
 
 
-def reference_alignment(reference: list[str], hypothesis: list[str]) -> list[tuple[str, str]]:
+def reference_alignment(
+    reference: list[str], hypothesis: list[str]
+) -> list[tuple[str, str]]:
     """compute-wer.py's alignment restated cell by cell in plain Python (the oracle for the numpy engine, and the
     pure-Python speed reference of bench/score.py): costs 1/1/1, a cell takes deletion, then insertion, then the
     diagonal, each only when strictly cheaper; the path is read back from the last cell. Returns (operation, token):
@@ -148,7 +162,9 @@ def reference_alignment(reference: list[str], hypothesis: list[str]) -> list[tup
     st.lists(st.lists(st.sampled_from("abcd"), max_size=9), min_size=1, max_size=6),
     st.lists(st.lists(st.sampled_from("abcde"), max_size=9), min_size=6, max_size=6),
 )
-def test_numpy_alignment_books_every_token_as_the_reference_alignment(references, hypotheses):
+def test_numpy_alignment_books_every_token_as_the_reference_alignment(
+    references, hypotheses
+):
     """Many pairs aligned together (tiny chunks too) book C/S/D/I per token exactly as the cell-by-cell rule does."""
     hypotheses = hypotheses[: len(references)]
     vocabulary = {unit: k for k, unit in enumerate("abcde")}
@@ -156,9 +172,14 @@ def test_numpy_alignment_books_every_token_as_the_reference_alignment(references
     for reference, hypothesis in zip(references, hypotheses):
         for how, token in reference_alignment(reference, hypothesis):
             expected[vocabulary[token], "CSDI".index(how)] += 1
-    ids = [[[vocabulary[u] for u in units] for units in side] for side in (references, hypotheses)]
+    ids = [
+        [[vocabulary[u] for u in units] for units in side]
+        for side in (references, hypotheses)
+    ]
     for cells in (4_000_000, 30):
-        assert (alignment_counts(ids[0], ids[1], 5, cells_per_chunk=cells) == expected).all()
+        assert (
+            alignment_counts(ids[0], ids[1], 5, cells_per_chunk=cells) == expected
+        ).all()
 
 
 def reference_tokens(text: str, split_alnum: bool = False) -> list[str]:
@@ -207,7 +228,9 @@ def reference_tokens(text: str, split_alnum: bool = False) -> list[str]:
 @settings(max_examples=500, deadline=None)
 @given(
     st.text(
-        st.sampled_from("ab Z1.,!?'<>-_\t\n你好。，“”éßı\u3000\u00a0\U00020000\U0001f600\u0378ﬁ")
+        st.sampled_from(
+            "ab Z1.,!?'<>-_\t\n你好。，“”éßı\u3000\u00a0\U00020000\U0001f600\u0378ﬁ"
+        )
         | st.characters(),
         max_size=30,
     ),

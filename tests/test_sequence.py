@@ -19,17 +19,24 @@ class PromptAfterSpeech(OSUM):
     def _item(self, prompt_ids, speech, label_ids=()):
         bos, eos = self.speech_bos_eos.to(speech.dtype)[:, None, :]  # (1, H) each
         tail = torch.cat(
-            [self._embed_ids(prompt_ids, speech.dtype), self._embed_ids(label_ids, speech.dtype)]
+            [
+                self._embed_ids(prompt_ids, speech.dtype),
+                self._embed_ids(label_ids, speech.dtype),
+            ]
         )
         embeds = torch.cat([bos, speech, eos, tail])  # (1 + S + 1 + P + A, H)
         targets = torch.full((embeds.shape[0],), IGNORE_ID)
-        targets[embeds.shape[0] - len(label_ids) :] = torch.tensor(label_ids, dtype=torch.long)
+        targets[embeds.shape[0] - len(label_ids) :] = torch.tensor(
+            label_ids, dtype=torch.long
+        )
         return embeds, targets
 
 
 @pytest.fixture(scope="module", params=[OSUM, PromptAfterSpeech], ids=ORDERS)
 def trainable(request, fixture_weights) -> OSUM:
-    return request.param.from_pretrained(fixture_weights, device="cpu", for_training=True)
+    return request.param.from_pretrained(
+        fixture_weights, device="cpu", for_training=True
+    )
 
 
 def fixture_labels(expected) -> list[list[int]]:
@@ -46,14 +53,19 @@ def test_real_slots_are_the_originals_and_give_its_logits(fixture_weights, expec
             expected["batch_feats"], expected["batch_feats_lengths"]
         )
         batch = model.sequences(
-            prompts, [row[:n] for row, n in zip(speech, lengths)], fixture_labels(expected)
+            prompts,
+            [row[:n] for row, n in zip(speech, lengths)],
+            fixture_labels(expected),
         )
         logits = model.llm(
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
         )
-    ours, theirs = batch.attention_mask.bool(), expected["batch_llm_attention_mask"].bool()
+    ours, theirs = (
+        batch.attention_mask.bool(),
+        expected["batch_llm_attention_mask"].bool(),
+    )
     assert (
         ours.sum(-1) == theirs.sum(-1)
     ).all() and not ours.all()  # the rows differ in length: some padding
@@ -88,11 +100,15 @@ def test_the_slot_before_each_label_is_real_and_padding_comes_first():
     assert torch.equal(batch.inputs_embeds[1, :3], torch.zeros(3, 4))
     labelled = batch.targets != IGNORE_ID
     assert labelled.sum().item() == 3
-    assert batch.attention_mask[:, :-1][labelled[:, 1:]].all()  # no label is predicted from padding
+    assert batch.attention_mask[:, :-1][
+        labelled[:, 1:]
+    ].all()  # no label is predicted from padding
 
 
 @pytest.mark.parametrize(
-    "prompts", [PROMPTS, [[], PROMPTS[1]], [PROMPTS[1], PROMPTS[0] * 3]], ids=["7+5", "0+5", "5+21"]
+    "prompts",
+    [PROMPTS, [[], PROMPTS[1]], [PROMPTS[1], PROMPTS[0] * 3]],
+    ids=["7+5", "0+5", "5+21"],
 )
 def test_training_batch_equals_each_item_alone(trainable, expected, prompts):
     """Each item's summed loss in a batch is its loss alone, and the batch loss their token mean. Frames 276 and
@@ -123,13 +139,18 @@ def decoder(request, fixture_weights) -> OSUM:
     return request.param.from_pretrained(fixture_weights, device="cpu")
 
 
-@pytest.mark.parametrize("settings", [GREEDY, BEAM4, {**BEAM4, "repetition_penalty": 1.05}])
+@pytest.mark.parametrize(
+    "settings", [GREEDY, BEAM4, {**BEAM4, "repetition_penalty": 1.05}]
+)
 def test_decoding_batch_equals_each_item_alone(decoder, expected, settings):
     feats, lengths = expected["batch_feats"], expected["batch_feats_lengths"]
     together = decoder.generate(feats, lengths, PROMPTS, **settings)
     alone = [
         decoder.generate(
-            feats[i : i + 1, : lengths[i]], lengths[i : i + 1], PROMPTS[i : i + 1], **settings
+            feats[i : i + 1, : lengths[i]],
+            lengths[i : i + 1],
+            PROMPTS[i : i + 1],
+            **settings,
         )[0]
         for i in range(2)
     ]

@@ -30,15 +30,23 @@ from osum_min.text.tasks import TASKS, parse
 
 fastapi = pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
 uvicorn = pytest.importorskip("uvicorn", reason="the server needs the [serve] extra")
-pytest.importorskip("multipart", reason="the server needs the [serve] extra (python-multipart)")
+pytest.importorskip(
+    "multipart", reason="the server needs the [serve] extra (python-multipart)"
+)
 httpx = pytest.importorskip("httpx", reason="the raw HTTP tests use httpx")
-openai = pytest.importorskip("openai", reason="the client tests use the official openai client")
+openai = pytest.importorskip(
+    "openai", reason="the client tests use the official openai client"
+)
 
 from osum_min.serve.server import ServerConfig, create_app, uvicorn_config  # noqa: E402
 
 KEY = "sk-test"
 TOKENS = 8  # the server's max_new_tokens: the random model never stops early, so this bounds every decode
-AUDIO = [FIXTURE_A / "audio.wav", FIXTURE_A / "audio_batch_item1.wav", FIXTURE_A / "audio_44k.wav"]
+AUDIO = [
+    FIXTURE_A / "audio.wav",
+    FIXTURE_A / "audio_batch_item1.wav",
+    FIXTURE_A / "audio_44k.wav",
+]
 SRWT_RAW = "hello<0.3, 0.7> big<0.8, 1.1> world<2.5, 3.0>"
 
 
@@ -63,7 +71,9 @@ def running(app):
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        assert time.monotonic() < deadline and thread.is_alive(), (
+            "the server did not start"
+        )
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
@@ -81,7 +91,11 @@ def served(weights_with_tokenizer):  # noqa: F811
         load_for_inference(weights_with_tokenizer, tokenizer, device="cpu"), tokenizer
     )
     config = ServerConfig(
-        api_key=KEY, max_upload_mb=1, max_audio_seconds=20, max_new_tokens=TOKENS, wait_ms=50
+        api_key=KEY,
+        max_upload_mb=1,
+        max_audio_seconds=20,
+        max_new_tokens=TOKENS,
+        wait_ms=50,
     )
     app = create_app(pipeline, config)
     with running(app) as url:
@@ -90,7 +104,9 @@ def served(weights_with_tokenizer):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def client(served):
-    return openai.OpenAI(base_url=served[0] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    return openai.OpenAI(
+        base_url=served[0] + "/v1", api_key=KEY, max_retries=0, timeout=60
+    )
 
 
 def alone(pipeline, request: Request):
@@ -108,8 +124,15 @@ def b64(path) -> str:
 
 
 def audio_message(path, text=None) -> list[dict]:
-    parts = [{"type": "input_audio", "input_audio": {"data": b64(path), "format": "wav"}}]
-    return [{"role": "user", "content": parts + ([{"type": "text", "text": text}] if text else [])}]
+    parts = [
+        {"type": "input_audio", "input_audio": {"data": b64(path), "format": "wav"}}
+    ]
+    return [
+        {
+            "role": "user",
+            "content": parts + ([{"type": "text", "text": text}] if text else []),
+        }
+    ]
 
 
 def post(served, path, key=KEY, **kwargs):
@@ -121,9 +144,14 @@ def post(served, path, key=KEY, **kwargs):
 
 
 def test_transcription_json_and_text_equal_the_pipeline_alone(served, client):
-    expected = alone(served[1], Request(str(AUDIO[0]), config=decoding())).result.transcript
+    expected = alone(
+        served[1], Request(str(AUDIO[0]), config=decoding())
+    ).result.transcript
     with AUDIO[0].open("rb") as audio:
-        assert client.audio.transcriptions.create(model="osum", file=audio).text == expected
+        assert (
+            client.audio.transcriptions.create(model="osum", file=audio).text
+            == expected
+        )
     with AUDIO[0].open("rb") as audio:
         assert (
             client.audio.transcriptions.create(
@@ -134,7 +162,9 @@ def test_transcription_json_and_text_equal_the_pipeline_alone(served, client):
 
 
 def test_transcription_task_field_gives_the_labels(served):
-    expected = alone(served[1], Request(str(AUDIO[1]), task=TASKS["ser"], config=decoding())).result
+    expected = alone(
+        served[1], Request(str(AUDIO[1]), task=TASKS["ser"], config=decoding())
+    ).result
     reply = post(
         served,
         "/v1/audio/transcriptions",
@@ -155,7 +185,9 @@ def test_subtitles_from_srwt(served, client, response_format):
         )
     words = parse(TASKS["srwt"], SRWT_RAW).words
     assert text == subtitles(words, vtt=response_format == "vtt")
-    assert ("00:00:00.300 --> " if response_format == "vtt" else "1\n00:00:00,300 --> ") in text
+    assert (
+        "00:00:00.300 --> " if response_format == "vtt" else "1\n00:00:00,300 --> "
+    ) in text
 
 
 def test_verbose_json_words_and_segments(served, client):
@@ -190,16 +222,17 @@ def test_chat_with_input_audio_equals_the_pipeline_alone(served, client):
     assert reply.choices[0].message.content == content(expected)
     mel, lens = pad_features([log_mel(load_audio(AUDIO[1]))])
     _, speech = served[1].model.embed_speech(mel, lens, original_mask_rule=False)
-    assert (
-        reply.usage.prompt_tokens == len(expected.prompt_ids) + int(speech[0]) + 2
-    )  # + speech bos and eos
+    # + speech bos and eos
+    assert reply.usage.prompt_tokens == len(expected.prompt_ids) + int(speech[0]) + 2
     assert reply.usage.completion_tokens == TOKENS
     assert reply.choices[0].finish_reason == "length"
 
 
 def test_voice_chat_and_python_chat_api_agree(served, client):
     """Audio alone is voice chat (sttc); the Python `chat` API answers a list of conversations as one batch."""
-    reply = client.chat.completions.create(model="osum", messages=audio_message(AUDIO[0]))
+    reply = client.chat.completions.create(
+        model="osum", messages=audio_message(AUDIO[0])
+    )
     conversations = [
         [{"role": "user", "content": [{"type": "audio", "audio": str(AUDIO[0])}]}],
         [
@@ -213,11 +246,15 @@ def test_voice_chat_and_python_chat_api_agree(served, client):
         ],
     ]
     answers = chat(served[1], conversations, decoding())
-    assert reply.choices[0].message.content == answers[0] and isinstance(answers[1], str)
+    assert reply.choices[0].message.content == answers[0] and isinstance(
+        answers[1], str
+    )
 
 
 def user_audio(audio, text=None) -> list[dict]:
-    parts = [{"type": "audio", "audio": audio}] + ([{"type": "text", "text": text}] if text else [])
+    parts = [{"type": "audio", "audio": audio}] + (
+        [{"type": "text", "text": text}] if text else []
+    )
     return [{"role": "user", "content": parts}]
 
 
@@ -227,12 +264,22 @@ def user_audio(audio, text=None) -> list[dict]:
         (("abc",), TypeError, "conversations must be a list of conversations"),
         ((None,), TypeError, "conversations must be a list of conversations"),
         (([user_audio(str(AUDIO[0]))], {"num_beams": 1}), TypeError, "config must be"),
-        (([user_audio(str(AUDIO[0]))], None, "16000"), TypeError, "sample_rate must be"),
+        (
+            ([user_audio(str(AUDIO[0]))], None, "16000"),
+            TypeError,
+            "sample_rate must be",
+        ),
         (([user_audio(str(AUDIO[0]))], None, True), TypeError, "sample_rate must be"),
-        (([user_audio(str(AUDIO[0]))], None, -16000), ValueError, "sample_rate must be above"),
+        (
+            ([user_audio(str(AUDIO[0]))], None, -16000),
+            ValueError,
+            "sample_rate must be above",
+        ),
     ],
 )
-def test_chat_arguments_of_the_wrong_kind_fail_at_the_entry(served, arguments, error, words):
+def test_chat_arguments_of_the_wrong_kind_fail_at_the_entry(
+    served, arguments, error, words
+):
     with pytest.raises(error) as raised:
         chat(served[1], *arguments)
     assert words in str(raised.value) and "\n" not in str(raised.value)
@@ -265,19 +312,28 @@ def test_chat_answers_each_conversation_a_bad_one_its_error(served, tmp_path):
         6: "exactly one audio clip",
     }
     for index, words in problems.items():
-        assert words in str(answers[index].error) and "\n" not in str(answers[index].error)
-    [with_rate] = chat(served[1], [user_audio(samples, "hi")], None, sample_rate=SAMPLE_RATE)
+        assert words in str(answers[index].error) and "\n" not in str(
+            answers[index].error
+        )
+    [with_rate] = chat(
+        served[1], [user_audio(samples, "hi")], None, sample_rate=SAMPLE_RATE
+    )
     assert isinstance(with_rate, str)
 
 
 def test_streaming_equals_greedy_alone(served, client):
     messages = audio_message(AUDIO[2], "what is said")
     stream = client.chat.completions.create(
-        model="osum", messages=messages, stream=True, stream_options={"include_usage": True}
+        model="osum",
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    expected = alone(served[1], to_request(messages, decoding(num_beams=1), remote=True))
+    expected = alone(
+        served[1], to_request(messages, decoding(num_beams=1), remote=True)
+    )
     assert streamed == content(expected) and streamed
     assert chunks[-1].usage.completion_tokens == TOKENS
 
@@ -288,7 +344,9 @@ def test_eight_concurrent_clients_each_get_their_answer_alone(served):
 
     def ask(job):
         reply = post(
-            served, "/v1/chat/completions", json={"model": "osum", "messages": audio_message(*job)}
+            served,
+            "/v1/chat/completions",
+            json={"model": "osum", "messages": audio_message(*job)},
         )
         assert reply.status_code == 200, reply.text
         return reply.json()["choices"][0]["message"]["content"]
@@ -296,11 +354,14 @@ def test_eight_concurrent_clients_each_get_their_answer_alone(served):
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, jobs))
     expected = [
-        content(alone(served[1], to_request(audio_message(*job), decoding(), remote=True)))
+        content(
+            alone(served[1], to_request(audio_message(*job), decoding(), remote=True))
+        )
         for job in jobs
     ]
     assert answers == expected
-    assert max(served[2].state.batcher.batch_sizes - before) > 1  # some requests shared a batch
+    # some requests shared a batch
+    assert max(served[2].state.batcher.batch_sizes - before) > 1
 
 
 def test_concurrent_streams_share_batches_and_each_equals_alone(served):
@@ -326,7 +387,10 @@ def test_concurrent_streams_share_batches_and_each_equals_alone(served):
         streamed = list(pool.map(stream, jobs))
     expected = [
         content(
-            alone(served[1], to_request(audio_message(*job), decoding(num_beams=1), remote=True))
+            alone(
+                served[1],
+                to_request(audio_message(*job), decoding(num_beams=1), remote=True),
+            )
         )
         for job in jobs
     ]
@@ -340,13 +404,18 @@ def test_concurrent_streams_share_batches_and_each_equals_alone(served):
 def wav_bytes(seconds: float) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(
-        buffer, np.zeros(int(seconds * SAMPLE_RATE), np.float32), SAMPLE_RATE, format="WAV"
+        buffer,
+        np.zeros(int(seconds * SAMPLE_RATE), np.float32),
+        SAMPLE_RATE,
+        format="WAV",
     )
     return buffer.getvalue()
 
 
 def chat_body(part):
-    return {"json": {"model": "osum", "messages": [{"role": "user", "content": [part]}]}}
+    return {
+        "json": {"model": "osum", "messages": [{"role": "user", "content": [part]}]}
+    }
 
 
 BAD = {
@@ -368,7 +437,9 @@ BAD = {
     ),
     "bad base64": (
         "/v1/chat/completions",
-        chat_body({"type": "input_audio", "input_audio": {"data": "@@@", "format": "wav"}}),
+        chat_body(
+            {"type": "input_audio", "input_audio": {"data": "@@@", "format": "wav"}}
+        ),
         400,
     ),
     "unknown model": (
@@ -383,7 +454,9 @@ BAD = {
     ),
     "remote URL": (
         "/v1/chat/completions",
-        chat_body({"type": "audio_url", "audio_url": {"url": "http://example.com/a.wav"}}),
+        chat_body(
+            {"type": "audio_url", "audio_url": {"url": "http://example.com/a.wav"}}
+        ),
         400,
     ),
     "file URL": (
@@ -393,7 +466,10 @@ BAD = {
     ),
     "over-long prompt": (
         "/v1/audio/transcriptions",
-        {"files": {"file": ("a.wav", wav_bytes(1))}, "data": {"prompt": "word " * 3000}},
+        {
+            "files": {"file": ("a.wav", wav_bytes(1))},
+            "data": {"prompt": "word " * 3000},
+        },
         422,
     ),
     "two clips": (
@@ -404,7 +480,12 @@ BAD = {
                 "messages": [
                     {
                         "role": "user",
-                        "content": [{"type": "input_audio", "input_audio": {"data": b64(AUDIO[0])}}]
+                        "content": [
+                            {
+                                "type": "input_audio",
+                                "input_audio": {"data": b64(AUDIO[0])},
+                            }
+                        ]
                         * 2,
                     }
                 ],
@@ -423,7 +504,11 @@ def test_bad_request_gets_its_status_and_one_line(served, name):
     reply = post(served, path, **kwargs)
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
-    assert error["message"] and "\n" not in error["message"] and "Traceback" not in error["message"]
+    assert (
+        error["message"]
+        and "\n" not in error["message"]
+        and "Traceback" not in error["message"]
+    )
     assert {"type", "code"} <= set(error)
     assert httpx.get(served[0] + "/health").json()["status"] == "ok"
 
@@ -431,21 +516,29 @@ def test_bad_request_gets_its_status_and_one_line(served, name):
 @pytest.mark.parametrize("key", [None, "sk-wrong"])
 def test_missing_or_wrong_key_is_401(served, key):
     reply = post(
-        served, "/v1/audio/transcriptions", key=key, files={"file": ("a.wav", wav_bytes(1))}
+        served,
+        "/v1/audio/transcriptions",
+        key=key,
+        files={"file": ("a.wav", wav_bytes(1))},
     )
     assert reply.status_code == 401 and "API key" in reply.json()["error"]["message"]
 
 
 def test_after_bad_requests_the_server_still_transcribes(served, client):
     with AUDIO[0].open("rb") as audio:
-        assert client.audio.transcriptions.create(model="osum", file=audio).text is not None
+        assert (
+            client.audio.transcriptions.create(model="osum", file=audio).text
+            is not None
+        )
     assert [m.id for m in client.models.list()] == ["osum"]
 
 
 def test_infer_serve_refuses_weights_without_a_tokenizer(fixture_weights, capsys):
     import infer
 
-    assert infer.main(["--serve", "--weights", str(fixture_weights), "--port", "1"]) == 2
+    assert (
+        infer.main(["--serve", "--weights", str(fixture_weights), "--port", "1"]) == 2
+    )
     err = capsys.readouterr().err
     assert "has no tokenizer" in err and len(err.strip().splitlines()) == 1
 
@@ -465,13 +558,22 @@ FIELD_MISTAKES = {  # name: (JSON body, param); each a class of mistake, not one
     "body an array": ([], None),
     "stream a string": (chat_with(stream="false"), "stream"),
     "stream a number": (chat_with(stream=0), "stream"),
-    "stream_options a string": (chat_with(stream=True, stream_options="yes"), "stream_options"),
-    "stream_options an array": (chat_with(stream=True, stream_options=[1]), "stream_options"),
+    "stream_options a string": (
+        chat_with(stream=True, stream_options="yes"),
+        "stream_options",
+    ),
+    "stream_options an array": (
+        chat_with(stream=True, stream_options=[1]),
+        "stream_options",
+    ),
     "include_usage a string": (
         chat_with(stream=True, stream_options={"include_usage": "true"}),
         "stream_options",
     ),
-    "unknown stream option": (chat_with(stream=True, stream_options={"x": 1}), "stream_options"),
+    "unknown stream option": (
+        chat_with(stream=True, stream_options={"x": 1}),
+        "stream_options",
+    ),
     "tiny temperature": (chat_with(temperature=1e-45), "temperature"),
     "temperature a string": (chat_with(temperature="0.5"), "temperature"),
     "temperature too high": (chat_with(temperature=2.5), "temperature"),
@@ -497,7 +599,10 @@ FIELD_MISTAKES = {  # name: (JSON body, param); each a class of mistake, not one
     "presence_penalty": (chat_with(presence_penalty=0.5), "presence_penalty"),
     "frequency_penalty": (chat_with(frequency_penalty=-1), "frequency_penalty"),
     "logit_bias": (chat_with(logit_bias={"5": 10}), "logit_bias"),
-    "response_format json": (chat_with(response_format={"type": "json_object"}), "response_format"),
+    "response_format json": (
+        chat_with(response_format={"type": "json_object"}),
+        "response_format",
+    ),
 }
 
 
@@ -507,10 +612,13 @@ def test_a_chat_field_of_the_wrong_type_or_range_is_a_400_naming_it(served, name
     data = body if isinstance(body, str) else json.dumps(body)
     reply = post(served, "/v1/chat/completions", content=data.encode())
     assert reply.status_code == 400, reply.text
-    assert reply.headers["content-type"].startswith("application/json")  # never streamed
+    # never streamed
+    assert reply.headers["content-type"].startswith("application/json")
     error = reply.json()["error"]
     assert "\n" not in error["message"] and len(error["message"]) < 400
-    assert error["param"] == param and (param is None or param.strip("'") in error["message"])
+    assert error["param"] == param and (
+        param is None or param.strip("'") in error["message"]
+    )
     assert httpx.get(served[0] + "/health", timeout=10).json()["status"] == "ok"
 
 
@@ -540,13 +648,18 @@ FORM_MISTAKES = {  # form fields: (data, param)
     "unknown field": ({"beam_size": "5"}, "'beam_size'"),
     "model twice": ({"model": ["osum", "osum"]}, "model"),
     "bad format": ({"response_format": "xml"}, "response_format"),
-    "bad granularity": ({"timestamp_granularities[]": "char"}, "timestamp_granularities"),
+    "bad granularity": (
+        {"timestamp_granularities[]": "char"},
+        "timestamp_granularities",
+    ),
     "srt of asr": ({"response_format": "srt", "task": "asr"}, "task"),
 }
 
 
 @pytest.mark.parametrize("name", FORM_MISTAKES)
-def test_a_transcription_field_of_the_wrong_type_or_range_is_a_400_naming_it(served, name):
+def test_a_transcription_field_of_the_wrong_type_or_range_is_a_400_naming_it(
+    served, name
+):
     data, param = FORM_MISTAKES[name]
     files = {"file": ("a.wav", wav_bytes(1))}
     reply = post(served, "/v1/audio/transcriptions", files=files, data=data)
@@ -558,7 +671,10 @@ def test_a_transcription_field_of_the_wrong_type_or_range_is_a_400_naming_it(ser
 def test_a_form_field_sent_as_a_file_is_a_400(served):
     files = [("file", ("a.wav", wav_bytes(1))), ("model", ("m.txt", b"osum"))]
     reply = post(served, "/v1/audio/transcriptions", files=files)
-    assert reply.status_code == 400 and reply.json()["error"]["param"] in ("model", None)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] in (
+        "model",
+        None,
+    )
 
 
 def test_seeds_are_exact_integers(served):
@@ -576,19 +692,28 @@ def test_seeds_are_exact_integers(served):
 
 
 def test_stop_strings_cut_the_answer_streamed_or_not(served):
-    whole = post(served, "/v1/chat/completions", json=chat_with(stream=False, temperature=0))
+    whole = post(
+        served, "/v1/chat/completions", json=chat_with(stream=False, temperature=0)
+    )
     text = whole.json()["choices"][0]["message"]["content"]
     assert len(text) > 6, text
     stop = text[3:6]
     expected = text[: text.find(stop)].rstrip()
-    reply = post(served, "/v1/chat/completions", json=chat_with(stop=[stop, "\u2603never"]))
+    reply = post(
+        served, "/v1/chat/completions", json=chat_with(stop=[stop, "\u2603never"])
+    )
     choice = reply.json()["choices"][0]
-    assert choice["message"]["content"] == expected and choice["finish_reason"] == "stop"
+    assert (
+        choice["message"]["content"] == expected and choice["finish_reason"] == "stop"
+    )
     # streamed (greedy): the deltas add up to the text before the stop, finish "stop"
     streamed = post(served, "/v1/chat/completions", json=chat_with(stream=True)).text
     greedy = "".join(
         c["choices"][0]["delta"].get("content", "")
-        for c in map(json.loads, (x[6:] for x in streamed.split("\n\n") if x.startswith("data: {")))
+        for c in map(
+            json.loads,
+            (x[6:] for x in streamed.split("\n\n") if x.startswith("data: {")),
+        )
     )
     stop = greedy[3:6]
     body = chat_with(stream=True, stop=stop, stream_options={"include_usage": True})
@@ -598,8 +723,14 @@ def test_stop_strings_cut_the_answer_streamed_or_not(served):
         if line.startswith("data: {")
     ]
     deltas = [c["choices"][0] for c in chunks if c["choices"]]
-    assert "".join(d["delta"].get("content", "") for d in deltas) == greedy[: greedy.find(stop)]
-    assert deltas[-1]["finish_reason"] == "stop" and chunks[-1]["usage"]["completion_tokens"]
+    assert (
+        "".join(d["delta"].get("content", "") for d in deltas)
+        == greedy[: greedy.find(stop)]
+    )
+    assert (
+        deltas[-1]["finish_reason"] == "stop"
+        and chunks[-1]["usage"]["completion_tokens"]
+    )
 
 
 def test_until_stop_holds_back_what_may_start_a_stop_string():
@@ -632,14 +763,18 @@ def flac(seconds: float, rate: int = 8000, channels: int = 1) -> bytes:
     return buffer.getvalue()
 
 
-def test_hours_of_silence_are_refused_from_the_header_before_decoding(served, monkeypatch):
+def test_hours_of_silence_are_refused_from_the_header_before_decoding(
+    served, monkeypatch
+):
     import osum_min.audio as audio
 
     def never(*args):
         raise AssertionError("decoded")
 
     monkeypatch.setattr(audio, "_read_mono", never)
-    reply = post(served, "/v1/audio/transcriptions", files={"file": ("a.flac", flac(7200))})
+    reply = post(
+        served, "/v1/audio/transcriptions", files={"file": ("a.flac", flac(7200))}
+    )
     error = reply.json()["error"]
     assert reply.status_code == 413 and error["param"] == "file"
     assert "7200.0 s of audio is over the limit of 20 s" in error["message"]
@@ -667,7 +802,9 @@ def test_a_header_that_understates_is_cut_while_decoding(monkeypatch):
         return 1 if len(asked) == 1 else real.fget(self)
 
     monkeypatch.setattr(soundfile.SoundFile, "frames", property(frames))
-    with pytest.raises(AudioTooLong, match="more than 1 s of audio is over the limit of 1 s"):
+    with pytest.raises(
+        AudioTooLong, match="more than 1 s of audio is over the limit of 1 s"
+    ):
         load_audio(io.BytesIO(flac(30)), max_seconds=1)
 
 
@@ -697,7 +834,9 @@ def test_a_chunked_upload_is_refused_as_soon_as_it_passes_the_cap(served):
         connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
     answer = reply_of(connection)  # the body never ends: only an early refusal answers
     connection.close()
-    assert answer.startswith(b"HTTP/1.1 413") and b"upload_too_large" in answer, answer[:200]
+    assert answer.startswith(b"HTTP/1.1 413") and b"upload_too_large" in answer, answer[
+        :200
+    ]
 
 
 # ---- the transport: idle and slow clients, many connections, the log ----
@@ -706,7 +845,9 @@ def test_a_chunked_upload_is_refused_as_soon_as_it_passes_the_cap(served):
 @pytest.fixture(scope="module")
 def strict(served):
     """A server with short timeouts and few connections, on the same model."""
-    config = ServerConfig(api_key=KEY, max_new_tokens=TOKENS, read_timeout_s=1, max_connections=4)
+    config = ServerConfig(
+        api_key=KEY, max_new_tokens=TOKENS, read_timeout_s=1, max_connections=4
+    )
     with running(create_app(served[1], config)) as url:
         yield url
 
@@ -741,7 +882,9 @@ def test_a_stalled_body_is_a_408(strict):
         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
     )
     answer = reply_of(connection)
-    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[:200]
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[
+        :200
+    ]
 
 
 def test_connections_past_the_bound_are_turned_away_and_then_served(strict):
@@ -766,7 +909,9 @@ def test_a_repeated_log_line_is_written_once_per_window():
 
     limit = RepeatLimit(window=60)
     records = [
-        logging.LogRecord("asyncio", logging.ERROR, "", 0, "Too many open files", None, None)
+        logging.LogRecord(
+            "asyncio", logging.ERROR, "", 0, "Too many open files", None, None
+        )
         for _ in range(1000)
     ]
     assert sum(map(limit.filter, records)) == 1
@@ -780,11 +925,15 @@ def test_a_repeated_log_line_is_written_once_per_window():
 def test_a_10_mb_prompt_does_not_stall_the_event_loop(served):
     config = ServerConfig(max_upload_mb=16, max_new_tokens=TOKENS)
     with running(create_app(served[1], config)) as url:
-        body = json.dumps(chat_with(messages=audio_message(AUDIO[1], "word " * 2_000_000)))
+        body = json.dumps(
+            chat_with(messages=audio_message(AUDIO[1], "word " * 2_000_000))
+        )
         worst, done = 0.0, []
 
         def big():
-            done.append(httpx.post(url + "/v1/chat/completions", content=body, timeout=120))
+            done.append(
+                httpx.post(url + "/v1/chat/completions", content=body, timeout=120)
+            )
 
         thread = threading.Thread(target=big)
         thread.start()
@@ -793,7 +942,10 @@ def test_a_10_mb_prompt_does_not_stall_the_event_loop(served):
             assert httpx.get(url + "/health", timeout=30).status_code == 200
             worst = max(worst, time.monotonic() - started)
             time.sleep(0.05)
-        assert done[0].status_code == 422 and done[0].json()["error"]["param"] == "messages"
+        assert (
+            done[0].status_code == 422
+            and done[0].json()["error"]["param"] == "messages"
+        )
         assert worst < 1.0, worst
 
 
@@ -804,13 +956,19 @@ def test_a_non_ascii_key_works(served):
     key = "clé-ü-密钥"
     with running(create_app(served[1], ServerConfig(api_key=key))) as url:
         sent = {"Authorization": b"Bearer " + key.encode()}
-        assert httpx.get(url + "/v1/models", headers=sent, timeout=10).status_code == 200
+        assert (
+            httpx.get(url + "/v1/models", headers=sent, timeout=10).status_code == 200
+        )
         wrong = {"Authorization": b"Bearer " + "cle-u".encode()}
-        assert httpx.get(url + "/v1/models", headers=wrong, timeout=10).status_code == 401
+        assert (
+            httpx.get(url + "/v1/models", headers=wrong, timeout=10).status_code == 401
+        )
 
 
 @pytest.mark.parametrize("where", ["flag", "environment"])
-def test_an_empty_key_is_refused_at_start_up(weights_with_tokenizer, capsys, monkeypatch, where):  # noqa: F811
+def test_an_empty_key_is_refused_at_start_up(
+    weights_with_tokenizer, capsys, monkeypatch, where
+):  # noqa: F811
     import infer
 
     flags = ["--api-key", ""] if where == "flag" else []
@@ -821,7 +979,9 @@ def test_an_empty_key_is_refused_at_start_up(weights_with_tokenizer, capsys, mon
     assert code == 2 and "\n" not in err and message in err, err
 
 
-def test_infer_serve_says_it_is_loading_from_the_start(weights_with_tokenizer, capsys, monkeypatch):  # noqa: F811
+def test_infer_serve_says_it_is_loading_from_the_start(
+    weights_with_tokenizer, capsys, monkeypatch
+):  # noqa: F811
     import infer
 
     monkeypatch.delenv("OSUM_API_KEY", raising=False)
@@ -868,7 +1028,9 @@ def test_conversation_kinds():
         and analysis.audio == "a.wav"
     )
     assert (
-        to_request([{"role": "system", "content": ""}, {"role": "user", "content": [audio]}]).task
+        to_request(
+            [{"role": "system", "content": ""}, {"role": "user", "content": [audio]}]
+        ).task
         is TASKS["sttc"]
     )
     samples = to_request(
@@ -884,7 +1046,8 @@ def test_conversation_kinds():
                     {
                         "type": "audio_url",
                         "audio_url": {
-                            "url": "data:audio/wav;base64," + base64.b64encode(b"RIFF").decode()
+                            "url": "data:audio/wav;base64,"
+                            + base64.b64encode(b"RIFF").decode()
                         },
                     }
                 ],
@@ -929,7 +1092,12 @@ def test_conversation_kinds():
             "send audio as input_audio",
         ),  # remote
         (
-            [{"role": "user", "content": [{"type": "audio_url", "audio_url": "/etc/passwd"}]}],
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "audio_url", "audio_url": "/etc/passwd"}],
+                }
+            ],
             "never fetches",
         ),  # remote
     ],
@@ -1011,7 +1179,10 @@ def test_served_requests_count_as_arriving_until_queued(served):
     with AUDIO[0].open("rb") as audio:
         assert (
             post(
-                served, "/v1/audio/transcriptions", files={"file": audio}, data={"model": "osum"}
+                served,
+                "/v1/audio/transcriptions",
+                files={"file": audio},
+                data={"model": "osum"},
             ).status_code
             == 200
         )
@@ -1042,13 +1213,21 @@ def test_batcher_survives_a_failing_batch():
         gate = Gate(fail=RuntimeError("boom\nsecond line"))
         gate.open.set()
         batcher = Batcher(gate, batch_size=2)
-        answer = await asyncio.wait_for(batcher.submit(Request(b"", name="x")).answer, 10)
+        answer = await asyncio.wait_for(
+            batcher.submit(Request(b"", name="x")).answer, 10
+        )
         gate.fail = None
-        return answer, await asyncio.wait_for(batcher.submit(Request(b"", name="y")).answer, 10)
+        return answer, await asyncio.wait_for(
+            batcher.submit(Request(b"", name="y")).answer, 10
+        )
 
     failed, after = asyncio.run(scenario())
     error = failed.error
-    assert error.kind == "decoding" and "boom second line" in str(error) and "\n" not in str(error)
+    assert (
+        error.kind == "decoding"
+        and "boom second line" in str(error)
+        and "\n" not in str(error)
+    )
     assert after == "y"
 
 
@@ -1086,7 +1265,9 @@ def slow_pipeline(served):
 
 
 def test_a_request_past_its_timeout_is_503_and_its_decoding_stops(slow_pipeline):
-    with running(create_app(slow_pipeline, ServerConfig(max_new_tokens=64, timeout_s=0.5))) as url:
+    with running(
+        create_app(slow_pipeline, ServerConfig(max_new_tokens=64, timeout_s=0.5))
+    ) as url:
         started = slow_pipeline.steps
         reply = httpx.post(
             url + "/v1/audio/transcriptions",
@@ -1109,11 +1290,16 @@ def test_a_stream_whose_client_leaves_stops_decoding(slow_pipeline):
             "max_tokens": 64,
             "messages": audio_message(AUDIO[1], "describe"),
         }
-        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as reply:
+        with httpx.stream(
+            "POST", url + "/v1/chat/completions", json=body, timeout=60
+        ) as reply:
             assert reply.status_code == 200
             for line in reply.iter_lines():
                 chunk = json.loads(line[6:]) if line.startswith("data: {") else {}
-                if any(choice["delta"].get("content") for choice in chunk.get("choices", [])):
+                if any(
+                    choice["delta"].get("content")
+                    for choice in chunk.get("choices", [])
+                ):
                     break  # the first token arrived: leave
         assert settled(slow_pipeline) - started < 30  # of 64
         with AUDIO[1].open("rb") as audio:  # and the server goes on serving

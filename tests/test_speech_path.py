@@ -28,11 +28,15 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_positional_tables_equal_the_checkpoint_buffers():
     state = torch.load("tests/fixtures/fixture_a/infer.pt", weights_only=True)
-    assert max_diff(whisper_sinusoids(1500, 64), state["encoder.embed.pos_enc.pe"][0]) < 1e-6
+    assert (
+        max_diff(whisper_sinusoids(1500, 64), state["encoder.embed.pos_enc.pe"][0])
+        < 1e-6
+    )
     # float32 rounding of large angles (sin of ~400 rad) costs ~1e-5; 30 s of audio reaches row 375
     assert (
         max_diff(
-            interleaved_sinusoids(400, 64), state["speech_transformer.embed.pos_enc.pe"][0, :400]
+            interleaved_sinusoids(400, 64),
+            state["speech_transformer.embed.pos_enc.pe"][0, :400],
         )
         < 5e-5
     )
@@ -46,7 +50,11 @@ def test_single_item_intermediates(model, expected):
     assert max_diff(encoder_out[0], expected["encoder_out"]) < ATOL
     down = model.adaptor.downsample(encoder_out)
     down_lens = model.adaptor.config.output_length(lengths)
-    assert down_lens.tolist() == [int(expected["down_sample_2_mask"].sum())] == [down.shape[1]]
+    assert (
+        down_lens.tolist()
+        == [int(expected["down_sample_2_mask"].sum())]
+        == [down.shape[1]]
+    )
     assert max_diff(down[0], expected["down_sample_2_out"]) < ATOL
     transformed, _ = model.adaptor.transform(encoder_out, lengths)
     assert max_diff(transformed[0], expected["speech_transformer_out"]) < ATOL
@@ -61,21 +69,41 @@ def test_batch_reproduces_the_original_mask_rule(model, expected):
     speech_embeds, speech_lens = model.embed_speech(
         expected["batch_feats"], expected["batch_feats_lengths"]
     )
-    assert speech_lens.tolist() == expected["batch_speech_mask"].sum(1).tolist() == [35, 28]
+    assert (
+        speech_lens.tolist()
+        == expected["batch_speech_mask"].sum(1).tolist()
+        == [35, 28]
+    )
     for row, n in enumerate(speech_lens.tolist()):
-        assert max_diff(speech_embeds[row, :n], expected["batch_speech_embeds"][row, :n]) < ATOL
+        assert (
+            max_diff(speech_embeds[row, :n], expected["batch_speech_embeds"][row, :n])
+            < ATOL
+        )
     # the quirk is real: with the rule, item 1 differs from item 1 alone by ~2.5e-3
-    assert max_diff(speech_embeds[1, :28], expected["batch_item1_alone_speech_embeds"]) > 1e-3
+    assert (
+        max_diff(speech_embeds[1, :28], expected["batch_item1_alone_speech_embeds"])
+        > 1e-3
+    )
 
 
 @torch.no_grad()
 def test_batch_without_the_rule_equals_each_item_alone(model, expected):
     speech_embeds, speech_lens = model.embed_speech(
-        expected["batch_feats"], expected["batch_feats_lengths"], original_mask_rule=False
+        expected["batch_feats"],
+        expected["batch_feats_lengths"],
+        original_mask_rule=False,
     )
-    assert max_diff(speech_embeds[0, :35], expected["batch_item0_alone_speech_embeds"]) < ATOL
-    assert max_diff(speech_embeds[1, :28], expected["batch_item1_alone_speech_embeds"]) < ATOL
-    alone, _ = model.embed_speech(expected["batch_feats"][1:, :219], torch.tensor([219]))
+    assert (
+        max_diff(speech_embeds[0, :35], expected["batch_item0_alone_speech_embeds"])
+        < ATOL
+    )
+    assert (
+        max_diff(speech_embeds[1, :28], expected["batch_item1_alone_speech_embeds"])
+        < ATOL
+    )
+    alone, _ = model.embed_speech(
+        expected["batch_feats"][1:, :219], torch.tensor([219])
+    )
     assert max_diff(speech_embeds[1, :28], alone[0]) < 1e-5
 
 
@@ -110,11 +138,14 @@ def test_speech_positions_are_what_the_adaptor_gives(strides):
     frames = [1, 2, 3, 7, 8, 9, 15, 16, 17, 100, 255, 256, 257, 1001]
     mel = torch.randn(1, max(frames), 80)
     for length in frames:
-        embeds, lengths = model.embed_speech(mel[:, :length], torch.tensor([length]), False)
+        embeds, lengths = model.embed_speech(
+            mel[:, :length], torch.tensor([length]), False
+        )
         assert embeds.shape[1] == lengths.item() == config.speech_positions(length) - 2
     stride = math.prod(strides) * 2  # the encoder's conv2 halves first
     assert config.speech_positions(3000) == -(-3000 // stride) + 2
-    room = config.llm.max_positions - config.speech_positions(3000) - 10  # for a 10-token answer
+    # for a 10-token answer
+    room = config.llm.max_positions - config.speech_positions(3000) - 10
     assert config.prompt_length_problem(room, 10) is None
     assert config.prompt_length_problem(room + 1, 10) is not None
 

@@ -51,7 +51,9 @@ def test_the_originals_tasks_are_all_in_the_table():
 def test_default_prompts():
     assert set(FIXED_PROMPTS) <= set(TASKS)
     for task in ORIGINAL_TASKS:
-        assert task.prompt == FIXED_PROMPTS.get(task.name, task.paraphrases[0]), task.name
+        assert task.prompt == FIXED_PROMPTS.get(task.name, task.paraphrases[0]), (
+            task.name
+        )
 
 
 def test_every_task_has_a_name_a_tag_label_sets_and_a_parser():
@@ -74,11 +76,14 @@ def test_a_task_added_to_the_table_reaches_training_and_infer(monkeypatch, capsy
     lid = Task("lid", "<LID>", None, paraphrases=("这段音频是哪种语言？", "识别语种。"))
     monkeypatch.setitem(TASKS, lid.name, lid)
     monkeypatch.setitem(TASKS_BY_TAG, lid.tag, lid)
-    assert DataConfig(prompts={"<LID>": ("哪种语言？",)}).prompts["<LID>"] == ("哪种语言？",)
+    assert DataConfig(prompts={"<LID>": ("哪种语言？",)}).prompts["<LID>"] == (
+        "哪种语言？",
+    )
     assert lid.prompt == "这段音频是哪种语言？"
     assert infer.main(["--list-tasks"]) == 0
     assert any(
-        line.split()[:2] == ["lid", "<LID>"] for line in capsys.readouterr().out.splitlines()
+        line.split()[:2] == ["lid", "<LID>"]
+        for line in capsys.readouterr().out.splitlines()
     )
     with pytest.raises(ConfigError, match="not a list of prompt texts"):
         DataConfig(prompts={"<LID>": ("",)})
@@ -86,9 +91,17 @@ def test_a_task_added_to_the_table_reaches_training_and_infer(monkeypatch, capsy
 
 def test_label_kinds_follow_the_tag_order():
     assert TASKS["asr+style+age+gender"].labels == ("style", "age", "gender")
-    assert TASKS["age+gender"].labels == ("age", "gender") and not TASKS["age+gender"].transcript
+    assert (
+        TASKS["age+gender"].labels == ("age", "gender")
+        and not TASKS["age+gender"].transcript
+    )
     assert TASKS["ser"].labels == ("emotion",) and TASKS["ved"].labels == ("event",)
-    assert len(LABEL_SETS["emotion"]) == len(LABEL_SETS["event"]) == len(LABEL_SETS["style"]) == 8
+    assert (
+        len(LABEL_SETS["emotion"])
+        == len(LABEL_SETS["event"])
+        == len(LABEL_SETS["style"])
+        == 8
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,12 +109,18 @@ def test_label_kinds_follow_the_tag_order():
     [
         ("hello<0.3, 0.7>world<0.8, 1.2>", [("hello", 0.3, 0.7), ("world", 0.8, 1.2)]),
         ("hello<0.3,0.7> world <0.8-1.2>", [("hello", 0.3, 0.7), ("world", 0.8, 1.2)]),
-        ("hello <0.3 , 0.7>world<0.8 ~ 1.2>", [("hello", 0.3, 0.7), ("world", 0.8, 1.2)]),
+        (
+            "hello <0.3 , 0.7>world<0.8 ~ 1.2>",
+            [("hello", 0.3, 0.7), ("world", 0.8, 1.2)],
+        ),
         (
             "我<0.1，0.3>爱<0.3 0.5>你<0.5s, 0.8s>",
             [("我", 0.1, 0.3), ("爱", 0.3, 0.5), ("你", 0.5, 0.8)],
         ),
-        ("<0.0>hello<0.5>world<1.0>", [("hello", 0.0, 0.5), ("world", 0.5, 1.0)]),  # boundary marks
+        (
+            "<0.0>hello<0.5>world<1.0>",
+            [("hello", 0.0, 0.5), ("world", 0.5, 1.0)],
+        ),  # boundary marks
     ],
 )
 def test_srwt_accepted_forms(raw, words):
@@ -115,17 +134,25 @@ def test_srwt_drifts():
     assert [(w.start, w.end) for w in missing_end.words] == [(0.3, 0.8), (0.8, 1.2)]
     assert "no end time" in missing_end.issues[0]
     last_missing_end = parse(TASKS["srwt"], "hello<0.3, 0.7>world<0.8>")
-    assert last_missing_end.words[1].end is None and "no end time" in last_missing_end.issues[0]
+    assert (
+        last_missing_end.words[1].end is None
+        and "no end time" in last_missing_end.issues[0]
+    )
     overlap = parse(TASKS["srwt"], "a<0.0, 0.5>b<0.4, 0.9>")
     assert [(w.start, w.end) for w in overlap.words] == [(0.0, 0.5), (0.4, 0.9)]
     assert overlap.issues == ["'b' overlaps 'a'"]
     untimed = parse(TASKS["srwt"], "just some text")
-    assert [(w.text, w.start, w.end) for w in untimed.words] == [("just some text", None, None)]
+    assert [(w.text, w.start, w.end) for w in untimed.words] == [
+        ("just some text", None, None)
+    ]
     assert untimed.transcript == "just some text" and untimed.issues == [
         "no timestamps in the output"
     ]
     tail = parse(TASKS["srwt"], "hello<0.3, 0.7> and then")
-    assert tail.words[-1] == Word("and then", None, None) and tail.transcript == "hello and then"
+    assert (
+        tail.words[-1] == Word("and then", None, None)
+        and tail.transcript == "hello and then"
+    )
     other_tag = parse(TASKS["srwt"], "x<abc>y<1.0,2.0>")
     assert other_tag.words == [Word("x<abc>y", 1.0, 2.0)]
     backwards = parse(TASKS["srwt"], "a<0.9, 0.2>")
@@ -136,7 +163,8 @@ def test_srwt_drifts():
 
 def test_srwt_mandarin_transcript_has_no_spaces():
     assert (
-        parse(TASKS["srwt"], "我<0.1, 0.3>爱<0.3, 0.5>python<0.5, 0.9>").transcript == "我爱python"
+        parse(TASKS["srwt"], "我<0.1, 0.3>爱<0.3, 0.5>python<0.5, 0.9>").transcript
+        == "我爱python"
     )
 
 
@@ -200,18 +228,26 @@ def test_label_parser(task, raw, transcript, labels, unknown):
 
 def test_label_only_task_flags_stray_text():
     result = parse(TASKS["age+gender"], "some words<adult><male>")
-    assert result.transcript is None and result.labels == {"age": "adult", "gender": "male"}
+    assert result.transcript is None and result.labels == {
+        "age": "adult",
+        "gender": "male",
+    }
     assert "text before the labels" in result.issues[0]
 
 
 def test_sttc():
     result = parse(TASKS["sttc"], "今天几号<开始回答>今天是五号。")
-    assert (result.transcript, result.reply, result.issues) == ("今天几号", "今天是五号。", [])
+    assert (result.transcript, result.reply, result.issues) == (
+        "今天几号",
+        "今天是五号。",
+        [],
+    )
     spaced = parse(TASKS["sttc"], "hi < 开始回答 > hello<开始回答>again")
+    # split at the first separator only
     assert (spaced.transcript, spaced.reply) == (
         "hi",
         "hello<开始回答>again",
-    )  # split at the first separator only
+    )
     alone = parse(TASKS["sttc"], "no separator")
     assert alone.transcript == "no separator" and alone.reply is None and alone.issues
 
@@ -233,7 +269,10 @@ def test_join_windows_shifts_times_and_votes_labels():
     joined = join_windows(
         srwt, [parse(srwt, "a<0.0, 0.5>"), parse(srwt, "b<1.0, 1.5>")], [0.0, 27.5]
     )
-    assert [(w.text, w.start, w.end) for w in joined.words] == [("a", 0.0, 0.5), ("b", 28.5, 29.0)]
+    assert [(w.text, w.start, w.end) for w in joined.words] == [
+        ("a", 0.0, 0.5),
+        ("b", 28.5, 29.0),
+    ]
     assert joined.transcript == "a b"
     ser = TASKS["ser"]
     windows = [

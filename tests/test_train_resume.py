@@ -13,11 +13,24 @@ from osum_min.training import checkpoints
 from osum_min.training.steps import TrainingError
 from test_train import corpus, log_records, run_args  # noqa: F401 (corpus is a fixture)
 
-STEPS = ["--preset", "tiny", "--max-steps", "6", "--save-every", "3", "--keep-last", "0"]
+STEPS = [
+    "--preset",
+    "tiny",
+    "--max-steps",
+    "6",
+    "--save-every",
+    "3",
+    "--keep-last",
+    "0",
+]
 
 
 def losses(out) -> list[tuple[int, float]]:
-    return [(record["step"], record["loss"]) for record in log_records(out) if "loss" in record]
+    return [
+        (record["step"], record["loss"])
+        for record in log_records(out)
+        if "loss" in record
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +66,9 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(corpus, tmp_path):  # no
 
 
 @pytest.mark.parametrize("point", ["logging", "save", "evaluation"])
-def test_a_stop_at_any_point_resumes_exactly(corpus, tmp_path, monkeypatch, straight, point):  # noqa: F811
+def test_a_stop_at_any_point_resumes_exactly(
+    corpus, tmp_path, monkeypatch, straight, point
+):  # noqa: F811
     """Ctrl-C while a step logs, saves or evaluates (2 dev clips at steps 4 and 6): the run stops at a step boundary
     with a checkpoint that holds the data position and RNG states of its weights; --resume then gives the
     uninterrupted run's losses."""
@@ -78,18 +93,33 @@ def test_a_stop_at_any_point_resumes_exactly(corpus, tmp_path, monkeypatch, stra
         dev = tmp_path / "dev.jsonl"
         dev.write_text(
             "".join(
-                json.dumps({**json.loads(line), "wav": str(corpus / f"clip{index}.wav")}) + "\n"
-                for index, line in enumerate((corpus / "train.jsonl").read_text().splitlines()[:2])
+                json.dumps(
+                    {**json.loads(line), "wav": str(corpus / f"clip{index}.wav")}
+                )
+                + "\n"
+                for index, line in enumerate(
+                    (corpus / "train.jsonl").read_text().splitlines()[:2]
+                )
             )
         )
-        arguments += ["--dev-data", str(dev), "--eval-every", "4", "--eval-batches", "1"]
+        arguments += [
+            "--dev-data",
+            str(dev),
+            "--eval-every",
+            "4",
+            "--eval-batches",
+            "1",
+        ]
     assert train.main(arguments) == 130
     assert len(losses(out)) == {"logging": 2, "save": 3, "evaluation": 4}[point]
     monkeypatch.undo()
     assert train.main(arguments + ["--resume"]) == 0
     assert losses(out) == straight
     if point == "evaluation":
-        assert [record["step"] for record in log_records(out) if "eval" in record] == [4, 6]
+        assert [record["step"] for record in log_records(out) if "eval" in record] == [
+            4,
+            6,
+        ]
 
 
 def test_a_crash_logs_each_step_once_and_passes_over_a_truncated_checkpoint(
@@ -113,18 +143,34 @@ def test_a_crash_logs_each_step_once_and_passes_over_a_truncated_checkpoint(
         and "step_00000004.pt" in printed
         and "step_00000002.pt at step 2" in printed
     )
-    assert losses(out) == uninterrupted and [step for step, _ in losses(out)] == list(range(1, 7))
+    assert losses(out) == uninterrupted and [step for step, _ in losses(out)] == list(
+        range(1, 7)
+    )
 
 
 def test_bad_transcripts_are_skipped_counted_and_named(corpus, tmp_path, caplog):  # noqa: F811
     """null, non-string, empty and 1 MB transcripts: each skipped with its reason in the log, none aborts the run."""
-    rows = [json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()]
-    bad = [{"txt": None}, {"txt": 123}, {"txt": "  "}, {"txt": "x" * 2**20}, {"task": 5}]
-    rows += [{**rows[0], "key": f"bad{index}", **fields} for index, fields in enumerate(bad)]
+    rows = [
+        json.loads(line) for line in (corpus / "train.jsonl").read_text().splitlines()
+    ]
+    bad = [
+        {"txt": None},
+        {"txt": 123},
+        {"txt": "  "},
+        {"txt": "x" * 2**20},
+        {"task": 5},
+    ]
+    rows += [
+        {**rows[0], "key": f"bad{index}", **fields} for index, fields in enumerate(bad)
+    ]
     for row in rows:
         row["wav"] = str(corpus / row["wav"])
-    (tmp_path / "list.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    arguments = run_args(corpus, tmp_path / "run", "--preset", "tiny", "--max-steps", "1")
+    (tmp_path / "list.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in rows)
+    )
+    arguments = run_args(
+        corpus, tmp_path / "run", "--preset", "tiny", "--max-steps", "1"
+    )
     arguments[arguments.index("--train-data") + 1] = str(tmp_path / "list.jsonl")
     assert train.main(arguments) == 0
     assert log_records(tmp_path / "run")[-1]["skipped_samples"] == len(bad)
@@ -143,7 +189,16 @@ def test_resuming_with_other_trainable_parts_is_refused_in_one_line(corpus, tmp_
     out = tmp_path / "run"
     assert (
         train.main(
-            run_args(corpus, out, "--preset", "tiny", "--max-steps", "1", "--fire-module", "link")
+            run_args(
+                corpus,
+                out,
+                "--preset",
+                "tiny",
+                "--max-steps",
+                "1",
+                "--fire-module",
+                "link",
+            )
         )
         == 0
     )
@@ -162,7 +217,9 @@ def test_resuming_with_other_trainable_parts_is_refused_in_one_line(corpus, tmp_
             )
         )
     message = str(error.value)
-    assert "\n" not in message and "step_00000001.pt" in message and "trained" in message
+    assert (
+        "\n" not in message and "step_00000001.pt" in message and "trained" in message
+    )
     assert "adaptor." in message and ".lora_A" in message and "--fire-module" in message
 
 
@@ -175,11 +232,15 @@ def test_resuming_with_other_trainable_parts_is_refused_in_one_line(corpus, tmp_
         (["--no-augment"], "--no-augment False (now True)"),
     ],
 )
-def test_resuming_with_another_config_is_refused_in_one_line(corpus, tmp_path, changed, said):  # noqa: F811
+def test_resuming_with_another_config_is_refused_in_one_line(
+    corpus, tmp_path, changed, said
+):  # noqa: F811
     """--resume with another --preset trained the checkpoint's model without a word; any flag that changes the
     model, its data or its learning is refused likewise, before anything is built; the run's length is not."""
     out = tmp_path / "run"
-    assert train.main(run_args(corpus, out, "--preset", "tiny", "--max-steps", "1")) == 0
+    assert (
+        train.main(run_args(corpus, out, "--preset", "tiny", "--max-steps", "1")) == 0
+    )
     flags = ["--preset", "tiny", "--max-steps", "2", "--resume"]
     if changed[0] == "--preset":
         flags = flags[2:]
@@ -194,11 +255,22 @@ def test_resuming_with_another_config_is_refused_in_one_line(corpus, tmp_path, c
     prompts = corpus / "list-prompts.json"
     prompts.write_text(json.dumps([["<TEST>", "name the tone"]]))
     with pytest.raises(
-        ValueError, match=r"list-prompts.json: a prompts file is a JSON object .* not list$"
+        ValueError,
+        match=r"list-prompts.json: a prompts file is a JSON object .* not list$",
     ):
         train.main(
-            run_args(corpus, tmp_path / "other", "--preset", "tiny", "--prompts", str(prompts))
+            run_args(
+                corpus,
+                tmp_path / "other",
+                "--preset",
+                "tiny",
+                "--prompts",
+                str(prompts),
+            )
         )
     assert (
-        train.main(run_args(corpus, out, "--preset", "tiny", "--max-steps", "2", "--resume")) == 0
+        train.main(
+            run_args(corpus, out, "--preset", "tiny", "--max-steps", "2", "--resume")
+        )
+        == 0
     )

@@ -31,7 +31,9 @@ from test_infer import weights_with_tokenizer  # noqa: F401  (a fixture: the tin
 gradio = pytest.importorskip(
     "gradio", reason="the web demo's extra is not installed: pip install .[demo]"
 )
-gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed")
+gradio_client = pytest.importorskip(
+    "gradio_client", reason="gradio_client is not installed"
+)
 from osum_min.serve.web import DemoUnavailable, build_demo  # noqa: E402
 
 AUDIO = FIXTURE_A / "audio.wav"
@@ -158,10 +160,14 @@ def test_page_ids_equal_model_generate_infer_and_the_original(
 def test_page_defaults_are_infer_defaults(client, expected):
     """Only max_new_tokens set: the folded settings default to beam 4, repetition penalty 1.05, no sampling."""
     _, _, _, _, _, ids, _ = transcribe(client, AUDIO, max_new_tokens=16)
-    assert [int(token) for token in ids.split()] == expected["generate_beam4_rep1.05_ids"].tolist()
+    assert [int(token) for token in ids.split()] == expected[
+        "generate_beam4_rep1.05_ids"
+    ].tolist()
 
 
-def test_corrupt_upload_is_a_message_and_the_server_keeps_serving(client, tmp_path, expected):
+def test_corrupt_upload_is_a_message_and_the_server_keeps_serving(
+    client, tmp_path, expected
+):
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 8)
     status, text, _, _, _, ids, _ = transcribe(client, corrupt, **GREEDY_16)
@@ -172,7 +178,9 @@ def test_corrupt_upload_is_a_message_and_the_server_keeps_serving(client, tmp_pa
     )
     assert "Traceback" not in status
     _, _, _, _, _, ids, _ = transcribe(client, AUDIO, **GREEDY_16)
-    assert [int(token) for token in ids.split()] == expected["generate_greedy_ids"].tolist()
+    assert [int(token) for token in ids.split()] == expected[
+        "generate_greedy_ids"
+    ].tolist()
 
 
 def test_long_audio_is_windowed_like_infer(fixture_weights, tmp_path, capsys):
@@ -181,7 +189,9 @@ def test_long_audio_is_windowed_like_infer(fixture_weights, tmp_path, capsys):
     pause = np.zeros(SAMPLE_RATE, dtype=np.float32)
     long_audio = tmp_path / "long.wav"
     soundfile.write(
-        long_audio, np.concatenate([speech, pause] * 11)[: 40 * SAMPLE_RATE], SAMPLE_RATE
+        long_audio,
+        np.concatenate([speech, pause] * 11)[: 40 * SAMPLE_RATE],
+        SAMPLE_RATE,
     )
     demo = build_demo(OSUM.from_pretrained(fixture_weights, device="cpu"), None)
     status, *_, record = demo(
@@ -233,7 +243,19 @@ class ScriptedModel:
 
 def run_page(demo, task: str, audio=AUDIO) -> list:
     return demo(
-        str(audio), task, "", "", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe"
+        str(audio),
+        task,
+        "",
+        "",
+        1,
+        False,
+        1.0,
+        0,
+        1.0,
+        1.0,
+        16,
+        None,
+        api_name="transcribe",
     )
 
 
@@ -244,7 +266,11 @@ def test_labels_and_timed_words_reach_the_page(weights_with_tokenizer):  # noqa:
 
     demo = build_demo(ScriptedModel(model, answer("hello<happy>")), tokenizer)
     status, text, parsed, *_ = run_page(demo, "ser")
-    assert text == "hello<happy>" and "Error" not in status and "Parser notes" not in status
+    assert (
+        text == "hello<happy>"
+        and "Error" not in status
+        and "Parser notes" not in status
+    )
     assert [(item["token"], item["class_or_confidence"]) for item in parsed] == [
         ("hello", None),
         ("happy", "emotion"),
@@ -254,14 +280,20 @@ def test_labels_and_timed_words_reach_the_page(weights_with_tokenizer):  # noqa:
     _, _, parsed, words, srt, *_ = run_page(demo, "ser")
     assert not words["visible"] and not srt["visible"]
     assert (
-        parsed[-1]["class_or_confidence"] == "emotion (unknown)" and parsed[-1]["token"] == "glad"
+        parsed[-1]["class_or_confidence"] == "emotion (unknown)"
+        and parsed[-1]["token"] == "glad"
     )
 
-    demo = build_demo(ScriptedModel(model, answer("hello<0.1, 0.5> world<0.6, 0.9>")), tokenizer)
+    demo = build_demo(
+        ScriptedModel(model, answer("hello<0.1, 0.5> world<0.6, 0.9>")), tokenizer
+    )
     status, _, parsed, words, srt, _, record = run_page(demo, "srwt")
     assert words["visible"] and srt["visible"]  # shown for srwt only
     assert words["value"]["data"] == [["hello", 0.1, 0.5], ["world", 0.6, 0.9]]
-    assert Path(srt["value"]).read_text() == "1\n00:00:00,100 --> 00:00:00,900\nhello world\n"
+    assert (
+        Path(srt["value"]).read_text()
+        == "1\n00:00:00,100 --> 00:00:00,900\nhello world\n"
+    )
     assert record.model_dump()["words"] == [
         {"text": "hello", "start": 0.1, "end": 0.5},
         {"text": "world", "start": 0.6, "end": 0.9},
@@ -270,24 +302,50 @@ def test_labels_and_timed_words_reach_the_page(weights_with_tokenizer):  # noqa:
 
 def test_missing_weights_and_missing_input_are_messages(weights_with_tokenizer):  # noqa: F811
     status, *_ = run_page(
-        build_demo(None, None, unavailable="cannot load nowhere/: no config.json"), "asr"
+        build_demo(None, None, unavailable="cannot load nowhere/: no config.json"),
+        "asr",
     )
     assert status == "**Error:** cannot load nowhere/: no config.json"
     demo = build_demo(OSUM.from_pretrained(weights_with_tokenizer, device="cpu"), None)
     status, *_ = run_page(demo, "asr")
     assert status.startswith("**Error:** this model has no tokenizer")
     status, *_ = demo(
-        None, "asr", "", "1,2", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe"
+        None,
+        "asr",
+        "",
+        "1,2",
+        1,
+        False,
+        1.0,
+        0,
+        1.0,
+        1.0,
+        16,
+        None,
+        api_name="transcribe",
     )
     assert status.startswith("**Error:** no audio")
     status, *_ = demo(
-        str(AUDIO), "asr", "", "1,x", 1, False, 1.0, 0, 1.0, 1.0, 16, None, api_name="transcribe"
+        str(AUDIO),
+        "asr",
+        "",
+        "1,x",
+        1,
+        False,
+        1.0,
+        0,
+        1.0,
+        1.0,
+        16,
+        None,
+        api_name="transcribe",
     )
     assert status == "**Error:** prompt ids '1,x': expected comma-separated integers"
 
 
 def test_missing_gradio_is_a_one_line_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
+    # `import gradio` now raises ImportError
+    monkeypatch.setitem(sys.modules, "gradio", None)
     with pytest.raises(
         DemoUnavailable, match=r"^the web demo needs gradio: pip install \.\[demo\]$"
     ):
@@ -298,7 +356,9 @@ def test_missing_gradio_is_a_one_line_hint(monkeypatch):
 def page_with_audio(url: str, screenshot_name: str):
     """Headless Chromium on `url` with the fixture audio uploaded; yields (driver, wait, By); on leaving, saves a
     screenshot to tests/.artifacts/ and closes the browser."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed"
+    )
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -325,16 +385,23 @@ def page_with_audio(url: str, screenshot_name: str):
         "--window-size=1400,1600",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+    driver = webdriver.Chrome(
+        service=webdriver.ChromeService(driver_path), options=options
+    )
     try:
         driver.set_page_load_timeout(60)
         driver.get(url)
         wait = WebDriverWait(driver, REQUEST_TIMEOUT_S)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]"))
-        driver.find_element(By.CSS_SELECTOR, "#audio input[type=file]").send_keys(str(AUDIO))
+        wait.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]")
+        )
+        driver.find_element(By.CSS_SELECTOR, "#audio input[type=file]").send_keys(
+            str(AUDIO)
+        )
+        # the player replaced it
         wait.until(
             lambda d: not d.find_elements(By.CSS_SELECTOR, "#audio input[type=file]")
-        )  # the player replaced it
+        )
         yield driver, wait, By
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / screenshot_name))
@@ -350,8 +417,14 @@ def test_browser_uploads_runs_and_reads_the_result(server, client):
             ",".join(map(str, PROMPT_IDS))
         )
         driver.find_element(By.CSS_SELECTOR, "#run").click()
-        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value"))
-        page_ids = driver.find_element(By.CSS_SELECTOR, "#ids textarea").get_property("value")
+        wait.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#ids textarea").get_property(
+                "value"
+            )
+        )
+        page_ids = driver.find_element(By.CSS_SELECTOR, "#ids textarea").get_property(
+            "value"
+        )
         status = driver.find_element(By.CSS_SELECTOR, "#status").text
     # The page's default decoding (beam 4, penalty 1.05, 400 new tokens) through the API gives the same ids.
     _, _, _, _, _, api_ids, _ = transcribe(client, AUDIO)
@@ -381,13 +454,15 @@ def test_browser_shows_timed_words_and_subtitles(weights_with_tokenizer):  # noq
             driver.find_element(By.CSS_SELECTOR, "#run").click()
             wait.until(
                 lambda d: (
-                    "audio.srt" in d.find_element(By.CSS_SELECTOR, "#srt").text.replace("\n", "")
+                    "audio.srt"
+                    in d.find_element(By.CSS_SELECTOR, "#srt").text.replace("\n", "")
                 )
             )
             table = driver.find_element(By.CSS_SELECTOR, "#words").text.split()
             parsed = driver.find_element(By.CSS_SELECTOR, "#parsed").text
     finally:
         demo.close()
+    # after the title and headers
     assert table[-6:] == [
         "hello",
         "0.1",
@@ -395,5 +470,5 @@ def test_browser_shows_timed_words_and_subtitles(weights_with_tokenizer):  # noq
         "world",
         "0.6",
         "0.9",
-    ]  # after the title and headers
+    ]
     assert "hello world" in parsed

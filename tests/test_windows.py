@@ -15,7 +15,9 @@ SONNET = Path(__file__).parent / ".assets" / "sonnet1.wav"
 
 def assert_exact_cover(windows, total, max_samples):
     assert windows[0][0] == 0 and windows[-1][1] == total
-    assert all(end == next_start for (_, end), (next_start, _) in zip(windows, windows[1:]))
+    assert all(
+        end == next_start for (_, end), (next_start, _) in zip(windows, windows[1:])
+    )
     assert all(0 < end - start <= max_samples for start, end in windows)
 
 
@@ -68,7 +70,9 @@ class LengthEcho:
     def __init__(self):
         self.batches = []
 
-    def generate(self, mel, mel_lens, prompt_ids, on_token=None, return_scores=False, **settings):
+    def generate(
+        self, mel, mel_lens, prompt_ids, on_token=None, return_scores=False, **settings
+    ):
         self.batches.append(mel_lens.tolist())
         ids = [[int(n)] for n in mel_lens]
         return (ids, [0.0] * len(ids)) if return_scores else ids
@@ -76,26 +80,25 @@ class LengthEcho:
 
 def test_windows_batch_longest_first_alone_in_time_order_and_come_back_to_their_waveform():
     generator = torch.Generator().manual_seed(0)
-    long_wav = 0.3 * torch.randn(
-        70 * SAMPLE_RATE, generator=generator
-    )  # three windows, the last the shortest
+    # three windows, the last the shortest
+    long_wav = 0.3 * torch.randn(70 * SAMPLE_RATE, generator=generator)
     long_wav[24 * SAMPLE_RATE : 24 * SAMPLE_RATE + 4000] = 0
     waves = [long_wav, 0.3 * torch.randn(12 * SAMPLE_RATE, generator=generator)]
     batched, alone = LengthEcho(), LengthEcho()
     by_batch = decode_waveforms(batched, waves, [[1], [1]], {}, batch_size=8)
     by_one = decode_waveforms(alone, waves, [[1], [1]], {}, batch_size=1)
     assert [len(d.windows) for d in by_batch] == [3, 1]
-    assert batched.batches[0] == sorted(
-        batched.batches[0], reverse=True
-    )  # one batch, longest first
+    # one batch, longest first
+    assert batched.batches[0] == sorted(batched.batches[0], reverse=True)
     window_frames = [
-        [log_mel(wav[s:e]).shape[0] for s, e in d.windows] for d, wav in zip(by_one, waves)
+        [log_mel(wav[s:e]).shape[0] for s, e in d.windows]
+        for d, wav in zip(by_one, waves)
     ]
-    assert alone.batches == [
-        [n] for frames in window_frames for n in frames
-    ]  # time order, for --stream
+    # time order, for --stream
+    assert alone.batches == [[n] for frames in window_frames for n in frames]
     for decoded in (by_batch, by_one):
         assert [[ids[0] for ids in d.ids] for d in decoded] == window_frames
+        # OSUM's strides: ceil(T / 8) embeddings, bos and eos, per window
         assert [d.speech_positions for d in decoded] == [
             sum(-(-n // 8) + 2 for n in frames) for frames in window_frames
-        ]  # OSUM's strides: ceil(T / 8) embeddings, bos and eos, per window
+        ]

@@ -116,7 +116,10 @@ THE_CAT_SAT = [Word("The", 0.25, 0.5), Word("cat", 0.5, 0.9), Word("sat.", 1.2, 
 
 def jsonl_line(key: str, words: list[Word]) -> str:
     return json.dumps(
-        {"key": key, "words": [{"word": w.text, "start": w.start, "end": w.end} for w in words]}
+        {
+            "key": key,
+            "words": [{"word": w.text, "start": w.start, "end": w.end} for w in words],
+        }
     )
 
 
@@ -129,7 +132,8 @@ def test_textgrid_words_tier_without_silences(tmp_path, text):
     pytest.importorskip("praatio")
     (tmp_path / "utt1.TextGrid").write_text(text)
     assert read_word_times(tmp_path / "utt1.TextGrid") == {"utt1": THE_CAT_SAT}
-    assert read_word_times(tmp_path) == {"utt1": THE_CAT_SAT}  # a folder of KEY.TextGrid
+    # a folder of KEY.TextGrid
+    assert read_word_times(tmp_path) == {"utt1": THE_CAT_SAT}
 
 
 def test_speaker_word_tiers_merge_in_time_order(tmp_path):
@@ -166,7 +170,9 @@ WORDS_OK = '{"word": "a", "start": 0.1, "end": 0.2}'
         ("x.jsonl", '{"words": []}\n', 'x.jsonl:1: expected {"key"'),
         (
             "x.jsonl",
-            '{"key": "k", "words": [' + WORDS_OK + ', {"word": "b", "start": 0.5, "end": 0.4}]}',
+            '{"key": "k", "words": ['
+            + WORDS_OK
+            + ', {"word": "b", "start": 0.5, "end": 0.4}]}',
             "x.jsonl:1: word 2 ('b'): times 0.5, 0.4 are not 0 <= start <= end",
         ),
         (
@@ -212,10 +218,12 @@ def test_bad_references_are_one_line_errors(tmp_path, name, content, problem):
 
 
 def test_textgrid_without_praatio_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "praatio", None)  # as if the eval extra were not installed
+    # as if the eval extra were not installed
+    monkeypatch.setitem(sys.modules, "praatio", None)
     (tmp_path / "k.TextGrid").write_text(LONG_TEXTGRID)
     with pytest.raises(
-        TimingError, match=r"k.TextGrid: reading TextGrids needs praatio: pip install .\[eval\]"
+        TimingError,
+        match=r"k.TextGrid: reading TextGrids needs praatio: pip install .\[eval\]",
     ):
         read_word_times(tmp_path / "k.TextGrid")
 
@@ -243,16 +251,26 @@ def test_alignment_counts_equal_edit_distance():
         assert [i for i, _ in path if i is not None] == list(range(len(reference)))
         assert [j for _, j in path if j is not None] == list(range(len(hypothesis)))
         subs = sum(
-            i is not None and j is not None and reference[i] != hypothesis[j] for i, j in path
+            i is not None and j is not None and reference[i] != hypothesis[j]
+            for i, j in path
         )
-        counts = Edits(subs, sum(j is None for _, j in path), sum(i is None for i, _ in path))
-        assert counts == edit_distance(reference, hypothesis), (reference, hypothesis, path)
+        counts = Edits(
+            subs, sum(j is None for _, j in path), sum(i is None for i, _ in path)
+        )
+        assert counts == edit_distance(reference, hypothesis), (
+            reference,
+            hypothesis,
+            path,
+        )
 
 
 def test_figures_by_hand_through_the_srwt_parser():
     # ref: The cat sat; hyp: the(+0.1, +0.1) bat(sub) sat(-0.3 start, +0.05 end) down(ins): matched the, sat
-    result = parse(TASKS["srwt"], "THE<0.35, 0.6> bat<0.5, 0.9> sat!<0.9, 2.05> down<2.1, 2.4>")
+    result = parse(
+        TASKS["srwt"], "THE<0.35, 0.6> bat<0.5, 0.9> sat!<0.9, 2.05> down<2.1, 2.4>"
+    )
     summary = score_timing({"k": THE_CAT_SAT}, {"k": result})
+    # the: both 100 (inclusive); sat: start 300
     assert summary == {
         "utterances": 1,
         "skipped": 0,
@@ -267,7 +285,7 @@ def test_figures_by_hand_through_the_srwt_parser():
         "end_error_ms": 75.0,  # (100 + 50) / 2
         "within_100ms": 50.0,
         "within_200ms": 50.0,
-    }  # the: both 100 (inclusive); sat: start 300
+    }
 
 
 def test_cjk_characters_are_units_with_their_word_span():
@@ -279,7 +297,11 @@ def test_cjk_characters_are_units_with_their_word_span():
         Word("界", 0.5, 0.9),
     ]
     summary = score_timing({"k": reference}, {"k": srwt(hypothesis)})
-    assert (summary["matched_words"], summary["substitutions"], summary["cer"]) == (3, 1, 25.0)
+    assert (summary["matched_words"], summary["substitutions"], summary["cer"]) == (
+        3,
+        1,
+        25.0,
+    )
     assert (
         summary["start_error_ms"] == pytest.approx(100 / 3, abs=0.005)
         and summary["within_100ms"] == 100.0
@@ -287,24 +309,43 @@ def test_cjk_characters_are_units_with_their_word_span():
 
 
 def test_untimed_matched_words_count_outside_every_tolerance():
-    hypothesis = [Word("the", 0.25, 0.5), Word("cat", None, None), Word("sat", 1.2, 2.0)]
+    hypothesis = [
+        Word("the", 0.25, 0.5),
+        Word("cat", None, None),
+        Word("sat", 1.2, 2.0),
+    ]
     summary = score_timing({"k": THE_CAT_SAT}, {"k": srwt(hypothesis)})
-    assert (summary["matched_words"], summary["timed_words"], summary["start_error_ms"]) == (
+    assert (
+        summary["matched_words"],
+        summary["timed_words"],
+        summary["start_error_ms"],
+    ) == (
         3,
         2,
         0.0,
     )
-    assert summary["within_100ms"] == summary["within_200ms"] == pytest.approx(200 / 3, abs=0.01)
+    assert (
+        summary["within_100ms"]
+        == summary["within_200ms"]
+        == pytest.approx(200 / 3, abs=0.01)
+    )
 
 
 def test_results_without_reference_are_skipped_and_named():
-    summary = score_timing({"k": THE_CAT_SAT}, {"k": srwt(THE_CAT_SAT), "other": srwt(THE_CAT_SAT)})
-    assert (summary["utterances"], summary["skipped"], summary["skipped_keys"]) == (1, 1, ["other"])
+    summary = score_timing(
+        {"k": THE_CAT_SAT}, {"k": srwt(THE_CAT_SAT), "other": srwt(THE_CAT_SAT)}
+    )
+    assert (summary["utterances"], summary["skipped"], summary["skipped_keys"]) == (
+        1,
+        1,
+        ["other"],
+    )
     assert summary["wer"] == 0.0 and summary["within_100ms"] == 100.0
 
 
 ESPEAK = shutil.which("espeak-ng")
 SPOKEN = ["seven", "apple", "river", "green", "window", "music", "yellow"]
+# seconds of silence before, between and after the words
 GAPS = [
     0.35,
     0.2,
@@ -314,7 +355,7 @@ GAPS = [
     0.4,
     0.3,
     0.45,
-]  # seconds of silence before, between and after the words
+]
 LOUD = 0.01  # |sample| from which a sample counts as speech (-40 dBFS)
 
 
@@ -343,16 +384,29 @@ def spoken(tmp_path_factory) -> tuple[Path, list[Word]]:
     soundfile.write(out / "utt.wav", np.concatenate(pieces), 16000, subtype="FLOAT")
     grid = textgrid.Textgrid()
     grid.addTier(
-        textgrid.IntervalTier("words", [(w.start, w.end, w.text) for w in words], 0, at / 16000)
+        textgrid.IntervalTier(
+            "words", [(w.start, w.end, w.text) for w in words], 0, at / 16000
+        )
     )
     grid.addTier(
         textgrid.IntervalTier(
-            "phones", [(w.start, (w.start + w.end) / 2, "AH0") for w in words], 0, at / 16000
+            "phones",
+            [(w.start, (w.start + w.end) / 2, "AH0") for w in words],
+            0,
+            at / 16000,
         )
     )
     (out / "long").mkdir(), (out / "short").mkdir()
-    grid.save(str(out / "long" / "utt.TextGrid"), format="long_textgrid", includeBlankSpaces=True)
-    grid.save(str(out / "short" / "utt.TextGrid"), format="short_textgrid", includeBlankSpaces=True)
+    grid.save(
+        str(out / "long" / "utt.TextGrid"),
+        format="long_textgrid",
+        includeBlankSpaces=True,
+    )
+    grid.save(
+        str(out / "short" / "utt.TextGrid"),
+        format="short_textgrid",
+        includeBlankSpaces=True,
+    )
     (out / "utt.jsonl").write_text(jsonl_line("utt", words) + "\n")
     return out, words
 
@@ -366,7 +420,9 @@ def test_references_mark_the_spoken_words(spoken):
         read = read_word_times(path)["utt"]
         assert [w.text for w in read] == SPOKEN
         times = [t for w in words for t in (w.start, w.end)]
-        assert [t for w in read for t in (w.start, w.end)] == pytest.approx(times, abs=1e-9)
+        assert [t for w in read for t in (w.start, w.end)] == pytest.approx(
+            times, abs=1e-9
+        )
     inside = np.zeros(len(audio), bool)
     for word in words:
         first, last = round(word.start * 16000), round(word.end * 16000) - 1
@@ -382,7 +438,8 @@ def shifted(words: list[Word], start_ms, end_ms) -> list[Word]:
     ends = end_ms if isinstance(end_ms, list) else [end_ms] * 5
     kept = [w for w in words if w.text not in ("apple", "green")]
     hypothesis = [
-        Word(w.text, w.start + s / 1000, w.end + e / 1000) for w, s, e in zip(kept, starts, ends)
+        Word(w.text, w.start + s / 1000, w.end + e / 1000)
+        for w, s, e in zip(kept, starts, ends)
     ]
     return (
         hypothesis[:2]
@@ -398,7 +455,14 @@ def shifted(words: list[Word], start_ms, end_ms) -> list[Word]:
     [
         (50, 50, 50, 50, 100, 100),
         (-50, 50, 50, 50, 100, 100),  # errors are absolute
-        (100, -100, 100, 100, 100, 100),  # the tolerance is inclusive, whatever the float sums give
+        (
+            100,
+            -100,
+            100,
+            100,
+            100,
+            100,
+        ),  # the tolerance is inclusive, whatever the float sums give
         (150, 150, 150, 150, 0, 100),
         (50, -150, 50, 150, 0, 100),  # start AND end must be within
         (250, 0, 250, 0, 0, 0),
@@ -417,12 +481,24 @@ def test_known_shifts_give_hand_computed_figures(
 ):
     out, _ = spoken
     references = read_word_times(out / "short")
-    summary = score_timing(references, {"utt": srwt(shifted(references["utt"], start_ms, end_ms))})
-    assert (summary["substitutions"], summary["deletions"], summary["insertions"]) == (1, 1, 1)
-    assert summary["wer"] == pytest.approx(300 / 7, abs=0.005) and summary["matched_words"] == 5
+    summary = score_timing(
+        references, {"utt": srwt(shifted(references["utt"], start_ms, end_ms))}
+    )
+    assert (summary["substitutions"], summary["deletions"], summary["insertions"]) == (
+        1,
+        1,
+        1,
+    )
+    assert (
+        summary["wer"] == pytest.approx(300 / 7, abs=0.005)
+        and summary["matched_words"] == 5
+    )
     assert summary["start_error_ms"] == pytest.approx(start_error, abs=1e-6)
     assert summary["end_error_ms"] == pytest.approx(end_error, abs=1e-6)
-    assert (summary["within_100ms"], summary["within_200ms"]) == (within_100, within_200)
+    assert (summary["within_100ms"], summary["within_200ms"]) == (
+        within_100,
+        within_200,
+    )
 
 
 def test_corpus_figures_pool_words_not_utterances(spoken):
@@ -430,9 +506,8 @@ def test_corpus_figures_pool_words_not_utterances(spoken):
     words = read_word_times(out / "utt.jsonl")["utt"]
     scorer = TimingScorer()
     scorer.add(words, srwt(shifted(words, 50, 0)))  # 5 matched words, 50 ms each
-    scorer.add(
-        words[:2], srwt([Word(w.text, w.start + 0.2, w.end) for w in words[:2]])
-    )  # 2 words, 200 ms
+    # 2 words, 200 ms
+    scorer.add(words[:2], srwt([Word(w.text, w.start + 0.2, w.end) for w in words[:2]]))
     summary = scorer.summary()
     assert summary["utterances"] == 2 and summary["matched_words"] == 7
     assert summary["start_error_ms"] == pytest.approx((5 * 50 + 2 * 200) / 7, abs=0.005)
@@ -440,6 +515,5 @@ def test_corpus_figures_pool_words_not_utterances(spoken):
         summary["within_100ms"] == pytest.approx(500 / 7, abs=0.005)
         and summary["within_200ms"] == 100.0
     )
-    assert summary["wer"] == pytest.approx(
-        300 / 9, abs=0.005
-    )  # 3 errors over 7 + 2 reference words
+    # 3 errors over 7 + 2 reference words
+    assert summary["wer"] == pytest.approx(300 / 9, abs=0.005)

@@ -52,7 +52,9 @@ def plot(log_path: Path, png: Path, title: str = "ASR + gender, espeak-ng") -> b
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="train.py's --out")
-    parser.add_argument("--data", type=Path, required=True, help="make_corpus.py's --out")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="make_corpus.py's --out"
+    )
     parser.add_argument("--max-batches", type=int, default=1000)
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)

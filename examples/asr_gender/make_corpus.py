@@ -73,7 +73,9 @@ def sentence(rng: random.Random) -> str:
         start = template.index("{")
         end = template.index("}", start)
         template = (
-            template[:start] + rng.choice(WORDS[template[start + 1 : end]]) + template[end + 1 :]
+            template[:start]
+            + rng.choice(WORDS[template[start + 1 : end]])
+            + template[end + 1 :]
         )
     return template
 
@@ -130,14 +132,18 @@ def speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
         soundfile.write(path, load_audio(raw.name).numpy(), 16000, subtype="PCM_16")
 
 
-def corpus_args(argv, doc: str, utterances: int) -> tuple[argparse.Namespace, list[str]]:
+def corpus_args(
+    argv, doc: str, utterances: int
+) -> tuple[argparse.Namespace, list[str]]:
     """--out, --utterances, --seed; and the sentences they draw."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--utterances", type=int, default=utterances)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if shutil.which("espeak-ng") is None:  # before the folder is made or anything is drawn
+    if (
+        shutil.which("espeak-ng") is None
+    ):  # before the folder is made or anything is drawn
         raise MissingTool(f"espeak-ng is not installed: {INSTALL}")
     return args, sentences(args.utterances, args.seed)
 
@@ -159,12 +165,20 @@ def main(argv=None) -> dict[str, Path]:
                 "speed": clip_rng.randint(130, 210),
                 "pitch": clip_rng.randint(35, 65),
             }
-            path, record = args.out / "wav" / f"{key}.wav", args.out / "wav" / f"{key}.json"
-            if not (path.exists() and record.exists() and json.loads(record.read_text()) == spoken):
-                speak(text, voice, speed=spoken["speed"], pitch=spoken["pitch"], path=path)
-                record.write_text(
-                    json.dumps(spoken)
-                )  # after the audio: a clip cut short by a kill is spoken again
+            path, record = (
+                args.out / "wav" / f"{key}.wav",
+                args.out / "wav" / f"{key}.json",
+            )
+            if not (
+                path.exists()
+                and record.exists()
+                and json.loads(record.read_text()) == spoken
+            ):
+                speak(
+                    text, voice, speed=spoken["speed"], pitch=spoken["pitch"], path=path
+                )
+                # after the audio: a clip cut short by a kill is spoken again
+                record.write_text(json.dumps(spoken))
             splits[split].append(
                 {"key": key, "wav": f"wav/{key}.wav", "txt": text, "gender": gender}
             )
@@ -172,7 +186,11 @@ def main(argv=None) -> dict[str, Path]:
     lists = {}
     for split, clips in splits.items():
         lines = [
-            {**clip, "task": "<TRANSCRIBE> <GENDER>", "txt": f"{clip['txt']}<{clip['gender']}>"}
+            {
+                **clip,
+                "task": "<TRANSCRIBE> <GENDER>",
+                "txt": f"{clip['txt']}<{clip['gender']}>",
+            }
             for clip in clips
         ]
         if split == "train":

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 spec = importlib.util.spec_from_file_location(
-    "asr_gender_evaluate", Path(__file__).resolve().parents[1] / "asr_gender" / "evaluate.py"
+    "asr_gender_evaluate",
+    Path(__file__).resolve().parents[1] / "asr_gender" / "evaluate.py",
 )
 evaluate = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(evaluate)

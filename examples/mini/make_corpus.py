@@ -37,7 +37,11 @@ spec.loader.exec_module(asr_gender)
 RATE = 16000
 FLITE_VOICES = [("flite:slt", "female"), ("flite:awb", "male"), ("flite:rms", "male")]
 FLITE_VOICES += [("flite:kal16", "male")]
-TASKS = {"asr": "<TRANSCRIBE>", "sgc": "<TRANSCRIBE> <GENDER>", "srwt": "<TRANSCRIBE> <ALIGN>"}
+TASKS = {
+    "asr": "<TRANSCRIBE>",
+    "sgc": "<TRANSCRIBE> <GENDER>",
+    "srwt": "<TRANSCRIBE> <ALIGN>",
+}
 
 
 def voices() -> list[tuple[str, str]]:
@@ -48,7 +52,15 @@ def synthesize(text: str, style: dict) -> np.ndarray:
     """One voice saying `text`, at 16 kHz, float32."""
     with tempfile.NamedTemporaryFile(suffix=".wav") as raw:
         if style["voice"].startswith("flite:"):
-            command = ["flite", "-voice", style["voice"][6:], "-t", text, "-o", raw.name]
+            command = [
+                "flite",
+                "-voice",
+                style["voice"][6:],
+                "-t",
+                text,
+                "-o",
+                raw.name,
+            ]
         else:
             speed, pitch = str(style["speed"]), str(style["pitch"])
             command = ["espeak-ng", "-v", style["voice"], "-s", speed, "-p", pitch]
@@ -89,7 +101,14 @@ def degrade(audio: np.ndarray, style: dict, rng: np.random.Generator) -> np.ndar
         audio = audio * (0.3 / (np.abs(audio).max() + 1e-9))  # headroom: reverb adds up
         with tempfile.TemporaryDirectory() as tmp:
             soundfile.write(f"{tmp}/in.wav", audio, RATE, subtype="FLOAT")
-            sox = ["sox", "-V1", f"{tmp}/in.wav", f"{tmp}/out.wav", *effects]  # errors only
+            # errors only
+            sox = [
+                "sox",
+                "-V1",
+                f"{tmp}/in.wav",
+                f"{tmp}/out.wav",
+                *effects,
+            ]
             subprocess.run(sox, check=True)
             audio = load_audio(f"{tmp}/out.wav").numpy()[: len(audio)]
     power = float((audio**2).mean()) + 1e-10
@@ -119,7 +138,9 @@ def make_clip(text: str, style: dict, seed: str, path: Path):
     rng = random.Random(seed)
     if style["srwt"]:
         audio, times = timed_words(text.split(), style, rng)
-        label = "".join(f"{w}<{s:.1f},{e:.1f}>" for w, (s, e) in zip(text.split(), times))
+        label = "".join(
+            f"{w}<{s:.1f},{e:.1f}>" for w, (s, e) in zip(text.split(), times)
+        )
         labels = {"srwt": label}
     else:
         audio = synthesize(text, style)
@@ -138,7 +159,10 @@ def main(argv=None) -> dict[str, Path]:
             split, key = asr_gender.split_and_key(index)
             seed = f"{args.seed}/{key}/{text}"
             style = draw_style(random.Random(seed))
-            path, record = args.out / "wav" / f"{key}.wav", args.out / "wav" / f"{key}.json"
+            path, record = (
+                args.out / "wav" / f"{key}.wav",
+                args.out / "wav" / f"{key}.json",
+            )
             kept = record.exists() and json.loads(record.read_text())["style"] == style
             labels = json.loads(record.read_text())["labels"] if kept else None
             if not (kept and path.exists()):
@@ -146,7 +170,9 @@ def main(argv=None) -> dict[str, Path]:
                 record.write_text(json.dumps({"style": style, "labels": labels}))
             for task, label in labels.items():
                 line = {"key": f"{key}-{task}", "wav": f"wav/{key}.wav", "txt": label}
-                lists[split].append({**line, "task": TASKS[task], "gender": style["gender"]})
+                lists[split].append(
+                    {**line, "task": TASKS[task], "gender": style["gender"]}
+                )
             bar.update()
     paths = {}
     for split, lines in lists.items():

@@ -43,7 +43,9 @@ def parse_ctranslate2(data: bytes, source) -> dict[str, np.ndarray]:
 
     (version,) = take("I")
     if version != 6:
-        raise ValueError(f"{source}: CTranslate2 model version {version}, this reader knows 6")
+        raise ValueError(
+            f"{source}: CTranslate2 model version {version}, this reader knows 6"
+        )
     string(), take("I")  # spec name, revision
     (n_vars,) = take("I")
     variables = {}
@@ -53,13 +55,18 @@ def parse_ctranslate2(data: bytes, source) -> dict[str, np.ndarray]:
         shape = take("I" * rank)
         (dtype,), (nbytes,) = take("B"), take("I")
         variables[name] = np.frombuffer(
-            data, CT2_DTYPES[dtype], nbytes // np.dtype(CT2_DTYPES[dtype]).itemsize, offset
+            data,
+            CT2_DTYPES[dtype],
+            nbytes // np.dtype(CT2_DTYPES[dtype]).itemsize,
+            offset,
         ).reshape(shape)
         offset += nbytes
     return variables
 
 
-def ct2_encoder_state(variables: dict[str, np.ndarray], layers: int) -> dict[str, torch.Tensor]:
+def ct2_encoder_state(
+    variables: dict[str, np.ndarray], layers: int
+) -> dict[str, torch.Tensor]:
     """CTranslate2's encoder names -> ours, in float32. Its fused QKV (3d, d) is split; the key bias slice is 0."""
 
     def tensor(name: str) -> torch.Tensor:
@@ -78,10 +85,14 @@ def ct2_encoder_state(variables: dict[str, np.ndarray], layers: int) -> dict[str
     for n in range(layers):
         src, dst = f"layer_{n}", f"blocks.{n}"
         for ours_ln, theirs in (("attn_ln", "self_attention"), ("mlp_ln", "ffn")):
-            state[f"{dst}.{ours_ln}.weight"] = tensor(f"{src}/{theirs}/layer_norm/gamma")
+            state[f"{dst}.{ours_ln}.weight"] = tensor(
+                f"{src}/{theirs}/layer_norm/gamma"
+            )
             state[f"{dst}.{ours_ln}.bias"] = tensor(f"{src}/{theirs}/layer_norm/beta")
         query, key, value = tensor(f"{src}/self_attention/linear_0/weight").chunk(3)
-        query_bias, key_bias, value_bias = tensor(f"{src}/self_attention/linear_0/bias").chunk(3)
+        query_bias, key_bias, value_bias = tensor(
+            f"{src}/self_attention/linear_0/bias"
+        ).chunk(3)
         if key_bias.any():
             raise ValueError(
                 "the key bias of a Whisper encoder must be zero (Whisper's key has no bias)"
@@ -107,7 +118,9 @@ def ct2_encoder_state(variables: dict[str, np.ndarray], layers: int) -> dict[str
 
 def encoder_dims(variables: dict[str, np.ndarray]) -> dict[str, int]:
     """openai-whisper's encoder `dims`, read off the variables' shapes (a head is 64 wide in every Whisper)."""
-    layers = {m[1] for name in variables if (m := re.match(r"encoder/layer_(\d+)/", name))}
+    layers = {
+        m[1] for name in variables if (m := re.match(r"encoder/layer_(\d+)/", name))
+    }
     dim, n_mels, _ = variables["encoder/conv1/weight"].shape  # (dim, n_mels, 3)
     return {
         "n_mels": n_mels,
@@ -125,7 +138,9 @@ def whisper_checkpoint(model_dir) -> dict:
     state = ct2_encoder_state(variables, dims["n_audio_layer"])
     return {
         "dims": dims,
-        "model_state_dict": {"encoder." + name: tensor for name, tensor in state.items()},
+        "model_state_dict": {
+            "encoder." + name: tensor for name, tensor in state.items()
+        },
     }
 
 

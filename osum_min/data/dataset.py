@@ -54,27 +54,27 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-DEFAULT_TASK = "<TRANSCRIBE>"  # for samples without a task when filter_no_extra_info is off
-MAX_CHARS_PER_TOKEN = (
-    32  # a longer transcript cannot fit token_max_length: skipped before it is tokenised
-)
+# for samples without a task when filter_no_extra_info is off
+DEFAULT_TASK = "<TRANSCRIBE>"
+MAX_CHARS_PER_TOKEN = 32  # a longer transcript cannot fit token_max_length: skipped before it is tokenised
 
 
 @dataclass
 class DataConfig:
     """The original's training `dataset_conf` (docs/original.md §10). Lengths are in 10 ms feature frames."""
 
-    max_frames_in_batch: int = 3900  # dynamic batching: batch size x longest item, after padding
+    # dynamic batching: batch size x longest item, after padding
+    max_frames_in_batch: int = 3900
     batch_size: int | None = None  # set: static batches of this many samples instead
     max_length: int = 2900
     min_length: int = 0
     token_max_length: int = 200  # label tokens, eod included
     token_min_length: int = 1
     max_seq_len: int = 1000  # prompt + frames / 8 + label
-    caption_max_frames: int = (
-        2900  # `<CAPTION>` samples longer than this are cropped at random, not dropped
-    )
-    filter_no_extra_info: bool = True  # drop samples without a task (off: they get `<TRANSCRIBE>`)
+    # `<CAPTION>` samples longer than this are cropped at random, not dropped
+    caption_max_frames: int = 2900
+    # drop samples without a task (off: they get `<TRANSCRIBE>`)
+    filter_no_extra_info: bool = True
     shuffle: bool = True  # list and buffer shuffling, in train mode
     shuffle_buffer: int = 1500
     sort: bool = True
@@ -95,10 +95,16 @@ class DataConfig:
         for tag, paraphrases in self.prompts.items():
             if tag not in TASKS_BY_TAG:
                 raise ConfigError(
-                    "prompts", tag, "no task's tag (add the task to EXTRA_TASKS in text/tasks.py)"
+                    "prompts",
+                    tag,
+                    "no task's tag (add the task to EXTRA_TASKS in text/tasks.py)",
                 )
-            if not paraphrases or not all(isinstance(t, str) and t.strip() for t in paraphrases):
-                raise ConfigError(f"prompts[{tag!r}]", paraphrases, "not a list of prompt texts")
+            if not paraphrases or not all(
+                isinstance(t, str) and t.strip() for t in paraphrases
+            ):
+                raise ConfigError(
+                    f"prompts[{tag!r}]", paraphrases, "not a list of prompt texts"
+                )
 
 
 def _buffered(samples, size: int, reorder):
@@ -136,8 +142,14 @@ class SpeechDataset(IterableDataset):
         self.sources = self._sources(data_list_or_mix)
         if not any(source.items and source.weight for source in self.sources):
             raise DataError(f"{data_list_or_mix}: no samples to read")
-        self.tokenizer, self.config, self.train = tokenizer, config or DataConfig(), train
-        self.eod_id = eod_id if eod_id is not None else getattr(tokenizer, "eod_id", None)
+        self.tokenizer, self.config, self.train = (
+            tokenizer,
+            config or DataConfig(),
+            train,
+        )
+        self.eod_id = (
+            eod_id if eod_id is not None else getattr(tokenizer, "eod_id", None)
+        )
         if self.eod_id is None:
             raise DataError(
                 "no eod id: pass eod_id= (the model's config.eod_id) or a tokenizer with .eod_id"
@@ -145,10 +157,11 @@ class SpeechDataset(IterableDataset):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        # tag -> paraphrases
         self.prompts = {
             **{tag: task.paraphrases for tag, task in TASKS_BY_TAG.items()},
             **self.config.prompts,
-        }  # tag -> paraphrases
+        }
         self.prompt_ids: dict[str, list[int]] = {}
         self.skipped = self.filtered = 0
         self._pass_skipped = self._pass_filtered = 0
@@ -177,9 +190,8 @@ class SpeechDataset(IterableDataset):
         return self.train and self.config.shuffle
 
     def _epoch_items(self, worker: int, num_workers: int) -> list[dict]:
-        rng = random.Random(
-            f"osum-data-list/{self.seed}/{self.epoch}"
-        )  # the same on every rank and worker
+        # the same on every rank and worker
+        rng = random.Random(f"osum-data-list/{self.seed}/{self.epoch}")
         items = []
         for source in self.sources:
             copies, share = divmod(source.weight, 1)
@@ -210,11 +222,14 @@ class SpeechDataset(IterableDataset):
             raise DataError(
                 f"txt and task must be strings, not {type(text).__name__} and {type(task).__name__}"
             )
-        task = task.strip().replace("><", "> <")  # the tag may be written without spaces
+        # the tag may be written without spaces
+        task = task.strip().replace("><", "> <")
         if (not task and config.filter_no_extra_info) or "<none>" in text.lower():
             return None
         if not text.strip():
-            raise DataError("empty transcript (txt): the label would be the end token alone")
+            raise DataError(
+                "empty transcript (txt): the label would be the end token alone"
+            )
         if len(text) > MAX_CHARS_PER_TOKEN * config.token_max_length:
             raise DataError(
                 f"transcript of {len(text)} characters, far beyond token_max_length "
@@ -251,7 +266,9 @@ class SpeechDataset(IterableDataset):
                 config.max_freq_mask,
             )
         if self.train and config.spec_sub:
-            feats = spec_substitute(feats, rng, config.num_spec_subs, config.max_spec_sub)
+            feats = spec_substitute(
+                feats, rng, config.num_spec_subs, config.max_spec_sub
+            )
         return {
             "key": sample["key"],
             "task": task,
@@ -282,7 +299,10 @@ class SpeechDataset(IterableDataset):
             if self.config.batch_size:
                 full = len(batch) >= self.config.batch_size
             else:
-                full = max(longest, frames) * (len(batch) + 1) > self.config.max_frames_in_batch
+                full = (
+                    max(longest, frames) * (len(batch) + 1)
+                    > self.config.max_frames_in_batch
+                )
             if batch and full:
                 yield batch
                 batch, longest = [], 0
@@ -292,12 +312,10 @@ class SpeechDataset(IterableDataset):
             yield batch
 
     def _collate(self, samples: list[dict], worker: int) -> dict:
-        samples = sorted(
-            samples, key=lambda sample: -len(sample["feats"])
-        )  # longest first, as the original pads
-        mel, mel_lens = pad_features(
-            [sample["feats"] for sample in samples]
-        )  # (B, T, 80), (B,) int32
+        # longest first, as the original pads
+        samples = sorted(samples, key=lambda sample: -len(sample["feats"]))
+        # (B, T, 80), (B,) int32
+        mel, mel_lens = pad_features([sample["feats"] for sample in samples])
         return {
             "keys": [s["key"] for s in samples],
             "tasks": [s["task"] for s in samples],
@@ -324,7 +342,9 @@ class SpeechDataset(IterableDataset):
             samples = _buffered(samples, self.config.shuffle_buffer, rng.shuffle)
         if self.config.sort:
             samples = _buffered(
-                samples, self.config.sort_buffer, lambda b: b.sort(key=lambda s: len(s["feats"]))
+                samples,
+                self.config.sort_buffer,
+                lambda b: b.sort(key=lambda s: len(s["feats"])),
             )
         for batch in self._batches(samples):
             yield self._collate(batch, worker)
@@ -356,7 +376,10 @@ class BatchStream:
     resumed stream skips the batches consumed and continues exactly as an uninterrupted one."""
 
     def __init__(
-        self, dataset: SpeechDataset, num_workers: int = 0, position: tuple[int, int] = (0, 0)
+        self,
+        dataset: SpeechDataset,
+        num_workers: int = 0,
+        position: tuple[int, int] = (0, 0),
     ):
         self.dataset, self.num_workers = dataset, num_workers
         self.epoch, self.consumed = position
@@ -378,9 +401,8 @@ class BatchStream:
             with torch.random.fork_rng(
                 devices=[]
             ):  # a new DataLoader iterator draws a seed from torch's RNG:
-                loader = iter(
-                    make_loader(self.dataset, self.num_workers)
-                )  # keep it out of the training stream
+                # keep it out of the training stream
+                loader = iter(make_loader(self.dataset, self.num_workers))
             for _ in range(self.consumed):
                 next(loader, None)
             produced = 0

@@ -33,6 +33,7 @@ from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
+# audio members of a shard sample, first found is used
 AUDIO_MEMBERS = (
     "wav",
     "flac",
@@ -40,7 +41,8 @@ AUDIO_MEMBERS = (
     "ogg",
     "opus",
     "sph",
-)  # audio members of a shard sample, first found is used
+)
+# text members of a shard sample
 INFO_FIELDS = (
     "txt",
     "task",
@@ -49,7 +51,7 @@ INFO_FIELDS = (
     "emotion",
     "gender",
     "duration",
-)  # text members of a shard sample
+)
 
 
 class DataError(ValueError):
@@ -68,10 +70,13 @@ class DataSource:
 def resolve_listed_path(name: str, base: Path) -> str:
     """A relative path is taken from the list's folder when it exists there, else as written (the original reads
     it from the working directory)."""
-    candidate = (
-        base / name
-    )  # os.path.exists: False, not an OSError, for a name too long (load_audio names it)
-    return str(candidate) if not Path(name).is_absolute() and os.path.exists(candidate) else name
+    # os.path.exists: False, not an OSError, for a name too long (load_audio names it)
+    candidate = base / name
+    return (
+        str(candidate)
+        if not Path(name).is_absolute() and os.path.exists(candidate)
+        else name
+    )
 
 
 def read_data_list(path) -> list[dict]:
@@ -104,7 +109,9 @@ def read_data_list(path) -> list[dict]:
                 f"(also line {lines[sample]}): one sample would count twice"
             )
         lines[sample] = number
-        items.append({**item, "wav": resolve_listed_path(str(item["wav"]), path.parent)})
+        items.append(
+            {**item, "wav": resolve_listed_path(str(item["wav"]), path.parent)}
+        )
     return items
 
 
@@ -141,7 +148,11 @@ def _parse_mix_yaml(text: str, path: Path) -> dict:
             continue
         key, colon, value = line.strip().partition(":")
         key, value = key.strip().strip("'\""), value.strip().strip("'\"")
-        if not colon or (not raw[0].isspace() and value) or (raw[0].isspace() and current is None):
+        if (
+            not colon
+            or (not raw[0].isspace() and value)
+            or (raw[0].isspace() and current is None)
+        ):
             raise DataError(
                 f"{path}:{number}: expected `name:` and indented `path:`/`weight:` lines, got {raw!r}"
             )
@@ -157,7 +168,11 @@ def read_data_mix(path) -> list[DataSource]:
     path = Path(path)
     try:
         text = read_text(path, "data mix", MAX_CONFIG_BYTES)
-        table = parse_json(text, path) if path.suffix == ".json" else _parse_mix_yaml(text, path)
+        table = (
+            parse_json(text, path)
+            if path.suffix == ".json"
+            else _parse_mix_yaml(text, path)
+        )
     except FileError as err:
         raise DataError(f"{err.path}: cannot read data mix ({err.problem})") from None
     if not isinstance(table, dict) or not table:
@@ -198,7 +213,9 @@ def _cut(wav: torch.Tensor, item: dict) -> torch.Tensor:
     if "start" not in item and "end" not in item:
         return wav
     start = int(float(item.get("start", 0)) * SAMPLE_RATE)
-    end = min(int(float(item["end"]) * SAMPLE_RATE) if "end" in item else len(wav), len(wav))
+    end = min(
+        int(float(item["end"]) * SAMPLE_RATE) if "end" in item else len(wav), len(wav)
+    )
     if start < 0 or end - start < MIN_SAMPLES:
         raise DataError(
             f"segment {item.get('start', 0)}-{item.get('end', 'end')} s of a "
@@ -227,7 +244,9 @@ def make_shards(jsonl_path, out_dir, samples_per_shard: int = 1000) -> Path:
     Unreadable samples are skipped with a warning."""
     items = read_data_list(jsonl_path)
     if any("shard" in item for item in items):
-        raise DataError(f"{jsonl_path}: make_shards wants a raw jsonl list, found tar paths")
+        raise DataError(
+            f"{jsonl_path}: make_shards wants a raw jsonl list, found tar paths"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shard_paths, tar, written = [], None, 0
@@ -250,13 +269,19 @@ def make_shards(jsonl_path, out_dir, samples_per_shard: int = 1000) -> Path:
                 _add_member(tar, f"{item['key']}.wav", audio)
                 for name in INFO_FIELDS:
                     if name in item:
-                        _add_member(tar, f"{item['key']}.{name}", str(item[name]).encode("utf-8"))
+                        _add_member(
+                            tar,
+                            f"{item['key']}.{name}",
+                            str(item[name]).encode("utf-8"),
+                        )
                 written += 1
     finally:
         if tar is not None:
             tar.close()
     list_path = out_dir / "shards.list"
-    list_path.write_text("".join(f"{path.resolve()}\n" for path in shard_paths), encoding="utf-8")
+    list_path.write_text(
+        "".join(f"{path.resolve()}\n" for path in shard_paths), encoding="utf-8"
+    )
     return list_path
 
 
@@ -285,9 +310,14 @@ def _shard_sample(group: dict, shard: str) -> dict:
     suffix = next((s for s in AUDIO_MEMBERS if s in group), None)
     if suffix is None:
         raise DataError(f"no audio member ({', '.join(AUDIO_MEMBERS)})")
-    sample = {name: group[name].decode("utf-8").strip() for name in INFO_FIELDS if name in group}
+    sample = {
+        name: group[name].decode("utf-8").strip()
+        for name in INFO_FIELDS
+        if name in group
+    }
     audio = io.BytesIO(group[suffix])
-    audio.name = f"{shard}:{group['key']}.{suffix}"  # load_audio names its source in errors
+    # load_audio names its source in errors
+    audio.name = f"{shard}:{group['key']}.{suffix}"
     return {**sample, "key": group["key"], "audio": load_audio(audio)}
 
 

@@ -107,7 +107,9 @@ def _table(path: Path, columns: tuple[str, ...], **dialect) -> list[dict]:
     try:
         for row in rows:
             if not all(isinstance(row[c], str) for c in columns):
-                raise LayoutError(f"{path}:{rows.line_num}: fewer fields than the header's columns")
+                raise LayoutError(
+                    f"{path}:{rows.line_num}: fewer fields than the header's columns"
+                )
             table.append(row)
     except csv.Error as err:
         raise LayoutError(f"{path}:{rows.line_num}: not a table line ({err})") from None
@@ -139,7 +141,11 @@ def _json_rows(path: Path, fields: tuple[str, ...], shape: str):
             number,
             {
                 **row,
-                **{name: printable(row[name]) for name in fields if name not in ("wav", "audio")},
+                **{
+                    name: printable(row[name])
+                    for name in fields
+                    if name not in ("wav", "audio")
+                },
             },
         )
 
@@ -203,7 +209,9 @@ def wenetspeech(root: Path) -> list[Subset]:
     "text", "subsets"}]}]; the segments tagged TEST_NET and TEST_MEETING are the two test sets."""
     meta = _need(root / "WenetSpeech.json")
     try:
-        audios = parse_json(read_text(meta, "WenetSpeech meta", MAX_META_BYTES), meta)["audios"]
+        audios = parse_json(read_text(meta, "WenetSpeech meta", MAX_META_BYTES), meta)[
+            "audios"
+        ]
     except FileError as err:
         raise LayoutError(str(err)) from None
     except (KeyError, TypeError):
@@ -211,7 +219,8 @@ def wenetspeech(root: Path) -> list[Subset]:
             f'{meta}: not WenetSpeech\'s meta (a JSON object with "audios")'
         ) from None
     subsets = {
-        tag: Subset(name, Defaults(language="zh")) for tag, name in WENETSPEECH_SUBSETS.items()
+        tag: Subset(name, Defaults(language="zh"))
+        for tag, name in WENETSPEECH_SUBSETS.items()
     }
     for where, audio, segment in _segments(meta, audios):
         tags = segment.get("subsets", [])
@@ -224,7 +233,9 @@ def wenetspeech(root: Path) -> list[Subset]:
                 ("begin_time", (int, float)),
                 ("end_time", (int, float)),
             ):
-                if not isinstance(segment.get(name), kinds) or isinstance(segment[name], bool):
+                if not isinstance(segment.get(name), kinds) or isinstance(
+                    segment[name], bool
+                ):
                     raise LayoutError(
                         f"{meta}: {where}: {name!r} is {json.dumps(segment.get(name))[:40]}, not "
                         f"{'text' if kinds is str else 'seconds'}"
@@ -263,15 +274,26 @@ def common_voice(root: Path) -> list[Subset]:
     rows = _tsv(root / "test.tsv", ("path", "sentence"))
     language = root.name.split("-")[0].lower()  # zh-CN -> zh
     utterances = [
-        Utterance(Path(row["path"]).stem, str(root / "clips" / row["path"]), row["sentence"])
+        Utterance(
+            Path(row["path"]).stem, str(root / "clips" / row["path"]), row["sentence"]
+        )
         for row in rows
     ]
     return [
-        Subset(f"test-{root.name}", Defaults(protocol="qwen2-audio", language=language), utterances)
+        Subset(
+            f"test-{root.name}",
+            Defaults(protocol="qwen2-audio", language=language),
+            utterances,
+        )
     ]
 
 
-FLEURS_LANGUAGES = {"cmn_hans_cn": "zh", "yue_hant_hk": "yue", "en_us": "en", "fr_fr": "fr"}
+FLEURS_LANGUAGES = {
+    "cmn_hans_cn": "zh",
+    "yue_hant_hk": "yue",
+    "en_us": "en",
+    "fr_fr": "fr",
+}
 
 
 def fleurs(root: Path) -> list[Subset]:
@@ -285,11 +307,19 @@ def fleurs(root: Path) -> list[Subset]:
                 f"{root / 'test.tsv'}:{number}: not FLEURS' tsv (id, file, raw and normalised text)"
             )
         utterances.append(
-            Utterance(Path(columns[1]).stem, str(root / "audio" / "test" / columns[1]), columns[2])
+            Utterance(
+                Path(columns[1]).stem,
+                str(root / "audio" / "test" / columns[1]),
+                columns[2],
+            )
         )
     language = FLEURS_LANGUAGES.get(root.name, root.name.split("_")[0])
     return [
-        Subset(f"test-{root.name}", Defaults(protocol="qwen2-audio", language=language), utterances)
+        Subset(
+            f"test-{root.name}",
+            Defaults(protocol="qwen2-audio", language=language),
+            utterances,
+        )
     ]
 
 
@@ -311,9 +341,13 @@ def covost2(root: Path) -> list[Subset]:
         raise LayoutError(f"{root}/covost_v2.SRC_TGT.tsv: not found")
     subsets = []
     for table in tables:
-        source, target = (part.split("-")[0] for part in table.name.split(".")[1].split("_"))
+        source, target = (
+            part.split("-")[0] for part in table.name.split(".")[1].split("_")
+        )
         rows = [
-            row for row in _tsv(table, ("path", "translation", "split")) if row["split"] == "test"
+            row
+            for row in _tsv(table, ("path", "translation", "split"))
+            if row["split"] == "test"
         ]
         prompt = f"Translate the speech into {LANGUAGE_NAMES.get(target, target)}."
         defaults = Defaults(
@@ -363,13 +397,17 @@ VOCALSOUND_EVENTS = {
 def meld(root: Path) -> list[Subset]:
     """MELD.Raw: test_sent_emo.csv (`Dialogue_ID`, `Utterance_ID`, `Emotion`) and wav/diaD_uttU.wav, the audio of
     output_repeated_splits_test/diaD_uttU.mp4 (docs/evaluation.md has the ffmpeg command)."""
-    rows = _table(root / "test_sent_emo.csv", ("Dialogue_ID", "Utterance_ID", "Emotion"))
+    rows = _table(
+        root / "test_sent_emo.csv", ("Dialogue_ID", "Utterance_ID", "Emotion")
+    )
     keys = [
         (f"dia{row['Dialogue_ID']}_utt{row['Utterance_ID']}", row["Emotion"].lower())
         for row in rows
     ]
     utterances = [
-        Utterance(key, str(root / "wav" / f"{key}.wav"), MELD_EMOTIONS.get(emotion, emotion))
+        Utterance(
+            key, str(root / "wav" / f"{key}.wav"), MELD_EMOTIONS.get(emotion, emotion)
+        )
         for key, emotion in keys
     ]
     return [Subset("test", Defaults(task="ser", metric="acc"), utterances)]
@@ -428,8 +466,15 @@ def qwen2_audio_jsonl(path: Path) -> list[Subset]:
     subsets = {}
     shape = 'a Qwen2-Audio eval line {"audio", "prompt", "source", "gt"}'
     for number, row in _json_rows(path, ("audio", "prompt", "source", "gt"), shape):
-        audio, prompt, source, reference = row["audio"], row["prompt"], row["source"], row["gt"]
-        subset = subsets.setdefault(source, Subset(source, source_defaults(source, path.stem)))
+        audio, prompt, source, reference = (
+            row["audio"],
+            row["prompt"],
+            row["source"],
+            row["gt"],
+        )
+        subset = subsets.setdefault(
+            source, Subset(source, source_defaults(source, path.stem))
+        )
         subset.utterances.append(
             Utterance(
                 f"{source}-{number:06d}",
@@ -449,14 +494,22 @@ def wenet_jsonl(path: Path) -> list[Subset]:
     for number, row in _json_rows(path, ("key", "wav", "txt"), shape):
         key, wav, text = row["key"], row["wav"], row["txt"]
         tag = " ".join(str(row.get("task", "<TRANSCRIBE>")).split())
-        task = TASKS_BY_TAG[tag].name if tag in TASKS_BY_TAG else str(row.get("task", "asr"))
+        task = (
+            TASKS_BY_TAG[tag].name
+            if tag in TASKS_BY_TAG
+            else str(row.get("task", "asr"))
+        )
         if task not in TASKS:
             raise LayoutError(
                 f"{path}:{number}: task {row.get('task')!r} is none of OSUM's tags or task names"
             )
         metric = "acc" if TASKS[task].labels and task != "asr" else "wer"
-        subset = subsets.setdefault(task, Subset(task, Defaults(task=task, metric=metric)))
-        subset.utterances.append(Utterance(key, resolve_listed_path(wav, path.parent), text))
+        subset = subsets.setdefault(
+            task, Subset(task, Defaults(task=task, metric=metric))
+        )
+        subset.utterances.append(
+            Utterance(key, resolve_listed_path(wav, path.parent), text)
+        )
     return list(subsets.values())
 
 
@@ -483,7 +536,9 @@ def _refuse_duplicates(data: Path, subset: Subset) -> None:
         if utterance.key in seen:
             first = seen[utterance.key].audio
             places = (
-                f"{first} and {utterance.audio}" if first != utterance.audio else f"both {first}"
+                f"{first} and {utterance.audio}"
+                if first != utterance.audio
+                else f"both {first}"
             )
             raise LayoutError(
                 f"{data}: {subset.name}: key {utterance.key!r} is there twice ({places}): one utterance "
@@ -505,10 +560,17 @@ def read_benchmark(bench: str, data: Path, **overrides) -> list[Subset]:
     if "prompt" in given:  # the flag's prompt, not each line's own
         for subset in subsets:
             subset.utterances = [replace(u, prompt=None) for u in subset.utterances]
-    subsets = [replace(subset, defaults=replace(subset.defaults, **given)) for subset in subsets]
+    subsets = [
+        replace(subset, defaults=replace(subset.defaults, **given))
+        for subset in subsets
+    ]
     for subset in subsets:
         rules = subset.defaults
-        if rules.protocol == "qwen2-audio" and rules.metric == "wer" and not rules.language:
+        if (
+            rules.protocol == "qwen2-audio"
+            and rules.metric == "wer"
+            and not rules.language
+        ):
             raise LayoutError(
                 f"{data}: {subset.name}: the qwen2-audio protocol's normaliser follows the language, "
                 f"and none is known for it: pass --language (en, zh, yue, fr, ...)"

@@ -28,16 +28,16 @@ _PUNCS_TO_SPACE = str.maketrans(
 )
 _DIGITS = "零一二三四五六七八九"
 # cn_tn's units, largest first: the four small ones, then the 'mid' numbering system (亿 = 10^8, 兆 = 10^12, ...).
-_UNITS = [((k + 2) * 4, unit) for k, unit in enumerate("亿兆京垓秭穰沟涧正载")][::-1] + [
+_UNITS = [((k + 2) * 4, unit) for k, unit in enumerate("亿兆京垓秭穰沟涧正载")][
+    ::-1
+] + [
     (4, "万"),
     (3, "千"),
     (2, "百"),
     (1, "十"),
 ]
 _UNIT_NAMES = dict(_UNITS)
-_CURRENCY_UNITS = (
-    "((亿|千万|百万|万|千|百)|(亿|千万|百万|万|千|百|)元|(亿|千万|百万|万|千|百|)块|角|毛|分)"
-)
+_CURRENCY_UNITS = "((亿|千万|百万|万|千|百)|(亿|千万|百万|万|千|百|)元|(亿|千万|百万|万|千|百|)块|角|毛|分)"
 _QUANTIFIERS = (
     "(匹|张|座|回|场|尾|条|个|首|阙|阵|网|炮|顶|丘|棵|只|支|袭|辆|挑|担|颗|壳|窠|曲|墙|群|腔|砣|座|客|贯|扎|捆|"
     "刀|令|打|手|罗|坡|山|岭|江|溪|钟|队|单|双|对|出|口|头|脚|板|跳|枝|件|贴|针|线|管|名|位|身|堂|课|本|页|"
@@ -57,7 +57,11 @@ def _number_symbols(digits: str) -> list:
     if len(stripped) == 1:
         return [0, int(stripped)] if len(digits) != len(stripped) else [int(stripped)]
     power = next(power for power, _ in _UNITS if power < len(stripped))
-    return _number_symbols(digits[:-power]) + [("u", power)] + _number_symbols(stripped[-power:])
+    return (
+        _number_symbols(digits[:-power])
+        + [("u", power)]
+        + _number_symbols(stripped[-power:])
+    )
 
 
 def num2chn(number: str, alt_two: bool = True, use_units: bool = True) -> str:
@@ -65,7 +69,11 @@ def num2chn(number: str, alt_two: bool = True, use_units: bool = True) -> str:
     whole, _, decimals = number.partition(".")
     if "." in decimals:
         raise ValueError(f"invalid number with more than one dot: {number}")
-    symbols = _number_symbols(whole) if use_units and len(whole) > 1 else [int(c) for c in whole]
+    symbols = (
+        _number_symbols(whole)
+        if use_units and len(whole) > 1
+        else [int(c) for c in whole]
+    )
     if decimals:
         symbols += ["点"] + [int(c) for c in decimals]
     words = []
@@ -129,9 +137,22 @@ def _fraction(fraction: str) -> str:
 # normalize_nsw's rewrites in its order: each match found first, then each replaced at its first occurrence.
 _REWRITES = [
     (r"\D+((([089]\d|(19|20)\d{2})年)?(\d{1,2}月(\d{1,2}[日号])?)?)", _date),
-    (r"\D+((\d+(\.\d+)?)[多余几]?" + _CURRENCY_UNITS + r"(\d" + _CURRENCY_UNITS + r"?)?)", _money),
-    (r"\D((\+?86 ?)?1([38]\d|5[0-35-9]|7[678]|9[89])\d{8})\D", lambda s: _phone(s, fixed=False)),
-    (r"\D((0(10|2[1-3]|[3-9]\d{2})-?)?[1-9]\d{6,7})\D", lambda s: _phone(s, fixed=True)),
+    (
+        r"\D+((\d+(\.\d+)?)[多余几]?"
+        + _CURRENCY_UNITS
+        + r"(\d"
+        + _CURRENCY_UNITS
+        + r"?)?)",
+        _money,
+    ),
+    (
+        r"\D((\+?86 ?)?1([38]\d|5[0-35-9]|7[678]|9[89])\d{8})\D",
+        lambda s: _phone(s, fixed=False),
+    ),
+    (
+        r"\D((0(10|2[1-3]|[3-9]\d{2})-?)?[1-9]\d{6,7})\D",
+        lambda s: _phone(s, fixed=True),
+    ),
     (r"(\d+/\d+)", _fraction),
     (r"(\d+(\.\d+)?%)", lambda s: "百分之" + num2chn(s.strip().strip("%"))),
     (_NUMBER + "[多余几]?" + _QUANTIFIERS, num2chn),
@@ -139,7 +160,8 @@ _REWRITES = [
     (_NUMBER, num2chn),
 ]
 _REWRITES = [(re.compile(pattern), convert) for pattern, convert in _REWRITES]
-_LETTERS_TWO_LETTERS = re.compile(r"(([a-zA-Z]+)二([a-zA-Z]+))")  # P2P, B2B... back from P二P
+# P2P, B2B... back from P二P
+_LETTERS_TWO_LETTERS = re.compile(r"(([a-zA-Z]+)二([a-zA-Z]+))")
 
 
 def normalize_nsw(text: str) -> str:
@@ -202,10 +224,14 @@ def units(text: str, language: str) -> list[str]:
 def qwen2_audio_units(
     refs: list[str], hyps: list[str], language: str
 ) -> tuple[list[list[str]], list[list[str]]]:
-    return [units(text, language) for text in refs], [units(text, language) for text in hyps]
+    return [units(text, language) for text in refs], [
+        units(text, language) for text in hyps
+    ]
 
 
-def bleu(refs: list[str], hyps: list[str], language: str | None, tokenize: str | None) -> dict:
+def bleu(
+    refs: list[str], hyps: list[str], language: str | None, tokenize: str | None
+) -> dict:
     """evaluate_st.py: sacrebleu's corpus BLEU, tokenised `zh` for a Chinese target and `13a` otherwise."""
     import sacrebleu
 

@@ -46,9 +46,8 @@ class Record:
     ref: str
     hyp: str | None = None
     error: str | None = None
-    timed: list[str] | None = (
-        None  # SRWT: [reference, hypothesis] with their word times, for the timing error
-    )
+    # SRWT: [reference, hypothesis] with their word times, for the timing error
+    timed: list[str] | None = None
 
 
 def subset_task(subset: Subset, utterance: Utterance) -> Task:
@@ -81,7 +80,12 @@ def scored_hypothesis(result: Result, task: Task, subset: Subset) -> str:
     return result.transcript or ""
 
 
-RECORD_TEXTS = {"subset": (str,), "key": (str,), "ref": (str,), "hyp": (str, type(None))}
+RECORD_TEXTS = {
+    "subset": (str,),
+    "key": (str,),
+    "ref": (str,),
+    "hyp": (str, type(None)),
+}
 
 
 def parse_record(line: bytes) -> Record | None:
@@ -95,16 +99,18 @@ def parse_record(line: bytes) -> Record | None:
     ):
         return None
     timed = row.get("timed")
-    if not all(isinstance(row.get(name), kinds) for name, kinds in RECORD_TEXTS.items()) or not (
+    if not all(
+        isinstance(row.get(name), kinds) for name, kinds in RECORD_TEXTS.items()
+    ) or not (
         timed is None
         or isinstance(timed, list)
         and len(timed) == 2
         and all(isinstance(t, str) for t in timed)
     ):
         return None
-    if not isinstance(row.get("error"), (str, type(None))) or (row.get("hyp") is None) == (
-        row.get("error") is None
-    ):
+    if not isinstance(row.get("error"), (str, type(None))) or (
+        row.get("hyp") is None
+    ) == (row.get("error") is None):
         return None
     return Record(**row)
 
@@ -140,7 +146,9 @@ def read_records(out: Path, repair: bool = True) -> dict[tuple[str, str], Record
 FINGERPRINT = "run.json"
 
 
-def fingerprint(bench: str, subsets: list[Subset], decoding: dict, weights: Path) -> dict:
+def fingerprint(
+    bench: str, subsets: list[Subset], decoding: dict, weights: Path
+) -> dict:
     """What makes two runs the same run, so a resume may reuse the records: the set and its utterances (keys,
     references, spans, prompts: a hash), how each subset is decoded and scored, the decoding settings and the
     weights (their config's hash and every file's size). Not --limit, --batch-size or the device."""
@@ -151,7 +159,9 @@ def fingerprint(bench: str, subsets: list[Subset], decoding: dict, weights: Path
             for u in s.utterances
         ]
     )
-    files = sorted(p for p in weights.iterdir() if p.is_file()) if weights.is_dir() else []
+    files = (
+        sorted(p for p in weights.iterdir() if p.is_file()) if weights.is_dir() else []
+    )
     return {
         "bench": bench,
         **{
@@ -181,10 +191,12 @@ def claim(out: Path, mine: dict, write: bool) -> None:
         differs = [name for name in mine if stored.get(name) != mine[name]]
         if differs:
             said = ", ".join(
-                f"{name} {_short(stored.get(name))} -> {_short(mine[name])}" for name in differs
+                f"{name} {_short(stored.get(name))} -> {_short(mine[name])}"
+                for name in differs
             )
             raise FileError(
-                out, f"holds another run's records ({said}): give another --out, or empty this one"
+                out,
+                f"holds another run's records ({said}): give another --out, or empty this one",
             )
         return
     if any(out.glob("records*.jsonl")):
@@ -215,7 +227,9 @@ def request(subset: Subset, utterance: Utterance, config) -> Request:
     )
 
 
-def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=None) -> int:
+def decode(
+    pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=None
+) -> int:
     """Decode what earlier runs left (at most `limit` utterances of the set, counted from its start), this rank's
     share of it, appending a record per utterance. Returns how many this rank decoded."""
     rank, size, _ = ranks.world()
@@ -224,7 +238,9 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
     if size > 1 and rank != 0:
         dist.barrier()
     done = {
-        key for key, record in read_records(out, repair=rank == 0).items() if record.error is None
+        key
+        for key, record in read_records(out, repair=rank == 0).items()
+        if record.error is None
     }
     if size > 1:
         if rank == 0:
@@ -242,7 +258,9 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
         for index, answer in pipeline.run([requests[i] for i in share]):
             (subset, utterance), task = todo[share[index]], requests[share[index]].task
             record = Record(
-                subset.name, utterance.key, scored_reference(utterance.reference, task, subset)
+                subset.name,
+                utterance.key,
+                scored_reference(utterance.reference, task, subset),
             )
             if answer.error:
                 record.error = str(answer.error)
@@ -255,8 +273,12 @@ def decode(pipeline: Pipeline, subsets: list[Subset], out: Path, config, limit=N
             try:
                 sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
                 sink.flush()
-            except OSError as err:  # a full disk: what is written stays, the same command resumes
-                raise FileError(out / name, f"cannot write: {os_problem(err)}") from None
+            except (
+                OSError
+            ) as err:  # a full disk: what is written stays, the same command resumes
+                raise FileError(
+                    out / name, f"cannot write: {os_problem(err)}"
+                ) from None
             progress.update()
     progress.close()
     return len(share)
@@ -276,35 +298,50 @@ def timing(records: list[Record], word_times: dict | None) -> dict | None:
     timed = {r.key: r.timed for r in records if r.timed}
     if not timed:
         return None
+    # praatio, where TextGrids are read, is the [eval] extra's
     from .word_timing import (
         score_timing,
-    )  # praatio, where TextGrids are read, is the [eval] extra's
+    )
 
-    written = {key: parse(TASKS["srwt"], reference).words for key, (reference, _) in timed.items()}
+    written = {
+        key: parse(TASKS["srwt"], reference).words
+        for key, (reference, _) in timed.items()
+    }
     references = word_times or {
-        key: words for key, words in written.items() if any(w.start is not None for w in words)
+        key: words
+        for key, words in written.items()
+        if any(w.start is not None for w in words)
     }
     if not references:
         return None
     return score_timing(
         references,
-        {key: parse(TASKS["srwt"], hypothesis) for key, (_, hypothesis) in timed.items()},
+        {
+            key: parse(TASKS["srwt"], hypothesis)
+            for key, (_, hypothesis) in timed.items()
+        },
     )
 
 
 def finish(
-    bench: str, subsets: list[Subset], out: Path, limit=None, word_times: dict | None = None
+    bench: str,
+    subsets: list[Subset],
+    out: Path,
+    limit=None,
+    word_times: dict | None = None,
 ) -> dict:
     """Rank 0, after every rank is done: the records in the set's order, the text files, the scores, the table."""
+    # the [eval] extra's scorers, outside inference's imports
     from .scoring import (
         NothingToScore,
         score_texts,
-    )  # the [eval] extra's scorers, outside inference's imports
+    )
 
     records = read_records(out, repair=False)
     wanted = [(s, u) for s in subsets for u in s.utterances][:limit]
     ordered = [
-        records.get((s.name, u.key)) or Record(s.name, u.key, u.reference, error="not decoded")
+        records.get((s.name, u.key))
+        or Record(s.name, u.key, u.reference, error="not decoded")
         for s, u in wanted
     ]
     _write(
@@ -316,7 +353,8 @@ def finish(
     by_subset = {s.name: s for s in subsets}
     _write(out / "ref.txt", "".join(f"{r.key} {one_line(r.ref)}\n" for r in ordered))
     _write(
-        out / "hyp.txt", "".join(f"{r.key} {one_line(r.hyp)}\n" for r in ordered if r.error is None)
+        out / "hyp.txt",
+        "".join(f"{r.key} {one_line(r.hyp)}\n" for r in ordered if r.error is None),
     )
     published, rows = published_rows(bench), []
     for name in dict.fromkeys(r.subset for r in ordered):
@@ -339,7 +377,11 @@ def finish(
                 "subset": name,
                 **asdict(defaults),
                 "utterances": len(mine),
-                "failed": [{"key": r.key, "error": r.error} for r in mine if r.error is not None],
+                "failed": [
+                    {"key": r.key, "error": r.error}
+                    for r in mine
+                    if r.error is not None
+                ],
                 "value": score.get("value"),
                 "score": score,
                 "published": published.get(name, {}),
@@ -348,7 +390,9 @@ def finish(
         if word_timing := timing(mine, word_times):
             rows[-1]["timing"] = word_timing
     results = {"bench": bench, "rows": rows}
-    _write(out / "results.json", json.dumps(results, ensure_ascii=False, indent=1) + "\n")
+    _write(
+        out / "results.json", json.dumps(results, ensure_ascii=False, indent=1) + "\n"
+    )
     _write(out / "results.md", table(rows))
     return results
 
@@ -373,14 +417,14 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         ours = "–" if row["value"] is None else f"{row['value']:.2f}"
         published = row["published"]
-        task = (
-            published.get("task", "prompt") if row["prompt"] else row["task"]
-        )  # covost2: s2tt by its prompt
+        # covost2: s2tt by its prompt
+        task = published.get("task", "prompt") if row["prompt"] else row["task"]
         lines.append(
             f"| {task} | {row['bench']} {row['subset']} | "
             f"{row['metric']} ({row['protocol']}) | {ours} | {published.get('osum', '–')} | "
             f"{published.get('qwen2_audio', '–')} | {row['utterances']} | {len(row['failed'])} |"
         )
     return (
-        "\n".join(lines) + "\n\nPublished figures: osum_min/eval/published.json (its `sources`).\n"
+        "\n".join(lines)
+        + "\n\nPublished figures: osum_min/eval/published.json (its `sources`).\n"
     )

@@ -27,9 +27,7 @@ from osum_min.text.tokenizer import map_style_tags, process_text
 PROTOCOLS = ("osum", "qwen2-audio")
 METRICS = ("wer", "cer", "acc", "bleu")
 NO_TAG = "<--no_tag-->"
-_PUNCTS = (
-    "!,?、。！，；？：「」︰『』《》"  # characters compute-wer.py drops where a token would start
-)
+_PUNCTS = "!,?、。！，；？：「」︰『』《》"  # characters compute-wer.py drops where a token would start
 _SPACES = " \t\r\n"
 _CLUSTER_PREFIXES = (
     ("DIGIT", "Number"),
@@ -52,9 +50,8 @@ _NEUTRAL_PREFIXES = (
     "PLUS SIGN",
     "SEMICOLON",
 )
-_TAG = re.compile(
-    r"<[^>]*>?"
-)  # compute-wer.py's stripoff_tags: from `<` to the next `>` (or the end)
+# compute-wer.py's stripoff_tags: from `<` to the next `>` (or the end)
+_TAG = re.compile(r"<[^>]*>?")
 _FIRST_TAG = re.compile(r"<.*?>")  # compute-acc.py's do_get_first_tag_from_str
 _CJK = re.compile(f"[{CJK_CHARS}]")
 # One CJK character, or one run of other letters/digits/apostrophes; punctuation and spacing never count. The units
@@ -70,7 +67,8 @@ def _char_class(codes: list[int]) -> str:
             start = code
         if k + 1 == len(codes) or codes[k + 1] != code + 1:
             parts.append(
-                re.escape(chr(start)) + ("-" + re.escape(chr(code)) if code > start else "")
+                re.escape(chr(start))
+                + ("-" + re.escape(chr(code)) if code > start else "")
             )
             start = None
     return "".join(parts)
@@ -106,13 +104,20 @@ def osum_tokens(text: str, split_alnum: bool = False) -> list[str]:
     tokens = _token_pattern().findall(text)
     if not tokens:
         return []
-    tokens = (
-        "\n".join(tokens).upper().split("\n")
-    )  # no token holds a newline; upper() maps character by character
+    # no token holds a newline; upper() maps character by character
+    tokens = "\n".join(tokens).upper().split("\n")
     if "<" in text:
-        tokens = [stripped for stripped in (_TAG.sub("", token) for token in tokens) if stripped]
+        tokens = [
+            stripped
+            for stripped in (_TAG.sub("", token) for token in tokens)
+            if stripped
+        ]
     if split_alnum:
-        return [unit for token in tokens for unit in (token if token.isalnum() else (token,))]
+        return [
+            unit
+            for token in tokens
+            for unit in (token if token.isalnum() else (token,))
+        ]
     return tokens
 
 
@@ -123,7 +128,8 @@ def default_cluster(word: str) -> str:
     for char in word:
         name = unicodedata.name(char, "")
         cluster = next(
-            (label for prefix, label in _CLUSTER_PREFIXES if name.startswith(prefix)), None
+            (label for prefix, label in _CLUSTER_PREFIXES if name.startswith(prefix)),
+            None,
         )
         if cluster:
             classes.append(cluster)
@@ -142,7 +148,9 @@ def alignment_counts(
     compute-wer.py books them."""
     lengths = [len(units) for units in references + hypotheses]
     flat = np.fromiter(
-        (unit for units in references + hypotheses for unit in units), np.int64, sum(lengths)
+        (unit for units in references + hypotheses for unit in units),
+        np.int64,
+        sum(lengths),
     )
     starts = np.cumsum([0] + lengths[:-1], dtype=np.int64)
     lengths, pairs = np.array(lengths, np.int64), len(references)
@@ -156,7 +164,11 @@ def alignment_counts(
 
 
 def _counts(
-    flat: np.ndarray, references, hypotheses, vocabulary: int, cells_per_chunk: int = 4_000_000
+    flat: np.ndarray,
+    references,
+    hypotheses,
+    vocabulary: int,
+    cells_per_chunk: int = 4_000_000,
 ):
     """alignment_counts on token ids laid end to end: `references` and `hypotheses` are (starts, lengths) into
     `flat`. Pairs of similar length are aligned together in numpy: the distance table row by row (a row's insertions
@@ -167,9 +179,8 @@ def _counts(
     codes, start = [np.zeros(0, np.int64)], 0
     while start < len(order):
         stop = min(len(order), start + fitting(start))
-        stop = min(
-            stop, start + fitting(stop - 1)
-        )  # the chunk's longest pair sets its table's size
+        # the chunk's longest pair sets its table's size
+        stop = min(stop, start + fitting(stop - 1))
         chunk = order[start:stop]
         codes.append(
             _align_chunk(
@@ -181,7 +192,9 @@ def _counts(
             )
         )
         start = stop
-    return np.bincount(np.concatenate(codes), minlength=4 * vocabulary).reshape(vocabulary, 4)
+    return np.bincount(np.concatenate(codes), minlength=4 * vocabulary).reshape(
+        vocabulary, 4
+    )
 
 
 @dataclass
@@ -195,16 +208,18 @@ class Edits:
         return self.substitutions + self.deletions + self.insertions
 
 
-def _total_counts(references: list[list[str]], hypotheses: list[list[str]]) -> np.ndarray:
+def _total_counts(
+    references: list[list[str]], hypotheses: list[list[str]]
+) -> np.ndarray:
     """Correct, substituted, deleted, inserted over all pairs of string units."""
     vocabulary = {}
     ids = [
         [vocabulary.setdefault(unit, len(vocabulary)) for unit in units]
         for units in references + hypotheses
     ]
-    return alignment_counts(ids[: len(references)], ids[len(references) :], len(vocabulary)).sum(
-        axis=0
-    )
+    return alignment_counts(
+        ids[: len(references)], ids[len(references) :], len(vocabulary)
+    ).sum(axis=0)
 
 
 def edit_distance(reference: list[str], hypothesis: list[str]) -> Edits:
@@ -217,7 +232,9 @@ def edit_operations(reference: list[str], hypothesis: list[str]) -> list[int]:
     """One pair's edit path from the first units to the last, as operations (0 correct, 1 substitution, 2 deletion,
     3 insertion): the path compute-wer.py walks back, so its counts are `edit_distance`'s."""
     vocabulary = {}
-    ids = [vocabulary.setdefault(unit, len(vocabulary)) for unit in reference + hypothesis]
+    ids = [
+        vocabulary.setdefault(unit, len(vocabulary)) for unit in reference + hypothesis
+    ]
     codes = _align_chunk(
         np.array(ids, np.int64),
         np.array([0]),
@@ -228,7 +245,9 @@ def edit_operations(reference: list[str], hypothesis: list[str]) -> list[int]:
     return (codes[::-1] % 4).tolist()
 
 
-def _padded(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad: int) -> np.ndarray:
+def _padded(
+    flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad: int
+) -> np.ndarray:
     span = np.arange(max(int(lengths.max()), 1))
     taken = flat[np.minimum(starts[:, None] + span, len(flat) - 1)] if len(flat) else 0
     return np.where(span < lengths[:, None], taken, pad)  # (P, longest)
@@ -236,9 +255,8 @@ def _padded(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad: int)
 
 def _align_chunk(flat, ref_starts, i, hyp_starts, j) -> np.ndarray:
     """token id * 4 + operation (0 correct, 1 substitution, 2 deletion, 3 insertion) for every step of every pair."""
-    ref = _padded(
-        flat, ref_starts, i, -1
-    )  # (P, N); padding never equals a token or the other padding
+    # (P, N); padding never equals a token or the other padding
+    ref = _padded(flat, ref_starts, i, -1)
     hyp = _padded(flat, hyp_starts, j, -2)  # (P, M)
     rows, cols = int(i.max()), int(j.max())
     pairs, span = np.arange(len(i)), np.arange(cols + 1)
@@ -247,9 +265,11 @@ def _align_chunk(flat, ref_starts, i, hyp_starts, j) -> np.ndarray:
     for row in range(1, rows + 1):
         previous = dist[:, row - 1, :]
         best = np.minimum(
-            previous[:, :-1] + (ref[:, row - 1 : row] != hyp[:, :cols]), previous[:, 1:] + 1
+            previous[:, :-1] + (ref[:, row - 1 : row] != hyp[:, :cols]),
+            previous[:, 1:] + 1,
         )
-        best = np.concatenate([np.full((len(i), 1), row, np.int32), best], axis=1)  # (P, M+1)
+        # (P, M+1)
+        best = np.concatenate([np.full((len(i), 1), row, np.int32), best], axis=1)
         dist[:, row, :] = np.minimum.accumulate(best - span, axis=1) + span
     steps = []
     for _ in range(rows + cols):
@@ -265,7 +285,9 @@ def _align_chunk(flat, ref_starts, i, hyp_starts, j) -> np.ndarray:
         operation = np.where(
             deletion, 2, np.where(insertion, 3, np.where(ref_token == hyp_token, 0, 1))
         )
-        steps.append((np.where(insertion, hyp_token, ref_token) * 4 + operation)[active])
+        steps.append(
+            (np.where(insertion, hyp_token, ref_token) * 4 + operation)[active]
+        )
         i, j = i - (deletion | diagonal), j - (insertion | diagonal)
     return np.concatenate(steps) if steps else np.zeros(0, np.int64)
 
@@ -284,31 +306,45 @@ def _line(counts: np.ndarray) -> dict:
     }
 
 
-def osum_error_rate(refs: dict[str, str], hyps: dict[str, str], split_alnum: bool = False) -> dict:
+def osum_error_rate(
+    refs: dict[str, str], hyps: dict[str, str], split_alnum: bool = False
+) -> dict:
     """compute-wer.py --char=1 (`split_alnum`: compute-cer.py): keys of both files, in the reference's order
     (score_texts gives every reference one). Overall counts at the top level, then one line per script class in
     the order the original prints them."""
     keys = [key for key in refs if key in hyps]
+    # per utterance its hypothesis then its reference: the order the original meets words
     words, lengths = (
         [],
         [],
-    )  # per utterance its hypothesis then its reference: the order the original meets words
+    )
     for key in keys:
-        rec, lab = osum_tokens(hyps[key], split_alnum), osum_tokens(refs[key], split_alnum)
+        rec, lab = (
+            osum_tokens(hyps[key], split_alnum),
+            osum_tokens(refs[key], split_alnum),
+        )
         words += rec
         words += lab
         lengths += (len(rec), len(lab))
     vocabulary = {word: index for index, word in enumerate(dict.fromkeys(words))}
     flat = np.fromiter(map(vocabulary.__getitem__, words), np.int64, len(words))
-    starts, lengths = np.cumsum([0] + lengths[:-1], dtype=np.int64), np.array(lengths, np.int64)
+    starts, lengths = (
+        np.cumsum([0] + lengths[:-1], dtype=np.int64),
+        np.array(lengths, np.int64),
+    )
     counts = _counts(
-        flat, (starts[1::2], lengths[1::2]), (starts[0::2], lengths[0::2]), len(vocabulary)
+        flat,
+        (starts[1::2], lengths[1::2]),
+        (starts[0::2], lengths[0::2]),
+        len(vocabulary),
     )
     clusters = {}
     for (
         word,
         index,
-    ) in vocabulary.items():  # insertion order: the order the original first meets each class
+    ) in (
+        vocabulary.items()
+    ):  # insertion order: the order the original first meets each class
         clusters.setdefault(default_cluster(word), []).append(index)
     overall = _line(counts.sum(axis=0))
     result = {"value": overall.pop("percent"), **overall, "utterances": len(keys)}
@@ -328,13 +364,19 @@ def osum_accuracy(refs: dict[str, str], hyps: dict[str, str]) -> dict:
     reference lacks are skipped but still count in the division; the confusion matrix is over the reference's tags
     (a predicted tag the reference never uses is left out of it)."""
     ref_tags = {
-        key: first_tag(" ".join(text.split())) for key, text in refs.items() if text.split()
+        key: first_tag(" ".join(text.split()))
+        for key, text in refs.items()
+        if text.split()
     }
     hyp_tags = {
-        key: first_tag(" ".join(text.split())) for key, text in hyps.items() if text.split()
+        key: first_tag(" ".join(text.split()))
+        for key, text in hyps.items()
+        if text.split()
     }
     if not hyp_tags:
-        raise NothingToScore("every hypothesis line is only a key: compute-acc.py scores none")
+        raise NothingToScore(
+            "every hypothesis line is only a key: compute-acc.py scores none"
+        )
     labels = sorted(set(ref_tags.values()))
     matrix = [[0] * len(labels) for _ in labels]
     hits = 0
@@ -370,7 +412,9 @@ def _check_pairs(refs: dict[str, str], hyps: dict[str, str]) -> list[str]:
             f"hypothesis {next(iter(hyps))!r}...): nothing to score"
         )
     if not any(text.strip() for text in refs.values()):
-        raise NothingToScore("every reference line is only a key (no text): nothing to score")
+        raise NothingToScore(
+            "every reference line is only a key (no text): nothing to score"
+        )
     return missing
 
 
@@ -406,7 +450,9 @@ def score_texts(
     own rule is kept for osum acc. Nothing to score (no line, no common key, no reference word) is NothingToScore,
     never 0.00 %. BLEU is sacrebleu's, as Qwen2-Audio's evaluate_st.py computes it, whichever the protocol."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+        raise ValueError(
+            f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}"
+        )
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: one of {', '.join(METRICS)}")
     missing = _check_pairs(refs, hyps)
@@ -420,11 +466,17 @@ def score_texts(
     if metric == "bleu":
         from osum_min.eval.normalizers import bleu
 
-        return {**head, **bleu(list(refs.values()), list(hyps.values()), language, bleu_tokenize)}
+        return {
+            **head,
+            **bleu(list(refs.values()), list(hyps.values()), language, bleu_tokenize),
+        }
     if protocol == "osum":
         if metric == "acc":
             return {**head, **osum_accuracy(refs, hyps)}
-        return {**head, **_nonzero(osum_error_rate(refs, hyps, split_alnum=metric == "cer"))}
+        return {
+            **head,
+            **_nonzero(osum_error_rate(refs, hyps, split_alnum=metric == "cer")),
+        }
     from osum_min.eval import normalizers
 
     if metric == "acc":
@@ -453,7 +505,9 @@ def score_texts(
 def _nonzero(counts: dict) -> dict:
     """An error rate's counts, refused when the references hold no unit (N=0: a rate of nothing)."""
     if not counts["N"]:
-        raise NothingToScore("the references hold no word to score (N=0): nothing to score")
+        raise NothingToScore(
+            "the references hold no word to score (N=0): nothing to score"
+        )
     return counts
 
 
@@ -487,7 +541,9 @@ class Scorer:
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}: one of {', '.join(PROTOCOLS)}")
+            raise ValueError(
+                f"unknown protocol {self.protocol!r}: one of {', '.join(PROTOCOLS)}"
+            )
 
     def add(self, reference_text: str, hypothesis: Result | None) -> None:
         """One file's reference and answer; None: it failed."""
@@ -500,7 +556,10 @@ class Scorer:
                 self.hypotheses[key] = hypothesis.transcript or ""
         for kind, label in reference.labels.items():
             self.label_totals[kind] = self.label_totals.get(kind, 0) + 1
-            hit = hypothesis is not None and hypothesis.labels.get(kind, "").lower() == label
+            hit = (
+                hypothesis is not None
+                and hypothesis.labels.get(kind, "").lower() == label
+            )
             self.label_hits[kind] = self.label_hits.get(kind, 0) + hit
 
     @property
@@ -511,7 +570,9 @@ class Scorer:
         """The transcripts' score; None where there is nothing to score (no reference word, nothing decoded)."""
         language = self.language or ("zh" if self.cjk else "en")
         try:
-            return score_texts(self.references, self.hypotheses, self.protocol, "wer", language)
+            return score_texts(
+                self.references, self.hypotheses, self.protocol, "wer", language
+            )
         except NothingToScore:
             return None
 
@@ -543,7 +604,9 @@ class Scorer:
         summary = self.summary()
         lines = []
         if "reference_units" in summary:
-            errors = summary["substitutions"] + summary["deletions"] + summary["insertions"]
+            errors = (
+                summary["substitutions"] + summary["deletions"] + summary["insertions"]
+            )
             lines.append(
                 f"{self.metric.upper()} {summary[self.metric]:.2f}% ({errors} errors / "
                 f"{summary['reference_units']} {'units' if self.cjk else 'words'}: "

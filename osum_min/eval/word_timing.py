@@ -21,10 +21,15 @@ from osum_min.eval.scoring import Edits, edit_operations, normalise, scoring_uni
 from osum_min.text.tasks import CJK_CHARS, Result, Word
 
 TOLERANCES_MS = (100, 200)
-SILENCE_MARKS = {"", "<eps>", "sil", "sp"}  # MFA's silence intervals on the words tier: not words
-_WORDS_TIER = re.compile(
-    r"(?:.+ - )?words", re.IGNORECASE
-)  # MFA: "words", or "SPEAKER - words" per speaker
+# MFA's silence intervals on the words tier: not words
+SILENCE_MARKS = {
+    "",
+    "<eps>",
+    "sil",
+    "sp",
+}
+# MFA: "words", or "SPEAKER - words" per speaker
+_WORDS_TIER = re.compile(r"(?:.+ - )?words", re.IGNORECASE)
 _CJK = re.compile(f"[{CJK_CHARS}]")
 
 
@@ -45,9 +50,12 @@ def read_textgrid(path: Path) -> list[Word]:
         from praatio import textgrid
         from praatio.utilities.errors import PraatioException
     except ImportError:
-        raise TimingError(f"{path}: reading TextGrids needs praatio: pip install .[eval]") from None
+        raise TimingError(
+            f"{path}: reading TextGrids needs praatio: pip install .[eval]"
+        ) from None
     try:
-        check_file(path, "TextGrid")  # praatio opens the path itself: never a FIFO or a device
+        # praatio opens the path itself: never a FIFO or a device
+        check_file(path, "TextGrid")
         grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False)
     except FileError as err:
         raise TimingError(str(err)) from None
@@ -57,12 +65,15 @@ def read_textgrid(path: Path) -> list[Word]:
         raise TimingError(f"{path}: not a readable TextGrid ({problem})") from None
     tiers = [name for name in grid.tierNames if _WORDS_TIER.fullmatch(name)]
     if not tiers:
-        raise TimingError(f'{path}: no "words" tier (tiers: {", ".join(grid.tierNames) or "none"})')
+        raise TimingError(
+            f'{path}: no "words" tier (tiers: {", ".join(grid.tierNames) or "none"})'
+        )
     if any(not isinstance(grid.getTier(name), textgrid.IntervalTier) for name in tiers):
-        raise TimingError(f"{path}: the words tier is a point tier, not an interval tier")
-    entries = sorted(
-        entry for name in tiers for entry in grid.getTier(name).entries
-    )  # speakers interleaved by time
+        raise TimingError(
+            f"{path}: the words tier is a point tier, not an interval tier"
+        )
+    # speakers interleaved by time
+    entries = sorted(entry for name in tiers for entry in grid.getTier(name).entries)
     return [
         Word(label.strip(), start, end)
         for start, end, label in entries
@@ -81,12 +92,19 @@ def _json_words(line: str) -> tuple[str, list[Word]]:
         or not isinstance(entry.get("key"), str)
         or not isinstance(entry.get("words"), list)
     ):
-        raise TimingError('expected {"key": "...", "words": [{"word", "start", "end"}, ...]}')
+        raise TimingError(
+            'expected {"key": "...", "words": [{"word", "start", "end"}, ...]}'
+        )
     words = []
     for number, item in enumerate(entry["words"], 1):
-        times = [item.get(side) if isinstance(item, dict) else None for side in ("start", "end")]
+        times = [
+            item.get(side) if isinstance(item, dict) else None
+            for side in ("start", "end")
+        ]
         if not isinstance(item, dict) or not isinstance(item.get("word"), str):
-            raise TimingError(f'word {number} is not {{"word": text, "start": s, "end": s}}')
+            raise TimingError(
+                f'word {number} is not {{"word": text, "start": s, "end": s}}'
+            )
         if not all(
             isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
             for t in times
@@ -118,13 +136,18 @@ def read_jsonl(path: Path, problems: list[str] | None = None) -> dict[str, list[
             _report(f"{path}:{number}: {err}", problems)
             continue
         if key in references:
-            _report(f"{path}:{number}: key {key!r} given twice (the first is kept)", problems)
+            _report(
+                f"{path}:{number}: key {key!r} given twice (the first is kept)",
+                problems,
+            )
             continue
         references[key] = words
     return references
 
 
-def read_word_times(path: str | Path, problems: list[str] | None = None) -> dict[str, list[Word]]:
+def read_word_times(
+    path: str | Path, problems: list[str] | None = None
+) -> dict[str, list[Word]]:
     """Reference word times by key from a TextGrid (key: its name without suffix), a folder of KEY.TextGrid files or
     a JSONL file. A bad item of a folder or JSONL file is added to `problems` and skipped when a list is given, else
     raised; a path that yields no references at all is always a TimingError."""
@@ -133,7 +156,9 @@ def read_word_times(path: str | Path, problems: list[str] | None = None) -> dict
         raise TimingError(f"{path}: no such file or directory")
     if path.is_dir():
         references = {}
-        for grid in sorted(p for p in path.iterdir() if p.suffix.lower() == ".textgrid"):
+        for grid in sorted(
+            p for p in path.iterdir() if p.suffix.lower() == ".textgrid"
+        ):
             try:
                 references[grid.stem] = read_textgrid(grid)
             except TimingError as err:
@@ -151,10 +176,16 @@ def read_word_times(path: str | Path, problems: list[str] | None = None) -> dict
 
 def _units(words: list[Word]) -> list[tuple[str, float | None, float | None]]:
     """Scoring units, each with the span of the word it came from."""
-    return [(unit, w.start, w.end) for w in words for unit in scoring_units(normalise(w.text))]
+    return [
+        (unit, w.start, w.end)
+        for w in words
+        for unit in scoring_units(normalise(w.text))
+    ]
 
 
-def align(reference: list[str], hypothesis: list[str]) -> list[tuple[int | None, int | None]]:
+def align(
+    reference: list[str], hypothesis: list[str]
+) -> list[tuple[int | None, int | None]]:
     """Index pairs along scoring's edit path: (i, j) a hit or substitution, (i, None) a deletion, (None, j) an
     insertion; the path's S/D/I are `scoring.edit_distance`'s counts."""
     path, i, j = [], 0, 0
@@ -177,9 +208,12 @@ class TimingScorer:
     timed: int = 0  # matched words with a start and an end in the hypothesis
     start_error_ms: float = 0.0  # sums over the timed words
     end_error_ms: float = 0.0
-    within: dict[int, int] = field(default_factory=lambda: dict.fromkeys(TOLERANCES_MS, 0))
+    within: dict[int, int] = field(
+        default_factory=lambda: dict.fromkeys(TOLERANCES_MS, 0)
+    )
     utterances: int = 0
-    skipped: list[str] = field(default_factory=list)  # keys with a result but no reference
+    # keys with a result but no reference
+    skipped: list[str] = field(default_factory=list)
 
     def add(self, reference_words: list[Word], result: Result) -> None:
         ref = _units(reference_words)
@@ -190,7 +224,9 @@ class TimingScorer:
             else [Word(result.transcript or "", None, None)]
         )
         path = align([u for u, *_ in ref], [u for u, *_ in hyp])
-        subs = sum(i is not None and j is not None and ref[i][0] != hyp[j][0] for i, j in path)
+        subs = sum(
+            i is not None and j is not None and ref[i][0] != hyp[j][0] for i, j in path
+        )
         dels, ins = sum(j is None for _, j in path), sum(i is None for i, _ in path)
         self.edits = Edits(
             self.edits.substitutions + subs,
@@ -252,4 +288,6 @@ def score_timing(references: dict[str, list[Word]], results: dict[str, Result]) 
             scorer.add(references[key], result)
         else:
             scorer.skipped.append(key)
-    return scorer.summary() | ({"skipped_keys": scorer.skipped} if scorer.skipped else {})
+    return scorer.summary() | (
+        {"skipped_keys": scorer.skipped} if scorer.skipped else {}
+    )

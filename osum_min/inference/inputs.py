@@ -10,7 +10,14 @@ from pathlib import Path
 
 from ..audio import AUDIO_SUFFIXES, header_seconds
 from ..data.formats import DataError, resolve_listed_path
-from ..files import MAX_LIST_BYTES, FileError, check_file, parse_json, printable, read_text
+from ..files import (
+    MAX_LIST_BYTES,
+    FileError,
+    check_file,
+    parse_json,
+    printable,
+    read_text,
+)
 
 
 @dataclass
@@ -19,9 +26,8 @@ class Item:
     key: str
     reference: str | None = None  # the list's `txt`, when scoring
     seconds: float = 0.0  # from the file header, for length-sorted batching
-    problem: str | None = (
-        None  # a list line we cannot use: skipped and counted like an unreadable file
-    )
+    # a list line we cannot use: skipped and counted like an unreadable file
+    problem: str | None = None
 
 
 def list_entry(path: Path, number: int, line: str) -> Item:
@@ -35,18 +41,26 @@ def list_entry(path: Path, number: int, line: str) -> Item:
             return Item(where, where, problem=f"not a wenet list line ({err.problem})")
         if not isinstance(entry, dict):
             return Item(
-                where, where, problem='not a wenet list line (a JSON object with a "wav" field)'
+                where,
+                where,
+                problem='not a wenet list line (a JSON object with a "wav" field)',
             )
     if not isinstance(entry.get("wav"), str) or not entry["wav"].strip():
         return Item(
-            where, where, problem=f'"wav" is {json.dumps(entry.get("wav"))[:40]}, not a path'
+            where,
+            where,
+            problem=f'"wav" is {json.dumps(entry.get("wav"))[:40]}, not a path',
         )
     if not isinstance(entry.get("txt"), (str, type(None))):
-        return Item(where, where, problem=f'"txt" is {json.dumps(entry["txt"])[:40]}, not text')
+        return Item(
+            where, where, problem=f'"txt" is {json.dumps(entry["txt"])[:40]}, not text'
+        )
     wav = resolve_listed_path(entry["wav"], path.parent)
     text = entry.get("txt")
     return Item(
-        wav, printable(str(entry.get("key", wav))), None if text is None else printable(text)
+        wav,
+        printable(str(entry.get("key", wav))),
+        None if text is None else printable(text),
     )
 
 
@@ -54,7 +68,11 @@ def read_list(path: Path) -> list[Item]:
     """One audio path per line, or wenet raw jsonl; paths may be relative to the list. A list none of whose lines
     names an existing file is refused as a whole (`infer.py README.md`), rather than skipped line by line."""
     lines = read_text(path, "list of audio files", MAX_LIST_BYTES).splitlines()
-    items = [list_entry(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    items = [
+        list_entry(path, number, line)
+        for number, line in enumerate(lines, 1)
+        if line.strip()
+    ]
     if items and not any(item.problem is None and _exists(item.path) for item in items):
         raise DataError(
             f"{printable(path)}: not a list of audio files (none of its {len(items)} lines names an "
@@ -94,9 +112,13 @@ def collect_inputs(paths: list[str]) -> list[Item]:
         path = Path(name)
         try:
             is_dir = stat.S_ISDIR(os.stat(path).st_mode)
-        except OSError as err:  # a name too long, a loop of links: load_audio or read_list names it
+        except (
+            OSError
+        ) as err:  # a name too long, a loop of links: load_audio or read_list names it
             if err.errno == errno.ENOENT:
-                raise DataError(f"{printable(name)}: no such file or directory") from None
+                raise DataError(
+                    f"{printable(name)}: no such file or directory"
+                ) from None
             is_dir = False
         if is_dir:
             items += _folder_items(path)
@@ -125,7 +147,9 @@ def _mark_twice(items: list[Item]) -> None:
         if item.problem is not None:
             continue
         names = [("key", item.key)]
-        if item.key == printable(item.path):  # not named by a list: the file itself is the name
+        if item.key == printable(
+            item.path
+        ):  # not named by a list: the file itself is the name
             try:
                 names.append(("file", os.path.realpath(item.path)))
             except ValueError:  # a name no file can have: its reader says so

@@ -48,31 +48,27 @@ class RequestError(ValueError):
         super().__init__(" ".join(f"{printable(name)}: {printable(problem)}".split()))
         self.name, self.problem, self.kind = name, problem, kind
 
-    def __reduce__(self):  # pickles (torch.distributed, multiprocessing) with its three fields
+    def __reduce__(
+        self,
+    ):  # pickles (torch.distributed, multiprocessing) with its three fields
         return RequestError, (self.name, self.problem, self.kind)
 
 
 @dataclass
 class Request:
-    audio: (
-        str | os.PathLike | bytes | np.ndarray | torch.Tensor
-    )  # a path, an encoded file's bytes, or samples
-    sample_rate: int | None = (
-        None  # required with samples: 1-D mono, or (channels, samples) averaged
-    )
+    # a path, an encoded file's bytes, or samples
+    audio: str | os.PathLike | bytes | np.ndarray | torch.Tensor
+    # required with samples: 1-D mono, or (channels, samples) averaged
+    sample_rate: int | None = None
     task: Task = TASKS["asr"]  # TASKS[name], or tasks.free_prompt_task(text)
-    prompt_ids: list[int] | None = (
-        None  # instead of the tokens of task.prompt (models without a tokenizer)
-    )
-    config: GenerationConfig = field(
-        default_factory=lambda: DEFAULT_DECODING
-    )  # eos: the model's eod or None
-    name: str | None = (
-        None  # how messages name the audio (default: the path, "<bytes>" or "<samples>")
-    )
-    span: tuple[float, float] | None = (
-        None  # (start, end) seconds of the audio: one utterance of a long recording
-    )
+    # instead of the tokens of task.prompt (models without a tokenizer)
+    prompt_ids: list[int] | None = None
+    # eos: the model's eod or None
+    config: GenerationConfig = field(default_factory=lambda: DEFAULT_DECODING)
+    # how messages name the audio (default: the path, "<bytes>" or "<samples>")
+    name: str | None = None
+    # (start, end) seconds of the audio: one utterance of a long recording
+    span: tuple[float, float] | None = None
 
     @property
     def label(self) -> str:
@@ -80,7 +76,11 @@ class Request:
             return self.name
         if isinstance(self.audio, (str, os.PathLike)):
             return os.fspath(self.audio)
-        return "<bytes>" if isinstance(self.audio, (bytes, bytearray, memoryview)) else "<samples>"
+        return (
+            "<bytes>"
+            if isinstance(self.audio, (bytes, bytearray, memoryview))
+            else "<samples>"
+        )
 
 
 @dataclass
@@ -89,8 +89,10 @@ class Answer:
     task: Task
     prompt_ids: list[int] = field(default_factory=list)
     decoded: Decoded | None = None  # windows, new ids per window, decode time
-    result: Result | None = None  # parsed and joined over the windows; None without a tokenizer
-    error: RequestError | None = None  # instead of decoded and result, when the request failed
+    # parsed and joined over the windows; None without a tokenizer
+    result: Result | None = None
+    # instead of decoded and result, when the request failed
+    error: RequestError | None = None
 
     def to_json(self, with_ids: bool = False) -> dict:
         """The answer as one JSON object (infer.py --json, the web page): task, prompt, the parsed fields, audio and
@@ -107,7 +109,8 @@ class Answer:
         }
         if len(decoded.windows) > 1:
             record["windows"] = [
-                [round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)] for s, e in decoded.windows
+                [round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)]
+                for s, e in decoded.windows
             ]
         if with_ids:
             record["ids"] = decoded.ids[0] if len(decoded.ids) == 1 else decoded.ids
@@ -124,31 +127,44 @@ def _encoded(request: Request):
         return io.BytesIO(bytes(audio))
     if request.sample_rate is None:
         raise AudioError(request.label, "samples need their sample rate")
-    samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-    if samples.ndim not in (1, 2) or samples.size == 0 or samples.dtype.kind not in "fiu":
+    samples = (
+        audio.detach().cpu().numpy()
+        if isinstance(audio, torch.Tensor)
+        else np.asarray(audio)
+    )
+    if (
+        samples.ndim not in (1, 2)
+        or samples.size == 0
+        or samples.dtype.kind not in "fiu"
+    ):
         raise AudioError(
             request.label,
             f"samples must be a non-empty 1-D or (channels, samples) array of real "
             f"numbers, got {samples.dtype} of shape {samples.shape}",
         )
-    if samples.dtype.kind in "iu":  # integer PCM, scaled as soundfile reads it (int16 / 32768)
+    if (
+        samples.dtype.kind in "iu"
+    ):  # integer PCM, scaled as soundfile reads it (int16 / 32768)
         info = np.iinfo(samples.dtype)
         samples = (samples.astype(np.float64) - (info.max + 1 + info.min) / 2) / (
             (info.max - info.min + 1) / 2
         )
     buffer = io.BytesIO()
+    # (frames, channels)
     soundfile.write(
         buffer,
         np.atleast_2d(samples.astype(np.float32)).T,
         int(request.sample_rate),
         format="WAV",
         subtype="FLOAT",
-    )  # (frames, channels)
+    )
     buffer.seek(0)
     return buffer
 
 
-def load_request_audio(request: Request, max_seconds: float | None = None) -> torch.Tensor:
+def load_request_audio(
+    request: Request, max_seconds: float | None = None
+) -> torch.Tensor:
     """The request's audio as a (samples,) 16 kHz mono waveform; RequestError when it cannot be read or is longer
     than `max_seconds` (refused from the header before decoding where it says so)."""
     try:
@@ -157,9 +173,17 @@ def load_request_audio(request: Request, max_seconds: float | None = None) -> to
         raise RequestError(request.label, err.problem, "too_long") from None
     except AudioError as err:
         raise RequestError(request.label, err.problem, "audio") from None
-    except (ValueError, TypeError, OverflowError, RuntimeError, soundfile.LibsndfileError) as err:
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+        RuntimeError,
+        soundfile.LibsndfileError,
+    ) as err:
         raise RequestError(
-            request.label, f"not usable as audio ({' '.join(str(err).split())})", "audio"
+            request.label,
+            f"not usable as audio ({' '.join(str(err).split())})",
+            "audio",
         ) from None
 
 
@@ -183,7 +207,12 @@ class _Stream:
     until every earlier window of the same waveform has finished."""
 
     def __init__(self, on_token):
-        self.on_token, self.next_window, self.waiting, self.done = on_token, {}, {}, set()
+        self.on_token, self.next_window, self.waiting, self.done = (
+            on_token,
+            {},
+            {},
+            set(),
+        )
 
     def token(self, wave: int, window: int, token: int):
         if window == self.next_window.setdefault(wave, 0):
@@ -227,7 +256,8 @@ def decode_waveforms(
     stream = _Stream(on_token) if on_token else None
     for first in range(0, len(windows), batch_size):
         chunk = windows[first : first + batch_size]
-        mel, mel_lens = pad_features([features for _, _, features in chunk])  # (B, T, 80), (B,)
+        # (B, T, 80), (B,)
+        mel, mel_lens = pad_features([features for _, _, features in chunk])
         on_row = (
             (lambda row, token: stream.token(chunk[row][0], chunk[row][1], token))
             if stream
@@ -246,7 +276,9 @@ def decode_waveforms(
         share = (time.perf_counter() - started) / len(chunk)
         for (wave, number, features), window_ids, score in zip(chunk, ids, scores):
             decoded[wave].ids[number], decoded[wave].scores[number] = window_ids, score
-            decoded[wave].speech_positions += model.config.speech_positions(len(features))
+            decoded[wave].speech_positions += model.config.speech_positions(
+                len(features)
+            )
             decoded[wave].decode_seconds += share
             if stream:
                 stream.window_done(wave, number)
@@ -290,11 +322,15 @@ class Pipeline:
                 )
         elif self.tokenizer is None:
             raise RequestError(
-                request.label, "this model has no tokenizer: give the prompt as token ids", "prompt"
+                request.label,
+                "this model has no tokenizer: give the prompt as token ids",
+                "prompt",
             )
         elif not request.task.prompt.strip():
             raise RequestError(
-                request.label, "the prompt is empty: give a task or some prompt text", "prompt"
+                request.label,
+                "the prompt is empty: give a task or some prompt text",
+                "prompt",
             )
         else:
             ids = self.tokenizer.encode(request.task.prompt)
@@ -304,7 +340,9 @@ class Pipeline:
             raise RequestError(request.label, problem, "prompt")
         return ids
 
-    def run(self, requests: list[Request], on_token=None, on_batch=None, keep_going=None):
+    def run(
+        self, requests: list[Request], on_token=None, on_batch=None, keep_going=None
+    ):
         """Yield (index, Answer) per request as each completes: longest first, `batch_size` requests loaded at a
         time and their windows decoded `batch_size` at a time. `on_token(index, token_id)` streams each request's
         tokens in order (greedy and sampling: beam search knows its tokens only at the end); `on_batch(done,
@@ -318,9 +356,8 @@ class Pipeline:
                 yield index, Answer(request.label, request.task, error=err)
                 continue
             config = self.config(request)
-            key = (
-                (index,) if config.do_sample else repr(config)
-            )  # sampled rows draw from one generator per batch
+            # sampled rows draw from one generator per batch
+            key = (index,) if config.do_sample else repr(config)
             groups.setdefault(key, (config, []))[1].append((index, prompt_ids))
         for config, members in groups.values():
             members.sort(key=lambda member: -request_seconds(requests[member[0]]))
@@ -332,18 +369,25 @@ class Pipeline:
                             (
                                 index,
                                 prompt_ids,
-                                load_request_audio(requests[index], self.max_audio_seconds),
+                                load_request_audio(
+                                    requests[index], self.max_audio_seconds
+                                ),
                             )
                         )
                     except RequestError as err:
                         yield (
                             index,
                             Answer(
-                                requests[index].label, requests[index].task, prompt_ids, error=err
+                                requests[index].label,
+                                requests[index].task,
+                                prompt_ids,
+                                error=err,
                             ),
                         )
                 on_wave = (
-                    (lambda wave, token: on_token(loaded[wave][0], token)) if on_token else None
+                    (lambda wave, token: on_token(loaded[wave][0], token))
+                    if on_token
+                    else None
                 )
                 decoded = decode_waveforms(
                     self.model,
@@ -358,7 +402,9 @@ class Pipeline:
                 for (index, prompt_ids, _), item in zip(loaded, decoded):
                     yield index, self.answer(requests[index], prompt_ids, item)
 
-    def answer(self, request: Request, prompt_ids: list[int], decoded: Decoded) -> Answer:
+    def answer(
+        self, request: Request, prompt_ids: list[int], decoded: Decoded
+    ) -> Answer:
         """A decoded request parsed for its task; an error where the model's scores became NaN."""
         if any(np.isnan(score) for score in decoded.scores):
             return Answer(
@@ -371,7 +417,11 @@ class Pipeline:
                     "decoding",
                 ),
             )
-        result = decoded.parse(request.task, self.tokenizer) if self.tokenizer is not None else None
+        result = (
+            decoded.parse(request.task, self.tokenizer)
+            if self.tokenizer is not None
+            else None
+        )
         return Answer(request.label, request.task, prompt_ids, decoded, result)
 
     def __call__(self, requests: list[Request], on_token=None) -> list[Answer]:

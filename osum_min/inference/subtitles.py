@@ -13,7 +13,8 @@ def subtitle_paths(audio_paths: list[str], folder: str, suffix: str) -> list[Pat
     stem in one folder by their full names (a.flac, a.ogg -> a.flac.srt, a.ogg.srt): never written over each
     other."""
     paths = [
-        Path(folder or Path(audio).parent) / (Path(audio).stem + suffix) for audio in audio_paths
+        Path(folder or Path(audio).parent) / (Path(audio).stem + suffix)
+        for audio in audio_paths
     ]
     sharing = defaultdict(list)  # subtitle path -> the audio files that would write it
     for path, audio in zip(paths, audio_paths):
@@ -22,7 +23,10 @@ def subtitle_paths(audio_paths: list[str], folder: str, suffix: str) -> list[Pat
     for path, audio in zip(paths, audio_paths):
         group = sorted(set(sharing[path]))
         if len(group) > 1:
-            below = [Path(os.path.relpath(other, os.path.commonpath(group))) for other in group]
+            below = [
+                Path(os.path.relpath(other, os.path.commonpath(group)))
+                for other in group
+            ]
             stems = ["_".join(b.with_suffix(suffix).parts) for b in below]
             mine = group.index(os.path.abspath(audio))
             name = (
@@ -61,7 +65,9 @@ def cues(
     ]
 
 
-def subtitles(words: list[Word], vtt: bool, max_chars: int = 42, max_gap: float = 1.0) -> str:
+def subtitles(
+    words: list[Word], vtt: bool, max_chars: int = 42, max_gap: float = 1.0
+) -> str:
     """SRT or WebVTT cues of consecutive timed words: a new cue after `max_chars` or a pause over `max_gap` s."""
 
     def clock(seconds: float) -> str:

@@ -22,7 +22,9 @@ def frame_energy(wav: torch.Tensor, smooth_frames: int = 10) -> torch.Tensor:
     power = frames.pow(2).mean(dim=1)  # (F,)
     kernel = torch.ones(1, 1, smooth_frames) / smooth_frames
     padded = F.pad(
-        power[None, None], (smooth_frames // 2, (smooth_frames - 1) // 2), mode="replicate"
+        power[None, None],
+        (smooth_frames // 2, (smooth_frames - 1) // 2),
+        mode="replicate",
     )
     return F.conv1d(padded, kernel)[0, 0]  # (F,)
 
@@ -48,9 +50,8 @@ def split_windows(
     min_last = int(min_last_seconds * sample_rate)
     windows, start = [], 0
     while total - start > max_samples:
-        last_frame = (
-            min(start + max_samples, total - min_last) // HOP
-        )  # cut at a frame start <= the limit
+        # cut at a frame start <= the limit
+        last_frame = min(start + max_samples, total - min_last) // HOP
         first_frame = max(last_frame - search_frames, start // HOP + 1)
         quietest = first_frame + int(torch.argmin(energy[first_frame : last_frame + 1]))
         cut = quietest * HOP
@@ -67,11 +68,11 @@ class Decoded:
 
     windows: list[tuple[int, int]]  # sample ranges covering the audio
     ids: list[list[int]] = field(default_factory=list)
-    scores: list[float] = field(
-        default_factory=list
-    )  # generate's return_scores per window (NaN: the model failed)
+    # generate's return_scores per window (NaN: the model failed)
+    scores: list[float] = field(default_factory=list)
     decode_seconds: float = 0.0
-    speech_positions: int = 0  # the LLM positions its windows' speech took (bos and eos included)
+    # the LLM positions its windows' speech took (bos and eos included)
+    speech_positions: int = 0
 
     @property
     def audio_seconds(self) -> float:
@@ -83,5 +84,8 @@ class Decoded:
         if tokenizer is None:
             return None
         return parse_windows(
-            task, tokenizer, self.ids, [start / SAMPLE_RATE for start, _ in self.windows]
+            task,
+            tokenizer,
+            self.ids,
+            [start / SAMPLE_RATE for start, _ in self.windows],
         )

@@ -46,7 +46,9 @@ class CausalConvSubsampling(nn.Module):
 
     def __init__(self, dim: int, strides: tuple[int, ...]):
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, 3, stride=stride) for stride in strides)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(dim, dim, 3, stride=stride) for stride in strides
+        )
 
     def forward(self, x: torch.Tensor):
         x = x.transpose(1, 2)  # (B, D, T)
@@ -57,7 +59,9 @@ class CausalConvSubsampling(nn.Module):
 
 def interleaved_sinusoids(length: int, dim: int) -> torch.Tensor:
     """The classic transformer table: sin at even channels, cos at odd channels."""
-    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * -(math.log(10000.0) / dim))
+    div = torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float32) * -(math.log(10000.0) / dim)
+    )
     angles = torch.arange(length, dtype=torch.float32)[:, None] * div[None, :]
     table = torch.zeros(length, dim)
     table[:, 0::2], table[:, 1::2] = angles.sin(), angles.cos()
@@ -72,11 +76,16 @@ class Adaptor(nn.Module):
         self.input_proj = Linear(config.dim, config.dim)
         self.input_ln = LayerNorm(config.dim)
         self.register_buffer(
-            "positional_embedding", interleaved_sinusoids(config.max_positions, config.dim)
+            "positional_embedding",
+            interleaved_sinusoids(config.max_positions, config.dim),
         )
         self.blocks = nn.ModuleList(
             ResidualAttentionBlock(
-                config.dim, config.heads, config.ff_dim, activation=nn.ReLU, key_bias=True
+                config.dim,
+                config.heads,
+                config.ff_dim,
+                activation=nn.ReLU,
+                key_bias=True,
             )
             for _ in range(config.layers)
         )

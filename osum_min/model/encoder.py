@@ -24,7 +24,8 @@ class EncoderConfig:
     heads: int = 16
     ff_dim: int = 4096
     layers: int = 24
-    max_positions: int = 1500  # frames after the stride-2 front: 30 s of 10 ms mel frames
+    # frames after the stride-2 front: 30 s of 10 ms mel frames
+    max_positions: int = 1500
 
     def __post_init__(self):
         check_config(self)
@@ -79,7 +80,11 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(
-            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+            x.float(),
+            self.normalized_shape,
+            self.weight.float(),
+            self.bias.float(),
+            self.eps,
         ).type_as(x)
 
 
@@ -98,9 +103,8 @@ class MultiHeadAttention(nn.Module):
             proj(x).view(batch, time, self.heads, -1).transpose(1, 2)  # (B, H, T, d)
             for proj in (self.query, self.key, self.value)
         )
-        mask = (
-            None if key_mask is None else key_mask[:, None, None, :]
-        )  # (B, 1, 1, T) True = attend
+        # (B, 1, 1, T) True = attend
+        mask = None if key_mask is None else key_mask[:, None, None, :]
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(x.transpose(1, 2).reshape(batch, time, dim))
 
@@ -132,14 +136,15 @@ def whisper_sinusoids(length: int, dim: int) -> torch.Tensor:
     inv_timescales = torch.exp(
         -math.log(10000) / (dim // 2 - 1) * torch.arange(dim // 2, dtype=torch.float32)
     )
-    angles = torch.arange(length, dtype=torch.float32)[:, None] * inv_timescales[None, :]
+    angles = (
+        torch.arange(length, dtype=torch.float32)[:, None] * inv_timescales[None, :]
+    )
     return torch.cat([angles.sin(), angles.cos()], dim=1)  # (length, dim)
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    return (
-        torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-    )  # (B, T) True = valid
+    # (B, T) True = valid
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def key_padding_mask(lengths: torch.Tensor, time: int) -> torch.Tensor | None:
@@ -153,7 +158,9 @@ class WhisperEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.conv1 = nn.Conv1d(config.n_mels, config.dim, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(config.dim, config.dim, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(
+            config.dim, config.dim, kernel_size=3, stride=2, padding=1
+        )
         self.register_buffer(
             "positional_embedding", whisper_sinusoids(config.max_positions, config.dim)
         )
@@ -163,7 +170,9 @@ class WhisperEncoder(nn.Module):
         )
         self.ln_post = LayerNorm(config.dim)
 
-    def forward(self, mel: torch.Tensor, mel_lens: torch.Tensor, original_mask_rule: bool = True):
+    def forward(
+        self, mel: torch.Tensor, mel_lens: torch.Tensor, original_mask_rule: bool = True
+    ):
         """mel (B, T, n_mels) zero-padded -> (B, ceil(T/2), dim) and valid lengths (B,).
 
         original_mask_rule: wenet cuts the frame mask as mask[(T+1) % 2 :: 2] with T the *padded* length, so an

@@ -65,7 +65,9 @@ class GenerationConfig:
         if not isinstance(eos, (int, list, tuple, type(None))) or not all(
             type(i) is int and i >= 0 for i in self.eos_ids()
         ):
-            raise ConfigError("eos_token_id", eos, "not a token id, a list of them or None")
+            raise ConfigError(
+                "eos_token_id", eos, "not a token id, a list of them or None"
+            )
         most = self.num_beams if self.num_beams > 1 else None if self.do_sample else 1
         if most is not None and self.num_return_sequences > most:
             raise ConfigError(
@@ -83,9 +85,8 @@ class DecodingStopped(RuntimeError):
     """`keep_going()` said no: nobody waits for this batch any more (a server's clients went away)."""
 
 
-EOS_CHECK_EVERY = (
-    8  # greedy and sampling off the CPU: steps between checks that every row has ended
-)
+# greedy and sampling off the CPU: steps between checks that every row has ended
+EOS_CHECK_EVERY = 8
 
 # The original's hard-coded decoding: beam search with sampling (transformers' "beam-sample"), not deterministic.
 ORIGINAL_DECODING = GenerationConfig(
@@ -108,7 +109,9 @@ def apply_repetition_penalty(scores, generated, penalty: float):
     if penalty == 1.0 or generated.shape[1] == 0:
         return scores
     seen = scores.gather(1, generated)
-    return scores.scatter(1, generated, torch.where(seen < 0, seen * penalty, seen / penalty))
+    return scores.scatter(
+        1, generated, torch.where(seen < 0, seen * penalty, seen / penalty)
+    )
 
 
 def warp_scores(scores, cfg: GenerationConfig, min_tokens_to_keep: int):
@@ -117,7 +120,9 @@ def warp_scores(scores, cfg: GenerationConfig, min_tokens_to_keep: int):
         scores = scores / cfg.temperature
     if cfg.top_k > 0:
         k = min(max(cfg.top_k, min_tokens_to_keep), scores.shape[-1])
-        scores = scores.masked_fill(scores < scores.topk(k).values[..., -1:], float("-inf"))
+        scores = scores.masked_fill(
+            scores < scores.topk(k).values[..., -1:], float("-inf")
+        )
     if cfg.top_p < 1.0:
         sorted_scores, order = scores.sort(descending=False)
         remove = sorted_scores.softmax(-1).cumsum(-1) <= 1 - cfg.top_p
@@ -133,9 +138,7 @@ class StepInputs:
 
     kv_cache: KVCache
     tokens: torch.Tensor  # (R,) the tokens fed this step
-    t: (
-        torch.Tensor
-    )  # () their number among the new tokens (0-based): own slot t, position real_tokens + t
+    t: torch.Tensor  # () their number among the new tokens (0-based): own slot t, position real_tokens + t
     real_tokens: torch.Tensor  # (R,) real prompt tokens per row
     prompt_mask: torch.Tensor  # (R, P) bool: the prompt slots a row may see
 
@@ -156,9 +159,10 @@ class StepInputs:
 def decode_step(model: Qwen2, inputs: StepInputs):
     """Logits (R, V) after feeding `inputs.tokens` as new token number `inputs.t`; no host synchronisation."""
     rows, new_slots = inputs.tokens.shape[0], inputs.kv_cache.k[0].shape[2]
+    # (R, S)
     written = (torch.arange(new_slots, device=inputs.t.device) <= inputs.t).expand(
         rows, new_slots
-    )  # (R, S)
+    )
     key_mask = torch.cat([inputs.prompt_mask, written], dim=1)  # (R, P + S)
     return model.decode(
         inputs.tokens,
@@ -204,7 +208,9 @@ class FastDecodeStep:
         if entry[1] is None:
             try:
                 entry[1:] = self._capture(model, inputs)
-            except RuntimeError as err:  # a step that cannot be captured still decodes, only slower
+            except (
+                RuntimeError
+            ) as err:  # a step that cannot be captured still decodes, only slower
                 warnings.warn(
                     f"decoding without CUDA graphs: capture failed ({' '.join(str(err).split())[:200]})"
                 )
@@ -240,12 +246,18 @@ class CachedDecoder:
     """Prefill each item alone into a static cache its `copies` rows share, then feed one token per row per step."""
 
     def __init__(
-        self, model: Qwen2, inputs_embeds, attention_mask, max_new_tokens: int, copies: int
+        self,
+        model: Qwen2,
+        inputs_embeds,
+        attention_mask,
+        max_new_tokens: int,
+        copies: int,
     ):
         B, L, _ = inputs_embeds.shape
         prompt_slots, new_slots = bucket(L), bucket(max_new_tokens)
         pad = prompt_slots - L
-        mask = F.pad(attention_mask.long(), (pad, 0))  # (B, P): left padding up to the bucket
+        # (B, P): left padding up to the bucket
+        mask = F.pad(attention_mask.long(), (pad, 0))
         positions = position_ids(mask)  # (B, P): the padding does not shift them
         self.model, self.fast = model, model.fast_decode_step
         self.inputs = (
@@ -267,9 +279,8 @@ class CachedDecoder:
             )
             last_hidden.append(hidden[:, -1])
         rows = torch.arange(B, device=mask.device).repeat_interleave(copies)
-        self.first_logits = model.lm_head(torch.cat(last_hidden)).float()[
-            rows
-        ]  # (R, V): the last position only
+        # (R, V): the last position only
+        self.first_logits = model.lm_head(torch.cat(last_hidden)).float()[rows]
         self.inputs.real_tokens.copy_(mask.sum(-1)[rows])
         self.inputs.prompt_mask.copy_(mask.bool()[rows])
         self.inputs.t.zero_()
@@ -304,7 +315,11 @@ def check(inputs_embeds, attention_mask):
 
 
 def _generator(cfg: GenerationConfig, device):
-    return None if cfg.seed is None else torch.Generator(device=device).manual_seed(cfg.seed)
+    return (
+        None
+        if cfg.seed is None
+        else torch.Generator(device=device).manual_seed(cfg.seed)
+    )
 
 
 def _cut_at_eos(row: list[int], eos: list[int]) -> list[int]:
@@ -329,7 +344,9 @@ def _stop_if_unwanted(keep_going, step: int):
         )
 
 
-def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token, keep_going=None):
+def _greedy_or_sample(
+    decoder: CachedDecoder, cfg: GenerationConfig, on_token, keep_going=None
+):
     logits, device = decoder.first_logits, decoder.first_logits.device
     N = logits.shape[0]
     eos = torch.tensor(cfg.eos_ids(), dtype=torch.long, device=device)
@@ -338,16 +355,16 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token, k
     log_prob_sums = torch.zeros(N, device=device)
     finished = torch.zeros(N, dtype=torch.bool, device=device)
     broken = torch.zeros(N, dtype=torch.bool, device=device)
-    lengths = torch.full(
-        (N,), cfg.max_new_tokens, dtype=torch.long, device=device
-    )  # a broken row's tokens
+    # a broken row's tokens
+    lengths = torch.full((N,), cfg.max_new_tokens, dtype=torch.long, device=device)
     # Asking the device whether every row has ended waits for it; off the CPU, ask every few tokens only (the extra
     # steps' tokens come after an eos and are cut).
     check_every = 1 if device.type == "cpu" or on_token is not None else EOS_CHECK_EVERY
     for t in range(cfg.max_new_tokens):
         _stop_if_unwanted(keep_going, t)
         bad, logits = _nonfinite_rows(logits)
-        lengths.masked_fill_(bad & ~finished, t)  # a row that had already ended keeps its answer
+        # a row that had already ended keeps its answer
+        lengths.masked_fill_(bad & ~finished, t)
         broken |= bad & ~finished
         finished |= bad
         scores = apply_repetition_penalty(logits, tokens[:, :t], cfg.repetition_penalty)
@@ -364,7 +381,11 @@ def _greedy_or_sample(decoder: CachedDecoder, cfg: GenerationConfig, on_token, k
             for row in (~finished).nonzero()[:, 0].tolist():
                 on_token(row, int(next_tokens[row]))
         finished |= torch.isin(next_tokens, eos)
-        if t + 1 == cfg.max_new_tokens or (t + 1) % check_every == 0 and bool(finished.all()):
+        if (
+            t + 1 == cfg.max_new_tokens
+            or (t + 1) % check_every == 0
+            and bool(finished.all())
+        ):
             break
         logits = decoder.step(next_tokens)
     sequences = [
@@ -389,30 +410,32 @@ class FinishedBeams:
         """transformers' rule (early_stopping=False): full, and the best running beam, normalised at the
         current length, does not beat the worst finished one."""
         return (
-            len(self.hypotheses) == self.num_beams and best_running_score <= self.hypotheses[-1][0]
+            len(self.hypotheses) == self.num_beams
+            and best_running_score <= self.hypotheses[-1][0]
         )
 
 
-def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int, keep_going=None):
+def _beam_search(
+    decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int, keep_going=None
+):
     K, logits = cfg.num_beams, decoder.first_logits
     N, V, device = logits.shape[0], logits.shape[1], logits.device
     eos = torch.tensor(cfg.eos_ids(), dtype=torch.long, device=device)
     C = max(2, 1 + len(eos)) * K  # candidates per item
     generator = _generator(cfg, device)
     item_offset = torch.arange(batch_size, device=device)[:, None] * K  # (B, 1)
-    running = torch.zeros(
-        N, cfg.max_new_tokens, dtype=torch.long, device=device
-    )  # for the repetition penalty
-    histories = [
-        [] for _ in range(N)
-    ]  # the same tokens on the host, for the hypotheses that finish
+    # for the repetition penalty
+    running = torch.zeros(N, cfg.max_new_tokens, dtype=torch.long, device=device)
+    # the same tokens on the host, for the hypotheses that finish
+    histories = [[] for _ in range(N)]
     running_scores = torch.full((batch_size, K), -1e9, device=device)
     running_scores[:, 0] = 0  # the K copies are identical: start from one
     finished = [FinishedBeams(K) for _ in range(batch_size)]
+    # broken: an item whose logits turned non-finite
     done, broken = (
         [False] * batch_size,
         [False] * batch_size,
-    )  # broken: an item whose logits turned non-finite
+    )
     for t in range(cfg.max_new_tokens):
         _stop_if_unwanted(keep_going, t)
         bad, logits = _nonfinite_rows(logits)
@@ -454,13 +477,18 @@ def _beam_search(decoder: CachedDecoder, cfg: GenerationConfig, batch_size: int,
             1,
         ).tolist()
         for b, values in enumerate(host):
-            if values[-1] and not done[b]:  # the model broke on this item: it ends, with no answer
+            if (
+                values[-1] and not done[b]
+            ):  # the model broke on this item: it ends, with no answer
                 done[b] = broken[b] = True
-            normalised, sources, tokens, ended = (values[i * C : (i + 1) * C] for i in range(4))
+            normalised, sources, tokens, ended = (
+                values[i * C : (i + 1) * C] for i in range(4)
+            )
             for rank in range(K):  # only the top K candidates may finish
                 if not done[b] and ended[rank]:
                     finished[b].add(
-                        normalised[rank], histories[int(sources[rank])] + [int(tokens[rank])]
+                        normalised[rank],
+                        histories[int(sources[rank])] + [int(tokens[rank])],
                     )
             kept = [int(c) for c in values[4 * C : 4 * C + K]]
             histories[b * K : (b + 1) * K] = [
@@ -507,7 +535,9 @@ def generate(
     beam = config.num_beams > 1
     copies = config.num_beams if beam else config.num_return_sequences
     inputs_embeds = inputs_embeds.to(model.embed_tokens.weight.dtype)
-    decoder = CachedDecoder(model, inputs_embeds, attention_mask, config.max_new_tokens, copies)
+    decoder = CachedDecoder(
+        model, inputs_embeds, attention_mask, config.max_new_tokens, copies
+    )
     if beam:
         sequences, scores = _beam_search(decoder, config, B, keep_going)
     else:

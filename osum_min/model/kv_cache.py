@@ -26,9 +26,8 @@ def bucket(slots: int) -> int:
 class KVCache:
     prompt_k: list[torch.Tensor]  # per layer (items, kv_heads, P, head_dim)
     prompt_v: list[torch.Tensor]
-    k: list[
-        torch.Tensor
-    ]  # per layer (items * copies, kv_heads, S, head_dim): each row's own slots for new tokens
+    # per layer (items * copies, kv_heads, S, head_dim): each row's own slots for new tokens
+    k: list[torch.Tensor]
     v: list[torch.Tensor]
 
     @classmethod

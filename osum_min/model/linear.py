@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_linear_pointwise"
+)
 
 
 def _onednn(x, weight, bias=None):
@@ -39,7 +41,8 @@ class OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _onednn(grad, weight.t())  # (..., in)
         if ctx.needs_input_grad[1]:
-            grad_weight = _onednn(grad_rows.t(), x.reshape(-1, x.shape[-1]).t())  # (out, in)
+            # (out, in)
+            grad_weight = _onednn(grad_rows.t(), x.reshape(-1, x.shape[-1]).t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_rows.sum(0)
         return grad_x, grad_weight, grad_bias
@@ -59,7 +62,11 @@ def linear(x, weight, bias=None):
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight, bias)
         )
-        return OneDNNLinear.apply(x, weight, bias) if needs_grad else _onednn(x, weight, bias)
+        return (
+            OneDNNLinear.apply(x, weight, bias)
+            if needs_grad
+            else _onednn(x, weight, bias)
+        )
     rows = x.numel() // x.shape[-1]
     if (
         rows > 64 or not weight.is_contiguous()
@@ -67,7 +74,8 @@ def linear(x, weight, bias=None):
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     flat = flat.repeat(2, 1) if rows == 1 else flat
-    out = (weight @ flat.T).T[:rows].reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
+    # (..., out)
+    out = (weight @ flat.T).T[:rows].reshape(*x.shape[:-1], weight.shape[0])
     return out if bias is None else out + bias
 
 

@@ -53,7 +53,8 @@ def _tuples(section: dict) -> dict:
 class TrainingOutput(NamedTuple):
     """What `OSUM.forward` gives training: the loss to minimise and, for per-task logging, each item's share."""
 
-    loss: torch.Tensor  # () token-level mean cross-entropy over all label tokens of the batch
+    # () token-level mean cross-entropy over all label tokens of the batch
+    loss: torch.Tensor
     item_losses: torch.Tensor  # (B,) each item's summed label-token loss, detached
 
 
@@ -62,10 +63,10 @@ class OSUMConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
     llm: Qwen2Config = field(default_factory=lambda: LLM_PRESETS["qwen2-7b"])
-    speech_token_num: int = (
-        4097  # the original's speech bos/eos are rows speech_token_num + 0 and + 1
-    )
-    eod_id: int = EOD_ID  # appended to every label; the original's hard-coded decoding eos
+    # the original's speech bos/eos are rows speech_token_num + 0 and + 1
+    speech_token_num: int = 4097
+    # appended to every label; the original's hard-coded decoding eos
+    eod_id: int = EOD_ID
     max_mel_frames: int = 3000  # 30 s: the encoder's positional table ends there
     name: str = "osum"  # what the model answers as (server model id, web page title)
 
@@ -116,7 +117,9 @@ class OSUMConfig:
         try:
             return cls.from_dict(data)
         except KeyError as err:
-            raise ValueError(f"{path}: not an osum-min config.json (no {err} field)") from None
+            raise ValueError(
+                f"{path}: not an osum-min config.json (no {err} field)"
+            ) from None
         except ConfigError as err:
             raise ValueError(f"{path}: {err}") from None
         except (TypeError, AttributeError, ValueError) as err:
@@ -131,7 +134,9 @@ class OSUMConfig:
         encoder_frames = self.encoder.output_length(mel_frames)
         return self.adaptor.output_length(encoder_frames) + 2
 
-    def prompt_length_problem(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
+    def prompt_length_problem(
+        self, prompt_tokens: int, max_new_tokens: int
+    ) -> str | None:
         """Why a prompt of this many tokens does not fit (None if it does): the LLM's positions must hold it, the
         longest window's speech (30 s of it) and the answer. Checked before decoding, since a prompt far beyond them
         costs memory quadratic in its length before failing."""
@@ -139,7 +144,9 @@ class OSUMConfig:
         room = self.llm.max_positions - speech  # for the prompt and the answer
         if prompt_tokens + max_new_tokens <= room:
             return None
-        if max_new_tokens >= room:  # no prompt could fit: the answer's length is what is wrong
+        if (
+            max_new_tokens >= room
+        ):  # no prompt could fit: the answer's length is what is wrong
             return (
                 f"max_new_tokens {max_new_tokens} does not fit: this model's answers take at most "
                 f"{max(room - prompt_tokens, 0)} new tokens after this {prompt_tokens}-token prompt "
@@ -197,7 +204,8 @@ class OSUM(nn.Module):
         self.encoder = WhisperEncoder(config.encoder)
         self.adaptor = Adaptor(config.adaptor)
         self.llm = Qwen2(config.llm)
-        self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.dim))  # rows: speech bos, eos
+        # rows: speech bos, eos
+        self.speech_bos_eos = nn.Parameter(torch.zeros(2, config.llm.dim))
 
     @classmethod
     def skeleton(cls, directory) -> "OSUM":
@@ -227,14 +235,22 @@ class OSUM(nn.Module):
         loading peaks at the final model plus one tensor."""
         check_quantize(quantize)  # before loading, not after
         if for_training and (quantize or compile):
-            raise ValueError("compile and quantize are for inference: not with for_training=True")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            raise ValueError(
+                "compile and quantize are for inference: not with for_training=True"
+            )
+        device = torch.device(
+            device or ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = cls.skeleton(directory)
         # int8: each LLM linear is read, LoRA-merged and quantised alone, straight onto `device`
         convert = (lambda m, read: quantize_int8(m, device, read)) if quantize else None
         load_weights(
-            model, directory, device="cpu" if quantize else device, dtype=dtype, convert=convert
+            model,
+            directory,
+            device="cpu" if quantize else device,
+            dtype=dtype,
+            convert=convert,
         )
         if not for_training:
             model.prepare_for_inference(device, compile, quantize)
@@ -270,7 +286,9 @@ class OSUM(nn.Module):
             raise ValueError(
                 f"{directory}: an int8-quantised model is not saved (quantize when loading instead)"
             )
-        was_merged = any(getattr(module, "merged", False) for module in self.llm.modules())
+        was_merged = any(
+            getattr(module, "merged", False) for module in self.llm.modules()
+        )
         self.llm.unmerge_lora()
         directory = Path(directory)
         save_weights(
@@ -280,7 +298,9 @@ class OSUM(nn.Module):
                 for name, t in (state_dict or self.state_dict()).items()
             ],
         )
-        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+        (directory / "config.json").write_text(
+            json.dumps(self.config.to_dict(), indent=1)
+        )
         if was_merged:
             self.llm.merge_lora()
 
@@ -298,7 +318,9 @@ class OSUM(nn.Module):
         """
         dtype = self.speech_bos_eos.dtype
         mel_lens = mel_lens.to(self.device)
-        x, lengths = self.encoder(mel.to(self.device, dtype), mel_lens, original_mask_rule)
+        x, lengths = self.encoder(
+            mel.to(self.device, dtype), mel_lens, original_mask_rule
+        )
         return self.adaptor(x, lengths)
 
     def _speech_alone(self, mel, mel_lens) -> list[torch.Tensor]:
@@ -307,9 +329,12 @@ class OSUM(nn.Module):
         speech = []
         for row in range(len(mel)):
             frames = int(mel_lens[row])
+            # (1, S, H)
             embeds, _ = self.embed_speech(
-                mel[row : row + 1, :frames], mel_lens[row : row + 1], original_mask_rule=False
-            )  # (1, S, H)
+                mel[row : row + 1, :frames],
+                mel_lens[row : row + 1],
+                original_mask_rule=False,
+            )
             speech.append(embeds[0])
         return speech
 
@@ -318,7 +343,9 @@ class OSUM(nn.Module):
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
         return self.llm.embed_tokens(ids).to(dtype)
 
-    def _item(self, prompt_ids, speech, label_ids=()) -> tuple[torch.Tensor, torch.Tensor]:
+    def _item(
+        self, prompt_ids, speech, label_ids=()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One item's segments end to end, in the original's order (docs/original.md §7):
         embeddings (N, H) and targets (N,): the label's ids on its slots, IGNORE_ID before.
         The order is set here alone: batching keeps any order right (sequence.py)."""
@@ -335,7 +362,9 @@ class OSUM(nn.Module):
         """The LLM's batch: B prompts (id lists), B speech embeddings (S_i, H) and, in
         training, B labels (id lists), each item end to end, left-padded (sequence.py)."""
         labels = labels or [()] * len(speech)
-        return left_padded([self._item(*item) for item in zip(prompt_ids, speech, labels)])
+        return left_padded(
+            [self._item(*item) for item in zip(prompt_ids, speech, labels)]
+        )
 
     @torch.inference_mode()
     def generate(
@@ -354,7 +383,9 @@ class OSUM(nn.Module):
 
         Each item is the same math as alone (to float rounding: see generate.py).
         """
-        config = replace(config or GenerationConfig(eos_token_id=self.config.eod_id), **settings)
+        config = replace(
+            config or GenerationConfig(eos_token_id=self.config.eod_id), **settings
+        )
         batch = self.sequences(prompt_ids, self._speech_alone(mel, mel_lens))
         return generate(
             self.llm,
@@ -372,24 +403,28 @@ class OSUM(nn.Module):
 
         The speech is encoded as one padded batch, as the original does (§9.1), then laid out like decoding's.
         """
-        speech, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule=True)  # (B, S, H)
+        # (B, S, H)
+        speech, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule=True)
         speech = [row[:length] for row, length in zip(speech, speech_lens.tolist())]
         batch = self.sequences(prompt_ids, speech, labels)
+        # (B, L, H)
         hidden = self.llm.forward_hidden(
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
-        )  # (B, L, H)
+        )
         targets = batch.targets[:, 1:]  # (B, L - 1): slot t predicts slot t + 1
         predicts = targets != IGNORE_ID
-        logits = self.llm.lm_head(hidden[:, :-1][predicts]).float()  # (N_label_tokens, V)
-        token_losses = F.cross_entropy(
-            logits, targets[predicts], reduction="none"
-        )  # (N_label_tokens,)
+        logits = self.llm.lm_head(
+            hidden[:, :-1][predicts]
+        ).float()  # (N_label_tokens, V)
+        # (N_label_tokens,)
+        token_losses = F.cross_entropy(logits, targets[predicts], reduction="none")
         rows = predicts.nonzero()[:, 0]  # each label token's row
+        # (B,)
         item_losses = torch.zeros(len(speech), device=self.device).index_add_(
             0, rows, token_losses.detach()
-        )  # (B,)
+        )
         return TrainingOutput(token_losses.mean(), item_losses)
 
     def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
@@ -412,7 +447,9 @@ def load_for_inference(
     with ids past the model's vocabulary, which would index outside its embeddings."""
     check_quantize(quantize)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = choose_precision(OSUM.skeleton(directory), device, dtype, quantize, available)
+    precision = choose_precision(
+        OSUM.skeleton(directory), device, dtype, quantize, available
+    )
     model = OSUM.from_pretrained(
         directory,
         device=device,
@@ -421,5 +458,7 @@ def load_for_inference(
         quantize=precision.quantize,
     )
     if tokenizer is not None:
-        check_fits(tokenizer, model.config.llm.vocab_size, Path(directory) / RANK_FILE_NAME)
+        check_fits(
+            tokenizer, model.config.llm.vocab_size, Path(directory) / RANK_FILE_NAME
+        )
     return model

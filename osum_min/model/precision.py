@@ -41,7 +41,9 @@ def gib(nbytes: int) -> str:
     return f"{nbytes / GIB:.1f} GiB"
 
 
-def weight_bytes(model: torch.nn.Module, dtype: torch.dtype, quantize: str | None) -> int:
+def weight_bytes(
+    model: torch.nn.Module, dtype: torch.dtype, quantize: str | None
+) -> int:
     """Bytes of `model` (built on the meta device, LoRA included) loaded in this precision.
 
     int8: one byte per LLM linear weight plus a scale per row; LoRA adapters are merged and go."""
@@ -51,14 +53,21 @@ def weight_bytes(model: torch.nn.Module, dtype: torch.dtype, quantize: str | Non
     quantized = {name for _, _, name in llm_linears(model)} if quantize else set()
     total, seen = 0, set()
     for name, module in model.named_modules():
-        tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        tensors = [
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        ]
         for key, tensor in tensors:
             if name in quantized and key == "weight":
                 total += tensor.numel() + tensor.shape[0] * dtype.itemsize
             elif name in quantized and isinstance(module, LoRALinear) and "lora" in key:
                 continue  # merged into the int8 weight
             elif id(tensor) not in seen:  # a tied tensor counts once
-                size = dtype.itemsize if tensor.is_floating_point() else tensor.element_size()
+                size = (
+                    dtype.itemsize
+                    if tensor.is_floating_point()
+                    else tensor.element_size()
+                )
                 total += tensor.numel() * size
             seen.add(id(tensor))
     return total
@@ -68,9 +77,14 @@ def available_bytes(device: torch.device) -> int:
     """Free memory of a CUDA device; on the CPU /proc/meminfo's MemAvailable, less under a cgroup limit."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    fields = dict(
+        line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines()
+    )
     available = int(fields["MemAvailable"].split()[0]) * 1024
-    limit, usage = Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")
+    limit, usage = (
+        Path("/sys/fs/cgroup/memory.max"),
+        Path("/sys/fs/cgroup/memory.current"),
+    )
     if limit.is_file() and usage.is_file() and limit.read_text().strip() != "max":
         available = min(available, int(limit.read_text()) - int(usage.read_text()))
     return available
@@ -92,16 +106,19 @@ def choose_precision(
     PrecisionError when none does. dtype / quantize: the user's overrides."""
     device = torch.device(device)
     available = available_bytes(device) if available is None else available
-    floats = [torch.bfloat16] if device.type == "cuda" else [torch.float32, torch.bfloat16]
-    quantizations = (
-        [quantize] if quantize or dtype else [None, "int8"]
-    )  # --dtype alone: not quantised
+    floats = (
+        [torch.bfloat16] if device.type == "cuda" else [torch.float32, torch.bfloat16]
+    )
+    # --dtype alone: not quantised
+    quantizations = [quantize] if quantize or dtype else [None, "int8"]
     candidates = [
         (float_dtype, int8)
         for int8 in quantizations
         for float_dtype in ([dtype] if dtype else floats)
     ]
-    options = [Precision(d, q, weight_bytes(model, d, q), available) for d, q in candidates]
+    options = [
+        Precision(d, q, weight_bytes(model, d, q), available) for d, q in candidates
+    ]
     chosen = next((p for p in options if fits(p.needed, available)), None)
     room = f"{gib(available)} available on {device.type}"
     if chosen is None:

@@ -43,9 +43,13 @@ QUANTIZE_ROWS = 8192  # output channels quantised at a time (the 7B's lm_head: 1
 def _pack(weight_int8, scale):
     """fbgemm's packed form of (out, in) int8 rows with float scales; the int8 tensor can go."""
     zeros = torch.zeros(scale.shape, dtype=torch.long)
-    with warnings.catch_warnings():  # quantized tensors are deprecated: their ops are all we use
+    with (
+        warnings.catch_warnings()
+    ):  # quantized tensors are deprecated: their ops are all we use
         warnings.simplefilter("ignore", UserWarning)
-        quantized = torch._make_per_channel_quantized_tensor(weight_int8, scale.double(), zeros, 0)
+        quantized = torch._make_per_channel_quantized_tensor(
+            weight_int8, scale.double(), zeros, 0
+        )
     engine = torch.backends.quantized.engine
     torch.backends.quantized.engine = "fbgemm"  # prepack packs for the engine set now
     try:
@@ -83,7 +87,8 @@ class Int8Linear(nn.Module):
         scale = torch.empty(weight.shape[0], dtype=weight.dtype, device=device)
         for start in range(0, weight.shape[0], QUANTIZE_ROWS):
             block = slice(start, start + QUANTIZE_ROWS)
-            rows = weight[block].to(device, torch.float32, copy=True)  # (n, in), ours to change
+            # (n, in), ours to change
+            rows = weight[block].to(device, torch.float32, copy=True)
             if lora is not None:
                 lora_a, lora_b, scaling = lora
                 rows.addmm_(lora_b[block].to(rows), lora_a.to(rows), alpha=scaling)
@@ -128,7 +133,9 @@ class Int8Linear(nn.Module):
             span = flat.new_zeros(1, self.in_features)
             span[0, :2] = torch.tensor([-1.0, 1.0])
             rows = torch.cat([flat / row_scale, span])  # (N + 1, in)
-            out = torch.ops.quantized.linear_dynamic(rows, self.packed, REDUCE_RANGE)[:-1]
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed, REDUCE_RANGE)[
+                :-1
+            ]
             out = out * row_scale  # (N, out) float32
             if self.bias is not None:
                 out = out + self.bias.float()
@@ -167,7 +174,9 @@ def quantize_int8(module: nn.Module, device=None, read=None) -> nn.Module:
     for parent, attribute, name in list(llm_linears(module)):
         layer, tensors = getattr(parent, attribute), None
         if read is not None:
-            tensors = {key: read(f"{name}.{key}") for key, _ in layer.named_parameters()}
+            tensors = {
+                key: read(f"{name}.{key}") for key, _ in layer.named_parameters()
+            }
         setattr(parent, attribute, Int8Linear.from_linear(layer, device, tensors))
     return module
 

@@ -44,7 +44,9 @@ class Qwen2Config:
 
     def __post_init__(self):
         """lora_rank 0 means no LoRA; lora_alpha is checked above 0 even then (a negative one would flip the update)."""
-        check_config(self, minimum={"lora_rank": 0, "lora_dropout": 0}, below={"lora_dropout": 1})
+        check_config(
+            self, minimum={"lora_rank": 0, "lora_dropout": 0}, below={"lora_dropout": 1}
+        )
         check_divides(self, "heads", "dim")
         check_divides(self, "kv_heads", "heads")
         if self.head_dim % 2:  # rotate-half RoPE pairs the two halves of each head
@@ -57,7 +59,9 @@ class Qwen2Config:
             name in PROJECTIONS for name in self.lora_targets
         ):
             raise ConfigError(
-                "lora_targets", self.lora_targets, f"not a list of {', '.join(PROJECTIONS)}"
+                "lora_targets",
+                self.lora_targets,
+                f"not a list of {', '.join(PROJECTIONS)}",
             )
 
     @property
@@ -68,11 +72,12 @@ class Qwen2Config:
     def from_hf(cls, config: dict, **overrides) -> "Qwen2Config":
         """Read a Hugging Face Qwen2 `config.json` dict; `overrides` set fields HF does not carry (LoRA)."""
         values = {
-            ours: config[theirs] for ours, theirs in HF_CONFIG_NAMES.items() if theirs in config
+            ours: config[theirs]
+            for ours, theirs in HF_CONFIG_NAMES.items()
+            if theirs in config
         }
-        rope = (
-            config.get("rope_parameters") or config.get("rope_scaling") or {}
-        )  # transformers >= 5 / older
+        # transformers >= 5 / older
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise WeightsError(
                 f"Qwen2 config: RoPE scaling {rope} is not supported (plain RoPE only)"
@@ -89,9 +94,9 @@ class Qwen2Config:
 
     def to_hf(self) -> dict:
         """The Hugging Face `Qwen2Config` fields of this model (plain RoPE, full attention)."""
-        return {theirs: getattr(self, ours) for ours, theirs in HF_CONFIG_NAMES.items()} | {
-            "use_sliding_window": False
-        }
+        return {
+            theirs: getattr(self, ours) for ours, theirs in HF_CONFIG_NAMES.items()
+        } | {"use_sliding_window": False}
 
 
 HF_CONFIG_NAMES = {
@@ -144,9 +149,8 @@ class LoRALinear(Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.scaling = alpha / rank
         self.lora_A = nn.Parameter(torch.empty(rank, in_features))  # (r, in)
-        self.lora_B = nn.Parameter(
-            torch.zeros(out_features, rank)
-        )  # (out, r): zero, so training starts at base
+        # (out, r): zero, so training starts at base
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default
         self.lora_dropout = nn.Dropout(dropout)
         self.merged = False
@@ -160,7 +164,9 @@ class LoRALinear(Linear):
         )
 
     def _delta(self):
-        return (self.scaling * (self.lora_B.float() @ self.lora_A.float())).to(self.weight.dtype)
+        return (self.scaling * (self.lora_B.float() @ self.lora_A.float())).to(
+            self.weight.dtype
+        )
 
     @torch.no_grad()
     def merge(self):
@@ -180,7 +186,9 @@ def _projection(
 ) -> nn.Linear:
     """The layer's `name` projection: a LoRALinear where the config puts LoRA, else a plain Linear."""
     if cfg.lora_rank > 0 and name in cfg.lora_targets:
-        return LoRALinear(d_in, d_out, bias, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+        return LoRALinear(
+            d_in, d_out, bias, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout
+        )
     return Linear(d_in, d_out, bias=bias)
 
 
@@ -217,9 +225,15 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         self.layer_index = layer_index  # this layer's share of the KV cache
-        self.q_proj = _projection(cfg, "q_proj", cfg.dim, cfg.heads * cfg.head_dim, bias=True)
-        self.k_proj = _projection(cfg, "k_proj", cfg.dim, cfg.kv_heads * cfg.head_dim, bias=True)
-        self.v_proj = _projection(cfg, "v_proj", cfg.dim, cfg.kv_heads * cfg.head_dim, bias=True)
+        self.q_proj = _projection(
+            cfg, "q_proj", cfg.dim, cfg.heads * cfg.head_dim, bias=True
+        )
+        self.k_proj = _projection(
+            cfg, "k_proj", cfg.dim, cfg.kv_heads * cfg.head_dim, bias=True
+        )
+        self.v_proj = _projection(
+            cfg, "v_proj", cfg.dim, cfg.kv_heads * cfg.head_dim, bias=True
+        )
         self.o_proj = _projection(cfg, "o_proj", cfg.heads * cfg.head_dim, cfg.dim)
 
     def forward(
@@ -235,10 +249,10 @@ class Attention(nn.Module):
         """Without a cache: attention over x itself (training, full forwards). With one, `item` given: prefill that
         item's prompt at cache slots `slots`; `item` None: decode one new token per row at own slot `slots`."""
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        k = (
-            self.k_proj(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, Hkv, L, hd)
+        # (B, H, L, hd)
+        q = self.q_proj(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)
+        # (B, Hkv, L, hd)
+        k = self.k_proj(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         gqa = self.heads != self.kv_heads
@@ -247,12 +261,19 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa
             )
         elif item is not None:
-            k, v = kv_cache.write_prompt(self.layer_index, item, slots, k, v)  # (1, Hkv, P, hd)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            # (1, Hkv, P, hd)
+            k, v = kv_cache.write_prompt(self.layer_index, item, slots, k, v)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, enable_gqa=gqa
+            )
         else:
-            out = attend_new_token(q, *kv_cache.write_new(self.layer_index, slots, k, v), mask)
+            out = attend_new_token(
+                q, *kv_cache.write_new(self.layer_index, slots, k, v), mask
+            )
         return self.o_proj(
-            out.reshape(B, self.heads, L, self.head_dim).transpose(1, 2).reshape(B, L, -1)
+            out.reshape(B, self.heads, L, self.head_dim)
+            .transpose(1, 2)
+            .reshape(B, L, -1)
         )
 
 
@@ -282,10 +303,15 @@ def attend_new_token(q, prompt_k, prompt_v, k, v, mask):
         )
 
     q = q.float().reshape(R, kv_heads, group, head_dim) * head_dim**-0.5
-    prompt_scores = per_row(per_item(q) @ prompt_k.float().transpose(2, 3))  # (R, Hkv, G, P)
-    scores = torch.cat([prompt_scores, q @ k.float().transpose(2, 3)], dim=-1)  # (R, Hkv, G, P + S)
+    # (R, Hkv, G, P)
+    prompt_scores = per_row(per_item(q) @ prompt_k.float().transpose(2, 3))
+    # (R, Hkv, G, P + S)
+    scores = torch.cat([prompt_scores, q @ k.float().transpose(2, 3)], dim=-1)
     weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-    out = per_row(per_item(weights[..., :P]) @ prompt_v.float()) + weights[..., P:] @ v.float()
+    out = (
+        per_row(per_item(weights[..., :P]) @ prompt_v.float())
+        + weights[..., P:] @ v.float()
+    )
     return out.to(k.dtype)
 
 
@@ -309,7 +335,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
 
     def forward(self, x, cos, sin, mask, kv_cache=None, slots=None, item=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, slots, item)
+        x = x + self.self_attn(
+            self.input_layernorm(x), cos, sin, mask, kv_cache, slots, item
+        )
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -334,14 +362,18 @@ class Qwen2(nn.Module):
         # Qwen2's initializer_range, not PyTorch's N(0, 1): in a model trained from scratch, unit-size token
         # embeddings drown the speech embeddings in the residual stream and the LLM learns to listen far later
         nn.init.normal_(self.embed_tokens.weight, std=0.02)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, index) for index in range(cfg.layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, index) for index in range(cfg.layers)
+        )
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.fast_decode_step = None  # generate.fast_decoding sets it
 
-    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None):
+    def forward(
+        self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None
+    ):
         """Logits (B, L, V) of a whole sequence, no cache; `attention_mask` is a (B, L) 0/1 key mask."""
         return self.lm_head(
             self.forward_hidden(input_ids, inputs_embeds, attention_mask, position_ids)
@@ -351,15 +383,22 @@ class Qwen2(nn.Module):
         self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None
     ):
         """Final-normed hidden states (B, L, H); the caller applies `lm_head` where it needs logits."""
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, H)
+        # (B, L, H)
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, L, _ = x.shape
         slots = torch.arange(L, device=x.device)
         if position_ids is None:
             position_ids = slots[None].expand(B, L)
-        mask = None if attention_mask is None else attention_mask_for(attention_mask, slots, L)
+        mask = (
+            None
+            if attention_mask is None
+            else attention_mask_for(attention_mask, slots, L)
+        )
         return self._layers(x, position_ids, mask)
 
-    def prefill(self, inputs_embeds, key_mask, position_ids, kv_cache: KVCache, item: int, slots):
+    def prefill(
+        self, inputs_embeds, key_mask, position_ids, kv_cache: KVCache, item: int, slots
+    ):
         """One item's prompt embeddings (1, L, H) into its cache at prompt slots `slots` (L,), attending over the
         prompt slots allowed by `key_mask` (1, P) -> final-normed hidden states (1, L, H)."""
         mask = attention_mask_for(key_mask, slots, key_mask.shape[1])
@@ -369,16 +408,22 @@ class Qwen2(nn.Module):
         """One new token per row: tokens (R,) at own slot `slot` (1,), positions (R, 1), over the prompt and own
         slots allowed by `key_mask` (R, P + S) -> float32 logits (R, V). Every shape is fixed for a whole call."""
         x = self.embed_tokens(tokens[:, None])  # (R, 1, H)
-        hidden = self._layers(x, position_ids, key_mask[:, None, None, :], kv_cache, slot)
+        hidden = self._layers(
+            x, position_ids, key_mask[:, None, None, :], kv_cache, slot
+        )
         return self.lm_head(hidden[:, 0]).float()
 
     def _layers(self, x, position_ids, mask, kv_cache=None, slots=None, item=None):
-        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(
+            position_ids, self.config.head_dim, self.config.rope_theta, x.dtype
+        )
         for layer in self.layers:
             x = layer(x, cos, sin, mask, kv_cache, slots, item)
         return self.norm(x)
 
-    def empty_kv_cache(self, items: int, copies: int, prompt_slots: int, new_slots: int) -> KVCache:
+    def empty_kv_cache(
+        self, items: int, copies: int, prompt_slots: int, new_slots: int
+    ) -> KVCache:
         weight, cfg = self.embed_tokens.weight, self.config
         return KVCache.empty(
             cfg.layers,

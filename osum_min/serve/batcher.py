@@ -32,9 +32,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     answer: asyncio.Future
     tokens: asyncio.Queue | None = None
-    cancelled: bool = (
-        False  # the client went away or timed out: dropped, or its batch stopped when all are
-    )
+    cancelled: bool = False  # the client went away or timed out: dropped, or its batch stopped when all are
 
     def token(self, token_id: int):
         if self.tokens is not None and not self.cancelled:
@@ -66,20 +64,21 @@ class Batcher:
             wait_s,
             max_wait_s,
         )
-        self.arriving = (
-            0  # requests the server is reading and checking (changed on its event loop only)
-        )
+        self.arriving = 0  # requests the server is reading and checking (changed on its event loop only)
         self.queue = queue.Queue(max_queue)
-        self.batch_sizes = (
-            Counter()
-        )  # batch size -> batches of it run (bounded: a server runs for weeks)
-        self.worker = threading.Thread(target=self._work, name="osum-batcher", daemon=True)
+        # batch size -> batches of it run (bounded: a server runs for weeks)
+        self.batch_sizes = Counter()
+        self.worker = threading.Thread(
+            target=self._work, name="osum-batcher", daemon=True
+        )
         self.worker.start()
 
     def submit(self, request: Request, stream: bool = False) -> Job:
         """Queue a request from the event loop; QueueFull when the queue is full."""
         loop = asyncio.get_running_loop()
-        job = Job(request, loop, loop.create_future(), asyncio.Queue() if stream else None)
+        job = Job(
+            request, loop, loop.create_future(), asyncio.Queue() if stream else None
+        )
         try:
             self.queue.put_nowait(job)
         except queue.Full:
@@ -96,7 +95,9 @@ class Batcher:
         first = last = time.perf_counter()
         while len(jobs) < self.batch_size:
             now = time.perf_counter()
-            if now - first >= self.max_wait_s or (now - last >= self.wait_s and not self.arriving):
+            if now - first >= self.max_wait_s or (
+                now - last >= self.wait_s and not self.arriving
+            ):
                 break
             try:
                 jobs.append(self.queue.get(timeout=min(0.001, self.wait_s)))
@@ -116,7 +117,9 @@ class Batcher:
                 for index, answer in self.pipeline.run(
                     [job.request for job in jobs],
                     on_token=lambda index, token: jobs[index].token(token),
-                    keep_going=lambda: not all(jobs[index].cancelled for index in pending),
+                    keep_going=lambda: (
+                        not all(jobs[index].cancelled for index in pending)
+                    ),
                 ):
                     pending.discard(index)
                     jobs[index].resolve(answer)

@@ -23,7 +23,13 @@ from ..model.generate import DEFAULT_DECODING, GenerationConfig
 from ..inference.pipeline import Answer, Pipeline, Request, RequestError
 from ..text.tasks import TASKS, free_prompt_task
 
-AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")  # OpenAI's input_audio formats that libsndfile reads
+# OpenAI's input_audio formats that libsndfile reads
+AUDIO_FORMATS = (
+    "wav",
+    "mp3",
+    "flac",
+    "ogg",
+)
 
 
 class ConversationError(ValueError):
@@ -36,12 +42,15 @@ def _b64(data, where: str) -> bytes:
     try:
         return base64.b64decode(data.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise ConversationError(f"{where}: the audio data is not valid base64") from None
+        raise ConversationError(
+            f"{where}: the audio data is not valid base64"
+        ) from None
 
 
 def _from_url(url, where: str, remote: bool):
     """A `data:` URL's bytes; elsewhere (Python API only) a local path or `file:` URL as a path."""
-    url = url.get("url") if isinstance(url, dict) else url  # OpenAI nests it: {"url": ...}
+    # OpenAI nests it: {"url": ...}
+    url = url.get("url") if isinstance(url, dict) else url
     if not isinstance(url, str) or not url.strip():
         raise ConversationError(f"{where}: audio_url needs a URL")
     if url.startswith("data:"):
@@ -77,7 +86,8 @@ def _audio(part: dict, where: str, remote: bool):
         return _b64(audio.get("data"), where)
     if kind == "audio_url":
         return _from_url(part.get("audio_url"), where, remote)
-    audio = part.get("audio")  # the seed's {"type": "audio", "audio": path | bytes | array}
+    # the seed's {"type": "audio", "audio": path | bytes | array}
+    audio = part.get("audio")
     if remote or audio is None:
         raise ConversationError(
             f"{where}: "
@@ -92,12 +102,16 @@ def _audio(part: dict, where: str, remote: bool):
 
 def _local_audio(audio, where: str):
     """The Python API's audio: a path, bytes, samples, or a file open in binary mode (read)."""
-    if isinstance(audio, (str, os.PathLike, bytes, bytearray, np.ndarray, torch.Tensor)):
+    if isinstance(
+        audio, (str, os.PathLike, bytes, bytearray, np.ndarray, torch.Tensor)
+    ):
         return audio
     if callable(getattr(audio, "read", None)):
         data = audio.read()
         if not isinstance(data, bytes):
-            raise ConversationError(f"{where}: the file is open as text; open it with 'rb'")
+            raise ConversationError(
+                f"{where}: the file is open as text; open it with 'rb'"
+            )
         return data
     raise ConversationError(
         f"{where}: audio is a path, bytes, a file open with 'rb', or samples (a numpy "
@@ -106,7 +120,11 @@ def _local_audio(audio, where: str):
 
 
 def _parts(message, where: str) -> list[dict]:
-    if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
+    if not isinstance(message, dict) or message.get("role") not in (
+        "system",
+        "user",
+        "assistant",
+    ):
         raise ConversationError(
             f'{where}: a message is {{"role": system|user|assistant, "content": ...}}'
         )
@@ -116,7 +134,9 @@ def _parts(message, where: str) -> list[dict]:
     if not isinstance(content, list) or not all(
         isinstance(p, dict) and "type" in p for p in content
     ):
-        raise ConversationError(f"{where}: content must be text or a list of typed parts")
+        raise ConversationError(
+            f"{where}: content must be text or a list of typed parts"
+        )
     return content
 
 
@@ -177,7 +197,9 @@ def to_request(
     samples = isinstance(audio[0], (np.ndarray, torch.Tensor))
     if samples and sample_rate is None:
         raise ConversationError("audio given as samples needs their sample_rate")
-    return Request(audio[0], sample_rate if samples else None, task, config=config, name=name)
+    return Request(
+        audio[0], sample_rate if samples else None, task, config=config, name=name
+    )
 
 
 def content(answer: Answer) -> str:
@@ -204,7 +226,10 @@ def chat(
     for index, conversation in enumerate(conversations):
         try:
             requests[index] = to_request(
-                conversation, config, sample_rate=sample_rate, name=f"conversation {index}"
+                conversation,
+                config,
+                sample_rate=sample_rate,
+                name=f"conversation {index}",
             )
         except ConversationError as err:
             answers[index] = Answer(
@@ -220,9 +245,13 @@ def chat(
 
 def _check_arguments(pipeline, conversations, config, sample_rate):
     if not isinstance(pipeline, Pipeline):
-        raise TypeError(f"chat: pipeline must be a Pipeline, not {type(pipeline).__name__}")
+        raise TypeError(
+            f"chat: pipeline must be a Pipeline, not {type(pipeline).__name__}"
+        )
     if pipeline.tokenizer is None:
-        raise ConversationError("chat needs a model with a tokenizer (its answers are text)")
+        raise ConversationError(
+            "chat needs a model with a tokenizer (its answers are text)"
+        )
     if not isinstance(conversations, (list, tuple)):
         raise TypeError(
             "chat: conversations must be a list of conversations (each a list of messages), "
@@ -235,6 +264,8 @@ def _check_arguments(pipeline, conversations, config, sample_rate):
     if sample_rate is None:
         return
     if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool):
-        raise TypeError(f"chat: sample_rate must be a whole number of Hz, not {sample_rate!r}")
+        raise TypeError(
+            f"chat: sample_rate must be a whole number of Hz, not {sample_rate!r}"
+        )
     if sample_rate <= 0:
         raise ValueError(f"chat: sample_rate must be above 0 Hz, not {sample_rate}")

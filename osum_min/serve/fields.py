@@ -114,7 +114,9 @@ def typed_fields(body) -> dict:
     """A chat body's fields, each of its type; null ones left out."""
     if not isinstance(body, dict):
         raise ApiError(
-            400, f"the body must be a JSON object, not {json_type(body)}", "invalid_json"
+            400,
+            f"the body must be a JSON object, not {json_type(body)}",
+            "invalid_json",
         )
     for name, value in body.items():
         if name not in CHAT_FIELDS:
@@ -127,7 +129,9 @@ def typed_fields(body) -> dict:
         if value is not None and not of_type(value, kind):
             kinds = kind if isinstance(kind, tuple) else (kind,)
             wanted = " or ".join(TYPE_NAMES[k] for k in kinds)
-            raise invalid(name, f"must be {wanted}, not {json_type(value)}", "invalid_type")
+            raise invalid(
+                name, f"must be {wanted}, not {json_type(value)}", "invalid_type"
+            )
     for name, (nothing, why) in NO_EFFECT.items():
         if body.get(name) not in (None, nothing):
             raise invalid(
@@ -142,12 +146,16 @@ def chat_fields(body) -> dict:
     """The body's fields, checked: types, `messages`, `n`, `stream_options` and `stop`."""
     fields = typed_fields(body)
     if "messages" not in fields:
-        raise invalid("messages", "missing: the body needs messages, a list of messages")
+        raise invalid(
+            "messages", "missing: the body needs messages, a list of messages"
+        )
     if fields.get("n", 1) != 1:
         raise invalid("n", f"{fields['n']}: must be 1 (OSUM answers once per request)")
     options = fields.get("stream_options", {})
     if unknown := set(options) - {"include_usage"}:
-        raise invalid("stream_options", f"unknown option {shown(min(unknown))} (include_usage)")
+        raise invalid(
+            "stream_options", f"unknown option {shown(min(unknown))} (include_usage)"
+        )
     if not isinstance(options.get("include_usage", False), bool):
         raise invalid("stream_options", "include_usage must be true or false")
     if options and not fields.get("stream"):
@@ -187,7 +195,9 @@ def chat_decoding(fields: dict, max_new_tokens: int) -> GenerationConfig:
 def transcription_decoding(form, max_new_tokens: int) -> GenerationConfig:
     """OSUM's default; sampling at a `temperature` above 0."""
     changes = {"max_new_tokens": max_new_tokens}
-    temperature = ranged(form_number(form.get("temperature"), "temperature"), "temperature", 0, 2)
+    temperature = ranged(
+        form_number(form.get("temperature"), "temperature"), "temperature", 0, 2
+    )
     if temperature:
         changes.update(num_beams=1, do_sample=True, temperature=temperature)
     return decoding(changes)
@@ -222,7 +232,9 @@ def form_fields(form) -> dict[str, str | list[str]]:
     (timestamp granularities a list)."""
     for name in form:
         if name in FORM_REFUSED:
-            raise invalid(name, f"not supported ({FORM_REFUSED[name]})", "unsupported_parameter")
+            raise invalid(
+                name, f"not supported ({FORM_REFUSED[name]})", "unsupported_parameter"
+            )
         if name not in TRANSCRIPTION_FIELDS:
             raise invalid(
                 shown(name),

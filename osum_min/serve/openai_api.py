@@ -86,7 +86,10 @@ def usage(answer: Answer) -> dict:
 
 
 def finish_reason(answer: Answer, config: GenerationConfig, eos: int) -> str:
-    cut = any(len(ids) >= config.max_new_tokens and ids[-1] != eos for ids in answer.decoded.ids)
+    cut = any(
+        len(ids) >= config.max_new_tokens and ids[-1] != eos
+        for ids in answer.decoded.ids
+    )
     return "length" if cut else "stop"
 
 
@@ -149,7 +152,8 @@ def transcription_body(answer: Answer, response_format: str, granularities: list
         if result.words is not None:
             if "word" in granularities:
                 body["words"] = [
-                    {"word": w.text, "start": w.start, "end": w.end} for w in result.words
+                    {"word": w.text, "start": w.start, "end": w.end}
+                    for w in result.words
                 ]
             if "segment" in granularities or not granularities:
                 body["segments"] = [

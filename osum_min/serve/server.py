@@ -55,14 +55,21 @@ from .openai_api import (
     until_stop,
     usage,
 )
-from ..inference.pipeline import Answer, Pipeline, Request, RequestError, load_request_audio
+from ..inference.pipeline import (
+    Answer,
+    Pipeline,
+    Request,
+    RequestError,
+    load_request_audio,
+)
 from ..text.tasks import TASKS
 
 
 @dataclass
 class ServerConfig:
     model_name: str = "osum"
-    api_key: str | None = None  # required as `Authorization: Bearer KEY` on /v1 routes when set
+    # required as `Authorization: Bearer KEY` on /v1 routes when set
+    api_key: str | None = None
     batch_size: int = 8
     max_upload_mb: float = 25.0  # OpenAI's own cap for transcriptions
     max_audio_seconds: float = 600.0
@@ -76,13 +83,19 @@ class ServerConfig:
     # a request's headers, and each piece of its body, must arrive within this; an idle
     # connection is closed after it (uvicorn's keep-alive timeout)
     read_timeout_s: float = 10.0
-    max_connections: int = 256  # more at once are answered 503 (uvicorn's limit_concurrency)
+    # more at once are answered 503 (uvicorn's limit_concurrency)
+    max_connections: int = 256
 
     def __post_init__(self):
-        check_config(self)  # whole numbers of at least 1, finite times and sizes above 0
-        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+        # whole numbers of at least 1, finite times and sizes above 0
+        check_config(self)
+        if self.api_key is not None and (
+            not isinstance(self.api_key, str) or not self.api_key
+        ):
             raise ConfigError(
-                "api_key", self.api_key, "not a key (an unset variable?): give one, or none at all"
+                "api_key",
+                self.api_key,
+                "not a key (an unset variable?): give one, or none at all",
             )
 
 
@@ -165,7 +178,9 @@ class Server:
                 if done:
                     break
                 if await http.is_disconnected():
-                    raise ApiError(400, "the client disconnected", "client_disconnected")
+                    raise ApiError(
+                        400, "the client disconnected", "client_disconnected"
+                    )
                 if time.monotonic() > deadline:
                     raise self.timeout()
         finally:
@@ -177,7 +192,9 @@ class Server:
 
     def timeout(self) -> ApiError:
         seconds = self.config.timeout_s
-        return ApiError(503, f"no answer within {seconds:g} s", "timeout", "server_error")
+        return ApiError(
+            503, f"no answer within {seconds:g} s", "timeout", "server_error"
+        )
 
 
 def server_of(http: HttpRequest) -> Server:
@@ -210,16 +227,21 @@ async def api_error(_, err: ApiError):
 
 
 async def http_error(_, err: HTTPException):
-    code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+    code = {404: "not_found", 405: "method_not_allowed"}.get(
+        err.status_code, "http_error"
+    )
     return JSONResponse(
-        error_body(err.detail, "invalid_request_error", code), status_code=err.status_code
+        error_body(err.detail, "invalid_request_error", code),
+        status_code=err.status_code,
     )
 
 
 async def unexpected(_, err: Exception):
     traceback.print_exc()  # the log keeps the traceback; the client gets one line
     message = f"internal error: {type(err).__name__}: {err}"
-    return JSONResponse(error_body(message, "server_error", "internal_error"), status_code=500)
+    return JSONResponse(
+        error_body(message, "server_error", "internal_error"), status_code=500
+    )
 
 
 # ---- the transport: the key, the body's size and pace ----
@@ -269,7 +291,9 @@ class Guard:
                 message = await asyncio.wait_for(receive(), timeout)
             except asyncio.TimeoutError:
                 raise ApiError(
-                    408, f"the request body stalled for {timeout:g} s", "request_timeout"
+                    408,
+                    f"the request body stalled for {timeout:g} s",
+                    "request_timeout",
                 ) from None
             if message["type"] == "http.request":
                 state["read"] += len(message.get("body", b""))
@@ -322,7 +346,9 @@ class RepeatLimit(logging.Filter):
             self.seen.clear()
         self.seen[key] = (now, 0)
         if dropped:
-            record.msg = f"{record.msg} ({dropped} more like it in {self.window:g} s dropped)"
+            record.msg = (
+                f"{record.msg} ({dropped} more like it in {self.window:g} s dropped)"
+            )
         return True
 
 
@@ -436,7 +462,9 @@ async def chat_completions(http: HttpRequest):
         return reply.completion(await server.decode(http, request, "messages"))
     job = server.submit(http, request, stream=True)
     include_usage = fields.get("stream_options", {}).get("include_usage", False)
-    return StreamingResponse(reply.events(job, include_usage), media_type="text/event-stream")
+    return StreamingResponse(
+        reply.events(job, include_usage), media_type="text/event-stream"
+    )
 
 
 def read_chat(body: bytes) -> dict:
@@ -444,7 +472,9 @@ def read_chat(body: bytes) -> dict:
     try:
         parsed = json.loads(body)
     except RecursionError:
-        raise ApiError(400, "the body is JSON nested too deeply", "invalid_json") from None
+        raise ApiError(
+            400, "the body is JSON nested too deeply", "invalid_json"
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the body is not JSON", "invalid_json") from None
     return chat_fields(parsed)
@@ -454,16 +484,27 @@ def chat_request(messages: list, decoding: GenerationConfig) -> Request:
     try:
         return to_request(messages, decoding, remote=True, name="input_audio")
     except ConversationError as err:
-        raise ApiError(400, str(err), "unsupported_conversation", param="messages") from None
+        raise ApiError(
+            400, str(err), "unsupported_conversation", param="messages"
+        ) from None
 
 
 class Reply:
     """One chat answer in OpenAI's shapes: a whole completion, or server-sent chunks."""
 
     def __init__(
-        self, server: Server, request: Request, decoding: GenerationConfig, stop: list[str]
+        self,
+        server: Server,
+        request: Request,
+        decoding: GenerationConfig,
+        stop: list[str],
     ):
-        self.server, self.request, self.decoding, self.stop = server, request, decoding, stop
+        self.server, self.request, self.decoding, self.stop = (
+            server,
+            request,
+            decoding,
+            stop,
+        )
         self.created, self.id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
         self.deadline = time.monotonic() + server.config.timeout_s
 
@@ -477,7 +518,11 @@ class Reply:
 
     def finish(self, answer: Answer | None) -> str:
         """ "stop" at a stop string (answer None) or the eos, "length" at max_tokens."""
-        return "stop" if answer is None else finish_reason(answer, self.decoding, self.server.eos)
+        return (
+            "stop"
+            if answer is None
+            else finish_reason(answer, self.decoding, self.server.eos)
+        )
 
     def completion(self, answer: Answer) -> dict:
         text, stopped = until_stop(content(answer), self.stop, final=True)
@@ -556,6 +601,7 @@ def uvicorn_config(app: FastAPI, host: str, port: int, **options) -> uvicorn.Con
     """uvicorn with the transport bounded: idle and slow clients timed out (TimedH11),
     connections at most max_connections (503 beyond), a repeated log line kept to one."""
     config = app.state.server.config
+    # configures uvicorn's loggers: the filter goes on after
     bounded = uvicorn.Config(
         app,
         host=host,
@@ -565,7 +611,7 @@ def uvicorn_config(app: FastAPI, host: str, port: int, **options) -> uvicorn.Con
         limit_concurrency=config.max_connections,
         backlog=config.max_connections,
         **options,
-    )  # configures uvicorn's loggers: the filter goes on after
+    )
     for logger in map(logging.getLogger, ("asyncio", "uvicorn.error")):
         if not any(isinstance(f, RepeatLimit) for f in logger.filters):
             logger.addFilter(RepeatLimit())
@@ -605,7 +651,12 @@ def serve(
     print(f"infer.py: loading {weights}/ ...", file=sys.stderr, flush=True)
     try:
         model = load_for_inference(
-            weights, tokenizer, device=device, dtype=dtype, compile=compile, quantize=quantize
+            weights,
+            tokenizer,
+            device=device,
+            dtype=dtype,
+            compile=compile,
+            quantize=quantize,
         )
     except (OSError, ValueError, RuntimeError) as err:
         print(

@@ -36,7 +36,9 @@ def import_gradio():
     try:
         import gradio
     except ImportError:
-        raise DemoUnavailable("the web demo needs gradio: pip install .[demo]") from None
+        raise DemoUnavailable(
+            "the web demo needs gradio: pip install .[demo]"
+        ) from None
     return gradio
 
 
@@ -120,7 +122,9 @@ def build_demo(
             if model is None:
                 raise ValueError(unavailable or "no model loaded")
             if not audio_path:
-                raise ValueError("no audio: upload a file or record from the microphone")
+                raise ValueError(
+                    "no audio: upload a file or record from the microphone"
+                )
             task = TASKS.get(task_name) or free_prompt_task(prompt_text or "")
             if prompt_text and prompt_text.strip() and task_name != FREE_PROMPT:
                 task = replace(task, prompt=prompt_text.strip())
@@ -143,22 +147,32 @@ def build_demo(
                 seed,
             )
             ids = parse_prompt_ids(prompt_ids_text) if given_ids else None
+            # name the upload, not gradio's cache folder
             request = Request(
-                audio_path, task=task, prompt_ids=ids, config=config, name=Path(audio_path).name
-            )  # name the upload, not gradio's cache folder
+                audio_path,
+                task=task,
+                prompt_ids=ids,
+                config=config,
+                name=Path(audio_path).name,
+            )
             [(_, answer)] = Pipeline(model, tokenizer, batch_size).run(
-                [request], on_batch=lambda done, total: progress((done, total), desc="windows")
+                [request],
+                on_batch=lambda done, total: progress((done, total), desc="windows"),
             )
             if answer.error:
                 raise ValueError(
-                    answer.error.problem if answer.error.kind == "prompt" else str(answer.error)
+                    answer.error.problem
+                    if answer.error.kind == "prompt"
+                    else str(answer.error)
                 )
             out, result = answer.decoded, answer.result
         except ValueError as err:
             return page(f"**Error:** {err}")
         except Exception as err:  # noqa: BLE001  the page shows one line; the server log keeps the traceback
             traceback.print_exc()
-            return page(f"**Error:** {type(err).__name__}: {' '.join(str(err).split())}")
+            return page(
+                f"**Error:** {type(err).__name__}: {' '.join(str(err).split())}"
+            )
 
         ids_text = " | ".join(" ".join(map(str, window)) for window in out.ids)
         record = {
@@ -172,7 +186,10 @@ def build_demo(
         )
         if result is None:
             return page(
-                status + " · no tokenizer: token ids only", ids_text, ids=ids_text, record=record
+                status + " · no tokenizer: token ids only",
+                ids_text,
+                ids=ids_text,
+                record=record,
             )
         if result.issues:
             status += "  \n**Parser notes:** " + "; ".join(result.issues)
@@ -183,9 +200,15 @@ def build_demo(
         ]
         parsed += [(result.reply, "reply")] if result.reply is not None else []
         words = (
-            [[w.text, w.start, w.end] for w in result.words] if result.words is not None else None
+            [[w.text, w.start, w.end] for w in result.words]
+            if result.words is not None
+            else None
         )
-        srt = srt_file(result.words, audio_path, subtitle_folder) if result.words else None
+        srt = (
+            srt_file(result.words, audio_path, subtitle_folder)
+            if result.words
+            else None
+        )
         return page(status, result.raw, parsed, words, srt, ids_text, record)
 
     def page(status, text="", parsed=(), words=None, srt=None, ids="", record=None):
@@ -204,7 +227,9 @@ def build_demo(
     named = model is not None and model.config.name != "osum"
     title = model.config.name if named else "OSUM"  # osum-mini is named as itself
     with gr.Blocks(
-        title=title, analytics_enabled=False, delete_cache=(CACHE_SECONDS, CACHE_SECONDS)
+        title=title,
+        analytics_enabled=False,
+        delete_cache=(CACHE_SECONDS, CACHE_SECONDS),
     ) as demo:
         gr.Markdown(
             f"# {title}\nSpeech understanding: transcripts, timed words, emotion, style, gender, age, events "
@@ -220,7 +245,9 @@ def build_demo(
                     label="Audio",
                     elem_id="audio",
                 )
-                task = gr.Dropdown(task_choices, value="asr", label="Task", elem_id="task")
+                task = gr.Dropdown(
+                    task_choices, value="asr", label="Task", elem_id="task"
+                )
                 prompt = gr.Textbox(
                     TASKS["asr"].prompt,
                     label="Prompt (the task's; edit it, or choose free prompt)",
@@ -228,15 +255,26 @@ def build_demo(
                     elem_id="prompt",
                 )
                 with gr.Accordion("Decoding settings", open=False):
-                    beams = gr.Slider(1, 8, value=DEFAULT_DECODING.num_beams, step=1, label="Beams")
+                    beams = gr.Slider(
+                        1, 8, value=DEFAULT_DECODING.num_beams, step=1, label="Beams"
+                    )
                     sample = gr.Checkbox(DEFAULT_DECODING.do_sample, label="Sampling")
                     temperature = gr.Slider(
-                        0.05, 2.0, value=DEFAULT_DECODING.temperature, label="Temperature"
+                        0.05,
+                        2.0,
+                        value=DEFAULT_DECODING.temperature,
+                        label="Temperature",
                     )
                     top_k = gr.Slider(
-                        0, 100, value=DEFAULT_DECODING.top_k, step=1, label="Top-k (0 = off)"
+                        0,
+                        100,
+                        value=DEFAULT_DECODING.top_k,
+                        step=1,
+                        label="Top-k (0 = off)",
                     )
-                    top_p = gr.Slider(0.05, 1.0, value=DEFAULT_DECODING.top_p, label="Top-p")
+                    top_p = gr.Slider(
+                        0.05, 1.0, value=DEFAULT_DECODING.top_p, label="Top-p"
+                    )
                     penalty = gr.Slider(
                         1.0,
                         2.0,
@@ -250,7 +288,9 @@ def build_demo(
                         step=1,
                         label="Max new tokens",
                     )
-                    seed = gr.Number(None, precision=0, label="Seed (sampling; empty = random)")
+                    seed = gr.Number(
+                        None, precision=0, label="Seed (sampling; empty = random)"
+                    )
                 with gr.Accordion("Debugging", open=tokenizer is None):
                     prompt_ids = gr.Textbox(
                         label="Prompt token ids (comma-separated; replace the prompt text)",
@@ -261,7 +301,9 @@ def build_demo(
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
                 text = gr.Textbox(label="Model output", lines=3, elem_id="text")
-                parsed = gr.HighlightedText(label="Parsed: transcript and labels", elem_id="parsed")
+                parsed = gr.HighlightedText(
+                    label="Parsed: transcript and labels", elem_id="parsed"
+                )
                 words = gr.Dataframe(
                     headers=["word", "start (s)", "end (s)"],
                     label="Timed words",
@@ -300,18 +342,20 @@ def build_demo(
             [status, text, parsed, words, srt, ids, json_record],
             api_name="transcribe",
         )
-    weakref.finalize(
-        demo, shutil.rmtree, subtitle_folder, ignore_errors=True
-    )  # with the page, or at exit
+    # with the page, or at exit
+    weakref.finalize(demo, shutil.rmtree, subtitle_folder, ignore_errors=True)
     return demo
 
 
-def launch(demo, host: str = "127.0.0.1", port: int = 7860, examples=(), block: bool = True):
+def launch(
+    demo, host: str = "127.0.0.1", port: int = 7860, examples=(), block: bool = True
+):
     """Queue requests one at a time (one model) and serve; system fonts only, so the page needs no network.
     Only the example clips themselves are served from disk, not the folders they are in."""
     gr = import_gradio()
     theme = gr.themes.Default(
-        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+        font=["ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=["ui-monospace", "monospace"],
     )
     demo.queue(default_concurrency_limit=1)
     return demo.launch(
@@ -339,12 +383,18 @@ def serve(
     model, tokenizer, problem = None, None, None
     try:
         found = tokenizer_or_none(weights_dir)  # None: the page runs on token ids
+        # both, or neither
         model, tokenizer = (
             load_for_inference(weights_dir, found, device, dtype, quantize=quantize),
             found,
-        )  # both, or neither
+        )
     except (OSError, ValueError, RuntimeError) as err:
         problem = f"cannot load {weights_dir}: {' '.join(str(err).split())}"
         print(f"osum web: {problem}", file=sys.stderr)
-    launch(build_demo(model, tokenizer, examples, batch_size, problem), host, port, examples)
+    launch(
+        build_demo(model, tokenizer, examples, batch_size, problem),
+        host,
+        port,
+        examples,
+    )
     return 0

@@ -13,9 +13,36 @@ from dataclasses import asdict, dataclass, field
 
 # Label sets from the prompts (docs/original.md §8); labels are lower-cased by the original's `process_text`.
 LABEL_SETS = {
-    "emotion": ("sad", "anger", "neutral", "happy", "surprise", "fear", "disgust", "other"),
-    "event": ("laugh", "cough", "cry", "screaming", "sigh", "throat clearing", "sneeze", "other"),
-    "style": ("新闻科普", "恐怖故事", "童话故事", "客服", "诗歌散文", "有声书", "日常口语", "其他"),
+    "emotion": (
+        "sad",
+        "anger",
+        "neutral",
+        "happy",
+        "surprise",
+        "fear",
+        "disgust",
+        "other",
+    ),
+    "event": (
+        "laugh",
+        "cough",
+        "cry",
+        "screaming",
+        "sigh",
+        "throat clearing",
+        "sneeze",
+        "other",
+    ),
+    "style": (
+        "新闻科普",
+        "恐怖故事",
+        "童话故事",
+        "客服",
+        "诗歌散文",
+        "有声书",
+        "日常口语",
+        "其他",
+    ),
     "gender": ("female", "male"),
     "age": ("child", "adult", "old"),
 }
@@ -29,10 +56,15 @@ class Task:
     name: str
     tag: str
     prompt: str | None  # None: the first paraphrase
-    labels: tuple[str, ...] = ()  # kinds of LABEL_SETS, in the order the output appends them
-    transcript: bool = True  # False for the label-only tasks (`age+gender`, `style+age+gender`)
+    labels: tuple[
+        str, ...
+    ] = ()  # kinds of LABEL_SETS, in the order the output appends them
+    # False for the label-only tasks (`age+gender`, `style+age+gender`)
+    transcript: bool = True
     output: str = "text"  # a PARSERS key: "text" transcript then label tags; "srwt" timed words; "sttc" + reply
-    paraphrases: tuple[str, ...] = ()  # training draws one per sample; (): the prompt alone
+    paraphrases: tuple[
+        str, ...
+    ] = ()  # training draws one per sample; (): the prompt alone
 
     def __post_init__(self):
         if self.prompt is None:
@@ -220,7 +252,8 @@ def _by(key: str, tasks) -> dict:
 
 
 TASKS = _by("name", ORIGINAL_TASKS + EXTRA_TASKS)  # every front end's table
-TASKS_BY_TAG = _by("tag", ORIGINAL_TASKS + EXTRA_TASKS)  # training's: samples carry tags
+# training's: samples carry tags
+TASKS_BY_TAG = _by("tag", ORIGINAL_TASKS + EXTRA_TASKS)
 
 
 def free_prompt_task(prompt: str) -> Task:
@@ -242,18 +275,20 @@ class Result:
     task: str
     raw: str
     transcript: str | None = None
-    labels: dict[str, str] = field(
-        default_factory=dict
-    )  # kind -> label (as written when outside the label set)
-    unknown_labels: list[str] = field(
-        default_factory=list
-    )  # kinds whose label is not in LABEL_SETS
+    # kind -> label (as written when outside the label set)
+    labels: dict[str, str] = field(default_factory=dict)
+    # kinds whose label is not in LABEL_SETS
+    unknown_labels: list[str] = field(default_factory=list)
     words: list[Word] | None = None  # SRWT
     reply: str | None = None  # STTC
     issues: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if value not in (None, [], {})}
+        return {
+            key: value
+            for key, value in asdict(self).items()
+            if value not in (None, [], {})
+        }
 
     def to_text(self) -> str:
         """The canonical written form (`transcript<label>`, `word<0.3, 0.7>`, `text<开始回答>reply`)."""
@@ -278,10 +313,10 @@ def _seconds(value: float | None) -> str:
     return "?" if value is None else f"{value:.1f}"
 
 
-CJK_CHARS = (
-    "\u2e80-\u9fff\uf900-\ufaff"  # CJK radicals, kana, ideographs and compatibility ideographs
+CJK_CHARS = "\u2e80-\u9fff\uf900-\ufaff"  # CJK radicals, kana, ideographs and compatibility ideographs
+_SPACE_AT_CJK = re.compile(
+    rf"\s+(?=[{CJK_CHARS}\uff00-\uffef])|(?<=[{CJK_CHARS}\uff00-\uffef])\s+"
 )
-_SPACE_AT_CJK = re.compile(rf"\s+(?=[{CJK_CHARS}\uff00-\uffef])|(?<=[{CJK_CHARS}\uff00-\uffef])\s+")
 
 
 def join_text(parts: list[str]) -> str:
@@ -312,7 +347,9 @@ def _assign_labels(result: Result, tags: list[str], kinds: tuple[str, ...]) -> N
     found, leftovers = {}, []
     for tag in tags:
         value = " ".join(tag.lower().split())
-        kind = next((k for k in kinds if k not in found and value in LABEL_SETS[k]), None)
+        kind = next(
+            (k for k in kinds if k not in found and value in LABEL_SETS[k]), None
+        )
         if kind:
             found[kind] = value
         else:
@@ -321,7 +358,9 @@ def _assign_labels(result: Result, tags: list[str], kinds: tuple[str, ...]) -> N
     for kind, tag in zip(open_kinds, leftovers):
         found[kind] = tag
         result.unknown_labels.append(kind)
-        result.issues.append(f"{kind} {tag!r} is not one of: {', '.join(LABEL_SETS[kind])}")
+        result.issues.append(
+            f"{kind} {tag!r} is not one of: {', '.join(LABEL_SETS[kind])}"
+        )
     result.issues += [f"no {kind} label" for kind in open_kinds[len(leftovers) :]]
     result.labels = {kind: found[kind] for kind in kinds if kind in found}
 
@@ -336,7 +375,9 @@ def parse_chat(task: Task, raw: str) -> Result:
     if len(parts) == 2:
         result.reply = parts[1].strip()
     else:
-        result.issues.append("no <开始回答> separator: the whole output is taken as the transcript")
+        result.issues.append(
+            "no <开始回答> separator: the whole output is taken as the transcript"
+        )
     return result
 
 
@@ -369,13 +410,18 @@ def parse_timed(task: Task, raw: str) -> Result:
         if len(span) == 2:
             start, end = span
         elif pairs:
-            start, end = span[0], None  # `word<0.3>` among pairs: an end time is missing
+            # `word<0.3>` among pairs: an end time is missing
+            start, end = (
+                span[0],
+                None,
+            )
         else:
+            # boundary marks: each ends one word and opens the next
             start, end, mark = (
                 mark,
                 span[0],
                 span[0],
-            )  # boundary marks: each ends one word and opens the next
+            )
         if text.strip():
             words.append(Word(text.strip(), start, end))
         elif pairs:
@@ -397,7 +443,9 @@ def _repair_times(words: list[Word], issues: list[str]) -> None:
             word.end = following.start
             issues.append(f"{word.text!r}: no end time, took the next word's start")
         elif word.start is None or word.end is None:
-            issues.append(f"{word.text!r}: no {'start' if word.start is None else 'end'} time")
+            issues.append(
+                f"{word.text!r}: no {'start' if word.start is None else 'end'} time"
+            )
         if None not in (word.start, word.end) and word.end < word.start:
             issues.append(f"{word.text!r}: ends before it starts")
         if (
@@ -441,18 +489,24 @@ def join_windows(task: Task, results: list[Result], offsets: list[float]) -> Res
             joined.labels[kind] = votes.most_common(1)[0][0]
             if joined.labels[kind] not in LABEL_SETS[kind]:
                 joined.unknown_labels.append(kind)
-    joined.issues = [f"window {i}: {issue}" for i, r in enumerate(results) for issue in r.issues]
+    joined.issues = [
+        f"window {i}: {issue}" for i, r in enumerate(results) for issue in r.issues
+    ]
     return joined
 
 
-def parse_windows(task: Task, tokenizer, ids: list[list[int]], offsets: list[float]) -> Result:
+def parse_windows(
+    task: Task, tokenizer, ids: list[list[int]], offsets: list[float]
+) -> Result:
     """Decode each window's ids, parse them for the task and join the windows. An id the tokenizer has no text for
     shows as `<|id:N|>` (Tokenizer.decode_bytes), with a note."""
     results = []
     for window_ids in ids:
         result = parse(task, tokenizer.decode(window_ids, placeholders=True))
         if tokenizer.unknown_ids(window_ids):
-            result.issues.append("ids outside the tokenizer's vocabulary, shown as <|id:N|>")
+            result.issues.append(
+                "ids outside the tokenizer's vocabulary, shown as <|id:N|>"
+            )
         results.append(result)
     return join_windows(task, results, offsets)
 
@@ -462,4 +516,6 @@ def parse_prompt_ids(text: str) -> list[int]:
     try:
         return [int(token) for token in text.replace(" ", "").split(",")]
     except ValueError:
-        raise ValueError(f"prompt ids {text!r}: expected comma-separated integers") from None
+        raise ValueError(
+            f"prompt ids {text!r}: expected comma-separated integers"
+        ) from None

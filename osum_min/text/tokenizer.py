@@ -34,7 +34,12 @@ QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-QWEN2_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 151643, 151644, 151645
+# ids 151643, 151644, 151645
+QWEN2_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+)
 EOD_TOKEN = "<|endoftext|>"
 EOD_ID = 151643  # its id: OSUM appends it to every label, fills padded prompt slots with it, stops decoding on it
 RANK_FILE_NAME = "tokenizer.tiktoken"
@@ -48,7 +53,8 @@ class TokenizerError(ValueError):
 class AddedToken:
     text: str
     id: int
-    special: bool  # special tokens are control tokens: dropped by decode(skip_special=True)
+    # special tokens are control tokens: dropped by decode(skip_special=True)
+    special: bool
 
 
 def _gpt2_byte_decoder() -> dict[str, int]:
@@ -74,7 +80,8 @@ def ranks_from_vocab_merges(
     byte_of = _gpt2_byte_decoder()
     try:
         ranks = {
-            bytes(byte_of[char] for char in token): token_id for token, token_id in vocab.items()
+            bytes(byte_of[char] for char in token): token_id
+            for token, token_id in vocab.items()
         }
     except KeyError as err:
         raise TokenizerError(
@@ -118,7 +125,9 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
             continue
         pair = line.split(" ")
         if len(pair) != 2:
-            raise TokenizerError(f"{path}:{number}: expected `left right`, got {line!r}")
+            raise TokenizerError(
+                f"{path}:{number}: expected `left right`, got {line!r}"
+            )
         merges.append((pair[0], pair[1]))
     return merges
 
@@ -128,11 +137,15 @@ def _added_tokens(entries, source: str) -> list[AddedToken]:
     try:
         if isinstance(entries, dict):
             return [
-                AddedToken(entry["content"], int(token_id), bool(entry.get("special", False)))
+                AddedToken(
+                    entry["content"], int(token_id), bool(entry.get("special", False))
+                )
                 for token_id, entry in entries.items()
             ]
         return [
-            AddedToken(entry["content"], int(entry["id"]), bool(entry.get("special", False)))
+            AddedToken(
+                entry["content"], int(entry["id"]), bool(entry.get("special", False))
+            )
             for entry in entries
         ]
     except (KeyError, TypeError, ValueError) as err:
@@ -145,7 +158,9 @@ def _check_qwen2_pipeline(data: dict, path: Path) -> None:
     if not isinstance(model, dict) or "vocab" not in model or "merges" not in model:
         raise TokenizerError(f"{path}: not a tokenizer.json (no model vocab/merges)")
     pre = data.get("pre_tokenizer") or {}
-    splits = [step for step in pre.get("pretokenizers", []) if step.get("type") == "Split"]
+    splits = [
+        step for step in pre.get("pretokenizers", []) if step.get("type") == "Split"
+    ]
     problems = []
     if (data.get("normalizer") or {}).get("type") != "NFC":
         problems.append("normalizer is not NFC")
@@ -161,7 +176,9 @@ def _check_qwen2_pipeline(data: dict, path: Path) -> None:
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         problems.append("model uses subword prefixes/suffixes")
     if problems:
-        raise TokenizerError(f"{path}: not a Qwen2 byte-level BPE tokenizer: {'; '.join(problems)}")
+        raise TokenizerError(
+            f"{path}: not a Qwen2 byte-level BPE tokenizer: {'; '.join(problems)}"
+        )
 
 
 def read_rank_file(path: Path) -> tuple[dict[bytes, int], list[AddedToken] | None]:
@@ -181,7 +198,9 @@ def read_rank_file(path: Path) -> tuple[dict[bytes, int], list[AddedToken] | Non
                 added.append(AddedToken(text, int(fields[1]), fields[2] == b"special"))
             elif fields:
                 raise ValueError("wrong number of fields")
-        except ValueError as err:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        except (
+            ValueError
+        ) as err:  # binascii.Error and UnicodeDecodeError are ValueErrors too
             raise TokenizerError(
                 f"{path}:{number}: not a rank-file line ({err}): {line[:60]!r}"
             ) from None
@@ -204,7 +223,9 @@ class StreamDecoder:
     def push(self, token_id: int) -> str:
         """Text completed by this token ('' while a character is still incomplete)."""
         return self.utf8.decode(
-            self.tokenizer.decode_bytes([token_id], self.skip_special, placeholders=True)
+            self.tokenizer.decode_bytes(
+                [token_id], self.skip_special, placeholders=True
+            )
         )
 
     def finish(self) -> str:
@@ -235,11 +256,13 @@ class Tokenizer:
         self.added_ids = {token.text: token.id for token in self.added}
         self.special_ids = frozenset(token.id for token in self.added if token.special)
         self.encoding = tiktoken.Encoding(
-            "qwen2", pat_str=QWEN2_PATTERN, mergeable_ranks=ranks, special_tokens=self.added_ids
+            "qwen2",
+            pat_str=QWEN2_PATTERN,
+            mergeable_ranks=ranks,
+            special_tokens=self.added_ids,
         )
-        self.vocab_size = max(
-            [len(ranks), *(token.id + 1 for token in self.added)]
-        )  # regular + added ids
+        # regular + added ids
+        self.vocab_size = max([len(ranks), *(token.id + 1 for token in self.added)])
 
     @classmethod
     def from_pretrained(cls, path) -> "Tokenizer":
@@ -258,14 +281,19 @@ class Tokenizer:
             return cls(*read_rank_file(path / RANK_FILE_NAME))
         config = path / "tokenizer_config.json"
         config_added = (
-            _added_tokens(_read_json(config).get("added_tokens_decoder", {}), str(config))
+            _added_tokens(
+                _read_json(config).get("added_tokens_decoder", {}), str(config)
+            )
             if config.is_file()
             else []
         )
         if (path / "tokenizer.json").is_file():
             return cls.from_tokenizer_json(path / "tokenizer.json", config_added)
         if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-            vocab, merges = _read_json(path / "vocab.json"), _read_merges(path / "merges.txt")
+            vocab, merges = (
+                _read_json(path / "vocab.json"),
+                _read_merges(path / "merges.txt"),
+            )
             return cls(
                 ranks_from_vocab_merges(vocab, merges, str(path / "vocab.json")),
                 config_added or None,
@@ -278,7 +306,9 @@ class Tokenizer:
         )
 
     @classmethod
-    def from_tokenizer_json(cls, path: Path, extra_added: list[AddedToken] = ()) -> "Tokenizer":
+    def from_tokenizer_json(
+        cls, path: Path, extra_added: list[AddedToken] = ()
+    ) -> "Tokenizer":
         data = _read_json(path)
         _check_qwen2_pipeline(data, path)
         merges = [
@@ -288,7 +318,8 @@ class Tokenizer:
         ranks = ranks_from_vocab_merges(data["model"]["vocab"], merges, str(path))
         added = {token.id: token for token in extra_added}
         added.update(
-            (token.id, token) for token in _added_tokens(data.get("added_tokens", []), str(path))
+            (token.id, token)
+            for token in _added_tokens(data.get("added_tokens", []), str(path))
         )
         return cls(ranks, list(added.values()) or None)
 
@@ -331,10 +362,14 @@ class Tokenizer:
         Qwen2-7B, so a model can generate one)."""
         added_ids = set(self.added_ids.values())
         return [
-            int(i) for i in ids if not 0 <= int(i) < len(self.ranks) and int(i) not in added_ids
+            int(i)
+            for i in ids
+            if not 0 <= int(i) < len(self.ranks) and int(i) not in added_ids
         ]
 
-    def decode_bytes(self, ids, skip_special: bool = True, placeholders: bool = False) -> bytes:
+    def decode_bytes(
+        self, ids, skip_special: bool = True, placeholders: bool = False
+    ) -> bytes:
         """Ids to bytes. An id outside this vocabulary raises TokenizerError, or with `placeholders` becomes the text
         `<|id:N|>`, so the output shows where the model said something the tokenizer cannot spell."""
         ids = [int(token_id) for token_id in ids]
@@ -358,7 +393,9 @@ class Tokenizer:
         ]:  # runs of known ids decode together, so multi-token characters stay whole
             if token_id is None or token_id in unknown:
                 pieces.append(self.encoding.decode_bytes(run))
-                pieces.append(b"" if token_id is None else f"<|id:{token_id}|>".encode())
+                pieces.append(
+                    b"" if token_id is None else f"<|id:{token_id}|>".encode()
+                )
                 run = []
             else:
                 run.append(token_id)
@@ -366,7 +403,9 @@ class Tokenizer:
 
     def decode(self, ids, skip_special: bool = True, placeholders: bool = False) -> str:
         """Ids to text; a UTF-8 character cut by the ends of `ids` becomes U+FFFD (stream with `stream_decoder`)."""
-        return self.decode_bytes(ids, skip_special, placeholders).decode("utf-8", errors="replace")
+        return self.decode_bytes(ids, skip_special, placeholders).decode(
+            "utf-8", errors="replace"
+        )
 
     def stream_decoder(self, skip_special: bool = True) -> StreamDecoder:
         return StreamDecoder(self, skip_special)

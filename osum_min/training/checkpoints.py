@@ -48,7 +48,11 @@ def set_rng_states(states: dict) -> None:
 
 CHECKPOINT_NAME = re.compile(r"step_(\d+)\.pt")
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "step", "positions", "rng"}
-TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+TORCH_ADVICE = (
+    "Weights only load failed",
+    "Please file an issue",
+    "Check the documentation",
+)
 
 
 def save_checkpoint(out: Path, step: int, state: dict, keep_last: int) -> Path:
@@ -83,9 +87,14 @@ def write_checkpoint(
         positions, rngs = [None] * dist.get_world_size(), [None] * dist.get_world_size()
         dist.all_gather_object(positions, position)
         dist.all_gather_object(rngs, rng_states())
-    trained = {name: full_tensor(model.get_parameter(name).detach()).cpu() for name in trainable}
+    trained = {
+        name: full_tensor(model.get_parameter(name).detach()).cpu()
+        for name in trainable
+    }
     optimizer_state = get_optimizer_state_dict(
-        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model,
+        optimizer,
+        options=StateDictOptions(full_state_dict=True, cpu_offload=True),
     )
     if dist.is_initialized() and dist.get_rank() != 0:
         return None
@@ -97,7 +106,8 @@ def write_checkpoint(
         "positions": positions,
         "rng": rngs,
         "args": {
-            key: str(value) if isinstance(value, Path) else value for key, value in args.items()
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in args.items()
         },
     }
     return save_checkpoint(out, step, state, keep_last)
@@ -106,7 +116,9 @@ def write_checkpoint(
 def checkpoints(out: Path) -> list[Path]:
     """Finished checkpoints in step order (a .tmp left by a crash is not one)."""
     return sorted(
-        path for path in Path(out).glob("step_*.pt") if CHECKPOINT_NAME.fullmatch(path.name)
+        path
+        for path in Path(out).glob("step_*.pt")
+        if CHECKPOINT_NAME.fullmatch(path.name)
     )
 
 
@@ -133,11 +145,15 @@ def load_checkpoint(path: Path) -> dict:
                 f"{path}: refused: it holds a Python object ({found.group(1)}), not only tensors and "
                 f"plain data; a train.py checkpoint never does"
             ) from None
-        if isinstance(err, pickle.UnpicklingError):  # drop torch's advice to turn the safety off
+        if isinstance(
+            err, pickle.UnpicklingError
+        ):  # drop torch's advice to turn the safety off
             lines = [line for line in lines if not line.startswith(TORCH_ADVICE)] or [
                 type(err).__name__
             ]
-        raise TrainingError(f"{path}: not a readable training checkpoint ({lines[0]})") from None
+        raise TrainingError(
+            f"{path}: not a readable training checkpoint ({lines[0]})"
+        ) from None
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
         raise TrainingError(
             f"{path}: not a train.py checkpoint (no {', '.join(sorted(CHECKPOINT_KEYS))})"
@@ -160,7 +176,12 @@ def newest_checkpoint(out: Path, say=print) -> tuple[Path, dict] | None:
 
 
 def restore(
-    checkpoint: tuple[Path, dict], model: nn.Module, optimizer, scheduler, rank: int, world: int
+    checkpoint: tuple[Path, dict],
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    rank: int,
+    world: int,
 ) -> tuple[int, tuple]:
     """Load a checkpoint's (path, state) trained tensors (into shards under FSDP), optimizer, scheduler and this
     rank's RNG states; returns (step, this rank's data position)."""

@@ -12,7 +12,9 @@ from ..text.tasks import TASKS_BY_TAG, parse
 
 def character_error_rate(reference: str, hypothesis: str) -> tuple[int, int]:
     """(character edits, reference characters), spaces ignored: the CER the experiment reports for English."""
-    reference, hypothesis = (list(text.replace(" ", "")) for text in (reference, hypothesis))
+    reference, hypothesis = (
+        list(text.replace(" ", "")) for text in (reference, hypothesis)
+    )
     return edit_distance(reference, hypothesis).errors, len(reference)
 
 
@@ -52,17 +54,24 @@ def evaluate(
             tokens + sum(count for _, count in scored),
             items + len(scored),
         )
-        outputs = model.generate(mel, mel_lens, batch["prompt_ids"], max_new_tokens=max_new_tokens)
+        outputs = model.generate(
+            mel, mel_lens, batch["prompt_ids"], max_new_tokens=max_new_tokens
+        )
         for tag, labels, output in zip(batch["tasks"], batch["labels"], outputs):
             task = TASKS_BY_TAG[tag]  # the dataset takes no other tag
-            text = tokenizer.decode(
-                output, placeholders=True
-            )  # a young model's unknown ids score as wrong words
+            # a young model's unknown ids score as wrong words
+            text = tokenizer.decode(output, placeholders=True)
             undecodable += bool(tokenizer.unknown_ids(output))
-            reference, hypothesis = tokenizer.decode(labels), parse(task, normalise(text))
-            scorers.setdefault(task.name, Scorer(task, protocol)).add(reference, hypothesis)
+            reference, hypothesis = (
+                tokenizer.decode(labels),
+                parse(task, normalise(text)),
+            )
+            scorers.setdefault(task.name, Scorer(task, protocol)).add(
+                reference, hypothesis
+            )
             errors, length = character_error_rate(
-                parse(task, normalise(reference)).transcript or "", hypothesis.transcript or ""
+                parse(task, normalise(reference)).transcript or "",
+                hypothesis.transcript or "",
             )
             previous = char_counts.get(task.name, (0, 0))
             char_counts[task.name] = (previous[0] + errors, previous[1] + length)
@@ -74,5 +83,8 @@ def evaluate(
     }
     for name, scorer in scorers.items():
         errors, length = char_counts[name]
-        scores[name] = {**scorer.summary(), "cer": round(100 * errors / max(length, 1), 2)}
+        scores[name] = {
+            **scorer.summary(),
+            "cer": round(100 * errors / max(length, 1), 2),
+        }
     return scores

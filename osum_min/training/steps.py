@@ -47,7 +47,10 @@ FIRE_MODULES = {
     "llm": ("lora",),
     "link_and_encoder": ("link", "encoder"),
     "link_and_encoder_and_lora": ("link", "encoder", "lora"),
-    "link_and_lora": ("link", "lora"),  # adaptor + LoRA on pretrained parts (the GPU recipe)
+    "link_and_lora": (
+        "link",
+        "lora",
+    ),  # adaptor + LoRA on pretrained parts (the GPU recipe)
     "link_and_llm": (
         "link",
         "llm_all",
@@ -114,6 +117,7 @@ def setup_model(
 
 def make_optimizer(model: nn.Module, lr: float, warmup_steps: int):
     """The original's AdamW (betas 0.9/0.99, eps 1e-6, wd 0.01) over the trainable parameters, and its WarmupLR."""
+    # one kernel per step: 10x on CPU
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=lr,
@@ -121,8 +125,10 @@ def make_optimizer(model: nn.Module, lr: float, warmup_steps: int):
         eps=1e-6,
         weight_decay=0.01,
         fused=True,
-    )  # one kernel per step: 10x on CPU
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lr(warmup_steps))
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_lr(warmup_steps)
+    )
 
 
 def trainable_table(model: nn.Module) -> str:
@@ -146,7 +152,9 @@ def trainable_table(model: nn.Module) -> str:
     ]
     lines += [
         f"{group:<16}{trained:>14,}{total:>15,}"
-        + "".join(f"{size / 2**20:>{width},.1f}" for size, width in zip(sizes, (13, 11, 11)))
+        + "".join(
+            f"{size / 2**20:>{width},.1f}" for size, width in zip(sizes, (13, 11, 11))
+        )
         for group, (trained, total, *sizes) in rows.items()
     ]
     return "\n".join(lines)
@@ -187,11 +195,15 @@ def build_model(
     tokenizer's end-of-document id, which ends every label and stops decoding.
     """
     if preset not in OSUM_PRESETS:
-        raise TrainingError(f"--preset {preset!r}: choose one of {', '.join(OSUM_PRESETS)}")
+        raise TrainingError(
+            f"--preset {preset!r}: choose one of {', '.join(OSUM_PRESETS)}"
+        )
     config = OSUM_PRESETS[preset]
     encoder_state = llm = None
     if encoder_init:
-        checkpoint_state = torch.load(encoder_init, map_location="cpu", weights_only=True)
+        checkpoint_state = torch.load(
+            encoder_init, map_location="cpu", weights_only=True
+        )
         if "dims" not in checkpoint_state or "model_state_dict" not in checkpoint_state:
             raise TrainingError(
                 f"{encoder_init}: not an openai-whisper checkpoint (no dims/model_state_dict)"
@@ -200,9 +212,8 @@ def build_model(
         config = config.with_parts(encoder=encoder)
         encoder_state = whisper_state_dict(checkpoint_state["model_state_dict"])
     if llm_init:
-        llm = load_hf_checkpoint(
-            llm_init, dtype=torch.float32
-        )  # the base weights, strictly; adapters are new
+        # the base weights, strictly; adapters are new
+        llm = load_hf_checkpoint(llm_init, dtype=torch.float32)
         lora = config.llm
         llm_config = replace(
             llm.config,
@@ -303,7 +314,8 @@ class LossWindow:
             "step": step,
             "loss": self.loss / self.tokens,
             "task_loss": {
-                task: total / self.task_tokens[task] for task, total in self.task_loss.items()
+                task: total / self.task_tokens[task]
+                for task, total in self.task_loss.items()
             },
             "samples_per_s": self.samples / elapsed,
             "tokens_per_s": self.tokens / elapsed,
@@ -320,7 +332,9 @@ def log_line(record: dict) -> str:
         if key != "task_loss"
     )
     return (
-        figures + " " + " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items())
+        figures
+        + " "
+        + " ".join(f"{task} {loss:.4g}" for task, loss in record["task_loss"].items())
     )
 
 
@@ -354,14 +368,22 @@ def without_nonfinite_items(batch: dict) -> tuple[dict, int]:
     if finite.all():
         return batch, 0
     if not finite.any():
-        return {**batch, "mel": torch.zeros_like(batch["mel"]), "labels_counted": 0}, len(finite)
+        return {
+            **batch,
+            "mel": torch.zeros_like(batch["mel"]),
+            "labels_counted": 0,
+        }, len(finite)
     keep = finite.nonzero()[:, 0].tolist()
     rows = {
-        name: [batch[name][i] for i in keep] for name in ("keys", "tasks", "prompt_ids", "labels")
+        name: [batch[name][i] for i in keep]
+        for name in ("keys", "tasks", "prompt_ids", "labels")
     }
-    return {**batch, **rows, "mel": batch["mel"][keep], "mel_lens": batch["mel_lens"][keep]}, len(
-        finite
-    ) - len(keep)
+    return {
+        **batch,
+        **rows,
+        "mel": batch["mel"][keep],
+        "mel_lens": batch["mel_lens"][keep],
+    }, len(finite) - len(keep)
 
 
 def label_tokens(batch: dict) -> int:
@@ -386,8 +408,13 @@ def optimization_step(
     token-level mean loss over all of them: N ranks equal one process given the same global batch."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     kept = [without_nonfinite_items(batch) for batch in micro_batches]
-    micro_batches, left_out = [batch for batch, _ in kept], sum(count for _, count in kept)
-    tokens = sum_over_ranks([sum(label_tokens(batch) for batch in micro_batches)], device)[0]
+    micro_batches, left_out = (
+        [batch for batch, _ in kept],
+        sum(count for _, count in kept),
+    )
+    tokens = sum_over_ranks(
+        [sum(label_tokens(batch) for batch in micro_batches)], device
+    )[0]
     loss_sum = 0.0
     for index, batch in enumerate(micro_batches):
         with gradient_sync(model, index == len(micro_batches) - 1), autocast:
@@ -403,10 +430,14 @@ def optimization_step(
         ).backward()  # DDP averages over ranks
         if batch_tokens:
             loss_sum += output.loss.item() * batch_tokens
-            window.add_items(batch["tasks"], output.item_losses.tolist(), batch["labels"])
+            window.add_items(
+                batch["tasks"], output.item_losses.tolist(), batch["labels"]
+            )
     samples = sum(len(batch["keys"]) for batch in micro_batches if label_tokens(batch))
     loss_sum, samples, left_out = sum_over_ranks([loss_sum, samples, left_out], device)
-    grad_norm = full_tensor(nn.utils.clip_grad_norm_(model.parameters(), grad_clip)).item()
+    grad_norm = full_tensor(
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    ).item()
     lr = None
     if math.isfinite(loss_sum) and math.isfinite(grad_norm) and tokens:
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
@@ -415,7 +446,12 @@ def optimization_step(
         window.add_step(loss_sum, tokens, samples, lr)
     optimizer.zero_grad(set_to_none=True)
     return StepFigures(
-        loss_sum, tokens, samples, grad_norm, lr, left_out + (samples if lr is None else 0)
+        loss_sum,
+        tokens,
+        samples,
+        grad_norm,
+        lr,
+        left_out + (samples if lr is None else 0),
     )
 
 
