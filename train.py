@@ -511,9 +511,8 @@ def main(argv=None) -> int:
                     step < args.max_steps
                     and sum_over_ranks([float(stop.requested)], device)[0]
                 ):
-                    if (
-                        saved_step != step
-                    ):  # all ranks stop at one step, with a checkpoint of it
+                    # all ranks stop at one step, with a checkpoint of it
+                    if saved_step != step:
                         save(
                             args,
                             step,

@@ -92,9 +92,10 @@ def candidates(weight: torch.Tensor, compile: bool):
         "dynamic_int8_onednn": (out * inner, _dynamic(weight, scale, "onednn")),
     }
 
+    # per-token int8 activations into torch._int_mm: torchao's int8 dynamic path
     def int_mm(
         x,
-    ):  # per-token int8 activations into torch._int_mm: torchao's int8 dynamic path
+    ):
         step = x.abs().amax(1, keepdim=True) / 127  # (rows, 1)
         return torch._int_mm((x / step).round().to(torch.int8), int8.t()) * step * scale
 

@@ -250,14 +250,12 @@ def main():
                 run,
                 _,
             ),
-        ) in (
-            runs.items()
-        ):  # warm-up; compiled runs at full length, so both compiles happen here
+            # warm-up; compiled runs at full length, so both compiles happen here
+        ) in runs.items():
             run(args.new_tokens if "compiled" in name else 3)
             bar.update()
-        for _ in range(
-            args.repeats
-        ):  # interleaved; keep each one's best run, other load on the machine is noise
+        # interleaved; keep each one's best run, other load on the machine is noise
+        for _ in range(args.repeats):
             for name, (run, norm) in runs.items():
                 figures = measure(run, args.new_tokens, norm, ceilings, device)
                 if (

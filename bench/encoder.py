@@ -67,9 +67,10 @@ def build(child: str):
         c = ENCODER_PRESETS["whisper-medium"]
         peer = AudioEncoder(c.n_mels, c.max_positions, c.dim, c.heads, c.layers).eval()
 
+        # (1, T, 80) -> pad to 3000 frames, whisper's (B, n_mels, T) layout
         def whisper_forward(
             mel,
-        ):  # (1, T, 80) -> pad to 3000 frames, whisper's (B, n_mels, T) layout
+        ):
             return peer(
                 torch.nn.functional.pad(
                     mel, (0, 0, 0, WHISPER_FRAMES - mel.shape[1])

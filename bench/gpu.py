@@ -186,16 +186,16 @@ def llm_alone(bench, hf, ours, new_tokens, prefix, repeats):
         for (
             variant,
             compile,
-        ) in (
-            variants
-        ):  # eager; torch.compile (+ CUDA graphs); CUDA graphs of the eager step
+            # eager; torch.compile (+ CUDA graphs); CUDA graphs of the eager step
+        ) in variants:
             if compile is not None:
                 fast_decoding(ours, compile)
                 started = time.perf_counter()
+                # compiles once per kind of shape, captures one CUDA graph per shape
                 for beams in (
                     1,
                     4,
-                ):  # compiles once per kind of shape, captures one CUDA graph per shape
+                ):
                     ours_run(beams)(new_tokens)
                 sync(device)
                 figures[f"{variant}_warmup_s"] = round(time.perf_counter() - started, 1)

@@ -340,9 +340,8 @@ def _resample_per_output(
     out = []
     for start in range(0, target_length, chunk):
         outputs = torch.arange(start, min(start + chunk, target_length))  # (C,)
-        inputs = (outputs * orig_rate // new_rate)[
-            :, None
-        ] + taps  # (C, 2 width + 1) in padded coordinates
+        # (C, 2 width + 1) in padded coordinates
+        inputs = (outputs * orig_rate // new_rate)[:, None] + taps
         out.append((padded[:, inputs] * kernel[outputs % new_rate]).sum(-1))  # (B, C)
     return torch.cat(out, dim=1).reshape(*batch_shape, -1)
 

@@ -119,9 +119,8 @@ def read_bytes(path, what: str, max_bytes: int) -> bytes:
     fd = open_file(path, what, max_bytes)
     chunks, size = [], 0
     try:
-        with os.fdopen(
-            fd, "rb"
-        ) as f:  # in chunks: f.read(max_bytes + 1) would allocate all of max_bytes
+        # in chunks: f.read(max_bytes + 1) would allocate all of max_bytes
+        with os.fdopen(fd, "rb") as f:
             while size <= max_bytes and (
                 chunk := f.read(min(READ_CHUNK, max_bytes + 1 - size))
             ):

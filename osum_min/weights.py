@@ -86,9 +86,8 @@ def _write_shard(
         offset += nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)  # keep the data 8-byte aligned
-    with atomic_write(
-        path
-    ) as f:  # a full disk, an interrupt: no partial file stays behind
+    # a full disk, an interrupt: no partial file stays behind
+    with atomic_write(path) as f:
         f.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
         for name, shape, dtype, produce in entries:
             tensor = produce().contiguous()
@@ -188,9 +187,8 @@ def replacing_directory(out):
         yield new
     except BaseException as err:
         shutil.rmtree(new, ignore_errors=True)
-        if isinstance(
-            err, (OSError, FileError)
-        ):  # a full disk names --out, not the hidden folder beside it
+        # a full disk names --out, not the hidden folder beside it
+        if isinstance(err, (OSError, FileError)):
             raise WeightsError(
                 f"{out}: cannot write the model ({write_problem(err)}); {out} is as it was"
             ) from None
@@ -335,10 +333,11 @@ def _assign(
         strict=False,
         assign=True,
     )
+    # assigning replaced the shared tensor: its other names follow
     for (
         name,
         shared,
-    ) in tied.items():  # assigning replaced the shared tensor: its other names follow
+    ) in tied.items():
         owner, _, attribute = name.rpartition(".")
         setattr(module.get_submodule(owner), attribute, module.get_parameter(shared))
     return module
@@ -361,9 +360,8 @@ def load_state_dict_strict(
 def _open(path: Path):
     try:
         return safe_open(str(path), framework="pt", device="cpu")
-    except (
-        Exception
-    ) as err:  # safetensors raises its own error types for truncated or foreign files
+    # safetensors raises its own error types for truncated or foreign files
+    except Exception as err:
         raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
 
 

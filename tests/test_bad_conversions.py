@@ -127,10 +127,11 @@ def test_export_runs_with_only_the_package(fixture_weights, tmp_path):
         "setuptools"
     ]["package-data"]
     shipped = {name for names in package_data.values() for name in names}
+    # installed with the package
     assert {
         "released_config.json",
         "published.json",
-    } <= shipped  # installed with the package
+    } <= shipped
 
 
 @pytest.mark.parametrize("preset", sorted(OSUM_PRESETS))
@@ -895,12 +896,13 @@ def test_bad_config_values_are_one_line_before_converting(
         ("llm", "norm_eps", -1.0, "llm.norm_eps is -1.0, not above 0"),
         ("llm", "lora_rank", True, "llm.lora_rank is True, not a whole number"),
         ("llm", "lora_alpha", 0, "llm.lora_alpha is 0, not above 0"),
+        # the directory's LoRA tensors are refused, not dropped
         (
             "llm",
             "lora_rank",
             0,
             "unexpected 24 key(s)",
-        ),  # the directory's LoRA tensors are refused, not dropped
+        ),
         ("encoder", "heads", 0, "encoder.heads is 0, below 1"),
         ("adaptor", "layers", "2", "adaptor.layers is '2', not a whole number"),
         (None, "eod_id", -1, "eod_id is -1, below 0"),

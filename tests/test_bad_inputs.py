@@ -92,9 +92,8 @@ def test_per_output_resampling_equals_the_polyphase_kernel():
     for orig, new in ((441, 160), (160, 441), (3, 1)):
         polyphase = resample(x, orig * 100, new * 100)
         assert _kernel_taps(orig, new) <= MAX_KERNEL_TAPS
-        assert (
-            polyphase - _resample_per_output(x, orig, new)
-        ).abs().max() <= 3e-5  # float32 phases: 1.6e-5
+        # float32 phases: 1.6e-5
+        assert (polyphase - _resample_per_output(x, orig, new)).abs().max() <= 3e-5
 
 
 MEASURE = """
@@ -185,10 +184,11 @@ def run_infer(capsys, *argv) -> tuple[int, list[str], str]:
 @pytest.mark.parametrize(
     "flags, message",
     [
+        # decoded nothing, exit 0
         (
             ["--batch-size", "-1"],
             "--batch-size must be at least 1",
-        ),  # decoded nothing, exit 0
+        ),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--max-new-tokens", "0"], "--max-new-tokens is 0, below 1"),
         (["--beams", "0"], "--beams is 0, below 1"),
@@ -329,9 +329,10 @@ def test_bad_list_lines_are_skipped_counted_and_the_rest_decoded(
     assert '"wav" is null' in skipped[2] and "not a wenet list line" in skipped[3]
 
 
+# noqa: F811
 def test_the_score_summary_counts_skipped_files(
     capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     listing = tmp_path / "test.jsonl"
     listing.write_text(
         "\n".join(
@@ -392,9 +393,10 @@ def test_a_text_file_that_is_not_an_audio_list_is_one_line(capsys, fixture_weigh
 LONG_PROMPT = "speech " * 15000
 
 
+# noqa: F811
 def test_a_prompt_beyond_the_model_is_refused_before_decoding(
     capsys, weights_with_tokenizer
-):  # noqa: F811
+):
     start = time.perf_counter()
     code, lines, err = run_infer(
         capsys,
@@ -689,9 +691,8 @@ def test_the_web_demo_serves_only_its_clips_and_deletes_uploads_on_close():
     try:
         # an example clip
         assert urllib.request.urlopen(f"{url}/gradio_api/file={AUDIO}").status == 200
-        with pytest.raises(
-            urllib.error.HTTPError
-        ) as refused:  # its neighbour in the same folder
+        # its neighbour in the same folder
+        with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{url}/gradio_api/file={FIXTURE_A / 'infer.pt'}")
         assert refused.value.code == 403
         client = gradio_client.Client(url + "/", verbose=False, download_files=False)

@@ -431,9 +431,8 @@ def test_spec_augment_masks_the_stated_widths():
         zero_rows, zero_cols = (out == 0).all(1), (out == 0).all(0)
         assert zero_rows.sum() == min(200, t0 + tw) - t0 and zero_rows[t0]
         assert zero_cols.sum() == min(80, f0 + fw) - f0 and zero_cols[f0]
-        assert (
-            (out == 0) == (zero_rows[:, None] | zero_cols[None, :])
-        ).all()  # nothing else touched
+        # nothing else touched
+        assert ((out == 0) == (zero_rows[:, None] | zero_cols[None, :])).all()
         time_widths.append(tw)
         freq_widths.append(fw)
     assert (
@@ -442,9 +441,8 @@ def test_spec_augment_masks_the_stated_widths():
         and min(freq_widths) == 1
         and max(freq_widths) == 10
     )
-    for seed in range(
-        50
-    ):  # the defaults: 2 time masks of <= 50 frames, 2 frequency masks of <= 10 bins
+    # the defaults: 2 time masks of <= 50 frames, 2 frequency masks of <= 10 bins
+    for seed in range(50):
         out = spec_augment(ones, random.Random(seed))
         assert (
             1 <= (out == 0).all(1).sum() <= 100 and 1 <= (out == 0).all(0).sum() <= 20
@@ -457,7 +455,6 @@ def test_spec_sub_copies_earlier_frames():
         out = spec_substitute(feats, random.Random(seed))
         changed = (out != feats).any(1)
         assert changed.sum() <= 3 * 30
-        assert (
-            out[:, 0] <= feats[:, 0]
-        ).all()  # every row comes from the same or an earlier frame
+        # every row comes from the same or an earlier frame
+        assert (out[:, 0] <= feats[:, 0]).all()
         assert (out == out[:, :1]).all()  # whole frames are copied

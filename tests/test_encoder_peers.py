@@ -43,9 +43,8 @@ def whisper_pair() -> tuple[torch.nn.Module, WhisperEncoder]:
     peer = whisper_model.AudioEncoder(*SMALL.values()).eval()
     with torch.no_grad():
         for name, param in peer.named_parameters():
-            if (
-                "ln" in name
-            ):  # LayerNorm starts at (1, 0); move it so the mapping of its weights is tested
+            # LayerNorm starts at (1, 0); move it so the mapping of its weights is tested
+            if "ln" in name:
                 param.add_(0.1 * torch.randn_like(param))
     checkpoint = {f"encoder.{key}": value for key, value in peer.state_dict().items()}
     ours = WhisperEncoder(

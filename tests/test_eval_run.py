@@ -340,9 +340,10 @@ def test_every_reader_is_tested():
 
 
 @pytest.mark.parametrize("bench", LAYOUTS)
+# noqa: F811
 def test_every_utterance_of_the_layout_is_decoded_and_scored(
     bench, capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     pytest.importorskip("sacrebleu")
     data, expected = LAYOUTS[bench](tmp_path / "data")
     code, table, err = run(
@@ -425,9 +426,10 @@ def test_published_figures_reach_the_table(capsys, weights_with_tokenizer, tmp_p
     assert code == 0 and "| 2.19 | 1.6 |" in row
 
 
+# noqa: F811
 def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(
     capsys, weights_with_tokenizer, tmp_path, monkeypatch
-):  # noqa: F811
+):
     data, expected = librispeech(tmp_path / "data")
     flags = ["--batch-size", "1"]
     assert (
@@ -465,9 +467,8 @@ def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(
         == 0
     )
     assert len(decoded) == 2 and len(records(out)) == 2
-    with open(
-        out / "records.jsonl", "rb+"
-    ) as handle:  # killed while writing the second record
+    # killed while writing the second record
+    with open(out / "records.jsonl", "rb+") as handle:
         handle.truncate(len(handle.read()) - 20)
     decoded.clear()
     assert run(capsys, "librispeech", data, weights_with_tokenizer, out, *flags)[0] == 0
@@ -479,9 +480,10 @@ def test_an_interrupted_run_decodes_only_the_rest_and_ends_with_the_same_files(
         )
 
 
+# noqa: F811
 def test_ctrl_c_then_the_same_command_finishes_the_run(
     capsys, weights_with_tokenizer, tmp_path, monkeypatch
-):  # noqa: F811
+):
     data, expected = aishell1(tmp_path / "data")
     assert (
         run(
@@ -527,9 +529,10 @@ def test_ctrl_c_then_the_same_command_finishes_the_run(
         )
 
 
+# noqa: F811
 def test_a_missing_clip_is_reported_and_counted_and_the_rest_is_decoded(
     capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     data, expected = librispeech(tmp_path / "data")
     (data / "1089/134686/1089-134686-0001.flac").unlink()
     code, table, err = run(
@@ -566,9 +569,10 @@ def test_a_missing_clip_is_reported_and_counted_and_the_rest_is_decoded(
         (["--protocol", "qwen2-audio", "--language", "en"], "protocol"),
     ],
 )
+# noqa: F811
 def test_resuming_into_an_out_of_another_run_is_refused_naming_what_differs(
     flags, named, capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     data, _ = librispeech(tmp_path / "data")
     out = tmp_path / "out"
     assert (
@@ -591,9 +595,10 @@ def test_resuming_into_an_out_of_another_run_is_refused_naming_what_differs(
     assert code == 2 and "utterances sha256" in err
 
 
+# noqa: F811
 def test_records_without_a_fingerprint_are_refused(
     capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     data, _ = librispeech(tmp_path / "data")
     out = tmp_path / "out"
     out.mkdir()
@@ -606,9 +611,10 @@ def test_records_without_a_fingerprint_are_refused(
     "bad",
     [b"", b"null", b"[1, 2]", b'{"subset": 5}', b"\xff\xfe garbage", b"}{", b'"text"'],
 )
+# noqa: F811
 def test_a_corrupted_records_line_is_named_and_its_utterance_decoded_again(
     bad, capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     data, expected = librispeech(tmp_path / "data")
     whole, out = tmp_path / "whole", tmp_path / "out"
     assert run(capsys, "librispeech", data, weights_with_tokenizer, whole)[0] == 0
@@ -624,9 +630,10 @@ def test_a_corrupted_records_line_is_named_and_its_utterance_decoded_again(
 
 
 @pytest.mark.parametrize("where", ["a-file", "read-only"])
+# noqa: F811
 def test_an_out_that_cannot_be_written_is_refused_before_decoding(
     where, capsys, weights_with_tokenizer, tmp_path, monkeypatch
-):  # noqa: F811
+):
     data, _ = librispeech(tmp_path / "data")
     out = tmp_path / "out"
     if where == "a-file":
@@ -645,9 +652,10 @@ def test_an_out_that_cannot_be_written_is_refused_before_decoding(
     )
 
 
+# noqa: F811
 def test_a_full_disk_at_the_end_keeps_the_records_and_the_same_command_finishes(
     capsys, weights_with_tokenizer, tmp_path, monkeypatch
-):  # noqa: F811
+):
     """The result files are written whole or not at all: a failed write leaves the decoded records intact."""
     data, _ = librispeech(tmp_path / "data")
     out = tmp_path / "out"
@@ -676,9 +684,10 @@ def test_a_full_disk_at_the_end_keeps_the_records_and_the_same_command_finishes(
 
 
 @pytest.mark.parametrize("bench", LAYOUTS)
+# noqa: F811
 def test_a_folder_without_the_layout_is_refused_naming_the_file(
     bench, capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     (tmp_path / "empty").mkdir()
     code, out, err = run(
         capsys, bench, tmp_path / "empty", weights_with_tokenizer, tmp_path / "out"
@@ -700,9 +709,10 @@ def test_a_folder_without_the_layout_is_refused_naming_the_file(
         (["--limit", "-3"], "--limit must be at least 1, got -3"),
     ],
 )
+# noqa: F811
 def test_bad_flags_are_one_line_before_anything_is_read(
     capsys, weights_with_tokenizer, tmp_path, flags, problem
-):  # noqa: F811
+):
     code, out, err = run(
         capsys,
         "librispeech",
@@ -715,9 +725,10 @@ def test_bad_flags_are_one_line_before_anything_is_read(
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
+# noqa: F811
 def test_a_transcript_file_of_the_wrong_shape_is_refused(
     capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     data, _ = commonvoice(tmp_path / "data")
     text(data / "test.tsv", "client_id\tfile\tsentence\n")
     code, _, err = run(
@@ -726,9 +737,10 @@ def test_a_transcript_file_of_the_wrong_shape_is_refused(
     assert code == 2 and "test.tsv" in err and "path" in err
 
 
+# noqa: F811
 def test_a_qwen2_audio_list_without_a_known_language_asks_for_one(
     capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     write(tmp_path / "a.wav", 0)
     text(
         tmp_path / "eval.jsonl",
@@ -768,9 +780,10 @@ def test_weights_without_a_tokenizer_are_refused(capsys, fixture_weights, tmp_pa
     assert code == 2 and "tokenizer" in err
 
 
+# noqa: F811
 def test_torchrun_two_ranks_write_the_files_of_one_process(
     capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     """Each rank appends its share to its own records file; rank 0 merges them into the files one process writes."""
     import socket
     import subprocess
@@ -984,9 +997,10 @@ def test_a_key_reachable_twice_is_refused_naming_both_places(how, tmp_path):
     assert all(place in message for place in places), message
 
 
+# noqa: F811
 def test_a_lone_surrogate_in_a_key_or_text_is_written_escaped(
     capsys, weights_with_tokenizer, tmp_path
-):  # noqa: F811
+):
     """JSON's "\\ud800" is no character: printed or written as UTF-8 it killed the run with nothing said."""
     data, _ = wenet(tmp_path / "data")
     lines = data.read_text(encoding="utf-8").splitlines()

@@ -166,9 +166,8 @@ def test_random_lists_are_items_or_one_line(lines, bom):
     items = check_outcome(lambda: collect_inputs([str(listing)]), DataError, listing)
     event(f"{len(items)} items" if isinstance(items, list) else "list refused")
     for item in items if isinstance(items, list) else []:
-        if (
-            item.problem is not None
-        ):  # a line that names no file, or a key/file again: that item's error
+        # a line that names no file, or a key/file again: that item's error
+        if item.problem is not None:
             assert "\n" not in item.problem
             assert item.path.startswith(f"{listing}:") or "given twice" in item.problem
         else:

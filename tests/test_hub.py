@@ -162,9 +162,8 @@ def test_complete_part_file_past_the_end_starts_over(server, tmp_path):
 
 
 def test_closed_port_gives_one_line_error(tmp_path):
-    with (
-        socket.socket() as probe
-    ):  # a port that was free a moment ago and has no listener now
+    # a port that was free a moment ago and has no listener now
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/infer.pt"

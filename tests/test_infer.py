@@ -176,9 +176,8 @@ def test_json_fields_with_a_tokenizer(capsys, weights_with_tokenizer):
     tokenizer = Tokenizer.from_pretrained(weights_with_tokenizer)
     assert record["raw"] == tokenizer.decode(record["ids"])
     parsed = parse(TASKS["ser"], record["raw"]).to_json()
-    assert {
-        key: record[key] for key in parsed
-    } == parsed  # the parsed fields (transcript, labels, issues) are in
+    # the parsed fields (transcript, labels, issues) are in
+    assert {key: record[key] for key in parsed} == parsed
 
 
 def test_scoring_a_wenet_list_against_its_own_output_gives_zero(

@@ -406,9 +406,8 @@ def test_a_full_disk_while_saving_a_training_checkpoint_names_it_and_leaves_no_t
 ):
     full_disk_after(monkeypatch, 4096)
     state = {"model": {"w": torch.zeros(100_000)}, "step": 3}
-    with pytest.raises(
-        TrainingError
-    ) as caught:  # RuntimeError [enforce fail at inline_container.cc] before
+    # RuntimeError [enforce fail at inline_container.cc] before
+    with pytest.raises(TrainingError) as caught:
         save_checkpoint(tmp_path, 3, state, keep_last=2)
     assert (
         str(caught.value)

@@ -41,9 +41,8 @@ def test_onednn_serves_inference_and_training(monkeypatch):
     with torch.no_grad():
         layer(x)
     assert calls == [(3, 8, 40)]
-    layer(
-        x.requires_grad_()
-    ).sum().backward()  # forward, grad_x, grad_weight: all oneDNN
+    # forward, grad_x, grad_weight: all oneDNN
+    layer(x.requires_grad_()).sum().backward()
     assert len(calls) == 4
 
 

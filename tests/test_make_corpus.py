@@ -52,8 +52,7 @@ def test_a_corpus_built_in_pieces_or_over_an_old_one_is_the_corpus_built_in_one_
     build(tmp_path / "again", 6)
     old = tmp_path / "again" / "wav" / "train00000.wav"
     shutil.copy(tmp_path / "again" / "wav" / "train00001.wav", old)
-    (
-        tmp_path / "again" / "wav" / "train00000.json"
-    ).unlink()  # an old corpus has no records
+    # an old corpus has no records
+    (tmp_path / "again" / "wav" / "train00000.json").unlink()
     build(tmp_path / "again", 6)
     assert corpus(tmp_path / "again") == once

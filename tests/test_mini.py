@@ -229,9 +229,8 @@ def test_assembles_a_normal_directory_from_stand_in_parts(parts, tmp_path):
     assert model.llm.lm_head.weight is model.llm.embed_tokens.weight
     q_bias = torch.from_numpy(tensors["blk.0.attn_q.bias"]).half().float()
     assert torch.equal(model.llm.layers[0].self_attn.q_proj.bias, q_bias)
-    assert not model.llm.layers[
-        0
-    ].self_attn.q_proj.lora_B.any()  # no delta: LoRA starts at zero
+    # no delta: LoRA starts at zero
+    assert not model.llm.layers[0].self_attn.q_proj.lora_B.any()
 
 
 def error_line(capsys) -> str:
@@ -280,9 +279,8 @@ def test_the_delta_round_trips_and_is_loaded_strictly(parts, tmp_path):
     first = tmp_path / "first"
     mini.assemble(first, delta=None)
     model = OSUM.from_pretrained(first, device="cpu", for_training=True)
-    with (
-        torch.no_grad()
-    ):  # stand-in for training: the delta's parts move, the rest must not
+    # stand-in for training: the delta's parts move, the rest must not
+    with torch.no_grad():
         model.adaptor.proj.weight.add_(1.0)
         model.llm.layers[0].mlp.gate_proj.lora_B.fill_(0.5)
         model.speech_bos_eos.fill_(0.25)

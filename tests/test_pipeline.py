@@ -50,9 +50,8 @@ def test_paths_bytes_and_samples_give_the_same_ids(model, expected):
     requests = [
         Request(AUDIO, prompt_ids=PROMPT, config=GREEDY),
         Request(AUDIO.read_bytes(), prompt_ids=PROMPT, config=GREEDY),
-        Request(
-            samples, sample_rate=rate, prompt_ids=PROMPT, config=GREEDY
-        ),  # int16 PCM, scaled
+        # int16 PCM, scaled
+        Request(samples, sample_rate=rate, prompt_ids=PROMPT, config=GREEDY),
         Request(
             load_audio(AUDIO), sample_rate=SAMPLE_RATE, prompt_ids=PROMPT, config=GREEDY
         ),
@@ -113,9 +112,10 @@ def test_a_bad_request_is_an_answer_with_its_error_and_the_rest_decode(model):
             prompt_ids=PROMPT,
             config=GREEDY,
         ),
+        # no rate
         Request(
             np.ones(SAMPLE_RATE, dtype=np.float32), prompt_ids=PROMPT, config=GREEDY
-        ),  # no rate
+        ),
         Request(
             np.full(SAMPLE_RATE, np.nan, dtype=np.float32),
             sample_rate=SAMPLE_RATE,
@@ -468,9 +468,10 @@ def test_bytes_in_memory_name_the_request_not_a_buffer(model):
 
 
 @pytest.mark.parametrize("protocol", ["osum", "qwen2-audio"])
+# noqa: F811
 def test_score_only_scores_by_the_chosen_protocol(
     capsys, weights_with_tokenizer, tmp_path, protocol
-):  # noqa: F811
+):
     """infer.py's summary is the Scorer's for that protocol over the same transcripts (what eval.py score prints)."""
     if protocol == "qwen2-audio":
         pytest.importorskip(

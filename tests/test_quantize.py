@@ -56,9 +56,8 @@ def test_int8_linear_is_the_rounded_weight_times_its_scale(rows, shape):
     # each row's largest weight maps to +-127
     assert weight_int8.abs().amax(dim=1).eq(127).all()
     error = (quantized.dequantized_weight() - layer.weight).abs()
-    assert (
-        error <= quantized.scale[:, None] * (0.5 + 1e-4)
-    ).all()  # round to nearest (+ float32 rounding)
+    # round to nearest (+ float32 rounding)
+    assert (error <= quantized.scale[:, None] * (0.5 + 1e-4)).all()
     x = torch.randn(rows, shape[1])
     expected = F.linear(x, quantized.dequantized_weight(), layer.bias)
     size = expected.abs().amax()
@@ -158,9 +157,8 @@ def test_quantize_rejects_what_it_cannot_do(fixture_weights, models, tmp_path):
         models[1].save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="only quantisation is 'int8'"):
         OSUM.from_pretrained(fixture_weights, device="cpu", quantize="int4")
-    with pytest.raises(
-        ValueError, match="only quantisation is 'int8'"
-    ):  # not int8 under another name
+    # not int8 under another name
+    with pytest.raises(ValueError, match="only quantisation is 'int8'"):
         OSUM.from_pretrained(
             fixture_weights, device="cpu", for_training=True
         ).prepare_for_inference("cpu", None, "int4")

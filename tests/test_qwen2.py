@@ -61,9 +61,8 @@ def test_logits_equal_transformers_peft():
     mine = ours(input_ids=ids, attention_mask=mask, position_ids=positions)
     valid = mask.bool()
     assert (mine[valid] - theirs[valid]).abs().max() < 1e-4
-    assert torch.isfinite(
-        mine
-    ).all()  # left-padded query rows see no key: finite, not NaN
+    # left-padded query rows see no key: finite, not NaN
+    assert torch.isfinite(mine).all()
     embeds = hf.get_input_embeddings()(ids)
     assert (
         ours(inputs_embeds=embeds) - hf(inputs_embeds=embeds).logits
@@ -140,9 +139,8 @@ def test_merge_and_unmerge_lora():
     ours.merge_lora()
     ours.merge_lora()  # idempotent
     assert (ours(input_ids=ids) - before).abs().max() < 1e-5
-    assert (
-        q_proj.weight - base
-    ).abs().max() > 1e-3  # the adapter really moved into the weight
+    # the adapter really moved into the weight
+    assert (q_proj.weight - base).abs().max() > 1e-3
     ours.unmerge_lora()
     ours.unmerge_lora()
     assert (q_proj.weight - base).abs().max() < 1e-6

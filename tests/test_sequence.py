@@ -66,9 +66,8 @@ def test_real_slots_are_the_originals_and_give_its_logits(fixture_weights, expec
         batch.attention_mask.bool(),
         expected["batch_llm_attention_mask"].bool(),
     )
-    assert (
-        ours.sum(-1) == theirs.sum(-1)
-    ).all() and not ours.all()  # the rows differ in length: some padding
+    # the rows differ in length: some padding
+    assert (ours.sum(-1) == theirs.sum(-1)).all() and not ours.all()
     for row in range(2):
         mine, original = ours[row], theirs[row]
         assert (
@@ -100,9 +99,8 @@ def test_the_slot_before_each_label_is_real_and_padding_comes_first():
     assert torch.equal(batch.inputs_embeds[1, :3], torch.zeros(3, 4))
     labelled = batch.targets != IGNORE_ID
     assert labelled.sum().item() == 3
-    assert batch.attention_mask[:, :-1][
-        labelled[:, 1:]
-    ].all()  # no label is predicted from padding
+    # no label is predicted from padding
+    assert batch.attention_mask[:, :-1][labelled[:, 1:]].all()
 
 
 @pytest.mark.parametrize(

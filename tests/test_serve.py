@@ -968,9 +968,10 @@ def test_a_non_ascii_key_works(served):
 
 
 @pytest.mark.parametrize("where", ["flag", "environment"])
+# noqa: F811
 def test_an_empty_key_is_refused_at_start_up(
     weights_with_tokenizer, capsys, monkeypatch, where
-):  # noqa: F811
+):
     import infer
 
     flags = ["--api-key", ""] if where == "flag" else []
@@ -981,9 +982,10 @@ def test_an_empty_key_is_refused_at_start_up(
     assert code == 2 and "\n" not in err and message in err, err
 
 
+# noqa: F811
 def test_infer_serve_says_it_is_loading_from_the_start(
     weights_with_tokenizer, capsys, monkeypatch
-):  # noqa: F811
+):
     import infer
 
     monkeypatch.delenv("OSUM_API_KEY", raising=False)
@@ -1089,10 +1091,12 @@ def test_conversation_kinds():
             ],
             "no system prompt",
         ),
+        # remote
         (
             [{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}],
             "send audio as input_audio",
-        ),  # remote
+        ),
+        # remote
         (
             [
                 {
@@ -1101,7 +1105,7 @@ def test_conversation_kinds():
                 }
             ],
             "never fetches",
-        ),  # remote
+        ),
     ],
 )
 def test_conversations_osum_cannot_take_are_refused_in_one_line(conversation, words):

@@ -117,10 +117,11 @@ def test_label_kinds_follow_the_tag_order():
             "我<0.1，0.3>爱<0.3 0.5>你<0.5s, 0.8s>",
             [("我", 0.1, 0.3), ("爱", 0.3, 0.5), ("你", 0.5, 0.8)],
         ),
+        # boundary marks
         (
             "<0.0>hello<0.5>world<1.0>",
             [("hello", 0.0, 0.5), ("world", 0.5, 1.0)],
-        ),  # boundary marks
+        ),
     ],
 )
 def test_srwt_accepted_forms(raw, words):
@@ -184,13 +185,14 @@ def test_srwt_mandarin_transcript_has_no_spaces():
             {"age": "adult", "gender": "female"},
             [],
         ),
+        # missing age, gender still found
         (
             "asr+age+gender",
             "hello<female>",
             "hello",
             {"gender": "female"},
             [],
-        ),  # missing age, gender still found
+        ),
         (
             "asr+age+gender",
             "hello<teen><female>",

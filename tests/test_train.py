@@ -152,12 +152,13 @@ def test_resume_continues_exactly(corpus, tmp_path):
 
 def test_warmup_lr_is_the_original_formula():
     factor = warmup_lr(8000)
+    # wenet's step count starts at 1; LambdaLR's at 0
     for step in (
         1,
         100,
         8000,
         20000,
-    ):  # wenet's step count starts at 1; LambdaLR's at 0
+    ):
         assert 5e-5 * factor(step - 1) == pytest.approx(
             5e-5 * 8000**0.5 * min(step**-0.5, step * 8000**-1.5)
         )
@@ -239,9 +240,8 @@ def test_torchrun_two_processes_equal_one(corpus, tmp_path, sharding):
     )
     for name in first:
         torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-6)
-    if (
-        sharding == "fsdp"
-    ):  # the step-2 checkpoint holds whole tensors and a whole optimizer state, not shards
+    # the step-2 checkpoint holds whole tensors and a whole optimizer state, not shards
+    if sharding == "fsdp":
         # tensors and plain data
         state = torch.load(tmp_path / "double" / "step_00000002.pt", weights_only=True)
         lora_a = "llm.layers.0.self_attn.q_proj.lora_A"
@@ -356,10 +356,11 @@ def test_export_round_trips_and_matches_the_original_layout(fixture_weights, tmp
     "flags, problem",
     [
         (["--fire-module", "everything"], "invalid choice"),
+        # divided by zero at the first step
         (
             ["--log-every", "0"],
             "--log-every must be at least 1, got 0",
-        ),  # divided by zero at the first step
+        ),
         (["--lr", "nan"], "--lr must be a finite number above 0"),
         (["--seed", str(10**23)], "--seed must be a whole number from"),
         (["--device", "xpu"], "--device xpu: the model runs on cpu, cuda, mps only"),
@@ -666,6 +667,5 @@ def test_prompts_for_a_tag_of_no_task_are_refused_before_anything_loads(
         ValueError, match=r"prompts.json: prompts is '<LID>', no task's tag \(add"
     ):
         train.main(args)
-    assert not (
-        tmp_path / "out" / "init"
-    ).exists()  # refused before the model was built
+    # refused before the model was built
+    assert not (tmp_path / "out" / "init").exists()

@@ -66,9 +66,10 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(corpus, tmp_path):  # no
 
 
 @pytest.mark.parametrize("point", ["logging", "save", "evaluation"])
+# noqa: F811
 def test_a_stop_at_any_point_resumes_exactly(
     corpus, tmp_path, monkeypatch, straight, point
-):  # noqa: F811
+):
     """Ctrl-C while a step logs, saves or evaluates (2 dev clips at steps 4 and 6): the run stops at a step boundary
     with a checkpoint that holds the data position and RNG states of its weights; --resume then gives the
     uninterrupted run's losses."""
@@ -122,9 +123,10 @@ def test_a_stop_at_any_point_resumes_exactly(
         ]
 
 
+# noqa: F811
 def test_a_crash_logs_each_step_once_and_passes_over_a_truncated_checkpoint(
     corpus, tmp_path, capsys
-):  # noqa: F811
+):
     """kill -9 after step 6 was logged but before its checkpoint, with step 4's checkpoint cut short and the log's
     last line half written: --resume warns, continues from step 2, and the log lists each step once."""
     out, steps = tmp_path / "run", [*STEPS, "--save-every", "2"]
@@ -232,9 +234,10 @@ def test_resuming_with_other_trainable_parts_is_refused_in_one_line(corpus, tmp_
         (["--no-augment"], "--no-augment False (now True)"),
     ],
 )
+# noqa: F811
 def test_resuming_with_another_config_is_refused_in_one_line(
     corpus, tmp_path, changed, said
-):  # noqa: F811
+):
     """--resume with another --preset trained the checkpoint's model without a word; any flag that changes the
     model, its data or its learning is refused likewise, before anything is built; the run's length is not."""
     out = tmp_path / "run"

@@ -455,6 +455,7 @@ def shifted(words: list[Word], start_ms, end_ms) -> list[Word]:
     [
         (50, 50, 50, 50, 100, 100),
         (-50, 50, 50, 50, 100, 100),  # errors are absolute
+        # the tolerance is inclusive, whatever the float sums give
         (
             100,
             -100,
@@ -462,10 +463,11 @@ def shifted(words: list[Word], start_ms, end_ms) -> list[Word]:
             100,
             100,
             100,
-        ),  # the tolerance is inclusive, whatever the float sums give
+        ),
         (150, 150, 150, 150, 0, 100),
         (50, -150, 50, 150, 0, 100),  # start AND end must be within
         (250, 0, 250, 0, 0, 0),
+        # (0+50+120+180+250)/5; 2 of 5 within 100, 4 of 5 within 200
         (
             [0, 50, 120, 180, 250],
             0,
@@ -473,7 +475,7 @@ def shifted(words: list[Word], start_ms, end_ms) -> list[Word]:
             0,
             40,
             80,
-        ),  # (0+50+120+180+250)/5; 2 of 5 within 100, 4 of 5 within 200
+        ),
     ],
 )
 def test_known_shifts_give_hand_computed_figures(

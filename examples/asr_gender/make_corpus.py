@@ -141,9 +141,8 @@ def corpus_args(
     parser.add_argument("--utterances", type=int, default=utterances)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if (
-        shutil.which("espeak-ng") is None
-    ):  # before the folder is made or anything is drawn
+    # before the folder is made or anything is drawn
+    if shutil.which("espeak-ng") is None:
         raise MissingTool(f"espeak-ng is not installed: {INSTALL}")
     return args, sentences(args.utterances, args.seed)
 

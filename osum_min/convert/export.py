@@ -29,9 +29,8 @@ def export_original(our_dir, out_path) -> Path:
         model = OSUM(OSUMConfig.from_file(config_path))
     load_weights(model, our_dir, device="cpu")  # each tensor keeps its stored dtype
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(
-        out_path
-    ) as f:  # a full disk, an interrupt: no partial file stays behind
+    # a full disk, an interrupt: no partial file stays behind
+    with atomic_write(out_path) as f:
         torch.save(original_state_dict(model), f)
     config_path = out_path.with_name(out_path.stem + "_config.json")
     config_path.write_text(json.dumps(original_config(model.config), indent=1))

@@ -272,10 +272,11 @@ def _open(url: str, offset: int, timeout: float):
         ) from None
     except urllib.error.URLError as err:
         raise DownloadError(f"{url}: {network_failure(url, err.reason)}") from None
+    # timeouts and resets that urllib does not wrap
     except (
         OSError,
         http.client.HTTPException,
-    ) as err:  # timeouts and resets that urllib does not wrap
+    ) as err:
         raise DownloadError(f"{url}: {network_failure(url, err)}") from None
 
 

@@ -47,30 +47,34 @@ BLOCK_TABLE = [
 KEY_TABLE = [
     ("encoder.embed.conv.0.{p}", "encoder.conv1.{p}"),
     ("encoder.embed.conv.2.{p}", "encoder.conv2.{p}"),
+    # (1, 1500, D) -> (1500, D)
     (
         "encoder.embed.pos_enc.pe",
         "encoder.positional_embedding",
-    ),  # (1, 1500, D) -> (1500, D)
+    ),
     *[("encoder." + src, "encoder." + dst) for src, dst in BLOCK_TABLE],
     ("down_sample_2.conv.1.{p}", "adaptor.downsample.convs.0.{p}"),
     ("down_sample_2.conv.4.{p}", "adaptor.downsample.convs.1.{p}"),
     ("down_sample_2.conv.7.{p}", "adaptor.downsample.convs.2.{p}"),
     ("speech_transformer.embed.out.0.{p}", "adaptor.input_proj.{p}"),
     ("speech_transformer.embed.out.1.{p}", "adaptor.input_ln.{p}"),
+    # (1, 5000, D) -> (5000, D)
     (
         "speech_transformer.embed.pos_enc.pe",
         "adaptor.positional_embedding",
-    ),  # (1, 5000, D) -> (5000, D)
+    ),
     *[("speech_transformer." + src, "adaptor." + dst) for src, dst in BLOCK_TABLE],
     ("speech_llama_proj.{p}", "adaptor.proj.{p}"),
+    # rows speech_token_num + (0, 1) only
     (
         "speech_token_emded.weight",
         "speech_bos_eos",
-    ),  # rows speech_token_num + (0, 1) only
+    ),
+    # Qwen2 (peft-wrapped): qwen2.hf_key_to_ours maps the rest
     (
         "llama_model.{hf}",
         "llm.{hf}",
-    ),  # Qwen2 (peft-wrapped): qwen2.hf_key_to_ours maps the rest
+    ),
 ]
 # Keys in the original's checkpoint that carry nothing the model uses (docs/original.md §3d), dropped by name.
 DROPPED = [
@@ -331,9 +335,8 @@ def load_checkpoint(path: Path) -> dict:
             "loads as it is)"
         )
     zipped = head.startswith(b"PK\x03\x04")
-    if not zipped and not head.startswith(
-        b"\x80"
-    ):  # torch.save's older format starts with a pickle opcode
+    # torch.save's older format starts with a pickle opcode
+    if not zipped and not head.startswith(b"\x80"):
         raise WeightsError(
             f"{path}: not a PyTorch checkpoint (neither torch.save's zip archive nor its pickle)"
         )

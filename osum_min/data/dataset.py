@@ -398,9 +398,8 @@ class BatchStream:
     def _epochs(self):
         while True:
             self.dataset.set_epoch(self.epoch)
-            with torch.random.fork_rng(
-                devices=[]
-            ):  # a new DataLoader iterator draws a seed from torch's RNG:
+            # a new DataLoader iterator draws a seed from torch's RNG:
+            with torch.random.fork_rng(devices=[]):
                 # keep it out of the training stream
                 loader = iter(make_loader(self.dataset, self.num_workers))
             for _ in range(self.consumed):

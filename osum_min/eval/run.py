@@ -273,9 +273,8 @@ def decode(
             try:
                 sink.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
                 sink.flush()
-            except (
-                OSError
-            ) as err:  # a full disk: what is written stays, the same command resumes
+            # a full disk: what is written stays, the same command resumes
+            except OSError as err:
                 raise FileError(
                     out / name, f"cannot write: {os_problem(err)}"
                 ) from None

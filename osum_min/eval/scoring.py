@@ -342,9 +342,8 @@ def osum_error_rate(
     for (
         word,
         index,
-    ) in (
-        vocabulary.items()
-    ):  # insertion order: the order the original first meets each class
+        # insertion order: the order the original first meets each class
+    ) in vocabulary.items():
         clusters.setdefault(default_cluster(word), []).append(index)
     overall = _line(counts.sum(axis=0))
     result = {"value": overall.pop("percent"), **overall, "utterances": len(keys)}

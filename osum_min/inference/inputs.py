@@ -112,9 +112,8 @@ def collect_inputs(paths: list[str]) -> list[Item]:
         path = Path(name)
         try:
             is_dir = stat.S_ISDIR(os.stat(path).st_mode)
-        except (
-            OSError
-        ) as err:  # a name too long, a loop of links: load_audio or read_list names it
+        # a name too long, a loop of links: load_audio or read_list names it
+        except OSError as err:
             if err.errno == errno.ENOENT:
                 raise DataError(
                     f"{printable(name)}: no such file or directory"
@@ -147,9 +146,8 @@ def _mark_twice(items: list[Item]) -> None:
         if item.problem is not None:
             continue
         names = [("key", item.key)]
-        if item.key == printable(
-            item.path
-        ):  # not named by a list: the file itself is the name
+        # not named by a list: the file itself is the name
+        if item.key == printable(item.path):
             try:
                 names.append(("file", os.path.realpath(item.path)))
             except ValueError:  # a name no file can have: its reader says so

@@ -48,9 +48,10 @@ class RequestError(ValueError):
         super().__init__(" ".join(f"{printable(name)}: {printable(problem)}".split()))
         self.name, self.problem, self.kind = name, problem, kind
 
+    # pickles (torch.distributed, multiprocessing) with its three fields
     def __reduce__(
         self,
-    ):  # pickles (torch.distributed, multiprocessing) with its three fields
+    ):
         return RequestError, (self.name, self.problem, self.kind)
 
 
@@ -142,9 +143,8 @@ def _encoded(request: Request):
             f"samples must be a non-empty 1-D or (channels, samples) array of real "
             f"numbers, got {samples.dtype} of shape {samples.shape}",
         )
-    if (
-        samples.dtype.kind in "iu"
-    ):  # integer PCM, scaled as soundfile reads it (int16 / 32768)
+    # integer PCM, scaled as soundfile reads it (int16 / 32768)
+    if samples.dtype.kind in "iu":
         info = np.iinfo(samples.dtype)
         samples = (samples.astype(np.float64) - (info.max + 1 + info.min) / 2) / (
             (info.max - info.min + 1) / 2

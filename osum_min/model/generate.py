@@ -208,9 +208,8 @@ class FastDecodeStep:
         if entry[1] is None:
             try:
                 entry[1:] = self._capture(model, inputs)
-            except (
-                RuntimeError
-            ) as err:  # a step that cannot be captured still decodes, only slower
+            # a step that cannot be captured still decodes, only slower
+            except RuntimeError as err:
                 warnings.warn(
                     f"decoding without CUDA graphs: capture failed ({' '.join(str(err).split())[:200]})"
                 )
@@ -266,9 +265,8 @@ class CachedDecoder:
             else StepInputs.empty(model, B, copies, prompt_slots, new_slots)
         )
         last_hidden = []
-        for item, first in enumerate(
-            mask.argmax(-1).tolist()
-        ):  # from its first real slot: no compute on padding
+        # from its first real slot: no compute on padding
+        for item, first in enumerate(mask.argmax(-1).tolist()):
             hidden = model.prefill(
                 inputs_embeds[item : item + 1, first - pad :],
                 mask[item : item + 1],
@@ -477,9 +475,8 @@ def _beam_search(
             1,
         ).tolist()
         for b, values in enumerate(host):
-            if (
-                values[-1] and not done[b]
-            ):  # the model broke on this item: it ends, with no answer
+            # the model broke on this item: it ends, with no answer
+            if values[-1] and not done[b]:
                 done[b] = broken[b] = True
             normalised, sources, tokens, ended = (
                 values[i * C : (i + 1) * C] for i in range(4)

@@ -68,9 +68,8 @@ def linear(x, weight, bias=None):
             else _onednn(x, weight, bias)
         )
     rows = x.numel() // x.shape[-1]
-    if (
-        rows > 64 or not weight.is_contiguous()
-    ):  # a GEMM big enough for MKL's own blocking, or input-major weights
+    # a GEMM big enough for MKL's own blocking, or input-major weights
+    if rows > 64 or not weight.is_contiguous():
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     flat = flat.repeat(2, 1) if rows == 1 else flat

@@ -144,9 +144,8 @@ class OSUMConfig:
         room = self.llm.max_positions - speech  # for the prompt and the answer
         if prompt_tokens + max_new_tokens <= room:
             return None
-        if (
-            max_new_tokens >= room
-        ):  # no prompt could fit: the answer's length is what is wrong
+        # no prompt could fit: the answer's length is what is wrong
+        if max_new_tokens >= room:
             return (
                 f"max_new_tokens {max_new_tokens} does not fit: this model's answers take at most "
                 f"{max(room - prompt_tokens, 0)} new tokens after this {prompt_tokens}-token prompt "
@@ -415,9 +414,8 @@ class OSUM(nn.Module):
         )
         targets = batch.targets[:, 1:]  # (B, L - 1): slot t predicts slot t + 1
         predicts = targets != IGNORE_ID
-        logits = self.llm.lm_head(
-            hidden[:, :-1][predicts]
-        ).float()  # (N_label_tokens, V)
+        # (N_label_tokens, V)
+        logits = self.llm.lm_head(hidden[:, :-1][predicts]).float()
         # (N_label_tokens,)
         token_losses = F.cross_entropy(logits, targets[predicts], reduction="none")
         rows = predicts.nonzero()[:, 0]  # each label token's row

@@ -43,9 +43,8 @@ QUANTIZE_ROWS = 8192  # output channels quantised at a time (the 7B's lm_head: 1
 def _pack(weight_int8, scale):
     """fbgemm's packed form of (out, in) int8 rows with float scales; the int8 tensor can go."""
     zeros = torch.zeros(scale.shape, dtype=torch.long)
-    with (
-        warnings.catch_warnings()
-    ):  # quantized tensors are deprecated: their ops are all we use
+    # quantized tensors are deprecated: their ops are all we use
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         quantized = torch._make_per_channel_quantized_tensor(
             weight_int8, scale.double(), zeros, 0

@@ -479,11 +479,12 @@ def load_hf_checkpoint(directory, dtype=None, **config_overrides) -> Qwen2:
         config = Qwen2Config.from_hf(
             json.loads((directory / "config.json").read_text()), **config_overrides
         )
+    # ValueError: invalid JSON, a value out of range
     except (
         OSError,
         ValueError,
         TypeError,
-    ) as err:  # ValueError: invalid JSON, a value out of range
+    ) as err:
         raise WeightsError(
             f"{directory / 'config.json'}: cannot read a Qwen2 config ({err})"
         ) from None

@@ -123,9 +123,8 @@ class Batcher:
                 ):
                     pending.discard(index)
                     jobs[index].resolve(answer)
-            except (
-                DecodingStopped
-            ) as err:  # every client still waiting on this batch went away or timed out
+            # every client still waiting on this batch went away or timed out
+            except DecodingStopped as err:
                 self._fail(jobs, pending, str(err))
             except Exception as err:  # noqa: BLE001  one bad batch fails its requests, never the worker
                 self._fail(

@@ -56,15 +56,13 @@ class Task:
     name: str
     tag: str
     prompt: str | None  # None: the first paraphrase
-    labels: tuple[
-        str, ...
-    ] = ()  # kinds of LABEL_SETS, in the order the output appends them
+    # kinds of LABEL_SETS, in the order the output appends them
+    labels: tuple[str, ...] = ()
     # False for the label-only tasks (`age+gender`, `style+age+gender`)
     transcript: bool = True
     output: str = "text"  # a PARSERS key: "text" transcript then label tags; "srwt" timed words; "sttc" + reply
-    paraphrases: tuple[
-        str, ...
-    ] = ()  # training draws one per sample; (): the prompt alone
+    # training draws one per sample; (): the prompt alone
+    paraphrases: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.prompt is None:

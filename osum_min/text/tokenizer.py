@@ -198,9 +198,8 @@ def read_rank_file(path: Path) -> tuple[dict[bytes, int], list[AddedToken] | Non
                 added.append(AddedToken(text, int(fields[1]), fields[2] == b"special"))
             elif fields:
                 raise ValueError("wrong number of fields")
-        except (
-            ValueError
-        ) as err:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        # binascii.Error and UnicodeDecodeError are ValueErrors too
+        except ValueError as err:
             raise TokenizerError(
                 f"{path}:{number}: not a rank-file line ({err}): {line[:60]!r}"
             ) from None
@@ -388,9 +387,8 @@ class Tokenizer:
             stacklevel=2,
         )
         unknown, pieces, run = set(unknown), [], []
-        for token_id in ids + [
-            None
-        ]:  # runs of known ids decode together, so multi-token characters stay whole
+        # runs of known ids decode together, so multi-token characters stay whole
+        for token_id in ids + [None]:
             if token_id is None or token_id in unknown:
                 pieces.append(self.encoding.decode_bytes(run))
                 pieces.append(

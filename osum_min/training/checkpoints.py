@@ -145,9 +145,8 @@ def load_checkpoint(path: Path) -> dict:
                 f"{path}: refused: it holds a Python object ({found.group(1)}), not only tensors and "
                 f"plain data; a train.py checkpoint never does"
             ) from None
-        if isinstance(
-            err, pickle.UnpicklingError
-        ):  # drop torch's advice to turn the safety off
+        # drop torch's advice to turn the safety off
+        if isinstance(err, pickle.UnpicklingError):
             lines = [line for line in lines if not line.startswith(TORCH_ADVICE)] or [
                 type(err).__name__
             ]
@@ -193,9 +192,8 @@ def restore(
     trainable = sorted(
         name for name, parameter in model.named_parameters() if parameter.requires_grad
     )
-    if (
-        sorted(state["model"]) != trainable
-    ):  # set_model_state_dict below is not strict: a mismatch would pass unseen
+    # set_model_state_dict below is not strict: a mismatch would pass unseen
+    if sorted(state["model"]) != trainable:
         raise TrainingError(
             f"{path}: trained {describe_keys(sorted(state['model']))}; this run trains "
             f"{describe_keys(trainable)}: resume with the --fire-module it was saved with"

@@ -47,14 +47,16 @@ FIRE_MODULES = {
     "llm": ("lora",),
     "link_and_encoder": ("link", "encoder"),
     "link_and_encoder_and_lora": ("link", "encoder", "lora"),
+    # adaptor + LoRA on pretrained parts (the GPU recipe)
     "link_and_lora": (
         "link",
         "lora",
-    ),  # adaptor + LoRA on pretrained parts (the GPU recipe)
+    ),
+    # adaptor + the whole LLM, encoder frozen (an LLM trained from scratch)
     "link_and_llm": (
         "link",
         "llm_all",
-    ),  # adaptor + the whole LLM, encoder frozen (an LLM trained from scratch)
+    ),
     "all": ("everything",),
 }
 FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -425,9 +427,10 @@ def optimization_step(
                 batch["labels"],
             )
         batch_tokens = label_tokens(batch)
+        # DDP averages over ranks
         (
             output.loss * (batch_tokens * world / tokens if batch_tokens else 0.0)
-        ).backward()  # DDP averages over ranks
+        ).backward()
         if batch_tokens:
             loss_sum += output.loss.item() * batch_tokens
             window.add_items(
