@@ -12,7 +12,7 @@ layout (bf16 safetensors, ~16 GB) tensor by tensor to --dir, unless one is there
 Ends with ONE JSON line. Use a small --preset first (seconds), then the released one under the machine's lock:
 
     python bench/cpu_7b.py --preset tiny --dir /tmp/osum-tiny --modes float32 int8
-    flock /tmp/cpu.lock python bench/cpu_7b.py --dir /work/bench-7b/osum --modes bf16 int8
+    python bench/cpu_7b.py --dir /tmp/osum-7b --modes bf16 int8
 """
 
 import argparse
@@ -183,7 +183,7 @@ def child(args) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(OSUM_PRESETS), default="osum")
-    parser.add_argument("--dir", type=Path, default=Path("/work/bench-7b/osum"))
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/osum-7b"))
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument(
         "--new-tokens", type=int, default=8, help="decode tokens timed per run"
