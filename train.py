@@ -407,6 +407,13 @@ def main(argv=None) -> int:
         # a crash after the checkpoint logged steps that now run again
         trim_log(log_path, step)
     batches = data.BatchStream(dataset, args.num_workers, position)
+
+    def checkpoint() -> int:
+        """The current step's checkpoint, at the data position reached."""
+        return save(
+            args, step, model, optimizer, scheduler, trainable, batches.position
+        )
+
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     skipped_by_worker = {}  # this pass's count of unreadable samples, as each DataLoader worker last reported it
@@ -472,15 +479,7 @@ def main(argv=None) -> int:
                     say(log_line(record))
                     window = LossWindow(time.time)
                 if step % args.save_every == 0 or step == args.max_steps:
-                    saved_step = save(
-                        args,
-                        step,
-                        model,
-                        optimizer,
-                        scheduler,
-                        trainable,
-                        batches.position,
-                    )
+                    saved_step = checkpoint()
                 if (
                     main_process
                     and args.dev_data
@@ -513,15 +512,7 @@ def main(argv=None) -> int:
                 ):
                     # all ranks stop at one step, with a checkpoint of it
                     if saved_step != step:
-                        save(
-                            args,
-                            step,
-                            model,
-                            optimizer,
-                            scheduler,
-                            trainable,
-                            batches.position,
-                        )
+                        checkpoint()
                     return 130
     except KeyboardInterrupt:
         say(
