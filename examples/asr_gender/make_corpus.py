@@ -5,8 +5,10 @@
 Sentences come from a template grammar over ~250 words; each is spoken by one of 10 espeak-ng voice variants (5
 female, 5 male) at a random speed and pitch. Sentences are split 80/10/10 into train/dev/test, so no test text is
 ever heard in training; the voices are shared (ten variants are too few to hold some out and still cover both
-genders). train.jsonl lists every clip twice, once per task (`<TRANSCRIBE> <GENDER>` with the label appended as
-`<female>`/`<male>`, and plain `<TRANSCRIBE>`); dev/test list each clip once, with the gender task.
+genders). A training sentence is spoken twice, by a female and by a male voice (`clip_voices`: its words must
+not tell the gender). train.jsonl lists every clip twice, once per task (`<TRANSCRIBE> <GENDER>` with the
+label appended as `<female>`/`<male>`, and plain `<TRANSCRIBE>`); dev/test list each clip once, with the gender
+task.
 
 A second run over the same folder (resumed, repeated, or built in pieces) keeps a clip only when `wav/KEY.json`
 records the same text, voice, speed and pitch as this run draws for it, so any run gives the corpus one run gives.
@@ -14,11 +16,13 @@ records the same text, voice, speed and pitch as this run draws for it, so any r
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import soundfile
@@ -135,11 +139,17 @@ def speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
 def corpus_args(
     argv, doc: str, utterances: int
 ) -> tuple[argparse.Namespace, list[str]]:
-    """--out, --utterances, --seed; and the sentences they draw."""
+    """--out, --utterances, --seed, --jobs; and the sentences they draw."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--utterances", type=int, default=utterances)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count(),
+        help="clips made at once (default: one per core)",
+    )
     args = parser.parse_args(argv)
     # before the folder is made or anything is drawn
     if shutil.which("espeak-ng") is None:
@@ -147,40 +157,63 @@ def corpus_args(
     return args, sentences(args.utterances, args.seed)
 
 
+def clip_voices(split: str, key: str) -> list[tuple[str, list]]:
+    """A training sentence is spoken twice, by a female and by a male voice, so its words never tell the
+    gender: a model that memorises sentence -> gender (one voice per sentence) stops listening for it. A dev
+    or test sentence is spoken once, by any voice."""
+    if split != "train":
+        return [(key, VOICES)]
+    return [
+        (f"{key}{gender[0]}", [v for v in VOICES if v[1] == gender])
+        for gender in ("female", "male")
+    ]
+
+
+def make_clip(out: Path, key: str, text: str, voices: list, seed: int) -> dict:
+    """wav/KEY.wav (kept when an earlier run drew the same) and its list entry."""
+    # each clip's voice, speed and pitch come from its own seed: they (and the gender label beside them) never
+    # depend on which clips an earlier, interrupted or smaller run left in the folder
+    clip_rng = random.Random(f"{seed}/{key}/{text}")
+    voice, gender = clip_rng.choice(voices)
+    spoken = {
+        "text": text,
+        "voice": voice,
+        "speed": clip_rng.randint(130, 210),
+        "pitch": clip_rng.randint(35, 65),
+    }
+    path, record = out / "wav" / f"{key}.wav", out / "wav" / f"{key}.json"
+    if not (
+        path.exists() and record.exists() and json.loads(record.read_text()) == spoken
+    ):
+        speak(text, voice, speed=spoken["speed"], pitch=spoken["pitch"], path=path)
+        # after the audio: a clip cut short by a kill is spoken again
+        record.write_text(json.dumps(spoken))
+    return {"key": key, "wav": f"wav/{key}.wav", "txt": text, "gender": gender}
+
+
+def sentence_clips(job: tuple) -> tuple[str, list[dict]]:
+    """Sentence `index`'s split and its clips' list entries."""
+    index, text, out, seed = job
+    split, key = split_and_key(index)
+    clips = [
+        make_clip(out, clip_key, text, voices, seed)
+        for clip_key, voices in clip_voices(split, key)
+    ]
+    return split, clips
+
+
 def main(argv=None) -> dict[str, Path]:
     args, texts = corpus_args(argv, __doc__, 3000)
     (args.out / "wav").mkdir(parents=True, exist_ok=True)
     splits = {"train": [], "dev": [], "test": []}
-    with Progress(len(texts), "synthesizing") as bar:
-        for index, text in enumerate(texts):
-            split, key = split_and_key(index)
-            # each clip's voice, speed and pitch come from its own seed: they (and the gender label beside them) never
-            # depend on which clips an earlier, interrupted or smaller run left in the folder
-            clip_rng = random.Random(f"{args.seed}/{key}/{text}")
-            voice, gender = clip_rng.choice(VOICES)
-            spoken = {
-                "text": text,
-                "voice": voice,
-                "speed": clip_rng.randint(130, 210),
-                "pitch": clip_rng.randint(35, 65),
-            }
-            path, record = (
-                args.out / "wav" / f"{key}.wav",
-                args.out / "wav" / f"{key}.json",
-            )
-            if not (
-                path.exists()
-                and record.exists()
-                and json.loads(record.read_text()) == spoken
-            ):
-                speak(
-                    text, voice, speed=spoken["speed"], pitch=spoken["pitch"], path=path
-                )
-                # after the audio: a clip cut short by a kill is spoken again
-                record.write_text(json.dumps(spoken))
-            splits[split].append(
-                {"key": key, "wav": f"wav/{key}.wav", "txt": text, "gender": gender}
-            )
+    jobs = [(i, text, args.out, args.seed) for i, text in enumerate(texts)]
+    with (
+        Progress(len(texts), "synthesizing") as bar,
+        ProcessPoolExecutor(args.jobs) as pool,
+    ):
+        # in corpus order, whichever worker spoke the sentence
+        for split, clips in pool.map(sentence_clips, jobs, chunksize=4):
+            splits[split] += clips
             bar.update()
     lists = {}
     for split, clips in splits.items():

