@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -150,24 +151,33 @@ def make_clip(text: str, style: dict, seed: str, path: Path):
     return labels
 
 
+def one_clip(job: tuple) -> tuple[str, str, dict, dict]:
+    """Clip `index` of the corpus (kept when an earlier run made it with this style)."""
+    index, text, out, corpus_seed = job
+    split, key = asr_gender.split_and_key(index)
+    seed = f"{corpus_seed}/{key}/{text}"
+    style = draw_style(random.Random(seed))
+    path = out / "wav" / f"{key}.wav"
+    record = out / "wav" / f"{key}.json"
+    kept = record.exists() and json.loads(record.read_text())["style"] == style
+    if kept and path.exists():
+        return split, key, style, json.loads(record.read_text())["labels"]
+    labels = make_clip(text, style, seed, path)
+    record.write_text(json.dumps({"style": style, "labels": labels}))
+    return split, key, style, labels
+
+
 def main(argv=None) -> dict[str, Path]:
     args, texts = asr_gender.corpus_args(argv, __doc__, 1500)
     (args.out / "wav").mkdir(parents=True, exist_ok=True)
     lists = {"train": [], "dev": [], "test": []}
-    with Progress(len(texts), "synthesizing") as bar:
-        for index, text in enumerate(texts):
-            split, key = asr_gender.split_and_key(index)
-            seed = f"{args.seed}/{key}/{text}"
-            style = draw_style(random.Random(seed))
-            path, record = (
-                args.out / "wav" / f"{key}.wav",
-                args.out / "wav" / f"{key}.json",
-            )
-            kept = record.exists() and json.loads(record.read_text())["style"] == style
-            labels = json.loads(record.read_text())["labels"] if kept else None
-            if not (kept and path.exists()):
-                labels = make_clip(text, style, seed, path)
-                record.write_text(json.dumps({"style": style, "labels": labels}))
+    jobs = [(i, text, args.out, args.seed) for i, text in enumerate(texts)]
+    with (
+        Progress(len(texts), "synthesizing") as bar,
+        ProcessPoolExecutor(args.jobs) as pool,
+    ):
+        # in corpus order, whichever worker made the clip
+        for split, key, style, labels in pool.map(one_clip, jobs, chunksize=4):
             for task, label in labels.items():
                 line = {"key": f"{key}-{task}", "wav": f"wav/{key}.wav", "txt": label}
                 lists[split].append(
