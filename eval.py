@@ -29,6 +29,7 @@ from osum_min.cli import (
     add_precision_flags,
     device_problem,
     lowest_problem,
+    weights_path,
 )
 from osum_min.files import MAX_LIST_BYTES, FileError, read_text, writable_folder
 from osum_min.model.generate import DEFAULT_DECODING
@@ -172,7 +173,9 @@ def add_run(commands):
     run.add_argument(
         "data", type=Path, help="the set's folder (or list file) in its official layout"
     )
-    run.add_argument("--weights", default="weights/osum")
+    run.add_argument(
+        "--weights", default="weights/osum", help="a directory, or mini (osum-mini)"
+    )
     run.add_argument("--out", type=Path, help="default runs/BENCH")
     run.add_argument("--limit", type=int, help="only the first N utterances")
     run.add_argument("--batch-size", type=int, default=8)
@@ -249,7 +252,10 @@ def run_benchmark(args) -> int:
             word_times = read_word_times(args.word_times)
         except TimingError as err:
             raise LayoutError(str(err)) from None
-    weights = Path(args.weights)
+    try:
+        weights = Path(weights_path(args.weights))
+    except (ValueError, OSError) as err:
+        raise LayoutError(str(err)) from None
     if problem := weights_problem(weights):
         raise LayoutError(problem)
     tokenizer = tokenizer_or_none(weights)

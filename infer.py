@@ -27,6 +27,7 @@ from osum_min.cli import (
     add_precision_flags,
     device_problem,
     lowest_problem,
+    weights_path,
 )
 from osum_min.config_check import ConfigError
 from osum_min.data.formats import DataError
@@ -552,15 +553,11 @@ class Report:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # weights/osum-mini, assembled from its packages on first use
-    if args.weights == "mini":
-        from osum_min.convert.mini import assembled
-
-        try:
-            args.weights = assembled()
-        except (ValueError, OSError) as err:
-            print(f"infer.py: error: {err}", file=sys.stderr)
-            return 2
+    try:
+        args.weights = weights_path(args.weights)
+    except (ValueError, OSError) as err:
+        print(f"infer.py: error: {err}", file=sys.stderr)
+        return 2
     if args.list_tasks:
         for task in TASKS.values():
             print(f"{task.name:22} {task.tag:38} {task.prompt}")

@@ -32,7 +32,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from osum_min.data import dataset as data
 from osum_min.inference import ranks
-from osum_min.cli import OneLineParser, device_problem, lowest_problem, seed_problem
+from osum_min.cli import (
+    OneLineParser,
+    device_problem,
+    lowest_problem,
+    seed_problem,
+    weights_path,
+)
 from osum_min.config_check import ConfigError
 from osum_min.training.checkpoints import (
     newest_checkpoint,
@@ -78,7 +84,7 @@ def parse_args(argv):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--init",
-        help="a converted OSUM directory (convert.py or a previous train.py --out/final)",
+        help="a converted OSUM directory (convert.py or a previous train.py --out/final), or mini (osum-mini)",
     )
     source.add_argument(
         "--preset", choices=OSUM_PRESETS, help="build a new model at this size"
@@ -190,6 +196,10 @@ def parse_args(argv):
         parser.error(
             "--encoder-init/--llm-init build a new model: use them with --preset, not --init"
         )
+    try:
+        args.init = args.init and weights_path(args.init)
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
     return args
 
 

@@ -29,6 +29,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def weights_path(value: str) -> str:
+    """--weights: a directory, or `mini` for weights/osum-mini (assembled from the [mini] packages,
+    docs/mini.md); a missing part raises convert.mini.MissingPart, one line."""
+    if value != "mini":
+        return value
+    from .convert.mini import assembled
+
+    return assembled()
+
+
 def add_precision_flags(parser: argparse.ArgumentParser) -> None:
     """--dtype and --quantize: overrides of the precision chosen for the memory there is (precision.py)."""
     parser.add_argument(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from ..model.encoder import EncoderConfig
 from ..model.osum import OSUM, OSUM_PRESETS, OSUMConfig
@@ -42,6 +43,8 @@ from .ct2 import ct2_encoder_state, encoder_dims, parse_ctranslate2
 # in the repository
 DELTA_DIR = Path(__file__).resolve().parents[2] / "weights" / "mini"
 DELTA_NAME = "delta.safetensors"
+# model.safetensors' metadata: the sha256 of the delta it holds
+DELTA_RECORD = "osum_mini_delta_sha256"
 OUT_DIR = Path("weights/osum-mini")
 DELTA = re.compile(f"{MODULE_PATTERNS['link']}|{MODULE_PATTERNS['lora']}")
 STORED = torch.float16  # the parts' base weights; fp16 holds the Q4-Q8 values to 2^-11
@@ -332,16 +335,39 @@ def assemble(
             replacing_directory(out) as new,
             Progress(size, f"writing {out}", unit="B") as bar,
         ):
-            save_weights(new, entries, progress=bar)
+            record = {DELTA_RECORD: delta_digest(delta)}
+            save_weights(new, entries, metadata=record, progress=bar)
             (new / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
             tokenizer.save(new)
     return config
 
 
+def delta_digest(delta: Path | None) -> str:
+    """The sha256 of `delta`/delta.safetensors, or "none" when it is absent."""
+    path = Path(delta) / DELTA_NAME if delta is not None else None
+    if path is None or not path.exists():
+        return "none"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def held_delta(directory: Path) -> str | None:
+    """The delta digest an assembled directory's weights record (None: not assembled here)."""
+    path = directory / "model.safetensors"
+    if not (directory / "config.json").is_file() or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(DELTA_RECORD)
+    # a torn or foreign file: assemble again
+    except Exception:
+        return None
+
+
 def assembled() -> str:
-    """infer.py --weights mini: weights/osum-mini, assembled from the packages on first use."""
-    if not (OUT_DIR / "config.json").is_file():
-        assemble(OUT_DIR)
+    """--weights mini: weights/osum-mini, assembled from the packages on first use and again
+    whenever the shipped delta is not the one it holds (a pull that brings a new delta)."""
+    if held_delta(OUT_DIR) != delta_digest(DELTA_DIR):
+        assemble(OUT_DIR, delta=DELTA_DIR)
     return str(OUT_DIR)
 
 
