@@ -2,17 +2,19 @@
 
 In CI the parts are stand-ins written in the real formats (a CTranslate2 model.bin, a GGUF with Q8_0
 tensors, a byte-level tokenizer.json), split over stand-in packages as the real ones are, so the
-whole code path runs in seconds. With OSUM_TEST_MINI=1 (or OSUM_TEST_GGUF=1) and the [mini] packages
-installed, the real parts are assembled and the LLM checked by a greedy completion.
+whole code path runs in seconds. Where the [mini] packages are installed (CI installs them), the real
+parts are assembled too: the LLM is checked by a greedy completion, and the shipped model by the README's
+first line on a real recording.
 """
 
 import hashlib
 import importlib.util
 import json
-import os
 import random
+import re
 import shutil
 import struct
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,9 +25,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import convert
+import eval as eval_cli
 import infer
 import train
 from conftest import ROOT
+from osum_min.cli import weights_path
 from osum_min.convert import mini
 from osum_min.model.osum import OSUM, OSUM_PRESETS, OSUMConfig
 from osum_min.text.tasks import TASKS, parse
@@ -335,6 +339,45 @@ def test_infer_weights_mini_assembles_on_first_use(
     assert (tmp_path / "osum-mini" / "config.json").is_file()
 
 
+def test_a_new_shipped_delta_is_assembled_in_before_use(parts, tmp_path, monkeypatch):
+    """weights/osum-mini assembled before a delta (or with an older one) is never used as if it were the
+    shipped model: `--weights mini` assembles again when the delta it holds is not the shipped one."""
+    out, shipped = tmp_path / "osum-mini", tmp_path / "shipped"
+    monkeypatch.setattr(mini, "OUT_DIR", out)
+    monkeypatch.setattr(mini, "DELTA_DIR", shipped)
+    assert weights_path("mini") == str(out)  # no delta yet: fresh adaptor and LoRA
+    assert mini.held_delta(out) == "none"
+    first = OSUM.from_pretrained(out, device="cpu", for_training=True)
+    with torch.no_grad():
+        first.speech_bos_eos.fill_(0.25)
+    first.save_pretrained(tmp_path / "trained")
+    mini.write_delta(tmp_path / "trained", shipped)  # a pull brings a delta
+    assert weights_path("mini") == str(out)
+    again = OSUM.from_pretrained(out, device="cpu", for_training=True)
+    assert torch.all(again.speech_bos_eos == 0.25)
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    weights_path("mini")  # up to date: not assembled again
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert weights_path("weights/other") == "weights/other"
+
+
+def test_eval_and_train_take_weights_mini(parts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(mini, "OUT_DIR", tmp_path / "osum-mini")
+    monkeypatch.setattr(mini, "DELTA_DIR", tmp_path / "no-delta")
+    args = train.parse_args(
+        ["--train-data", "x.jsonl", "--init", "mini", "--out", str(tmp_path / "r")]
+    )
+    assert args.init == str(tmp_path / "osum-mini")
+    # as if the LLM's packages were uninstalled
+    gone = replace(parts["llm"], files=(("osum_absent_part", "data/part.bin"),))
+    monkeypatch.setattr(mini, "PARTS", {**parts, "llm": gone})
+    (tmp_path / "osum-mini" / "config.json").unlink()
+    code = eval_cli.main(["run", "wenet", "x.jsonl", "--weights", "mini"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "osum-absent-part" in err and "pip install" in err
+
+
 def recipe_corpus():
     """examples/mini/make_corpus.py as a module (it needs espeak-ng and sox)."""
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
@@ -345,6 +388,8 @@ def recipe_corpus():
         "mini_corpus", ROOT / "examples" / "mini" / "make_corpus.py"
     )
     module = importlib.util.module_from_spec(spec)
+    # by name, as its worker processes' jobs are pickled
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -436,22 +481,65 @@ def test_the_server_answers_as_osum_mini_not_as_osum(parts, tmp_path, monkeypatc
         ]
 
 
-def test_real_parts_assemble_into_a_working_osum_mini(tmp_path):
-    if "1" not in (os.environ.get("OSUM_TEST_MINI"), os.environ.get("OSUM_TEST_GGUF")):
-        pytest.skip(
-            "opt-in: OSUM_TEST_MINI=1 assembles the real parts (~640 MB of packages)"
-        )
+@pytest.fixture(scope="module")
+def real_mini(tmp_path_factory):
+    """osum-mini assembled from the installed [mini] packages, with the shipped delta when there is one."""
     try:
         for part in mini.PARTS.values():
             mini.part_files(part)
     except mini.MissingPart as err:
         pytest.skip(str(err))
-    config = mini.assemble(tmp_path / "osum-mini", delta=None)
+    out = tmp_path_factory.mktemp("real") / "osum-mini"
+    config = mini.assemble(out, delta=mini.DELTA_DIR)
     assert config == OSUM_PRESETS["mini"]
-    model = OSUM.from_pretrained(tmp_path / "osum-mini", device="cpu")
-    tokenizer = Tokenizer.from_pretrained(tmp_path / "osum-mini")
+    return out
+
+
+def test_real_parts_assemble_into_a_working_osum_mini(real_mini):
+    model = OSUM.from_pretrained(real_mini, device="cpu")
+    tokenizer = Tokenizer.from_pretrained(real_mini)
     ids = tokenizer.encode("The capital of France is")
     with torch.inference_mode():
         for _ in range(3):
             ids.append(int(model.llm(torch.tensor([ids]))[0, -1].argmax()))
     assert tokenizer.decode(ids).startswith("The capital of France is Paris.")
+
+
+# the shipped model on the README's recording: at most this share of its words wrong
+REAL_WER_FLOOR = 0.5
+
+
+def test_the_shipped_model_times_the_words_of_a_real_recording(
+    real_mini, tmp_path, capsys
+):
+    """The README's first line: SRWT on a real LibriVox recording (examples/mini/sonnet1.wav), with SRT.
+    Its words are checked against the known text with a floor, not as an exact string."""
+    if mini.held_delta(real_mini) == "none":
+        pytest.skip(f"no trained delta shipped in {mini.DELTA_DIR}")
+    clip = ROOT / "examples" / "mini" / "sonnet1.wav"
+    args = ["--weights", str(real_mini), "--task", "srwt", "--srt", str(tmp_path)]
+    assert infer.main([*args, str(clip)]) == 0
+    answer = capsys.readouterr().out
+    heard = parse(TASKS["srwt"], answer)
+    words = normalised_words(heard.transcript or "")
+    known = normalised_words((ROOT / "examples" / "mini" / "sonnet1.txt").read_text())
+    assert word_error_rate(known, words) <= REAL_WER_FLOOR, answer
+    cues = (tmp_path / "sonnet1.srt").read_text().strip().split("\n\n")
+    assert len(cues) >= len(known) // 2, cues
+
+
+def normalised_words(text: str) -> list[str]:
+    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
+
+
+def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
+    """Levenshtein distance over words / reference words."""
+    row = list(range(len(hypothesis) + 1))
+    for i, word in enumerate(reference, 1):
+        previous, row[0] = row[0], i
+        for j, heard in enumerate(hypothesis, 1):
+            previous, row[j] = (
+                row[j],
+                min(row[j] + 1, row[j - 1] + 1, previous + (word != heard)),
+            )
+    return row[-1] / len(reference)
