@@ -122,6 +122,13 @@ def parse_args(argv):
         help="dynamic batching: mel frames per batch",
     )
     parser.add_argument(
+        "--sort-buffer",
+        type=int,
+        default=data.DataConfig.sort_buffer,
+        help="samples sorted by length before batching (the original's 500); a smaller"
+        " one keeps tasks of different lengths in turn (1: no sorting)",
+    )
+    parser.add_argument(
         "--no-augment", action="store_true", help="switch off SpecAugment and spec_sub"
     )
     parser.add_argument(
@@ -209,6 +216,7 @@ LOWEST = {
     "warmup_steps": 0,
     "accum_grad": 1,
     "batch_frames": 1,
+    "sort_buffer": 1,
     "log_every": 1,
     "save_every": 1,
     "keep_last": 0,
@@ -307,6 +315,7 @@ def data_config(args) -> data.DataConfig:
         return replace(
             data.DataConfig(),
             max_frames_in_batch=args.batch_frames,
+            sort_buffer=args.sort_buffer,
             prompts=prompts,
             **({"spec_aug": False, "spec_sub": False} if args.no_augment else {}),
         )
@@ -329,6 +338,7 @@ SAME_RUN = (
     "accum_grad",
     "grad_clip",
     "batch_frames",
+    "sort_buffer",
     "no_augment",
     "prompts",
     "seed",

@@ -669,3 +669,14 @@ def test_prompts_for_a_tag_of_no_task_are_refused_before_anything_loads(
         train.main(args)
     # refused before the model was built
     assert not (tmp_path / "out" / "init").exists()
+
+
+def test_the_sort_buffer_is_a_flag(tmp_path):
+    """A multi-task list whose tasks differ in length (SRWT clips are the longest) is batched in task blocks by
+    the original's 500-sample sort buffer: --sort-buffer makes it smaller, and it reaches the data pipeline."""
+    base = ["--train-data", "x.jsonl", "--preset", "tiny", "--out", str(tmp_path)]
+    assert train.data_config(train.parse_args(base)).sort_buffer == 500
+    args = train.parse_args([*base, "--sort-buffer", "16"])
+    assert train.data_config(args).sort_buffer == 16
+    with pytest.raises(SystemExit):
+        train.parse_args([*base, "--sort-buffer", "0"])

@@ -232,6 +232,7 @@ def test_resuming_with_other_trainable_parts_is_refused_in_one_line(corpus, tmp_
         (["--lr", "0.5"], "--lr"),
         (["--seed", "7"], "--seed"),
         (["--no-augment"], "--no-augment False (now True)"),
+        (["--sort-buffer", "16"], "--sort-buffer 500 (now 16)"),
     ],
 )
 # noqa: F811

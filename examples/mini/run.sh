@@ -7,7 +7,7 @@
 set -e
 DATA=${1:-data/mini}
 RUN=${2:-runs/mini}
-STEPS=${3:-650}
+STEPS=${3:-500}
 UTTERANCES=${4:-5000}
 python examples/mini/make_corpus.py --out "$DATA" --utterances "$UTTERANCES"
 python convert.py --mini --no-delta --out "$RUN/init"
