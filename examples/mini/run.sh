@@ -2,7 +2,7 @@
 # osum-mini on the CPU (docs/mini.md): a TTS corpus, the parts assembled from packages, training with the Whisper
 # base encoder and Qwen2.5-0.5B frozen (adaptor + LoRA + speech bos/eos trained), scores with eval.py, the
 # learning curve, and the delta that weights/mini/ ships. Needs the [mini] packages, espeak-ng and sox (flite too).
-# About 75 minutes on 2 cores.
+# About 70 minutes on 2 cores (docs/mini.md).
 # Usage: sh examples/mini/run.sh [DATA_DIR] [RUN_DIR] [STEPS] [UTTERANCES]
 set -e
 DATA=${1:-data/mini}
@@ -18,6 +18,5 @@ python train.py --train-data "$DATA/train.jsonl" --dev-data "$DATA/dev.jsonl" --
     --save-every 250 --eval-every 250 --eval-batches 3 --max-bad-steps 5
 python examples/mini/curve.py "$RUN"
 python -m osum_min.convert.mini delta "$RUN/final" "$RUN/delta"
-# the first 300 held-out lines (all three tasks), greedy and batched
-python eval.py run wenet "$DATA/test.jsonl" --weights "$RUN/final" --out "$RUN/eval" --limit 300 \
-    --beams 1 --batch-size 8
+# every held-out line, scored per task (a --limit would keep the first task's lines only), greedy and batched
+python eval.py run wenet "$DATA/test.jsonl" --weights "$RUN/final" --out "$RUN/eval" --beams 1 --batch-size 8
