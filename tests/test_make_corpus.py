@@ -5,7 +5,10 @@ no longer matched the audio)."""
 import hashlib
 import json
 import importlib.util
+import os
 import shutil
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -75,3 +78,31 @@ def test_no_training_sentence_tells_the_gender(tmp_path):
     assert all(found == {"female", "male"} for found in genders.values())
     for split in ("dev", "test"):
         assert len(lists[split].read_text().splitlines()) == 1
+
+
+FORKED_AFTER_TORCH = """
+import importlib.util, sys, torch
+torch.nn.functional.conv1d(torch.randn(1, 16, 50_000), torch.randn(16, 16, 3))
+spec = importlib.util.spec_from_file_location("make_corpus", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+module.main(["--out", sys.argv[2], "--utterances", "4", "--jobs", "2"])
+"""
+
+
+def test_workers_forked_after_torch_has_run_do_not_hang(tmp_path):
+    """The corpus' worker processes are forked: after the parent has run a parallel torch op (OpenMP's threads
+    started, as in a test session or a notebook), a worker's first torch op deadlocked in libgomp. Run apart,
+    so that a hang is a failure here and not a stuck test session."""
+    script = ROOT / "examples" / "asr_gender" / "make_corpus.py"
+    command = [sys.executable, "-c", FORKED_AFTER_TORCH, str(script), str(tmp_path)]
+    child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE)
+    try:
+        child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        pytest.fail("make_corpus.py's workers hung after torch had run in the parent")
+    assert child.returncode == 0
+    assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 16

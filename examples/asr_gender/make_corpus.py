@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import soundfile
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from osum_min.audio import load_audio  # noqa: E402  (resamples espeak's 22.05 kHz to 16 kHz)
@@ -157,6 +158,12 @@ def corpus_args(
     return args, sentences(args.utterances, args.seed)
 
 
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """Processes that each use one torch thread: a worker forked from a process whose OpenMP threads
+    have run (a test, a notebook) deadlocks in its first parallel torch op otherwise."""
+    return ProcessPoolExecutor(jobs, initializer=torch.set_num_threads, initargs=(1,))
+
+
 def clip_voices(split: str, key: str) -> list[tuple[str, list]]:
     """A training sentence is spoken twice, by a female and by a male voice, so its words never tell the
     gender: a model that memorises sentence -> gender (one voice per sentence) stops listening for it. A dev
@@ -209,7 +216,7 @@ def main(argv=None) -> dict[str, Path]:
     jobs = [(i, text, args.out, args.seed) for i, text in enumerate(texts)]
     with (
         Progress(len(texts), "synthesizing") as bar,
-        ProcessPoolExecutor(args.jobs) as pool,
+        worker_pool(args.jobs) as pool,
     ):
         # in corpus order, whichever worker spoke the sentence
         for split, clips in pool.map(sentence_clips, jobs, chunksize=4):

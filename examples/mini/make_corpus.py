@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +173,7 @@ def main(argv=None) -> dict[str, Path]:
     jobs = [(i, text, args.out, args.seed) for i, text in enumerate(texts)]
     with (
         Progress(len(texts), "synthesizing") as bar,
-        ProcessPoolExecutor(args.jobs) as pool,
+        asr_gender.worker_pool(args.jobs) as pool,
     ):
         # in corpus order, whichever worker made the clip
         for split, key, style, labels in pool.map(one_clip, jobs, chunksize=4):
