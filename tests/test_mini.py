@@ -372,7 +372,11 @@ def test_eval_and_train_take_weights_mini(parts, tmp_path, monkeypatch, capsys):
     gone = replace(parts["llm"], files=(("osum_absent_part", "data/part.bin"),))
     monkeypatch.setattr(mini, "PARTS", {**parts, "llm": gone})
     (tmp_path / "osum-mini" / "config.json").unlink()
-    code = eval_cli.main(["run", "wenet", "x.jsonl", "--weights", "mini"])
+    soundfile.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps({"key": "a", "wav": "a.wav", "txt": "hi"}) + "\n")
+    capsys.readouterr()  # the assembly's progress above
+    code = eval_cli.main(["run", "wenet", str(data), "--weights", "mini"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "osum-absent-part" in err and "pip install" in err
