@@ -16,15 +16,9 @@ ORDERS = ["original order", "prompt after speech"]
 class PromptAfterSpeech(OSUM):
     """The issue's change: the prompt moved after the speech, in `_item` alone."""
 
-    def _item(self, prompt_ids, speech, label_ids=()):
+    def _item(self, prompt, speech, label, label_ids=()):
         bos, eos = self.speech_bos_eos.to(speech.dtype)[:, None, :]  # (1, H) each
-        tail = torch.cat(
-            [
-                self._embed_ids(prompt_ids, speech.dtype),
-                self._embed_ids(label_ids, speech.dtype),
-            ]
-        )
-        embeds = torch.cat([bos, speech, eos, tail])  # (1 + S + 1 + P + A, H)
+        embeds = torch.cat([bos, speech, eos, prompt, label])  # (1 + S + 1 + P + A, H)
         targets = torch.full((embeds.shape[0],), IGNORE_ID)
         targets[embeds.shape[0] - len(label_ids) :] = torch.tensor(
             label_ids, dtype=torch.long
@@ -153,3 +147,18 @@ def test_decoding_batch_equals_each_item_alone(decoder, expected, settings):
         for i in range(2)
     ]
     assert together == alone
+
+
+def test_a_training_batch_looks_its_ids_up_once(trainable, expected):
+    """Each embedding lookup's backward writes a dense (vocabulary, H) gradient when the embeddings train: one
+    lookup per segment made the asr_gender recipe's training 2.6x slower (13.3 -> 5.0 samples/s)."""
+    calls = []
+    hook = trainable.llm.embed_tokens.register_forward_hook(
+        lambda *args: calls.append(1)
+    )
+    feats, lengths = expected["batch_feats"], expected["batch_feats_lengths"]
+    try:
+        trainable(feats, lengths, PROMPTS, fixture_labels(expected))
+    finally:
+        hook.remove()
+    assert len(calls) == 1

@@ -343,15 +343,14 @@ class OSUM(nn.Module):
         return self.llm.embed_tokens(ids).to(dtype)
 
     def _item(
-        self, prompt_ids, speech, label_ids=()
+        self, prompt, speech, label, label_ids=()
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One item's segments end to end, in the original's order (docs/original.md §7):
-        embeddings (N, H) and targets (N,): the label's ids on its slots, IGNORE_ID before.
-        The order is set here alone: batching keeps any order right (sequence.py)."""
+        prompt (P, H), speech (S, H) and label (A, H) embeddings -> embeddings (N, H) and
+        targets (N,): the label's ids on its slots, IGNORE_ID before. The order is set
+        here alone: batching keeps any order right (sequence.py)."""
         dtype = speech.dtype
         bos, eos = self.speech_bos_eos.to(dtype)[:, None, :]  # (1, H) each
-        prompt = self._embed_ids(prompt_ids, dtype)  # (P, H)
-        label = self._embed_ids(label_ids, dtype)  # (A, H)
         embeds = torch.cat([prompt, bos, speech, eos, label])  # (P + 1 + S + 1 + A, H)
         unlabelled = torch.full((embeds.shape[0] - len(label_ids),), IGNORE_ID)
         targets = torch.cat([unlabelled, torch.as_tensor(label_ids, dtype=torch.long)])
@@ -361,9 +360,16 @@ class OSUM(nn.Module):
         """The LLM's batch: B prompts (id lists), B speech embeddings (S_i, H) and, in
         training, B labels (id lists), each item end to end, left-padded (sequence.py)."""
         labels = labels or [()] * len(speech)
-        return left_padded(
-            [self._item(*item) for item in zip(prompt_ids, speech, labels)]
-        )
+        # every item's ids in one lookup: each lookup's backward writes a dense
+        # (vocabulary, H) gradient, so one per segment made training 2.6x slower
+        pieces = [list(ids) for pair in zip(prompt_ids, labels) for ids in pair]
+        flat = self._embed_ids([i for ids in pieces for i in ids], speech[0].dtype)
+        embedded = flat.split([len(ids) for ids in pieces])
+        items = [
+            self._item(embedded[2 * n], speech[n], embedded[2 * n + 1], labels[n])
+            for n in range(len(speech))
+        ]
+        return left_padded(items)
 
     @torch.inference_mode()
     def generate(
