@@ -241,19 +241,14 @@ class ScriptedModel:
         return (ids, [0.0] * len(ids)) if return_scores else ids
 
 
-def run_page(demo, task: str, audio=AUDIO) -> list:
+def run_page(demo, task: str, audio=AUDIO, prompt_ids: str = "") -> list:
+    """The page's inputs with greedy decoding of 16 tokens (audio None: no clip)."""
     return demo(
-        str(audio),
+        None if audio is None else str(audio),
         task,
         "",
-        "",
-        1,
-        False,
-        1.0,
-        0,
-        1.0,
-        1.0,
-        16,
+        prompt_ids,
+        *GREEDY_16.values(),
         None,
         api_name="transcribe",
     )
@@ -309,37 +304,9 @@ def test_missing_weights_and_missing_input_are_messages(weights_with_tokenizer):
     demo = build_demo(OSUM.from_pretrained(weights_with_tokenizer, device="cpu"), None)
     status, *_ = run_page(demo, "asr")
     assert status.startswith("**Error:** this model has no tokenizer")
-    status, *_ = demo(
-        None,
-        "asr",
-        "",
-        "1,2",
-        1,
-        False,
-        1.0,
-        0,
-        1.0,
-        1.0,
-        16,
-        None,
-        api_name="transcribe",
-    )
+    status, *_ = run_page(demo, "asr", None, prompt_ids="1,2")
     assert status.startswith("**Error:** no audio")
-    status, *_ = demo(
-        str(AUDIO),
-        "asr",
-        "",
-        "1,x",
-        1,
-        False,
-        1.0,
-        0,
-        1.0,
-        1.0,
-        16,
-        None,
-        api_name="transcribe",
-    )
+    status, *_ = run_page(demo, "asr", AUDIO, prompt_ids="1,x")
     assert status == "**Error:** prompt ids '1,x': expected comma-separated integers"
 
 
