@@ -506,3 +506,33 @@ def test_score_only_scores_by_the_chosen_protocol(
     for reference, line in zip(references, lines):
         scorer.add(reference, parse(TASKS["asr"], json.loads(line)["raw"]))
     assert summary == scorer.summary() and summary["protocol"] == protocol
+
+
+def test_logprobs_score_the_answer_as_decoding_did(model):
+    """Teacher-forced after decoding: greedy decoding's own summed log-probability is the sum of
+    the tokens' (the eos included), each token is its step's best, and the alternatives come best
+    first. Beam search's tokens are scored the same way, one entry per token."""
+    greedy, beams = Pipeline(model, None)(
+        [
+            Request(AUDIO, prompt_ids=PROMPT, config=GREEDY, logprobs=3),
+            Request(AUDIO, prompt_ids=PROMPT, config=DEFAULT_DECODING, logprobs=0),
+        ]
+    )
+    [ids], [scored] = greedy.decoded.ids, greedy.decoded.logprobs
+    assert len(scored) == len(ids) > 1
+    total = sum(logprob for logprob, _ in scored)
+    assert total == pytest.approx(greedy.decoded.scores[0], abs=1e-4)
+    for token, (logprob, alternatives) in zip(ids, scored):
+        assert [i for i, _ in alternatives][0] == token
+        assert alternatives[0][1] == pytest.approx(logprob, abs=1e-6)
+        values = [value for _, value in alternatives]
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+    [beam_ids], [beam_scored] = beams.decoded.ids, beams.decoded.logprobs
+    assert len(beam_scored) == len(beam_ids)
+    assert all(lp <= 0 and alternatives == [] for lp, alternatives in beam_scored)
+
+
+@pytest.mark.parametrize("count", [-1, 21, 2.0, True, "3"])
+def test_a_logprobs_count_out_of_range_is_refused_where_the_request_is_built(count):
+    with pytest.raises(ValueError, match="logprobs is .* from 0 to 20"):
+        Request(AUDIO, logprobs=count)

@@ -594,8 +594,13 @@ FIELD_MISTAKES = {  # name: (JSON body, param); each a class of mistake, not one
     "stop an empty string": (chat_with(stop=[""]), "stop"),
     "five stops": (chat_with(stop=list("abcde")), "stop"),
     "stop a number": (chat_with(stop=3), "stop"),
-    "logprobs": (chat_with(logprobs=True), "logprobs"),
-    "top_logprobs": (chat_with(top_logprobs=2), "top_logprobs"),
+    "top_logprobs without logprobs": (chat_with(top_logprobs=2), "top_logprobs"),
+    "top_logprobs over 20": (chat_with(logprobs=True, top_logprobs=21), "top_logprobs"),
+    "top_logprobs a float": (
+        chat_with(logprobs=True, top_logprobs=2.0),
+        "top_logprobs",
+    ),
+    "logprobs streamed": (chat_with(logprobs=True, stream=True), "logprobs"),
     "presence_penalty": (chat_with(presence_penalty=0.5), "presence_penalty"),
     "frequency_penalty": (chat_with(frequency_penalty=-1), "frequency_penalty"),
     "logit_bias": (chat_with(logit_bias={"5": 10}), "logit_bias"),
@@ -620,6 +625,42 @@ def test_a_chat_field_of_the_wrong_type_or_range_is_a_400_naming_it(served, name
         param is None or param.strip("'") in error["message"]
     )
     assert httpx.get(served[0] + "/health", timeout=10).json()["status"] == "ok"
+
+
+def spell(entries) -> str:
+    """The text that logprobs entries' bytes spell."""
+    return b"".join(bytes(entry["bytes"]) for entry in entries).decode(
+        "utf-8", "replace"
+    )
+
+
+def test_logprobs_list_each_answer_token_and_stop_where_the_text_stops(served):
+    """OpenAI's `logprobs.content`: one entry per answer token (the eos left out), whose bytes
+    spell the answer, each with its alternatives best first; with a stop string, the entries end
+    before the token that brings it."""
+    body = chat_with(logprobs=True, top_logprobs=2)
+    reply = post(served, "/v1/chat/completions", json=body).json()
+    [choice] = reply["choices"]
+    entries = choice["logprobs"]["content"]
+    eos = served[1].model.config.eod_id
+    assert 0 < len(entries) <= reply["usage"]["completion_tokens"]
+    assert spell(entries).strip() == choice["message"]["content"]
+    for entry in entries:
+        values = [alt["logprob"] for alt in entry["top_logprobs"]]
+        assert len(values) == 2 and values == sorted(values, reverse=True)
+        assert entry["logprob"] <= values[0] + 1e-6 and entry["logprob"] <= 0
+    content = choice["message"]["content"]
+    assert len(content) > 4, "the answer needs a middle to stop at"
+    stop = content[len(content) // 2 :][:2]
+    stopped = post(
+        served, "/v1/chat/completions", json={**body, "stop": [stop]}
+    ).json()["choices"][0]
+    kept = stopped["logprobs"]["content"]
+    assert kept == entries[: len(kept)] and len(kept) < len(entries)
+    assert stop not in spell(kept) and stop in spell(entries[: len(kept) + 1])
+    plain = post(served, "/v1/chat/completions", json=chat_with()).json()
+    assert plain["choices"][0]["logprobs"] is None
+    assert eos not in [entry["token"] for entry in entries]
 
 
 def test_fields_at_the_values_that_change_nothing_are_taken(served):

@@ -55,6 +55,9 @@ class RequestError(ValueError):
         return RequestError, (self.name, self.problem, self.kind)
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
+
+
 @dataclass
 class Request:
     # a path, an encoded file's bytes, or samples
@@ -70,6 +73,18 @@ class Request:
     name: str | None = None
     # (start, end) seconds of the audio: one utterance of a long recording
     span: tuple[float, float] | None = None
+    # each answer token's log-probability and this many likeliest alternatives (None: none)
+    logprobs: int | None = None
+
+    def __post_init__(self):
+        count = self.logprobs
+        if count is not None and (
+            type(count) is not int or not 0 <= count <= MAX_TOP_LOGPROBS
+        ):
+            raise ValueError(
+                f"logprobs is {count!r}: None, or how many alternatives "
+                f"to list per token, from 0 to {MAX_TOP_LOGPROBS}"
+            )
 
     @property
     def label(self) -> str:
@@ -237,16 +252,19 @@ def decode_waveforms(
     on_token=None,
     on_batch=None,
     keep_going=None,
+    logprobs: int | None = None,
 ) -> list[Decoded]:
     """Each (samples,) 16 kHz waveform cut into windows (at most the model's 30 s), with its prompt; all windows
     decoded `batch_size` at a time through `model.generate` (OSUM). Batches take windows longest first, so little
     is padding; one at a time they go in time order. `on_token(wave, token_id)` streams each waveform's tokens in
-    order; `on_batch(done, total)` after each batch; `keep_going()` before each step (generate.DecodingStopped)."""
+    order; `on_batch(done, total)` after each batch; `keep_going()` before each step (generate.DecodingStopped);
+    `logprobs` (a count of alternatives) scores each window's answer (OSUM.token_logprobs)."""
     max_seconds = model.config.max_mel_frames * HOP / SAMPLE_RATE
     decoded = [Decoded(split_windows(wav, max_seconds)) for wav in waves]
     windows = []  # (waveform number, window number, features (T, 80))
     for wave, (item, wav) in enumerate(zip(decoded, waves)):
         item.ids, item.scores = [[] for _ in item.windows], [0.0 for _ in item.windows]
+        item.logprobs = [[] for _ in item.windows] if logprobs is not None else []
         windows += [
             (wave, number, log_mel(wav[start:end]))
             for number, (start, end) in enumerate(item.windows)
@@ -264,17 +282,27 @@ def decode_waveforms(
             else None
         )
         started = time.perf_counter()
+        prompts = [prompt_ids[wave] for wave, _, _ in chunk]
         ids, scores = model.generate(
             mel,
             mel_lens,
-            [prompt_ids[wave] for wave, _, _ in chunk],
+            prompts,
             config=config,
             on_token=on_row,
             return_scores=True,
             keep_going=keep_going,
         )
+        scored = (
+            model.token_logprobs(mel, mel_lens, prompts, ids, logprobs)
+            if logprobs is not None
+            else [None] * len(chunk)
+        )
         share = (time.perf_counter() - started) / len(chunk)
-        for (wave, number, features), window_ids, score in zip(chunk, ids, scores):
+        for (wave, number, features), window_ids, score, window_logprobs in zip(
+            chunk, ids, scores, scored
+        ):
+            if window_logprobs is not None:
+                decoded[wave].logprobs[number] = window_logprobs
             decoded[wave].ids[number], decoded[wave].scores[number] = window_ids, score
             decoded[wave].speech_positions += model.config.speech_positions(
                 len(features)
@@ -348,7 +376,7 @@ class Pipeline:
         tokens in order (greedy and sampling: beam search knows its tokens only at the end); `on_batch(done,
         total)` counts the windows of each group of requests; `keep_going()`, asked before every decoding step,
         stops the run (generate.DecodingStopped) when nobody waits for it."""
-        groups = {}  # decoding key -> (config, [(index, prompt ids)])
+        groups = {}  # decoding key -> (config, logprobs, [(index, prompt ids)])
         for index, request in enumerate(requests):
             try:
                 prompt_ids = self.prompt_ids(request)
@@ -357,9 +385,10 @@ class Pipeline:
                 continue
             config = self.config(request)
             # sampled rows draw from one generator per batch
-            key = (index,) if config.do_sample else repr(config)
-            groups.setdefault(key, (config, []))[1].append((index, prompt_ids))
-        for config, members in groups.values():
+            key = (index,) if config.do_sample else (repr(config), request.logprobs)
+            group = groups.setdefault(key, (config, request.logprobs, []))
+            group[2].append((index, prompt_ids))
+        for config, logprobs, members in groups.values():
             members.sort(key=lambda member: -request_seconds(requests[member[0]]))
             for first in range(0, len(members), self.batch_size):
                 loaded = []  # (index, prompt ids, waveform)
@@ -398,6 +427,7 @@ class Pipeline:
                     on_wave,
                     on_batch,
                     keep_going,
+                    logprobs,
                 )
                 for (index, prompt_ids, _), item in zip(loaded, decoded):
                     yield index, self.answer(requests[index], prompt_ids, item)

@@ -70,6 +70,8 @@ class Decoded:
     ids: list[list[int]] = field(default_factory=list)
     # generate's return_scores per window (NaN: the model failed)
     scores: list[float] = field(default_factory=list)
+    # when asked (Request.logprobs): per window, per new token, OSUM.token_logprobs' entry
+    logprobs: list[list[tuple]] = field(default_factory=list)
     decode_seconds: float = 0.0
     # the LLM positions its windows' speech took (bos and eos included)
     speech_positions: int = 0

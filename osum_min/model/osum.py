@@ -411,6 +411,18 @@ class OSUM(nn.Module):
         # (B, S, H)
         speech, speech_lens = self.embed_speech(mel, mel_lens, original_mask_rule=True)
         speech = [row[:length] for row, length in zip(speech, speech_lens.tolist())]
+        logits, targets, rows = self._label_logits(prompt_ids, speech, labels)
+        # (N_label_tokens,)
+        token_losses = F.cross_entropy(logits, targets, reduction="none")
+        # (B,)
+        item_losses = torch.zeros(len(speech), device=self.device).index_add_(
+            0, rows, token_losses.detach()
+        )
+        return TrainingOutput(token_losses.mean(), item_losses)
+
+    def _label_logits(self, prompt_ids, speech, labels):
+        """The LLM's float scores at each label token's slot (N, V), the label tokens (N,)
+        and each one's item (N,), over the batch's label tokens in order."""
         batch = self.sequences(prompt_ids, speech, labels)
         # (B, L, H)
         hidden = self.llm.forward_hidden(
@@ -420,16 +432,30 @@ class OSUM(nn.Module):
         )
         targets = batch.targets[:, 1:]  # (B, L - 1): slot t predicts slot t + 1
         predicts = targets != IGNORE_ID
-        # (N_label_tokens, V)
+        # (N, V)
         logits = self.llm.lm_head(hidden[:, :-1][predicts]).float()
-        # (N_label_tokens,)
-        token_losses = F.cross_entropy(logits, targets[predicts], reduction="none")
-        rows = predicts.nonzero()[:, 0]  # each label token's row
-        # (B,)
-        item_losses = torch.zeros(len(speech), device=self.device).index_add_(
-            0, rows, token_losses.detach()
-        )
-        return TrainingOutput(token_losses.mean(), item_losses)
+        return logits, targets[predicts], predicts.nonzero()[:, 0]
+
+    @torch.inference_mode()
+    def token_logprobs(self, mel, mel_lens, prompt_ids, answers, top: int = 0):
+        """Each answer's tokens scored after decoding, as the model gives them one by one: per item,
+        per token, (log-probability, [(id, log-probability)] of the `top` likeliest). The model's own
+        log-softmax, before repetition penalty, temperature or top-p, so it is the same whichever
+        decoding chose the tokens (greedy, sampling, beam search)."""
+        speech = self._speech_alone(mel, mel_lens)
+        logits, targets, rows = self._label_logits(prompt_ids, speech, answers)
+        logprobs = logits.log_softmax(-1)  # (N, V)
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        best = logprobs.topk(top) if top else None
+        scored = [[] for _ in answers]
+        for n, row in enumerate(rows.tolist()):
+            alternatives = (
+                list(zip(best.indices[n].tolist(), best.values[n].tolist()))
+                if best is not None
+                else []
+            )
+            scored[row].append((chosen[n], alternatives))
+        return scored
 
     def loss(self, mel, mel_lens, prompt_ids, labels) -> torch.Tensor:
         """The training loss alone: `forward(...).loss`."""

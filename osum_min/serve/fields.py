@@ -5,7 +5,7 @@ Strict, because a loose reading answers something else than was asked: `"stream"
 is a string, not false; a seed of 2**53 + 1 read through a float is 2**53's sample. JSON
 numbers arrive exact (Python's json reads whole numbers as ints), so a seed is taken as an
 int or refused. A field OpenAI defines that OSUM's decoding cannot honour is taken only at
-the value that changes nothing (logprobs false, penalties 0, ...), so no client believes
+the value that changes nothing (penalties 0, an empty logit_bias, ...), so no client believes
 it got what it did not; a field OpenAI does not define is refused as OpenAI refuses it.
 """
 
@@ -14,6 +14,7 @@ import reprlib
 from dataclasses import replace
 
 from ..config_check import ConfigError
+from ..inference.pipeline import MAX_TOP_LOGPROBS
 from ..model.generate import DEFAULT_DECODING, GenerationConfig
 from .openai_api import ApiError
 
@@ -42,8 +43,6 @@ PENALTIES = (
     "seen divided by it), not OpenAI's additive presence and frequency penalties"
 )
 NO_EFFECT = {  # OpenAI's fields OSUM cannot honour: the value that asks for nothing, why
-    "logprobs": (False, "this server returns no log probabilities"),
-    "top_logprobs": (0, "this server returns no log probabilities"),
     "presence_penalty": (0, PENALTIES),
     "frequency_penalty": (0, PENALTIES),
     "logit_bias": ({}, "OSUM's decoding takes no logit bias"),
@@ -190,6 +189,21 @@ def chat_decoding(fields: dict, max_new_tokens: int) -> GenerationConfig:
     elif fields.get("stream"):
         changes["num_beams"] = 1
     return decoding(changes)
+
+
+def chat_logprobs(fields: dict) -> int | None:
+    """How many alternatives each answer token lists (`top_logprobs`), None without `logprobs`."""
+    top = fields.get("top_logprobs")
+    if not fields.get("logprobs"):
+        if top:
+            raise invalid("top_logprobs", "lists alternatives with logprobs: true only")
+        return None
+    if fields.get("stream"):
+        raise invalid(
+            "logprobs",
+            "the log probabilities are scored once the answer is whole: ask without stream",
+        )
+    return ranged(top or 0, "top_logprobs", 0, MAX_TOP_LOGPROBS)
 
 
 def transcription_decoding(form, max_new_tokens: int) -> GenerationConfig:

@@ -114,6 +114,39 @@ def until_stop(text: str, stop: list[str], final: bool) -> tuple[str, bool]:
     return text[: len(text) - max(held, default=0)], False
 
 
+def logprobs_body(answer: Answer, tokenizer, stop: list[str], eos: int) -> dict:
+    """`choices[0].logprobs` (Request.logprobs asked): each answer token, the eos left out, with its
+    text, UTF-8 bytes, log-probability and alternatives, up to the token that brings a stop string.
+    Voice chat lists its whole output: the tokens before `<开始回答>` too."""
+    decoded, entries, text = answer.decoded, [], b""
+    for ids, scored in zip(decoded.ids, decoded.logprobs):
+        for token, (logprob, alternatives) in zip(ids, scored):
+            if token == eos:
+                break
+            text += tokenizer.decode_bytes([token])
+            if any(s in text.decode("utf-8", errors="replace") for s in stop):
+                return {"content": entries}
+            entries.append(
+                {
+                    **token_entry(tokenizer, token, logprob),
+                    "top_logprobs": [
+                        token_entry(tokenizer, *alternative)
+                        for alternative in alternatives
+                    ],
+                }
+            )
+    return {"content": entries}
+
+
+def token_entry(tokenizer, token: int, logprob: float) -> dict:
+    piece = tokenizer.decode_bytes([token])
+    return {
+        "token": piece.decode("utf-8", errors="replace"),
+        "logprob": logprob,
+        "bytes": list(piece),
+    }
+
+
 def language(text: str) -> str | None:
     """A transcript's language by its script, as OpenAI names it (OSUM transcribes Chinese
     and English): more Han characters than Latin words is Chinese; None without either."""

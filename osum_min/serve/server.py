@@ -42,12 +42,19 @@ from .batcher import Batcher, Job, QueueFull
 from ..config_check import ConfigError, check_config
 from .conversation import ConversationError, content, to_request
 from ..model.generate import GenerationConfig
-from .fields import chat_decoding, chat_fields, form_fields, transcription_decoding
+from .fields import (
+    chat_decoding,
+    chat_fields,
+    chat_logprobs,
+    form_fields,
+    transcription_decoding,
+)
 from .openai_api import (
     RESPONSE_FORMATS,
     ApiError,
     error_body,
     finish_reason,
+    logprobs_body,
     request_error,
     streamed_text,
     too_large,
@@ -455,7 +462,9 @@ async def chat_completions(http: HttpRequest):
     server.check_model(fields.get("model"))
     stream = fields.get("stream", False)
     decoding = chat_decoding(fields, server.config.max_new_tokens)
+    logprobs = chat_logprobs(fields)
     request = await run_in_threadpool(chat_request, fields["messages"], decoding)
+    request = replace(request, logprobs=logprobs)
     request = await server.prepare(request, "messages")
     reply = Reply(server, request, decoding, fields["stop"])
     if not stream:
@@ -529,6 +538,13 @@ class Reply:
         message = {"role": "assistant", "content": text}
         finish = self.finish(None if stopped else answer)
         choice = {"index": 0, "message": message, "finish_reason": finish}
+        choice["logprobs"] = (
+            logprobs_body(
+                answer, self.server.pipeline.tokenizer, self.stop, self.server.eos
+            )
+            if self.request.logprobs is not None
+            else None
+        )
         body = self.head("chat.completion")
         return {**body, "choices": [choice], "usage": usage(answer)}
 
