@@ -460,6 +460,70 @@ def test_a_short_run_on_the_assembled_model_learns(parts, tmp_path):
     assert moved and all(mini.DELTA.fullmatch(name) for name in moved)
 
 
+def recipe_align():
+    spec = importlib.util.spec_from_file_location(
+        "mini_align", ROOT / "examples" / "mini" / "align.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def speech_rows(model, wav: Path) -> torch.Tensor:
+    """One clip's speech embeddings (S, H)."""
+    from osum_min.audio import load_audio, log_mel
+
+    mel = log_mel(load_audio(wav))[None]  # (1, T, 80)
+    with torch.no_grad():
+        rows, _ = model.embed_speech(mel, torch.tensor([mel.shape[1]]), False)
+    return rows[0]
+
+
+def test_the_alignment_stage_learns_at_the_text_scale_and_ships_folded(parts, tmp_path):
+    """align.py in small: CTC against the LLM's token embeddings falls; the adaptor's output_scale
+    puts speech rows at the token embeddings' mean norm; the delta folds that scale into the
+    projection, so the assembled model (output_scale 1) embeds speech exactly as trained."""
+    lists = recipe_corpus().main(
+        ["--out", str(tmp_path / "data"), "--utterances", "10"]
+    )
+    init = tmp_path / "osum-mini"
+    mini.assemble(init, delta=None)
+    out = tmp_path / "aligned"
+    flags = ["--steps", "30", "--lr", "3e-3", "--batch-frames", "1500"]
+    paths = [str(init), str(lists["train_asr"]), str(lists["train_asr"]), str(out)]
+    assert recipe_align().main([*paths, *flags]) == 0
+    log = [
+        json.loads(line) for line in (out / "align_log.jsonl").read_text().splitlines()
+    ]
+    losses = [record["ctc_loss"] for record in log if "ctc_loss" in record]
+    assert losses[-1] < 0.7 * losses[0], losses
+    aligned = OSUM.from_pretrained(out, device="cpu", for_training=True)
+    scale = aligned.config.adaptor.output_scale
+    assert scale == pytest.approx(log[-1]["output_scale"], rel=1e-4) and scale != 1.0
+    wav = (
+        lists["train_asr"].parent
+        / json.loads(lists["train_asr"].read_text().splitlines()[0])["wav"]
+    )
+    rows = speech_rows(aligned, wav)
+    tokens = aligned.llm.embed_tokens.weight.norm(dim=-1).mean()
+    assert 0.2 < float(rows.norm(dim=-1).mean() / tokens) < 5
+    mini.write_delta(out, tmp_path / "delta")
+    mini.assemble(tmp_path / "assembled", delta=tmp_path / "delta")
+    shipped = OSUM.from_pretrained(
+        tmp_path / "assembled", device="cpu", for_training=True
+    )
+    assert shipped.config.adaptor.output_scale == 1.0
+    torch.testing.assert_close(speech_rows(shipped, wav), rows, rtol=1e-5, atol=1e-6)
+    # a list without plain transcripts: one line naming it, not an endless loop
+    lines = lists["train"].read_text().splitlines()
+    gender = tmp_path / "data" / "gender.jsonl"
+    gender.write_text("".join(line + "\n" for line in lines if "<GENDER>" in line))
+    with pytest.raises(
+        SystemExit, match=f"{re.escape(str(gender))}: no <TRANSCRIBE> items"
+    ):
+        recipe_align().main([str(init), str(gender), str(gender), str(tmp_path / "x")])
+
+
 def test_the_server_answers_as_osum_mini_not_as_osum(parts, tmp_path, monkeypatch):
     pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
     uvicorn = pytest.importorskip(

@@ -8,6 +8,7 @@ Each clip draws, from its own seed: speed and pitch (espeak-ng), reverberation, 
 white noise at 5-30 dB SNR and a loudness. A third of the clips are SRWT clips: each word is spoken alone, its
 silence trimmed, and the words joined with drawn pauses, so the word times in the label are exact. Labels use
 OSUM's tags and forms: `text<female>` for `<TRANSCRIBE> <GENDER>`, `word<0.3,0.7>...` (0.1 s) for SRWT.
+Writes train/dev/test.jsonl, and train_asr/dev_asr/test_asr.jsonl with their plain transcripts (align.py).
 """
 
 import importlib.util
@@ -183,6 +184,10 @@ def main(argv=None) -> dict[str, Path]:
                     {**line, "task": TASKS[task], "gender": style["gender"]}
                 )
             bar.update()
+    # and each split's plain transcripts alone, for align.py's CTC
+    for split in list(lists):
+        asr = [line for line in lists[split] if line["task"] == TASKS["asr"]]
+        lists[f"{split}_asr"] = asr
     paths = {}
     for split, lines in lists.items():
         paths[split] = args.out / f"{split}.jsonl"

@@ -266,7 +266,8 @@ def read_delta(directory: Path, model: OSUM) -> dict[str, torch.Tensor]:
 
 
 def write_delta(model_dir: Path, out: Path) -> Path:
-    """A trained osum-mini directory's adaptor, LoRA and speech bos/eos -> out/delta.safetensors."""
+    """A trained osum-mini directory's adaptor, LoRA and speech bos/eos -> out/delta.safetensors,
+    for the preset's adaptor (output_scale 1)."""
     with torch.device("meta"):
         model = OSUM(OSUMConfig.from_file(Path(model_dir) / "config.json"))
     load_weights(model, model_dir, device="cpu", dtype=torch.float32)
@@ -278,6 +279,9 @@ def write_delta(model_dir: Path, out: Path) -> Path:
         for name, tensor in model.named_parameters()
         if DELTA.fullmatch(name)
     }
+    # the preset's output_scale is 1: a trained scale goes into the projection
+    for name in ("adaptor.proj.weight", "adaptor.proj.bias"):
+        state[name] = state[name] * model.config.adaptor.output_scale
     save_file(state, out / DELTA_NAME, metadata={"format": "pt"})
     return out / DELTA_NAME
 

@@ -27,6 +27,9 @@ class AdaptorConfig:
     llm_dim: int = 3584
     max_positions: int = 5000
     strides: tuple[int, ...] = (1, 2, 2)  # one causal k=3 convolution each
+    # speech embeddings x this: 1 in OSUM; osum-mini trains at its LLM's token-embedding
+    # scale with the projection's weights at their own (examples/mini/align.py)
+    output_scale: float = 1.0
 
     def __post_init__(self):
         check_config(self)
@@ -106,4 +109,4 @@ class Adaptor(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         """Encoder output (B, T, dim) -> speech embeddings (B, T', llm_dim) and their lengths (B,)."""
         x, lengths = self.transform(x, lengths)
-        return self.proj(x), lengths
+        return self.proj(x) * self.config.output_scale, lengths
