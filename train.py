@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -203,10 +204,6 @@ def parse_args(argv):
         parser.error(
             "--encoder-init/--llm-init build a new model: use them with --preset, not --init"
         )
-    try:
-        args.init = args.init and weights_path(args.init)
-    except (ValueError, OSError) as err:
-        parser.error(str(err))
     return args
 
 
@@ -236,6 +233,19 @@ def numeric_flag_problem(args) -> str | None:
         if not 0 < getattr(args, name) < math.inf:
             return f"--{name.replace('_', '-')} must be a finite number above 0, got {getattr(args, name)}"
     return seed_problem(args.seed) or device_problem(args.device)
+
+
+def initial_weights(args, rank: int) -> str | None:
+    """--init's directory. `mini` is assembled on first use, after the flags and the --prompts file
+    are checked, by rank 0 alone while the other ranks wait: one writer of weights/osum-mini."""
+    if args.init != "mini":
+        return args.init
+    if rank:
+        dist.barrier()
+    path = weights_path(args.init)
+    if rank == 0 and dist.is_initialized():
+        dist.barrier()
+    return path
 
 
 def load_tokenizer(args) -> Tokenizer:
@@ -398,11 +408,12 @@ def main(argv=None) -> int:
     say = print if main_process else (lambda *a, **k: None)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    # a bad --prompts file stops here, before any weight loads
+    config = data_config(args)
+    args.init = initial_weights(args, rank)
     found = newest_checkpoint(args.out, say) if args.resume else None
     if found:
         refuse_another_run(found, args)
-    # a bad --prompts file stops here, before any weight loads
-    config = data_config(args)
     tokenizer = load_tokenizer(args)
     model, trained_model, trainable = prepare_model(
         args, tokenizer, rank, world, device

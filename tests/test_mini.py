@@ -367,7 +367,9 @@ def test_eval_and_train_take_weights_mini(parts, tmp_path, monkeypatch, capsys):
     args = train.parse_args(
         ["--train-data", "x.jsonl", "--init", "mini", "--out", str(tmp_path / "r")]
     )
-    assert args.init == str(tmp_path / "osum-mini")
+    # assembled in main, after the cheap checks, not while the flags are read
+    assert args.init == "mini" and not (tmp_path / "osum-mini").exists()
+    assert train.initial_weights(args, rank=0) == str(tmp_path / "osum-mini")
     # as if the LLM's packages were uninstalled
     gone = replace(parts["llm"], files=(("osum_absent_part", "data/part.bin"),))
     monkeypatch.setattr(mini, "PARTS", {**parts, "llm": gone})
