@@ -7,7 +7,7 @@ against the LLM's own (frozen) token embeddings by cosine: a frame that hears " 
 " pencil"'s embedding points. No LLM runs, so a step costs a few percent of a train.py step. The outputs
 are then scaled to the token embeddings' mean norm, and the model is written as train.py's --init.
 
-    python examples/mini/align.py RUN/init DATA/train.jsonl DATA/dev.jsonl RUN/aligned --steps 300
+    python examples/mini/align.py RUN/init DATA/train_asr.jsonl DATA/dev_asr.jsonl RUN/aligned
 """
 
 import argparse
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from osum_min.data.dataset import DataConfig, SpeechDataset  # noqa: E402
 from osum_min.eval.scoring import edit_distance  # noqa: E402
 from osum_min.model.osum import OSUM  # noqa: E402
-from osum_min.progress import Progress  # noqa: E402
+from osum_min.progress import Progress, status  # noqa: E402
 from osum_min.text.tokenizer import Tokenizer  # noqa: E402
 
 TASK = "<TRANSCRIBE>"  # the plain transcripts: CTC's targets
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("train_data", type=Path)
     parser.add_argument("dev_data", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-frames", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
@@ -202,6 +202,7 @@ def main(argv=None) -> int:
         parser.error("--steps must be at least 1")
 
     torch.manual_seed(args.seed)
+    status(f"loading {args.init}")
     model = OSUM.from_pretrained(args.init, device="cpu", for_training=True)
     model.requires_grad_(False)
     model.adaptor.requires_grad_(True).train()
@@ -237,4 +238,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as err:  # a missing directory, an unreadable list
+        sys.exit(f"align.py: error: {err}")
