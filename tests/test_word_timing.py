@@ -283,9 +283,22 @@ def test_figures_by_hand_through_the_srwt_parser():
         "wer": 66.67,
         "start_error_ms": 200.0,  # (100 + 300) / 2
         "end_error_ms": 75.0,  # (100 + 50) / 2
+        "start_error_median_ms": 200.0,  # of two: their mean
+        "end_error_median_ms": 75.0,
         "within_100ms": 50.0,
         "within_200ms": 50.0,
     }
+
+
+def test_the_median_error_is_the_middle_word_s_not_the_mean():
+    """Three timed words, starts off by 0, 100 and 800 ms: mean 300, median 100 (issue 29's
+    target is a median)."""
+    reference = [Word("a", 0.0, 0.5), Word("b", 1.0, 1.5), Word("c", 2.0, 2.5)]
+    hypothesis = [Word("a", 0.0, 0.5), Word("b", 1.1, 1.5), Word("c", 2.8, 2.9)]
+    summary = score_timing({"k": reference}, {"k": srwt(hypothesis)})
+    assert summary["start_error_ms"] == 300.0
+    assert summary["start_error_median_ms"] == 100.0
+    assert summary["end_error_median_ms"] == 0.0
 
 
 def test_cjk_characters_are_units_with_their_word_span():

@@ -13,6 +13,7 @@ character-level output. TextGrids are read with praatio (the `eval` extra), the 
 import json
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,17 +198,19 @@ def align(
 
 @dataclass
 class TimingScorer:
-    """Pools word-time errors over a test set. Means are over matched (correct) words whose hypothesis has both
-    times; `within_100ms`/`within_200ms` are the share of all matched words whose start AND end each differ from
-    the reference by at most that many ms (inclusive), a matched word the model gave no time counting as outside."""
+    """Pools word-time errors over a test set. Means and medians are over matched (correct) words whose
+    hypothesis has both times; `within_100ms`/`within_200ms` are the share of all matched words whose start
+    AND end each differ from the reference by at most that many ms (inclusive), a matched word the model
+    gave no time counting as outside."""
 
     edits: Edits = field(default_factory=Edits)
     reference_units: int = 0
     cjk: bool = False
     matched: int = 0
     timed: int = 0  # matched words with a start and an end in the hypothesis
-    start_error_ms: float = 0.0  # sums over the timed words
-    end_error_ms: float = 0.0
+    # each timed word's start and end error
+    start_errors_ms: list[float] = field(default_factory=list)
+    end_errors_ms: list[float] = field(default_factory=list)
     within: dict[int, int] = field(
         default_factory=lambda: dict.fromkeys(TOLERANCES_MS, 0)
     )
@@ -249,8 +252,8 @@ class TimingScorer:
                 round(abs(hyp_end - ref_end) * 1000, 6),
             )
             self.timed += 1
-            self.start_error_ms += start
-            self.end_error_ms += end
+            self.start_errors_ms.append(start)
+            self.end_errors_ms.append(end)
             for tolerance in TOLERANCES_MS:
                 self.within[tolerance] += max(start, end) <= tolerance
 
@@ -268,9 +271,13 @@ class TimingScorer:
         }
         if self.reference_units:
             out[metric] = round(100 * self.edits.errors / self.reference_units, 2)
-        if self.timed:
-            out["start_error_ms"] = round(self.start_error_ms / self.timed, 2)
-            out["end_error_ms"] = round(self.end_error_ms / self.timed, 2)
+        for edge, errors in (
+            ("start", self.start_errors_ms),
+            ("end", self.end_errors_ms),
+        ):
+            if errors:
+                out[f"{edge}_error_ms"] = round(sum(errors) / len(errors), 2)
+                out[f"{edge}_error_median_ms"] = round(statistics.median(errors), 2)
         if self.matched:
             out |= {
                 f"within_{t}ms": round(100 * self.within[t] / self.matched, 2)
