@@ -123,18 +123,14 @@ def logprobs_body(answer: Answer, tokenizer, stop: list[str], eos: int) -> dict:
         for token, (logprob, alternatives) in zip(ids, scored):
             if token == eos:
                 break
-            text += tokenizer.decode_bytes([token])
+            entry = token_entry(tokenizer, token, logprob)
+            text += bytes(entry["bytes"])
             if any(s in text.decode("utf-8", errors="replace") for s in stop):
                 return {"content": entries}
-            entries.append(
-                {
-                    **token_entry(tokenizer, token, logprob),
-                    "top_logprobs": [
-                        token_entry(tokenizer, *alternative)
-                        for alternative in alternatives
-                    ],
-                }
-            )
+            entry["top_logprobs"] = [
+                token_entry(tokenizer, *alternative) for alternative in alternatives
+            ]
+            entries.append(entry)
     return {"content": entries}
 
 
