@@ -90,7 +90,8 @@ class ServerConfig:
     # a request's headers, and each piece of its body, must arrive within this; an idle
     # connection is closed after it (uvicorn's keep-alive timeout)
     read_timeout_s: float = 10.0
-    # more at once are answered 503 (uvicorn's limit_concurrency)
+    # past it, waiting connections are closed, oldest first; past it with none waiting,
+    # or with this many requests in flight, 503 (TimedH11)
     max_connections: int = 256
 
     def __post_init__(self):
@@ -313,16 +314,64 @@ class Guard:
 
 
 class TimedH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, its keep-alive timer also running from a connection's
-    opening until a request's headers are complete: uvicorn times a connection out only
-    between requests, so one that never sends (or sends its headers a byte at a time)
-    would hold its socket for ever."""
+    """uvicorn's HTTP/1.1 protocol with the transport bounded.
+
+    - The keep-alive timer also runs from a connection's opening until a request's headers
+      are complete: uvicorn times a connection out only between requests, so one that never
+      sends (or sends its headers a byte at a time) would hold its socket for ever.
+    - At most `limit_concurrency` connections: past it, the longest-open ones waiting for a
+      request are closed, so a flood of idle sockets (1,100 of them ran the process out of
+      file descriptors) never locks out a client that asks.
+    - Past it with none waiting (every one mid-request), or with that many requests in
+      flight, the request is answered 503 in the API's JSON (uvicorn's own is plain text).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.opened = time.monotonic()
+        self.bound, self.limit_concurrency = self.limit_concurrency, None
+        self.app = functools.partial(self.bounded, self.app)
 
     def connection_made(self, transport):
         super().connection_made(transport)
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
+        if self.bound is not None:
+            self.close_waiting_past_bound()
+
+    def waiting(self) -> bool:
+        """Before its first request or between two: nothing in flight to lose."""
+        return self.conn.their_state is self.conn.our_state is h11.IDLE
+
+    def live(self) -> list["TimedH11"]:
+        """The connections not already closing (a closed one leaves the set a moment later)."""
+        return [c for c in self.connections if not c.transport.is_closing()]
+
+    def close_waiting_past_bound(self):
+        live = self.live()
+        over = len(live) - self.bound
+        if over <= 0:
+            return
+        waiting = [c for c in live if c is not self and c.waiting()]
+        for connection in sorted(waiting, key=lambda c: c.opened)[:over]:
+            connection.transport.close()
+
+    async def bounded(self, app, scope, receive, send):
+        # this request's own task is among self.tasks
+        full = self.bound is not None and (
+            len(self.live()) > self.bound or len(self.tasks) > self.bound
+        )
+        if not full:
+            return await app(scope, receive, send)
+        err = ApiError(
+            503,
+            f"the server is serving {self.bound} connections, its most; try again shortly",
+            "too_many_connections",
+            "server_error",
+        )
+        headers = {"connection": "close"}
+        await JSONResponse(err.body(), err.status, headers)(scope, receive, send)
 
     def _unset_keepalive_if_required(self):
         if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
@@ -614,8 +663,8 @@ def create_app(pipeline: Pipeline, config: ServerConfig = ServerConfig()) -> Fas
 
 
 def uvicorn_config(app: FastAPI, host: str, port: int, **options) -> uvicorn.Config:
-    """uvicorn with the transport bounded: idle and slow clients timed out (TimedH11),
-    connections at most max_connections (503 beyond), a repeated log line kept to one."""
+    """uvicorn with the transport bounded: idle and slow clients timed out, connections at
+    most max_connections (TimedH11), a repeated log line kept to one."""
     config = app.state.server.config
     # configures uvicorn's loggers: the filter goes on after
     bounded = uvicorn.Config(
