@@ -883,13 +883,28 @@ def test_a_chunked_upload_is_refused_as_soon_as_it_passes_the_cap(served):
 # ---- the transport: idle and slow clients, many connections, the log ----
 
 
+def four_connections(served, read_timeout_s: float):
+    """A server of 4 connections at most, on the same model."""
+    config = ServerConfig(
+        api_key=KEY,
+        max_new_tokens=TOKENS,
+        read_timeout_s=read_timeout_s,
+        max_connections=4,
+    )
+    return running(create_app(served[1], config))
+
+
 @pytest.fixture(scope="module")
 def strict(served):
-    """A server with short timeouts and few connections, on the same model."""
-    config = ServerConfig(
-        api_key=KEY, max_new_tokens=TOKENS, read_timeout_s=1, max_connections=4
-    )
-    with running(create_app(served[1], config)) as url:
+    """Short timeouts (1 s) and few connections."""
+    with four_connections(served, 1) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def bounded(served):
+    """Few connections, and a read timeout (30 s) that closes nothing here."""
+    with four_connections(served, 30) as url:
         yield url
 
 
@@ -916,26 +931,21 @@ def test_idle_and_slow_connections_are_closed(strict):
     assert httpx.get(strict + "/health", timeout=10).status_code == 200
 
 
-def test_a_stalled_body_is_a_408(strict):
-    connection = raw_connection(strict)
+def stalled_request(url) -> socket.socket:
+    """A connection mid-request: its headers sent, its body not."""
+    connection = raw_connection(url)
     connection.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
     )
-    answer = reply_of(connection)
+    return connection
+
+
+def test_a_stalled_body_is_a_408(strict):
+    answer = reply_of(stalled_request(strict))
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[
         :200
     ]
-
-
-@pytest.fixture(scope="module")
-def bounded(served):
-    """A server of 4 connections at most, whose read timeout (30 s) closes nothing here."""
-    config = ServerConfig(
-        api_key=KEY, max_new_tokens=TOKENS, read_timeout_s=30, max_connections=4
-    )
-    with running(create_app(served[1], config)) as url:
-        yield url
 
 
 def test_waiting_connections_past_the_bound_are_closed_oldest_first(bounded):
@@ -947,16 +957,6 @@ def test_waiting_connections_past_the_bound_are_closed_oldest_first(bounded):
     assert not any(closed_within(connection, 0.2) for connection in idle[1:])
     for connection in idle:
         connection.close()
-
-
-def stalled_request(url) -> socket.socket:
-    """A connection mid-request: its headers sent, its body not."""
-    connection = raw_connection(url)
-    connection.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
-    )
-    return connection
 
 
 def test_past_the_bound_with_every_connection_mid_request_is_a_json_503(bounded):
