@@ -6,9 +6,10 @@ Sentences come from a template grammar over ~250 words; each is spoken by one of
 female, 5 male) at a random speed and pitch. Sentences are split 80/10/10 into train/dev/test, so no test text is
 ever heard in training; the voices are shared (ten variants are too few to hold some out and still cover both
 genders). A training sentence is spoken twice, by a female and by a male voice (`clip_voices`: its words must
-not tell the gender). train.jsonl lists every clip twice, once per task (`<TRANSCRIBE> <GENDER>` with the
-label appended as `<female>`/`<male>`, and plain `<TRANSCRIBE>`); dev/test list each clip once, with the gender
-task.
+not tell the gender). Every list gives each clip once, with the gender task (`<TRANSCRIBE> <GENDER>`, the
+label appended as `<female>`/`<male>`). A plain `<TRANSCRIBE>` copy of each training clip halved the
+gender labels a step sees, and on one corpus draw the model then called 23 of 300 test clips, all of
+them male voices pitched high, female (docs/experiments.md).
 
 A second run over the same folder (resumed, repeated, or built in pieces) keeps a clip only when `wav/KEY.json`
 records the same text, voice, speed and pitch as this run draws for it, so any run gives the corpus one run gives.
@@ -164,14 +165,14 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(jobs, initializer=torch.set_num_threads, initargs=(1,))
 
 
-def clip_voices(split: str, key: str) -> list[tuple[str, list]]:
+def clip_voices(split: str, key: str, voices=VOICES) -> list[tuple[str, list]]:
     """A training sentence is spoken twice, by a female and by a male voice, so its words never tell the
     gender: a model that memorises sentence -> gender (one voice per sentence) stops listening for it. A dev
     or test sentence is spoken once, by any voice."""
     if split != "train":
-        return [(key, VOICES)]
+        return [(key, voices)]
     return [
-        (f"{key}{gender[0]}", [v for v in VOICES if v[1] == gender])
+        (f"{key}{gender[0]}", [v for v in voices if v[1] == gender])
         for gender in ("female", "male")
     ]
 
@@ -232,8 +233,6 @@ def main(argv=None) -> dict[str, Path]:
             }
             for clip in clips
         ]
-        if split == "train":
-            lines += [{**clip, "task": "<TRANSCRIBE>"} for clip in clips]
         lists[split] = args.out / f"{split}.jsonl"
         lists[split].write_text("".join(json.dumps(line) + "\n" for line in lines))
     print(" ".join(f"{split}: {len(clips)} clips" for split, clips in splits.items()))
