@@ -403,7 +403,11 @@ def recipe_corpus():
 def test_srwt_clips_carry_exact_word_times(tmp_path):
     """A word-by-word clip: outside the labelled spans there is only the drawn noise floor."""
     corpus = recipe_corpus()
-    style = {**corpus.draw_style(random.Random(0)), "voice": "en-us+f2", "srwt": True}
+    style = {
+        **corpus.draw_style(random.Random(0), corpus.voices()),
+        "voice": "en-us+f2",
+        "srwt": True,
+    }
     style |= {"reverb": 0, "telephone": False, "snr_db": 60, "peak_db": -6}
     labels = corpus.make_clip(
         "the quick brown fox", style, "seed", tmp_path / "clip.wav"

@@ -4,6 +4,7 @@
 
 Sentences and espeak-ng voices are examples/asr_gender's (its grammar; sentences split 80/10/10, so no test
 sentence is heard in training); flite's slt (female), awb, rms and kal (male) join them where flite is installed.
+A training sentence is spoken twice, by a female and by a male voice, as in examples/asr_gender.
 Each clip draws, from its own seed: speed and pitch (espeak-ng), reverberation, a telephone band at 8 kHz (sox),
 white noise at 5-30 dB SNR and a loudness. A third of the clips are SRWT clips: each word is spoken alone, its
 silence trimmed, and the words joined with drawn pauses, so the word times in the label are exact. Labels use
@@ -119,8 +120,8 @@ def degrade(audio: np.ndarray, style: dict, rng: np.random.Generator) -> np.ndar
     return audio * (10 ** (style["peak_db"] / 20) / (np.abs(audio).max() + 1e-9))
 
 
-def draw_style(clip_rng: random.Random) -> dict:
-    voice, gender = clip_rng.choice(voices())
+def draw_style(clip_rng: random.Random, voices: list) -> dict:
+    voice, gender = clip_rng.choice(voices)
     return {
         "voice": voice,
         "gender": gender,
@@ -151,20 +152,40 @@ def make_clip(text: str, style: dict, seed: str, path: Path):
     return labels
 
 
-def one_clip(job: tuple) -> tuple[str, str, dict, dict]:
-    """Clip `index` of the corpus (kept when an earlier run made it with this style)."""
+def sentence_clips(job: tuple) -> tuple[str, list[tuple[str, dict, dict]]]:
+    """Sentence `index`'s split and clips, each (key, style, labels); a clip is kept when an
+    earlier run made it with this style. A training sentence is spoken by a female and a male
+    voice (examples/asr_gender's clip_voices: the words must not tell the gender)."""
     index, text, out, corpus_seed = job
-    split, key = asr_gender.split_and_key(index)
-    seed = f"{corpus_seed}/{key}/{text}"
-    style = draw_style(random.Random(seed))
-    path = out / "wav" / f"{key}.wav"
-    record = out / "wav" / f"{key}.json"
-    kept = record.exists() and json.loads(record.read_text())["style"] == style
-    if kept and path.exists():
-        return split, key, style, json.loads(record.read_text())["labels"]
-    labels = make_clip(text, style, seed, path)
-    record.write_text(json.dumps({"style": style, "labels": labels}))
-    return split, key, style, labels
+    split, sentence_key = asr_gender.split_and_key(index)
+    clips = []
+    for key, choices in asr_gender.clip_voices(split, sentence_key, voices()):
+        seed = f"{corpus_seed}/{key}/{text}"
+        style = draw_style(random.Random(seed), choices)
+        path = out / "wav" / f"{key}.wav"
+        record = out / "wav" / f"{key}.json"
+        kept = record.exists() and json.loads(record.read_text())["style"] == style
+        if kept and path.exists():
+            labels = json.loads(record.read_text())["labels"]
+        else:
+            labels = make_clip(text, style, seed, path)
+            record.write_text(json.dumps({"style": style, "labels": labels}))
+        clips.append((key, style, labels))
+    return split, clips
+
+
+def list_lines(key: str, style: dict, labels: dict) -> list[dict]:
+    """A clip's list lines, one per task it serves."""
+    return [
+        {
+            "key": f"{key}-{task}",
+            "wav": f"wav/{key}.wav",
+            "txt": label,
+            "task": TASKS[task],
+            "gender": style["gender"],
+        }
+        for task, label in labels.items()
+    ]
 
 
 def main(argv=None) -> dict[str, Path]:
@@ -176,13 +197,10 @@ def main(argv=None) -> dict[str, Path]:
         Progress(len(texts), "synthesizing") as bar,
         asr_gender.worker_pool(args.jobs) as pool,
     ):
-        # in corpus order, whichever worker made the clip
-        for split, key, style, labels in pool.map(one_clip, jobs, chunksize=4):
-            for task, label in labels.items():
-                line = {"key": f"{key}-{task}", "wav": f"wav/{key}.wav", "txt": label}
-                lists[split].append(
-                    {**line, "task": TASKS[task], "gender": style["gender"]}
-                )
+        # in corpus order, whichever worker made the clips
+        for split, clips in pool.map(sentence_clips, jobs, chunksize=4):
+            for key, style, labels in clips:
+                lists[split] += list_lines(key, style, labels)
             bar.update()
     # and each split's plain transcripts alone, for align.py's CTC
     for split in list(lists):
