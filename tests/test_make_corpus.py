@@ -105,6 +105,5 @@ def test_workers_forked_after_torch_has_run_do_not_hang(tmp_path):
         child.communicate()
         pytest.fail("make_corpus.py's workers hung after torch had run in the parent")
     assert child.returncode == 0
-    assert (
-        len((tmp_path / "train.jsonl").read_text().splitlines()) == 8
-    )  # 4 sentences, 2 voices each
+    lines = (tmp_path / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 8  # 4 training sentences, 2 voices each
