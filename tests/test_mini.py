@@ -495,14 +495,36 @@ def test_the_alignment_stage_learns_at_the_text_scale_and_ships_folded(parts, tm
     init = tmp_path / "osum-mini"
     mini.assemble(init, delta=None)
     out = tmp_path / "aligned"
-    flags = ["--steps", "30", "--lr", "3e-3", "--batch-frames", "1500"]
+    # every clip's plain transcript, the SRWT clips' too, is a CTC target
+    plain = [json.loads(line) for line in lists["train_asr"].read_text().splitlines()]
+    lines = [json.loads(line) for line in lists["train"].read_text().splitlines()]
+    clips = {line["wav"] for line in lines}
+    assert {line["wav"] for line in plain} == clips and len(plain) == len(clips)
+    assert all("<" not in line["txt"] and line["txt"] for line in plain)
+    flags = ["--steps", "30", "--lr", "3e-3", "--batch-size", "64"]  # all, each step
+    cache = tmp_path / "encoded.pt"
+    cache.write_bytes(b"not a cache")  # unreadable: encoded again, and rewritten
     paths = [str(init), str(lists["train_asr"]), str(lists["train_asr"]), str(out)]
-    assert recipe_align().main([*paths, *flags]) == 0
+    assert recipe_align().main([*paths, *flags, "--cache", str(cache)]) == 0
     log = [
         json.loads(line) for line in (out / "align_log.jsonl").read_text().splitlines()
     ]
     losses = [record["ctc_loss"] for record in log if "ctc_loss" in record]
     assert losses[-1] < 0.7 * losses[0], losses
+    genders = [record["gender_loss"] for record in log if "gender_loss" in record]
+    assert genders[-1] < genders[0], genders
+    # a second run reads the encoded clips (the recordings are gone) and trains the same
+    wavs = lists["train_asr"].parent / "wav"
+    wavs.rename(wavs.with_name("moved"))
+    again = tmp_path / "again"
+    assert (
+        recipe_align().main([*paths[:3], str(again), *flags, "--cache", str(cache)])
+        == 0
+    )
+    wavs.with_name("moved").rename(wavs)
+    figures = json.loads((again / "align_log.jsonl").read_text().splitlines()[-1])
+    assert figures["clips"] == len(clips)
+    assert figures["final_ctc_loss"] == log[-1]["final_ctc_loss"]
     aligned = OSUM.from_pretrained(out, device="cpu", for_training=True)
     scale = aligned.config.adaptor.output_scale
     assert scale == pytest.approx(log[-1]["output_scale"], rel=1e-4) and scale != 1.0
@@ -511,7 +533,7 @@ def test_the_alignment_stage_learns_at_the_text_scale_and_ships_folded(parts, tm
         / json.loads(lists["train_asr"].read_text().splitlines()[0])["wav"]
     )
     rows = speech_rows(aligned, wav)
-    tokens = aligned.llm.embed_tokens.weight.norm(dim=-1).mean()
+    tokens = aligned.llm.embed_tokens.weight.detach().norm(dim=-1).mean()
     assert 0.2 < float(rows.norm(dim=-1).mean() / tokens) < 5
     mini.write_delta(out, tmp_path / "delta")
     mini.assemble(tmp_path / "assembled", delta=tmp_path / "delta")

@@ -2,24 +2,29 @@
 
 A fresh adaptor's outputs sit 35x above the token embeddings' scale and mean nothing to the LLM. Trained
 through the LLM from there (the first recipe run, docs/mini.md), they grew into one constant vector the
-LLM ignored. Here the frozen encoder and the adaptor train alone with CTC, each speech embedding scored
-against the LLM's own (frozen) token embeddings by cosine: a frame that hears " pencil" points where
-" pencil"'s embedding points. No LLM runs, so a step costs a few percent of a train.py step. The outputs
-are then scaled to the token embeddings' mean norm, and the model is written as train.py's --init.
+LLM ignored. Here the adaptor trains alone with CTC, each speech embedding scored against the LLM's own
+(frozen) token embeddings by cosine: a frame that hears " pencil" points where " pencil"'s embedding
+points. Beside it, a linear head on their mean learns the speaker's gender, so the voice is not lost.
+The frozen encoder runs once per clip (its output is cached, fp16) and no LLM runs, so a step costs a
+few percent of a train.py step. The outputs are then scaled to the token embeddings' mean norm, and the
+model is written as train.py's --init.
 
-    python examples/mini/align.py RUN/init DATA/train_asr.jsonl DATA/dev_asr.jsonl RUN/aligned
-"""
+    python examples/mini/align.py RUN/init DATA/train_asr.jsonl DATA/dev_asr.jsonl RUN/aligned"""
 
 import argparse
+import hashlib
 import json
 import math
+import pickle
+import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -68,38 +73,107 @@ class CTCHead(torch.nn.Module):
         return logits.log_softmax(-1)
 
 
-def plain_items(batch: dict, eod_id: int) -> list[int]:
-    """Rows of a batch that are plain transcripts, with a label besides the eod."""
-    return [
-        row
-        for row, (task, label) in enumerate(zip(batch["tasks"], batch["labels"]))
-        if task == TASK and len(label) > 1 and label[-1] == eod_id
-    ]
+@dataclass
+class Clip:
+    """A plain-transcript clip as the adaptor sees it: the frozen encoder has run once."""
+
+    features: torch.Tensor  # (T, 512) float16, Whisper base at 50 Hz
+    label: list[int]  # the transcript's token ids, without the eod
+    female: bool
 
 
-def plain_speech(model, batch: dict, eod_id: int):
-    """The plain-transcript rows of a batch and their speech embeddings (B, S, H), lengths (B,);
-    the frozen encoder builds no graph (its weights need no gradient)."""
-    rows = plain_items(batch, eod_id)
-    if not rows:
-        return rows, None, None
-    mel, mel_lens = batch["mel"][rows], batch["mel_lens"][rows]
-    return rows, *model.embed_speech(mel, mel_lens, original_mask_rule=False)
+def genders(path: Path) -> dict[str, bool]:
+    """key -> whether the clip's voice is female, from make_corpus.py's list."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return {line["key"]: line.get("gender") == "female" for line in lines}
 
 
-def ctc_loss(model, head, vocab, batch, eod_id):
-    rows, speech, lengths = plain_speech(model, batch, eod_id)
-    if not rows:
-        return None
-    targets = [vocab.targets(batch["labels"][row][:-1]) for row in rows]
-    log_probs = head(speech, vocab.ids).transpose(0, 1)  # (S, B, 1 + V')
-    return F.ctc_loss(
+@torch.no_grad()
+def encode(model, path: Path, tokenizer, data, eod_id) -> list[Clip]:
+    """Every plain-transcript clip of a list through the frozen encoder, once: it is
+    more than half of a step's time, and its output never changes."""
+    female = genders(path)
+    dataset = SpeechDataset(path, tokenizer, data, train=False, eod_id=eod_id)
+    clips = []
+    with Progress(len(female), f"encoding {path.name}", unit="clip") as bar:
+        for batch in dataset:
+            keep = [
+                row
+                for row, (task, label) in enumerate(
+                    zip(batch["tasks"], batch["labels"])
+                )
+                if task == TASK and len(label) > 1 and label[-1] == eod_id
+            ]
+            bar.update(len(batch["keys"]))
+            if not keep:
+                continue
+            dtype = next(model.encoder.parameters()).dtype
+            mel = batch["mel"][keep].to(model.device, dtype)
+            x, lengths = model.encoder(mel, batch["mel_lens"][keep], False)
+            for i, row in enumerate(keep):
+                features = x[i, : lengths[i]].half()
+                label = batch["labels"][row][:-1]
+                clips.append(Clip(features, label, female[batch["keys"][row]]))
+    if not clips:
+        raise SystemExit(f"{path}: {NO_ITEMS}")
+    return clips
+
+
+def encoded(model, args, tokenizer, data) -> tuple[list[Clip], list[Clip]]:
+    """The train and dev clips, encoded: read from --cache when it was written from these
+    very lists (their bytes' hash), else encoded and written there."""
+    lists = (args.train_data, args.dev_data)
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in lists)).hexdigest()
+    if args.cache and args.cache.exists():
+        try:
+            cached = torch.load(args.cache, weights_only=True)
+            found = cached["lists_sha256"]
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError):
+            found = "unreadable"
+        if found == digest:
+            status(f"read the encoded clips from {args.cache}")
+            return tuple([Clip(*clip) for clip in split] for split in cached["clips"])
+        status(f"{args.cache} is not these lists' clips ({found[:12]}): encoding again")
+    eod_id = model.config.eod_id
+    splits = tuple(encode(model, path, tokenizer, data, eod_id) for path in lists)
+    if args.cache:
+        clips = [[(c.features, c.label, c.female) for c in split] for split in splits]
+        torch.save({"lists_sha256": digest, "clips": clips}, args.cache)
+    return splits
+
+
+def collate(clips: list[Clip], dropout: float = 0.0):
+    """Clips -> encoder features (B, T, 512) zero-padded, float32, and lengths (B,)."""
+    lengths = torch.tensor([len(clip.features) for clip in clips])
+    x = pad_sequence([clip.features for clip in clips], batch_first=True).float()
+    return F.dropout(x, dropout, training=dropout > 0), lengths
+
+
+def gender_logits(head, speech, lengths) -> torch.Tensor:
+    """Speech embeddings (B, S, H) -> male/female logits (B, 2) from their mean over time:
+    CTC alone would let the adaptor drop the voice, which the gender task needs."""
+    mask = torch.arange(speech.shape[1])[None, :] < lengths[:, None]  # (B, S)
+    mean = (speech * mask[..., None]).sum(1) / lengths[:, None]
+    return head(mean)
+
+
+def losses(model, heads, vocab, clips, dropout):
+    ctc_head, gender_head = heads
+    with torch.autocast("cpu", torch.bfloat16):
+        speech, lengths = model.adaptor(*collate(clips, dropout))
+    speech = speech.float()
+    targets = [vocab.targets(clip.label) for clip in clips]
+    log_probs = ctc_head(speech, vocab.ids).transpose(0, 1)  # (S, B, 1 + V')
+    ctc = F.ctc_loss(
         log_probs,
         torch.tensor([t for target in targets for t in target]),
         lengths,
         torch.tensor([len(target) for target in targets]),
         zero_infinity=True,
     )
+    female = torch.tensor([clip.female for clip in clips], dtype=torch.long)
+    gender = F.cross_entropy(gender_logits(gender_head, speech, lengths), female)
+    return ctc, gender
 
 
 def greedy(log_probs: torch.Tensor, length: int, vocab: Vocabulary) -> list[int]:
@@ -110,33 +184,37 @@ def greedy(log_probs: torch.Tensor, length: int, vocab: Vocabulary) -> list[int]
 
 
 @torch.no_grad()
-def word_error_rate(model, head, vocab, dataset, tokenizer, eod_id) -> float:
-    """Greedy CTC decoding's WER on the dev list: what the adaptor alone hears."""
-    errors = words = 0
-    for batch in dataset:
-        rows, speech, lengths = plain_speech(model, batch, eod_id)
-        if not rows:
-            continue
-        log_probs = head(speech, vocab.ids)  # (B, S, 1 + V')
-        for i, row in enumerate(rows):
-            ref = tokenizer.decode(batch["labels"][row][:-1]).split()
+def score(model, heads, vocab, clips, tokenizer) -> dict:
+    """Greedy CTC decoding's WER and the gender head's accuracy on the dev clips: what the
+    adaptor alone hears."""
+    ctc_head, gender_head = heads
+    errors = words = right = 0
+    for start in range(0, len(clips), 32):
+        chunk = clips[start : start + 32]
+        speech, lengths = model.adaptor(*collate(chunk))
+        log_probs = ctc_head(speech, vocab.ids)  # (B, S, 1 + V')
+        said = gender_logits(gender_head, speech, lengths).argmax(-1)
+        for i, clip in enumerate(chunk):
+            ref = tokenizer.decode(clip.label).split()
             hyp = tokenizer.decode(greedy(log_probs[i], int(lengths[i]), vocab))
             errors += edit_distance(ref, hyp.split()).errors
             words += len(ref)
-    if not words:
-        raise SystemExit(f"{dataset.sources[0].name}: {NO_ITEMS}")
-    return 100.0 * errors / words
+            right += int(said[i]) == int(clip.female)
+    return {
+        "dev_ctc_greedy_wer": round(100.0 * errors / words, 2),
+        "dev_gender_accuracy": round(100.0 * right / len(clips), 2),
+    }
 
 
 @torch.no_grad()
-def match_text_scale(model, vocab, dataset, eod_id) -> float:
+def match_text_scale(model, vocab, clips) -> float:
     """Set the adaptor's output_scale so speech rows have the mean norm of the transcripts'
     token embeddings, the scale the LLM reads; CTC's cosine left it free. A constant, not the
     projection's weights: AdamW moves a weight by about lr a step, whatever its size."""
     norms = []
-    for batch in dataset:
-        _, speech, lengths = plain_speech(model, batch, eod_id)
-        for row, length in zip(speech if speech is not None else [], lengths):
+    for start in range(0, len(clips), 32):
+        speech, lengths = model.adaptor(*collate(clips[start : start + 32]))
+        for row, length in zip(speech, lengths):
             norms.append(row[:length].norm(dim=-1).mean())
     text = model.llm.embed_tokens.weight[vocab.ids].norm(dim=-1).mean()
     scale = float(text / torch.stack(norms).mean()) * model.adaptor.config.output_scale
@@ -145,9 +223,23 @@ def match_text_scale(model, vocab, dataset, eod_id) -> float:
     return scale
 
 
-def train(model, head, vocab, dataset, args, eod_id) -> list[dict]:
-    """AdamW on the adaptor and the head: linear warmup over a tenth of the steps, cosine to zero."""
-    params = [*model.adaptor.parameters(), *head.parameters()]
+def batches(clips: list[Clip], size: int, seed: int):
+    """Endless batches of `size` clips: each pass shuffles the clips, sorts every run of
+    8 batches by length (less padding) and shuffles the batches."""
+    rng = random.Random(seed)
+    size = min(size, len(clips))
+    while True:
+        order = rng.sample(clips, len(clips))
+        for start in range(0, len(order) - size + 1, 8 * size):
+            run = sorted(order[start : start + 8 * size], key=lambda c: len(c.features))
+            chunks = [run[i : i + size] for i in range(0, len(run) - size + 1, size)]
+            yield from rng.sample(chunks, len(chunks))
+
+
+def train(model, heads, vocab, clips, args) -> list[dict]:
+    """AdamW on the adaptor and the heads: linear warmup over a tenth of the steps, cosine
+    to zero; each step a random batch of the cached clips."""
+    params = [*model.adaptor.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 10)
 
@@ -158,32 +250,27 @@ def train(model, head, vocab, dataset, args, eod_id) -> list[dict]:
         return 0.5 * (1 + math.cos(math.pi * done))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    log, step, epoch, recent = [], 0, 0, []
+    log, recent = [], []
+    drawn = batches(clips, args.batch_size, args.seed)
     with Progress(args.steps, "aligning the adaptor", unit="step") as bar:
-        while step < args.steps:
-            dataset.set_epoch(epoch)
-            if epoch and step == 0:
-                raise SystemExit(f"{args.train_data}: {NO_ITEMS}")
-            for batch in dataset:
-                loss = ctc_loss(model, head, vocab, batch, eod_id)
-                if loss is None:
-                    continue
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 5.0)
-                optimizer.step()
-                schedule.step()
-                step += 1
-                recent = [*recent[-19:], loss.item()]
-                bar.desc = (
-                    f"aligning the adaptor (ctc loss {sum(recent) / len(recent):.3f})"
+        for step, batch in zip(range(1, args.steps + 1), drawn):
+            ctc, gender = losses(model, heads, vocab, batch, args.dropout)
+            optimizer.zero_grad()
+            (ctc + args.gender_weight * gender).backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            optimizer.step()
+            schedule.step()
+            recent = [*recent[-19:], (ctc.item(), gender.item())]
+            mean_ctc = sum(c for c, _ in recent) / len(recent)
+            mean_gender = sum(g for _, g in recent) / len(recent)
+            bar.desc = (
+                f"aligning the adaptor (ctc {mean_ctc:.3f}, gender {mean_gender:.3f})"
+            )
+            bar.update(1)
+            if step == 1 or step % 20 == 0 or step == args.steps:
+                log.append(
+                    {"step": step, "ctc_loss": mean_ctc, "gender_loss": mean_gender}
                 )
-                bar.update(1)
-                if step % 20 == 0 or step == args.steps:
-                    log.append({"step": step, "ctc_loss": sum(recent) / len(recent)})
-                if step == args.steps:
-                    break
-            epoch += 1
     return log
 
 
@@ -193,10 +280,20 @@ def main(argv=None) -> int:
     parser.add_argument("train_data", type=Path)
     parser.add_argument("dev_data", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-frames", type=int, default=6000)
+    parser.add_argument("--batch-size", type=int, default=32, help="clips per step")
+    parser.add_argument(
+        "--dropout", type=float, default=0.1, help="on the cached encoder features"
+    )
+    parser.add_argument("--gender-weight", type=float, default=0.5)
+    parser.add_argument(
+        "--batch-frames", type=int, default=6000, help="per encoder batch, once"
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cache", type=Path, help="keep the encoded clips here, for the next run"
+    )
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
@@ -207,29 +304,32 @@ def main(argv=None) -> int:
     model.requires_grad_(False)
     model.adaptor.requires_grad_(True).train()
     tokenizer = Tokenizer.from_pretrained(args.init)
-    eod_id = model.config.eod_id
-    head = CTCHead(model.llm.embed_tokens.weight.detach())
+    heads = torch.nn.ModuleList(
+        [
+            CTCHead(model.llm.embed_tokens.weight.detach()),
+            torch.nn.Linear(model.config.adaptor.llm_dim, 2),  # male, female
+        ]
+    )
     vocab = Vocabulary()
     data = DataConfig(max_frames_in_batch=args.batch_frames, sort_buffer=32)
-    train_set = SpeechDataset(
-        args.train_data, tokenizer, data, seed=args.seed, eod_id=eod_id
-    )
-    dev = SpeechDataset(args.dev_data, tokenizer, data, train=False, eod_id=eod_id)
     start = time.monotonic()
-    log = train(model, head, vocab, train_set, args, eod_id)
+    train_clips, dev_clips = encoded(model, args, tokenizer, data)
+    ready = time.monotonic()
+    log = train(model, heads, vocab, train_clips, args)
     model.adaptor.eval()
-    wer = word_error_rate(model, head, vocab, dev, tokenizer, eod_id)
-    scale = match_text_scale(model, vocab, dev, eod_id)
-    model.save_pretrained(args.out)
-    tokenizer.save(args.out)
     figures = {
         "steps": args.steps,
-        "seconds": round(time.monotonic() - start, 1),
+        "clips": len(train_clips),
+        "encoding_seconds": round(ready - start, 1),
+        "training_seconds": round(time.monotonic() - ready, 1),
         "final_ctc_loss": round(log[-1]["ctc_loss"], 4),
-        "dev_ctc_greedy_wer": round(wer, 2),
-        "output_scale": round(scale, 5),
+        "final_gender_loss": round(log[-1]["gender_loss"], 4),
+        **score(model, heads, vocab, dev_clips, tokenizer),
+        "output_scale": round(match_text_scale(model, vocab, dev_clips), 5),
         "vocabulary": len(vocab.ids),
     }
+    model.save_pretrained(args.out)
+    tokenizer.save(args.out)
     (args.out / "align_log.jsonl").write_text(
         "".join(json.dumps(line) + "\n" for line in [*log, figures])
     )

@@ -9,12 +9,13 @@ Each clip draws, from its own seed: speed and pitch (espeak-ng), reverberation, 
 white noise at 5-30 dB SNR and a loudness. A third of the clips are SRWT clips: each word is spoken alone, its
 silence trimmed, and the words joined with drawn pauses, so the word times in the label are exact. Labels use
 OSUM's tags and forms: `text<female>` for `<TRANSCRIBE> <GENDER>`, `word<0.3,0.7>...` (0.1 s) for SRWT.
-Writes train/dev/test.jsonl, and train_asr/dev_asr/test_asr.jsonl with their plain transcripts (align.py).
+Writes train/dev/test.jsonl, and train_asr/dev_asr/test_asr.jsonl: every clip's plain transcript (align.py).
 """
 
 import importlib.util
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -188,6 +189,12 @@ def list_lines(key: str, style: dict, labels: dict) -> list[dict]:
     ]
 
 
+def plain(line: dict) -> dict:
+    """A list line as a plain-transcript line of the same clip (SRWT's times dropped)."""
+    words = re.sub(r"<[^>]*>", " ", line["txt"]).split()
+    return {**line, "txt": " ".join(words), "task": TASKS["asr"]}
+
+
 def main(argv=None) -> dict[str, Path]:
     args, texts = asr_gender.corpus_args(argv, __doc__, 1500)
     (args.out / "wav").mkdir(parents=True, exist_ok=True)
@@ -202,10 +209,11 @@ def main(argv=None) -> dict[str, Path]:
             for key, style, labels in clips:
                 lists[split] += list_lines(key, style, labels)
             bar.update()
-    # and each split's plain transcripts alone, for align.py's CTC
+    # and each clip's plain transcript, SRWT clips' too, for align.py's CTC
     for split in list(lists):
-        asr = [line for line in lists[split] if line["task"] == TASKS["asr"]]
-        lists[f"{split}_asr"] = asr
+        lists[f"{split}_asr"] = [
+            plain(line) for line in lists[split] if line["task"] != TASKS["sgc"]
+        ]
     paths = {}
     for split, lines in lists.items():
         paths[split] = args.out / f"{split}.jsonl"
