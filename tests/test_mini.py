@@ -525,6 +525,18 @@ def test_the_alignment_stage_learns_at_the_text_scale_and_ships_folded(parts, tm
     figures = json.loads((again / "align_log.jsonl").read_text().splitlines()[-1])
     assert figures["clips"] == len(clips)
     assert figures["final_ctc_loss"] == log[-1]["final_ctc_loss"]
+    # the gender head tied to the LLM's words (docs/mini.md, run 3b) learns too
+    words = tmp_path / "words"
+    tied = [*paths[:3], str(words), *flags, "--cache", str(cache)]
+    assert recipe_align().main([*tied, "--gender-head", "words"]) == 0
+    tied_log = [
+        json.loads(line)
+        for line in (words / "align_log.jsonl").read_text().splitlines()
+    ]
+    tied_genders = [
+        record["gender_loss"] for record in tied_log if "gender_loss" in record
+    ]
+    assert tied_genders[-1] < tied_genders[0], tied_genders
     aligned = OSUM.from_pretrained(out, device="cpu", for_training=True)
     scale = aligned.config.adaptor.output_scale
     assert scale == pytest.approx(log[-1]["output_scale"], rel=1e-4) and scale != 1.0

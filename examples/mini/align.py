@@ -73,6 +73,30 @@ class CTCHead(torch.nn.Module):
         return logits.log_softmax(-1)
 
 
+class WordsGenderHead(torch.nn.Module):
+    """--gender-head words: cosine between a clip's mean speech embedding and the LLM's own embeddings
+    of the label's gender words ("male", "female"), sharpened: the voice is put where the LLM reads
+    words (docs/mini.md, run 3b: the LLM reads it, and CTC pays)."""
+
+    def __init__(self, words: torch.Tensor):
+        super().__init__()
+        self.words = words  # (2, H), frozen: male, female
+        self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def forward(self, mean: torch.Tensor) -> torch.Tensor:
+        cosine = F.normalize(mean, dim=-1) @ F.normalize(self.words, dim=-1).T
+        return cosine * self.log_temperature.exp()  # (B, 2)
+
+
+def gender_head(model, tokenizer, kind: str) -> torch.nn.Module:
+    """male/female logits (B, 2) from a mean speech embedding (B, H)."""
+    if kind == "linear":
+        return torch.nn.Linear(model.config.adaptor.llm_dim, 2)
+    embed = model.llm.embed_tokens.weight.detach()
+    words = [embed[tokenizer.encode(word)].mean(0) for word in ("male", "female")]
+    return WordsGenderHead(torch.stack(words))
+
+
 @dataclass
 class Clip:
     """A plain-transcript clip as the adaptor sees it: the frozen encoder has run once."""
@@ -288,6 +312,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--gender-weight", type=float, default=0.5)
     parser.add_argument(
+        "--gender-head",
+        choices=["linear", "words"],
+        default="linear",
+        help="words: tied to the LLM's embeddings of male/female",
+    )
+    parser.add_argument(
         "--batch-frames", type=int, default=6000, help="per encoder batch, once"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -307,7 +337,7 @@ def main(argv=None) -> int:
     heads = torch.nn.ModuleList(
         [
             CTCHead(model.llm.embed_tokens.weight.detach()),
-            torch.nn.Linear(model.config.adaptor.llm_dim, 2),  # male, female
+            gender_head(model, tokenizer, args.gender_head),
         ]
     )
     vocab = Vocabulary()
