@@ -88,7 +88,7 @@ class WordsGenderHead(torch.nn.Module):
         return cosine * self.log_temperature.exp()  # (B, 2)
 
 
-def gender_head(model, tokenizer, kind: str) -> torch.nn.Module:
+def build_gender_head(model, tokenizer, kind: str) -> torch.nn.Module:
     """male/female logits (B, 2) from a mean speech embedding (B, H)."""
     if kind == "linear":
         return torch.nn.Linear(model.config.adaptor.llm_dim, 2)
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
     heads = torch.nn.ModuleList(
         [
             CTCHead(model.llm.embed_tokens.weight.detach()),
-            gender_head(model, tokenizer, args.gender_head),
+            build_gender_head(model, tokenizer, args.gender_head),
         ]
     )
     vocab = Vocabulary()
