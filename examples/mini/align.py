@@ -119,6 +119,7 @@ def encode(model, path: Path, tokenizer, data, eod_id) -> list[Clip]:
     female = genders(path)
     dataset = SpeechDataset(path, tokenizer, data, train=False, eod_id=eod_id)
     clips = []
+    dtype = next(model.encoder.parameters()).dtype
     with Progress(len(female), f"encoding {path.name}", unit="clip") as bar:
         for batch in dataset:
             keep = [
@@ -131,7 +132,6 @@ def encode(model, path: Path, tokenizer, data, eod_id) -> list[Clip]:
             bar.update(len(batch["keys"]))
             if not keep:
                 continue
-            dtype = next(model.encoder.parameters()).dtype
             mel = batch["mel"][keep].to(model.device, dtype)
             x, lengths = model.encoder(mel, batch["mel_lens"][keep], False)
             for i, row in enumerate(keep):
@@ -171,6 +171,13 @@ def collate(clips: list[Clip], dropout: float = 0.0):
     lengths = torch.tensor([len(clip.features) for clip in clips])
     x = pad_sequence([clip.features for clip in clips], batch_first=True).float()
     return F.dropout(x, dropout, training=dropout > 0), lengths
+
+
+def adapted(model, clips: list[Clip]):
+    """(chunk, speech embeddings (B, S, H), lengths (B,)) for the clips, 32 at a time."""
+    for start in range(0, len(clips), 32):
+        chunk = clips[start : start + 32]
+        yield chunk, *model.adaptor(*collate(chunk))
 
 
 def gender_logits(head, speech, lengths) -> torch.Tensor:
@@ -213,9 +220,7 @@ def score(model, heads, vocab, clips, tokenizer) -> dict:
     adaptor alone hears."""
     ctc_head, gender_head = heads
     errors = words = right = 0
-    for start in range(0, len(clips), 32):
-        chunk = clips[start : start + 32]
-        speech, lengths = model.adaptor(*collate(chunk))
+    for chunk, speech, lengths in adapted(model, clips):
         log_probs = ctc_head(speech, vocab.ids)  # (B, S, 1 + V')
         said = gender_logits(gender_head, speech, lengths).argmax(-1)
         for i, clip in enumerate(chunk):
@@ -236,8 +241,7 @@ def match_text_scale(model, vocab, clips) -> float:
     token embeddings, the scale the LLM reads; CTC's cosine left it free. A constant, not the
     projection's weights: AdamW moves a weight by about lr a step, whatever its size."""
     norms = []
-    for start in range(0, len(clips), 32):
-        speech, lengths = model.adaptor(*collate(clips[start : start + 32]))
+    for _, speech, lengths in adapted(model, clips):
         for row, length in zip(speech, lengths):
             norms.append(row[:length].norm(dim=-1).mean())
     text = model.llm.embed_tokens.weight[vocab.ids].norm(dim=-1).mean()
@@ -304,7 +308,7 @@ def main(argv=None) -> int:
     parser.add_argument("train_data", type=Path)
     parser.add_argument("dev_data", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=32, help="clips per step")
     parser.add_argument(
