@@ -139,9 +139,9 @@ def speak(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
 
 
 def corpus_args(
-    argv, doc: str, utterances: int
+    argv, doc: str, utterances: int, draw=sentences
 ) -> tuple[argparse.Namespace, list[str]]:
-    """--out, --utterances, --seed, --jobs; and the sentences they draw."""
+    """--out, --utterances, --seed, --jobs; and the sentences `draw(count, seed)` gives."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--utterances", type=int, default=utterances)
@@ -156,7 +156,7 @@ def corpus_args(
     # before the folder is made or anything is drawn
     if shutil.which("espeak-ng") is None:
         raise MissingTool(f"espeak-ng is not installed: {INSTALL}")
-    return args, sentences(args.utterances, args.seed)
+    return args, draw(args.utterances, args.seed)
 
 
 def worker_pool(jobs: int) -> ProcessPoolExecutor:
