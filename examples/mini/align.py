@@ -1,10 +1,11 @@
-"""osum-mini's first stage: the adaptor learns to speak in the LLM's token embeddings (CTC), before train.py.
+"""osum-mini's first stage: the adaptor learns to spell in the LLM's token embeddings (CTC), before train.py.
 
 A fresh adaptor's outputs sit 35x above the token embeddings' scale and mean nothing to the LLM. Trained
 through the LLM from there (the first recipe run, docs/mini.md), they grew into one constant vector the
 LLM ignored. Here the adaptor trains alone with CTC, each speech embedding scored against the LLM's own
-(frozen) token embeddings by cosine: a frame that hears " pencil" points where " pencil"'s embedding
-points. Beside it, a linear head on their mean learns the speaker's gender, so the voice is not lost.
+(frozen) embeddings of single letters by cosine: frames that hear " pencil" point where " p", "e", "n",
+... point, in turn (`Spelling`). Beside it, a linear head on their mean learns the speaker's gender, so
+the voice is not lost.
 The frozen encoder runs once per clip (its output is cached, fp16) and no LLM runs, so a step costs a
 few percent of a train.py step. The outputs are then scaled to the token embeddings' mean norm, and the
 model is written as train.py's --init.
@@ -17,6 +18,7 @@ import json
 import math
 import pickle
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -36,24 +38,35 @@ from osum_min.progress import Progress, status  # noqa: E402
 from osum_min.text.tokenizer import Tokenizer  # noqa: E402
 
 TASK = "<TRANSCRIBE>"  # the plain transcripts: CTC's targets
+LETTERS = "abcdefghijklmnopqrstuvwxyz'"
 NO_ITEMS = (
     f"no {TASK} items with a transcript (make_corpus.py's *_asr.jsonl lists have them)"
 )
 
 
-class Vocabulary:
-    """The token ids the transcripts use, in the order first seen; column 0 is CTC's blank."""
+class Spelling:
+    """A transcript as CTC's targets, letter by letter: each word's first letter with its space
+    (" p", one token in Qwen2's vocabulary), then its other letters ("e", "n", ...). Against
+    whole-word tokens (run 3) the adaptor learned a grammar's 225 words and no others; at 15,000
+    words, each heard a few times, CTC stalled (run 4): a word's embedding says what it means,
+    not how it sounds. Letters are few, and every word trains them."""
 
-    def __init__(self):
-        self.ids: list[int] = []
-        self.column: dict[int, int] = {}
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        pieces = [piece for letter in LETTERS for piece in (letter, " " + letter)]
+        # CTC's columns 1.. (0 is the blank)
+        self.ids = sorted({i for piece in pieces for i in tokenizer.encode(piece)})
+        self.column = {token: i + 1 for i, token in enumerate(self.ids)}
 
-    def targets(self, label: list[int]) -> list[int]:
-        for token in label:
-            if token not in self.column:
-                self.column[token] = len(self.ids) + 1
-                self.ids.append(token)
-        return [self.column[token] for token in label]
+    def __call__(self, label: list[int]) -> list[int]:
+        """A transcript's token ids -> its letters' token ids."""
+        text = self.tokenizer.decode(label).lower()
+        spelled = []
+        for word in re.sub(f"[^{LETTERS} ]", " ", text).split():
+            spelled += self.tokenizer.encode(" " + word[0])
+            for letter in word[1:]:
+                spelled += self.tokenizer.encode(letter)
+        return spelled
 
 
 class CTCHead(torch.nn.Module):
@@ -102,7 +115,7 @@ class Clip:
     """A plain-transcript clip as the adaptor sees it: the frozen encoder has run once."""
 
     features: torch.Tensor  # (T, 512) float16, Whisper base at 50 Hz
-    label: list[int]  # the transcript's token ids, without the eod
+    label: list[int]  # token ids, no eod: the transcript's, then its letters'
     female: bool
 
 
@@ -188,13 +201,13 @@ def gender_logits(head, speech, lengths) -> torch.Tensor:
     return head(mean)
 
 
-def losses(model, heads, vocab, clips, dropout):
+def losses(model, heads, spelling, clips, dropout):
     ctc_head, gender_head = heads
     with torch.autocast("cpu", torch.bfloat16):
         speech, lengths = model.adaptor(*collate(clips, dropout))
     speech = speech.float()
-    targets = [vocab.targets(clip.label) for clip in clips]
-    log_probs = ctc_head(speech, vocab.ids).transpose(0, 1)  # (S, B, 1 + V')
+    targets = [[spelling.column[token] for token in clip.label] for clip in clips]
+    log_probs = ctc_head(speech, spelling.ids).transpose(0, 1)  # (S, B, 1 + V')
     ctc = F.ctc_loss(
         log_probs,
         torch.tensor([t for target in targets for t in target]),
@@ -207,25 +220,26 @@ def losses(model, heads, vocab, clips, dropout):
     return ctc, gender
 
 
-def greedy(log_probs: torch.Tensor, length: int, vocab: Vocabulary) -> list[int]:
+def greedy(log_probs: torch.Tensor, length: int, ids: list[int]) -> list[int]:
     """Best column per frame, repeats merged, blanks dropped -> token ids."""
     best = log_probs[:length].argmax(-1).tolist()
     kept = [c for i, c in enumerate(best) if c and (i == 0 or c != best[i - 1])]
-    return [vocab.ids[c - 1] for c in kept]
+    return [ids[c - 1] for c in kept]
 
 
 @torch.no_grad()
-def score(model, heads, vocab, clips, tokenizer) -> dict:
+def score(model, heads, spelling, clips) -> dict:
     """Greedy CTC decoding's WER and the gender head's accuracy on the dev clips: what the
     adaptor alone hears."""
     ctc_head, gender_head = heads
     errors = words = right = 0
     for chunk, speech, lengths in adapted(model, clips):
-        log_probs = ctc_head(speech, vocab.ids)  # (B, S, 1 + V')
+        log_probs = ctc_head(speech, spelling.ids)  # (B, S, 1 + V')
         said = gender_logits(gender_head, speech, lengths).argmax(-1)
         for i, clip in enumerate(chunk):
-            ref = tokenizer.decode(clip.label).split()
-            hyp = tokenizer.decode(greedy(log_probs[i], int(lengths[i]), vocab))
+            ref = spelling.tokenizer.decode(clip.label).split()
+            said_ids = greedy(log_probs[i], int(lengths[i]), spelling.ids)
+            hyp = spelling.tokenizer.decode(said_ids)
             errors += edit_distance(ref, hyp.split()).errors
             words += len(ref)
             right += int(said[i]) == int(clip.female)
@@ -236,15 +250,15 @@ def score(model, heads, vocab, clips, tokenizer) -> dict:
 
 
 @torch.no_grad()
-def match_text_scale(model, vocab, clips) -> float:
-    """Set the adaptor's output_scale so speech rows have the mean norm of the transcripts'
-    token embeddings, the scale the LLM reads; CTC's cosine left it free. A constant, not the
+def match_text_scale(model, ids, clips) -> float:
+    """Set the adaptor's output_scale so speech rows have the mean norm of the letters'
+    token embeddings (ids), the scale the LLM reads; CTC's cosine left it free. A constant, not the
     projection's weights: AdamW moves a weight by about lr a step, whatever its size."""
     norms = []
     for _, speech, lengths in adapted(model, clips):
         for row, length in zip(speech, lengths):
             norms.append(row[:length].norm(dim=-1).mean())
-    text = model.llm.embed_tokens.weight[vocab.ids].norm(dim=-1).mean()
+    text = model.llm.embed_tokens.weight[ids].norm(dim=-1).mean()
     scale = float(text / torch.stack(norms).mean()) * model.adaptor.config.output_scale
     config = replace(model.config.adaptor, output_scale=scale)
     model.config.adaptor = model.adaptor.config = config
@@ -264,7 +278,7 @@ def batches(clips: list[Clip], size: int, seed: int):
             yield from rng.sample(chunks, len(chunks))
 
 
-def train(model, heads, vocab, clips, args) -> list[dict]:
+def train(model, heads, spelling, clips, args) -> list[dict]:
     """AdamW on the adaptor and the heads: linear warmup over a tenth of the steps, cosine
     to zero; each step a random batch of the cached clips."""
     params = [*model.adaptor.parameters(), *heads.parameters()]
@@ -282,7 +296,7 @@ def train(model, heads, vocab, clips, args) -> list[dict]:
     drawn = batches(clips, args.batch_size, args.seed)
     with Progress(args.steps, "aligning the adaptor", unit="step") as bar:
         for step, batch in zip(range(1, args.steps + 1), drawn):
-            ctc, gender = losses(model, heads, vocab, batch, args.dropout)
+            ctc, gender = losses(model, heads, spelling, batch, args.dropout)
             optimizer.zero_grad()
             (ctc + args.gender_weight * gender).backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -308,7 +322,7 @@ def main(argv=None) -> int:
     parser.add_argument("train_data", type=Path)
     parser.add_argument("dev_data", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=32, help="clips per step")
     parser.add_argument(
@@ -344,12 +358,15 @@ def main(argv=None) -> int:
             build_gender_head(model, tokenizer, args.gender_head),
         ]
     )
-    vocab = Vocabulary()
+    spelling = Spelling(tokenizer)
     data = DataConfig(max_frames_in_batch=args.batch_frames, sort_buffer=32)
     start = time.monotonic()
-    train_clips, dev_clips = encoded(model, args, tokenizer, data)
+    train_clips, dev_clips = (
+        [replace(clip, label=spelling(clip.label)) for clip in clips]
+        for clips in encoded(model, args, tokenizer, data)
+    )
     ready = time.monotonic()
-    log = train(model, heads, vocab, train_clips, args)
+    log = train(model, heads, spelling, train_clips, args)
     model.adaptor.eval()
     figures = {
         "steps": args.steps,
@@ -358,9 +375,9 @@ def main(argv=None) -> int:
         "training_seconds": round(time.monotonic() - ready, 1),
         "final_ctc_loss": round(log[-1]["ctc_loss"], 4),
         "final_gender_loss": round(log[-1]["gender_loss"], 4),
-        **score(model, heads, vocab, dev_clips, tokenizer),
-        "output_scale": round(match_text_scale(model, vocab, dev_clips), 5),
-        "vocabulary": len(vocab.ids),
+        **score(model, heads, spelling, dev_clips),
+        "output_scale": round(match_text_scale(model, spelling.ids, dev_clips), 5),
+        "letters": len(spelling.ids),
     }
     model.save_pretrained(args.out)
     tokenizer.save(args.out)

@@ -182,9 +182,12 @@ OSUM_PRESETS = {
     ),
     # osum-mini (convert.py --mini, docs/mini.md): Whisper base, a 2-block adaptor, Qwen2.5-0.5B + LoRA.
     # Embeddings tied: the GGUF's Q8_0 output matrix serves both ends (its Q5_0 copy is coarser).
+    # Strides (1, 2): 25 speech embeddings a second, room for a word's letters (align.py spells).
     "mini": OSUMConfig(
         encoder=ENCODER_PRESETS["whisper-base"],
-        adaptor=AdaptorConfig(dim=512, heads=4, ff_dim=1280, layers=2, llm_dim=896),
+        adaptor=AdaptorConfig(
+            dim=512, heads=4, ff_dim=1280, layers=2, llm_dim=896, strides=(1, 2)
+        ),
         llm=replace(LLM_PRESETS["qwen2.5-0.5b"], lora_rank=8, lora_dropout=0.1),
         name="osum-mini",
     ),
