@@ -27,11 +27,15 @@ def export_original(our_dir, out_path) -> Path:
         )
     with torch.device("meta"):
         model = OSUM(OSUMConfig.from_file(config_path))
+    try:
+        config = original_config(model.config)
+    except ValueError as err:  # osum-mini's 25 Hz adaptor
+        raise WeightsError(f"{our_dir}: not exportable: {err}") from None
     load_weights(model, our_dir, device="cpu")  # each tensor keeps its stored dtype
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # a full disk, an interrupt: no partial file stays behind
     with atomic_write(out_path) as f:
         torch.save(original_state_dict(model), f)
     config_path = out_path.with_name(out_path.stem + "_config.json")
-    config_path.write_text(json.dumps(original_config(model.config), indent=1))
+    config_path.write_text(json.dumps(config, indent=1))
     return out_path
