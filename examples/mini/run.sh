@@ -1,8 +1,8 @@
 #!/bin/sh
 # osum-mini on the CPU (docs/mini.md): a TTS corpus, the parts assembled from packages, the adaptor aligned to
-# the LLM's token embeddings with CTC (align.py), then train.py with the Whisper base encoder and Qwen2.5-0.5B
+# the LLM's letter tokens with CTC (align.py), then train.py with the Whisper base encoder and Qwen2.5-0.5B
 # frozen (adaptor + LoRA + speech bos/eos trained), scores with eval.py, the learning curve, and the delta that
-# weights/mini/ ships. Needs the [mini] packages, espeak-ng and sox (flite too). About 90 minutes on 2 cores.
+# weights/mini/ ships. Needs the [mini] and [mini-corpus] packages, espeak-ng and sox (flite too).
 # Usage: sh examples/mini/run.sh [DATA_DIR] [RUN_DIR] [STEPS] [UTTERANCES] [ALIGN_STEPS]
 set -e
 DATA=${1:-data/mini}
