@@ -53,9 +53,14 @@ class Spelling:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        pieces = [piece for letter in LETTERS for piece in (letter, " " + letter)]
+        # each letter alone and after a space -> its token ids, encoded once
+        self.pieces = {
+            piece: tokenizer.encode(piece)
+            for letter in LETTERS
+            for piece in (letter, " " + letter)
+        }
         # CTC's columns 1.. (0 is the blank)
-        self.ids = sorted({i for piece in pieces for i in tokenizer.encode(piece)})
+        self.ids = sorted({i for ids in self.pieces.values() for i in ids})
         self.column = {token: i + 1 for i, token in enumerate(self.ids)}
 
     def __call__(self, label: list[int]) -> list[int]:
@@ -63,9 +68,9 @@ class Spelling:
         text = self.tokenizer.decode(label).lower()
         spelled = []
         for word in re.sub(f"[^{LETTERS} ]", " ", text).split():
-            spelled += self.tokenizer.encode(" " + word[0])
+            spelled += self.pieces[" " + word[0]]
             for letter in word[1:]:
-                spelled += self.tokenizer.encode(letter)
+                spelled += self.pieces[letter]
         return spelled
 
 

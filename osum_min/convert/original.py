@@ -289,10 +289,10 @@ def read_original_config(path) -> OSUMConfig:
 def original_config(config: OSUMConfig) -> dict:
     """Our config in the original's vocabulary (what config_from_original reads); ValueError for
     an adaptor the original cannot build (its GxlConv1dSubsampling4 has strides (1, 2, 2))."""
-    strides = tuple(config.adaptor.strides)
-    if strides != AdaptorConfig().strides:
+    strides, built = tuple(config.adaptor.strides), AdaptorConfig().strides
+    if strides != built:
         raise ValueError(
-            f"the original's adaptor has strides {AdaptorConfig().strides}, this model's {strides}"
+            f"the original's adaptor has strides {built}, this model's {strides}"
         )
     llm = config.llm
     return {
