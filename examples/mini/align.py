@@ -3,9 +3,9 @@
 A fresh adaptor's outputs sit 35x above the token embeddings' scale and mean nothing to the LLM. Trained
 through the LLM from there (the first recipe run, docs/mini.md), they grew into one constant vector the
 LLM ignored. Here the adaptor trains alone with CTC, each speech embedding scored against the LLM's own
-(frozen) embeddings of single letters by cosine: frames that hear " pencil" point where " p", "e", "n",
-... point, in turn (`Spelling`). Beside it, a linear head on their mean learns the speaker's gender, so
-the voice is not lost.
+(frozen) token embeddings by cosine: frames that hear " the" point where " the" points, frames that
+hear a rarer " pencil" where " p", "e", "n", ... point, in turn (`Spelling`). Beside it, a linear
+head on their mean learns the speaker's gender, so the voice is not lost.
 The frozen encoder runs once per clip (its output is cached, fp16) and no LLM runs, so a step costs a
 few percent of a train.py step. The outputs are then scaled to the token embeddings' mean norm, and the
 model is written as train.py's --init.
@@ -21,6 +21,7 @@ import random
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,13 +46,15 @@ NO_ITEMS = (
 
 
 class Spelling:
-    """A transcript as CTC's targets, letter by letter: each word's first letter with its space
-    (" p", one token in Qwen2's vocabulary), then its other letters ("e", "n", ...). Against
-    whole-word tokens (run 3) the adaptor learned a grammar's 225 words and no others; at 15,000
-    words, each heard a few times, CTC stalled (run 4): a word's embedding says what it means,
-    not how it sounds. Letters are few, and every word trains them."""
+    """A transcript as CTC's targets: a common word as its own token (" the"), any other word letter
+    by letter: its first letter with its space (" p", one token in Qwen2's vocabulary), then its
+    other letters ("e", "n", ...). Against whole-word tokens alone (run 3) the adaptor learned a
+    grammar's 225 words and no others; at 15,000 words, each heard a few times, CTC stalled
+    (run 4): a word's embedding says what it means, not how it sounds. Letters are few and every
+    word trains them, but the LLM joins them into words slowly (docs/mini.md); a word heard often
+    enough is learned whole, and the LLM copies it."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, words=()):
         self.tokenizer = tokenizer
         # each letter alone and after a space -> its token ids, encoded once
         self.pieces = {
@@ -59,19 +62,42 @@ class Spelling:
             for letter in LETTERS
             for piece in (letter, " " + letter)
         }
+        self.letters = sorted({i for ids in self.pieces.values() for i in ids})
+        self.words = {word: tokenizer.encode(" " + word) for word in words}
         # CTC's columns 1.. (0 is the blank)
-        self.ids = sorted({i for ids in self.pieces.values() for i in ids})
+        whole = {i for ids in self.words.values() for i in ids}
+        self.ids = sorted(whole | set(self.letters))
         self.column = {token: i + 1 for i, token in enumerate(self.ids)}
 
+    @staticmethod
+    def clean(text: str) -> list[str]:
+        """Lowercased words of letters and apostrophes."""
+        return re.sub(f"[^{LETTERS} ]", " ", text.lower()).split()
+
     def __call__(self, label: list[int]) -> list[int]:
-        """A transcript's token ids -> its letters' token ids."""
-        text = self.tokenizer.decode(label).lower()
+        """A transcript's token ids -> its words' or letters' token ids."""
         spelled = []
-        for word in re.sub(f"[^{LETTERS} ]", " ", text).split():
+        for word in self.clean(self.tokenizer.decode(label)):
+            if word in self.words:
+                spelled += self.words[word]
+                continue
             spelled += self.pieces[" " + word[0]]
             for letter in word[1:]:
                 spelled += self.pieces[letter]
         return spelled
+
+
+def common_words(tokenizer, labels, min_count: int) -> list[str]:
+    """The words heard at least `min_count` times in these transcripts that are one token with
+    their space (" the"): enough to learn whole, and one embedding the LLM already reads."""
+    counts = Counter()
+    for label in labels:
+        counts.update(Spelling.clean(tokenizer.decode(label)))
+    return [
+        word
+        for word, count in counts.most_common()
+        if count >= min_count and len(tokenizer.encode(" " + word)) == 1
+    ]
 
 
 class CTCHead(torch.nn.Module):
@@ -120,7 +146,7 @@ class Clip:
     """A plain-transcript clip as the adaptor sees it: the frozen encoder has run once."""
 
     features: torch.Tensor  # (T, 512) float16, Whisper base at 50 Hz
-    label: list[int]  # token ids, no eod: the transcript's, then its letters'
+    label: list[int]  # token ids, no eod: the transcript's, then CTC's targets
     female: bool
 
 
@@ -256,8 +282,8 @@ def score(model, heads, spelling, clips) -> dict:
 
 @torch.no_grad()
 def match_text_scale(model, ids, clips) -> float:
-    """Set the adaptor's output_scale so speech rows have the mean norm of the letters'
-    token embeddings (ids), the scale the LLM reads; CTC's cosine left it free. A constant, not the
+    """Set the adaptor's output_scale so speech rows have the mean norm of CTC's columns' token
+    embeddings (ids), the scale the LLM reads; CTC's cosine left it free. A constant, not the
     projection's weights: AdamW moves a weight by about lr a step, whatever its size."""
     norms = []
     for _, speech, lengths in adapted(model, clips):
@@ -343,6 +369,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--batch-frames", type=int, default=6000, help="per encoder batch, once"
     )
+    parser.add_argument(
+        "--word-min-count",
+        type=int,
+        default=20,
+        help="a word heard this often in training is CTC's target whole (0: letters only)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cache", type=Path, help="keep the encoded clips here, for the next run"
@@ -363,12 +395,19 @@ def main(argv=None) -> int:
             build_gender_head(model, tokenizer, args.gender_head),
         ]
     )
-    spelling = Spelling(tokenizer)
     data = DataConfig(max_frames_in_batch=args.batch_frames, sort_buffer=32)
     start = time.monotonic()
+    splits = encoded(model, args, tokenizer, data)
+    labels = [clip.label for clip in splits[0]]
+    words = (
+        common_words(tokenizer, labels, args.word_min_count)
+        if args.word_min_count
+        else []
+    )
+    spelling = Spelling(tokenizer, words)
     train_clips, dev_clips = (
         [replace(clip, label=spelling(clip.label)) for clip in clips]
-        for clips in encoded(model, args, tokenizer, data)
+        for clips in splits
     )
     ready = time.monotonic()
     log = train(model, heads, spelling, train_clips, args)
@@ -382,7 +421,8 @@ def main(argv=None) -> int:
         "final_gender_loss": round(log[-1]["gender_loss"], 4),
         **score(model, heads, spelling, dev_clips),
         "output_scale": round(match_text_scale(model, spelling.ids, dev_clips), 5),
-        "letters": len(spelling.ids),
+        "letters": len(spelling.letters),
+        "whole_words": len(spelling.words),
     }
     model.save_pretrained(args.out)
     tokenizer.save(args.out)

@@ -1,8 +1,8 @@
 #!/bin/sh
-# osum-mini on the CPU (docs/mini.md): a TTS corpus, the parts assembled from packages, the adaptor aligned to
-# the LLM's letter tokens with CTC (align.py), then train.py with the Whisper base encoder and Qwen2.5-0.5B
-# frozen (adaptor + LoRA + speech bos/eos trained), scores with eval.py, the learning curve, and the delta that
-# weights/mini/ ships. Needs the [mini] and [mini-corpus] packages, espeak-ng and sox (flite too).
+# osum-mini on the CPU (docs/mini.md): a TTS corpus, the parts assembled from packages, the adaptor aligned
+# to the LLM's tokens with CTC (align.py: common words whole, the rest letter by letter), then train.py with
+# the Whisper base encoder and Qwen2.5-0.5B frozen (adaptor + LoRA + speech bos/eos trained), scores with
+# eval.py, the learning curve, and the delta that weights/mini/ ships. Needs the [mini] and [mini-corpus] packages, espeak-ng and sox (flite too).
 # Usage: sh examples/mini/run.sh [DATA_DIR] [RUN_DIR] [STEPS] [UTTERANCES] [ALIGN_STEPS]
 set -e
 DATA=${1:-data/mini}
@@ -17,7 +17,7 @@ python examples/mini/align.py "$RUN/init" "$DATA/train_asr.jsonl" "$DATA/dev_asr
 # bf16 frozen weights and autocast: 1.7 samples/s here, against 1.25 in float32; a sort buffer of 32
 # mixes the tasks in every stretch of steps (500 brought the SRWT clips in blocks)
 python train.py --train-data "$DATA/train.jsonl" --dev-data "$DATA/dev.jsonl" --init "$RUN/aligned" \
-    --fire-module link_and_lora --out "$RUN" --max-steps "$STEPS" --lr 1e-3 --warmup-steps 30 --accum-grad 1 \
+    --fire-module link_and_lora --out "$RUN" --max-steps "$STEPS" --lr 2e-4 --warmup-steps 30 --accum-grad 1 \
     --no-augment --batch-frames 2000 --frozen-dtype bf16 --bf16 --num-workers 1 --log-every 10 --sort-buffer 32 \
     --save-every 180 --eval-every 180 --eval-batches 3 --max-bad-steps 5
 python examples/mini/curve.py "$RUN"
