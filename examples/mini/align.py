@@ -382,6 +382,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
+    if args.word_min_count < 0:
+        parser.error("--word-min-count must be 0 (letters only) or more")
 
     torch.manual_seed(args.seed)
     status(f"loading {args.init}")
