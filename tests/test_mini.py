@@ -542,6 +542,19 @@ def test_the_alignment_keeps_words_heard_often_whole():
     assert tokenizer.decode(targets) == " the fairest rose we said"
 
 
+def test_the_alignment_counts_heard_words_by_kind():
+    """align.py's dev figures split the words into whole and spelled targets, each right
+    only where the edit path keeps it: a misspelling, a deletion and an insertion."""
+    tokenizer = qwen_tokenizer()
+    align = recipe_align()
+    spelling = align.Spelling(tokenizer, ["the", "rose"])
+    ref = "the fairest rose".split()
+    said = align.heard_by_kind(spelling, ref, "the fairst rose we".split())
+    assert said == [("whole", True), ("spelled", False), ("whole", True)]
+    said = align.heard_by_kind(spelling, ref, "fairest rose".split())
+    assert said == [("whole", False), ("spelled", True), ("whole", True)]
+
+
 def speech_rows(model, wav: Path) -> torch.Tensor:
     """One clip's speech embeddings (S, H)."""
     from osum_min.audio import load_audio, log_mel
@@ -590,6 +603,9 @@ def test_the_alignment_stage_learns_at_the_text_scale_and_ships_folded(parts, tm
     figures = json.loads((again / "align_log.jsonl").read_text().splitlines()[-1])
     assert figures["clips"] == len(clips)
     assert figures["final_ctc_loss"] == log[-1]["final_ctc_loss"]
+    kinds = [key for key in figures if key.endswith("_word_accuracy")]
+    assert "dev_spelled_word_accuracy" in kinds  # rare words are spelled
+    assert all(0 <= figures[key] <= 100 for key in kinds)
     # the gender head tied to the LLM's words (docs/mini.md, run 3b) learns too
     words = tmp_path / "words"
     tied = [*paths[:3], str(words), *flags, "--cache", str(cache)]

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from osum_min.data.dataset import DataConfig, SpeechDataset  # noqa: E402
-from osum_min.eval.scoring import edit_distance  # noqa: E402
+from osum_min.eval.scoring import edit_distance, edit_operations  # noqa: E402
 from osum_min.model.osum import OSUM  # noqa: E402
 from osum_min.progress import Progress, status  # noqa: E402
 from osum_min.text.tokenizer import Tokenizer  # noqa: E402
@@ -258,25 +258,45 @@ def greedy(log_probs: torch.Tensor, length: int, ids: list[int]) -> list[int]:
     return [ids[c - 1] for c in kept]
 
 
+def heard_by_kind(spelling, ref: list[str], hyp: list[str]) -> list[tuple[str, bool]]:
+    """Each reference word's kind, "whole" (its own CTC target) or "spelled", and whether the
+    edit path keeps it (not substituted, not deleted)."""
+    # 0 correct, 1 substituted, 2 deleted: a reference word each; 3 inserted: none
+    ops = [op for op in edit_operations(ref, hyp) if op != 3]
+    kinds = ["whole" if word in spelling.words else "spelled" for word in ref]
+    return [(kind, op == 0) for kind, op in zip(kinds, ops)]
+
+
 @torch.no_grad()
 def score(model, heads, spelling, clips) -> dict:
     """Greedy CTC decoding's WER and the gender head's accuracy on the dev clips: what the
-    adaptor alone hears."""
+    adaptor alone hears. Each reference word is also counted right or wrong by its kind, whole
+    or spelled, on the edit path: which of the two targets holds the errors."""
     ctc_head, gender_head = heads
     errors = words = right = 0
+    heard, counted = Counter(), Counter()
     for chunk, speech, lengths in adapted(model, clips):
         log_probs = ctc_head(speech, spelling.ids)  # (B, S, 1 + V')
         said = gender_logits(gender_head, speech, lengths).argmax(-1)
         for i, clip in enumerate(chunk):
             ref = spelling.tokenizer.decode(clip.label).split()
             said_ids = greedy(log_probs[i], int(lengths[i]), spelling.ids)
-            hyp = spelling.tokenizer.decode(said_ids)
-            errors += edit_distance(ref, hyp.split()).errors
+            hyp = spelling.tokenizer.decode(said_ids).split()
+            errors += edit_distance(ref, hyp).errors
             words += len(ref)
             right += int(said[i]) == int(clip.female)
+            for kind, right_word in heard_by_kind(spelling, ref, hyp):
+                counted[kind] += 1
+                heard[kind] += right_word
+    accuracy = {
+        f"dev_{kind}_word_accuracy": round(100.0 * heard[kind] / counted[kind], 2)
+        for kind in ("whole", "spelled")
+        if counted[kind]
+    }
     return {
         "dev_ctc_greedy_wer": round(100.0 * errors / words, 2),
         "dev_gender_accuracy": round(100.0 * right / len(clips), 2),
+        **accuracy,
     }
 
 
