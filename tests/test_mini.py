@@ -31,6 +31,7 @@ import train
 from conftest import ROOT
 from osum_min.cli import weights_path
 from osum_min.convert import mini
+from osum_min.eval.scoring import edit_operations
 from osum_min.model.osum import OSUM, OSUM_PRESETS, OSUMConfig
 from osum_min.text.tasks import TASKS, parse
 from osum_min.text.tokenizer import QWEN2_PATTERN, Tokenizer, _gpt2_byte_decoder
@@ -549,10 +550,20 @@ def test_the_alignment_counts_heard_words_by_kind():
     align = recipe_align()
     spelling = align.Spelling(tokenizer, ["the", "rose"])
     ref = "the fairest rose".split()
-    said = align.heard_by_kind(spelling, ref, "the fairst rose we".split())
-    assert said == [("whole", True), ("spelled", False), ("whole", True)]
-    said = align.heard_by_kind(spelling, ref, "fairest rose".split())
-    assert said == [("whole", False), ("spelled", True), ("whole", True)]
+
+    def heard(hyp: str) -> list[tuple[str, bool]]:
+        return align.heard_by_kind(spelling, ref, edit_operations(ref, hyp.split()))
+
+    assert heard("the fairst rose we") == [
+        ("whole", True),
+        ("spelled", False),
+        ("whole", True),
+    ]
+    assert heard("fairest rose") == [
+        ("whole", False),
+        ("spelled", True),
+        ("whole", True),
+    ]
 
 
 def speech_rows(model, wav: Path) -> torch.Tensor:

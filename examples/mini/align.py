@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from osum_min.data.dataset import DataConfig, SpeechDataset  # noqa: E402
-from osum_min.eval.scoring import edit_distance, edit_operations  # noqa: E402
+from osum_min.eval.scoring import edit_operations  # noqa: E402
 from osum_min.model.osum import OSUM  # noqa: E402
 from osum_min.progress import Progress, status  # noqa: E402
 from osum_min.text.tokenizer import Tokenizer  # noqa: E402
@@ -258,13 +258,13 @@ def greedy(log_probs: torch.Tensor, length: int, ids: list[int]) -> list[int]:
     return [ids[c - 1] for c in kept]
 
 
-def heard_by_kind(spelling, ref: list[str], hyp: list[str]) -> list[tuple[str, bool]]:
+def heard_by_kind(spelling, ref: list[str], ops: list[int]) -> list[tuple[str, bool]]:
     """Each reference word's kind, "whole" (its own CTC target) or "spelled", and whether the
-    edit path keeps it (not substituted, not deleted)."""
+    edit path `ops` (`edit_operations`) keeps it (not substituted, not deleted)."""
     # 0 correct, 1 substituted, 2 deleted: a reference word each; 3 inserted: none
-    ops = [op for op in edit_operations(ref, hyp) if op != 3]
+    kept = [op == 0 for op in ops if op != 3]
     kinds = ["whole" if word in spelling.words else "spelled" for word in ref]
-    return [(kind, op == 0) for kind, op in zip(kinds, ops)]
+    return list(zip(kinds, kept))
 
 
 @torch.no_grad()
@@ -282,10 +282,11 @@ def score(model, heads, spelling, clips) -> dict:
             ref = spelling.tokenizer.decode(clip.label).split()
             said_ids = greedy(log_probs[i], int(lengths[i]), spelling.ids)
             hyp = spelling.tokenizer.decode(said_ids).split()
-            errors += edit_distance(ref, hyp).errors
+            ops = edit_operations(ref, hyp)  # one path: its counts are edit_distance's
+            errors += sum(op != 0 for op in ops)
             words += len(ref)
             right += int(said[i]) == int(clip.female)
-            for kind, right_word in heard_by_kind(spelling, ref, hyp):
+            for kind, right_word in heard_by_kind(spelling, ref, ops):
                 counted[kind] += 1
                 heard[kind] += right_word
     accuracy = {
