@@ -403,17 +403,20 @@ def recipe_corpus():
 
 
 def recipe_texts():
-    """The corpus module, where wordfreq (its texts' words) is installed too."""
-    pytest.importorskip(
-        "wordfreq",
-        reason="the recipe's texts need wordfreq: pip install '.[mini-corpus]'",
-    )
+    """The corpus module, where wordfreq and essential-generators (its texts) are installed too."""
+    for package in ("wordfreq", "essential_generators"):
+        pytest.importorskip(
+            package,
+            reason=f"the recipe's texts need {package}: pip install '.[mini-corpus]'",
+        )
     return recipe_corpus()
 
 
 def test_the_recipe_texts_reach_far_beyond_a_grammar():
-    """Runs of common English words: seeded, distinct, 4-12 letter-only words each, and broad:
-    400 runs hold more distinct words than examples/asr_gender's whole grammar (about 250)."""
+    """Runs of English text: seeded, distinct, 4-12 letter-only words each, and broad: 400 runs
+    hold more distinct words than examples/asr_gender's whole grammar (about 250). And they
+    have English's word order: "of the" or "in the" is in about one run in eight, where words
+    drawn one by one at their frequencies give one in fifty."""
     corpus = recipe_texts()
     runs = corpus.word_runs(400, seed=3)
     assert runs == corpus.word_runs(400, seed=3) != corpus.word_runs(400, seed=4)
@@ -425,6 +428,8 @@ def test_the_recipe_texts_reach_far_beyond_a_grammar():
     grammar = {w for phrase in phrases for w in phrase.split()}
     heard = {w for run in words for w in run}
     assert len(heard) > 4 * len(grammar), (len(heard), len(grammar))
+    phrases = sum(" of the " in f" {r} " or " in the " in f" {r} " for r in runs)
+    assert phrases >= 0.06 * len(runs), phrases
 
 
 def test_srwt_clips_carry_exact_word_times(tmp_path):
@@ -614,6 +619,16 @@ def test_the_alignment_stage_learns_at_the_text_scale_and_ships_folded(parts, tm
     figures = json.loads((again / "align_log.jsonl").read_text().splitlines()[-1])
     assert figures["clips"] == len(clips)
     assert figures["final_ctc_loss"] == log[-1]["final_ctc_loss"]
+    # --score-data: the dev clips again, as a list that names no gender (real recordings)
+    other = tmp_path / "data" / "ungendered.jsonl"
+    ungendered = [{**line, "gender": None} for line in plain]
+    other.write_text("".join(json.dumps(line) + "\n" for line in ungendered))
+    scored = [*paths[:3], str(tmp_path / "scored"), *flags, "--cache", str(cache)]
+    assert recipe_align().main([*scored, "--score-data", str(other)]) == 0
+    log_lines = (tmp_path / "scored" / "align_log.jsonl").read_text().splitlines()
+    elsewhere = json.loads(log_lines[-1])
+    assert elsewhere["ungendered_ctc_greedy_wer"] == figures["dev_ctc_greedy_wer"]
+    assert "ungendered_gender_accuracy" not in elsewhere
     kinds = [key for key in figures if key.endswith("_word_accuracy")]
     assert "dev_spelled_word_accuracy" in kinds  # rare words are spelled
     assert all(0 <= figures[key] <= 100 for key in kinds)

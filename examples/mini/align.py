@@ -147,13 +147,15 @@ class Clip:
 
     features: torch.Tensor  # (T, 512) float16, Whisper base at 50 Hz
     label: list[int]  # token ids, no eod: the transcript's, then CTC's targets
-    female: bool
+    female: bool | None  # None: the list does not say
 
 
-def genders(path: Path) -> dict[str, bool]:
-    """key -> whether the clip's voice is female, from make_corpus.py's list."""
+def genders(path: Path) -> dict[str, bool | None]:
+    """key -> whether the clip's voice is female, from make_corpus.py's list (None where a
+    list of other recordings does not say)."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return {line["key"]: line.get("gender") == "female" for line in lines}
+    said = {line["key"]: line.get("gender") for line in lines}
+    return {key: None if g is None else g == "female" for key, g in said.items()}
 
 
 @torch.no_grad()
@@ -268,12 +270,12 @@ def heard_by_kind(spelling, ref: list[str], ops: list[int]) -> list[tuple[str, b
 
 
 @torch.no_grad()
-def score(model, heads, spelling, clips) -> dict:
-    """Greedy CTC decoding's WER and the gender head's accuracy on the dev clips: what the
+def score(model, heads, spelling, clips, name: str = "dev") -> dict:
+    """Greedy CTC decoding's WER and the gender head's accuracy on the `name` clips: what the
     adaptor alone hears. Each reference word is also counted right or wrong by its kind, whole
     or spelled, on the edit path: which of the two targets holds the errors."""
     ctc_head, gender_head = heads
-    errors = words = right = 0
+    errors = words = right = gendered = 0
     heard, counted = Counter(), Counter()
     for chunk, speech, lengths in adapted(model, clips):
         log_probs = ctc_head(speech, spelling.ids)  # (B, S, 1 + V')
@@ -285,20 +287,31 @@ def score(model, heads, spelling, clips) -> dict:
             ops = edit_operations(ref, hyp)  # one path: its counts are edit_distance's
             errors += sum(op != 0 for op in ops)
             words += len(ref)
-            right += int(said[i]) == int(clip.female)
+            if clip.female is not None:
+                gendered += 1
+                right += int(said[i]) == int(clip.female)
             for kind, right_word in heard_by_kind(spelling, ref, ops):
                 counted[kind] += 1
                 heard[kind] += right_word
-    accuracy = {
-        f"dev_{kind}_word_accuracy": round(100.0 * heard[kind] / counted[kind], 2)
-        for kind in ("whole", "spelled")
-        if counted[kind]
-    }
-    return {
-        "dev_ctc_greedy_wer": round(100.0 * errors / words, 2),
-        "dev_gender_accuracy": round(100.0 * right / len(clips), 2),
-        **accuracy,
-    }
+    figures = {f"{name}_ctc_greedy_wer": round(100.0 * errors / words, 2)}
+    if gendered:
+        figures[f"{name}_gender_accuracy"] = round(100.0 * right / gendered, 2)
+    for kind in ("whole", "spelled"):
+        if counted[kind]:
+            share = 100.0 * heard[kind] / counted[kind]
+            figures[f"{name}_{kind}_word_accuracy"] = round(share, 2)
+    return figures
+
+
+def scored_elsewhere(model, heads, spelling, paths, data) -> dict:
+    """`score` on each further list, named by its file's stem; encoded here, not cached."""
+    figures = {}
+    for path in paths:
+        eod_id = model.config.eod_id
+        clips = encode(model, path, spelling.tokenizer, data, eod_id)
+        clips = [replace(clip, label=spelling(clip.label)) for clip in clips]
+        figures |= score(model, heads, spelling, clips, name=path.stem)
+    return figures
 
 
 @torch.no_grad()
@@ -396,6 +409,13 @@ def main(argv=None) -> int:
         default=20,
         help="a word heard this often in training is CTC's target whole (0: letters only)",
     )
+    parser.add_argument(
+        "--score-data",
+        type=Path,
+        action="append",
+        default=[],
+        help="another list to score at the end, as dev is (real recordings: does it carry over?)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cache", type=Path, help="keep the encoded clips here, for the next run"
@@ -443,6 +463,7 @@ def main(argv=None) -> int:
         "final_ctc_loss": round(log[-1]["ctc_loss"], 4),
         "final_gender_loss": round(log[-1]["gender_loss"], 4),
         **score(model, heads, spelling, dev_clips),
+        **scored_elsewhere(model, heads, spelling, args.score_data, data),
         "output_scale": round(match_text_scale(model, spelling.ids, dev_clips), 5),
         "letters": len(spelling.letters),
         "whole_words": len(spelling.words),

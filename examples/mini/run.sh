@@ -9,7 +9,7 @@ set -e
 DATA=${1:-data/mini}
 RUN=${2:-runs/mini}
 STEPS=${3:-360}
-UTTERANCES=${4:-5000}
+UTTERANCES=${4:-6000}
 ALIGN_STEPS=${5:-1500}
 python examples/mini/make_corpus.py --out "$DATA" --utterances "$UTTERANCES"
 python convert.py --mini --no-delta --out "$RUN/init"
