@@ -64,10 +64,62 @@ def parse_ctranslate2(data: bytes, source) -> dict[str, np.ndarray]:
     return variables
 
 
+def split_fused(tensor, name: str, parts: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A fused projection (`name`/weight (n d, d) and /bias) -> {part.weight, part.bias}, the key's
+    bias dropped: it must be zero (Whisper's key has no bias)."""
+    weights = tensor(f"{name}/weight").chunk(len(parts))
+    biases = tensor(f"{name}/bias").chunk(len(parts))
+    state = {}
+    for part, weight, bias in zip(parts, weights, biases):
+        state[f"{part}.weight"] = weight
+        if part.endswith("key"):
+            if bias.any():
+                raise ValueError(
+                    "the key bias of a Whisper model must be zero (Whisper's key has no bias)"
+                )
+        else:
+            state[f"{part}.bias"] = bias
+    return state
+
+
+def ct2_block_state(tensor, src: str, dst: str, cross: bool) -> dict[str, torch.Tensor]:
+    """One residual block: self-attention (fused QKV (3d, d) split), cross-attention in the
+    decoder (its query apart, key and value fused (2d, d)), the MLP, and their layer norms."""
+    norms = [("attn_ln", "self_attention"), ("mlp_ln", "ffn")]
+    linears = [
+        ("attn.out", "self_attention/linear_1"),
+        ("mlp.0", "ffn/linear_0"),
+        ("mlp.2", "ffn/linear_1"),
+    ]
+    state = split_fused(
+        tensor,
+        f"{src}/self_attention/linear_0",
+        (f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"),
+    )
+    if cross:
+        norms.append(("cross_attn_ln", "attention"))
+        linears += [
+            ("cross_attn.query", "attention/linear_0"),
+            ("cross_attn.out", "attention/linear_2"),
+        ]
+        state |= split_fused(
+            tensor,
+            f"{src}/attention/linear_1",
+            (f"{dst}.cross_attn.key", f"{dst}.cross_attn.value"),
+        )
+    for ours, theirs in norms:
+        state[f"{dst}.{ours}.weight"] = tensor(f"{src}/{theirs}/layer_norm/gamma")
+        state[f"{dst}.{ours}.bias"] = tensor(f"{src}/{theirs}/layer_norm/beta")
+    for ours, theirs in linears:
+        state[f"{dst}.{ours}.weight"] = tensor(f"{src}/{theirs}/weight")
+        state[f"{dst}.{ours}.bias"] = tensor(f"{src}/{theirs}/bias")
+    return state
+
+
 def ct2_encoder_state(
     variables: dict[str, np.ndarray], layers: int
 ) -> dict[str, torch.Tensor]:
-    """CTranslate2's encoder names -> ours, in float32. Its fused QKV (3d, d) is split; the key bias slice is 0."""
+    """CTranslate2's encoder names -> ours, in float32."""
 
     def tensor(name: str) -> torch.Tensor:
         return torch.from_numpy(variables[f"encoder/{name}"].astype(np.float32))
@@ -78,57 +130,60 @@ def ct2_encoder_state(
         for p in ("weight", "bias")
     }
     state["positional_embedding"] = tensor("position_encodings/encodings")
-    state["ln_post.weight"], state["ln_post.bias"] = (
-        tensor("layer_norm/gamma"),
-        tensor("layer_norm/beta"),
-    )
+    state["ln_post.weight"] = tensor("layer_norm/gamma")
+    state["ln_post.bias"] = tensor("layer_norm/beta")
     for n in range(layers):
-        src, dst = f"layer_{n}", f"blocks.{n}"
-        for ours_ln, theirs in (("attn_ln", "self_attention"), ("mlp_ln", "ffn")):
-            state[f"{dst}.{ours_ln}.weight"] = tensor(
-                f"{src}/{theirs}/layer_norm/gamma"
-            )
-            state[f"{dst}.{ours_ln}.bias"] = tensor(f"{src}/{theirs}/layer_norm/beta")
-        query, key, value = tensor(f"{src}/self_attention/linear_0/weight").chunk(3)
-        query_bias, key_bias, value_bias = tensor(
-            f"{src}/self_attention/linear_0/bias"
-        ).chunk(3)
-        if key_bias.any():
-            raise ValueError(
-                "the key bias of a Whisper encoder must be zero (Whisper's key has no bias)"
-            )
-        state.update(
-            {
-                f"{dst}.attn.query.weight": query,
-                f"{dst}.attn.query.bias": query_bias,
-                f"{dst}.attn.key.weight": key,
-                f"{dst}.attn.value.weight": value,
-                f"{dst}.attn.value.bias": value_bias,
-            }
-        )
-        for ours_linear, theirs in (
-            ("attn.out", "self_attention/linear_1"),
-            ("mlp.0", "ffn/linear_0"),
-            ("mlp.2", "ffn/linear_1"),
-        ):
-            state[f"{dst}.{ours_linear}.weight"] = tensor(f"{src}/{theirs}/weight")
-            state[f"{dst}.{ours_linear}.bias"] = tensor(f"{src}/{theirs}/bias")
+        state |= ct2_block_state(tensor, f"layer_{n}", f"blocks.{n}", cross=False)
     return state
 
 
-def encoder_dims(variables: dict[str, np.ndarray]) -> dict[str, int]:
-    """openai-whisper's encoder `dims`, read off the variables' shapes (a head is 64 wide in every Whisper)."""
-    layers = {
-        m[1] for name in variables if (m := re.match(r"encoder/layer_(\d+)/", name))
+def ct2_decoder_state(
+    variables: dict[str, np.ndarray], layers: int
+) -> dict[str, torch.Tensor]:
+    """CTranslate2's decoder names -> openai-whisper's (under `decoder.`), in float32: Whisper's
+    own decoder, for measuring what Whisper itself hears (examples/mini/hearing.py)."""
+
+    def tensor(name: str) -> torch.Tensor:
+        return torch.from_numpy(variables[f"decoder/{name}"].astype(np.float32))
+
+    state = {
+        "token_embedding.weight": tensor("embeddings/weight"),
+        "positional_embedding": tensor("position_encodings/encodings"),
+        "ln.weight": tensor("layer_norm/gamma"),
+        "ln.bias": tensor("layer_norm/beta"),
     }
-    dim, n_mels, _ = variables["encoder/conv1/weight"].shape  # (dim, n_mels, 3)
+    for n in range(layers):
+        state |= ct2_block_state(tensor, f"layer_{n}", f"blocks.{n}", cross=True)
+    return state
+
+
+def stack_dims(variables: dict[str, np.ndarray], stack: str) -> tuple[int, int, int]:
+    """(layers, positions, width) of the "encoder" or "decoder" stack, off the variables' shapes."""
+    pattern = rf"{stack}/layer_(\d+)/"
+    layers = {m[1] for name in variables if (m := re.match(pattern, name))}
+    positions, dim = variables[f"{stack}/position_encodings/encodings"].shape
+    return len(layers), positions, dim
+
+
+def encoder_dims(variables: dict[str, np.ndarray]) -> dict[str, int]:
+    """openai-whisper's encoder `dims` (a head is 64 wide in every Whisper)."""
+    layers, positions, dim = stack_dims(variables, "encoder")
+    n_mels = variables["encoder/conv1/weight"].shape[1]  # (dim, n_mels, 3)
     return {
         "n_mels": n_mels,
-        "n_audio_ctx": variables["encoder/position_encodings/encodings"].shape[0],
+        "n_audio_ctx": positions,
         "n_audio_state": dim,
         "n_audio_head": dim // 64,
-        "n_audio_layer": len(layers),
+        "n_audio_layer": layers,
     }
+
+
+def decoder_dims(variables: dict[str, np.ndarray]) -> dict[str, int]:
+    """openai-whisper's decoder `dims`."""
+    layers, positions, dim = stack_dims(variables, "decoder")
+    vocab = variables["decoder/embeddings/weight"].shape[0]
+    names = ("n_vocab", "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer")
+    return dict(zip(names, (vocab, positions, dim, dim // 64, layers)))
 
 
 def whisper_checkpoint(model_dir) -> dict:
