@@ -132,8 +132,8 @@ def main(argv=None) -> int:
             bar.update()
     if not counted["all"]:
         sys.exit(f"hearing.py: error: {args.data}: no clip could be heard")
-    wer = {group: round(100.0 * errors[group] / counted[group], 1) for group in counted}
-    for group in sorted(wer):
+    wer = {g: round(100.0 * errors[g] / counted[g], 1) for g in sorted(counted)}
+    for group in wer:
         print(f"{group:40s} {counted[group]:6d} words  WER {wer[group]:5.1f} %")
     figures = {"clips": len(items), "words": counted["all"], "whisper_base_wer": wer}
     print(json.dumps(figures))
