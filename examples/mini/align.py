@@ -305,9 +305,8 @@ def score(model, heads, spelling, clips, name: str = "dev") -> dict:
 
 def scored_elsewhere(model, heads, spelling, paths, data) -> dict:
     """`score` on each further list, named by its file's stem; encoded here, not cached."""
-    figures = {}
+    figures, eod_id = {}, model.config.eod_id
     for path in paths:
-        eod_id = model.config.eod_id
         clips = encode(model, path, spelling.tokenizer, data, eod_id)
         clips = [replace(clip, label=spelling(clip.label)) for clip in clips]
         figures |= score(model, heads, spelling, clips, name=path.stem)
