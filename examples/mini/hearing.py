@@ -124,11 +124,11 @@ def main(argv=None) -> int:
                 hyp = words(transcribe(model, item["wav"]))
             except AudioError as err:  # reported; the other clips are heard
                 print(f"hearing.py: skipped: {err}", file=sys.stderr)
-                hyp = None
-            ref = words(item["txt"])
-            for group in style_groups(item["wav"]) if hyp is not None else []:
-                errors[group] += edit_distance(ref, hyp).errors
-                counted[group] += len(ref)
+            else:
+                ref = words(item["txt"])
+                for group in style_groups(item["wav"]):
+                    errors[group] += edit_distance(ref, hyp).errors
+                    counted[group] += len(ref)
             bar.update()
     if not counted["all"]:
         sys.exit(f"hearing.py: error: {args.data}: no clip could be heard")
