@@ -454,6 +454,25 @@ def test_srwt_clips_carry_exact_word_times(tmp_path):
     assert loud.any() and not (loud & ~inside).any()
 
 
+def test_every_installed_voice_speaks_at_the_drawn_speed():
+    """Each engine's voices say a word, and a slower drawn speed says it longer: espeak-ng
+    takes words a minute, flite and festival a duration stretch (festival through one
+    process kept per worker). The corpus uses the voices installed, so CI checks all three."""
+    corpus = recipe_corpus()
+    voices = dict(corpus.voices())
+    engines = {name.rpartition(":")[0] or "espeak-ng" for name in voices}
+    for engine in ("flite", "festival"):
+        if shutil.which(engine):
+            assert engine in engines, (engine, sorted(voices))
+    assert set(voices.values()) == {"female", "male"}
+    for voice in voices:
+        style = {"voice": voice, "pitch": 50}
+        fast = corpus.synthesize("wonderful", style | {"speed": 210})
+        slow = corpus.synthesize("wonderful", style | {"speed": 130})
+        assert np.abs(fast).max() > 0.01, voice
+        assert len(slow) > 1.25 * len(fast), (voice, len(slow), len(fast))
+
+
 def test_a_short_run_on_the_assembled_model_learns(parts, tmp_path):
     """The recipe in small: its corpus (6 sentences), train.py --init on osum-mini's directory with
     the encoder and LLM frozen, adaptor + LoRA + speech bos/eos trained: the loss falls, only they move."""

@@ -3,7 +3,7 @@
 # to the LLM's tokens with CTC (align.py: common words whole, the rest letter by letter), then train.py with
 # the Whisper base encoder and Qwen2.5-0.5B frozen (adaptor + LoRA + speech bos/eos trained), scores with
 # eval.py, the learning curve, and the delta that weights/mini/ ships. Needs the [mini] and [mini-corpus]
-# packages, espeak-ng and sox (flite too).
+# packages, espeak-ng and sox (flite and festival too, for their voices).
 # Usage: sh examples/mini/run.sh [DATA_DIR] [RUN_DIR] [STEPS] [UTTERANCES] [ALIGN_STEPS]
 set -e
 DATA=${1:-data/mini}
