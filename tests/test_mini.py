@@ -473,6 +473,20 @@ def test_every_installed_voice_speaks_at_the_drawn_speed():
         assert len(slow) > 1.25 * len(fast), (voice, len(slow), len(fast))
 
 
+def test_a_festival_error_is_raised_not_waited_on(tmp_path):
+    """festival goes on after an error in what it is sent: the corpus says so instead of reading
+    a clip that was never written, and the kept process still answers."""
+    corpus = recipe_corpus()
+    installed = [v[9:] for v, _ in corpus.voices() if v.startswith("festival:")]
+    if not installed:
+        pytest.skip("festival's voices are not installed (see .ci/run's apt line)")
+    path = str(tmp_path / "word.wav")
+    with pytest.raises(RuntimeError, match="voice_no_such_voice .*unbound variable"):
+        corpus.festival_say("no_such_voice", "word", 1.0, path)
+    corpus.festival_say(installed[0], "word", 1.0, path)
+    assert soundfile.info(path).duration > 0.2
+
+
 def test_a_short_run_on_the_assembled_model_learns(parts, tmp_path):
     """The recipe in small: its corpus (6 sentences), train.py --init on osum-mini's directory with
     the encoder and LLM frozen, adaptor + LoRA + speech bos/eos trained: the loss falls, only they move."""

@@ -178,10 +178,17 @@ def festival_say(voice: str, text: str, stretch: float, path: str) -> None:
         f' (format stderr "{FESTIVAL_DONE}\\n")\n'
     )
     process.stdin.flush()
-    for line in process.stderr:  # its warnings, if any, come first
+    # its warnings come first; after an error it goes on to the mark, with no file written
+    errors = []
+    for line in process.stderr:
         if line.strip() == FESTIVAL_DONE:
-            return
-    raise RuntimeError(f"festival -voice {voice} stopped while saying {text!r}")
+            break
+        if "ERROR" in line:
+            errors.append(line.strip())
+    else:
+        errors.append("festival stopped")
+    if errors:
+        raise RuntimeError(f"festival voice_{voice} saying {text!r}: {errors[0]}")
 
 
 def trimmed(audio: np.ndarray) -> np.ndarray:
