@@ -461,9 +461,10 @@ def test_every_installed_voice_speaks_at_the_drawn_speed():
     corpus = recipe_corpus()
     voices = dict(corpus.voices())
     engines = {name.rpartition(":")[0] or "espeak-ng" for name in voices}
-    for engine in ("flite", "festival"):
-        if shutil.which(engine):
-            assert engine in engines, (engine, sorted(voices))
+    if shutil.which("flite"):
+        assert "flite" in engines, sorted(voices)
+    if shutil.which("festival") and any(corpus.FESTIVAL_DIR.glob("*/*")):
+        assert "festival" in engines, sorted(voices)
     assert set(voices.values()) == {"female", "male"}
     for voice in voices:
         style = {"voice": voice, "pitch": 50}
