@@ -16,6 +16,7 @@ OSUM's tags and forms: `text<female>` for `<TRANSCRIBE> <GENDER>`, `word<0.3,0.7
 Writes train/dev/test.jsonl, and train_asr/dev_asr/test_asr.jsonl: every clip's plain transcript (align.py).
 """
 
+import functools
 import importlib.util
 import json
 import random
@@ -150,21 +151,22 @@ def synthesize(text: str, style: dict) -> np.ndarray:
         return load_audio(raw.name).numpy()
 
 
-FESTIVAL = {}  # this worker's festival process
+@functools.cache
+def festival() -> subprocess.Popen:
+    """This worker's festival process, started once: starting festival costs 0.25 s, a word
+    then 2-40 ms (an SRWT clip says each word apart)."""
+    return subprocess.Popen(
+        ["festival", "--pipe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def festival_say(voice: str, text: str, stretch: float, path: str) -> None:
-    """festival's `voice` saying `text` into `path`. One process per worker, kept: starting
-    festival costs 0.25 s, a word then 2-40 ms (an SRWT clip says each word apart)."""
-    if "process" not in FESTIVAL:
-        FESTIVAL["process"] = subprocess.Popen(
-            ["festival", "--pipe"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    process = FESTIVAL["process"]
+    """festival's `voice` saying `text` into `path`, through the worker's kept process."""
+    process = festival()
     said = text.replace("\\", " ").replace('"', " ")
     utterance = f'(utt.synth (Utterance Text "{said}"))'
     speed = f"(Parameter.set 'Duration_Stretch {stretch:.3f})"
