@@ -119,10 +119,16 @@ def voices() -> list[tuple[str, str]]:
     chosen = [v for v in asr_gender.VOICES if v[0] in ESPEAK_HEARD]
     if shutil.which("flite"):
         chosen += FLITE_VOICES
-    if shutil.which("festival"):
-        installed = {path.name for path in FESTIVAL_DIR.glob("*/*")}
-        chosen += [v for v in FESTIVAL_VOICES if v[0][9:] in installed]
+    installed = festival_voices()
+    chosen += [v for v in FESTIVAL_VOICES if v[0].partition(":")[2] in installed]
     return chosen
+
+
+def festival_voices() -> set[str]:
+    """The names of festival's installed voices (none where festival is not installed)."""
+    if not shutil.which("festival"):
+        return set()
+    return {path.name for path in FESTIVAL_DIR.glob("*/*")}
 
 
 def synthesize(text: str, style: dict) -> np.ndarray:
