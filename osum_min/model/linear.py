@@ -2,13 +2,13 @@
 
 torch sends float32 F.linear on CPU to MKL, which on the 2 AMD EPYC cores we measured runs far below what they can
 do. oneDNN's linear is the same math: as fast for one row, and faster for the several rows of beam search and
-batches and for the hundreds of a prefill (README, "oneDNN linears", has the figures).
+batches and for the hundreds of a prefill (docs/benchmarks.md, "oneDNN linears", has the figures).
 
 oneDNN's op has no backward, so training goes through `OneDNNLinear`, whose backward is two more oneDNN linears,
-again faster than MKL's. Where oneDNN cannot serve (another dtype, under torch.compile, a torch build without it),
-small inputs take `weight @ x.T`, which BLAS runs as a multi-threaded GEMM streaming the weight (one row is
-duplicated to make it a GEMM), where F.linear's GEMV is single-threaded. Results equal F.linear to float32
-rounding; other devices take F.linear.
+again faster than MKL's. Where oneDNN cannot serve a float32 weight (under torch.compile, a torch build without
+it), small inputs take `weight @ x.T`, which BLAS runs as a multi-threaded GEMM streaming the weight (one row is
+duplicated to make it a GEMM), where F.linear's GEMV is single-threaded. bf16 takes F.linear, which is
+multi-threaded already. Results equal F.linear to float32 rounding; other devices take F.linear.
 """
 
 import torch
@@ -68,8 +68,9 @@ def linear(x, weight, bias=None):
             else _onednn(x, weight, bias)
         )
     rows = x.numel() // x.shape[-1]
-    # a GEMM big enough for MKL's own blocking, or input-major weights
-    if rows > 64 or not weight.is_contiguous():
+    # a GEMM big enough for MKL's own blocking, input-major weights, or bf16 (F.linear is
+    # multi-threaded there: 1.4x the decode steps of the trick below, docs/benchmarks.md)
+    if rows > 64 or not weight.is_contiguous() or weight.dtype != torch.float32:
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     flat = flat.repeat(2, 1) if rows == 1 else flat
