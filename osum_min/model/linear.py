@@ -7,8 +7,8 @@ batches and for the hundreds of a prefill (docs/benchmarks.md, "oneDNN linears",
 oneDNN's op has no backward, so training goes through `OneDNNLinear`, whose backward is two more oneDNN linears,
 again faster than MKL's. Where oneDNN cannot serve a float32 weight (under torch.compile, a torch build without
 it), small inputs take `weight @ x.T`, which BLAS runs as a multi-threaded GEMM streaming the weight (one row is
-duplicated to make it a GEMM), where F.linear's GEMV is single-threaded. bf16 takes F.linear, which is
-multi-threaded already. Results equal F.linear to float32 rounding; other devices take F.linear.
+duplicated to make it a GEMM), where F.linear's GEMV is single-threaded. Other dtypes take F.linear (bf16's
+is multi-threaded already). Results equal F.linear to float32 rounding; other devices take F.linear.
 """
 
 import torch
@@ -68,8 +68,8 @@ def linear(x, weight, bias=None):
             else _onednn(x, weight, bias)
         )
     rows = x.numel() // x.shape[-1]
-    # a GEMM big enough for MKL's own blocking, input-major weights, or bf16 (F.linear is
-    # multi-threaded there: 1.4x the decode steps of the trick below, docs/benchmarks.md)
+    # a GEMM big enough for MKL's own blocking, input-major weights, or not float32 (bf16's
+    # F.linear is multi-threaded: 1.4x the decode steps of the trick below, docs/benchmarks.md)
     if rows > 64 or not weight.is_contiguous() or weight.dtype != torch.float32:
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
